@@ -1,0 +1,105 @@
+//! JSON bodies of the hub's HTTP API that the agent calls (enrollment and tokens), plus the
+//! error body every hub endpoint returns. Operator-facing job bodies live in the hub crate.
+
+use serde::{Deserialize, Serialize};
+
+pub const ENROLL_PATH: &str = "/v1/agent/enroll";
+pub const CHALLENGE_PATH: &str = "/v1/agent/challenge";
+pub const TOKEN_PATH: &str = "/v1/agent/token";
+pub const WS_PATH: &str = "/v1/agent/ws";
+
+/// WebSocket close codes the hub uses when it refuses or ends a session (4000–4999 are
+/// the application range of RFC 6455).
+pub mod close_code {
+    /// The JWT is expired: get a fresh one from `/v1/agent/token` and reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4401;
+    /// The JWT is forged, malformed or for an unknown agent: log in again.
+    pub const TOKEN_INVALID: u16 = 4403;
+    /// The agent's protocol version is too old for this hub: update the agent.
+    pub const UNSUPPORTED_VERSION: u16 = 4426;
+    /// The same agent connected again; this older session is closed.
+    pub const REPLACED: u16 = 4409;
+}
+
+/// `POST /v1/agent/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The one-time enrollment token from `edge-hub enroll-token create`.
+    pub token: String,
+    /// Ed25519 public key, 32 bytes, base64 (standard, padded).
+    #[serde(rename = "publicKey")]
+    pub public_key: String,
+    /// A name the person recognises (the machine's host name by default).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Agent build, `agent-x.y.z`.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    #[serde(rename = "agentId")]
+    pub agent_id: String,
+    #[serde(rename = "creatorId")]
+    pub creator_id: String,
+}
+
+/// `POST /v1/agent/challenge`: ask for a fresh single-use nonce to sign.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    #[serde(rename = "agentId")]
+    pub agent_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    pub nonce: String,
+    /// Unix seconds after which the nonce is no longer accepted.
+    #[serde(rename = "expiresAt")]
+    pub expires_at: i64,
+}
+
+/// `POST /v1/agent/token`: prove possession of the device key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    #[serde(rename = "agentId")]
+    pub agent_id: String,
+    pub nonce: String,
+    /// Ed25519 signature over [`token_signing_message`], base64.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// HS256 JWT with claims `agentId`, `creatorId`, `exp` (≤ 15 minutes ahead).
+    pub token: String,
+    #[serde(rename = "expiresAt")]
+    pub expires_at: i64,
+}
+
+/// The exact bytes the device key signs for a token. Domain-separated so a signature made
+/// for this purpose can never be replayed as anything else.
+pub fn token_signing_message(agent_id: &str, nonce: &str) -> Vec<u8> {
+    format!("edge-agent/token/v1\n{agent_id}\n{nonce}").into_bytes()
+}
+
+/// Claims of the agent JWT, the prototype's names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentClaims {
+    #[serde(rename = "agentId")]
+    pub agent_id: String,
+    #[serde(rename = "creatorId")]
+    pub creator_id: String,
+    pub exp: i64,
+    #[serde(default)]
+    pub iat: i64,
+}
+
+/// Body of every 4xx/5xx answer from the hub: a stable machine code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// e.g. `invalid_token`, `token_expired`, `bad_request`, `not_found`, `unauthorized`.
+    pub error: String,
+    pub message: String,
+}

@@ -1,0 +1,39 @@
+//! The Edge-Agent wire protocol, shared by the agent and the hub so the two cannot drift.
+//!
+//! This crate owns the JSON shape of every WebSocket frame and every HTTP request/response
+//! body the agent and hub exchange, plus the error taxonomy and its retry rules.
+//! It must never do I/O: no sockets, no files, no clocks. Both sides decode through
+//! [`codec`] so size limits and unknown-frame handling are identical everywhere.
+//!
+//! Compatibility: the frames of the original prototype (`job_assign`, `hb`, `hb_ack`,
+//! `job_ack`, `job_result`, `circuit_breaker`) keep their exact JSON. Everything added
+//! since is announced through the `hello` exchange ([`PROTOCOL_VERSION`]); a peer that
+//! never says `hello` is a version-0 (prototype) peer and is spoken to in version-0 frames only.
+
+pub mod api;
+pub mod codec;
+pub mod errors;
+pub mod frames;
+pub mod jobs;
+
+pub use codec::{decode_agent_frame, decode_hub_frame, encode, FrameError, MAX_FRAME_BYTES};
+pub use errors::{ErrorCode, JobError, RetryPolicy};
+pub use frames::{
+    AgentFrame, Availability, CircuitReason, HubFrame, JobSpec, JobStatus, ProtocolErrorFrame,
+};
+
+/// Protocol version this build speaks. Version 0 is the prototype (no `hello`).
+/// Version 1 adds `hello`/`hello_ack`, `job_progress`, `job_cancel`, `availability` and `error`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Oldest protocol version a hub built from this crate still serves.
+pub const MIN_PROTOCOL_VERSION: u32 = 0;
+
+/// Capabilities an agent may announce in `hello`. Unknown strings are kept, not rejected,
+/// so a newer agent can talk to an older hub.
+pub mod capability {
+    pub const HTTP_REQUEST: &str = "http_request";
+    pub const JOB_PROGRESS: &str = "job_progress";
+    pub const JOB_CANCEL: &str = "job_cancel";
+    pub const PAUSE: &str = "pause";
+}

@@ -1,0 +1,130 @@
+//! Golden fixtures: every frame of every protocol version decodes and re-encodes to the
+//! exact bytes stored under `tests/fixtures/`. A failure here means the wire format changed.
+
+use edge_protocol::{
+    decode_agent_frame, decode_hub_frame, encode, AgentFrame, ErrorCode, FrameError, HubFrame,
+    JobStatus, MAX_FRAME_BYTES,
+};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn fixtures(dir: &str) -> Vec<(PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
+    let mut out: Vec<_> = fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", root.display()))
+        .map(|e| {
+            let path = e.unwrap().path();
+            let text = fs::read_to_string(&path).unwrap().trim_end().to_owned();
+            (path, text)
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no fixtures in {}", root.display());
+    out
+}
+
+#[test]
+fn agent_frames_round_trip_byte_for_byte() {
+    for (path, text) in fixtures("agent") {
+        let frame = decode_agent_frame(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(encode(&frame), text, "{} changed on re-encode", path.display());
+    }
+}
+
+#[test]
+fn hub_frames_round_trip_byte_for_byte() {
+    for (path, text) in fixtures("hub") {
+        let frame = decode_hub_frame(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(encode(&frame), text, "{} changed on re-encode", path.display());
+    }
+}
+
+#[test]
+fn every_frame_type_has_a_fixture() {
+    let agent: Vec<_> = fixtures("agent").into_iter().map(|(_, t)| decode_agent_frame(&t).unwrap().kind()).collect();
+    for kind in edge_protocol::frames::AGENT_FRAME_TYPES {
+        assert!(agent.contains(kind), "no agent fixture for {kind}");
+    }
+    let hub: Vec<_> = fixtures("hub").into_iter().map(|(_, t)| decode_hub_frame(&t).unwrap().kind()).collect();
+    for kind in edge_protocol::frames::HUB_FRAME_TYPES {
+        assert!(hub.contains(kind), "no hub fixture for {kind}");
+    }
+}
+
+#[test]
+fn prototype_frames_decode_to_the_expected_values() {
+    let hb = decode_agent_frame(r#"{"t":"hb","v":"agent-1.4.2","ts":1690000000}"#).unwrap();
+    assert_eq!(hb, AgentFrame::Hb { v: "agent-1.4.2".into(), ts: 1_690_000_000 });
+
+    let result = decode_agent_frame(r#"{"t":"job_result","id":"j","status":"error","err":{"code":"NAV_TIMEOUT"}}"#).unwrap();
+    match result {
+        AgentFrame::JobResult { status, err: Some(err), .. } => {
+            assert_eq!(status, JobStatus::Error);
+            assert_eq!(err.code, ErrorCode::NavTimeout);
+            assert!(err.code.is_retryable());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let assign = decode_hub_frame(r#"{"t":"job_assign","job":{"jobId":"j1","type":"http_request","payload":{"url":"http://x"}}}"#).unwrap();
+    match assign {
+        HubFrame::JobAssign { job } => {
+            assert_eq!(job.job_id, "j1");
+            assert_eq!(job.job_type, "http_request");
+            assert_eq!(job.payload["url"], "http://x");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_fields_are_tolerated_for_forward_compatibility() {
+    let frame = decode_agent_frame(r#"{"t":"job_ack","id":"j","addedInV9":true}"#).unwrap();
+    assert_eq!(frame, AgentFrame::JobAck { id: "j".into() });
+}
+
+#[test]
+fn malformed_frames_are_classified_not_panicked() {
+    let expect = [
+        // (fixture, code when an agent sent it, code when a hub sent it)
+        ("unknown_type.json", "UNKNOWN_TYPE", "UNKNOWN_TYPE"),
+        ("missing_field.json", "BAD_FRAME", "UNKNOWN_TYPE"),
+        ("missing_t.json", "BAD_FRAME", "BAD_FRAME"),
+        ("bad_enum.json", "BAD_FRAME", "UNKNOWN_TYPE"),
+        ("not_json.json", "BAD_FRAME", "BAD_FRAME"),
+        ("array.json", "BAD_FRAME", "BAD_FRAME"),
+        ("t_not_string.json", "BAD_FRAME", "BAD_FRAME"),
+    ];
+    let all = fixtures("malformed");
+    assert_eq!(all.len(), expect.len(), "every malformed fixture needs an expectation");
+    for (name, agent_code, hub_code) in expect {
+        let (_, text) = all.iter().find(|(p, _)| p.ends_with(name)).unwrap();
+        let agent_err = decode_agent_frame(text).expect_err(name);
+        let hub_err = decode_hub_frame(text).expect_err(name);
+        assert_eq!(agent_err.code(), agent_code, "{name}: {agent_err}");
+        assert_eq!(hub_err.code(), hub_code, "{name}: {hub_err}");
+        assert!(!agent_err.to_string().is_empty());
+    }
+    // The message names what is missing so a peer's developer can fix it.
+    let err = decode_agent_frame(r#"{"t":"job_ack"}"#).unwrap_err();
+    assert!(err.to_string().contains("`id`"), "{err}");
+}
+
+#[test]
+fn oversized_frames_are_refused_before_parsing() {
+    let big = format!(r#"{{"t":"hb","v":"{}","ts":1}}"#, "x".repeat(MAX_FRAME_BYTES));
+    let err = decode_agent_frame(&big).unwrap_err();
+    assert!(matches!(err, FrameError::TooLarge { .. }));
+    assert_eq!(err.code(), "FRAME_TOO_LARGE");
+    // Exactly at the limit is still parsed.
+    let pad = MAX_FRAME_BYTES - r#"{"t":"hb","v":"","ts":1}"#.len();
+    let edge = format!(r#"{{"t":"hb","v":"{}","ts":1}}"#, "x".repeat(pad));
+    assert_eq!(edge.len(), MAX_FRAME_BYTES);
+    assert!(decode_agent_frame(&edge).is_ok());
+}
+
+#[test]
+fn a_hub_frame_is_not_accepted_from_an_agent() {
+    let err = decode_agent_frame(r#"{"t":"job_assign","job":{"jobId":"j","type":"x"}}"#).unwrap_err();
+    assert_eq!(err.code(), "UNKNOWN_TYPE");
+}
