@@ -1,1 +1,32 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's two front doors (`demo`, `test`) and its benchmarks.
+//! Everything a fresh Debian machine needs is installed from here, so CI and a new
+//! developer run exactly the same steps.
+
+mod bench;
+mod demo;
+mod deps;
+mod test;
+mod util;
+
+use anyhow::{bail, Result};
+
+const USAGE: &str = "usage: cargo xtask <demo | test [--skip-install] | bench>
+
+  demo   hub on a temporary SQLite file + a headless agent + three real jobs, end to end
+  test   install what is missing (apt, npm), then run every test
+  bench  measure the numbers recorded in docs/benchmarks.md";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("demo") => demo::run(),
+        Some("test") => test::run(&rest),
+        Some("bench") => bench::run(&rest),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task {other:?}\n\n{USAGE}"),
+    }
+}

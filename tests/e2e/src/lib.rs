@@ -1,1 +1,483 @@
-//! End-to-end tests live in tests/.
+//! Process harness shared by the end-to-end tests and `cargo xtask demo`: it starts the real
+//! `edge-hub` and `edge-agent` binaries on loopback, drives them through their CLIs and the
+//! hub's HTTP API, and kills them when dropped.
+//!
+//! It owns nothing but child processes and temp files; it must never reach beyond 127.0.0.1
+//! and never leave a process running after its owner is dropped.
+
+pub mod site;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Paths of the binaries under test.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub hub: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Binaries {
+    /// `EDGE_HUB_BIN` / `EDGE_AGENT_BIN` when set, else the cargo profile dir this test
+    /// binary was built into (`target/<profile>/deps/..`).
+    pub fn locate() -> Result<Binaries> {
+        let profile_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf))
+            .map(|dir| if dir.ends_with("deps") { dir.parent().unwrap_or(&dir).to_path_buf() } else { dir })
+            .ok_or_else(|| anyhow!("cannot find the directory of the running executable"))?;
+        let pick = |var: &str, name: &str| -> Result<PathBuf> {
+            let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| profile_dir.join(name));
+            if !path.is_file() {
+                bail!("{} not found: build it first with `cargo build -p {name}` or set {var}", path.display());
+            }
+            Ok(path)
+        };
+        Ok(Binaries { hub: pick("EDGE_HUB_BIN", "edge-hub")?, agent: pick("EDGE_AGENT_BIN", "edge-agent")? })
+    }
+}
+
+/// Sends SIGTERM (a clean shutdown request) to a child.
+pub fn terminate(child: &mut Child) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// Waits up to `timeout` for the child to exit, then kills it. Returns whether it exited by itself.
+pub fn stop(child: &mut Child, timeout: Duration) -> bool {
+    terminate(child);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// Copies a child's output stream into a log file, and hands lines that match `watch`
+/// to a channel, so a test can wait for "listening on …" without blocking the pipe.
+fn tee(stream: impl std::io::Read + Send + 'static, log: PathBuf, watch: Option<(&'static str, mpsc::Sender<String>)>) {
+    thread::spawn(move || {
+        let mut file = fs::OpenOptions::new().create(true).append(true).open(&log).ok();
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Some(file) = file.as_mut() {
+                let _ = writeln!(file, "{line}");
+            }
+            if let Some((needle, tx)) = &watch {
+                if line.contains(needle) {
+                    let _ = tx.send(line.clone());
+                }
+            }
+        }
+    });
+}
+
+/// A running `edge-hub serve` on a SQLite file.
+pub struct Hub {
+    bins: Binaries,
+    dir: PathBuf,
+    pub database_url: String,
+    pub url: String,
+    env: Vec<(String, String)>,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Hub {
+    /// Starts a hub whose database and logs live in `dir`.
+    pub fn start(bins: &Binaries, dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Result<Hub> {
+        fs::create_dir_all(dir)?;
+        let mut hub = Hub {
+            bins: bins.clone(),
+            dir: dir.to_path_buf(),
+            database_url: format!("sqlite://{}", dir.join("hub.db").display()),
+            url: String::new(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            starts: 0,
+        };
+        hub.spawn("127.0.0.1:0")?;
+        Ok(hub)
+    }
+
+    fn spawn(&mut self, listen: &str) -> Result<()> {
+        self.starts += 1;
+        let mut child = Command::new(&self.bins.hub)
+            .args(["--database-url", &self.database_url, "serve", "--listen", listen])
+            .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", self.bins.hub.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let log = self.dir.join(format!("hub-{}.log", self.starts));
+        tee(child.stdout.take().expect("piped"), log.clone(), Some(("listening on", tx)));
+        tee(child.stderr.take().expect("piped"), log.clone(), None);
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("hub did not print its listening line within 30 s; its log:\n{}", read_log(&log));
+            }
+        };
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .ok_or_else(|| anyhow!("no URL in hub line {line:?}"))?
+            .trim_end_matches('/')
+            .to_owned();
+        self.url = url;
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), || Ok(ureq::get(&format!("{}/health", self.url)).call().is_ok()))
+            .context("hub /health never answered")?;
+        Ok(())
+    }
+
+    /// The `host:port` the hub listens on.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// `kill -9`: no chance to clean up, like a crash or power loss.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the hub again on the same database and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let addr = self.addr().to_owned();
+        self.spawn(&addr)
+    }
+
+    /// Clean shutdown (SIGTERM); returns whether it exited within 10 s.
+    pub fn shutdown(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut child) => stop(&mut child, Duration::from_secs(10)),
+            None => true,
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("hub-{}.log", self.starts))
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.bins.hub)
+            .args(["--database-url", &self.database_url])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .with_context(|| format!("running edge-hub {args:?}"))?;
+        if !out.status.success() {
+            bail!("edge-hub {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stdout = String::from_utf8(out.stdout)?.trim().to_owned();
+        if stdout.is_empty() || stdout.contains('\n') {
+            bail!("edge-hub {args:?} should print exactly one line, printed {stdout:?}");
+        }
+        Ok(stdout)
+    }
+
+    pub fn enroll_token(&self, creator: &str) -> Result<String> {
+        self.cli(&["enroll-token", "create", "--creator", creator])
+    }
+
+    pub fn api_key(&self) -> Result<String> {
+        self.cli(&["api-key", "create", "--name", "e2e"])
+    }
+
+    pub fn submit_job(&self, key: &str, body: &Value) -> Result<Value> {
+        let resp = ureq::post(&format!("{}/v1/jobs", self.url))
+            .set("Authorization", &format!("Bearer {key}"))
+            .send_json(body.clone());
+        json_or_error(resp)
+    }
+
+    pub fn job(&self, key: &str, id: &str) -> Result<Value> {
+        json_or_error(ureq::get(&format!("{}/v1/jobs/{id}", self.url)).set("Authorization", &format!("Bearer {key}")).call())
+    }
+
+    pub fn agents(&self, key: &str) -> Result<Value> {
+        json_or_error(ureq::get(&format!("{}/v1/agents", self.url)).set("Authorization", &format!("Bearer {key}")).call())
+    }
+
+    /// Polls until the job is `succeeded` or `failed`, returning it as the hub recorded it.
+    pub fn wait_job_done(&self, key: &str, id: &str, timeout: Duration) -> Result<Value> {
+        let mut last = Value::Null;
+        wait_until(timeout, || {
+            last = self.job(key, id)?;
+            Ok(matches!(last["status"].as_str(), Some("succeeded" | "failed")))
+        })
+        .with_context(|| format!("job {id} not finished; last seen: {last}"))?;
+        Ok(last)
+    }
+
+    pub fn wait_agent_online(&self, key: &str, agent_id: &str, timeout: Duration) -> Result<()> {
+        wait_until(timeout, || {
+            let agents = self.agents(key)?;
+            Ok(agents["agents"]
+                .as_array()
+                .map(|all| all.iter().any(|a| a["agentId"] == agent_id && a["online"] == true))
+                .unwrap_or(false))
+        })
+        .with_context(|| format!("agent {agent_id} never came online"))
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn json_or_error(resp: Result<ureq::Response, ureq::Error>) -> Result<Value> {
+    match resp {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => bail!("HTTP {code}: {}", r.into_string().unwrap_or_default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| format!("(no log: {e})"))
+}
+
+/// Polls `check` every 50 ms until it is true or `timeout` passes; errors from `check`
+/// count as "not yet".
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            return Err(match last_err {
+                Some(e) => e.context(format!("timed out after {timeout:?}")),
+                None => anyhow!("timed out after {timeout:?}"),
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The headless agent CLI bound to one profile, keychain backend and data dir.
+pub struct Agent {
+    bin: PathBuf,
+    pub profile: String,
+    pub keychain: String,
+    pub data_dir: PathBuf,
+    pub agent_id: Option<String>,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Agent {
+    pub fn new(bins: &Binaries, profile: &str, keychain: &str, data_dir: &Path) -> Agent {
+        Agent {
+            bin: bins.agent.clone(),
+            profile: profile.to_owned(),
+            keychain: keychain.to_owned(),
+            data_dir: data_dir.to_path_buf(),
+            agent_id: None,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--profile", &self.profile, "--keychain", &self.keychain])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `edge-agent login` and returns its stdout; remembers the agent id it printed.
+    pub fn login(&mut self, hub_url: &str, token: &str) -> Result<String> {
+        let out = self.command().args(["login", "--hub", hub_url, "--token", token]).output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("edge-agent login failed: {}{}", stdout, String::from_utf8_lossy(&out.stderr));
+        }
+        self.agent_id = stdout
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .find(|w| w.starts_with("agt_"))
+            .map(str::to_owned);
+        if self.agent_id.is_none() {
+            bail!("edge-agent login printed no agent id (agt_…): {stdout}");
+        }
+        Ok(stdout)
+    }
+
+    pub fn agent_id(&self) -> &str {
+        self.agent_id.as_deref().unwrap_or("")
+    }
+
+    /// Runs a one-shot subcommand (`status`, `logout`) and returns (success, stdout+stderr).
+    pub fn oneshot(&self, args: &[&str]) -> Result<(bool, String)> {
+        let out = self.command().args(args).output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    }
+
+    /// Starts `edge-agent run` in the background.
+    pub fn run(&mut self, extra_args: &[&str]) -> Result<()> {
+        if self.child.is_some() {
+            bail!("agent already running");
+        }
+        self.runs += 1;
+        let log = self.data_dir.join(format!("run-{}.log", self.runs));
+        fs::create_dir_all(&self.data_dir)?;
+        let mut child = self
+            .command()
+            .arg("run")
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting edge-agent run")?;
+        tee(child.stdout.take().expect("piped"), log.clone(), None);
+        tee(child.stderr.take().expect("piped"), log, None);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn run_log(&self) -> String {
+        read_log(&self.data_dir.join(format!("run-{}.log", self.runs)))
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited cleanly within 10 s.
+    pub fn shutdown(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut child) => stop(&mut child, Duration::from_secs(10)),
+            None => true,
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if self.agent_id.is_some() {
+            // Leave no credentials behind in the test machine's keychain.
+            let _ = self.oneshot(&["logout"]);
+        }
+    }
+}
+
+/// A JSON body for an `http_request` job.
+pub fn http_job(creator: &str, url: &str) -> Value {
+    json!({ "type": "http_request", "creatorId": creator, "payload": { "url": url, "method": "GET", "timeoutMs": 10_000 } })
+}
+
+/// Mints an HS256 JWT with the hub's claim names. Tests use it to forge and expire tokens
+/// with a secret they choose.
+pub fn mint_jwt(secret: &[u8], agent_id: &str, creator_id: &str, exp: i64) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let iat = exp - 60;
+    let claims = B64.encode(json!({ "agentId": agent_id, "creatorId": creator_id, "iat": iat, "exp": exp }).to_string());
+    let signing_input = format!("{header}.{claims}");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(signing_input.as_bytes());
+    format!("{signing_input}.{}", B64.encode(mac.finalize().into_bytes()))
+}
+
+/// Opens the agent WebSocket with `token` and returns the close code and reason the hub
+/// ends the session with (or an error if it does not close within 10 s).
+pub fn ws_close_for_token(hub_addr: &str, token: &str) -> Result<(u16, String)> {
+    use tungstenite::Message;
+    let mut socket = open_ws(hub_addr, token)?;
+    // The hub may close before it reads our hello; a failed send is not the point here.
+    let _ = socket.send(Message::text(E2E_HELLO));
+    loop {
+        match socket.read() {
+            Ok(Message::Close(Some(frame))) => return Ok((u16::from(frame.code), frame.reason.to_string())),
+            Ok(Message::Close(None)) => bail!("hub closed without a close code"),
+            Ok(_) => continue,
+            Err(e) => bail!("no close frame from the hub: {e}"),
+        }
+    }
+}
+
+/// Opens the agent WebSocket with `token`, says `hello`, and returns the first frame the
+/// hub answers with as JSON.
+pub fn ws_first_frame(hub_addr: &str, token: &str) -> Result<Value> {
+    let mut socket = open_ws(hub_addr, token)?;
+    socket.send(tungstenite::Message::text(E2E_HELLO))?;
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Text(text)) => return Ok(serde_json::from_str(text.as_str())?),
+            Ok(tungstenite::Message::Close(frame)) => bail!("hub closed the session: {frame:?}"),
+            Ok(_) => continue,
+            Err(e) => bail!("no frame from the hub: {e}"),
+        }
+    }
+}
+
+type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+fn open_ws(hub_addr: &str, token: &str) -> Result<Ws> {
+    let url = format!("ws://{hub_addr}/v1/agent/ws?token={token}");
+    let (socket, _) = tungstenite::connect(url.as_str()).context("WebSocket handshake")?;
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = socket.get_ref() {
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    }
+    Ok(socket)
+}
+
+const E2E_HELLO: &str = r#"{"t":"hello","protocol":1,"v":"agent-e2e","capabilities":[],"slots":1}"#;
+
+/// A scratch directory, removed on drop unless `EDGE_KEEP_TMP` is set (then its path is
+/// printed so a failure can be inspected).
+pub fn scratch_dir(name: &str) -> Result<tempfile::TempDir> {
+    let keep = std::env::var_os("EDGE_KEEP_TMP").is_some();
+    let dir = tempfile::Builder::new().prefix(&format!("edge-{name}-")).disable_cleanup(keep).tempdir()?;
+    if keep {
+        eprintln!("scratch dir kept: {}", dir.path().display());
+    }
+    Ok(dir)
+}

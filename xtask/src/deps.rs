@@ -1,0 +1,72 @@
+//! Installs what the tests need on a Debian machine, and only what is missing. Not root or
+//! not Debian: it prints the exact command to run and stops, never half-installs.
+
+use crate::util::{checked, have, is_root, root};
+use anyhow::{bail, Result};
+use std::process::Command;
+
+/// Build dependencies of the tray app (WebKitGTK, tray, notifications, keychain headers).
+pub const APT_BUILD: &[&str] = &[
+    "build-essential", "pkg-config", "file", "libwebkit2gtk-4.1-dev", "libayatana-appindicator3-dev",
+    "librsvg2-dev", "libssl-dev", "libxdo-dev", "libdbus-1-dev",
+];
+
+/// What the tests run against: a virtual display, a session bus with a real keyring, a
+/// notification daemon, an XEmbed tray host and Debian's Chromium. Not `dbus-x11`: it
+/// autolaunches stray buses that outlive the tests.
+pub const APT_TEST: &[&str] = &[
+    "xvfb", "xauth", "dbus", "dbus-bin", "keyutils", "gnome-keyring", "dunst", "trayer", "chromium",
+    "fonts-dejavu-core", "x11-utils", "imagemagick", "nodejs", "npm",
+];
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .output()
+        .map(|o| o.status.success() && o.stdout == b"installed")
+        .unwrap_or(false)
+}
+
+pub fn ensure_apt(packages: &[&str]) -> Result<()> {
+    if !have("dpkg-query") {
+        bail!(
+            "this is not a Debian-family machine; install the equivalents of these Debian packages, then run again:\n  {}",
+            packages.join(" ")
+        );
+    }
+    // Node may come from elsewhere (nvm, NodeSource); do not fight it with Debian's npm.
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !(matches!(*p, "nodejs" | "npm") && have("node") && have("npm")))
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        bail!("missing Debian packages: {}\nrun as root:\n  {command}", missing.join(" "));
+    }
+    eprintln!("installing missing Debian packages: {}", missing.join(" "));
+    checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    checked(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// `npm ci` in `ui/` when its node_modules is missing or older than the lock file.
+pub fn ensure_npm() -> Result<()> {
+    let ui = root().join("ui");
+    let lock = ui.join("package-lock.json");
+    let marker = ui.join("node_modules/.package-lock.json");
+    let stale = match (std::fs::metadata(&lock).and_then(|m| m.modified()), std::fs::metadata(&marker).and_then(|m| m.modified())) {
+        (Ok(lock), Ok(installed)) => lock > installed,
+        _ => true,
+    };
+    if stale {
+        checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&ui))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! `cargo xtask test`: installs what is missing, builds everything once, then runs every
+//! test stage and prints one summary. A failing stage does not hide the stages after it.
+
+use crate::deps::{ensure_apt, ensure_npm, APT_BUILD, APT_TEST};
+use crate::util::{cargo, checked, root};
+use anyhow::{bail, Result};
+use std::process::Command;
+use std::time::Instant;
+
+pub fn run(args: &[&str]) -> Result<()> {
+    let started = Instant::now();
+    if !args.contains(&"--skip-install") {
+        ensure_apt(&[APT_BUILD, APT_TEST].concat())?;
+    }
+    ensure_npm()?;
+    let ui = root().join("ui");
+    checked(Command::new("npm").args(["run", "build"]).current_dir(&ui))?;
+    // One build of every target up front, so test stages do not race each other to compile.
+    checked(cargo().args(["build", "--workspace", "--all-targets"]))?;
+
+    let session = root().join("tests/support/desktop-session.sh");
+    let target = root().join("target/debug");
+    let mut stages: Vec<(&str, Result<()>)> = Vec::new();
+
+    // Rust tests run inside a desktop session so the keychain tests reach a real Secret
+    // Service; the end-to-end tests pick the kernel keyring explicitly.
+    stages.push((
+        "rust: unit, integration, keychain and end-to-end tests",
+        checked(
+            Command::new(&session)
+                .args(["cargo", "test", "--workspace", "--no-fail-fast"])
+                .env("EDGE_TEST_SECRET_SERVICE", "1")
+                .current_dir(root()),
+        ),
+    ));
+    stages.push(("ui: tray window in headless Chromium", checked(Command::new("npm").arg("test").current_dir(&ui))));
+    let out_dir = root().join("target/tray-smoke");
+    stages.push((
+        "tray: real app under Xvfb with a tray host and a notification daemon",
+        checked(
+            Command::new("bash")
+                .arg(root().join("tests/tray/smoke.sh"))
+                .env("HUB_BIN", target.join("edge-hub"))
+                .env("AGENT_BIN", target.join("edge-agent"))
+                .env("TRAY_BIN", target.join("edge-agent-tray"))
+                .env("OUT_DIR", &out_dir),
+        ),
+    ));
+
+    println!("\n== xtask test summary ({} s)", started.elapsed().as_secs());
+    let failed: Vec<&str> = stages.iter().filter(|(_, r)| r.is_err()).map(|(name, _)| *name).collect();
+    for (name, result) in &stages {
+        match result {
+            Ok(()) => println!("  ok      {name}"),
+            Err(e) => println!("  FAILED  {name}: {e:#}"),
+        }
+    }
+    println!("stages: {} passed, {} failed", stages.len() - failed.len(), failed.len());
+    if !failed.is_empty() {
+        bail!("{} test stage(s) failed", failed.len());
+    }
+    Ok(())
+}
