@@ -23,6 +23,7 @@ fn main() -> Result<()> {
         Some("demo") => demo::run(),
         Some("test") => test::run(&rest),
         Some("bench") => bench::run(&rest),
+        Some("tree-rss") => bench::tree_rss(&rest),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())

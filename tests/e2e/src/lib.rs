@@ -5,6 +5,7 @@
 //! It owns nothing but child processes and temp files; it must never reach beyond 127.0.0.1
 //! and never leave a process running after its owner is dropped.
 
+pub mod procfs;
 pub mod site;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -348,6 +349,21 @@ impl Agent {
 
     /// Starts `edge-agent run` in the background.
     pub fn run(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.spawn_run(extra_args, None)
+    }
+
+    /// Starts `edge-agent run` and returns how long it took from spawning the process until
+    /// it printed a line containing `needle`.
+    pub fn run_until_line(&mut self, extra_args: &[&str], needle: &'static str, timeout: Duration) -> Result<Duration> {
+        let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
+        self.spawn_run(extra_args, Some((needle, tx)))?;
+        rx.recv_timeout(timeout)
+            .map(|_| started.elapsed())
+            .map_err(|_| anyhow!("agent never printed {needle:?} within {timeout:?}; log:\n{}", self.run_log()))
+    }
+
+    fn spawn_run(&mut self, extra_args: &[&str], watch: Option<(&'static str, mpsc::Sender<String>)>) -> Result<()> {
         if self.child.is_some() {
             bail!("agent already running");
         }
@@ -362,8 +378,12 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting edge-agent run")?;
-        tee(child.stdout.take().expect("piped"), log.clone(), None);
-        tee(child.stderr.take().expect("piped"), log, None);
+        let (out_watch, err_watch) = match watch {
+            Some((needle, tx)) => (Some((needle, tx.clone())), Some((needle, tx))),
+            None => (None, None),
+        };
+        tee(child.stdout.take().expect("piped"), log.clone(), out_watch);
+        tee(child.stderr.take().expect("piped"), log, err_watch);
         self.child = Some(child);
         Ok(())
     }

@@ -1,0 +1,51 @@
+//! Memory of processes, read from Linux's /proc, for the benchmarks.
+
+use anyhow::{Context, Result};
+use std::fs;
+
+/// Resident set size of one process in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("process {pid} is gone"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS for process {pid}"))
+}
+
+/// `pid` and all its descendants, found through each process's parent in /proc/*/stat.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+            // The command name is in parentheses and may contain spaces: parse after the last ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+                parents.push((child, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree
+}
+
+/// Summed RSS of a process and all its descendants, in KiB, with each member listed.
+pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<(u32, String, u64)>)> {
+    let mut total = 0;
+    let mut members = Vec::new();
+    for member in process_tree(pid) {
+        let Ok(rss) = rss_kib(member) else { continue };
+        let name = fs::read_to_string(format!("/proc/{member}/comm")).unwrap_or_default().trim().to_owned();
+        total += rss;
+        members.push((member, name, rss));
+    }
+    Ok((total, members))
+}
