@@ -1,0 +1,173 @@
+//! The hub's HTTP API as the agent uses it: enrollment and device-key tokens.
+//!
+//! It owns turning hub answers into [`AgentError`]s that keep the hub's words. It must never
+//! log a request or response body (they carry the enrollment token, signatures and JWTs).
+
+use crate::credentials::{Credentials, DeviceKey};
+use crate::error::AgentError;
+use crate::hub_url::HubUrl;
+use crate::secret::Secret;
+use edge_protocol::api::{
+    token_signing_message, ApiError, ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse,
+    TokenRequest, TokenResponse, CHALLENGE_PATH, ENROLL_PATH, TOKEN_PATH,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const HUB_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A JWT and when the hub says it expires.
+#[derive(Debug, Clone)]
+pub(crate) struct AccessToken {
+    pub jwt: Secret<String>,
+    pub expires_at_unix: i64,
+    pub obtained_at_unix: i64,
+}
+
+impl AccessToken {
+    /// When to get the next token: at 80% of its lifetime, and never later than 60 s
+    /// before expiry, so a reconnect always has a token the hub still accepts.
+    pub fn refresh_at_unix(&self) -> i64 {
+        let lifetime = (self.expires_at_unix - self.obtained_at_unix).max(0);
+        let at_80_percent = self.obtained_at_unix + lifetime * 4 / 5;
+        at_80_percent.min(self.expires_at_unix - 60).max(self.obtained_at_unix)
+    }
+
+    pub fn needs_refresh(&self, now_unix: i64) -> bool {
+        now_unix >= self.refresh_at_unix()
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct HubClient {
+    http: reqwest::Client,
+}
+
+impl HubClient {
+    pub fn new() -> Result<HubClient, AgentError> {
+        let http = crate::tls::http_client_builder()?
+            .timeout(HUB_REQUEST_TIMEOUT)
+            .user_agent(crate::agent_version())
+            // The hub API never redirects; following one could send a signature elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| AgentError::Internal(format!("HTTP client setup failed: {e}")))?;
+        Ok(HubClient { http })
+    }
+
+    pub async fn enroll(
+        &self,
+        hub: &HubUrl,
+        enrollment_token: &Secret<String>,
+        device_key: &DeviceKey,
+        name: Option<String>,
+    ) -> Result<EnrollResponse, AgentError> {
+        let request = EnrollRequest {
+            token: enrollment_token.expose().clone(),
+            public_key: device_key.public_key_base64(),
+            name,
+            version: Some(crate::agent_version()),
+        };
+        self.post(hub, ENROLL_PATH, &request).await
+    }
+
+    /// Challenge, sign, token. A 401/403 comes back as [`AgentError::LoginRequired`]: the
+    /// agent is revoked or its key is not the one the hub knows.
+    pub async fn fetch_token(&self, credentials: &Credentials) -> Result<AccessToken, AgentError> {
+        let hub = HubUrl::parse(&credentials.hub_url)?;
+        let challenge: ChallengeResponse = self
+            .post(&hub, CHALLENGE_PATH, &ChallengeRequest { agent_id: credentials.agent_id.clone() })
+            .await
+            .map_err(into_login_required)?;
+        let message = token_signing_message(&credentials.agent_id, &challenge.nonce);
+        let request = TokenRequest {
+            agent_id: credentials.agent_id.clone(),
+            nonce: challenge.nonce,
+            signature: credentials.device_key.sign_base64(&message),
+        };
+        let response: TokenResponse = self.post(&hub, TOKEN_PATH, &request).await.map_err(into_login_required)?;
+        Ok(AccessToken {
+            jwt: Secret::new(response.token),
+            expires_at_unix: response.expires_at,
+            obtained_at_unix: unix_now(),
+        })
+    }
+
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        hub: &HubUrl,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, AgentError> {
+        let response = self
+            .http
+            .post(hub.http_endpoint(path))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| AgentError::HubUnreachable(describe_reqwest_error(&e)))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| AgentError::HubUnreachable(describe_reqwest_error(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| AgentError::HubProtocol(format!("unexpected answer to {path}: {e}")));
+        }
+        Err(match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(api) => AgentError::HubRejected { status: status.as_u16(), hub_error: api.error, message: api.message },
+            Err(_) => AgentError::HubRejected {
+                status: status.as_u16(),
+                hub_error: format!("http_{}", status.as_u16()),
+                message: format!("{path} answered {status} without an error body (is this an edge-hub?)"),
+            },
+        })
+    }
+}
+
+fn into_login_required(error: AgentError) -> AgentError {
+    match error {
+        AgentError::HubRejected { status: 401 | 403, hub_error, message } => {
+            AgentError::LoginRequired(format!("{hub_error}: {message}"))
+        }
+        other => other,
+    }
+}
+
+/// reqwest's Display names the URL; ours never carry secrets in the URL, but the chain of
+/// sources is what says *why* (connection refused, DNS, TLS).
+pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_happens_at_80_percent_or_a_minute_before_expiry() {
+        let token = |obtained, expires| AccessToken {
+            jwt: Secret::new(String::new()),
+            expires_at_unix: expires,
+            obtained_at_unix: obtained,
+        };
+        // 15 minutes: 80% (720 s) comes before expiry-60 (840 s).
+        assert_eq!(token(0, 900).refresh_at_unix(), 720);
+        // 2 minutes: 80% is 96 s but expiry-60 is 60 s.
+        assert_eq!(token(0, 120).refresh_at_unix(), 60);
+        // Already-expired or tiny lifetimes refresh at once.
+        assert!(token(100, 90).needs_refresh(100));
+        assert!(!token(0, 900).needs_refresh(719));
+        assert!(token(0, 900).needs_refresh(720));
+    }
+}

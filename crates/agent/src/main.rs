@@ -1,0 +1,293 @@
+//! `edge-agent`: the headless agent. A thin shell over the `edge_agent` library: argument
+//! parsing, printing, exit codes. It must never print or log a secret, and keeps no logic
+//! the tray app would also need (that belongs in the library).
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use edge_agent::logging::{self, LogOptions};
+use edge_agent::{AgentEvent, AgentService, AgentSettings, AgentSnapshot, KeychainChoice, StateFile};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "edge-agent", version, about = "Runs jobs from an Edge hub on this machine")]
+struct Cli {
+    /// Which stored login to use; one machine can hold several.
+    #[arg(long, global = true, env = "EDGE_AGENT_PROFILE", default_value = "default")]
+    profile: String,
+    /// Where credentials are kept: auto, secret-service or kernel (Linux).
+    #[arg(long, global = true, env = "EDGE_AGENT_KEYCHAIN", default_value = "auto")]
+    keychain: KeychainChoice,
+    /// state.json and logs/ go here [default: the per-user data directory].
+    #[arg(long, global = true, env = "EDGE_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this machine with a hub and store the credentials in the keychain.
+    Login {
+        /// Hub URL; http:// only for loopback hosts.
+        #[arg(long)]
+        hub: String,
+        /// One-time enrollment token from `edge-hub enroll-token create`.
+        #[arg(long, env = "EDGE_AGENT_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Name shown to the operator [default: host name].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Connect to the hub and run jobs until Ctrl-C or SIGTERM.
+    Run {
+        /// Heartbeat interval; the hub's wins when smaller.
+        #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        hb_interval_secs: u64,
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        slots: u32,
+    },
+    /// Show the login (never the key) and the running agent's state.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete this profile's credentials from the keychain.
+    Logout,
+}
+
+/// Exit codes scripts can tell apart.
+const EXIT_ERROR: u8 = 1;
+const EXIT_LOGIN_REQUIRED: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<ExitCode> {
+    let data_dir = match cli.data_dir {
+        Some(dir) => dir,
+        None => edge_agent::default_data_dir()
+            .context("the OS reports no home directory; pass --data-dir or set EDGE_AGENT_DATA_DIR")?,
+    };
+    let default_filter = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    let _log_guard =
+        logging::init(LogOptions { data_dir: data_dir.clone(), stderr: true, default_filter: default_filter.into() })?;
+    let mut settings = AgentSettings::new(data_dir);
+    settings.profile = cli.profile;
+    settings.keychain = cli.keychain;
+
+    match cli.command {
+        Command::Login { hub, token, name } => login(settings, &hub, &token, name).await,
+        Command::Run { hb_interval_secs, slots } => {
+            settings.hb_interval = Duration::from_secs(hb_interval_secs);
+            settings.slots = slots;
+            run(settings).await
+        }
+        Command::Status { json } => status(settings, json).await,
+        Command::Logout => {
+            let profile = settings.profile.clone();
+            AgentService::new(settings).logout().await?;
+            println!("logged out: the keychain entry of profile {profile:?} is deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn login(settings: AgentSettings, hub: &str, token: &str, name: Option<String>) -> Result<ExitCode> {
+    let outcome = AgentService::new(settings).enroll(hub, token, name).await?;
+    println!("enrolled with {}", outcome.hub_url);
+    println!("agent id:   {}", outcome.agent_id);
+    println!("creator id: {}", outcome.creator_id);
+    println!("keychain:   {}", outcome.keychain_backend);
+    if outcome.keychain_backend == edge_agent::KeychainBackend::Kernel.as_str() {
+        println!("note: the kernel keyring forgets its entries on reboot; log in again after one");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(settings: AgentSettings) -> Result<ExitCode> {
+    let service = AgentService::new(settings);
+    let snapshot = service.reload_credentials().await?;
+    if !snapshot.logged_in {
+        bail!("not logged in (profile {:?}): run `edge-agent login --hub URL --token T` first", service.settings().profile);
+    }
+    let mut events = service.subscribe();
+    service.start()?;
+    let stopped_by_itself = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = loop_ended(&mut events) => Some(reason),
+    };
+    service.shutdown().await;
+    match stopped_by_itself {
+        None => {
+            tracing::info!("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(LoopEnd::LoginRequired(reason)) => {
+            eprintln!("error: login required: {reason}; run `edge-agent login` again");
+            Ok(ExitCode::from(EXIT_LOGIN_REQUIRED))
+        }
+        Some(LoopEnd::Stopped(reason)) => {
+            eprintln!("error: {reason}");
+            Ok(ExitCode::from(EXIT_ERROR))
+        }
+    }
+}
+
+enum LoopEnd {
+    LoginRequired(String),
+    Stopped(String),
+}
+
+/// Resolves when the loop gives up by itself (it only does for reasons a retry cannot fix).
+async fn loop_ended(events: &mut tokio::sync::broadcast::Receiver<AgentEvent>) -> LoopEnd {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(AgentEvent::LoginRequired { reason }) => return LoopEnd::LoginRequired(reason),
+            Ok(AgentEvent::Disconnected { reason, retry_in_ms: None }) => {
+                // LoginRequired follows its Disconnected; give it the chance to be seen.
+                if let Ok(Ok(AgentEvent::LoginRequired { reason })) =
+                    tokio::time::timeout(Duration::from_millis(100), events.recv()).await
+                {
+                    return LoopEnd::LoginRequired(reason);
+                }
+                return LoopEnd::Stopped(reason);
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return LoopEnd::Stopped("the agent stopped".into()),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
+    let profile = settings.profile.clone();
+    let data_dir = settings.data_dir.clone();
+    let service = AgentService::new(settings);
+    let login = service.reload_credentials().await;
+    let state = StateFile::read(&data_dir)?;
+    let process_alive = state.as_ref().is_some_and(StateFile::writer_alive);
+
+    if json {
+        let value = serde_json::json!({
+            "profile": profile,
+            "login": match &login {
+                Ok(snapshot) => serde_json::to_value(LoginView::from(snapshot))?,
+                Err(e) => serde_json::json!({ "error": e }),
+            },
+            "agentRunning": process_alive,
+            "state": state,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("profile:     {profile}");
+        match &login {
+            Ok(snapshot) => {
+                println!("keychain:    {}", snapshot.keychain_backend.as_deref().unwrap_or("-"));
+                if snapshot.logged_in {
+                    println!("logged in:   yes");
+                    println!("hub:         {}", snapshot.hub_url.as_deref().unwrap_or("-"));
+                    println!("agent id:    {}", snapshot.agent_id.as_deref().unwrap_or("-"));
+                    println!("creator id:  {}", snapshot.creator_id.as_deref().unwrap_or("-"));
+                } else {
+                    println!("logged in:   no");
+                }
+            }
+            Err(e) => println!("keychain:    unavailable: {e}"),
+        }
+        match &state {
+            None => println!("agent:       not running (no {} yet)", StateFile::path(&data_dir).display()),
+            Some(file) => print_state(file, process_alive),
+        }
+    }
+    Ok(if login.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ERROR) })
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoginView<'a> {
+    logged_in: bool,
+    keychain_backend: Option<&'a str>,
+    hub_url: Option<&'a str>,
+    agent_id: Option<&'a str>,
+    creator_id: Option<&'a str>,
+}
+
+impl<'a> From<&'a AgentSnapshot> for LoginView<'a> {
+    fn from(s: &'a AgentSnapshot) -> Self {
+        LoginView {
+            logged_in: s.logged_in,
+            keychain_backend: s.keychain_backend.as_deref(),
+            hub_url: s.hub_url.as_deref(),
+            agent_id: s.agent_id.as_deref(),
+            creator_id: s.creator_id.as_deref(),
+        }
+    }
+}
+
+fn print_state(file: &StateFile, alive: bool) {
+    let s = &file.snapshot;
+    if alive {
+        println!("agent:       running (pid {}, updated {})", file.pid, file.updated_at);
+        println!("connection:  {}", serde_json::to_value(s.connection).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+        println!("paused:      {}", if s.paused { "yes" } else { "no" });
+        println!("busy:        {} job(s)", s.busy);
+    } else {
+        println!("agent:       not running (last seen pid {} at {})", file.pid, file.updated_at);
+    }
+    if let Some(error) = &s.last_error {
+        println!("last error:  {error}");
+    }
+    if !s.recent_jobs.is_empty() {
+        println!("recent jobs:");
+        for job in &s.recent_jobs {
+            let status = serde_json::to_value(job.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let detail = match (&job.error_code, &job.message) {
+                (Some(code), Some(message)) => format!(" {code}: {message}"),
+                (Some(code), None) => format!(" {code}"),
+                _ => String::new(),
+            };
+            println!("  {} {} {} {}{}", job.started_at, job.id, job.job_type, status, detail);
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The connection loop against a fake hub: the whole `AgentService` through its public API,
+//! with credentials in memory.
+
+mod support;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use edge_agent::{AgentError, AgentEvent, AgentService, AgentSettings, ConnectionState, JobRunStatus, MemoryCredentialStore};
+use edge_protocol::{AgentFrame, ErrorCode, JobStatus};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{FakeHub, FakeSession, ENROLL_TOKEN, TIMEOUT};
+use tokio::sync::broadcast;
+
+fn service(data_dir: &std::path::Path, hb_interval: Duration) -> AgentService {
+    let mut settings = AgentSettings::new(data_dir.to_path_buf());
+    settings.hb_interval = hb_interval;
+    settings.slots = 2;
+    AgentService::with_store(settings, Arc::new(MemoryCredentialStore::new()))
+}
+
+async fn wait_for(events: &mut broadcast::Receiver<AgentEvent>, wanted: impl Fn(&AgentEvent) -> bool) -> AgentEvent {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if wanted(&event) => return event,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("event stream closed"),
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+fn assign(session: &FakeSession, id: &str, job_type: &str, payload: serde_json::Value) {
+    session.send_json(json!({"t": "job_assign", "job": {"jobId": id, "type": job_type, "payload": payload}}));
+}
+
+async fn expect_ack(session: &mut FakeSession, id: &str) {
+    match session.recv_skipping_hb().await {
+        AgentFrame::JobAck { id: acked } => assert_eq!(acked, id),
+        other => panic!("expected job_ack for {id}, got {other:?}"),
+    }
+}
+
+async fn expect_result(session: &mut FakeSession, id: &str) -> (JobStatus, Option<serde_json::Value>, Option<edge_protocol::JobError>) {
+    match session.recv_skipping_hb().await {
+        AgentFrame::JobResult { id: done, status, data, err } => {
+            assert_eq!(done, id);
+            (status, data, err)
+        }
+        other => panic!("expected job_result for {id}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    let mut events = agent.subscribe();
+    let outcome = agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    assert_eq!((outcome.agent_id.as_str(), outcome.creator_id.as_str()), ("agt-1", "cr-1"));
+    assert_eq!(outcome.keychain_backend, "memory");
+
+    let mut session = hub.next_session().await;
+    match session.handshake(60_000).await {
+        AgentFrame::Hello { protocol, v, capabilities, slots, paused, .. } => {
+            assert_eq!(protocol, 1);
+            assert_eq!(v, edge_agent::agent_version());
+            assert!(capabilities.iter().any(|c| c == "http_request"));
+            assert_eq!(slots, 2);
+            assert!(!paused);
+        }
+        _ => unreachable!(),
+    }
+    wait_for(&mut events, |e| matches!(e, AgentEvent::Connected { .. })).await;
+    assert_eq!(agent.snapshot().connection, ConnectionState::Online);
+
+    // Malformed frames get an error frame back, and the session carries on.
+    session.send_text("{not json");
+    match session.recv_skipping_hb().await {
+        AgentFrame::Error(e) => assert_eq!(e.code, "BAD_FRAME"),
+        other => panic!("expected error frame, got {other:?}"),
+    }
+    session.send_json(json!({"t": "teleport"}));
+    match session.recv_skipping_hb().await {
+        AgentFrame::Error(e) => assert_eq!(e.code, "UNKNOWN_TYPE"),
+        other => panic!("expected error frame, got {other:?}"),
+    }
+    session.send_json(json!({"t": "job_assign"}));
+    match session.recv_skipping_hb().await {
+        AgentFrame::Error(e) => assert_eq!(e.code, "BAD_FRAME"),
+        other => panic!("expected error frame, got {other:?}"),
+    }
+
+    // A real job.
+    assign(&session, "job-ok", "http_request", json!({"url": hub.target("/redirect/2")}));
+    expect_ack(&mut session, "job-ok").await;
+    let (status, data, _) = expect_result(&mut session, "job-ok").await;
+    assert_eq!(status, JobStatus::Ok);
+    let data = data.unwrap();
+    assert_eq!(data["statusCode"], 200);
+    assert_eq!(BASE64.decode(data["body"].as_str().unwrap()).unwrap(), b"hello world");
+    wait_for(&mut events, |e| matches!(e, AgentEvent::JobFinished { id, .. } if id == "job-ok")).await;
+
+    // Unknown type.
+    assign(&session, "job-odd", "screenshot", json!({}));
+    expect_ack(&mut session, "job-odd").await;
+    let (status, _, err) = expect_result(&mut session, "job-odd").await;
+    assert_eq!(status, JobStatus::Error);
+    assert_eq!(err.unwrap().code, ErrorCode::UnsupportedJob);
+
+    // Cancel a running job.
+    assign(&session, "job-slow", "http_request", json!({"url": hub.target("/slow/20000")}));
+    expect_ack(&mut session, "job-slow").await;
+    wait_for(&mut events, |e| matches!(e, AgentEvent::JobStarted { id, .. } if id == "job-slow")).await;
+    session.send_json(json!({"t": "job_cancel", "id": "job-slow"}));
+    let (_, _, err) = expect_result(&mut session, "job-slow").await;
+    assert_eq!(err.unwrap().code, ErrorCode::Cancelled);
+
+    // Pause: availability, then jobs are refused with AGENT_PAUSED.
+    agent.pause();
+    match session.recv_skipping_hb().await {
+        AgentFrame::Availability(a) => assert!(a.paused),
+        other => panic!("expected availability, got {other:?}"),
+    }
+    assign(&session, "job-paused", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-paused").await;
+    let (_, _, err) = expect_result(&mut session, "job-paused").await;
+    assert_eq!(err.unwrap().code, ErrorCode::AgentPaused);
+    agent.resume();
+    match session.recv_skipping_hb().await {
+        AgentFrame::Availability(a) => assert!(!a.paused),
+        other => panic!("expected availability, got {other:?}"),
+    }
+
+    let snapshot = agent.snapshot();
+    assert_eq!(snapshot.connection, ConnectionState::Online);
+    assert!(snapshot.logged_in);
+    assert_eq!(snapshot.busy, 0);
+    let statuses: Vec<_> = snapshot.recent_jobs.iter().map(|j| (j.id.as_str(), j.status)).collect();
+    assert_eq!(statuses[0], ("job-paused", JobRunStatus::Failed));
+    assert!(statuses.contains(&("job-ok", JobRunStatus::Succeeded)));
+
+    // state.json mirrors the snapshot and holds no secret.
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(state.contains("\"agentId\": \"agt-1\""));
+    assert!(!state.contains("jwt-"), "token leaked into state.json");
+    assert!(!state.to_lowercase().contains("devicekey"));
+
+    agent.shutdown().await;
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["running"], false);
+    assert_eq!(state["snapshot"]["connection"], "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_the_hub_drops_the_socket_and_delivers_the_pending_result() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    let mut events = agent.subscribe();
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+
+    let mut first = hub.next_session().await;
+    first.handshake(60_000).await;
+    assign(&first, "job-survives", "http_request", json!({"url": hub.target("/slow/300")}));
+    expect_ack(&mut first, "job-survives").await;
+    first.drop_connection();
+
+    let disconnected = wait_for(&mut events, |e| matches!(e, AgentEvent::Disconnected { .. })).await;
+    let AgentEvent::Disconnected { retry_in_ms: Some(retry), .. } = disconnected else { panic!("{disconnected:?}") };
+    assert!(retry <= 1000, "first retry waits at most the 1 s base, got {retry} ms");
+
+    let mut second = hub.next_session().await;
+    second.handshake(60_000).await;
+    let (status, _, _) = expect_result(&mut second, "job-survives").await;
+    assert_eq!(status, JobStatus::Ok);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_4401_gets_a_fresh_token_and_reconnects() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+
+    let mut first = hub.next_session().await;
+    first.handshake(60_000).await;
+    assert_eq!(hub.tokens_issued(), 1);
+    first.close(4401, "token expired");
+
+    let mut second = hub.next_session().await;
+    assert_eq!(hub.tokens_issued(), 2, "a new token (challenge, signature, token) before reconnecting");
+    assert_ne!(second.token, first.token);
+    second.handshake(60_000).await;
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refreshed_before_they_expire() {
+    // 62 s tokens: refresh comes due at 2 s (a minute before expiry).
+    let hub = FakeHub::start_with_ttl(62).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    session.handshake(60_000).await;
+    tokio::time::timeout(TIMEOUT, async {
+        while hub.tokens_issued() < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("token refreshed while connected");
+    assert_eq!(agent.snapshot().connection, ConnectionState::Online);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_4403_stops_and_asks_for_login() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    let mut events = agent.subscribe();
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    session.handshake(60_000).await;
+    session.close(4403, "agent revoked");
+
+    let event = wait_for(&mut events, |e| matches!(e, AgentEvent::LoginRequired { .. })).await;
+    let AgentEvent::LoginRequired { reason } = event else { unreachable!() };
+    assert!(reason.contains("agent revoked"), "{reason}");
+    hub.assert_no_session_within(Duration::from_millis(1500)).await;
+    let snapshot = agent.snapshot();
+    assert!(!snapshot.logged_in);
+    assert_eq!(snapshot.connection, ConnectionState::Offline);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_agent_gets_401_from_token_and_stops() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    let mut events = agent.subscribe();
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    session.handshake(60_000).await;
+    hub.revoke();
+    session.close(4401, "token expired");
+    let event = wait_for(&mut events, |e| matches!(e, AgentEvent::LoginRequired { .. })).await;
+    let AgentEvent::LoginRequired { reason } = event else { unreachable!() };
+    assert!(reason.contains("agent revoked"), "{reason}");
+    hub.assert_no_session_within(Duration::from_millis(1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_hub_is_declared_dead_and_the_agent_reconnects() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_millis(200));
+    let mut events = agent.subscribe();
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut first = hub.next_session().await;
+    first.handshake(60_000).await;
+    // The smaller interval (ours, 200 ms) wins; heartbeats flow but the hub never answers.
+    assert!(matches!(first.recv().await, AgentFrame::Hb { .. }));
+    let event = wait_for(&mut events, |e| matches!(e, AgentEvent::Disconnected { .. })).await;
+    let AgentEvent::Disconnected { reason, .. } = event else { unreachable!() };
+    assert!(reason.contains("no frame from the hub"), "{reason}");
+    let mut second = hub.next_session().await;
+    second.handshake(60_000).await;
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_errors_keep_the_hubs_words_and_the_url_policy() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    match agent.login(&hub.url, "wrong").await.unwrap_err() {
+        AgentError::HubRejected { status, hub_error, message } => {
+            assert_eq!(status, 401);
+            assert_eq!(hub_error, "invalid_token");
+            assert!(message.contains("already used"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = agent.login("http://hub.example.com", ENROLL_TOKEN).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_hub_url");
+    assert!(!agent.snapshot().logged_in);
+
+    // start() without credentials: LoginRequired, no connection.
+    let mut events = agent.subscribe();
+    agent.start().unwrap();
+    wait_for(&mut events, |e| matches!(e, AgentEvent::LoginRequired { .. })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_stops_the_loop_and_forgets_the_credentials() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    session.handshake(60_000).await;
+    agent.start().unwrap(); // idempotent: no second session
+    agent.logout().await.unwrap();
+    hub.assert_no_session_within(Duration::from_millis(1500)).await;
+    let snapshot = agent.reload_credentials().await.unwrap();
+    assert!(!snapshot.logged_in);
+    assert_eq!(snapshot.agent_id, None);
+}
+
+#[test]
+fn events_and_snapshots_serialise_in_camel_case() {
+    let event = AgentEvent::JobFailed { id: "j".into(), job_type: "http_request".into(), code: "NETWORK".into(), message: "m".into() };
+    assert_eq!(
+        serde_json::to_value(&event).unwrap(),
+        json!({"type": "jobFailed", "id": "j", "jobType": "http_request", "code": "NETWORK", "message": "m"})
+    );
+    let event = AgentEvent::Disconnected { reason: "r".into(), retry_in_ms: Some(5) };
+    assert_eq!(serde_json::to_value(&event).unwrap(), json!({"type": "disconnected", "reason": "r", "retryInMs": 5}));
+    assert_eq!(serde_json::to_value(AgentEvent::Paused).unwrap(), json!({"type": "paused"}));
+}
