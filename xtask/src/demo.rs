@@ -36,9 +36,9 @@ pub fn run() -> Result<()> {
     step(&format!("logging a headless agent in (keychain: {keychain}, {why})"));
     let profile = format!("demo-{}", std::process::id());
     let mut agent = Agent::new(&bins, &profile, keychain, &dir.path().join("agent"));
-    let login = agent.login(&hub.url, &token).context(
-        "agent login failed; if the keychain is the problem, the message above says what to install",
-    )?;
+    let login = agent
+        .login(&hub.url, &token)
+        .context("agent login failed; if the keychain is the problem, the message above says what to install")?;
     for line in login.lines() {
         println!("   {line}");
     }

@@ -7,16 +7,35 @@ use std::process::Command;
 
 /// Build dependencies of the tray app (WebKitGTK, tray, notifications, keychain headers).
 pub const APT_BUILD: &[&str] = &[
-    "build-essential", "pkg-config", "file", "libwebkit2gtk-4.1-dev", "libayatana-appindicator3-dev",
-    "librsvg2-dev", "libssl-dev", "libxdo-dev", "libdbus-1-dev",
+    "build-essential",
+    "pkg-config",
+    "file",
+    "libwebkit2gtk-4.1-dev",
+    "libayatana-appindicator3-dev",
+    "librsvg2-dev",
+    "libssl-dev",
+    "libxdo-dev",
+    "libdbus-1-dev",
 ];
 
 /// What the tests run against: a virtual display, a session bus with a real keyring, a
 /// notification daemon, an XEmbed tray host and Debian's Chromium. Not `dbus-x11`: it
 /// autolaunches stray buses that outlive the tests.
 pub const APT_TEST: &[&str] = &[
-    "xvfb", "xauth", "dbus", "dbus-bin", "keyutils", "gnome-keyring", "dunst", "trayer", "chromium",
-    "fonts-dejavu-core", "x11-utils", "imagemagick", "nodejs", "npm",
+    "xvfb",
+    "xauth",
+    "dbus",
+    "dbus-bin",
+    "keyutils",
+    "gnome-keyring",
+    "dunst",
+    "trayer",
+    "chromium",
+    "fonts-dejavu-core",
+    "x11-utils",
+    "imagemagick",
+    "nodejs",
+    "npm",
 ];
 
 fn installed(package: &str) -> bool {
@@ -50,10 +69,9 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
     }
     eprintln!("installing missing Debian packages: {}", missing.join(" "));
     checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    checked(Command::new("apt-get")
-        .args(["install", "-y", "-qq"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    checked(
+        Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// `npm ci` in `ui/` when its node_modules is missing or older than the lock file.
@@ -61,7 +79,10 @@ pub fn ensure_npm() -> Result<()> {
     let ui = root().join("ui");
     let lock = ui.join("package-lock.json");
     let marker = ui.join("node_modules/.package-lock.json");
-    let stale = match (std::fs::metadata(&lock).and_then(|m| m.modified()), std::fs::metadata(&marker).and_then(|m| m.modified())) {
+    let stale = match (
+        std::fs::metadata(&lock).and_then(|m| m.modified()),
+        std::fs::metadata(&marker).and_then(|m| m.modified()),
+    ) {
         (Ok(lock), Ok(installed)) => lock > installed,
         _ => true,
     };

@@ -17,8 +17,8 @@ use crate::service::{AgentEvent, ConnectionState, Inner, JobRecord, JobRunStatus
 use edge_protocol::api::{close_code, WS_PATH};
 use edge_protocol::errors::full_jitter_backoff;
 use edge_protocol::{
-    capability, decode_hub_frame, encode, AgentFrame, Availability, ErrorCode, FrameError, HubFrame, JobError,
-    JobSpec, JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    capability, decode_hub_frame, encode, AgentFrame, Availability, ErrorCode, FrameError, HubFrame, JobError, JobSpec,
+    JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -66,12 +66,17 @@ pub fn reconnect_delay(attempt: u32) -> Duration {
 enum SessionEnd {
     Shutdown,
     /// 4401: get a new token, reconnect.
-    TokenExpired { reason: String },
+    TokenExpired {
+        reason: String,
+    },
     /// 4403, or 401/403 from `/token`: stop until someone logs in.
     LoginRequired(String),
     /// Reconnecting cannot help (too old for the hub, replaced by a twin).
     Fatal(String),
-    Dropped { reason: String, reached_hello_ack: bool },
+    Dropped {
+        reason: String,
+        reached_hello_ack: bool,
+    },
 }
 
 pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
@@ -109,17 +114,8 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         running: Arc::new(Mutex::new(HashMap::new())),
         results_tx,
     };
-    let mut supervisor = Supervisor {
-        inner,
-        cancel,
-        credentials,
-        hub_url,
-        hub,
-        jobs,
-        results_rx,
-        unsent: VecDeque::new(),
-        token: None,
-    };
+    let mut supervisor =
+        Supervisor { inner, cancel, credentials, hub_url, hub, jobs, results_rx, unsent: VecDeque::new(), token: None };
     supervisor.run().await;
 }
 
@@ -183,7 +179,10 @@ impl Supervisor {
                     return;
                 }
                 SessionEnd::TokenExpired { reason } => {
-                    let fresh = self.token.as_ref().is_some_and(|t| unix_now() - t.obtained_at_unix < FRESH_TOKEN.as_secs() as i64);
+                    let fresh = self
+                        .token
+                        .as_ref()
+                        .is_some_and(|t| unix_now() - t.obtained_at_unix < FRESH_TOKEN.as_secs() as i64);
                     self.token = None;
                     if !fresh {
                         tracing::info!("hub says the token expired; refreshing and reconnecting");
@@ -276,7 +275,11 @@ impl Supervisor {
         let hello = AgentFrame::Hello {
             protocol: PROTOCOL_VERSION,
             v: crate::agent_version(),
-            capabilities: vec![capability::HTTP_REQUEST.into(), capability::JOB_CANCEL.into(), capability::PAUSE.into()],
+            capabilities: vec![
+                capability::HTTP_REQUEST.into(),
+                capability::JOB_CANCEL.into(),
+                capability::PAUSE.into(),
+            ],
             slots: self.inner.settings.slots.max(1),
             labels: Vec::new(),
             paused: *self.inner.paused.borrow(),
@@ -323,7 +326,9 @@ impl Supervisor {
                     tracing::debug!(%hub, protocol, "hello_ack");
                     return Ok(Duration::from_millis(hb_interval_ms));
                 }
-                Incoming::Frame(HubFrame::Error(e)) => tracing::warn!(code = %e.code, message = %e.message, "hub sent an error frame"),
+                Incoming::Frame(HubFrame::Error(e)) => {
+                    tracing::warn!(code = %e.code, message = %e.message, "hub sent an error frame")
+                }
                 Incoming::Frame(other) => tracing::warn!(frame = other.kind(), "frame before hello_ack ignored"),
                 Incoming::Bad(error) => {
                     if let Err(reason) = reply_to_bad_frame(sink, &error).await {
@@ -517,7 +522,8 @@ fn end_for_close(close: Option<(u16, String)>, reached_hello_ack: bool) -> Sessi
     let Some((code, reason)) = close else {
         return SessionEnd::Dropped { reason: "the hub closed the connection".into(), reached_hello_ack };
     };
-    let described = if reason.is_empty() { format!("close code {code}") } else { format!("{reason} (close code {code})") };
+    let described =
+        if reason.is_empty() { format!("close code {code}") } else { format!("{reason} (close code {code})") };
     match code {
         close_code::TOKEN_EXPIRED => SessionEnd::TokenExpired { reason: described },
         close_code::TOKEN_INVALID => SessionEnd::LoginRequired(described),
@@ -588,15 +594,18 @@ impl Jobs {
     fn record_refused(&self, job: &JobSpec, error: &JobError) {
         let now = crate::now_rfc3339();
         let message = error.message.clone().unwrap_or_default();
-        push_record(&self.inner, JobRecord {
-            id: job.job_id.clone(),
-            job_type: job.job_type.clone(),
-            status: JobRunStatus::Failed,
-            started_at: now.clone(),
-            finished_at: Some(now),
-            error_code: Some(error.code.to_string()),
-            message: Some(message.clone()),
-        });
+        push_record(
+            &self.inner,
+            JobRecord {
+                id: job.job_id.clone(),
+                job_type: job.job_type.clone(),
+                status: JobRunStatus::Failed,
+                started_at: now.clone(),
+                finished_at: Some(now),
+                error_code: Some(error.code.to_string()),
+                message: Some(message.clone()),
+            },
+        );
         self.inner.emit(AgentEvent::JobFailed {
             id: job.job_id.clone(),
             job_type: job.job_type.clone(),
@@ -633,15 +642,18 @@ impl Jobs {
                 permit = slots.acquire_owned() => permit.ok(),
                 _ = cancel.cancelled() => None,
             };
-            push_record(&inner, JobRecord {
-                id: job.job_id.clone(),
-                job_type: job.job_type.clone(),
-                status: JobRunStatus::Running,
-                started_at: crate::now_rfc3339(),
-                finished_at: None,
-                error_code: None,
-                message: None,
-            });
+            push_record(
+                &inner,
+                JobRecord {
+                    id: job.job_id.clone(),
+                    job_type: job.job_type.clone(),
+                    status: JobRunStatus::Running,
+                    started_at: crate::now_rfc3339(),
+                    finished_at: None,
+                    error_code: None,
+                    message: None,
+                },
+            );
             inner.emit(AgentEvent::JobStarted { id: job.job_id.clone(), job_type: job.job_type.clone() });
             let outcome = match permit {
                 None => Err(cancelled()),
@@ -720,7 +732,8 @@ mod tests {
     #[test]
     fn reconnect_delay_stays_within_full_jitter_bounds() {
         for attempt in 1..=40u32 {
-            let ceiling = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(31))).min(BACKOFF_CAP);
+            let ceiling =
+                BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(31))).min(BACKOFF_CAP);
             for _ in 0..200 {
                 let delay = reconnect_delay(attempt);
                 assert!(delay <= ceiling, "attempt {attempt}: {delay:?} > {ceiling:?}");
@@ -737,7 +750,10 @@ mod tests {
         assert!(matches!(end_for_close(Some((4401, "expired".into())), true), SessionEnd::TokenExpired { .. }));
         assert!(matches!(end_for_close(Some((4403, "forged".into())), true), SessionEnd::LoginRequired(_)));
         assert!(matches!(end_for_close(Some((4426, String::new())), true), SessionEnd::Fatal(_)));
-        assert!(matches!(end_for_close(Some((1000, String::new())), true), SessionEnd::Dropped { reached_hello_ack: true, .. }));
+        assert!(matches!(
+            end_for_close(Some((1000, String::new())), true),
+            SessionEnd::Dropped { reached_hello_ack: true, .. }
+        ));
         assert!(matches!(end_for_close(None, false), SessionEnd::Dropped { reached_hello_ack: false, .. }));
     }
 }

@@ -186,8 +186,9 @@ mod tests {
 
     #[test]
     fn corrupt_records_fail_without_echoing_content() {
-        let err = Credentials::from_keychain_json(r#"{"hubUrl":"h","agentId":"a","creatorId":"c","deviceKey":"c2VjcmV0"}"#)
-            .unwrap_err();
+        let err =
+            Credentials::from_keychain_json(r#"{"hubUrl":"h","agentId":"a","creatorId":"c","deviceKey":"c2VjcmV0"}"#)
+                .unwrap_err();
         assert!(err.contains("expected 32"), "{err}");
         assert!(!err.contains("c2VjcmV0"));
     }

@@ -31,7 +31,9 @@ pub enum AgentError {
     #[error("{0}")]
     KeychainUnavailable(String),
 
-    #[error("the keychain entry for profile {profile:?} is unreadable ({reason}); run `edge-agent logout` and log in again")]
+    #[error(
+        "the keychain entry for profile {profile:?} is unreadable ({reason}); run `edge-agent logout` and log in again"
+    )]
     CorruptCredentials { profile: String, reason: String },
 
     #[error("the hub no longer accepts this agent's credentials ({0}); log in again")]

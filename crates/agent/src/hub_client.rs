@@ -8,8 +8,8 @@ use crate::error::AgentError;
 use crate::hub_url::HubUrl;
 use crate::secret::Secret;
 use edge_protocol::api::{
-    token_signing_message, ApiError, ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse,
-    TokenRequest, TokenResponse, CHALLENGE_PATH, ENROLL_PATH, TOKEN_PATH,
+    token_signing_message, ApiError, ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, TokenRequest,
+    TokenResponse, CHALLENGE_PATH, ENROLL_PATH, TOKEN_PATH,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;

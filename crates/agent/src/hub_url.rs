@@ -100,11 +100,23 @@ mod tests {
 
     #[test]
     fn http_is_accepted_only_for_loopback() {
-        for ok in ["http://127.0.0.1:8787", "http://127.9.8.7", "http://[::1]:1", "http://localhost:8787/", "http://LOCALHOST"] {
+        for ok in [
+            "http://127.0.0.1:8787",
+            "http://127.9.8.7",
+            "http://[::1]:1",
+            "http://localhost:8787/",
+            "http://LOCALHOST",
+        ] {
             let url = HubUrl::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert!(url.ws_endpoint("/x").starts_with("ws://"), "{ok}");
         }
-        for bad in ["http://hub.example.com", "http://10.0.0.1:8787", "http://192.168.1.2", "http://[fe80::1]", "http://localhost.evil.com"] {
+        for bad in [
+            "http://hub.example.com",
+            "http://10.0.0.1:8787",
+            "http://192.168.1.2",
+            "http://[fe80::1]",
+            "http://localhost.evil.com",
+        ] {
             let err = HubUrl::parse(bad).unwrap_err();
             assert!(err.to_string().contains("loopback"), "{bad}: {err}");
         }

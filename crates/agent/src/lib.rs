@@ -25,8 +25,8 @@ pub use hub_url::HubUrl;
 pub use keychain::{Keychain, KeychainBackend, KeychainChoice};
 pub use secret::Secret;
 pub use service::{
-    default_data_dir, AgentEvent, AgentService, AgentSettings, AgentSnapshot, ConnectionState, JobRecord,
-    JobRunStatus, LoginOutcome,
+    default_data_dir, AgentEvent, AgentService, AgentSettings, AgentSnapshot, ConnectionState, JobRecord, JobRunStatus,
+    LoginOutcome,
 };
 pub use state_file::StateFile;
 
@@ -36,7 +36,5 @@ pub fn agent_version() -> String {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

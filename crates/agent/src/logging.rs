@@ -43,13 +43,10 @@ pub fn init(options: LogOptions) -> Result<WorkerGuard, AgentError> {
         .map_err(|e| AgentError::Internal(format!("cannot open log files in {}: {e}", directory.display())))?;
     let (writer, guard) = tracing_appender::non_blocking(appender);
 
-    let filter = || {
-        EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(&options.default_filter))
-    };
+    let filter = || EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(&options.default_filter));
     let file_layer = fmt::layer().json().with_writer(writer).with_filter(filter());
-    let stderr_layer = options
-        .stderr
-        .then(|| fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter()));
+    let stderr_layer =
+        options.stderr.then(|| fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter()));
     tracing_subscriber::registry()
         .with(file_layer)
         .with(stderr_layer)

@@ -127,7 +127,10 @@ async fn run(settings: AgentSettings) -> Result<ExitCode> {
     let service = AgentService::new(settings);
     let snapshot = service.reload_credentials().await?;
     if !snapshot.logged_in {
-        bail!("not logged in (profile {:?}): run `edge-agent login --hub URL --token T` first", service.settings().profile);
+        bail!(
+            "not logged in (profile {:?}): run `edge-agent login --hub URL --token T` first",
+            service.settings().profile
+        );
     }
     let mut events = service.subscribe();
     service.start()?;
@@ -269,7 +272,10 @@ fn print_state(file: &StateFile, alive: bool) {
     let s = &file.snapshot;
     if alive {
         println!("agent:       running (pid {}, updated {})", file.pid, file.updated_at);
-        println!("connection:  {}", serde_json::to_value(s.connection).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+        println!(
+            "connection:  {}",
+            serde_json::to_value(s.connection).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        );
         println!("paused:      {}", if s.paused { "yes" } else { "no" });
         println!("busy:        {} job(s)", s.busy);
     } else {
@@ -281,7 +287,8 @@ fn print_state(file: &StateFile, alive: bool) {
     if !s.recent_jobs.is_empty() {
         println!("recent jobs:");
         for job in &s.recent_jobs {
-            let status = serde_json::to_value(job.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let status =
+                serde_json::to_value(job.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             let detail = match (&job.error_code, &job.message) {
                 (Some(code), Some(message)) => format!(" {code}: {message}"),
                 (Some(code), None) => format!(" {code}"),

@@ -132,17 +132,41 @@ impl AgentSnapshot {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum AgentEvent {
-    StateChanged { snapshot: AgentSnapshot },
-    Connected { hub_url: String },
+    StateChanged {
+        snapshot: AgentSnapshot,
+    },
+    Connected {
+        hub_url: String,
+    },
     /// `retry_in_ms` is `None` when the agent will not reconnect by itself.
-    Disconnected { reason: String, retry_in_ms: Option<u64> },
-    JobStarted { id: String, job_type: String },
-    JobProgress { id: String, pct: Option<u8>, message: Option<String> },
-    JobFinished { id: String, job_type: String },
-    JobFailed { id: String, job_type: String, code: String, message: String },
+    Disconnected {
+        reason: String,
+        retry_in_ms: Option<u64>,
+    },
+    JobStarted {
+        id: String,
+        job_type: String,
+    },
+    JobProgress {
+        id: String,
+        pct: Option<u8>,
+        message: Option<String>,
+    },
+    JobFinished {
+        id: String,
+        job_type: String,
+    },
+    JobFailed {
+        id: String,
+        job_type: String,
+        code: String,
+        message: String,
+    },
     /// The hub refused our credentials (revoked agent, wrong key) or there are none: the
     /// agent stays offline until someone logs in.
-    LoginRequired { reason: String },
+    LoginRequired {
+        reason: String,
+    },
     Paused,
     Resumed,
 }
@@ -334,8 +358,10 @@ impl AgentService {
     /// already running is left alone. Without credentials the loop emits `LoginRequired`
     /// and ends.
     pub fn start(&self) -> Result<(), AgentError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| AgentError::NoRuntime("AgentService::start"))?;
-        let mut running = self.inner.running.lock().map_err(|_| AgentError::Internal("service lock poisoned".into()))?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| AgentError::NoRuntime("AgentService::start"))?;
+        let mut running =
+            self.inner.running.lock().map_err(|_| AgentError::Internal("service lock poisoned".into()))?;
         if running.as_ref().is_some_and(|r| !r.handle.is_finished()) {
             return Ok(());
         }

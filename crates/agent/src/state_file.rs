@@ -43,7 +43,8 @@ impl StateFile {
         let path = Self::path(data_dir);
         let temporary = data_dir.join(format!(".{STATE_FILE_NAME}.{}.tmp", std::process::id()));
         let json = serde_json::to_vec_pretty(self).map_err(|e| AgentError::Internal(e.to_string()))?;
-        std::fs::write(&temporary, json).map_err(|e| AgentError::io(format!("cannot write {}", temporary.display()), e))?;
+        std::fs::write(&temporary, json)
+            .map_err(|e| AgentError::io(format!("cannot write {}", temporary.display()), e))?;
         std::fs::rename(&temporary, &path).map_err(|e| AgentError::io(format!("cannot replace {}", path.display()), e))
     }
 

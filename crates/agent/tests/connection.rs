@@ -5,7 +5,9 @@ mod support;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use edge_agent::{AgentError, AgentEvent, AgentService, AgentSettings, ConnectionState, JobRunStatus, MemoryCredentialStore};
+use edge_agent::{
+    AgentError, AgentEvent, AgentService, AgentSettings, ConnectionState, JobRunStatus, MemoryCredentialStore,
+};
 use edge_protocol::{AgentFrame, ErrorCode, JobStatus};
 use serde_json::json;
 use std::sync::Arc;
@@ -45,7 +47,10 @@ async fn expect_ack(session: &mut FakeSession, id: &str) {
     }
 }
 
-async fn expect_result(session: &mut FakeSession, id: &str) -> (JobStatus, Option<serde_json::Value>, Option<edge_protocol::JobError>) {
+async fn expect_result(
+    session: &mut FakeSession,
+    id: &str,
+) -> (JobStatus, Option<serde_json::Value>, Option<edge_protocol::JobError>) {
     match session.recv_skipping_hb().await {
         AgentFrame::JobResult { id: done, status, data, err } => {
             assert_eq!(done, id);
@@ -152,7 +157,8 @@ async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
     assert!(!state.to_lowercase().contains("devicekey"));
 
     agent.shutdown().await;
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
     assert_eq!(state["running"], false);
     assert_eq!(state["snapshot"]["connection"], "offline");
 }
@@ -318,7 +324,12 @@ async fn logout_stops_the_loop_and_forgets_the_credentials() {
 
 #[test]
 fn events_and_snapshots_serialise_in_camel_case() {
-    let event = AgentEvent::JobFailed { id: "j".into(), job_type: "http_request".into(), code: "NETWORK".into(), message: "m".into() };
+    let event = AgentEvent::JobFailed {
+        id: "j".into(),
+        job_type: "http_request".into(),
+        code: "NETWORK".into(),
+        message: "m".into(),
+    };
     assert_eq!(
         serde_json::to_value(&event).unwrap(),
         json!({"type": "jobFailed", "id": "j", "jobType": "http_request", "code": "NETWORK", "message": "m"})

@@ -56,8 +56,7 @@ fn decode<T: DeserializeOwned>(text: &str, known: &[&str]) -> Result<T, FrameErr
     if text.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge { size: text.len(), limit: MAX_FRAME_BYTES });
     }
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| FrameError::NotAFrame(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| FrameError::NotAFrame(e.to_string()))?;
     let t = value
         .get("t")
         .and_then(|t| t.as_str())

@@ -70,8 +70,13 @@ pub enum AgentFrame {
         paused: bool,
     },
     /// Heartbeat: `{"t":"hb","v":"agent-x.y.z","ts":1690000000}` (ts in Unix seconds).
-    Hb { v: String, ts: i64 },
-    JobAck { id: String },
+    Hb {
+        v: String,
+        ts: i64,
+    },
+    JobAck {
+        id: String,
+    },
     JobProgress {
         id: String,
         /// 0–100 when known.
@@ -88,7 +93,9 @@ pub enum AgentFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         err: Option<JobError>,
     },
-    CircuitBreaker { reason: CircuitReason },
+    CircuitBreaker {
+        reason: CircuitReason,
+    },
     Availability(Availability),
     Error(ProtocolErrorFrame),
 }
@@ -112,7 +119,9 @@ pub enum HubFrame {
         #[serde(rename = "hbIntervalMs")]
         hb_interval_ms: u64,
     },
-    JobAssign { job: JobSpec },
+    JobAssign {
+        job: JobSpec,
+    },
     HbAck {
         /// Echo of the heartbeat's `ts`.
         ts: i64,
@@ -120,7 +129,9 @@ pub enum HubFrame {
         #[serde(default, rename = "serverTs", skip_serializing_if = "Option::is_none")]
         server_ts: Option<i64>,
     },
-    JobCancel { id: String },
+    JobCancel {
+        id: String,
+    },
     Error(ProtocolErrorFrame),
 }
 

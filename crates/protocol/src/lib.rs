@@ -18,9 +18,7 @@ pub mod jobs;
 
 pub use codec::{decode_agent_frame, decode_hub_frame, encode, FrameError, MAX_FRAME_BYTES};
 pub use errors::{ErrorCode, JobError, RetryPolicy};
-pub use frames::{
-    AgentFrame, Availability, CircuitReason, HubFrame, JobSpec, JobStatus, ProtocolErrorFrame,
-};
+pub use frames::{AgentFrame, Availability, CircuitReason, HubFrame, JobSpec, JobStatus, ProtocolErrorFrame};
 
 /// Protocol version this build speaks. Version 0 is the prototype (no `hello`).
 /// Version 1 adds `hello`/`hello_ack`, `job_progress`, `job_cancel`, `availability` and `error`.

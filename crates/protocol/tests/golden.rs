@@ -2,8 +2,8 @@
 //! exact bytes stored under `tests/fixtures/`. A failure here means the wire format changed.
 
 use edge_protocol::{
-    decode_agent_frame, decode_hub_frame, encode, AgentFrame, ErrorCode, FrameError, HubFrame,
-    JobStatus, MAX_FRAME_BYTES,
+    decode_agent_frame, decode_hub_frame, encode, AgentFrame, ErrorCode, FrameError, HubFrame, JobStatus,
+    MAX_FRAME_BYTES,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -56,7 +56,8 @@ fn prototype_frames_decode_to_the_expected_values() {
     let hb = decode_agent_frame(r#"{"t":"hb","v":"agent-1.4.2","ts":1690000000}"#).unwrap();
     assert_eq!(hb, AgentFrame::Hb { v: "agent-1.4.2".into(), ts: 1_690_000_000 });
 
-    let result = decode_agent_frame(r#"{"t":"job_result","id":"j","status":"error","err":{"code":"NAV_TIMEOUT"}}"#).unwrap();
+    let result =
+        decode_agent_frame(r#"{"t":"job_result","id":"j","status":"error","err":{"code":"NAV_TIMEOUT"}}"#).unwrap();
     match result {
         AgentFrame::JobResult { status, err: Some(err), .. } => {
             assert_eq!(status, JobStatus::Error);
@@ -66,7 +67,10 @@ fn prototype_frames_decode_to_the_expected_values() {
         other => panic!("unexpected {other:?}"),
     }
 
-    let assign = decode_hub_frame(r#"{"t":"job_assign","job":{"jobId":"j1","type":"http_request","payload":{"url":"http://x"}}}"#).unwrap();
+    let assign = decode_hub_frame(
+        r#"{"t":"job_assign","job":{"jobId":"j1","type":"http_request","payload":{"url":"http://x"}}}"#,
+    )
+    .unwrap();
     match assign {
         HubFrame::JobAssign { job } => {
             assert_eq!(job.job_id, "j1");

@@ -217,11 +217,15 @@ impl Hub {
     }
 
     pub fn job(&self, key: &str, id: &str) -> Result<Value> {
-        json_or_error(ureq::get(&format!("{}/v1/jobs/{id}", self.url)).set("Authorization", &format!("Bearer {key}")).call())
+        json_or_error(
+            ureq::get(&format!("{}/v1/jobs/{id}", self.url)).set("Authorization", &format!("Bearer {key}")).call(),
+        )
     }
 
     pub fn agents(&self, key: &str) -> Result<Value> {
-        json_or_error(ureq::get(&format!("{}/v1/agents", self.url)).set("Authorization", &format!("Bearer {key}")).call())
+        json_or_error(
+            ureq::get(&format!("{}/v1/agents", self.url)).set("Authorization", &format!("Bearer {key}")).call(),
+        )
     }
 
     /// Polls until the job is `succeeded` or `failed`, returning it as the hub recorded it.
@@ -439,7 +443,8 @@ pub fn mint_jwt(secret: &[u8], agent_id: &str, creator_id: &str, exp: i64) -> St
     use hmac::{Hmac, Mac};
     let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let iat = exp - 60;
-    let claims = B64.encode(json!({ "agentId": agent_id, "creatorId": creator_id, "iat": iat, "exp": exp }).to_string());
+    let claims =
+        B64.encode(json!({ "agentId": agent_id, "creatorId": creator_id, "iat": iat, "exp": exp }).to_string());
     let signing_input = format!("{header}.{claims}");
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(signing_input.as_bytes());

@@ -72,7 +72,9 @@ fn serve(stream: TcpStream, hits: &Mutex<HashMap<String, u32>>) -> std::io::Resu
         *h.entry(path.clone()).or_default() += 1;
     }
     let (status, headers, payload): (&str, Vec<(String, String)>, Vec<u8>) = match (method.as_str(), path.as_str()) {
-        ("GET", "/hello") => ("200 OK", vec![("Content-Type".into(), "text/html; charset=utf-8".into())], HELLO_BODY.into()),
+        ("GET", "/hello") => {
+            ("200 OK", vec![("Content-Type".into(), "text/html; charset=utf-8".into())], HELLO_BODY.into())
+        }
         ("POST", "/echo") => ("200 OK", vec![("Content-Type".into(), content_type)], body),
         ("GET", "/redirect") => ("302 Found", vec![("Location".into(), "/hello".into())], Vec::new()),
         ("GET", "/slow") => {
@@ -90,7 +92,8 @@ fn serve(stream: TcpStream, hits: &Mutex<HashMap<String, u32>>) -> std::io::Resu
 }
 
 fn respond(mut stream: TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\nX-Demo-Site: edge\r\n", body.len());
+    let mut head =
+        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\nX-Demo-Site: edge\r\n", body.len());
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -117,8 +117,7 @@ impl Keychain {
 
     fn entry(&self) -> Result<(KeychainBackend, keyring::Entry), AgentError> {
         let backend = self.backend()?;
-        let entry = platform::entry(backend, KEYCHAIN_SERVICE, &self.profile)
-            .map_err(|e| unavailable(backend, &e))?;
+        let entry = platform::entry(backend, KEYCHAIN_SERVICE, &self.profile).map_err(|e| unavailable(backend, &e))?;
         Ok((backend, entry))
     }
 }

@@ -173,7 +173,10 @@ async fn enroll(State(state): State<Arc<HubState>>, Json(request): Json<EnrollRe
     let Ok(bytes) = BASE64.decode(&request.public_key) else {
         return api_error(StatusCode::BAD_REQUEST, "bad_request", "publicKey is not base64");
     };
-    let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| ()).and_then(|b| VerifyingKey::from_bytes(&b).map_err(|_| ())) else {
+    let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| ())
+        .and_then(|b| VerifyingKey::from_bytes(&b).map_err(|_| ()))
+    else {
         return api_error(StatusCode::BAD_REQUEST, "bad_request", "publicKey is not an Ed25519 key");
     };
     assert!(request.version.as_deref().is_some_and(|v| v.starts_with("agent-")));
@@ -260,7 +263,11 @@ pub fn targets<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route(
             "/target/redirect/{n}",
             get(|Path(n): Path<u32>| async move {
-                if n == 0 { Redirect::temporary("/target/hello") } else { Redirect::temporary(&format!("/target/redirect/{}", n - 1)) }
+                if n == 0 {
+                    Redirect::temporary("/target/hello")
+                } else {
+                    Redirect::temporary(&format!("/target/redirect/{}", n - 1))
+                }
             }),
         )
         .route("/target/loop", get(|| async { Redirect::temporary("/target/loop") }))

@@ -1,0 +1,186 @@
+//! Owns the HTTP surface: the router, the shared [`AppState`], JSON error answers and the
+//! extractors that turn axum's plain-text rejections into [`ApiError`] bodies. It must
+//! never put a storage detail or a secret into an answer: 5xx bodies say only what failed.
+
+pub mod agent_auth;
+pub mod operator;
+pub mod ws;
+
+use crate::crypto::sha256_hex;
+use crate::dispatch::Dispatcher;
+use crate::jwt::JwtKeys;
+use crate::store::{Store, StoreError};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edge_protocol::api::{self as wire, ApiError};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Request bodies above this are refused with 413 before they are parsed.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub type AppState = Arc<App>;
+
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub jwt: JwtKeys,
+    pub dispatcher: Dispatcher,
+    pub hb_interval: Duration,
+    /// Cancelled when the hub shuts down; sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// WebSocket sessions outlive their HTTP request; shutdown waits on them here.
+    pub sessions: TaskTracker,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(operator::health))
+        .route(wire::ENROLL_PATH, post(agent_auth::enroll))
+        .route(wire::CHALLENGE_PATH, post(agent_auth::challenge))
+        .route(wire::TOKEN_PATH, post(agent_auth::token))
+        .route(wire::WS_PATH, get(ws::agent_ws))
+        .route("/v1/jobs", post(operator::submit_job))
+        .route("/v1/jobs/{id}", get(operator::get_job))
+        .route("/v1/agents", get(operator::list_agents))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint: see docs/architecture.md for the API")
+}
+
+async fn method_not_allowed() -> Failure {
+    Failure::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that HTTP method")
+}
+
+/// An error answer: status plus the `{"error","message"}` body every endpoint uses.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: StatusCode,
+    pub body: ApiError,
+}
+
+impl Failure {
+    pub fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Failure {
+        Failure { status, body: ApiError { error: error.to_owned(), message: message.into() } }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Failure {
+        Failure::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// A server-side fault. The detail goes to the log only.
+    pub fn internal(context: &str, detail: &dyn std::fmt::Display) -> Failure {
+        tracing::error!(error = %detail, "{context}");
+        Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{context}; see the hub's log"))
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        Failure::internal("the hub's database failed", &e)
+    }
+}
+
+impl From<crate::error::HubError> for Failure {
+    fn from(e: crate::error::HubError) -> Failure {
+        Failure::internal("the hub failed", &e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// `Json<T>` whose rejections are [`ApiError`] JSON naming the problem, not axum's plain text.
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> Failure {
+    let status = rejection.status();
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Failure::new(status, "payload_too_large", format!("request body is over the {MAX_BODY_BYTES}-byte limit"))
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Failure::new(
+            status,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ => match rejection {
+            JsonRejection::JsonDataError(e) => Failure::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("the JSON body does not have the expected shape: {}", e.body_text()),
+            ),
+            JsonRejection::JsonSyntaxError(e) => Failure::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {}", e.body_text()),
+            ),
+            other => Failure::new(StatusCode::BAD_REQUEST, "invalid_body", other.body_text()),
+        },
+    }
+}
+
+/// The credential of an `Authorization: Bearer …` header, if there is one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Proof that the request carried a valid operator API key.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(key) = bearer_token(&parts.headers) else {
+            return Err(Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send an operator API key as `Authorization: Bearer <key>`; create one with `edge-hub api-key create`",
+            ));
+        };
+        // Keys are looked up by their hash, so the raw key is never compared or stored.
+        if state.store.api_key_exists(&sha256_hex(key)).await? {
+            Ok(Operator)
+        } else {
+            Err(Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the API key is not known to this hub; create one with `edge-hub api-key create`",
+            ))
+        }
+    }
+}

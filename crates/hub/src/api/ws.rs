@@ -1,0 +1,505 @@
+//! Owns one agent's WebSocket session: token check at upgrade, the `hello`/version-0
+//! handshake, heartbeats, and applying `job_ack`/`job_result`/`availability` frames to
+//! the store and the dispatcher. It must never panic or disconnect on bad input: every
+//! undecodable frame gets an `error` frame and a warn log line, and the session goes on.
+//! It must never change a job the agent does not hold, and never send a version-1 frame
+//! to a version-0 peer.
+
+use super::{bearer_token, AppState, Failure};
+use crate::crypto::{now_ms, now_secs};
+use crate::dispatch::{Dispatcher, Outgoing, SessionId};
+use crate::jwt::TokenRejection;
+use crate::store::{AgentRecord, FinishOutcome, JobOutcome};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use edge_protocol::api::close_code;
+use edge_protocol::{
+    decode_agent_frame, encode, AgentFrame, ErrorCode, FrameError, HubFrame, JobError, JobStatus, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
+use serde::Deserialize;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+/// Messages above this are dropped by the WebSocket layer itself. It sits well above
+/// [`edge_protocol::MAX_FRAME_BYTES`] so a merely oversized frame reaches the codec and
+/// is answered with `FRAME_TOO_LARGE` instead of a dropped connection.
+const MAX_WS_MESSAGE_BYTES: usize = 4 * edge_protocol::MAX_FRAME_BYTES;
+
+/// How long to wait for the agent's answer to our close frame before dropping the socket.
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+/// Shorter on shutdown: an agent that does not answer at once must not hold up a restart.
+const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(200);
+
+/// A prototype agent heartbeats on its own fixed schedule and never learns ours, so it
+/// gets at least this long between frames.
+const MIN_V0_IDLE: Duration = Duration::from_secs(90);
+const MIN_V1_IDLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// Why a WebSocket is refused; each maps to a frame code and a close code.
+#[derive(Debug)]
+enum Refusal {
+    Expired,
+    Invalid(String),
+    Unavailable,
+}
+
+impl Refusal {
+    fn frame_code(&self) -> &'static str {
+        match self {
+            Refusal::Expired => "TOKEN_EXPIRED",
+            Refusal::Invalid(_) => "TOKEN_INVALID",
+            Refusal::Unavailable => "INTERNAL",
+        }
+    }
+
+    fn close_code(&self) -> u16 {
+        match self {
+            Refusal::Expired => close_code::TOKEN_EXPIRED,
+            Refusal::Invalid(_) => close_code::TOKEN_INVALID,
+            // 1011: the server hit an unexpected condition.
+            Refusal::Unavailable => 1011,
+        }
+    }
+
+    /// Short enough for a close frame's 123-byte reason.
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Expired => "token expired: get a new one from /v1/agent/token",
+            Refusal::Invalid(_) => "token invalid: log in again",
+            Refusal::Unavailable => "the hub cannot check tokens right now",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Refusal::Expired => {
+                "the session token has expired: get a new one from /v1/agent/token and reconnect".to_owned()
+            }
+            Refusal::Invalid(why) => format!("the session token is not valid ({why}): log in again"),
+            Refusal::Unavailable => "the hub cannot check tokens right now; retry later".to_owned(),
+        }
+    }
+}
+
+pub async fn agent_ws(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = query
+        .ok()
+        .and_then(|Query(q)| q.token)
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| bearer_token(&headers).map(str::to_owned));
+    let verdict = authenticate(&app, token.as_deref()).await;
+
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(_) => {
+            return match verdict {
+                Err(refusal) => Failure::new(
+                    StatusCode::UNAUTHORIZED,
+                    if matches!(refusal, Refusal::Expired) { "token_expired" } else { "invalid_token" },
+                    refusal.message(),
+                )
+                .into_response(),
+                Ok(_) => Failure::new(
+                    StatusCode::UPGRADE_REQUIRED,
+                    "upgrade_required",
+                    "this endpoint speaks WebSocket only",
+                )
+                .into_response(),
+            };
+        }
+    };
+
+    let sessions = app.sessions.clone();
+    upgrade
+        .max_message_size(MAX_WS_MESSAGE_BYTES)
+        .max_frame_size(MAX_WS_MESSAGE_BYTES)
+        .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            sessions.track_future(async move {
+                match verdict {
+                    Ok(agent) => run_session(socket, app, agent).await,
+                    Err(refusal) => refuse(socket, refusal).await,
+                }
+            })
+        })
+}
+
+async fn authenticate(app: &AppState, token: Option<&str>) -> Result<AgentRecord, Refusal> {
+    let Some(token) = token else {
+        return Err(Refusal::Invalid("no token: pass ?token=JWT or Authorization: Bearer JWT".to_owned()));
+    };
+    let claims = app.jwt.verify(token).map_err(|e| match e {
+        TokenRejection::Expired => Refusal::Expired,
+        TokenRejection::Invalid(why) => Refusal::Invalid(why),
+    })?;
+    match app.store.agent(&claims.agent_id).await {
+        Ok(Some(agent)) if agent.creator_id == claims.creator_id => Ok(agent),
+        Ok(_) => Err(Refusal::Invalid("it names an agent this hub does not know".to_owned())),
+        Err(e) => {
+            error!(error = %e, "cannot look up the agent of a session token");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+async fn refuse(mut socket: WebSocket, refusal: Refusal) {
+    warn!(code = refusal.frame_code(), reason = %refusal.message(), "WebSocket session refused");
+    let frame = HubFrame::error(refusal.frame_code(), refusal.message());
+    if send_frame(&mut socket, &frame).await {
+        close(&mut socket, refusal.close_code(), refusal.reason()).await;
+    }
+}
+
+/// Sends our close frame and waits briefly for the agent's, so it sees a clean close.
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    close_within(socket, code, reason, CLOSE_HANDSHAKE_WAIT).await
+}
+
+async fn close_within(socket: &mut WebSocket, code: u16, reason: &str, wait: Duration) {
+    let reason = truncate_reason(reason);
+    let frame = CloseFrame { code, reason: reason.into() };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(wait, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// RFC 6455 allows 123 bytes of close reason; cut on a character boundary.
+fn truncate_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+async fn send_frame(socket: &mut WebSocket, frame: &HubFrame) -> bool {
+    match socket.send(Message::text(encode(frame))).await {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(error = %e, frame = frame.kind(), "cannot send frame; connection is gone");
+            false
+        }
+    }
+}
+
+/// Tells the dispatcher the session ended however the task exits, so its jobs are released.
+struct DisconnectOnDrop {
+    dispatcher: Dispatcher,
+    agent_id: String,
+    session: SessionId,
+}
+
+impl Drop for DisconnectOnDrop {
+    fn drop(&mut self) {
+        self.dispatcher.disconnect(&self.agent_id, self.session);
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct Session {
+    app: AppState,
+    agent_id: String,
+    id: SessionId,
+    /// `None` until the first frame: `hello` sets the negotiated version, anything else 0.
+    version: Option<u32>,
+}
+
+async fn run_session(socket: WebSocket, app: AppState, agent: AgentRecord) {
+    let id = SessionId::next();
+    let span = info_span!("session", agent_id = %agent.id, session = %id);
+    async move {
+        let (outbox, outgoing) = mpsc::unbounded_channel();
+        app.dispatcher.connect(&agent.id, &agent.creator_id, id, outbox);
+        let _disconnect =
+            DisconnectOnDrop { dispatcher: app.dispatcher.clone(), agent_id: agent.id.clone(), session: id };
+        info!("agent connected");
+        let mut session = Session { app, agent_id: agent.id, id, version: None };
+        session.run(socket, outgoing).await;
+        info!("agent session ended");
+    }
+    .instrument(span)
+    .await
+}
+
+impl Session {
+    async fn run(&mut self, mut socket: WebSocket, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+        let mut last_frame_at = Instant::now();
+        loop {
+            let idle_limit = self.idle_limit();
+            tokio::select! {
+                _ = self.app.shutdown.cancelled() => {
+                    close_within(&mut socket, 1001, "the hub is shutting down", SHUTDOWN_CLOSE_WAIT).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(last_frame_at + idle_limit) => {
+                    warn!(idle_secs = idle_limit.as_secs(), "no frame from the agent in time; closing");
+                    close(&mut socket, 1001, "no heartbeat in time").await;
+                    return;
+                }
+                command = outgoing.recv() => match command {
+                    Some(Outgoing::Frame(frame)) => {
+                        if !send_frame(&mut socket, &frame).await {
+                            return;
+                        }
+                    }
+                    Some(Outgoing::Close { code, reason }) => {
+                        info!(code, reason, "closing session");
+                        close(&mut socket, code, &reason).await;
+                        return;
+                    }
+                    None => return,
+                },
+                incoming = socket.recv() => {
+                    let message = match incoming {
+                        None => return,
+                        Some(Err(e)) => {
+                            info!(error = %e, "connection lost");
+                            return;
+                        }
+                        Some(Ok(message)) => message,
+                    };
+                    last_frame_at = Instant::now();
+                    let flow = match message {
+                        Message::Text(text) => self.on_text(&mut socket, text.as_str()).await,
+                        Message::Binary(_) => self.on_bad_frame(&mut socket, FrameError::Binary).await,
+                        Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+                        Message::Close(frame) => {
+                            info!(code = frame.as_ref().map(|f| f.code), "agent closed the connection");
+                            return;
+                        }
+                    };
+                    if let Flow::Stop = flow {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn idle_limit(&self) -> Duration {
+        let three_beats = self.app.hb_interval.saturating_mul(3);
+        match self.version {
+            Some(v) if v >= 1 => three_beats.max(MIN_V1_IDLE),
+            _ => three_beats.max(MIN_V0_IDLE),
+        }
+    }
+
+    fn speaks_v1(&self) -> bool {
+        self.version != Some(0)
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Flow {
+        match decode_agent_frame(text) {
+            Ok(frame) => {
+                debug!(frame = frame.kind(), "frame received");
+                self.on_frame(socket, frame).await
+            }
+            Err(e) => self.on_bad_frame(socket, e).await,
+        }
+    }
+
+    async fn on_bad_frame(&mut self, socket: &mut WebSocket, problem: FrameError) -> Flow {
+        warn!(code = problem.code(), error = %problem, "undecodable frame from agent");
+        if self.speaks_v1() {
+            let frame = HubFrame::Error(problem.to_error_frame());
+            if !send_frame(socket, &frame).await {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn reply(&self, socket: &mut WebSocket, frame: HubFrame) -> Flow {
+        if send_frame(socket, &frame).await {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        }
+    }
+
+    /// An `error` frame for version-1 peers; a prototype peer gets only the log line.
+    async fn complain(&self, socket: &mut WebSocket, code: &str, message: String) -> Flow {
+        warn!(code, message, "frame refused");
+        if self.speaks_v1() {
+            return self.reply(socket, HubFrame::error(code, message)).await;
+        }
+        Flow::Continue
+    }
+
+    async fn on_frame(&mut self, socket: &mut WebSocket, frame: AgentFrame) -> Flow {
+        if let AgentFrame::Hello { protocol, v, capabilities, slots, labels, paused } = frame {
+            let negotiated = protocol.min(PROTOCOL_VERSION);
+            // Always false while the oldest served version is 0; kept for when it rises.
+            #[allow(clippy::absurd_extreme_comparisons)]
+            if negotiated < MIN_PROTOCOL_VERSION {
+                let message = format!(
+                    "protocol {protocol} is older than the oldest this hub serves ({MIN_PROTOCOL_VERSION}): update the agent"
+                );
+                self.complain(socket, "UNSUPPORTED_VERSION", message).await;
+                close(socket, close_code::UNSUPPORTED_VERSION, "protocol version too old: update the agent").await;
+                return Flow::Stop;
+            }
+            self.version = Some(negotiated);
+            info!(protocol = negotiated, agent_version = v, slots, paused, ?capabilities, ?labels, "hello");
+            self.record_heartbeat(&v).await;
+            let ack = HubFrame::HelloAck {
+                protocol: negotiated,
+                hub: format!("hub-{}", env!("CARGO_PKG_VERSION")),
+                agent_id: self.agent_id.clone(),
+                hb_interval_ms: u64::try_from(self.app.hb_interval.as_millis()).unwrap_or(u64::MAX),
+            };
+            // hello_ack goes out before the dispatcher learns the session is ready, so it
+            // always precedes the first job_assign.
+            if let Flow::Stop = self.reply(socket, ack).await {
+                return Flow::Stop;
+            }
+            self.app.dispatcher.ready(&self.agent_id, self.id, slots, paused);
+            return Flow::Continue;
+        }
+
+        if self.version.is_none() {
+            // A prototype agent never says hello; it starts with hb and gets one job at a time.
+            self.version = Some(0);
+            info!(first_frame = frame.kind(), "version-0 agent (no hello)");
+            self.app.dispatcher.ready(&self.agent_id, self.id, 1, false);
+        }
+
+        match frame {
+            AgentFrame::Hello { .. } => Flow::Continue,
+            AgentFrame::Hb { v, ts } => {
+                self.record_heartbeat(&v).await;
+                let server_ts = (self.version >= Some(1)).then(now_secs);
+                self.reply(socket, HubFrame::HbAck { ts, server_ts }).await
+            }
+            AgentFrame::JobAck { id } => match self.app.store.ack_job(&id, &self.agent_id, now_ms()).await {
+                Ok(true) => {
+                    info!(job_id = id, "job acked");
+                    Flow::Continue
+                }
+                Ok(false) => self.not_your_job(socket, &id).await,
+                Err(e) => self.store_failed(socket, "job_ack", &e).await,
+            },
+            AgentFrame::JobProgress { id, pct, msg } => {
+                debug!(job_id = id, pct, msg, "job progress");
+                Flow::Continue
+            }
+            AgentFrame::JobResult { id, status, data, err } => self.on_result(socket, id, status, data, err).await,
+            AgentFrame::CircuitBreaker { reason } => {
+                warn!(?reason, "agent tripped its circuit breaker");
+                Flow::Continue
+            }
+            AgentFrame::Availability(availability) => {
+                info!(paused = availability.paused, slots = availability.slots, "availability changed");
+                self.app.dispatcher.availability(
+                    &self.agent_id,
+                    self.id,
+                    Some(availability.slots),
+                    availability.paused,
+                );
+                Flow::Continue
+            }
+            AgentFrame::Error(problem) => {
+                warn!(code = problem.code, message = problem.message, "agent reported a protocol error");
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn on_result(
+        &mut self,
+        socket: &mut WebSocket,
+        job_id: String,
+        status: JobStatus,
+        data: Option<serde_json::Value>,
+        err: Option<JobError>,
+    ) -> Flow {
+        let now = now_ms();
+        let declined = status == JobStatus::Error && err.as_ref().is_some_and(|e| e.code == ErrorCode::AgentPaused);
+        if declined {
+            return match self.app.store.release_job(&job_id, &self.agent_id, now).await {
+                Ok(true) => {
+                    info!(job_id, "agent is paused and handed the job back; it is pending again");
+                    // Treat the agent as paused until it says otherwise, or the job would
+                    // bounce straight back to it.
+                    self.app.dispatcher.availability(&self.agent_id, self.id, None, true);
+                    self.app.dispatcher.finished(&self.agent_id, &job_id);
+                    Flow::Continue
+                }
+                Ok(false) => self.not_your_job(socket, &job_id).await,
+                Err(e) => self.store_failed(socket, "job_result", &e).await,
+            };
+        }
+        let outcome = match status {
+            JobStatus::Ok => JobOutcome::Succeeded { result: data },
+            JobStatus::Error => {
+                let err = err.unwrap_or_else(|| {
+                    JobError::new(ErrorCode::Internal, "the agent reported a failure without details")
+                });
+                match serde_json::to_value(&err) {
+                    Ok(error) => JobOutcome::Failed { error },
+                    Err(e) => return self.store_failed(socket, "job_result", &e).await,
+                }
+            }
+        };
+        match self.app.store.finish_job(&job_id, &self.agent_id, outcome, now).await {
+            Ok(FinishOutcome::Recorded) => {
+                info!(job_id, ?status, "job finished");
+                self.app.dispatcher.finished(&self.agent_id, &job_id);
+                Flow::Continue
+            }
+            Ok(FinishOutcome::AlreadyFinished) => {
+                debug!(job_id, "duplicate result for a finished job ignored");
+                Flow::Continue
+            }
+            Ok(FinishOutcome::NotHeld) => self.not_your_job(socket, &job_id).await,
+            Err(e) => self.store_failed(socket, "job_result", &e).await,
+        }
+    }
+
+    async fn not_your_job(&self, socket: &mut WebSocket, job_id: &str) -> Flow {
+        let message = format!("job {job_id:?} is not assigned to this agent; the frame was ignored");
+        self.complain(socket, "NOT_YOUR_JOB", message).await
+    }
+
+    async fn store_failed(&self, socket: &mut WebSocket, frame: &str, e: &(dyn std::fmt::Display + Sync)) -> Flow {
+        error!(frame, error = %e, "cannot apply frame to the database");
+        let message = format!("the hub could not record this {frame}; it was not applied");
+        self.complain(socket, "INTERNAL", message).await
+    }
+
+    async fn record_heartbeat(&self, agent_version: &str) {
+        let version = Some(agent_version.trim()).filter(|v| !v.is_empty() && v.len() <= 64);
+        if let Err(e) = self.app.store.record_heartbeat(&self.agent_id, version, now_ms()).await {
+            error!(error = %e, "cannot record heartbeat");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Owns randomness, identifiers, credential hashing and the clock helpers the hub uses.
+//! It must never keep a credential around: callers get a [`Secret`] or a hash and decide
+//! what to store (only hashes) and what to show (once, on the CLI).
+
+use crate::error::HubError;
+use crate::secret::Secret;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], HubError> {
+    let mut bytes = [0u8; N];
+    getrandom::getrandom(&mut bytes).map_err(|e| HubError::Random(e.to_string()))?;
+    Ok(bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `agt_` + 20 hex digits: long enough to be unguessable in practice, short enough to read in logs.
+pub fn new_agent_id() -> Result<String, HubError> {
+    Ok(format!("agt_{}", hex(&random_bytes::<10>()?)))
+}
+
+pub fn new_job_id() -> Result<String, HubError> {
+    Ok(format!("job_{}", hex(&random_bytes::<12>()?)))
+}
+
+pub fn new_nonce() -> Result<String, HubError> {
+    Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
+}
+
+/// The prefix lets a person (and secret scanners) tell an enrollment token from an API key.
+pub fn new_enrollment_token() -> Result<Secret, HubError> {
+    Ok(Secret::new(format!("et_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))))
+}
+
+pub fn new_api_key() -> Result<Secret, HubError> {
+    Ok(Secret::new(format!("ehk_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))))
+}
+
+pub fn new_jwt_secret() -> Result<Secret, HubError> {
+    Ok(Secret::new(URL_SAFE_NO_PAD.encode(random_bytes::<48>()?)))
+}
+
+/// Lowercase hex SHA-256: what the database keeps instead of a token or key.
+pub fn sha256_hex(value: &str) -> String {
+    hex(&Sha256::digest(value.as_bytes()))
+}
+
+pub fn now_ms() -> i64 {
+    // A clock before 1970 is a broken machine; treating it as the epoch keeps the hub up.
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
+pub fn now_secs() -> i64 {
+    now_ms() / 1000
+}
+
+/// RFC 3339 UTC with millisecond precision, e.g. `2025-01-02T03:04:05.678Z`.
+pub fn rfc3339(unix_ms: i64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_their_prefixes_and_differ() {
+        let a = new_agent_id().unwrap();
+        assert!(a.starts_with("agt_") && a.len() == 24, "{a}");
+        assert_ne!(a, new_agent_id().unwrap());
+        assert!(new_enrollment_token().unwrap().expose().starts_with("et_"));
+        assert!(new_api_key().unwrap().expose().starts_with("ehk_"));
+    }
+
+    #[test]
+    fn hashes_and_timestamps_are_stable() {
+        assert_eq!(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

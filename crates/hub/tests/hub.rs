@@ -1,0 +1,448 @@
+//! End-to-end tests of the hub over real sockets: enrollment, tokens, WebSocket sessions,
+//! dispatch, restart recovery and the operator API.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn enrollment_accepts_a_token_once_and_refuses_expired_ones() {
+    let hub = TestHub::start().await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
+    let public_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.verifying_key().as_bytes());
+
+    let token = hub.enrollment_token(CREATOR, Duration::from_secs(3600)).await;
+    let (status, body) = hub.post("/v1/agent/enroll", json!({"token": token, "publicKey": public_key})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["agentId"].as_str().unwrap().starts_with("agt_"));
+    assert_eq!(body["creatorId"], CREATOR);
+
+    let (status, body) = hub.post("/v1/agent/enroll", json!({"token": token, "publicKey": public_key})).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "invalid_enrollment_token");
+    assert!(body["message"].as_str().unwrap().contains("edge-hub enroll-token create"));
+
+    let expired = hub.enrollment_token(CREATOR, Duration::ZERO).await;
+    let (status, body) = hub.post("/v1/agent/enroll", json!({"token": expired, "publicKey": public_key})).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_enrollment_token")));
+
+    let fresh = hub.enrollment_token(CREATOR, Duration::from_secs(3600)).await;
+    let (status, body) = hub.post("/v1/agent/enroll", json!({"token": fresh, "publicKey": "AAAA"})).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_public_key")));
+    // A refused public key must not burn the token.
+    let (status, _) = hub.post("/v1/agent/enroll", json!({"token": fresh, "publicKey": public_key})).await;
+    assert_eq!(status, 200);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_requires_a_valid_signature_over_a_fresh_nonce() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+
+    let (_, challenge) = hub.post("/v1/agent/challenge", json!({"agentId": agent.agent_id})).await;
+    let nonce = challenge["nonce"].as_str().unwrap().to_owned();
+    assert!(challenge["expiresAt"].as_i64().unwrap() > now_secs());
+    let (status, body) = hub
+        .post("/v1/agent/token", json!({"agentId": agent.agent_id, "nonce": nonce, "signature": agent.sign(&nonce)}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let exp = body["expiresAt"].as_i64().unwrap();
+    assert!(exp <= now_secs() + 900 && exp > now_secs() + 800, "default TTL is 15 minutes");
+    let claims: serde_json::Value = {
+        let payload = body["token"].as_str().unwrap().split('.').nth(1).unwrap();
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    assert_eq!(claims["agentId"], agent.agent_id.as_str());
+    assert_eq!(claims["creatorId"], CREATOR);
+    assert!(claims["iat"].is_i64());
+
+    // The same nonce cannot be redeemed twice.
+    let (status, body) = hub
+        .post("/v1/agent/token", json!({"agentId": agent.agent_id, "nonce": nonce, "signature": agent.sign(&nonce)}))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_nonce")));
+
+    // A signature from another key is refused.
+    let (_, challenge) = hub.post("/v1/agent/challenge", json!({"agentId": agent.agent_id})).await;
+    let nonce = challenge["nonce"].as_str().unwrap().to_owned();
+    let impostor = TestAgent {
+        agent_id: agent.agent_id.clone(),
+        creator_id: agent.creator_id.clone(),
+        key: ed25519_dalek::SigningKey::from_bytes(&random_seed()),
+    };
+    let (status, body) = hub
+        .post("/v1/agent/token", json!({"agentId": agent.agent_id, "nonce": nonce, "signature": impostor.sign(&nonce)}))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_signature")));
+    // ... and that nonce is spent too.
+    let (status, _) = hub
+        .post("/v1/agent/token", json!({"agentId": agent.agent_id, "nonce": nonce, "signature": agent.sign(&nonce)}))
+        .await;
+    assert_eq!(status, 401);
+
+    let (status, body) = hub.post("/v1/agent/challenge", json!({"agentId": "agt_unknown"})).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("unknown_agent")));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_refuses_expired_and_forged_tokens_with_their_close_codes() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+
+    let expired = mint_jwt(JWT_SECRET, &agent, now_secs() - 10);
+    let mut ws = hub.connect(&expired).await;
+    let frame = recv(&mut ws).await;
+    assert_eq!((frame["t"].as_str(), frame["code"].as_str()), (Some("error"), Some("TOKEN_EXPIRED")));
+    let (code, reason) = expect_close(&mut ws).await;
+    assert_eq!(code, edge_protocol::api::close_code::TOKEN_EXPIRED);
+    assert!(!reason.is_empty());
+
+    let forged = mint_jwt("some-other-secret-some-other-secret-some-other", &agent, now_secs() + 600);
+    let mut ws = hub.connect(&forged).await;
+    assert_eq!(recv(&mut ws).await["code"], "TOKEN_INVALID");
+    assert_eq!(expect_close(&mut ws).await.0, edge_protocol::api::close_code::TOKEN_INVALID);
+
+    let stranger = TestAgent { agent_id: "agt_nobody".into(), creator_id: CREATOR.into(), key: agent.key.clone() };
+    let mut ws = hub.connect(&mint_jwt(JWT_SECRET, &stranger, now_secs() + 600)).await;
+    assert_eq!(recv(&mut ws).await["code"], "TOKEN_INVALID");
+    assert_eq!(expect_close(&mut ws).await.0, edge_protocol::api::close_code::TOKEN_INVALID);
+
+    // Without an upgrade the same check answers in JSON.
+    let response = hub.http.get(hub.ws_url().replacen("ws://", "http://", 1)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn hello_heartbeat_and_a_job_round_trip() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    // The token also works as a bearer header.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(hub.ws_url()).unwrap();
+    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    send(&mut ws, json!({"t":"hello","protocol":7,"v":"agent-0.2.0","capabilities":["http_request"],"slots":2})).await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(ack["t"], "hello_ack");
+    assert_eq!(ack["protocol"], 1, "the lower of both versions");
+    assert_eq!(ack["agentId"], agent.agent_id.as_str());
+    assert_eq!(ack["hbIntervalMs"], 1000);
+
+    send(&mut ws, json!({"t":"hb","v":"agent-0.2.0","ts":1234})).await;
+    let hb_ack = recv(&mut ws).await;
+    assert_eq!((hb_ack["t"].as_str(), hb_ack["ts"].as_i64()), (Some("hb_ack"), Some(1234)));
+    assert!(hb_ack["serverTs"].as_i64().unwrap() >= now_secs() - 5);
+
+    let (_, agents) = hub.operator_get("/v1/agents").await;
+    let listed = &agents["agents"][0];
+    assert_eq!((listed["agentId"].as_str(), listed["online"].as_bool()), (Some(agent.agent_id.as_str()), Some(true)));
+    assert_eq!(listed["version"], "agent-0.2.0");
+    assert!(listed["lastHeartbeatAt"].as_str().unwrap().ends_with('Z'));
+
+    let job = hub
+        .submit_job(json!({"type":"http_request","payload":{"url":"https://example.com/a"},"creatorId":CREATOR}))
+        .await;
+    assert_eq!(job["status"], "pending");
+    let assign = recv(&mut ws).await;
+    assert_eq!(assign["t"], "job_assign");
+    let job_id = assign["job"]["jobId"].as_str().unwrap().to_owned();
+    assert_eq!(job_id, job["id"].as_str().unwrap());
+    assert_eq!(assign["job"]["payload"]["url"], "https://example.com/a");
+    assert_eq!(hub.job(&job_id).await["status"], "assigned");
+
+    send(&mut ws, json!({"t":"job_ack","id":job_id})).await;
+    hub.wait_for_job_status(&job_id, "acked").await;
+    let data = json!({"statusCode":200,"headers":{},"body":"hi","isBase64Encoded":false});
+    send(&mut ws, json!({"t":"job_result","id":job_id,"status":"ok","data":data})).await;
+    let done = hub.wait_for_job_status(&job_id, "succeeded").await;
+    assert_eq!(done["result"], data);
+    assert_eq!(done["agentId"], agent.agent_id.as_str());
+    assert_eq!(done["attempts"], 1);
+    assert!(done["error"].is_null());
+
+    // A failure is stored with its error object.
+    let job = hub.submit_job(json!({"type":"custom","payload":{},"agentId":agent.agent_id})).await;
+    let assign = recv(&mut ws).await;
+    assert_eq!(assign["job"]["jobId"], job["id"]);
+    send(
+        &mut ws,
+        json!({"t":"job_result","id":job["id"],"status":"error","err":{"code":"LOGIN_REQUIRED","message":"log in"}}),
+    )
+    .await;
+    let failed = hub.wait_for_job_status(job["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(failed["error"]["code"], "LOGIN_REQUIRED");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_version_0_agent_starting_with_hb_gets_v0_frames_and_jobs() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let job =
+        hub.submit_job(json!({"type":"http_request","payload":{"url":"http://example.com"},"creatorId":CREATOR})).await;
+    let mut ws = hub.connect(&token).await;
+    send(&mut ws, json!({"t":"hb","v":"agent-0.0.9","ts":42})).await;
+    let mut got_ack = false;
+    let mut got_job = false;
+    while !(got_ack && got_job) {
+        let frame = recv(&mut ws).await;
+        match frame["t"].as_str() {
+            Some("hb_ack") => {
+                assert_eq!(frame["ts"], 42);
+                assert!(frame.get("serverTs").is_none(), "v0 hb_ack has no serverTs: {frame}");
+                got_ack = true;
+            }
+            Some("job_assign") => {
+                assert_eq!(frame["job"]["jobId"], job["id"]);
+                assert_eq!(frame["job"]["type"], "http_request");
+                got_job = true;
+            }
+            _ => panic!("a v0 peer must only get v0 frames: {frame}"),
+        }
+    }
+    // v0 peers get no `error` frames, even for garbage.
+    send_raw(&mut ws, Message::text("garbage")).await;
+    send(&mut ws, json!({"t":"job_result","id":"job_not_mine","status":"ok"})).await;
+    send(&mut ws, json!({"t":"job_ack","id":job["id"]})).await;
+    hub.wait_for_job_status(job["id"].as_str().unwrap(), "acked").await;
+    expect_silence(&mut ws, Duration::from_millis(200)).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_submitted_while_the_agent_is_offline_is_delivered_on_connect() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let job = hub.submit_job(json!({"type":"custom","payload":{"n":1},"agentId":agent.agent_id})).await;
+    // Untargeted work of another creator must not reach this agent.
+    hub.submit_job(json!({"type":"custom","payload":{},"creatorId":"someone-else"})).await;
+    assert_eq!(job["agentId"], agent.agent_id.as_str());
+    let token = hub.session_token(&agent).await;
+    let mut ws = hub.connect(&token).await;
+    send(&mut ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0","slots":4})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hello_ack");
+    let assign = recv(&mut ws).await;
+    assert_eq!((assign["t"].as_str(), &assign["job"]["jobId"]), (Some("job_assign"), &job["id"]));
+    expect_silence(&mut ws, Duration::from_millis(200)).await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn pending_and_unacked_jobs_survive_a_hub_restart() {
+    let mut hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let queued = hub.submit_job(json!({"type":"custom","payload":{"q":1},"creatorId":CREATOR})).await;
+
+    // First run: the agent takes the job but never acks it before the hub goes away.
+    let token = hub.session_token(&agent).await;
+    let mut ws = hub.connect(&token).await;
+    send(&mut ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0"})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hello_ack");
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], queued["id"]);
+    let second = hub.submit_job(json!({"type":"custom","payload":{"q":2},"creatorId":CREATOR})).await;
+    hub.restart().await;
+    let (code, _) = expect_close(&mut ws).await;
+    assert_eq!(code, 1001, "sessions are closed as going away");
+
+    let first = hub.job(queued["id"].as_str().unwrap()).await;
+    assert_eq!((first["status"].as_str(), first["attempts"].as_i64()), (Some("pending"), Some(1)));
+    assert_eq!(hub.job(second["id"].as_str().unwrap()).await["status"], "pending");
+
+    // The JWT is still valid after the restart (same secret) and both jobs arrive in order.
+    let mut ws = hub.connect(&token).await;
+    send(&mut ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0","slots":2})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hello_ack");
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], queued["id"]);
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], second["id"]);
+    send(&mut ws, json!({"t":"job_ack","id":second["id"]})).await;
+    hub.wait_for_job_status(second["id"].as_str().unwrap(), "acked").await;
+
+    // Acked work stays with its agent across a restart, and its result is still accepted.
+    hub.restart().await;
+    assert_eq!(hub.job(second["id"].as_str().unwrap()).await["status"], "acked");
+    let mut ws = hub.connect(&token).await;
+    send(&mut ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0","slots":2})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hello_ack");
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], queued["id"], "the unacked one comes again");
+    send(&mut ws, json!({"t":"job_result","id":second["id"],"status":"ok","data":{"done":true}})).await;
+    hub.wait_for_job_status(second["id"].as_str().unwrap(), "succeeded").await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_session_goes_on() {
+    let hub = TestHub::start().await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::text("this is not json"), "BAD_FRAME"),
+        (Message::text(r#"{"no_t":1}"#), "BAD_FRAME"),
+        (Message::text(r#"{"t":"teleport"}"#), "UNKNOWN_TYPE"),
+        (Message::text(r#"{"t":"hb","v":"x"}"#), "BAD_FRAME"),
+        (Message::binary(vec![1u8, 2, 3]), "BAD_FRAME"),
+        (Message::text("x".repeat(edge_protocol::MAX_FRAME_BYTES + 1)), "FRAME_TOO_LARGE"),
+    ];
+    for (message, code) in cases {
+        send_raw(&mut ws, message).await;
+        let frame = recv(&mut ws).await;
+        assert_eq!((frame["t"].as_str(), frame["code"].as_str()), (Some("error"), Some(code)), "{frame}");
+        assert!(!frame["message"].as_str().unwrap().is_empty());
+    }
+    send(&mut ws, json!({"t":"job_result","id":"job_someone_elses","status":"ok"})).await;
+    assert_eq!(recv(&mut ws).await["code"], "NOT_YOUR_JOB");
+
+    send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":7})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hb_ack", "the session is still usable");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_result_from_an_agent_that_does_not_hold_the_job_changes_nothing() {
+    let hub = TestHub::start().await;
+    let (holder, mut holder_ws) = hub.connected_agent(CREATOR, 1).await;
+    let job = hub.submit_job(json!({"type":"custom","payload":{},"agentId":holder.agent_id})).await;
+    assert_eq!(recv(&mut holder_ws).await["job"]["jobId"], job["id"]);
+
+    let (_other, mut other_ws) = hub.connected_agent(CREATOR, 1).await;
+    send(&mut other_ws, json!({"t":"job_result","id":job["id"],"status":"ok","data":{"stolen":true}})).await;
+    assert_eq!(recv(&mut other_ws).await["code"], "NOT_YOUR_JOB");
+    send(&mut other_ws, json!({"t":"job_ack","id":job["id"]})).await;
+    assert_eq!(recv(&mut other_ws).await["code"], "NOT_YOUR_JOB");
+    let unchanged = hub.job(job["id"].as_str().unwrap()).await;
+    assert_eq!((unchanged["status"].as_str(), &unchanged["result"]), (Some("assigned"), &serde_json::Value::Null));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn paused_agents_get_no_jobs_and_declined_jobs_go_back_to_pending() {
+    let hub = TestHub::start().await;
+    let (agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    send(&mut ws, json!({"t":"availability","paused":true,"slots":1})).await;
+    // Let the dispatcher apply the pause before the job arrives.
+    send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":1})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hb_ack");
+    let job = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+    assert_eq!(hub.job(job["id"].as_str().unwrap()).await["status"], "pending");
+
+    send(&mut ws, json!({"t":"availability","paused":false,"slots":1})).await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], job["id"]);
+
+    // The agent declines it as paused: the job is pending again and not re-sent to it.
+    send(&mut ws, json!({"t":"job_result","id":job["id"],"status":"error","err":{"code":"AGENT_PAUSED"}})).await;
+    let back = hub.wait_for_job_status(job["id"].as_str().unwrap(), "pending").await;
+    assert!(back["agentId"].is_null(), "{back}");
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+
+    // Another agent of the creator picks it up.
+    let (other, mut other_ws) = hub.connected_agent(CREATOR, 1).await;
+    assert_eq!(recv(&mut other_ws).await["job"]["jobId"], job["id"]);
+    let taken = hub.job(job["id"].as_str().unwrap()).await;
+    assert_eq!((taken["agentId"].as_str(), taken["attempts"].as_i64()), (Some(other.agent_id.as_str()), Some(2)));
+    assert_ne!(other.agent_id, agent.agent_id);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn slots_limit_concurrent_jobs_and_a_result_frees_one() {
+    let hub = TestHub::start().await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let first = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    let second = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], first["id"]);
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+    send(&mut ws, json!({"t":"job_result","id":first["id"],"status":"ok"})).await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], second["id"]);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dropped_session_releases_unacked_jobs_and_a_new_connection_replaces_the_old() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let mut first = hub.connect(&token).await;
+    send(&mut first, json!({"t":"hello","protocol":1,"v":"agent-0.1.0"})).await;
+    assert_eq!(recv(&mut first).await["t"], "hello_ack");
+    let job = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    assert_eq!(recv(&mut first).await["job"]["jobId"], job["id"]);
+
+    let mut second = hub.connect(&token).await;
+    let (code, _) = expect_close(&mut first).await;
+    assert_eq!(code, edge_protocol::api::close_code::REPLACED);
+    send(&mut second, json!({"t":"hello","protocol":1,"v":"agent-0.1.0"})).await;
+    assert_eq!(recv(&mut second).await["t"], "hello_ack");
+    assert_eq!(recv(&mut second).await["job"]["jobId"], job["id"], "the unacked job is offered again");
+
+    drop(second);
+    hub.wait_for_job_status(job["id"].as_str().unwrap(), "pending").await;
+    let (_, agents) = hub.operator_get("/v1/agents").await;
+    assert_eq!(agents["agents"][0]["online"], false);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_operator_api_requires_a_key_and_validates_jobs() {
+    let hub = TestHub::start().await;
+    let (status, health) = hub.post("/health", json!({})).await;
+    assert_eq!(status, 405, "{health}");
+    let health: serde_json::Value = hub.http.get(hub.url("/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health, json!({"status":"ok","database":"ok"}));
+
+    for path in ["/v1/agents", "/v1/jobs/job_x"] {
+        let response = hub.http.get(hub.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    }
+    let response = hub.http.post(hub.url("/v1/jobs")).bearer_auth("ehk_wrong").json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    let bad = [
+        (json!({"type":"","payload":{},"creatorId":CREATOR}), "non-empty"),
+        (json!({"type":"custom","payload":[1],"creatorId":CREATOR}), "object"),
+        (json!({"type":"custom","payload":{}}), "creatorId"),
+        (json!({"type":"http_request","payload":{"method":"GET"},"creatorId":CREATOR}), "url"),
+        (json!({"type":"http_request","payload":{"url":"not a url"},"creatorId":CREATOR}), "URL"),
+        (json!({"payload":{},"creatorId":CREATOR}), "type"),
+    ];
+    for (body, hint) in bad {
+        let (status, answer) = hub.operator_post("/v1/jobs", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(answer["message"].as_str().unwrap().contains(hint), "{body} → {answer}");
+    }
+    let (status, answer) =
+        hub.operator_post("/v1/jobs", json!({"type":"custom","payload":{},"agentId":"agt_nope"})).await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("unknown_agent")));
+
+    let response = hub
+        .http
+        .post(hub.url("/v1/jobs"))
+        .bearer_auth(&hub.api_key)
+        .header("content-type", "application/json")
+        .body("{\"type\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_json");
+
+    let huge = json!({"type":"custom","payload":{"blob":"x".repeat(2 * 1024 * 1024)},"creatorId":CREATOR});
+    let (status, answer) = hub.operator_post("/v1/jobs", huge).await;
+    assert_eq!((status, answer["error"].as_str()), (413, Some("payload_too_large")));
+
+    let (status, answer) = hub.operator_get("/v1/jobs/job_missing").await;
+    assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
+    hub.shutdown().await;
+}
