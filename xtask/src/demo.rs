@@ -30,7 +30,8 @@ pub fn run() -> Result<()> {
     step("creating an enrollment token and an operator API key");
     let token = hub.enroll_token(CREATOR)?;
     let key = hub.api_key()?;
-    println!("   enrollment token for {CREATOR}: {}…  (single use, expires in 24 h)", &token[..token.len().min(8)]);
+    // Secrets are never echoed, not even in part.
+    println!("   enrollment token for {CREATOR} created (single use, expires in 24 h)");
 
     let (keychain, why) = choose_keychain();
     step(&format!("logging a headless agent in (keychain: {keychain}, {why})"));
