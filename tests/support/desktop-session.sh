@@ -18,8 +18,8 @@ if [ -z "${EDGE_IN_DESKTOP_SESSION:-}" ]; then
   dbus-run-session -- "$0" "$@"
   exit $?
 fi
-# Inside the session bus: start the keyring daemon with an empty password so the login
+# Inside the session bus: start the keyring daemon with a throwaway password so the login
 # collection exists and is unlocked; it registers org.freedesktop.secrets on this bus.
-eval "$(printf '' | gnome-keyring-daemon --unlock --components=secrets)" >/dev/null
+eval "$(printf 'edge-test' | gnome-keyring-daemon --unlock --components=secrets)" >/dev/null
 export GNOME_KEYRING_CONTROL
 exec "$@"
