@@ -107,15 +107,27 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         Err(e) => return stop_with_error(&inner, e.to_string()),
     };
     let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let bundles = crate::bundles::start(&inner.settings.data_dir, &credentials, &hub_url, &hub, &results_tx, &cancel);
     let jobs = Jobs {
         inner: Arc::clone(&inner),
-        context: job_context,
+        context: job_context.with_bundles(bundles, results_tx.clone()),
         slots: Arc::new(Semaphore::new(inner.settings.slots.max(1) as usize)),
         running: Arc::new(Mutex::new(HashMap::new())),
+        finished: Arc::new(Mutex::new(FinishedJobs::default())),
         results_tx,
     };
-    let mut supervisor =
-        Supervisor { inner, cancel, credentials, hub_url, hub, jobs, results_rx, unsent: VecDeque::new(), token: None };
+    let mut supervisor = Supervisor {
+        inner,
+        cancel,
+        credentials,
+        hub_url,
+        hub,
+        jobs,
+        results_rx,
+        unsent: VecDeque::new(),
+        recently_sent: VecDeque::new(),
+        token: None,
+    };
     supervisor.run().await;
 }
 
@@ -150,8 +162,21 @@ struct Supervisor {
     results_rx: mpsc::UnboundedReceiver<AgentFrame>,
     /// Frames taken from `results_rx` whose send failed; they go first next session.
     unsent: VecDeque<AgentFrame>,
+    /// Results written to a socket in the last [`RESULT_REPLAY_WINDOW`]. A written frame can
+    /// still die with the connection (or with a hub that crashed before recording it), so
+    /// the next session sends them again; the hub treats a repeated result as a no-op.
+    recently_sent: VecDeque<(Instant, AgentFrame)>,
     token: Option<AccessToken>,
 }
+
+/// How far back results are sent again after a reconnect.
+const RESULT_REPLAY_WINDOW: Duration = Duration::from_secs(10);
+/// Bound on the replay buffer, whatever the job rate.
+const MAX_REPLAYED_RESULTS: usize = 4096;
+/// How long a succeeded job's result is remembered, so the same job assigned again (the hub
+/// lost our ack or result in a crash) is answered with it instead of being run a second time.
+const FINISHED_MEMORY: Duration = Duration::from_secs(15 * 60);
+const MAX_FINISHED_REMEMBERED: usize = 4096;
 
 impl Supervisor {
     async fn run(&mut self) {
@@ -279,6 +304,8 @@ impl Supervisor {
                 capability::HTTP_REQUEST.into(),
                 capability::JOB_CANCEL.into(),
                 capability::PAUSE.into(),
+                capability::BUNDLE.into(),
+                capability::JOB_LOG.into(),
             ],
             slots: self.inner.settings.slots.max(1),
             labels: Vec::new(),
@@ -299,11 +326,18 @@ impl Supervisor {
         });
         self.inner.emit(AgentEvent::Connected { hub_url: self.hub_url.to_string() });
 
+        let replay_after = Instant::now().checked_sub(RESULT_REPLAY_WINDOW);
+        for (sent_at, frame) in std::mem::take(&mut self.recently_sent).into_iter().rev() {
+            if replay_after.is_none_or(|after| sent_at >= after) {
+                self.unsent.push_front(frame);
+            }
+        }
         while let Some(frame) = self.unsent.pop_front() {
             if let Err(reason) = send(&mut sink, &frame).await {
                 self.unsent.push_front(frame);
                 return SessionEnd::Dropped { reason, reached_hello_ack: true };
             }
+            self.remember_sent(frame);
         }
         self.online(sink, stream, interval).await
     }
@@ -324,6 +358,7 @@ impl Supervisor {
                         tracing::warn!(%agent_id, ours = %self.credentials.agent_id, "hub acknowledged a different agent id");
                     }
                     tracing::debug!(%hub, protocol, "hello_ack");
+                    NEGOTIATED_PROTOCOL.store(protocol, std::sync::atomic::Ordering::Relaxed);
                     return Ok(Duration::from_millis(hb_interval_ms));
                 }
                 Incoming::Frame(HubFrame::Error(e)) => {
@@ -392,6 +427,7 @@ impl Supervisor {
                         self.unsent.push_back(frame);
                         return dropped(reason);
                     }
+                    self.remember_sent(frame);
                 }
                 Ok(()) = paused_rx.changed() => {
                     let paused = *paused_rx.borrow_and_update();
@@ -431,6 +467,19 @@ impl Supervisor {
     fn next_refresh_at(&self) -> Instant {
         let seconds = self.token.as_ref().map_or(0, |t| (t.refresh_at_unix() - unix_now()).max(0));
         Instant::now() + Duration::from_secs(seconds as u64)
+    }
+
+    fn remember_sent(&mut self, frame: AgentFrame) {
+        if !matches!(frame, AgentFrame::JobResult { .. }) {
+            return;
+        }
+        let now = Instant::now();
+        while self.recently_sent.len() >= MAX_REPLAYED_RESULTS
+            || self.recently_sent.front().is_some_and(|(at, _)| now.duration_since(*at) > RESULT_REPLAY_WINDOW)
+        {
+            self.recently_sent.pop_front();
+        }
+        self.recently_sent.push_back((now, frame));
     }
 
     async fn handle_frame(&mut self, sink: &mut Sink, frame: HubFrame) -> Result<(), String> {
@@ -543,7 +592,15 @@ async fn reply_to_bad_frame(sink: &mut Sink, error: &FrameError) -> Result<(), S
     send(sink, &AgentFrame::Error(error.to_error_frame())).await
 }
 
+/// The version the current session speaks; `job_log` needs 2.
+static NEGOTIATED_PROTOCOL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 async fn send(sink: &mut Sink, frame: &AgentFrame) -> Result<(), String> {
+    if matches!(frame, AgentFrame::JobLog { .. })
+        && NEGOTIATED_PROTOCOL.load(std::sync::atomic::Ordering::Relaxed) < edge_protocol::JOB_LOG_VERSION
+    {
+        return Ok(());
+    }
     tracing::trace!(frame = frame.kind(), "send");
     sink.send(Message::text(encode(frame))).await.map_err(|e| format!("sending {} failed: {e}", frame.kind()))
 }
@@ -566,7 +623,32 @@ struct Jobs {
     context: JobContext,
     slots: Arc<Semaphore>,
     running: Arc<Mutex<HashMap<String, RunningJob>>>,
+    /// Results of recently finished jobs; see [`FINISHED_MEMORY`].
+    finished: Arc<Mutex<FinishedJobs>>,
     results_tx: mpsc::UnboundedSender<AgentFrame>,
+}
+
+/// Recently finished jobs and their result frames, oldest first, bounded in age and count.
+#[derive(Default)]
+struct FinishedJobs {
+    order: VecDeque<(Instant, String)>,
+    frames: HashMap<String, AgentFrame>,
+}
+
+impl FinishedJobs {
+    fn insert(&mut self, id: String, frame: AgentFrame) {
+        let now = Instant::now();
+        while self.order.len() >= MAX_FINISHED_REMEMBERED
+            || self.order.front().is_some_and(|(at, _)| now.duration_since(*at) > FINISHED_MEMORY)
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.frames.remove(&old);
+            }
+        }
+        if self.frames.insert(id.clone(), frame).is_none() {
+            self.order.push_back((now, id));
+        }
+    }
 }
 
 impl Jobs {
@@ -623,6 +705,14 @@ impl Jobs {
                 tracing::info!(job_id = %job.job_id, "job already running; duplicate assignment ignored");
                 return;
             }
+            // Checked under the `running` lock, which a finishing job holds while it moves
+            // from `running` to `finished`, so no assignment slips between the two.
+            let cached = self.finished.lock().ok().and_then(|f| f.frames.get(&job.job_id).cloned());
+            if let Some(frame) = cached {
+                tracing::info!(job_id = %job.job_id, "job already finished here; its result is sent again instead of running it twice");
+                let _ = self.results_tx.send(frame);
+                return;
+            }
             running.insert(job.job_id.clone(), RunningJob { cancel: cancel.clone(), reason: Arc::clone(&reason) });
         }
         let busy = self.running_count() as u32;
@@ -632,6 +722,7 @@ impl Jobs {
         let context = self.context.clone();
         let slots = Arc::clone(&self.slots);
         let running = Arc::clone(&self.running);
+        let finished = Arc::clone(&self.finished);
         let results_tx = self.results_tx.clone();
         tokio::spawn(async move {
             let cancelled = || {
@@ -657,10 +748,7 @@ impl Jobs {
             inner.emit(AgentEvent::JobStarted { id: job.job_id.clone(), job_type: job.job_type.clone() });
             let outcome = match permit {
                 None => Err(cancelled()),
-                Some(_permit) => tokio::select! {
-                    outcome = jobs::run(&context, &job) => outcome,
-                    _ = cancel.cancelled() => Err(cancelled()),
-                },
+                Some(_permit) => jobs::run_cancellable(&context, &job, &cancel, cancelled).await,
             };
             let mut frame = result_frame(&job.job_id, outcome.clone());
             let mut outcome = outcome;
@@ -674,6 +762,12 @@ impl Jobs {
                 outcome = Err(error);
             }
             if let Ok(mut running) = running.lock() {
+                // Only successes: a failed job may be retried on purpose, and must run again.
+                if outcome.is_ok() {
+                    if let Ok(mut finished) = finished.lock() {
+                        finished.insert(job.job_id.clone(), frame.clone());
+                    }
+                }
                 running.remove(&job.job_id);
             }
             let busy = running.lock().map(|r| r.len() as u32).unwrap_or_default();

@@ -72,6 +72,27 @@ impl HubClient {
         self.post(hub, ENROLL_PATH, &request).await
     }
 
+    /// `GET /v1/bundles/root.json`: `None` when the hub has no bundle repository.
+    pub async fn bundle_root(&self, hub: &HubUrl) -> Result<Option<Vec<u8>>, AgentError> {
+        let response = self
+            .http
+            .get(hub.http_endpoint(edge_protocol::api::BUNDLE_ROOT_PATH))
+            .send()
+            .await
+            .map_err(|e| AgentError::HubUnreachable(describe_reqwest_error(&e)))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(AgentError::HubProtocol(format!("root.json answered {}", response.status())));
+        }
+        let bytes = response.bytes().await.map_err(|e| AgentError::HubUnreachable(describe_reqwest_error(&e)))?;
+        if bytes.len() > 1024 * 1024 {
+            return Err(AgentError::HubProtocol("root.json is over 1 MiB".into()));
+        }
+        Ok(Some(bytes.to_vec()))
+    }
+
     /// Challenge, sign, token. A 401/403 comes back as [`AgentError::LoginRequired`]: the
     /// agent is revoked or its key is not the one the hub knows.
     pub async fn fetch_token(&self, credentials: &Credentials) -> Result<AccessToken, AgentError> {

@@ -5,6 +5,7 @@
 //! subscribes to [`AgentEvent`]s and reads [`AgentSnapshot`]s), never write a secret to a
 //! file or a log, and never redefine a wire type that `edge-protocol` already has.
 
+pub mod bundles;
 pub mod connection;
 pub mod credentials;
 pub mod error;
@@ -12,11 +13,12 @@ pub mod hub_url;
 pub mod jobs;
 pub mod keychain;
 pub mod logging;
+pub mod runtime;
 pub mod secret;
 pub mod service;
 pub mod state_file;
 
-mod hub_client;
+pub(crate) mod hub_client;
 mod tls;
 
 pub use credentials::{CredentialStore, Credentials, DeviceKey, MemoryCredentialStore};

@@ -232,6 +232,10 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
                     println!("hub:         {}", snapshot.hub_url.as_deref().unwrap_or("-"));
                     println!("agent id:    {}", snapshot.agent_id.as_deref().unwrap_or("-"));
                     println!("creator id:  {}", snapshot.creator_id.as_deref().unwrap_or("-"));
+                    println!(
+                        "bundle root: {}",
+                        snapshot.root_fingerprint.as_deref().unwrap_or("- (none: log in again to receive it)")
+                    );
                 } else {
                     println!("logged in:   no");
                 }
@@ -254,6 +258,7 @@ struct LoginView<'a> {
     hub_url: Option<&'a str>,
     agent_id: Option<&'a str>,
     creator_id: Option<&'a str>,
+    root_fingerprint: Option<&'a str>,
 }
 
 impl<'a> From<&'a AgentSnapshot> for LoginView<'a> {
@@ -264,6 +269,7 @@ impl<'a> From<&'a AgentSnapshot> for LoginView<'a> {
             hub_url: s.hub_url.as_deref(),
             agent_id: s.agent_id.as_deref(),
             creator_id: s.creator_id.as_deref(),
+            root_fingerprint: s.root_fingerprint.as_deref(),
         }
     }
 }

@@ -108,6 +108,10 @@ pub struct AgentSnapshot {
     pub keychain_backend: Option<String>,
     /// Newest first, at most [`RECENT_JOBS`].
     pub recent_jobs: Vec<JobRecord>,
+    /// SHA-256 of the trusted bundle root (TUF `root.json`) received at enrollment, for the
+    /// person to compare with the operator's `edge-hub bundle root fingerprint`.
+    #[serde(default)]
+    pub root_fingerprint: Option<String>,
 }
 
 impl AgentSnapshot {
@@ -123,6 +127,7 @@ impl AgentSnapshot {
             last_error: None,
             keychain_backend: None,
             recent_jobs: Vec::new(),
+            root_fingerprint: None,
         }
     }
 }
@@ -240,6 +245,8 @@ impl Inner {
             s.hub_url = credentials.map(|c| c.hub_url.clone());
             s.agent_id = credentials.map(|c| c.agent_id.clone());
             s.creator_id = credentials.map(|c| c.creator_id.clone());
+            s.root_fingerprint =
+                credentials.and_then(|_| crate::bundles::trust_store(&self.settings.data_dir).fingerprint());
             if backend.is_some() {
                 s.keychain_backend = backend;
             }
@@ -320,7 +327,19 @@ impl AgentService {
         let enrollment_token = Secret::new(enrollment_token.trim().to_owned());
         let device_key = DeviceKey::generate()?;
         let name = name.or_else(|| gethostname::gethostname().into_string().ok());
-        let enrolled = HubClient::new()?.enroll(&hub, &enrollment_token, &device_key, name).await?;
+        let client = HubClient::new()?;
+        let enrolled = client.enroll(&hub, &enrollment_token, &device_key, name).await?;
+        // The bundle trust root comes over the same channel as the enrollment itself.
+        match client.bundle_root(&hub).await {
+            Ok(Some(root)) => match crate::bundles::trust_store(&self.inner.settings.data_dir).install_root(&root) {
+                Ok(fingerprint) => tracing::info!(%fingerprint, "bundle root installed"),
+                Err(e) => tracing::warn!(error = %e, "the hub's bundle root.json was refused; bundle jobs will fail"),
+            },
+            Ok(None) => {
+                tracing::warn!("the hub has no bundle repository yet; log in again after it has one to run bundles")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not fetch the hub's bundle root.json"),
+        }
         let credentials = Credentials {
             hub_url: hub.to_string(),
             agent_id: enrolled.agent_id,

@@ -73,7 +73,7 @@ async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
     let mut session = hub.next_session().await;
     match session.handshake(60_000).await {
         AgentFrame::Hello { protocol, v, capabilities, slots, paused, .. } => {
-            assert_eq!(protocol, 1);
+            assert_eq!(protocol, edge_protocol::PROTOCOL_VERSION);
             assert_eq!(v, edge_agent::agent_version());
             assert!(capabilities.iter().any(|c| c == "http_request"));
             assert_eq!(slots, 2);

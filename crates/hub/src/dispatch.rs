@@ -1,13 +1,18 @@
-//! Owns the registry of live agent sessions and the decision of which job goes where.
-//! One task runs [`run`] and is the only code that assigns jobs, so a job is never handed
-//! out twice by this process; the store's compare-and-set guards against any other.
-//! Sessions and handlers talk to it through [`Dispatcher`] messages. It must never block
-//! on a socket: frames go to a session's outbox and the session writes them.
+//! Owns this process's registry of live agent sessions and the decision of which job goes
+//! where. One task runs [`run`] and is the only code in the process that leases jobs; the
+//! store's atomic claim (SKIP LOCKED on PostgreSQL) keeps other processes from leasing the
+//! same job. Sessions, handlers, the sweeper and cross-process events talk to it through
+//! [`Dispatcher`] messages. It must never block on a socket: frames go to a session's
+//! outbox and the session writes them.
+//!
+//! Routing: a job names an agent, or any agent of its creator, optionally narrowed to
+//! agents announcing all of the job's labels, and only agents announcing the job's type as
+//! a capability (agents announcing no capabilities, i.e. prototype peers, take any type).
 
 use crate::crypto::now_ms;
-use crate::store::Store;
+use crate::store::{ClaimRequest, Store};
 use edge_protocol::{HubFrame, JobSpec};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +24,25 @@ use tracing::{debug, error, info, warn};
 /// flood one machine.
 pub const MAX_SLOTS: u32 = 64;
 
-/// A pass also runs on this period, to pick up anything a failed pass left behind.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Busy sessions' in-flight lists are checked against the store this often, so a slot held
+/// by a job whose lease expired (and went elsewhere) is freed.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the dispatcher asks a session to write.
 #[derive(Debug)]
 pub enum Outgoing {
     Frame(HubFrame),
-    Close { code: u16, reason: String },
+    /// A `job_assign` for the lease with this fencing token; the session remembers the
+    /// token so the agent's reports apply to this lease only.
+    Assign {
+        job_id: String,
+        lease_token: i64,
+        frame: HubFrame,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 pub type Outbox = mpsc::UnboundedSender<Outgoing>;
@@ -47,14 +63,26 @@ impl std::fmt::Display for SessionId {
     }
 }
 
+/// What a session learned from the agent's handshake.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    pub protocol: u32,
+    pub slots: u32,
+    pub paused: bool,
+    pub labels: Vec<String>,
+    /// Capabilities announced in `hello`; empty for a prototype peer.
+    pub capabilities: Vec<String>,
+}
+
 #[derive(Debug)]
 enum Command {
     Connect { agent_id: String, creator_id: String, session: SessionId, outbox: Outbox },
-    Ready { agent_id: String, session: SessionId, slots: u32, paused: bool },
+    Ready { agent_id: String, session: SessionId, handshake: Handshake },
     Availability { agent_id: String, session: SessionId, slots: Option<u32>, paused: bool },
     Finished { agent_id: String, job_id: String },
     Disconnect { agent_id: String, session: SessionId },
     JobSubmitted,
+    Cancel { job_id: String, agent_id: String },
     Online { reply: oneshot::Sender<HashSet<String>> },
 }
 
@@ -89,8 +117,8 @@ impl Dispatcher {
 
     /// The session finished its handshake (`hello`, or a version-0 peer's first frame) and
     /// may now receive jobs.
-    pub fn ready(&self, agent_id: &str, session: SessionId, slots: u32, paused: bool) {
-        self.send(Command::Ready { agent_id: agent_id.to_owned(), session, slots, paused });
+    pub fn ready(&self, agent_id: &str, session: SessionId, handshake: Handshake) {
+        self.send(Command::Ready { agent_id: agent_id.to_owned(), session, handshake });
     }
 
     pub fn availability(&self, agent_id: &str, session: SessionId, slots: Option<u32>, paused: bool) {
@@ -106,11 +134,17 @@ impl Dispatcher {
         self.send(Command::Disconnect { agent_id: agent_id.to_owned(), session });
     }
 
+    /// Work may be visible: run a dispatch pass.
     pub fn job_submitted(&self) {
         self.send(Command::JobSubmitted);
     }
 
-    /// Ids of the agents with a live session.
+    /// Sends `job_cancel` for `job_id` if `agent_id` has a session in this process.
+    pub fn cancel(&self, job_id: &str, agent_id: &str) {
+        self.send(Command::Cancel { job_id: job_id.to_owned(), agent_id: agent_id.to_owned() });
+    }
+
+    /// Ids of the agents with a live session in this process.
     pub async fn online_agents(&self) -> HashSet<String> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Online { reply });
@@ -134,10 +168,13 @@ struct Connection {
     creator_id: String,
     outbox: Outbox,
     phase: Phase,
-    /// Jobs handed to this session and not finished yet. Counted per session on purpose:
-    /// acked jobs from an earlier session do not block a reconnected agent forever if it
-    /// lost them (leases, issue 3, will reclaim those).
-    in_flight: HashSet<String>,
+    protocol: u32,
+    labels: Vec<String>,
+    job_types: Option<Vec<String>>,
+    /// Jobs leased to this session and not finished yet, with their fencing tokens. Counted
+    /// per session on purpose: running jobs of an earlier session do not block a reconnected
+    /// agent (their leases expire if the agent lost them).
+    in_flight: HashMap<String, i64>,
 }
 
 impl Connection {
@@ -155,21 +192,39 @@ struct State {
 }
 
 /// The dispatcher task. Returns once `stop` is cancelled and queued commands are handled.
-pub async fn run(store: Arc<dyn Store>, DispatcherInbox(mut inbox): DispatcherInbox, stop: CancellationToken) {
+/// `poll_interval` is the safety net: retries coming due and notifications that never came.
+pub async fn run(
+    store: Arc<dyn Store>,
+    DispatcherInbox(mut inbox): DispatcherInbox,
+    poll_interval: Duration,
+    stop: CancellationToken,
+) {
     let mut state = State { store, connections: BTreeMap::new() };
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             command = inbox.recv() => match command {
                 Some(command) => {
-                    if state.handle(command).await {
+                    let mut wants_pass = state.handle(command).await;
+                    // Drain what queued up meanwhile so a burst of submissions costs one pass.
+                    while let Ok(command) = inbox.try_recv() {
+                        wants_pass |= state.handle(command).await;
+                    }
+                    if wants_pass {
                         state.dispatch().await;
                     }
                 }
                 None => break,
             },
-            _ = sweep.tick() => state.dispatch().await,
+            _ = poll.tick() => state.dispatch().await,
+            _ = reconcile.tick() => {
+                if state.reconcile().await {
+                    state.dispatch().await;
+                }
+            }
             _ = stop.cancelled() => {
                 // Sessions have ended by now; their disconnects release their jobs.
                 while let Ok(command) = inbox.try_recv() {
@@ -193,24 +248,49 @@ impl State {
                         code: edge_protocol::api::close_code::REPLACED,
                         reason: "replaced by a newer connection of the same agent".to_owned(),
                     });
-                    self.release_unacked(&agent_id).await;
+                    self.release_unstarted(&agent_id).await;
                 }
                 if let Err(e) = self.store.mark_agent_connected(&agent_id, now_ms()).await {
                     error!(agent_id, error = %e, "cannot record agent as connected");
                 }
                 self.connections.insert(
                     agent_id,
-                    Connection { session, creator_id, outbox, phase: Phase::Handshake, in_flight: HashSet::new() },
+                    Connection {
+                        session,
+                        creator_id,
+                        outbox,
+                        phase: Phase::Handshake,
+                        protocol: 0,
+                        labels: Vec::new(),
+                        job_types: None,
+                        in_flight: HashMap::new(),
+                    },
                 );
                 false
             }
-            Command::Ready { agent_id, session, slots, paused } => match self.connections.get_mut(&agent_id) {
-                Some(conn) if conn.session == session => {
-                    conn.phase = Phase::Ready { slots: slots.min(MAX_SLOTS), paused };
-                    true
+            Command::Ready { agent_id, session, handshake } => {
+                let Some(conn) = self.connections.get_mut(&agent_id).filter(|c| c.session == session) else {
+                    return false;
+                };
+                conn.phase = Phase::Ready { slots: handshake.slots.min(MAX_SLOTS), paused: handshake.paused };
+                conn.protocol = handshake.protocol;
+                conn.labels = handshake.labels;
+                conn.job_types = (!handshake.capabilities.is_empty()).then_some(handshake.capabilities);
+                // Cancels requested while the agent was away (or on another hub process).
+                if conn.protocol >= 1 {
+                    match self.store.cancel_requests_for(&agent_id).await {
+                        Ok(ids) => {
+                            if let Some(conn) = self.connections.get(&agent_id) {
+                                for id in ids {
+                                    let _ = conn.outbox.send(Outgoing::Frame(HubFrame::JobCancel { id }));
+                                }
+                            }
+                        }
+                        Err(e) => error!(agent_id, error = %e, "cannot look up pending cancel requests"),
+                    }
                 }
-                _ => false,
-            },
+                true
+            }
             Command::Availability { agent_id, session, slots, paused } => match self.connections.get_mut(&agent_id) {
                 Some(conn) if conn.session == session => {
                     let current_slots = match conn.phase {
@@ -239,9 +319,21 @@ impl State {
                 if let Err(e) = self.store.mark_agent_disconnected(&agent_id).await {
                     error!(agent_id, error = %e, "cannot record agent as disconnected");
                 }
-                self.release_unacked(&agent_id).await > 0
+                self.release_unstarted(&agent_id).await > 0
             }
             Command::JobSubmitted => true,
+            Command::Cancel { job_id, agent_id } => {
+                if let Some(conn) = self.connections.get(&agent_id) {
+                    if conn.protocol >= 1 {
+                        info!(agent_id, job_id, "asking the agent to cancel the job");
+                        let _ = conn.outbox.send(Outgoing::Frame(HubFrame::JobCancel { id: job_id }));
+                    } else {
+                        // A prototype agent has no job_cancel: the job ends when it reports.
+                        info!(agent_id, job_id, "version-0 agent cannot be asked to cancel; waiting for its result");
+                    }
+                }
+                false
+            }
             Command::Online { reply } => {
                 let _ = reply.send(self.connections.keys().cloned().collect());
                 false
@@ -249,25 +341,68 @@ impl State {
         }
     }
 
-    async fn release_unacked(&self, agent_id: &str) -> u64 {
-        match self.store.release_unacked_jobs(Some(agent_id), now_ms()).await {
+    /// Leased jobs the agent never acknowledged go back to pending at once: it may never
+    /// have received them. Running jobs keep their lease (the agent may reconnect and report).
+    async fn release_unstarted(&self, agent_id: &str) -> u64 {
+        match self.store.release_unstarted_jobs(Some(agent_id), now_ms()).await {
             Ok(0) => 0,
             Ok(count) => {
-                info!(agent_id, count, "unacked jobs of a closed session are pending again");
+                info!(agent_id, count, "unacknowledged jobs of a closed session are pending again");
                 count
             }
             Err(e) => {
-                error!(agent_id, error = %e, "cannot release the unacked jobs of a closed session");
+                error!(agent_id, error = %e, "cannot release the unacknowledged jobs of a closed session");
                 0
             }
         }
     }
 
-    /// Hands pending jobs to sessions with free slots, one job per session per round so
+    /// Frees slots of busy sessions whose jobs are no longer theirs (lease expired and the
+    /// job moved on). True when a slot was freed.
+    async fn reconcile(&mut self) -> bool {
+        let busy: Vec<String> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| !c.in_flight.is_empty() && c.free_slots() == 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut freed = false;
+        for agent_id in busy {
+            let held: HashSet<(String, i64)> = match self.store.held_jobs(&agent_id).await {
+                Ok(held) => held.into_iter().collect(),
+                Err(e) => {
+                    error!(agent_id, error = %e, "cannot check held jobs");
+                    return freed;
+                }
+            };
+            if let Some(conn) = self.connections.get_mut(&agent_id) {
+                let before = conn.in_flight.len();
+                conn.in_flight.retain(|job_id, token| held.contains(&(job_id.clone(), *token)));
+                if conn.in_flight.len() < before {
+                    info!(agent_id, freed = before - conn.in_flight.len(), "slots of jobs no longer held are free");
+                    freed = true;
+                }
+            }
+        }
+        freed
+    }
+
+    /// Leases visible jobs to sessions with free slots, one job per session per round so
     /// several agents of one creator share the work.
     async fn dispatch(&mut self) {
+        if !self.connections.values().any(|c| c.free_slots() > 0) {
+            return;
+        }
+        match self.store.any_ready(now_ms()).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                error!(error = %e, "cannot look for pending jobs; retrying later");
+                return;
+            }
+        }
         loop {
-            let mut assigned_any = false;
+            let mut leased_any = false;
             let candidates: Vec<String> = self
                 .connections
                 .iter()
@@ -275,42 +410,48 @@ impl State {
                 .map(|(agent_id, _)| agent_id.clone())
                 .collect();
             for agent_id in candidates {
-                let Some(creator_id) = self.connections.get(&agent_id).map(|c| c.creator_id.clone()) else {
+                let Some(request) = self.connections.get(&agent_id).map(|c| ClaimRequest {
+                    agent_id: agent_id.clone(),
+                    creator_id: c.creator_id.clone(),
+                    labels: c.labels.clone(),
+                    job_types: c.job_types.clone(),
+                }) else {
                     continue;
                 };
-                let job = match self.store.next_pending_job(&agent_id, &creator_id).await {
+                let claimed_at = now_ms();
+                let job = match self.store.claim_job(&request, claimed_at).await {
                     Ok(Some(job)) => job,
                     Ok(None) => continue,
                     Err(e) => {
-                        error!(agent_id, error = %e, "cannot look up pending jobs; retrying later");
+                        error!(agent_id, error = %e, "cannot lease a job; retrying later");
                         return;
                     }
                 };
-                match self.store.assign_job(&job.id, &agent_id, now_ms()).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        // Taken by another hub process between the read and the write: look again.
-                        assigned_any = true;
-                        continue;
-                    }
-                    Err(e) => {
-                        error!(agent_id, job_id = job.id, error = %e, "cannot assign job; retrying later");
-                        return;
-                    }
-                }
-                assigned_any = true;
+                leased_any = true;
+                // Submit (or scheduled time) → first lease; redeliveries are not dispatch latency.
+                crate::metrics::job_assigned(
+                    (job.attempts == 1).then(|| crate::metrics::elapsed_ms(job.created_at.max(job.run_at), claimed_at)),
+                );
                 let Some(conn) = self.connections.get_mut(&agent_id) else { continue };
-                conn.in_flight.insert(job.id.clone());
-                info!(agent_id, job_id = job.id, job_type = job.job_type, attempt = job.attempts + 1, "job assigned");
+                conn.in_flight.insert(job.id.clone(), job.lease_token);
+                info!(
+                    agent_id,
+                    job_id = job.id,
+                    job_type = job.job_type,
+                    attempt = job.attempts,
+                    lease_token = job.lease_token,
+                    "job leased"
+                );
                 let frame = HubFrame::JobAssign {
                     job: JobSpec { job_id: job.id.clone(), job_type: job.job_type, payload: job.payload },
                 };
-                if conn.outbox.send(Outgoing::Frame(frame)).is_err() {
+                let assign = Outgoing::Assign { job_id: job.id.clone(), lease_token: job.lease_token, frame };
+                if conn.outbox.send(assign).is_err() {
                     // The session is ending; its disconnect releases the job again.
                     warn!(agent_id, job_id = job.id, "session closed while assigning; job will be released");
                 }
             }
-            if !assigned_any {
+            if !leased_any {
                 return;
             }
         }

@@ -2,21 +2,29 @@
 //! tests start the same hub in-process.
 //!
 //! This crate owns agent enrollment and authentication, the agents' WebSocket sessions,
-//! job dispatch and the operator API, with all state in a [`store::Store`]. Wire shapes
+//! the job queue (leases, retries, dead letter, limits, dedupe ledger), dispatch and the
+//! operator API, with all state in a [`store::Store`] (SQLite or PostgreSQL). Wire shapes
 //! come from `edge-protocol` and must never be redefined here. It must never store or log
 //! a credential in clear: tokens and keys are kept as SHA-256 hashes and carried in
 //! [`Secret`].
 
 pub mod api;
+pub mod bundle_cli;
+pub mod bundles;
 pub mod crypto;
 pub mod dispatch;
 pub mod error;
+pub mod events;
 pub mod jwt;
+pub mod metrics;
+pub mod queue;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod sweeper;
 
 pub use error::HubError;
+pub use queue::{JobTypeSpec, JobTypes, QueueConfig};
 pub use secret::Secret;
 pub use server::{open_store, start, HubConfig, RunningHub};
 
@@ -37,13 +45,7 @@ pub fn default_database_url() -> String {
 /// Creates a single-use enrollment token for `creator_id`, valid for `ttl`. Only its hash
 /// is stored; the returned value is the only copy.
 pub async fn create_enrollment_token(store: &dyn Store, creator_id: &str, ttl: Duration) -> Result<Secret, HubError> {
-    let creator_id = creator_id.trim();
-    if creator_id.is_empty()
-        || creator_id.len() > 128
-        || creator_id.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(HubError::Config("the creator id must be 1–128 characters without spaces".to_owned()));
-    }
+    let creator_id = validate_creator_id(creator_id)?;
     if ttl > MAX_ENROLLMENT_TOKEN_TTL {
         return Err(HubError::Config("an enrollment token may live at most 30 days (720 hours)".to_owned()));
     }
@@ -56,9 +58,32 @@ pub async fn create_enrollment_token(store: &dyn Store, creator_id: &str, ttl: D
     Ok(token)
 }
 
-/// Creates an operator API key. Only its hash is stored; the returned value is the only copy.
+/// Creates an operator API key (every creator). Only its hash is stored; the returned
+/// value is the only copy.
 pub async fn create_api_key(store: &dyn Store, name: Option<&str>) -> Result<Secret, HubError> {
+    create_scoped_api_key(store, name, None).await
+}
+
+/// Creates an API key for one creator's jobs and agents (`Some`), or an operator key
+/// (`None`). Only its hash is stored; the returned value is the only copy.
+pub async fn create_scoped_api_key(
+    store: &dyn Store,
+    name: Option<&str>,
+    creator_id: Option<&str>,
+) -> Result<Secret, HubError> {
+    let creator_id = creator_id.map(validate_creator_id).transpose()?;
     let key = crypto::new_api_key()?;
-    store.create_api_key(&crypto::sha256_hex(key.expose()), name, crypto::now_ms()).await?;
+    store.create_api_key(&crypto::sha256_hex(key.expose()), name, creator_id, crypto::now_ms()).await?;
     Ok(key)
+}
+
+fn validate_creator_id(creator_id: &str) -> Result<&str, HubError> {
+    let creator_id = creator_id.trim();
+    if creator_id.is_empty()
+        || creator_id.len() > 128
+        || creator_id.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(HubError::Config("the creator id must be 1–128 characters without spaces".to_owned()));
+    }
+    Ok(creator_id)
 }

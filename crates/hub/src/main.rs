@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use edge_hub::{HubConfig, Secret};
+use edge_hub::{HubConfig, JobTypeSpec, JobTypes, QueueConfig, Secret};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "edge-hub", version, about = "The Edge-Agent hub")]
 struct Cli {
-    /// Database URL; only sqlite: is supported [default: sqlite://<data dir>/edge-hub/hub.db]
+    /// Database URL, sqlite://… or postgres://… [default: sqlite://<data dir>/edge-hub/hub.db]
     #[arg(long, global = true, env = "EDGE_HUB_DATABASE_URL")]
     database_url: Option<String>,
 
@@ -27,9 +27,11 @@ enum Command {
     /// Manage enrollment tokens.
     #[command(subcommand)]
     EnrollToken(EnrollTokenCommand),
-    /// Manage operator API keys.
+    /// Manage API keys (operator keys, or creator-scoped with --creator).
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Trusted bundles: keys, root rotation, publishing (see docs/bundles.md).
+    Bundle(edge_hub::bundle_cli::BundleArgs),
 }
 
 #[derive(Args)]
@@ -45,6 +47,100 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_HUB_JWT_TTL_SECS", default_value_t = 900,
           value_parser = clap::value_parser!(u64).range(1..=900))]
     jwt_ttl_secs: u64,
+    #[command(flatten)]
+    queue: QueueArgs,
+}
+
+/// Queue settings of `serve` (defaults mirror SQS where it has one).
+#[derive(Args)]
+struct QueueArgs {
+    /// Lease length before an unfinished job is handed out again; heartbeats extend it.
+    #[arg(long, env = "EDGE_HUB_VISIBILITY_TIMEOUT_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=43_200))]
+    visibility_timeout_secs: u64,
+    /// Per job type lease length, TYPE=SECS (repeatable).
+    #[arg(long = "job-visibility", value_name = "TYPE=SECS", value_parser = parse_type_secs)]
+    job_visibility: Vec<(String, u64)>,
+    /// Deliveries before a job is dead (dead-letter list).
+    #[arg(long, env = "EDGE_HUB_MAX_RECEIVE_COUNT", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_receive_count: u32,
+    /// First retry backoff ceiling; doubles per delivery, full jitter, at most 5 min.
+    #[arg(long, env = "EDGE_HUB_RETRY_BASE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    retry_base_ms: u64,
+    /// Finished jobs are deleted this many days after they end.
+    #[arg(long, env = "EDGE_HUB_RETENTION_DAYS", default_value_t = 14,
+          value_parser = clap::value_parser!(u64).range(1..=3650))]
+    retention_days: u64,
+    /// A recipient messaged within this many days is not messaged again by the same creator.
+    #[arg(long, env = "EDGE_HUB_DEDUPE_COOLOFF_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(0..=3650))]
+    dedupe_cooloff_days: u64,
+    /// Default redrive speed, jobs per second.
+    #[arg(long, env = "EDGE_HUB_REDRIVE_RATE", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    redrive_rate: u32,
+    /// Accept this job type with any JSON-object payload (repeatable); http_request is built in.
+    #[arg(long = "job-type", value_name = "NAME")]
+    job_types: Vec<String>,
+    /// Accept this message-sending job type (repeatable): payload `recipients`/`recipient`
+    /// are checked against the dedupe ledger.
+    #[arg(long = "message-job-type", value_name = "NAME")]
+    message_job_types: Vec<String>,
+    /// Default wait of `POST /v1/jobs?sync=true` (at most 28).
+    #[arg(long, env = "EDGE_HUB_SYNC_TIMEOUT_SECS", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(1..=28))]
+    sync_timeout_secs: u64,
+    /// How often leases, silent agents, redrives and retention are swept.
+    #[arg(long, env = "EDGE_HUB_SWEEP_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    sweep_interval_ms: u64,
+    /// Safety-net dispatch pass (retries coming due, missed notifications).
+    #[arg(long, env = "EDGE_HUB_POLL_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    poll_interval_ms: u64,
+}
+
+fn parse_type_secs(text: &str) -> Result<(String, u64), String> {
+    let (name, secs) = text.split_once('=').ok_or_else(|| format!("expected TYPE=SECS, got {text:?}"))?;
+    let secs: u64 = secs.trim().parse().map_err(|_| format!("{secs:?} is not a number of seconds"))?;
+    if name.trim().is_empty() || secs == 0 {
+        return Err(format!("expected TYPE=SECS with SECS ≥ 1, got {text:?}"));
+    }
+    Ok((name.trim().to_owned(), secs))
+}
+
+impl QueueArgs {
+    fn job_types(&self) -> anyhow::Result<JobTypes> {
+        let mut types = JobTypes::default();
+        for name in &self.job_types {
+            types.register(JobTypeSpec::opaque(name.trim()));
+        }
+        for name in &self.message_job_types {
+            types.register(JobTypeSpec::opaque(name.trim()).sending_messages());
+        }
+        for (name, secs) in &self.job_visibility {
+            let spec = types
+                .get_mut(name)
+                .ok_or_else(|| anyhow::anyhow!("--job-visibility names {name:?}, which is not a job type"))?;
+            spec.visibility_timeout = Some(Duration::from_secs(*secs));
+        }
+        Ok(types)
+    }
+
+    fn queue(&self) -> QueueConfig {
+        QueueConfig {
+            visibility_timeout: Duration::from_secs(self.visibility_timeout_secs),
+            max_receive_count: self.max_receive_count,
+            retry_base: Duration::from_millis(self.retry_base_ms),
+            retention: Duration::from_secs(self.retention_days * 24 * 3600),
+            dedupe_cooloff: Duration::from_secs(self.dedupe_cooloff_days * 24 * 3600),
+            redrive_rate_per_sec: self.redrive_rate,
+            sweep_interval: Duration::from_millis(self.sweep_interval_ms),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -57,6 +153,9 @@ enum EnrollTokenCommand {
         /// Hours until the token expires (at most 720).
         #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
         ttl_hours: u64,
+        /// How many tokens to print, one per line (bulk enrollment for load tests).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        count: u64,
     },
 }
 
@@ -67,6 +166,9 @@ enum ApiKeyCommand {
         /// A label to recognise the key by.
         #[arg(long)]
         name: Option<String>,
+        /// Scope the key to this creator's jobs and agents; without it, an operator key.
+        #[arg(long)]
+        creator: Option<String>,
     },
 }
 
@@ -77,17 +179,32 @@ async fn main() -> anyhow::Result<()> {
     let database_url = cli.database_url.unwrap_or_else(edge_hub::default_database_url);
     match cli.command {
         Command::Serve(args) => serve(database_url, args).await,
-        Command::EnrollToken(EnrollTokenCommand::Create { creator, ttl_hours }) => {
+        Command::EnrollToken(EnrollTokenCommand::Create { creator, ttl_hours, count }) => {
             let store = edge_hub::open_store(&database_url).await.context("cannot open the hub database")?;
-            let token = edge_hub::create_enrollment_token(&*store, &creator, Duration::from_secs(ttl_hours * 3600))
-                .await
-                .context("cannot create an enrollment token");
+            let mut tokens = Vec::new();
+            for _ in 0..count {
+                match edge_hub::create_enrollment_token(&*store, &creator, Duration::from_secs(ttl_hours * 3600)).await
+                {
+                    Ok(token) => tokens.push(token),
+                    Err(e) => {
+                        store.close().await;
+                        return Err(e).context("cannot create an enrollment token");
+                    }
+                }
+            }
             store.close().await;
-            print_credential(&token?)
+            tokens.iter().try_for_each(print_credential)
         }
-        Command::ApiKey(ApiKeyCommand::Create { name }) => {
+        Command::Bundle(args) => {
+            let output = edge_hub::bundle_cli::run(args, &database_url)?;
+            println!("{}", serde_json::to_string(&output)?);
+            Ok(())
+        }
+        Command::ApiKey(ApiKeyCommand::Create { name, creator }) => {
             let store = edge_hub::open_store(&database_url).await.context("cannot open the hub database")?;
-            let key = edge_hub::create_api_key(&*store, name.as_deref()).await.context("cannot create an API key");
+            let key = edge_hub::create_scoped_api_key(&*store, name.as_deref(), creator.as_deref())
+                .await
+                .context("cannot create an API key");
             store.close().await;
             print_credential(&key?)
         }
@@ -105,6 +222,10 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         hb_interval: Duration::from_secs(args.hb_interval_secs),
         jwt_ttl: Duration::from_secs(args.jwt_ttl_secs),
         jwt_secret,
+        bundle_dir: None,
+        queue: args.queue.queue(),
+        job_types: args.queue.job_types()?,
+        sync_timeout: Duration::from_secs(args.queue.sync_timeout_secs),
     };
     let mut hub = edge_hub::start(config).await.context("cannot start the hub")?;
     {

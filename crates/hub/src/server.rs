@@ -1,15 +1,21 @@
 //! Owns the hub's lifecycle: open the store, recover state left by the last run, bind,
-//! serve, and shut down in order (sessions, then the dispatcher, then the database). It
-//! must never leave a job `assigned` to a session that no longer exists.
+//! serve, run the dispatcher, sweeper and event forwarder, and shut down in order
+//! (sessions, then the background tasks, then the database). It must never release jobs
+//! leased by another process sharing the database: only an exclusive (SQLite) store gets
+//! its unacknowledged leases released at startup.
 
 use crate::api::{self, App};
 use crate::crypto::{self, now_ms};
 use crate::dispatch::{self, Dispatcher};
 use crate::error::HubError;
+use crate::events::Events;
 use crate::jwt::{JwtKeys, MAX_TOKEN_TTL};
+use crate::queue::{millis, JobTypes, QueueConfig};
 use crate::secret::Secret;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::sweeper::Sweeper;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +36,19 @@ const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…` (the schema via `?options[search_path]=…`).
     pub database_url: String,
     pub hb_interval: Duration,
     pub jwt_ttl: Duration,
     /// Overrides the secret kept in the database (`EDGE_HUB_JWT_SECRET`).
     pub jwt_secret: Option<Secret>,
+    pub queue: QueueConfig,
+    /// Accepted job types; `http_request` is always among them.
+    pub job_types: JobTypes,
+    /// `POST /v1/jobs?sync=true` waits this long unless `timeoutMs` says less.
+    pub sync_timeout: Duration,
+    /// Bundle repository and run reports; `None`: `bundles/` beside the SQLite file.
+    pub bundle_dir: Option<std::path::PathBuf>,
 }
 
 impl HubConfig {
@@ -45,19 +59,25 @@ impl HubConfig {
             hb_interval: Duration::from_secs(25),
             jwt_ttl: MAX_TOKEN_TTL,
             jwt_secret: None,
+            queue: QueueConfig::default(),
+            job_types: JobTypes::default(),
+            sync_timeout: api::jobs::DEFAULT_SYNC_TIMEOUT,
+            bundle_dir: None,
         }
     }
 }
 
-/// Opens the store named by `database_url`. Only `sqlite:` URLs are supported so far.
+/// Opens the store named by `database_url`: `sqlite:` or `postgres:`/`postgresql:`.
 pub async fn open_store(database_url: &str) -> Result<Arc<dyn Store>, HubError> {
-    if !database_url.starts_with("sqlite:") {
-        return Err(HubError::Config(format!(
-            "database URL must start with sqlite: (e.g. sqlite:///var/lib/edge-hub/hub.db); got {:?}",
-            database_url.split(':').next().unwrap_or_default()
-        )));
+    let scheme = database_url.split(':').next().unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Arc::new(SqliteStore::connect(database_url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(PgStore::connect(database_url).await?)),
+        _ => Err(HubError::Config(format!(
+            "database URL must start with sqlite: (e.g. sqlite:///var/lib/edge-hub/hub.db) or postgres: \
+             (e.g. postgres://user@host/db); got {scheme:?}"
+        ))),
     }
-    Ok(Arc::new(SqliteStore::connect(database_url).await?))
 }
 
 /// A hub serving in the background of this process.
@@ -67,8 +87,10 @@ pub struct RunningHub {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     server: JoinHandle<std::io::Result<()>>,
-    dispatcher_stop: CancellationToken,
+    background_stop: CancellationToken,
     dispatcher: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    forwarder: JoinHandle<()>,
 }
 
 /// Opens the database, recovers from the last run, binds `config.listen` and starts serving.
@@ -76,15 +98,24 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     if config.hb_interval.is_zero() {
         return Err(HubError::Config("the heartbeat interval must be at least 1 second".to_owned()));
     }
-    let store = open_store(&config.database_url).await?;
-
-    // Nothing is connected yet: a job handed to a session of the last run but never acked
-    // may never have reached its agent, so it goes back in the queue.
-    let released = store.release_unacked_jobs(None, now_ms()).await?;
-    store.mark_all_agents_offline().await?;
-    if released > 0 {
-        info!(count = released, "jobs assigned but unacked before the restart are pending again");
+    if config.queue.sweep_interval.is_zero() || config.queue.poll_interval.is_zero() {
+        return Err(HubError::Config("the sweep and poll intervals must be above zero".to_owned()));
     }
+    let store = open_store(&config.database_url).await?;
+    let stale_after = config.hb_interval.saturating_mul(3);
+
+    if store.exclusive() {
+        // Nobody else uses this database and nothing is connected yet: a job leased to a
+        // session of the last run but never acknowledged may never have reached its agent.
+        // Acknowledged (running) jobs keep their lease: the agent may reconnect and report.
+        let released = store.release_unstarted_jobs(None, now_ms()).await?;
+        if released > 0 {
+            info!(count = released, "jobs leased but unacknowledged before the restart are pending again");
+        }
+    }
+    // Agents of a process that died stay "online" in the database until this (or any
+    // process's sweeper) notices their silence.
+    store.mark_stale_agents_offline(now_ms() - millis(stale_after)).await?;
 
     let secret = match config.jwt_secret {
         Some(secret) => {
@@ -110,8 +141,29 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let local_addr = listener.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
 
     let (dispatcher_handle, inbox) = Dispatcher::new();
-    let dispatcher_stop = CancellationToken::new();
-    let dispatcher = tokio::spawn(dispatch::run(store.clone(), inbox, dispatcher_stop.clone()));
+    let background_stop = CancellationToken::new();
+    let dispatcher =
+        tokio::spawn(dispatch::run(store.clone(), inbox, config.queue.poll_interval, background_stop.clone()));
+    let events = Events::new(store.clone(), dispatcher_handle.clone());
+    let forwarder = {
+        let events = events.clone();
+        let stop = background_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = events.forward_from_store() => {}
+            }
+        })
+    };
+    let sweeper = tokio::spawn(
+        Sweeper {
+            store: store.clone(),
+            events: events.clone(),
+            queue: config.queue.clone(),
+            agent_stale_after: stale_after,
+        }
+        .run(background_stop.clone()),
+    );
 
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
@@ -119,15 +171,29 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         store: store.clone(),
         jwt: JwtKeys::new(&secret, config.jwt_ttl),
         dispatcher: dispatcher_handle,
+        events,
         hb_interval: config.hb_interval,
+        queue: config.queue.clone(),
+        job_types: config.job_types.clone(),
+        sync_timeout: config.sync_timeout,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     });
-    let router = api::router(app);
+    let bundle_dir =
+        config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));
+    let router =
+        api::router(app.clone()).merge(crate::bundles::router(app, crate::bundles::BundleService::open(bundle_dir)));
     let graceful = shutdown.clone().cancelled_owned();
     let server = tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(graceful).await });
-    info!(addr = %local_addr, hb_interval_secs = config.hb_interval.as_secs(), "hub listening");
-    Ok(RunningHub { local_addr, store, shutdown, sessions, server, dispatcher_stop, dispatcher })
+    info!(
+        addr = %local_addr,
+        engine = store.engine(),
+        hb_interval_secs = config.hb_interval.as_secs(),
+        visibility_timeout_ms = millis(config.queue.visibility_timeout),
+        job_types = ?config.job_types.names().collect::<Vec<_>>(),
+        "hub listening"
+    );
+    Ok(RunningHub { local_addr, store, shutdown, sessions, server, background_stop, dispatcher, sweeper, forwarder })
 }
 
 impl RunningHub {
@@ -161,10 +227,27 @@ impl RunningHub {
         if tokio::time::timeout(SESSION_DRAIN_TIMEOUT, self.sessions.wait()).await.is_err() {
             warn!("some agent sessions did not close in time");
         }
-        self.dispatcher_stop.cancel();
+        self.background_stop.cancel();
         let _ = self.dispatcher.await;
+        let _ = self.sweeper.await;
+        let _ = self.forwarder.await;
         self.store.close().await;
         info!("hub stopped");
         served
+    }
+
+    /// Stops this hub as if its process died: background tasks end first, so the sessions'
+    /// jobs are not released and keep their leases until the visibility timeout; then the
+    /// connections drop. For multi-process tests run in one process.
+    pub async fn crash(self) {
+        self.background_stop.cancel();
+        let _ = self.dispatcher.await;
+        let _ = self.sweeper.await;
+        let _ = self.forwarder.await;
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        self.sessions.close();
+        let _ = tokio::time::timeout(SESSION_DRAIN_TIMEOUT, self.sessions.wait()).await;
+        self.store.close().await;
     }
 }

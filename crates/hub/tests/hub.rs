@@ -130,10 +130,14 @@ async fn hello_heartbeat_and_a_job_round_trip() {
     request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
 
-    send(&mut ws, json!({"t":"hello","protocol":7,"v":"agent-0.2.0","capabilities":["http_request"],"slots":2})).await;
+    send(
+        &mut ws,
+        json!({"t":"hello","protocol":99,"v":"agent-0.2.0","capabilities":["http_request","custom"],"slots":2}),
+    )
+    .await;
     let ack = recv(&mut ws).await;
     assert_eq!(ack["t"], "hello_ack");
-    assert_eq!(ack["protocol"], 1, "the lower of both versions");
+    assert_eq!(ack["protocol"], edge_protocol::PROTOCOL_VERSION, "the lower of both versions");
     assert_eq!(ack["agentId"], agent.agent_id.as_str());
     assert_eq!(ack["hbIntervalMs"], 1000);
 
@@ -157,10 +161,10 @@ async fn hello_heartbeat_and_a_job_round_trip() {
     let job_id = assign["job"]["jobId"].as_str().unwrap().to_owned();
     assert_eq!(job_id, job["id"].as_str().unwrap());
     assert_eq!(assign["job"]["payload"]["url"], "https://example.com/a");
-    assert_eq!(hub.job(&job_id).await["status"], "assigned");
+    assert_eq!(hub.job(&job_id).await["status"], "leased");
 
     send(&mut ws, json!({"t":"job_ack","id":job_id})).await;
-    hub.wait_for_job_status(&job_id, "acked").await;
+    hub.wait_for_job_status(&job_id, "running").await;
     let data = json!({"statusCode":200,"headers":{},"body":"hi","isBase64Encoded":false});
     send(&mut ws, json!({"t":"job_result","id":job_id,"status":"ok","data":data})).await;
     let done = hub.wait_for_job_status(&job_id, "succeeded").await;
@@ -214,7 +218,7 @@ async fn a_version_0_agent_starting_with_hb_gets_v0_frames_and_jobs() {
     send_raw(&mut ws, Message::text("garbage")).await;
     send(&mut ws, json!({"t":"job_result","id":"job_not_mine","status":"ok"})).await;
     send(&mut ws, json!({"t":"job_ack","id":job["id"]})).await;
-    hub.wait_for_job_status(job["id"].as_str().unwrap(), "acked").await;
+    hub.wait_for_job_status(job["id"].as_str().unwrap(), "running").await;
     expect_silence(&mut ws, Duration::from_millis(200)).await;
     hub.shutdown().await;
 }
@@ -265,11 +269,11 @@ async fn pending_and_unacked_jobs_survive_a_hub_restart() {
     assert_eq!(recv(&mut ws).await["job"]["jobId"], queued["id"]);
     assert_eq!(recv(&mut ws).await["job"]["jobId"], second["id"]);
     send(&mut ws, json!({"t":"job_ack","id":second["id"]})).await;
-    hub.wait_for_job_status(second["id"].as_str().unwrap(), "acked").await;
+    hub.wait_for_job_status(second["id"].as_str().unwrap(), "running").await;
 
     // Acked work stays with its agent across a restart, and its result is still accepted.
     hub.restart().await;
-    assert_eq!(hub.job(second["id"].as_str().unwrap()).await["status"], "acked");
+    assert_eq!(hub.job(second["id"].as_str().unwrap()).await["status"], "running");
     let mut ws = hub.connect(&token).await;
     send(&mut ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0","slots":2})).await;
     assert_eq!(recv(&mut ws).await["t"], "hello_ack");
@@ -319,7 +323,7 @@ async fn a_result_from_an_agent_that_does_not_hold_the_job_changes_nothing() {
     send(&mut other_ws, json!({"t":"job_ack","id":job["id"]})).await;
     assert_eq!(recv(&mut other_ws).await["code"], "NOT_YOUR_JOB");
     let unchanged = hub.job(job["id"].as_str().unwrap()).await;
-    assert_eq!((unchanged["status"].as_str(), &unchanged["result"]), (Some("assigned"), &serde_json::Value::Null));
+    assert_eq!((unchanged["status"].as_str(), &unchanged["result"]), (Some("leased"), &serde_json::Value::Null));
     hub.shutdown().await;
 }
 
@@ -445,4 +449,44 @@ async fn the_operator_api_requires_a_key_and_validates_jobs() {
     let (status, answer) = hub.operator_get("/v1/jobs/job_missing").await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("not_found")));
     hub.shutdown().await;
+}
+
+/// A database written by the walking skeleton (migration 0001 only) opens with its jobs
+/// mapped onto the new states: assigned → leased, acked → running, finished ones kept.
+#[tokio::test]
+async fn a_skeleton_sqlite_database_is_migrated_forward() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use std::str::FromStr as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    {
+        let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+        let mut skeleton = sqlx::migrate!("./migrations/sqlite");
+        skeleton.migrations = skeleton.migrations[..1].to_vec().into();
+        skeleton.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO creators VALUES ('c', 1)",
+            "INSERT INTO agents (id, creator_id, public_key, created_at, online) VALUES ('agt_1', 'c', 'k', 1, 1)",
+            "INSERT INTO jobs VALUES ('job_a','custom','{}','assigned','c',NULL,'agt_1',1,NULL,NULL,1,2)",
+            "INSERT INTO jobs VALUES ('job_b','custom','{}','acked','c',NULL,'agt_1',2,NULL,NULL,1,2)",
+            "INSERT INTO jobs VALUES ('job_c','custom','{}','failed','c',NULL,'agt_1',1,NULL,'{\"code\":\"NETWORK\"}',1,2)",
+            "INSERT INTO jobs VALUES ('job_d','custom','{}','pending','c',NULL,NULL,0,NULL,NULL,1,2)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let store = edge_hub::open_store(&url).await.expect("the old database opens and migrates");
+    let state = |id: &'static str| {
+        let store = store.clone();
+        async move { store.job(id).await.unwrap().unwrap() }
+    };
+    let (a, b, c, d) = (state("job_a").await, state("job_b").await, state("job_c").await, state("job_d").await);
+    assert_eq!(a.status.as_str(), "leased");
+    assert_eq!((b.status.as_str(), b.lease_token, b.assigned_agent_id.as_deref()), ("running", 2, Some("agt_1")));
+    assert_eq!((c.status.as_str(), c.error_code.as_deref(), c.finished_at), ("failed", Some("NETWORK"), Some(2)));
+    assert_eq!((d.status.as_str(), d.run_at), ("pending", 1));
+    assert_eq!(store.held_jobs("agt_1").await.unwrap().len(), 2);
+    store.close().await;
 }

@@ -7,6 +7,14 @@ pub const ENROLL_PATH: &str = "/v1/agent/enroll";
 pub const CHALLENGE_PATH: &str = "/v1/agent/challenge";
 pub const TOKEN_PATH: &str = "/v1/agent/token";
 pub const WS_PATH: &str = "/v1/agent/ws";
+/// Durable run reports (agent JWT as `Authorization: Bearer`).
+pub const NOTIFY_PATH: &str = "/edge/notify";
+/// The hub's current TUF `root.json`, fetched by the agent right after enrollment.
+pub const BUNDLE_ROOT_PATH: &str = "/v1/bundles/root.json";
+/// Base of the TUF metadata the agent refreshes through `tough`.
+pub const BUNDLE_METADATA_PATH: &str = "/v1/bundles/metadata/";
+/// Base of the bundle zips (consistent-snapshot names).
+pub const BUNDLE_TARGETS_PATH: &str = "/v1/bundles/targets/";
 
 /// WebSocket close codes the hub uses when it refuses or ends a session (4000–4999 are
 /// the application range of RFC 6455).
@@ -102,4 +110,43 @@ pub struct ApiError {
     /// e.g. `invalid_token`, `token_expired`, `bad_request`, `not_found`, `unauthorized`.
     pub error: String,
     pub message: String,
+}
+
+/// `POST /edge/notify`: the outcome of one bundle run, the prototype's field names.
+/// Sent until the hub answers 2xx; the hub records a `run_id` once and acknowledges
+/// repeats without recording them again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifyRequest {
+    pub run_id: String,
+    pub job_id: String,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// `None` when the process never ran or was killed by a signal.
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The run's `job_result` as the WebSocket carries it (`data` on success, `err` on
+    /// failure). The hub finishes the job from it under the agent's lease, exactly as from
+    /// the frame, so a run whose frame was lost in a crash still completes its job. Older
+    /// agents leave both out; the run is then only recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::JobError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifyResponse {
+    pub run_id: String,
+    /// True when this run was already recorded (a replay after a lost acknowledgement).
+    pub duplicate: bool,
 }

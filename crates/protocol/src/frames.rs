@@ -41,6 +41,14 @@ pub struct Availability {
     pub slots: u32,
 }
 
+/// Which output stream a `job_log` chunk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
 /// The body of an `error` frame: a peer sent something we could not use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProtocolErrorFrame {
@@ -97,6 +105,15 @@ pub enum AgentFrame {
         reason: CircuitReason,
     },
     Availability(Availability),
+    /// Version 2: a chunk of a running job's output, already masked and capped by the agent.
+    /// `seq` counts chunks of one job from 0 across both streams, so the hub can order them
+    /// and spot a gap.
+    JobLog {
+        id: String,
+        stream: LogStream,
+        seq: u64,
+        data: String,
+    },
     Error(ProtocolErrorFrame),
 }
 
@@ -146,6 +163,7 @@ impl AgentFrame {
             AgentFrame::JobResult { .. } => "job_result",
             AgentFrame::CircuitBreaker { .. } => "circuit_breaker",
             AgentFrame::Availability(_) => "availability",
+            AgentFrame::JobLog { .. } => "job_log",
             AgentFrame::Error(_) => "error",
         }
     }
@@ -168,5 +186,5 @@ impl HubFrame {
 }
 
 pub const AGENT_FRAME_TYPES: &[&str] =
-    &["hello", "hb", "job_ack", "job_progress", "job_result", "circuit_breaker", "availability", "error"];
+    &["hello", "hb", "job_ack", "job_progress", "job_result", "circuit_breaker", "availability", "job_log", "error"];
 pub const HUB_FRAME_TYPES: &[&str] = &["hello_ack", "job_assign", "hb_ack", "job_cancel", "error"];

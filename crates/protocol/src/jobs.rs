@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 /// Job type names.
 pub const HTTP_REQUEST: &str = "http_request";
+pub const BUNDLE: &str = "bundle";
 
 /// Payload of `http_request`, the proxy prototype's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,4 +44,54 @@ pub struct HttpResponseData {
     pub body: String,
     #[serde(rename = "isBase64Encoded")]
     pub is_base64_encoded: bool,
+}
+
+/// Payload of `bundle`: run a TUF-verified bundle of the agent's own tenant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundlePayload {
+    /// Bundle slug.
+    pub bundle: String,
+    /// A semantic version, or `latest` (highest version without a pre-release tag).
+    #[serde(default = "latest")]
+    pub version: String,
+    /// Arguments passed to the entry point.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The tenant whose bundle this is. The agent only runs its own tenant's bundles, so
+    /// this may only repeat the agent's creator id; absent means that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Wall-clock limit of the run, default [`DEFAULT_BUNDLE_TIMEOUT_MS`].
+    #[serde(default, rename = "timeoutMs", skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Job-scoped secrets, handed to the run as environment variables and masked in every
+    /// log and output the agent keeps or sends.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+fn latest() -> String {
+    "latest".to_owned()
+}
+
+/// 10 minutes.
+pub const DEFAULT_BUNDLE_TIMEOUT_MS: u64 = 600_000;
+/// 24 hours.
+pub const MAX_BUNDLE_TIMEOUT_MS: u64 = 86_400_000;
+
+/// `data` of a finished `bundle` run that exited 0 (a non-zero exit is a `RUN_FAILED` error
+/// whose full output is in the `/edge/notify` record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleRunData {
+    pub run_id: String,
+    pub bundle: String,
+    pub version: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    /// Tails of the captured output (the whole capture is in `/edge/notify`).
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
 }

@@ -18,11 +18,17 @@ pub mod jobs;
 
 pub use codec::{decode_agent_frame, decode_hub_frame, encode, FrameError, MAX_FRAME_BYTES};
 pub use errors::{ErrorCode, JobError, RetryPolicy};
-pub use frames::{AgentFrame, Availability, CircuitReason, HubFrame, JobSpec, JobStatus, ProtocolErrorFrame};
+pub use frames::{
+    AgentFrame, Availability, CircuitReason, HubFrame, JobSpec, JobStatus, LogStream, ProtocolErrorFrame,
+};
 
 /// Protocol version this build speaks. Version 0 is the prototype (no `hello`).
 /// Version 1 adds `hello`/`hello_ack`, `job_progress`, `job_cancel`, `availability` and `error`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 adds `job_log` (agent → hub output chunks of `bundle` jobs).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// First version in which an agent may send `job_log`.
+pub const JOB_LOG_VERSION: u32 = 2;
 
 /// Oldest protocol version a hub built from this crate still serves.
 pub const MIN_PROTOCOL_VERSION: u32 = 0;
@@ -34,4 +40,6 @@ pub mod capability {
     pub const JOB_PROGRESS: &str = "job_progress";
     pub const JOB_CANCEL: &str = "job_cancel";
     pub const PAUSE: &str = "pause";
+    pub const BUNDLE: &str = "bundle";
+    pub const JOB_LOG: &str = "job_log";
 }

@@ -5,7 +5,9 @@
 //! It owns nothing but child processes and temp files; it must never reach beyond 127.0.0.1
 //! and never leave a process running after its owner is dropped.
 
+pub mod pg;
 pub mod procfs;
+pub mod sim;
 pub mod site;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -101,11 +103,24 @@ pub struct Hub {
 impl Hub {
     /// Starts a hub whose database and logs live in `dir`.
     pub fn start(bins: &Binaries, dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> Result<Hub> {
+        let database_url = format!("sqlite://{}", dir.join("hub.db").display());
+        Hub::start_with_database(bins, dir, &database_url, env, extra_args)
+    }
+
+    /// Starts a hub on `database_url` (SQLite or PostgreSQL), with its logs in `dir`.
+    /// Several hubs may share one PostgreSQL database, each with its own `dir`.
+    pub fn start_with_database(
+        bins: &Binaries,
+        dir: &Path,
+        database_url: &str,
+        env: &[(&str, &str)],
+        extra_args: &[&str],
+    ) -> Result<Hub> {
         fs::create_dir_all(dir)?;
         let mut hub = Hub {
             bins: bins.clone(),
             dir: dir.to_path_buf(),
-            database_url: format!("sqlite://{}", dir.join("hub.db").display()),
+            database_url: database_url.to_owned(),
             url: String::new(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -201,6 +216,14 @@ impl Hub {
         Ok(stdout)
     }
 
+    /// `edge-hub bundle …` (keys, publish, list) on this hub's bundle directory; returns the
+    /// JSON line it prints.
+    pub fn bundle_cli(&self, args: &[&str]) -> Result<Value> {
+        let mut full = vec!["bundle"];
+        full.extend_from_slice(args);
+        Ok(serde_json::from_str(&self.cli(&full)?)?)
+    }
+
     pub fn enroll_token(&self, creator: &str) -> Result<String> {
         self.cli(&["enroll-token", "create", "--creator", creator])
     }
@@ -222,18 +245,45 @@ impl Hub {
         )
     }
 
+    /// `POST /v1/jobs` with an `Idempotency-Key`, so a retry after a lost answer cannot
+    /// create a second job.
+    pub fn submit_job_idempotent(&self, key: &str, idempotency_key: &str, body: &Value) -> Result<Value> {
+        let resp = ureq::post(&format!("{}/v1/jobs", self.url))
+            .set("Authorization", &format!("Bearer {key}"))
+            .set("Idempotency-Key", idempotency_key)
+            .timeout(Duration::from_secs(10))
+            .send_json(body.clone());
+        json_or_error(resp)
+    }
+
+    /// `GET` of any API path with the operator key, as JSON.
+    pub fn get(&self, key: &str, path_and_query: &str) -> Result<Value> {
+        json_or_error(
+            ureq::get(&format!("{}{path_and_query}", self.url))
+                .set("Authorization", &format!("Bearer {key}"))
+                .timeout(Duration::from_secs(10))
+                .call(),
+        )
+    }
+
+    /// The process id of the running hub, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn agents(&self, key: &str) -> Result<Value> {
         json_or_error(
             ureq::get(&format!("{}/v1/agents", self.url)).set("Authorization", &format!("Bearer {key}")).call(),
         )
     }
 
-    /// Polls until the job is `succeeded` or `failed`, returning it as the hub recorded it.
+    /// Polls until the job is final (`succeeded`, `failed`, `dead` or `cancelled`),
+    /// returning it as the hub recorded it.
     pub fn wait_job_done(&self, key: &str, id: &str, timeout: Duration) -> Result<Value> {
         let mut last = Value::Null;
         wait_until(timeout, || {
             last = self.job(key, id)?;
-            Ok(matches!(last["status"].as_str(), Some("succeeded" | "failed")))
+            Ok(matches!(last["status"].as_str(), Some("succeeded" | "failed" | "dead" | "cancelled")))
         })
         .with_context(|| format!("job {id} not finished; last seen: {last}"))?;
         Ok(last)
@@ -353,7 +403,30 @@ impl Agent {
 
     /// Starts `edge-agent run` in the background.
     pub fn run(&mut self, extra_args: &[&str]) -> Result<()> {
-        self.spawn_run(extra_args, None)
+        self.spawn_run(extra_args, &[], None)
+    }
+
+    /// Starts `edge-agent run` with extra environment variables (test hooks such as
+    /// `EDGE_AGENT_TEST_EXIT_AFTER_JOURNAL=1`) for this process only.
+    pub fn run_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+        self.spawn_run(extra_args, env, None)
+    }
+
+    /// Waits up to `timeout` for the running agent to exit by itself; returns its exit code
+    /// (`None`: killed by a signal). Errors if it is still running then.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let child = self.child.as_mut().ok_or_else(|| anyhow!("agent not running"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                bail!("agent still running after {timeout:?}; log:\n{}", self.run_log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts `edge-agent run` and returns how long it took from spawning the process until
@@ -361,13 +434,18 @@ impl Agent {
     pub fn run_until_line(&mut self, extra_args: &[&str], needle: &'static str, timeout: Duration) -> Result<Duration> {
         let (tx, rx) = mpsc::channel();
         let started = Instant::now();
-        self.spawn_run(extra_args, Some((needle, tx)))?;
+        self.spawn_run(extra_args, &[], Some((needle, tx)))?;
         rx.recv_timeout(timeout)
             .map(|_| started.elapsed())
             .map_err(|_| anyhow!("agent never printed {needle:?} within {timeout:?}; log:\n{}", self.run_log()))
     }
 
-    fn spawn_run(&mut self, extra_args: &[&str], watch: Option<(&'static str, mpsc::Sender<String>)>) -> Result<()> {
+    fn spawn_run(
+        &mut self,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        watch: Option<(&'static str, mpsc::Sender<String>)>,
+    ) -> Result<()> {
         if self.child.is_some() {
             bail!("agent already running");
         }
@@ -378,6 +456,7 @@ impl Agent {
             .command()
             .arg("run")
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

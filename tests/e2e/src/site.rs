@@ -42,6 +42,11 @@ impl Site {
     pub fn hits(&self, path: &str) -> u32 {
         self.hits.lock().map(|h| h.get(path).copied().unwrap_or(0)).unwrap_or(0)
     }
+
+    /// Requests served so far, over all paths.
+    pub fn total_hits(&self) -> u64 {
+        self.hits.lock().map(|h| h.values().map(|n| u64::from(*n)).sum()).unwrap_or(0)
+    }
 }
 
 fn serve(stream: TcpStream, hits: &Mutex<HashMap<String, u32>>) -> std::io::Result<()> {

@@ -125,14 +125,18 @@ fn network_failures_and_timeouts_map_to_their_codes() -> Result<()> {
     w.login_and_run()?;
     // A port nothing listens on: bind, read the port, close.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let refused = w.submit(http_job(CREATOR, &format!("http://{closed}/")))?;
-    let slow = w.submit(json!({ "type": "http_request", "creatorId": CREATOR,
+    // Both codes are retried with backoff; one delivery each makes the job dead (the
+    // dead-letter list) after the first failure instead of after five.
+    let mut refused_job = http_job(CREATOR, &format!("http://{closed}/"));
+    refused_job["maxReceiveCount"] = json!(1);
+    let refused = w.submit(refused_job)?;
+    let slow = w.submit(json!({ "type": "http_request", "creatorId": CREATOR, "maxReceiveCount": 1,
                                 "payload": { "url": w.site.url("/slow"), "timeoutMs": 300 } }))?;
     let refused = w.finish(&refused)?;
-    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["status"], "dead", "{refused}");
     assert_eq!(refused["error"]["code"], "NETWORK", "{refused}");
     let slow = w.finish(&slow)?;
-    assert_eq!(slow["status"], "failed", "{slow}");
+    assert_eq!(slow["status"], "dead", "{slow}");
     assert_eq!(slow["error"]["code"], "NAV_TIMEOUT", "{slow}");
     Ok(())
 }

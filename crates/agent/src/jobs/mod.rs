@@ -13,11 +13,53 @@ use serde_json::Value;
 #[derive(Clone)]
 pub struct JobContext {
     pub(crate) http: reqwest::Client,
+    /// Set when the agent can run `bundle` jobs (logged in, data dir known).
+    pub(crate) bundles: Option<crate::bundles::BundleContext>,
+    /// Where `job_log` frames go (the connection's outgoing queue).
+    pub(crate) frames: Option<tokio::sync::mpsc::UnboundedSender<edge_protocol::AgentFrame>>,
 }
 
 impl JobContext {
     pub fn new() -> Result<JobContext, crate::AgentError> {
-        Ok(JobContext { http: http_request::client()? })
+        Ok(JobContext { http: http_request::client()?, bundles: None, frames: None })
+    }
+
+    pub fn with_bundles(
+        mut self,
+        bundles: Option<crate::bundles::BundleContext>,
+        frames: tokio::sync::mpsc::UnboundedSender<edge_protocol::AgentFrame>,
+    ) -> JobContext {
+        self.bundles = bundles;
+        self.frames = Some(frames);
+        self
+    }
+}
+
+/// Runs one job until it ends or `cancel` fires. `bundle` jobs get the token (their process
+/// tree is ended through the interrupt/terminate/kill ladder and the result is journaled);
+/// other jobs are cancelled by dropping their future.
+pub async fn run_cancellable(
+    context: &JobContext,
+    job: &JobSpec,
+    cancel: &tokio_util::sync::CancellationToken,
+    cancelled: impl Fn() -> JobError,
+) -> Result<Value, JobError> {
+    if job.job_type == edge_protocol::jobs::BUNDLE {
+        let Some(bundles) = &context.bundles else {
+            return Err(JobError::new(ErrorCode::UnsupportedJob, "this agent has no bundle runtime configured"));
+        };
+        let sink = context.frames.clone().map(|frames| {
+            let id = job.job_id.clone();
+            let sink: crate::runtime::ChunkSink = std::sync::Arc::new(move |stream, seq, data| {
+                let _ = frames.send(edge_protocol::AgentFrame::JobLog { id: id.clone(), stream, seq, data });
+            });
+            sink
+        });
+        return crate::bundles::run(bundles, job, cancel.clone(), sink).await;
+    }
+    tokio::select! {
+        outcome = run(context, job) => outcome,
+        _ = cancel.cancelled() => Err(cancelled()),
     }
 }
 

@@ -3,12 +3,19 @@
 //! never put a storage detail or a secret into an answer: 5xx bodies say only what failed.
 
 pub mod agent_auth;
+pub mod console;
+pub mod creators;
+pub mod dead_letter;
+pub mod jobs;
+pub mod openapi;
 pub mod operator;
 pub mod ws;
 
 use crate::crypto::sha256_hex;
 use crate::dispatch::Dispatcher;
+use crate::events::Events;
 use crate::jwt::JwtKeys;
+use crate::queue::{JobTypes, QueueConfig};
 use crate::store::{Store, StoreError};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
@@ -33,7 +40,11 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub jwt: JwtKeys,
     pub dispatcher: Dispatcher,
+    pub events: Events,
     pub hb_interval: Duration,
+    pub queue: QueueConfig,
+    pub job_types: JobTypes,
+    pub sync_timeout: Duration,
     /// Cancelled when the hub shuts down; sessions close with 1001.
     pub shutdown: CancellationToken,
     /// WebSocket sessions outlive their HTTP request; shutdown waits on them here.
@@ -47,13 +58,32 @@ pub fn router(state: AppState) -> Router {
         .route(wire::CHALLENGE_PATH, post(agent_auth::challenge))
         .route(wire::TOKEN_PATH, post(agent_auth::token))
         .route(wire::WS_PATH, get(ws::agent_ws))
-        .route("/v1/jobs", post(operator::submit_job))
-        .route("/v1/jobs/{id}", get(operator::get_job))
+        .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/attempts", get(jobs::job_attempts))
         .route("/v1/agents", get(operator::list_agents))
+        .route("/v1/creators/{id}/limits", get(creators::get_limits).put(creators::put_limits))
+        .route("/v1/dead-letter", get(dead_letter::list_dead))
+        .route("/v1/dead-letter/redrive", post(dead_letter::start_redrive))
+        .route("/v1/dead-letter/redrives/{id}", get(dead_letter::get_redrive))
+        .merge(console_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Metrics, the OpenAPI document and the operator page (see [`console`]).
+fn console_routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(console::metrics))
+        .route("/v1/openapi.json", get(console::openapi))
+        .route("/", get(console::ui_root))
+        .route("/ui", get(console::ui_root))
+        .route("/ui/", get(console::ui_index))
+        .route("/ui/app.js", get(console::ui_script))
+        .route("/ui/app.css", get(console::ui_style))
 }
 
 async fn not_found() -> Failure {
@@ -158,10 +188,43 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Proof that the request carried a valid operator API key.
-pub struct Operator;
+/// Who is calling the operator API: an operator key sees every creator, a creator key only
+/// its own jobs and agents. Another creator's job or agent answers 404 exactly as a missing
+/// one does, so a creator key cannot even learn that it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    Creator(String),
+}
 
-impl FromRequestParts<AppState> for Operator {
+impl Caller {
+    /// The creator this caller is confined to, if any.
+    pub fn creator(&self) -> Option<&str> {
+        match self {
+            Caller::Operator => None,
+            Caller::Creator(id) => Some(id),
+        }
+    }
+
+    /// May this caller see things of `creator_id`?
+    pub fn may_see(&self, creator_id: &str) -> bool {
+        self.creator().is_none_or(|own| own == creator_id)
+    }
+
+    /// 403 for creator keys on operator-only endpoints.
+    pub fn require_operator(&self) -> Result<(), Failure> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Creator(_) => Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this endpoint needs an operator API key; this key is scoped to one creator",
+            )),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -169,18 +232,32 @@ impl FromRequestParts<AppState> for Operator {
             return Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "send an operator API key as `Authorization: Bearer <key>`; create one with `edge-hub api-key create`",
+                "send an API key as `Authorization: Bearer <key>`; create one with `edge-hub api-key create`",
             ));
         };
         // Keys are looked up by their hash, so the raw key is never compared or stored.
-        if state.store.api_key_exists(&sha256_hex(key)).await? {
-            Ok(Operator)
-        } else {
-            Err(Failure::new(
+        match state.store.api_key(&sha256_hex(key)).await? {
+            Some(record) => Ok(match record.creator_id {
+                None => Caller::Operator,
+                Some(creator_id) => Caller::Creator(creator_id),
+            }),
+            None => Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "the API key is not known to this hub; create one with `edge-hub api-key create`",
-            ))
+            )),
         }
+    }
+}
+
+/// Proof that the request carried a valid operator (all-creator) API key.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Failure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Caller::from_request_parts(parts, state).await?.require_operator()?;
+        Ok(Operator)
     }
 }

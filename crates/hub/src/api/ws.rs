@@ -7,9 +7,10 @@
 
 use super::{bearer_token, AppState, Failure};
 use crate::crypto::{now_ms, now_secs};
-use crate::dispatch::{Dispatcher, Outgoing, SessionId};
+use crate::dispatch::{Dispatcher, Handshake, Outgoing, SessionId};
 use crate::jwt::TokenRejection;
-use crate::store::{AgentRecord, FinishOutcome, JobOutcome};
+use crate::queue::{self, plan_failure};
+use crate::store::{AgentRecord, FinishOutcome, FinishRequest, JobState, Transition};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -22,6 +23,7 @@ use edge_protocol::{
     PROTOCOL_VERSION,
 };
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -231,6 +233,9 @@ struct Session {
     id: SessionId,
     /// `None` until the first frame: `hello` sets the negotiated version, anything else 0.
     version: Option<u32>,
+    /// Fencing tokens of the leases handed to this session, by job id: the agent's frames
+    /// carry no token, so this is how a report is tied to its lease.
+    leases: HashMap<String, i64>,
 }
 
 async fn run_session(socket: WebSocket, app: AppState, agent: AgentRecord) {
@@ -242,7 +247,7 @@ async fn run_session(socket: WebSocket, app: AppState, agent: AgentRecord) {
         let _disconnect =
             DisconnectOnDrop { dispatcher: app.dispatcher.clone(), agent_id: agent.id.clone(), session: id };
         info!("agent connected");
-        let mut session = Session { app, agent_id: agent.id, id, version: None };
+        let mut session = Session { app, agent_id: agent.id, id, version: None, leases: HashMap::new() };
         session.run(socket, outgoing).await;
         info!("agent session ended");
     }
@@ -267,6 +272,12 @@ impl Session {
                 }
                 command = outgoing.recv() => match command {
                     Some(Outgoing::Frame(frame)) => {
+                        if !send_frame(&mut socket, &frame).await {
+                            return;
+                        }
+                    }
+                    Some(Outgoing::Assign { job_id, lease_token, frame }) => {
+                        self.leases.insert(job_id, lease_token);
                         if !send_frame(&mut socket, &frame).await {
                             return;
                         }
@@ -370,7 +381,21 @@ impl Session {
             }
             self.version = Some(negotiated);
             info!(protocol = negotiated, agent_version = v, slots, paused, ?capabilities, ?labels, "hello");
-            self.record_heartbeat(&v).await;
+            let labels: Vec<String> = labels
+                .into_iter()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| !l.is_empty() && l.len() <= 64)
+                .take(32)
+                .collect();
+            let slots = slots.min(crate::dispatch::MAX_SLOTS);
+            if let Err(e) = self
+                .app
+                .store
+                .record_hello(&self.agent_id, clean_version(&v), &labels, i64::from(slots), now_ms())
+                .await
+            {
+                error!(error = %e, "cannot record hello");
+            }
             let ack = HubFrame::HelloAck {
                 protocol: negotiated,
                 hub: format!("hub-{}", env!("CARGO_PKG_VERSION")),
@@ -382,7 +407,8 @@ impl Session {
             if let Flow::Stop = self.reply(socket, ack).await {
                 return Flow::Stop;
             }
-            self.app.dispatcher.ready(&self.agent_id, self.id, slots, paused);
+            let handshake = Handshake { protocol: negotiated, slots, paused, labels, capabilities };
+            self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
             return Flow::Continue;
         }
 
@@ -390,27 +416,46 @@ impl Session {
             // A prototype agent never says hello; it starts with hb and gets one job at a time.
             self.version = Some(0);
             info!(first_frame = frame.kind(), "version-0 agent (no hello)");
-            self.app.dispatcher.ready(&self.agent_id, self.id, 1, false);
+            let handshake =
+                Handshake { protocol: 0, slots: 1, paused: false, labels: Vec::new(), capabilities: Vec::new() };
+            self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
         }
 
         match frame {
             AgentFrame::Hello { .. } => Flow::Continue,
             AgentFrame::Hb { v, ts } => {
+                crate::metrics::heartbeat();
                 self.record_heartbeat(&v).await;
+                // A heartbeat says the agent is alive with all its jobs: like SQS's
+                // ChangeMessageVisibility on each of them.
+                if let Err(e) = self.app.store.extend_leases(&self.agent_id, None, now_ms()).await {
+                    error!(error = %e, "cannot extend leases");
+                }
                 let server_ts = (self.version >= Some(1)).then(now_secs);
                 self.reply(socket, HubFrame::HbAck { ts, server_ts }).await
             }
-            AgentFrame::JobAck { id } => match self.app.store.ack_job(&id, &self.agent_id, now_ms()).await {
-                Ok(true) => {
-                    info!(job_id = id, "job acked");
-                    Flow::Continue
+            AgentFrame::JobAck { id } => {
+                let token = match self.lease_token(&id).await {
+                    Ok(Some(token)) => token,
+                    Ok(None) => return self.not_your_job(socket, &id).await,
+                    Err(e) => return self.store_failed(socket, "job_ack", &e).await,
+                };
+                match self.app.store.start_job(&id, &self.agent_id, token, now_ms()).await {
+                    Ok(true) => {
+                        info!(job_id = id, "job acknowledged; running");
+                        Flow::Continue
+                    }
+                    Ok(false) => self.not_your_job(socket, &id).await,
+                    Err(e) => self.store_failed(socket, "job_ack", &e).await,
                 }
-                Ok(false) => self.not_your_job(socket, &id).await,
-                Err(e) => self.store_failed(socket, "job_ack", &e).await,
-            },
+            }
             AgentFrame::JobProgress { id, pct, msg } => {
                 debug!(job_id = id, pct, msg, "job progress");
-                Flow::Continue
+                match self.app.store.extend_leases(&self.agent_id, Some(&id), now_ms()).await {
+                    Ok(0) => self.not_your_job(socket, &id).await,
+                    Ok(_) => Flow::Continue,
+                    Err(e) => self.store_failed(socket, "job_progress", &e).await,
+                }
             }
             AgentFrame::JobResult { id, status, data, err } => self.on_result(socket, id, status, data, err).await,
             AgentFrame::CircuitBreaker { reason } => {
@@ -427,11 +472,31 @@ impl Session {
                 );
                 Flow::Continue
             }
+            AgentFrame::JobLog { id, stream, seq, data } => {
+                crate::bundles::on_job_log(&self.agent_id, &id, stream, seq, &data);
+                Flow::Continue
+            }
             AgentFrame::Error(problem) => {
                 warn!(code = problem.code, message = problem.message, "agent reported a protocol error");
                 Flow::Continue
             }
         }
+    }
+
+    /// The fencing token of this agent's lease on `job_id`: the one handed to this session,
+    /// else (a report after a reconnect) the job's current lease if this agent holds it,
+    /// else the last lease this agent ever had on it (its report is then stale).
+    async fn lease_token(&self, job_id: &str) -> Result<Option<i64>, crate::store::StoreError> {
+        if let Some(token) = self.leases.get(job_id) {
+            return Ok(Some(*token));
+        }
+        if let Some(job) = self.app.store.job(job_id).await? {
+            if job.status.is_held() && job.assigned_agent_id.as_deref() == Some(self.agent_id.as_str()) {
+                return Ok(Some(job.lease_token));
+            }
+        }
+        let attempts = self.app.store.job_attempts(job_id).await?;
+        Ok(attempts.iter().filter(|a| a.agent_id == self.agent_id).map(|a| a.lease_token).max())
     }
 
     async fn on_result(
@@ -443,41 +508,97 @@ impl Session {
         err: Option<JobError>,
     ) -> Flow {
         let now = now_ms();
-        let declined = status == JobStatus::Error && err.as_ref().is_some_and(|e| e.code == ErrorCode::AgentPaused);
-        if declined {
-            return match self.app.store.release_job(&job_id, &self.agent_id, now).await {
-                Ok(true) => {
-                    info!(job_id, "agent is paused and handed the job back; it is pending again");
-                    // Treat the agent as paused until it says otherwise, or the job would
-                    // bounce straight back to it.
-                    self.app.dispatcher.availability(&self.agent_id, self.id, None, true);
-                    self.app.dispatcher.finished(&self.agent_id, &job_id);
-                    Flow::Continue
-                }
-                Ok(false) => self.not_your_job(socket, &job_id).await,
-                Err(e) => self.store_failed(socket, "job_result", &e).await,
-            };
-        }
-        let outcome = match status {
-            JobStatus::Ok => JobOutcome::Succeeded { result: data },
+        let job = match self.app.store.job(&job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return self.not_your_job(socket, &job_id).await,
+            Err(e) => return self.store_failed(socket, "job_result", &e).await,
+        };
+        let token = match self.lease_token(&job_id).await {
+            Ok(Some(token)) => token,
+            Ok(None) => return self.not_your_job(socket, &job_id).await,
+            Err(e) => return self.store_failed(socket, "job_result", &e).await,
+        };
+        let sends_messages = self.app.job_types.get(&job.job_type).is_some_and(|spec| spec.sends_messages);
+        let sent = if sends_messages {
+            queue::sent_recipients(&job.payload, data.as_ref(), status == JobStatus::Ok)
+        } else {
+            Vec::new()
+        };
+        let (transition, result, error) = match status {
+            // Even after a cancel request: the work was done, and the job says so.
+            JobStatus::Ok => (Transition::Succeeded, data, None),
             JobStatus::Error => {
                 let err = err.unwrap_or_else(|| {
                     JobError::new(ErrorCode::Internal, "the agent reported a failure without details")
                 });
+                let mut transition = plan_failure(&job, &err, &self.app.queue, now, queue::unit_random());
+                if let Transition::Retry { payload, .. } = &mut transition {
+                    if !sent.is_empty() {
+                        // A partial send: the next delivery goes only to those not messaged yet.
+                        match queue::payload_without(&job.payload, &sent) {
+                            Some(rest) => *payload = Some(rest),
+                            None => transition = Transition::Failed,
+                        }
+                    }
+                }
                 match serde_json::to_value(&err) {
-                    Ok(error) => JobOutcome::Failed { error },
+                    Ok(error) => (transition, None, Some(error)),
                     Err(e) => return self.store_failed(socket, "job_result", &e).await,
                 }
             }
         };
-        match self.app.store.finish_job(&job_id, &self.agent_id, outcome, now).await {
-            Ok(FinishOutcome::Recorded) => {
-                info!(job_id, ?status, "job finished");
+        let request = FinishRequest {
+            job_id: job_id.clone(),
+            agent_id: self.agent_id.clone(),
+            lease_token: token,
+            transition: transition.clone(),
+            result,
+            error,
+            sent_recipients: sent,
+        };
+        let outcome = self.app.store.finish_job(request, now).await;
+        match &outcome {
+            Ok(FinishOutcome::NotHeld) | Err(_) => {}
+            Ok(_) => {
+                self.leases.remove(&job_id);
                 self.app.dispatcher.finished(&self.agent_id, &job_id);
+            }
+        }
+        match outcome {
+            Ok(FinishOutcome::Recorded(state)) => {
+                match state {
+                    JobState::Succeeded => crate::metrics::job_completed(),
+                    JobState::Failed => crate::metrics::job_failed(),
+                    JobState::Dead => crate::metrics::job_dead(),
+                    JobState::Pending if matches!(transition, Transition::Retry { .. }) => {
+                        crate::metrics::job_retried()
+                    }
+                    _ => {}
+                }
+                info!(job_id, ?status, new_status = %state, lease_token = token, "job result recorded");
+                if matches!(transition, Transition::Release) {
+                    // Treat the agent as paused until it says otherwise, or the job would
+                    // bounce straight back to it.
+                    self.app.dispatcher.availability(&self.agent_id, self.id, None, true);
+                }
+                if state == JobState::Pending {
+                    self.app.events.job_available().await;
+                } else {
+                    self.app.events.job_finished(&job_id).await;
+                }
                 Flow::Continue
             }
             Ok(FinishOutcome::AlreadyFinished) => {
-                debug!(job_id, "duplicate result for a finished job ignored");
+                debug!(job_id, "duplicate result for a finished lease ignored");
+                Flow::Continue
+            }
+            Ok(FinishOutcome::Stale) => {
+                crate::metrics::stale_result();
+                info!(
+                    job_id,
+                    lease_token = token,
+                    "result of an expired lease recorded as stale; the job is unchanged"
+                );
                 Flow::Continue
             }
             Ok(FinishOutcome::NotHeld) => self.not_your_job(socket, &job_id).await,
@@ -497,9 +618,13 @@ impl Session {
     }
 
     async fn record_heartbeat(&self, agent_version: &str) {
-        let version = Some(agent_version.trim()).filter(|v| !v.is_empty() && v.len() <= 64);
-        if let Err(e) = self.app.store.record_heartbeat(&self.agent_id, version, now_ms()).await {
+        if let Err(e) = self.app.store.record_heartbeat(&self.agent_id, clean_version(agent_version), now_ms()).await {
             error!(error = %e, "cannot record heartbeat");
         }
     }
+}
+
+/// An agent version worth storing: trimmed, non-empty, at most 64 bytes.
+fn clean_version(version: &str) -> Option<&str> {
+    Some(version.trim()).filter(|v| !v.is_empty() && v.len() <= 64)
 }

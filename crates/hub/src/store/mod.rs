@@ -1,14 +1,22 @@
 //! Owns the hub's persistence contract: the [`Store`] trait and the records it returns.
-//! Every SQL statement lives behind this trait (SQLite today in [`sqlite`], PostgreSQL
-//! later), so handlers, sessions and the dispatcher must never build SQL themselves.
-//! Job state changes are compare-and-set on the current status and holder, which is what
-//! keeps a job from being assigned twice or finished by an agent that does not hold it.
+//! Every SQL statement lives behind this trait, in one body shared by both engines
+//! ([`sql`], instantiated by [`sqlite`] and [`postgres`]); handlers, sessions, the
+//! dispatcher and the sweeper must never build SQL themselves.
+//!
+//! Job state changes are compare-and-set on the current status and the lease's fencing
+//! token, which is what keeps a job from being leased twice and a late result from
+//! overwriting a newer attempt. The store applies transitions; it never decides policy
+//! (whether an error is retried, how long to back off): callers pass the decision in.
 
+#[macro_use]
+mod sql;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use std::fmt;
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,40 +32,60 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Where a job is in its life: pending → assigned → acked → succeeded | failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a job is in its life (SQS's names where SQS has one):
+/// pending → leased → running → succeeded | failed | dead | cancelled, with expired or
+/// retried leases going back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
+    /// Waiting for an agent (possibly not before `run_at`).
     Pending,
-    Assigned,
-    Acked,
+    /// Handed to an agent that has not acknowledged it yet; the lease runs.
+    Leased,
+    /// Acknowledged by its agent; the lease runs and heartbeats extend it.
+    Running,
     Succeeded,
+    /// Failed with a code that retrying cannot fix.
     Failed,
+    /// Out of deliveries (`max_receive_count`): in the dead-letter list until redriven.
+    Dead,
+    Cancelled,
 }
 
 impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Pending,
+        JobState::Leased,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Pending => "pending",
-            JobState::Assigned => "assigned",
-            JobState::Acked => "acked",
+            JobState::Leased => "leased",
+            JobState::Running => "running",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
         }
     }
 
     pub fn parse(text: &str) -> Option<JobState> {
-        Some(match text {
-            "pending" => JobState::Pending,
-            "assigned" => JobState::Assigned,
-            "acked" => JobState::Acked,
-            "succeeded" => JobState::Succeeded,
-            "failed" => JobState::Failed,
-            _ => return None,
-        })
+        JobState::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
+    /// Nothing happens to a job in a final state except a redrive (dead) or the purge.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed)
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Dead | JobState::Cancelled)
+    }
+
+    /// An agent holds the job.
+    pub fn is_held(self) -> bool {
+        matches!(self, JobState::Leased | JobState::Running)
     }
 }
 
@@ -78,8 +106,21 @@ pub struct AgentRecord {
     pub created_at: i64,
     pub last_heartbeat_at: Option<i64>,
     pub connected_at: Option<i64>,
-    /// As last written by the dispatcher; the live answer is the connection registry.
+    /// As last written by a hub process; see [`AgentRecord::is_online`].
     pub online: bool,
+    /// As announced in the agent's last `hello`.
+    pub labels: Vec<String>,
+    pub slots: Option<i64>,
+}
+
+impl AgentRecord {
+    /// Online = some hub process says it is connected and it was heard from within
+    /// `stale_after_ms` (3 heartbeat intervals). The second half covers a hub process that
+    /// died without marking its agents offline.
+    pub fn is_online(&self, now: i64, stale_after_ms: i64) -> bool {
+        let last_seen = self.last_heartbeat_at.max(self.connected_at).unwrap_or(0);
+        self.online && last_seen >= now.saturating_sub(stale_after_ms)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +132,13 @@ pub struct NewAgent {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub name: Option<String>,
+    /// `None`: an operator key (every creator). `Some`: only this creator's jobs and agents.
+    pub creator_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
     pub id: String,
     pub job_type: String,
@@ -99,13 +147,30 @@ pub struct JobRecord {
     pub creator_id: String,
     /// The agent the operator asked for, if any.
     pub target_agent_id: Option<String>,
-    /// The agent holding the job now (assigned/acked) or that finished it.
+    /// Labels an agent must all have to take the job.
+    pub labels: Vec<String>,
+    pub priority: i64,
+    /// Not handed out before this (Unix ms): the schedule, or the retry backoff.
+    pub run_at: i64,
+    pub idempotency_key: Option<String>,
+    /// The agent holding the job now (leased/running) or that finished it.
     pub assigned_agent_id: Option<String>,
+    /// Fencing token of the current (or last) lease; raised by every lease.
+    pub lease_token: i64,
+    pub lease_expires_at: Option<i64>,
+    /// Deliveries since submission or the last redrive.
     pub attempts: i64,
+    pub max_receive_count: i64,
+    pub visibility_timeout_ms: i64,
+    pub cancel_requested: bool,
     pub result: Option<Value>,
     pub error: Option<Value>,
+    pub error_code: Option<String>,
+    /// Recipients the dedupe ledger removed at submission: `[{recipient, reason, lastSentAt}]`.
+    pub skipped_recipients: Option<Value>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub finished_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,31 +180,279 @@ pub struct NewJob {
     pub payload: Value,
     pub creator_id: String,
     pub target_agent_id: Option<String>,
+    pub labels: Vec<String>,
+    pub priority: i64,
+    pub run_at: i64,
+    pub idempotency_key: Option<String>,
+    pub max_receive_count: i64,
+    pub visibility_timeout_ms: i64,
+    pub skipped_recipients: Option<Value>,
+    /// `Some` creates the job already final (e.g. cancelled because every recipient was
+    /// skipped), with this error.
+    pub final_state: Option<(JobState, Value)>,
 }
 
-/// How an agent says a job ended.
 #[derive(Debug, Clone)]
-pub enum JobOutcome {
-    Succeeded { result: Option<Value> },
-    Failed { error: Value },
+pub enum InsertOutcome {
+    Created(JobRecord),
+    /// A job with the same idempotency key (for the same creator) already exists.
+    Existing(JobRecord),
 }
 
-/// What recording a job's outcome did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Filters of `GET /v1/jobs` and the dead-letter list. `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobState>,
+    pub job_type: Option<String>,
+    pub creator_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub error_code: Option<String>,
+    /// Jobs created strictly before this job (by `created_at`, then id): a page cursor.
+    pub before: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+/// What an agent can take: its identity, labels and (when it announced them) the job
+/// types it runs.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub agent_id: String,
+    pub creator_id: String,
+    pub labels: Vec<String>,
+    /// `None`: the agent announced no capabilities (a prototype peer) and takes any type.
+    pub job_types: Option<Vec<String>>,
+}
+
+/// How a job held by an agent ends, as decided by the caller from the agent's report.
+#[derive(Debug, Clone)]
+pub enum Transition {
+    Succeeded,
+    /// Not retryable: final.
+    Failed,
+    /// Back to pending, visible again at `run_at`; `payload` replaces the stored payload
+    /// (recipients already messaged are removed before the next delivery).
+    Retry {
+        run_at: i64,
+        payload: Option<Value>,
+    },
+    /// Out of deliveries.
+    Dead,
+    Cancelled,
+    /// The agent did not start the job (paused): back to pending at once.
+    Release,
+}
+
+impl Transition {
+    pub fn state(&self) -> JobState {
+        match self {
+            Transition::Succeeded => JobState::Succeeded,
+            Transition::Failed => JobState::Failed,
+            Transition::Retry { .. } | Transition::Release => JobState::Pending,
+            Transition::Dead => JobState::Dead,
+            Transition::Cancelled => JobState::Cancelled,
+        }
+    }
+
+    /// The outcome written into the attempts history.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Transition::Succeeded => "succeeded",
+            Transition::Failed => "failed",
+            Transition::Retry { .. } => "retry",
+            Transition::Dead => "dead",
+            Transition::Cancelled => "cancelled",
+            Transition::Release => "released",
+        }
+    }
+}
+
+/// An agent's report on a job it was leased, with the caller's decision.
+#[derive(Debug, Clone)]
+pub struct FinishRequest {
+    pub job_id: String,
+    pub agent_id: String,
+    /// The fencing token of the lease the report belongs to.
+    pub lease_token: i64,
+    pub transition: Transition,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    /// Recipients to write into the dedupe ledger (messages the agent says it sent).
+    pub sent_recipients: Vec<String>,
+}
+
+/// What recording a report did.
+#[derive(Debug, Clone, PartialEq)]
 pub enum FinishOutcome {
-    Recorded,
-    /// The same agent already reported this job (a resend after a reconnect): nothing changes.
+    /// Applied: the job is now in this state.
+    Recorded(JobState),
+    /// The same lease already reported (a resend after a reconnect): nothing changes.
     AlreadyFinished,
-    /// The job is unknown, pending, or held by someone else: nothing changes.
+    /// The report belongs to an older lease of this agent: kept in the attempts history as
+    /// `stale`, the job is untouched.
+    Stale,
+    /// The job is unknown, or this agent never held it: nothing changes.
     NotHeld,
+}
+
+/// A lease that ran out, as the sweeper applied it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiredLease {
+    pub job_id: String,
+    pub agent_id: Option<String>,
+    /// pending (delivered again), dead (out of deliveries) or cancelled (cancel requested).
+    pub new_state: JobState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// It was pending (or scheduled): cancelled now.
+    Cancelled(JobRecord),
+    /// An agent holds it: marked cancel-requested; tell that agent.
+    Requested(JobRecord),
+    /// Already final: nothing changes.
+    AlreadyFinal(JobRecord),
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    pub lease_token: i64,
+    pub agent_id: String,
+    pub leased_at: i64,
+    pub ended_at: Option<i64>,
+    /// `None` while the lease is held.
+    pub outcome: Option<String>,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+}
+
+/// Per-creator limits; `None` is unlimited. Over a limit jobs wait in `pending`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreatorLimits {
+    pub max_concurrent: Option<i64>,
+    /// Job type → most leases per rolling hour.
+    pub max_per_hour: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    pub recipient: String,
+    pub last_sent_at: i64,
+}
+
+/// Which dead jobs a redrive moves. `None` means any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedriveFilter {
+    pub job_type: Option<String>,
+    pub creator_id: Option<String>,
+    pub error_code: Option<String>,
+    /// Died at or after (Unix ms).
+    pub dead_from: Option<i64>,
+    /// Died at or before (Unix ms).
+    pub dead_to: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedriveStatus {
+    Running,
+    Completed,
+    Cancelled,
+}
+
+impl RedriveStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RedriveStatus::Running => "running",
+            RedriveStatus::Completed => "completed",
+            RedriveStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedriveRecord {
+    pub id: String,
+    pub status: RedriveStatus,
+    pub filter: RedriveFilter,
+    pub rate_per_sec: i64,
+    /// Dead jobs matching the filter when the move started.
+    pub total: i64,
+    pub moved: i64,
+    pub last_step_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedriveStart {
+    Started(RedriveRecord),
+    /// A move over an overlapping queue (job type, or all types) is still running.
+    Busy(RedriveRecord),
+}
+
+/// Jobs per (type, status) and the age of the oldest, for metrics and the operator page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDepth {
+    pub job_type: String,
+    pub status: JobState,
+    pub count: i64,
+    pub oldest_created_at: i64,
+}
+
+/// Something another hub process sharing the database must hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubEvent {
+    /// New work may be visible: run a dispatch pass.
+    JobAvailable,
+    /// An operator asked to cancel a job this agent holds: send it `job_cancel`.
+    CancelRequested { job_id: String, agent_id: String },
+    /// The job reached a final state (sync waiters poll it).
+    JobFinished { job_id: String },
+}
+
+impl HubEvent {
+    /// Compact text for a NOTIFY payload. Job and agent ids are generated by the hub
+    /// (`job_…`, `agt_…`) and never contain `:`.
+    pub fn encode(&self) -> String {
+        match self {
+            HubEvent::JobAvailable => "a".to_owned(),
+            HubEvent::CancelRequested { job_id, agent_id } => format!("c:{job_id}:{agent_id}"),
+            HubEvent::JobFinished { job_id } => format!("f:{job_id}"),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<HubEvent> {
+        let mut parts = text.splitn(3, ':');
+        match (parts.next()?, parts.next(), parts.next()) {
+            ("a", None, None) => Some(HubEvent::JobAvailable),
+            ("c", Some(job_id), Some(agent_id)) => {
+                Some(HubEvent::CancelRequested { job_id: job_id.to_owned(), agent_id: agent_id.to_owned() })
+            }
+            ("f", Some(job_id), None) => Some(HubEvent::JobFinished { job_id: job_id.to_owned() }),
+            _ => None,
+        }
+    }
 }
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`, for logs and metrics.
+    fn engine(&self) -> &'static str;
+    /// True when no other hub process can share this database (SQLite): at startup every
+    /// lease then belongs to a session of a previous run.
+    fn exclusive(&self) -> bool;
     /// A trivial round trip, for `/health`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Waits for open connections to finish and closes them.
     async fn close(&self);
+
+    /// Tells every hub process on this database (this one included, possibly) about `event`.
+    /// A no-op where the engine has no notification channel; the periodic poll covers it.
+    async fn publish(&self, event: &HubEvent) -> Result<(), StoreError>;
+    /// Events published by any process, until the store closes. `None`: the engine has no
+    /// notification channel.
+    async fn subscribe(&self) -> Result<Option<mpsc::UnboundedReceiver<HubEvent>>, StoreError>;
 
     /// Returns the stored value of `key`, storing `value_if_absent` first when there is none.
     async fn setting_or_init(&self, key: &str, value_if_absent: &str) -> Result<String, StoreError>;
@@ -161,39 +474,101 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<AgentRecord>, StoreError>;
 
     async fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError>;
-    async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// All agents, or one creator's.
+    async fn agents(&self, creator_id: Option<&str>) -> Result<Vec<AgentRecord>, StoreError>;
     async fn mark_agent_connected(&self, agent_id: &str, now: i64) -> Result<(), StoreError>;
     async fn mark_agent_disconnected(&self, agent_id: &str) -> Result<(), StoreError>;
-    /// At startup no agent is connected, whatever the last run left behind.
-    async fn mark_all_agents_offline(&self) -> Result<(), StoreError>;
+    /// Agents not heard from since `before` are offline, whichever process had them.
+    async fn mark_stale_agents_offline(&self, before: i64) -> Result<u64, StoreError>;
     async fn record_heartbeat(&self, agent_id: &str, version: Option<&str>, now: i64) -> Result<(), StoreError>;
+    /// What the agent announced in `hello`.
+    async fn record_hello(
+        &self,
+        agent_id: &str,
+        version: Option<&str>,
+        labels: &[String],
+        slots: i64,
+        now: i64,
+    ) -> Result<(), StoreError>;
 
     /// Stores a single-use nonce and drops expired ones.
     async fn create_nonce(&self, agent_id: &str, nonce: &str, expires_at: i64, now: i64) -> Result<(), StoreError>;
     /// Deletes the nonce; true only if it existed for this agent and had not expired.
     async fn consume_nonce(&self, agent_id: &str, nonce: &str, now: i64) -> Result<bool, StoreError>;
 
-    async fn create_api_key(&self, key_hash: &str, name: Option<&str>, now: i64) -> Result<(), StoreError>;
-    async fn api_key_exists(&self, key_hash: &str) -> Result<bool, StoreError>;
-
-    async fn insert_job(&self, job: NewJob, now: i64) -> Result<JobRecord, StoreError>;
-    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
-    /// The oldest pending job this agent may take: targeted at it, or untargeted for its creator.
-    async fn next_pending_job(&self, agent_id: &str, creator_id: &str) -> Result<Option<JobRecord>, StoreError>;
-    /// pending → assigned to `agent_id`, counting an attempt. False if the job was not pending.
-    async fn assign_job(&self, job_id: &str, agent_id: &str, now: i64) -> Result<bool, StoreError>;
-    /// assigned → acked, only by the holder.
-    async fn ack_job(&self, job_id: &str, agent_id: &str, now: i64) -> Result<bool, StoreError>;
-    /// assigned|acked → succeeded|failed, only by the holder.
-    async fn finish_job(
+    async fn create_api_key(
         &self,
-        job_id: &str,
-        agent_id: &str,
-        outcome: JobOutcome,
+        key_hash: &str,
+        name: Option<&str>,
+        creator_id: Option<&str>,
         now: i64,
-    ) -> Result<FinishOutcome, StoreError>;
-    /// assigned|acked → pending, only by the holder (the agent declined the job).
-    async fn release_job(&self, job_id: &str, agent_id: &str, now: i64) -> Result<bool, StoreError>;
-    /// assigned (never acked) → pending, for one agent or, with `None`, for all (startup).
-    async fn release_unacked_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError>;
+    ) -> Result<(), StoreError>;
+    async fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Inserts the job, or returns the existing one with the same (creator, idempotency key).
+    async fn insert_job(&self, job: NewJob, now: i64) -> Result<InsertOutcome, StoreError>;
+    async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
+    async fn job_by_idempotency_key(&self, creator_id: &str, key: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// Newest first.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError>;
+    /// The attempts history of a job, oldest first (stale results included).
+    async fn job_attempts(&self, job_id: &str) -> Result<Vec<AttemptRecord>, StoreError>;
+    /// Is any pending job visible at `now`? A cheap check before a dispatch pass.
+    async fn any_ready(&self, now: i64) -> Result<bool, StoreError>;
+
+    /// Leases the best visible job this agent may take (highest priority, then earliest
+    /// `run_at`), within its creator's limits: pending → leased, attempts + 1, a new fencing
+    /// token, lease until now + the job's visibility timeout. Atomic across processes.
+    async fn claim_job(&self, request: &ClaimRequest, now: i64) -> Result<Option<JobRecord>, StoreError>;
+    /// leased → running by the lease holder (`job_ack`), extending the lease.
+    async fn start_job(&self, job_id: &str, agent_id: &str, lease_token: i64, now: i64) -> Result<bool, StoreError>;
+    /// Extends the leases this agent holds (one job for `job_progress`, all for `hb`) to now
+    /// + each job's visibility timeout, like SQS's ChangeMessageVisibility.
+    async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError>;
+    /// Applies an agent's report under the lease's fencing token; see [`FinishOutcome`].
+    async fn finish_job(&self, request: FinishRequest, now: i64) -> Result<FinishOutcome, StoreError>;
+    /// leased (never acknowledged) → pending for one agent's jobs (its session ended), or
+    /// for every agent with `None` (startup of an exclusive store).
+    async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError>;
+    /// Leases that ran out by `now`: back to pending, or dead when out of deliveries, or
+    /// cancelled when a cancel was requested.
+    async fn expire_leases(&self, now: i64) -> Result<Vec<ExpiredLease>, StoreError>;
+    async fn request_cancel(&self, job_id: &str, now: i64) -> Result<CancelOutcome, StoreError>;
+    /// (job id, fencing token) of every job this agent holds now.
+    async fn held_jobs(&self, agent_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Jobs this agent holds whose cancel was requested (re-sent when it reconnects).
+    async fn cancel_requests_for(&self, agent_id: &str) -> Result<Vec<String>, StoreError>;
+
+    async fn creator_limits(&self, creator_id: &str) -> Result<CreatorLimits, StoreError>;
+    /// Replaces the creator's limits.
+    async fn set_creator_limits(&self, creator_id: &str, limits: &CreatorLimits, now: i64) -> Result<(), StoreError>;
+
+    /// Ledger entries of `recipients` (normalised) for this creator sent at or after `since`.
+    async fn recent_recipients(
+        &self,
+        creator_id: &str,
+        recipients: &[String],
+        since: i64,
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// Starts a redrive unless one over an overlapping queue is running.
+    async fn start_redrive(
+        &self,
+        id: &str,
+        filter: &RedriveFilter,
+        rate_per_sec: i64,
+        now: i64,
+    ) -> Result<RedriveStart, StoreError>;
+    async fn redrive(&self, id: &str) -> Result<Option<RedriveRecord>, StoreError>;
+    async fn running_redrives(&self) -> Result<Vec<RedriveRecord>, StoreError>;
+    /// Moves as many dead jobs as the rate allows since the last step (at most one second's
+    /// worth), at most once per instant across processes. Returns the updated record when
+    /// this call made the step.
+    async fn redrive_step(&self, id: &str, now: i64) -> Result<Option<RedriveRecord>, StoreError>;
+
+    /// Deletes final jobs (and their history) finished before `before`, up to `limit`.
+    async fn purge_finished_jobs(&self, before: i64, limit: i64) -> Result<u64, StoreError>;
+    /// Deletes ledger entries older than `before` (outside every cool-off window).
+    async fn purge_ledger(&self, before: i64) -> Result<u64, StoreError>;
+    async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
 }

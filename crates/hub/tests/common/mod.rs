@@ -8,7 +8,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
-use edge_hub::{HubConfig, RunningHub, Secret};
+use edge_hub::{HubConfig, JobTypeSpec, RunningHub, Secret};
 use edge_protocol::api::AgentClaims;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
@@ -25,47 +25,108 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct TestHub {
     hub: Option<RunningHub>,
-    pub dir: TempDir,
+    pub db: TestDb,
+    pub config: HubConfig,
     pub base: String,
     pub api_key: String,
     pub http: reqwest::Client,
 }
 
-fn config(dir: &TempDir) -> HubConfig {
-    let url = format!("sqlite://{}", dir.path().join("data").join("hub.db").display());
+/// Opaque job types the tests submit besides `http_request`.
+pub const CUSTOM: &str = "custom";
+/// A message-sending type (dedupe ledger).
+pub const MESSAGE: &str = "send_message";
+
+/// A hub configured for fast tests: 1 s heartbeats, quick sweeps and polls, short backoff.
+/// The visibility timeout stays at its 120 s default unless a test shortens it.
+pub fn config(url: &str) -> HubConfig {
     let mut config = HubConfig::new("127.0.0.1:0".parse().expect("literal address"), url);
     config.hb_interval = Duration::from_secs(1);
     config.jwt_secret = Some(Secret::new(JWT_SECRET));
+    config.queue.sweep_interval = Duration::from_millis(50);
+    config.queue.poll_interval = Duration::from_millis(100);
+    config.queue.retry_base = Duration::from_millis(20);
+    config.job_types.register(JobTypeSpec::opaque(CUSTOM));
+    config.job_types.register(JobTypeSpec::opaque(MESSAGE).sending_messages());
     config
 }
 
 impl TestHub {
+    /// A hub on a fresh SQLite file.
     pub async fn start() -> TestHub {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let hub = edge_hub::start(config(&dir)).await.expect("hub starts");
+        TestHub::start_on(TestDb::sqlite(), |_| {}).await
+    }
+
+    /// A hub on `db`, with `tweak` applied to the test configuration.
+    pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
+        let mut config = config(&db.url);
+        tweak(&mut config);
+        let hub = edge_hub::start(config.clone()).await.expect("hub starts");
         let api_key =
             edge_hub::create_api_key(&*hub.store(), Some("tests")).await.expect("api key").expose().to_owned();
         TestHub {
             base: format!("http://{}", hub.local_addr()),
             hub: Some(hub),
-            dir,
+            db,
+            config,
             api_key,
             http: reqwest::Client::new(),
         }
     }
 
-    fn hub(&self) -> &RunningHub {
+    /// Another hub process (in-process) on the same database, with its own port.
+    pub async fn sibling(&self) -> TestHub {
+        let hub = edge_hub::start(self.config.clone()).await.expect("sibling hub starts");
+        TestHub {
+            base: format!("http://{}", hub.local_addr()),
+            hub: Some(hub),
+            db: self.db.shared(),
+            config: self.config.clone(),
+            api_key: self.api_key.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn hub(&self) -> &RunningHub {
         self.hub.as_ref().expect("hub is running")
     }
 
-    /// Stops the hub and starts a new one on the same database file (new port).
+    pub fn store(&self) -> std::sync::Arc<dyn edge_hub::store::Store> {
+        self.hub().store()
+    }
+
+    /// Stops the hub and starts a new one on the same database (new port).
     pub async fn restart(&mut self) {
         if let Some(hub) = self.hub.take() {
             hub.shutdown().await.expect("clean shutdown");
         }
-        let hub = edge_hub::start(config(&self.dir)).await.expect("hub restarts");
+        let hub = edge_hub::start(self.config.clone()).await.expect("hub restarts");
         self.base = format!("http://{}", hub.local_addr());
         self.hub = Some(hub);
+    }
+
+    /// Stops the hub as a crash would: no job is released.
+    pub async fn crash(mut self) {
+        if let Some(hub) = self.hub.take() {
+            hub.crash().await;
+        }
+    }
+
+    /// An API key scoped to one creator.
+    pub async fn creator_key(&self, creator: &str) -> String {
+        edge_hub::create_scoped_api_key(&*self.store(), Some("creator"), Some(creator))
+            .await
+            .expect("creator key")
+            .expose()
+            .to_owned()
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        status_and_json(request.send().await.expect("request")).await
     }
 
     pub async fn shutdown(mut self) {
@@ -120,7 +181,7 @@ impl TestHub {
 
     /// Polls until the job reaches `status` (the hub applies frames asynchronously).
     pub async fn wait_for_job_status(&self, id: &str, status: &str) -> Value {
-        for _ in 0..100 {
+        for _ in 0..250 {
             let job = self.job(id).await;
             if job["status"] == status {
                 return job;
@@ -171,16 +232,26 @@ impl TestHub {
     /// Enroll, get a token, connect and say hello; returns after hello_ack.
     pub async fn connected_agent(&self, creator: &str, slots: u32) -> (TestAgent, Ws) {
         let agent = self.enroll(creator).await;
-        let token = self.session_token(&agent).await;
+        let ws = self.hello(&agent, json!({"slots": slots})).await;
+        (agent, ws)
+    }
+
+    /// Connects `agent` and says hello with `extra` fields merged in (slots, labels,
+    /// capabilities…); returns after hello_ack.
+    pub async fn hello(&self, agent: &TestAgent, extra: Value) -> Ws {
+        let token = self.session_token(agent).await;
         let mut ws = self.connect(&token).await;
-        send(
-            &mut ws,
-            json!({"t":"hello","protocol":1,"v":"agent-0.1.0","capabilities":["http_request"],"slots":slots}),
-        )
-        .await;
+        let mut hello = json!({"t":"hello","protocol":1,"v":"agent-0.1.0",
+                               "capabilities":["http_request", CUSTOM, MESSAGE, "job_cancel"],"slots":1});
+        if let (Some(hello), Some(extra)) = (hello.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                hello.insert(k.clone(), v.clone());
+            }
+        }
+        send(&mut ws, hello).await;
         let ack = recv(&mut ws).await;
         assert_eq!(ack["t"], "hello_ack", "{ack}");
-        (agent, ws)
+        ws
     }
 }
 
@@ -275,4 +346,112 @@ pub async fn expect_close(ws: &mut Ws) -> (u16, String) {
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = ws.next().await {} }).await;
     closed
+}
+
+/// A database for one test: a SQLite file in a temp dir, or a PostgreSQL schema of its own
+/// (dropped when the last handle goes), so tests run in parallel.
+pub struct TestDb {
+    pub url: String,
+    pub engine: &'static str,
+    _dir: Option<std::sync::Arc<TempDir>>,
+    _schema: Option<std::sync::Arc<PgSchema>>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("data").join("hub.db").display());
+        TestDb { url, engine: "sqlite", _dir: Some(std::sync::Arc::new(dir)), _schema: None }
+    }
+
+    /// A fresh schema on the test PostgreSQL (`EDGE_TEST_POSTGRES_URL`, default
+    /// `postgres://postgres@127.0.0.1:5432/test`). `None` (with the reason printed) when
+    /// no PostgreSQL answers and `CI` is unset; with `CI` set that is a test failure.
+    pub async fn postgres() -> Option<TestDb> {
+        let base = postgres_base_url().await?;
+        let schema = format!("edge_test_{}", hex(&random_seed()[..8]));
+        let mut conn = connect_pg(&base).await.expect("PostgreSQL answered a moment ago");
+        sqlx::Executor::execute(&mut conn, format!("CREATE SCHEMA {schema}").as_str()).await.expect("create schema");
+        let _ = sqlx::Connection::close(conn).await;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options[search_path]={schema}");
+        Some(TestDb {
+            url,
+            engine: "postgres",
+            _dir: None,
+            _schema: Some(std::sync::Arc::new(PgSchema { base, name: schema })),
+        })
+    }
+
+    /// Another handle on the same database (for sibling hubs).
+    pub fn shared(&self) -> TestDb {
+        TestDb { url: self.url.clone(), engine: self.engine, _dir: self._dir.clone(), _schema: self._schema.clone() }
+    }
+}
+
+pub struct PgSchema {
+    base: String,
+    name: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+        // Drop runs outside any runtime (or inside one we must not block): use a thread.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async {
+                if let Ok(mut conn) = connect_pg(&base).await {
+                    let _ = sqlx::Executor::execute(&mut conn, sql.as_str()).await;
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn connect_pg(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use std::str::FromStr as _;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    match tokio::time::timeout(Duration::from_secs(3), sqlx::ConnectOptions::connect(&options)).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
+}
+
+/// The test PostgreSQL's URL once it answered; checked once per test binary.
+async fn postgres_base_url() -> Option<String> {
+    static ANSWER: tokio::sync::OnceCell<Option<String>> = tokio::sync::OnceCell::const_new();
+    ANSWER
+        .get_or_init(|| async {
+            let url = std::env::var("EDGE_TEST_POSTGRES_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+            match connect_pg(&url).await {
+                Ok(conn) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                    Some(url)
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "PostgreSQL at {url} does not answer ({e}); start one with tests/support/postgres.sh \
+                         and set EDGE_TEST_POSTGRES_URL"
+                    );
+                    if std::env::var_os("CI").is_some() {
+                        panic!("CI is set, so the PostgreSQL half of the tests may not be skipped: {reason}");
+                    }
+                    eprintln!("SKIPPING the PostgreSQL tests: {reason}");
+                    None
+                }
+            }
+        })
+        .await
+        .clone()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,0 +1,586 @@
+//! The `bundle` job: refresh TUF metadata, find the bundle in the agent's own tenant, refuse
+//! a foreign `cpu_arch` before downloading, download and verify, unpack into the cache,
+//! prepare the runtime, run, journal the result, then report it.
+//!
+//! It owns the order of those steps and the mapping of every refusal to its error code
+//! (`edge_bundle::codes`). It must never run a byte that did not match signed metadata,
+//! never run another tenant's bundle, and never return a result that is not journaled first.
+
+pub mod cache;
+pub mod download;
+pub mod journal;
+
+use crate::runtime::{self, ChunkSink, Ended, RunSpec, RuntimeSettings};
+use crate::secret::Secret;
+use edge_bundle::codes;
+use edge_bundle::tough::{self, TransportError, TransportErrorKind};
+use edge_bundle::unpack::{unpack_zip, UnpackLimits};
+use edge_bundle::verify::{TrustStore, VerifyError, Wanted};
+use edge_bundle::{CpuArch, Runtime};
+use edge_protocol::api::NotifyRequest;
+use edge_protocol::jobs::{BundlePayload, BundleRunData, DEFAULT_BUNDLE_TIMEOUT_MS, MAX_BUNDLE_TIMEOUT_MS};
+use edge_protocol::{AgentFrame, ErrorCode, JobError, JobSpec, JobStatus};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Set to make the agent exit right after journaling a result (crash tests only).
+pub const TEST_EXIT_AFTER_JOURNAL: &str = "EDGE_AGENT_TEST_EXIT_AFTER_JOURNAL";
+/// Set to make the agent exit once the hub acknowledged the run's `/edge/notify` but before
+/// the `job_result` frame goes out (crash tests only).
+pub const TEST_EXIT_AFTER_NOTIFY: &str = "EDGE_AGENT_TEST_EXIT_AFTER_NOTIFY";
+/// Output tails carried in the WebSocket result (the full capture goes to /edge/notify).
+const RESULT_TAIL: usize = 64 * 1024;
+
+/// What bundle jobs need; cheap to clone.
+#[derive(Clone)]
+pub struct BundleContext {
+    pub data_dir: PathBuf,
+    /// `http(s)://host:port` of the hub, no trailing slash.
+    pub hub_base: String,
+    /// The agent's tenant: its creator id.
+    pub tenant: String,
+    pub http: reqwest::Client,
+    pub settings: RuntimeSettings,
+    pub journal: journal::Journal,
+    pub unpack_limits: UnpackLimits,
+}
+
+impl BundleContext {
+    pub fn new(data_dir: PathBuf, hub_base: String, tenant: String) -> Result<BundleContext, crate::AgentError> {
+        Ok(BundleContext {
+            journal: journal::Journal::new(&data_dir),
+            data_dir,
+            hub_base: hub_base.trim_end_matches('/').to_owned(),
+            tenant,
+            http: download::client()?,
+            settings: RuntimeSettings::from_env(),
+            unpack_limits: UnpackLimits::default(),
+        })
+    }
+
+    pub fn trust(&self) -> TrustStore {
+        trust_store(&self.data_dir)
+    }
+}
+
+/// The agent's trust store (`<data dir>/tuf/`).
+pub fn trust_store(data_dir: &Path) -> TrustStore {
+    TrustStore::new(data_dir.join("tuf"))
+}
+
+/// `tough`'s transport over the agent's HTTP client (timeouts and TLS policy included).
+#[derive(Debug, Clone)]
+pub struct HubTransport {
+    http: reqwest::Client,
+}
+
+impl HubTransport {
+    pub fn new(http: reqwest::Client) -> HubTransport {
+        HubTransport { http }
+    }
+}
+
+type Chunks = Pin<Box<dyn futures_util::Stream<Item = Result<tough::Bytes, TransportError>> + Send>>;
+
+#[tough::async_trait]
+impl tough::Transport for HubTransport {
+    async fn fetch(&self, url: url::Url) -> Result<Chunks, TransportError> {
+        let response = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.clone(), e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(TransportError::new(TransportErrorKind::FileNotFound, url));
+        }
+        if !status.is_success() {
+            return Err(TransportError::new_with_cause(
+                TransportErrorKind::Other,
+                url,
+                std::io::Error::other(format!("HTTP {status}")),
+            ));
+        }
+        let stream = response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.clone(), e))
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+fn refusal(error: VerifyError) -> JobError {
+    let code = if error.code == edge_bundle::verify::NETWORK {
+        ErrorCode::Network
+    } else {
+        ErrorCode::Other(error.code.to_owned())
+    };
+    JobError::new(code, error.message)
+}
+
+fn code(code: &str, message: impl Into<String>) -> JobError {
+    JobError::new(ErrorCode::Other(code.to_owned()), message)
+}
+
+/// A bundle ready to run.
+pub struct Prepared {
+    pub tenant: String,
+    pub bundle: String,
+    pub version: String,
+    pub runtime: Runtime,
+    pub entrypoint: String,
+    pub version_dir: PathBuf,
+}
+
+/// Steps 1–4: verify, refuse by arch, download, unpack (or reuse the cache).
+pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Prepared, JobError> {
+    if let Some(tenant) = &payload.tenant {
+        if tenant != &ctx.tenant {
+            return Err(code(
+                codes::TENANT_MISMATCH,
+                format!("this agent runs only bundles of its own tenant {:?}, not {tenant:?}", ctx.tenant),
+            ));
+        }
+    }
+    let wanted = Wanted::parse(&payload.version)
+        .map_err(|e| JobError::new(ErrorCode::BadPayload, format!("version: {e} (or \"latest\")")))?;
+    let metadata_url = url::Url::parse(&format!("{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_METADATA_PATH))
+        .map_err(|e| JobError::new(ErrorCode::Internal, format!("hub URL: {e}")))?;
+    let verified = ctx.trust().refresh(metadata_url, HubTransport::new(ctx.http.clone())).await.map_err(refusal)?;
+    let found = verified.find(&ctx.tenant, &payload.bundle, &wanted).map_err(refusal)?;
+    let host = CpuArch::host();
+    if !found.meta.cpu_arch.runs_on(&host) {
+        return Err(code(
+            codes::CPU_ARCH_MISMATCH,
+            format!(
+                "{} is built for {}, this machine is {host}; nothing was downloaded",
+                found.bundle, found.meta.cpu_arch
+            ),
+        ));
+    }
+    let version = found.bundle.version.to_string();
+    let version_dir = cache::version_dir(&ctx.data_dir, &ctx.tenant, &found.bundle.bundle, &version);
+    let cached_sha = std::fs::read_to_string(version_dir.join(".sha256")).unwrap_or_default();
+    if cached_sha.trim() != found.sha256 {
+        let url = format!("{}{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_TARGETS_PATH, found.target_file);
+        let downloads = cache::root(&ctx.data_dir).join(".downloads");
+        let zip = download::fetch(&ctx.http, &url, &found, &downloads).await.map_err(refusal)?;
+        install(&zip, &version_dir, &found.sha256, ctx.unpack_limits).await?;
+        let _ = tokio::fs::remove_file(&zip).await;
+    }
+    cache::touch(&version_dir);
+    Ok(Prepared {
+        tenant: ctx.tenant.clone(),
+        bundle: found.bundle.bundle.clone(),
+        version,
+        runtime: found.meta.runtime,
+        entrypoint: found.meta.entrypoint.clone(),
+        version_dir,
+    })
+}
+
+/// Unpacks into `<bundle dir>/.tmp-<version>-<n>/bundle`, then renames it to `<version>`.
+async fn install(zip: &Path, version_dir: &Path, sha256: &str, limits: UnpackLimits) -> Result<(), JobError> {
+    let parent = version_dir
+        .parent()
+        .ok_or_else(|| JobError::new(ErrorCode::Internal, "cache path has no parent"))?
+        .to_path_buf();
+    let name = version_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let zip = zip.to_path_buf();
+    let version_dir = version_dir.to_path_buf();
+    let sha256 = sha256.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<(), JobError> {
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| JobError::new(ErrorCode::Internal, format!("cannot create the cache: {e}")))?;
+        let temporary = parent.join(format!(".tmp-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let result =
+            unpack_zip(&zip, &temporary.join("bundle"), &limits).map_err(|e| code(e.code, e.message)).and_then(|_| {
+                std::fs::write(temporary.join(".sha256"), &sha256)
+                    .map_err(|e| JobError::new(ErrorCode::Internal, format!("cannot write the cache: {e}")))
+            });
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&temporary);
+            return Err(e);
+        }
+        // A stale or partial version directory (other hash) is replaced.
+        if version_dir.exists() {
+            let _ = std::fs::remove_dir_all(&version_dir);
+        }
+        std::fs::rename(&temporary, &version_dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&temporary);
+            JobError::new(ErrorCode::Internal, format!("cannot move the bundle into the cache: {e}"))
+        })
+    })
+    .await
+    .map_err(|e| JobError::new(ErrorCode::Internal, format!("unpack task failed: {e}")))?
+}
+
+/// Starts what bundle jobs need for one connection loop: the result reporter, the journal
+/// replay (results of runs that finished before a crash go out again), and cache GC at
+/// start and weekly. `None` (bundle jobs refused) when the hub URL cannot be used.
+pub(crate) fn start(
+    data_dir: &Path,
+    credentials: &crate::credentials::Credentials,
+    hub_url: &crate::hub_url::HubUrl,
+    hub: &crate::hub_client::HubClient,
+    frames: &tokio::sync::mpsc::UnboundedSender<AgentFrame>,
+    cancel: &CancellationToken,
+) -> Option<BundleContext> {
+    runtime::prepare_agent_process();
+    let base = hub_url.http_endpoint("");
+    let context = match BundleContext::new(data_dir.to_path_buf(), base, credentials.creator_id.clone()) {
+        Ok(context) => context,
+        Err(e) => {
+            tracing::error!(error = %e, "bundle jobs are unavailable");
+            return None;
+        }
+    };
+    for entry in context.journal.entries() {
+        tracing::info!(run_id = %entry.run_id, job_id = %entry.job_id, "replaying a journaled run result");
+        let _ = frames.send(entry.frame);
+    }
+    tokio::spawn(journal::report_loop(context.journal.clone(), hub.clone(), credentials.clone(), cancel.child_token()));
+    let gc_dir = data_dir.to_path_buf();
+    let gc_cancel = cancel.child_token();
+    tokio::spawn(async move {
+        loop {
+            let dir = gc_dir.clone();
+            if let Ok(report) = tokio::task::spawn_blocking(move || cache::gc(&dir, std::time::SystemTime::now())).await
+            {
+                if !report.removed.is_empty() {
+                    tracing::info!(removed = report.removed.len(), kept = report.kept, "bundle cache cleaned");
+                }
+            }
+            tokio::select! {
+                _ = gc_cancel.cancelled() => return,
+                _ = tokio::time::sleep(cache::GC_EVERY) => {}
+            }
+        }
+    });
+    Some(context)
+}
+
+/// Runs a `bundle` job end to end and journals its result. Cancel through `cancel`, not by
+/// dropping the future (dropping still kills the tree, without the ladder).
+pub async fn run(
+    ctx: &BundleContext,
+    job: &JobSpec,
+    cancel: CancellationToken,
+    sink: Option<ChunkSink>,
+) -> Result<Value, JobError> {
+    let run_id = format!("run_{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+    let started = Instant::now();
+    let payload: Result<BundlePayload, JobError> = serde_json::from_value(job.payload.clone())
+        .map_err(|e| JobError::new(ErrorCode::BadPayload, format!("payload is not a bundle payload: {e}")));
+    let outcome = match payload {
+        Ok(payload) => execute(ctx, job, &payload, &run_id, cancel, sink).await,
+        Err(e) => Err((e, None)),
+    };
+    let (bundle, version) = match &outcome {
+        Ok((data, _)) => (Some(data.bundle.clone()), Some(data.version.clone())),
+        Err(_) => (None, None),
+    };
+    let (status, stdout, stderr, exit_code, error_code, message) = match &outcome {
+        Ok((data, full)) => ("succeeded", full.0.clone(), full.1.clone(), Some(data.exit_code), None, None),
+        Err((error, full)) => (
+            "failed",
+            full.as_ref().map(|f| f.0.clone()).unwrap_or_default(),
+            full.as_ref().map(|f| f.1.clone()).unwrap_or_default(),
+            full.as_ref().and_then(|f| f.2),
+            Some(error.code.to_string()),
+            error.message.clone(),
+        ),
+    };
+    let result: Result<Value, JobError> = match outcome {
+        Ok((data, _)) => serde_json::to_value(data).map_err(|e| JobError::new(ErrorCode::Internal, e.to_string())),
+        Err((error, _)) => Err(error),
+    };
+    let notify = NotifyRequest {
+        run_id: run_id.clone(),
+        job_id: job.job_id.clone(),
+        status: status.to_owned(),
+        stdout,
+        stderr,
+        exit_code,
+        duration_ms: started.elapsed().as_millis() as u64,
+        error_code,
+        message,
+        bundle,
+        version,
+        result: result.as_ref().ok().cloned(),
+        error: result.as_ref().err().cloned(),
+    };
+    let frame = match &result {
+        Ok(data) => {
+            AgentFrame::JobResult { id: job.job_id.clone(), status: JobStatus::Ok, data: Some(data.clone()), err: None }
+        }
+        Err(err) => AgentFrame::JobResult {
+            id: job.job_id.clone(),
+            status: JobStatus::Error,
+            data: None,
+            err: Some(err.clone()),
+        },
+    };
+    let entry = journal::Entry { run_id: run_id.clone(), job_id: job.job_id.clone(), frame, notify };
+    if let Err(e) = ctx.journal.write(&entry) {
+        // Not journaled means not durable: still report over the socket, and say so.
+        tracing::error!(run_id, error = %e, "cannot journal the run result");
+    }
+    if std::env::var_os(TEST_EXIT_AFTER_JOURNAL).is_some() {
+        tracing::warn!(run_id, "test hook: exiting right after journaling");
+        crash(86);
+    }
+    if std::env::var_os(TEST_EXIT_AFTER_NOTIFY).is_some() {
+        // The reporter deletes the entry once /edge/notify answered 2xx; the job_result
+        // frame has not left yet (this function has not returned it).
+        let entry = ctx.journal.path(&run_id);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while entry.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(run_id, "test hook: exiting after /edge/notify, before the job_result frame");
+        crash(87);
+    }
+    result
+}
+
+/// Ends the process at once, like a crash: no destructors, no flushing, no frames.
+fn crash(code: i32) -> ! {
+    #[cfg(unix)]
+    // SAFETY: _exit ends the process immediately; nothing else runs afterwards.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = code;
+        std::process::abort()
+    }
+}
+
+/// (stdout, stderr, exit code) of a run, for the report.
+type Full = (String, String, Option<i32>);
+
+async fn execute(
+    ctx: &BundleContext,
+    job: &JobSpec,
+    payload: &BundlePayload,
+    run_id: &str,
+    cancel: CancellationToken,
+    sink: Option<ChunkSink>,
+) -> Result<(BundleRunData, Full), (JobError, Option<Full>)> {
+    let prepared = tokio::select! {
+        prepared = prepare(ctx, payload) => prepared.map_err(|e| (e, None))?,
+        _ = cancel.cancelled() => return Err((JobError::new(ErrorCode::Cancelled, "cancelled before the bundle started"), None)),
+    };
+    let bundle_dir = prepared.version_dir.join("bundle");
+    let entry = bundle_dir.join(&prepared.entrypoint);
+    if !entry.is_file() {
+        return Err((
+            code(codes::RUN_SETUP_FAILED, format!("the bundle has no entrypoint {:?}", prepared.entrypoint)),
+            None,
+        ));
+    }
+    let scratch = ctx.data_dir.join("runs").join(run_id);
+    std::fs::create_dir_all(scratch.join("tmp"))
+        .map_err(|e| (JobError::new(ErrorCode::Internal, format!("cannot create the scratch dir: {e}")), None))?;
+    let log_file = ctx.data_dir.join("runs").join(format!("{run_id}.log"));
+    let secrets: Vec<Secret<String>> = payload.secrets.values().cloned().map(Secret::new).collect();
+    let mut env = runtime::allowlisted_env();
+    env.push(("TMPDIR".into(), scratch.join("tmp").display().to_string()));
+    env.push(("EDGE_JOB_ID".into(), job.job_id.clone()));
+    env.push(("EDGE_BUNDLE_DIR".into(), bundle_dir.display().to_string()));
+    env.push(("EDGE_SCRATCH_DIR".into(), scratch.display().to_string()));
+    env.push(("EDGE_ARGS".into(), serde_json::to_string(&payload.args).unwrap_or_default()));
+    let timeout =
+        Duration::from_millis(payload.timeout_ms.unwrap_or(DEFAULT_BUNDLE_TIMEOUT_MS).min(MAX_BUNDLE_TIMEOUT_MS));
+    let spec =
+        |program: PathBuf, args: Vec<std::ffi::OsString>, env: Vec<(String, String)>, timeout: Duration| RunSpec {
+            run_id: run_id.to_owned(),
+            program,
+            args,
+            cwd: scratch.clone(),
+            env,
+            secrets: secrets.clone(),
+            timeout,
+            log_file: log_file.clone(),
+        };
+    let user_args: Vec<std::ffi::OsString> = payload.args.iter().map(Into::into).collect();
+    let (program, args, env) = match prepared.runtime {
+        Runtime::Shell => {
+            if cfg!(windows) {
+                let mut args: Vec<std::ffi::OsString> = vec![
+                    "-NoProfile".into(),
+                    "-NonInteractive".into(),
+                    "-ExecutionPolicy".into(),
+                    "Bypass".into(),
+                    "-File".into(),
+                    entry.into(),
+                ];
+                args.extend(user_args);
+                (PathBuf::from("powershell.exe"), args, env)
+            } else {
+                let mut args: Vec<std::ffi::OsString> = vec![entry.into()];
+                args.extend(user_args);
+                (PathBuf::from("/bin/sh"), args, env)
+            }
+        }
+        Runtime::Python => {
+            let python = python_venv(ctx, &prepared, &spec, &env, cancel.clone()).await.map_err(|e| (e, None))?;
+            let mut env = env;
+            env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+            env.push(("PYTHONNOUSERSITE".into(), "1".into()));
+            env.push(("VIRTUAL_ENV".into(), prepared.version_dir.join("venv").display().to_string()));
+            let mut args: Vec<std::ffi::OsString> = vec![entry.into()];
+            args.extend(user_args);
+            (python, args, env)
+        }
+        Runtime::Exec => (entry, user_args, env),
+        Runtime::Browser => {
+            return Err((
+                code(codes::RUNTIME_UNAVAILABLE, "the browser runtime is not available in this agent yet"),
+                None,
+            ));
+        }
+        Runtime::Ahk => {
+            return Err((
+                code(
+                    codes::RUNTIME_UNAVAILABLE,
+                    "the AutoHotkey runtime exists on Windows only, and is not available in this agent yet",
+                ),
+                None,
+            ));
+        }
+    };
+    let outcome = runtime::run_process(spec(program, args, env, timeout), &ctx.settings, cancel, sink)
+        .await
+        .map_err(|e| (code(codes::RUN_SETUP_FAILED, e.to_string()), None))?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let full = (outcome.stdout.text.clone(), outcome.stderr.text.clone(), outcome.exit_code);
+    match outcome.ended {
+        Ended::Cancelled => {
+            return Err((
+                JobError::new(ErrorCode::Cancelled, "the run was cancelled and its processes ended"),
+                Some(full),
+            ))
+        }
+        Ended::TimedOut => {
+            return Err((
+                code(codes::RUN_TIMEOUT, format!("the run took longer than {} ms and was ended", timeout.as_millis())),
+                Some(full),
+            ))
+        }
+        Ended::Exited => {}
+    }
+    if outcome.exit_code != Some(0) {
+        let tail = tail(&outcome.stderr.text, 2000);
+        let how = match outcome.exit_code {
+            Some(code) => format!("exited with code {code}"),
+            None => "was killed by a signal".to_owned(),
+        };
+        return Err((
+            code(codes::RUN_FAILED, format!("{} {how}; stderr ends: {tail}", prepared.entrypoint)),
+            Some(full),
+        ));
+    }
+    let data = BundleRunData {
+        run_id: run_id.to_owned(),
+        bundle: prepared.bundle,
+        version: prepared.version,
+        exit_code: 0,
+        duration_ms: outcome.duration.as_millis() as u64,
+        stdout: tail(&outcome.stdout.text, RESULT_TAIL),
+        stderr: tail(&outcome.stderr.text, RESULT_TAIL),
+        stdout_truncated: outcome.stdout.truncated || outcome.stdout.text.len() > RESULT_TAIL,
+        stderr_truncated: outcome.stderr.truncated || outcome.stderr.text.len() > RESULT_TAIL,
+    };
+    Ok((data, full))
+}
+
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+/// The venv of a bundle version: created once with the system Python, dependencies only
+/// from the bundle's `wheelhouse/` (`--no-index`), then kept with the version.
+async fn python_venv(
+    ctx: &BundleContext,
+    prepared: &Prepared,
+    spec: &impl Fn(PathBuf, Vec<std::ffi::OsString>, Vec<(String, String)>, Duration) -> RunSpec,
+    env: &[(String, String)],
+    cancel: CancellationToken,
+) -> Result<PathBuf, JobError> {
+    let venv = prepared.version_dir.join("venv");
+    let python = if cfg!(windows) { venv.join("Scripts").join("python.exe") } else { venv.join("bin").join("python") };
+    if python.exists() && prepared.version_dir.join(".venv-ready").exists() {
+        return Ok(python);
+    }
+    let _ = std::fs::remove_dir_all(&venv);
+    let mut env = env.to_vec();
+    env.push(("PIP_NO_INPUT".into(), "1".into()));
+    env.push(("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()));
+    env.push(("PIP_CONFIG_FILE".into(), if cfg!(windows) { "NUL".into() } else { "/dev/null".into() }));
+    env.push(("PYTHONNOUSERSITE".into(), "1".into()));
+    let setup =
+        |program: PathBuf, args: Vec<std::ffi::OsString>| spec(program, args, env.clone(), Duration::from_secs(600));
+    let check = |outcome: runtime::RunOutcome, what: &str| -> Result<(), JobError> {
+        match (outcome.ended, outcome.exit_code) {
+            (Ended::Exited, Some(0)) => Ok(()),
+            (Ended::Cancelled, _) => Err(JobError::new(ErrorCode::Cancelled, format!("cancelled during {what}"))),
+            _ => Err(code(codes::RUN_SETUP_FAILED, format!("{what} failed: {}", tail(&outcome.stderr.text, 2000)))),
+        }
+    };
+    let created = runtime::run_process(
+        setup(ctx.settings.python.clone(), vec!["-m".into(), "venv".into(), venv.clone().into()]),
+        &ctx.settings,
+        cancel.clone(),
+        None,
+    )
+    .await
+    .map_err(|e| code(codes::RUNTIME_UNAVAILABLE, format!("no usable Python for the python runtime: {e}")))?;
+    check(created, "creating the venv")?;
+    let bundle_dir = prepared.version_dir.join("bundle");
+    let wheelhouse = bundle_dir.join("wheelhouse");
+    let requirements = bundle_dir.join("requirements.txt");
+    if wheelhouse.is_dir() {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "-m".into(),
+            "pip".into(),
+            "install".into(),
+            "--no-index".into(),
+            "--find-links".into(),
+            wheelhouse.clone().into(),
+        ];
+        if requirements.is_file() {
+            args.push("-r".into());
+            args.push(requirements.into());
+        } else {
+            let mut wheels: Vec<PathBuf> = std::fs::read_dir(&wheelhouse)
+                .map(|d| {
+                    d.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            wheels.sort();
+            args.extend(wheels.into_iter().map(Into::into));
+        }
+        let installed = runtime::run_process(setup(python.clone(), args), &ctx.settings, cancel, None)
+            .await
+            .map_err(|e| code(codes::RUN_SETUP_FAILED, e.to_string()))?;
+        check(installed, "installing the wheelhouse")?;
+    }
+    let _ = std::fs::write(prepared.version_dir.join(".venv-ready"), b"");
+    Ok(python)
+}

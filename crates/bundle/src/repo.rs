@@ -1,0 +1,1022 @@
+//! The hub's TUF repository on disk: keys, signing, publishing a bundle, refreshing the
+//! timestamp, rotating root.
+//!
+//! Layout under the repository directory:
+//!
+//! ```text
+//! metadata/root.json, metadata/<N>.root.json     root, kept for every version (clients walk the chain)
+//! metadata/timestamp.json                        the only file rewritten in place (atomic rename)
+//! metadata/<N>.snapshot.json, <N>.targets.json, <N>.<tenant>.json   consistent snapshots
+//! targets/<tenant>/<bundle>/<sha256>.<version>.zip
+//! keys/timestamp.pk8, keys/snapshot.pk8, keys/targets.pk8, keys/tenants/<tenant>.pk8  (online keys)
+//! ```
+//!
+//! Root keys are never stored here: they live in a directory the operator controls
+//! (`--root-dir`) and are needed only for `keys init` and root rotation.
+//!
+//! Metadata is hand-built from `tough`'s schema types and signed here (Ed25519 over the
+//! canonical JSON of `signed`, exactly what `tough` verifies), because `tough`'s editor
+//! wants to own the whole repository life cycle including delegations we keep per tenant.
+//! This module must never write a metadata file that a reader could see half-written
+//! (every write is a temp file plus rename, `timestamp.json` last), never sign with a root
+//! key it did not read from the operator's directory, and never let a tenant role list a
+//! target outside `<tenant>/*`.
+
+use crate::manifest::{manifest_signing_message, validate_entrypoint, BundleMeta, CpuArch, Runtime};
+use crate::names::{tenant_path_pattern, validate_slug, BundleRef, NameError};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use chrono::{DateTime, TimeDelta, Utc};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::Serialize;
+use sha2::Digest;
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{Read, Write};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::{Ed25519Key, Ed25519Scheme, Key};
+use tough::schema::{
+    DelegatedRole, Delegations, Hashes, Metafile, PathPattern, PathSet, RoleKeys, RoleType, Root, Signature, Signed,
+    Snapshot, Target, Targets, Timestamp,
+};
+use tough::TargetName;
+
+pub const SPEC_VERSION: &str = "1.0.0";
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// A lock file older than this belongs to a crashed writer.
+const STALE_LOCK: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the bundle repository at {0} is not initialised: run `edge-hub bundle keys init` first")]
+    NotInitialised(PathBuf),
+    #[error("{0} already exists; refusing to overwrite keys or metadata")]
+    Exists(PathBuf),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} is already published with different bytes; publish a new version instead")]
+    VersionExists(String),
+    #[error("key problem: {0}")]
+    Key(String),
+    #[error("another writer holds {0} (remove it if no edge-hub bundle command is running)")]
+    Locked(PathBuf),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
+    let context = context.into();
+    move |source| RepoError::Io { context, source }
+}
+
+/// How long each role's metadata stays valid after it is signed.
+#[derive(Debug, Clone, Copy)]
+pub struct RepoOptions {
+    pub root_ttl: TimeDelta,
+    pub targets_ttl: TimeDelta,
+    pub snapshot_ttl: TimeDelta,
+    pub timestamp_ttl: TimeDelta,
+}
+
+impl Default for RepoOptions {
+    fn default() -> Self {
+        RepoOptions {
+            root_ttl: TimeDelta::days(365),
+            targets_ttl: TimeDelta::days(365),
+            snapshot_ttl: TimeDelta::days(30),
+            timestamp_ttl: TimeDelta::days(1),
+        }
+    }
+}
+
+/// One Ed25519 signing key.
+pub struct Signer {
+    pair: Ed25519KeyPair,
+    key: Key,
+    keyid: Decoded<Hex>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer({})", self.keyid_hex())
+    }
+}
+
+impl Signer {
+    /// A new key and its PKCS#8 document (what goes into the key file).
+    pub fn generate() -> Result<(Signer, Vec<u8>), RepoError> {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| RepoError::Key("the system random source failed".into()))?;
+        let signer = Signer::from_pkcs8(pkcs8.as_ref())?;
+        Ok((signer, pkcs8.as_ref().to_vec()))
+    }
+
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Signer, RepoError> {
+        let pair =
+            Ed25519KeyPair::from_pkcs8(pkcs8).map_err(|e| RepoError::Key(format!("not an Ed25519 PKCS#8 key: {e}")))?;
+        let key = Key::Ed25519 {
+            keyval: Ed25519Key { public: pair.public_key().as_ref().to_vec().into(), _extra: HashMap::new() },
+            scheme: Ed25519Scheme::Ed25519,
+            _extra: HashMap::new(),
+        };
+        let keyid = key.key_id().map_err(|e| RepoError::Key(e.to_string()))?;
+        Ok(Signer { pair, key, keyid })
+    }
+
+    pub fn load(path: &Path) -> Result<Signer, RepoError> {
+        let bytes = fs::read(path).map_err(io(format!("cannot read key {}", path.display())))?;
+        Signer::from_pkcs8(&bytes).map_err(|e| RepoError::Key(format!("{}: {e}", path.display())))
+    }
+
+    pub fn tuf_key(&self) -> &Key {
+        &self.key
+    }
+
+    pub fn keyid(&self) -> &Decoded<Hex> {
+        &self.keyid
+    }
+
+    pub fn keyid_hex(&self) -> String {
+        hex::encode(self.keyid.as_ref())
+    }
+
+    pub fn sign_bytes(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+}
+
+/// The canonical JSON (OLPC) of a value: the bytes TUF signatures cover.
+pub fn canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, olpc_cjson::CanonicalFormatter::new());
+    value.serialize(&mut ser).map_err(|e| RepoError::Invalid(format!("cannot canonicalise metadata: {e}")))?;
+    Ok(out)
+}
+
+/// Signs `value` with every signer.
+pub fn sign<T: Serialize>(value: T, signers: &[&Signer]) -> Result<Signed<T>, RepoError> {
+    let message = canonical_json(&value)?;
+    let signatures =
+        signers.iter().map(|s| Signature { keyid: s.keyid.clone(), sig: s.sign_bytes(&message).into() }).collect();
+    Ok(Signed { signed: value, signatures })
+}
+
+/// Writes a key file readable by its owner only.
+fn write_key(path: &Path, pkcs8: &[u8]) -> Result<(), RepoError> {
+    if path.exists() {
+        return Err(RepoError::Exists(path.to_path_buf()));
+    }
+    if let Some(parent) = path.parent() {
+        create_private_dir(parent)?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io(format!("cannot create key {}", path.display())))?;
+    file.write_all(pkcs8).and_then(|_| file.sync_all()).map_err(io(format!("cannot write key {}", path.display())))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), RepoError> {
+    fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// Temp file + fsync + rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
+    let dir = path.parent().ok_or_else(|| RepoError::Invalid(format!("{} has no parent", path.display())))?;
+    fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = fs::File::create(&temporary).map_err(io(format!("cannot create {}", temporary.display())))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io(format!("cannot write {}", temporary.display())))?;
+    fs::rename(&temporary, path).map_err(io(format!("cannot replace {}", path.display())))
+}
+
+/// Loads every `*.pk8` key in an operator's root-key directory.
+pub fn load_key_dir(dir: &Path) -> Result<Vec<Signer>, RepoError> {
+    let mut keys = Vec::new();
+    let entries = fs::read_dir(dir).map_err(io(format!("cannot read root key directory {}", dir.display())))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.extension().is_some_and(|e| e == "pk8") {
+            keys.push(Signer::load(&path)?);
+        }
+    }
+    Ok(keys)
+}
+
+/// The fingerprint people compare out of band: SHA-256 of the canonical JSON of the root
+/// role's `signed` part, so whitespace and signature order do not change it.
+pub fn root_fingerprint(root: &Signed<Root>) -> Result<String, RepoError> {
+    Ok(crate::sha256_hex(&canonical_json(&root.signed)?))
+}
+
+/// What `keys init` created.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub root_keyids: Vec<String>,
+    pub threshold: u64,
+    pub root_fingerprint: String,
+}
+
+/// What `publish` recorded.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub target_name: String,
+    pub target_file: String,
+    pub length: u64,
+    pub meta: BundleMeta,
+    /// False when exactly these bytes were already published under this version.
+    pub changed: bool,
+}
+
+/// A bundle to publish.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub tenant: String,
+    pub bundle: String,
+    pub version: String,
+    pub runtime: Runtime,
+    pub cpu_arch: CpuArch,
+    pub entrypoint: Option<String>,
+    /// A directory (zipped here) or a `.zip` file.
+    pub source: PathBuf,
+}
+
+/// The current, signed state of the repository.
+pub struct Current {
+    pub root: Signed<Root>,
+    pub timestamp: Signed<Timestamp>,
+    pub snapshot: Signed<Snapshot>,
+    pub targets: Signed<Targets>,
+    pub tenants: BTreeMap<String, Signed<Targets>>,
+}
+
+/// URL path prefix under which the hub serves the repository (`metadata/`, `targets/`).
+pub const HTTP_PREFIX: &str = "/v1/bundles";
+
+/// A repository directory.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    dir: PathBuf,
+    pub options: RepoOptions,
+}
+
+impl Repo {
+    pub fn new(dir: impl Into<PathBuf>) -> Repo {
+        Repo { dir: dir.into(), options: RepoOptions::default() }
+    }
+
+    pub fn with_options(dir: impl Into<PathBuf>, options: RepoOptions) -> Repo {
+        Repo { dir: dir.into(), options }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.dir.join("metadata")
+    }
+
+    pub fn targets_dir(&self) -> PathBuf {
+        self.dir.join("targets")
+    }
+
+    fn keys_dir(&self) -> PathBuf {
+        self.dir.join("keys")
+    }
+
+    fn tenant_key_path(&self, tenant: &str) -> PathBuf {
+        self.keys_dir().join("tenants").join(format!("{tenant}.pk8"))
+    }
+
+    pub fn is_initialised(&self) -> bool {
+        self.metadata_dir().join("timestamp.json").is_file()
+    }
+
+    /// Creates root keys in `root_dir` (offline, for the operator to move away), online keys
+    /// in the repository, and signs version 1 of every role.
+    pub fn init(&self, root_dir: &Path, root_keys: usize, threshold: u64) -> Result<InitReport, RepoError> {
+        if root_keys == 0 || threshold == 0 || threshold > root_keys as u64 {
+            return Err(RepoError::Invalid(format!(
+                "need 1 ≤ threshold ({threshold}) ≤ number of root keys ({root_keys})"
+            )));
+        }
+        if self.metadata_dir().join("root.json").exists() {
+            return Err(RepoError::Exists(self.metadata_dir().join("root.json")));
+        }
+        let _lock = self.lock()?;
+        let mut roots = Vec::new();
+        for i in 1..=root_keys {
+            let (signer, pkcs8) = Signer::generate()?;
+            write_key(&root_dir.join(format!("root-{i}.pk8")), &pkcs8)?;
+            roots.push(signer);
+        }
+        let mut online = Vec::new();
+        for role in ["timestamp", "snapshot", "targets"] {
+            let (signer, pkcs8) = Signer::generate()?;
+            write_key(&self.keys_dir().join(format!("{role}.pk8")), &pkcs8)?;
+            online.push(signer);
+        }
+        let [timestamp_key, snapshot_key, targets_key] =
+            <[Signer; 3]>::try_from(online).map_err(|_| RepoError::Invalid("expected three online keys".into()))?;
+        let now = Utc::now();
+        let root = self.root_metadata(1, &roots, threshold, &timestamp_key, &snapshot_key, &targets_key, now)?;
+        let root_refs: Vec<&Signer> = roots.iter().collect();
+        let root = sign(root, &root_refs)?;
+        self.write_root(&root)?;
+
+        let targets = Targets {
+            spec_version: SPEC_VERSION.into(),
+            version: nz(1),
+            expires: now + self.options.targets_ttl,
+            targets: HashMap::new(),
+            delegations: Some(Delegations { keys: HashMap::new(), roles: Vec::new() }),
+            _extra: HashMap::new(),
+        };
+        let targets = sign(targets, &[&targets_key])?;
+        self.commit(&targets, true, &BTreeMap::new(), None, 1, 1, &snapshot_key, &timestamp_key, now)?;
+        Ok(InitReport {
+            root_keyids: roots.iter().map(Signer::keyid_hex).collect(),
+            threshold,
+            root_fingerprint: root_fingerprint(&root)?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn root_metadata(
+        &self,
+        version: u64,
+        roots: &[Signer],
+        threshold: u64,
+        timestamp: &Signer,
+        snapshot: &Signer,
+        targets: &Signer,
+        now: DateTime<Utc>,
+    ) -> Result<Root, RepoError> {
+        let mut keys = HashMap::new();
+        for signer in roots.iter().chain([timestamp, snapshot, targets]) {
+            keys.insert(signer.keyid.clone(), signer.key.clone());
+        }
+        let role = |ids: Vec<Decoded<Hex>>, threshold: u64| RoleKeys {
+            keyids: ids,
+            threshold: nz(threshold),
+            _extra: HashMap::new(),
+        };
+        let mut roles = HashMap::new();
+        roles.insert(RoleType::Root, role(roots.iter().map(|s| s.keyid.clone()).collect(), threshold));
+        roles.insert(RoleType::Timestamp, role(vec![timestamp.keyid.clone()], 1));
+        roles.insert(RoleType::Snapshot, role(vec![snapshot.keyid.clone()], 1));
+        roles.insert(RoleType::Targets, role(vec![targets.keyid.clone()], 1));
+        Ok(Root {
+            spec_version: SPEC_VERSION.into(),
+            consistent_snapshot: true,
+            version: nz(version),
+            expires: now + self.options.root_ttl,
+            keys,
+            roles,
+            _extra: HashMap::new(),
+        })
+    }
+
+    fn write_root(&self, root: &Signed<Root>) -> Result<(), RepoError> {
+        let bytes = to_json(root)?;
+        let dir = self.metadata_dir();
+        write_atomic(&dir.join(format!("{}.root.json", root.signed.version)), &bytes)?;
+        write_atomic(&dir.join("root.json"), &bytes)
+    }
+
+    /// The current root.json bytes (what agents get at enrollment).
+    pub fn root_json(&self) -> Result<Vec<u8>, RepoError> {
+        let path = self.metadata_dir().join("root.json");
+        match fs::read(&path) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::NotInitialised(self.dir.clone())),
+            Err(e) => Err(RepoError::Io { context: format!("cannot read {}", path.display()), source: e }),
+        }
+    }
+
+    /// Reads the signed state the current `timestamp.json` points at.
+    pub fn current(&self) -> Result<Current, RepoError> {
+        if !self.is_initialised() {
+            return Err(RepoError::NotInitialised(self.dir.clone()));
+        }
+        let dir = self.metadata_dir();
+        let root: Signed<Root> = read_json(&dir.join("root.json"))?;
+        let timestamp: Signed<Timestamp> = read_json(&dir.join("timestamp.json"))?;
+        let snapshot_version = meta_version(&timestamp.signed.meta, "snapshot.json")?;
+        let snapshot: Signed<Snapshot> = read_json(&dir.join(format!("{snapshot_version}.snapshot.json")))?;
+        let targets_version = meta_version(&snapshot.signed.meta, "targets.json")?;
+        let targets: Signed<Targets> = read_json(&dir.join(format!("{targets_version}.targets.json")))?;
+        let mut tenants = BTreeMap::new();
+        for role in targets.signed.delegations.iter().flat_map(|d| d.roles.iter()) {
+            let version = meta_version(&snapshot.signed.meta, &format!("{}.json", role.name))?;
+            let signed: Signed<Targets> = read_json(&dir.join(format!("{version}.{}.json", role.name)))?;
+            tenants.insert(role.name.clone(), signed);
+        }
+        Ok(Current { root, timestamp, snapshot, targets, tenants })
+    }
+
+    fn online_signer(&self, role: &str) -> Result<Signer, RepoError> {
+        let path = self.keys_dir().join(format!("{role}.pk8"));
+        if !path.exists() {
+            return Err(RepoError::NotInitialised(self.dir.clone()));
+        }
+        Signer::load(&path)
+    }
+
+    /// Packs (if a directory), stores and signs one bundle version for a tenant.
+    pub fn publish(&self, request: &PublishRequest) -> Result<Published, RepoError> {
+        let bundle_ref = BundleRef::new(&request.tenant, &request.bundle, &request.version)?;
+        let entrypoint = request.entrypoint.clone().unwrap_or_else(|| request.runtime.default_entrypoint().to_owned());
+        validate_entrypoint(&entrypoint).map_err(RepoError::Invalid)?;
+        if request.runtime == Runtime::Exec && request.cpu_arch.0 == CpuArch::ANY {
+            return Err(RepoError::Invalid("an exec bundle must declare its --cpu-arch (e.g. x86_64)".into()));
+        }
+        let _lock = self.lock()?;
+        let current = self.current()?;
+
+        // Pack into a temp file under targets/ so the final rename stays on one file system.
+        let staging = self.targets_dir().join(".staging");
+        fs::create_dir_all(&staging).map_err(io(format!("cannot create {}", staging.display())))?;
+        let temporary = staging.join(format!("{}-{}.zip", std::process::id(), unique_suffix()));
+        let cleanup = TempPath(temporary.clone());
+        if request.source.is_dir() {
+            zip_dir(&request.source, &temporary)?;
+        } else {
+            fs::copy(&request.source, &temporary).map_err(io(format!("cannot read {}", request.source.display())))?;
+        }
+        check_zip_has(&temporary, &entrypoint)?;
+        let (length, sha256) = hash_file(&temporary)?;
+        let target_name = bundle_ref.target_name();
+        let target_file = bundle_ref.target_file(&sha256);
+
+        let tenant = &bundle_ref.tenant;
+        if let Some(existing) = current.tenants.get(tenant) {
+            let name = TargetName::new(target_name.clone()).map_err(|e| RepoError::Invalid(e.to_string()))?;
+            if let Some(target) = existing.signed.targets.get(&name) {
+                if hex::encode(target.hashes.sha256.as_ref()) == sha256 {
+                    let meta: BundleMeta =
+                        serde_json::from_value(serde_json::Value::Object(target.custom.clone().into_iter().collect()))
+                            .map_err(|e| {
+                                RepoError::Invalid(format!("stored metadata of {target_name} is unreadable: {e}"))
+                            })?;
+                    return Ok(Published { target_name, target_file, length, meta, changed: false });
+                }
+                return Err(RepoError::VersionExists(target_name));
+            }
+        }
+
+        let final_path = self.targets_dir().join(&target_file);
+        if let Some(parent) = final_path.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
+        }
+        fs::rename(&temporary, &final_path).map_err(io(format!("cannot store {}", final_path.display())))?;
+        drop(cleanup);
+
+        // A tenant's first bundle creates its key and its delegation in top-level targets.
+        let key_path = self.tenant_key_path(tenant);
+        let tenant_key = if key_path.exists() {
+            Signer::load(&key_path)?
+        } else {
+            let (signer, pkcs8) = Signer::generate()?;
+            write_key(&key_path, &pkcs8)?;
+            signer
+        };
+        let now = Utc::now();
+        let mut targets = current.targets.clone();
+        let mut targets_changed = false;
+        let delegations =
+            targets.signed.delegations.get_or_insert_with(|| Delegations { keys: HashMap::new(), roles: Vec::new() });
+        if !delegations.roles.iter().any(|r| &r.name == tenant) {
+            let pattern =
+                PathPattern::new(tenant_path_pattern(tenant)).map_err(|e| RepoError::Invalid(e.to_string()))?;
+            delegations.keys.insert(tenant_key.keyid.clone(), tenant_key.key.clone());
+            delegations.roles.push(DelegatedRole {
+                name: tenant.clone(),
+                keyids: vec![tenant_key.keyid.clone()],
+                threshold: nz(1),
+                paths: PathSet::Paths(vec![pattern]),
+                terminating: true,
+                targets: None,
+            });
+            delegations.roles.sort_by(|a, b| a.name.cmp(&b.name));
+            targets_changed = true;
+        }
+        let targets = if targets_changed {
+            let mut signed = targets.signed;
+            signed.version = nz(signed.version.get() + 1);
+            signed.expires = now + self.options.targets_ttl;
+            sign(signed, &[&self.online_signer("targets")?])?
+        } else {
+            targets
+        };
+
+        let mut meta = BundleMeta {
+            tenant: tenant.clone(),
+            name: bundle_ref.bundle.clone(),
+            version: bundle_ref.version.to_string(),
+            runtime: request.runtime,
+            cpu_arch: request.cpu_arch.clone(),
+            entrypoint,
+            edge_url: format!("{HTTP_PREFIX}/targets/{target_file}"),
+            sha256: sha256.clone(),
+            signature: String::new(),
+        };
+        meta.signature = BASE64.encode(tenant_key.sign_bytes(&manifest_signing_message(&meta)));
+        let custom = match serde_json::to_value(&meta) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => return Err(RepoError::Invalid("bundle metadata is not an object".into())),
+        };
+        let target = Target {
+            length,
+            hashes: Hashes { sha256: hex_decoded(&sha256)?, _extra: HashMap::new() },
+            custom,
+            _extra: HashMap::new(),
+        };
+        let mut role = match current.tenants.get(tenant) {
+            Some(existing) => existing.signed.clone(),
+            None => Targets {
+                spec_version: SPEC_VERSION.into(),
+                version: nz(1),
+                expires: now,
+                targets: HashMap::new(),
+                delegations: None,
+                _extra: HashMap::new(),
+            },
+        };
+        role.targets
+            .insert(TargetName::new(target_name.clone()).map_err(|e| RepoError::Invalid(e.to_string()))?, target);
+        let next_version = current.tenants.get(tenant).map_or(1, |t| t.signed.version.get() + 1);
+        role.version = nz(next_version);
+        role.expires = now + self.options.targets_ttl;
+        let role = sign(role, &[&tenant_key])?;
+
+        let mut tenant_versions: BTreeMap<String, u64> =
+            current.tenants.iter().map(|(name, signed)| (name.clone(), signed.signed.version.get())).collect();
+        tenant_versions.insert(tenant.clone(), role.signed.version.get());
+        self.commit(
+            &targets,
+            targets_changed,
+            &tenant_versions,
+            Some((tenant, &role)),
+            current.snapshot.signed.version.get() + 1,
+            current.timestamp.signed.version.get() + 1,
+            &self.online_signer("snapshot")?,
+            &self.online_signer("timestamp")?,
+            now,
+        )?;
+        Ok(Published { target_name, target_file, length, meta, changed: true })
+    }
+
+    /// Writes changed role files, then a new snapshot, then `timestamp.json` last.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        targets: &Signed<Targets>,
+        write_targets: bool,
+        tenant_versions: &BTreeMap<String, u64>,
+        tenant_role: Option<(&String, &Signed<Targets>)>,
+        snapshot_version: u64,
+        timestamp_version: u64,
+        snapshot_key: &Signer,
+        timestamp_key: &Signer,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        let dir = self.metadata_dir();
+        if let Some((name, role)) = tenant_role {
+            write_atomic(&dir.join(format!("{}.{name}.json", role.signed.version)), &to_json(role)?)?;
+        }
+        let targets_bytes = to_json(targets)?;
+        let targets_path = dir.join(format!("{}.targets.json", targets.signed.version));
+        if write_targets || !targets_path.exists() {
+            write_atomic(&targets_path, &targets_bytes)?;
+        }
+        let targets_bytes = fs::read(&targets_path).map_err(io(format!("cannot read {}", targets_path.display())))?;
+        let mut meta = HashMap::new();
+        // No `length` for targets.json: tough 0.18 reuses that length as the size cap of
+        // every delegated role file, which would refuse any tenant role larger than the
+        // top-level targets. The hash still pins the exact bytes.
+        let mut targets_meta = metafile(targets.signed.version.get(), Some(&targets_bytes))?;
+        targets_meta.length = None;
+        meta.insert("targets.json".to_owned(), targets_meta);
+        for (name, version) in tenant_versions {
+            meta.insert(format!("{name}.json"), metafile(*version, None)?);
+        }
+        let snapshot = Snapshot {
+            spec_version: SPEC_VERSION.into(),
+            version: nz(snapshot_version),
+            expires: now + self.options.snapshot_ttl,
+            meta,
+            _extra: HashMap::new(),
+        };
+        let snapshot = sign(snapshot, &[snapshot_key])?;
+        let snapshot_bytes = to_json(&snapshot)?;
+        write_atomic(&dir.join(format!("{snapshot_version}.snapshot.json")), &snapshot_bytes)?;
+        self.write_timestamp(&snapshot_bytes, snapshot_version, timestamp_version, timestamp_key, now)
+    }
+
+    fn write_timestamp(
+        &self,
+        snapshot_bytes: &[u8],
+        snapshot_version: u64,
+        timestamp_version: u64,
+        key: &Signer,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        let mut meta = HashMap::new();
+        meta.insert("snapshot.json".to_owned(), metafile(snapshot_version, Some(snapshot_bytes))?);
+        let timestamp = Timestamp {
+            spec_version: SPEC_VERSION.into(),
+            version: nz(timestamp_version),
+            expires: now + self.options.timestamp_ttl,
+            meta,
+            _extra: HashMap::new(),
+        };
+        write_atomic(&self.metadata_dir().join("timestamp.json"), &to_json(&sign(timestamp, &[key])?)?)
+    }
+
+    /// Re-signs the timestamp (and the snapshot when it is in the last half of its life) if
+    /// the timestamp is in the last half of its life. The hub calls this before serving
+    /// `timestamp.json`, so online metadata never lapses while the hub runs.
+    pub fn refresh_online_metadata(&self) -> Result<bool, RepoError> {
+        let now = Utc::now();
+        let peek: Signed<Timestamp> = read_json(&self.metadata_dir().join("timestamp.json"))?;
+        if peek.signed.expires - now > self.options.timestamp_ttl / 2 {
+            return Ok(false);
+        }
+        let _lock = self.lock()?;
+        let current = self.current()?;
+        if current.timestamp.signed.expires - now > self.options.timestamp_ttl / 2 {
+            return Ok(false);
+        }
+        let timestamp_key = self.online_signer("timestamp")?;
+        let next_timestamp = current.timestamp.signed.version.get() + 1;
+        if current.snapshot.signed.expires - now <= self.options.snapshot_ttl / 2 {
+            let tenant_versions =
+                current.tenants.iter().map(|(name, signed)| (name.clone(), signed.signed.version.get())).collect();
+            self.commit(
+                &current.targets,
+                false,
+                &tenant_versions,
+                None,
+                current.snapshot.signed.version.get() + 1,
+                next_timestamp,
+                &self.online_signer("snapshot")?,
+                &timestamp_key,
+                now,
+            )?;
+        } else {
+            let version = current.snapshot.signed.version.get();
+            let path = self.metadata_dir().join(format!("{version}.snapshot.json"));
+            let bytes = fs::read(&path).map_err(io(format!("cannot read {}", path.display())))?;
+            self.write_timestamp(&bytes, version, next_timestamp, &timestamp_key, now)?;
+        }
+        Ok(true)
+    }
+
+    /// Signs root version N+1. The old root's threshold of keys must be in `old_root_dir`;
+    /// with `new_root_dir`, fresh keys are generated there (`keys` of them, `threshold`
+    /// needed) and the new root is signed by them too. Without it the same keys re-sign
+    /// (to extend the expiry). Online keys are kept.
+    pub fn rotate_root(
+        &self,
+        old_root_dir: &Path,
+        new_root_dir: Option<&Path>,
+        keys: usize,
+        threshold: u64,
+    ) -> Result<InitReport, RepoError> {
+        let _lock = self.lock()?;
+        let current: Signed<Root> = read_json(&self.metadata_dir().join("root.json"))?;
+        let root_role = current
+            .signed
+            .roles
+            .get(&RoleType::Root)
+            .ok_or_else(|| RepoError::Invalid("root.json has no root role".into()))?;
+        let old: Vec<Signer> =
+            load_key_dir(old_root_dir)?.into_iter().filter(|s| root_role.keyids.contains(&s.keyid)).collect();
+        if (old.len() as u64) < root_role.threshold.get() {
+            return Err(RepoError::Key(format!(
+                "{} holds {} of the current root keys; {} are needed",
+                old_root_dir.display(),
+                old.len(),
+                root_role.threshold
+            )));
+        }
+        let (new_keys, new_threshold) = match new_root_dir {
+            Some(dir) => {
+                if keys == 0 || threshold == 0 || threshold > keys as u64 {
+                    return Err(RepoError::Invalid(format!("need 1 ≤ threshold ({threshold}) ≤ keys ({keys})")));
+                }
+                let mut fresh = Vec::new();
+                for i in 1..=keys {
+                    let (signer, pkcs8) = Signer::generate()?;
+                    write_key(&dir.join(format!("root-{i}.pk8")), &pkcs8)?;
+                    fresh.push(signer);
+                }
+                (fresh, threshold)
+            }
+            None => (Vec::new(), root_role.threshold.get()),
+        };
+        let mut next = current.signed.clone();
+        next.version = nz(current.signed.version.get() + 1);
+        next.expires = Utc::now() + self.options.root_ttl;
+        if !new_keys.is_empty() {
+            for id in &root_role.keyids {
+                next.keys.remove(id);
+            }
+            for signer in &new_keys {
+                next.keys.insert(signer.keyid.clone(), signer.key.clone());
+            }
+            next.roles.insert(
+                RoleType::Root,
+                RoleKeys {
+                    keyids: new_keys.iter().map(|s| s.keyid.clone()).collect(),
+                    threshold: nz(new_threshold),
+                    _extra: HashMap::new(),
+                },
+            );
+        }
+        // The new root must verify under the old root (chain of trust) and under itself.
+        let signers: Vec<&Signer> = old.iter().chain(new_keys.iter()).collect();
+        let signed = sign(next, &signers)?;
+        self.write_root(&signed)?;
+        let ids = signed.signed.roles.get(&RoleType::Root).map(|r| r.keyids.clone()).unwrap_or_default();
+        Ok(InitReport {
+            root_keyids: ids.iter().map(|id| hex::encode(id.as_ref())).collect(),
+            threshold: new_threshold,
+            root_fingerprint: root_fingerprint(&signed)?,
+        })
+    }
+
+    /// Every bundle target of a tenant, from the current signed metadata.
+    pub fn tenant_targets(&self, tenant: &str) -> Result<Vec<(String, u64, BundleMeta)>, RepoError> {
+        validate_slug("tenant", tenant)?;
+        let current = self.current()?;
+        let Some(role) = current.tenants.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (name, target) in &role.signed.targets {
+            let meta: BundleMeta =
+                serde_json::from_value(serde_json::Value::Object(target.custom.clone().into_iter().collect()))
+                    .map_err(|e| RepoError::Invalid(format!("metadata of {} is unreadable: {e}", name.raw())))?;
+            out.push((name.raw().to_owned(), target.length, meta));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn lock(&self) -> Result<LockGuard, RepoError> {
+        fs::create_dir_all(&self.dir).map_err(io(format!("cannot create {}", self.dir.display())))?;
+        let path = self.dir.join(".lock");
+        let started = Instant::now();
+        loop {
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(_) => return Ok(LockGuard(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let stale = fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_LOCK);
+                    if stale {
+                        let _ = fs::remove_file(&path);
+                        continue;
+                    }
+                    if started.elapsed() > LOCK_WAIT {
+                        return Err(RepoError::Locked(path));
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(e) => {
+                    return Err(RepoError::Io { context: format!("cannot create {}", path.display()), source: e })
+                }
+            }
+        }
+    }
+}
+
+struct LockGuard(PathBuf);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn unique_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes);
+    hex::encode(bytes)
+}
+
+fn nz(value: u64) -> NonZeroU64 {
+    NonZeroU64::new(value).unwrap_or(NonZeroU64::MIN)
+}
+
+fn hex_decoded(hex_str: &str) -> Result<Decoded<Hex>, RepoError> {
+    hex::decode(hex_str).map(Decoded::from).map_err(|e| RepoError::Invalid(format!("bad hex digest: {e}")))
+}
+
+fn metafile(version: u64, bytes: Option<&[u8]>) -> Result<Metafile, RepoError> {
+    Ok(Metafile {
+        length: bytes.map(|b| b.len() as u64),
+        hashes: match bytes {
+            Some(b) => Some(Hashes { sha256: hex_decoded(&crate::sha256_hex(b))?, _extra: HashMap::new() }),
+            None => None,
+        },
+        version: nz(version),
+        _extra: HashMap::new(),
+    })
+}
+
+fn meta_version(meta: &HashMap<String, Metafile>, name: &str) -> Result<u64, RepoError> {
+    meta.get(name).map(|m| m.version.get()).ok_or_else(|| RepoError::Invalid(format!("metadata does not list {name}")))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
+    serde_json::to_vec_pretty(value).map_err(|e| RepoError::Invalid(format!("cannot encode metadata: {e}")))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RepoError> {
+    let bytes = fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RepoError::Invalid(format!("{} is not valid metadata: {e}", path.display())))
+}
+
+/// Length and SHA-256 of a file, streamed.
+pub fn hash_file(path: &Path) -> Result<(u64, String), RepoError> {
+    let mut file = fs::File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut length = 0u64;
+    loop {
+        let n = file.read(&mut buffer).map_err(io(format!("cannot read {}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        length += n as u64;
+    }
+    Ok((length, hex::encode(hasher.finalize())))
+}
+
+/// Zips a directory: regular files and directories only, sorted, executable bits kept.
+pub fn zip_dir(source: &Path, out: &Path) -> Result<(), RepoError> {
+    use zip::write::SimpleFileOptions;
+    let file = fs::File::create(out).map_err(io(format!("cannot create {}", out.display())))?;
+    let mut writer = zip::ZipWriter::new(std::io::BufWriter::new(file));
+    let mut stack = vec![PathBuf::new()];
+    let mut files = Vec::new();
+    while let Some(relative) = stack.pop() {
+        let dir = source.join(&relative);
+        let mut entries: Vec<_> =
+            fs::read_dir(&dir).map_err(io(format!("cannot read {}", dir.display())))?.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return Err(RepoError::Invalid(format!("{} has a file name that is not UTF-8", dir.display())));
+            };
+            let path = relative.join(name);
+            let kind = entry.file_type().map_err(io(format!("cannot stat {}", entry.path().display())))?;
+            if kind.is_symlink() {
+                return Err(RepoError::Invalid(format!(
+                    "{} is a symlink; bundles carry regular files only",
+                    entry.path().display()
+                )));
+            } else if kind.is_dir() {
+                stack.push(path.clone());
+                files.push((path, true));
+            } else if kind.is_file() {
+                files.push((path, false));
+            } else {
+                return Err(RepoError::Invalid(format!("{} is not a regular file", entry.path().display())));
+            }
+        }
+    }
+    files.sort();
+    for (path, is_dir) in files {
+        let name =
+            path.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/");
+        let full = source.join(&path);
+        #[cfg(unix)]
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(&full).map(|m| m.permissions().mode()).unwrap_or(0o644)
+        };
+        #[cfg(not(unix))]
+        let mode = if is_dir { 0o755 } else { 0o644 };
+        let options = SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(if is_dir || mode & 0o111 != 0 { 0o755 } else { 0o644 })
+            .large_file(fs::metadata(&full).map(|m| m.len() >= u32::MAX as u64).unwrap_or(false));
+        let zip_err = |e: zip::result::ZipError| RepoError::Invalid(format!("cannot zip {name}: {e}"));
+        if is_dir {
+            writer.add_directory(format!("{name}/"), options).map_err(zip_err)?;
+        } else {
+            writer.start_file(name.clone(), options).map_err(zip_err)?;
+            let mut input = fs::File::open(&full).map_err(io(format!("cannot read {}", full.display())))?;
+            std::io::copy(&mut input, &mut writer).map_err(io(format!("cannot zip {}", full.display())))?;
+        }
+    }
+    let mut inner = writer.finish().map_err(|e| RepoError::Invalid(format!("cannot finish the zip: {e}")))?;
+    inner.flush().map_err(io(format!("cannot write {}", out.display())))
+}
+
+fn check_zip_has(zip_path: &Path, entrypoint: &str) -> Result<(), RepoError> {
+    let file = fs::File::open(zip_path).map_err(io(format!("cannot open {}", zip_path.display())))?;
+    let archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| RepoError::Invalid(format!("the bundle is not a zip archive: {e}")))?;
+    if archive.index_for_name(entrypoint).is_none() {
+        return Err(RepoError::Invalid(format!("the bundle has no entrypoint {entrypoint:?}")));
+    }
+    Ok(())
+}
+
+impl Repo {
+    /// Re-signs top-level targets and every tenant role after `change` edited them, with
+    /// new versions, then snapshot and timestamp. For tests that need metadata a correct hub
+    /// never writes (a tenant role listing another tenant's path, a too-wide delegation).
+    #[doc(hidden)]
+    pub fn rewrite_for_tests(
+        &self,
+        change: impl FnOnce(&mut Targets, &mut BTreeMap<String, Targets>),
+    ) -> Result<(), RepoError> {
+        let _lock = self.lock()?;
+        let current = self.current()?;
+        let now = Utc::now();
+        let mut top = current.targets.signed.clone();
+        let mut tenants: BTreeMap<String, Targets> =
+            current.tenants.iter().map(|(k, v)| (k.clone(), v.signed.clone())).collect();
+        change(&mut top, &mut tenants);
+        top.version = nz(current.targets.signed.version.get() + 1);
+        let top = sign(top, &[&self.online_signer("targets")?])?;
+        let mut versions = BTreeMap::new();
+        for (name, mut role) in tenants {
+            let old = current.tenants.get(&name).map_or(0, |r| r.signed.version.get());
+            role.version = nz(old + 1);
+            let key_path = self.tenant_key_path(&name);
+            let key = if key_path.exists() {
+                Signer::load(&key_path)?
+            } else {
+                let (signer, pkcs8) = Signer::generate()?;
+                write_key(&key_path, &pkcs8)?;
+                signer
+            };
+            let signed = sign(role, &[&key])?;
+            write_atomic(
+                &self.metadata_dir().join(format!("{}.{name}.json", signed.signed.version)),
+                &to_json(&signed)?,
+            )?;
+            versions.insert(name, signed.signed.version.get());
+        }
+        self.commit(
+            &top,
+            true,
+            &versions,
+            None,
+            current.snapshot.signed.version.get() + 1,
+            current.timestamp.signed.version.get() + 1,
+            &self.online_signer("snapshot")?,
+            &self.online_signer("timestamp")?,
+            now,
+        )
+    }
+
+    /// The tenant's online key (tests use it to add a delegation by hand).
+    #[doc(hidden)]
+    pub fn tenant_signer_for_tests(&self, tenant: &str) -> Result<Signer, RepoError> {
+        Signer::load(&self.tenant_key_path(tenant))
+    }
+}

@@ -1,0 +1,569 @@
+//! Trusted bundles on the hub: serving the TUF repository built by `edge-hub bundle …`
+//! (metadata, resumable target downloads, the seed `manifest.json` view), the durable run
+//! reports of `POST /edge/notify`, and checking `bundle` job payloads.
+//!
+//! Its state lives in files under the bundle directory (`--bundle-dir`, default `bundles/`
+//! next to the SQLite file): the repository in `repo/` (see `edge_bundle::repo`) and one
+//! JSON file per reported run in `runs/`. The one contact with the job store: a notify that
+//! carries the run's job result finishes the `bundle` job through the store's fenced
+//! `finish_job`, exactly like the `job_result` frame, because the agent forgets a run once
+//! its notify is acknowledged. It must never serve a path that was not validated against the
+//! repository's naming rules, never hold an offline root key, never record a run twice, and
+//! never finish a job the reporting agent does not hold (or another type than `bundle`).
+
+use crate::api::{bearer_token, AppState, Failure, Operator};
+use crate::crypto::{now_ms, rfc3339};
+use crate::queue::plan_failure;
+use crate::store::{FinishOutcome, FinishRequest, JobState, Transition};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use edge_bundle::names::{validate_slug, BundleRef};
+use edge_bundle::repo::Repo;
+use edge_bundle::verify::Wanted;
+use edge_bundle::ManifestView;
+use edge_protocol::api::{NotifyRequest, NotifyResponse, NOTIFY_PATH};
+use edge_protocol::jobs::{BundlePayload, BUNDLE, MAX_BUNDLE_TIMEOUT_MS};
+use edge_protocol::{JobError, LogStream};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{debug, info, warn};
+
+/// Notify bodies carry captured output (the agent caps each stream at 1 MiB).
+pub const MAX_NOTIFY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Where the bundle state of a hub lives.
+#[derive(Debug, Clone)]
+pub struct BundleService {
+    pub repo: Repo,
+    runs: PathBuf,
+}
+
+impl BundleService {
+    pub fn open(dir: PathBuf) -> BundleService {
+        BundleService { repo: Repo::new(dir.join("repo")), runs: dir.join("runs") }
+    }
+}
+
+/// `bundles/` beside the SQLite file of `database_url`, else in the user's data directory.
+/// `EDGE_HUB_BUNDLE_DIR` wins when set.
+pub fn default_bundle_dir(database_url: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("EDGE_HUB_BUNDLE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let file = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:"));
+    if let Some(parent) =
+        file.map(|f| PathBuf::from(f.split('?').next().unwrap_or(f))).and_then(|p| p.parent().map(PathBuf::from))
+    {
+        if !parent.as_os_str().is_empty() {
+            return parent.join("bundles");
+        }
+    }
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("edge-hub").join("bundles")
+}
+
+pub fn router(app: AppState, service: BundleService) -> Router {
+    Router::new()
+        .route(edge_protocol::api::BUNDLE_ROOT_PATH, get(root_json))
+        .route("/v1/bundles/metadata/{file}", get(metadata))
+        .route("/v1/bundles/targets/{tenant}/{bundle}/{file}", get(target))
+        .route("/v1/bundles/{tenant}/{bundle}/{version}/manifest.json", get(manifest))
+        .route("/v1/bundles/runs/{run_id}", get(run_record))
+        .route(NOTIFY_PATH, post(notify))
+        .layer(DefaultBodyLimit::max(MAX_NOTIFY_BYTES))
+        .layer(Extension(Arc::new(service)))
+        .with_state(app)
+}
+
+type Service = Extension<Arc<BundleService>>;
+
+fn not_configured() -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "bundles_not_configured",
+        "this hub has no bundle repository yet: run `edge-hub bundle keys init --root-dir DIR`",
+    )
+}
+
+fn repo_failure(error: edge_bundle::repo::RepoError) -> Failure {
+    match error {
+        edge_bundle::repo::RepoError::NotInitialised(_) => not_configured(),
+        other => Failure::internal("the bundle repository failed", &other),
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn read_file(path: PathBuf) -> Result<Vec<u8>, Failure> {
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Failure::new(StatusCode::NOT_FOUND, "not_found", "no such metadata file"))
+        }
+        Err(e) => Err(Failure::internal("cannot read bundle metadata", &e)),
+    }
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    no_store(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+async fn root_json(Extension(service): Service) -> Result<Response, Failure> {
+    let repo = service.repo.clone();
+    let bytes = tokio::task::spawn_blocking(move || repo.root_json())
+        .await
+        .map_err(|e| Failure::internal("root.json task failed", &e))?
+        .map_err(repo_failure)?;
+    Ok(json_bytes(bytes))
+}
+
+/// Metadata names: `root.json`, `timestamp.json`, `<N>.root.json`, `<N>.snapshot.json`,
+/// `<N>.targets.json`, `<N>.<tenant>.json`.
+fn valid_metadata_name(file: &str) -> bool {
+    let Some(stem) = file.strip_suffix(".json") else { return false };
+    if stem == "root" || stem == "timestamp" {
+        return true;
+    }
+    let Some((version, role)) = stem.split_once('.') else { return false };
+    !version.is_empty()
+        && version.len() <= 20
+        && version.bytes().all(|b| b.is_ascii_digit())
+        && validate_slug("role", role).is_ok()
+}
+
+async fn metadata(Extension(service): Service, Path(file): Path<String>) -> Result<Response, Failure> {
+    if !valid_metadata_name(&file) {
+        return Err(Failure::new(StatusCode::NOT_FOUND, "not_found", "no such metadata file"));
+    }
+    if !service.repo.is_initialised() {
+        return Err(not_configured());
+    }
+    if file == "timestamp.json" {
+        // The online keys keep timestamp (and snapshot) fresh while the hub runs.
+        let repo = service.repo.clone();
+        match tokio::task::spawn_blocking(move || repo.refresh_online_metadata()).await {
+            Ok(Ok(true)) => info!("bundle timestamp re-signed"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "cannot re-sign the bundle timestamp; serving the current one"),
+            Err(e) => warn!(error = %e, "timestamp refresh task failed"),
+        }
+    }
+    Ok(json_bytes(read_file(service.repo.metadata_dir().join(&file)).await?))
+}
+
+/// `<sha256>.<version>.zip` under a tenant and bundle.
+fn valid_target_file(tenant: &str, bundle: &str, file: &str) -> bool {
+    let Some((sha, rest)) = file.split_once('.') else { return false };
+    let Some(version) = rest.strip_suffix(".zip") else { return false };
+    sha.len() == 64
+        && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && BundleRef::new(tenant, bundle, version).is_ok()
+}
+
+/// Serves a bundle zip, honouring one `Range: bytes=a-[b]` so agents resume downloads.
+async fn target(
+    Extension(service): Service,
+    Path((tenant, bundle, file)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let missing = || Failure::new(StatusCode::NOT_FOUND, "not_found", "no such bundle file");
+    if !valid_target_file(&tenant, &bundle, &file) {
+        return Err(missing());
+    }
+    let path = service.repo.targets_dir().join(&tenant).join(&bundle).join(&file);
+    let mut handle = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) => return Err(Failure::internal("cannot open the bundle file", &e)),
+    };
+    let length = handle.metadata().await.map_err(|e| Failure::internal("cannot stat the bundle file", &e))?.len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| parse_range(v, length));
+    let (status, start, end) = match range {
+        None => (StatusCode::OK, 0, length.saturating_sub(1)),
+        Some(Some((start, end))) => (StatusCode::PARTIAL_CONTENT, start, end),
+        Some(None) => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let count = if length == 0 { 0 } else { end - start + 1 };
+    handle
+        .seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| Failure::internal("cannot seek the bundle file", &e))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(handle.take(count), 256 * 1024));
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(value) = HeaderValue::from_str(&count.to_string()) {
+        headers.insert(header::CONTENT_LENGTH, value);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{length}")) {
+            headers.insert(header::CONTENT_RANGE, value);
+        }
+    }
+    // Consistent names never change content: safe to cache forever.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    Ok(response)
+}
+
+/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `length`; `None` when unsatisfiable.
+fn parse_range(value: &str, length: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || length == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = if a.is_empty() {
+        let suffix: u64 = b.parse().ok()?;
+        if suffix == 0 {
+            return None;
+        }
+        (length.saturating_sub(suffix), length - 1)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() { length - 1 } else { b.parse::<u64>().ok()?.min(length - 1) };
+        (start, end)
+    };
+    (start <= end && start < length).then_some((start, end))
+}
+
+async fn manifest(
+    Extension(service): Service,
+    Path((tenant, bundle, version)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<ManifestView>, Failure> {
+    let wanted = Wanted::parse(&version).map_err(|e| Failure::bad_request(e.to_string()))?;
+    validate_slug("bundle", &bundle).map_err(|e| Failure::bad_request(e.to_string()))?;
+    let repo = service.repo.clone();
+    let tenant_for_task = tenant.clone();
+    let targets = tokio::task::spawn_blocking(move || repo.tenant_targets(&tenant_for_task))
+        .await
+        .map_err(|e| Failure::internal("manifest task failed", &e))?
+        .map_err(|e| match e {
+            edge_bundle::repo::RepoError::Name(n) => Failure::bad_request(n.to_string()),
+            other => repo_failure(other),
+        })?;
+    let mut matching: Vec<_> = targets
+        .into_iter()
+        .filter_map(|(name, length, meta)| BundleRef::parse_target_name(&name).ok().map(|r| (r, length, meta)))
+        .filter(|(r, _, _)| r.bundle == bundle)
+        .collect();
+    matching.sort_by(|a, b| a.0.version.cmp(&b.0.version));
+    let chosen = match &wanted {
+        Wanted::Exact(v) => matching.into_iter().find(|(r, _, _)| &r.version == v),
+        Wanted::Latest => {
+            let stable = matching.iter().rposition(|(r, _, _)| r.version.pre.is_empty());
+            match stable {
+                Some(i) => matching.into_iter().nth(i),
+                None => matching.into_iter().last(),
+            }
+        }
+    };
+    let Some((_, length, meta)) = chosen else {
+        return Err(Failure::new(StatusCode::NOT_FOUND, "bundle_not_found", "no such bundle version"));
+    };
+    let mut view = ManifestView::new(&meta, length);
+    // The signed edge_url is a path; tools of the seed expect an absolute URL.
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        if host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']')) {
+            view.edge_url = format!("http://{host}{}", view.edge_url);
+        }
+    }
+    Ok(Json(view))
+}
+
+/// A recorded run, as `runs/<run_id>.json` and `GET /v1/bundles/runs/{run_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub run_id: String,
+    pub job_id: String,
+    pub agent_id: String,
+    pub creator_id: String,
+    pub status: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: Option<i32>,
+    pub duration_ms: u64,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+    pub bundle: Option<String>,
+    pub version: Option<String>,
+    pub received_at: String,
+}
+
+fn valid_run_id(run_id: &str) -> bool {
+    (8..=80).contains(&run_id.len()) && run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+async fn notify(
+    State(app): State<AppState>,
+    Extension(service): Service,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<NotifyResponse>), Failure> {
+    let unauthorized = |why: String| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", why);
+    let token = bearer_token(&headers)
+        .ok_or_else(|| unauthorized("send the agent's JWT as `Authorization: Bearer <token>`".into()))?;
+    let claims = app.jwt.verify(token).map_err(|e| unauthorized(format!("agent token refused: {e}")))?;
+    let request: NotifyRequest = serde_json::from_slice(&body)
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "invalid_body", format!("not a notify body: {e}")))?;
+    if !valid_run_id(&request.run_id) {
+        return Err(Failure::bad_request("run_id must be 8–80 characters of A-Z a-z 0-9 _ -"));
+    }
+    if !matches!(request.status.as_str(), "succeeded" | "failed") {
+        return Err(Failure::bad_request("status must be \"succeeded\" or \"failed\""));
+    }
+    let record = RunRecord {
+        run_id: request.run_id.clone(),
+        job_id: request.job_id,
+        agent_id: claims.agent_id.clone(),
+        creator_id: claims.creator_id,
+        status: request.status,
+        stdout: request.stdout,
+        stderr: request.stderr,
+        exit_code: request.exit_code,
+        duration_ms: request.duration_ms,
+        error_code: request.error_code,
+        message: request.message,
+        bundle: request.bundle,
+        version: request.version,
+        received_at: rfc3339(now_ms()),
+    };
+    let runs = service.runs.clone();
+    let run_id = request.run_id.clone();
+    let agent_id = claims.agent_id;
+    let job_id = record.job_id.clone();
+    let recorded = tokio::task::spawn_blocking(move || record_once(&runs, &record))
+        .await
+        .map_err(|e| Failure::internal("notify task failed", &e))?
+        .map_err(|e| Failure::internal("cannot record the run", &e))?;
+    match recorded {
+        Recorded::New => info!(run_id, agent_id, "bundle run reported"),
+        Recorded::Duplicate => debug!(run_id, agent_id, "bundle run reported again; already recorded"),
+    }
+    // The agent deletes its journal entry on this 2xx, so the job must be finished by now
+    // too: its job_result frame may never come (a crash right after this answer).
+    if let Some(report) = JobReport::from_notify(request.result, request.error) {
+        finish_job(&app, &agent_id, &job_id, report)
+            .await
+            .map_err(|e| Failure::internal("cannot finish the job of the run", &e))?;
+    }
+    Ok((StatusCode::OK, Json(NotifyResponse { run_id, duplicate: matches!(recorded, Recorded::Duplicate) })))
+}
+
+/// The job outcome a notify carries: the `job_result` frame's `data` or `err`.
+enum JobReport {
+    Succeeded(serde_json::Value),
+    Failed(JobError),
+}
+
+impl JobReport {
+    fn from_notify(result: Option<serde_json::Value>, error: Option<JobError>) -> Option<JobReport> {
+        match (result, error) {
+            (_, Some(error)) => Some(JobReport::Failed(error)),
+            (Some(data), None) => Some(JobReport::Succeeded(data)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Finishes a `bundle` job from a notify the way a `job_result` frame does: the store's
+/// fenced `finish_job` under this agent's lease token, failures planned by the same retry
+/// policy. Idempotent: the frame arriving too (before or after) finds `AlreadyFinished`, a
+/// lease that moved on makes it `Stale`, and a job this agent never held is left alone.
+async fn finish_job(
+    app: &AppState,
+    agent_id: &str,
+    job_id: &str,
+    report: JobReport,
+) -> Result<Option<FinishOutcome>, crate::store::StoreError> {
+    let Some(job) = app.store.job(job_id).await? else { return Ok(None) };
+    if job.job_type != BUNDLE {
+        // Only bundle runs report here; any other job finishes over its own session.
+        return Ok(None);
+    }
+    let token = if job.status.is_held() && job.assigned_agent_id.as_deref() == Some(agent_id) {
+        Some(job.lease_token)
+    } else {
+        let attempts = app.store.job_attempts(job_id).await?;
+        attempts.iter().filter(|a| a.agent_id == agent_id).map(|a| a.lease_token).max()
+    };
+    let Some(lease_token) = token else { return Ok(Some(FinishOutcome::NotHeld)) };
+    let now = now_ms();
+    let (transition, result, error) = match report {
+        JobReport::Succeeded(data) => (Transition::Succeeded, Some(data), None),
+        JobReport::Failed(err) => {
+            let transition = plan_failure(&job, &err, &app.queue, now, crate::queue::unit_random());
+            // A JobError always serialises; `None` would only lose the details, not the state.
+            (transition, None, serde_json::to_value(&err).ok())
+        }
+    };
+    let request = FinishRequest {
+        job_id: job_id.to_owned(),
+        agent_id: agent_id.to_owned(),
+        lease_token,
+        transition,
+        result,
+        error,
+        sent_recipients: Vec::new(),
+    };
+    let outcome = app.store.finish_job(request, now).await?;
+    match &outcome {
+        FinishOutcome::Recorded(state) => {
+            app.dispatcher.finished(agent_id, job_id);
+            match state {
+                JobState::Succeeded => crate::metrics::job_completed(),
+                JobState::Failed => crate::metrics::job_failed(),
+                JobState::Dead => crate::metrics::job_dead(),
+                JobState::Pending => crate::metrics::job_retried(),
+                _ => {}
+            }
+            info!(job_id, agent_id, new_status = %state, lease_token, "job finished from its run report");
+            if *state == JobState::Pending {
+                app.events.job_available().await;
+            } else {
+                app.events.job_finished(job_id).await;
+            }
+        }
+        FinishOutcome::AlreadyFinished => app.dispatcher.finished(agent_id, job_id),
+        FinishOutcome::Stale => crate::metrics::stale_result(),
+        FinishOutcome::NotHeld => {}
+    }
+    Ok(Some(outcome))
+}
+
+enum Recorded {
+    New,
+    Duplicate,
+}
+
+/// Writes the record under a temporary name, then hard-links it to its final name: the
+/// link fails if the run is already there, so two racing deliveries record it once, and a
+/// reader never sees a partial record. Each delivery also appends one line to
+/// `deliveries.log` (what the exactly-once test counts).
+fn record_once(runs: &std::path::Path, record: &RunRecord) -> std::io::Result<Recorded> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(runs)?;
+    let final_path = runs.join(format!("{}.json", record.run_id));
+    let outcome = if final_path.exists() {
+        Recorded::Duplicate
+    } else {
+        let temporary = runs.join(format!(".{}.{}.tmp", record.run_id, std::process::id()));
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        let linked = std::fs::hard_link(&temporary, &final_path);
+        let _ = std::fs::remove_file(&temporary);
+        match linked {
+            Ok(()) => Recorded::New,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Recorded::Duplicate,
+            Err(e) => return Err(e),
+        }
+    };
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(runs.join("deliveries.log"))?;
+    writeln!(log, "{} {}", record.run_id, if matches!(outcome, Recorded::New) { "new" } else { "duplicate" })?;
+    Ok(outcome)
+}
+
+async fn run_record(
+    Extension(service): Service,
+    _operator: Operator,
+    Path(run_id): Path<String>,
+) -> Result<Response, Failure> {
+    if !valid_run_id(&run_id) {
+        return Err(Failure::new(StatusCode::NOT_FOUND, "not_found", "no such run"));
+    }
+    let path = service.runs.join(format!("{run_id}.json"));
+    let bytes = read_file(path).await.map_err(|_| Failure::new(StatusCode::NOT_FOUND, "not_found", "no such run"))?;
+    let deliveries = tokio::fs::read_to_string(service.runs.join("deliveries.log"))
+        .await
+        .map(|log| log.lines().filter(|l| l.split(' ').next() == Some(run_id.as_str())).count())
+        .unwrap_or(0);
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| Failure::internal("a run record is unreadable", &e))?;
+    value["deliveries"] = serde_json::json!(deliveries);
+    Ok(Json(value).into_response())
+}
+
+/// A `job_log` chunk from an agent's session. Output is the creator's data: only its size
+/// is logged; the full capture arrives with the run's `/edge/notify` record.
+pub fn on_job_log(agent_id: &str, job_id: &str, stream: LogStream, seq: u64, data: &str) {
+    debug!(agent_id, job_id, ?stream, seq, bytes = data.len(), "job output chunk");
+}
+
+/// The `bundle` job type's payload check, registered in `queue::JobTypes::default`.
+pub fn validate_payload_message(payload: &serde_json::Value) -> Result<(), String> {
+    validate_payload(payload).map_err(|f| f.body.message)
+}
+
+pub fn validate_payload(payload: &serde_json::Value) -> Result<(), Failure> {
+    let parsed: BundlePayload = serde_json::from_value(payload.clone())
+        .map_err(|e| Failure::bad_request(format!("`payload` is not a valid {BUNDLE} payload: {e}")))?;
+    validate_slug("bundle", &parsed.bundle).map_err(|e| Failure::bad_request(format!("`payload.bundle`: {e}")))?;
+    Wanted::parse(&parsed.version)
+        .map_err(|e| Failure::bad_request(format!("`payload.version`: {e} (or \"latest\")")))?;
+    if let Some(tenant) = &parsed.tenant {
+        validate_slug("tenant", tenant).map_err(|e| Failure::bad_request(format!("`payload.tenant`: {e}")))?;
+    }
+    if parsed.timeout_ms.is_some_and(|t| t == 0 || t > MAX_BUNDLE_TIMEOUT_MS) {
+        return Err(Failure::bad_request(format!("`payload.timeoutMs` must be 1–{MAX_BUNDLE_TIMEOUT_MS}")));
+    }
+    if parsed
+        .secrets
+        .keys()
+        .any(|k| k.is_empty() || !k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+    {
+        return Err(Failure::bad_request("`payload.secrets` names must be environment variable names (A-Z 0-9 _)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-", 10), Some((0, 9)));
+        assert_eq!(parse_range("bytes=4-6", 10), Some((4, 6)));
+        assert_eq!(parse_range("bytes=4-60", 10), Some((4, 9)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
+    }
+
+    #[test]
+    fn only_repository_names_are_served() {
+        assert!(valid_metadata_name("timestamp.json"));
+        assert!(valid_metadata_name("3.acme.json"));
+        assert!(!valid_metadata_name("../keys/targets.pk8"));
+        assert!(!valid_metadata_name("x.acme.json"));
+        let sha = "a".repeat(64);
+        assert!(valid_target_file("acme", "report", &format!("{sha}.1.0.0.zip")));
+        assert!(!valid_target_file("acme", "report", "../../keys.zip"));
+        assert!(!valid_target_file("acme", "..", &format!("{sha}.1.0.0.zip")));
+    }
+
+    #[test]
+    fn the_default_bundle_dir_sits_next_to_the_database() {
+        assert_eq!(default_bundle_dir("sqlite:///var/lib/hub/hub.db"), PathBuf::from("/var/lib/hub/bundles"));
+        assert_eq!(default_bundle_dir("sqlite:///tmp/x/hub.db?mode=rwc"), PathBuf::from("/tmp/x/bundles"));
+    }
+}

@@ -1,0 +1,1204 @@
+//! Owns the SQL both engines share: one body of statements, written with `$N` placeholders
+//! (which SQLite also accepts), expanded once per engine by [`sql_store!`]. Engine-specific
+//! fragments (row locking, JSON array membership, transaction start, notifications) come
+//! from the engine module: `dialect::*` functions and a few inherent methods. It must never
+//! decide queue policy: transitions arrive decided in [`Transition`](super::Transition).
+//!
+//! Why a macro and not generic code over `sqlx::Database`: the trait bounds sqlx needs for
+//! generic executors are long and brittle, while two concrete expansions type-check
+//! against each engine's real types.
+
+use super::StoreError;
+use serde_json::Value;
+
+/// Job columns in the order `job_from_row` reads them.
+pub(super) const JOB_COLUMNS: &str = "id, job_type, payload, status, creator_id, target_agent_id, labels, priority, \
+     run_at, idempotency_key, assigned_agent_id, lease_token, lease_expires_at, attempts, max_receive_count, \
+     visibility_timeout_ms, cancel_requested, result, error, error_code, skipped_recipients, created_at, updated_at, \
+     finished_at";
+
+pub(super) const AGENT_COLUMNS: &str = "id, creator_id, public_key, name, version, created_at, \
+     last_heartbeat_at, connected_at, online, labels, slots";
+
+pub(super) const REDRIVE_COLUMNS: &str = "id, status, job_type, creator_id, error_code, dead_from, dead_to, \
+     rate_per_sec, total, moved, last_step_at, created_at, updated_at, finished_at";
+
+/// Filter over dead jobs shared by the redrive count and move; binds $2..$6 plus the cutoff $7.
+pub(super) const DEAD_FILTER: &str = "status = 'dead' AND ($2 IS NULL OR job_type = $2) \
+     AND ($3 IS NULL OR creator_id = $3) AND ($4 IS NULL OR error_code = $4) \
+     AND ($5 IS NULL OR finished_at >= $5) AND ($6 IS NULL OR finished_at <= $6) AND finished_at <= $7";
+
+pub(super) fn to_text(value: &Value) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("a JSON value does not serialise: {e}")))
+}
+
+pub(super) fn opt_text(value: Option<&Value>) -> Result<Option<String>, StoreError> {
+    value.map(to_text).transpose()
+}
+
+pub(super) fn parse_json(column: &str, text: Option<String>) -> Result<Option<Value>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("column {column} is not JSON: {e}"))))
+        .transpose()
+}
+
+pub(super) fn parse_labels(text: Option<String>) -> Result<Vec<String>, StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => {
+            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("labels are not a JSON list: {e}")))
+        }
+    }
+}
+
+/// Labels as stored: `NULL` for none, else a JSON list.
+pub(super) fn labels_text(labels: &[String]) -> Option<String> {
+    (!labels.is_empty()).then(|| serde_json::Value::from(labels.to_vec()).to_string())
+}
+
+pub(super) fn list_text(items: &[String]) -> String {
+    serde_json::Value::from(items.to_vec()).to_string()
+}
+
+/// The error stored on a job that ran out of deliveries through expired leases.
+pub(super) fn lease_expired_error() -> String {
+    serde_json::json!({
+        "code": "LEASE_EXPIRED",
+        "message": "the lease ran out (no result or heartbeat within the visibility timeout) on the last allowed delivery"
+    })
+    .to_string()
+}
+
+pub(super) fn cancelled_error() -> String {
+    serde_json::json!({"code": "CANCELLED", "message": "cancelled by an operator"}).to_string()
+}
+
+/// Expands to the `impl Store` for `$store` on database `$db`, whose rows are `$row`.
+/// `$store` must provide `pool`, `write_tx()`, `before_close()`, `publish_event()`,
+/// `subscribe_events()`, `ENGINE` and `EXCLUSIVE`; the invoking module must have a `dialect`
+/// module and `HubEvent` and `StoreError` in scope.
+macro_rules! sql_store {
+    ($store:ty, $db:ty, $row:ty) => {
+        use $crate::store::sql::{
+            cancelled_error, labels_text, lease_expired_error, list_text, opt_text, parse_json, parse_labels,
+            to_text, AGENT_COLUMNS, DEAD_FILTER, JOB_COLUMNS, REDRIVE_COLUMNS,
+        };
+        use $crate::store::{
+            AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimRequest, CreatorLimits, ExpiredLease,
+            FinishOutcome, FinishRequest, InsertOutcome, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent,
+            NewJob, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store, Transition,
+        };
+        use sqlx::Row as _;
+        use std::sync::OnceLock;
+
+        /// Records that `creator_id` messaged these (normalised) recipients now.
+        async fn write_ledger(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            creator_id: &str,
+            recipients: &[String],
+            job_id: &str,
+            now: i64,
+        ) -> Result<(), StoreError> {
+            for recipient in recipients {
+                sqlx::query(
+                    "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (creator_id, recipient) DO UPDATE SET last_sent_at = excluded.last_sent_at, \
+                     job_id = excluded.job_id",
+                )
+                .bind(creator_id)
+                .bind(recipient)
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Ok(())
+        }
+
+        fn agent_from_row(row: &$row) -> Result<AgentRecord, StoreError> {
+            Ok(AgentRecord {
+                id: row.try_get("id")?,
+                creator_id: row.try_get("creator_id")?,
+                public_key: row.try_get("public_key")?,
+                name: row.try_get("name")?,
+                version: row.try_get("version")?,
+                created_at: row.try_get("created_at")?,
+                last_heartbeat_at: row.try_get("last_heartbeat_at")?,
+                connected_at: row.try_get("connected_at")?,
+                online: row.try_get::<i64, _>("online")? != 0,
+                labels: parse_labels(row.try_get("labels")?)?,
+                slots: row.try_get("slots")?,
+            })
+        }
+
+        fn job_from_row(row: &$row) -> Result<JobRecord, StoreError> {
+            let status: String = row.try_get("status")?;
+            let payload: String = row.try_get("payload")?;
+            Ok(JobRecord {
+                id: row.try_get("id")?,
+                job_type: row.try_get("job_type")?,
+                payload: parse_json("payload", Some(payload))?.unwrap_or(serde_json::Value::Null),
+                status: JobState::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown job status {status:?}")))?,
+                creator_id: row.try_get("creator_id")?,
+                target_agent_id: row.try_get("target_agent_id")?,
+                labels: parse_labels(row.try_get("labels")?)?,
+                priority: row.try_get("priority")?,
+                run_at: row.try_get("run_at")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                assigned_agent_id: row.try_get("assigned_agent_id")?,
+                lease_token: row.try_get("lease_token")?,
+                lease_expires_at: row.try_get("lease_expires_at")?,
+                attempts: row.try_get("attempts")?,
+                max_receive_count: row.try_get("max_receive_count")?,
+                visibility_timeout_ms: row.try_get("visibility_timeout_ms")?,
+                cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+                result: parse_json("result", row.try_get("result")?)?,
+                error: parse_json("error", row.try_get("error")?)?,
+                error_code: row.try_get("error_code")?,
+                skipped_recipients: parse_json("skipped_recipients", row.try_get("skipped_recipients")?)?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                finished_at: row.try_get("finished_at")?,
+            })
+        }
+
+        fn redrive_from_row(row: &$row) -> Result<RedriveRecord, StoreError> {
+            let status: String = row.try_get("status")?;
+            Ok(RedriveRecord {
+                id: row.try_get("id")?,
+                status: match status.as_str() {
+                    "running" => RedriveStatus::Running,
+                    "completed" => RedriveStatus::Completed,
+                    "cancelled" => RedriveStatus::Cancelled,
+                    other => return Err(StoreError::Corrupt(format!("unknown redrive status {other:?}"))),
+                },
+                filter: RedriveFilter {
+                    job_type: row.try_get("job_type")?,
+                    creator_id: row.try_get("creator_id")?,
+                    error_code: row.try_get("error_code")?,
+                    dead_from: row.try_get("dead_from")?,
+                    dead_to: row.try_get("dead_to")?,
+                },
+                rate_per_sec: row.try_get("rate_per_sec")?,
+                total: row.try_get("total")?,
+                moved: row.try_get("moved")?,
+                last_step_at: row.try_get("last_step_at")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                finished_at: row.try_get("finished_at")?,
+            })
+        }
+
+        /// The claim statement, built once per engine (it embeds dialect fragments).
+        fn claim_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "UPDATE jobs SET status = 'leased', assigned_agent_id = $1, attempts = attempts + 1, \
+                     lease_token = lease_token + 1, lease_expires_at = $3 + visibility_timeout_ms, updated_at = $3 \
+                     WHERE id = (SELECT j.id FROM jobs j \
+                        WHERE j.status = 'pending' AND j.creator_id = $2 AND j.run_at <= $3 \
+                        AND (j.target_agent_id IS NULL OR j.target_agent_id = $1) \
+                        AND (j.labels IS NULL OR {labels}) \
+                        AND ($5 IS NULL OR j.job_type IN ({types})) \
+                        AND NOT EXISTS (SELECT cl.creator_id FROM creator_limits cl \
+                            WHERE cl.creator_id = j.creator_id AND cl.max_concurrent IS NOT NULL \
+                            AND cl.max_concurrent <= (SELECT COUNT(*) FROM jobs r \
+                                WHERE r.creator_id = j.creator_id AND r.status IN ('leased', 'running'))) \
+                        AND NOT EXISTS (SELECT tl.creator_id FROM creator_type_limits tl \
+                            WHERE tl.creator_id = j.creator_id AND tl.job_type = j.job_type \
+                            AND tl.max_per_hour <= (SELECT COUNT(*) FROM job_attempts a \
+                                WHERE a.creator_id = j.creator_id AND a.job_type = j.job_type \
+                                AND a.leased_at > $3 - 3600000 AND COALESCE(a.outcome, '') <> 'stale')) \
+                        ORDER BY j.priority DESC, j.run_at, j.created_at, j.id LIMIT 1{lock}) \
+                     AND status = 'pending' RETURNING {JOB_COLUMNS}",
+                    labels = dialect::labels_subset("j.labels", "$4"),
+                    types = dialect::json_text_array("$5"),
+                    lock = dialect::SKIP_LOCKED_OF_J,
+                )
+            })
+        }
+
+        fn redrive_move_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "UPDATE jobs SET status = 'pending', attempts = 0, run_at = $1, assigned_agent_id = NULL, \
+                     lease_expires_at = NULL, cancel_requested = 0, finished_at = NULL, updated_at = $1 \
+                     WHERE id IN (SELECT id FROM jobs WHERE {DEAD_FILTER} ORDER BY finished_at, id LIMIT $8{lock})",
+                    lock = dialect::SKIP_LOCKED,
+                )
+            })
+        }
+
+        fn recipients_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "SELECT recipient, last_sent_at FROM recipient_ledger \
+                     WHERE creator_id = $1 AND last_sent_at >= $3 AND recipient IN ({})",
+                    dialect::json_text_array("$2")
+                )
+            })
+        }
+
+        #[async_trait::async_trait]
+        impl Store for $store {
+            fn engine(&self) -> &'static str {
+                Self::ENGINE
+            }
+
+            fn exclusive(&self) -> bool {
+                Self::EXCLUSIVE
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn close(&self) {
+                self.before_close();
+                self.pool.close().await;
+            }
+
+            async fn publish(&self, event: &HubEvent) -> Result<(), StoreError> {
+                self.publish_event(event).await
+            }
+
+            async fn subscribe(
+                &self,
+            ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<HubEvent>>, StoreError> {
+                self.subscribe_events().await
+            }
+
+            async fn setting_or_init(&self, key: &str, value_if_absent: &str) -> Result<String, StoreError> {
+                sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                    .bind(key)
+                    .bind(value_if_absent)
+                    .execute(&self.pool)
+                    .await?;
+                let value: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(value)
+            }
+
+            async fn create_enrollment_token(
+                &self,
+                token_hash: &str,
+                creator_id: &str,
+                expires_at: i64,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query("INSERT INTO creators (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                    .bind(creator_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO enrollment_tokens (token_hash, creator_id, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(token_hash)
+                .bind(creator_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn enroll_agent(
+                &self,
+                token_hash: &str,
+                agent: NewAgent,
+                now: i64,
+            ) -> Result<Option<AgentRecord>, StoreError> {
+                let mut tx = self.write_tx().await?;
+                // The conditional update is the single-use check: of two enrollments racing
+                // for one token, exactly one sees the row still unused.
+                let creator_id: Option<String> = sqlx::query_scalar(
+                    "UPDATE enrollment_tokens SET used_at = $1, used_by_agent_id = $2 \
+                     WHERE token_hash = $3 AND used_at IS NULL AND expires_at > $1 RETURNING creator_id",
+                )
+                .bind(now)
+                .bind(&agent.id)
+                .bind(token_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(creator_id) = creator_id else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                sqlx::query(
+                    "INSERT INTO agents (id, creator_id, public_key, name, version, created_at, online) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 0)",
+                )
+                .bind(&agent.id)
+                .bind(&creator_id)
+                .bind(&agent.public_key)
+                .bind(&agent.name)
+                .bind(&agent.version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(AgentRecord {
+                    id: agent.id,
+                    creator_id,
+                    public_key: agent.public_key,
+                    name: agent.name,
+                    version: agent.version,
+                    created_at: now,
+                    last_heartbeat_at: None,
+                    connected_at: None,
+                    online: false,
+                    labels: Vec::new(),
+                    slots: None,
+                }))
+            }
+
+            async fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
+                let row = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1"))
+                    .bind(agent_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(agent_from_row).transpose()
+            }
+
+            async fn agents(&self, creator_id: Option<&str>) -> Result<Vec<AgentRecord>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {AGENT_COLUMNS} FROM agents WHERE ($1 IS NULL OR creator_id = $1) ORDER BY created_at, id"
+                ))
+                .bind(creator_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(agent_from_row).collect()
+            }
+
+            async fn mark_agent_connected(&self, agent_id: &str, now: i64) -> Result<(), StoreError> {
+                sqlx::query("UPDATE agents SET online = 1, connected_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(agent_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn mark_agent_disconnected(&self, agent_id: &str) -> Result<(), StoreError> {
+                sqlx::query("UPDATE agents SET online = 0 WHERE id = $1").bind(agent_id).execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn mark_stale_agents_offline(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE agents SET online = 0 WHERE online <> 0 \
+                     AND COALESCE(last_heartbeat_at, 0) < $1 AND COALESCE(connected_at, 0) < $1",
+                )
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn record_heartbeat(
+                &self,
+                agent_id: &str,
+                version: Option<&str>,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query("UPDATE agents SET last_heartbeat_at = $1, version = COALESCE($2, version) WHERE id = $3")
+                    .bind(now)
+                    .bind(version)
+                    .bind(agent_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn record_hello(
+                &self,
+                agent_id: &str,
+                version: Option<&str>,
+                labels: &[String],
+                slots: i64,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE agents SET last_heartbeat_at = $1, version = COALESCE($2, version), labels = $3, \
+                     slots = $4 WHERE id = $5",
+                )
+                .bind(now)
+                .bind(version)
+                .bind(labels_text(labels))
+                .bind(slots)
+                .bind(agent_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn create_nonce(
+                &self,
+                agent_id: &str,
+                nonce: &str,
+                expires_at: i64,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM nonces WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+                sqlx::query("INSERT INTO nonces (nonce, agent_id, expires_at) VALUES ($1, $2, $3)")
+                    .bind(nonce)
+                    .bind(agent_id)
+                    .bind(expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn consume_nonce(&self, agent_id: &str, nonce: &str, now: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM nonces WHERE nonce = $1 AND agent_id = $2 AND expires_at > $3")
+                    .bind(nonce)
+                    .bind(agent_id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn create_api_key(
+                &self,
+                key_hash: &str,
+                name: Option<&str>,
+                creator_id: Option<&str>,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO api_keys (key_hash, name, creator_id, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(key_hash)
+                    .bind(name)
+                    .bind(creator_id)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+                let row = sqlx::query("SELECT name, creator_id FROM api_keys WHERE key_hash = $1")
+                    .bind(key_hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| Ok(ApiKeyRecord { name: row.try_get("name")?, creator_id: row.try_get("creator_id")? }))
+                    .transpose()
+            }
+
+            async fn insert_job(&self, job: NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
+                let (status, error, finished_at) = match &job.final_state {
+                    Some((state, error)) => (state.as_str(), Some(to_text(error)?), Some(now)),
+                    None => (JobState::Pending.as_str(), None, None),
+                };
+                let error_code =
+                    job.final_state.as_ref().and_then(|(_, e)| e.get("code")).and_then(|c| c.as_str()).map(str::to_owned);
+                // DO NOTHING without a target also covers the partial unique index on
+                // (creator, idempotency key): a concurrent duplicate submit lands here.
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, \
+                     run_at, idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, \
+                     skipped_recipients, created_at, updated_at, finished_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17) \
+                     ON CONFLICT DO NOTHING RETURNING {JOB_COLUMNS}"
+                ))
+                .bind(&job.id)
+                .bind(&job.job_type)
+                .bind(to_text(&job.payload)?)
+                .bind(status)
+                .bind(&job.creator_id)
+                .bind(&job.target_agent_id)
+                .bind(labels_text(&job.labels))
+                .bind(job.priority)
+                .bind(job.run_at)
+                .bind(&job.idempotency_key)
+                .bind(job.max_receive_count)
+                .bind(job.visibility_timeout_ms)
+                .bind(error)
+                .bind(error_code)
+                .bind(opt_text(job.skipped_recipients.as_ref())?)
+                .bind(now)
+                .bind(finished_at)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(row) = inserted {
+                    return Ok(InsertOutcome::Created(job_from_row(&row)?));
+                }
+                if let Some(key) = &job.idempotency_key {
+                    if let Some(existing) = self.job_by_idempotency_key(&job.creator_id, key).await? {
+                        return Ok(InsertOutcome::Existing(existing));
+                    }
+                }
+                Err(StoreError::Corrupt(format!("job id {} collided with an existing job", job.id)))
+            }
+
+            async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
+                let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                    .bind(job_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(job_from_row).transpose()
+            }
+
+            async fn job_by_idempotency_key(
+                &self,
+                creator_id: &str,
+                key: &str,
+            ) -> Result<Option<JobRecord>, StoreError> {
+                let row = sqlx::query(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = $1 AND idempotency_key = $2"
+                ))
+                .bind(creator_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.as_ref().map(job_from_row).transpose()
+            }
+
+            async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+                let (before_at, before_id) = match &filter.before {
+                    Some((at, id)) => (Some(*at), Some(id.as_str())),
+                    None => (None, None),
+                };
+                let rows = sqlx::query(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR status = $1) \
+                     AND ($2 IS NULL OR job_type = $2) AND ($3 IS NULL OR creator_id = $3) \
+                     AND ($4 IS NULL OR assigned_agent_id = $4 OR target_agent_id = $4) \
+                     AND ($5 IS NULL OR error_code = $5) \
+                     AND ($6 IS NULL OR created_at < $6 OR (created_at = $6 AND id < $7)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $8"
+                ))
+                .bind(filter.status.map(JobState::as_str))
+                .bind(&filter.job_type)
+                .bind(&filter.creator_id)
+                .bind(&filter.agent_id)
+                .bind(&filter.error_code)
+                .bind(before_at)
+                .bind(before_id)
+                .bind(filter.limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(job_from_row).collect()
+            }
+
+            async fn job_attempts(&self, job_id: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT lease_token, agent_id, leased_at, ended_at, outcome, result, error \
+                     FROM job_attempts WHERE job_id = $1 ORDER BY id",
+                )
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AttemptRecord {
+                            lease_token: row.try_get("lease_token")?,
+                            agent_id: row.try_get("agent_id")?,
+                            leased_at: row.try_get("leased_at")?,
+                            ended_at: row.try_get("ended_at")?,
+                            outcome: row.try_get("outcome")?,
+                            result: parse_json("result", row.try_get("result")?)?,
+                            error: parse_json("error", row.try_get("error")?)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn any_ready(&self, now: i64) -> Result<bool, StoreError> {
+                let found: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM jobs WHERE status = 'pending' AND run_at <= $1 LIMIT 1")
+                        .bind(now)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(found.is_some())
+            }
+
+            async fn claim_job(&self, request: &ClaimRequest, now: i64) -> Result<Option<JobRecord>, StoreError> {
+                let labels = list_text(&request.labels);
+                let types = request.job_types.as_deref().map(list_text);
+                let mut tx = self.write_tx().await?;
+                let row = sqlx::query(claim_sql())
+                    .bind(&request.agent_id)
+                    .bind(&request.creator_id)
+                    .bind(now)
+                    .bind(labels)
+                    .bind(types)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let job = job_from_row(&row)?;
+                sqlx::query(
+                    "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&job.id)
+                .bind(job.lease_token)
+                .bind(&request.agent_id)
+                .bind(&job.creator_id)
+                .bind(&job.job_type)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Some(job))
+            }
+
+            async fn start_job(
+                &self,
+                job_id: &str,
+                agent_id: &str,
+                lease_token: i64,
+                now: i64,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE jobs SET status = 'running', lease_expires_at = $4 + visibility_timeout_ms, \
+                     updated_at = $4 WHERE id = $1 AND assigned_agent_id = $2 AND lease_token = $3 \
+                     AND status IN ('leased', 'running')",
+                )
+                .bind(job_id)
+                .bind(agent_id)
+                .bind(lease_token)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE jobs SET lease_expires_at = $2 + visibility_timeout_ms \
+                     WHERE assigned_agent_id = $1 AND status IN ('leased', 'running') AND ($3 IS NULL OR id = $3)",
+                )
+                .bind(agent_id)
+                .bind(now)
+                .bind(job_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn finish_job(&self, request: FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
+                let state = request.transition.state();
+                let (run_at, new_payload) = match &request.transition {
+                    Transition::Retry { run_at, payload } => (Some(*run_at), payload.as_ref().map(to_text).transpose()?),
+                    _ => (None, None),
+                };
+                let finished_at = state.is_final().then_some(now);
+                let holder = (!matches!(state, JobState::Pending)).then_some(request.agent_id.as_str());
+                let result = opt_text(request.result.as_ref())?;
+                let error = opt_text(request.error.as_ref())?;
+                let error_code = request
+                    .error
+                    .as_ref()
+                    .and_then(|e| e.get("code"))
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned);
+                let mut tx = self.write_tx().await?;
+                let applied: Option<String> = sqlx::query_scalar(
+                    "UPDATE jobs SET status = $1, result = COALESCE($2, result), error = COALESCE($3, error), \
+                     error_code = COALESCE($4, error_code), updated_at = $5, finished_at = $6, \
+                     lease_expires_at = NULL, run_at = COALESCE($7, run_at), payload = COALESCE($8, payload), \
+                     assigned_agent_id = $9 \
+                     WHERE id = $10 AND assigned_agent_id = $11 AND lease_token = $12 \
+                     AND status IN ('leased', 'running') RETURNING creator_id",
+                )
+                .bind(state.as_str())
+                .bind(&result)
+                .bind(&error)
+                .bind(&error_code)
+                .bind(now)
+                .bind(finished_at)
+                .bind(run_at)
+                .bind(new_payload)
+                .bind(holder)
+                .bind(&request.job_id)
+                .bind(&request.agent_id)
+                .bind(request.lease_token)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let outcome = if let Some(creator_id) = applied {
+                    sqlx::query(
+                        "UPDATE job_attempts SET ended_at = $1, outcome = $2, result = $3, error = $4 \
+                         WHERE job_id = $5 AND lease_token = $6 AND outcome IS NULL",
+                    )
+                    .bind(now)
+                    .bind(request.transition.outcome())
+                    .bind(&result)
+                    .bind(&error)
+                    .bind(&request.job_id)
+                    .bind(request.lease_token)
+                    .execute(&mut *tx)
+                    .await?;
+                    write_ledger(&mut tx, &creator_id, &request.sent_recipients, &request.job_id, now).await?;
+                    FinishOutcome::Recorded(state)
+                } else {
+                    // Not the current lease. Which lease of this agent was it?
+                    let attempt = sqlx::query(
+                        "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
+                         WHERE job_id = $1 AND lease_token = $2 AND agent_id = $3 \
+                         AND COALESCE(outcome, '') <> 'stale' ORDER BY id LIMIT 1",
+                    )
+                    .bind(&request.job_id)
+                    .bind(request.lease_token)
+                    .bind(&request.agent_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match attempt {
+                        None => FinishOutcome::NotHeld,
+                        Some(row) => {
+                            let outcome: Option<String> = row.try_get("outcome")?;
+                            match outcome.as_deref() {
+                                Some("expired") | Some("released") | None => {
+                                    let creator_id: String = row.try_get("creator_id")?;
+                                    let already: Option<String> = sqlx::query_scalar(
+                                        "SELECT job_id FROM job_attempts WHERE job_id = $1 AND lease_token = $2 \
+                                         AND outcome = 'stale' LIMIT 1",
+                                    )
+                                    .bind(&request.job_id)
+                                    .bind(request.lease_token)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                                    if already.is_none() {
+                                        sqlx::query(
+                                            "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, \
+                                             job_type, leased_at, ended_at, outcome, result, error) \
+                                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'stale', $8, $9)",
+                                        )
+                                        .bind(&request.job_id)
+                                        .bind(request.lease_token)
+                                        .bind(&request.agent_id)
+                                        .bind(&creator_id)
+                                        .bind(row.try_get::<String, _>("job_type")?)
+                                        .bind(row.try_get::<i64, _>("leased_at")?)
+                                        .bind(now)
+                                        .bind(&result)
+                                        .bind(&error)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                        // The messages went out even if the lease had lapsed:
+                                        // the ledger must know, or they would be sent again.
+                                        write_ledger(&mut tx, &creator_id, &request.sent_recipients, &request.job_id, now)
+                                            .await?;
+                                    }
+                                    FinishOutcome::Stale
+                                }
+                                Some(_) => FinishOutcome::AlreadyFinished,
+                            }
+                        }
+                    }
+                };
+                tx.commit().await?;
+                Ok(outcome)
+            }
+
+            async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
+                let mut tx = self.write_tx().await?;
+                let rows = sqlx::query(
+                    "UPDATE jobs SET status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' ELSE 'pending' END, \
+                     finished_at = CASE WHEN cancel_requested <> 0 THEN $1 END, \
+                     assigned_agent_id = CASE WHEN cancel_requested <> 0 THEN assigned_agent_id END, \
+                     lease_expires_at = NULL, updated_at = $1 \
+                     WHERE status = 'leased' AND ($2 IS NULL OR assigned_agent_id = $2) RETURNING id, lease_token",
+                )
+                .bind(now)
+                .bind(agent_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in &rows {
+                    sqlx::query(
+                        "UPDATE job_attempts SET ended_at = $1, outcome = 'released' \
+                         WHERE job_id = $2 AND lease_token = $3 AND outcome IS NULL",
+                    )
+                    .bind(now)
+                    .bind(row.try_get::<String, _>("id")?)
+                    .bind(row.try_get::<i64, _>("lease_token")?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(rows.len() as u64)
+            }
+
+            async fn expire_leases(&self, now: i64) -> Result<Vec<ExpiredLease>, StoreError> {
+                let mut tx = self.write_tx().await?;
+                let candidates = sqlx::query(&format!(
+                    "SELECT id, lease_token, assigned_agent_id FROM jobs \
+                     WHERE status IN ('leased', 'running') AND lease_expires_at < $1 LIMIT 500{}",
+                    dialect::SKIP_LOCKED
+                ))
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut expired = Vec::with_capacity(candidates.len());
+                for row in &candidates {
+                    let job_id: String = row.try_get("id")?;
+                    let token: i64 = row.try_get("lease_token")?;
+                    let agent_id: Option<String> = row.try_get("assigned_agent_id")?;
+                    let status: Option<String> = sqlx::query_scalar(
+                        "UPDATE jobs SET \
+                         status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' \
+                             WHEN attempts >= max_receive_count THEN 'dead' ELSE 'pending' END, \
+                         error = CASE WHEN cancel_requested <> 0 THEN $4 \
+                             WHEN attempts >= max_receive_count THEN $5 ELSE error END, \
+                         error_code = CASE WHEN cancel_requested <> 0 THEN 'CANCELLED' \
+                             WHEN attempts >= max_receive_count THEN 'LEASE_EXPIRED' ELSE error_code END, \
+                         finished_at = CASE WHEN cancel_requested <> 0 OR attempts >= max_receive_count THEN $1 END, \
+                         assigned_agent_id = CASE WHEN cancel_requested <> 0 OR attempts >= max_receive_count \
+                             THEN assigned_agent_id END, \
+                         lease_expires_at = NULL, updated_at = $1 \
+                         WHERE id = $2 AND lease_token = $3 AND status IN ('leased', 'running') RETURNING status",
+                    )
+                    .bind(now)
+                    .bind(&job_id)
+                    .bind(token)
+                    .bind(cancelled_error())
+                    .bind(lease_expired_error())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(status) = status else { continue };
+                    sqlx::query(
+                        "UPDATE job_attempts SET ended_at = $1, outcome = 'expired' \
+                         WHERE job_id = $2 AND lease_token = $3 AND outcome IS NULL",
+                    )
+                    .bind(now)
+                    .bind(&job_id)
+                    .bind(token)
+                    .execute(&mut *tx)
+                    .await?;
+                    let new_state = JobState::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("unknown job status {status:?}")))?;
+                    expired.push(ExpiredLease { job_id, agent_id, new_state });
+                }
+                tx.commit().await?;
+                Ok(expired)
+            }
+
+            async fn request_cancel(&self, job_id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
+                let mut tx = self.write_tx().await?;
+                let cancelled = sqlx::query(&format!(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = $2, updated_at = $2, error = $3, \
+                     error_code = 'CANCELLED' WHERE id = $1 AND status = 'pending' RETURNING {JOB_COLUMNS}"
+                ))
+                .bind(job_id)
+                .bind(now)
+                .bind(cancelled_error())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let outcome = if let Some(row) = cancelled {
+                    CancelOutcome::Cancelled(job_from_row(&row)?)
+                } else {
+                    let requested = sqlx::query(&format!(
+                        "UPDATE jobs SET cancel_requested = 1, updated_at = $2 \
+                         WHERE id = $1 AND status IN ('leased', 'running') RETURNING {JOB_COLUMNS}"
+                    ))
+                    .bind(job_id)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match requested {
+                        Some(row) => CancelOutcome::Requested(job_from_row(&row)?),
+                        None => {
+                            let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                                .bind(job_id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            match row {
+                                Some(row) => CancelOutcome::AlreadyFinal(job_from_row(&row)?),
+                                None => CancelOutcome::NotFound,
+                            }
+                        }
+                    }
+                };
+                tx.commit().await?;
+                Ok(outcome)
+            }
+
+            async fn held_jobs(&self, agent_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, lease_token FROM jobs WHERE assigned_agent_id = $1 AND status IN ('leased', 'running')",
+                )
+                .bind(agent_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(|row| Ok((row.try_get("id")?, row.try_get("lease_token")?))).collect()
+            }
+
+            async fn cancel_requests_for(&self, agent_id: &str) -> Result<Vec<String>, StoreError> {
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM jobs WHERE assigned_agent_id = $1 AND status IN ('leased', 'running') \
+                     AND cancel_requested <> 0",
+                )
+                .bind(agent_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(ids)
+            }
+
+            async fn creator_limits(&self, creator_id: &str) -> Result<CreatorLimits, StoreError> {
+                let max_concurrent: Option<Option<i64>> =
+                    sqlx::query_scalar("SELECT max_concurrent FROM creator_limits WHERE creator_id = $1")
+                        .bind(creator_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                let rows = sqlx::query(
+                    "SELECT job_type, max_per_hour FROM creator_type_limits WHERE creator_id = $1 ORDER BY job_type",
+                )
+                .bind(creator_id)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut limits = CreatorLimits { max_concurrent: max_concurrent.flatten(), ..Default::default() };
+                for row in &rows {
+                    limits.max_per_hour.insert(row.try_get("job_type")?, row.try_get("max_per_hour")?);
+                }
+                Ok(limits)
+            }
+
+            async fn set_creator_limits(
+                &self,
+                creator_id: &str,
+                limits: &CreatorLimits,
+                now: i64,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query(
+                    "INSERT INTO creator_limits (creator_id, max_concurrent, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (creator_id) DO UPDATE SET max_concurrent = excluded.max_concurrent, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(creator_id)
+                .bind(limits.max_concurrent)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM creator_type_limits WHERE creator_id = $1")
+                    .bind(creator_id)
+                    .execute(&mut *tx)
+                    .await?;
+                for (job_type, max) in &limits.max_per_hour {
+                    sqlx::query(
+                        "INSERT INTO creator_type_limits (creator_id, job_type, max_per_hour) VALUES ($1, $2, $3)",
+                    )
+                    .bind(creator_id)
+                    .bind(job_type)
+                    .bind(*max)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn recent_recipients(
+                &self,
+                creator_id: &str,
+                recipients: &[String],
+                since: i64,
+            ) -> Result<Vec<LedgerEntry>, StoreError> {
+                if recipients.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(recipients_sql())
+                    .bind(creator_id)
+                    .bind(list_text(recipients))
+                    .bind(since)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(LedgerEntry {
+                            recipient: row.try_get("recipient")?,
+                            last_sent_at: row.try_get("last_sent_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn start_redrive(
+                &self,
+                id: &str,
+                filter: &RedriveFilter,
+                rate_per_sec: i64,
+                now: i64,
+            ) -> Result<RedriveStart, StoreError> {
+                let mut tx = self.write_tx().await?;
+                if let Some(lock) = dialect::REDRIVE_LOCK {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
+                // One move per queue (job type); a move over all types overlaps every queue.
+                let busy = sqlx::query(&format!(
+                    "SELECT {REDRIVE_COLUMNS} FROM redrives WHERE status = 'running' \
+                     AND (job_type IS NULL OR $1 IS NULL OR job_type = $1) ORDER BY created_at LIMIT 1"
+                ))
+                .bind(&filter.job_type)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = busy {
+                    let record = redrive_from_row(&row)?;
+                    tx.rollback().await?;
+                    return Ok(RedriveStart::Busy(record));
+                }
+                let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM jobs WHERE $1 = $1 AND {DEAD_FILTER}"))
+                    .bind(now)
+                    .bind(&filter.job_type)
+                    .bind(&filter.creator_id)
+                    .bind(&filter.error_code)
+                    .bind(filter.dead_from)
+                    .bind(filter.dead_to)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // The first step may move one second's worth at once.
+                let row = sqlx::query(&format!(
+                    "INSERT INTO redrives (id, status, job_type, creator_id, error_code, dead_from, dead_to, \
+                     rate_per_sec, total, moved, last_step_at, created_at, updated_at) \
+                     VALUES ($1, 'running', $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $10) RETURNING {REDRIVE_COLUMNS}"
+                ))
+                .bind(id)
+                .bind(&filter.job_type)
+                .bind(&filter.creator_id)
+                .bind(&filter.error_code)
+                .bind(filter.dead_from)
+                .bind(filter.dead_to)
+                .bind(rate_per_sec)
+                .bind(total)
+                .bind(now - 1000)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let record = redrive_from_row(&row)?;
+                tx.commit().await?;
+                Ok(RedriveStart::Started(record))
+            }
+
+            async fn redrive(&self, id: &str) -> Result<Option<RedriveRecord>, StoreError> {
+                let row = sqlx::query(&format!("SELECT {REDRIVE_COLUMNS} FROM redrives WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(redrive_from_row).transpose()
+            }
+
+            async fn running_redrives(&self) -> Result<Vec<RedriveRecord>, StoreError> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {REDRIVE_COLUMNS} FROM redrives WHERE status = 'running' ORDER BY created_at"
+                ))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(redrive_from_row).collect()
+            }
+
+            async fn redrive_step(&self, id: &str, now: i64) -> Result<Option<RedriveRecord>, StoreError> {
+                let Some(current) = self.redrive(id).await? else { return Ok(None) };
+                if current.status != RedriveStatus::Running {
+                    return Ok(None);
+                }
+                let elapsed = (now - current.last_step_at).clamp(0, 1000);
+                let allowance = current.rate_per_sec.saturating_mul(elapsed) / 1000;
+                if allowance < 1 {
+                    return Ok(None);
+                }
+                let mut tx = self.write_tx().await?;
+                // Compare-and-set on the last step: of several processes stepping the same
+                // move, one wins each instant, so the rate holds across the fleet.
+                let claimed = sqlx::query(
+                    "UPDATE redrives SET last_step_at = $1, updated_at = $1 \
+                     WHERE id = $2 AND last_step_at = $3 AND status = 'running'",
+                )
+                .bind(now)
+                .bind(id)
+                .bind(current.last_step_at)
+                .execute(&mut *tx)
+                .await?;
+                if claimed.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let moved = sqlx::query(redrive_move_sql())
+                    .bind(now)
+                    .bind(&current.filter.job_type)
+                    .bind(&current.filter.creator_id)
+                    .bind(&current.filter.error_code)
+                    .bind(current.filter.dead_from)
+                    .bind(current.filter.dead_to)
+                    .bind(current.created_at)
+                    .bind(allowance)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as i64;
+                let done = moved < allowance;
+                let row = sqlx::query(&format!(
+                    "UPDATE redrives SET moved = moved + $1, status = $2, finished_at = $3 WHERE id = $4 \
+                     RETURNING {REDRIVE_COLUMNS}"
+                ))
+                .bind(moved)
+                .bind(if done { "completed" } else { "running" })
+                .bind(done.then_some(now))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let record = redrive_from_row(&row)?;
+                tx.commit().await?;
+                Ok(Some(record))
+            }
+
+            async fn purge_finished_jobs(&self, before: i64, limit: i64) -> Result<u64, StoreError> {
+                let mut tx = self.write_tx().await?;
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'dead', 'cancelled') \
+                     AND finished_at < $1 LIMIT $2",
+                )
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                for id in &ids {
+                    sqlx::query("DELETE FROM job_attempts WHERE job_id = $1").bind(id).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM jobs WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(ids.len() as u64)
+            }
+
+            async fn purge_ledger(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM recipient_ledger WHERE last_sent_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT job_type, status, COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs \
+                     WHERE status IN ('pending', 'leased', 'running', 'dead') GROUP BY job_type, status",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let status: String = row.try_get("status")?;
+                        Ok(QueueDepth {
+                            job_type: row.try_get("job_type")?,
+                            status: JobState::parse(&status)
+                                .ok_or_else(|| StoreError::Corrupt(format!("unknown job status {status:?}")))?,
+                            count: row.try_get("n")?,
+                            oldest_created_at: row.try_get("oldest")?,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}

@@ -1,0 +1,599 @@
+//! The queue conformance suite: every behaviour here runs against SQLite and against
+//! PostgreSQL (each test on its own schema), through the real hub over real sockets.
+//! `conformance!` instantiates each test once per engine; the PostgreSQL half is skipped
+//! with a printed reason when no PostgreSQL answers, and fails instead when `CI` is set.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::TestDb::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(db) = super::TestDb::postgres().await {
+                        super::$name(db).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    expired_lease_redelivers_and_the_late_result_is_stale,
+    heartbeats_and_progress_extend_the_lease,
+    retryable_errors_back_off_then_the_job_dies,
+    fatal_errors_fail_at_once_and_retry_after_is_honoured,
+    redrive_moves_dead_jobs_back_rate_limited_one_per_queue,
+    idempotency_key_returns_the_same_job,
+    priority_and_run_at_order_delivery,
+    cancel_pending_and_held_jobs,
+    creator_limits_make_jobs_wait,
+    dedupe_ledger_skips_recently_messaged_recipients,
+    creator_keys_cannot_reach_other_creators,
+    routing_by_agent_labels_and_capabilities,
+    sync_submit_returns_the_result_or_504,
+    bad_input_names_the_field_and_writes_nothing,
+    retention_purges_finished_jobs_only,
+);
+
+fn id(job: &Value) -> String {
+    job["id"].as_str().expect("job id").to_owned()
+}
+
+fn custom(creator: &str) -> Value {
+    json!({"type": CUSTOM, "payload": {}, "creatorId": creator})
+}
+
+async fn next_assign(ws: &mut Ws) -> String {
+    loop {
+        let frame = recv(ws).await;
+        if frame["t"] == "job_assign" {
+            return frame["job"]["jobId"].as_str().expect("jobId").to_owned();
+        }
+    }
+}
+
+async fn attempts(hub: &TestHub, job_id: &str) -> Vec<Value> {
+    let (status, body) = hub.operator_get(&format!("/v1/jobs/{job_id}/attempts")).await;
+    assert_eq!(status, 200, "{body}");
+    body["attempts"].as_array().expect("attempts").clone()
+}
+
+fn short_lease(config: &mut edge_hub::HubConfig) {
+    config.queue.visibility_timeout = Duration::from_millis(800);
+}
+
+async fn expired_lease_redelivers_and_the_late_result_is_stale(db: TestDb) {
+    let hub = TestHub::start_on(db, short_lease).await;
+    let (first, mut first_ws) = hub.connected_agent(CREATOR, 1).await;
+    let job = hub.submit_job(custom(CREATOR)).await;
+    assert_eq!(next_assign(&mut first_ws).await, id(&job));
+    send(&mut first_ws, json!({"t":"job_ack","id":id(&job)})).await;
+    hub.wait_for_job_status(&id(&job), "running").await;
+
+    // The first agent goes quiet (no heartbeat): the lease runs out and a second agent
+    // gets the job as delivery 2.
+    let (second, mut second_ws) = hub.connected_agent(CREATOR, 1).await;
+    assert_eq!(next_assign(&mut second_ws).await, id(&job));
+    let leased = hub.job(&id(&job)).await;
+    assert_eq!((leased["attempts"].as_i64(), leased["agentId"].as_str()), (Some(2), Some(second.agent_id.as_str())));
+
+    send(&mut second_ws, json!({"t":"job_result","id":id(&job),"status":"ok","data":{"by":"second"}})).await;
+    let done = hub.wait_for_job_status(&id(&job), "succeeded").await;
+    assert_eq!(done["result"], json!({"by":"second"}));
+
+    // The first agent's late result is kept as stale and changes nothing, twice over.
+    for _ in 0..2 {
+        send(&mut first_ws, json!({"t":"job_result","id":id(&job),"status":"ok","data":{"by":"first"}})).await;
+    }
+    // A duplicate of the winning result is idempotent too.
+    send(&mut second_ws, json!({"t":"job_result","id":id(&job),"status":"ok","data":{"by":"second"}})).await;
+    let mut history = Vec::new();
+    for _ in 0..100 {
+        history = attempts(&hub, &id(&job)).await;
+        if history.iter().any(|a| a["outcome"] == "stale") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcomes: Vec<&str> = history.iter().map(|a| a["outcome"].as_str().unwrap_or("held")).collect();
+    assert_eq!(outcomes, ["expired", "succeeded", "stale"], "{history:?}");
+    assert_eq!(history[0]["agentId"], first.agent_id.as_str());
+    assert_eq!(history[2]["result"], json!({"by":"first"}));
+    assert_eq!(history[0]["leaseToken"], history[2]["leaseToken"], "the stale result belongs to lease 1");
+    assert_eq!(hub.job(&id(&job)).await["result"], json!({"by":"second"}));
+    hub.shutdown().await;
+}
+
+async fn heartbeats_and_progress_extend_the_lease(db: TestDb) {
+    let hub = TestHub::start_on(db, short_lease).await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 2).await;
+    let by_hb = hub.submit_job(custom(CREATOR)).await;
+    let by_progress = hub.submit_job(custom(CREATOR)).await;
+    next_assign(&mut ws).await;
+    next_assign(&mut ws).await;
+    send(&mut ws, json!({"t":"job_ack","id":id(&by_hb)})).await;
+    // Three visibility timeouts of heartbeats: the leases hold.
+    for i in 0..8 {
+        send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":i})).await;
+        send(&mut ws, json!({"t":"job_progress","id":id(&by_progress),"pct":i*10})).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(hub.job(&id(&by_hb)).await["status"], "running");
+    assert_eq!(hub.job(&id(&by_progress)).await["status"], "leased");
+    // Progress for a job it does not hold is refused.
+    send(&mut ws, json!({"t":"job_progress","id":"job_nope","pct":1})).await;
+    loop {
+        let frame = recv(&mut ws).await;
+        if frame["t"] == "error" {
+            assert_eq!(frame["code"], "NOT_YOUR_JOB");
+            break;
+        }
+    }
+    // Silence: both leases expire and the jobs are pending again.
+    hub.wait_for_job_status(&id(&by_hb), "pending").await;
+    hub.wait_for_job_status(&id(&by_progress), "pending").await;
+    hub.shutdown().await;
+}
+
+async fn retryable_errors_back_off_then_the_job_dies(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let job = hub.submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"maxReceiveCount":3})).await;
+    let codes = ["NETWORK", "NAV_TIMEOUT", "RATE_LIMITED"];
+    for code in codes {
+        assert_eq!(next_assign(&mut ws).await, id(&job));
+        send(&mut ws, json!({"t":"job_result","id":id(&job),"status":"error","err":{"code":code}})).await;
+    }
+    let dead = hub.wait_for_job_status(&id(&job), "dead").await;
+    assert_eq!(dead["attempts"], 3);
+    assert_eq!(dead["error"]["code"], "RATE_LIMITED");
+    let outcomes: Vec<Value> = attempts(&hub, &id(&job)).await.iter().map(|a| a["outcome"].clone()).collect();
+    assert_eq!(outcomes, [json!("retry"), json!("retry"), json!("dead")]);
+    let (_, list) = hub.operator_get("/v1/dead-letter").await;
+    assert_eq!(list["jobs"][0]["id"], dead["id"]);
+    hub.shutdown().await;
+}
+
+async fn fatal_errors_fail_at_once_and_retry_after_is_honoured(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION"] {
+        let job = hub.submit_job(custom(CREATOR)).await;
+        assert_eq!(next_assign(&mut ws).await, id(&job));
+        send(&mut ws, json!({"t":"job_result","id":id(&job),"status":"error","err":{"code":code}})).await;
+        let failed = hub.wait_for_job_status(&id(&job), "failed").await;
+        assert_eq!((failed["attempts"].as_i64(), failed["error"]["code"].as_str()), (Some(1), Some(code)));
+    }
+    let job = hub.submit_job(custom(CREATOR)).await;
+    assert_eq!(next_assign(&mut ws).await, id(&job));
+    let sent_at = std::time::Instant::now();
+    send(
+        &mut ws,
+        json!({"t":"job_result","id":id(&job),"status":"error","err":{"code":"RATE_LIMITED","retryAfterMs":700}}),
+    )
+    .await;
+    assert_eq!(next_assign(&mut ws).await, id(&job));
+    assert!(sent_at.elapsed() >= Duration::from_millis(650), "retryAfterMs is honoured: {:?}", sent_at.elapsed());
+    hub.shutdown().await;
+}
+
+async fn make_dead_jobs(hub: &TestHub, ws: &mut Ws, count: usize, code: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let job = hub.submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"maxReceiveCount":1})).await;
+        assert_eq!(next_assign(ws).await, id(&job));
+        send(ws, json!({"t":"job_result","id":id(&job),"status":"error","err":{"code":code}})).await;
+        hub.wait_for_job_status(&id(&job), "dead").await;
+        ids.push(id(&job));
+    }
+    ids
+}
+
+async fn redrive_moves_dead_jobs_back_rate_limited_one_per_queue(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let network = make_dead_jobs(&hub, &mut ws, 3, "NETWORK").await;
+    let timeout = make_dead_jobs(&hub, &mut ws, 1, "NAV_TIMEOUT").await;
+    // Nobody takes the redriven jobs while we watch them.
+    send(&mut ws, json!({"t":"availability","paused":true,"slots":1})).await;
+    send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":1})).await;
+    while recv(&mut ws).await["t"] != "hb_ack" {}
+
+    let (status, started) = hub
+        .operator_post("/v1/dead-letter/redrive", json!({"type":CUSTOM,"errorCode":"NETWORK","ratePerSecond":2}))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!((started["total"].as_i64(), started["moved"].as_i64()), (Some(3), Some(2)), "{started}");
+    assert_eq!(started["status"], "running");
+    let (status, busy) = hub.operator_post("/v1/dead-letter/redrive", json!({})).await;
+    assert_eq!((status, busy["error"].as_str()), (409, Some("redrive_running")), "{busy}");
+
+    let redrive_id = started["id"].as_str().unwrap().to_owned();
+    let mut progress = Value::Null;
+    for _ in 0..100 {
+        progress = hub.operator_get(&format!("/v1/dead-letter/redrives/{redrive_id}")).await.1;
+        if progress["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((progress["status"].as_str(), progress["moved"].as_i64()), (Some("completed"), Some(3)), "{progress}");
+    for job_id in &network {
+        let job = hub.job(job_id).await;
+        assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("pending"), Some(0)), "{job}");
+    }
+    assert_eq!(hub.job(&timeout[0]).await["status"], "dead", "the filter left other codes alone");
+    let (_, dead) = hub.operator_get("/v1/dead-letter").await;
+    assert_eq!(dead["jobs"].as_array().unwrap().len(), 1);
+
+    // The redriven jobs run again once the agent resumes.
+    send(&mut ws, json!({"t":"availability","paused":false,"slots":1})).await;
+    let again = next_assign(&mut ws).await;
+    assert!(network.contains(&again));
+    assert_eq!(hub.job(&again).await["agentId"], agent.agent_id.as_str());
+    hub.shutdown().await;
+}
+
+async fn idempotency_key_returns_the_same_job(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let post = |key: &'static str, creator: &'static str| {
+        hub.http
+            .post(hub.url("/v1/jobs"))
+            .bearer_auth(&hub.api_key)
+            .header("Idempotency-Key", key)
+            .json(&custom(creator))
+            .send()
+    };
+    let first = post("order-1", CREATOR).await.unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = post("order-1", CREATOR).await.unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["idempotencyKey"], "order-1");
+    let other: Value = post("order-1", "creator-2").await.unwrap().json().await.unwrap();
+    assert_ne!(other["id"], first["id"], "keys are per creator");
+
+    // Racing duplicates still make one job.
+    let racing = futures_util::future::join_all((0..8).map(|_| post("order-2", CREATOR))).await;
+    let mut ids = std::collections::HashSet::new();
+    for response in racing {
+        let response = response.unwrap();
+        assert!(matches!(response.status().as_u16(), 200 | 201));
+        ids.insert(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    hub.shutdown().await;
+}
+
+async fn priority_and_run_at_order_delivery(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let agent = hub.enroll(CREATOR).await;
+    let low = hub.submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"priority":-5})).await;
+    let high = hub.submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"priority":10})).await;
+    let soon = chrono_like_in(900);
+    let later =
+        hub.submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"priority":100,"runAt":soon})).await;
+    let zoned = hub
+        .submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,
+                           "runAt":"2020-01-01T09:00:00","timeZone":"Europe/Paris"}))
+        .await;
+    assert_eq!(zoned["runAt"], "2020-01-01T08:00:00Z");
+    let mut ws = hub.hello(&agent, json!({"slots": 1})).await;
+    for expected in [&high, &zoned, &low] {
+        let got = next_assign(&mut ws).await;
+        assert_eq!(got, id(expected));
+        send(&mut ws, json!({"t":"job_result","id":got,"status":"ok"})).await;
+    }
+    // The scheduled job arrives only once its time has come, despite its priority.
+    let started = std::time::Instant::now();
+    assert_eq!(next_assign(&mut ws).await, id(&later));
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    hub.shutdown().await;
+}
+
+/// RFC 3339 UTC `ms` from now.
+fn chrono_like_in(ms: i64) -> String {
+    edge_hub::crypto::rfc3339(edge_hub::crypto::now_ms() + ms)
+}
+
+async fn cancel_pending_and_held_jobs(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let pending = hub.submit_job(custom(CREATOR)).await;
+    let (status, cancelled) = hub.operator_post(&format!("/v1/jobs/{}/cancel", id(&pending)), json!({})).await;
+    assert_eq!((status, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    let (status, _) = hub.operator_post(&format!("/v1/jobs/{}/cancel", id(&pending)), json!({})).await;
+    assert_eq!(status, 200, "cancelling twice is fine");
+
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let held = hub.submit_job(custom(CREATOR)).await;
+    assert_eq!(next_assign(&mut ws).await, id(&held));
+    send(&mut ws, json!({"t":"job_ack","id":id(&held)})).await;
+    hub.wait_for_job_status(&id(&held), "running").await;
+    let (status, requested) = hub.operator_post(&format!("/v1/jobs/{}/cancel", id(&held)), json!({})).await;
+    assert_eq!((status, requested["cancelRequested"].as_bool()), (202, Some(true)), "{requested}");
+    let frame = recv(&mut ws).await;
+    assert_eq!((frame["t"].as_str(), frame["id"].as_str()), (Some("job_cancel"), Some(id(&held).as_str())));
+    send(&mut ws, json!({"t":"job_result","id":id(&held),"status":"error","err":{"code":"CANCELLED"}})).await;
+    hub.wait_for_job_status(&id(&held), "cancelled").await;
+
+    let done = hub.submit_job(custom(CREATOR)).await;
+    assert_eq!(next_assign(&mut ws).await, id(&done));
+    send(&mut ws, json!({"t":"job_result","id":id(&done),"status":"ok"})).await;
+    hub.wait_for_job_status(&id(&done), "succeeded").await;
+    let (status, body) = hub.operator_post(&format!("/v1/jobs/{}/cancel", id(&done)), json!({})).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("already_final")));
+    hub.shutdown().await;
+}
+
+async fn creator_limits_make_jobs_wait(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (status, limits) = hub
+        .request(
+            Method::PUT,
+            &format!("/v1/creators/{CREATOR}/limits"),
+            &hub.api_key,
+            Some(json!({"maxConcurrentJobs":1,"maxJobsPerHour":{"custom":2}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{limits}");
+    let (_, read) = hub.operator_get(&format!("/v1/creators/{CREATOR}/limits")).await;
+    assert_eq!(read["maxJobsPerHour"]["custom"], 2);
+    let creator_key = hub.creator_key(CREATOR).await;
+    let (status, _) =
+        hub.request(Method::PUT, &format!("/v1/creators/{CREATOR}/limits"), &creator_key, Some(json!({}))).await;
+    assert_eq!(status, 403, "a creator may not raise its own limits");
+
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 3).await;
+    let jobs: Vec<String> =
+        futures_util::future::join_all((0..3).map(|_| hub.submit_job(custom(CREATOR)))).await.iter().map(id).collect();
+    let first = next_assign(&mut ws).await;
+    expect_silence(&mut ws, Duration::from_millis(400)).await;
+    send(&mut ws, json!({"t":"job_result","id":first,"status":"ok"})).await;
+    let second = next_assign(&mut ws).await;
+    send(&mut ws, json!({"t":"job_result","id":second,"status":"ok"})).await;
+    // Two started this hour: the third waits, pending, not failed.
+    expect_silence(&mut ws, Duration::from_millis(400)).await;
+    let waiting: Vec<String> = jobs.into_iter().filter(|j| *j != first && *j != second).collect();
+    assert_eq!(hub.job(&waiting[0]).await["status"], "pending");
+    hub.request(
+        Method::PUT,
+        &format!("/v1/creators/{CREATOR}/limits"),
+        &hub.api_key,
+        Some(json!({"maxConcurrentJobs":null})),
+    )
+    .await;
+    assert_eq!(next_assign(&mut ws).await, waiting[0], "lifting the limit lets it go");
+    hub.shutdown().await;
+}
+
+async fn dedupe_ledger_skips_recently_messaged_recipients(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let first =
+        hub.submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipients":["Ann","bob"]}})).await;
+    assert!(first.get("skippedRecipients").is_none(), "{first}");
+    assert_eq!(next_assign(&mut ws).await, id(&first));
+    // Only Ann was reached.
+    send(&mut ws, json!({"t":"job_result","id":id(&first),"status":"ok","data":{"sentRecipients":["ann"]}})).await;
+    hub.wait_for_job_status(&id(&first), "succeeded").await;
+
+    let second =
+        hub.submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipients":["ANN","carl"]}})).await;
+    assert_eq!(second["payload"]["recipients"], json!(["carl"]));
+    let skipped = &second["skippedRecipients"][0];
+    assert_eq!(
+        (skipped["recipient"].as_str(), skipped["reason"].as_str()),
+        (Some("ann"), Some("messaged_within_cooloff"))
+    );
+    assert!(skipped["lastSentAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(next_assign(&mut ws).await, id(&second));
+    // No sentRecipients on a success: every recipient counts as messaged.
+    send(&mut ws, json!({"t":"job_result","id":id(&second),"status":"ok"})).await;
+    hub.wait_for_job_status(&id(&second), "succeeded").await;
+
+    let third = hub.submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipient":"Carl"}})).await;
+    assert_eq!(
+        (third["status"].as_str(), third["error"]["code"].as_str()),
+        (Some("cancelled"), Some("ALL_RECIPIENTS_SKIPPED"))
+    );
+    // Bob was never reached, and another creator has its own ledger.
+    let bob = hub.submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipient":"bob"}})).await;
+    assert_eq!(bob["status"], "pending");
+    let other = hub.submit_job(json!({"type":MESSAGE,"creatorId":"creator-2","payload":{"recipient":"ann"}})).await;
+    assert_eq!(other["status"], "pending");
+    hub.shutdown().await;
+}
+
+async fn creator_keys_cannot_reach_other_creators(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let mine = hub.creator_key(CREATOR).await;
+    let (other_agent, _other_ws) = hub.connected_agent("creator-2", 1).await;
+    let (my_agent, _my_ws) = hub.connected_agent(CREATOR, 1).await;
+    let theirs = hub.submit_job(json!({"type":CUSTOM,"payload":{},"agentId":other_agent.agent_id})).await;
+
+    let (status, body) = hub.request(Method::GET, &format!("/v1/jobs/{}", id(&theirs)), &mine, None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "read: {body}");
+    let (status, _) = hub.request(Method::POST, &format!("/v1/jobs/{}/cancel", id(&theirs)), &mine, None).await;
+    assert_eq!(status, 404, "cancel");
+    let (status, _) = hub.request(Method::GET, &format!("/v1/jobs/{}/attempts", id(&theirs)), &mine, None).await;
+    assert_eq!(status, 404, "history");
+    let (status, body) = hub
+        .request(
+            Method::POST,
+            "/v1/jobs",
+            &mine,
+            Some(json!({"type":CUSTOM,"payload":{},"agentId":other_agent.agent_id})),
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("unknown_agent")), "target: {body}");
+    let (status, _) = hub
+        .request(Method::POST, "/v1/jobs", &mine, Some(json!({"type":CUSTOM,"payload":{},"creatorId":"creator-2"})))
+        .await;
+    assert_eq!(status, 403, "submit for another creator");
+    let (status, _) = hub.request(Method::GET, "/v1/jobs?creatorId=creator-2", &mine, None).await;
+    assert_eq!(status, 403, "list another creator");
+
+    // Its own: the creator is implied, and lists show only its jobs and agents.
+    let (status, own) = hub.request(Method::POST, "/v1/jobs", &mine, Some(json!({"type":CUSTOM,"payload":{}}))).await;
+    assert_eq!((status, own["creatorId"].as_str()), (201, Some(CREATOR)), "{own}");
+    let (_, list) = hub.request(Method::GET, "/v1/jobs", &mine, None).await;
+    let listed: Vec<&str> = list["jobs"].as_array().unwrap().iter().map(|j| j["creatorId"].as_str().unwrap()).collect();
+    assert!(!listed.is_empty() && listed.iter().all(|c| *c == CREATOR), "{list}");
+    let (_, agents) = hub.request(Method::GET, "/v1/agents", &mine, None).await;
+    let agents = agents["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0]["agentId"], my_agent.agent_id.as_str());
+    let (status, _) = hub.request(Method::GET, "/v1/creators/creator-2/limits", &mine, None).await;
+    assert_eq!(status, 404);
+    let (_, all) = hub.operator_get("/v1/agents").await;
+    assert_eq!(all["agents"].as_array().unwrap().len(), 2, "an operator key sees everyone");
+    hub.shutdown().await;
+}
+
+async fn routing_by_agent_labels_and_capabilities(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let plain = hub.enroll(CREATOR).await;
+    let gpu = hub.enroll(CREATOR).await;
+    let http_only = hub.enroll(CREATOR).await;
+    let mut plain_ws = hub.hello(&plain, json!({"labels":["home"]})).await;
+    let mut gpu_ws = hub.hello(&gpu, json!({"labels":["gpu","home"],"slots":4})).await;
+    let mut http_ws = hub.hello(&http_only, json!({"capabilities":["http_request"]})).await;
+
+    let labelled =
+        hub.submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"labels":["gpu","home"]})).await;
+    assert_eq!(next_assign(&mut gpu_ws).await, id(&labelled));
+    expect_silence(&mut plain_ws, Duration::from_millis(200)).await;
+    expect_silence(&mut http_ws, Duration::from_millis(50)).await;
+
+    let (_, agents) = hub.operator_get("/v1/agents").await;
+    let gpu_view =
+        agents["agents"].as_array().unwrap().iter().find(|a| a["agentId"] == gpu.agent_id.as_str()).unwrap().clone();
+    assert_eq!(
+        (gpu_view["labels"].clone(), gpu_view["slots"].as_i64(), gpu_view["online"].as_bool()),
+        (json!(["gpu", "home"]), Some(4), Some(true))
+    );
+
+    // The http-only agent never gets a custom job, whoever else is busy.
+    for _ in 0..3 {
+        hub.submit_job(custom(CREATOR)).await;
+    }
+    expect_silence(&mut http_ws, Duration::from_millis(300)).await;
+    let http = hub
+        .submit_job(json!({"type":"http_request","payload":{"url":"http://127.0.0.1:9/"},"agentId":http_only.agent_id}))
+        .await;
+    assert_eq!(next_assign(&mut http_ws).await, id(&http));
+    hub.shutdown().await;
+}
+
+async fn sync_submit_returns_the_result_or_504(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (status, timed_out) = hub.operator_post("/v1/jobs?sync=true&timeoutMs=300", custom(CREATOR)).await;
+    assert_eq!(status, 504, "{timed_out}");
+    assert_eq!(timed_out["status"], "pending");
+    assert!(timed_out["jobId"].as_str().unwrap().starts_with("job_"));
+    assert!(!timed_out["message"].as_str().unwrap().is_empty());
+
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    // The queued job first; answer it, then the sync one.
+    let queued = next_assign(&mut ws).await;
+    send(&mut ws, json!({"t":"job_result","id":queued,"status":"ok"})).await;
+    let request = hub
+        .http
+        .post(hub.url("/v1/jobs?sync=true"))
+        .bearer_auth(&hub.api_key)
+        .json(&json!({"type":"http_request","payload":{"url":"https://example.com/"},"creatorId":CREATOR}))
+        .send();
+    let data = json!({"statusCode":201,"headers":{"x":"y"},"body":"aGk=","isBase64Encoded":true});
+    let agent = async {
+        let job_id = next_assign(&mut ws).await;
+        send(&mut ws, json!({"t":"job_result","id":job_id,"status":"ok","data":data})).await;
+        job_id
+    };
+    let (response, job_id) = tokio::join!(request, agent);
+    let response = response.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["edge-job-id"].to_str().unwrap(), job_id);
+    assert_eq!(response.json::<Value>().await.unwrap(), data, "the result data itself");
+    hub.shutdown().await;
+}
+
+async fn bad_input_names_the_field_and_writes_nothing(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let cases = [
+        (json!({"type":"teleport","payload":{},"creatorId":CREATOR}), 400, "`type`"),
+        (
+            json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"runAt":"2025-01-01T09:00:00","timeZone":"Mars/Base"}),
+            400,
+            "`timeZone`",
+        ),
+        (json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"runAt":"tomorrow"}), 400, "`runAt`"),
+        (json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"priority":1e12}), 400, "priority"),
+        (json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"runat":"x"}), 400, "runat"),
+        (json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"labels":[""]}), 400, "`labels`"),
+        (json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"maxReceiveCount":0}), 400, "`maxReceiveCount`"),
+        (json!({"type":MESSAGE,"payload":{"text":"hi"},"creatorId":CREATOR}), 400, "payload.recipients"),
+        (json!({"type":"http_request","payload":{"url":"ftp://x"},"creatorId":CREATOR}), 400, "payload.url"),
+        (json!({"type":CUSTOM,"payload":{"blob":"x".repeat(1_046_000)},"creatorId":CREATOR}), 413, "`payload`"),
+    ];
+    for (body, status, hint) in cases {
+        let (got, answer) = hub.operator_post("/v1/jobs", body.clone()).await;
+        let shown: String = answer.to_string().chars().take(300).collect();
+        assert_eq!(got, status, "{hint}: {shown}");
+        assert!(answer["message"].as_str().unwrap().contains(hint), "{hint}: {answer}");
+    }
+    let response = hub
+        .http
+        .post(hub.url("/v1/jobs"))
+        .bearer_auth(&hub.api_key)
+        .header("content-type", "application/json")
+        .body("{\"type\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let (status, answer) = hub.operator_post("/v1/dead-letter/redrive", json!({"deadFrom":"yesterday"})).await;
+    assert_eq!(status, 400);
+    assert!(answer["message"].as_str().unwrap().contains("`deadFrom`"), "{answer}");
+    let (_, list) = hub.operator_get("/v1/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "nothing was half-written");
+    hub.shutdown().await;
+}
+
+async fn retention_purges_finished_jobs_only(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let done = hub.submit_job(custom(CREATOR)).await;
+    assert_eq!(next_assign(&mut ws).await, id(&done));
+    send(&mut ws, json!({"t":"job_result","id":id(&done),"status":"ok"})).await;
+    hub.wait_for_job_status(&id(&done), "succeeded").await;
+    let waiting =
+        hub.submit_job(json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"runAt":chrono_like_in(60_000)})).await;
+
+    let store = hub.store();
+    let now = edge_hub::crypto::now_ms();
+    assert_eq!(store.purge_finished_jobs(now - 60_000, 100).await.unwrap(), 0, "too young to purge");
+    assert_eq!(store.purge_finished_jobs(now + 1, 100).await.unwrap(), 1);
+    let (status, _) = hub.operator_get(&format!("/v1/jobs/{}", id(&done))).await;
+    assert_eq!(status, 404);
+    assert!(store.job_attempts(&id(&done)).await.unwrap().is_empty(), "its history went with it");
+    assert_eq!(hub.job(&id(&waiting)).await["status"], "pending");
+    hub.shutdown().await;
+}

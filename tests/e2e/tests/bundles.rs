@@ -1,0 +1,230 @@
+//! Trusted bundles end to end with real processes: the operator publishes with
+//! `edge-hub bundle publish`, a `bundle` job goes in through `POST /v1/jobs`, a real
+//! `edge-agent run` verifies, downloads, unpacks and runs it, and the result comes back
+//! through the job and through `/edge/notify` (`GET /v1/bundles/runs/{run_id}`).
+//!
+//! The crash tests kill the agent (test hooks in `edge_agent::bundles`) at the two points
+//! where a finished run is most easily lost or doubled, restart it, and check that the hub
+//! recorded the run exactly once, the job reached its final state, and nothing ran twice.
+
+use anyhow::{bail, Context, Result};
+use edge_e2e::{scratch_dir, wait_until, Agent, Binaries, Hub};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const CREATOR: &str = "creator-bundles";
+const KEYCHAIN: &str = "kernel";
+const TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_AFTER_JOURNAL: &str = "EDGE_AGENT_TEST_EXIT_AFTER_JOURNAL";
+const EXIT_AFTER_NOTIFY: &str = "EDGE_AGENT_TEST_EXIT_AFTER_NOTIFY";
+
+struct World {
+    dir: tempfile::TempDir,
+    hub: Hub,
+    agent: Agent,
+    key: String,
+}
+
+/// A hub with an initialised bundle repository and one published shell bundle
+/// (`hello` 1.0.0) that appends a line to the file named by its first argument, and an agent
+/// logged in after the repository existed (so it holds the root).
+fn world(name: &str) -> Result<World> {
+    let dir = scratch_dir(name)?;
+    let bins = Binaries::locate()?;
+    let hub = Hub::start(&bins, &dir.path().join("hub"), &[], &["--hb-interval-secs", "1"])?;
+    let key = hub.api_key()?;
+    let root_dir = dir.path().join("root-keys");
+    let init = hub.bundle_cli(&["keys", "init", "--root-dir", path_str(&root_dir)?])?;
+    let fingerprint = init["rootFingerprint"].as_str().context("keys init prints the root fingerprint")?.to_owned();
+
+    let src = dir.path().join("hello-src");
+    std::fs::create_dir_all(&src)?;
+    // $1: a marker file; each run adds one line, so a test can count runs.
+    std::fs::write(src.join("main.sh"), "echo \"ran $EDGE_RUN_ID\" >> \"$1\"\necho \"hello from the bundle, $2\"\n")?;
+    let published = hub.bundle_cli(&[
+        "publish",
+        "--tenant",
+        CREATOR,
+        "--name",
+        "hello",
+        "--version",
+        "1.0.0",
+        "--runtime",
+        "shell",
+        path_str(&src)?,
+    ])?;
+    assert_eq!(published["changed"], true, "{published}");
+    assert_eq!(published["target"], format!("{CREATOR}/hello/1.0.0.zip"), "{published}");
+
+    let profile = format!("e2e-{name}-{}", std::process::id());
+    let mut agent = Agent::new(&bins, &profile, KEYCHAIN, &dir.path().join("agent"));
+    let token = hub.enroll_token(CREATOR)?;
+    agent.login(&hub.url, &token)?;
+    // The agent stored the hub's root at enrollment and shows the same fingerprint.
+    let (ok, status) = agent.oneshot(&["status"])?;
+    assert!(ok, "{status}");
+    assert!(status.contains(&fingerprint), "`edge-agent status` must show the root fingerprint {fingerprint}: {status}");
+    Ok(World { dir, hub, agent, key })
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().context("a non-UTF-8 temp path")
+}
+
+impl World {
+    fn marker(&self) -> PathBuf {
+        self.dir.path().join("runs.txt")
+    }
+
+    fn runs(&self) -> usize {
+        std::fs::read_to_string(self.marker()).map(|s| s.lines().count()).unwrap_or(0)
+    }
+
+    fn wait_online(&self) -> Result<()> {
+        self.hub
+            .wait_agent_online(&self.key, self.agent.agent_id(), TIMEOUT)
+            .map_err(|e| e.context(format!("agent log:\n{}", self.agent.run_log())))
+    }
+
+    fn submit_hello(&self) -> Result<String> {
+        let marker = self.marker();
+        let job = self.hub.submit_job(
+            &self.key,
+            &json!({ "type": "bundle", "creatorId": CREATOR,
+                     "payload": { "bundle": "hello", "version": "latest", "args": [path_str(&marker)?, "e2e"] } }),
+        )?;
+        Ok(job["id"].as_str().context("job id")?.to_owned())
+    }
+
+    fn finish(&self, id: &str) -> Result<Value> {
+        self.hub
+            .wait_job_done(&self.key, id, TIMEOUT)
+            .map_err(|e| e.context(format!("agent log:\n{}", self.agent.run_log())))
+    }
+
+    fn run_record(&self, run_id: &str) -> Result<Value> {
+        self.hub.get(&self.key, &format!("/v1/bundles/runs/{run_id}"))
+    }
+
+    /// Run ids of the journal entries the agent has not had acknowledged yet.
+    fn journal(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.agent.data_dir.join("journal")) else { return Vec::new() };
+        let mut ids: Vec<String> = dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn job_status(&self, id: &str) -> Result<String> {
+        Ok(self.hub.job(&self.key, id)?["status"].as_str().unwrap_or_default().to_owned())
+    }
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(status, "succeeded" | "failed" | "dead" | "cancelled")
+}
+
+#[test]
+fn a_published_shell_bundle_runs_through_a_bundle_job() -> Result<()> {
+    let mut w = world("bundle-shell")?;
+    w.agent.run(&["--hb-interval-secs", "1"])?;
+    w.wait_online()?;
+    let id = w.submit_hello()?;
+    let job = w.finish(&id)?;
+    assert_eq!(job["status"], "succeeded", "{job}\nagent log:\n{}", w.agent.run_log());
+    let result = &job["result"];
+    assert_eq!(result["stdout"], "hello from the bundle, e2e\n", "{job}");
+    assert_eq!(result["exitCode"], 0, "{job}");
+    assert_eq!(result["bundle"], "hello");
+    assert_eq!(result["version"], "1.0.0");
+    let run_id = result["runId"].as_str().context("runId")?;
+    assert_eq!(w.runs(), 1);
+
+    // The full report reaches /edge/notify (on its own schedule, after the frame) once, and
+    // the journal is empty again.
+    wait_until(Duration::from_secs(10), || Ok(w.run_record(run_id).is_ok()))?;
+    let record = w.run_record(run_id)?;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(record["jobId"], id.as_str());
+    assert_eq!(record["agentId"], w.agent.agent_id());
+    assert_eq!(record["deliveries"], 1, "{record}");
+    wait_until(Duration::from_secs(10), || Ok(w.journal().is_empty()))?;
+
+    // The cache serves the second run: the same version is not downloaded again.
+    let again = w.finish(&w.submit_hello()?)?;
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(w.runs(), 2);
+    let version_dir = w.agent.data_dir.join("EdgeFlows").join(CREATOR).join("hello").join("1.0.0");
+    assert!(version_dir.join("bundle").join("main.sh").is_file(), "cache at {}", version_dir.display());
+    Ok(())
+}
+
+#[test]
+fn agent_killed_after_the_run_before_reporting_reports_once_after_restart() -> Result<()> {
+    let mut w = world("bundle-crash-journal")?;
+    w.agent.run_with_env(&["--hb-interval-secs", "1"], &[(EXIT_AFTER_JOURNAL, "1")])?;
+    w.wait_online()?;
+    let id = w.submit_hello()?;
+    let code = w.agent.wait_exit(TIMEOUT)?;
+    assert_eq!(code, Some(86), "the hook exits with 86 right after journaling; log:\n{}", w.agent.run_log());
+    assert_eq!(w.runs(), 1, "the bundle ran before the crash");
+
+    // The run finished but nothing reached the hub: one journal entry, no run record, the
+    // job still held by the (dead) agent.
+    let journal = w.journal();
+    let [run_id] = journal.as_slice() else { bail!("expected one journal entry, found {journal:?}") };
+    let status = w.job_status(&id)?;
+    assert!(!is_final(&status), "the job must not be final before the report: {status}");
+    assert!(w.run_record(run_id).is_err(), "no run record before the restart");
+
+    w.agent.run(&["--hb-interval-secs", "1"])?;
+    let job = w.finish(&id)?;
+    assert_eq!(job["status"], "succeeded", "{job}\nagent log:\n{}", w.agent.run_log());
+    assert_eq!(job["result"]["runId"], run_id.as_str(), "the journaled run, not a new one: {job}");
+    assert_eq!(job["result"]["stdout"], "hello from the bundle, e2e\n");
+
+    wait_until(Duration::from_secs(20), || Ok(w.run_record(run_id).is_ok() && w.journal().is_empty()))
+        .context("the journal entry must be reported and removed")?;
+    let record = w.run_record(run_id)?;
+    assert_eq!(record["deliveries"], 1, "recorded exactly once: {record}");
+    assert_eq!(record["status"], "succeeded");
+    // A moment for any late replay to show up as a second delivery or a second run.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.run_record(run_id)?["deliveries"], 1);
+    assert_eq!(w.runs(), 1, "the bundle must not run again after the restart");
+    let attempts = w.hub.get(&w.key, &format!("/v1/jobs/{id}/attempts"))?;
+    let attempts = attempts["attempts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(attempts.len(), 1, "one delivery of the job: {attempts:?}");
+    Ok(())
+}
+
+#[test]
+fn agent_killed_after_notify_before_the_job_result_still_finishes_the_job() -> Result<()> {
+    let mut w = world("bundle-crash-notify")?;
+    w.agent.run_with_env(&["--hb-interval-secs", "1"], &[(EXIT_AFTER_NOTIFY, "1")])?;
+    w.wait_online()?;
+    let id = w.submit_hello()?;
+    let code = w.agent.wait_exit(TIMEOUT)?;
+    assert_eq!(code, Some(87), "the hook exits with 87 after the notify ack; log:\n{}", w.agent.run_log());
+    assert!(w.journal().is_empty(), "the acknowledged entry is gone: {:?}", w.journal());
+
+    // No job_result frame was ever sent, and no agent is running: /edge/notify alone must
+    // have finished the job.
+    let job = w.hub.job(&w.key, &id)?;
+    assert_eq!(job["status"], "succeeded", "{job}\nagent log:\n{}", w.agent.run_log());
+    let run_id = job["result"]["runId"].as_str().context("runId in the job result")?.to_owned();
+    assert_eq!(job["result"]["stdout"], "hello from the bundle, e2e\n", "{job}");
+    assert_eq!(w.run_record(&run_id)?["deliveries"], 1);
+
+    // A restarted agent has nothing to replay and does not run the job again.
+    w.agent.run(&["--hb-interval-secs", "1"])?;
+    w.wait_online()?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(w.job_status(&id)?, "succeeded");
+    assert_eq!(w.run_record(&run_id)?["deliveries"], 1);
+    assert_eq!(w.runs(), 1, "ran exactly once");
+    Ok(())
+}
