@@ -1,0 +1,248 @@
+//! Builds and runs the Tauri app around one in-process `AgentService`.
+
+use crate::settings::TrayOptions;
+use crate::{commands, events, notifications, tray};
+use edge_agent::AgentService;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tauri::{AppHandle, Manager, RunEvent, Runtime, WindowEvent};
+
+/// The core as Tauri state; commands, tray and event forwarder share it.
+pub type Agent = Arc<AgentService>;
+
+const MAIN_WINDOW: &str = "main";
+/// How long Quit waits for the core to hand back running jobs and close its connection.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Runs the app; returns the process exit code.
+pub fn run() -> i32 {
+    let options = match TrayOptions::from_env_and_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("edge-agent-tray: invalid setting: {err}");
+            return 2;
+        }
+    };
+
+    let _log_guard = crate::logging::init(&options);
+
+    // One tokio runtime for the core and for Tauri's async commands, so the core's
+    // `tokio::spawn` works from any command and from setup.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("edge-agent-rt").build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(error = %err, "could not start the async runtime");
+            eprintln!("edge-agent-tray: could not start the async runtime: {err}");
+            return 1;
+        }
+    };
+    tauri::async_runtime::set(runtime.handle().clone());
+    let _enter = runtime.enter();
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        profile = %options.agent.profile,
+        keychain = %options.agent.keychain,
+        data_dir = %options.agent.data_dir.display(),
+        "tray app starting"
+    );
+    let agent: Agent = Arc::new(AgentService::new(options.agent));
+    let show_at_start = options.show_window;
+
+    let setup_agent = agent.clone();
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        tauri::Builder::default()
+            // Must be the first plugin: a second launch hands over to the running one.
+            .plugin(tauri_plugin_single_instance::init(|app, _argv, _cwd| {
+                tracing::info!("second launch: showing the running instance's window");
+                show_main_window(app);
+            }))
+            .manage(setup_agent.clone())
+            .invoke_handler(tauri::generate_handler![
+                commands::get_state,
+                commands::login,
+                commands::logout,
+                commands::pause,
+                commands::resume,
+            ])
+            .on_window_event(|window, event| {
+                // Closing the window only hides it: the agent keeps working in the tray.
+                if let WindowEvent::CloseRequested { api, .. } = event {
+                    api.prevent_close();
+                    if let Err(err) = window.hide() {
+                        tracing::warn!(error = %err, "could not hide the window");
+                    }
+                }
+            })
+            .setup(move |app| {
+                setup(app.handle(), &setup_agent, show_at_start);
+                Ok(())
+            })
+            .build(tauri::generate_context!())
+    }));
+
+    let app = match built {
+        Ok(Ok(app)) => app,
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "could not start the tray app");
+            eprintln!("edge-agent-tray: could not start: {err}");
+            return 1;
+        }
+        // GTK/WebKit initialisation panics without a display; say so instead of a trace.
+        Err(_) => {
+            tracing::error!("the windowing system could not be initialised (is DISPLAY or WAYLAND_DISPLAY set?)");
+            eprintln!(
+                "edge-agent-tray: the windowing system could not be initialised (is DISPLAY or WAYLAND_DISPLAY set?)"
+            );
+            return 1;
+        }
+    };
+
+    let code = app.run_return(move |_app, event| match event {
+        // The last window closing (or a desktop logout request) must not stop the agent;
+        // only Quit, which exits with an explicit code, does.
+        RunEvent::ExitRequested { code: None, api, .. } => api.prevent_exit(),
+        RunEvent::Exit => shutdown_blocking(&agent),
+        _ => {}
+    });
+    tracing::info!(code, "tray app exited");
+    code
+}
+
+fn setup<R: Runtime>(app: &AppHandle<R>, agent: &Agent, show_at_start: bool) {
+    let has_tray = match tray::create(app, &agent.snapshot()) {
+        Ok(()) => {
+            tracing::info!("tray icon created");
+            true
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "no tray icon; showing the window instead");
+            false
+        }
+    };
+    events::spawn_forwarder(app.clone(), agent.clone());
+    quit_on_signal(app);
+    if show_at_start || !has_tray {
+        show_main_window(app);
+    }
+
+    // The keychain may block (an unlock prompt) or fail; keep that off the event loop.
+    let app = app.clone();
+    let agent = agent.clone();
+    tauri::async_runtime::spawn(async move {
+        let logged_in = match agent.reload_credentials().await {
+            Ok(snapshot) => {
+                tracing::info!(logged_in = snapshot.logged_in, keychain = ?snapshot.keychain_backend, "stored login read");
+                snapshot.logged_in
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, code = err.code(), "could not read the stored login");
+                // The window only shows the login form; say why the login was not found.
+                notifications::notify_startup_error(&app, &err);
+                false
+            }
+        };
+        if logged_in {
+            if let Err(err) = agent.start() {
+                tracing::error!(error = %err, "could not start the agent");
+            }
+        } else {
+            // Nothing to run until someone logs in: the window is where that happens.
+            show_main_window(&app);
+        }
+        events::publish_state(&app, &agent);
+    });
+}
+
+/// Shows the window, creating it on first use. It is not created at start (`"create":
+/// false` in tauri.conf.json): a logged-in agent usually runs with its window closed, and
+/// the webview's processes cost far more memory than the rest of the app.
+pub fn show_main_window<R: Runtime>(app: &AppHandle<R>) {
+    let handle = app.clone();
+    // Window creation belongs on the event-loop thread; callers come from tokio tasks too.
+    let result = app.run_on_main_thread(move || {
+        if let Err(err) = show_or_create(&handle) {
+            tracing::warn!(error = %err, "could not show the window");
+        }
+    });
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "could not reach the event loop to show the window");
+    }
+}
+
+fn show_or_create<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<()> {
+    let window = match app.get_webview_window(MAIN_WINDOW) {
+        Some(window) => window,
+        None => {
+            let config = app
+                .config()
+                .app
+                .windows
+                .iter()
+                .find(|w| w.label == MAIN_WINDOW)
+                .cloned()
+                .ok_or_else(|| tauri::Error::WindowNotFound)?;
+            tauri::WebviewWindowBuilder::from_config(app, &config)?.build()?
+        }
+    };
+    for (what, result) in [("show", window.show()), ("unminimize", window.unminimize()), ("focus", window.set_focus())]
+    {
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "could not {what} the window");
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM (session logout, `kill`) and Ctrl-C take the same way out as the Quit item, so
+/// running jobs are handed back and `state.json` says the agent stopped.
+#[cfg(unix)]
+fn quit_on_signal<R: Runtime>(app: &AppHandle<R>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let app = app.clone();
+    tauri::async_runtime::spawn(async move {
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(error = %err, "cannot watch for termination signals");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: quitting"),
+            _ = int.recv() => tracing::info!("SIGINT: quitting"),
+        }
+        quit(&app);
+    });
+}
+
+#[cfg(not(unix))]
+fn quit_on_signal<R: Runtime>(_app: &AppHandle<R>) {}
+
+/// Tray "Quit": stop the core cleanly, then leave the event loop.
+pub fn quit<R: Runtime>(app: &AppHandle<R>) {
+    let app = app.clone();
+    let agent = app.state::<Agent>().inner().clone();
+    tauri::async_runtime::spawn(async move {
+        shutdown(&agent).await;
+        app.exit(0);
+    });
+}
+
+async fn shutdown(agent: &Agent) {
+    if SHUT_DOWN.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, agent.shutdown()).await.is_err() {
+        tracing::warn!("agent did not shut down within {SHUTDOWN_GRACE:?}");
+    }
+}
+
+fn shutdown_blocking(agent: &Agent) {
+    if !SHUT_DOWN.load(Ordering::SeqCst) {
+        tauri::async_runtime::block_on(shutdown(agent));
+    }
+}

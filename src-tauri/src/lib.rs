@@ -1,0 +1,14 @@
+//! Edge Agent tray app: a thin Tauri shell around the `edge-agent` core.
+//!
+//! The core (crates/agent) does the work and knows nothing of Tauri; this crate only
+//! wires it to a window (commands + events), a tray icon and desktop notifications.
+
+mod app;
+mod commands;
+mod events;
+mod logging;
+mod notifications;
+mod settings;
+mod tray;
+
+pub use app::run;

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Tray app smoke test: the real tray binary on a throw-away X desktop (Xvfb), with its own
+# D-Bus session, Secret Service (gnome-keyring), notification server (dunst) and XEmbed
+# tray host (trayer), against a real hub.
+#
+# Called by `cargo xtask test` with:
+#   HUB_BIN    edge-hub binary
+#   AGENT_BIN  edge-agent CLI binary (used to log in, as a person would before the tray)
+#   TRAY_BIN   edge-agent-tray binary
+#   OUT_DIR    where screenshots and logs go (created)
+# Optional: SMOKE_TIMEOUT (seconds per wait, default 30), KEEP_TMP=1 (keep the temp dir).
+#
+# Needs (Debian): xvfb x11-utils imagemagick dbus gnome-keyring dunst trayer nodejs.
+# Exits non-zero with a "tray smoke: FAIL:" line on the first failed check.
+set -euo pipefail
+
+log() { printf 'tray smoke: %s\n' "$*" >&2; }
+
+# --- stage 1: re-run inside a private D-Bus session bus --------------------------------
+# dbus-run-session ends the bus (and gnome-keyring with it) when this script ends.
+if [[ -z "${EDGE_SMOKE_IN_SESSION:-}" ]]; then
+    : "${HUB_BIN:?set HUB_BIN to the edge-hub binary}"
+    : "${AGENT_BIN:?set AGENT_BIN to the edge-agent binary}"
+    : "${TRAY_BIN:?set TRAY_BIN to the edge-agent-tray binary}"
+    : "${OUT_DIR:?set OUT_DIR to a directory for screenshots and logs}"
+    for tool in Xvfb dbus-run-session dbus-monitor gnome-keyring-daemon dunst trayer xwininfo import node; do
+        command -v "$tool" >/dev/null || { log "FAIL: $tool is not installed"; exit 1; }
+    done
+    for bin in "$HUB_BIN" "$AGENT_BIN" "$TRAY_BIN"; do
+        [[ -x "$bin" ]] || { log "FAIL: $bin is not an executable"; exit 1; }
+    done
+    mkdir -p "$OUT_DIR"
+    # The bus gets a clean environment: no session of the caller may leak in.
+    export EDGE_SMOKE_IN_SESSION=1
+    HOME_TMP=$(mktemp -d "${TMPDIR:-/tmp}/edge-tray-smoke.XXXXXX")
+    export EDGE_SMOKE_TMP=$HOME_TMP
+    mkdir -p "$HOME_TMP/home" "$HOME_TMP/run"
+    chmod 700 "$HOME_TMP/run"
+    export HOME="$HOME_TMP/home" XDG_RUNTIME_DIR="$HOME_TMP/run"
+    export XDG_CONFIG_HOME="$HOME/.config" XDG_DATA_HOME="$HOME/.local/share" XDG_CACHE_HOME="$HOME/.cache"
+    unset DBUS_SESSION_BUS_ADDRESS DISPLAY WAYLAND_DISPLAY
+    status=0
+    # The bus daemon and the services it activates write to dbus-run-session's stdout and
+    # stderr; both go to a log, and the test's own stderr/stdout are handed over on fd 3/4.
+    dbus-run-session -- bash "$0" "$@" 3>&2 4>&1 2>"$HOME_TMP/session-bus.log" >&2 || status=$?
+    if [[ -z "${KEEP_TMP:-}" ]]; then rm -rf "$HOME_TMP"; else log "kept $HOME_TMP"; fi
+    exit "$status"
+fi
+
+# --- stage 2: the test, inside the session ---------------------------------------------
+exec 2>&3 1>&4 3>&- 4>&-
+TMP=$EDGE_SMOKE_TMP
+SCRIPT_NAME="tray smoke"
+TIMEOUT=${SMOKE_TIMEOUT:-30}
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+# shellcheck source=tests/tray/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+cleanup() {
+    stop_all
+    # Logs are what one reads after a failure.
+    cp -f "$TMP"/*.log "$OUT_DIR"/ 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- X server ---------------------------------------------------------------------------
+start_xvfb
+log "X server on $DISPLAY, session bus $DBUS_SESSION_BUS_ADDRESS"
+
+# --- Secret Service, notification server ----------------------------------------------
+# A password on stdin makes gnome-keyring create and unlock the "login" keyring (the
+# default collection) without a prompt; an empty one creates nothing.
+printf 'edge-smoke' | gnome-keyring-daemon --foreground --unlock --components=secrets >"$TMP/keyring.log" 2>&1 &
+PIDS+=($!)
+wait_for 15 "gnome-keyring on the bus" \
+    dbus-send --session --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.GetNameOwner string:org.freedesktop.secrets
+
+dunst >"$TMP/dunst.log" 2>&1 &
+PIDS+=($!)
+wait_for 15 "dunst on the bus" \
+    dbus-send --session --print-reply --dest=org.freedesktop.DBus / org.freedesktop.DBus.GetNameOwner string:org.freedesktop.Notifications
+
+# --- hub, and a login with the CLI into the Secret Service -----------------------------
+start_hub
+log "hub at $HUB_URL"
+export EDGE_AGENT_KEYCHAIN=secret-service
+export EDGE_AGENT_DATA_DIR="$TMP/agent-data"
+export EDGE_AGENT_HB_INTERVAL_SECS=5
+login_with_cli
+log "logged in with the CLI"
+
+webkit_software_rendering
+export EDGE_AGENT_SHOW_WINDOW=1 EDGE_AGENT_LOG=${EDGE_AGENT_LOG:-info}
+
+window_id() {
+    # The top-level window titled "Edge Agent" (WebKit adds unnamed children).
+    xwininfo -root -tree | awk '/"Edge Agent"/ {print $1; exit}'
+}
+window_mapped() {
+    local id
+    id=$(window_id)
+    [[ -n "$id" ]] && xwininfo -id "$id" | grep -q 'Map State: IsViewable'
+}
+
+stop_tray() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+}
+
+# --- phase 1: no tray host -----------------------------------------------------------------
+# Before trayer runs there is no system tray at all: the app must still start, stay up
+# and show its window.
+"$TRAY_BIN" >"$TMP/tray-notray.log" 2>&1 &
+TRAY_PID=$!
+PIDS+=($TRAY_PID)
+wait_for "$TIMEOUT" "the window (no tray host)" window_mapped
+sleep 4
+alive "$TRAY_PID" || fail "the tray app died without a tray host"
+no_panic() { ! grep -q 'panicked' "$1" || fail "$(basename "$1") shows a panic"; }
+no_panic "$TMP/tray-notray.log"
+import -window root "$OUT_DIR/tray-no-tray-host.png" || fail "screenshot failed"
+stop_tray "$TRAY_PID"
+log "ok: runs without a tray host"
+
+# --- phase 2: with an XEmbed tray host ------------------------------------------------------
+start_trayer
+
+dbus-monitor --session "interface='org.freedesktop.Notifications'" >"$TMP/dbus-monitor.log" 2>&1 &
+PIDS+=($!)
+sleep 1
+
+"$TRAY_BIN" >"$TMP/tray.log" 2>&1 &
+TRAY_PID=$!
+PIDS+=($TRAY_PID)
+wait_for "$TIMEOUT" "the window" window_mapped
+WIN_ID=$(window_id)
+log "window $WIN_ID is mapped"
+
+# The hub sees the embedded agent online (the tray started it from the keychain).
+agents_online() { api GET "$HUB_URL/v1/agents" | grep -q '"online":true'; }
+wait_for "$TIMEOUT" "the agent to be online at the hub" agents_online
+log "ok: agent online"
+
+# The tray icon (appindicator falls back to an XEmbed status icon when no StatusNotifier
+# host runs) is a window named after the binary, reparented into trayer's panel.
+tray_icon_docked() {
+    local panel
+    panel=$(xwininfo -root -tree | awk '/\("panel" "trayer"\)/ {print $1; exit}')
+    [[ -n "$panel" ]] || return 1
+    xwininfo -id "$panel" -tree | grep -q "\"$(basename "$TRAY_BIN")\""
+}
+wait_for "$TIMEOUT" "the tray icon to dock in trayer" tray_icon_docked
+xwininfo -root -tree >"$TMP/x-tree.log"
+log "ok: tray icon docked"
+
+# A second launch must hand over to the running instance and exit.
+timeout 20 "$TRAY_BIN" >"$TMP/tray-second.log" 2>&1 || fail "second launch did not exit cleanly (status $?)"
+alive "$TRAY_PID" || fail "the first instance died when a second one started"
+log "ok: single instance"
+
+# --- a job: notifications ------------------------------------------------------------------
+JOB=$(api POST "$HUB_URL/v1/jobs" \
+    "{\"type\":\"http_request\",\"creatorId\":\"c1\",\"payload\":{\"url\":\"http://$HUB_HOSTPORT/health\"}}") ||
+    fail "POST /v1/jobs failed"
+JOB_ID=$(printf '%s' "$JOB" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+[[ -n "$JOB_ID" ]] || fail "no job id in $JOB"
+log "job $JOB_ID submitted"
+
+job_succeeded() { api GET "$HUB_URL/v1/jobs/$JOB_ID" | grep -q '"status":"succeeded"'; }
+wait_for "$TIMEOUT" "job $JOB_ID to succeed" job_succeeded
+notified() { grep -q 'member=Notify' "$TMP/dbus-monitor.log" && grep -q 'Job finished' "$TMP/dbus-monitor.log"; }
+wait_for "$TIMEOUT" "a 'Job finished' Notify call on D-Bus" notified
+grep -q 'Job started' "$TMP/dbus-monitor.log" || fail "no 'Job started' notification"
+log "ok: notifications sent over org.freedesktop.Notifications"
+
+# Let the window catch up with the job row, then take the pictures.
+sleep 2
+import -window root "$OUT_DIR/tray-window.png" || fail "screenshot failed"
+import -window "$WIN_ID" "$OUT_DIR/tray-window-only.png" 2>/dev/null || true
+alive "$TRAY_PID" || fail "the tray app died during the test"
+no_panic "$TMP/tray.log"
+
+# --- quit ------------------------------------------------------------------------------------
+# SIGTERM takes the same path as the tray's Quit item: stop the core, exit 0.
+kill -TERM "$TRAY_PID"
+for _ in $(seq 100); do alive "$TRAY_PID" || break; sleep 0.1; done
+alive "$TRAY_PID" && fail "the tray app did not quit within 10 s of SIGTERM"
+quit_status=0
+wait "$TRAY_PID" || quit_status=$?
+((quit_status == 0)) || fail "the tray app exited with status $quit_status on SIGTERM"
+grep -q '"running": *false' "$EDGE_AGENT_DATA_DIR/state.json" || fail "state.json does not say the agent stopped"
+log "ok: clean quit"
+log "screenshots in $OUT_DIR"
+echo "tray smoke: 8 passed, 0 failed"

@@ -1,0 +1,156 @@
+import type { Described } from "./errors";
+import type { AgentSnapshot, Connection, JobStatus, JobSummary } from "./types";
+
+// How many job rows the window shows; the core keeps its own bounded list.
+const MAX_ROWS = 10;
+
+const CONNECTION_TEXT: Record<Connection, string> = {
+  offline: "Offline",
+  connecting: "Connecting…",
+  online: "Online",
+};
+
+const STATUS_TEXT: Record<JobStatus, string> = {
+  running: "Running",
+  succeeded: "Succeeded",
+  failed: "Failed",
+};
+
+function byId<T extends HTMLElement>(id: string): T {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`missing #${id} in index.html`);
+  return el as T;
+}
+
+function setText(id: string, text: string): void {
+  const el = byId(id);
+  if (el.textContent !== text) el.textContent = text;
+}
+
+export function showMessage(id: string, text: string | null | undefined): void {
+  const el = byId(id);
+  el.textContent = text ?? "";
+  el.hidden = !text;
+}
+
+/** An error sentence with the core's wording underneath, smaller, when there is one. */
+export function showError(id: string, error: Described | null): void {
+  const el = byId(id);
+  if (!error) {
+    el.replaceChildren();
+    el.hidden = true;
+    return;
+  }
+  const summary = document.createElement("span");
+  summary.className = "error-summary";
+  summary.textContent = error.summary;
+  el.replaceChildren(summary);
+  if (error.detail) {
+    const detail = document.createElement("small");
+    detail.className = "error-detail";
+    detail.textContent = error.detail;
+    el.append(detail);
+  }
+  el.hidden = false;
+}
+
+function formatTime(iso: string | null | undefined): string {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return iso;
+  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+function jobRow(job: JobSummary): HTMLTableRowElement {
+  const row = document.createElement("tr");
+  row.dataset.jobId = job.id;
+  row.dataset.status = job.status;
+
+  const id = document.createElement("td");
+  id.className = "mono";
+  id.title = job.id;
+  // Ids are `job_` + hex: the prefix says nothing here, the full id is in the tooltip.
+  const bare = job.id.replace(/^job_/, "");
+  id.textContent = bare.length > 8 ? `${bare.slice(0, 8)}…` : bare;
+
+  const type = document.createElement("td");
+  type.textContent = job.jobType;
+
+  const status = document.createElement("td");
+  const pill = document.createElement("span");
+  pill.className = `pill pill-${job.status}`;
+  pill.textContent = STATUS_TEXT[job.status] ?? job.status;
+  status.append(pill);
+  if (job.status === "failed" && (job.message || job.errorCode)) {
+    const why = document.createElement("span");
+    why.className = "job-error";
+    why.textContent = job.message || job.errorCode || "";
+    status.append(why);
+  }
+
+  const finished = document.createElement("td");
+  finished.textContent = job.status === "running" ? formatTime(job.startedAt) : formatTime(job.finishedAt);
+
+  row.append(id, type, status, finished);
+  return row;
+}
+
+/** Brings the whole window in line with one snapshot of the core. */
+export function render(snapshot: AgentSnapshot): void {
+  byId("boot").hidden = true;
+  const badge = byId("connection-badge");
+  const loginView = byId("login-view");
+  const statusView = byId("status-view");
+
+  if (!snapshot.loggedIn) {
+    loginView.hidden = false;
+    statusView.hidden = true;
+    badge.hidden = true;
+    document.body.dataset.view = "login";
+    return;
+  }
+
+  loginView.hidden = true;
+  statusView.hidden = false;
+  document.body.dataset.view = "status";
+
+  // The badge sums up what the tray icon shows.
+  const busy = snapshot.busy > 0;
+  const summary: string = snapshot.paused ? "paused" : busy ? "busy" : snapshot.connection;
+  badge.hidden = false;
+  badge.dataset.state = summary;
+  setText(
+    "connection-badge",
+    snapshot.paused ? "Paused" : busy ? "Working" : CONNECTION_TEXT[snapshot.connection] ?? snapshot.connection,
+  );
+
+  const connection = byId("connection-state");
+  connection.dataset.state = snapshot.connection;
+  setText("connection-state", CONNECTION_TEXT[snapshot.connection] ?? snapshot.connection);
+
+  const paused = byId("paused-state");
+  paused.dataset.paused = String(snapshot.paused);
+  setText(
+    "paused-state",
+    snapshot.paused
+      ? "Paused — no new jobs"
+      : busy
+        ? `Running ${snapshot.busy === 1 ? "a job" : `${snapshot.busy} jobs`}`
+        : "Accepting jobs",
+  );
+
+  setText("hub-url-value", snapshot.hubUrl ?? "");
+  setText("agent-id-value", snapshot.agentId ?? "");
+  setText("keychain-value", snapshot.keychainBackend ?? "");
+  showMessage("last-error", snapshot.lastError);
+
+  const toggle = byId<HTMLButtonElement>("pause-toggle");
+  toggle.textContent = snapshot.paused ? "Resume jobs" : "Pause jobs";
+  toggle.setAttribute("aria-pressed", String(snapshot.paused));
+
+  const jobs = snapshot.recentJobs ?? [];
+  const body = byId("jobs-body");
+  body.replaceChildren(...jobs.slice(0, MAX_ROWS).map(jobRow));
+  byId("jobs").hidden = jobs.length === 0;
+  byId("jobs-empty").hidden = jobs.length > 0;
+}
