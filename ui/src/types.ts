@@ -25,6 +25,9 @@ export interface AgentSnapshot {
   busy: number;
   lastError?: string | null;
   keychainBackend?: string | null;
+  /** SHA-256 of the hub's bundle root (TUF `root.json`) received at enrollment; compare it
+   * with `edge-hub bundle root fingerprint` on the hub. */
+  rootFingerprint?: string | null;
   recentJobs: JobSummary[];
 }
 

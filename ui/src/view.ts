@@ -142,6 +142,11 @@ export function render(snapshot: AgentSnapshot): void {
   setText("hub-url-value", snapshot.hubUrl ?? "");
   setText("agent-id-value", snapshot.agentId ?? "");
   setText("keychain-value", snapshot.keychainBackend ?? "");
+  // Grouped in fours so a person can compare it with the operator's, group by group.
+  setText(
+    "root-fingerprint-value",
+    snapshot.rootFingerprint ? (snapshot.rootFingerprint.match(/.{1,4}/g) ?? []).join(" ") : "None — log in again",
+  );
   showMessage("last-error", snapshot.lastError);
 
   const toggle = byId<HTMLButtonElement>("pause-toggle");

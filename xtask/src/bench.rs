@@ -1,4 +1,4 @@
-//! `cargo xtask bench [agent|tray]`: the numbers in docs/benchmarks.md, measured on release
+//! `cargo xtask bench [agent|tray|hub|bundles]`: the numbers in docs/benchmarks.md, measured on release
 //! builds over loopback. Prints Markdown rows to paste into that file.
 
 use crate::util::{cargo, checked, root};
@@ -17,12 +17,14 @@ pub fn run(args: &[&str]) -> Result<()> {
     match which {
         "agent" => agent(),
         "tray" => tray(),
+        "hub" => crate::bench_hub::run(),
+        "bundles" => crate::bench_bundles::run(),
         "all" => agent().and_then(|_| tray()),
-        other => bail!("unknown benchmark {other:?}: expected agent, tray or all"),
+        other => bail!("unknown benchmark {other:?}: expected agent, tray, hub, bundles or all"),
     }
 }
 
-fn release_bins() -> Result<Binaries> {
+pub(crate) fn release_bins() -> Result<Binaries> {
     checked(cargo().args(["build", "--release", "--quiet", "-p", "edge-hub", "-p", "edge-agent"]))?;
     let dir = root().join("target/release");
     Ok(Binaries { hub: dir.join("edge-hub"), agent: dir.join("edge-agent") })

@@ -3,6 +3,8 @@
 //! developer run exactly the same steps.
 
 mod bench;
+mod bench_bundles;
+mod bench_hub;
 mod demo;
 mod deps;
 mod test;

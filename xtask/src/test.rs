@@ -18,6 +18,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     // One build of every target up front, so test stages do not race each other to compile.
     checked(cargo().args(["build", "--workspace", "--all-targets"]))?;
 
+    let postgres_url = ensure_postgres()?;
     let session = root().join("tests/support/desktop-session.sh");
     let target = root().join("target/debug");
     let mut stages: Vec<(&str, Result<()>)> = Vec::new();
@@ -30,10 +31,21 @@ pub fn run(args: &[&str]) -> Result<()> {
             Command::new(&session)
                 .args(["cargo", "test", "--workspace", "--no-fail-fast"])
                 .env("EDGE_TEST_SECRET_SERVICE", "1")
+                .env("EDGE_TEST_POSTGRES_URL", &postgres_url)
                 .current_dir(root()),
         ),
     ));
     stages.push(("ui: tray window in headless Chromium", checked(Command::new("npm").arg("test").current_dir(&ui))));
+    let console = root().join("tests/operator-ui");
+    stages.push((
+        "hub operator page in headless Chromium",
+        (|| {
+            if !console.join("node_modules/playwright-core").is_dir() {
+                checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&console))?;
+            }
+            checked(Command::new("npm").arg("test").current_dir(&console).env("HUB_BIN", target.join("edge-hub")))
+        })(),
+    ));
     let out_dir = root().join("target/tray-smoke");
     stages.push((
         "tray: real app under Xvfb with a tray host and a notification daemon",
@@ -60,4 +72,22 @@ pub fn run(args: &[&str]) -> Result<()> {
         bail!("{} test stage(s) failed", failed.len());
     }
     Ok(())
+}
+
+/// The URL of a PostgreSQL for the conformance suite: the one on 127.0.0.1:5432 when it
+/// answers, else a throwaway cluster that tests/support/postgres.sh installs and starts.
+fn ensure_postgres() -> Result<String> {
+    if let Ok(url) = std::env::var("EDGE_TEST_POSTGRES_URL") {
+        return Ok(url);
+    }
+    let out = Command::new("bash")
+        .arg(root().join("tests/support/postgres.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("tests/support/postgres.sh could not provide a PostgreSQL (see its messages above)");
+    }
+    let url = String::from_utf8(out.stdout)?.trim().to_owned();
+    eprintln!("PostgreSQL for the conformance suite: {url}");
+    Ok(url)
 }

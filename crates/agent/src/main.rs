@@ -57,6 +57,20 @@ enum Command {
     },
     /// Delete this profile's credentials from the keychain.
     Logout,
+    /// Benchmark helper for `cargo xtask bench bundles` (no login needed): trusts the hub's
+    /// root, refreshes metadata, downloads, verifies and unpacks one bundle into --data-dir,
+    /// and prints JSON timings and peak RSS.
+    #[command(hide = true)]
+    BenchBundle {
+        #[arg(long)]
+        hub: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        bundle: String,
+        #[arg(long, default_value = "latest")]
+        version: String,
+    },
 }
 
 /// Exit codes scripts can tell apart.
@@ -102,6 +116,13 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             run(settings).await
         }
         Command::Status { json } => status(settings, json).await,
+        Command::BenchBundle { hub, tenant, bundle, version } => {
+            let report = edge_agent::bundles::bench(&settings.data_dir, &hub, &tenant, &bundle, &version)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message.unwrap_or_default()))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logout => {
             let profile = settings.profile.clone();
             AgentService::new(settings).logout().await?;

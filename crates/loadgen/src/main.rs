@@ -120,6 +120,8 @@ struct IdleArgs {
 #[tokio::main]
 async fn main() -> Result<()> {
     raise_fd_limit();
+    // Fails only if a provider is already installed, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().mode {
         Mode::Throughput(args) => throughput(args).await,
         Mode::Latency(args) => latency(args).await,
@@ -128,19 +130,23 @@ async fn main() -> Result<()> {
     }
 }
 
-/// Tens of thousands of sockets need more descriptors than the usual 1024/20000 default.
+/// Tens of thousands of sockets need more descriptors than the usual default: ask for a
+/// million, else settle for the hard limit (raising that needs CAP_SYS_RESOURCE).
 fn raise_fd_limit() {
-    let want = 1_048_576u64;
-    let Ok(out) = std::process::Command::new("prlimit")
-        .args(["--pid", &std::process::id().to_string(), &format!("--nofile={want}:{want}")])
-        .output()
-    else {
-        eprintln!("prlimit not available; keeping the descriptor limit");
-        return;
-    };
-    if !out.status.success() {
-        eprintln!("cannot raise the descriptor limit: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let wanted = libc::rlimit { rlim_cur: 1_048_576, rlim_max: 1_048_576 };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
+    eprintln!("descriptor limit: {} (raising it further needs CAP_SYS_RESOURCE)", limit.rlim_max);
 }
 
 // ---- enrollment ---------------------------------------------------------------------------
@@ -526,8 +532,14 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     let mut inflight = tokio::task::JoinSet::new();
     for n in 0..total {
         ticker.tick().await;
-        let (http, hub, key, creator, shared, errors) =
-            (http.clone(), common.hub.clone(), common.api_key.clone(), common.creator.clone(), shared.clone(), errors.clone());
+        let (http, hub, key, creator, shared, errors) = (
+            http.clone(),
+            common.hub.clone(),
+            common.api_key.clone(),
+            common.creator.clone(),
+            shared.clone(),
+            errors.clone(),
+        );
         inflight.spawn(async move {
             let at = Instant::now();
             match submit(&http, &hub, &key, &job_body(&creator, n)).await {
@@ -662,8 +674,12 @@ async fn store_bench(args: StoreArgs) -> Result<()> {
     for agent in agents {
         let (store, completed) = (store.clone(), completed.clone());
         workers.spawn(async move {
-            let request =
-                ClaimRequest { agent_id: agent.id.clone(), creator_id: agent.creator_id.clone(), labels: Vec::new(), job_types: None };
+            let request = ClaimRequest {
+                agent_id: agent.id.clone(),
+                creator_id: agent.creator_id.clone(),
+                labels: Vec::new(),
+                job_types: None,
+            };
             while let Some(job) = store.claim_job(&request, edge_hub::crypto::now_ms()).await? {
                 let finish = FinishRequest {
                     job_id: job.id.clone(),

@@ -103,6 +103,11 @@ pub enum AgentFrame {
     },
     CircuitBreaker {
         reason: CircuitReason,
+        /// How long the agent pauses the jobs behind the breaker (its browser jobs), in ms.
+        /// Optional and unknown to prototype hubs, which ignore it; the hub uses its own
+        /// default when absent.
+        #[serde(default, rename = "cooldownMs", skip_serializing_if = "Option::is_none")]
+        cooldown_ms: Option<u64>,
     },
     Availability(Availability),
     /// Version 2: a chunk of a running job's output, already masked and capped by the agent.

@@ -95,3 +95,53 @@ pub struct BundleRunData {
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
 }
+
+/// Browser job types (issue 5): flows the agent runs in the creator's own browser.
+pub const SEND_DM: &str = "send_dm";
+pub const BROADCAST_DM: &str = "broadcast_dm";
+pub const SCHEDULE_POST: &str = "schedule_post";
+pub const SCRAPE_SUBS: &str = "scrape_subs";
+/// Every browser job type; the hub stops assigning these to an agent whose circuit breaker is open.
+pub const BROWSER_JOB_TYPES: [&str; 4] = [SEND_DM, BROADCAST_DM, SCHEDULE_POST, SCRAPE_SUBS];
+/// The browser job types that message people (checked against the hub's dedupe ledger).
+pub const MESSAGE_JOB_TYPES: [&str; 2] = [SEND_DM, BROADCAST_DM];
+
+/// Payload of the browser job types. `adapter` is either an inline site adapter (see
+/// `docs/flows.md`) or a reference to one in a bundle of the agent's tenant:
+/// `{"bundle": "name", "version": "latest", "path": "adapter.yaml"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserJobPayload {
+    pub adapter: serde_json::Value,
+    /// Flow parameters (`text`, `at`, `timeZone`, `media`, `maxPages`…).
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Run up to, not including, the final submit actions: nothing is sent or scheduled.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// `send_dm`: who gets the message (top level, where the hub's dedupe ledger looks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// `broadcast_dm`: who gets the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<String>>,
+    /// `broadcast_dm`: key of the per-recipient checkpoint; default the job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idem_key: Option<String>,
+    /// Give up (`RATE_LIMITED` with `retryAfterMs`) when the local budget cannot start the
+    /// job by then; Unix ms. Default: `timeoutMs` after the job arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// A lower rate cap for this job; the agent never goes above its user's own cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<BrowserRateCap>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserRateCap {
+    pub per_hour: u32,
+    pub burst: u32,
+}

@@ -30,7 +30,9 @@ impl SimIdentity {
         const RFC8032_TEST1_PUBLIC_KEY: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
         let public_key = RFC8032_TEST1_PUBLIC_KEY;
         let answer: Value = ureq::post(&format!("{hub_url}/v1/agent/enroll"))
-            .send_json(json!({"token": enrollment_token, "publicKey": public_key, "name": "sim", "version": "agent-sim"}))
+            .send_json(
+                json!({"token": enrollment_token, "publicKey": public_key, "name": "sim", "version": "agent-sim"}),
+            )
             .context("enrolling a simulated agent")?
             .into_json()?;
         Ok(SimIdentity {

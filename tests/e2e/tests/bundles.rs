@@ -64,7 +64,10 @@ fn world(name: &str) -> Result<World> {
     // The agent stored the hub's root at enrollment and shows the same fingerprint.
     let (ok, status) = agent.oneshot(&["status"])?;
     assert!(ok, "{status}");
-    assert!(status.contains(&fingerprint), "`edge-agent status` must show the root fingerprint {fingerprint}: {status}");
+    assert!(
+        status.contains(&fingerprint),
+        "`edge-agent status` must show the root fingerprint {fingerprint}: {status}"
+    );
     Ok(World { dir, hub, agent, key })
 }
 

@@ -19,7 +19,11 @@ const CREATOR: &str = "creator-failures";
 const JWT_SECRET: &str = "e2e-failure-tests-secret-0123456789abcdef";
 
 fn get_json(url: &str, key: &str) -> Result<Value> {
-    Ok(ureq::get(url).set("Authorization", &format!("Bearer {key}")).timeout(Duration::from_secs(10)).call()?.into_json()?)
+    Ok(ureq::get(url)
+        .set("Authorization", &format!("Bearer {key}"))
+        .timeout(Duration::from_secs(10))
+        .call()?
+        .into_json()?)
 }
 
 /// All jobs of `status` (at most 1000), by id.
@@ -42,11 +46,11 @@ fn kill_9_under_load_every_job_ends_exactly_once() -> Result<()> {
     let site = Site::start()?;
     let mut hub = Hub::start(&bins, &dir.path().join("hub"), &[], &["--hb-interval-secs", "1"])?;
     let key = hub.api_key()?;
-    let mut agent = Agent::new(&bins, &format!("e2e-kill9-{}", std::process::id()), "kernel", &dir.path().join("agent"));
+    let mut agent =
+        Agent::new(&bins, &format!("e2e-kill9-{}", std::process::id()), "kernel", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token(CREATOR)?)?;
     agent.run(&["--hb-interval-secs", "1", "--slots", "16"])?;
-    hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))
-        .map_err(|e| e.context(agent.run_log()))?;
+    hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30)).map_err(|e| e.context(agent.run_log()))?;
 
     // Four submitters share the work; each retries a failed submission (hub down) with the
     // same idempotency key until it gets an answer.
@@ -141,8 +145,11 @@ fn cut_connection_lease_expires_job_is_redelivered_and_late_result_is_stale() ->
     let second = SimIdentity::enroll(&hub.url, &hub.enroll_token(CREATOR)?)?;
 
     let mut a = SimAgent::connect(hub.addr(), &first, JWT_SECRET, 1)?;
-    let job = hub.submit_job(&key, &json!({"type":"http_request","agentId":null,"creatorId":CREATOR,
-                                             "payload":{"url":"http://127.0.0.1:9/lease"}}))?;
+    let job = hub.submit_job(
+        &key,
+        &json!({"type":"http_request","agentId":null,"creatorId":CREATOR,
+                                             "payload":{"url":"http://127.0.0.1:9/lease"}}),
+    )?;
     let job_id = job["id"].as_str().context("job id")?.to_owned();
     let assigned = a.next_job(Duration::from_secs(10))?;
     ensure!(assigned["jobId"] == job_id.as_str(), "first agent got {assigned}");
@@ -205,8 +212,10 @@ fn agents_on_three_hubs_over_postgres_never_share_a_lease() -> Result<()> {
         )?);
     }
     let key = hubs[0].api_key()?;
-    let identities =
-        [SimIdentity::enroll(&hubs[0].url, &hubs[0].enroll_token(CREATOR)?)?, SimIdentity::enroll(&hubs[1].url, &hubs[1].enroll_token(CREATOR)?)?];
+    let identities = [
+        SimIdentity::enroll(&hubs[0].url, &hubs[0].enroll_token(CREATOR)?)?,
+        SimIdentity::enroll(&hubs[1].url, &hubs[1].enroll_token(CREATOR)?)?,
+    ];
 
     // Each agent runs in its own thread on its own hub, holds every job 0–4 ms, and logs
     // (job, leased at, finished at) as it saw them.
@@ -242,8 +251,11 @@ fn agents_on_three_hubs_over_postgres_never_share_a_lease() -> Result<()> {
 
     let mut submitted = HashSet::new();
     for n in 0..JOBS {
-        let job = hubs[n % 3].submit_job(&key, &json!({"type":"http_request","creatorId":CREATOR,
-                                                        "payload":{"url":format!("http://127.0.0.1:9/race/{n}")}}))?;
+        let job = hubs[n % 3].submit_job(
+            &key,
+            &json!({"type":"http_request","creatorId":CREATOR,
+                                                        "payload":{"url":format!("http://127.0.0.1:9/race/{n}")}}),
+        )?;
         submitted.insert(job["id"].as_str().context("job id")?.to_owned());
     }
     let mut succeeded = HashMap::new();

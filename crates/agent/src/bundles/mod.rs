@@ -134,6 +134,18 @@ pub struct Prepared {
     pub runtime: Runtime,
     pub entrypoint: String,
     pub version_dir: PathBuf,
+    pub timings: PrepareTimings,
+}
+
+/// Where `prepare` spent its time (logged, and reported by `edge-agent bench-bundle`).
+#[derive(Debug, Clone, Default)]
+pub struct PrepareTimings {
+    pub refresh: Duration,
+    /// `None`: served from the cache.
+    pub download: Option<Duration>,
+    pub unpack: Option<Duration>,
+    /// Signed length of the bundle file.
+    pub length: u64,
 }
 
 /// Steps 1–4: verify, refuse by arch, download, unpack (or reuse the cache).
@@ -150,8 +162,12 @@ pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Pre
         .map_err(|e| JobError::new(ErrorCode::BadPayload, format!("version: {e} (or \"latest\")")))?;
     let metadata_url = url::Url::parse(&format!("{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_METADATA_PATH))
         .map_err(|e| JobError::new(ErrorCode::Internal, format!("hub URL: {e}")))?;
+    let mut timings = PrepareTimings::default();
+    let started = Instant::now();
     let verified = ctx.trust().refresh(metadata_url, HubTransport::new(ctx.http.clone())).await.map_err(refusal)?;
     let found = verified.find(&ctx.tenant, &payload.bundle, &wanted).map_err(refusal)?;
+    timings.refresh = started.elapsed();
+    timings.length = found.length;
     let host = CpuArch::host();
     if !found.meta.cpu_arch.runs_on(&host) {
         return Err(code(
@@ -168,10 +184,22 @@ pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Pre
     if cached_sha.trim() != found.sha256 {
         let url = format!("{}{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_TARGETS_PATH, found.target_file);
         let downloads = cache::root(&ctx.data_dir).join(".downloads");
+        let started = Instant::now();
         let zip = download::fetch(&ctx.http, &url, &found, &downloads).await.map_err(refusal)?;
+        timings.download = Some(started.elapsed());
+        let started = Instant::now();
         install(&zip, &version_dir, &found.sha256, ctx.unpack_limits).await?;
+        timings.unpack = Some(started.elapsed());
         let _ = tokio::fs::remove_file(&zip).await;
     }
+    tracing::info!(
+        bundle = %found.bundle,
+        bytes = found.length,
+        refresh_ms = timings.refresh.as_millis() as u64,
+        download_ms = timings.download.map(|d| d.as_millis() as u64),
+        unpack_ms = timings.unpack.map(|d| d.as_millis() as u64),
+        "bundle ready"
+    );
     cache::touch(&version_dir);
     Ok(Prepared {
         tenant: ctx.tenant.clone(),
@@ -180,7 +208,71 @@ pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Pre
         runtime: found.meta.runtime,
         entrypoint: found.meta.entrypoint.clone(),
         version_dir,
+        timings,
     })
+}
+
+/// `edge-agent bench-bundle` (hidden; driven by `cargo xtask bench bundles`): trusts the
+/// hub's current root as enrollment would, times a cold and a warm metadata refresh, then
+/// the `prepare` of one bundle (refresh, download + verify, unpack) into an empty cache, and
+/// reports this process's peak RSS. Never use it against a hub you do not trust: it takes
+/// the root from the hub it measures.
+pub async fn bench(
+    data_dir: &Path,
+    hub_base: &str,
+    tenant: &str,
+    bundle: &str,
+    version: &str,
+) -> Result<Value, JobError> {
+    let internal = |e: String| JobError::new(ErrorCode::Internal, e);
+    let ctx = BundleContext::new(data_dir.to_path_buf(), hub_base.to_owned(), tenant.to_owned())
+        .map_err(|e| internal(e.to_string()))?;
+    let root_url = format!("{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_ROOT_PATH);
+    let root = async { ctx.http.get(&root_url).send().await?.error_for_status()?.bytes().await }
+        .await
+        .map_err(|e| JobError::new(ErrorCode::Network, format!("cannot fetch root.json: {e}")))?;
+    ctx.trust().install_root(&root).map_err(refusal)?;
+    let metadata_url = url::Url::parse(&format!("{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_METADATA_PATH))
+        .map_err(|e| internal(e.to_string()))?;
+    let mut refreshes = Vec::new();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let verified =
+            ctx.trust().refresh(metadata_url.clone(), HubTransport::new(ctx.http.clone())).await.map_err(refusal)?;
+        let targets = verified.find(tenant, bundle, &Wanted::Latest).map(|_| ()).map_err(refusal);
+        refreshes.push(started.elapsed());
+        targets?;
+    }
+    let payload = BundlePayload {
+        bundle: bundle.to_owned(),
+        version: version.to_owned(),
+        args: Vec::new(),
+        tenant: None,
+        timeout_ms: None,
+        secrets: Default::default(),
+    };
+    let started = Instant::now();
+    let prepared = prepare(&ctx, &payload).await?;
+    let total = started.elapsed();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok(serde_json::json!({
+        "bytes": prepared.timings.length,
+        "refreshColdMs": ms(refreshes[0]),
+        "refreshWarmMs": ms(refreshes[1]),
+        "prepareMs": ms(total),
+        "refreshMs": ms(prepared.timings.refresh),
+        "downloadMs": prepared.timings.download.map(ms),
+        "unpackMs": prepared.timings.unpack.map(ms),
+        "versionDir": prepared.version_dir,
+        "peakRssKib": peak_rss_kib(),
+    }))
+}
+
+/// `VmHWM` of this process (Linux), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Unpacks into `<bundle dir>/.tmp-<version>-<n>/bundle`, then renames it to `<version>`.

@@ -295,10 +295,13 @@ pub async fn run_process(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     platform::configure(&mut command);
+    // Until the tree is registered, a concurrent run's sweep must not scan (see spawn_guard).
+    let spawning = platform::spawn_guard();
     let mut child = command
         .spawn()
         .map_err(|source| RuntimeError::Spawn { program: spec.program.display().to_string(), source })?;
     let tree = platform::Tree::attach(&child, &spec.run_id);
+    drop(spawning);
     let shared = Arc::new(Shared {
         streams: [
             Mutex::new(StreamState {

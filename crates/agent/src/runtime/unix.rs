@@ -18,6 +18,16 @@ pub const RUN_MARKER: &str = "EDGE_RUN_ID";
 /// belong to some run and are swept.
 static ROOTS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
+/// Held from spawning a run's root until it is in [`ROOTS`], and by a sweep while it scans
+/// and signals: a child spawned but not yet registered (its own group, parent the agent)
+/// would otherwise look like an adopted orphan and be killed by another run's sweep.
+static SPAWNING: Mutex<()> = Mutex::new(());
+
+/// Hold across `spawn` and [`Tree::attach`].
+pub fn spawn_guard() -> std::sync::MutexGuard<'static, ()> {
+    SPAWNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Once per process: become a child subreaper (Linux), so orphans of a run are reparented to
 /// the agent instead of init and can be found and reaped.
 pub fn prepare_agent_process() {
@@ -64,6 +74,7 @@ impl Tree {
     }
 
     fn signal(&self, signal: i32) {
+        let _no_spawns = spawn_guard();
         if self.root > 0 {
             // SAFETY: kill(2) on the run's own process group.
             unsafe {

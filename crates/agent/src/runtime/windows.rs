@@ -22,6 +22,14 @@ pub const RUN_MARKER: &str = "EDGE_RUN_ID";
 
 pub fn prepare_agent_process() {}
 
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held across `spawn` and [`Tree::attach`] (the Unix sweep needs it; here it only keeps the
+/// launcher's code the same on both platforms).
+pub fn spawn_guard() -> std::sync::MutexGuard<'static, ()> {
+    SPAWNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn configure(command: &mut Command) {
     command.creation_flags(CREATE_NEW_PROCESS_GROUP);
 }

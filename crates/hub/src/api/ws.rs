@@ -458,7 +458,7 @@ impl Session {
                 }
             }
             AgentFrame::JobResult { id, status, data, err } => self.on_result(socket, id, status, data, err).await,
-            AgentFrame::CircuitBreaker { reason } => {
+            AgentFrame::CircuitBreaker { reason, .. } => {
                 warn!(?reason, "agent tripped its circuit breaker");
                 Flow::Continue
             }

@@ -1,0 +1,346 @@
+//! The flow interpreter: runs a [`Flow`]'s steps against one page with an [`Adapter`],
+//! parameters, pacing and dry-run.
+//!
+//! It owns the order of things within a flow: rendering each step's templates, pacing with
+//! jitter between actions, watching the adapter's alarm markers (logged out, rate limited,
+//! blocked, policy) and HTTP 429 while waiting, skipping submit steps in dry-run mode, and
+//! collecting extracted values. It must never decide about retries, budgets or sessions:
+//! those belong to `runtime` and `guard`.
+
+use crate::error::BrowserError;
+use crate::flow::{render, Adapter, FieldSpec, Flow, StepKind};
+use crate::locator::{Cadence, Driver, WaitState};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How a flow runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run up to, not including, the submit steps.
+    pub dry_run: bool,
+    /// Pause between actions.
+    pub pacing: Cadence,
+    /// Pause between keys of `type`.
+    pub typing: Cadence,
+    /// Where `screenshot` writes; screenshots are skipped without one.
+    pub artifacts_dir: Option<PathBuf>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            dry_run: false,
+            pacing: Cadence { min: Duration::from_millis(400), max: Duration::from_millis(1500) },
+            typing: Cadence::HUMAN,
+            artifacts_dir: None,
+        }
+    }
+}
+
+/// What a flow produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowOutput {
+    /// `extract`/`extractList` results by `into` name.
+    pub vars: Map<String, Value>,
+    pub steps_run: u32,
+    /// Steps not run because of dry-run, as `"click #send"`.
+    pub skipped: Vec<String>,
+    pub screenshots: Vec<String>,
+    /// Pages read by `extractList` steps.
+    pub pages: u32,
+}
+
+/// The template context: `params`, `urls`, `selectors`, `markers`, `adapter`, `vars`.
+pub fn context(adapter: &Adapter, params: &Map<String, Value>, vars: &Map<String, Value>) -> Value {
+    json!({
+        "params": params,
+        "urls": adapter.urls,
+        "selectors": adapter.selectors,
+        "markers": adapter.markers,
+        "adapter": { "name": adapter.name, "baseUrl": adapter.base_url },
+        "vars": vars,
+    })
+}
+
+/// Renders a `files` entry; a template that is exactly one `{{path}}` naming a list expands
+/// to its items.
+fn render_files(templates: &[String], ctx: &Value) -> Result<Vec<String>, BrowserError> {
+    let mut out = Vec::new();
+    for template in templates {
+        let trimmed = template.trim();
+        if let Some(path) = trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")) {
+            let path = path.trim();
+            if !path.contains("{{") {
+                let mut value = Some(ctx);
+                for part in path.split('.') {
+                    value = value.and_then(|v| v.get(part));
+                }
+                if let Some(Value::Array(items)) = value {
+                    out.extend(items.iter().filter_map(Value::as_str).map(str::to_owned));
+                    continue;
+                }
+            }
+        }
+        let rendered = render(template, ctx)?;
+        if !rendered.is_empty() {
+            out.push(rendered);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `flow` on the driver's page.
+pub async fn run_flow(
+    driver: &Driver,
+    adapter: &Adapter,
+    flow: &Flow,
+    params: &Map<String, Value>,
+    options: &RunOptions,
+) -> Result<FlowOutput, BrowserError> {
+    flow.validate()?;
+    let params = flow.resolve_params(params)?;
+    driver.set_alarms(adapter.name.clone(), adapter.markers.alarms(), adapter.origin());
+    let mut output = FlowOutput::default();
+    let default_timeout = Duration::from_millis(adapter.settings.timeout_ms);
+    let mut skipping_submits = false;
+    let mut acted = false;
+    for (index, step) in flow.steps.iter().enumerate() {
+        let a = &step.args;
+        if step.args.submit && options.dry_run {
+            skipping_submits = true;
+        }
+        let ctx = context(adapter, &params, &output.vars);
+        let selector = a.selector.as_deref().map(|s| render(s, &ctx)).transpose()?;
+        let label = format!("{:?} {}", step.kind, selector.as_deref().or(a.url.as_deref()).unwrap_or("")).to_lowercase();
+        if skipping_submits && step.args.submit {
+            tracing::info!(step = index + 1, %label, "dry run: submit step skipped");
+            output.skipped.push(label.trim().to_owned());
+            continue;
+        }
+        let is_action = matches!(
+            step.kind,
+            StepKind::Goto | StepKind::Click | StepKind::Fill | StepKind::Type | StepKind::Press | StepKind::Select | StepKind::SetInputFiles
+        );
+        if is_action && acted {
+            let pause = options.pacing.draw();
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        let timeout = a.timeout_ms.map(Duration::from_millis).unwrap_or(default_timeout);
+        let started = Instant::now();
+        let result = run_step(driver, adapter, step.kind, a, selector.as_deref(), &ctx, timeout, options, &mut output).await;
+        match result {
+            Ok(()) => {}
+            Err(e) if a.optional && !is_alarm(&e) => {
+                tracing::info!(step = index + 1, %label, error = %e, "optional step failed; going on");
+            }
+            Err(e) => {
+                tracing::info!(step = index + 1, %label, code = %e.code(), "step failed");
+                return Err(e);
+            }
+        }
+        // An action can trigger a 429 or a banner after it returns; catch it here so the
+        // next step does not run into it.
+        if is_action {
+            driver.check_alarms().await?;
+        }
+        tracing::debug!(step = index + 1, %label, ms = started.elapsed().as_millis() as u64, "step done");
+        acted |= is_action;
+        output.steps_run += 1;
+    }
+    Ok(output)
+}
+
+fn is_alarm(e: &BrowserError) -> bool {
+    matches!(
+        e,
+        BrowserError::LoginRequired { .. }
+            | BrowserError::RateLimited { .. }
+            | BrowserError::ContentBlocked { .. }
+            | BrowserError::PolicyViolation { .. }
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    driver: &Driver,
+    adapter: &Adapter,
+    kind: StepKind,
+    a: &crate::flow::StepArgs,
+    selector: Option<&str>,
+    ctx: &Value,
+    timeout: Duration,
+    options: &RunOptions,
+    output: &mut FlowOutput,
+) -> Result<(), BrowserError> {
+    let need = |s: Option<&str>| s.map(str::to_owned).ok_or_else(|| BrowserError::BadFlow(format!("{kind:?} needs a selector")));
+    let text = |v: &Option<String>| v.as_deref().map(|t| render(t, ctx)).transpose();
+    match kind {
+        StepKind::Goto => {
+            let url = adapter.absolute(&render(a.url.as_deref().unwrap_or_default(), ctx)?)?;
+            driver.goto(&url, timeout).await?;
+        }
+        StepKind::CheckLogin => driver.check_login(adapter, timeout).await?,
+        StepKind::Click => driver.click(&need(selector)?, a.nth, timeout).await?,
+        StepKind::Fill => driver.fill(&need(selector)?, a.nth, &text(&a.value)?.unwrap_or_default(), timeout).await?,
+        StepKind::Type => {
+            driver.type_text(&need(selector)?, a.nth, &text(&a.text)?.unwrap_or_default(), options.typing, timeout).await?
+        }
+        StepKind::Press => {
+            let key = text(&a.key)?.unwrap_or_default();
+            driver.press(selector, a.nth, &key, timeout).await?
+        }
+        StepKind::Select => {
+            driver.select(&need(selector)?, a.nth, &text(&a.value)?.unwrap_or_default(), timeout).await?;
+        }
+        StepKind::SetInputFiles => {
+            let files = render_files(a.files.as_deref().unwrap_or_default(), ctx)?;
+            if files.is_empty() {
+                return Ok(());
+            }
+            for file in &files {
+                if !std::path::Path::new(file).is_file() {
+                    return Err(BrowserError::BadFlow(format!("setInputFiles: no file {file:?}")));
+                }
+            }
+            driver.set_input_files(&need(selector)?, a.nth, &files, timeout).await?;
+        }
+        StepKind::WaitFor => {
+            let state = a.state.unwrap_or(WaitState::Visible);
+            driver.wait_for(&need(selector)?, a.nth, state, timeout, false).await?;
+        }
+        StepKind::Extract => {
+            let value =
+                driver.extract(&need(selector)?, a.nth, a.attr.as_deref(), a.property.as_deref(), timeout).await?;
+            output.vars.insert(a.into.clone().unwrap_or_default(), value);
+        }
+        StepKind::ExtractList => {
+            let (row, fields) = match &a.list {
+                Some(name) => {
+                    let list = adapter.lists.get(name).ok_or_else(|| {
+                        BrowserError::BadFlow(format!("adapter {:?} has no list {name:?}", adapter.name))
+                    })?;
+                    (list.row.clone(), list.fields.clone())
+                }
+                None => (
+                    render(a.row.as_deref().unwrap_or_default(), ctx)?,
+                    a.fields.clone().unwrap_or_default(),
+                ),
+            };
+            let max_pages = match &a.max_pages {
+                None => 50,
+                Some(Value::Number(n)) => n.as_u64().unwrap_or(50),
+                Some(Value::String(s)) => render(s, ctx)?
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| BrowserError::BadFlow(format!("maxPages {s:?} is not a number")))?,
+                Some(other) => return Err(BrowserError::BadFlow(format!("maxPages {other} is not a number"))),
+            }
+            .max(1);
+            let next = text(&a.next_page)?.filter(|s| !s.trim().is_empty());
+            let items = extract_pages(driver, &row, &fields, next.as_deref(), max_pages, timeout, options, output).await?;
+            output.vars.insert(a.into.clone().unwrap_or_default(), Value::Array(items));
+        }
+        StepKind::Screenshot => {
+            let Some(dir) = &options.artifacts_dir else { return Ok(()) };
+            let name = text(&a.path)?.unwrap_or_else(|| format!("screenshot-{}.png", output.screenshots.len() + 1));
+            let name = std::path::Path::new(&name)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "screenshot.png".into());
+            let png = driver.screenshot(a.full_page).await?;
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(name);
+            std::fs::write(&path, png)?;
+            output.screenshots.push(path.display().to_string());
+        }
+        StepKind::Assert => {
+            if let Some(selector) = selector {
+                driver.wait_for(selector, a.nth, WaitState::Visible, timeout, false).await.map_err(|e| match e {
+                    BrowserError::Timeout { what, .. } => BrowserError::Assertion(what),
+                    other => other,
+                })?;
+                if let Some(expected) = text(&a.contains)? {
+                    let actual = driver.extract(selector, a.nth, None, None, timeout).await?;
+                    let actual = actual.as_str().unwrap_or_default();
+                    if !actual.to_lowercase().contains(&expected.to_lowercase()) {
+                        return Err(BrowserError::Assertion(format!(
+                            "{selector:?} does not contain the expected text ({} characters expected, page shows {})",
+                            expected.len(),
+                            actual.len()
+                        )));
+                    }
+                }
+            }
+            if let Some(expected) = text(&a.url_contains)? {
+                let url = driver.url().await?;
+                if !url.contains(&expected) {
+                    return Err(BrowserError::Assertion(format!("the page is {url}, expected a URL containing {expected:?}")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn extract_pages(
+    driver: &Driver,
+    row: &str,
+    fields: &std::collections::BTreeMap<String, FieldSpec>,
+    next: Option<&str>,
+    max_pages: u64,
+    timeout: Duration,
+    options: &RunOptions,
+    output: &mut FlowOutput,
+) -> Result<Vec<Value>, BrowserError> {
+    let fields = serde_json::to_value(fields).unwrap_or(Value::Null);
+    let mut items = Vec::new();
+    for page in 1..=max_pages {
+        // A page without rows is an empty list, not an error; alarms still abort.
+        match driver.wait_for(row, 0, WaitState::Attached, timeout, false).await {
+            Ok(_) => {}
+            Err(BrowserError::Timeout { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        let rows = driver.extract_list(row, &fields).await?;
+        let first = rows.first().cloned();
+        items.extend(rows);
+        output.pages += 1;
+        let Some(next) = next else { break };
+        if page == max_pages {
+            break;
+        }
+        // Follow "next" only while it is there and usable.
+        if driver.wait_for(next, 0, WaitState::Actionable, Duration::from_millis(300), true).await.is_err() {
+            break;
+        }
+        let before = driver.url().await.unwrap_or_default();
+        let pause = options.pacing.draw();
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        driver.click(next, 0, timeout).await?;
+        // The next page is there when the URL or the first row changed.
+        let deadline = Instant::now() + timeout;
+        loop {
+            let url = driver.url().await.unwrap_or_default();
+            if url != before {
+                let _ = driver.wait_for(row, 0, WaitState::Attached, timeout, false).await;
+                break;
+            }
+            let now_first = driver.extract_list(row, &fields).await.ok().and_then(|r| r.first().cloned());
+            if now_first != first {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(BrowserError::Timeout { what: "waiting for the next page".into(), ms: timeout.as_millis() as u64 });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        driver.check_alarms().await?;
+    }
+    Ok(items)
+}

@@ -1,0 +1,37 @@
+//! The Edge-Agent browser runtime: it drives the Chrome, Chromium or Edge already installed on
+//! the creator's machine over the DevTools protocol (through `chromiumoxide`) to run site
+//! flows as the logged-in creator.
+//!
+//! It owns: finding and launching the browser ([`launch`]), the auto-waiting locator layer
+//! ([`locator`]), the declarative flow and site-adapter format ([`flow`]) and its interpreter
+//! ([`engine`]), the four built-in flows and their job types ([`runtime`]), the local
+//! guardrails (token buckets, pacing, per-site backoff, circuit breaker: [`guard`]), the
+//! broadcast checkpoint ([`checkpoint`]) and encrypted session state ([`session`]).
+//!
+//! It must never download a browser, never hide itself from the person or the site (no
+//! fingerprint spoofing, no CAPTCHA solving, no "stealth" patches), never retry a
+//! `CONTENT_BLOCKED` or `POLICY_VIOLATION`, never write session cookies to disk unencrypted,
+//! and never log a message body, a cookie or the session key. It knows nothing about the hub
+//! connection: the agent hands it jobs and receives [`runtime::BrowserEvent`]s.
+
+pub mod checkpoint;
+pub mod engine;
+pub mod error;
+pub mod flow;
+pub mod guard;
+pub mod launch;
+pub mod locator;
+pub mod runtime;
+pub mod session;
+#[cfg(feature = "test-site")]
+pub mod testsite;
+
+pub use error::BrowserError;
+pub use flow::{Adapter, Flow, FlowDocument, Step};
+pub use launch::{find_browser, BrowserLaunch, WarmBrowser};
+pub use runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, BrowserStatus, JobOutcome, KeyStore, Notifier};
+
+/// Milliseconds since the Unix epoch (wall clock), the unit of every persisted timestamp here.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

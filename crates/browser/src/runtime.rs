@@ -1,0 +1,874 @@
+//! `BrowserRuntime`: the browser jobs (`send_dm`, `broadcast_dm`, `schedule_post`,
+//! `scrape_subs`), bundle flow documents and the headful login, around the engine.
+//!
+//! It owns, per job: the circuit-breaker and per-site back-off checks, the token bucket
+//! (waiting up to the job's deadline), one fresh browser context in the warm browser, the
+//! encrypted session restore and save, the broadcast checkpoint, and turning site alarms
+//! into guard state and [`BrowserEvent`]s. It must never send a message twice on purpose
+//! (a `sending` checkpoint is verified on the site first), never spend budget in dry-run
+//! mode, and never retry `CONTENT_BLOCKED` or `POLICY_VIOLATION` itself.
+
+use crate::checkpoint::{normalize, CheckpointStore, Progress};
+use crate::engine::{run_flow, FlowOutput, RunOptions};
+use crate::error::BrowserError;
+use crate::flow::{Adapter, Flow};
+use crate::guard::{BreakerSettings, Cap, Caps, Guard};
+use crate::launch::{BrowserLaunch, WarmBrowser};
+use crate::locator::{Cadence, Driver};
+use crate::session::{self, SessionKey, SessionStore, StorageState};
+use base64::Engine;
+use edge_protocol::jobs::{BrowserJobPayload, BROADCAST_DM, SCHEDULE_POST, SCRAPE_SUBS, SEND_DM};
+use edge_protocol::{ErrorCode, JobError};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Settings of the browser runtime of one creator profile.
+#[derive(Debug, Clone)]
+pub struct BrowserSettings {
+    /// The agent's data dir; everything here goes under `<data dir>/browser/`.
+    pub data_dir: PathBuf,
+    pub profile: String,
+    /// A browser path from the settings; else the usual places are searched.
+    pub executable: Option<PathBuf>,
+    /// Show the window of the warm browser (debugging).
+    pub headful: bool,
+    pub caps: Caps,
+    pub breaker: BreakerSettings,
+    /// Pause between actions.
+    pub pacing: Cadence,
+    /// Pause between keys.
+    pub typing: Cadence,
+    /// Extra pause between two recipients of a broadcast (on top of `pacing`).
+    pub recipient_pacing: Cadence,
+    /// How long a job may wait for budget when its payload sets no deadline.
+    pub default_timeout: Duration,
+}
+
+fn env_pair(name: &str) -> Option<(u64, u64)> {
+    let value = std::env::var(name).ok()?;
+    let (a, b) = value.split_once(['-', ',', '/'])?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+impl BrowserSettings {
+    pub fn new(data_dir: PathBuf, profile: String) -> BrowserSettings {
+        BrowserSettings {
+            data_dir,
+            profile,
+            executable: None,
+            headful: false,
+            caps: Caps::default(),
+            breaker: BreakerSettings::default(),
+            pacing: Cadence { min: Duration::from_millis(400), max: Duration::from_millis(1500) },
+            typing: Cadence::HUMAN,
+            recipient_pacing: Cadence { min: Duration::from_secs(5), max: Duration::from_secs(20) },
+            default_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Applies the environment: `EDGE_AGENT_BROWSER` (path), `EDGE_AGENT_BROWSER_HEADFUL=1`,
+    /// `EDGE_AGENT_DM_CAP=20/5` (per hour / burst; lowers only), `EDGE_AGENT_BROWSER_PACING_MS=min-max`,
+    /// `EDGE_AGENT_BROWSER_TYPING_MS=min-max`, `EDGE_AGENT_BROWSER_RECIPIENT_PACING_MS=min-max`,
+    /// `EDGE_AGENT_BROWSER_BREAKER=threshold,window_s,cooldown_s` (tests shorten these).
+    pub fn from_env(mut self) -> BrowserSettings {
+        if let Some(path) = std::env::var_os("EDGE_AGENT_BROWSER").filter(|v| !v.is_empty()) {
+            self.executable = Some(PathBuf::from(path));
+        }
+        self.headful = std::env::var("EDGE_AGENT_BROWSER_HEADFUL").is_ok_and(|v| v == "1" || v == "true");
+        for (action, var) in [("dm", "EDGE_AGENT_DM_CAP"), ("post", "EDGE_AGENT_POST_CAP"), ("scrape", "EDGE_AGENT_SCRAPE_CAP")] {
+            if let Some((per_hour, burst)) = env_pair(var) {
+                self.caps = self.caps.with_setting(action, Cap { per_hour: per_hour as u32, burst: burst as u32 });
+            }
+        }
+        let cadence = |(a, b): (u64, u64)| Cadence { min: Duration::from_millis(a), max: Duration::from_millis(b.max(a)) };
+        if let Some(pair) = env_pair("EDGE_AGENT_BROWSER_PACING_MS") {
+            self.pacing = cadence(pair);
+        }
+        if let Some(pair) = env_pair("EDGE_AGENT_BROWSER_TYPING_MS") {
+            self.typing = cadence(pair);
+        }
+        if let Some(pair) = env_pair("EDGE_AGENT_BROWSER_RECIPIENT_PACING_MS") {
+            self.recipient_pacing = cadence(pair);
+        }
+        if let Ok(value) = std::env::var("EDGE_AGENT_BROWSER_BREAKER") {
+            let parts: Vec<i64> = value.split(',').filter_map(|p| p.trim().parse().ok()).collect();
+            if let [threshold, window, cooldown] = parts[..] {
+                self.breaker = BreakerSettings {
+                    threshold: threshold.max(1) as u32,
+                    window_ms: window * 1000,
+                    cooldown_ms: cooldown * 1000,
+                };
+            }
+        }
+        self
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.data_dir.join("browser")
+    }
+}
+
+/// Where the session key lives (the agent's OS keychain, a second entry per profile).
+pub trait KeyStore: Send + Sync {
+    /// The key, created on first use. `Err` (no keychain): sessions are volatile.
+    fn session_key(&self) -> Result<SessionKey, String>;
+}
+
+/// Receives what the person should hear about (the agent turns these into notifications
+/// and, for the breaker, a `circuit_breaker` frame).
+pub trait Notifier: Send + Sync {
+    fn notify(&self, event: BrowserEvent);
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum BrowserEvent {
+    /// The site kept rate-limiting: browser jobs are paused until `until_ms`.
+    CircuitOpened { reason: String, site: String, until_ms: i64, cooldown_ms: u64 },
+    CircuitClosed,
+    /// No keychain key: the login is kept in memory only and is lost when the agent stops.
+    SessionVolatile { reason: String },
+    /// The site shows its logged-out marker: run `edge-agent browser login --site <site>`.
+    LoginRequired { site: String },
+    SessionSaved { site: String },
+}
+
+/// For the snapshot and `edge-agent status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserStatus {
+    pub executable: Option<String>,
+    pub circuit_open_until_ms: Option<i64>,
+    pub circuit_reason: Option<String>,
+    pub session_volatile: bool,
+    pub login_required: Vec<String>,
+}
+
+/// A job's result, plus the `data` a failed job still reports (a partial broadcast's
+/// `sentRecipients`, which the hub writes to its ledger).
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub result: Result<Value, JobError>,
+    pub error_data: Option<Value>,
+}
+
+impl JobOutcome {
+    fn err(error: BrowserError) -> JobOutcome {
+        JobOutcome { result: Err(error.to_job_error()), error_data: None }
+    }
+}
+
+struct Inner {
+    settings: BrowserSettings,
+    executable: Result<PathBuf, String>,
+    warm: Option<WarmBrowser>,
+    guard: Guard,
+    checkpoints: CheckpointStore,
+    sessions: SessionStore,
+    keys: Arc<dyn KeyStore>,
+    notifier: Arc<dyn Notifier>,
+    key: Mutex<Option<Result<SessionKey, String>>>,
+    /// Session state of sites when there is no key: memory only.
+    volatile: Mutex<std::collections::BTreeMap<String, StorageState>>,
+    login_required: Mutex<BTreeSet<String>>,
+    /// One job per site at a time: two would share one account and one budget.
+    site_locks: Mutex<std::collections::BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Cheap to clone; all clones share the warm browser and the guard state.
+#[derive(Clone)]
+pub struct BrowserRuntime {
+    inner: Arc<Inner>,
+}
+
+impl BrowserRuntime {
+    pub fn new(settings: BrowserSettings, keys: Arc<dyn KeyStore>, notifier: Arc<dyn Notifier>) -> BrowserRuntime {
+        let dir = settings.dir();
+        let executable = crate::launch::find_browser(settings.executable.as_deref()).map_err(|e| e.to_string());
+        let warm = executable.as_ref().ok().map(|exe| {
+            WarmBrowser::new(BrowserLaunch {
+                executable: exe.clone(),
+                user_data_dir: dir.join("profiles").join(&settings.profile),
+                headful: settings.headful,
+            })
+        });
+        let guard = Guard::open(&dir, settings.breaker);
+        let runtime = BrowserRuntime {
+            inner: Arc::new(Inner {
+                executable,
+                warm,
+                guard,
+                checkpoints: CheckpointStore::new(dir.join("checkpoints")),
+                sessions: SessionStore::new(dir.join("sessions")),
+                keys,
+                notifier,
+                key: Mutex::new(None),
+                volatile: Mutex::new(Default::default()),
+                login_required: Mutex::new(BTreeSet::new()),
+                site_locks: Mutex::new(Default::default()),
+                settings,
+            }),
+        };
+        runtime.inner.checkpoints.gc(30 * 24 * 3_600_000);
+        if let Some((until, _)) = runtime.inner.guard.circuit(crate::now_ms()) {
+            runtime.schedule_close(until);
+        }
+        runtime
+    }
+
+    /// Whether a browser was found (the agent announces the browser job types only then).
+    pub fn available(&self) -> bool {
+        self.inner.warm.is_some()
+    }
+
+    pub fn settings(&self) -> &BrowserSettings {
+        &self.inner.settings
+    }
+
+    pub fn warm(&self) -> Option<&WarmBrowser> {
+        self.inner.warm.as_ref()
+    }
+
+    pub fn status(&self) -> BrowserStatus {
+        let circuit = self.inner.guard.circuit(crate::now_ms());
+        BrowserStatus {
+            executable: self.inner.executable.as_ref().ok().map(|p| p.display().to_string()),
+            circuit_open_until_ms: circuit.as_ref().map(|c| c.0),
+            circuit_reason: circuit.map(|c| c.1),
+            session_volatile: self.inner.key.lock().ok().is_some_and(|k| matches!(*k, Some(Err(_)))),
+            login_required: self.inner.login_required.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default(),
+        }
+    }
+
+    /// Closes the circuit breaker by hand (the person resumed from the tray).
+    pub fn reset_circuit(&self) {
+        self.inner.guard.close_circuit();
+        self.inner.notifier.notify(BrowserEvent::CircuitClosed);
+    }
+
+    pub async fn shutdown(&self) {
+        if let Some(warm) = &self.inner.warm {
+            warm.shutdown().await;
+        }
+    }
+
+    fn schedule_close(&self, until_ms: i64) {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let wait = (until_ms - crate::now_ms()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if runtime.inner.guard.circuit(crate::now_ms()).is_none() {
+                tracing::info!("browser circuit breaker closed; browser jobs resume");
+                runtime.inner.notifier.notify(BrowserEvent::CircuitClosed);
+            }
+        });
+    }
+
+    /// The session key, asked once; the person hears once that sessions are volatile.
+    fn key(&self) -> Option<SessionKey> {
+        let mut slot = self.inner.key.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            let answer = self.inner.keys.session_key();
+            if let Err(reason) = &answer {
+                tracing::warn!(%reason, "no keychain key for browser sessions; they are kept in memory only");
+                self.inner.notifier.notify(BrowserEvent::SessionVolatile { reason: reason.clone() });
+            }
+            *slot = Some(answer);
+        }
+        slot.as_ref().and_then(|k| k.as_ref().ok().cloned())
+    }
+
+    fn load_state(&self, site: &str) -> Option<StorageState> {
+        match self.key() {
+            Some(key) => match self.inner.sessions.load(site, &key) {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(site, error = %e, "saved browser session unusable; starting logged out");
+                    None
+                }
+            },
+            None => self.inner.volatile.lock().ok().and_then(|v| v.get(site).cloned()),
+        }
+    }
+
+    fn save_state(&self, site: &str, state: StorageState) {
+        match self.key() {
+            Some(key) => match self.inner.sessions.save(site, &key, &state) {
+                Ok(()) => tracing::debug!(site, cookies = state.cookies.len(), "browser session saved (encrypted)"),
+                Err(e) => tracing::warn!(site, error = %e, "cannot save the browser session"),
+            },
+            None => {
+                if let Ok(mut volatile) = self.inner.volatile.lock() {
+                    volatile.insert(site.to_owned(), state);
+                }
+            }
+        }
+    }
+
+    /// Path of a site's encrypted session file (tests check it is not plaintext).
+    pub fn session_path(&self, site: &str) -> PathBuf {
+        self.inner.sessions.path(site)
+    }
+
+    fn site_lock(&self, site: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.site_locks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(locks.entry(site.to_owned()).or_default())
+    }
+
+    fn options(&self, dry_run: bool) -> RunOptions {
+        RunOptions {
+            dry_run,
+            pacing: self.inner.settings.pacing,
+            typing: self.inner.settings.typing,
+            artifacts_dir: Some(self.inner.settings.dir().join("artifacts")),
+        }
+    }
+
+    /// Circuit breaker and site back-off: fail at once when the deadline cannot be met,
+    /// else wait out the back-off.
+    async fn preflight(&self, site: &str, deadline_ms: i64) -> Result<(), BrowserError> {
+        let now = crate::now_ms();
+        if let Some((until, reason)) = self.inner.guard.circuit(now) {
+            return Err(BrowserError::OverBudget {
+                reason: format!("browser jobs are paused by the circuit breaker ({reason}) until {}", rfc3339(until)),
+                retry_after_ms: (until - now).max(1) as u64,
+            });
+        }
+        if let Some(wait) = self.inner.guard.site_backoff(site, now) {
+            if now + wait as i64 > deadline_ms {
+                return Err(BrowserError::OverBudget {
+                    reason: format!("the site {site:?} asked us to slow down; backing off for {wait} ms"),
+                    retry_after_ms: wait,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        Ok(())
+    }
+
+    /// One token of `action`, waiting for it up to the deadline.
+    async fn take_token(&self, action: &str, cap: Cap, deadline_ms: i64) -> Result<(), BrowserError> {
+        loop {
+            let now = crate::now_ms();
+            match self.inner.guard.try_take(action, cap, now) {
+                Ok(()) => return Ok(()),
+                Err(wait) => {
+                    if wait == u64::MAX || now.saturating_add(wait as i64) > deadline_ms {
+                        return Err(BrowserError::OverBudget {
+                            reason: format!(
+                                "the local {action} budget ({} per hour, burst {}) has no room before the job's deadline",
+                                cap.per_hour, cap.burst
+                            ),
+                            retry_after_ms: wait.min(3_600_000),
+                        });
+                    }
+                    tracing::info!(action, wait_ms = wait, "over the local budget; waiting");
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+            }
+        }
+    }
+
+    /// Rate limits, logins and the like, after a job ended with `error`.
+    fn after_error(&self, adapter: &Adapter, error: BrowserError) -> BrowserError {
+        match error {
+            BrowserError::RateLimited { site, detail, .. } => {
+                let verdict = self.inner.guard.record_rate_limited(
+                    &site,
+                    adapter.settings.rate_limit_backoff_ms,
+                    "RATE_LIMITED",
+                    crate::now_ms(),
+                );
+                if let Some(until) = verdict.circuit_opened_until_ms {
+                    tracing::warn!(%site, until = %rfc3339(until), "repeated rate limits: circuit breaker open, browser jobs paused");
+                    self.inner.notifier.notify(BrowserEvent::CircuitOpened {
+                        reason: "RATE_LIMITED".into(),
+                        site: site.clone(),
+                        until_ms: until,
+                        cooldown_ms: self.inner.settings.breaker.cooldown_ms.max(0) as u64,
+                    });
+                    self.schedule_close(until);
+                }
+                BrowserError::RateLimited { site, detail, retry_after_ms: Some(verdict.retry_after_ms) }
+            }
+            BrowserError::LoginRequired { site } => {
+                if let Ok(mut set) = self.inner.login_required.lock() {
+                    set.insert(site.clone());
+                }
+                self.inner.notifier.notify(BrowserEvent::LoginRequired { site: site.clone() });
+                BrowserError::LoginRequired { site }
+            }
+            other => other,
+        }
+    }
+
+    /// Runs `work` in a fresh context of the warm browser with the site's session restored,
+    /// saves the session afterwards (whatever the outcome), and disposes the context.
+    async fn with_page<T, F, Fut>(&self, adapter: &Adapter, work: F) -> Result<T, BrowserError>
+    where
+        F: FnOnce(Driver) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BrowserError>>,
+    {
+        let warm = self.inner.warm.as_ref().ok_or_else(|| {
+            BrowserError::NotInstalled(self.inner.executable.as_ref().err().cloned().unwrap_or_default())
+        })?;
+        let context = warm.new_context().await?;
+        let driver = Driver::new(context.page.clone()).await?;
+        let origin = adapter.origin();
+        let previous = self.load_state(&adapter.name);
+        if let Some(state) = &previous {
+            session::restore(&driver, state).await?;
+        }
+        let outcome = work(driver.clone()).await;
+        let saveable = !matches!(outcome, Err(BrowserError::Cdp(_) | BrowserError::Launch(_) | BrowserError::Cancelled));
+        if saveable {
+            match session::capture(&driver, &origin, previous.as_ref()).await {
+                Ok(state) => self.save_state(&adapter.name, state),
+                Err(e) => tracing::warn!(error = %e, "cannot read the browser session"),
+            }
+        }
+        context.dispose().await;
+        if outcome.is_ok() {
+            if let Ok(mut set) = self.inner.login_required.lock() {
+                set.remove(&adapter.name);
+            }
+        }
+        outcome
+    }
+
+    /// Runs one browser job. `adapter` is already resolved (inline or from a bundle).
+    pub async fn run_job(&self, job_type: &str, job_id: &str, payload: &BrowserJobPayload, adapter: &Adapter) -> JobOutcome {
+        if let Err(e) = adapter.validate() {
+            return JobOutcome::err(e);
+        }
+        let lock = self.site_lock(&adapter.name);
+        let _one_at_a_time = lock.lock().await;
+        let deadline = payload.deadline_ms.unwrap_or_else(|| {
+            crate::now_ms()
+                + payload.timeout_ms.unwrap_or(self.inner.settings.default_timeout.as_millis() as u64) as i64
+        });
+        let hub_cap = payload.limits.map(|l| Cap { per_hour: l.per_hour, burst: l.burst });
+        if let Err(e) = self.preflight(&adapter.name, deadline).await {
+            return JobOutcome::err(e);
+        }
+        let outcome = match job_type {
+            SEND_DM => self.send_dm(payload, adapter, hub_cap, deadline).await.map(|v| (v, None)),
+            BROADCAST_DM => return self.broadcast(job_id, payload, adapter, hub_cap, deadline).await,
+            SCHEDULE_POST => self.schedule_post(payload, adapter, hub_cap, deadline).await,
+            SCRAPE_SUBS => self.scrape_subs(payload, adapter, hub_cap, deadline).await,
+            other => Err(BrowserError::BadFlow(format!("{other:?} is not a browser job type"))),
+        };
+        match outcome {
+            Ok((value, _)) => JobOutcome { result: Ok(value), error_data: None },
+            Err(e) => JobOutcome::err(self.after_error(adapter, e)),
+        }
+    }
+
+    async fn send_dm(
+        &self,
+        payload: &BrowserJobPayload,
+        adapter: &Adapter,
+        hub_cap: Option<Cap>,
+        deadline: i64,
+    ) -> Result<Value, BrowserError> {
+        let recipient = payload
+            .recipient
+            .clone()
+            .or_else(|| payload.params.get("recipient").and_then(Value::as_str).map(str::to_owned))
+            .filter(|r| !r.trim().is_empty())
+            .ok_or_else(|| BrowserError::BadFlow("send_dm needs `recipient`".into()))?;
+        let mut params = payload.params.clone();
+        params.insert("recipient".into(), Value::from(recipient.trim()));
+        let flow = adapter.flow(SEND_DM)?;
+        flow.resolve_params(&params)?;
+        if !payload.dry_run {
+            self.take_token("dm", self.inner.settings.caps.effective("dm", hub_cap), deadline).await?;
+        }
+        let options = self.options(payload.dry_run);
+        let output = self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await }).await?;
+        let sent: Vec<String> = if payload.dry_run { Vec::new() } else { vec![recipient.trim().to_owned()] };
+        Ok(json!({
+            "sentRecipients": sent,
+            "dryRun": payload.dry_run,
+            "skippedSteps": output.skipped,
+            "stepsRun": output.steps_run,
+        }))
+    }
+
+    async fn broadcast(
+        &self,
+        job_id: &str,
+        payload: &BrowserJobPayload,
+        adapter: &Adapter,
+        hub_cap: Option<Cap>,
+        deadline: i64,
+    ) -> JobOutcome {
+        let recipients: Vec<String> = payload.recipients.clone().unwrap_or_default();
+        if recipients.iter().all(|r| r.trim().is_empty()) {
+            return JobOutcome::err(BrowserError::BadFlow("broadcast_dm needs a non-empty `recipients` list".into()));
+        }
+        let flow = match adapter.flow(SEND_DM) {
+            Ok(flow) => flow,
+            Err(e) => return JobOutcome::err(e),
+        };
+        let mut probe_params = payload.params.clone();
+        probe_params.insert("recipient".into(), Value::from("probe"));
+        if let Err(e) = flow.resolve_params(&probe_params) {
+            return JobOutcome::err(e);
+        }
+        let text = payload.params.get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let idem_key = payload.idem_key.clone().unwrap_or_else(|| job_id.to_owned());
+        let dry_run = payload.dry_run;
+        let store = &self.inner.checkpoints;
+        let mut checkpoint = if dry_run {
+            None
+        } else {
+            match store.open(&idem_key, job_id, &recipients) {
+                Ok(cp) => Some(cp),
+                Err(e) => return JobOutcome::err(BrowserError::Io(format!("broadcast checkpoint: {e}"))),
+            }
+        };
+        let already: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
+        let cap = self.inner.settings.caps.effective("dm", hub_cap);
+        let options = self.options(dry_run);
+        let recipient_pacing = self.inner.settings.recipient_pacing;
+        // Only this job's recipients, in checkpoint order (which keeps the payload's order).
+        let wanted: BTreeSet<String> = recipients.iter().map(|r| normalize(r)).collect();
+        let mut uncertain: Vec<String> = Vec::new();
+        let mut dry_runs = 0u32;
+        let check_flow = adapter.flow("check_sent").ok().filter(|_| adapter.selectors.contains_key("sentMessage"));
+        let runtime = self.clone();
+        let result = self
+            .with_page(adapter, |driver| {
+                let checkpoint = &mut checkpoint;
+                let uncertain = &mut uncertain;
+                let dry_runs = &mut dry_runs;
+                let recipients = &recipients;
+                async move {
+                    let order: Vec<String> = match checkpoint.as_ref() {
+                        Some(cp) => cp
+                            .recipients
+                            .iter()
+                            .map(|r| r.recipient.clone())
+                            .filter(|r| wanted.contains(&normalize(r)))
+                            .collect(),
+                        None => recipients.clone(),
+                    };
+                    let mut first = true;
+                    for recipient in order {
+                        let index = checkpoint
+                            .as_ref()
+                            .and_then(|cp| cp.recipients.iter().position(|r| normalize(&r.recipient) == normalize(&recipient)));
+                        let state = index.and_then(|i| checkpoint.as_ref().map(|cp| cp.recipients[i].state));
+                        if state == Some(Progress::Sent) {
+                            continue;
+                        }
+                        let mut params = payload.params.clone();
+                        params.insert("recipient".into(), Value::from(recipient.clone()));
+                        if state == Some(Progress::Sending) {
+                            // The agent died during this send: ask the site before sending again.
+                            let delivered = match &check_flow {
+                                Some(check) => {
+                                    let out = run_flow(&driver, adapter, check, &params, &RunOptions { pacing: Cadence::OFF, ..options.clone() }).await?;
+                                    let texts = out.vars.get("sentMessages").and_then(Value::as_array).cloned().unwrap_or_default();
+                                    texts.iter().any(|m| m.get("text").and_then(Value::as_str).is_some_and(|t| t.trim() == text.trim()))
+                                }
+                                None => {
+                                    // No way to check: do not risk a second message.
+                                    uncertain.push(recipient.clone());
+                                    true
+                                }
+                            };
+                            if delivered {
+                                if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
+                                    store.mark(cp, i, Progress::Sent).map_err(|e| BrowserError::Io(e.to_string()))?;
+                                }
+                                tracing::info!("interrupted send had gone out; not sending again");
+                                continue;
+                            }
+                        }
+                        if !first {
+                            let pause = recipient_pacing.draw();
+                            if !pause.is_zero() {
+                                tokio::time::sleep(pause).await;
+                            }
+                        }
+                        first = false;
+                        if !dry_run {
+                            runtime.take_token("dm", cap, deadline).await?;
+                        }
+                        if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
+                            store.mark(cp, i, Progress::Sending).map_err(|e| BrowserError::Io(e.to_string()))?;
+                        }
+                        run_flow(&driver, adapter, &flow, &params, &options).await?;
+                        if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
+                            store.mark(cp, i, Progress::Sent).map_err(|e| BrowserError::Io(e.to_string()))?;
+                        }
+                        if dry_run {
+                            *dry_runs += 1;
+                        }
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        let sent: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
+        let data = json!({
+            "sentRecipients": sent,
+            "alreadySent": already,
+            "uncertainRecipients": uncertain,
+            "dryRun": dry_run,
+            "dryRunRecipients": dry_runs,
+            "count": sent.len(),
+        });
+        match result {
+            Ok(()) => JobOutcome { result: Ok(data), error_data: None },
+            Err(e) => {
+                let error = self.after_error(adapter, e);
+                JobOutcome { result: Err(error.to_job_error()), error_data: Some(data) }
+            }
+        }
+    }
+
+    async fn schedule_post(
+        &self,
+        payload: &BrowserJobPayload,
+        adapter: &Adapter,
+        hub_cap: Option<Cap>,
+        deadline: i64,
+    ) -> Result<(Value, Option<Value>), BrowserError> {
+        let p = &payload.params;
+        let at = p.get("at").and_then(Value::as_str).ok_or_else(|| BrowserError::BadFlow("schedule_post needs `params.at` (local date-time or RFC 3339)".into()))?;
+        let zone = p.get("timeZone").and_then(Value::as_str);
+        let when = resolve_time(at, zone)?;
+        let site_zone: chrono_tz::Tz = match adapter.settings.time_zone.as_deref().or(zone) {
+            Some(name) => name.parse().map_err(|_| BrowserError::BadFlow(format!("unknown time zone {name:?}")))?,
+            None => chrono_tz::UTC,
+        };
+        let local = when.with_timezone(&site_zone);
+        let date = local.format(&adapter.settings.date_format).to_string();
+        let time = local.format(&adapter.settings.time_format).to_string();
+        let mut params = p.clone();
+        params.insert("date".into(), Value::from(date.clone()));
+        params.insert("time".into(), Value::from(time.clone()));
+        let media_dir = self.inner.settings.dir().join("media").join(format!("{:016x}", rand::random::<u64>()));
+        let files = materialize_media(p, &media_dir)?;
+        params.insert("files".into(), json!(files));
+        let flow = adapter.flow(SCHEDULE_POST)?;
+        flow.resolve_params(&params)?;
+        if !payload.dry_run {
+            self.take_token("post", self.inner.settings.caps.effective("post", hub_cap), deadline).await?;
+        }
+        let options = self.options(payload.dry_run);
+        let output = self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await }).await;
+        let _ = std::fs::remove_dir_all(&media_dir);
+        let output = output?;
+        Ok((
+            json!({
+                "scheduledFor": when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "siteDate": date,
+                "siteTime": time,
+                "siteTimeZone": site_zone.name(),
+                "media": files.len(),
+                "confirmation": output.vars.get("confirmation"),
+                "dryRun": payload.dry_run,
+                "skippedSteps": output.skipped,
+            }),
+            None,
+        ))
+    }
+
+    async fn scrape_subs(
+        &self,
+        payload: &BrowserJobPayload,
+        adapter: &Adapter,
+        hub_cap: Option<Cap>,
+        deadline: i64,
+    ) -> Result<(Value, Option<Value>), BrowserError> {
+        let flow = adapter.flow(SCRAPE_SUBS)?;
+        let params = payload.params.clone();
+        flow.resolve_params(&params)?;
+        self.take_token("scrape", self.inner.settings.caps.effective("scrape", hub_cap), deadline).await?;
+        let options = self.options(payload.dry_run);
+        let output: FlowOutput =
+            self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await }).await?;
+        let subscribers = output.vars.get("subscribers").cloned().unwrap_or_else(|| json!([]));
+        let count = subscribers.as_array().map_or(0, Vec::len);
+        Ok((json!({ "subscribers": subscribers, "count": count, "pages": output.pages }), None))
+    }
+
+    /// Runs any flow (a bundle's flow document) with the same session, guard and pacing.
+    pub async fn run_flow_document(
+        &self,
+        adapter: &Adapter,
+        flow: &Flow,
+        params: &Map<String, Value>,
+        dry_run: bool,
+    ) -> Result<Value, BrowserError> {
+        adapter.validate()?;
+        flow.validate()?;
+        let lock = self.site_lock(&adapter.name);
+        let _one_at_a_time = lock.lock().await;
+        let deadline = crate::now_ms() + self.inner.settings.default_timeout.as_millis() as i64;
+        self.preflight(&adapter.name, deadline).await?;
+        if !dry_run {
+            self.take_token("flow", self.inner.settings.caps.effective("flow", None), deadline).await?;
+        }
+        let options = self.options(dry_run);
+        let outcome = self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, flow, params, &options).await }).await;
+        match outcome {
+            Ok(output) => Ok(json!({
+                "flow": flow.name,
+                "vars": output.vars,
+                "stepsRun": output.steps_run,
+                "skippedSteps": output.skipped,
+                "screenshots": output.screenshots,
+                "dryRun": dry_run,
+            })),
+            Err(e) => Err(self.after_error(adapter, e)),
+        }
+    }
+
+    /// The person logs in by hand: a browser window (headful unless `headful` is false, which
+    /// tests and scripted logins use) opens the adapter's `login` URL; once the logged-in
+    /// marker shows, the session is saved (encrypted) and the window closes.
+    pub async fn interactive_login(&self, adapter: &Adapter, headful: bool, timeout: Duration) -> Result<LoginReport, BrowserError> {
+        adapter.validate()?;
+        let marker = adapter.markers.logged_in.clone().ok_or_else(|| {
+            BrowserError::BadFlow(format!("adapter {:?} has no markers.loggedIn, so a login cannot be detected", adapter.name))
+        })?;
+        let executable = self.inner.executable.clone().map_err(BrowserError::NotInstalled)?;
+        let launch = BrowserLaunch {
+            executable,
+            user_data_dir: self.inner.settings.dir().join("login-profiles").join(&self.inner.settings.profile),
+            headful,
+        };
+        let args = launch.args();
+        let warm = WarmBrowser::new(launch);
+        let result = async {
+            let context = warm.new_context().await?;
+            let driver = Driver::new(context.page.clone()).await?;
+            let previous = self.load_state(&adapter.name);
+            if let Some(state) = &previous {
+                session::restore(&driver, state).await?;
+            }
+            let url = adapter.absolute(adapter.urls.get("login").map(String::as_str).unwrap_or("/"))?;
+            driver.goto(&url, Duration::from_millis(adapter.settings.timeout_ms)).await?;
+            tracing::info!(site = %adapter.name, "waiting for the person to log in");
+            driver.wait_for(&marker, 0, crate::locator::WaitState::Visible, timeout, false).await?;
+            let state = session::capture(&driver, &adapter.origin(), previous.as_ref()).await?;
+            let cookies = state.cookies.len();
+            self.save_state(&adapter.name, state);
+            context.dispose().await;
+            Ok::<usize, BrowserError>(cookies)
+        }
+        .await;
+        warm.shutdown().await;
+        let cookies = result?;
+        if let Ok(mut set) = self.inner.login_required.lock() {
+            set.remove(&adapter.name);
+        }
+        let volatile = self.key().is_none();
+        self.inner.notifier.notify(BrowserEvent::SessionSaved { site: adapter.name.clone() });
+        Ok(LoginReport { site: adapter.name.clone(), cookies, saved_encrypted: !volatile, launch_args: args })
+    }
+}
+
+/// What a headful login did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginReport {
+    pub site: String,
+    pub cookies: usize,
+    /// False when there was no keychain key (the session lives in this process only).
+    pub saved_encrypted: bool,
+    pub launch_args: Vec<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// `at` as an instant: RFC 3339 with an offset, or a local date-time in `zone` (the
+/// earlier instant when the clock repeats; an error inside a DST gap).
+pub fn resolve_time(at: &str, zone: Option<&str>) -> Result<chrono::DateTime<chrono::Utc>, BrowserError> {
+    use chrono::TimeZone;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(at) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let zone = zone.ok_or_else(|| BrowserError::BadFlow(format!("`at` {at:?} has no offset: give `timeZone` too")))?;
+    let tz: chrono_tz::Tz = zone.parse().map_err(|_| BrowserError::BadFlow(format!("unknown time zone {zone:?}")))?;
+    let naive = chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%dT%H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%dT%H:%M"))
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M"))
+        .map_err(|_| BrowserError::BadFlow(format!("`at` {at:?} is not YYYY-MM-DDTHH:MM[:SS]")))?;
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => Ok(t.with_timezone(&chrono::Utc)),
+        chrono::LocalResult::Ambiguous(earlier, _) => Ok(earlier.with_timezone(&chrono::Utc)),
+        chrono::LocalResult::None => {
+            Err(BrowserError::BadFlow(format!("{at} does not exist in {zone} (the clocks skip it)")))
+        }
+    }
+}
+
+/// `params.media`: `[{"name": "a.jpg", "base64": "…"}]` written to `dir`, or
+/// `params.mediaPaths`: files already on this machine. Returns the paths.
+fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> Result<Vec<String>, BrowserError> {
+    let mut out = Vec::new();
+    if let Some(items) = params.get("media").and_then(Value::as_array) {
+        std::fs::create_dir_all(dir)?;
+        for (i, item) in items.iter().enumerate() {
+            let name = item.get("name").and_then(Value::as_str).unwrap_or("media.bin");
+            let name = std::path::Path::new(name)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("media-{i}.bin"));
+            let data = item
+                .get("base64")
+                .and_then(Value::as_str)
+                .ok_or_else(|| BrowserError::BadFlow(format!("media[{i}] needs `base64`")))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| BrowserError::BadFlow(format!("media[{i}].base64: {e}")))?;
+            let path = dir.join(format!("{i}-{name}"));
+            std::fs::write(&path, bytes)?;
+            out.push(path.display().to_string());
+        }
+    }
+    if let Some(paths) = params.get("mediaPaths").and_then(Value::as_array) {
+        for path in paths.iter().filter_map(Value::as_str) {
+            if !std::path::Path::new(path).is_file() {
+                return Err(BrowserError::BadFlow(format!("mediaPaths: no file {path:?}")));
+            }
+            out.push(path.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// The error a job gets when this agent has no browser.
+pub fn unavailable_error(reason: &str) -> JobError {
+    JobError::new(ErrorCode::Other(crate::error::BROWSER_NOT_FOUND.into()), reason.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_times_resolve_in_their_zone_and_dst_gaps_are_refused() {
+        let t = resolve_time("2025-07-01T18:30", Some("Europe/Paris")).unwrap();
+        assert_eq!(t.to_rfc3339(), "2025-07-01T16:30:00+00:00");
+        assert!(resolve_time("2025-03-30T02:30", Some("Europe/Paris")).is_err());
+        let overlap = resolve_time("2025-10-26T02:30", Some("Europe/Paris")).unwrap();
+        assert_eq!(overlap.to_rfc3339(), "2025-10-26T00:30:00+00:00");
+        assert!(resolve_time("2025-07-01T18:30", None).is_err());
+        assert_eq!(resolve_time("2025-07-01T18:30:00-04:00", None).unwrap().to_rfc3339(), "2025-07-01T22:30:00+00:00");
+    }
+}

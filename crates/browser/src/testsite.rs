@@ -1,0 +1,525 @@
+//! A creator-platform look-alike served on 127.0.0.1, for tests and the benchmark (feature
+//! `test-site`). Login with a session cookie, a DM composer with the conversation, a post
+//! scheduler with date/time pickers and media upload, a paginated subscriber list, a
+//! rate-limit banner (with HTTP 429) after N actions in a window, content/policy refusals,
+//! and a logged-out state. It counts every message per recipient on the server side, which
+//! is what the exactly-once tests check.
+//!
+//! A second skin under `/alt/` has other URLs and markup for the same DM feature, to prove a
+//! flow moves to another site by changing only the adapter. It must never bind anything
+//! but loopback.
+
+use crate::flow::{parse_adapter, Adapter};
+use axum::extract::{Form, Multipart, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "creator";
+pub const PASSWORD: &str = "correct horse";
+pub const SUBSCRIBERS: usize = 25;
+pub const PAGE_SIZE: usize = 10;
+
+/// A scheduled post as the site recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Post {
+    pub text: String,
+    pub date: String,
+    pub time: String,
+    pub media: Vec<(String, usize)>,
+}
+
+#[derive(Default)]
+struct SiteState {
+    sessions: HashSet<String>,
+    logins: u32,
+    messages: BTreeMap<String, Vec<String>>,
+    posts: Vec<Post>,
+    /// (max actions, window): beyond it, sends answer 429 with the banner.
+    rate_limit: Option<(usize, Duration)>,
+    actions: Vec<Instant>,
+    rate_limited: u32,
+    /// Pause before answering a send (lets tests kill the agent mid-broadcast).
+    send_delay: Duration,
+}
+
+/// A running site. Dropping it does not stop the server thread (it ends with the process).
+#[derive(Clone)]
+pub struct Site {
+    pub base_url: String,
+    state: Arc<Mutex<SiteState>>,
+}
+
+type Shared = Arc<Mutex<SiteState>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, SiteState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn session(headers: &HeaderMap, state: &Shared) -> bool {
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let st = lock(state);
+    cookies.split(';').filter_map(|c| c.trim().strip_prefix("sid=")).any(|sid| st.sessions.contains(sid))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>{title}</title>\
+         <style>body{{font-family:sans-serif}} .fade{{animation:slide .3s}} @keyframes slide{{from{{margin-left:200px}}to{{margin-left:0}}}}</style>\
+         </head><body>{body}</body></html>"
+    ))
+}
+
+fn logged_out(auto: bool) -> Html<String> {
+    logged_out_to(auto, None)
+}
+
+fn logged_out_to(auto: bool, next: Option<&str>) -> Html<String> {
+    let action = match next.filter(|n| n.starts_with('/')) {
+        Some(next) => format!("/login?next={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()),
+        None => "/login".to_owned(),
+    };
+    let auto_js = if auto {
+        // Stands in for the person typing their password in the headful window.
+        format!(
+            "<script>setTimeout(() => {{ document.querySelector('#user').value = {u:?}; document.querySelector('#password').value = {p:?}; document.querySelector('#login-form').submit(); }}, 400);</script>",
+            u = USER,
+            p = PASSWORD
+        )
+    } else {
+        String::new()
+    };
+    page(
+        "Log in",
+        &format!(
+            "<h1>FanHub</h1><form id=login-form method=post action=\"{action}\">\
+             <input id=user name=user placeholder=User><input id=password name=password type=password>\
+             <button type=submit>Log in</button></form>{auto_js}"
+        ),
+    )
+}
+
+fn nav() -> &'static str {
+    "<nav><span id=account>Logged in as creator</span> <a href=/subscribers>Subscribers</a></nav>\
+     <script>localStorage.setItem('fanhub.theme', 'dark'); localStorage.setItem('fanhub.visits', String(Number(localStorage.getItem('fanhub.visits') || 0) + 1));</script>"
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    user: String,
+    password: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LoginQuery {
+    auto: Option<String>,
+    next: Option<String>,
+}
+
+async fn login_page(Query(q): Query<LoginQuery>) -> Html<String> {
+    logged_out_to(q.auto.is_some(), q.next.as_deref())
+}
+
+async fn login(State(state): State<Shared>, Query(q): Query<LoginQuery>, Form(form): Form<LoginForm>) -> Response {
+    if form.user != USER || form.password != PASSWORD {
+        return (StatusCode::UNAUTHORIZED, logged_out(false)).into_response();
+    }
+    let sid = format!("{:032x}", rand::random::<u128>());
+    {
+        let mut st = lock(&state);
+        st.sessions.insert(sid.clone());
+        st.logins += 1;
+    }
+    (
+        [(header::SET_COOKIE, format!("sid={sid}; Path=/; HttpOnly; SameSite=Lax; Max-Age=86400"))],
+        Redirect::to(q.next.as_deref().filter(|n| n.starts_with('/') && !n.starts_with("//")).unwrap_or("/")),
+    )
+        .into_response()
+}
+
+async fn home(State(state): State<Shared>, headers: HeaderMap) -> Html<String> {
+    if !session(&headers, &state) {
+        return logged_out(false);
+    }
+    page("Home", &format!("{}<h1>Welcome back</h1>", nav()))
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ComposeQuery {
+    to: Option<String>,
+    sent: Option<String>,
+}
+
+fn thread(st: &SiteState, to: &str) -> String {
+    st.messages
+        .get(&to.to_lowercase())
+        .map(|list| list.iter().map(|m| format!("<li class=message>{}</li>", esc(m))).collect::<String>())
+        .unwrap_or_default()
+}
+
+async fn compose(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<ComposeQuery>) -> Html<String> {
+    if !session(&headers, &state) {
+        return logged_out(false);
+    }
+    let to = q.to.unwrap_or_default();
+    let messages = thread(&lock(&state), &to);
+    let sent = if q.sent.is_some() { "<p class=dm-sent>Message sent</p>" } else { "" };
+    page(
+        "Messages",
+        &format!(
+            "{nav}<h1>Chat with {to}</h1><ul id=thread>{messages}</ul>{sent}\
+             <form id=dm-form method=post action=/messages class=fade>\
+             <input type=hidden name=to value=\"{to}\">\
+             <textarea id=dm-text name=text rows=3></textarea>\
+             <button id=send type=submit>Send</button></form>",
+            nav = nav(),
+            to = esc(&to)
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct SendForm {
+    to: String,
+    text: String,
+}
+
+/// Counts the action against the window; true when over the limit.
+fn over_limit(st: &mut SiteState) -> bool {
+    let Some((max, window)) = st.rate_limit else { return false };
+    let now = Instant::now();
+    st.actions.retain(|t| now.duration_since(*t) < window);
+    if st.actions.len() >= max {
+        st.rate_limited += 1;
+        return true;
+    }
+    st.actions.push(now);
+    false
+}
+
+fn refusal(status: StatusCode, class: &str, text: &str) -> Response {
+    (status, page("Refused", &format!("{}<div class={class}>{text}</div>", nav()))).into_response()
+}
+
+async fn send(State(state): State<Shared>, headers: HeaderMap, Form(form): Form<SendForm>) -> Response {
+    if !session(&headers, &state) {
+        return logged_out(false).into_response();
+    }
+    let delay = lock(&state).send_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if form.text.contains("BLOCKME") {
+        return refusal(StatusCode::OK, "content-blocked", "This message was blocked by our content filters.");
+    }
+    if form.text.contains("POLICYME") {
+        return refusal(StatusCode::OK, "policy-violation", "Sending this breaks our terms of service.");
+    }
+    {
+        let mut st = lock(&state);
+        if over_limit(&mut st) {
+            drop(st);
+            return refusal(StatusCode::TOO_MANY_REQUESTS, "rate-limit-banner", "You are sending too fast. Try again later.");
+        }
+        st.messages.entry(form.to.trim().to_lowercase()).or_default().push(form.text.clone());
+    }
+    let to: String = url::form_urlencoded::byte_serialize(form.to.as_bytes()).collect();
+    Redirect::to(&format!("/messages?to={to}&sent=1")).into_response()
+}
+
+async fn scheduler(State(state): State<Shared>, headers: HeaderMap) -> Html<String> {
+    if !session(&headers, &state) {
+        return logged_out(false);
+    }
+    page(
+        "New post",
+        &format!(
+            "{}<h1>Schedule a post</h1><form id=post-form method=post action=/posts enctype=multipart/form-data>\
+             <textarea id=post-text name=text></textarea>\
+             <label class=upload>Add media <input id=post-media name=media type=file multiple style=\"display:none\"></label>\
+             <input id=post-date name=date type=date><input id=post-time name=time type=time>\
+             <button type=submit disabled id=schedule>Schedule</button></form>\
+             <script>const f = document.querySelector('#post-form'); f.addEventListener('input', () => {{\
+               document.querySelector('#schedule').disabled = !(f.text.value && f.date.value && f.time.value); }});</script>",
+            nav()
+        ),
+    )
+}
+
+async fn schedule(State(state): State<Shared>, headers: HeaderMap, mut multipart: Multipart) -> Response {
+    if !session(&headers, &state) {
+        return logged_out(false).into_response();
+    }
+    let mut post = Post { text: String::new(), date: String::new(), time: String::new(), media: Vec::new() };
+    while let Ok(Some(field)) = multipart.next_field().await {
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let Ok(bytes) = field.bytes().await else { break };
+        match name.as_str() {
+            "text" => post.text = String::from_utf8_lossy(&bytes).into_owned(),
+            "date" => post.date = String::from_utf8_lossy(&bytes).into_owned(),
+            "time" => post.time = String::from_utf8_lossy(&bytes).into_owned(),
+            "media" if !bytes.is_empty() => post.media.push((file_name.unwrap_or_default(), bytes.len())),
+            _ => {}
+        }
+    }
+    {
+        let mut st = lock(&state);
+        if over_limit(&mut st) {
+            drop(st);
+            return refusal(StatusCode::TOO_MANY_REQUESTS, "rate-limit-banner", "Slow down.");
+        }
+        st.posts.push(post.clone());
+    }
+    page(
+        "Scheduled",
+        &format!("{}<p class=post-scheduled>Scheduled for {} {}</p>", nav(), esc(&post.date), esc(&post.time)),
+    )
+    .into_response()
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PageQuery {
+    page: Option<usize>,
+}
+
+async fn subscribers(State(state): State<Shared>, headers: HeaderMap, Query(q): Query<PageQuery>) -> Html<String> {
+    if !session(&headers, &state) {
+        return logged_out(false);
+    }
+    let page_no = q.page.unwrap_or(1).max(1);
+    let start = (page_no - 1) * PAGE_SIZE;
+    let rows: String = (start..(start + PAGE_SIZE).min(SUBSCRIBERS))
+        .map(|i| {
+            format!(
+                "<tr class=subscriber><td class=name>Fan {i:02}</td><td class=handle>@fan{i:02}</td><td class=since data-date=\"2024-01-{:02}\">Jan {}</td></tr>",
+                i % 28 + 1,
+                i % 28 + 1
+            )
+        })
+        .collect();
+    let next = if start + PAGE_SIZE < SUBSCRIBERS {
+        format!("<a class=next-page href=\"/subscribers?page={}\">Next</a>", page_no + 1)
+    } else {
+        String::new()
+    };
+    page("Subscribers", &format!("{}<table id=subs>{rows}</table>{next}", nav()))
+}
+
+async fn alt_inbox(State(state): State<Shared>, headers: HeaderMap, Path(to): Path<String>) -> Html<String> {
+    if !session(&headers, &state) {
+        return page("Sign in", "<div class=signin-required>Please sign in</div>");
+    }
+    page(
+        "Inbox",
+        &format!(
+            "<header class=me>creator</header><section class=conversation data-peer=\"{to}\">\
+             <div contenteditable=true class=composer></div><a href=# class=btn id=deliver>Deliver</a></section>\
+             <script>document.querySelector('#deliver').addEventListener('click', async (e) => {{ e.preventDefault();\
+               const text = document.querySelector('.composer').textContent;\
+               const r = await fetch('/alt/api/send', {{method:'POST', headers:{{'content-type':'application/json'}}, body: JSON.stringify({{to:{to_js}, text}})}});\
+               const d = document.createElement('div'); d.className = r.ok ? 'delivered' : (r.status === 429 ? 'slowdown' : 'failed');\
+               d.textContent = r.ok ? 'Delivered' : 'Slow down'; document.body.appendChild(d); }});</script>",
+            to = esc(&to),
+            to_js = serde_json::to_string(&to).unwrap_or_default()
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct AltSend {
+    to: String,
+    text: String,
+}
+
+async fn alt_send(State(state): State<Shared>, headers: HeaderMap, axum::Json(body): axum::Json<AltSend>) -> StatusCode {
+    if !session(&headers, &state) {
+        return StatusCode::UNAUTHORIZED;
+    }
+    let mut st = lock(&state);
+    if over_limit(&mut st) {
+        return StatusCode::TOO_MANY_REQUESTS;
+    }
+    st.messages.entry(body.to.trim().to_lowercase()).or_default().push(body.text);
+    StatusCode::OK
+}
+
+impl Site {
+    /// Serves on a free loopback port from its own thread and runtime, so sync and async
+    /// tests can both use it.
+    pub fn start() -> std::io::Result<Site> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let base_url = format!("http://{}", listener.local_addr()?);
+        let state: Shared = Arc::new(Mutex::new(SiteState::default()));
+        let app = Router::new()
+            .route("/", get(home))
+            .route("/login", get(login_page).post(login))
+            .route("/messages", get(compose).post(send))
+            .route("/posts/new", get(scheduler))
+            .route("/posts", post(schedule))
+            .route("/subscribers", get(subscribers))
+            .route("/alt/inbox/{to}", get(alt_inbox))
+            .route("/alt/api/send", post(alt_send))
+            .with_state(Arc::clone(&state));
+        std::thread::Builder::new().name("test-site".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return eprintln!("test site: {e}"),
+            };
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let _ = axum::serve(listener, app).await;
+                    }
+                    Err(e) => eprintln!("test site: {e}"),
+                }
+            });
+        })?;
+        Ok(Site { base_url, state })
+    }
+
+    /// The adapter of the main skin, in YAML as a person would write it.
+    pub fn adapter_yaml(&self) -> String {
+        format!(
+            r##"name: fanhub
+baseUrl: {base}
+urls:
+  login: /login
+  compose: /messages?to={{{{params.recipient|url}}}}
+  scheduler: /posts/new
+  subscribers: /subscribers
+markers:
+  loggedIn: "#account"
+  loggedOut: "#login-form"
+  rateLimited: ".rate-limit-banner"
+  contentBlocked: ".content-blocked"
+  policyViolation: ".policy-violation"
+selectors:
+  composeBox: "#dm-text"
+  sendButton: "form#dm-form >> text=Send"
+  sentConfirmation: ".dm-sent"
+  sentMessage: "#thread .message"
+  postText: "#post-text"
+  mediaInput: "#post-media"
+  dateInput: "#post-date"
+  timeInput: "#post-time"
+  scheduleButton: 'text="Schedule"'
+  scheduledConfirmation: ".post-scheduled"
+  nextPage: "a.next-page"
+lists:
+  subscribers:
+    row: "tr.subscriber"
+    fields:
+      name: {{selector: ".name"}}
+      handle: {{selector: ".handle"}}
+      since: {{selector: ".since", attr: "data-date"}}
+settings:
+  timeZone: America/New_York
+  timeoutMs: 5000
+  rateLimitBackoffMs: 1000
+"##,
+            base = self.base_url
+        )
+    }
+
+    pub fn adapter(&self) -> Adapter {
+        match parse_adapter(&self.adapter_yaml()) {
+            Ok(adapter) => adapter,
+            Err(e) => panic!("the test site's own adapter must parse: {e}"),
+        }
+    }
+
+    /// The adapter of the `/alt/` skin: other URLs, markup and texts, same DM feature.
+    pub fn alt_adapter(&self) -> Adapter {
+        let yaml = format!(
+            r##"name: althub
+baseUrl: {base}
+urls:
+  login: /login?next=/alt/inbox/me
+  compose: /alt/inbox/{{{{params.recipient|url}}}}
+markers:
+  loggedIn: "header.me"
+  loggedOut: ".signin-required"
+  rateLimited: ".slowdown"
+selectors:
+  composeBox: ".conversation .composer"
+  sendButton: "text=Deliver"
+  sentConfirmation: ".delivered"
+settings:
+  timeoutMs: 5000
+"##,
+            base = self.base_url
+        );
+        match parse_adapter(&yaml) {
+            Ok(adapter) => adapter,
+            Err(e) => panic!("the alt adapter must parse: {e}"),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Messages the site received for `recipient`, oldest first.
+    pub fn messages_to(&self, recipient: &str) -> Vec<String> {
+        lock(&self.state).messages.get(&recipient.to_lowercase()).cloned().unwrap_or_default()
+    }
+
+    pub fn message_counts(&self) -> BTreeMap<String, usize> {
+        lock(&self.state).messages.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+    }
+
+    pub fn total_messages(&self) -> usize {
+        lock(&self.state).messages.values().map(Vec::len).sum()
+    }
+
+    pub fn posts(&self) -> Vec<Post> {
+        lock(&self.state).posts.clone()
+    }
+
+    pub fn logins(&self) -> u32 {
+        lock(&self.state).logins
+    }
+
+    pub fn rate_limited_count(&self) -> u32 {
+        lock(&self.state).rate_limited
+    }
+
+    /// At most `max` sends/posts per `window`; beyond, 429 and the banner.
+    pub fn set_rate_limit(&self, limit: Option<(usize, Duration)>) {
+        let mut st = lock(&self.state);
+        st.rate_limit = limit;
+        st.actions.clear();
+    }
+
+    pub fn set_send_delay(&self, delay: Duration) {
+        lock(&self.state).send_delay = delay;
+    }
+
+    /// Ends every session: the next page load shows the logged-out state.
+    pub fn logout_everyone(&self) {
+        lock(&self.state).sessions.clear();
+    }
+
+    /// A valid session cookie value, as a login would set it (for tests seeding state).
+    pub fn mint_session(&self) -> String {
+        let sid = format!("{:032x}", rand::random::<u128>());
+        lock(&self.state).sessions.insert(sid.clone());
+        sid
+    }
+
+    /// Counts per recipient as a sorted map, for assertions.
+    pub fn counts_of(&self, recipients: &[String]) -> HashMap<String, usize> {
+        let st = lock(&self.state);
+        recipients.iter().map(|r| (r.clone(), st.messages.get(&r.to_lowercase()).map_or(0, Vec::len))).collect()
+    }
+}

@@ -1,0 +1,332 @@
+//! `cargo xtask bench hub`: the hub's numbers in docs/benchmarks.md. Release builds of
+//! `edge-hub` and `edge-loadgen` (a separate process: agents and submitters never share the
+//! hub's two cores with its own runtime), loopback only, every run bounded by a job count or
+//! a duration. Prints Markdown rows to paste into the "Hub" section.
+//!
+//! Runs: end-to-end jobs/s with 1,000 agents on SQLite and on PostgreSQL; dispatch latency
+//! at 1,000 jobs/s; idle agent sessions and the hub's RSS; claim-and-complete of our
+//! PostgreSQL store against graphile-worker (npm) on the same server with the same count.
+
+use crate::util::{cargo, checked, root};
+use anyhow::{bail, Context, Result};
+use edge_e2e::pg::TempDatabase;
+use edge_e2e::procfs::rss_kib;
+use edge_e2e::{scratch_dir, Binaries, Hub};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Sizes; `EDGE_BENCH_QUICK=1` shrinks them for a smoke run.
+struct Sizes {
+    agents: usize,
+    jobs: u64,
+    latency_secs: u64,
+    idle_agents: usize,
+    store_jobs: u64,
+}
+
+fn sizes() -> Sizes {
+    if std::env::var_os("EDGE_BENCH_QUICK").is_some() {
+        Sizes { agents: 100, jobs: 2_000, latency_secs: 3, idle_agents: 1_000, store_jobs: 2_000 }
+    } else {
+        // The idle run is bounded by the descriptor limit this process may give its
+        // children (see `fd_budget`); 50,000 needs `ulimit -n` ≥ 51,000 for both processes.
+        Sizes { agents: 1_000, jobs: 20_000, latency_secs: 10, idle_agents: 50_000, store_jobs: 20_000 }
+    }
+}
+
+struct Tools {
+    bins: Binaries,
+    loadgen: PathBuf,
+}
+
+pub fn run() -> Result<()> {
+    checked(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "edge-hub",
+        "-p",
+        "edge-agent",
+        "-p",
+        "edge-loadgen",
+    ]))?;
+    let dir = root().join("target/release");
+    let tools = Tools {
+        bins: Binaries { hub: dir.join("edge-hub"), agent: dir.join("edge-agent") },
+        loadgen: dir.join("edge-loadgen"),
+    };
+    let budget = fd_budget();
+    let sizes = sizes();
+    let pg = edge_e2e::pg::available();
+    // A measurement that fails or runs out of time becomes a row saying so; the rest run.
+    let mut rows = Vec::new();
+    let mut row = |what: String, result: Result<String>, target: &str| {
+        let result = result.unwrap_or_else(|e| format!("failed: {e:#}"));
+        rows.push(format!("| {what} | {result} | {target} |"));
+    };
+
+    row(
+        format!(
+            "end-to-end jobs/s, SQLite, {} agents, {} jobs (submit → assign → ack → result)",
+            sizes.agents, sizes.jobs
+        ),
+        throughput(&tools, None, &sizes).map(|v| rate(&v)),
+        "≥ 20,000",
+    );
+    if pg {
+        let db = TempDatabase::create("bench_e2e")?;
+        row(
+            format!("end-to-end jobs/s, PostgreSQL, {} agents, {} jobs submitted", sizes.agents, sizes.jobs),
+            throughput(&tools, Some(&db.url), &sizes).map(|v| rate(&v)),
+            "—",
+        );
+    }
+    row(
+        format!(
+            "dispatch latency, submit → `job_assign` at the agent, 1,000 jobs/s for {} s, {} agents: p50 / p99 / max",
+            sizes.latency_secs, sizes.agents
+        ),
+        latency(&tools, &sizes).map(|v| {
+            let ms = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            format!(
+                "{:.2} / {:.2} / {:.2} ms (achieved {:.0} jobs/s)",
+                ms("p50_ms"),
+                ms("p99_ms"),
+                ms("max_ms"),
+                ms("achieved_rate")
+            )
+        }),
+        "p99 ≤ 5 ms",
+    );
+    let idle_agents = sizes.idle_agents.min(budget.saturating_sub(500));
+    row(
+        format!("hub RSS with {idle_agents} idle agent sessions (hello + heartbeats)"),
+        idle(&tools, idle_agents).map(|(connected, rss_kib)| {
+            let per_session = rss_kib as f64 / connected.max(1) as f64;
+            format!(
+                "{:.0} MB for {connected} sessions ({per_session:.1} KiB each; ×50,000 ≈ {:.0} MB)",
+                rss_kib as f64 / 1024.0,
+                per_session * 50_000.0 / 1024.0
+            )
+        }),
+        "≤ 1 GiB at 50,000",
+    );
+    if pg {
+        row(
+            format!(
+                "claim-and-complete, PostgreSQL, {} queued jobs, 8 workers: edge-hub store / graphile-worker",
+                sizes.store_jobs
+            ),
+            store_vs_graphile(&tools, &sizes).map(|(ours, theirs)| {
+                let (a, b) =
+                    (ours["jobs_per_sec"].as_f64().unwrap_or(0.0), theirs["jobs_per_sec"].as_f64().unwrap_or(0.0));
+                let version = theirs["version"].as_str().unwrap_or("?");
+                format!(
+                    "{a:.0} / {b:.0} jobs/s (graphile-worker {version}; ratio {:.2})",
+                    if b > 0.0 { a / b } else { f64::NAN }
+                )
+            }),
+            "—",
+        );
+    }
+
+    println!("\n| measurement | result | target |");
+    println!("|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
+}
+
+/// `N jobs/s` (`, partial: M of K recorded` when the run hit its deadline).
+fn rate(report: &Value) -> String {
+    let per_sec = report["jobs_per_sec"].as_f64().unwrap_or(0.0);
+    let (recorded, accepted) = (report["recorded"].as_u64().unwrap_or(0), report["accepted"].as_u64().unwrap_or(0));
+    if recorded < accepted {
+        format!(
+            "{per_sec:.0} jobs/s (deadline hit: {recorded} of {accepted} recorded in {:.0} s)",
+            report["elapsed_secs"].as_f64().unwrap_or(0.0)
+        )
+    } else {
+        format!("{per_sec:.0} jobs/s")
+    }
+}
+
+/// Raises this process's descriptor limit (inherited by the hub and the load generator) to
+/// a million, or to the hard limit when raising that is not allowed (no CAP_SYS_RESOURCE),
+/// and returns what children get. The idle run is sized to fit.
+fn fd_budget() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with valid pointers to local structs.
+    let soft = unsafe {
+        let wanted = libc::rlimit { rlim_cur: 1_048_576, rlim_max: 1_048_576 };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 && libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur
+    };
+    let budget = usize::try_from(soft).unwrap_or(usize::MAX);
+    eprintln!("descriptor limit for the hub and the load generator: {budget}");
+    budget
+}
+
+/// A hub for one run, logging warnings only (per-job info lines would measure the log).
+fn start_hub(tools: &Tools, dir: &Path, database_url: Option<&str>) -> Result<Hub> {
+    let env = [("EDGE_HUB_LOG", "warn")];
+    let args = ["--hb-interval-secs", "25"];
+    match database_url {
+        Some(url) => Hub::start_with_database(&tools.bins, dir, url, &env, &args),
+        None => Hub::start(&tools.bins, dir, &env, &args),
+    }
+}
+
+/// `count` enrollment tokens for creator `bench`, written one per line to a file.
+fn tokens_file(tools: &Tools, hub: &Hub, dir: &Path, count: usize) -> Result<PathBuf> {
+    let out = Command::new(&tools.bins.hub)
+        .args(["--database-url", &hub.database_url, "enroll-token", "create", "--creator", "bench"])
+        .args(["--count", &count.to_string()])
+        .output()
+        .context("creating enrollment tokens")?;
+    if !out.status.success() {
+        bail!("enroll-token create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = dir.join("tokens.txt");
+    std::fs::write(&path, &out.stdout)?;
+    Ok(path)
+}
+
+/// Runs the load generator and returns the last JSON line it printed.
+fn loadgen(tools: &Tools, args: &[String]) -> Result<Value> {
+    eprintln!("$ edge-loadgen {}", args.join(" "));
+    let out = Command::new(&tools.loadgen).args(args).stderr(Stdio::inherit()).output().context("edge-loadgen")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| l.starts_with('{')).context("no JSON from edge-loadgen")?;
+    let value: Value = serde_json::from_str(last)?;
+    eprintln!("{value}");
+    if !out.status.success() && value["recorded"].is_null() {
+        bail!("edge-loadgen failed: {value}");
+    }
+    Ok(value)
+}
+
+fn common_args(hub: &Hub, key: &str, tokens: &Path, agents: usize) -> Vec<String> {
+    vec![
+        "--hub".into(),
+        hub.url.clone(),
+        "--api-key".into(),
+        key.into(),
+        "--tokens".into(),
+        tokens.display().to_string(),
+        "--agents".into(),
+        agents.to_string(),
+    ]
+}
+
+fn throughput(tools: &Tools, database_url: Option<&str>, sizes: &Sizes) -> Result<Value> {
+    let dir = scratch_dir("bench-hub-e2e")?;
+    let hub = start_hub(tools, &dir.path().join("hub"), database_url)?;
+    let key = hub.api_key()?;
+    let tokens = tokens_file(tools, &hub, dir.path(), sizes.agents)?;
+    let mut args = vec!["throughput".to_owned()];
+    args.extend(common_args(&hub, &key, &tokens, sizes.agents));
+    args.extend([
+        "--jobs".into(),
+        sizes.jobs.to_string(),
+        "--submitters".into(),
+        "64".into(),
+        "--slots".into(),
+        "8".into(),
+    ]);
+    loadgen(tools, &args)
+}
+
+fn latency(tools: &Tools, sizes: &Sizes) -> Result<Value> {
+    let dir = scratch_dir("bench-hub-latency")?;
+    let hub = start_hub(tools, &dir.path().join("hub"), None)?;
+    let key = hub.api_key()?;
+    let tokens = tokens_file(tools, &hub, dir.path(), sizes.agents)?;
+    let mut args = vec!["latency".to_owned()];
+    args.extend(common_args(&hub, &key, &tokens, sizes.agents));
+    args.extend(["--rate".into(), "1000".into(), "--duration-secs".into(), sizes.latency_secs.to_string()]);
+    loadgen(tools, &args)
+}
+
+/// Connects `agents` idle sessions and returns (connected, hub RSS in KiB) measured 10 s
+/// after the last one said hello.
+fn idle(tools: &Tools, agents: usize) -> Result<(u64, u64)> {
+    let dir = scratch_dir("bench-hub-idle")?;
+    let hub = start_hub(tools, &dir.path().join("hub"), None)?;
+    let key = hub.api_key()?;
+    let tokens = tokens_file(tools, &hub, dir.path(), agents)?;
+    let mut args = vec!["idle".to_owned()];
+    args.extend(common_args(&hub, &key, &tokens, agents));
+    // Several source addresses: one would run out of ephemeral ports near 28,000.
+    args.extend(["--source-ips".into(), "8".into(), "--slots".into(), "1".into(), "--hold-secs".into(), "20".into()]);
+    eprintln!("$ edge-loadgen {}", args.join(" "));
+    let mut child = Command::new(&tools.loadgen).args(&args).stdout(Stdio::piped()).spawn().context("edge-loadgen")?;
+    let stdout = child.stdout.take().context("piped")?;
+    let mut connected = None;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let value: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if let Some(n) = value["connected"].as_u64() {
+            connected = Some(n);
+            break;
+        }
+    }
+    let Some(connected) = connected else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("edge-loadgen never reported its sessions connected");
+    };
+    std::thread::sleep(Duration::from_secs(10));
+    let rss = rss_kib(hub.pid().context("hub not running")?)?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("edge-loadgen idle failed ({status})");
+    }
+    Ok((connected, rss))
+}
+
+fn store_vs_graphile(tools: &Tools, sizes: &Sizes) -> Result<(Value, Value)> {
+    let ours_db = TempDatabase::create("bench_store")?;
+    let ours = loadgen(
+        tools,
+        &[
+            "store".into(),
+            "--database-url".into(),
+            ours_db.url.clone(),
+            "--jobs".into(),
+            sizes.store_jobs.to_string(),
+            "--workers".into(),
+            "8".into(),
+        ],
+    )?;
+    let graphile_dir = root().join("benches/graphile");
+    if !graphile_dir.join("node_modules/graphile-worker").is_dir() {
+        checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&graphile_dir))?;
+    }
+    let theirs_db = TempDatabase::create("bench_graphile")?;
+    eprintln!("$ node benches/graphile/bench.mjs");
+    let out = Command::new("node")
+        .arg("bench.mjs")
+        .current_dir(&graphile_dir)
+        .env("DATABASE_URL", &theirs_db.url)
+        .env("JOBS", sizes.store_jobs.to_string())
+        .env("CONCURRENCY", "8")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("node bench.mjs")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let theirs: Value = serde_json::from_str(text.lines().last().context("no output from bench.mjs")?)?;
+    eprintln!("{theirs}");
+    if !out.status.success() {
+        bail!("graphile-worker run failed: {theirs}");
+    }
+    Ok((ours, theirs))
+}
