@@ -19,6 +19,7 @@ static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 
 /// Runs the app; returns the process exit code.
 pub fn run() -> i32 {
+    skip_gdk_gl_on_x11();
     let options = match TrayOptions::from_env_and_args(std::env::args().skip(1)) {
         Ok(options) => options,
         Err(err) => {
@@ -69,12 +70,12 @@ pub fn run() -> i32 {
                 commands::resume,
             ])
             .on_window_event(|window, event| {
-                // Closing the window only hides it: the agent keeps working in the tray.
-                if let WindowEvent::CloseRequested { api, .. } = event {
-                    api.prevent_close();
-                    if let Err(err) = window.hide() {
-                        tracing::warn!(error = %err, "could not hide the window");
-                    }
+                // Closing the window destroys it (the agent keeps working in the tray, and
+                // `ExitRequested` below keeps the app alive): a hidden webview would keep
+                // WebKit's web and network processes, hundreds of MB, for nothing. The tray's
+                // Open item, or launching the app again, builds a fresh window.
+                if let WindowEvent::Destroyed = event {
+                    tracing::info!(window = window.label(), "window closed; the agent keeps running in the tray");
                 }
             })
             .setup(move |app| {
@@ -110,6 +111,20 @@ pub fn run() -> i32 {
     });
     tracing::info!(code, "tray app exited");
     code
+}
+
+/// GTK 3 opens an OpenGL context (on machines without a GPU driver, Mesa's llvmpipe: about
+/// 50 MB) when it starts on X11, before any window exists. The tray needs none, and the
+/// webview brings its own EGL when a window opens, so on X11 GDK's GL is switched off unless
+/// the person set `GDK_GL` themselves. Wayland sessions are left alone: there the webview
+/// presents through GDK's GL.
+fn skip_gdk_gl_on_x11() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("GDK_GL").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        // Called first thing in `run`, before any thread exists, so nothing reads the
+        // environment concurrently.
+        std::env::set_var("GDK_GL", "disable");
+    }
 }
 
 fn setup<R: Runtime>(app: &AppHandle<R>, agent: &Agent, show_at_start: bool) {

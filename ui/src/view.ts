@@ -145,7 +145,7 @@ export function render(snapshot: AgentSnapshot): void {
   // Grouped in fours so a person can compare it with the operator's, group by group.
   setText(
     "root-fingerprint-value",
-    snapshot.rootFingerprint ? (snapshot.rootFingerprint.match(/.{1,4}/g) ?? []).join(" ") : "None — log in again",
+    snapshot.rootFingerprint ? (snapshot.rootFingerprint.match(/.{1,4}/g) ?? []).join(" ") : "Not received yet (the hub had no bundle repository at login)",
   );
   showMessage("last-error", snapshot.lastError);
 
