@@ -242,6 +242,9 @@ fn throughput(tools: &Tools, database_url: Option<&str>, sizes: &Sizes) -> Resul
         "64".into(),
         "--slots".into(),
         "8".into(),
+        // Bounded: a slow engine reports what it recorded by then.
+        "--timeout-secs".into(),
+        "120".into(),
     ]);
     loadgen(tools, &args)
 }
@@ -272,7 +275,8 @@ fn idle(tools: &Tools, agents: usize) -> Result<(u64, u64)> {
     let mut child = Command::new(&tools.loadgen).args(&args).stdout(Stdio::piped()).spawn().context("edge-loadgen")?;
     let stdout = child.stdout.take().context("piped")?;
     let mut connected = None;
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    for line in lines.by_ref() {
         let value: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if let Some(n) = value["connected"].as_u64() {
             connected = Some(n);
@@ -286,6 +290,8 @@ fn idle(tools: &Tools, agents: usize) -> Result<(u64, u64)> {
     };
     std::thread::sleep(Duration::from_secs(10));
     let rss = rss_kib(hub.pid().context("hub not running")?)?;
+    // Read the rest, so the load generator's last line never hits a closed pipe.
+    for _ in lines {}
     let status = child.wait()?;
     if !status.success() {
         bail!("edge-loadgen idle failed ({status})");

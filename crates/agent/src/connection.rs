@@ -108,14 +108,36 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     };
     let (results_tx, results_rx) = mpsc::unbounded_channel();
     let bundles = crate::bundles::start(&inner.settings.data_dir, &credentials, &hub_url, &hub, &results_tx, &cancel);
+    inner.set_frames(results_tx.clone());
+    let browser = inner.browser();
+    let bundles = bundles.map(|b| b.with_browser(browser.available().then(|| browser.clone())));
+    let mut context = job_context.with_bundles(bundles, results_tx.clone());
+    if browser.available() {
+        context.browser = Some((browser.clone(), inner.settings.data_dir.clone()));
+    } else {
+        tracing::warn!("no Chrome, Chromium or Edge found: browser jobs are not announced to the hub");
+    }
     let jobs = Jobs {
         inner: Arc::clone(&inner),
-        context: job_context.with_bundles(bundles, results_tx.clone()),
+        context,
         slots: Arc::new(Semaphore::new(inner.settings.slots.max(1) as usize)),
         running: Arc::new(Mutex::new(HashMap::new())),
         finished: Arc::new(Mutex::new(FinishedJobs::default())),
         results_tx,
     };
+    if jobs.context.browser.is_some() {
+        // A broadcast the previous process was killed in: resume it now and report it under
+        // its job id (the hub still holds it as running under this agent's lease).
+        for value in browser.unfinished_jobs() {
+            match serde_json::from_value::<JobSpec>(value) {
+                Ok(job) => {
+                    tracing::info!(job_id = %job.job_id, "resuming an interrupted broadcast from its checkpoint");
+                    jobs.start(job);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable job in a broadcast checkpoint"),
+            }
+        }
+    }
     let mut supervisor = Supervisor {
         inner,
         cancel,
@@ -297,16 +319,20 @@ impl Supervisor {
             Err(end) => return end,
         };
         let (mut sink, mut stream) = socket.split();
+        let mut capabilities: Vec<String> = vec![
+            capability::HTTP_REQUEST.into(),
+            capability::JOB_CANCEL.into(),
+            capability::PAUSE.into(),
+            capability::BUNDLE.into(),
+            capability::JOB_LOG.into(),
+        ];
+        if self.jobs.context.browser.is_some() {
+            capabilities.extend(edge_protocol::jobs::BROWSER_JOB_TYPES.iter().map(|t| (*t).to_owned()));
+        }
         let hello = AgentFrame::Hello {
             protocol: PROTOCOL_VERSION,
             v: crate::agent_version(),
-            capabilities: vec![
-                capability::HTTP_REQUEST.into(),
-                capability::JOB_CANCEL.into(),
-                capability::PAUSE.into(),
-                capability::BUNDLE.into(),
-                capability::JOB_LOG.into(),
-            ],
+            capabilities,
             slots: self.inner.settings.slots.max(1),
             labels: Vec::new(),
             paused: *self.inner.paused.borrow(),
@@ -746,11 +772,15 @@ impl Jobs {
                 },
             );
             inner.emit(AgentEvent::JobStarted { id: job.job_id.clone(), job_type: job.job_type.clone() });
-            let outcome = match permit {
-                None => Err(cancelled()),
-                Some(_permit) => jobs::run_cancellable(&context, &job, &cancel, cancelled).await,
+            let (outcome, error_data) = match permit {
+                None => (Err(cancelled()), None),
+                Some(_permit) => jobs::run_with_data(&context, &job, &cancel, cancelled).await,
             };
             let mut frame = result_frame(&job.job_id, outcome.clone());
+            // A failed job may still report data (a partial broadcast's sentRecipients).
+            if let (AgentFrame::JobResult { data: slot @ None, .. }, Some(data)) = (&mut frame, error_data) {
+                *slot = Some(data);
+            }
             let mut outcome = outcome;
             let size = encode(&frame).len();
             if size > MAX_FRAME_BYTES {

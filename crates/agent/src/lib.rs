@@ -5,6 +5,7 @@
 //! subscribes to [`AgentEvent`]s and reads [`AgentSnapshot`]s), never write a secret to a
 //! file or a log, and never redefine a wire type that `edge-protocol` already has.
 
+pub mod browser;
 pub mod bundles;
 pub mod connection;
 pub mod credentials;

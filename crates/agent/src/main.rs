@@ -57,6 +57,9 @@ enum Command {
     },
     /// Delete this profile's credentials from the keychain.
     Logout,
+    /// The browser runtime: site logins and its state.
+    #[command(subcommand)]
+    Browser(BrowserCommand),
     /// Benchmark helper for `cargo xtask bench bundles` (no login needed): trusts the hub's
     /// root, refreshes metadata, downloads, verifies and unpacks one bundle into --data-dir,
     /// and prints JSON timings and peak RSS.
@@ -71,6 +74,25 @@ enum Command {
         #[arg(long, default_value = "latest")]
         version: String,
     },
+}
+
+#[derive(Subcommand)]
+enum BrowserCommand {
+    /// Open a browser window on a site's login page; once you are logged in, the session is
+    /// saved (encrypted, key in the keychain) and failed LOGIN_REQUIRED jobs can be retried.
+    Login {
+        /// An adapter file (YAML/JSON), or the name of a site an earlier job used.
+        #[arg(long)]
+        site: String,
+        /// No window (scripted logins; the site must log in by itself).
+        #[arg(long)]
+        headless: bool,
+        /// Give up after this long.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// Browser found, circuit breaker, volatile sessions, sites that need a login.
+    Status,
 }
 
 /// Exit codes scripts can tell apart.
@@ -121,6 +143,20 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message.unwrap_or_default()))?;
             println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Browser(BrowserCommand::Login { site, headless, timeout_secs }) => {
+            let service = AgentService::new(settings);
+            let report = service.browser_login(&site, !headless, Duration::from_secs(timeout_secs)).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.saved_encrypted {
+                eprintln!("note: no keychain key; this login is not kept after this command ends");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Browser(BrowserCommand::Status) => {
+            let service = AgentService::new(settings);
+            println!("{}", serde_json::to_string_pretty(&service.browser_status())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Logout => {
@@ -305,6 +341,22 @@ fn print_state(file: &StateFile, alive: bool) {
         );
         println!("paused:      {}", if s.paused { "yes" } else { "no" });
         println!("busy:        {} job(s)", s.busy);
+        if let Some(browser) = &s.browser {
+            match browser.circuit_open_until_ms {
+                Some(until) => println!(
+                    "browser:     paused by the circuit breaker ({}) until {} ms since the epoch",
+                    browser.circuit_reason.as_deref().unwrap_or("RATE_LIMITED"),
+                    until
+                ),
+                None => println!("browser:     {}", browser.executable.as_deref().unwrap_or("not found")),
+            }
+            if !browser.login_required.is_empty() {
+                println!("login needed: {} (edge-agent browser login --site NAME)", browser.login_required.join(", "));
+            }
+            if browser.session_volatile {
+                println!("browser sessions: volatile (no keychain key)");
+            }
+        }
     } else {
         println!("agent:       not running (last seen pid {} at {})", file.pid, file.updated_at);
     }

@@ -112,6 +112,10 @@ pub struct AgentSnapshot {
     /// person to compare with the operator's `edge-hub bundle root fingerprint`.
     #[serde(default)]
     pub root_fingerprint: Option<String>,
+    /// The browser runtime: circuit breaker, volatile session, sites needing a login.
+    /// `None` until the runtime started (first browser job or login).
+    #[serde(default)]
+    pub browser: Option<edge_browser::BrowserStatus>,
 }
 
 impl AgentSnapshot {
@@ -128,6 +132,7 @@ impl AgentSnapshot {
             keychain_backend: None,
             recent_jobs: Vec::new(),
             root_fingerprint: None,
+            browser: None,
         }
     }
 }
@@ -174,6 +179,28 @@ pub enum AgentEvent {
     },
     Paused,
     Resumed,
+    /// The browser circuit breaker opened (the site kept rate-limiting): browser jobs wait
+    /// until `until_ms` (Unix ms); the hub was told with `circuit_breaker`.
+    BrowserPaused {
+        reason: String,
+        site: String,
+        until_ms: i64,
+    },
+    /// The cool-down ended; browser jobs run again.
+    BrowserResumed,
+    /// No keychain key for browser sessions: site logins are kept in memory only.
+    BrowserSessionVolatile {
+        reason: String,
+    },
+    /// A site shows its logged-out page: `edge-agent browser login --site <site>` (or the
+    /// tray's login button), then retry the job.
+    BrowserLoginRequired {
+        site: String,
+    },
+    /// A site login was saved.
+    BrowserLoggedIn {
+        site: String,
+    },
 }
 
 /// What `enroll` reports; no secrets.
@@ -201,9 +228,46 @@ pub(crate) struct Inner {
     running: Mutex<Option<RunningLoop>>,
     /// Only a process running the loop writes `state.json`; `edge-agent status` must not.
     writes_state_file: AtomicBool,
+    /// The running loop's outgoing frames (results channel), for frames not tied to a job.
+    frames: Mutex<Option<tokio::sync::mpsc::UnboundedSender<edge_protocol::AgentFrame>>>,
+    /// The browser runtime, started on first use.
+    browser: Mutex<Option<edge_browser::BrowserRuntime>>,
 }
 
 impl Inner {
+    /// Queues a frame for the hub (sent by the current or next session).
+    pub fn send_frame(&self, frame: edge_protocol::AgentFrame) {
+        if let Some(frames) = self.frames.lock().ok().and_then(|f| f.clone()) {
+            let _ = frames.send(frame);
+        }
+    }
+
+    pub(crate) fn set_frames(&self, frames: tokio::sync::mpsc::UnboundedSender<edge_protocol::AgentFrame>) {
+        if let Ok(mut slot) = self.frames.lock() {
+            *slot = Some(frames);
+        }
+    }
+
+    /// The browser runtime of this profile, started on first use.
+    pub(crate) fn browser(self: &Arc<Self>) -> edge_browser::BrowserRuntime {
+        let mut slot = self.browser.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(runtime) = slot.as_ref() {
+            return runtime.clone();
+        }
+        let runtime = crate::browser::new_runtime(self);
+        *slot = Some(runtime.clone());
+        drop(slot);
+        self.refresh_browser_status();
+        runtime
+    }
+
+    pub(crate) fn refresh_browser_status(&self) {
+        let status = self.browser.lock().ok().and_then(|b| b.as_ref().map(|r| r.status()));
+        if status.is_some() {
+            self.update(|s| s.browser = status);
+        }
+    }
+
     pub fn emit(&self, event: AgentEvent) {
         // No subscriber is fine: the CLI may not listen.
         let _ = self.events.send(event);
@@ -293,6 +357,8 @@ impl AgentService {
                 paused,
                 running: Mutex::new(None),
                 writes_state_file: AtomicBool::new(false),
+                frames: Mutex::new(None),
+                browser: Mutex::new(None),
             }),
         }
     }
@@ -389,6 +455,30 @@ impl AgentService {
         let handle = runtime.spawn(connection::run(Arc::clone(&self.inner), cancel.clone()));
         *running = Some(RunningLoop { cancel, handle });
         Ok(())
+    }
+
+    /// Opens a browser window on the site's login page and saves the session (encrypted)
+    /// once the site shows its logged-in marker. `site` is an adapter file or the name of a
+    /// site an earlier job used. `headful: false` is for scripted logins and tests.
+    pub async fn browser_login(
+        &self,
+        site: &str,
+        headful: bool,
+        timeout: Duration,
+    ) -> Result<edge_browser::runtime::LoginReport, AgentError> {
+        let adapter = crate::browser::load_site(&self.inner.settings.data_dir, site).map_err(AgentError::Internal)?;
+        let runtime = self.inner.browser();
+        runtime.interactive_login(&adapter, headful, timeout).await.map_err(|e| AgentError::Internal(e.to_string()))
+    }
+
+    /// The browser runtime's state (starting the runtime if needed; it launches nothing).
+    pub fn browser_status(&self) -> edge_browser::BrowserStatus {
+        self.inner.browser().status()
+    }
+
+    /// Closes the browser circuit breaker by hand (the person resumes from the tray).
+    pub fn browser_resume(&self) {
+        self.inner.browser().reset_circuit();
     }
 
     /// Stop taking new jobs (running ones finish); the hub is told via `availability`.

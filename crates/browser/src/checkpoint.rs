@@ -59,6 +59,13 @@ pub struct Checkpoint {
     pub job_id: String,
     pub created_ms: i64,
     pub recipients: Vec<RecipientProgress>,
+    /// The job as assigned (`{"jobId","type","payload"}`), so an agent restarted mid-broadcast
+    /// resumes it by itself and reports it under the same job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_json::Value>,
+    /// Set once the job reported a final outcome; an unfinished checkpoint is resumed at start.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 impl Checkpoint {
@@ -102,6 +109,8 @@ impl CheckpointStore {
                 job_id: job_id.to_owned(),
                 created_ms: crate::now_ms(),
                 recipients: Vec::new(),
+                job: None,
+                finished: false,
             },
             Err(e) => return Err(e),
         };
@@ -140,6 +149,19 @@ impl CheckpointStore {
             r.at_ms = crate::now_ms();
         }
         self.save(checkpoint)
+    }
+
+    /// Jobs of checkpoints that never finished (the agent died mid-broadcast).
+    pub fn unfinished(&self) -> Vec<serde_json::Value> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
+            .filter(|c| !c.finished)
+            .filter_map(|c| c.job)
+            .collect()
     }
 
     /// Removes checkpoints older than `max_age_ms`.

@@ -112,7 +112,8 @@ pub async fn run_flow(
         }
         let ctx = context(adapter, &params, &output.vars);
         let selector = a.selector.as_deref().map(|s| render(s, &ctx)).transpose()?;
-        let label = format!("{:?} {}", step.kind, selector.as_deref().or(a.url.as_deref()).unwrap_or("")).to_lowercase();
+        let url = a.url.as_deref().map(|u| render(u, &ctx)).transpose()?;
+        let label = format!("{:?} {}", step.kind, selector.as_deref().or(url.as_deref()).unwrap_or("")).to_lowercase();
         if skipping_submits && step.args.submit {
             tracing::info!(step = index + 1, %label, "dry run: submit step skipped");
             output.skipped.push(label.trim().to_owned());
@@ -120,7 +121,13 @@ pub async fn run_flow(
         }
         let is_action = matches!(
             step.kind,
-            StepKind::Goto | StepKind::Click | StepKind::Fill | StepKind::Type | StepKind::Press | StepKind::Select | StepKind::SetInputFiles
+            StepKind::Goto
+                | StepKind::Click
+                | StepKind::Fill
+                | StepKind::Type
+                | StepKind::Press
+                | StepKind::Select
+                | StepKind::SetInputFiles
         );
         if is_action && acted {
             let pause = options.pacing.draw();
@@ -130,7 +137,8 @@ pub async fn run_flow(
         }
         let timeout = a.timeout_ms.map(Duration::from_millis).unwrap_or(default_timeout);
         let started = Instant::now();
-        let result = run_step(driver, adapter, step.kind, a, selector.as_deref(), &ctx, timeout, options, &mut output).await;
+        let result =
+            run_step(driver, adapter, step.kind, a, selector.as_deref(), &ctx, timeout, options, &mut output).await;
         match result {
             Ok(()) => {}
             Err(e) if a.optional && !is_alarm(&e) => {
@@ -175,7 +183,9 @@ async fn run_step(
     options: &RunOptions,
     output: &mut FlowOutput,
 ) -> Result<(), BrowserError> {
-    let need = |s: Option<&str>| s.map(str::to_owned).ok_or_else(|| BrowserError::BadFlow(format!("{kind:?} needs a selector")));
+    let need = |s: Option<&str>| {
+        s.map(str::to_owned).ok_or_else(|| BrowserError::BadFlow(format!("{kind:?} needs a selector")))
+    };
     let text = |v: &Option<String>| v.as_deref().map(|t| render(t, ctx)).transpose();
     match kind {
         StepKind::Goto => {
@@ -186,7 +196,9 @@ async fn run_step(
         StepKind::Click => driver.click(&need(selector)?, a.nth, timeout).await?,
         StepKind::Fill => driver.fill(&need(selector)?, a.nth, &text(&a.value)?.unwrap_or_default(), timeout).await?,
         StepKind::Type => {
-            driver.type_text(&need(selector)?, a.nth, &text(&a.text)?.unwrap_or_default(), options.typing, timeout).await?
+            driver
+                .type_text(&need(selector)?, a.nth, &text(&a.text)?.unwrap_or_default(), options.typing, timeout)
+                .await?
         }
         StepKind::Press => {
             let key = text(&a.key)?.unwrap_or_default();
@@ -224,10 +236,7 @@ async fn run_step(
                     })?;
                     (list.row.clone(), list.fields.clone())
                 }
-                None => (
-                    render(a.row.as_deref().unwrap_or_default(), ctx)?,
-                    a.fields.clone().unwrap_or_default(),
-                ),
+                None => (render(a.row.as_deref().unwrap_or_default(), ctx)?, a.fields.clone().unwrap_or_default()),
             };
             let max_pages = match &a.max_pages {
                 None => 50,
@@ -240,7 +249,8 @@ async fn run_step(
             }
             .max(1);
             let next = text(&a.next_page)?.filter(|s| !s.trim().is_empty());
-            let items = extract_pages(driver, &row, &fields, next.as_deref(), max_pages, timeout, options, output).await?;
+            let items =
+                extract_pages(driver, &row, &fields, next.as_deref(), max_pages, timeout, options, output).await?;
             output.vars.insert(a.into.clone().unwrap_or_default(), Value::Array(items));
         }
         StepKind::Screenshot => {
@@ -277,7 +287,9 @@ async fn run_step(
             if let Some(expected) = text(&a.url_contains)? {
                 let url = driver.url().await?;
                 if !url.contains(&expected) {
-                    return Err(BrowserError::Assertion(format!("the page is {url}, expected a URL containing {expected:?}")));
+                    return Err(BrowserError::Assertion(format!(
+                        "the page is {url}, expected a URL containing {expected:?}"
+                    )));
                 }
             }
         }
@@ -336,7 +348,10 @@ async fn extract_pages(
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(BrowserError::Timeout { what: "waiting for the next page".into(), ms: timeout.as_millis() as u64 });
+                return Err(BrowserError::Timeout {
+                    what: "waiting for the next page".into(),
+                    ms: timeout.as_millis() as u64,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

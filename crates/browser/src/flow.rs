@@ -231,7 +231,7 @@ pub struct Step {
 #[serde(untagged)]
 enum ArgsRepr {
     Short(String),
-    Full(StepArgs),
+    Full(Box<StepArgs>),
     Empty(Option<()>),
 }
 
@@ -249,7 +249,7 @@ impl<'de> Deserialize<'de> for Step {
             return Err(D::Error::custom("empty step"));
         };
         let args = match repr {
-            ArgsRepr::Full(args) => args,
+            ArgsRepr::Full(args) => *args,
             ArgsRepr::Empty(_) => StepArgs::default(),
             ArgsRepr::Short(main) => {
                 let mut args = StepArgs::default();
@@ -270,7 +270,7 @@ impl<'de> Deserialize<'de> for Step {
 impl Serialize for Step {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = BTreeMap::new();
-        map.insert(self.kind, ArgsRepr::Full(self.args.clone()));
+        map.insert(self.kind, ArgsRepr::Full(Box::new(self.args.clone())));
         map.serialize(s)
     }
 }
@@ -290,9 +290,8 @@ impl Step {
     /// Checks the arguments this kind needs are there.
     pub fn validate(&self, index: usize) -> Result<(), BrowserError> {
         let a = &self.args;
-        let missing = |what: &str| {
-            Err(BrowserError::BadFlow(format!("step {} ({:?}) needs `{what}`", index + 1, self.kind)))
-        };
+        let missing =
+            |what: &str| Err(BrowserError::BadFlow(format!("step {} ({:?}) needs `{what}`", index + 1, self.kind)));
         match self.kind {
             StepKind::Goto if a.url.is_none() => missing("url"),
             StepKind::Click | StepKind::WaitFor | StepKind::Extract if a.selector.is_none() => missing("selector"),
@@ -329,10 +328,7 @@ impl Flow {
                         out.insert(name.clone(), default.clone());
                     }
                     None if spec.required => {
-                        return Err(BrowserError::BadFlow(format!(
-                            "flow {:?} needs the parameter `{name}`",
-                            self.name
-                        )))
+                        return Err(BrowserError::BadFlow(format!("flow {:?} needs the parameter `{name}`", self.name)))
                     }
                     None => {}
                 }
@@ -371,8 +367,8 @@ impl Adapter {
 
     /// Resolves a possibly relative URL against `baseUrl`.
     pub fn absolute(&self, url: &str) -> Result<String, BrowserError> {
-        let base = url::Url::parse(&self.base_url)
-            .map_err(|e| BrowserError::BadFlow(format!("adapter baseUrl: {e}")))?;
+        let base =
+            url::Url::parse(&self.base_url).map_err(|e| BrowserError::BadFlow(format!("adapter baseUrl: {e}")))?;
         base.join(url).map(|u| u.to_string()).map_err(|e| BrowserError::BadFlow(format!("URL {url:?}: {e}")))
     }
 
@@ -450,7 +446,11 @@ pub fn builtin(name: &str) -> Result<Flow, BrowserError> {
         "schedule_post" => BUILTIN_SCHEDULE_POST,
         "scrape_subs" => BUILTIN_SCRAPE_SUBS,
         "check_sent" => BUILTIN_CHECK_SENT,
-        other => return Err(BrowserError::BadFlow(format!("no flow named {other:?} (built in: send_dm, broadcast_dm, schedule_post, scrape_subs)"))),
+        other => {
+            return Err(BrowserError::BadFlow(format!(
+                "no flow named {other:?} (built in: send_dm, broadcast_dm, schedule_post, scrape_subs)"
+            )))
+        }
     };
     parse_flow(text)
 }
@@ -471,9 +471,7 @@ fn render_depth(template: &str, context: &Value, depth: u32) -> Result<String, B
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| BrowserError::BadFlow(format!("unclosed {{{{ in {template:?}")))?;
+        let end = after.find("}}").ok_or_else(|| BrowserError::BadFlow(format!("unclosed {{{{ in {template:?}")))?;
         let expr = after[..end].trim();
         let (path, filter) = match expr.split_once('|') {
             Some((p, f)) => (p.trim(), Some(f.trim())),
@@ -481,9 +479,9 @@ fn render_depth(template: &str, context: &Value, depth: u32) -> Result<String, B
         };
         let mut value = context;
         for part in path.split('.') {
-            value = value.get(part).ok_or_else(|| {
-                BrowserError::BadFlow(format!("the flow uses {{{{{path}}}}}, which is not set"))
-            })?;
+            value = value
+                .get(part)
+                .ok_or_else(|| BrowserError::BadFlow(format!("the flow uses {{{{{path}}}}}, which is not set")))?;
         }
         let text = match value {
             Value::String(s) => render_depth(s, context, depth + 1)?,
@@ -520,7 +518,8 @@ mod tests {
         assert_eq!(flow.steps[0].args.url.as_deref(), Some("/x"));
         assert!(flow.steps[1].args.submit);
         assert_eq!(flow.steps[2].kind, StepKind::CheckLogin);
-        let json = r##"{"name":"f","steps":[{"goto":"/x"},{"click":{"selector":"#a","submit":true}},{"press":"Enter"}]}"##;
+        let json =
+            r##"{"name":"f","steps":[{"goto":"/x"},{"click":{"selector":"#a","submit":true}},{"press":"Enter"}]}"##;
         let from_json = parse_flow(json).unwrap();
         assert_eq!(from_json.steps[1], flow.steps[1]);
         assert!(parse_flow("name: f\nsteps:\n  - click: {selector: '#a', bogus: 1}\n").is_err());

@@ -186,9 +186,9 @@ impl RunningBrowser {
         }
         let config = builder.build().map_err(BrowserError::Launch)?;
         let started = Instant::now();
-        let (browser, mut handler) = Browser::launch(config).await.map_err(|e| {
-            BrowserError::Launch(format!("{} did not start: {e}", spec.executable.display()))
-        })?;
+        let (browser, mut handler) = Browser::launch(config)
+            .await
+            .map_err(|e| BrowserError::Launch(format!("{} did not start: {e}", spec.executable.display())))?;
         let handler = tokio::spawn(async move {
             while let Some(event) = handler.next().await {
                 if let Err(e) = event {
@@ -270,7 +270,11 @@ impl WarmBrowser {
             }
         }
         let running = RunningBrowser::launch(&self.spec).await?;
-        tracing::info!(launched_ms = running.launched_in.as_millis() as u64, headful = running.headful, "browser started");
+        tracing::info!(
+            launched_ms = running.launched_in.as_millis() as u64,
+            headful = running.headful,
+            "browser started"
+        );
         *guard = Some(running);
         Ok(true)
     }
@@ -329,7 +333,8 @@ mod tests {
             headful: false,
         };
         let args = spec.args();
-        for flag in ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+        for flag in
+            ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
         {
             assert!(args.iter().any(|a| a == flag), "{flag} missing from {args:?}");
         }

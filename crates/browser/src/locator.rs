@@ -14,9 +14,7 @@
 
 use crate::error::BrowserError;
 use chromiumoxide::cdp::browser_protocol::dom::SetFileInputFilesParams;
-use chromiumoxide::cdp::browser_protocol::input::{
-    DispatchKeyEventParams, DispatchKeyEventType, InsertTextParams,
-};
+use chromiumoxide::cdp::browser_protocol::input::{DispatchKeyEventParams, DispatchKeyEventType, InsertTextParams};
 use chromiumoxide::cdp::browser_protocol::network::EventResponseReceived;
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
@@ -222,13 +220,11 @@ impl Driver {
             .return_by_value(true)
             .build()
             .map_err(BrowserError::Cdp)?;
-        let response = self.page.execute(params).await.map_err(|e| BrowserError::from_cdp("evaluating in the page", e))?;
+        let response =
+            self.page.execute(params).await.map_err(|e| BrowserError::from_cdp("evaluating in the page", e))?;
         if let Some(details) = &response.result.exception_details {
-            let text = details
-                .exception
-                .as_ref()
-                .and_then(|e| e.description.clone())
-                .unwrap_or_else(|| details.text.clone());
+            let text =
+                details.exception.as_ref().and_then(|e| e.description.clone()).unwrap_or_else(|| details.text.clone());
             return Err(BrowserError::Cdp(format!("page script failed: {text}")));
         }
         let value = response.result.result.value.clone().unwrap_or(Value::Null);
@@ -336,17 +332,20 @@ impl Driver {
             first = false;
             let mut buffer = [0u8; 4];
             let piece = ch.encode_utf8(&mut buffer).to_owned();
-            self.page
-                .execute(InsertTextParams::new(piece))
-                .await
-                .map_err(|e| BrowserError::from_cdp("typing", e))?;
+            self.page.execute(InsertTextParams::new(piece)).await.map_err(|e| BrowserError::from_cdp("typing", e))?;
         }
         Ok(())
     }
 
     /// Presses a named key (`Enter`, `Tab`, `Escape`, `ArrowDown`, a letter…), in the
     /// element of `selector` when given, else wherever the focus is.
-    pub async fn press(&self, selector: Option<&str>, nth: i64, key: &str, timeout: Duration) -> Result<(), BrowserError> {
+    pub async fn press(
+        &self,
+        selector: Option<&str>,
+        nth: i64,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), BrowserError> {
         if let Some(selector) = selector {
             self.wait_for(selector, nth, WaitState::Actionable, timeout, false).await?;
             self.helper::<bool>("focus", &[Value::from(selector), Value::from(nth)]).await?;
@@ -354,7 +353,11 @@ impl Driver {
         let definition = chromiumoxide::keys::get_key_definition(key)
             .ok_or_else(|| BrowserError::BadFlow(format!("press: unknown key {key:?}")))?;
         let mut down = DispatchKeyEventParams::builder()
-            .r#type(if definition.text.is_some() { DispatchKeyEventType::KeyDown } else { DispatchKeyEventType::RawKeyDown })
+            .r#type(if definition.text.is_some() {
+                DispatchKeyEventType::KeyDown
+            } else {
+                DispatchKeyEventType::RawKeyDown
+            })
             .key(definition.key)
             .code(definition.code)
             .windows_virtual_key_code(definition.key_code)
@@ -377,7 +380,13 @@ impl Driver {
     }
 
     /// Picks the `<option>` whose value (or else label) is `value`.
-    pub async fn select(&self, selector: &str, nth: i64, value: &str, timeout: Duration) -> Result<String, BrowserError> {
+    pub async fn select(
+        &self,
+        selector: &str,
+        nth: i64,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<String, BrowserError> {
         self.wait_for(selector, nth, WaitState::Actionable, timeout, false).await?;
         self.helper("select", &[Value::from(selector), Value::from(nth), Value::from(value)]).await
     }
@@ -393,8 +402,13 @@ impl Driver {
     ) -> Result<(), BrowserError> {
         self.wait_for(selector, nth, WaitState::Attached, timeout, false).await?;
         let expression = format!("({HELPER}).element({},{})", js(&selector), nth);
-        let params = EvaluateParams::builder().expression(expression).return_by_value(false).build().map_err(BrowserError::Cdp)?;
-        let response = self.page.execute(params).await.map_err(|e| BrowserError::from_cdp("finding the file input", e))?;
+        let params = EvaluateParams::builder()
+            .expression(expression)
+            .return_by_value(false)
+            .build()
+            .map_err(BrowserError::Cdp)?;
+        let response =
+            self.page.execute(params).await.map_err(|e| BrowserError::from_cdp("finding the file input", e))?;
         let object_id = response
             .result
             .result

@@ -79,12 +79,15 @@ impl BrowserSettings {
             self.executable = Some(PathBuf::from(path));
         }
         self.headful = std::env::var("EDGE_AGENT_BROWSER_HEADFUL").is_ok_and(|v| v == "1" || v == "true");
-        for (action, var) in [("dm", "EDGE_AGENT_DM_CAP"), ("post", "EDGE_AGENT_POST_CAP"), ("scrape", "EDGE_AGENT_SCRAPE_CAP")] {
+        for (action, var) in
+            [("dm", "EDGE_AGENT_DM_CAP"), ("post", "EDGE_AGENT_POST_CAP"), ("scrape", "EDGE_AGENT_SCRAPE_CAP")]
+        {
             if let Some((per_hour, burst)) = env_pair(var) {
                 self.caps = self.caps.with_setting(action, Cap { per_hour: per_hour as u32, burst: burst as u32 });
             }
         }
-        let cadence = |(a, b): (u64, u64)| Cadence { min: Duration::from_millis(a), max: Duration::from_millis(b.max(a)) };
+        let cadence =
+            |(a, b): (u64, u64)| Cadence { min: Duration::from_millis(a), max: Duration::from_millis(b.max(a)) };
         if let Some(pair) = env_pair("EDGE_AGENT_BROWSER_PACING_MS") {
             self.pacing = cadence(pair);
         }
@@ -128,13 +131,24 @@ pub trait Notifier: Send + Sync {
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum BrowserEvent {
     /// The site kept rate-limiting: browser jobs are paused until `until_ms`.
-    CircuitOpened { reason: String, site: String, until_ms: i64, cooldown_ms: u64 },
+    CircuitOpened {
+        reason: String,
+        site: String,
+        until_ms: i64,
+        cooldown_ms: u64,
+    },
     CircuitClosed,
     /// No keychain key: the login is kept in memory only and is lost when the agent stops.
-    SessionVolatile { reason: String },
+    SessionVolatile {
+        reason: String,
+    },
     /// The site shows its logged-out marker: run `edge-agent browser login --site <site>`.
-    LoginRequired { site: String },
-    SessionSaved { site: String },
+    LoginRequired {
+        site: String,
+    },
+    SessionSaved {
+        site: String,
+    },
 }
 
 /// For the snapshot and `edge-agent status`.
@@ -242,6 +256,12 @@ impl BrowserRuntime {
             session_volatile: self.inner.key.lock().ok().is_some_and(|k| matches!(*k, Some(Err(_)))),
             login_required: self.inner.login_required.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default(),
         }
+    }
+
+    /// Broadcasts a previous agent process left unfinished (`{"jobId","type","payload"}`):
+    /// the agent runs them again at start, which resumes them from their checkpoints.
+    pub fn unfinished_jobs(&self) -> Vec<Value> {
+        self.inner.checkpoints.unfinished()
     }
 
     /// Closes the circuit breaker by hand (the person resumed from the tray).
@@ -424,7 +444,8 @@ impl BrowserRuntime {
             session::restore(&driver, state).await?;
         }
         let outcome = work(driver.clone()).await;
-        let saveable = !matches!(outcome, Err(BrowserError::Cdp(_) | BrowserError::Launch(_) | BrowserError::Cancelled));
+        let saveable =
+            !matches!(outcome, Err(BrowserError::Cdp(_) | BrowserError::Launch(_) | BrowserError::Cancelled));
         if saveable {
             match session::capture(&driver, &origin, previous.as_ref()).await {
                 Ok(state) => self.save_state(&adapter.name, state),
@@ -441,7 +462,13 @@ impl BrowserRuntime {
     }
 
     /// Runs one browser job. `adapter` is already resolved (inline or from a bundle).
-    pub async fn run_job(&self, job_type: &str, job_id: &str, payload: &BrowserJobPayload, adapter: &Adapter) -> JobOutcome {
+    pub async fn run_job(
+        &self,
+        job_type: &str,
+        job_id: &str,
+        payload: &BrowserJobPayload,
+        adapter: &Adapter,
+    ) -> JobOutcome {
         if let Err(e) = adapter.validate() {
             return JobOutcome::err(e);
         }
@@ -489,7 +516,9 @@ impl BrowserRuntime {
             self.take_token("dm", self.inner.settings.caps.effective("dm", hub_cap), deadline).await?;
         }
         let options = self.options(payload.dry_run);
-        let output = self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await }).await?;
+        let output = self
+            .with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await })
+            .await?;
         let sent: Vec<String> = if payload.dry_run { Vec::new() } else { vec![recipient.trim().to_owned()] };
         Ok(json!({
             "sentRecipients": sent,
@@ -528,7 +557,14 @@ impl BrowserRuntime {
             None
         } else {
             match store.open(&idem_key, job_id, &recipients) {
-                Ok(cp) => Some(cp),
+                Ok(mut cp) => {
+                    cp.finished = false;
+                    cp.job = Some(json!({"jobId": job_id, "type": BROADCAST_DM, "payload": payload}));
+                    if let Err(e) = store.save(&cp) {
+                        return JobOutcome::err(BrowserError::Io(format!("broadcast checkpoint: {e}")));
+                    }
+                    Some(cp)
+                }
                 Err(e) => return JobOutcome::err(BrowserError::Io(format!("broadcast checkpoint: {e}"))),
             }
         };
@@ -560,9 +596,9 @@ impl BrowserRuntime {
                     };
                     let mut first = true;
                     for recipient in order {
-                        let index = checkpoint
-                            .as_ref()
-                            .and_then(|cp| cp.recipients.iter().position(|r| normalize(&r.recipient) == normalize(&recipient)));
+                        let index = checkpoint.as_ref().and_then(|cp| {
+                            cp.recipients.iter().position(|r| normalize(&r.recipient) == normalize(&recipient))
+                        });
                         let state = index.and_then(|i| checkpoint.as_ref().map(|cp| cp.recipients[i].state));
                         if state == Some(Progress::Sent) {
                             continue;
@@ -573,9 +609,23 @@ impl BrowserRuntime {
                             // The agent died during this send: ask the site before sending again.
                             let delivered = match &check_flow {
                                 Some(check) => {
-                                    let out = run_flow(&driver, adapter, check, &params, &RunOptions { pacing: Cadence::OFF, ..options.clone() }).await?;
-                                    let texts = out.vars.get("sentMessages").and_then(Value::as_array).cloned().unwrap_or_default();
-                                    texts.iter().any(|m| m.get("text").and_then(Value::as_str).is_some_and(|t| t.trim() == text.trim()))
+                                    let out = run_flow(
+                                        &driver,
+                                        adapter,
+                                        check,
+                                        &params,
+                                        &RunOptions { pacing: Cadence::OFF, ..options.clone() },
+                                    )
+                                    .await?;
+                                    let texts = out
+                                        .vars
+                                        .get("sentMessages")
+                                        .and_then(Value::as_array)
+                                        .cloned()
+                                        .unwrap_or_default();
+                                    texts.iter().any(|m| {
+                                        m.get("text").and_then(Value::as_str).is_some_and(|t| t.trim() == text.trim())
+                                    })
                                 }
                                 None => {
                                     // No way to check: do not risk a second message.
@@ -616,6 +666,13 @@ impl BrowserRuntime {
                 }
             })
             .await;
+        if let Some(cp) = checkpoint.as_mut() {
+            // Reported now (success or failure); a retry arrives as a new delivery.
+            cp.finished = true;
+            if let Err(e) = store.save(cp) {
+                tracing::warn!(error = %e, "cannot mark the broadcast checkpoint finished");
+            }
+        }
         let sent: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
         let data = json!({
             "sentRecipients": sent,
@@ -642,7 +699,9 @@ impl BrowserRuntime {
         deadline: i64,
     ) -> Result<(Value, Option<Value>), BrowserError> {
         let p = &payload.params;
-        let at = p.get("at").and_then(Value::as_str).ok_or_else(|| BrowserError::BadFlow("schedule_post needs `params.at` (local date-time or RFC 3339)".into()))?;
+        let at = p.get("at").and_then(Value::as_str).ok_or_else(|| {
+            BrowserError::BadFlow("schedule_post needs `params.at` (local date-time or RFC 3339)".into())
+        })?;
         let zone = p.get("timeZone").and_then(Value::as_str);
         let when = resolve_time(at, zone)?;
         let site_zone: chrono_tz::Tz = match adapter.settings.time_zone.as_deref().or(zone) {
@@ -664,7 +723,9 @@ impl BrowserRuntime {
             self.take_token("post", self.inner.settings.caps.effective("post", hub_cap), deadline).await?;
         }
         let options = self.options(payload.dry_run);
-        let output = self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await }).await;
+        let output = self
+            .with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await })
+            .await;
         let _ = std::fs::remove_dir_all(&media_dir);
         let output = output?;
         Ok((
@@ -694,8 +755,9 @@ impl BrowserRuntime {
         flow.resolve_params(&params)?;
         self.take_token("scrape", self.inner.settings.caps.effective("scrape", hub_cap), deadline).await?;
         let options = self.options(payload.dry_run);
-        let output: FlowOutput =
-            self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await }).await?;
+        let output: FlowOutput = self
+            .with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await })
+            .await?;
         let subscribers = output.vars.get("subscribers").cloned().unwrap_or_else(|| json!([]));
         let count = subscribers.as_array().map_or(0, Vec::len);
         Ok((json!({ "subscribers": subscribers, "count": count, "pages": output.pages }), None))
@@ -719,7 +781,9 @@ impl BrowserRuntime {
             self.take_token("flow", self.inner.settings.caps.effective("flow", None), deadline).await?;
         }
         let options = self.options(dry_run);
-        let outcome = self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, flow, params, &options).await }).await;
+        let outcome = self
+            .with_page(adapter, |driver| async move { run_flow(&driver, adapter, flow, params, &options).await })
+            .await;
         match outcome {
             Ok(output) => Ok(json!({
                 "flow": flow.name,
@@ -736,10 +800,18 @@ impl BrowserRuntime {
     /// The person logs in by hand: a browser window (headful unless `headful` is false, which
     /// tests and scripted logins use) opens the adapter's `login` URL; once the logged-in
     /// marker shows, the session is saved (encrypted) and the window closes.
-    pub async fn interactive_login(&self, adapter: &Adapter, headful: bool, timeout: Duration) -> Result<LoginReport, BrowserError> {
+    pub async fn interactive_login(
+        &self,
+        adapter: &Adapter,
+        headful: bool,
+        timeout: Duration,
+    ) -> Result<LoginReport, BrowserError> {
         adapter.validate()?;
         let marker = adapter.markers.logged_in.clone().ok_or_else(|| {
-            BrowserError::BadFlow(format!("adapter {:?} has no markers.loggedIn, so a login cannot be detected", adapter.name))
+            BrowserError::BadFlow(format!(
+                "adapter {:?} has no markers.loggedIn, so a login cannot be detected",
+                adapter.name
+            ))
         })?;
         let executable = self.inner.executable.clone().map_err(BrowserError::NotInstalled)?;
         let launch = BrowserLaunch {

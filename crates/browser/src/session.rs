@@ -127,9 +127,7 @@ pub fn seal(key: &SessionKey, site: &str, plaintext: &[u8]) -> Result<Vec<u8>, B
 
 /// Decrypts what [`seal`] wrote for the same site and key.
 pub fn open(key: &SessionKey, site: &str, sealed: &[u8]) -> Result<Vec<u8>, BrowserError> {
-    let body = sealed
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| BrowserError::Io("not an Edge session state file".into()))?;
+    let body = sealed.strip_prefix(MAGIC).ok_or_else(|| BrowserError::Io("not an Edge session state file".into()))?;
     if body.len() < NONCE_LEN + 16 {
         return Err(BrowserError::Io("session state file is truncated".into()));
     }
@@ -139,7 +137,9 @@ pub fn open(key: &SessionKey, site: &str, sealed: &[u8]) -> Result<Vec<u8>, Brow
     let plain = key
         .aead()?
         .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(site.as_bytes()), &mut buffer)
-        .map_err(|_| BrowserError::Io("session state does not decrypt with this key (another key, or tampered)".into()))?;
+        .map_err(|_| {
+            BrowserError::Io("session state does not decrypt with this key (another key, or tampered)".into())
+        })?;
     Ok(plain.to_vec())
 }
 
@@ -183,7 +183,11 @@ impl SessionStore {
 }
 
 /// Reads the site's cookies and, when the page is on `origin`, its localStorage.
-pub async fn capture(driver: &Driver, origin: &str, previous: Option<&StorageState>) -> Result<StorageState, BrowserError> {
+pub async fn capture(
+    driver: &Driver,
+    origin: &str,
+    previous: Option<&StorageState>,
+) -> Result<StorageState, BrowserError> {
     let params = GetCookiesParams::builder().url(format!("{origin}/")).build();
     let cookies = driver.page.execute(params).await.map_err(|e| BrowserError::from_cdp("reading cookies", e))?;
     let cookies = cookies
@@ -207,10 +211,8 @@ pub async fn capture(driver: &Driver, origin: &str, previous: Option<&StorageSta
     let here: String = driver.eval("location.origin").await.unwrap_or_default();
     let mut origins: Vec<OriginState> = previous.map(|p| p.origins.clone()).unwrap_or_default();
     if here == origin {
-        let entries: Vec<(String, String)> = driver
-            .eval("Object.keys(localStorage).map(k => [k, localStorage.getItem(k)])")
-            .await
-            .unwrap_or_default();
+        let entries: Vec<(String, String)> =
+            driver.eval("Object.keys(localStorage).map(k => [k, localStorage.getItem(k)])").await.unwrap_or_default();
         origins.retain(|o| o.origin != origin);
         origins.push(OriginState {
             origin: origin.to_owned(),

@@ -84,7 +84,9 @@ fn logged_out(auto: bool) -> Html<String> {
 
 fn logged_out_to(auto: bool, next: Option<&str>) -> Html<String> {
     let action = match next.filter(|n| n.starts_with('/')) {
-        Some(next) => format!("/login?next={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()),
+        Some(next) => {
+            format!("/login?next={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>())
+        }
         None => "/login".to_owned(),
     };
     let auto_js = if auto {
@@ -227,7 +229,11 @@ async fn send(State(state): State<Shared>, headers: HeaderMap, Form(form): Form<
         let mut st = lock(&state);
         if over_limit(&mut st) {
             drop(st);
-            return refusal(StatusCode::TOO_MANY_REQUESTS, "rate-limit-banner", "You are sending too fast. Try again later.");
+            return refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limit-banner",
+                "You are sending too fast. Try again later.",
+            );
         }
         st.messages.entry(form.to.trim().to_lowercase()).or_default().push(form.text.clone());
     }
@@ -340,7 +346,11 @@ struct AltSend {
     text: String,
 }
 
-async fn alt_send(State(state): State<Shared>, headers: HeaderMap, axum::Json(body): axum::Json<AltSend>) -> StatusCode {
+async fn alt_send(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<AltSend>,
+) -> StatusCode {
     if !session(&headers, &state) {
         return StatusCode::UNAUTHORIZED;
     }

@@ -4,11 +4,11 @@
 //! One test function so one browser serves every scenario (it is the warm browser under test).
 
 use base64::Engine;
+use edge_browser::checkpoint::{CheckpointStore, Progress};
+use edge_browser::locator::Cadence;
 use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
 use edge_browser::session::SessionKey;
 use edge_browser::testsite::Site;
-use edge_browser::checkpoint::{CheckpointStore, Progress};
-use edge_browser::locator::Cadence;
 use edge_protocol::jobs::BrowserJobPayload;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,13 @@ fn settings(dir: &std::path::Path) -> BrowserSettings {
     s.pacing = Cadence::OFF;
     s.typing = Cadence { min: Duration::from_millis(1), max: Duration::from_millis(4) };
     s.recipient_pacing = Cadence::OFF;
+    // The tests send more than the default 5-message burst; an embedder may set caps directly
+    // (settings and the environment can only lower them).
+    s.caps = edge_browser::guard::Caps(std::collections::BTreeMap::from([
+        ("dm".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
+        ("post".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
+        ("scrape".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
+    ]));
     s.breaker = edge_browser::guard::BreakerSettings { threshold: 2, window_ms: 60_000, cooldown_ms: 2_000 };
     s
 }
@@ -53,7 +60,10 @@ fn code(outcome: &edge_browser::JobOutcome) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_in_real_chromium() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let site = Site::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key = [7u8; 32];
@@ -66,7 +76,12 @@ async fn flows_in_real_chromium() {
     eprintln!("stage 1: Logged out: LOGIN_REQUIRED, and the person is told.");
     // Logged out: LOGIN_REQUIRED, and the person is told.
     let out = runtime
-        .run_job("send_dm", "job_1", &payload(json!({"adapter": adapter_json, "recipient": "ann", "params": {"text": "hi"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_1",
+            &payload(json!({"adapter": adapter_json, "recipient": "ann", "params": {"text": "hi"}})),
+            &adapter,
+        )
         .await;
     assert_eq!(code(&out), "LOGIN_REQUIRED", "{:?}", out.result);
     assert!(events.take().contains(&BrowserEvent::LoginRequired { site: "fanhub".into() }));
@@ -84,14 +99,23 @@ async fn flows_in_real_chromium() {
     let sealed = std::fs::read(runtime.session_path("fanhub")).unwrap();
     assert!(sealed.starts_with(b"EDGESTATE1"));
     for needle in [&b"sid"[..], b"fanhub.theme", b"cookies", b"127.0.0.1"] {
-        assert!(!sealed.windows(needle.len()).any(|w| w == needle), "session file leaks {:?}", String::from_utf8_lossy(needle));
+        assert!(
+            !sealed.windows(needle.len()).any(|w| w == needle),
+            "session file leaks {:?}",
+            String::from_utf8_lossy(needle)
+        );
     }
 
     eprintln!("stage 4: send_dm: typed like a person, sent once.");
     // send_dm: typed like a person, sent once.
     let text = "Hello Ann — thanks for subscribing!";
     let out = runtime
-        .run_job("send_dm", "job_2", &payload(json!({"adapter": {}, "recipient": "Ann", "params": {"text": text}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_2",
+            &payload(json!({"adapter": {}, "recipient": "Ann", "params": {"text": text}})),
+            &adapter,
+        )
         .await;
     assert_eq!(out.result.as_ref().unwrap()["sentRecipients"], json!(["Ann"]));
     assert_eq!(site.messages_to("ann"), vec![text.to_owned()]);
@@ -99,7 +123,12 @@ async fn flows_in_real_chromium() {
     eprintln!("stage 5: Dry run: everything but the submit; nothing reaches t");
     // Dry run: everything but the submit; nothing reaches the site.
     let out = runtime
-        .run_job("send_dm", "job_3", &payload(json!({"adapter": {}, "recipient": "bob", "dryRun": true, "params": {"text": "not sent"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_3",
+            &payload(json!({"adapter": {}, "recipient": "bob", "dryRun": true, "params": {"text": "not sent"}})),
+            &adapter,
+        )
         .await;
     let data = out.result.unwrap();
     assert_eq!(data["sentRecipients"], json!([]));
@@ -113,7 +142,12 @@ async fn flows_in_real_chromium() {
     alt_login.urls.insert("login".into(), "/login?auto=1&next=/alt/inbox/me".into());
     runtime.interactive_login(&alt_login, false, Duration::from_secs(20)).await.unwrap();
     let out = runtime
-        .run_job("send_dm", "job_4", &payload(json!({"adapter": {}, "recipient": "cy", "params": {"text": "via alt"}})), &alt)
+        .run_job(
+            "send_dm",
+            "job_4",
+            &payload(json!({"adapter": {}, "recipient": "cy", "params": {"text": "via alt"}})),
+            &alt,
+        )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
     assert_eq!(site.messages_to("cy"), vec!["via alt".to_owned()]);
@@ -145,7 +179,9 @@ async fn flows_in_real_chromium() {
     assert_eq!(data["count"], json!(25));
     assert_eq!(data["pages"], json!(3));
     assert_eq!(data["subscribers"][24], json!({"name": "Fan 24", "handle": "@fan24", "since": "2024-01-25"}));
-    let out = runtime.run_job("scrape_subs", "job_6b", &payload(json!({"adapter": {}, "params": {"maxPages": 2}})), &adapter).await;
+    let out = runtime
+        .run_job("scrape_subs", "job_6b", &payload(json!({"adapter": {}, "params": {"maxPages": 2}})), &adapter)
+        .await;
     assert_eq!(out.result.unwrap()["count"], json!(20));
 
     eprintln!("stage 9: broadcast_dm: each recipient once; the same job again");
@@ -171,11 +207,23 @@ async fn flows_in_real_chromium() {
     eprintln!("stage 12: gil was sent before the crash, hal's send reached t");
     // gil "was sent" before the crash, hal's send reached the site, ida's did not.
     let hal = runtime
-        .run_job("send_dm", "job_8a", &payload(json!({"adapter": {}, "recipient": "hal", "params": {"text": "Resumed"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_8a",
+            &payload(json!({"adapter": {}, "recipient": "hal", "params": {"text": "Resumed"}})),
+            &adapter,
+        )
         .await;
     assert!(hal.result.is_ok());
     let out = runtime
-        .run_job("broadcast_dm", "job_8", &payload(json!({"adapter": {}, "recipients": crash, "idemKey": "crash-key", "params": {"text": "Resumed"}})), &adapter)
+        .run_job(
+            "broadcast_dm",
+            "job_8",
+            &payload(
+                json!({"adapter": {}, "recipients": crash, "idemKey": "crash-key", "params": {"text": "Resumed"}}),
+            ),
+            &adapter,
+        )
         .await;
     let data = out.result.unwrap();
     assert_eq!(data["sentRecipients"], json!(["gil", "hal", "ida"]));
@@ -186,11 +234,21 @@ async fn flows_in_real_chromium() {
     eprintln!("stage 13: Fatal refusals.");
     // Fatal refusals.
     let out = runtime
-        .run_job("send_dm", "job_9", &payload(json!({"adapter": {}, "recipient": "jo", "params": {"text": "BLOCKME"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_9",
+            &payload(json!({"adapter": {}, "recipient": "jo", "params": {"text": "BLOCKME"}})),
+            &adapter,
+        )
         .await;
     assert_eq!(code(&out), "CONTENT_BLOCKED");
     let out = runtime
-        .run_job("send_dm", "job_10", &payload(json!({"adapter": {}, "recipient": "jo", "params": {"text": "POLICYME"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_10",
+            &payload(json!({"adapter": {}, "recipient": "jo", "params": {"text": "POLICYME"}})),
+            &adapter,
+        )
         .await;
     assert_eq!(code(&out), "POLICY_VIOLATION");
 
@@ -199,11 +257,22 @@ async fn flows_in_real_chromium() {
     let warm = runtime.warm().unwrap();
     warm.kill_for_test().await;
     let out = runtime
-        .run_job("send_dm", "job_11", &payload(json!({"adapter": {}, "recipient": "kim", "params": {"text": "after restart"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_11",
+            &payload(json!({"adapter": {}, "recipient": "kim", "params": {"text": "after restart"}})),
+            &adapter,
+        )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
     let args = warm.running_args().await.unwrap();
-    for flag in ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--headless=new"] {
+    for flag in [
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--headless=new",
+    ] {
         assert!(args.iter().any(|a| a == flag), "{flag}");
     }
 
@@ -214,29 +283,45 @@ async fn flows_in_real_chromium() {
     site.set_rate_limit(Some((0, Duration::from_secs(60))));
     events.take();
     let out = runtime
-        .run_job("send_dm", "job_12", &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "too fast"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_12",
+            &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "too fast"}})),
+            &adapter,
+        )
         .await;
     assert_eq!(code(&out), "RATE_LIMITED");
     assert_eq!(out.result.as_ref().unwrap_err().retry_after_ms, Some(1000));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let out = runtime
-        .run_job("send_dm", "job_13", &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "too fast"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_13",
+            &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "too fast"}})),
+            &adapter,
+        )
         .await;
     assert_eq!(code(&out), "RATE_LIMITED");
     let opened = events.take();
-    assert!(opened.iter().any(|e| matches!(e, BrowserEvent::CircuitOpened { reason, .. } if reason == "RATE_LIMITED")), "{opened:?}");
+    assert!(
+        opened.iter().any(|e| matches!(e, BrowserEvent::CircuitOpened { reason, .. } if reason == "RATE_LIMITED")),
+        "{opened:?}"
+    );
     assert!(runtime.status().circuit_open_until_ms.is_some());
     site.set_rate_limit(None);
-    let out = runtime
-        .run_job("scrape_subs", "job_14", &payload(json!({"adapter": {}})), &adapter)
-        .await;
+    let out = runtime.run_job("scrape_subs", "job_14", &payload(json!({"adapter": {}})), &adapter).await;
     assert_eq!(code(&out), "RATE_LIMITED", "circuit open refuses every browser job");
     assert!(out.result.unwrap_err().message.unwrap().contains("circuit breaker"));
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert!(events.take().contains(&BrowserEvent::CircuitClosed));
     assert!(runtime.status().circuit_open_until_ms.is_none());
     let out = runtime
-        .run_job("send_dm", "job_15", &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "calm now"}})), &adapter)
+        .run_job(
+            "send_dm",
+            "job_15",
+            &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "calm now"}})),
+            &adapter,
+        )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
 

@@ -84,7 +84,13 @@ enum Command {
     JobSubmitted,
     Cancel { job_id: String, agent_id: String },
     Online { reply: oneshot::Sender<HashSet<String>> },
+    CircuitOpen { agent_id: String, until_ms: i64 },
+    Circuits { reply: oneshot::Sender<HashMap<String, i64>> },
 }
+
+/// Cool-down the hub assumes when an agent's `circuit_breaker` frame names none (prototype
+/// agents): 15 minutes.
+pub const DEFAULT_CIRCUIT_COOLDOWN: Duration = Duration::from_secs(15 * 60);
 
 /// Cheap, cloneable handle to the dispatcher task.
 #[derive(Clone)]
@@ -144,6 +150,18 @@ impl Dispatcher {
         self.send(Command::Cancel { job_id: job_id.to_owned(), agent_id: agent_id.to_owned() });
     }
 
+    /// The agent tripped its circuit breaker: no browser job types go to it until `until_ms`.
+    pub fn circuit_open(&self, agent_id: &str, until_ms: i64) {
+        self.send(Command::CircuitOpen { agent_id: agent_id.to_owned(), until_ms });
+    }
+
+    /// Agents whose circuit breaker is open, with the end of their cool-down (Unix ms).
+    pub async fn open_circuits(&self) -> HashMap<String, i64> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Circuits { reply });
+        answer.await.unwrap_or_default()
+    }
+
     /// Ids of the agents with a live session in this process.
     pub async fn online_agents(&self) -> HashSet<String> {
         let (reply, answer) = oneshot::channel();
@@ -189,6 +207,8 @@ impl Connection {
 struct State {
     store: Arc<dyn Store>,
     connections: BTreeMap<String, Connection>,
+    /// Open circuit breakers by agent (kept across reconnects), until when (Unix ms).
+    circuits: HashMap<String, i64>,
 }
 
 /// The dispatcher task. Returns once `stop` is cancelled and queued commands are handled.
@@ -199,7 +219,7 @@ pub async fn run(
     poll_interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut state = State { store, connections: BTreeMap::new() };
+    let mut state = State { store, connections: BTreeMap::new(), circuits: HashMap::new() };
     let mut poll = tokio::time::interval(poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
@@ -338,6 +358,20 @@ impl State {
                 let _ = reply.send(self.connections.keys().cloned().collect());
                 false
             }
+            Command::CircuitOpen { agent_id, until_ms } => {
+                info!(
+                    agent_id,
+                    until_ms, "agent circuit breaker open: no browser jobs for it until the cool-down ends"
+                );
+                self.circuits.insert(agent_id, until_ms);
+                false
+            }
+            Command::Circuits { reply } => {
+                let now = now_ms();
+                self.circuits.retain(|_, until| *until > now);
+                let _ = reply.send(self.circuits.clone());
+                false
+            }
         }
     }
 
@@ -410,11 +444,24 @@ impl State {
                 .map(|(agent_id, _)| agent_id.clone())
                 .collect();
             for agent_id in candidates {
+                let circuit_open = self.circuits.get(&agent_id).is_some_and(|until| *until > now_ms());
                 let Some(request) = self.connections.get(&agent_id).map(|c| ClaimRequest {
                     agent_id: agent_id.clone(),
                     creator_id: c.creator_id.clone(),
                     labels: c.labels.clone(),
-                    job_types: c.job_types.clone(),
+                    // An open circuit breaker removes the browser job types; a prototype peer
+                    // (no capability list) gets nothing until it closes.
+                    job_types: match (&c.job_types, circuit_open) {
+                        (types, false) => types.clone(),
+                        (Some(types), true) => Some(
+                            types
+                                .iter()
+                                .filter(|t| !edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&t.as_str()))
+                                .cloned()
+                                .collect(),
+                        ),
+                        (None, true) => Some(Vec::new()),
+                    },
                 }) else {
                     continue;
                 };

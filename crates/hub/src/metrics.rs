@@ -96,8 +96,12 @@ fn describe() {
 impl HubMetrics {
     /// The Prometheus text page: counters and histograms as recorded, gauges from `queues`
     /// (read from the store just now) and `connected` agents.
-    pub fn render(&self, queues: &[QueueDepth], connected: usize, now_ms: i64) -> String {
-        gauge!(AGENTS_CONNECTED).set(connected as f64);
+    /// `connected` is `None` when the dispatcher was too busy to count (the gauge keeps its
+    /// last value).
+    pub fn render(&self, queues: &[QueueDepth], connected: Option<usize>, now_ms: i64) -> String {
+        if let Some(connected) = connected {
+            gauge!(AGENTS_CONNECTED).set(connected as f64);
+        }
         // (pending, oldest pending created_at, dead) per job type.
         let mut by_type: BTreeMap<&str, (i64, Option<i64>, i64)> = BTreeMap::new();
         for queue in queues {

@@ -76,6 +76,15 @@ impl Default for JobTypes {
             JobTypeSpec::opaque(edge_protocol::jobs::BUNDLE)
                 .with_validator(Arc::new(crate::bundles::validate_payload_message)),
         );
+        // Browser flows (issue 5); the DM ones go through the dedupe ledger.
+        for name in edge_protocol::jobs::BROWSER_JOB_TYPES {
+            let mut spec =
+                JobTypeSpec::opaque(name).with_validator(Arc::new(move |p: &Value| validate_browser(name, p)));
+            if edge_protocol::jobs::MESSAGE_JOB_TYPES.contains(&name) {
+                spec = spec.sending_messages();
+            }
+            types.register(spec);
+        }
         types
     }
 }
@@ -96,6 +105,24 @@ impl JobTypes {
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut JobTypeSpec> {
         self.types.get_mut(name)
+    }
+}
+
+/// Shape checks only: the agent validates the adapter itself (it may come from a bundle).
+fn validate_browser(name: &str, payload: &Value) -> Result<(), String> {
+    let parsed: edge_protocol::jobs::BrowserJobPayload =
+        serde_json::from_value(payload.clone()).map_err(|e| format!("`payload` is not a valid {name} payload: {e}"))?;
+    if !parsed.adapter.is_object() {
+        return Err("`payload.adapter` must be an adapter object or {\"bundle\",\"version\",\"path\"}".to_owned());
+    }
+    match name {
+        edge_protocol::jobs::SEND_DM if parsed.recipient.as_deref().is_none_or(|r| r.trim().is_empty()) => {
+            Err("`payload.recipient` is required".to_owned())
+        }
+        edge_protocol::jobs::BROADCAST_DM if parsed.recipients.as_ref().is_none_or(Vec::is_empty) => {
+            Err("`payload.recipients` must be a non-empty list".to_owned())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -47,6 +47,8 @@ pub struct BundleContext {
     pub settings: RuntimeSettings,
     pub journal: journal::Journal,
     pub unpack_limits: UnpackLimits,
+    /// The browser runtime, for bundles whose runtime is `browser` (`None`: RUNTIME_UNAVAILABLE).
+    pub browser: Option<edge_browser::BrowserRuntime>,
 }
 
 impl BundleContext {
@@ -59,7 +61,13 @@ impl BundleContext {
             http: download::client()?,
             settings: RuntimeSettings::from_env(),
             unpack_limits: UnpackLimits::default(),
+            browser: None,
         })
+    }
+
+    pub fn with_browser(mut self, browser: Option<edge_browser::BrowserRuntime>) -> BundleContext {
+        self.browser = browser;
+        self
     }
 
     pub fn trust(&self) -> TrustStore {
@@ -533,10 +541,8 @@ async fn execute(
         }
         Runtime::Exec => (entry, user_args, env),
         Runtime::Browser => {
-            return Err((
-                code(codes::RUNTIME_UNAVAILABLE, "the browser runtime is not available in this agent yet"),
-                None,
-            ));
+            let _ = std::fs::remove_dir_all(&scratch);
+            return run_browser_flow(ctx, &prepared, &bundle_dir, &entry, payload, run_id).await;
         }
         Runtime::Ahk => {
             return Err((
@@ -591,6 +597,73 @@ async fn execute(
         stderr_truncated: outcome.stderr.truncated || outcome.stderr.text.len() > RESULT_TAIL,
     };
     Ok((data, full))
+}
+
+/// A `browser` bundle: its entry point is a flow document (`docs/flows.md`) that the
+/// browser runtime runs; `args` are `name=value` parameters. The flow's output JSON is the
+/// run's stdout.
+async fn run_browser_flow(
+    ctx: &BundleContext,
+    prepared: &Prepared,
+    bundle_dir: &Path,
+    entry: &Path,
+    payload: &BundlePayload,
+    run_id: &str,
+) -> Result<(BundleRunData, Full), (JobError, Option<Full>)> {
+    use edge_browser::flow::{parse_adapter, parse_document, parse_flow, AdapterRef, FlowDocument, FlowRef};
+    let started = Instant::now();
+    let Some(browser) = ctx.browser.as_ref() else {
+        return Err((
+            code(codes::RUNTIME_UNAVAILABLE, "no Chrome, Chromium or Edge is installed for the browser runtime"),
+            None,
+        ));
+    };
+    let setup = |m: String| (code(codes::RUN_SETUP_FAILED, m), None);
+    let read = |relative: &str| -> Result<String, (JobError, Option<Full>)> {
+        let path = crate::browser::inside(bundle_dir, relative).map_err(setup)?;
+        std::fs::read_to_string(&path).map_err(|e| setup(format!("{relative}: {e}")))
+    };
+    let text = std::fs::read_to_string(entry).map_err(|e| setup(format!("{}: {e}", prepared.entrypoint)))?;
+    let document: FlowDocument = parse_document(&text, "the flow document").map_err(|e| (e.to_job_error(), None))?;
+    let adapter = match document.adapter {
+        AdapterRef::Inline(adapter) => *adapter,
+        AdapterRef::Path(path) => parse_adapter(&read(&path)?).map_err(|e| (e.to_job_error(), None))?,
+    };
+    let flow = match document.flow {
+        FlowRef::Inline(flow) => *flow,
+        FlowRef::Name(name) if name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json") => {
+            parse_flow(&read(&name)?).map_err(|e| (e.to_job_error(), None))?
+        }
+        FlowRef::Name(name) => adapter.flow(&name).map_err(|e| (e.to_job_error(), None))?,
+    };
+    let mut params = document.params;
+    let mut dry_run = document.dry_run;
+    for arg in &payload.args {
+        match arg.split_once('=') {
+            Some(("dryRun", v)) => dry_run = v == "true" || v == "1",
+            Some((k, v)) => {
+                params.insert(k.to_owned(), serde_json::Value::from(v));
+            }
+            None => {
+                return Err((JobError::new(ErrorCode::BadPayload, format!("argument {arg:?} is not name=value")), None))
+            }
+        }
+    }
+    let output =
+        browser.run_flow_document(&adapter, &flow, &params, dry_run).await.map_err(|e| (e.to_job_error(), None))?;
+    let stdout = serde_json::to_string_pretty(&output).unwrap_or_default();
+    let data = BundleRunData {
+        run_id: run_id.to_owned(),
+        bundle: prepared.bundle.clone(),
+        version: prepared.version.clone(),
+        exit_code: 0,
+        duration_ms: started.elapsed().as_millis() as u64,
+        stdout: tail(&stdout, RESULT_TAIL),
+        stderr: String::new(),
+        stdout_truncated: stdout.len() > RESULT_TAIL,
+        stderr_truncated: false,
+    };
+    Ok((data, (stdout, String::new(), Some(0))))
 }
 
 fn tail(text: &str, max: usize) -> String {

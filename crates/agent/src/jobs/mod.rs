@@ -17,11 +17,13 @@ pub struct JobContext {
     pub(crate) bundles: Option<crate::bundles::BundleContext>,
     /// Where `job_log` frames go (the connection's outgoing queue).
     pub(crate) frames: Option<tokio::sync::mpsc::UnboundedSender<edge_protocol::AgentFrame>>,
+    /// Set when a browser was found: runs `send_dm`, `broadcast_dm`, `schedule_post`, `scrape_subs`.
+    pub(crate) browser: Option<(edge_browser::BrowserRuntime, std::path::PathBuf)>,
 }
 
 impl JobContext {
     pub fn new() -> Result<JobContext, crate::AgentError> {
-        Ok(JobContext { http: http_request::client()?, bundles: None, frames: None })
+        Ok(JobContext { http: http_request::client()?, bundles: None, frames: None, browser: None })
     }
 
     pub fn with_bundles(
@@ -33,6 +35,33 @@ impl JobContext {
         self.frames = Some(frames);
         self
     }
+}
+
+/// Like [`run_cancellable`], plus the `data` a failed job still reports (a partial
+/// `broadcast_dm`'s `sentRecipients`, which the hub writes to its dedupe ledger).
+pub async fn run_with_data(
+    context: &JobContext,
+    job: &JobSpec,
+    cancel: &tokio_util::sync::CancellationToken,
+    cancelled: impl Fn() -> JobError,
+) -> (Result<Value, JobError>, Option<Value>) {
+    if edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&job.job_type.as_str()) {
+        let Some((runtime, data_dir)) = &context.browser else {
+            return (
+                Err(edge_browser::runtime::unavailable_error(
+                    "this agent found no Chrome, Chromium or Edge to run browser jobs with",
+                )),
+                None,
+            );
+        };
+        // Dropping the flow future closes nothing the next job needs: the context is per job
+        // and the warm browser stays.
+        return tokio::select! {
+            outcome = crate::browser::run(runtime, data_dir, context.bundles.as_ref(), job) => outcome,
+            _ = cancel.cancelled() => (Err(cancelled()), None),
+        };
+    }
+    (run_cancellable(context, job, cancel, cancelled).await, None)
 }
 
 /// Runs one job until it ends or `cancel` fires. `bundle` jobs get the token (their process

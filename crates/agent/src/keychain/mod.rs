@@ -160,6 +160,38 @@ impl CredentialStore for Keychain {
     }
 }
 
+/// Service name of the second keychain entry of a profile: the browser session key.
+pub const BROWSER_KEY_SERVICE: &str = "edge-agent-browser";
+
+impl Keychain {
+    /// Reads a secret kept beside the credentials, in entry (`service`, profile). `None`
+    /// when there is none. The value never leaves through an error or a log line.
+    pub fn read_secret(&self, service: &str) -> Result<Option<crate::Secret<String>>, AgentError> {
+        let backend = self.backend()?;
+        let entry = platform::entry(backend, service, &self.profile).map_err(|e| unavailable(backend, &e))?;
+        match entry.get_password() {
+            Ok(value) => Ok(Some(crate::Secret::new(value))),
+            Err(keyring::Error::NoEntry) => Ok(None),
+            Err(e) => Err(unavailable(backend, &e)),
+        }
+    }
+
+    pub fn write_secret(&self, service: &str, value: &crate::Secret<String>) -> Result<(), AgentError> {
+        let backend = self.backend()?;
+        let entry = platform::entry(backend, service, &self.profile).map_err(|e| unavailable(backend, &e))?;
+        entry.set_password(value.expose()).map_err(|e| unavailable(backend, &e))
+    }
+
+    pub fn delete_secret(&self, service: &str) -> Result<(), AgentError> {
+        let backend = self.backend()?;
+        let entry = platform::entry(backend, service, &self.profile).map_err(|e| unavailable(backend, &e))?;
+        match entry.delete_credential() {
+            Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
+            Err(e) => Err(unavailable(backend, &e)),
+        }
+    }
+}
+
 fn unavailable(backend: KeychainBackend, error: &keyring::Error) -> AgentError {
     AgentError::KeychainUnavailable(format!("{backend} keychain failed ({error}): {}", platform::remedy(backend)))
 }

@@ -11,6 +11,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
+/// How long a scrape waits for the dispatcher's count of live sessions.
+const CONNECTED_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Prometheus metrics (text exposition format 0.0.4). No ids in labels.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
@@ -33,7 +36,8 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
             .into_response();
         }
     };
-    let connected = app.dispatcher.online_agents().await.len();
+    // The dispatcher answers between passes; a scrape must not wait behind a busy queue.
+    let connected = tokio::time::timeout(CONNECTED_WAIT, app.dispatcher.online_agents()).await.ok().map(|a| a.len());
     let body = crate::metrics::install().render(&queues, connected, now_ms());
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body)
         .into_response()

@@ -26,6 +26,10 @@ pub struct AgentView {
     /// As announced in the agent's last `hello`.
     pub labels: Vec<String>,
     pub slots: Option<i64>,
+    /// Set while the agent's circuit breaker is open (its `circuit_breaker` frame): browser
+    /// job types are not assigned to it until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_open_until: Option<String>,
 }
 
 impl AgentView {
@@ -40,6 +44,7 @@ impl AgentView {
             connected_at: agent.connected_at.map(rfc3339),
             labels: agent.labels,
             slots: agent.slots,
+            circuit_open_until: None,
         }
     }
 }
@@ -56,6 +61,7 @@ impl AgentView {
 )]
 pub async fn list_agents(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, Failure> {
     let local = app.dispatcher.online_agents().await;
+    let circuits = app.dispatcher.open_circuits().await;
     let now = now_ms();
     let stale_after = millis(app.hb_interval.saturating_mul(3));
     let agents: Vec<AgentView> = app
@@ -65,7 +71,10 @@ pub async fn list_agents(State(app): State<AppState>, caller: Caller) -> Result<
         .into_iter()
         .map(|agent| {
             let is_online = local.contains(&agent.id) || (!app.store.exclusive() && agent.is_online(now, stale_after));
-            AgentView::new(agent, is_online)
+            let until = circuits.get(&agent.id).copied();
+            let mut view = AgentView::new(agent, is_online);
+            view.circuit_open_until = until.map(rfc3339);
+            view
         })
         .collect();
     Ok(Json(json!({ "agents": agents })))

@@ -34,6 +34,9 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 /// is answered with `FRAME_TOO_LARGE` instead of a dropped connection.
 const MAX_WS_MESSAGE_BYTES: usize = 4 * edge_protocol::MAX_FRAME_BYTES;
 
+/// Chunk in which a session reads from its socket; larger frames still arrive whole.
+const SESSION_READ_BUFFER: usize = 4 * 1024;
+
 /// How long to wait for the agent's answer to our close frame before dropping the socket.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 /// Shorter on shutdown: an agent that does not answer at once must not hold up a restart.
@@ -131,6 +134,10 @@ pub async fn agent_ws(
     let sessions = app.sessions.clone();
     upgrade
         .max_message_size(MAX_WS_MESSAGE_BYTES)
+        // tungstenite's defaults (128 KiB read buffer, 128 KiB write batching) cost ~150 KiB
+        // per idle session; frames here are small and a session writes as it goes.
+        .read_buffer_size(SESSION_READ_BUFFER)
+        .write_buffer_size(0)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
@@ -458,8 +465,18 @@ impl Session {
                 }
             }
             AgentFrame::JobResult { id, status, data, err } => self.on_result(socket, id, status, data, err).await,
-            AgentFrame::CircuitBreaker { reason, .. } => {
-                warn!(?reason, "agent tripped its circuit breaker");
+            AgentFrame::CircuitBreaker { reason, cooldown_ms } => {
+                let cooldown = cooldown_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(crate::dispatch::DEFAULT_CIRCUIT_COOLDOWN)
+                    .min(Duration::from_secs(24 * 3600));
+                let until = now_ms() + i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX / 2);
+                warn!(
+                    ?reason,
+                    cooldown_ms = cooldown.as_millis() as u64,
+                    "agent tripped its circuit breaker; no browser jobs for it until the cool-down ends"
+                );
+                self.app.dispatcher.circuit_open(&self.agent_id, until);
                 Flow::Continue
             }
             AgentFrame::Availability(availability) => {

@@ -78,7 +78,9 @@ fn check(doc: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec<
         };
         // OpenAPI 3.0 style nullability, in case a schema uses it.
         let nullable = schema.get("nullable").and_then(Value::as_bool).unwrap_or(false);
-        if !allowed.is_empty() && !allowed.iter().any(|t| type_matches(t, value)) && !(nullable && value.is_null()) {
+        let fits =
+            allowed.is_empty() || allowed.iter().any(|t| type_matches(t, value)) || (nullable && value.is_null());
+        if !fits {
             errors.push(format!("{at}: is {} but the document says {}", kind(value), allowed.join(" | ")));
             return;
         }
