@@ -74,20 +74,25 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
     )
 }
 
-/// `npm ci` in `ui/` when its node_modules is missing or older than the lock file.
+/// The npm packages the tests use: the tray window and the operator page tests.
+pub const NPM_PACKAGES: &[&str] = &["ui", "tests/operator-ui"];
+
+/// `npm ci` in each npm package whose node_modules is missing or older than its lock file.
 pub fn ensure_npm() -> Result<()> {
-    let ui = root().join("ui");
-    let lock = ui.join("package-lock.json");
-    let marker = ui.join("node_modules/.package-lock.json");
-    let stale = match (
-        std::fs::metadata(&lock).and_then(|m| m.modified()),
-        std::fs::metadata(&marker).and_then(|m| m.modified()),
-    ) {
-        (Ok(lock), Ok(installed)) => lock > installed,
-        _ => true,
-    };
-    if stale {
-        checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&ui))?;
+    for package in NPM_PACKAGES {
+        let dir = root().join(package);
+        let lock = dir.join("package-lock.json");
+        let marker = dir.join("node_modules/.package-lock.json");
+        let stale = match (
+            std::fs::metadata(&lock).and_then(|m| m.modified()),
+            std::fs::metadata(&marker).and_then(|m| m.modified()),
+        ) {
+            (Ok(lock), Ok(installed)) => lock > installed,
+            _ => true,
+        };
+        if stale {
+            checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))?;
+        }
     }
     Ok(())
 }

@@ -39,12 +39,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let console = root().join("tests/operator-ui");
     stages.push((
         "hub operator page in headless Chromium",
-        (|| {
-            if !console.join("node_modules/playwright-core").is_dir() {
-                checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&console))?;
-            }
-            checked(Command::new("npm").arg("test").current_dir(&console).env("HUB_BIN", target.join("edge-hub")))
-        })(),
+        checked(Command::new("npm").arg("test").current_dir(&console).env("HUB_BIN", target.join("edge-hub"))),
     ));
     let out_dir = root().join("target/tray-smoke");
     stages.push((
