@@ -518,6 +518,10 @@ impl AgentService {
     /// `state.json` says the agent is no longer running.
     pub async fn shutdown(&self) {
         self.stop_loop().await;
+        let browser = self.inner.browser.lock().ok().and_then(|b| b.clone());
+        if let Some(browser) = browser {
+            browser.shutdown().await;
+        }
         let snapshot = self.snapshot();
         self.inner.persist(&snapshot, false);
     }

@@ -147,6 +147,32 @@ impl BrowserLaunch {
     }
 }
 
+/// Chromium's `SingletonLock` is a symlink to `<host>-<pid>`; if that pid is still a browser
+/// on `profile`, it is ours from an earlier agent process and is stopped.
+fn end_stale_browser(profile: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(target) = std::fs::read_link(profile.join("SingletonLock")) else { return };
+        let Some(pid) = target.to_string_lossy().rsplit('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            return;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let needle = format!("--user-data-dir={}", profile.display());
+        if pid > 1 && String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg == needle) {
+            tracing::warn!(pid, "a browser from an earlier agent process still runs on this profile; stopping it");
+            // SAFETY: kill(2) on a pid whose command line names our own profile dir.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = profile;
+    }
+}
+
 /// A launched browser and the task pumping its DevTools connection.
 pub struct RunningBrowser {
     pub browser: Browser,
@@ -160,7 +186,10 @@ impl RunningBrowser {
     pub async fn launch(spec: &BrowserLaunch) -> Result<RunningBrowser, BrowserError> {
         std::fs::create_dir_all(&spec.user_data_dir)
             .map_err(|e| BrowserError::Launch(format!("cannot create {}: {e}", spec.user_data_dir.display())))?;
-        // A profile left locked by a killed browser would make the next one exit at once.
+        // A browser left running by a killed agent still holds this profile: end it (only a
+        // process whose command line names this very profile dir), then clear its locks,
+        // which would make the next browser exit at once.
+        end_stale_browser(&spec.user_data_dir);
         for lock in ["SingletonLock", "SingletonSocket", "SingletonCookie"] {
             let _ = std::fs::remove_file(spec.user_data_dir.join(lock));
         }
