@@ -1,9 +1,11 @@
 //! `cargo xtask demo`: the whole product on one machine, for real. Builds the hub and the
-//! headless agent, starts the hub on a temporary SQLite file, enrolls and logs in an agent
-//! through the OS keychain, runs three `http_request` jobs against a page served on
-//! 127.0.0.1, prints each result as the hub recorded it, and shuts everything down.
+//! headless agent, starts the hub on a temporary SQLite file, publishes a signed bundle,
+//! enrolls and logs in an agent through the OS keychain, runs three `http_request` jobs
+//! against a page served on 127.0.0.1, the signed bundle, and (when Chromium is installed) a
+//! browser flow against a local creator-site look-alike; prints each result as the hub
+//! recorded it, and shuts everything down.
 
-use crate::util::{cargo, checked, root};
+use crate::util::{cargo, checked, have, root};
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -32,6 +34,28 @@ pub fn run() -> Result<()> {
     let key = hub.api_key()?;
     // Secrets are never echoed, not even in part.
     println!("   enrollment token for {CREATOR} created (single use, expires in 24 h)");
+
+    step("creating the bundle repository's root keys and publishing a signed shell bundle");
+    let root_keys = dir.path().join("root-keys");
+    let init = hub.bundle_cli(&["keys", "init", "--root-dir", path_str(&root_keys)?])?;
+    println!("   root keys in {} (kept offline by the operator)", root_keys.display());
+    println!("   root fingerprint: {}", init["rootFingerprint"].as_str().unwrap_or("?"));
+    let bundle_src = dir.path().join("hello-bundle");
+    std::fs::create_dir_all(&bundle_src)?;
+    std::fs::write(bundle_src.join("main.sh"), "echo \"hello from a signed bundle, $1 (run $EDGE_RUN_ID)\"\n")?;
+    let published = hub.bundle_cli(&[
+        "publish",
+        "--tenant",
+        CREATOR,
+        "--name",
+        "hello",
+        "--version",
+        "1.0.0",
+        "--runtime",
+        "shell",
+        path_str(&bundle_src)?,
+    ])?;
+    println!("   published {}", published["target"].as_str().unwrap_or("?"));
 
     let (keychain, why) = choose_keychain();
     step(&format!("logging a headless agent in (keychain: {keychain}, {why})"));
@@ -73,6 +97,20 @@ pub fn run() -> Result<()> {
         print_job(what, &done);
     }
 
+    step("running the signed bundle (the agent verifies TUF metadata, SHA-256 and expiry first)");
+    let job = hub.submit_job(
+        &key,
+        &json!({ "type": "bundle", "creatorId": CREATOR,
+                 "payload": { "bundle": "hello", "version": "latest", "args": ["demo"] } }),
+    )?;
+    let done = hub.wait_job_done(&key, job["id"].as_str().context("job id")?, Duration::from_secs(60))?;
+    if done["status"] != "succeeded" {
+        failures += 1;
+    }
+    print_job("signed shell bundle", &done);
+
+    failures += browser_flow(&hub, &key, &agent)?;
+
     step("shutting down");
     let agent_clean = agent.shutdown();
     let (_, out) = agent.oneshot(&["logout"])?;
@@ -82,8 +120,45 @@ pub fn run() -> Result<()> {
     if failures > 0 {
         bail!("{failures} demo job(s) did not succeed; logs are in the lines above");
     }
-    println!("\ndemo finished: 3 jobs ran on this machine's network and were recorded by the hub.");
+    println!("\ndemo finished: every job ran on this machine and was recorded by the hub.");
     Ok(())
+}
+
+/// A `send_dm` browser flow against the local creator-site look-alike, in the Chromium
+/// installed on this machine. Returns the number of failed jobs (0 when skipped).
+fn browser_flow(hub: &Hub, key: &str, agent: &Agent) -> Result<u32> {
+    if !["chromium", "chromium-browser", "google-chrome", "microsoft-edge"].iter().any(|b| have(b)) {
+        step("skipping the browser flow: no Chrome, Chromium or Edge here (Debian: apt-get install chromium)");
+        return Ok(0);
+    }
+    step("a browser flow: send_dm on a local creator site, in this machine's Chromium");
+    let site = edge_browser::testsite::Site::start()?;
+    println!("   creator site look-alike: {}", site.url("/"));
+    // A person logs in once in a visible browser window (`edge-agent browser login`); the
+    // demo site's auto-login page stands in for them, so this runs headless.
+    let mut login = site.adapter();
+    login.urls.insert("login".into(), "/login?auto=1".into());
+    let adapter_file = agent.data_dir.join("demo-site-adapter.json");
+    std::fs::write(&adapter_file, serde_json::to_vec_pretty(&login)?)?;
+    let (ok, out) = agent.oneshot(&["browser", "login", "--site", path_str(&adapter_file)?, "--headless"])?;
+    if !ok {
+        bail!("browser login failed: {out}");
+    }
+    println!("   logged in to the site; the session is saved encrypted (key in the keychain)");
+    let job = hub.submit_job(
+        key,
+        &json!({ "type": "send_dm", "creatorId": CREATOR, "payload": {
+            "adapter": serde_json::to_value(site.adapter())?, "recipient": "ann",
+            "params": { "text": "Hi Ann, thanks for subscribing!" } } }),
+    )?;
+    let done = hub.wait_job_done(key, job["id"].as_str().context("job id")?, Duration::from_secs(90))?;
+    print_job("send_dm through the browser", &done);
+    println!("   the site received for ann: {:?}", site.messages_to("ann"));
+    Ok(u32::from(done["status"] != "succeeded" || site.messages_to("ann").len() != 1))
+}
+
+fn path_str(path: &std::path::Path) -> Result<&str> {
+    path.to_str().context("a temp path that is not UTF-8")
 }
 
 fn step(text: &str) {

@@ -151,12 +151,12 @@ impl CredentialStore for Keychain {
         entry.set_password(credentials.to_keychain_json().expose()).map_err(|e| unavailable(backend, &e))
     }
 
+    /// Logging out forgets everything the profile keeps in the keychain: its credentials and
+    /// the browser session key (without which the saved, encrypted browser session is
+    /// unreadable, which is the point).
     fn delete(&self) -> Result<(), AgentError> {
-        let (backend, entry) = self.entry()?;
-        match entry.delete_credential() {
-            Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
-            Err(e) => Err(unavailable(backend, &e)),
-        }
+        self.delete_secret(BROWSER_KEY_SERVICE)?;
+        self.delete_secret(KEYCHAIN_SERVICE)
     }
 }
 
@@ -218,8 +218,11 @@ mod tests {
         let loaded = keychain.load().unwrap().expect("stored entry");
         assert_eq!(loaded.agent_id, creds.agent_id);
         assert_eq!(loaded.device_key.public_key_base64(), creds.device_key.public_key_base64());
+        keychain.write_secret(BROWSER_KEY_SERVICE, &crate::Secret::new("browser-key".to_owned())).unwrap();
+        assert!(keychain.read_secret(BROWSER_KEY_SERVICE).unwrap().is_some());
         keychain.delete().unwrap();
         assert!(keychain.load().unwrap().is_none());
+        assert!(keychain.read_secret(BROWSER_KEY_SERVICE).unwrap().is_none(), "logout must forget the browser key");
         keychain.delete().unwrap();
     }
 
