@@ -1,4 +1,4 @@
-//! `cargo xtask bench [agent|tray|hub|bundles]`: the numbers in docs/benchmarks.md, measured on release
+//! `cargo xtask bench [agent|tray|hub|bundles|browser]`: the numbers in docs/benchmarks.md, measured on release
 //! builds over loopback. Prints Markdown rows to paste into that file.
 
 use crate::util::{cargo, checked, root};
@@ -19,8 +19,9 @@ pub fn run(args: &[&str]) -> Result<()> {
         "tray" => tray(),
         "hub" => crate::bench_hub::run(),
         "bundles" => crate::bench_bundles::run(),
+        "browser" => crate::bench_browser::run(),
         "all" => agent().and_then(|_| tray()),
-        other => bail!("unknown benchmark {other:?}: expected agent, tray, hub, bundles or all"),
+        other => bail!("unknown benchmark {other:?}: expected agent, tray, hub, bundles, browser or all"),
     }
 }
 

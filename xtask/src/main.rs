@@ -3,6 +3,7 @@
 //! developer run exactly the same steps.
 
 mod bench;
+mod bench_browser;
 mod bench_bundles;
 mod bench_hub;
 mod demo;

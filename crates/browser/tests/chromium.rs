@@ -73,7 +73,6 @@ async fn flows_in_real_chromium() {
     let adapter = site.adapter();
     let adapter_json = serde_json::to_value(&adapter).unwrap();
 
-    eprintln!("stage 1: Logged out: LOGIN_REQUIRED, and the person is told.");
     // Logged out: LOGIN_REQUIRED, and the person is told.
     let out = runtime
         .run_job(
@@ -87,9 +86,7 @@ async fn flows_in_real_chromium() {
     assert!(events.take().contains(&BrowserEvent::LoginRequired { site: "fanhub".into() }));
     assert_eq!(runtime.status().login_required, vec!["fanhub".to_owned()]);
 
-    eprintln!("stage 2: The login window (headless here; the e2e test covers ");
     // The login window (headless here; the e2e test covers the headful CLI): the site's
-    eprintln!("stage 3: auto-login page stands in for the person. The state i");
     // auto-login page stands in for the person. The state is saved encrypted.
     let mut login_adapter = adapter.clone();
     login_adapter.urls.insert("login".into(), "/login?auto=1".into());
@@ -106,7 +103,6 @@ async fn flows_in_real_chromium() {
         );
     }
 
-    eprintln!("stage 4: send_dm: typed like a person, sent once.");
     // send_dm: typed like a person, sent once.
     let text = "Hello Ann — thanks for subscribing!";
     let out = runtime
@@ -120,7 +116,6 @@ async fn flows_in_real_chromium() {
     assert_eq!(out.result.as_ref().unwrap()["sentRecipients"], json!(["Ann"]));
     assert_eq!(site.messages_to("ann"), vec![text.to_owned()]);
 
-    eprintln!("stage 5: Dry run: everything but the submit; nothing reaches t");
     // Dry run: everything but the submit; nothing reaches the site.
     let out = runtime
         .run_job(
@@ -135,7 +130,6 @@ async fn flows_in_real_chromium() {
     assert_eq!(data["skippedSteps"].as_array().unwrap().len(), 2, "{data}");
     assert!(site.messages_to("bob").is_empty());
 
-    eprintln!("stage 6: The same built-in flow on another site: only the adap");
     // The same built-in flow on another site: only the adapter differs.
     let alt = site.alt_adapter();
     let mut alt_login = alt.clone();
@@ -152,7 +146,6 @@ async fn flows_in_real_chromium() {
     assert!(out.result.is_ok(), "{:?}", out.result);
     assert_eq!(site.messages_to("cy"), vec!["via alt".to_owned()]);
 
-    eprintln!("stage 7: schedule_post: local time in Paris, shown by the site");
     // schedule_post: local time in Paris, shown by the site in New York time, with media.
     let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG fake image bytes");
     let out = runtime
@@ -172,7 +165,6 @@ async fn flows_in_real_chromium() {
     assert_eq!(posts[0].media, vec![("0-teaser.png".to_owned(), 21)]);
     assert_eq!(posts[0].text, "New set tonight");
 
-    eprintln!("stage 8: scrape_subs: three pages into structured rows.");
     // scrape_subs: three pages into structured rows.
     let out = runtime.run_job("scrape_subs", "job_6", &payload(json!({"adapter": {}})), &adapter).await;
     let data = out.result.unwrap();
@@ -184,7 +176,6 @@ async fn flows_in_real_chromium() {
         .await;
     assert_eq!(out.result.unwrap()["count"], json!(20));
 
-    eprintln!("stage 9: broadcast_dm: each recipient once; the same job again");
     // broadcast_dm: each recipient once; the same job again sends nothing more.
     let fans: Vec<String> = (1..=5).map(|i| format!("fan{i}")).collect();
     let job = json!({"adapter": {}, "recipients": fans, "params": {"text": "Broadcast one"}});
@@ -194,9 +185,7 @@ async fn flows_in_real_chromium() {
     assert_eq!(again.result.as_ref().unwrap()["alreadySent"].as_array().unwrap().len(), 5);
     assert!(site.counts_of(&fans).values().all(|n| *n == 1), "{:?}", site.counts_of(&fans));
 
-    eprintln!("stage 10: Resume after a crash mid-send: a `sending` recipient ");
     // Resume after a crash mid-send: a `sending` recipient whose message is on the site is
-    eprintln!("stage 11: not messaged again; one whose message is not there is");
     // not messaged again; one whose message is not there is.
     let store = CheckpointStore::new(dir.path().join("browser/checkpoints"));
     let crash: Vec<String> = vec!["gil".into(), "hal".into(), "ida".into()];
@@ -204,7 +193,6 @@ async fn flows_in_real_chromium() {
     store.mark(&mut cp, 0, Progress::Sent).unwrap();
     store.mark(&mut cp, 1, Progress::Sending).unwrap();
     store.mark(&mut cp, 2, Progress::Sending).unwrap();
-    eprintln!("stage 12: gil was sent before the crash, hal's send reached t");
     // gil "was sent" before the crash, hal's send reached the site, ida's did not.
     let hal = runtime
         .run_job(
@@ -231,7 +219,6 @@ async fn flows_in_real_chromium() {
     assert_eq!(site.messages_to("ida").len(), 1);
     assert!(site.messages_to("gil").is_empty());
 
-    eprintln!("stage 13: Fatal refusals.");
     // Fatal refusals.
     let out = runtime
         .run_job(
@@ -252,7 +239,6 @@ async fn flows_in_real_chromium() {
         .await;
     assert_eq!(code(&out), "POLICY_VIOLATION");
 
-    eprintln!("stage 14: The warm browser died: the next job starts a new one.");
     // The warm browser died: the next job starts a new one.
     let warm = runtime.warm().unwrap();
     warm.kill_for_test().await;
@@ -276,9 +262,7 @@ async fn flows_in_real_chromium() {
         assert!(args.iter().any(|a| a == flag), "{flag}");
     }
 
-    eprintln!("stage 15: Rate limits: banner + 429 → RATE_LIMITED with a back-");
     // Rate limits: banner + 429 → RATE_LIMITED with a back-off; twice in the window →
-    eprintln!("stage 16: circuit breaker, browser jobs refused until the cool-");
     // circuit breaker, browser jobs refused until the cool-down ends.
     site.set_rate_limit(Some((0, Duration::from_secs(60))));
     events.take();
@@ -325,7 +309,6 @@ async fn flows_in_real_chromium() {
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
 
-    eprintln!("stage 17: Token bucket: a job that cannot get budget before its");
     // Token bucket: a job that cannot get budget before its deadline fails with retryAfterMs.
     let tight = json!({"adapter": {}, "recipient": "mo", "params": {"text": "x"}, "limits": {"perHour": 1, "burst": 1}, "deadlineMs": edge_browser::now_ms() + 500});
     let first = runtime.run_job("send_dm", "job_16", &payload(tight.clone()), &adapter).await;
@@ -334,7 +317,6 @@ async fn flows_in_real_chromium() {
     assert!(codes.1 == "RATE_LIMITED", "{codes:?}");
     assert!(second.result.unwrap_err().retry_after_ms.unwrap() > 60_000);
 
-    eprintln!("stage 18: A new runtime (agent restart) restores the encrypted ");
     // A new runtime (agent restart) restores the encrypted session: no new login needed.
     let logins = site.logins();
     runtime.shutdown().await;
@@ -346,7 +328,6 @@ async fn flows_in_real_chromium() {
     assert_eq!(site.logins(), logins);
     restarted.shutdown().await;
 
-    eprintln!("stage 19: Without a key the session is volatile, the person is ");
     // Without a key the session is volatile, the person is told, and nothing is written.
     let other = tempfile::tempdir().unwrap();
     let volatile = BrowserRuntime::new(settings(other.path()), Arc::new(FixedKey(None)), events.clone());
