@@ -33,7 +33,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     )?;
     let key = hub.api_key()?;
     let mut agent =
-        Agent::new(&bins, &format!("e2e-browser-{}", std::process::id()), "kernel", &dir.path().join("agent"));
+        Agent::new(&bins, &format!("e2e-browser-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token("creator-b")?)?;
     let env = agent_env();
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
@@ -113,7 +113,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     // Rate limits twice within the window: circuit breaker; the hub records it and the
     // status shows the pause. A second agent, so it has its own DM budget.
     let mut agent =
-        Agent::new(&bins, &format!("e2e-browser-b-{}", std::process::id()), "kernel", &dir.path().join("agent-b"));
+        Agent::new(&bins, &format!("e2e-browser-b-{}", std::process::id()), "auto", &dir.path().join("agent-b"));
     agent.login(&hub.url, &hub.enroll_token("creator-c")?)?;
     let (ok, out) = agent.oneshot(&[
         "browser",

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const CREATOR: &str = "creator-bundles";
-const KEYCHAIN: &str = "kernel";
+// `auto`: Secret Service inside the desktop session `cargo xtask test` provides, the kernel
+// keyring elsewhere.
+const KEYCHAIN: &str = "auto";
 const TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_AFTER_JOURNAL: &str = "EDGE_AGENT_TEST_EXIT_AFTER_JOURNAL";
 const EXIT_AFTER_NOTIFY: &str = "EDGE_AGENT_TEST_EXIT_AFTER_NOTIFY";

@@ -1,6 +1,7 @@
 //! End to end with real processes: `edge-hub serve` on SQLite, `edge-agent` logged in through
-//! the kernel keyring, jobs fetched from a site on 127.0.0.1. Each test has its own hub,
-//! database, agent profile and data dir, so they run in parallel.
+//! the OS keychain (Secret Service in the test desktop session), jobs fetched from a site on
+//! 127.0.0.1. Each test has its own hub, database, agent profile and data dir, so they run
+//! in parallel.
 
 use anyhow::Result;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -11,7 +12,9 @@ use serde_json::{json, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const CREATOR: &str = "creator-e2e";
-const KEYCHAIN: &str = "kernel";
+// `auto`: Secret Service inside the desktop session `cargo xtask test` provides, the kernel
+// keyring elsewhere.
+const KEYCHAIN: &str = "auto";
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -374,7 +374,9 @@ impl TestDb {
         sqlx::Executor::execute(&mut conn, format!("CREATE SCHEMA {schema}").as_str()).await.expect("create schema");
         let _ = sqlx::Connection::close(conn).await;
         let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options[search_path]={schema}");
+        // The application name marks this test's connections so the schema's drop can end
+        // them (see `PgSchema::drop`).
+        let url = format!("{base}{separator}options[search_path]={schema}&application_name={schema}");
         Some(TestDb {
             url,
             engine: "postgres",
@@ -397,13 +399,26 @@ pub struct PgSchema {
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let base = self.base.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
-        // Drop runs outside any runtime (or inside one we must not block): use a thread.
+        let name = self.name.clone();
+        // Drop runs outside any runtime, or inside the test's own single-threaded one, which
+        // this join blocks. A hub still alive on that runtime (its sweeper mid-transaction
+        // in this schema) can then never finish its transaction, and DROP SCHEMA would wait
+        // for its locks forever. So the schema's own connections are ended first, and the
+        // drop gives up after a bounded wait rather than hang the suite.
         let _ = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             runtime.block_on(async {
                 if let Ok(mut conn) = connect_pg(&base).await {
-                    let _ = sqlx::Executor::execute(&mut conn, sql.as_str()).await;
+                    let _ = sqlx::query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                    )
+                    .bind(&name)
+                    .execute(&mut conn)
+                    .await;
+                    let _ = sqlx::Executor::execute(&mut conn, "SET lock_timeout = '10s'").await;
+                    let _ = sqlx::Executor::execute(&mut conn, format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
+                        .await;
                     let _ = sqlx::Connection::close(conn).await;
                 }
             });
