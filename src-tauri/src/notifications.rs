@@ -1,5 +1,6 @@
 //! Desktop notifications for what a person should know without opening the window: a job
-//! started, finished or failed, or the agent needs a new login.
+//! started, finished or failed, the agent needs a new login, or browser jobs are paused,
+//! need a site login, or cannot keep a site's session.
 //!
 //! Sent with notify-rust, which on Linux speaks D-Bus `org.freedesktop.Notifications`
 //! directly. A missing notification server is normal on minimal desktops, so failures are
@@ -29,6 +30,24 @@ pub fn note_for(event: &AgentEvent) -> Option<Note> {
             note("Job failed", format!("{job_type} {} failed: {message}", short(id)), true)
         }
         AgentEvent::LoginRequired { reason, .. } => note("Edge Agent needs you to log in again", reason.clone(), true),
+        AgentEvent::BrowserPaused { reason, site, .. } => note(
+            "Browser jobs paused",
+            format!("{site} kept answering {reason}; browser jobs wait for a cool-down, then resume by themselves."),
+            true,
+        ),
+        AgentEvent::BrowserResumed => note("Browser jobs resumed", "The cool-down is over.".to_owned(), false),
+        AgentEvent::BrowserLoginRequired { site } => note(
+            "Log in to the site",
+            format!(
+                "{site} shows its logged-out page. Log in with `edge-agent browser login --site {site}`, then retry."
+            ),
+            true,
+        ),
+        AgentEvent::BrowserSessionVolatile { reason } => note(
+            "Site logins will not be kept",
+            format!("No keychain key for browser sessions ({reason}); site logins last until the agent stops."),
+            true,
+        ),
         _ => None,
     }
 }
@@ -95,5 +114,17 @@ mod tests {
         assert!(note_for(&AgentEvent::Paused).is_none());
         let relogin = AgentEvent::LoginRequired { reason: "the hub revoked this agent".into() };
         assert_eq!(note_for(&relogin).unwrap().body, "the hub revoked this agent");
+    }
+
+    #[test]
+    fn browser_pauses_and_site_logins_notify() {
+        let paused = AgentEvent::BrowserPaused { reason: "RATE_LIMITED".into(), site: "fanhub".into(), until_ms: 1 };
+        let note = note_for(&paused).unwrap();
+        assert!(note.urgent && note.body.contains("fanhub") && note.body.contains("RATE_LIMITED"), "{note:?}");
+        let login = note_for(&AgentEvent::BrowserLoginRequired { site: "fanhub".into() }).unwrap();
+        assert!(login.body.contains("edge-agent browser login --site fanhub"), "{login:?}");
+        assert!(note_for(&AgentEvent::BrowserResumed).is_some());
+        assert!(note_for(&AgentEvent::BrowserSessionVolatile { reason: "no keychain".into() }).unwrap().urgent);
+        assert!(note_for(&AgentEvent::BrowserLoggedIn { site: "fanhub".into() }).is_none());
     }
 }
