@@ -379,7 +379,7 @@ async fn every_operator_answer_matches_the_openapi_document() {
 #[tokio::test]
 async fn operator_page_is_served_with_a_strict_policy() {
     let hub = TestHub::start().await;
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let client = http_client_builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let root = client.get(hub.url("/")).send().await.expect("root");
     assert!(root.status().is_redirection());
     assert_eq!(root.headers()["location"], "/ui/");

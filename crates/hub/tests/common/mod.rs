@@ -70,7 +70,7 @@ impl TestHub {
             db,
             config,
             api_key,
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -83,7 +83,7 @@ impl TestHub {
             db: self.db.shared(),
             config: self.config.clone(),
             api_key: self.api_key.clone(),
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 
@@ -469,4 +469,16 @@ async fn postgres_base_url() -> Option<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HTTP client for the tests. `cargo test --workspace` unifies reqwest's features with the
+/// agent's, which turns on rustls without choosing a crypto provider; reqwest then panics
+/// ("No provider set") on build. The tests choose ring, as the agent does.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("an HTTP client")
 }
