@@ -10,7 +10,7 @@
 //! a capability (agents announcing no capabilities, i.e. prototype peers, take any type).
 
 use crate::crypto::now_ms;
-use crate::store::{ClaimRequest, Store};
+use crate::store::{ClaimGroup, JobRecord, Store};
 use edge_protocol::{HubFrame, JobSpec};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -209,6 +209,8 @@ struct State {
     connections: BTreeMap<String, Connection>,
     /// Open circuit breakers by agent (kept across reconnects), until when (Unix ms).
     circuits: HashMap<String, i64>,
+    /// Dispatch passes so far; rotates which agent of a group is served first.
+    passes: usize,
 }
 
 /// The dispatcher task. Returns once `stop` is cancelled and queued commands are handled.
@@ -219,7 +221,7 @@ pub async fn run(
     poll_interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut state = State { store, connections: BTreeMap::new(), circuits: HashMap::new() };
+    let mut state = State { store, connections: BTreeMap::new(), circuits: HashMap::new(), passes: 0 };
     let mut poll = tokio::time::interval(poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
@@ -421,8 +423,57 @@ impl State {
         freed
     }
 
-    /// Leases visible jobs to sessions with free slots, one job per session per round so
-    /// several agents of one creator share the work.
+    /// Free sessions grouped by what they can take (creator, labels, job types after any
+    /// open circuit breaker), each group's agents rotated by the pass count so no agent is
+    /// always served first.
+    fn claim_groups(&mut self) -> Vec<ClaimGroup> {
+        let now = now_ms();
+        let mut groups: BTreeMap<(String, Vec<String>, Option<Vec<String>>), ClaimGroup> = BTreeMap::new();
+        for (agent_id, conn) in &self.connections {
+            let free = conn.free_slots();
+            if free == 0 {
+                continue;
+            }
+            let circuit_open = self.circuits.get(agent_id).is_some_and(|until| *until > now);
+            // An open circuit breaker removes the browser job types; a prototype peer (no
+            // capability list) gets nothing until it closes.
+            let job_types = match (&conn.job_types, circuit_open) {
+                (types, false) => types.clone(),
+                (Some(types), true) => Some(
+                    types
+                        .iter()
+                        .filter(|t| !edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&t.as_str()))
+                        .cloned()
+                        .collect(),
+                ),
+                (None, true) => continue,
+            };
+            let mut labels = conn.labels.clone();
+            labels.sort();
+            let key = (conn.creator_id.clone(), labels.clone(), job_types.clone());
+            groups
+                .entry(key)
+                .or_insert_with(|| ClaimGroup {
+                    creator_id: conn.creator_id.clone(),
+                    labels,
+                    job_types,
+                    agents: Vec::new(),
+                })
+                .agents
+                .push((agent_id.clone(), free as u32));
+        }
+        self.passes = self.passes.wrapping_add(1);
+        let mut groups: Vec<ClaimGroup> = groups.into_values().collect();
+        for group in &mut groups {
+            let turn = self.passes % group.agents.len();
+            group.agents.rotate_left(turn);
+        }
+        groups
+    }
+
+    /// Leases visible jobs to sessions with free slots: one claim per group of alike
+    /// sessions, jobs dealt out one per session in turn so several agents of one creator
+    /// share the work.
     async fn dispatch(&mut self) {
         if !self.connections.values().any(|c| c.free_slots() > 0) {
             return;
@@ -435,72 +486,67 @@ impl State {
                 return;
             }
         }
+        // A group that got fewer jobs than it asked for has seen everything it may take;
+        // only groups that were filled can find more in another round.
+        let mut exhausted: HashSet<(String, Vec<String>, Option<Vec<String>>)> = HashSet::new();
         loop {
-            let mut leased_any = false;
-            let candidates: Vec<String> = self
-                .connections
-                .iter()
-                .filter(|(_, conn)| conn.free_slots() > 0)
-                .map(|(agent_id, _)| agent_id.clone())
+            let groups: Vec<ClaimGroup> = self
+                .claim_groups()
+                .into_iter()
+                .filter(|g| !exhausted.contains(&(g.creator_id.clone(), g.labels.clone(), g.job_types.clone())))
                 .collect();
-            for agent_id in candidates {
-                let circuit_open = self.circuits.get(&agent_id).is_some_and(|until| *until > now_ms());
-                let Some(request) = self.connections.get(&agent_id).map(|c| ClaimRequest {
-                    agent_id: agent_id.clone(),
-                    creator_id: c.creator_id.clone(),
-                    labels: c.labels.clone(),
-                    // An open circuit breaker removes the browser job types; a prototype peer
-                    // (no capability list) gets nothing until it closes.
-                    job_types: match (&c.job_types, circuit_open) {
-                        (types, false) => types.clone(),
-                        (Some(types), true) => Some(
-                            types
-                                .iter()
-                                .filter(|t| !edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&t.as_str()))
-                                .cloned()
-                                .collect(),
-                        ),
-                        (None, true) => Some(Vec::new()),
-                    },
-                }) else {
-                    continue;
-                };
+            if groups.is_empty() {
+                return;
+            }
+            for group in groups {
                 let claimed_at = now_ms();
-                let job = match self.store.claim_job(&request, claimed_at).await {
-                    Ok(Some(job)) => job,
-                    Ok(None) => continue,
+                let jobs = match self.store.claim_jobs(&group, claimed_at).await {
+                    Ok(jobs) => jobs,
                     Err(e) => {
-                        error!(agent_id, error = %e, "cannot lease a job; retrying later");
+                        error!(creator_id = group.creator_id, error = %e, "cannot lease jobs; retrying later");
                         return;
                     }
                 };
-                leased_any = true;
-                // Submit (or scheduled time) → first lease; redeliveries are not dispatch latency.
-                crate::metrics::job_assigned(
-                    (job.attempts == 1).then(|| crate::metrics::elapsed_ms(job.created_at.max(job.run_at), claimed_at)),
-                );
-                let Some(conn) = self.connections.get_mut(&agent_id) else { continue };
-                conn.in_flight.insert(job.id.clone(), job.lease_token);
-                info!(
-                    agent_id,
-                    job_id = job.id,
-                    job_type = job.job_type,
-                    attempt = job.attempts,
-                    lease_token = job.lease_token,
-                    "job leased"
-                );
-                let frame = HubFrame::JobAssign {
-                    job: JobSpec { job_id: job.id.clone(), job_type: job.job_type, payload: job.payload },
-                };
-                let assign = Outgoing::Assign { job_id: job.id.clone(), lease_token: job.lease_token, frame };
-                if conn.outbox.send(assign).is_err() {
-                    // The session is ending; its disconnect releases the job again.
-                    warn!(agent_id, job_id = job.id, "session closed while assigning; job will be released");
+                if (jobs.len() as u64) < group.free_slots() {
+                    exhausted.insert((group.creator_id.clone(), group.labels.clone(), group.job_types.clone()));
+                }
+                for job in jobs {
+                    self.deliver(job, claimed_at);
                 }
             }
-            if !leased_any {
-                return;
-            }
+        }
+    }
+
+    /// Hands a freshly leased job to the session it was leased to.
+    fn deliver(&mut self, job: JobRecord, claimed_at: i64) {
+        // Submit (or scheduled time) → first lease; redeliveries are not dispatch latency.
+        crate::metrics::job_assigned(
+            (job.attempts == 1).then(|| crate::metrics::elapsed_ms(job.created_at.max(job.run_at), claimed_at)),
+        );
+        let Some(agent_id) = job.assigned_agent_id.clone() else {
+            error!(job_id = job.id, "a claimed job has no agent; its lease will expire");
+            return;
+        };
+        let Some(conn) = self.connections.get_mut(&agent_id) else {
+            warn!(agent_id, job_id = job.id, "session gone while leasing; the job's lease will expire");
+            return;
+        };
+        conn.in_flight.insert(job.id.clone(), job.lease_token);
+        info!(
+            agent_id,
+            job_id = job.id,
+            job_type = job.job_type,
+            attempt = job.attempts,
+            lease_token = job.lease_token,
+            "job leased"
+        );
+        let frame = HubFrame::JobAssign {
+            job: JobSpec { job_id: job.id.clone(), job_type: job.job_type, payload: job.payload },
+        };
+        let assign = Outgoing::Assign { job_id: job.id.clone(), lease_token: job.lease_token, frame };
+        if conn.outbox.send(assign).is_err() {
+            // The session is ending; its disconnect releases the job again.
+            warn!(agent_id, job_id = job.id, "session closed while assigning; job will be released");
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod writes;
 
 pub use error::HubError;
 pub use queue::{JobTypeSpec, JobTypes, QueueConfig};

@@ -172,6 +172,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         jwt: JwtKeys::new(&secret, config.jwt_ttl),
         dispatcher: dispatcher_handle,
         events,
+        job_writes: crate::writes::JobWrites::spawn(store.clone()),
         hb_interval: config.hb_interval,
         queue: config.queue.clone(),
         job_types: config.job_types.clone(),

@@ -49,6 +49,8 @@ conformance!(
     sync_submit_returns_the_result_or_504,
     bad_input_names_the_field_and_writes_nothing,
     retention_purges_finished_jobs_only,
+    batch_submit_answers_per_entry_and_agents_share_the_burst,
+    a_batch_of_reports_applies_each_under_its_own_lease,
 );
 
 fn id(job: &Value) -> String {
@@ -595,5 +597,131 @@ async fn retention_purges_finished_jobs_only(db: TestDb) {
     assert_eq!(status, 404);
     assert!(store.job_attempts(&id(&done)).await.unwrap().is_empty(), "its history went with it");
     assert_eq!(hub.job(&id(&waiting)).await["status"], "pending");
+    hub.shutdown().await;
+}
+
+async fn batch_submit_answers_per_entry_and_agents_share_the_burst(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let entries = json!({"jobs": [
+        custom(CREATOR),
+        {"type": "teleport", "payload": {}, "creatorId": CREATOR},
+        {"type": CUSTOM, "payload": {}, "creatorId": CREATOR, "idempotencyKey": "k1"},
+        {"type": CUSTOM, "payload": {}, "creatorId": CREATOR, "idempotencyKey": "k1"},
+    ]});
+    let (status, answer) = hub.operator_post("/v1/jobs/batch", entries).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    let statuses: Vec<u64> = results.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [201, 400, 201, 200], "{answer}");
+    assert!(results[1]["message"].as_str().unwrap().contains("`type`"), "{answer}");
+    assert_eq!(results[3]["job"]["id"], results[2]["job"]["id"], "the same key names the same job");
+    assert_eq!((answer["created"].as_u64(), answer["failed"].as_u64()), (Some(2), Some(1)), "{answer}");
+    let (_, list) = hub.operator_get("/v1/jobs").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "the refused entry wrote nothing: {list}");
+
+    // Not a batch at all: refused whole, naming the problem.
+    let (status, answer) = hub.operator_post("/v1/jobs/batch", json!({"jobs": []})).await;
+    assert_eq!(status, 400);
+    assert!(answer["message"].as_str().unwrap().contains("1 to 100"), "{answer}");
+    let too_many: Vec<Value> = (0..101).map(|_| custom(CREATOR)).collect();
+    let (status, _) = hub.operator_post("/v1/jobs/batch", json!({ "jobs": too_many })).await;
+    assert_eq!(status, 400);
+    let with_header = hub
+        .http
+        .post(hub.url("/v1/jobs/batch"))
+        .bearer_auth(&hub.api_key)
+        .header("Idempotency-Key", "whole-batch")
+        .json(&json!({"jobs": [custom(CREATOR)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_header.status().as_u16(), 400);
+
+    // Two agents with free slots: the burst (plus the 2 jobs above) is dealt out between
+    // them in one claim, each job exactly once.
+    let (_, mut first) = hub.connected_agent(CREATOR, 8).await;
+    let (_, mut second) = hub.connected_agent(CREATOR, 8).await;
+    let burst: Vec<Value> = (0..10).map(|_| custom(CREATOR)).collect();
+    let (status, answer) = hub.operator_post("/v1/jobs/batch", json!({ "jobs": burst })).await;
+    assert_eq!((status, answer["created"].as_u64()), (200, Some(10)), "{answer}");
+    let mut seen = std::collections::HashSet::new();
+    let mut per_agent = [0usize; 2];
+    while seen.len() < 12 {
+        let (which, ws) = tokio::select! {
+            frame = recv(&mut first) => (0, frame),
+            frame = recv(&mut second) => (1, frame),
+        };
+        if ws["t"] == "job_assign" {
+            assert!(seen.insert(ws["job"]["jobId"].as_str().unwrap().to_owned()), "assigned twice: {ws}");
+            per_agent[which] += 1;
+        }
+    }
+    assert!(per_agent.iter().all(|n| *n >= 2), "both agents got work: {per_agent:?}");
+    expect_silence(&mut first, Duration::from_millis(300)).await;
+    hub.shutdown().await;
+}
+
+/// The hub writes agents' reports in groups; each report in a group must still be judged
+/// by its own lease, whatever else is in the group.
+async fn a_batch_of_reports_applies_each_under_its_own_lease(db: TestDb) {
+    use edge_hub::store::{FinishOutcome, FinishRequest, JobState, LeaseRef, Transition};
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (agent, mut ws) = hub.connected_agent(CREATOR, 3).await;
+    let jobs: Vec<String> =
+        futures_util::future::join_all((0..3).map(|_| hub.submit_job(custom(CREATOR)))).await.iter().map(id).collect();
+    for _ in 0..3 {
+        next_assign(&mut ws).await;
+    }
+    let store = hub.store();
+    let mut tokens = Vec::new();
+    for job in &jobs {
+        tokens.push(store.job(job).await.unwrap().expect("job").lease_token);
+    }
+    let report = |job: usize, agent_id: &str, token: i64| FinishRequest {
+        job_id: jobs[job].clone(),
+        agent_id: agent_id.to_owned(),
+        lease_token: token,
+        transition: Transition::Succeeded,
+        result: Some(json!({"n": job})),
+        error: None,
+        sent_recipients: Vec::new(),
+    };
+    let now = edge_hub::crypto::now_ms();
+    let lease = |job: usize, token: i64| LeaseRef {
+        job_id: jobs[job].clone(),
+        agent_id: agent.agent_id.clone(),
+        lease_token: token,
+    };
+    let started =
+        store.start_jobs(&[lease(0, tokens[0]), lease(1, tokens[1] + 7), lease(2, tokens[2])], now).await.unwrap();
+    assert_eq!(started, [true, false, true]);
+    let outcomes = store
+        .finish_jobs(
+            &[
+                report(0, &agent.agent_id, tokens[0]),
+                report(0, &agent.agent_id, tokens[0]),
+                report(1, &agent.agent_id, tokens[1] + 7),
+                report(2, "agt_somebody_else", tokens[2]),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            FinishOutcome::Recorded(JobState::Succeeded),
+            FinishOutcome::AlreadyFinished,
+            FinishOutcome::NotHeld,
+            FinishOutcome::NotHeld
+        ]
+    );
+    let first = store.job(&jobs[0]).await.unwrap().unwrap();
+    assert_eq!((first.status, first.result), (JobState::Succeeded, Some(json!({"n": 0}))));
+    assert_eq!(store.job(&jobs[1]).await.unwrap().unwrap().status, JobState::Leased);
+    assert_eq!(store.job(&jobs[2]).await.unwrap().unwrap().status, JobState::Running);
+    let history = attempts(&hub, &jobs[0]).await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["outcome"], "succeeded", "{history:?}");
     hub.shutdown().await;
 }

@@ -313,6 +313,16 @@ async fn every_operator_answer_matches_the_openapi_document() {
     assert_eq!(c.call("POST", &format!("/v1/jobs/{idem_id}/cancel"), k, None).await.0, 409);
     assert_eq!(c.call("POST", "/v1/jobs/job_missing/cancel", k, None).await.0, 404);
 
+    // Batch submit: per-entry outcomes (a good and a refused entry), and a refused batch.
+    let entries = json!({"jobs": [
+        {"type":"http_request","creatorId":"creator-nobody","payload":{"url":"http://127.0.0.1:9/o/b1"}},
+        {"type":"http_request","creatorId":"creator-nobody","payload":{"url":"ftp://nowhere"}},
+    ]});
+    let (status, batch) = c.call("POST", "/v1/jobs/batch", k, Some(entries)).await;
+    assert_eq!((status, batch["created"].as_u64(), batch["failed"].as_u64()), (200, Some(1), Some(1)), "{batch}");
+    assert_eq!(c.call("POST", "/v1/jobs/batch", k, Some(json!({"jobs": []}))).await.0, 400);
+    assert_eq!(c.call("POST", "/v1/jobs/batch", None, Some(json!({"jobs": []}))).await.0, 401);
+
     // Dead letter: two jobs of a second creator die; its agent leaves, so redriven jobs wait.
     let (_dead_agent, mut dead_ws) = hub.connected_agent("creator-dead", 4).await;
     for n in 0..2 {

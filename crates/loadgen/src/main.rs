@@ -93,6 +93,10 @@ struct ThroughputArgs {
     /// Concurrent HTTP submitters.
     #[arg(long, default_value_t = 64)]
     submitters: usize,
+    /// Jobs per request: 1 submits through `POST /v1/jobs`, more through `POST /v1/jobs/batch`
+    /// (at most 100).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    batch: u64,
     /// Give up after this long.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -420,6 +424,28 @@ async fn submit(http: &reqwest::Client, hub: &str, key: &str, body: &Value) -> R
     Ok(job["id"].as_str().context("job id")?.to_owned())
 }
 
+/// Submits jobs `first..first + count` in one `POST /v1/jobs/batch`; returns how many the
+/// hub refused.
+async fn submit_batch(
+    http: &reqwest::Client,
+    hub: &str,
+    key: &str,
+    creator: &str,
+    first: u64,
+    count: u64,
+) -> Result<u64> {
+    let jobs: Vec<Value> = (first..first + count).map(|n| job_body(creator, n)).collect();
+    let response =
+        http.post(format!("{hub}/v1/jobs/batch")).bearer_auth(key).json(&json!({ "jobs": jobs })).send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("batch submit: {status}: {text}");
+    }
+    let answer: Value = serde_json::from_str(&text)?;
+    answer["failed"].as_u64().context("batch answer without `failed`")
+}
+
 /// `edge_hub_jobs_completed_total` as the hub reports it (0 before the first completion).
 async fn completed_total(http: &reqwest::Client, hub: &str) -> Result<u64> {
     let text = http.get(format!("{hub}/metrics")).timeout(Duration::from_secs(5)).send().await?.text().await?;
@@ -456,16 +482,28 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
     for _ in 0..args.submitters {
         let (http, hub, key, creator) =
             (http.clone(), common.hub.clone(), common.api_key.clone(), common.creator.clone());
-        let (next, errors, total) = (next.clone(), errors.clone(), args.jobs);
+        let (next, errors, total, batch) = (next.clone(), errors.clone(), args.jobs, args.batch);
         submitters.push(tokio::spawn(async move {
             loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= total {
                     break;
                 }
-                if let Err(e) = submit(&http, &hub, &key, &job_body(&creator, n)).await {
-                    if errors.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("{e:#}");
+                let count = batch.min(total - first);
+                let refused = if batch == 1 {
+                    submit(&http, &hub, &key, &job_body(&creator, first)).await.map(|_| 0)
+                } else {
+                    submit_batch(&http, &hub, &key, &creator, first, count).await
+                };
+                match refused {
+                    Ok(0) => {}
+                    Ok(refused) => {
+                        errors.fetch_add(refused, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(count, Ordering::Relaxed) < 5 {
+                            eprintln!("{e:#}");
+                        }
                     }
                 }
             }
@@ -505,6 +543,7 @@ async fn throughput(args: ThroughputArgs) -> Result<()> {
         "agents": common.agents,
         "slots": common.slots,
         "jobs": args.jobs,
+        "batch": args.batch,
         "accepted": accepted,
         "submit_errors": errors.load(Ordering::Relaxed),
         "recorded": recorded,

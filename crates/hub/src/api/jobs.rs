@@ -185,14 +185,122 @@ pub async fn submit_job(
     let sync = parse_sync(&query, app.sync_timeout)?;
     let now = now_ms();
     let job = validate(&app, &caller, &headers, request, now).await?;
+    let (job, created) = store_submitted(&app, job, now).await?;
+    if created && job.status == JobState::Pending {
+        app.events.job_available().await;
+    }
+    respond(&app, job, created, sync).await
+}
 
+/// Most jobs in one `POST /v1/jobs/batch`.
+pub const MAX_BATCH_JOBS: usize = 100;
+
+/// `POST /v1/jobs/batch` body: up to [`MAX_BATCH_JOBS`] jobs, each as `POST /v1/jobs` takes it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubmitBatch {
+    pub jobs: Vec<SubmitJob>,
+}
+
+/// What happened to one entry of a batch, in the order sent.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchEntry {
+    /// Position of the entry in `jobs`.
+    pub index: usize,
+    /// The status `POST /v1/jobs` would have answered for this job alone.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchOutcome {
+    pub results: Vec<BatchEntry>,
+    /// Entries stored as new jobs.
+    pub created: usize,
+    /// Entries refused (each with its `error` and `message`); nothing of them was stored.
+    pub failed: usize,
+}
+
+/// Submit up to 100 jobs in one request, like SQS's `SendMessageBatch`: each entry is
+/// checked and stored on its own, so one bad entry does not refuse the others; the answer
+/// says, per entry, what `POST /v1/jobs` would have said. Idempotency keys go in each
+/// entry's `idempotencyKey`.
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs", request_body = SubmitBatch, security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Per-entry outcomes, in the order sent", body = BatchOutcome),
+        (status = 400, description = "Not a batch: no jobs, more than 100, or an Idempotency-Key header", body = super::openapi::ErrorBody),
+        (status = 401, description = "No or unknown API key", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = super::openapi::ErrorBody),
+    )
+)]
+pub async fn submit_batch(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<SubmitBatch>,
+) -> Result<Json<BatchOutcome>, Failure> {
+    if headers.contains_key(IDEMPOTENCY_HEADER) {
+        return Err(Failure::bad_request(
+            "a batch takes no Idempotency-Key header; give each job its own `idempotencyKey`",
+        ));
+    }
+    if request.jobs.is_empty() || request.jobs.len() > MAX_BATCH_JOBS {
+        return Err(Failure::bad_request(format!(
+            "`jobs` must hold 1 to {MAX_BATCH_JOBS} jobs, not {}",
+            request.jobs.len()
+        )));
+    }
+    let now = now_ms();
+    let no_headers = HeaderMap::new();
+    let mut results = Vec::with_capacity(request.jobs.len());
+    let mut any_pending = false;
+    for (index, entry) in request.jobs.into_iter().enumerate() {
+        let outcome = async {
+            let job = validate(&app, &caller, &no_headers, entry, now).await?;
+            store_submitted(&app, job, now).await
+        }
+        .await;
+        results.push(match outcome {
+            Ok((job, created)) => {
+                any_pending |= created && job.status == JobState::Pending;
+                let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+                BatchEntry { index, status: status.as_u16(), job: Some(JobView::from(job)), error: None, message: None }
+            }
+            Err(failure) => BatchEntry {
+                index,
+                status: failure.status.as_u16(),
+                job: None,
+                error: Some(failure.body.error),
+                message: Some(failure.body.message),
+            },
+        });
+    }
+    if any_pending {
+        app.events.job_available().await;
+    }
+    let created = results.iter().filter(|r| r.status == StatusCode::CREATED.as_u16()).count();
+    let failed = results.iter().filter(|r| r.job.is_none()).count();
+    Ok(Json(BatchOutcome { results, created, failed }))
+}
+
+/// Stores a validated job: the existing one for its idempotency key, or a new one after the
+/// dedupe ledger. True when it is new.
+async fn store_submitted(app: &AppState, job: NewJob, now: i64) -> Result<(JobRecord, bool), Failure> {
     if let Some(key) = &job.idempotency_key {
         if let Some(existing) = app.store.job_by_idempotency_key(&job.creator_id, key).await? {
             info!(job_id = existing.id, "idempotent resubmission answered with the existing job");
-            return respond(&app, existing, false, sync).await;
+            return Ok((existing, false));
         }
     }
-    let job = apply_dedupe_ledger(&app, job, now).await?;
+    let job = apply_dedupe_ledger(app, job, now).await?;
     let (job, created) = match app.store.insert_job(job, now).await? {
         InsertOutcome::Created(job) => (job, true),
         InsertOutcome::Existing(job) => (job, false),
@@ -207,11 +315,8 @@ pub async fn submit_job(
             "job submitted"
         );
         crate::metrics::job_submitted();
-        if job.status == JobState::Pending {
-            app.events.job_available().await;
-        }
     }
-    respond(&app, job, created, sync).await
+    Ok((job, created))
 }
 
 /// 201 for a new job, 200 for the one an idempotency key found; or, with `?sync=true`, the

@@ -41,6 +41,8 @@ pub struct App {
     pub jwt: JwtKeys,
     pub dispatcher: Dispatcher,
     pub events: Events,
+    /// Agents' acks and results, written in groups.
+    pub job_writes: crate::writes::JobWrites,
     pub hb_interval: Duration,
     pub queue: QueueConfig,
     pub job_types: JobTypes,
@@ -59,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route(wire::TOKEN_PATH, post(agent_auth::token))
         .route(wire::WS_PATH, get(ws::agent_ws))
         .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
+        .route("/v1/jobs/batch", post(jobs::submit_batch))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/attempts", get(jobs::job_attempts))

@@ -76,6 +76,7 @@ pub struct SyncOutcome {
     ),
     paths(
         super::jobs::submit_job,
+        super::jobs::submit_batch,
         super::jobs::list_jobs,
         super::jobs::get_job,
         super::jobs::job_attempts,

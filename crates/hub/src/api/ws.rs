@@ -10,7 +10,7 @@ use crate::crypto::{now_ms, now_secs};
 use crate::dispatch::{Dispatcher, Handshake, Outgoing, SessionId};
 use crate::jwt::TokenRejection;
 use crate::queue::{self, plan_failure};
-use crate::store::{AgentRecord, FinishOutcome, FinishRequest, JobState, Transition};
+use crate::store::{AgentRecord, FinishOutcome, FinishRequest, JobState, LeaseRef, Transition};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -447,7 +447,8 @@ impl Session {
                     Ok(None) => return self.not_your_job(socket, &id).await,
                     Err(e) => return self.store_failed(socket, "job_ack", &e).await,
                 };
-                match self.app.store.start_job(&id, &self.agent_id, token, now_ms()).await {
+                let lease = LeaseRef { job_id: id.clone(), agent_id: self.agent_id.clone(), lease_token: token };
+                match self.app.job_writes.start_job(lease).await {
                     Ok(true) => {
                         info!(job_id = id, "job acknowledged; running");
                         Flow::Continue
@@ -573,7 +574,7 @@ impl Session {
             error,
             sent_recipients: sent,
         };
-        let outcome = self.app.store.finish_job(request, now).await;
+        let outcome = self.app.job_writes.finish_job(request).await;
         match &outcome {
             Ok(FinishOutcome::NotHeld) | Err(_) => {}
             Ok(_) => {

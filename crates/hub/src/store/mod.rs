@@ -223,6 +223,34 @@ pub struct ClaimRequest {
     pub job_types: Option<Vec<String>>,
 }
 
+/// Agents that can take the same jobs (one creator, one label set, one capability list),
+/// claimed for together so one round trip leases work for all of them.
+#[derive(Debug, Clone)]
+pub struct ClaimGroup {
+    pub creator_id: String,
+    pub labels: Vec<String>,
+    /// `None`: the agents announced no capabilities (prototype peers) and take any type.
+    pub job_types: Option<Vec<String>>,
+    /// Agents in the order they are served, each with how many jobs it may take now. Jobs
+    /// are dealt out one per agent in turn, so several agents of a creator share the work.
+    pub agents: Vec<(String, u32)>,
+}
+
+impl ClaimGroup {
+    pub fn single(request: &ClaimRequest, slots: u32) -> ClaimGroup {
+        ClaimGroup {
+            creator_id: request.creator_id.clone(),
+            labels: request.labels.clone(),
+            job_types: request.job_types.clone(),
+            agents: vec![(request.agent_id.clone(), slots)],
+        }
+    }
+
+    pub fn free_slots(&self) -> u64 {
+        self.agents.iter().map(|(_, slots)| u64::from(*slots)).sum()
+    }
+}
+
 /// How a job held by an agent ends, as decided by the caller from the agent's report.
 #[derive(Debug, Clone)]
 pub enum Transition {
@@ -278,6 +306,14 @@ pub struct FinishRequest {
     pub error: Option<Value>,
     /// Recipients to write into the dedupe ledger (messages the agent says it sent).
     pub sent_recipients: Vec<String>,
+}
+
+/// One lease: the job, its holder and the lease's fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub job_id: String,
+    pub agent_id: String,
+    pub lease_token: i64,
 }
 
 /// What recording a report did.
@@ -516,17 +552,37 @@ pub trait Store: Send + Sync + 'static {
     /// Is any pending job visible at `now`? A cheap check before a dispatch pass.
     async fn any_ready(&self, now: i64) -> Result<bool, StoreError>;
 
-    /// Leases the best visible job this agent may take (highest priority, then earliest
-    /// `run_at`), within its creator's limits: pending → leased, attempts + 1, a new fencing
-    /// token, lease until now + the job's visibility timeout. Atomic across processes.
-    async fn claim_job(&self, request: &ClaimRequest, now: i64) -> Result<Option<JobRecord>, StoreError>;
-    /// leased → running by the lease holder (`job_ack`), extending the lease.
-    async fn start_job(&self, job_id: &str, agent_id: &str, lease_token: i64, now: i64) -> Result<bool, StoreError>;
+    /// Leases the best visible jobs (highest priority, then earliest `run_at`) the group's
+    /// agents may take, within their free slots and their creator's limits, in one
+    /// transaction: pending → leased to one of the agents (`assigned_agent_id`), attempts + 1,
+    /// a new fencing token, lease until now + the job's visibility timeout. A job that names
+    /// an agent goes to that agent only. Atomic across processes. Returned in claim order.
+    async fn claim_jobs(&self, group: &ClaimGroup, now: i64) -> Result<Vec<JobRecord>, StoreError>;
+    /// [`Store::claim_jobs`] for one agent and one job.
+    async fn claim_job(&self, request: &ClaimRequest, now: i64) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.claim_jobs(&ClaimGroup::single(request, 1), now).await?.into_iter().next())
+    }
+    /// leased → running by the lease holder (`job_ack`), extending the lease; for many
+    /// leases in one statement. True, in order, for each lease that is now running.
+    async fn start_jobs(&self, leases: &[LeaseRef], now: i64) -> Result<Vec<bool>, StoreError>;
+    /// [`Store::start_jobs`] for one lease.
+    async fn start_job(&self, job_id: &str, agent_id: &str, lease_token: i64, now: i64) -> Result<bool, StoreError> {
+        let lease = LeaseRef { job_id: job_id.to_owned(), agent_id: agent_id.to_owned(), lease_token };
+        Ok(self.start_jobs(&[lease], now).await?.first().copied().unwrap_or(false))
+    }
     /// Extends the leases this agent holds (one job for `job_progress`, all for `hb`) to now
     /// + each job's visibility timeout, like SQS's ChangeMessageVisibility.
     async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError>;
-    /// Applies an agent's report under the lease's fencing token; see [`FinishOutcome`].
-    async fn finish_job(&self, request: FinishRequest, now: i64) -> Result<FinishOutcome, StoreError>;
+    /// Applies agents' reports under their leases' fencing tokens, in one transaction; see
+    /// [`FinishOutcome`]. Outcomes in order.
+    async fn finish_jobs(&self, requests: &[FinishRequest], now: i64) -> Result<Vec<FinishOutcome>, StoreError>;
+    /// [`Store::finish_jobs`] for one report.
+    async fn finish_job(&self, request: FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
+        self.finish_jobs(std::slice::from_ref(&request), now)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt(format!("no outcome for the report on job {}", request.job_id)))
+    }
     /// leased (never acknowledged) → pending for one agent's jobs (its session ended), or
     /// for every agent with `None` (startup of an exclusive store).
     async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError>;

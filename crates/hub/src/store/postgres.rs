@@ -29,6 +29,19 @@ pub(super) mod dialect {
     /// Serialises "is a move over this queue already running?" checks across processes.
     pub const REDRIVE_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(7240531)");
 
+    pub fn json_claim_pairs(param: &str) -> String {
+        format!("SELECT key AS claim_job_id, value AS claim_agent_id FROM jsonb_each_text({param}::jsonb)")
+    }
+
+    /// Serialises claims for one creator that has limits, across processes, between
+    /// counting what it holds and leasing more.
+    pub const CREATOR_CLAIM_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(7240532, hashtext($1))");
+
+    pub fn json_records(param: &str, columns: &[(&str, &str)]) -> String {
+        let fields: Vec<String> = columns.iter().map(|(name, sql_type)| format!("{name} {sql_type}")).collect();
+        format!("SELECT * FROM jsonb_to_recordset({param}::jsonb) AS r({})", fields.join(", "))
+    }
+
     pub fn json_text_array(param: &str) -> String {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")
     }
@@ -40,6 +53,8 @@ pub(super) mod dialect {
 
 pub struct PgStore {
     pool: PgPool,
+    /// The same pool: PostgreSQL has no single-writer rule to queue for.
+    writer: PgPool,
     channel: String,
     /// Stops the listener tasks, which hold a pooled connection that `close` waits for.
     stop: CancellationToken,
@@ -62,7 +77,7 @@ impl PgStore {
             PgPoolOptions::new().max_connections(10).acquire_timeout(ACQUIRE_TIMEOUT).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
         let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(&pool).await?;
-        Ok(PgStore { pool, channel: channel_name(&schema), stop: CancellationToken::new() })
+        Ok(PgStore { writer: pool.clone(), pool, channel: channel_name(&schema), stop: CancellationToken::new() })
     }
 
     fn before_close(&self) {

@@ -8,8 +8,9 @@
 //! generic executors are long and brittle, while two concrete expansions type-check
 //! against each engine's real types.
 
-use super::StoreError;
+use super::{FinishRequest, JobState, StoreError, Transition};
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// Job columns in the order `job_from_row` reads them.
 pub(super) const JOB_COLUMNS: &str = "id, job_type, payload, status, creator_id, target_agent_id, labels, priority, \
@@ -59,6 +60,111 @@ pub(super) fn list_text(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
 }
 
+/// A report as the bulk finish statements read it (one JSON record per report).
+pub(super) struct FinishRow {
+    pub job_id: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    record: Value,
+}
+
+impl FinishRow {
+    pub const COLUMNS: &'static [(&'static str, &'static str)] = &[
+        ("f_id", "text"),
+        ("f_agent", "text"),
+        ("f_token", "bigint"),
+        ("f_status", "text"),
+        ("f_outcome", "text"),
+        ("f_result", "text"),
+        ("f_error", "text"),
+        ("f_error_code", "text"),
+        ("f_finished_at", "bigint"),
+        ("f_run_at", "bigint"),
+        ("f_payload", "text"),
+        ("f_holder", "text"),
+    ];
+
+    pub fn new(request: &FinishRequest, now: i64) -> Result<FinishRow, StoreError> {
+        let state = request.transition.state();
+        let (run_at, payload) = match &request.transition {
+            Transition::Retry { run_at, payload } => (Some(*run_at), opt_text(payload.as_ref())?),
+            _ => (None, None),
+        };
+        let result = opt_text(request.result.as_ref())?;
+        let error = opt_text(request.error.as_ref())?;
+        let error_code = request.error.as_ref().and_then(|e| e.get("code")).and_then(|c| c.as_str());
+        // Back to pending leaves nobody holding the job; otherwise the reporter keeps it.
+        let holder = (state != JobState::Pending).then_some(request.agent_id.as_str());
+        let record = serde_json::json!({
+            "f_id": request.job_id,
+            "f_agent": request.agent_id,
+            "f_token": request.lease_token,
+            "f_status": state.as_str(),
+            "f_outcome": request.transition.outcome(),
+            "f_result": result,
+            "f_error": error,
+            "f_error_code": error_code,
+            "f_finished_at": state.is_final().then_some(now),
+            "f_run_at": run_at,
+            "f_payload": payload,
+            "f_holder": holder,
+        });
+        Ok(FinishRow { job_id: request.job_id.clone(), result, error, record })
+    }
+
+    pub fn record(&self) -> Value {
+        self.record.clone()
+    }
+}
+
+/// A pending job a claim may lease.
+pub(super) struct ClaimCandidate {
+    pub job_id: String,
+    pub job_type: String,
+    pub target_agent_id: Option<String>,
+}
+
+/// Deals `candidates` (best first) to `agents` (each with its free slots): one job per agent
+/// in turn, a job naming an agent to that agent only, at most `budget` jobs and at most
+/// `type_budgets[type]` of a limited type. Returns (job id, agent id) in claim order.
+pub(super) fn plan_claims(
+    agents: &[(String, u32)],
+    candidates: Vec<ClaimCandidate>,
+    budget: i64,
+    type_budgets: &mut HashMap<String, i64>,
+) -> Vec<(String, String)> {
+    let mut free: Vec<u32> = agents.iter().map(|(_, slots)| *slots).collect();
+    let index: HashMap<&str, usize> = agents.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
+    let mut plan = Vec::new();
+    let mut next = 0;
+    for candidate in candidates {
+        if plan.len() as i64 >= budget || free.iter().all(|slots| *slots == 0) {
+            break;
+        }
+        if type_budgets.get(&candidate.job_type).is_some_and(|left| *left <= 0) {
+            continue;
+        }
+        let chosen = match &candidate.target_agent_id {
+            Some(target) => match index.get(target.as_str()) {
+                Some(&i) if free[i] > 0 => i,
+                _ => continue,
+            },
+            None => {
+                let Some(offset) = (0..free.len()).find(|k| free[(next + k) % free.len()] > 0) else { break };
+                let i = (next + offset) % free.len();
+                next = i + 1;
+                i
+            }
+        };
+        free[chosen] -= 1;
+        if let Some(left) = type_budgets.get_mut(&candidate.job_type) {
+            *left -= 1;
+        }
+        plan.push((candidate.job_id, agents[chosen].0.clone()));
+    }
+    plan
+}
+
 /// The error stored on a job that ran out of deliveries through expired leases.
 pub(super) fn lease_expired_error() -> String {
     serde_json::json!({
@@ -73,19 +179,19 @@ pub(super) fn cancelled_error() -> String {
 }
 
 /// Expands to the `impl Store` for `$store` on database `$db`, whose rows are `$row`.
-/// `$store` must provide `pool`, `write_tx()`, `before_close()`, `publish_event()`,
+/// `$store` must provide `pool` (reads), `writer` (writes; may be the same pool), `write_tx()`, `before_close()`, `publish_event()`,
 /// `subscribe_events()`, `ENGINE` and `EXCLUSIVE`; the invoking module must have a `dialect`
 /// module and `HubEvent` and `StoreError` in scope.
 macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty) => {
         use $crate::store::sql::{
-            cancelled_error, labels_text, lease_expired_error, list_text, opt_text, parse_json, parse_labels,
+            plan_claims, ClaimCandidate, FinishRow, cancelled_error, labels_text, lease_expired_error, list_text, opt_text, parse_json, parse_labels,
             to_text, AGENT_COLUMNS, DEAD_FILTER, JOB_COLUMNS, REDRIVE_COLUMNS,
         };
         use $crate::store::{
-            AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimRequest, CreatorLimits, ExpiredLease,
-            FinishOutcome, FinishRequest, InsertOutcome, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent,
-            NewJob, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store, Transition,
+            AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
+            FinishOutcome, FinishRequest, InsertOutcome, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent,
+            NewJob, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store,
         };
         use sqlx::Row as _;
         use std::sync::OnceLock;
@@ -112,6 +218,106 @@ macro_rules! sql_store {
                 .await?;
             }
             Ok(())
+        }
+
+        /// A report that does not hold the job's current lease: a resend of a finished lease,
+        /// a late result of an expired one (kept as `stale`), or a job this agent never held.
+        async fn finish_not_current(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            request: &FinishRequest,
+            result: &Option<String>,
+            error: &Option<String>,
+            now: i64,
+        ) -> Result<FinishOutcome, StoreError> {
+            let attempt = sqlx::query(
+                "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
+                 WHERE job_id = $1 AND lease_token = $2 AND agent_id = $3 \
+                 AND COALESCE(outcome, '') <> 'stale' ORDER BY id LIMIT 1",
+            )
+            .bind(&request.job_id)
+            .bind(request.lease_token)
+            .bind(&request.agent_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(row) = attempt else { return Ok(FinishOutcome::NotHeld) };
+            let outcome: Option<String> = row.try_get("outcome")?;
+            if !matches!(outcome.as_deref(), Some("expired") | Some("released") | None) {
+                return Ok(FinishOutcome::AlreadyFinished);
+            }
+            let creator_id: String = row.try_get("creator_id")?;
+            let already: Option<String> = sqlx::query_scalar(
+                "SELECT job_id FROM job_attempts WHERE job_id = $1 AND lease_token = $2 AND outcome = 'stale' LIMIT 1",
+            )
+            .bind(&request.job_id)
+            .bind(request.lease_token)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if already.is_none() {
+                sqlx::query(
+                    "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at, \
+                     ended_at, outcome, result, error) VALUES ($1, $2, $3, $4, $5, $6, $7, 'stale', $8, $9)",
+                )
+                .bind(&request.job_id)
+                .bind(request.lease_token)
+                .bind(&request.agent_id)
+                .bind(&creator_id)
+                .bind(row.try_get::<String, _>("job_type")?)
+                .bind(row.try_get::<i64, _>("leased_at")?)
+                .bind(now)
+                .bind(result)
+                .bind(error)
+                .execute(&mut **tx)
+                .await?;
+                // The messages went out even if the lease had lapsed: the ledger must know,
+                // or they would be sent again.
+                write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now).await?;
+            }
+            Ok(FinishOutcome::Stale)
+        }
+
+        /// Leases acknowledged by their holders: $1 now, $2 a JSON list of {s_id, s_agent, s_token}.
+        fn start_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "UPDATE jobs SET status = 'running', lease_expires_at = $1 + visibility_timeout_ms, updated_at = $1 \
+                     FROM ({records}) m WHERE jobs.id = m.s_id AND jobs.assigned_agent_id = m.s_agent \
+                     AND jobs.lease_token = m.s_token AND jobs.status IN ('leased', 'running') RETURNING jobs.id",
+                    records = dialect::json_records("$2", &[("s_id", "text"), ("s_agent", "text"), ("s_token", "bigint")]),
+                )
+            })
+        }
+
+        /// Reports that hold the current lease: $1 now, $2 a JSON list of [`FinishRow::record`]s.
+        fn finish_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "UPDATE jobs SET status = m.f_status, result = COALESCE(m.f_result, result), \
+                     error = COALESCE(m.f_error, error), error_code = COALESCE(m.f_error_code, error_code), \
+                     updated_at = $1, finished_at = m.f_finished_at, lease_expires_at = NULL, \
+                     run_at = COALESCE(m.f_run_at, run_at), payload = COALESCE(m.f_payload, payload), \
+                     assigned_agent_id = m.f_holder \
+                     FROM ({records}) m WHERE jobs.id = m.f_id AND jobs.assigned_agent_id = m.f_agent \
+                     AND jobs.lease_token = m.f_token AND jobs.status IN ('leased', 'running') \
+                     RETURNING jobs.id, jobs.creator_id",
+                    records = dialect::json_records("$2", FinishRow::COLUMNS),
+                )
+            })
+        }
+
+        /// Closes the attempts of applied reports: $1 now, $2 their [`FinishRow::record`]s.
+        fn finish_attempts_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "UPDATE job_attempts SET ended_at = $1, outcome = m.f_outcome, result = m.f_result, \
+                     error = m.f_error FROM ({records}) m \
+                     WHERE job_attempts.job_id = m.f_id AND job_attempts.lease_token = m.f_token \
+                     AND job_attempts.outcome IS NULL",
+                    records = dialect::json_records("$2", FinishRow::COLUMNS),
+                )
+            })
         }
 
         fn agent_from_row(row: &$row) -> Result<AgentRecord, StoreError> {
@@ -189,32 +395,58 @@ macro_rules! sql_store {
             })
         }
 
-        /// The claim statement, built once per engine (it embeds dialect fragments).
-        fn claim_sql() -> &'static str {
+        /// Candidate jobs for a claim group: $1 creator, $2 now, $3 the group's agent ids (JSON
+        /// list, for jobs naming one of them), $4 labels, $5 job types (JSON list or NULL), $6
+        /// how many. Built once per engine (it embeds dialect fragments). Creator limits are
+        /// applied by the caller, except that a job type already at its hourly cap is skipped
+        /// here so it cannot crowd out the others.
+        fn claim_candidates_sql() -> &'static str {
             static SQL: OnceLock<String> = OnceLock::new();
             SQL.get_or_init(|| {
                 format!(
-                    "UPDATE jobs SET status = 'leased', assigned_agent_id = $1, attempts = attempts + 1, \
-                     lease_token = lease_token + 1, lease_expires_at = $3 + visibility_timeout_ms, updated_at = $3 \
-                     WHERE id = (SELECT j.id FROM jobs j \
-                        WHERE j.status = 'pending' AND j.creator_id = $2 AND j.run_at <= $3 \
-                        AND (j.target_agent_id IS NULL OR j.target_agent_id = $1) \
-                        AND (j.labels IS NULL OR {labels}) \
-                        AND ($5 IS NULL OR j.job_type IN ({types})) \
-                        AND NOT EXISTS (SELECT cl.creator_id FROM creator_limits cl \
-                            WHERE cl.creator_id = j.creator_id AND cl.max_concurrent IS NOT NULL \
-                            AND cl.max_concurrent <= (SELECT COUNT(*) FROM jobs r \
-                                WHERE r.creator_id = j.creator_id AND r.status IN ('leased', 'running'))) \
-                        AND NOT EXISTS (SELECT tl.creator_id FROM creator_type_limits tl \
-                            WHERE tl.creator_id = j.creator_id AND tl.job_type = j.job_type \
-                            AND tl.max_per_hour <= (SELECT COUNT(*) FROM job_attempts a \
-                                WHERE a.creator_id = j.creator_id AND a.job_type = j.job_type \
-                                AND a.leased_at > $3 - 3600000 AND COALESCE(a.outcome, '') <> 'stale')) \
-                        ORDER BY j.priority DESC, j.run_at, j.created_at, j.id LIMIT 1{lock}) \
-                     AND status = 'pending' RETURNING {JOB_COLUMNS}",
+                    "SELECT j.id, j.job_type, j.target_agent_id FROM jobs j \
+                     WHERE j.status = 'pending' AND j.creator_id = $1 AND j.run_at <= $2 \
+                     AND (j.target_agent_id IS NULL OR j.target_agent_id IN ({agents})) \
+                     AND (j.labels IS NULL OR {labels}) \
+                     AND ($5 IS NULL OR j.job_type IN ({types})) \
+                     AND NOT EXISTS (SELECT tl.creator_id FROM creator_type_limits tl \
+                        WHERE tl.creator_id = j.creator_id AND tl.job_type = j.job_type \
+                        AND tl.max_per_hour <= (SELECT COUNT(*) FROM job_attempts a \
+                            WHERE a.creator_id = j.creator_id AND a.job_type = j.job_type \
+                            AND a.leased_at > $2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale')) \
+                     ORDER BY j.priority DESC, j.run_at, j.created_at, j.id LIMIT $6{lock}",
+                    agents = dialect::json_text_array("$3"),
                     labels = dialect::labels_subset("j.labels", "$4"),
                     types = dialect::json_text_array("$5"),
                     lock = dialect::SKIP_LOCKED_OF_J,
+                )
+            })
+        }
+
+        /// Leases the planned jobs: $1 now, $2 a JSON object job id → agent id.
+        fn claim_update_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "UPDATE jobs SET status = 'leased', assigned_agent_id = m.claim_agent_id, \
+                     attempts = attempts + 1, lease_token = lease_token + 1, \
+                     lease_expires_at = $1 + visibility_timeout_ms, updated_at = $1 \
+                     FROM ({pairs}) m WHERE jobs.id = m.claim_job_id AND jobs.status = 'pending' \
+                     RETURNING {JOB_COLUMNS}",
+                    pairs = dialect::json_claim_pairs("$2"),
+                )
+            })
+        }
+
+        /// Opens an attempt for each job just leased: $1 now, $2 a JSON list of job ids.
+        fn claim_attempts_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                format!(
+                    "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
+                     SELECT id, lease_token, assigned_agent_id, creator_id, job_type, $1 FROM jobs \
+                     WHERE id IN ({ids})",
+                    ids = dialect::json_text_array("$2"),
                 )
             })
         }
@@ -260,6 +492,7 @@ macro_rules! sql_store {
             async fn close(&self) {
                 self.before_close();
                 self.pool.close().await;
+                self.writer.close().await;
             }
 
             async fn publish(&self, event: &HubEvent) -> Result<(), StoreError> {
@@ -276,7 +509,7 @@ macro_rules! sql_store {
                 sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                     .bind(key)
                     .bind(value_if_absent)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 let value: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
                     .bind(key)
@@ -384,13 +617,13 @@ macro_rules! sql_store {
                 sqlx::query("UPDATE agents SET online = 1, connected_at = $1 WHERE id = $2")
                     .bind(now)
                     .bind(agent_id)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
 
             async fn mark_agent_disconnected(&self, agent_id: &str) -> Result<(), StoreError> {
-                sqlx::query("UPDATE agents SET online = 0 WHERE id = $1").bind(agent_id).execute(&self.pool).await?;
+                sqlx::query("UPDATE agents SET online = 0 WHERE id = $1").bind(agent_id).execute(&self.writer).await?;
                 Ok(())
             }
 
@@ -400,7 +633,7 @@ macro_rules! sql_store {
                      AND COALESCE(last_heartbeat_at, 0) < $1 AND COALESCE(connected_at, 0) < $1",
                 )
                 .bind(before)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(done.rows_affected())
             }
@@ -415,7 +648,7 @@ macro_rules! sql_store {
                     .bind(now)
                     .bind(version)
                     .bind(agent_id)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
@@ -437,7 +670,7 @@ macro_rules! sql_store {
                 .bind(labels_text(labels))
                 .bind(slots)
                 .bind(agent_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(())
             }
@@ -449,12 +682,12 @@ macro_rules! sql_store {
                 expires_at: i64,
                 now: i64,
             ) -> Result<(), StoreError> {
-                sqlx::query("DELETE FROM nonces WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+                sqlx::query("DELETE FROM nonces WHERE expires_at <= $1").bind(now).execute(&self.writer).await?;
                 sqlx::query("INSERT INTO nonces (nonce, agent_id, expires_at) VALUES ($1, $2, $3)")
                     .bind(nonce)
                     .bind(agent_id)
                     .bind(expires_at)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
@@ -464,7 +697,7 @@ macro_rules! sql_store {
                     .bind(nonce)
                     .bind(agent_id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -481,7 +714,7 @@ macro_rules! sql_store {
                     .bind(name)
                     .bind(creator_id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(())
             }
@@ -528,7 +761,7 @@ macro_rules! sql_store {
                 .bind(opt_text(job.skipped_recipients.as_ref())?)
                 .bind(now)
                 .bind(finished_at)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.writer)
                 .await?;
                 if let Some(row) = inserted {
                     return Ok(InsertOutcome::Created(job_from_row(&row)?));
@@ -622,58 +855,113 @@ macro_rules! sql_store {
                 Ok(found.is_some())
             }
 
-            async fn claim_job(&self, request: &ClaimRequest, now: i64) -> Result<Option<JobRecord>, StoreError> {
-                let labels = list_text(&request.labels);
-                let types = request.job_types.as_deref().map(list_text);
+            async fn claim_jobs(&self, group: &ClaimGroup, now: i64) -> Result<Vec<JobRecord>, StoreError> {
+                let wanted = group.free_slots();
+                if wanted == 0 {
+                    return Ok(Vec::new());
+                }
                 let mut tx = self.write_tx().await?;
-                let row = sqlx::query(claim_sql())
-                    .bind(&request.agent_id)
-                    .bind(&request.creator_id)
-                    .bind(now)
-                    .bind(labels)
-                    .bind(types)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    tx.rollback().await?;
-                    return Ok(None);
-                };
-                let job = job_from_row(&row)?;
-                sqlx::query(
-                    "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                let limits = sqlx::query(
+                    "SELECT (SELECT max_concurrent FROM creator_limits WHERE creator_id = $1) AS max_concurrent, \
+                     (SELECT COUNT(*) FROM creator_type_limits WHERE creator_id = $1) AS type_limits",
                 )
-                .bind(&job.id)
-                .bind(job.lease_token)
-                .bind(&request.agent_id)
-                .bind(&job.creator_id)
-                .bind(&job.job_type)
-                .bind(now)
-                .execute(&mut *tx)
+                .bind(&group.creator_id)
+                .fetch_one(&mut *tx)
                 .await?;
+                let max_concurrent: Option<i64> = limits.try_get("max_concurrent")?;
+                let has_type_limits = limits.try_get::<i64, _>("type_limits")? > 0;
+                let mut budget = i64::try_from(wanted).unwrap_or(i64::MAX);
+                let mut type_budgets: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+                if max_concurrent.is_some() || has_type_limits {
+                    // Limits are counted, then spent: other processes claiming for this
+                    // creator must wait until this claim is written.
+                    if let Some(lock) = dialect::CREATOR_CLAIM_LOCK {
+                        sqlx::query(lock).bind(&group.creator_id).execute(&mut *tx).await?;
+                    }
+                    if let Some(max) = max_concurrent {
+                        let held: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM jobs WHERE creator_id = $1 AND status IN ('leased', 'running')",
+                        )
+                        .bind(&group.creator_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        budget = budget.min(max - held);
+                    }
+                    if has_type_limits {
+                        let rows = sqlx::query(
+                            "SELECT tl.job_type, tl.max_per_hour - (SELECT COUNT(*) FROM job_attempts a \
+                                WHERE a.creator_id = tl.creator_id AND a.job_type = tl.job_type \
+                                AND a.leased_at > $2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale') AS remaining \
+                             FROM creator_type_limits tl WHERE tl.creator_id = $1",
+                        )
+                        .bind(&group.creator_id)
+                        .bind(now)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        for row in rows {
+                            type_budgets.insert(row.try_get("job_type")?, row.try_get("remaining")?);
+                        }
+                    }
+                }
+                if budget <= 0 {
+                    tx.rollback().await?;
+                    return Ok(Vec::new());
+                }
+                let agent_ids: Vec<String> = group.agents.iter().map(|(id, _)| id.clone()).collect();
+                let candidates = sqlx::query(claim_candidates_sql())
+                    .bind(&group.creator_id)
+                    .bind(now)
+                    .bind(list_text(&agent_ids))
+                    .bind(list_text(&group.labels))
+                    .bind(group.job_types.as_deref().map(list_text))
+                    .bind(budget)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut candidate_list = Vec::with_capacity(candidates.len());
+                for row in &candidates {
+                    candidate_list.push(ClaimCandidate {
+                        job_id: row.try_get("id")?,
+                        job_type: row.try_get("job_type")?,
+                        target_agent_id: row.try_get("target_agent_id")?,
+                    });
+                }
+                let plan = plan_claims(&group.agents, candidate_list, budget, &mut type_budgets);
+                if plan.is_empty() {
+                    tx.rollback().await?;
+                    return Ok(Vec::new());
+                }
+                let mapping: serde_json::Map<String, serde_json::Value> =
+                    plan.iter().map(|(job, agent)| (job.clone(), serde_json::Value::from(agent.as_str()))).collect();
+                let rows = sqlx::query(claim_update_sql())
+                    .bind(now)
+                    .bind(serde_json::Value::Object(mapping).to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+                let order: std::collections::HashMap<&str, usize> =
+                    plan.iter().enumerate().map(|(i, (job, _))| (job.as_str(), i)).collect();
+                jobs.sort_by_key(|job| order.get(job.id.as_str()).copied().unwrap_or(usize::MAX));
+                let leased: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
+                sqlx::query(claim_attempts_sql()).bind(now).bind(list_text(&leased)).execute(&mut *tx).await?;
                 tx.commit().await?;
-                Ok(Some(job))
+                Ok(jobs)
             }
 
-            async fn start_job(
-                &self,
-                job_id: &str,
-                agent_id: &str,
-                lease_token: i64,
-                now: i64,
-            ) -> Result<bool, StoreError> {
-                let done = sqlx::query(
-                    "UPDATE jobs SET status = 'running', lease_expires_at = $4 + visibility_timeout_ms, \
-                     updated_at = $4 WHERE id = $1 AND assigned_agent_id = $2 AND lease_token = $3 \
-                     AND status IN ('leased', 'running')",
-                )
-                .bind(job_id)
-                .bind(agent_id)
-                .bind(lease_token)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
+            async fn start_jobs(&self, leases: &[LeaseRef], now: i64) -> Result<Vec<bool>, StoreError> {
+                if leases.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let records: Vec<serde_json::Value> = leases
+                    .iter()
+                    .map(|l| serde_json::json!({"s_id": l.job_id, "s_agent": l.agent_id, "s_token": l.lease_token}))
+                    .collect();
+                let started: Vec<String> = sqlx::query_scalar(start_sql())
+                    .bind(now)
+                    .bind(serde_json::Value::from(records).to_string())
+                    .fetch_all(&self.writer)
+                    .await?;
+                let started: std::collections::HashSet<String> = started.into_iter().collect();
+                Ok(leases.iter().map(|l| started.contains(&l.job_id)).collect())
             }
 
             async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
@@ -684,123 +972,61 @@ macro_rules! sql_store {
                 .bind(agent_id)
                 .bind(now)
                 .bind(job_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
                 Ok(done.rows_affected())
             }
 
-            async fn finish_job(&self, request: FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
-                let state = request.transition.state();
-                let (run_at, new_payload) = match &request.transition {
-                    Transition::Retry { run_at, payload } => (Some(*run_at), payload.as_ref().map(to_text).transpose()?),
-                    _ => (None, None),
-                };
-                let finished_at = state.is_final().then_some(now);
-                let holder = (!matches!(state, JobState::Pending)).then_some(request.agent_id.as_str());
-                let result = opt_text(request.result.as_ref())?;
-                let error = opt_text(request.error.as_ref())?;
-                let error_code = request
-                    .error
-                    .as_ref()
-                    .and_then(|e| e.get("code"))
-                    .and_then(|c| c.as_str())
-                    .map(str::to_owned);
+            async fn finish_jobs(
+                &self,
+                requests: &[FinishRequest],
+                now: i64,
+            ) -> Result<Vec<FinishOutcome>, StoreError> {
+                if requests.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let rows = requests.iter().map(|r| FinishRow::new(r, now)).collect::<Result<Vec<_>, _>>()?;
+                // One statement applies every report that holds the current lease; a job named
+                // twice in the batch goes through the careful path after the first is applied.
+                let mut first_of_job = std::collections::HashSet::new();
+                let bulk: Vec<usize> = (0..rows.len()).filter(|&i| first_of_job.insert(rows[i].job_id.as_str())).collect();
                 let mut tx = self.write_tx().await?;
-                let applied: Option<String> = sqlx::query_scalar(
-                    "UPDATE jobs SET status = $1, result = COALESCE($2, result), error = COALESCE($3, error), \
-                     error_code = COALESCE($4, error_code), updated_at = $5, finished_at = $6, \
-                     lease_expires_at = NULL, run_at = COALESCE($7, run_at), payload = COALESCE($8, payload), \
-                     assigned_agent_id = $9 \
-                     WHERE id = $10 AND assigned_agent_id = $11 AND lease_token = $12 \
-                     AND status IN ('leased', 'running') RETURNING creator_id",
-                )
-                .bind(state.as_str())
-                .bind(&result)
-                .bind(&error)
-                .bind(&error_code)
-                .bind(now)
-                .bind(finished_at)
-                .bind(run_at)
-                .bind(new_payload)
-                .bind(holder)
-                .bind(&request.job_id)
-                .bind(&request.agent_id)
-                .bind(request.lease_token)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let outcome = if let Some(creator_id) = applied {
-                    sqlx::query(
-                        "UPDATE job_attempts SET ended_at = $1, outcome = $2, result = $3, error = $4 \
-                         WHERE job_id = $5 AND lease_token = $6 AND outcome IS NULL",
-                    )
+                let records: Vec<serde_json::Value> = bulk.iter().map(|&i| rows[i].record()).collect();
+                let applied = sqlx::query(finish_sql())
                     .bind(now)
-                    .bind(request.transition.outcome())
-                    .bind(&result)
-                    .bind(&error)
-                    .bind(&request.job_id)
-                    .bind(request.lease_token)
-                    .execute(&mut *tx)
+                    .bind(serde_json::Value::from(records).to_string())
+                    .fetch_all(&mut *tx)
                     .await?;
-                    write_ledger(&mut tx, &creator_id, &request.sent_recipients, &request.job_id, now).await?;
-                    FinishOutcome::Recorded(state)
-                } else {
-                    // Not the current lease. Which lease of this agent was it?
-                    let attempt = sqlx::query(
-                        "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
-                         WHERE job_id = $1 AND lease_token = $2 AND agent_id = $3 \
-                         AND COALESCE(outcome, '') <> 'stale' ORDER BY id LIMIT 1",
-                    )
-                    .bind(&request.job_id)
-                    .bind(request.lease_token)
-                    .bind(&request.agent_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match attempt {
-                        None => FinishOutcome::NotHeld,
-                        Some(row) => {
-                            let outcome: Option<String> = row.try_get("outcome")?;
-                            match outcome.as_deref() {
-                                Some("expired") | Some("released") | None => {
-                                    let creator_id: String = row.try_get("creator_id")?;
-                                    let already: Option<String> = sqlx::query_scalar(
-                                        "SELECT job_id FROM job_attempts WHERE job_id = $1 AND lease_token = $2 \
-                                         AND outcome = 'stale' LIMIT 1",
-                                    )
-                                    .bind(&request.job_id)
-                                    .bind(request.lease_token)
-                                    .fetch_optional(&mut *tx)
-                                    .await?;
-                                    if already.is_none() {
-                                        sqlx::query(
-                                            "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, \
-                                             job_type, leased_at, ended_at, outcome, result, error) \
-                                             VALUES ($1, $2, $3, $4, $5, $6, $7, 'stale', $8, $9)",
-                                        )
-                                        .bind(&request.job_id)
-                                        .bind(request.lease_token)
-                                        .bind(&request.agent_id)
-                                        .bind(&creator_id)
-                                        .bind(row.try_get::<String, _>("job_type")?)
-                                        .bind(row.try_get::<i64, _>("leased_at")?)
-                                        .bind(now)
-                                        .bind(&result)
-                                        .bind(&error)
-                                        .execute(&mut *tx)
-                                        .await?;
-                                        // The messages went out even if the lease had lapsed:
-                                        // the ledger must know, or they would be sent again.
-                                        write_ledger(&mut tx, &creator_id, &request.sent_recipients, &request.job_id, now)
-                                            .await?;
-                                    }
-                                    FinishOutcome::Stale
-                                }
-                                Some(_) => FinishOutcome::AlreadyFinished,
-                            }
+                let mut creators: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+                for row in &applied {
+                    creators.insert(row.try_get("id")?, row.try_get("creator_id")?);
+                }
+                let attempts: Vec<serde_json::Value> = bulk
+                    .iter()
+                    .filter(|&&i| creators.contains_key(&rows[i].job_id))
+                    .map(|&i| rows[i].record())
+                    .collect();
+                if !attempts.is_empty() {
+                    sqlx::query(finish_attempts_sql())
+                        .bind(now)
+                        .bind(serde_json::Value::from(attempts).to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let mut outcomes = Vec::with_capacity(rows.len());
+                for (i, (request, row)) in requests.iter().zip(&rows).enumerate() {
+                    let applied_creator = if bulk.binary_search(&i).is_ok() { creators.get(&row.job_id) } else { None };
+                    let outcome = match applied_creator {
+                        Some(creator_id) => {
+                            write_ledger(&mut tx, creator_id, &request.sent_recipients, &request.job_id, now).await?;
+                            FinishOutcome::Recorded(request.transition.state())
                         }
-                    }
-                };
+                        None => finish_not_current(&mut tx, request, &row.result, &row.error, now).await?,
+                    };
+                    outcomes.push(outcome);
+                }
                 tx.commit().await?;
-                Ok(outcome)
+                Ok(outcomes)
             }
 
             async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
@@ -1174,7 +1400,7 @@ macro_rules! sql_store {
             async fn purge_ledger(&self, before: i64) -> Result<u64, StoreError> {
                 let done = sqlx::query("DELETE FROM recipient_ledger WHERE last_sent_at < $1")
                     .bind(before)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                 Ok(done.rows_affected())
             }
@@ -1201,4 +1427,53 @@ macro_rules! sql_store {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: &str, job_type: &str, target: Option<&str>) -> ClaimCandidate {
+        ClaimCandidate { job_id: id.into(), job_type: job_type.into(), target_agent_id: target.map(Into::into) }
+    }
+
+    fn agents(list: &[(&str, u32)]) -> Vec<(String, u32)> {
+        list.iter().map(|(id, slots)| (id.to_string(), *slots)).collect()
+    }
+
+    fn plan(agent_list: &[(&str, u32)], candidates: Vec<ClaimCandidate>, budget: i64) -> Vec<(String, String)> {
+        plan_claims(&agents(agent_list), candidates, budget, &mut HashMap::new())
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(j, a)| (j.to_string(), a.to_string())).collect()
+    }
+
+    #[test]
+    fn jobs_are_dealt_one_per_agent_in_turn_within_free_slots() {
+        let jobs = (1..=5).map(|i| candidate(&format!("j{i}"), "t", None)).collect();
+        let got = plan(&[("a", 1), ("b", 3)], jobs, 100);
+        assert_eq!(got, pairs(&[("j1", "a"), ("j2", "b"), ("j3", "b"), ("j4", "b")]));
+    }
+
+    #[test]
+    fn a_job_naming_an_agent_goes_to_it_or_waits() {
+        let jobs = vec![candidate("j1", "t", Some("b")), candidate("j2", "t", Some("b")), candidate("j3", "t", None)];
+        let got = plan(&[("a", 1), ("b", 1)], jobs, 100);
+        // b's one slot takes j1; j2 must wait for b; j3 goes to whoever is free.
+        assert_eq!(got, pairs(&[("j1", "b"), ("j3", "a")]));
+    }
+
+    #[test]
+    fn the_budget_and_per_type_budgets_cap_the_claim() {
+        let jobs = vec![candidate("j1", "dm", None), candidate("j2", "dm", None), candidate("j3", "scrape", None)];
+        let mut type_budgets = HashMap::from([("dm".to_string(), 1)]);
+        let got = plan_claims(&agents(&[("a", 8)]), jobs, 100, &mut type_budgets);
+        assert_eq!(got, pairs(&[("j1", "a"), ("j3", "a")]));
+        assert_eq!(type_budgets["dm"], 0);
+
+        let jobs = (1..=5).map(|i| candidate(&format!("j{i}"), "t", None)).collect();
+        assert_eq!(plan(&[("a", 8)], jobs, 2).len(), 2);
+        assert!(plan(&[("a", 0)], vec![candidate("j1", "t", None)], 5).is_empty());
+    }
 }

@@ -19,6 +19,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// database shows up as an error instead of a hang.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Writers queue for the one write connection; a queue this long means the database is
+/// wedged (or the disk is), which should surface as an error.
+const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(super) mod dialect {
     /// SQLite has one writer at a time; `BEGIN IMMEDIATE` already serialises claims.
     pub const SKIP_LOCKED: &str = "";
@@ -27,6 +31,22 @@ pub(super) mod dialect {
     pub const REDRIVE_LOCK: Option<&str> = None;
 
     /// A subquery yielding the strings of the JSON list bound at `param`.
+    /// A subquery yielding (claim_job_id, claim_agent_id) from the JSON object bound at `param`.
+    pub fn json_claim_pairs(param: &str) -> String {
+        format!("SELECT key AS claim_job_id, value AS claim_agent_id FROM json_each({param})")
+    }
+
+    /// `BEGIN IMMEDIATE` already holds the write lock while a claim counts a creator's limits.
+    pub const CREATOR_CLAIM_LOCK: Option<&str> = None;
+
+    /// A subquery yielding one row per object of the JSON list bound at `param`, with the
+    /// named fields as columns (`columns`: name, PostgreSQL type; SQLite needs no types).
+    pub fn json_records(param: &str, columns: &[(&str, &str)]) -> String {
+        let fields: Vec<String> =
+            columns.iter().map(|(name, _)| format!("json_extract(value, '$.{name}') AS {name}")).collect();
+        format!("SELECT {} FROM json_each({param})", fields.join(", "))
+    }
+
     pub fn json_text_array(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
     }
@@ -40,7 +60,13 @@ pub(super) mod dialect {
 }
 
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one connection that writes. SQLite admits one writer at a time; a second
+    /// connection asking for the lock is put to sleep by SQLite's busy handler in steps of
+    /// 1 to 100 ms, which under load costs more than the writes. Queueing writers on this
+    /// pool's acquire instead hands the connection over as soon as it is free.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -64,14 +90,20 @@ impl SqliteStore {
         }
         // Every connection to `:memory:` is a separate database, so a memory store gets one
         // connection that is never recycled.
-        let pool_options = if in_memory {
-            SqlitePoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None)
-        } else {
-            SqlitePoolOptions::new().max_connections(8)
+        // No ping before each use: a local file cannot drop the connection, and the ping is a
+        // round trip to the connection's worker thread on every statement.
+        let one_connection = || {
+            SqlitePoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None).test_before_acquire(false)
         };
-        let pool = pool_options.connect_with(options).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        if in_memory {
+            let pool = one_connection().connect_with(options).await?;
+            MIGRATOR.run(&pool).await?;
+            return Ok(SqliteStore { writer: pool.clone(), pool });
+        }
+        let writer = one_connection().acquire_timeout(WRITER_ACQUIRE_TIMEOUT).connect_with(options.clone()).await?;
+        MIGRATOR.run(&writer).await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
+        Ok(SqliteStore { pool, writer })
     }
 
     fn before_close(&self) {}
@@ -80,7 +112,7 @@ impl SqliteStore {
     /// with SQLITE_BUSY at the upgrade without waiting; taking the write lock up front makes
     /// concurrent writers queue on the busy timeout instead.
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+        self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// One process per SQLite file: nobody else to tell.

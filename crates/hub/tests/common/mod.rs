@@ -417,8 +417,9 @@ impl Drop for PgSchema {
                     .execute(&mut conn)
                     .await;
                     let _ = sqlx::Executor::execute(&mut conn, "SET lock_timeout = '10s'").await;
-                    let _ = sqlx::Executor::execute(&mut conn, format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
-                        .await;
+                    let _ =
+                        sqlx::Executor::execute(&mut conn, format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
+                            .await;
                     let _ = sqlx::Connection::close(conn).await;
                 }
             });
