@@ -1,131 +1,148 @@
-//! Group commit for what agents report about their jobs (`job_ack`, `job_result`). With a
-//! thousand agents acknowledging and finishing jobs at once, one statement and one
-//! transaction per report makes the database round trip the whole cost of a job; here the
-//! reports that queue up while one batch is written go to the store together, as one
-//! statement (acks) or one transaction (results). A session still waits for its own answer
-//! before it reads its next frame, so one agent's reports keep their order.
+//! Group commit for the hot writes of the job cycle: submissions, agents' `job_ack`s and
+//! `job_result`s. With many submitters and a thousand agents at once, one statement and one
+//! transaction per event makes the database round trip the whole cost of a job; here the
+//! events that queue up while one group is written go to the store together, one statement
+//! or one transaction per kind. A caller still waits for its own answer (a session before it
+//! reads its agent's next frame), so each caller's events keep their order.
 //!
-//! A batch that fails as a whole is written again one report at a time, so each caller
-//! gets its own answer (and its own error).
+//! A group that fails as a whole is written again one event at a time, so each caller gets
+//! its own answer (and its own error).
 
 use crate::crypto::now_ms;
-use crate::store::{FinishOutcome, FinishRequest, LeaseRef, Store, StoreError};
+use crate::store::{FinishOutcome, FinishRequest, InsertOutcome, LeaseRef, NewJob, Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-/// Most reports written together; bounds one transaction's size and time.
-const MAX_BATCH: usize = 512;
+/// Most events written together; bounds one transaction's size and time.
+const MAX_GROUP: usize = 512;
 
-enum Report {
-    Start { lease: LeaseRef, reply: oneshot::Sender<Result<bool, StoreError>> },
-    Finish { request: FinishRequest, reply: oneshot::Sender<Result<FinishOutcome, StoreError>> },
+type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
+
+enum Write {
+    Insert(NewJob, Reply<InsertOutcome>),
+    Start(LeaseRef, Reply<bool>),
+    Finish(FinishRequest, Reply<FinishOutcome>),
 }
 
 /// Cloneable handle; the writer task ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct JobWrites {
-    reports: mpsc::UnboundedSender<Report>,
-    /// Used directly if the writer task is gone (it only stops when every handle is).
-    store: Arc<dyn Store>,
+    writes: mpsc::UnboundedSender<Write>,
 }
 
 impl JobWrites {
     pub fn spawn(store: Arc<dyn Store>) -> JobWrites {
-        let (reports, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(store.clone(), inbox));
-        JobWrites { reports, store }
+        let (writes, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(write_groups(store, inbox));
+        JobWrites { writes }
+    }
+
+    /// [`Store::insert_job`], written with whatever other submissions are waiting.
+    pub async fn insert_job(&self, job: NewJob) -> Result<InsertOutcome, StoreError> {
+        self.ask(|reply| Write::Insert(job, reply)).await
     }
 
     /// [`Store::start_job`], written with whatever other acks are waiting.
     pub async fn start_job(&self, lease: LeaseRef) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        match self.reports.send(Report::Start { lease, reply }) {
-            Ok(()) => answer.await.unwrap_or_else(|_| Err(writer_gone())),
-            Err(mpsc::error::SendError(Report::Start { lease, .. })) => {
-                self.store.start_job(&lease.job_id, &lease.agent_id, lease.lease_token, now_ms()).await
-            }
-            Err(_) => Err(writer_gone()),
-        }
+        self.ask(|reply| Write::Start(lease, reply)).await
     }
 
     /// [`Store::finish_job`], written with whatever other results are waiting.
     pub async fn finish_job(&self, request: FinishRequest) -> Result<FinishOutcome, StoreError> {
+        self.ask(|reply| Write::Finish(request, reply)).await
+    }
+
+    async fn ask<R>(&self, write: impl FnOnce(Reply<R>) -> Write) -> Result<R, StoreError> {
         let (reply, answer) = oneshot::channel();
-        match self.reports.send(Report::Finish { request, reply }) {
-            Ok(()) => answer.await.unwrap_or_else(|_| Err(writer_gone())),
-            Err(mpsc::error::SendError(Report::Finish { request, .. })) => {
-                self.store.finish_job(request, now_ms()).await
-            }
-            Err(_) => Err(writer_gone()),
-        }
+        // The writer task lives as long as any handle, so both fail only if it panicked.
+        self.writes.send(write(reply)).map_err(|_| writer_gone())?;
+        answer.await.unwrap_or_else(|_| Err(writer_gone()))
     }
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Corrupt("the hub's report writer stopped while a report was waiting".to_owned())
+    StoreError::Corrupt("the hub's job writer stopped; see the log for its panic".to_owned())
 }
 
-async fn write_batches(store: Arc<dyn Store>, mut inbox: mpsc::UnboundedReceiver<Report>) {
-    let mut reports = Vec::with_capacity(MAX_BATCH);
-    while inbox.recv_many(&mut reports, MAX_BATCH).await > 0 {
-        let mut starts = Vec::new();
-        let mut finishes = Vec::new();
-        for report in reports.drain(..) {
-            match report {
-                Report::Start { lease, reply } => starts.push((lease, reply)),
-                Report::Finish { request, reply } => finishes.push((request, reply)),
+async fn write_groups(store: Arc<dyn Store>, mut inbox: mpsc::UnboundedReceiver<Write>) {
+    let mut writes = Vec::with_capacity(MAX_GROUP);
+    while inbox.recv_many(&mut writes, MAX_GROUP).await > 0 {
+        let (mut inserts, mut starts, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
+        for write in writes.drain(..) {
+            match write {
+                Write::Insert(job, reply) => inserts.push((job, reply)),
+                Write::Start(lease, reply) => starts.push((lease, reply)),
+                Write::Finish(request, reply) => finishes.push((request, reply)),
             }
         }
-        // Acks first: an agent's ack and result never share a batch (it waits for the ack's
-        // answer), but another agent's may, and each applies to its own lease either way.
-        if !starts.is_empty() {
-            write_starts(&*store, starts).await;
-        }
-        if !finishes.is_empty() {
-            write_finishes(&*store, finishes).await;
-        }
+        write_group(&*store, inserts).await;
+        write_group(&*store, starts).await;
+        write_group(&*store, finishes).await;
     }
 }
 
-async fn write_starts(store: &dyn Store, starts: Vec<(LeaseRef, oneshot::Sender<Result<bool, StoreError>>)>) {
-    let (leases, replies): (Vec<_>, Vec<_>) = starts.into_iter().unzip();
-    match store.start_jobs(&leases, now_ms()).await {
-        Ok(started) => {
-            for (reply, started) in replies.into_iter().zip(started) {
-                let _ = reply.send(Ok(started));
-            }
-        }
-        Err(e) if leases.len() > 1 => {
-            warn!(error = %e, count = leases.len(), "writing a batch of acks failed; writing them one by one");
-            for (lease, reply) in leases.into_iter().zip(replies) {
-                let _ = reply.send(store.start_job(&lease.job_id, &lease.agent_id, lease.lease_token, now_ms()).await);
-            }
-        }
-        Err(e) => {
-            if let Some(reply) = replies.into_iter().next() {
-                let _ = reply.send(Err(e));
-            }
-        }
+/// One kind of event the writer groups: how a group is written, and how one is.
+#[async_trait::async_trait]
+trait GroupWrite: Sized + Send + Sync {
+    type Answer: Send;
+    const WHAT: &'static str;
+    async fn together(store: &dyn Store, items: &[Self]) -> Result<Vec<Self::Answer>, StoreError>;
+    async fn alone(store: &dyn Store, item: Self) -> Result<Self::Answer, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl GroupWrite for NewJob {
+    type Answer = InsertOutcome;
+    const WHAT: &'static str = "submissions";
+    async fn together(store: &dyn Store, jobs: &[NewJob]) -> Result<Vec<InsertOutcome>, StoreError> {
+        store.insert_jobs(jobs, now_ms()).await
+    }
+    async fn alone(store: &dyn Store, job: NewJob) -> Result<InsertOutcome, StoreError> {
+        store.insert_job(job, now_ms()).await
     }
 }
 
-async fn write_finishes(
-    store: &dyn Store,
-    finishes: Vec<(FinishRequest, oneshot::Sender<Result<FinishOutcome, StoreError>>)>,
-) {
-    let (requests, replies): (Vec<_>, Vec<_>) = finishes.into_iter().unzip();
-    let count = requests.len();
-    match store.finish_jobs(&requests, now_ms()).await {
-        Ok(outcomes) => {
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+#[async_trait::async_trait]
+impl GroupWrite for LeaseRef {
+    type Answer = bool;
+    const WHAT: &'static str = "acks";
+    async fn together(store: &dyn Store, leases: &[LeaseRef]) -> Result<Vec<bool>, StoreError> {
+        store.start_jobs(leases, now_ms()).await
+    }
+    async fn alone(store: &dyn Store, lease: LeaseRef) -> Result<bool, StoreError> {
+        store.start_job(&lease.job_id, &lease.agent_id, lease.lease_token, now_ms()).await
+    }
+}
+
+#[async_trait::async_trait]
+impl GroupWrite for FinishRequest {
+    type Answer = FinishOutcome;
+    const WHAT: &'static str = "results";
+    async fn together(store: &dyn Store, requests: &[FinishRequest]) -> Result<Vec<FinishOutcome>, StoreError> {
+        store.finish_jobs(requests, now_ms()).await
+    }
+    async fn alone(store: &dyn Store, request: FinishRequest) -> Result<FinishOutcome, StoreError> {
+        store.finish_job(request, now_ms()).await
+    }
+}
+
+/// Writes a group together; if that fails, each alone, so every caller gets its own answer.
+async fn write_group<T: GroupWrite>(store: &dyn Store, items: Vec<(T, Reply<T::Answer>)>) {
+    if items.is_empty() {
+        return;
+    }
+    let (items, replies): (Vec<T>, Vec<Reply<T::Answer>>) = items.into_iter().unzip();
+    match T::together(store, &items).await {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
             }
         }
-        Err(e) if count > 1 => {
-            warn!(error = %e, count, "writing a batch of results failed; writing them one by one");
-            for (request, reply) in requests.into_iter().zip(replies) {
-                let _ = reply.send(store.finish_job(request, now_ms()).await);
+        Err(e) if items.len() > 1 => {
+            warn!(error = %e, count = items.len(), "writing a group of {} failed; writing them one by one", T::WHAT);
+            for (item, reply) in items.into_iter().zip(replies) {
+                let _ = reply.send(T::alone(store, item).await);
             }
         }
         Err(e) => {

@@ -301,7 +301,7 @@ async fn store_submitted(app: &AppState, job: NewJob, now: i64) -> Result<(JobRe
         }
     }
     let job = apply_dedupe_ledger(app, job, now).await?;
-    let (job, created) = match app.store.insert_job(job, now).await? {
+    let (job, created) = match app.job_writes.insert_job(job).await? {
         InsertOutcome::Created(job) => (job, true),
         InsertOutcome::Existing(job) => (job, false),
     };

@@ -541,8 +541,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
 
-    /// Inserts the job, or returns the existing one with the same (creator, idempotency key).
-    async fn insert_job(&self, job: NewJob, now: i64) -> Result<InsertOutcome, StoreError>;
+    /// Inserts the jobs in one transaction; for each, in order, the new job or the existing
+    /// one with the same (creator, idempotency key), which may be earlier in the same list.
+    async fn insert_jobs(&self, jobs: &[NewJob], now: i64) -> Result<Vec<InsertOutcome>, StoreError>;
+    /// [`Store::insert_jobs`] for one job.
+    async fn insert_job(&self, job: NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
+        self.insert_jobs(std::slice::from_ref(&job), now)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt(format!("no outcome for the insert of job {}", job.id)))
+    }
     async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
     async fn job_by_idempotency_key(&self, creator_id: &str, key: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Newest first.

@@ -275,6 +275,10 @@ macro_rules! sql_store {
             Ok(FinishOutcome::Stale)
         }
 
+        // In the bulk statements below, `status || ''` keeps SQLite from reading `jobs` through a
+        // status index (every leased job, each joined against the whole JSON list: seconds at
+        // 20,000 jobs); the primary key is then the only usable index, probed once per record.
+
         /// Leases acknowledged by their holders: $1 now, $2 a JSON list of {s_id, s_agent, s_token}.
         fn start_sql() -> &'static str {
             static SQL: OnceLock<String> = OnceLock::new();
@@ -282,7 +286,7 @@ macro_rules! sql_store {
                 format!(
                     "UPDATE jobs SET status = 'running', lease_expires_at = $1 + visibility_timeout_ms, updated_at = $1 \
                      FROM ({records}) m WHERE jobs.id = m.s_id AND jobs.assigned_agent_id = m.s_agent \
-                     AND jobs.lease_token = m.s_token AND jobs.status IN ('leased', 'running') RETURNING jobs.id",
+                     AND jobs.lease_token = m.s_token AND jobs.status || '' IN ('leased', 'running') RETURNING jobs.id",
                     records = dialect::json_records("$2", &[("s_id", "text"), ("s_agent", "text"), ("s_token", "bigint")]),
                 )
             })
@@ -299,7 +303,7 @@ macro_rules! sql_store {
                      run_at = COALESCE(m.f_run_at, run_at), payload = COALESCE(m.f_payload, payload), \
                      assigned_agent_id = m.f_holder \
                      FROM ({records}) m WHERE jobs.id = m.f_id AND jobs.assigned_agent_id = m.f_agent \
-                     AND jobs.lease_token = m.f_token AND jobs.status IN ('leased', 'running') \
+                     AND jobs.lease_token = m.f_token AND jobs.status || '' IN ('leased', 'running') \
                      RETURNING jobs.id, jobs.creator_id",
                     records = dialect::json_records("$2", FinishRow::COLUMNS),
                 )
@@ -318,6 +322,69 @@ macro_rules! sql_store {
                     records = dialect::json_records("$2", FinishRow::COLUMNS),
                 )
             })
+        }
+
+        /// New jobs: $1 now, $2 a JSON list of [`insert_record`]s.
+        fn insert_sql() -> &'static str {
+            static SQL: OnceLock<String> = OnceLock::new();
+            SQL.get_or_init(|| {
+                // `WHERE true`: SQLite would otherwise read `ON CONFLICT` as a join's ON.
+                format!(
+                    "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, \
+                     run_at, idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, \
+                     skipped_recipients, created_at, updated_at, finished_at) \
+                     SELECT i_id, i_type, i_payload, i_status, i_creator, i_target, i_labels, i_priority, i_run_at, \
+                     i_key, i_max_receive, i_visibility, i_error, i_error_code, i_skipped, $1, $1, i_finished_at \
+                     FROM ({records}) r WHERE true ON CONFLICT DO NOTHING RETURNING {JOB_COLUMNS}",
+                    records = dialect::json_records(
+                        "$2",
+                        &[
+                            ("i_id", "text"),
+                            ("i_type", "text"),
+                            ("i_payload", "text"),
+                            ("i_status", "text"),
+                            ("i_creator", "text"),
+                            ("i_target", "text"),
+                            ("i_labels", "text"),
+                            ("i_priority", "bigint"),
+                            ("i_run_at", "bigint"),
+                            ("i_key", "text"),
+                            ("i_max_receive", "bigint"),
+                            ("i_visibility", "bigint"),
+                            ("i_error", "text"),
+                            ("i_error_code", "text"),
+                            ("i_skipped", "text"),
+                            ("i_finished_at", "bigint"),
+                        ]
+                    ),
+                )
+            })
+        }
+
+        fn insert_record(job: &NewJob, now: i64) -> Result<serde_json::Value, StoreError> {
+            let (status, error, finished_at) = match &job.final_state {
+                Some((state, error)) => (state.as_str(), Some(to_text(error)?), Some(now)),
+                None => (JobState::Pending.as_str(), None, None),
+            };
+            let error_code = job.final_state.as_ref().and_then(|(_, e)| e.get("code")).and_then(|c| c.as_str());
+            Ok(serde_json::json!({
+                "i_id": job.id,
+                "i_type": job.job_type,
+                "i_payload": to_text(&job.payload)?,
+                "i_status": status,
+                "i_creator": job.creator_id,
+                "i_target": job.target_agent_id,
+                "i_labels": labels_text(&job.labels),
+                "i_priority": job.priority,
+                "i_run_at": job.run_at,
+                "i_key": job.idempotency_key,
+                "i_max_receive": job.max_receive_count,
+                "i_visibility": job.visibility_timeout_ms,
+                "i_error": error,
+                "i_error_code": error_code,
+                "i_skipped": opt_text(job.skipped_recipients.as_ref())?,
+                "i_finished_at": finished_at,
+            }))
         }
 
         fn agent_from_row(row: &$row) -> Result<AgentRecord, StoreError> {
@@ -431,7 +498,7 @@ macro_rules! sql_store {
                     "UPDATE jobs SET status = 'leased', assigned_agent_id = m.claim_agent_id, \
                      attempts = attempts + 1, lease_token = lease_token + 1, \
                      lease_expires_at = $1 + visibility_timeout_ms, updated_at = $1 \
-                     FROM ({pairs}) m WHERE jobs.id = m.claim_job_id AND jobs.status = 'pending' \
+                     FROM ({pairs}) m WHERE jobs.id = m.claim_job_id AND jobs.status || '' = 'pending' \
                      RETURNING {JOB_COLUMNS}",
                     pairs = dialect::json_claim_pairs("$2"),
                 )
@@ -728,50 +795,52 @@ macro_rules! sql_store {
                     .transpose()
             }
 
-            async fn insert_job(&self, job: NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
-                let (status, error, finished_at) = match &job.final_state {
-                    Some((state, error)) => (state.as_str(), Some(to_text(error)?), Some(now)),
-                    None => (JobState::Pending.as_str(), None, None),
-                };
-                let error_code =
-                    job.final_state.as_ref().and_then(|(_, e)| e.get("code")).and_then(|c| c.as_str()).map(str::to_owned);
-                // DO NOTHING without a target also covers the partial unique index on
-                // (creator, idempotency key): a concurrent duplicate submit lands here.
-                let inserted = sqlx::query(&format!(
-                    "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, \
-                     run_at, idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, \
-                     skipped_recipients, created_at, updated_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16, $17) \
-                     ON CONFLICT DO NOTHING RETURNING {JOB_COLUMNS}"
-                ))
-                .bind(&job.id)
-                .bind(&job.job_type)
-                .bind(to_text(&job.payload)?)
-                .bind(status)
-                .bind(&job.creator_id)
-                .bind(&job.target_agent_id)
-                .bind(labels_text(&job.labels))
-                .bind(job.priority)
-                .bind(job.run_at)
-                .bind(&job.idempotency_key)
-                .bind(job.max_receive_count)
-                .bind(job.visibility_timeout_ms)
-                .bind(error)
-                .bind(error_code)
-                .bind(opt_text(job.skipped_recipients.as_ref())?)
-                .bind(now)
-                .bind(finished_at)
-                .fetch_optional(&self.writer)
-                .await?;
-                if let Some(row) = inserted {
-                    return Ok(InsertOutcome::Created(job_from_row(&row)?));
+            async fn insert_jobs(&self, jobs: &[NewJob], now: i64) -> Result<Vec<InsertOutcome>, StoreError> {
+                if jobs.is_empty() {
+                    return Ok(Vec::new());
                 }
-                if let Some(key) = &job.idempotency_key {
-                    if let Some(existing) = self.job_by_idempotency_key(&job.creator_id, key).await? {
-                        return Ok(InsertOutcome::Existing(existing));
+                let records = jobs.iter().map(|job| insert_record(job, now)).collect::<Result<Vec<_>, _>>()?;
+                let mut tx = self.write_tx().await?;
+                let rows = sqlx::query(insert_sql())
+                    .bind(now)
+                    .bind(serde_json::Value::from(records).to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut created: std::collections::HashMap<String, JobRecord> = std::collections::HashMap::new();
+                for row in &rows {
+                    let job = job_from_row(row)?;
+                    created.insert(job.id.clone(), job);
+                }
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    if let Some(record) = created.remove(&job.id) {
+                        outcomes.push(InsertOutcome::Created(record));
+                        continue;
+                    }
+                    // Not inserted: DO NOTHING without a target also covers the partial unique
+                    // index on (creator, idempotency key), so this is a duplicate submit
+                    // (concurrent, or earlier in this batch).
+                    let existing = match &job.idempotency_key {
+                        Some(key) => sqlx::query(&format!(
+                            "SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = $1 AND idempotency_key = $2"
+                        ))
+                        .bind(&job.creator_id)
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| job_from_row(&row))
+                        .transpose()?,
+                        None => None,
+                    };
+                    match existing {
+                        Some(existing) => outcomes.push(InsertOutcome::Existing(existing)),
+                        None => {
+                            return Err(StoreError::Corrupt(format!("job id {} collided with an existing job", job.id)))
+                        }
                     }
                 }
-                Err(StoreError::Corrupt(format!("job id {} collided with an existing job", job.id)))
+                tx.commit().await?;
+                Ok(outcomes)
             }
 
             async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
