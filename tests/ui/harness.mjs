@@ -159,6 +159,7 @@ export function snapshot(overrides = {}) {
     lastError: null,
     keychainBackend: "secret-service",
     recentJobs: [],
+    browser: null,
     ...overrides,
   };
 }

@@ -202,3 +202,62 @@ test("pause toggles to resume and log out returns to the login form", async () =
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("browser state: breaker pause, sites to log in to and volatile sessions, then ready", async () => {
+  const online = { ...loggedIn, connection: "online" };
+  const until = Date.now() + 30 * 60_000;
+  const troubled = {
+    executable: "/usr/bin/chromium",
+    circuitOpenUntilMs: until,
+    circuitReason: "RATE_LIMITED",
+    sessionVolatile: true,
+    loginRequired: ["fanhub", "otherfans"],
+  };
+  const { page, errors } = await openApp(browser, server.url, { state: { ...online, browser: troubled } });
+
+  assert.equal(await page.getAttribute("#browser-state", "data-state"), "paused");
+  assert.match(await page.textContent("#browser-state"), /^Paused until .+ — a site kept rate-limiting$/);
+  assert.equal(await page.getAttribute("#browser-state time", "datetime"), new Date(until).toISOString());
+  const sites = await page.$$eval("#browser-login-sites li", (items) =>
+    items.map((li) => [li.dataset.site, li.querySelector("strong").textContent, li.querySelector("code").textContent]),
+  );
+  assert.deepEqual(sites, [
+    ["fanhub", "fanhub", "edge-agent browser login --site fanhub"],
+    ["otherfans", "otherfans", "edge-agent browser login --site otherfans"],
+  ]);
+  assert.equal(await page.isVisible("#browser-logins"), true);
+  assert.match(await page.textContent("#browser-volatile"), /site logins last only until the agent stops/);
+  assert.equal(await page.isVisible("#browser-volatile"), true);
+  await screenshot(page, "07-browser-paused-login-volatile");
+
+  // The breaker closed and the logins happened: the core's next snapshot clears it all.
+  await page.evaluate((s) => window.__emit("agent://state", s), {
+    ...online,
+    browser: { ...troubled, circuitOpenUntilMs: null, circuitReason: null, sessionVolatile: false, loginRequired: [] },
+  });
+  await page.waitForSelector("#browser-state[data-state=ready]");
+  assert.equal(await page.textContent("#browser-state"), "Ready");
+  assert.equal(await page.isVisible("#browser-logins"), false);
+  assert.equal(await page.isVisible("#browser-volatile"), false);
+  assert.equal(await page.$$eval("#browser-login-sites li", (items) => items.length), 0);
+
+  // No browser on this machine: browser jobs cannot run at all.
+  await page.evaluate((s) => window.__emit("agent://state", s), {
+    ...online,
+    browser: { executable: null, circuitOpenUntilMs: null, circuitReason: null, sessionVolatile: false, loginRequired: [] },
+  });
+  await page.waitForSelector("#browser-state[data-state=unavailable]");
+  assert.equal(await page.textContent("#browser-state"), "Not available: install Chrome, Chromium or Edge");
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("before the browser runtime started the window says nothing about it", async () => {
+  const { page, errors } = await openApp(browser, server.url, { state: { ...loggedIn, connection: "online" } });
+  assert.equal(await page.isVisible("#status-view"), true);
+  assert.equal(await page.isVisible("#browser-row"), false);
+  assert.equal(await page.isVisible("#browser-logins"), false);
+  assert.equal(await page.isVisible("#browser-volatile"), false);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -29,6 +29,22 @@ export interface AgentSnapshot {
    * with `edge-hub bundle root fingerprint` on the hub. */
   rootFingerprint?: string | null;
   recentJobs: JobSummary[];
+  /** The browser runtime; absent or null until the agent started it. */
+  browser?: BrowserStatus | null;
+}
+
+/** `edge_browser::BrowserStatus`: what the person must know about browser jobs. */
+export interface BrowserStatus {
+  /** The Chrome, Chromium or Edge the agent drives; null when none was found. */
+  executable?: string | null;
+  /** Browser jobs are paused by the circuit breaker until then (Unix ms). */
+  circuitOpenUntilMs?: number | null;
+  /** Why the circuit breaker opened (`RATE_LIMITED`, …). */
+  circuitReason?: string | null;
+  /** No keychain key: site logins are kept in memory only, until the agent stops. */
+  sessionVolatile: boolean;
+  /** Sites that showed their logged-out page; each needs `edge-agent browser login`. */
+  loginRequired: string[];
 }
 
 /** What a rejected command carries (the tray's `CommandError`, serialized). */

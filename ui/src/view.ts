@@ -1,5 +1,5 @@
 import type { Described } from "./errors";
-import type { AgentSnapshot, Connection, JobStatus, JobSummary } from "./types";
+import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary } from "./types";
 
 // How many job rows the window shows; the core keeps its own bounded list.
 const MAX_ROWS = 10;
@@ -95,6 +95,65 @@ function jobRow(job: JobSummary): HTMLTableRowElement {
   return row;
 }
 
+// The circuit breaker's reasons in words; an unknown one is shown as the core sent it.
+const CIRCUIT_REASON_TEXT: Record<string, string> = {
+  RATE_LIMITED: "a site kept rate-limiting",
+};
+
+/** An instant as the person reads it: the time today, the date too on another day. */
+function formatInstant(ms: number): string {
+  const date = new Date(ms);
+  const sameDay = date.toDateString() === new Date().toDateString();
+  return sameDay
+    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : date.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+/** Browser jobs: paused by the circuit breaker, sites needing a login, volatile sessions. */
+function renderBrowser(browser: BrowserStatus | null | undefined): void {
+  // No runtime yet (the agent has not connected since it started): nothing to say.
+  byId("browser-row").hidden = !browser;
+  const state = byId("browser-state");
+  if (!browser) {
+    state.replaceChildren();
+  } else if (browser.circuitOpenUntilMs != null) {
+    // The core reports the breaker only while it is open, and sends a fresh snapshot
+    // when it closes, so the window need not compare with its own clock.
+    state.dataset.state = "paused";
+    const until = document.createElement("time");
+    until.dateTime = new Date(browser.circuitOpenUntilMs).toISOString();
+    until.textContent = formatInstant(browser.circuitOpenUntilMs);
+    const reason = browser.circuitReason ?? "";
+    const why = CIRCUIT_REASON_TEXT[reason] ?? reason;
+    state.replaceChildren("Paused until ", until, why ? ` — ${why}` : "");
+    state.title = reason;
+  } else if (!browser.executable) {
+    state.dataset.state = "unavailable";
+    state.replaceChildren("Not available: install Chrome, Chromium or Edge");
+    state.title = "";
+  } else {
+    state.dataset.state = "ready";
+    state.replaceChildren("Ready");
+    state.title = browser.executable;
+  }
+
+  const sites = browser?.loginRequired ?? [];
+  byId("browser-login-sites").replaceChildren(
+    ...sites.map((site) => {
+      const item = document.createElement("li");
+      item.dataset.site = site;
+      const name = document.createElement("strong");
+      name.textContent = site;
+      const command = document.createElement("code");
+      command.textContent = `edge-agent browser login --site ${site}`;
+      item.append(name, command);
+      return item;
+    }),
+  );
+  byId("browser-logins").hidden = sites.length === 0;
+  byId("browser-volatile").hidden = !browser?.sessionVolatile;
+}
+
 /** Brings the whole window in line with one snapshot of the core. */
 export function render(snapshot: AgentSnapshot): void {
   byId("boot").hidden = true;
@@ -148,6 +207,7 @@ export function render(snapshot: AgentSnapshot): void {
     snapshot.rootFingerprint ? (snapshot.rootFingerprint.match(/.{1,4}/g) ?? []).join(" ") : "Not received yet (the hub had no bundle repository at login)",
   );
   showMessage("last-error", snapshot.lastError);
+  renderBrowser(snapshot.browser);
 
   const toggle = byId<HTMLButtonElement>("pause-toggle");
   toggle.textContent = snapshot.paused ? "Resume jobs" : "Pause jobs";

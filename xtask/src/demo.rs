@@ -36,26 +36,15 @@ pub fn run() -> Result<()> {
     println!("   enrollment token for {CREATOR} created (single use, expires in 24 h)");
 
     step("creating the bundle repository's root keys and publishing a signed shell bundle");
-    let root_keys = dir.path().join("root-keys");
-    let init = hub.bundle_cli(&["keys", "init", "--root-dir", path_str(&root_keys)?])?;
-    println!("   root keys in {} (kept offline by the operator)", root_keys.display());
-    println!("   root fingerprint: {}", init["rootFingerprint"].as_str().unwrap_or("?"));
-    let bundle_src = dir.path().join("hello-bundle");
-    std::fs::create_dir_all(&bundle_src)?;
-    std::fs::write(bundle_src.join("main.sh"), "echo \"hello from a signed bundle, $1 (run $EDGE_RUN_ID)\"\n")?;
-    let published = hub.bundle_cli(&[
-        "publish",
-        "--tenant",
+    let bundle = hub.publish_shell_bundle(
         CREATOR,
-        "--name",
         "hello",
-        "--version",
         "1.0.0",
-        "--runtime",
-        "shell",
-        path_str(&bundle_src)?,
-    ])?;
-    println!("   published {}", published["target"].as_str().unwrap_or("?"));
+        "echo \"hello from a signed bundle, $1 (run $EDGE_RUN_ID)\"\n",
+    )?;
+    println!("   root keys in {} (kept offline by the operator)", bundle.root_dir.display());
+    println!("   root fingerprint: {}", bundle.root_fingerprint);
+    println!("   published {}", bundle.published["target"].as_str().unwrap_or("?"));
 
     let (keychain, why) = choose_keychain();
     step(&format!("logging a headless agent in (keychain: {keychain}, {why})"));

@@ -833,8 +833,14 @@ fn push_record(inner: &Inner, record: JobRecord) {
 
 fn finish_record(inner: &Inner, job: &JobSpec, outcome: &Result<serde_json::Value, JobError>, busy: u32) {
     let finished_at = crate::now_rfc3339();
+    // A job that succeeds on a site clears its login requirement without a browser event
+    // (the login may have happened in another process: `edge-agent browser login`).
+    let browser = inner.browser_status();
     inner.update(|s| {
         s.busy = busy;
+        if browser.is_some() {
+            s.browser = browser;
+        }
         if let Some(record) = s.recent_jobs.iter_mut().find(|r| r.id == job.job_id) {
             record.finished_at = Some(finished_at);
             match outcome {

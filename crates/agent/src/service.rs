@@ -262,10 +262,15 @@ impl Inner {
     }
 
     pub(crate) fn refresh_browser_status(&self) {
-        let status = self.browser.lock().ok().and_then(|b| b.as_ref().map(|r| r.status()));
+        let status = self.browser_status();
         if status.is_some() {
             self.update(|s| s.browser = status);
         }
+    }
+
+    /// The browser runtime's state, `None` before the runtime started.
+    pub(crate) fn browser_status(&self) -> Option<edge_browser::BrowserStatus> {
+        self.browser.lock().ok().and_then(|b| b.as_ref().map(|r| r.status()))
     }
 
     pub fn emit(&self, event: AgentEvent) {

@@ -6,13 +6,16 @@ mod support;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use edge_agent::{
-    AgentError, AgentEvent, AgentService, AgentSettings, ConnectionState, JobRunStatus, MemoryCredentialStore,
+    AgentError, AgentEvent, AgentService, AgentSettings, ConnectionState, JobRunStatus, LoginOutcome,
+    MemoryCredentialStore,
 };
+use edge_browser::guard::{BreakerSettings, Guard};
 use edge_protocol::{AgentFrame, ErrorCode, JobStatus};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use support::{FakeHub, FakeSession, ENROLL_TOKEN, TIMEOUT};
+use tempfile::TempDir;
 use tokio::sync::broadcast;
 
 fn service(data_dir: &std::path::Path, hb_interval: Duration) -> AgentService {
@@ -20,6 +23,35 @@ fn service(data_dir: &std::path::Path, hb_interval: Duration) -> AgentService {
     settings.hb_interval = hb_interval;
     settings.slots = 2;
     AgentService::with_store(settings, Arc::new(MemoryCredentialStore::new()))
+}
+
+/// An agent logged in to `hub` whose first session is past the handshake. Its events were
+/// subscribed before the login, so none is missed. Destructure with names (`dir: _dir`),
+/// never `_`: a field left out is dropped at once, and a dropped data dir, hub or session
+/// pulls the ground from under the running agent.
+struct Connected {
+    hub: FakeHub,
+    dir: TempDir,
+    agent: AgentService,
+    events: broadcast::Receiver<AgentEvent>,
+    login: LoginOutcome,
+    session: FakeSession,
+    /// The agent's first frame.
+    hello: AgentFrame,
+}
+
+async fn connect(hub: FakeHub, hb_interval: Duration) -> Connected {
+    connect_in(hub, tempfile::tempdir().unwrap(), hb_interval).await
+}
+
+/// [`connect`] with a data dir the test prepared (state an earlier agent process left).
+async fn connect_in(hub: FakeHub, dir: TempDir, hb_interval: Duration) -> Connected {
+    let agent = service(dir.path(), hb_interval);
+    let events = agent.subscribe();
+    let login = agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    let hello = session.handshake(60_000).await;
+    Connected { hub, dir, agent, events, login, session, hello }
 }
 
 async fn wait_for(events: &mut broadcast::Receiver<AgentEvent>, wanted: impl Fn(&AgentEvent) -> bool) -> AgentEvent {
@@ -62,16 +94,11 @@ async fn expect_result(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
-    let hub = FakeHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
-    let mut events = agent.subscribe();
-    let outcome = agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-    assert_eq!((outcome.agent_id.as_str(), outcome.creator_id.as_str()), ("agt-1", "cr-1"));
-    assert_eq!(outcome.keychain_backend, "memory");
-
-    let mut session = hub.next_session().await;
-    match session.handshake(60_000).await {
+    let Connected { hub, dir, agent, mut events, login, mut session, hello } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
+    assert_eq!((login.agent_id.as_str(), login.creator_id.as_str()), ("agt-1", "cr-1"));
+    assert_eq!(login.keychain_backend, "memory");
+    match hello {
         AgentFrame::Hello { protocol, v, capabilities, slots, paused, .. } => {
             assert_eq!(protocol, edge_protocol::PROTOCOL_VERSION);
             assert_eq!(v, edge_agent::agent_version());
@@ -165,14 +192,8 @@ async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_hub_drops_the_socket_and_delivers_the_pending_result() {
-    let hub = FakeHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
-    let mut events = agent.subscribe();
-    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-
-    let mut first = hub.next_session().await;
-    first.handshake(60_000).await;
+    let Connected { hub, dir: _dir, agent, mut events, session: mut first, .. } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
     assign(&first, "job-survives", "http_request", json!({"url": hub.target("/slow/300")}));
     expect_ack(&mut first, "job-survives").await;
     first.drop_connection();
@@ -190,13 +211,8 @@ async fn reconnects_after_the_hub_drops_the_socket_and_delivers_the_pending_resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_4401_gets_a_fresh_token_and_reconnects() {
-    let hub = FakeHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
-    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-
-    let mut first = hub.next_session().await;
-    first.handshake(60_000).await;
+    let Connected { hub, dir: _dir, agent, session: first, .. } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
     assert_eq!(hub.tokens_issued(), 1);
     first.close(4401, "token expired");
 
@@ -210,12 +226,8 @@ async fn close_4401_gets_a_fresh_token_and_reconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_refreshed_before_they_expire() {
     // 62 s tokens: refresh comes due at 2 s (a minute before expiry).
-    let hub = FakeHub::start_with_ttl(62).await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
-    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-    let mut session = hub.next_session().await;
-    session.handshake(60_000).await;
+    let Connected { hub, dir: _dir, agent, session: _session, .. } =
+        connect(FakeHub::start_with_ttl(62).await, Duration::from_secs(25)).await;
     tokio::time::timeout(TIMEOUT, async {
         while hub.tokens_issued() < 2 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -229,13 +241,8 @@ async fn tokens_are_refreshed_before_they_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_4403_stops_and_asks_for_login() {
-    let hub = FakeHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
-    let mut events = agent.subscribe();
-    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-    let mut session = hub.next_session().await;
-    session.handshake(60_000).await;
+    let Connected { hub, dir: _dir, agent, mut events, session, .. } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
     session.close(4403, "agent revoked");
 
     let event = wait_for(&mut events, |e| matches!(e, AgentEvent::LoginRequired { .. })).await;
@@ -249,13 +256,8 @@ async fn close_4403_stops_and_asks_for_login() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_agent_gets_401_from_token_and_stops() {
-    let hub = FakeHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
-    let mut events = agent.subscribe();
-    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-    let mut session = hub.next_session().await;
-    session.handshake(60_000).await;
+    let Connected { hub, dir: _dir, agent: _agent, mut events, session, .. } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
     hub.revoke();
     session.close(4401, "token expired");
     let event = wait_for(&mut events, |e| matches!(e, AgentEvent::LoginRequired { .. })).await;
@@ -266,13 +268,8 @@ async fn a_revoked_agent_gets_401_from_token_and_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_hub_is_declared_dead_and_the_agent_reconnects() {
-    let hub = FakeHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_millis(200));
-    let mut events = agent.subscribe();
-    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-    let mut first = hub.next_session().await;
-    first.handshake(60_000).await;
+    let Connected { hub, dir: _dir, agent, mut events, session: mut first, .. } =
+        connect(FakeHub::start().await, Duration::from_millis(200)).await;
     // The smaller interval (ours, 200 ms) wins; heartbeats flow but the hub never answers.
     assert!(matches!(first.recv().await, AgentFrame::Hb { .. }));
     let event = wait_for(&mut events, |e| matches!(e, AgentEvent::Disconnected { .. })).await;
@@ -308,18 +305,50 @@ async fn login_errors_keep_the_hubs_words_and_the_url_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_stops_the_loop_and_forgets_the_credentials() {
-    let hub = FakeHub::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
-    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
-    let mut session = hub.next_session().await;
-    session.handshake(60_000).await;
+    let Connected { hub, dir: _dir, agent, session: _session, .. } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
     agent.start().unwrap(); // idempotent: no second session
     agent.logout().await.unwrap();
     hub.assert_no_session_within(Duration::from_millis(1500)).await;
     let snapshot = agent.reload_credentials().await.unwrap();
     assert!(!snapshot.logged_in);
     assert_eq!(snapshot.agent_id, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_carries_the_browser_state_the_tray_window_renders() {
+    // An earlier agent process left the circuit breaker open: the guard persists it.
+    let dir = tempfile::tempdir().unwrap();
+    let breaker = BreakerSettings { threshold: 1, window_ms: 60_000, cooldown_ms: 600_000 };
+    let verdict = Guard::open(&dir.path().join("browser"), breaker).record_rate_limited(
+        "fanhub",
+        1_000,
+        "RATE_LIMITED",
+        edge_browser::now_ms(),
+    );
+    let until = verdict.circuit_opened_until_ms.expect("one strike opens a breaker of threshold 1");
+
+    let Connected { hub: _hub, dir: _dir, agent, mut events, session: _session, .. } =
+        connect_in(FakeHub::start().await, dir, Duration::from_secs(25)).await;
+    // The field names are the window's contract (ui/src/types.ts).
+    let snapshot = serde_json::to_value(agent.snapshot()).unwrap();
+    let browser = &snapshot["browser"];
+    assert_eq!(browser["circuitOpenUntilMs"], json!(until), "{snapshot}");
+    assert_eq!(browser["circuitReason"], "RATE_LIMITED", "{snapshot}");
+    assert_eq!(browser["sessionVolatile"], false, "{snapshot}");
+    assert_eq!(browser["loginRequired"], json!([]), "{snapshot}");
+    assert!(browser.get("executable").is_some(), "{snapshot}");
+
+    // Closing the breaker sends a fresh snapshot, so the window never shows a stale pause.
+    agent.browser_resume();
+    let event = wait_for(&mut events, |e| {
+        matches!(e, AgentEvent::StateChanged { snapshot }
+            if snapshot.browser.as_ref().is_some_and(|b| b.circuit_open_until_ms.is_none()))
+    })
+    .await;
+    let AgentEvent::StateChanged { snapshot } = event else { unreachable!() };
+    assert_eq!(snapshot.browser.map(|b| b.circuit_reason), Some(None));
+    agent.shutdown().await;
 }
 
 #[test]

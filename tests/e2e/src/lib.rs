@@ -9,6 +9,7 @@ pub mod pg;
 pub mod procfs;
 pub mod sim;
 pub mod site;
+pub mod xvfb;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
@@ -86,6 +87,17 @@ fn tee(stream: impl std::io::Read + Send + 'static, log: PathBuf, watch: Option<
             }
         }
     });
+}
+
+/// What [`Hub::publish_shell_bundle`] did.
+#[derive(Debug, Clone)]
+pub struct ShellBundle {
+    /// The repository's offline root keys.
+    pub root_dir: PathBuf,
+    /// What `edge-agent status` must show once the agent logged in.
+    pub root_fingerprint: String,
+    /// `edge-hub bundle publish`'s JSON line (`target`, `changed`, `entrypoint`, …).
+    pub published: Value,
 }
 
 /// A running `edge-hub serve` on a SQLite file.
@@ -222,6 +234,38 @@ impl Hub {
         let mut full = vec!["bundle"];
         full.extend_from_slice(args);
         Ok(serde_json::from_str(&self.cli(&full)?)?)
+    }
+
+    /// Publishes a `shell` bundle whose `main.sh` is `script`, creating the bundle
+    /// repository's root keys first if this hub has none yet (in `<hub dir>/root-keys`,
+    /// where an operator would keep them offline). Agents must log in after the first call
+    /// to receive the root.
+    pub fn publish_shell_bundle(&self, tenant: &str, name: &str, version: &str, script: &str) -> Result<ShellBundle> {
+        let root_dir = self.dir.join("root-keys");
+        let root_dir_arg = root_dir.to_str().context("the hub dir is not UTF-8")?;
+        let root = if root_dir.exists() {
+            self.bundle_cli(&["root", "fingerprint"])?
+        } else {
+            self.bundle_cli(&["keys", "init", "--root-dir", root_dir_arg])?
+        };
+        let root_fingerprint =
+            root["rootFingerprint"].as_str().ok_or_else(|| anyhow!("no rootFingerprint in {root}"))?.to_owned();
+        let source = self.dir.join("bundle-sources").join(format!("{tenant}-{name}-{version}"));
+        fs::create_dir_all(&source)?;
+        fs::write(source.join("main.sh"), script)?;
+        let published = self.bundle_cli(&[
+            "publish",
+            "--tenant",
+            tenant,
+            "--name",
+            name,
+            "--version",
+            version,
+            "--runtime",
+            "shell",
+            source.to_str().context("the hub dir is not UTF-8")?,
+        ])?;
+        Ok(ShellBundle { root_dir, root_fingerprint, published })
     }
 
     pub fn enroll_token(&self, creator: &str) -> Result<String> {
@@ -396,7 +440,13 @@ impl Agent {
 
     /// Runs a one-shot subcommand (`status`, `logout`) and returns (success, stdout+stderr).
     pub fn oneshot(&self, args: &[&str]) -> Result<(bool, String)> {
-        let out = self.command().args(args).output()?;
+        self.oneshot_with_env(args, &[])
+    }
+
+    /// [`Agent::oneshot`] with extra environment variables for this process only (`DISPLAY`
+    /// for a browser login with a window).
+    pub fn oneshot_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String)> {
+        let out = self.command().args(args).envs(env.iter().copied()).output()?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         Ok((out.status.success(), text))
     }

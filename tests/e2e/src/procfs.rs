@@ -1,4 +1,5 @@
-//! Memory of processes, read from Linux's /proc, for the benchmarks.
+//! Processes as Linux's /proc shows them: memory for the benchmarks, command lines and
+//! environments for tests that must see how a process was really started.
 
 use anyhow::{Context, Result};
 use std::fs;
@@ -48,4 +49,30 @@ pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<(u32, String, u64)>)> {
         members.push((member, name, rss));
     }
     Ok((total, members))
+}
+
+/// A process's command line, one argument per entry (`None`: it is gone or not ours to read).
+pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+}
+
+/// One variable of the environment a process was started with.
+pub fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|b| *b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        entry.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')).map(str::to_owned)
+    })
+}
+
+/// Every process with `arg` as one of its arguments, with its command line.
+pub fn processes_with_arg(arg: &str) -> Vec<(u32, Vec<String>)> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter_map(|pid| cmdline(pid).map(|args| (pid, args)))
+        .filter(|(_, args)| args.iter().any(|a| a == arg))
+        .collect()
 }

@@ -1,14 +1,19 @@
 //! Browser jobs end to end: real hub, real `edge-agent`, real Chromium, and the local test
-//! site counting messages on its side. Proves: the headful-login command (scripted, headless
-//! here; `--headless` only drops the window flag) fixes LOGIN_REQUIRED and the job then
-//! succeeds on retry; dry-run sends nothing; a broadcast killed mid-way resumes after the
-//! agent restarts and messages every recipient exactly once; the encrypted session survives
-//! the restart; repeated rate limits trip the circuit breaker, which the hub records
-//! (`circuitOpenUntil`) and `edge-agent status --json` shows.
+//! site counting messages on its side. Proves: `edge-agent browser login` opens a real window
+//! (on a private Xvfb display: no `--headless`, a viewable window of its profile) and fixes
+//! LOGIN_REQUIRED, which the agent's status lists until the retry succeeds; dry-run sends
+//! nothing; a broadcast killed mid-way resumes after the agent restarts and messages every
+//! recipient exactly once; the encrypted session survives the restart; repeated rate limits
+//! trip the circuit breaker, which the hub records (`circuitOpenUntil`) and `edge-agent
+//! status --json` shows.
 
+use anyhow::Context;
 use edge_browser::testsite::Site;
-use edge_e2e::{scratch_dir, wait_until, Agent, Binaries, Hub};
+use edge_e2e::xvfb::Xvfb;
+use edge_e2e::{procfs, scratch_dir, wait_until, Agent, Binaries, Hub};
 use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 fn agent_env() -> Vec<(&'static str, &'static str)> {
@@ -20,11 +25,61 @@ fn agent_env() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// `edge-agent browser login` with a window on `xvfb`; `adapter_file` points the login at
+/// the site's auto-login page, which fills the form by itself in place of the person.
+/// While the command runs, it watches that the window was real: the browser process started
+/// without `--headless`, with this display, and a viewable window of its profile appeared
+/// there. Returns the command's output.
+fn browser_login(agent: &Agent, xvfb: &Xvfb, adapter_file: &Path) -> anyhow::Result<String> {
+    let profile_dir = agent.data_dir.join("browser").join("login-profiles").join(&agent.profile);
+    let profile_arg = format!("--user-data-dir={}", profile_dir.display());
+    // Chromium puts a profile dir other than its default into its windows' class name,
+    // so this matches the login browser's windows and nothing else.
+    let window_class = format!("({})\"", profile_dir.display());
+    let site = adapter_file.display().to_string();
+    let finished = AtomicBool::new(false);
+    let mut browser: Option<(Vec<String>, Option<String>)> = None;
+    let mut window: Option<String> = None;
+    let login = std::thread::scope(|scope| -> anyhow::Result<(bool, String)> {
+        let login = scope.spawn(|| {
+            let result = agent.oneshot_with_env(
+                &["browser", "login", "--site", &site, "--timeout-secs", "30"],
+                &[("DISPLAY", &xvfb.display)],
+            );
+            finished.store(true, Ordering::SeqCst);
+            result
+        });
+        while !finished.load(Ordering::SeqCst) {
+            if browser.is_none() {
+                // The browser itself; its helper processes (renderer, GPU, zygote) carry `--type=`.
+                browser = procfs::processes_with_arg(&profile_arg)
+                    .into_iter()
+                    .find(|(_, args)| !args.iter().any(|a| a.starts_with("--type=")))
+                    .map(|(pid, args)| (args, procfs::environ_var(pid, "DISPLAY")));
+            }
+            if window.is_none() {
+                window = xvfb.viewable_windows(&window_class)?.into_iter().next();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        login.join().map_err(|_| anyhow::anyhow!("the login thread panicked"))?
+    });
+    let (ok, out) = login?;
+    assert!(ok, "browser login failed: {out}");
+    let (args, display) =
+        browser.with_context(|| format!("no browser process with {profile_arg} was seen during the login: {out}"))?;
+    assert!(!args.iter().any(|a| a.starts_with("--headless")), "the login browser ran headless: {args:?}");
+    assert_eq!(display.as_deref(), Some(xvfb.display.as_str()), "the login browser was not on the test display");
+    window.with_context(|| format!("the login browser showed no window on {}: {out}", xvfb.display))?;
+    Ok(out)
+}
+
 #[test]
 fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let bins = Binaries::locate()?;
     let dir = scratch_dir("e2e-browser")?;
     let site = Site::start()?;
+    let xvfb = Xvfb::start(dir.path())?;
     let hub = Hub::start(
         &bins,
         &dir.path().join("hub"),
@@ -48,22 +103,14 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     )?;
     let done = hub.wait_job_done(&key, job["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
     assert_eq!(done["error"]["code"], json!("LOGIN_REQUIRED"), "{done}");
+    assert_eq!(login_required(&agent)?, json!([adapter["name"]]));
 
-    // The login command (scripted: the site's auto-login page), then the retry succeeds.
+    // The login command in a window, then the retry succeeds.
     let mut login_adapter = site.adapter();
     login_adapter.urls.insert("login".into(), "/login?auto=1".into());
     let adapter_file = dir.path().join("fanhub.json");
     std::fs::write(&adapter_file, serde_json::to_vec(&login_adapter)?)?;
-    let (ok, out) = agent.oneshot(&[
-        "browser",
-        "login",
-        "--site",
-        &adapter_file.display().to_string(),
-        "--headless",
-        "--timeout-secs",
-        "30",
-    ])?;
-    assert!(ok, "{out}");
+    let out = browser_login(&agent, &xvfb, &adapter_file)?;
     assert!(out.contains("\"savedEncrypted\":true"), "{out}");
     let job = hub.submit_job(
         &key,
@@ -73,6 +120,8 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let done = hub.wait_job_done(&key, job["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
     assert_eq!(done["status"], json!("succeeded"), "{done}");
     assert_eq!(site.messages_to("ann"), vec!["hello ann".to_owned()]);
+    // The login happened in another process: the running agent learns of it from the job.
+    assert_eq!(login_required(&agent)?, json!([]));
 
     // Dry run: nothing reaches the site.
     let job = hub.submit_job(
@@ -115,16 +164,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-b-{}", std::process::id()), "auto", &dir.path().join("agent-b"));
     agent.login(&hub.url, &hub.enroll_token("creator-c")?)?;
-    let (ok, out) = agent.oneshot(&[
-        "browser",
-        "login",
-        "--site",
-        &adapter_file.display().to_string(),
-        "--headless",
-        "--timeout-secs",
-        "30",
-    ])?;
-    assert!(ok, "{out}");
+    browser_login(&agent, &xvfb, &adapter_file)?;
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))?;
     site.set_rate_limit(Some((0, Duration::from_secs(60))));
@@ -154,4 +194,12 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     assert_eq!(done["result"]["count"], json!(25), "{done}");
     agent.shutdown();
     Ok(())
+}
+
+/// The sites the running agent's snapshot says need a login (`edge-agent status --json`).
+fn login_required(agent: &Agent) -> anyhow::Result<Value> {
+    let (ok, status) = agent.oneshot(&["status", "--json"])?;
+    assert!(ok, "{status}");
+    let status: Value = serde_json::from_str(&status)?;
+    Ok(status["state"]["snapshot"]["browser"]["loginRequired"].clone())
 }

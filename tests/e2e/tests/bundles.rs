@@ -36,26 +36,10 @@ fn world(name: &str) -> Result<World> {
     let bins = Binaries::locate()?;
     let hub = Hub::start(&bins, &dir.path().join("hub"), &[], &["--hb-interval-secs", "1"])?;
     let key = hub.api_key()?;
-    let root_dir = dir.path().join("root-keys");
-    let init = hub.bundle_cli(&["keys", "init", "--root-dir", path_str(&root_dir)?])?;
-    let fingerprint = init["rootFingerprint"].as_str().context("keys init prints the root fingerprint")?.to_owned();
-
-    let src = dir.path().join("hello-src");
-    std::fs::create_dir_all(&src)?;
     // $1: a marker file; each run adds one line, so a test can count runs.
-    std::fs::write(src.join("main.sh"), "echo \"ran $EDGE_RUN_ID\" >> \"$1\"\necho \"hello from the bundle, $2\"\n")?;
-    let published = hub.bundle_cli(&[
-        "publish",
-        "--tenant",
-        CREATOR,
-        "--name",
-        "hello",
-        "--version",
-        "1.0.0",
-        "--runtime",
-        "shell",
-        path_str(&src)?,
-    ])?;
+    let script = "echo \"ran $EDGE_RUN_ID\" >> \"$1\"\necho \"hello from the bundle, $2\"\n";
+    let bundle = hub.publish_shell_bundle(CREATOR, "hello", "1.0.0", script)?;
+    let (fingerprint, published) = (bundle.root_fingerprint, bundle.published);
     assert_eq!(published["changed"], true, "{published}");
     assert_eq!(published["target"], format!("{CREATOR}/hello/1.0.0.zip"), "{published}");
 
