@@ -122,18 +122,7 @@ fn path_str(path: &Path) -> Result<&str> {
 
 /// Publishes `src` and returns the target file on the hub's disk and its length.
 fn publish(hub: &Hub, tenant: &str, name: &str, version: &str, src: &Path) -> Result<(PathBuf, u64)> {
-    let out = hub.bundle_cli(&[
-        "publish",
-        "--tenant",
-        tenant,
-        "--name",
-        name,
-        "--version",
-        version,
-        "--runtime",
-        "shell",
-        path_str(src)?,
-    ])?;
+    let out = hub.publish_shell_dir(tenant, name, version, src)?;
     let file = out["file"].as_str().context("publish prints the target file")?;
     let length = out["length"].as_u64().context("publish prints the length")?;
     let dir = Path::new(&hub.database_url.trim_start_matches("sqlite://")).parent().context("hub dir")?.to_path_buf();

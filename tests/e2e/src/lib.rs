@@ -230,6 +230,24 @@ impl Hub {
 
     /// `edge-hub bundle …` (keys, publish, list) on this hub's bundle directory; returns the
     /// JSON line it prints.
+    /// `edge-hub bundle publish` of the shell-runtime bundle in `source` (keys must exist);
+    /// returns what the CLI printed (`file`, `length`, …).
+    pub fn publish_shell_dir(&self, tenant: &str, name: &str, version: &str, source: &Path) -> Result<Value> {
+        let source = source.to_str().context("the bundle source path is not UTF-8")?;
+        self.bundle_cli(&[
+            "publish",
+            "--tenant",
+            tenant,
+            "--name",
+            name,
+            "--version",
+            version,
+            "--runtime",
+            "shell",
+            source,
+        ])
+    }
+
     pub fn bundle_cli(&self, args: &[&str]) -> Result<Value> {
         let mut full = vec!["bundle"];
         full.extend_from_slice(args);
@@ -253,18 +271,7 @@ impl Hub {
         let source = self.dir.join("bundle-sources").join(format!("{tenant}-{name}-{version}"));
         fs::create_dir_all(&source)?;
         fs::write(source.join("main.sh"), script)?;
-        let published = self.bundle_cli(&[
-            "publish",
-            "--tenant",
-            tenant,
-            "--name",
-            name,
-            "--version",
-            version,
-            "--runtime",
-            "shell",
-            source.to_str().context("the hub dir is not UTF-8")?,
-        ])?;
+        let published = self.publish_shell_dir(tenant, name, version, &source)?;
         Ok(ShellBundle { root_dir, root_fingerprint, published })
     }
 

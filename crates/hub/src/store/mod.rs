@@ -471,6 +471,14 @@ impl HubEvent {
     }
 }
 
+/// The answer of a bulk store call made for one job.
+fn only_answer<T>(mut answers: Vec<T>, job_id: &str) -> Result<T, StoreError> {
+    match (answers.pop(), answers.is_empty()) {
+        (Some(answer), true) => Ok(answer),
+        _ => Err(StoreError::Corrupt(format!("a store call for job {job_id} did not give exactly one answer"))),
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`, for logs and metrics.
@@ -546,10 +554,7 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_jobs(&self, jobs: &[NewJob], now: i64) -> Result<Vec<InsertOutcome>, StoreError>;
     /// [`Store::insert_jobs`] for one job.
     async fn insert_job(&self, job: NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
-        self.insert_jobs(std::slice::from_ref(&job), now)
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt(format!("no outcome for the insert of job {}", job.id)))
+        only_answer(self.insert_jobs(std::slice::from_ref(&job), now).await?, &job.id)
     }
     async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError>;
     async fn job_by_idempotency_key(&self, creator_id: &str, key: &str) -> Result<Option<JobRecord>, StoreError>;
@@ -586,10 +591,7 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_jobs(&self, requests: &[FinishRequest], now: i64) -> Result<Vec<FinishOutcome>, StoreError>;
     /// [`Store::finish_jobs`] for one report.
     async fn finish_job(&self, request: FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
-        self.finish_jobs(std::slice::from_ref(&request), now)
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt(format!("no outcome for the report on job {}", request.job_id)))
+        only_answer(self.finish_jobs(std::slice::from_ref(&request), now).await?, &request.job_id)
     }
     /// leased (never acknowledged) → pending for one agent's jobs (its session ended), or
     /// for every agent with `None` (startup of an exclusive store).

@@ -42,6 +42,12 @@ pub(super) mod dialect {
         format!("SELECT * FROM jsonb_to_recordset({param}::jsonb) AS r({})", fields.join(", "))
     }
 
+    /// `= ANY(ARRAY(…))` rather than `IN (…)`: the planner then probes the index with the
+    /// list's values instead of hash-joining a guessed 100 rows against the table.
+    pub fn key_in(column: &str, subquery: &str) -> String {
+        format!("{column} = ANY(ARRAY({subquery}))")
+    }
+
     pub fn json_text_array(param: &str) -> String {
         format!("SELECT jsonb_array_elements_text({param}::jsonb)")
     }

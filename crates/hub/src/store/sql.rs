@@ -275,9 +275,12 @@ macro_rules! sql_store {
             Ok(FinishOutcome::Stale)
         }
 
-        // In the bulk statements below, `status || ''` keeps SQLite from reading `jobs` through a
-        // status index (every leased job, each joined against the whole JSON list: seconds at
-        // 20,000 jobs); the primary key is then the only usable index, probed once per record.
+        // The bulk statements below join a JSON list against `jobs`. Planners guess such a list
+        // at 100 rows whatever its length, and then read `jobs` through the status or holder
+        // index (SQLite: every leased job against the whole list, seconds at 20,000 jobs) or
+        // scan it (PostgreSQL). `status || ''` and `assigned_agent_id || ''` take those indexes
+        // out of the choice, and the `probe` (the list's keys as `IN` / `= ANY(ARRAY(…))`) makes
+        // the primary key the way in: one probe per record.
 
         /// Leases acknowledged by their holders: $1 now, $2 a JSON list of {s_id, s_agent, s_token}.
         fn start_sql() -> &'static str {
@@ -285,9 +288,10 @@ macro_rules! sql_store {
             SQL.get_or_init(|| {
                 format!(
                     "UPDATE jobs SET status = 'running', lease_expires_at = $1 + visibility_timeout_ms, updated_at = $1 \
-                     FROM ({records}) m WHERE jobs.id = m.s_id AND jobs.assigned_agent_id = m.s_agent \
+                     FROM ({records}) m WHERE jobs.id = m.s_id AND {probe} AND jobs.assigned_agent_id || '' = m.s_agent \
                      AND jobs.lease_token = m.s_token AND jobs.status || '' IN ('leased', 'running') RETURNING jobs.id",
                     records = dialect::json_records("$2", &[("s_id", "text"), ("s_agent", "text"), ("s_token", "bigint")]),
+                    probe = dialect::key_in("jobs.id", &dialect::json_records("$2", &[("s_id", "text")])),
                 )
             })
         }
@@ -302,10 +306,11 @@ macro_rules! sql_store {
                      updated_at = $1, finished_at = m.f_finished_at, lease_expires_at = NULL, \
                      run_at = COALESCE(m.f_run_at, run_at), payload = COALESCE(m.f_payload, payload), \
                      assigned_agent_id = m.f_holder \
-                     FROM ({records}) m WHERE jobs.id = m.f_id AND jobs.assigned_agent_id = m.f_agent \
+                     FROM ({records}) m WHERE jobs.id = m.f_id AND {probe} AND jobs.assigned_agent_id || '' = m.f_agent \
                      AND jobs.lease_token = m.f_token AND jobs.status || '' IN ('leased', 'running') \
                      RETURNING jobs.id, jobs.creator_id",
                     records = dialect::json_records("$2", FinishRow::COLUMNS),
+                    probe = dialect::key_in("jobs.id", &dialect::json_records("$2", &[("f_id", "text")])),
                 )
             })
         }
@@ -317,9 +322,10 @@ macro_rules! sql_store {
                 format!(
                     "UPDATE job_attempts SET ended_at = $1, outcome = m.f_outcome, result = m.f_result, \
                      error = m.f_error FROM ({records}) m \
-                     WHERE job_attempts.job_id = m.f_id AND job_attempts.lease_token = m.f_token \
+                     WHERE job_attempts.job_id = m.f_id AND {probe} AND job_attempts.lease_token = m.f_token \
                      AND job_attempts.outcome IS NULL",
                     records = dialect::json_records("$2", FinishRow::COLUMNS),
+                    probe = dialect::key_in("job_attempts.job_id", &dialect::json_records("$2", &[("f_id", "text")])),
                 )
             })
         }
@@ -498,22 +504,33 @@ macro_rules! sql_store {
                     "UPDATE jobs SET status = 'leased', assigned_agent_id = m.claim_agent_id, \
                      attempts = attempts + 1, lease_token = lease_token + 1, \
                      lease_expires_at = $1 + visibility_timeout_ms, updated_at = $1 \
-                     FROM ({pairs}) m WHERE jobs.id = m.claim_job_id AND jobs.status || '' = 'pending' \
+                     FROM ({pairs}) m WHERE jobs.id = m.claim_job_id AND {probe} AND jobs.status || '' = 'pending' \
                      RETURNING {JOB_COLUMNS}",
                     pairs = dialect::json_claim_pairs("$2"),
+                    probe = dialect::key_in("jobs.id", &format!("SELECT claim_job_id FROM ({}) k", dialect::json_claim_pairs("$2"))),
                 )
             })
         }
 
-        /// Opens an attempt for each job just leased: $1 now, $2 a JSON list of job ids.
+        /// Opens an attempt for each job just leased: $1 now, $2 a JSON list of
+        /// {a_job, a_token, a_agent, a_creator, a_type} (from the leased records, so the
+        /// statement reads nothing: PostgreSQL would hash-join a list against all of `jobs`).
         fn claim_attempts_sql() -> &'static str {
             static SQL: OnceLock<String> = OnceLock::new();
             SQL.get_or_init(|| {
                 format!(
                     "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
-                     SELECT id, lease_token, assigned_agent_id, creator_id, job_type, $1 FROM jobs \
-                     WHERE id IN ({ids})",
-                    ids = dialect::json_text_array("$2"),
+                     SELECT a_job, a_token, a_agent, a_creator, a_type, $1 FROM ({records}) r",
+                    records = dialect::json_records(
+                        "$2",
+                        &[
+                            ("a_job", "text"),
+                            ("a_token", "bigint"),
+                            ("a_agent", "text"),
+                            ("a_creator", "text"),
+                            ("a_type", "text"),
+                        ]
+                    ),
                 )
             })
         }
@@ -1010,8 +1027,20 @@ macro_rules! sql_store {
                 let order: std::collections::HashMap<&str, usize> =
                     plan.iter().enumerate().map(|(i, (job, _))| (job.as_str(), i)).collect();
                 jobs.sort_by_key(|job| order.get(job.id.as_str()).copied().unwrap_or(usize::MAX));
-                let leased: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
-                sqlx::query(claim_attempts_sql()).bind(now).bind(list_text(&leased)).execute(&mut *tx).await?;
+                let attempts: Vec<serde_json::Value> = jobs
+                    .iter()
+                    .map(|job| {
+                        serde_json::json!({"a_job": job.id, "a_token": job.lease_token, "a_agent": job.assigned_agent_id,
+                                           "a_creator": job.creator_id, "a_type": job.job_type})
+                    })
+                    .collect();
+                if !attempts.is_empty() {
+                    sqlx::query(claim_attempts_sql())
+                        .bind(now)
+                        .bind(serde_json::Value::from(attempts).to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(jobs)
             }

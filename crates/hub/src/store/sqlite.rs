@@ -47,6 +47,11 @@ pub(super) mod dialect {
         format!("SELECT {} FROM json_each({param})", fields.join(", "))
     }
 
+    /// `column` is one of the values `subquery` yields (for a primary-key probe).
+    pub fn key_in(column: &str, subquery: &str) -> String {
+        format!("{column} IN ({subquery})")
+    }
+
     pub fn json_text_array(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
     }
