@@ -185,7 +185,10 @@ pub async fn submit_job(
     let sync = parse_sync(&query, app.sync_timeout)?;
     let now = now_ms();
     let job = validate(&app, &caller, &headers, request, now).await?;
-    let (job, created) = store_submitted(&app, job, now).await?;
+    let (job, created) = match prepare_submitted(&app, job, now).await? {
+        Prepared::Existing(job) => (job, false),
+        Prepared::New(job) => recorded(app.job_writes.insert_job(job).await?),
+    };
     if created && job.status == JobState::Pending {
         app.events.job_available().await;
     }
@@ -260,29 +263,58 @@ pub async fn submit_batch(
     }
     let now = now_ms();
     let no_headers = HeaderMap::new();
-    let mut results = Vec::with_capacity(request.jobs.len());
-    let mut any_pending = false;
-    for (index, entry) in request.jobs.into_iter().enumerate() {
-        let outcome = async {
+    // Each entry is checked on its own; the new ones are then stored in one transaction.
+    // `None`: new, answered by the insert below.
+    let mut answers: Vec<Option<Result<(JobRecord, bool), Failure>>> = Vec::with_capacity(request.jobs.len());
+    let mut new_jobs = Vec::new();
+    let mut new_at = Vec::new();
+    for entry in request.jobs {
+        let prepared = async {
             let job = validate(&app, &caller, &no_headers, entry, now).await?;
-            store_submitted(&app, job, now).await
+            prepare_submitted(&app, job, now).await
         }
         .await;
-        results.push(match outcome {
-            Ok((job, created)) => {
-                any_pending |= created && job.status == JobState::Pending;
-                let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-                BatchEntry { index, status: status.as_u16(), job: Some(JobView::from(job)), error: None, message: None }
+        match prepared {
+            Ok(Prepared::Existing(job)) => answers.push(Some(Ok((job, false)))),
+            Ok(Prepared::New(job)) => {
+                new_at.push(answers.len());
+                new_jobs.push(job);
+                answers.push(None);
             }
-            Err(failure) => BatchEntry {
-                index,
-                status: failure.status.as_u16(),
-                job: None,
-                error: Some(failure.body.error),
-                message: Some(failure.body.message),
-            },
-        });
+            Err(failure) => answers.push(Some(Err(failure))),
+        }
     }
+    let outcomes = app.store.insert_jobs(&new_jobs, now).await?;
+    for (index, outcome) in new_at.into_iter().zip(outcomes) {
+        answers[index] = Some(Ok(recorded(outcome)));
+    }
+    let mut any_pending = false;
+    let results: Vec<BatchEntry> = answers
+        .into_iter()
+        .enumerate()
+        .map(|(index, answer)| {
+            match answer.unwrap_or_else(|| Err(Failure::internal("a batch entry was not stored", &index))) {
+                Ok((job, created)) => {
+                    any_pending |= created && job.status == JobState::Pending;
+                    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+                    BatchEntry {
+                        index,
+                        status: status.as_u16(),
+                        job: Some(JobView::from(job)),
+                        error: None,
+                        message: None,
+                    }
+                }
+                Err(failure) => BatchEntry {
+                    index,
+                    status: failure.status.as_u16(),
+                    job: None,
+                    error: Some(failure.body.error),
+                    message: Some(failure.body.message),
+                },
+            }
+        })
+        .collect();
     if any_pending {
         app.events.job_available().await;
     }
@@ -291,17 +323,26 @@ pub async fn submit_batch(
     Ok(Json(BatchOutcome { results, created, failed }))
 }
 
-/// Stores a validated job: the existing one for its idempotency key, or a new one after the
-/// dedupe ledger. True when it is new.
-async fn store_submitted(app: &AppState, job: NewJob, now: i64) -> Result<(JobRecord, bool), Failure> {
+/// A validated submission: answered by the job its idempotency key names, or new (after the
+/// dedupe ledger) and to be stored.
+enum Prepared {
+    Existing(JobRecord),
+    New(NewJob),
+}
+
+async fn prepare_submitted(app: &AppState, job: NewJob, now: i64) -> Result<Prepared, Failure> {
     if let Some(key) = &job.idempotency_key {
         if let Some(existing) = app.store.job_by_idempotency_key(&job.creator_id, key).await? {
             info!(job_id = existing.id, "idempotent resubmission answered with the existing job");
-            return Ok((existing, false));
+            return Ok(Prepared::Existing(existing));
         }
     }
-    let job = apply_dedupe_ledger(app, job, now).await?;
-    let (job, created) = match app.job_writes.insert_job(job).await? {
+    Ok(Prepared::New(apply_dedupe_ledger(app, job, now).await?))
+}
+
+/// The stored job and whether it is new; a new one is logged and counted.
+fn recorded(outcome: InsertOutcome) -> (JobRecord, bool) {
+    let (job, created) = match outcome {
         InsertOutcome::Created(job) => (job, true),
         InsertOutcome::Existing(job) => (job, false),
     };
@@ -316,7 +357,7 @@ async fn store_submitted(app: &AppState, job: NewJob, now: i64) -> Result<(JobRe
         );
         crate::metrics::job_submitted();
     }
-    Ok((job, created))
+    (job, created)
 }
 
 /// 201 for a new job, 200 for the one an idempotency key found; or, with `?sync=true`, the
