@@ -495,6 +495,30 @@ impl BrowserRuntime {
         }
     }
 
+    /// Runs the built-in flow `name` on a page of the warm browser after checking its
+    /// parameters and taking one `action` token from the bucket (skipped when `spends` is
+    /// false: a dry run sends nothing).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_builtin(
+        &self,
+        adapter: &Adapter,
+        name: &str,
+        params: &Map<String, Value>,
+        action: &str,
+        spends: bool,
+        dry_run: bool,
+        hub_cap: Option<Cap>,
+        deadline: i64,
+    ) -> Result<FlowOutput, BrowserError> {
+        let flow = adapter.flow(name)?;
+        flow.resolve_params(params)?;
+        if spends {
+            self.take_token(action, self.inner.settings.caps.effective(action, hub_cap), deadline).await?;
+        }
+        let options = self.options(dry_run);
+        self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, params, &options).await }).await
+    }
+
     async fn send_dm(
         &self,
         payload: &BrowserJobPayload,
@@ -510,14 +534,8 @@ impl BrowserRuntime {
             .ok_or_else(|| BrowserError::BadFlow("send_dm needs `recipient`".into()))?;
         let mut params = payload.params.clone();
         params.insert("recipient".into(), Value::from(recipient.trim()));
-        let flow = adapter.flow(SEND_DM)?;
-        flow.resolve_params(&params)?;
-        if !payload.dry_run {
-            self.take_token("dm", self.inner.settings.caps.effective("dm", hub_cap), deadline).await?;
-        }
-        let options = self.options(payload.dry_run);
         let output = self
-            .with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await })
+            .run_builtin(adapter, SEND_DM, &params, "dm", !payload.dry_run, payload.dry_run, hub_cap, deadline)
             .await?;
         let sent: Vec<String> = if payload.dry_run { Vec::new() } else { vec![recipient.trim().to_owned()] };
         Ok(json!({
@@ -717,14 +735,8 @@ impl BrowserRuntime {
         let media_dir = self.inner.settings.dir().join("media").join(format!("{:016x}", rand::random::<u64>()));
         let files = materialize_media(p, &media_dir)?;
         params.insert("files".into(), json!(files));
-        let flow = adapter.flow(SCHEDULE_POST)?;
-        flow.resolve_params(&params)?;
-        if !payload.dry_run {
-            self.take_token("post", self.inner.settings.caps.effective("post", hub_cap), deadline).await?;
-        }
-        let options = self.options(payload.dry_run);
         let output = self
-            .with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await })
+            .run_builtin(adapter, SCHEDULE_POST, &params, "post", !payload.dry_run, payload.dry_run, hub_cap, deadline)
             .await;
         let _ = std::fs::remove_dir_all(&media_dir);
         let output = output?;
@@ -750,13 +762,10 @@ impl BrowserRuntime {
         hub_cap: Option<Cap>,
         deadline: i64,
     ) -> Result<(Value, Option<Value>), BrowserError> {
-        let flow = adapter.flow(SCRAPE_SUBS)?;
-        let params = payload.params.clone();
-        flow.resolve_params(&params)?;
-        self.take_token("scrape", self.inner.settings.caps.effective("scrape", hub_cap), deadline).await?;
-        let options = self.options(payload.dry_run);
-        let output: FlowOutput = self
-            .with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, &params, &options).await })
+        // Scraping has no final submit to skip: a dry run loads the same pages, so it spends
+        // its token too.
+        let output = self
+            .run_builtin(adapter, SCRAPE_SUBS, &payload.params, "scrape", true, payload.dry_run, hub_cap, deadline)
             .await?;
         let subscribers = output.vars.get("subscribers").cloned().unwrap_or_else(|| json!([]));
         let count = subscribers.as_array().map_or(0, Vec::len);
