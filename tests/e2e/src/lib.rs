@@ -330,6 +330,13 @@ impl Hub {
 
     /// Polls until the job is final (`succeeded`, `failed`, `dead` or `cancelled`),
     /// returning it as the hub recorded it.
+    /// Submits `body` and waits until the job is final; returns the final job.
+    pub fn run_job(&self, key: &str, body: &Value, timeout: Duration) -> Result<Value> {
+        let job = self.submit_job(key, body)?;
+        let id = job["id"].as_str().ok_or_else(|| anyhow!("no job id in {job}"))?;
+        self.wait_job_done(key, id, timeout)
+    }
+
     pub fn wait_job_done(&self, key: &str, id: &str, timeout: Duration) -> Result<Value> {
         let mut last = Value::Null;
         wait_until(timeout, || {

@@ -96,12 +96,12 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let adapter: Value = serde_json::to_value(site.adapter())?;
 
     // Logged out: LOGIN_REQUIRED (fatal, not retried).
-    let job = hub.submit_job(
+    let done = hub.run_job(
         &key,
         &json!({"type": "send_dm", "creatorId": "creator-b",
         "payload": {"adapter": adapter, "recipient": "ann", "params": {"text": "hello ann"}}}),
+        Duration::from_secs(60),
     )?;
-    let done = hub.wait_job_done(&key, job["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
     assert_eq!(done["error"]["code"], json!("LOGIN_REQUIRED"), "{done}");
     assert_eq!(login_required(&agent)?, json!([adapter["name"]]));
 
@@ -112,24 +112,24 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     std::fs::write(&adapter_file, serde_json::to_vec(&login_adapter)?)?;
     let out = browser_login(&agent, &xvfb, &adapter_file)?;
     assert!(out.contains("\"savedEncrypted\":true"), "{out}");
-    let job = hub.submit_job(
+    let done = hub.run_job(
         &key,
         &json!({"type": "send_dm", "creatorId": "creator-b",
         "payload": {"adapter": adapter, "recipient": "ann", "params": {"text": "hello ann"}}}),
+        Duration::from_secs(60),
     )?;
-    let done = hub.wait_job_done(&key, job["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
     assert_eq!(done["status"], json!("succeeded"), "{done}");
     assert_eq!(site.messages_to("ann"), vec!["hello ann".to_owned()]);
     // The login happened in another process: the running agent learns of it from the job.
     assert_eq!(login_required(&agent)?, json!([]));
 
     // Dry run: nothing reaches the site.
-    let job = hub.submit_job(
+    let done = hub.run_job(
         &key,
         &json!({"type": "send_dm", "creatorId": "creator-b",
         "payload": {"adapter": adapter, "recipient": "dry", "dryRun": true, "params": {"text": "never"}}}),
+        Duration::from_secs(60),
     )?;
-    let done = hub.wait_job_done(&key, job["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
     assert_eq!(done["status"], json!("succeeded"), "{done}");
     assert!(site.messages_to("dry").is_empty());
 
@@ -168,12 +168,12 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))?;
     site.set_rate_limit(Some((0, Duration::from_secs(60))));
-    let job = hub.submit_job(
+    let done = hub.run_job(
         &key,
         &json!({"type": "send_dm", "creatorId": "creator-c", "maxReceiveCount": 2,
         "payload": {"adapter": adapter, "recipient": "zed", "params": {"text": "slow down"}}}),
+        Duration::from_secs(60),
     )?;
-    let done = hub.wait_job_done(&key, job["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
     assert_eq!(done["error"]["code"], json!("RATE_LIMITED"), "{done}");
     let mut agents = Value::Null;
     wait_until(Duration::from_secs(10), || {
