@@ -161,7 +161,9 @@ pub async fn start_redrive(State(app): State<AppState>, caller: Caller, body: By
                     app.events.job_available().await;
                     stepped
                 }
-                None => record,
+                // Another step (this process's sweeper, or another process) got there
+                // first: answer with the move as it stands now.
+                None => app.store.redrive(&record.id).await?.unwrap_or(record),
             };
             Ok((StatusCode::ACCEPTED, Json(RedriveView::from(record))).into_response())
         }

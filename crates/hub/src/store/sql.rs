@@ -1428,6 +1428,9 @@ macro_rules! sql_store {
                 if current.status != RedriveStatus::Running {
                     return Ok(None);
                 }
+                // A sweeper may have read its clock just before the move was created; the move
+                // cannot have started after the step, so its first second is whole either way.
+                let now = now.max(current.created_at);
                 let elapsed = (now - current.last_step_at).clamp(0, 1000);
                 let allowance = current.rate_per_sec.saturating_mul(elapsed) / 1000;
                 if allowance < 1 {
