@@ -29,10 +29,6 @@ pub(super) mod dialect {
     /// Serialises "is a move over this queue already running?" checks across processes.
     pub const REDRIVE_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(7240531)");
 
-    pub fn json_claim_pairs(param: &str) -> String {
-        format!("SELECT key AS claim_job_id, value AS claim_agent_id FROM jsonb_each_text({param}::jsonb)")
-    }
-
     /// Serialises claims for one creator that has limits, across processes, between
     /// counting what it holds and leasing more.
     pub const CREATOR_CLAIM_LOCK: Option<&str> = Some("SELECT pg_advisory_xact_lock(7240532, hashtext($1))");

@@ -496,18 +496,18 @@ macro_rules! sql_store {
             })
         }
 
-        /// Leases the planned jobs: $1 now, $2 a JSON object job id → agent id.
+        /// Leases the planned jobs: $1 now, $2 a JSON list of {c_job, c_agent}.
         fn claim_update_sql() -> &'static str {
             static SQL: OnceLock<String> = OnceLock::new();
             SQL.get_or_init(|| {
                 format!(
-                    "UPDATE jobs SET status = 'leased', assigned_agent_id = m.claim_agent_id, \
+                    "UPDATE jobs SET status = 'leased', assigned_agent_id = m.c_agent, \
                      attempts = attempts + 1, lease_token = lease_token + 1, \
                      lease_expires_at = $1 + visibility_timeout_ms, updated_at = $1 \
-                     FROM ({pairs}) m WHERE jobs.id = m.claim_job_id AND {probe} AND jobs.status || '' = 'pending' \
+                     FROM ({records}) m WHERE jobs.id = m.c_job AND {probe} AND jobs.status || '' = 'pending' \
                      RETURNING {JOB_COLUMNS}",
-                    pairs = dialect::json_claim_pairs("$2"),
-                    probe = dialect::key_in("jobs.id", &format!("SELECT claim_job_id FROM ({}) k", dialect::json_claim_pairs("$2"))),
+                    records = dialect::json_records("$2", &[("c_job", "text"), ("c_agent", "text")]),
+                    probe = dialect::key_in("jobs.id", &dialect::json_records("$2", &[("c_job", "text")])),
                 )
             })
         }
@@ -1016,11 +1016,11 @@ macro_rules! sql_store {
                     tx.rollback().await?;
                     return Ok(Vec::new());
                 }
-                let mapping: serde_json::Map<String, serde_json::Value> =
-                    plan.iter().map(|(job, agent)| (job.clone(), serde_json::Value::from(agent.as_str()))).collect();
+                let records: Vec<serde_json::Value> =
+                    plan.iter().map(|(job, agent)| serde_json::json!({"c_job": job, "c_agent": agent})).collect();
                 let rows = sqlx::query(claim_update_sql())
                     .bind(now)
-                    .bind(serde_json::Value::Object(mapping).to_string())
+                    .bind(serde_json::Value::from(records).to_string())
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;

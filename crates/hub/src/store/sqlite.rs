@@ -30,21 +30,23 @@ pub(super) mod dialect {
     /// `BEGIN IMMEDIATE` takes the write lock, which is all the redrive check needs.
     pub const REDRIVE_LOCK: Option<&str> = None;
 
-    /// A subquery yielding the strings of the JSON list bound at `param`.
-    /// A subquery yielding (claim_job_id, claim_agent_id) from the JSON object bound at `param`.
-    pub fn json_claim_pairs(param: &str) -> String {
-        format!("SELECT key AS claim_job_id, value AS claim_agent_id FROM json_each({param})")
-    }
-
     /// `BEGIN IMMEDIATE` already holds the write lock while a claim counts a creator's limits.
     pub const CREATOR_CLAIM_LOCK: Option<&str> = None;
 
     /// A subquery yielding one row per object of the JSON list bound at `param`, with the
     /// named fields as columns (`columns`: name, PostgreSQL type; SQLite needs no types).
+    ///
+    /// The records are flat objects of scalars. `json_tree` walks the list once and yields
+    /// each field as a row (its record is `parent`); the fields are gathered back per record.
+    /// `json_extract(value, …)` per field over `json_each` would parse each record's text
+    /// again for every field, which made the JSON parser most of a bulk write's time.
     pub fn json_records(param: &str, columns: &[(&str, &str)]) -> String {
         let fields: Vec<String> =
-            columns.iter().map(|(name, _)| format!("json_extract(value, '$.{name}') AS {name}")).collect();
-        format!("SELECT {} FROM json_each({param})", fields.join(", "))
+            columns.iter().map(|(name, _)| format!("max(CASE WHEN key = '{name}' THEN atom END) AS {name}")).collect();
+        format!(
+            "SELECT {} FROM json_tree({param}) WHERE type NOT IN ('object', 'array') GROUP BY parent",
+            fields.join(", ")
+        )
     }
 
     /// `column` is one of the values `subquery` yields (for a primary-key probe).
