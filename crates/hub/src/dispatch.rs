@@ -32,11 +32,10 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum Outgoing {
     Frame(HubFrame),
-    /// A `job_assign` for the lease with this fencing token; the session remembers the
-    /// token so the agent's reports apply to this lease only.
+    /// A `job_assign` for the lease `job` records; the session remembers the lease (its
+    /// fencing token) so the agent's reports apply to this lease only.
     Assign {
-        job_id: String,
-        lease_token: i64,
+        job: Box<JobRecord>,
         frame: HubFrame,
     },
     Close {
@@ -541,12 +540,13 @@ impl State {
             "job leased"
         );
         let frame = HubFrame::JobAssign {
-            job: JobSpec { job_id: job.id.clone(), job_type: job.job_type, payload: job.payload },
+            job: JobSpec { job_id: job.id.clone(), job_type: job.job_type.clone(), payload: job.payload.clone() },
         };
-        let assign = Outgoing::Assign { job_id: job.id.clone(), lease_token: job.lease_token, frame };
+        let job_id = job.id.clone();
+        let assign = Outgoing::Assign { job: Box::new(job), frame };
         if conn.outbox.send(assign).is_err() {
             // The session is ending; its disconnect releases the job again.
-            warn!(agent_id, job_id = job.id, "session closed while assigning; job will be released");
+            warn!(agent_id, job_id, "session closed while assigning; job will be released");
         }
     }
 }

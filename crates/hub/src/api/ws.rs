@@ -10,7 +10,7 @@ use crate::crypto::{now_ms, now_secs};
 use crate::dispatch::{Dispatcher, Handshake, Outgoing, SessionId};
 use crate::jwt::TokenRejection;
 use crate::queue::{self, plan_failure};
-use crate::store::{AgentRecord, FinishOutcome, FinishRequest, JobState, LeaseRef, Transition};
+use crate::store::{AgentRecord, FinishOutcome, FinishRequest, JobRecord, JobState, LeaseRef, Transition};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -240,9 +240,9 @@ struct Session {
     id: SessionId,
     /// `None` until the first frame: `hello` sets the negotiated version, anything else 0.
     version: Option<u32>,
-    /// Fencing tokens of the leases handed to this session, by job id: the agent's frames
-    /// carry no token, so this is how a report is tied to its lease.
-    leases: HashMap<String, i64>,
+    /// The leases handed to this session, as leased, by job id: the agent's frames carry no
+    /// fencing token, so this is how a report is tied to its lease.
+    leases: HashMap<String, JobRecord>,
 }
 
 async fn run_session(socket: WebSocket, app: AppState, agent: AgentRecord) {
@@ -283,8 +283,8 @@ impl Session {
                             return;
                         }
                     }
-                    Some(Outgoing::Assign { job_id, lease_token, frame }) => {
-                        self.leases.insert(job_id, lease_token);
+                    Some(Outgoing::Assign { job, frame }) => {
+                        self.leases.insert(job.id.clone(), *job);
                         if !send_frame(&mut socket, &frame).await {
                             return;
                         }
@@ -505,8 +505,8 @@ impl Session {
     /// else (a report after a reconnect) the job's current lease if this agent holds it,
     /// else the last lease this agent ever had on it (its report is then stale).
     async fn lease_token(&self, job_id: &str) -> Result<Option<i64>, crate::store::StoreError> {
-        if let Some(token) = self.leases.get(job_id) {
-            return Ok(Some(*token));
+        if let Some(job) = self.leases.get(job_id) {
+            return Ok(Some(job.lease_token));
         }
         if let Some(job) = self.app.store.job(job_id).await? {
             if job.status.is_held() && job.assigned_agent_id.as_deref() == Some(self.agent_id.as_str()) {
@@ -526,7 +526,15 @@ impl Session {
         err: Option<JobError>,
     ) -> Flow {
         let now = now_ms();
-        let job = match self.app.store.job(&job_id).await {
+        // A success needs only what cannot change during a lease (type, payload), so the
+        // record as leased serves; a failure's retry decision reads the job again, since a
+        // cancel request may have come in meanwhile.
+        let as_leased = self.leases.get(&job_id).filter(|_| status == JobStatus::Ok).cloned();
+        let looked_up = match as_leased {
+            Some(job) => Ok(Some(job)),
+            None => self.app.store.job(&job_id).await,
+        };
+        let job = match looked_up {
             Ok(Some(job)) => job,
             Ok(None) => return self.not_your_job(socket, &job_id).await,
             Err(e) => return self.store_failed(socket, "job_result", &e).await,
