@@ -1129,13 +1129,16 @@ macro_rules! sql_store {
 
             async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
                 let mut tx = self.write_tx().await?;
-                let rows = sqlx::query(
+                // `status IN ('leased', 'running')` names the held-jobs index's condition; the
+                // agent's filter is spelled out so that index is searched, not scanned.
+                let holder = if agent_id.is_some() { "assigned_agent_id = $2" } else { "$2 IS NULL" };
+                let rows = sqlx::query(&format!(
                     "UPDATE jobs SET status = CASE WHEN cancel_requested <> 0 THEN 'cancelled' ELSE 'pending' END, \
                      finished_at = CASE WHEN cancel_requested <> 0 THEN $1 END, \
                      assigned_agent_id = CASE WHEN cancel_requested <> 0 THEN assigned_agent_id END, \
                      lease_expires_at = NULL, updated_at = $1 \
-                     WHERE status = 'leased' AND ($2 IS NULL OR assigned_agent_id = $2) RETURNING id, lease_token",
-                )
+                     WHERE status IN ('leased', 'running') AND status = 'leased' AND {holder} RETURNING id, lease_token",
+                ))
                 .bind(now)
                 .bind(agent_id)
                 .fetch_all(&mut *tx)
@@ -1507,9 +1510,14 @@ macro_rules! sql_store {
             }
 
             async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+                // One part per partial index, so finished jobs (most of the table) are never read.
                 let rows = sqlx::query(
                     "SELECT job_type, status, COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs \
-                     WHERE status IN ('pending', 'leased', 'running', 'dead') GROUP BY job_type, status",
+                     WHERE status = 'pending' GROUP BY job_type, status \
+                     UNION ALL SELECT job_type, status, COUNT(*), MIN(created_at) FROM jobs \
+                     WHERE status IN ('leased', 'running') GROUP BY job_type, status \
+                     UNION ALL SELECT job_type, status, COUNT(*), MIN(created_at) FROM jobs \
+                     WHERE status = 'dead' AND finished_at IS NOT NULL GROUP BY job_type, status",
                 )
                 .fetch_all(&self.pool)
                 .await?;
