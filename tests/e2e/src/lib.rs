@@ -228,8 +228,6 @@ impl Hub {
         Ok(stdout)
     }
 
-    /// `edge-hub bundle …` (keys, publish, list) on this hub's bundle directory; returns the
-    /// JSON line it prints.
     /// `edge-hub bundle publish` of the shell-runtime bundle in `source` (keys must exist);
     /// returns what the CLI printed (`file`, `length`, …).
     pub fn publish_shell_dir(&self, tenant: &str, name: &str, version: &str, source: &Path) -> Result<Value> {
@@ -248,6 +246,8 @@ impl Hub {
         ])
     }
 
+    /// `edge-hub bundle …` (keys, publish, list) on this hub's bundle directory; returns the
+    /// JSON line it prints.
     pub fn bundle_cli(&self, args: &[&str]) -> Result<Value> {
         let mut full = vec!["bundle"];
         full.extend_from_slice(args);
@@ -328,8 +328,6 @@ impl Hub {
         )
     }
 
-    /// Polls until the job is final (`succeeded`, `failed`, `dead` or `cancelled`),
-    /// returning it as the hub recorded it.
     /// Submits `body` and waits until the job is final; returns the final job.
     pub fn run_job(&self, key: &str, body: &Value, timeout: Duration) -> Result<Value> {
         let job = self.submit_job(key, body)?;
@@ -337,6 +335,8 @@ impl Hub {
         self.wait_job_done(key, id, timeout)
     }
 
+    /// Polls until the job is final (`succeeded`, `failed`, `dead` or `cancelled`),
+    /// returning it as the hub recorded it.
     pub fn wait_job_done(&self, key: &str, id: &str, timeout: Duration) -> Result<Value> {
         let mut last = Value::Null;
         wait_until(timeout, || {

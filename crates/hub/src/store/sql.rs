@@ -60,6 +60,11 @@ pub(super) fn list_text(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
 }
 
+/// The text a `dialect::json_records` subquery reads: the records as one JSON list.
+pub(super) fn records_text(records: Vec<serde_json::Value>) -> String {
+    serde_json::Value::from(records).to_string()
+}
+
 /// A report as the bulk finish statements read it (one JSON record per report).
 pub(super) struct FinishRow {
     pub job_id: String,
@@ -185,7 +190,7 @@ pub(super) fn cancelled_error() -> String {
 macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty) => {
         use $crate::store::sql::{
-            plan_claims, ClaimCandidate, FinishRow, cancelled_error, labels_text, lease_expired_error, list_text, opt_text, parse_json, parse_labels,
+            plan_claims, ClaimCandidate, FinishRow, cancelled_error, labels_text, lease_expired_error, list_text, opt_text, records_text, parse_json, parse_labels,
             to_text, AGENT_COLUMNS, DEAD_FILTER, JOB_COLUMNS, REDRIVE_COLUMNS,
         };
         use $crate::store::{
@@ -820,7 +825,7 @@ macro_rules! sql_store {
                 let mut tx = self.write_tx().await?;
                 let rows = sqlx::query(insert_sql())
                     .bind(now)
-                    .bind(serde_json::Value::from(records).to_string())
+                    .bind(records_text(records))
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut created: std::collections::HashMap<String, JobRecord> = std::collections::HashMap::new();
@@ -1020,7 +1025,7 @@ macro_rules! sql_store {
                     plan.iter().map(|(job, agent)| serde_json::json!({"c_job": job, "c_agent": agent})).collect();
                 let rows = sqlx::query(claim_update_sql())
                     .bind(now)
-                    .bind(serde_json::Value::from(records).to_string())
+                    .bind(records_text(records))
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -1037,7 +1042,7 @@ macro_rules! sql_store {
                 if !attempts.is_empty() {
                     sqlx::query(claim_attempts_sql())
                         .bind(now)
-                        .bind(serde_json::Value::from(attempts).to_string())
+                        .bind(records_text(attempts))
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -1055,7 +1060,7 @@ macro_rules! sql_store {
                     .collect();
                 let started: Vec<String> = sqlx::query_scalar(start_sql())
                     .bind(now)
-                    .bind(serde_json::Value::from(records).to_string())
+                    .bind(records_text(records))
                     .fetch_all(&self.writer)
                     .await?;
                 let started: std::collections::HashSet<String> = started.into_iter().collect();
@@ -1092,7 +1097,7 @@ macro_rules! sql_store {
                 let records: Vec<serde_json::Value> = bulk.iter().map(|&i| rows[i].record()).collect();
                 let applied = sqlx::query(finish_sql())
                     .bind(now)
-                    .bind(serde_json::Value::from(records).to_string())
+                    .bind(records_text(records))
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut creators: std::collections::HashMap<String, String> = std::collections::HashMap::new();
@@ -1107,7 +1112,7 @@ macro_rules! sql_store {
                 if !attempts.is_empty() {
                     sqlx::query(finish_attempts_sql())
                         .bind(now)
-                        .bind(serde_json::Value::from(attempts).to_string())
+                        .bind(records_text(attempts))
                         .execute(&mut *tx)
                         .await?;
                 }
