@@ -16,6 +16,7 @@ use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::sweeper::Sweeper;
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +102,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     if config.queue.sweep_interval.is_zero() || config.queue.poll_interval.is_zero() {
         return Err(HubError::Config("the sweep and poll intervals must be above zero".to_owned()));
     }
+    // Before anything can count: counters and the dispatch latency recorded while no
+    // recorder is installed go nowhere, so a lazy install at the first scrape lost them.
+    crate::metrics::install();
     let store = open_store(&config.database_url).await?;
     let stale_after = config.hb_interval.saturating_mul(3);
 
@@ -185,6 +189,14 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let router =
         api::router(app.clone()).merge(crate::bundles::router(app, crate::bundles::BundleService::open(bundle_dir)));
     let graceful = shutdown.clone().cancelled_owned();
+    // Frames and answers are small and each one is awaited by the peer: with Nagle's
+    // algorithm on, one waits for the ACK of the one before (up to the peer's delayed-ACK
+    // timer) before it is sent.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!(error = %e, "cannot turn off Nagle's algorithm on an accepted connection");
+        }
+    });
     let server = tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(graceful).await });
     info!(
         addr = %local_addr,

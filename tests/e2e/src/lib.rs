@@ -317,6 +317,22 @@ impl Hub {
         )
     }
 
+    /// One value of the `/metrics` page (a sample without labels), scraped with `key`.
+    pub fn metric(&self, key: &str, name: &str) -> Result<f64> {
+        let text = ureq::get(&format!("{}/metrics", self.url))
+            .set("Authorization", &format!("Bearer {key}"))
+            .timeout(Duration::from_secs(10))
+            .call()
+            .context("GET /metrics")?
+            .into_string()?;
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .with_context(|| format!("{name} is not on the metrics page:\n{text}"))?;
+        let value = line.split_whitespace().nth(1).unwrap_or_default();
+        value.parse().with_context(|| format!("{name} has a value that is not a number: {line}"))
+    }
+
     /// The process id of the running hub, if any.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -106,6 +106,9 @@ fn enroll_login_and_three_jobs_succeed() -> Result<()> {
     assert_eq!(body_of(&redirect), HELLO_BODY.as_bytes());
     assert_eq!(w.site.hits("/redirect"), 1);
     assert_eq!(w.site.hits("/hello"), 2, "each job ran exactly once");
+    // The first scrape of a fresh hub process counts what happened before it.
+    assert_eq!(w.hub.metric(&w.key, "edge_hub_jobs_completed_total")?, 3.0);
+    assert_eq!(w.hub.metric(&w.key, "edge_hub_jobs_assigned_total")?, 3.0);
 
     // `status` reports the running agent without printing the device key.
     let (ok, status) = w.agent.oneshot(&["status"])?;
