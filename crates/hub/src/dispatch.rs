@@ -12,7 +12,7 @@
 use crate::crypto::now_ms;
 use crate::store::{ClaimGroup, JobRecord, Store};
 use edge_protocol::{HubFrame, JobSpec};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,14 +180,44 @@ enum Phase {
     },
 }
 
+/// What a session can take: sessions with equal keys are claimed for together. Built once
+/// per handshake, because a dispatch pass groups every free session and runs once per
+/// submission under load.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ClaimKey {
+    creator_id: String,
+    /// Sorted, so the same labels in another order make the same key.
+    labels: Vec<String>,
+    /// `None`: a prototype peer that announced no capabilities and takes any type.
+    job_types: Option<Vec<String>>,
+}
+
+impl ClaimKey {
+    /// The key while the agent's circuit breaker is open: no browser job types, and nothing
+    /// at all for a prototype peer (it cannot say which types it runs).
+    fn with_circuit_open(&self) -> Option<ClaimKey> {
+        let types = self.job_types.as_ref()?;
+        let job_types =
+            types.iter().filter(|t| !edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&t.as_str())).cloned().collect();
+        Some(ClaimKey { job_types: Some(job_types), ..self.clone() })
+    }
+
+    fn group(&self, agents: Vec<(String, u32)>) -> ClaimGroup {
+        ClaimGroup {
+            creator_id: self.creator_id.clone(),
+            labels: self.labels.clone(),
+            job_types: self.job_types.clone(),
+            agents,
+        }
+    }
+}
+
 struct Connection {
     session: SessionId,
-    creator_id: String,
     outbox: Outbox,
     phase: Phase,
     protocol: u32,
-    labels: Vec<String>,
-    job_types: Option<Vec<String>>,
+    key: Arc<ClaimKey>,
     /// Jobs leased to this session and not finished yet, with their fencing tokens. Counted
     /// per session on purpose: running jobs of an earlier session do not block a reconnected
     /// agent (their leases expire if the agent lost them).
@@ -278,12 +308,10 @@ impl State {
                     agent_id,
                     Connection {
                         session,
-                        creator_id,
                         outbox,
                         phase: Phase::Handshake,
                         protocol: 0,
-                        labels: Vec::new(),
-                        job_types: None,
+                        key: Arc::new(ClaimKey { creator_id, labels: Vec::new(), job_types: None }),
                         in_flight: HashMap::new(),
                     },
                 );
@@ -295,8 +323,13 @@ impl State {
                 };
                 conn.phase = Phase::Ready { slots: handshake.slots.min(MAX_SLOTS), paused: handshake.paused };
                 conn.protocol = handshake.protocol;
-                conn.labels = handshake.labels;
-                conn.job_types = (!handshake.capabilities.is_empty()).then_some(handshake.capabilities);
+                let mut labels = handshake.labels;
+                labels.sort();
+                conn.key = Arc::new(ClaimKey {
+                    creator_id: conn.key.creator_id.clone(),
+                    labels,
+                    job_types: (!handshake.capabilities.is_empty()).then_some(handshake.capabilities),
+                });
                 // Cancels requested while the agent was away (or on another hub process).
                 if conn.protocol >= 1 {
                     match self.store.cancel_requests_for(&agent_id).await {
@@ -425,49 +458,34 @@ impl State {
     /// Free sessions grouped by what they can take (creator, labels, job types after any
     /// open circuit breaker), each group's agents rotated by the pass count so no agent is
     /// always served first.
-    fn claim_groups(&mut self) -> Vec<ClaimGroup> {
+    fn claim_groups(&mut self) -> Vec<(Arc<ClaimKey>, ClaimGroup)> {
         let now = now_ms();
-        let mut groups: BTreeMap<(String, Vec<String>, Option<Vec<String>>), ClaimGroup> = BTreeMap::new();
+        let mut groups: BTreeMap<Arc<ClaimKey>, Vec<(String, u32)>> = BTreeMap::new();
         for (agent_id, conn) in &self.connections {
             let free = conn.free_slots();
             if free == 0 {
                 continue;
             }
-            let circuit_open = self.circuits.get(agent_id).is_some_and(|until| *until > now);
-            // An open circuit breaker removes the browser job types; a prototype peer (no
-            // capability list) gets nothing until it closes.
-            let job_types = match (&conn.job_types, circuit_open) {
-                (types, false) => types.clone(),
-                (Some(types), true) => Some(
-                    types
-                        .iter()
-                        .filter(|t| !edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&t.as_str()))
-                        .cloned()
-                        .collect(),
-                ),
-                (None, true) => continue,
+            let key = if self.circuits.get(agent_id).is_some_and(|until| *until > now) {
+                match conn.key.with_circuit_open() {
+                    Some(key) => Arc::new(key),
+                    None => continue,
+                }
+            } else {
+                conn.key.clone()
             };
-            let mut labels = conn.labels.clone();
-            labels.sort();
-            let key = (conn.creator_id.clone(), labels.clone(), job_types.clone());
-            groups
-                .entry(key)
-                .or_insert_with(|| ClaimGroup {
-                    creator_id: conn.creator_id.clone(),
-                    labels,
-                    job_types,
-                    agents: Vec::new(),
-                })
-                .agents
-                .push((agent_id.clone(), free as u32));
+            groups.entry(key).or_default().push((agent_id.clone(), free as u32));
         }
         self.passes = self.passes.wrapping_add(1);
-        let mut groups: Vec<ClaimGroup> = groups.into_values().collect();
-        for group in &mut groups {
-            let turn = self.passes % group.agents.len();
-            group.agents.rotate_left(turn);
-        }
         groups
+            .into_iter()
+            .map(|(key, mut agents)| {
+                let turn = self.passes % agents.len();
+                agents.rotate_left(turn);
+                let group = key.group(agents);
+                (key, group)
+            })
+            .collect()
     }
 
     /// Leases visible jobs to sessions with free slots: one claim per group of alike
@@ -487,17 +505,14 @@ impl State {
         }
         // A group that got fewer jobs than it asked for has seen everything it may take;
         // only groups that were filled can find more in another round.
-        let mut exhausted: HashSet<(String, Vec<String>, Option<Vec<String>>)> = HashSet::new();
+        let mut exhausted: BTreeSet<Arc<ClaimKey>> = BTreeSet::new();
         loop {
-            let groups: Vec<ClaimGroup> = self
-                .claim_groups()
-                .into_iter()
-                .filter(|g| !exhausted.contains(&(g.creator_id.clone(), g.labels.clone(), g.job_types.clone())))
-                .collect();
+            let groups: Vec<(Arc<ClaimKey>, ClaimGroup)> =
+                self.claim_groups().into_iter().filter(|(key, _)| !exhausted.contains(key)).collect();
             if groups.is_empty() {
                 return;
             }
-            for group in groups {
+            for (key, group) in groups {
                 let claimed_at = now_ms();
                 let jobs = match self.store.claim_jobs(&group, claimed_at).await {
                     Ok(jobs) => jobs,
@@ -507,7 +522,7 @@ impl State {
                     }
                 };
                 if (jobs.len() as u64) < group.free_slots() {
-                    exhausted.insert((group.creator_id.clone(), group.labels.clone(), group.job_types.clone()));
+                    exhausted.insert(key);
                 }
                 for job in jobs {
                     self.deliver(job, claimed_at);

@@ -358,6 +358,37 @@ async fn paused_agents_get_no_jobs_and_declined_jobs_go_back_to_pending() {
 }
 
 #[tokio::test]
+async fn an_open_circuit_breaker_holds_browser_jobs_until_its_cool_down_ends() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let browser_type = edge_protocol::jobs::SCRAPE_SUBS;
+    // Labels in any order: the job's labels are matched as a set.
+    let hello = json!({"capabilities":["http_request", browser_type],"slots":2,"labels":["home","eu"]});
+    let mut ws = hub.hello(&agent, hello).await;
+    send(&mut ws, json!({"t":"circuit_breaker","reason":"rate_limited","cooldownMs":1500})).await;
+    // The heartbeat's answer means the breaker frame was handled before the jobs arrive.
+    send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":1})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hb_ack");
+
+    let browser = hub
+        .submit_job(json!({"type":browser_type,"payload":{"adapter":{}},"creatorId":CREATOR,"labels":["eu","home"]}))
+        .await;
+    let http = hub
+        .submit_job(json!({"type":"http_request","payload":{"url":"http://127.0.0.1:9/"},"creatorId":CREATOR,
+                           "labels":["eu"]}))
+        .await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], http["id"], "jobs of other types still flow");
+    expect_silence(&mut ws, Duration::from_millis(500)).await;
+    assert_eq!(hub.job(browser["id"].as_str().unwrap()).await["status"], "pending");
+
+    // The cool-down ends; the next dispatch pass hands the browser job over.
+    let assign =
+        tokio::time::timeout(Duration::from_secs(5), recv(&mut ws)).await.expect("browser job after cool-down");
+    assert_eq!(assign["job"]["jobId"], browser["id"]);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn slots_limit_concurrent_jobs_and_a_result_frees_one() {
     let hub = TestHub::start().await;
     let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
