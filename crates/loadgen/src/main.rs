@@ -226,6 +226,8 @@ struct Shared {
     /// Latency mode: job id → when its submission started (waiting for the assignment).
     submitted_at: Mutex<HashMap<String, Instant>>,
     latencies_us: Mutex<Vec<u64>>,
+    /// Latency mode: how long each `POST /v1/jobs` took to answer (part of the above).
+    submit_us: Mutex<Vec<u64>>,
     track_latency: bool,
 }
 
@@ -588,7 +590,12 @@ async fn latency(args: LatencyArgs) -> Result<()> {
         inflight.spawn(async move {
             let at = Instant::now();
             match submit(&http, &hub, &key, &job_body(&creator, n)).await {
-                Ok(id) => shared.on_submitted(&id, at),
+                Ok(id) => {
+                    if let Ok(mut answered) = shared.submit_us.lock() {
+                        answered.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
+                    }
+                    shared.on_submitted(&id, at)
+                }
                 Err(e) => {
                     if errors.fetch_add(1, Ordering::Relaxed) < 5 {
                         eprintln!("{e:#}");
@@ -611,13 +618,9 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     }
     let mut samples = shared.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
     samples.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if samples.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i.min(samples.len() - 1)] as f64 / 1000.0
-    };
+    let mut submit_samples = shared.submit_us.lock().map(|l| l.clone()).unwrap_or_default();
+    submit_samples.sort_unstable();
+    let pct = |p: f64| percentile_ms(&samples, p);
     let report = json!({
         "mode": "latency",
         "agents": common.agents,
@@ -630,9 +633,20 @@ async fn latency(args: LatencyArgs) -> Result<()> {
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
+        "submit_answer_p50_ms": percentile_ms(&submit_samples, 0.50),
+        "submit_answer_p99_ms": percentile_ms(&submit_samples, 0.99),
     });
     println!("{report}");
     Ok(())
+}
+
+/// The `p` quantile (0..=1) of sorted microsecond samples, in milliseconds.
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[i.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
 async fn idle(args: IdleArgs) -> Result<()> {
