@@ -1,6 +1,7 @@
 //! `cargo xtask bench [agent|tray|hub|bundles|browser]`: the numbers in docs/benchmarks.md, measured on release
 //! builds over loopback. Prints Markdown rows to paste into that file.
 
+use crate::deps::{ensure_apt, APT_BUILD, APT_TEST};
 use crate::util::{cargo, checked, root};
 use anyhow::{bail, Context, Result};
 use edge_e2e::procfs::{rss_kib, tree_rss_kib};
@@ -13,7 +14,19 @@ const FIRST_HB_ACK: &str = "first hb_ack";
 const STARTUP_RUNS: usize = 7;
 
 pub fn run(args: &[&str]) -> Result<()> {
+    let skip_install = args.contains(&"--skip-install");
+    let args: Vec<&str> = args.iter().copied().filter(|a| *a != "--skip-install").collect();
     let which = args.first().copied().unwrap_or("all");
+    // The same machine set-up as `cargo xtask test`: a fresh machine lacks the headers the
+    // agent links against (D-Bus for the keychain), Chromium, Node and a PostgreSQL.
+    if !skip_install {
+        ensure_apt(&[APT_BUILD, APT_TEST].concat())?;
+    }
+    if which == "hub" && std::env::var_os("EDGE_TEST_POSTGRES_URL").is_none() {
+        let url = crate::test::ensure_postgres()?;
+        // Single-threaded here: nothing else reads the environment yet.
+        std::env::set_var("EDGE_TEST_POSTGRES_URL", url);
+    }
     match which {
         "agent" => agent(),
         "tray" => tray(),

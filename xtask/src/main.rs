@@ -13,11 +13,12 @@ mod util;
 
 use anyhow::{bail, Result};
 
-const USAGE: &str = "usage: cargo xtask <demo | test [--skip-install] | bench>
+const USAGE: &str =
+    "usage: cargo xtask <demo | test [--skip-install] | bench [agent|tray|hub|bundles|browser] [--skip-install]>
 
   demo   hub on a temporary SQLite file + a headless agent + three real jobs, end to end
   test   install what is missing (apt, npm), then run every test
-  bench  measure the numbers recorded in docs/benchmarks.md";
+  bench  install what is missing, then measure the numbers recorded in docs/benchmarks.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -71,7 +71,7 @@ pub fn run(args: &[&str]) -> Result<()> {
 
 /// The URL of a PostgreSQL for the conformance suite: the one on 127.0.0.1:5432 when it
 /// answers, else a throwaway cluster that tests/support/postgres.sh installs and starts.
-fn ensure_postgres() -> Result<String> {
+pub(crate) fn ensure_postgres() -> Result<String> {
     if let Ok(url) = std::env::var("EDGE_TEST_POSTGRES_URL") {
         return Ok(url);
     }

@@ -38,8 +38,11 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
+/// One process of a tree: pid, command name, RSS in KiB.
+pub type TreeMember = (u32, String, u64);
+
 /// Summed RSS of a process and all its descendants, in KiB, with each member listed.
-pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<(u32, String, u64)>)> {
+pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
     let mut total = 0;
     let mut members = Vec::new();
     for member in process_tree(pid) {
