@@ -28,15 +28,17 @@ pub const MAX_SLOTS: u32 = 64;
 /// by a job whose lease expired (and went elsewhere) is freed.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What the dispatcher asks a session to write.
+/// What the dispatcher asks a session to write. Payloads are boxed: every session's outbox
+/// holds a block of 32 of these from the start, so their size is paid per idle session
+/// (128 bytes unboxed: 4 KiB of each session's 20).
 #[derive(Debug)]
 pub enum Outgoing {
-    Frame(HubFrame),
+    Frame(Box<HubFrame>),
     /// A `job_assign` for the lease `job` records; the session remembers the lease (its
     /// fencing token) so the agent's reports apply to this lease only.
     Assign {
         job: Box<JobRecord>,
-        frame: HubFrame,
+        frame: Box<HubFrame>,
     },
     Close {
         code: u16,
@@ -336,7 +338,7 @@ impl State {
                         Ok(ids) => {
                             if let Some(conn) = self.connections.get(&agent_id) {
                                 for id in ids {
-                                    let _ = conn.outbox.send(Outgoing::Frame(HubFrame::JobCancel { id }));
+                                    let _ = conn.outbox.send(Outgoing::Frame(Box::new(HubFrame::JobCancel { id })));
                                 }
                             }
                         }
@@ -380,7 +382,7 @@ impl State {
                 if let Some(conn) = self.connections.get(&agent_id) {
                     if conn.protocol >= 1 {
                         info!(agent_id, job_id, "asking the agent to cancel the job");
-                        let _ = conn.outbox.send(Outgoing::Frame(HubFrame::JobCancel { id: job_id }));
+                        let _ = conn.outbox.send(Outgoing::Frame(Box::new(HubFrame::JobCancel { id: job_id })));
                     } else {
                         // A prototype agent has no job_cancel: the job ends when it reports.
                         info!(agent_id, job_id, "version-0 agent cannot be asked to cancel; waiting for its result");
@@ -558,7 +560,7 @@ impl State {
             job: JobSpec { job_id: job.id.clone(), job_type: job.job_type.clone(), payload: job.payload.clone() },
         };
         let job_id = job.id.clone();
-        let assign = Outgoing::Assign { job: Box::new(job), frame };
+        let assign = Outgoing::Assign { job: Box::new(job), frame: Box::new(frame) };
         if conn.outbox.send(assign).is_err() {
             // The session is ending; its disconnect releases the job again.
             warn!(agent_id, job_id, "session closed while assigning; job will be released");
