@@ -23,6 +23,7 @@ use edge_protocol::{
     PROTOCOL_VERSION,
 };
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -529,10 +530,10 @@ impl Session {
         // A success needs only what cannot change during a lease (type, payload), so the
         // record as leased serves; a failure's retry decision reads the job again, since a
         // cancel request may have come in meanwhile.
-        let as_leased = self.leases.get(&job_id).filter(|_| status == JobStatus::Ok).cloned();
+        let as_leased = self.leases.get(&job_id).filter(|_| status == JobStatus::Ok);
         let looked_up = match as_leased {
-            Some(job) => Ok(Some(job)),
-            None => self.app.store.job(&job_id).await,
+            Some(job) => Ok(Some(Cow::Borrowed(job))),
+            None => self.app.store.job(&job_id).await.map(|job| job.map(Cow::Owned)),
         };
         let job = match looked_up {
             Ok(Some(job)) => job,
