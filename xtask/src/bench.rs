@@ -22,7 +22,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     if !skip_install {
         ensure_apt(&[APT_BUILD, APT_TEST].concat())?;
     }
-    if which == "hub" && std::env::var_os("EDGE_TEST_POSTGRES_URL").is_none() {
+    if which == "hub" {
+        // Hands back EDGE_TEST_POSTGRES_URL itself when that is already set.
         let url = crate::test::ensure_postgres()?;
         // Single-threaded here: nothing else reads the environment yet.
         std::env::set_var("EDGE_TEST_POSTGRES_URL", url);
