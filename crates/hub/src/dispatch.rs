@@ -261,12 +261,17 @@ pub async fn run(
         tokio::select! {
             command = inbox.recv() => match command {
                 Some(command) => {
+                    let mut submitted = matches!(command, Command::JobSubmitted);
                     let mut wants_pass = state.handle(command).await;
                     // Drain what queued up meanwhile so a burst of submissions costs one pass.
                     while let Ok(command) = inbox.try_recv() {
+                        submitted |= matches!(command, Command::JobSubmitted);
                         wants_pass |= state.handle(command).await;
                     }
-                    if wants_pass {
+                    if submitted {
+                        // A job was just stored: no need to ask the store whether one is there.
+                        state.dispatch_submitted().await;
+                    } else if wants_pass {
                         state.dispatch().await;
                     }
                 }
@@ -490,21 +495,31 @@ impl State {
             .collect()
     }
 
-    /// Leases visible jobs to sessions with free slots: one claim per group of alike
-    /// sessions, jobs dealt out one per session in turn so several agents of one creator
-    /// share the work.
+    /// A dispatch pass on a tick or a freed slot: asks the store first whether any job is
+    /// visible, which costs less than a claim per group of sessions when none is.
     async fn dispatch(&mut self) {
         if !self.connections.values().any(|c| c.free_slots() > 0) {
             return;
         }
         match self.store.any_ready(now_ms()).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                error!(error = %e, "cannot look for pending jobs; retrying later");
-                return;
-            }
+            Ok(true) => self.claim_for_free_sessions().await,
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "cannot look for pending jobs; retrying later"),
         }
+    }
+
+    /// [`State::dispatch`] right after a submission (or a job coming back to pending): the
+    /// store's cheap "anything ready?" check would only confirm what the caller just said.
+    async fn dispatch_submitted(&mut self) {
+        if self.connections.values().any(|c| c.free_slots() > 0) {
+            self.claim_for_free_sessions().await;
+        }
+    }
+
+    /// Leases visible jobs to sessions with free slots: one claim per group of alike
+    /// sessions, jobs dealt out one per session in turn so several agents of one creator
+    /// share the work.
+    async fn claim_for_free_sessions(&mut self) {
         // A group that got fewer jobs than it asked for has seen everything it may take;
         // only groups that were filled can find more in another round.
         let mut exhausted: BTreeSet<Arc<ClaimKey>> = BTreeSet::new();

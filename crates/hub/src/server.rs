@@ -177,6 +177,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         dispatcher: dispatcher_handle,
         events,
         job_writes: crate::writes::JobWrites::spawn(store.clone()),
+        known_keys: api::known_keys::KnownKeys::new(api::known_keys::KEY_RECHECK),
         hb_interval: config.hb_interval,
         queue: config.queue.clone(),
         job_types: config.job_types.clone(),

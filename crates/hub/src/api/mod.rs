@@ -7,6 +7,7 @@ pub mod console;
 pub mod creators;
 pub mod dead_letter;
 pub mod jobs;
+pub mod known_keys;
 pub mod openapi;
 pub mod operator;
 pub mod ws;
@@ -43,6 +44,8 @@ pub struct App {
     pub events: Events,
     /// Agents' acks and results, written in groups.
     pub job_writes: crate::writes::JobWrites,
+    /// API keys the store recognised recently.
+    pub known_keys: known_keys::KnownKeys,
     pub hb_interval: Duration,
     pub queue: QueueConfig,
     pub job_types: JobTypes,
@@ -239,7 +242,19 @@ impl FromRequestParts<AppState> for Caller {
             ));
         };
         // Keys are looked up by their hash, so the raw key is never compared or stored.
-        match state.store.api_key(&sha256_hex(key)).await? {
+        let key_hash = sha256_hex(key);
+        let now = std::time::Instant::now();
+        let record = match state.known_keys.get(&key_hash, now) {
+            Some(record) => Some(record),
+            None => {
+                let record = state.store.api_key(&key_hash).await?;
+                if let Some(record) = &record {
+                    state.known_keys.confirmed(&key_hash, record.clone(), now);
+                }
+                record
+            }
+        };
+        match record {
             Some(record) => Ok(match record.creator_id {
                 None => Caller::Operator,
                 Some(creator_id) => Caller::Creator(creator_id),
