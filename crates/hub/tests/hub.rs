@@ -427,6 +427,49 @@ async fn a_dropped_session_releases_unacked_jobs_and_a_new_connection_replaces_t
 }
 
 #[tokio::test]
+async fn an_ack_followed_at_once_by_its_result_or_by_a_hang_up_is_applied() {
+    use futures_util::SinkExt as _;
+    let hub = TestHub::start().await;
+    let (agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+
+    // Ack and result in one write: the result ends the lease the ack would have started.
+    let quick = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    let quick_id = quick["id"].as_str().unwrap();
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], quick_id);
+    ws.feed(Message::text(json!({"t":"job_ack","id":quick_id}).to_string())).await.unwrap();
+    ws.feed(Message::text(json!({"t":"job_result","id":quick_id,"status":"ok","data":{"n":1}}).to_string()))
+        .await
+        .unwrap();
+    ws.flush().await.unwrap();
+    let done = hub.wait_for_job_status(quick_id, "succeeded").await;
+    assert_eq!((done["result"]["n"].as_i64(), done["attempts"].as_i64()), (Some(1), Some(1)));
+    let (_, attempts) = hub.operator_get(&format!("/v1/jobs/{quick_id}/attempts")).await;
+    assert_eq!(attempts["attempts"].as_array().map(Vec::len), Some(1), "{attempts}");
+    assert_eq!(attempts["attempts"][0]["outcome"], "succeeded");
+
+    // An ack and then the connection gone at once: the agent said it runs the job, so the
+    // job stays running under its lease instead of going back to pending for another agent.
+    let held = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    let held_id = held["id"].as_str().unwrap();
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], held_id);
+    send(&mut ws, json!({"t":"job_ack","id":held_id})).await;
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, agents) = hub.operator_get("/v1/agents").await;
+        if agents["agents"][0]["online"] == false {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the hub never saw the agent go: {agents}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = hub.job(held_id).await;
+    assert_eq!(after["status"], "running", "{after}");
+    assert_eq!(after["agentId"], agent.agent_id.as_str());
+    hub.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_operator_api_requires_a_key_and_validates_jobs() {
     let hub = TestHub::start().await;
     let (status, health) = hub.post("/health", json!({})).await;

@@ -22,6 +22,7 @@ use edge_protocol::{
     decode_agent_frame, encode, AgentFrame, ErrorCode, FrameError, HubFrame, JobError, JobStatus, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
+use futures_util::FutureExt as _;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -244,6 +245,12 @@ struct Session {
     /// The leases handed to this session, as leased, by job id: the agent's frames carry no
     /// fencing token, so this is how a report is tied to its lease.
     leases: HashMap<String, JobRecord>,
+    /// A `job_ack` not written yet. An agent that finishes at once sends its `job_result`
+    /// right behind the ack; when that result is already waiting on the socket, the ack is
+    /// not written at all (the result ends a lease whether it was acknowledged or not), which
+    /// saves a write per job. Written before any other frame is handled and before the
+    /// session waits, so nothing the agent sent later is applied before it.
+    unwritten_ack: Option<LeaseRef>,
 }
 
 async fn run_session(socket: WebSocket, app: AppState, agent: AgentRecord) {
@@ -255,8 +262,12 @@ async fn run_session(socket: WebSocket, app: AppState, agent: AgentRecord) {
         let _disconnect =
             DisconnectOnDrop { dispatcher: app.dispatcher.clone(), agent_id: agent.id.clone(), session: id };
         info!("agent connected");
-        let mut session = Session { app, agent_id: agent.id, id, version: None, leases: HashMap::new() };
+        let mut session =
+            Session { app, agent_id: agent.id, id, version: None, leases: HashMap::new(), unwritten_ack: None };
         session.run(socket, outgoing).await;
+        // The agent acknowledged the job: it stays running (and keeps its lease) even though
+        // the connection is gone, so it is not handed out again while the agent may still run it.
+        session.write_ack(None).await;
         info!("agent session ended");
     }
     .instrument(span)
@@ -267,6 +278,22 @@ impl Session {
     async fn run(&mut self, mut socket: WebSocket, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
         let mut last_frame_at = Instant::now();
         loop {
+            if self.unwritten_ack.is_some() {
+                match socket.recv().now_or_never() {
+                    Some(incoming) => {
+                        last_frame_at = Instant::now();
+                        match self.on_message(&mut socket, incoming).await {
+                            Flow::Continue => continue,
+                            Flow::Stop => return,
+                        }
+                    }
+                    None => {
+                        if let Flow::Stop = self.write_ack(Some(&mut socket)).await {
+                            return;
+                        }
+                    }
+                }
+            }
             let idle_limit = self.idle_limit();
             tokio::select! {
                 _ = self.app.shutdown.cancelled() => {
@@ -298,29 +325,58 @@ impl Session {
                     None => return,
                 },
                 incoming = socket.recv() => {
-                    let message = match incoming {
-                        None => return,
-                        Some(Err(e)) => {
-                            info!(error = %e, "connection lost");
-                            return;
-                        }
-                        Some(Ok(message)) => message,
-                    };
                     last_frame_at = Instant::now();
-                    let flow = match message {
-                        Message::Text(text) => self.on_text(&mut socket, text.as_str()).await,
-                        Message::Binary(_) => self.on_bad_frame(&mut socket, FrameError::Binary).await,
-                        Message::Ping(_) | Message::Pong(_) => Flow::Continue,
-                        Message::Close(frame) => {
-                            info!(code = frame.as_ref().map(|f| f.code), "agent closed the connection");
-                            return;
-                        }
-                    };
-                    if let Flow::Stop = flow {
+                    if let Flow::Stop = self.on_message(&mut socket, incoming).await {
                         return;
                     }
                 }
             }
+        }
+    }
+
+    /// What the socket gave: a message, an error or its end.
+    async fn on_message(&mut self, socket: &mut WebSocket, incoming: Option<Result<Message, axum::Error>>) -> Flow {
+        let message = match incoming {
+            None => return Flow::Stop,
+            Some(Err(e)) => {
+                info!(error = %e, "connection lost");
+                return Flow::Stop;
+            }
+            Some(Ok(message)) => message,
+        };
+        match message {
+            Message::Text(text) => self.on_text(socket, text.as_str()).await,
+            Message::Binary(_) => self.on_bad_frame(socket, FrameError::Binary).await,
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+            Message::Close(frame) => {
+                info!(code = frame.as_ref().map(|f| f.code), "agent closed the connection");
+                Flow::Stop
+            }
+        }
+    }
+
+    /// Writes the unwritten `job_ack`, if any. `socket`: where to complain when the job is
+    /// not this agent's (none once the connection is gone).
+    async fn write_ack(&mut self, socket: Option<&mut WebSocket>) -> Flow {
+        let Some(lease) = self.unwritten_ack.take() else {
+            return Flow::Continue;
+        };
+        let job_id = lease.job_id.clone();
+        let refused = match self.app.job_writes.start_job(lease).await {
+            Ok(true) => {
+                info!(job_id, "job acknowledged; running");
+                return Flow::Continue;
+            }
+            Ok(false) => None,
+            Err(e) => Some(e),
+        };
+        let Some(socket) = socket else {
+            warn!(job_id, error = refused.map(|e| e.to_string()), "a job_ack of a closed session was not applied");
+            return Flow::Continue;
+        };
+        match refused {
+            None => self.not_your_job(socket, &job_id).await,
+            Some(e) => self.store_failed(socket, "job_ack", &e).await,
         }
     }
 
@@ -337,7 +393,18 @@ impl Session {
     }
 
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Flow {
-        match decode_agent_frame(text) {
+        let decoded = decode_agent_frame(text);
+        let folds_the_ack = matches!(
+            (&decoded, &self.unwritten_ack),
+            (Ok(AgentFrame::JobResult { id, .. }), Some(ack)) if *id == ack.job_id
+        );
+        if folds_the_ack {
+            // The result ends the lease whether or not it was acknowledged.
+            self.unwritten_ack = None;
+        } else if let Flow::Stop = self.write_ack(Some(socket)).await {
+            return Flow::Stop;
+        }
+        match decoded {
             Ok(frame) => {
                 debug!(frame = frame.kind(), "frame received");
                 self.on_frame(socket, frame).await
@@ -448,15 +515,9 @@ impl Session {
                     Ok(None) => return self.not_your_job(socket, &id).await,
                     Err(e) => return self.store_failed(socket, "job_ack", &e).await,
                 };
-                let lease = LeaseRef { job_id: id.clone(), agent_id: self.agent_id.clone(), lease_token: token };
-                match self.app.job_writes.start_job(lease).await {
-                    Ok(true) => {
-                        info!(job_id = id, "job acknowledged; running");
-                        Flow::Continue
-                    }
-                    Ok(false) => self.not_your_job(socket, &id).await,
-                    Err(e) => self.store_failed(socket, "job_ack", &e).await,
-                }
+                // Written once the session knows what the agent sent next (see `unwritten_ack`).
+                self.unwritten_ack = Some(LeaseRef { job_id: id, agent_id: self.agent_id.clone(), lease_token: token });
+                Flow::Continue
             }
             AgentFrame::JobProgress { id, pct, msg } => {
                 debug!(job_id = id, pct, msg, "job progress");
