@@ -11,6 +11,7 @@
 
 use crate::crypto::now_ms;
 use crate::store::{ClaimGroup, JobRecord, Store};
+use crate::writes::JobWrites;
 use edge_protocol::{HubFrame, JobSpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -237,6 +238,9 @@ impl Connection {
 
 struct State {
     store: Arc<dyn Store>,
+    /// Claims go through the job writer, in one transaction with the submissions and
+    /// reports written meanwhile.
+    writes: JobWrites,
     connections: BTreeMap<String, Connection>,
     /// Open circuit breakers by agent (kept across reconnects), until when (Unix ms).
     circuits: HashMap<String, i64>,
@@ -248,11 +252,12 @@ struct State {
 /// `poll_interval` is the safety net: retries coming due and notifications that never came.
 pub async fn run(
     store: Arc<dyn Store>,
+    writes: JobWrites,
     DispatcherInbox(mut inbox): DispatcherInbox,
     poll_interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut state = State { store, connections: BTreeMap::new(), circuits: HashMap::new(), passes: 0 };
+    let mut state = State { store, writes, connections: BTreeMap::new(), circuits: HashMap::new(), passes: 0 };
     let mut poll = tokio::time::interval(poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
@@ -530,17 +535,18 @@ impl State {
                 return;
             }
             for (key, group) in groups {
-                let claimed_at = now_ms();
-                let jobs = match self.store.claim_jobs(&group, claimed_at).await {
+                let (free_slots, creator_id) = (group.free_slots(), group.creator_id.clone());
+                let jobs = match self.writes.claim_jobs(group).await {
                     Ok(jobs) => jobs,
                     Err(e) => {
-                        error!(creator_id = group.creator_id, error = %e, "cannot lease jobs; retrying later");
+                        error!(creator_id, error = %e, "cannot lease jobs; retrying later");
                         return;
                     }
                 };
-                if (jobs.len() as u64) < group.free_slots() {
+                if (jobs.len() as u64) < free_slots {
                     exhausted.insert(key);
                 }
+                let claimed_at = now_ms();
                 for job in jobs {
                     self.deliver(job, claimed_at);
                 }

@@ -145,9 +145,15 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let local_addr = listener.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
 
     let (dispatcher_handle, inbox) = Dispatcher::new();
+    let job_writes = crate::writes::JobWrites::spawn(store.clone());
     let background_stop = CancellationToken::new();
-    let dispatcher =
-        tokio::spawn(dispatch::run(store.clone(), inbox, config.queue.poll_interval, background_stop.clone()));
+    let dispatcher = tokio::spawn(dispatch::run(
+        store.clone(),
+        job_writes.clone(),
+        inbox,
+        config.queue.poll_interval,
+        background_stop.clone(),
+    ));
     let events = Events::new(store.clone(), dispatcher_handle.clone());
     let forwarder = {
         let events = events.clone();
@@ -176,7 +182,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         jwt: JwtKeys::new(&secret, config.jwt_ttl),
         dispatcher: dispatcher_handle,
         events,
-        job_writes: crate::writes::JobWrites::spawn(store.clone()),
+        job_writes,
         known_keys: api::known_keys::KnownKeys::new(api::known_keys::KEY_RECHECK),
         hb_interval: config.hb_interval,
         queue: config.queue.clone(),

@@ -1,15 +1,19 @@
 //! Group commit for the hot writes of the job cycle: submissions, agents' `job_ack`s and
-//! `job_result`s. With many submitters and a thousand agents at once, one statement and one
-//! transaction per event makes the database round trip the whole cost of a job; here the
-//! events that queue up while one group is written go to the store together, one statement
-//! or one transaction per kind. A caller still waits for its own answer (a session before it
-//! reads its agent's next frame), so each caller's events keep their order.
+//! `job_result`s, and the dispatcher's claims. With many submitters and a thousand agents at
+//! once, one transaction per event makes the database round trip the whole cost of a job;
+//! here the events that queue up while one group is written go to the store together, in
+//! one transaction with one statement per kind (one per claim group). A caller still waits
+//! for its own answer (a session before it reads its agent's next frame), so each caller's
+//! events keep their order.
 //!
-//! A group that fails as a whole is written again one event at a time, so each caller gets
-//! its own answer (and its own error).
+//! A group that fails as a whole is written again kind by kind, and a kind that fails one
+//! event at a time, so each caller gets its own answer (and its own error).
 
 use crate::crypto::now_ms;
-use crate::store::{FinishOutcome, FinishRequest, InsertOutcome, LeaseRef, NewJob, Store, StoreError};
+use crate::store::{
+    ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobWriteBatch, LeaseRef, NewJob, Store,
+    StoreError,
+};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -23,6 +27,7 @@ enum Write {
     Insert(NewJob, Reply<InsertOutcome>),
     Start(LeaseRef, Reply<bool>),
     Finish(FinishRequest, Reply<FinishOutcome>),
+    Claim(ClaimGroup, Reply<Vec<JobRecord>>),
 }
 
 /// Cloneable handle; the writer task ends when the last handle is dropped.
@@ -53,6 +58,12 @@ impl JobWrites {
         self.ask(|reply| Write::Finish(request, reply)).await
     }
 
+    /// [`Store::claim_jobs`], in the same transaction as whatever else is waiting (after it,
+    /// so the claim sees the slots that reports in the group freed).
+    pub async fn claim_jobs(&self, group: ClaimGroup) -> Result<Vec<JobRecord>, StoreError> {
+        self.ask(|reply| Write::Claim(group, reply)).await
+    }
+
     async fn ask<R>(&self, write: impl FnOnce(Reply<R>) -> Write) -> Result<R, StoreError> {
         let (reply, answer) = oneshot::channel();
         // The writer task lives as long as any handle, so both fail only if it panicked.
@@ -68,17 +79,51 @@ fn writer_gone() -> StoreError {
 async fn write_groups(store: Arc<dyn Store>, mut inbox: mpsc::UnboundedReceiver<Write>) {
     let mut writes = Vec::with_capacity(MAX_GROUP);
     while inbox.recv_many(&mut writes, MAX_GROUP).await > 0 {
-        let (mut inserts, mut starts, mut finishes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut batch = JobWriteBatch::default();
+        let (mut inserted, mut started, mut finished, mut claimed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for write in writes.drain(..) {
             match write {
-                Write::Insert(job, reply) => inserts.push((job, reply)),
-                Write::Start(lease, reply) => starts.push((lease, reply)),
-                Write::Finish(request, reply) => finishes.push((request, reply)),
+                Write::Insert(job, reply) => {
+                    batch.inserts.push(job);
+                    inserted.push(reply);
+                }
+                Write::Start(lease, reply) => {
+                    batch.starts.push(lease);
+                    started.push(reply);
+                }
+                Write::Finish(request, reply) => {
+                    batch.finishes.push(request);
+                    finished.push(reply);
+                }
+                Write::Claim(group, reply) => {
+                    batch.claims.push(group);
+                    claimed.push(reply);
+                }
             }
         }
-        write_group(&*store, inserts).await;
-        write_group(&*store, starts).await;
-        write_group(&*store, finishes).await;
+        match store.write_jobs(&batch, now_ms()).await {
+            Ok(answers) => {
+                answer_all(inserted, answers.inserted);
+                answer_all(started, answers.started);
+                answer_all(finished, answers.finished);
+                answer_all(claimed, answers.claimed);
+            }
+            Err(e) => {
+                warn!(error = %e, count = batch.len(), "writing a group of job writes failed; writing each kind on its own");
+                write_group(&*store, batch.inserts.into_iter().zip(inserted).collect()).await;
+                write_group(&*store, batch.starts.into_iter().zip(started).collect()).await;
+                write_group(&*store, batch.finishes.into_iter().zip(finished).collect()).await;
+                for (group, reply) in batch.claims.into_iter().zip(claimed) {
+                    let _ = reply.send(store.claim_jobs(&group, now_ms()).await);
+                }
+            }
+        }
+    }
+}
+
+fn answer_all<R>(replies: Vec<Reply<R>>, answers: Vec<R>) {
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(Ok(answer));
     }
 }
 
@@ -134,11 +179,7 @@ async fn write_group<T: GroupWrite>(store: &dyn Store, items: Vec<(T, Reply<T::A
     }
     let (items, replies): (Vec<T>, Vec<Reply<T::Answer>>) = items.into_iter().unzip();
     match T::together(store, &items).await {
-        Ok(answers) => {
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(Ok(answer));
-            }
-        }
+        Ok(answers) => answer_all(replies, answers),
         Err(e) if items.len() > 1 => {
             warn!(error = %e, count = items.len(), "writing a group of {} failed; writing them one by one", T::WHAT);
             for (item, reply) in items.into_iter().zip(replies) {

@@ -51,6 +51,7 @@ conformance!(
     retention_purges_finished_jobs_only,
     batch_submit_answers_per_entry_and_agents_share_the_burst,
     a_batch_of_reports_applies_each_under_its_own_lease,
+    one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothing,
 );
 
 fn id(job: &Value) -> String {
@@ -723,5 +724,110 @@ async fn a_batch_of_reports_applies_each_under_its_own_lease(db: TestDb) {
     let history = attempts(&hub, &jobs[0]).await;
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["outcome"], "succeeded", "{history:?}");
+    hub.shutdown().await;
+}
+
+/// The hub's job writer sends what queued up meanwhile as one `write_jobs` call: it must
+/// apply the kinds in order (a claim sees the slot a report before it freed) and write
+/// nothing at all when any part fails.
+async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothing(db: TestDb) {
+    use edge_hub::store::{
+        ClaimGroup, CreatorLimits, FinishOutcome, FinishRequest, InsertOutcome, JobState, JobWriteBatch, LeaseRef,
+        NewJob, StoreError, Transition,
+    };
+    let hub = TestHub::start_on(db, |_| {}).await;
+    // Enrolled but never connected, so the hub's own dispatcher leaves its jobs alone.
+    let agent = hub.enroll(CREATOR).await;
+    let store = hub.store();
+    let now = edge_hub::crypto::now_ms();
+    let new_job = |priority: i64, key: Option<&str>| NewJob {
+        id: edge_hub::crypto::new_job_id().unwrap(),
+        job_type: CUSTOM.to_owned(),
+        payload: json!({"priority": priority}),
+        creator_id: CREATOR.to_owned(),
+        target_agent_id: None,
+        labels: Vec::new(),
+        priority,
+        run_at: now,
+        idempotency_key: key.map(str::to_owned),
+        max_receive_count: 5,
+        visibility_timeout_ms: 120_000,
+        skipped_recipients: None,
+        final_state: None,
+    };
+    let claim = || ClaimGroup {
+        creator_id: CREATOR.to_owned(),
+        labels: Vec::new(),
+        job_types: None,
+        agents: vec![(agent.agent_id.clone(), 1)],
+    };
+    // One job at a time for this creator, and one already held.
+    let limits = CreatorLimits { max_concurrent: Some(1), ..Default::default() };
+    store.set_creator_limits(CREATOR, &limits, now).await.unwrap();
+    let held = store.insert_job(new_job(0, None), now).await.unwrap();
+    let InsertOutcome::Created(held) = held else { panic!("{held:?}") };
+    let leased = store.claim_jobs(&claim(), now).await.unwrap();
+    assert_eq!(leased.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [held.id.as_str()]);
+    let lease =
+        LeaseRef { job_id: held.id.clone(), agent_id: agent.agent_id.clone(), lease_token: leased[0].lease_token };
+    let report = FinishRequest {
+        job_id: held.id.clone(),
+        agent_id: agent.agent_id.clone(),
+        lease_token: leased[0].lease_token,
+        transition: Transition::Succeeded,
+        result: Some(json!({"done": true})),
+        error: None,
+        sent_recipients: Vec::new(),
+    };
+
+    // A failing part (a job id that is taken) takes the whole group with it.
+    let taken = NewJob { id: held.id.clone(), ..new_job(0, None) };
+    let lost = new_job(9, None);
+    let failing = JobWriteBatch {
+        inserts: vec![lost.clone(), taken],
+        starts: vec![lease.clone()],
+        finishes: vec![report.clone()],
+        claims: vec![claim()],
+    };
+    let refused = store.write_jobs(&failing, now).await;
+    assert!(matches!(refused, Err(StoreError::Corrupt(_))), "{refused:?}");
+    assert!(store.job(&lost.id).await.unwrap().is_none(), "the other submission was not kept");
+    assert_eq!(
+        store.job(&held.id).await.unwrap().unwrap().status,
+        JobState::Leased,
+        "the ack and report were not kept"
+    );
+
+    // In order: the report frees the creator's one concurrent slot, the first claim takes the
+    // best job, the second finds the limit spent again.
+    let (urgent, keyed) = (new_job(5, None), new_job(1, Some("k-1")));
+    let batch = JobWriteBatch {
+        inserts: vec![
+            urgent.clone(),
+            keyed.clone(),
+            NewJob { id: edge_hub::crypto::new_job_id().unwrap(), ..keyed.clone() },
+        ],
+        starts: vec![lease],
+        finishes: vec![report],
+        claims: vec![claim(), claim()],
+    };
+    let answers = store.write_jobs(&batch, now).await.unwrap();
+    let inserted: Vec<(bool, &str)> = answers
+        .inserted
+        .iter()
+        .map(|outcome| match outcome {
+            InsertOutcome::Created(job) => (true, job.id.as_str()),
+            InsertOutcome::Existing(job) => (false, job.id.as_str()),
+        })
+        .collect();
+    assert_eq!(inserted, [(true, urgent.id.as_str()), (true, keyed.id.as_str()), (false, keyed.id.as_str())]);
+    assert_eq!(answers.started, [true]);
+    assert_eq!(answers.finished, [FinishOutcome::Recorded(JobState::Succeeded)]);
+    let claimed: Vec<Vec<&str>> =
+        answers.claimed.iter().map(|jobs| jobs.iter().map(|j| j.id.as_str()).collect()).collect();
+    assert_eq!(claimed, [vec![urgent.id.as_str()], vec![]]);
+    let done = store.job(&held.id).await.unwrap().unwrap();
+    assert_eq!((done.status, done.result), (JobState::Succeeded, Some(json!({"done": true}))));
+    assert_eq!(store.job(&keyed.id).await.unwrap().unwrap().status, JobState::Pending);
     hub.shutdown().await;
 }

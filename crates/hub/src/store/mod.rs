@@ -316,6 +316,34 @@ pub struct LeaseRef {
     pub lease_token: i64,
 }
 
+/// Job writes of several callers, written in one transaction (see [`Store::write_jobs`]).
+#[derive(Debug, Clone, Default)]
+pub struct JobWriteBatch {
+    pub inserts: Vec<NewJob>,
+    pub starts: Vec<LeaseRef>,
+    pub finishes: Vec<FinishRequest>,
+    pub claims: Vec<ClaimGroup>,
+}
+
+impl JobWriteBatch {
+    pub fn len(&self) -> usize {
+        self.inserts.len() + self.starts.len() + self.finishes.len() + self.claims.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The answers to a [`JobWriteBatch`], each list in the order of its requests.
+#[derive(Debug, Clone, Default)]
+pub struct JobWriteAnswers {
+    pub inserted: Vec<InsertOutcome>,
+    pub started: Vec<bool>,
+    pub finished: Vec<FinishOutcome>,
+    pub claimed: Vec<Vec<JobRecord>>,
+}
+
 /// What recording a report did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FinishOutcome {
@@ -593,6 +621,11 @@ pub trait Store: Send + Sync + 'static {
     async fn finish_job(&self, request: FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
         only_answer(self.finish_jobs(std::slice::from_ref(&request), now).await?, &request.job_id)
     }
+    /// [`Store::insert_jobs`], [`Store::start_jobs`], [`Store::finish_jobs`] and then
+    /// [`Store::claim_jobs`] for each group, all in one transaction: one commit for what many
+    /// callers wrote meanwhile. A claim sees what the reports before it freed. If any part
+    /// fails, nothing is written.
+    async fn write_jobs(&self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError>;
     /// leased (never acknowledged) → pending for one agent's jobs (its session ended), or
     /// for every agent with `None` (startup of an exclusive store).
     async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError>;

@@ -183,6 +183,17 @@ pub(super) fn cancelled_error() -> String {
     serde_json::json!({"code": "CANCELLED", "message": "cancelled by an operator"}).to_string()
 }
 
+/// Runs `$call` (an expression using the transaction `$tx`) in a write transaction of
+/// `$store`, commits, and answers what the call returned.
+macro_rules! in_write_tx {
+    ($store:expr, |$tx:ident| $call:expr) => {{
+        let mut $tx = $store.write_tx().await?;
+        let answer = $call.await?;
+        $tx.commit().await?;
+        Ok(answer)
+    }};
+}
+
 /// Expands to the `impl Store` for `$store` on database `$db`, whose rows are `$row`.
 /// `$store` must provide `pool` (reads), `writer` (writes; may be the same pool), `write_tx()`, `before_close()`, `publish_event()`,
 /// `subscribe_events()`, `ENGINE` and `EXCLUSIVE`; the invoking module must have a `dialect`
@@ -195,7 +206,7 @@ macro_rules! sql_store {
         };
         use $crate::store::{
             AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
-            FinishOutcome, FinishRequest, InsertOutcome, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent,
+            FinishOutcome, FinishRequest, InsertOutcome, JobWriteAnswers, JobWriteBatch, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent,
             NewJob, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store,
         };
         use sqlx::Row as _;
@@ -563,6 +574,252 @@ macro_rules! sql_store {
             })
         }
 
+        /// [`Store::insert_jobs`] inside the caller's transaction.
+        async fn insert_jobs_in(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            jobs: &[NewJob],
+            now: i64,
+        ) -> Result<Vec<InsertOutcome>, StoreError> {
+            if jobs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let records = jobs.iter().map(|job| insert_record(job, now)).collect::<Result<Vec<_>, _>>()?;
+            let rows = sqlx::query(insert_sql())
+                .bind(now)
+                .bind(records_text(records))
+                .fetch_all(&mut **tx)
+                .await?;
+            let mut created: std::collections::HashMap<String, JobRecord> = std::collections::HashMap::new();
+            for row in &rows {
+                let job = job_from_row(row)?;
+                created.insert(job.id.clone(), job);
+            }
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if let Some(record) = created.remove(&job.id) {
+                    outcomes.push(InsertOutcome::Created(record));
+                    continue;
+                }
+                // Not inserted: DO NOTHING without a target also covers the partial unique
+                // index on (creator, idempotency key), so this is a duplicate submit
+                // (concurrent, or earlier in this batch).
+                let existing = match &job.idempotency_key {
+                    Some(key) => sqlx::query(&format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = $1 AND idempotency_key = $2"
+                    ))
+                    .bind(&job.creator_id)
+                    .bind(key)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|row| job_from_row(&row))
+                    .transpose()?,
+                    None => None,
+                };
+                match existing {
+                    Some(existing) => outcomes.push(InsertOutcome::Existing(existing)),
+                    None => {
+                        return Err(StoreError::Corrupt(format!("job id {} collided with an existing job", job.id)))
+                    }
+                }
+            }
+            Ok(outcomes)
+        }
+
+        /// [`Store::start_jobs`] inside the caller's transaction.
+        async fn start_jobs_in(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            leases: &[LeaseRef],
+            now: i64,
+        ) -> Result<Vec<bool>, StoreError> {
+            if leases.is_empty() {
+                return Ok(Vec::new());
+            }
+            let records: Vec<serde_json::Value> = leases
+                .iter()
+                .map(|l| serde_json::json!({"s_id": l.job_id, "s_agent": l.agent_id, "s_token": l.lease_token}))
+                .collect();
+            let started: Vec<String> = sqlx::query_scalar(start_sql())
+                .bind(now)
+                .bind(records_text(records))
+                .fetch_all(&mut **tx)
+                .await?;
+            let started: std::collections::HashSet<String> = started.into_iter().collect();
+            Ok(leases.iter().map(|l| started.contains(&l.job_id)).collect())
+        }
+
+        /// [`Store::finish_jobs`] inside the caller's transaction.
+        async fn finish_jobs_in(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            requests: &[FinishRequest],
+            now: i64,
+        ) -> Result<Vec<FinishOutcome>, StoreError> {
+            if requests.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = requests.iter().map(|r| FinishRow::new(r, now)).collect::<Result<Vec<_>, _>>()?;
+            // One statement applies every report that holds the current lease; a job named
+            // twice in the batch goes through the careful path after the first is applied.
+            let mut first_of_job = std::collections::HashSet::new();
+            let bulk: Vec<usize> = (0..rows.len()).filter(|&i| first_of_job.insert(rows[i].job_id.as_str())).collect();
+            let records: Vec<serde_json::Value> = bulk.iter().map(|&i| rows[i].record()).collect();
+            let applied = sqlx::query(finish_sql())
+                .bind(now)
+                .bind(records_text(records))
+                .fetch_all(&mut **tx)
+                .await?;
+            let mut creators: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+            for row in &applied {
+                creators.insert(row.try_get("id")?, row.try_get("creator_id")?);
+            }
+            let attempts: Vec<serde_json::Value> = bulk
+                .iter()
+                .filter(|&&i| creators.contains_key(&rows[i].job_id))
+                .map(|&i| rows[i].record())
+                .collect();
+            if !attempts.is_empty() {
+                sqlx::query(finish_attempts_sql())
+                    .bind(now)
+                    .bind(records_text(attempts))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let mut outcomes = Vec::with_capacity(rows.len());
+            for (i, (request, row)) in requests.iter().zip(&rows).enumerate() {
+                let applied_creator = if bulk.binary_search(&i).is_ok() { creators.get(&row.job_id) } else { None };
+                let outcome = match applied_creator {
+                    Some(creator_id) => {
+                        write_ledger(tx, creator_id, &request.sent_recipients, &request.job_id, now).await?;
+                        FinishOutcome::Recorded(request.transition.state())
+                    }
+                    None => finish_not_current(tx, request, &row.result, &row.error, now).await?,
+                };
+                outcomes.push(outcome);
+            }
+            Ok(outcomes)
+        }
+
+        /// [`Store::claim_jobs`] inside the caller's transaction.
+        async fn claim_jobs_in(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            group: &ClaimGroup,
+            now: i64,
+        ) -> Result<Vec<JobRecord>, StoreError> {
+            let wanted = group.free_slots();
+            if wanted == 0 {
+                return Ok(Vec::new());
+            }
+            let limits = sqlx::query(
+                "SELECT (SELECT max_concurrent FROM creator_limits WHERE creator_id = $1) AS max_concurrent, \
+                 (SELECT COUNT(*) FROM creator_type_limits WHERE creator_id = $1) AS type_limits",
+            )
+            .bind(&group.creator_id)
+            .fetch_one(&mut **tx)
+            .await?;
+            let max_concurrent: Option<i64> = limits.try_get("max_concurrent")?;
+            let has_type_limits = limits.try_get::<i64, _>("type_limits")? > 0;
+            let mut budget = i64::try_from(wanted).unwrap_or(i64::MAX);
+            let mut type_budgets: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+            if max_concurrent.is_some() || has_type_limits {
+                // Limits are counted, then spent: other processes claiming for this
+                // creator must wait until this claim is written.
+                if let Some(lock) = dialect::CREATOR_CLAIM_LOCK {
+                    sqlx::query(lock).bind(&group.creator_id).execute(&mut **tx).await?;
+                }
+                if let Some(max) = max_concurrent {
+                    let held: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM jobs WHERE creator_id = $1 AND status IN ('leased', 'running')",
+                    )
+                    .bind(&group.creator_id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    budget = budget.min(max - held);
+                }
+                if has_type_limits {
+                    let rows = sqlx::query(
+                        "SELECT tl.job_type, tl.max_per_hour - (SELECT COUNT(*) FROM job_attempts a \
+                            WHERE a.creator_id = tl.creator_id AND a.job_type = tl.job_type \
+                            AND a.leased_at > $2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale') AS remaining \
+                         FROM creator_type_limits tl WHERE tl.creator_id = $1",
+                    )
+                    .bind(&group.creator_id)
+                    .bind(now)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    for row in rows {
+                        type_budgets.insert(row.try_get("job_type")?, row.try_get("remaining")?);
+                    }
+                }
+            }
+            if budget <= 0 {
+                return Ok(Vec::new());
+            }
+            let agent_ids: Vec<String> = group.agents.iter().map(|(id, _)| id.clone()).collect();
+            let candidates = sqlx::query(claim_candidates_sql())
+                .bind(&group.creator_id)
+                .bind(now)
+                .bind(list_text(&agent_ids))
+                .bind(list_text(&group.labels))
+                .bind(group.job_types.as_deref().map(list_text))
+                .bind(budget)
+                .fetch_all(&mut **tx)
+                .await?;
+            let mut candidate_list = Vec::with_capacity(candidates.len());
+            for row in &candidates {
+                candidate_list.push(ClaimCandidate {
+                    job_id: row.try_get("id")?,
+                    job_type: row.try_get("job_type")?,
+                    target_agent_id: row.try_get("target_agent_id")?,
+                });
+            }
+            let plan = plan_claims(&group.agents, candidate_list, budget, &mut type_budgets);
+            if plan.is_empty() {
+                return Ok(Vec::new());
+            }
+            let records: Vec<serde_json::Value> =
+                plan.iter().map(|(job, agent)| serde_json::json!({"c_job": job, "c_agent": agent})).collect();
+            let rows = sqlx::query(claim_update_sql())
+                .bind(now)
+                .bind(records_text(records))
+                .fetch_all(&mut **tx)
+                .await?;
+            let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+            let order: std::collections::HashMap<&str, usize> =
+                plan.iter().enumerate().map(|(i, (job, _))| (job.as_str(), i)).collect();
+            jobs.sort_by_key(|job| order.get(job.id.as_str()).copied().unwrap_or(usize::MAX));
+            let attempts: Vec<serde_json::Value> = jobs
+                .iter()
+                .map(|job| {
+                    serde_json::json!({"a_job": job.id, "a_token": job.lease_token, "a_agent": job.assigned_agent_id,
+                                       "a_creator": job.creator_id, "a_type": job.job_type})
+                })
+                .collect();
+            if !attempts.is_empty() {
+                sqlx::query(claim_attempts_sql())
+                    .bind(now)
+                    .bind(records_text(attempts))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(jobs)
+        }
+
+        /// Submissions, acks, reports and claims in one transaction, in that order: a claim sees
+        /// the slots and the limits the reports before it freed.
+        async fn write_jobs_in(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            batch: &JobWriteBatch,
+            now: i64,
+        ) -> Result<JobWriteAnswers, StoreError> {
+            let inserted = insert_jobs_in(tx, &batch.inserts, now).await?;
+            let started = start_jobs_in(tx, &batch.starts, now).await?;
+            let finished = finish_jobs_in(tx, &batch.finishes, now).await?;
+            let mut claimed = Vec::with_capacity(batch.claims.len());
+            for group in &batch.claims {
+                claimed.push(claim_jobs_in(tx, group, now).await?);
+            }
+            Ok(JobWriteAnswers { inserted, started, finished, claimed })
+        }
+
         #[async_trait::async_trait]
         impl Store for $store {
             fn engine(&self) -> &'static str {
@@ -818,51 +1075,7 @@ macro_rules! sql_store {
             }
 
             async fn insert_jobs(&self, jobs: &[NewJob], now: i64) -> Result<Vec<InsertOutcome>, StoreError> {
-                if jobs.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let records = jobs.iter().map(|job| insert_record(job, now)).collect::<Result<Vec<_>, _>>()?;
-                let mut tx = self.write_tx().await?;
-                let rows = sqlx::query(insert_sql())
-                    .bind(now)
-                    .bind(records_text(records))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut created: std::collections::HashMap<String, JobRecord> = std::collections::HashMap::new();
-                for row in &rows {
-                    let job = job_from_row(row)?;
-                    created.insert(job.id.clone(), job);
-                }
-                let mut outcomes = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    if let Some(record) = created.remove(&job.id) {
-                        outcomes.push(InsertOutcome::Created(record));
-                        continue;
-                    }
-                    // Not inserted: DO NOTHING without a target also covers the partial unique
-                    // index on (creator, idempotency key), so this is a duplicate submit
-                    // (concurrent, or earlier in this batch).
-                    let existing = match &job.idempotency_key {
-                        Some(key) => sqlx::query(&format!(
-                            "SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = $1 AND idempotency_key = $2"
-                        ))
-                        .bind(&job.creator_id)
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|row| job_from_row(&row))
-                        .transpose()?,
-                        None => None,
-                    };
-                    match existing {
-                        Some(existing) => outcomes.push(InsertOutcome::Existing(existing)),
-                        None => {
-                            return Err(StoreError::Corrupt(format!("job id {} collided with an existing job", job.id)))
-                        }
-                    }
-                }
-                tx.commit().await?;
-                Ok(outcomes)
+                in_write_tx!(self, |tx| insert_jobs_in(&mut tx, jobs, now))
             }
 
             async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -947,124 +1160,11 @@ macro_rules! sql_store {
             }
 
             async fn claim_jobs(&self, group: &ClaimGroup, now: i64) -> Result<Vec<JobRecord>, StoreError> {
-                let wanted = group.free_slots();
-                if wanted == 0 {
-                    return Ok(Vec::new());
-                }
-                let mut tx = self.write_tx().await?;
-                let limits = sqlx::query(
-                    "SELECT (SELECT max_concurrent FROM creator_limits WHERE creator_id = $1) AS max_concurrent, \
-                     (SELECT COUNT(*) FROM creator_type_limits WHERE creator_id = $1) AS type_limits",
-                )
-                .bind(&group.creator_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                let max_concurrent: Option<i64> = limits.try_get("max_concurrent")?;
-                let has_type_limits = limits.try_get::<i64, _>("type_limits")? > 0;
-                let mut budget = i64::try_from(wanted).unwrap_or(i64::MAX);
-                let mut type_budgets: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-                if max_concurrent.is_some() || has_type_limits {
-                    // Limits are counted, then spent: other processes claiming for this
-                    // creator must wait until this claim is written.
-                    if let Some(lock) = dialect::CREATOR_CLAIM_LOCK {
-                        sqlx::query(lock).bind(&group.creator_id).execute(&mut *tx).await?;
-                    }
-                    if let Some(max) = max_concurrent {
-                        let held: i64 = sqlx::query_scalar(
-                            "SELECT COUNT(*) FROM jobs WHERE creator_id = $1 AND status IN ('leased', 'running')",
-                        )
-                        .bind(&group.creator_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        budget = budget.min(max - held);
-                    }
-                    if has_type_limits {
-                        let rows = sqlx::query(
-                            "SELECT tl.job_type, tl.max_per_hour - (SELECT COUNT(*) FROM job_attempts a \
-                                WHERE a.creator_id = tl.creator_id AND a.job_type = tl.job_type \
-                                AND a.leased_at > $2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale') AS remaining \
-                             FROM creator_type_limits tl WHERE tl.creator_id = $1",
-                        )
-                        .bind(&group.creator_id)
-                        .bind(now)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        for row in rows {
-                            type_budgets.insert(row.try_get("job_type")?, row.try_get("remaining")?);
-                        }
-                    }
-                }
-                if budget <= 0 {
-                    tx.rollback().await?;
-                    return Ok(Vec::new());
-                }
-                let agent_ids: Vec<String> = group.agents.iter().map(|(id, _)| id.clone()).collect();
-                let candidates = sqlx::query(claim_candidates_sql())
-                    .bind(&group.creator_id)
-                    .bind(now)
-                    .bind(list_text(&agent_ids))
-                    .bind(list_text(&group.labels))
-                    .bind(group.job_types.as_deref().map(list_text))
-                    .bind(budget)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut candidate_list = Vec::with_capacity(candidates.len());
-                for row in &candidates {
-                    candidate_list.push(ClaimCandidate {
-                        job_id: row.try_get("id")?,
-                        job_type: row.try_get("job_type")?,
-                        target_agent_id: row.try_get("target_agent_id")?,
-                    });
-                }
-                let plan = plan_claims(&group.agents, candidate_list, budget, &mut type_budgets);
-                if plan.is_empty() {
-                    tx.rollback().await?;
-                    return Ok(Vec::new());
-                }
-                let records: Vec<serde_json::Value> =
-                    plan.iter().map(|(job, agent)| serde_json::json!({"c_job": job, "c_agent": agent})).collect();
-                let rows = sqlx::query(claim_update_sql())
-                    .bind(now)
-                    .bind(records_text(records))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
-                let order: std::collections::HashMap<&str, usize> =
-                    plan.iter().enumerate().map(|(i, (job, _))| (job.as_str(), i)).collect();
-                jobs.sort_by_key(|job| order.get(job.id.as_str()).copied().unwrap_or(usize::MAX));
-                let attempts: Vec<serde_json::Value> = jobs
-                    .iter()
-                    .map(|job| {
-                        serde_json::json!({"a_job": job.id, "a_token": job.lease_token, "a_agent": job.assigned_agent_id,
-                                           "a_creator": job.creator_id, "a_type": job.job_type})
-                    })
-                    .collect();
-                if !attempts.is_empty() {
-                    sqlx::query(claim_attempts_sql())
-                        .bind(now)
-                        .bind(records_text(attempts))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(jobs)
+                in_write_tx!(self, |tx| claim_jobs_in(&mut tx, group, now))
             }
 
             async fn start_jobs(&self, leases: &[LeaseRef], now: i64) -> Result<Vec<bool>, StoreError> {
-                if leases.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let records: Vec<serde_json::Value> = leases
-                    .iter()
-                    .map(|l| serde_json::json!({"s_id": l.job_id, "s_agent": l.agent_id, "s_token": l.lease_token}))
-                    .collect();
-                let started: Vec<String> = sqlx::query_scalar(start_sql())
-                    .bind(now)
-                    .bind(records_text(records))
-                    .fetch_all(&self.writer)
-                    .await?;
-                let started: std::collections::HashSet<String> = started.into_iter().collect();
-                Ok(leases.iter().map(|l| started.contains(&l.job_id)).collect())
+                in_write_tx!(self, |tx| start_jobs_in(&mut tx, leases, now))
             }
 
             async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
@@ -1085,51 +1185,11 @@ macro_rules! sql_store {
                 requests: &[FinishRequest],
                 now: i64,
             ) -> Result<Vec<FinishOutcome>, StoreError> {
-                if requests.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let rows = requests.iter().map(|r| FinishRow::new(r, now)).collect::<Result<Vec<_>, _>>()?;
-                // One statement applies every report that holds the current lease; a job named
-                // twice in the batch goes through the careful path after the first is applied.
-                let mut first_of_job = std::collections::HashSet::new();
-                let bulk: Vec<usize> = (0..rows.len()).filter(|&i| first_of_job.insert(rows[i].job_id.as_str())).collect();
-                let mut tx = self.write_tx().await?;
-                let records: Vec<serde_json::Value> = bulk.iter().map(|&i| rows[i].record()).collect();
-                let applied = sqlx::query(finish_sql())
-                    .bind(now)
-                    .bind(records_text(records))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut creators: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-                for row in &applied {
-                    creators.insert(row.try_get("id")?, row.try_get("creator_id")?);
-                }
-                let attempts: Vec<serde_json::Value> = bulk
-                    .iter()
-                    .filter(|&&i| creators.contains_key(&rows[i].job_id))
-                    .map(|&i| rows[i].record())
-                    .collect();
-                if !attempts.is_empty() {
-                    sqlx::query(finish_attempts_sql())
-                        .bind(now)
-                        .bind(records_text(attempts))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let mut outcomes = Vec::with_capacity(rows.len());
-                for (i, (request, row)) in requests.iter().zip(&rows).enumerate() {
-                    let applied_creator = if bulk.binary_search(&i).is_ok() { creators.get(&row.job_id) } else { None };
-                    let outcome = match applied_creator {
-                        Some(creator_id) => {
-                            write_ledger(&mut tx, creator_id, &request.sent_recipients, &request.job_id, now).await?;
-                            FinishOutcome::Recorded(request.transition.state())
-                        }
-                        None => finish_not_current(&mut tx, request, &row.result, &row.error, now).await?,
-                    };
-                    outcomes.push(outcome);
-                }
-                tx.commit().await?;
-                Ok(outcomes)
+                in_write_tx!(self, |tx| finish_jobs_in(&mut tx, requests, now))
+            }
+
+            async fn write_jobs(&self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+                in_write_tx!(self, |tx| write_jobs_in(&mut tx, batch, now))
             }
 
             async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
