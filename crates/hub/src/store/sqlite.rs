@@ -12,6 +12,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -22,6 +24,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Writers queue for the one write connection; a queue this long means the database is
 /// wedged (or the disk is), which should surface as an error.
 const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a reader connection copies what the WAL holds back into the database file (and
+/// syncs it). Left to the writer, that copy and its fsync run inside whichever commit
+/// crosses the WAL threshold, and every job write queued behind it waits: the hub's
+/// dispatch latency tail. In the background the writer only meets a checkpoint when this one
+/// falls behind.
+const BACKGROUND_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// WAL pages at which the writer checkpoints itself (SQLite's default is 1,000). A backstop:
+/// the background checkpoint cannot finish while the writer keeps appending, and only a
+/// checkpoint run between two writes lets the WAL start over instead of growing.
+const WRITER_CHECKPOINT_PAGES: &str = "4000";
 
 pub(super) mod dialect {
     /// SQLite has one writer at a time; `BEGIN IMMEDIATE` already serialises claims.
@@ -74,6 +88,8 @@ pub struct SqliteStore {
     /// 1 to 100 ms, which under load costs more than the writes. Queueing writers on this
     /// pool's acquire instead hands the connection over as soon as it is free.
     writer: SqlitePool,
+    /// Ends the background checkpoint when the store closes.
+    stop: CancellationToken,
 }
 
 impl SqliteStore {
@@ -92,6 +108,7 @@ impl SqliteStore {
             // 32 MiB of page cache per connection (SQLite's default is 2 MiB): the job
             // table's indexes stay in memory under load instead of being re-read per write.
             .pragma("cache_size", "-32768")
+            .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
             .foreign_keys(true);
         let filename = options.get_filename().to_path_buf();
         let in_memory = filename.as_os_str() == ":memory:" || database_url.contains("mode=memory");
@@ -108,15 +125,19 @@ impl SqliteStore {
         if in_memory {
             let pool = one_connection().connect_with(options).await?;
             MIGRATOR.run(&pool).await?;
-            return Ok(SqliteStore { writer: pool.clone(), pool });
+            return Ok(SqliteStore { writer: pool.clone(), pool, stop: CancellationToken::new() });
         }
         let writer = one_connection().acquire_timeout(WRITER_ACQUIRE_TIMEOUT).connect_with(options.clone()).await?;
         MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
-        Ok(SqliteStore { pool, writer })
+        let stop = CancellationToken::new();
+        tokio::spawn(checkpoint_in_background(pool.clone(), stop.clone()));
+        Ok(SqliteStore { pool, writer, stop })
     }
 
-    fn before_close(&self) {}
+    fn before_close(&self) {
+        self.stop.cancel();
+    }
 
     /// `BEGIN IMMEDIATE`: a deferred transaction that reads first and writes later can fail
     /// with SQLITE_BUSY at the upgrade without waiting; taking the write lock up front makes
@@ -135,6 +156,29 @@ impl SqliteStore {
     }
 }
 
+/// A passive checkpoint every [`BACKGROUND_CHECKPOINT_INTERVAL`] on a reader connection: it
+/// never blocks the writer, and leaves the writer's own checkpoint little or nothing to copy.
+async fn checkpoint_in_background(readers: SqlitePool, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(BACKGROUND_CHECKPOINT_INTERVAL) => {}
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
+            Ok(_) => failing = false,
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                // The writer's own checkpoint still runs; say so once, not ten times a second.
+                if !failing {
+                    warn!(error = %e, "background WAL checkpoint failed; the writer checkpoints instead");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
 fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
     match file.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
@@ -144,3 +188,53 @@ fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
 }
 
 sql_store!(SqliteStore, Sqlite, SqliteRow);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewJob, Store};
+    use std::time::Instant;
+
+    fn job(n: usize, now: i64) -> NewJob {
+        NewJob {
+            id: format!("job_checkpoint_{n}"),
+            job_type: "custom".to_owned(),
+            payload: serde_json::json!({"n": n, "text": "x".repeat(500)}),
+            creator_id: "creator-1".to_owned(),
+            target_agent_id: None,
+            labels: Vec::new(),
+            priority: 0,
+            run_at: now,
+            idempotency_key: None,
+            max_receive_count: 5,
+            visibility_timeout_ms: 120_000,
+            skipped_recipients: None,
+            final_state: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wal_reaches_the_database_file_without_waiting_for_the_writer_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        let now = crate::crypto::now_ms();
+        // About 1.5 MB of jobs: a few hundred WAL pages, well below the writer's own threshold.
+        let jobs: Vec<NewJob> = (0..2000).map(|n| job(n, now)).collect();
+        store.insert_jobs(&jobs, now).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let size = std::fs::metadata(&path).unwrap().len();
+            if size > before + 1024 * 1024 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the database file stayed at {size} bytes (from {before}): nothing copied the WAL into it"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.close().await;
+    }
+}
