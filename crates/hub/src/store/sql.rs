@@ -184,9 +184,13 @@ pub(super) fn cancelled_error() -> String {
 }
 
 /// Runs `$call` (an expression using the transaction `$tx`) in a write transaction of
-/// `$store`, commits, and answers what the call returned.
+/// `$store`, commits, and answers what the call returned. When `$nothing` holds there is
+/// nothing to write: the empty answer, without taking the write lock for an empty transaction.
 macro_rules! in_write_tx {
-    ($store:expr, |$tx:ident| $call:expr) => {{
+    ($store:expr, skip_if $nothing:expr, |$tx:ident| $call:expr) => {{
+        if $nothing {
+            return Ok(Default::default());
+        }
         let mut $tx = $store.write_tx().await?;
         let answer = $call.await?;
         $tx.commit().await?;
@@ -1075,7 +1079,7 @@ macro_rules! sql_store {
             }
 
             async fn insert_jobs(&self, jobs: &[NewJob], now: i64) -> Result<Vec<InsertOutcome>, StoreError> {
-                in_write_tx!(self, |tx| insert_jobs_in(&mut tx, jobs, now))
+                in_write_tx!(self, skip_if jobs.is_empty(), |tx| insert_jobs_in(&mut tx, jobs, now))
             }
 
             async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -1160,11 +1164,11 @@ macro_rules! sql_store {
             }
 
             async fn claim_jobs(&self, group: &ClaimGroup, now: i64) -> Result<Vec<JobRecord>, StoreError> {
-                in_write_tx!(self, |tx| claim_jobs_in(&mut tx, group, now))
+                in_write_tx!(self, skip_if group.free_slots() == 0, |tx| claim_jobs_in(&mut tx, group, now))
             }
 
             async fn start_jobs(&self, leases: &[LeaseRef], now: i64) -> Result<Vec<bool>, StoreError> {
-                in_write_tx!(self, |tx| start_jobs_in(&mut tx, leases, now))
+                in_write_tx!(self, skip_if leases.is_empty(), |tx| start_jobs_in(&mut tx, leases, now))
             }
 
             async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
@@ -1185,11 +1189,11 @@ macro_rules! sql_store {
                 requests: &[FinishRequest],
                 now: i64,
             ) -> Result<Vec<FinishOutcome>, StoreError> {
-                in_write_tx!(self, |tx| finish_jobs_in(&mut tx, requests, now))
+                in_write_tx!(self, skip_if requests.is_empty(), |tx| finish_jobs_in(&mut tx, requests, now))
             }
 
             async fn write_jobs(&self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
-                in_write_tx!(self, |tx| write_jobs_in(&mut tx, batch, now))
+                in_write_tx!(self, skip_if batch.is_empty(), |tx| write_jobs_in(&mut tx, batch, now))
             }
 
             async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
