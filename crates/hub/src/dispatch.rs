@@ -275,7 +275,7 @@ pub async fn run(
                     }
                     if submitted {
                         // A job was just stored: no need to ask the store whether one is there.
-                        state.dispatch_submitted().await;
+                        state.claim_for_free_sessions().await;
                     } else if wants_pass {
                         state.dispatch().await;
                     }
@@ -513,17 +513,9 @@ impl State {
         }
     }
 
-    /// [`State::dispatch`] right after a submission (or a job coming back to pending): the
-    /// store's cheap "anything ready?" check would only confirm what the caller just said.
-    async fn dispatch_submitted(&mut self) {
-        if self.connections.values().any(|c| c.free_slots() > 0) {
-            self.claim_for_free_sessions().await;
-        }
-    }
-
     /// Leases visible jobs to sessions with free slots: one claim per group of alike
     /// sessions, jobs dealt out one per session in turn so several agents of one creator
-    /// share the work.
+    /// share the work. With no free session there is no group, and nothing is asked.
     async fn claim_for_free_sessions(&mut self) {
         // A group that got fewer jobs than it asked for has seen everything it may take;
         // only groups that were filled can find more in another round.
