@@ -82,8 +82,18 @@ impl PgStore {
         Ok(PgStore { writer: pool.clone(), pool, channel: channel_name(&schema), stop: CancellationToken::new() })
     }
 
-    fn before_close(&self) {
+    async fn before_close(&self) {
         self.stop.cancel();
+    }
+
+    /// Job writes go through the shared bulk statements: on PostgreSQL each statement is a
+    /// network round trip, so one per kind beats one per row.
+    fn has_job_writer(&self) -> bool {
+        false
+    }
+
+    async fn write_on_job_writer(&self, _batch: JobWriteBatch, _now: i64) -> Result<JobWriteAnswers, StoreError> {
+        Err(StoreError::Corrupt("the PostgreSQL store has no job writer of its own".to_owned()))
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {

@@ -8,7 +8,7 @@
 //! generic executors are long and brittle, while two concrete expansions type-check
 //! against each engine's real types.
 
-use super::{FinishRequest, JobState, StoreError, Transition};
+use super::{FinishRequest, JobState, NewJob, StoreError, Transition};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -65,12 +65,21 @@ pub(super) fn records_text(records: Vec<serde_json::Value>) -> String {
     serde_json::Value::from(records).to_string()
 }
 
-/// A report as the bulk finish statements read it (one JSON record per report).
+/// A report as the finish statements write it (the bulk ones read it as one JSON record).
 pub(super) struct FinishRow {
     pub job_id: String,
+    pub agent_id: String,
+    pub lease_token: i64,
+    pub status: &'static str,
+    pub outcome: &'static str,
     pub result: Option<String>,
     pub error: Option<String>,
-    record: Value,
+    pub error_code: Option<String>,
+    pub finished_at: Option<i64>,
+    pub run_at: Option<i64>,
+    pub payload: Option<String>,
+    /// Who holds the job afterwards: nobody when it goes back to pending.
+    pub holder: Option<String>,
 }
 
 impl FinishRow {
@@ -98,27 +107,91 @@ impl FinishRow {
         let result = opt_text(request.result.as_ref())?;
         let error = opt_text(request.error.as_ref())?;
         let error_code = request.error.as_ref().and_then(|e| e.get("code")).and_then(|c| c.as_str());
-        // Back to pending leaves nobody holding the job; otherwise the reporter keeps it.
-        let holder = (state != JobState::Pending).then_some(request.agent_id.as_str());
-        let record = serde_json::json!({
-            "f_id": request.job_id,
-            "f_agent": request.agent_id,
-            "f_token": request.lease_token,
-            "f_status": state.as_str(),
-            "f_outcome": request.transition.outcome(),
-            "f_result": result,
-            "f_error": error,
-            "f_error_code": error_code,
-            "f_finished_at": state.is_final().then_some(now),
-            "f_run_at": run_at,
-            "f_payload": payload,
-            "f_holder": holder,
-        });
-        Ok(FinishRow { job_id: request.job_id.clone(), result, error, record })
+        Ok(FinishRow {
+            job_id: request.job_id.clone(),
+            agent_id: request.agent_id.clone(),
+            lease_token: request.lease_token,
+            status: state.as_str(),
+            outcome: request.transition.outcome(),
+            result,
+            error,
+            error_code: error_code.map(str::to_owned),
+            finished_at: state.is_final().then_some(now),
+            run_at,
+            payload,
+            // Back to pending leaves nobody holding the job; otherwise the reporter keeps it.
+            holder: (state != JobState::Pending).then(|| request.agent_id.clone()),
+        })
     }
 
     pub fn record(&self) -> Value {
-        self.record.clone()
+        serde_json::json!({
+            "f_id": self.job_id,
+            "f_agent": self.agent_id,
+            "f_token": self.lease_token,
+            "f_status": self.status,
+            "f_outcome": self.outcome,
+            "f_result": self.result,
+            "f_error": self.error,
+            "f_error_code": self.error_code,
+            "f_finished_at": self.finished_at,
+            "f_run_at": self.run_at,
+            "f_payload": self.payload,
+            "f_holder": self.holder,
+        })
+    }
+}
+
+/// A new job as the insert statements write it (the bulk one reads it as one JSON record).
+pub(super) struct InsertRow<'a> {
+    pub job: &'a NewJob,
+    pub status: &'static str,
+    pub payload: String,
+    pub labels: Option<String>,
+    pub error: Option<String>,
+    pub error_code: Option<&'a str>,
+    pub skipped_recipients: Option<String>,
+    pub finished_at: Option<i64>,
+}
+
+impl<'a> InsertRow<'a> {
+    pub fn new(job: &'a NewJob, now: i64) -> Result<InsertRow<'a>, StoreError> {
+        let (status, error, finished_at) = match &job.final_state {
+            Some((state, error)) => (state.as_str(), Some(to_text(error)?), Some(now)),
+            None => (JobState::Pending.as_str(), None, None),
+        };
+        Ok(InsertRow {
+            job,
+            status,
+            payload: to_text(&job.payload)?,
+            labels: labels_text(&job.labels),
+            error,
+            error_code: job.final_state.as_ref().and_then(|(_, e)| e.get("code")).and_then(|c| c.as_str()),
+            skipped_recipients: opt_text(job.skipped_recipients.as_ref())?,
+            finished_at,
+        })
+    }
+
+    pub fn record(&self) -> Value {
+        let job = self.job;
+        serde_json::json!({
+            "i_id": job.id,
+            "i_type": job.job_type,
+            "i_payload": self.payload,
+            "i_status": self.status,
+            "i_creator": job.creator_id,
+            "i_target": job.target_agent_id,
+            "i_labels": self.labels,
+            "i_priority": job.priority,
+            "i_run_at": job.run_at,
+            "i_key": job.idempotency_key,
+            "i_max_receive": job.max_receive_count,
+            "i_visibility": job.visibility_timeout_ms,
+            "i_error": self.error,
+            "i_error_code": self.error_code,
+            "i_skipped": self.skipped_recipients,
+            "i_finished_at": self.finished_at,
+        })
     }
 }
 
@@ -139,7 +212,9 @@ pub(super) fn plan_claims(
     type_budgets: &mut HashMap<String, i64>,
 ) -> Vec<(String, String)> {
     let mut free: Vec<u32> = agents.iter().map(|(_, slots)| *slots).collect();
-    let index: HashMap<&str, usize> = agents.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
+    // Built at the first job that names an agent: most claims have none, and a group can
+    // hold thousands of agents.
+    let mut index: Option<HashMap<&str, usize>> = None;
     let mut plan = Vec::new();
     let mut next = 0;
     for candidate in candidates {
@@ -150,7 +225,10 @@ pub(super) fn plan_claims(
             continue;
         }
         let chosen = match &candidate.target_agent_id {
-            Some(target) => match index.get(target.as_str()) {
+            Some(target) => match index
+                .get_or_insert_with(|| agents.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect())
+                .get(target.as_str())
+            {
                 Some(&i) if free[i] > 0 => i,
                 _ => continue,
             },
@@ -200,13 +278,15 @@ macro_rules! in_write_tx {
 
 /// Expands to the `impl Store` for `$store` on database `$db`, whose rows are `$row`.
 /// `$store` must provide `pool` (reads), `writer` (writes; may be the same pool), `write_tx()`, `before_close()`, `publish_event()`,
-/// `subscribe_events()`, `ENGINE` and `EXCLUSIVE`; the invoking module must have a `dialect`
-/// module and `HubEvent` and `StoreError` in scope.
+/// `subscribe_events()`, `has_job_writer()` and `write_on_job_writer()` (an engine's own
+/// writer for [`JobWriteBatch`]es, which then takes every job write below), `ENGINE` and
+/// `EXCLUSIVE`; the invoking module must have a `dialect` module and `HubEvent` and
+/// `StoreError` in scope.
 macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty) => {
         use $crate::store::sql::{
-            plan_claims, ClaimCandidate, FinishRow, cancelled_error, labels_text, lease_expired_error, list_text, opt_text, records_text, parse_json, parse_labels,
-            to_text, AGENT_COLUMNS, DEAD_FILTER, JOB_COLUMNS, REDRIVE_COLUMNS,
+            plan_claims, ClaimCandidate, FinishRow, InsertRow, cancelled_error, labels_text, lease_expired_error, list_text, records_text, parse_json, parse_labels,
+            AGENT_COLUMNS, DEAD_FILTER, JOB_COLUMNS, REDRIVE_COLUMNS,
         };
         use $crate::store::{
             AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
@@ -387,32 +467,6 @@ macro_rules! sql_store {
             })
         }
 
-        fn insert_record(job: &NewJob, now: i64) -> Result<serde_json::Value, StoreError> {
-            let (status, error, finished_at) = match &job.final_state {
-                Some((state, error)) => (state.as_str(), Some(to_text(error)?), Some(now)),
-                None => (JobState::Pending.as_str(), None, None),
-            };
-            let error_code = job.final_state.as_ref().and_then(|(_, e)| e.get("code")).and_then(|c| c.as_str());
-            Ok(serde_json::json!({
-                "i_id": job.id,
-                "i_type": job.job_type,
-                "i_payload": to_text(&job.payload)?,
-                "i_status": status,
-                "i_creator": job.creator_id,
-                "i_target": job.target_agent_id,
-                "i_labels": labels_text(&job.labels),
-                "i_priority": job.priority,
-                "i_run_at": job.run_at,
-                "i_key": job.idempotency_key,
-                "i_max_receive": job.max_receive_count,
-                "i_visibility": job.visibility_timeout_ms,
-                "i_error": error,
-                "i_error_code": error_code,
-                "i_skipped": opt_text(job.skipped_recipients.as_ref())?,
-                "i_finished_at": finished_at,
-            }))
-        }
-
         fn agent_from_row(row: &$row) -> Result<AgentRecord, StoreError> {
             Ok(AgentRecord {
                 id: row.try_get("id")?,
@@ -587,7 +641,8 @@ macro_rules! sql_store {
             if jobs.is_empty() {
                 return Ok(Vec::new());
             }
-            let records = jobs.iter().map(|job| insert_record(job, now)).collect::<Result<Vec<_>, _>>()?;
+            let records =
+                jobs.iter().map(|job| InsertRow::new(job, now).map(|row| row.record())).collect::<Result<Vec<_>, _>>()?;
             let rows = sqlx::query(insert_sql())
                 .bind(now)
                 .bind(records_text(records))
@@ -840,7 +895,7 @@ macro_rules! sql_store {
             }
 
             async fn close(&self) {
-                self.before_close();
+                self.before_close().await;
                 self.pool.close().await;
                 self.writer.close().await;
             }
@@ -1079,6 +1134,10 @@ macro_rules! sql_store {
             }
 
             async fn insert_jobs(&self, jobs: &[NewJob], now: i64) -> Result<Vec<InsertOutcome>, StoreError> {
+                if self.has_job_writer() && !jobs.is_empty() {
+                    let batch = JobWriteBatch { inserts: jobs.to_vec(), ..Default::default() };
+                    return Ok(self.write_on_job_writer(batch, now).await?.inserted);
+                }
                 in_write_tx!(self, skip_if jobs.is_empty(), |tx| insert_jobs_in(&mut tx, jobs, now))
             }
 
@@ -1164,10 +1223,18 @@ macro_rules! sql_store {
             }
 
             async fn claim_jobs(&self, group: &ClaimGroup, now: i64) -> Result<Vec<JobRecord>, StoreError> {
+                if self.has_job_writer() && group.free_slots() > 0 {
+                    let batch = JobWriteBatch { claims: vec![group.clone()], ..Default::default() };
+                    return Ok(self.write_on_job_writer(batch, now).await?.claimed.pop().unwrap_or_default());
+                }
                 in_write_tx!(self, skip_if group.free_slots() == 0, |tx| claim_jobs_in(&mut tx, group, now))
             }
 
             async fn start_jobs(&self, leases: &[LeaseRef], now: i64) -> Result<Vec<bool>, StoreError> {
+                if self.has_job_writer() && !leases.is_empty() {
+                    let batch = JobWriteBatch { starts: leases.to_vec(), ..Default::default() };
+                    return Ok(self.write_on_job_writer(batch, now).await?.started);
+                }
                 in_write_tx!(self, skip_if leases.is_empty(), |tx| start_jobs_in(&mut tx, leases, now))
             }
 
@@ -1189,10 +1256,17 @@ macro_rules! sql_store {
                 requests: &[FinishRequest],
                 now: i64,
             ) -> Result<Vec<FinishOutcome>, StoreError> {
+                if self.has_job_writer() && !requests.is_empty() {
+                    let batch = JobWriteBatch { finishes: requests.to_vec(), ..Default::default() };
+                    return Ok(self.write_on_job_writer(batch, now).await?.finished);
+                }
                 in_write_tx!(self, skip_if requests.is_empty(), |tx| finish_jobs_in(&mut tx, requests, now))
             }
 
             async fn write_jobs(&self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+                if self.has_job_writer() && !batch.is_empty() {
+                    return self.write_on_job_writer(batch.clone(), now).await;
+                }
                 in_write_tx!(self, skip_if batch.is_empty(), |tx| write_jobs_in(&mut tx, batch, now))
             }
 

@@ -3,6 +3,8 @@
 //! statements themselves are shared ([`super::sql`]). It must never decide policy, and
 //! never be shared by two hub processes (it reports itself [`Store::exclusive`]).
 
+mod writer;
+
 use super::{HubEvent, StoreError};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -90,6 +92,10 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Ends the background checkpoint when the store closes.
     stop: CancellationToken,
+    /// Writes the job cycle's groups (submissions, acks, reports, claims) on a connection of
+    /// its own, while holding `writer`. None for an in-memory database, which a second
+    /// connection would not see.
+    jobs: Option<writer::JobWriter>,
 }
 
 impl SqliteStore {
@@ -125,18 +131,36 @@ impl SqliteStore {
         if in_memory {
             let pool = one_connection().connect_with(options).await?;
             MIGRATOR.run(&pool).await?;
-            return Ok(SqliteStore { writer: pool.clone(), pool, stop: CancellationToken::new() });
+            return Ok(SqliteStore { writer: pool.clone(), pool, stop: CancellationToken::new(), jobs: None });
         }
         let writer = one_connection().acquire_timeout(WRITER_ACQUIRE_TIMEOUT).connect_with(options.clone()).await?;
         MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
+        let jobs = writer::JobWriter::open(&filename, BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES)?;
         let stop = CancellationToken::new();
         tokio::spawn(checkpoint_in_background(pool.clone(), stop.clone()));
-        Ok(SqliteStore { pool, writer, stop })
+        Ok(SqliteStore { pool, writer, stop, jobs: Some(jobs) })
     }
 
-    fn before_close(&self) {
+    async fn before_close(&self) {
         self.stop.cancel();
+        if let Some(jobs) = &self.jobs {
+            jobs.close().await;
+        }
+    }
+
+    fn has_job_writer(&self) -> bool {
+        self.jobs.is_some()
+    }
+
+    /// Holds the write connection while the job writer writes, so the two never wait on
+    /// each other's lock (SQLite's busy handler sleeps in steps of up to 100 ms).
+    async fn write_on_job_writer(&self, batch: JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+        let Some(jobs) = &self.jobs else {
+            return Err(StoreError::Corrupt("this SQLite store has no job writer".to_owned()));
+        };
+        let _write_lock = self.writer.acquire().await?;
+        jobs.write(batch, now).await
     }
 
     /// `BEGIN IMMEDIATE`: a deferred transaction that reads first and writes later can fail

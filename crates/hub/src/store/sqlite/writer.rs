@@ -1,0 +1,496 @@
+//! Owns the SQLite job writer: one thread with its own connection that writes each group of
+//! submissions, acks, reports and claims ([`JobWriteBatch`]) in one transaction, a plain
+//! statement per row. It must never write anything else, and never run while another writer
+//! holds the write lock: the store hands it work only while it holds the write connection.
+//!
+//! Why a thread of its own: through `sqlx`, every statement is a round trip to the
+//! connection's worker thread, so a small group cost a dozen thread wake-ups, and the bulk
+//! statements that make large groups cheap (one JSON list per kind) cost more than a
+//! statement per row when a group holds one or two jobs, as it does at moderate load. Here a
+//! group is one hand-over, and each row a cached prepared statement.
+
+use super::claim_candidates_sql;
+use crate::store::sql::{parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, JOB_COLUMNS};
+use crate::store::{
+    ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobState, JobWriteAnswers, JobWriteBatch,
+    LeaseRef, NewJob, StoreError,
+};
+use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+type Task = (JobWriteBatch, i64, oneshot::Sender<Result<JobWriteAnswers, StoreError>>);
+
+/// Prepared statements kept per connection; the writer uses about a dozen.
+const STATEMENT_CACHE: usize = 32;
+
+pub(super) struct JobWriter {
+    tasks: Mutex<Option<mpsc::Sender<Task>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl JobWriter {
+    /// Opens a second connection to the (already migrated) database file with the same
+    /// settings as the store's, and starts the thread that owns it.
+    pub fn open(path: &Path, busy_timeout: Duration, checkpoint_pages: &str) -> Result<JobWriter, StoreError> {
+        let connection =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(writer_error)?;
+        connection.busy_timeout(busy_timeout).map_err(writer_error)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        connection
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = {checkpoint_pages};"
+            ))
+            .map_err(writer_error)?;
+        let (tasks, inbox) = mpsc::channel::<Task>();
+        let thread = std::thread::Builder::new()
+            .name("hub-job-writer".to_owned())
+            .spawn(move || {
+                let mut connection = connection;
+                let mut agent_lists = AgentLists::default();
+                for (batch, now, reply) in inbox {
+                    let _ = reply.send(write_batch(&mut connection, &mut agent_lists, &batch, now));
+                }
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite job writer thread: {e}")))?;
+        Ok(JobWriter { tasks: Mutex::new(Some(tasks)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Writes `batch` in one transaction. The caller must hold the store's write connection.
+    pub async fn write(&self, batch: JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let sent = match &*self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Some(tasks) => tasks.send((batch, now, reply)).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Corrupt("the SQLite job writer is closed".to_owned()));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Corrupt("the SQLite job writer thread stopped; see the log".to_owned()))
+        })
+    }
+
+    /// Ends the thread once the queued groups are written, and closes its connection.
+    pub async fn close(&self) {
+        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn writer_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Corrupt(format!("SQLite job writer: {e}"))
+}
+
+/// Same order as the bulk statements of the other engine: submissions, acks, reports, then
+/// claims, so a claim sees the slots and limits the reports before it freed.
+fn write_batch(
+    connection: &mut Connection,
+    agent_lists: &mut AgentLists,
+    batch: &JobWriteBatch,
+    now: i64,
+) -> Result<JobWriteAnswers, StoreError> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(writer_error)?;
+    let inserted = batch.inserts.iter().map(|job| insert(&tx, job, now)).collect::<Result<Vec<_>, _>>()?;
+    let started = batch.starts.iter().map(|lease| start(&tx, lease, now)).collect::<Result<Vec<_>, _>>()?;
+    let finished = batch.finishes.iter().map(|request| finish(&tx, request, now)).collect::<Result<Vec<_>, _>>()?;
+    let claimed =
+        batch.claims.iter().map(|group| claim(&tx, agent_lists, group, now)).collect::<Result<Vec<_>, _>>()?;
+    tx.commit().map_err(writer_error)?;
+    Ok(JobWriteAnswers { inserted, started, finished, claimed })
+}
+
+fn insert(tx: &Transaction, job: &NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
+    let row = InsertRow::new(job, now)?;
+    static SQL: OnceLock<String> = OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, run_at, \
+             idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, skipped_recipients, \
+             created_at, updated_at, finished_at) VALUES (:id, :type, :payload, :status, :creator, :target, \
+             :labels, :priority, :run_at, :key, :max_receive, :visibility, :error, :error_code, :skipped, :now, \
+             :now, :finished_at) ON CONFLICT DO NOTHING RETURNING {JOB_COLUMNS}"
+        )
+    });
+    let created = cached(tx, sql)?
+        .query_row(
+            named_params! {
+                ":id": job.id, ":type": job.job_type, ":payload": row.payload, ":status": row.status,
+                ":creator": job.creator_id, ":target": job.target_agent_id, ":labels": row.labels,
+                ":priority": job.priority, ":run_at": job.run_at, ":key": job.idempotency_key,
+                ":max_receive": job.max_receive_count, ":visibility": job.visibility_timeout_ms,
+                ":error": row.error, ":error_code": row.error_code, ":skipped": row.skipped_recipients,
+                ":now": now, ":finished_at": row.finished_at,
+            },
+            job_from_row,
+        )
+        .optional()
+        .map_err(writer_error)?;
+    if let Some(created) = created {
+        return Ok(InsertOutcome::Created(created?));
+    }
+    // Not inserted: `DO NOTHING` without a target also covers the partial unique index on
+    // (creator, idempotency key), so this is a duplicate submit (earlier in this group, or
+    // stored before).
+    let existing = match &job.idempotency_key {
+        Some(key) => {
+            cached(tx, &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = ?1 AND idempotency_key = ?2"))?
+                .query_row((&job.creator_id, key), job_from_row)
+                .optional()
+                .map_err(writer_error)?
+        }
+        None => None,
+    };
+    match existing {
+        Some(existing) => Ok(InsertOutcome::Existing(existing?)),
+        None => Err(StoreError::Corrupt(format!("job id {} collided with an existing job", job.id))),
+    }
+}
+
+fn start(tx: &Transaction, lease: &LeaseRef, now: i64) -> Result<bool, StoreError> {
+    let changed = cached(
+        tx,
+        "UPDATE jobs SET status = 'running', lease_expires_at = ?1 + visibility_timeout_ms, updated_at = ?1 \
+         WHERE id = ?2 AND assigned_agent_id = ?3 AND lease_token = ?4 AND status IN ('leased', 'running')",
+    )?
+    .execute((now, &lease.job_id, &lease.agent_id, lease.lease_token))
+    .map_err(writer_error)?;
+    Ok(changed > 0)
+}
+
+fn finish(tx: &Transaction, request: &FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
+    let row = FinishRow::new(request, now)?;
+    let applied: Option<String> = cached(
+        tx,
+        "UPDATE jobs SET status = :status, result = COALESCE(:result, result), error = COALESCE(:error, error), \
+         error_code = COALESCE(:error_code, error_code), updated_at = :now, finished_at = :finished_at, \
+         lease_expires_at = NULL, run_at = COALESCE(:run_at, run_at), payload = COALESCE(:payload, payload), \
+         assigned_agent_id = :holder \
+         WHERE id = :id AND assigned_agent_id = :agent AND lease_token = :token AND status IN ('leased', 'running') \
+         RETURNING creator_id",
+    )?
+    .query_row(
+        named_params! {
+            ":status": row.status, ":result": row.result, ":error": row.error, ":error_code": row.error_code,
+            ":now": now, ":finished_at": row.finished_at, ":run_at": row.run_at, ":payload": row.payload,
+            ":holder": row.holder, ":id": row.job_id, ":agent": row.agent_id, ":token": row.lease_token,
+        },
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(writer_error)?;
+    let Some(creator_id) = applied else { return finish_not_current(tx, request, &row, now) };
+    cached(
+        tx,
+        "UPDATE job_attempts SET ended_at = ?1, outcome = ?2, result = ?3, error = ?4 \
+         WHERE job_id = ?5 AND lease_token = ?6 AND outcome IS NULL",
+    )?
+    .execute((now, row.outcome, &row.result, &row.error, &row.job_id, row.lease_token))
+    .map_err(writer_error)?;
+    write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
+    Ok(FinishOutcome::Recorded(request.transition.state()))
+}
+
+/// A report that does not hold the job's current lease: a resend of a finished lease, a late
+/// result of an expired one (kept as `stale`), or a job this agent never held.
+fn finish_not_current(
+    tx: &Transaction,
+    request: &FinishRequest,
+    row: &FinishRow,
+    now: i64,
+) -> Result<FinishOutcome, StoreError> {
+    let attempt: Option<(String, String, i64, Option<String>)> = cached(
+        tx,
+        "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
+         WHERE job_id = ?1 AND lease_token = ?2 AND agent_id = ?3 AND COALESCE(outcome, '') <> 'stale' \
+         ORDER BY id LIMIT 1",
+    )?
+    .query_row((&request.job_id, request.lease_token, &request.agent_id), |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })
+    .optional()
+    .map_err(writer_error)?;
+    let Some((creator_id, job_type, leased_at, outcome)) = attempt else { return Ok(FinishOutcome::NotHeld) };
+    if !matches!(outcome.as_deref(), Some("expired") | Some("released") | None) {
+        return Ok(FinishOutcome::AlreadyFinished);
+    }
+    let already =
+        cached(tx, "SELECT 1 FROM job_attempts WHERE job_id = ?1 AND lease_token = ?2 AND outcome = 'stale' LIMIT 1")?
+            .exists((&request.job_id, request.lease_token))
+            .map_err(writer_error)?;
+    if !already {
+        cached(
+            tx,
+            "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at, ended_at, \
+             outcome, result, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'stale', ?8, ?9)",
+        )?
+        .execute((
+            &request.job_id,
+            request.lease_token,
+            &request.agent_id,
+            &creator_id,
+            &job_type,
+            leased_at,
+            now,
+            &row.result,
+            &row.error,
+        ))
+        .map_err(writer_error)?;
+        // The messages went out even if the lease had lapsed: the ledger must know, or they
+        // would be sent again.
+        write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
+    }
+    Ok(FinishOutcome::Stale)
+}
+
+/// Records that `creator_id` messaged these (normalised) recipients now.
+fn write_ledger(
+    tx: &Transaction,
+    creator_id: &str,
+    recipients: &[String],
+    job_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    for recipient in recipients {
+        cached(
+            tx,
+            "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (creator_id, recipient) DO UPDATE SET last_sent_at = excluded.last_sent_at, \
+             job_id = excluded.job_id",
+        )?
+        .execute((creator_id, recipient, now, job_id))
+        .map_err(writer_error)?;
+    }
+    Ok(())
+}
+
+/// [`crate::store::Store::claim_jobs`]: counts the creator's limits, picks candidates, deals
+/// them out ([`plan_claims`]) and leases each, opening its attempt.
+fn claim(
+    tx: &Transaction,
+    agent_lists: &mut AgentLists,
+    group: &ClaimGroup,
+    now: i64,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let wanted = group.free_slots();
+    if wanted == 0 {
+        return Ok(Vec::new());
+    }
+    let (max_concurrent, type_limits): (Option<i64>, i64) = cached(
+        tx,
+        "SELECT (SELECT max_concurrent FROM creator_limits WHERE creator_id = ?1), \
+         (SELECT COUNT(*) FROM creator_type_limits WHERE creator_id = ?1)",
+    )?
+    .query_row([&group.creator_id], |r| Ok((r.get(0)?, r.get(1)?)))
+    .map_err(writer_error)?;
+    let mut budget = i64::try_from(wanted).unwrap_or(i64::MAX);
+    if let Some(max) = max_concurrent {
+        let held: i64 =
+            cached(tx, "SELECT COUNT(*) FROM jobs WHERE creator_id = ?1 AND status IN ('leased', 'running')")?
+                .query_row([&group.creator_id], |r| r.get(0))
+                .map_err(writer_error)?;
+        budget = budget.min(max - held);
+    }
+    let mut type_budgets: HashMap<String, i64> = HashMap::new();
+    if type_limits > 0 {
+        let mut statement = cached(
+            tx,
+            "SELECT tl.job_type, tl.max_per_hour - (SELECT COUNT(*) FROM job_attempts a \
+                WHERE a.creator_id = tl.creator_id AND a.job_type = tl.job_type \
+                AND a.leased_at > ?2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale') \
+             FROM creator_type_limits tl WHERE tl.creator_id = ?1",
+        )?;
+        let rows = statement
+            .query_map((&group.creator_id, now), |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(writer_error)?;
+        for row in rows {
+            let (job_type, remaining) = row.map_err(writer_error)?;
+            type_budgets.insert(job_type, remaining);
+        }
+    }
+    if budget <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut candidates = Vec::new();
+    {
+        let mut statement = cached(tx, claim_candidates_sql())?;
+        let rows = statement
+            .query_map(
+                named_params! {
+                    "$1": group.creator_id, "$2": now, "$3": agent_lists.text(group),
+                    "$4": crate::store::sql::list_text(&group.labels),
+                    "$5": group.job_types.as_deref().map(crate::store::sql::list_text), "$6": budget,
+                },
+                |r| Ok(ClaimCandidate { job_id: r.get(0)?, job_type: r.get(1)?, target_agent_id: r.get(2)? }),
+            )
+            .map_err(writer_error)?;
+        for row in rows {
+            candidates.push(row.map_err(writer_error)?);
+        }
+    }
+    let plan = plan_claims(&group.agents, candidates, budget, &mut type_budgets);
+    static LEASE_SQL: OnceLock<String> = OnceLock::new();
+    let lease_sql = LEASE_SQL.get_or_init(|| {
+        format!(
+            "UPDATE jobs SET status = 'leased', assigned_agent_id = ?2, attempts = attempts + 1, \
+             lease_token = lease_token + 1, lease_expires_at = ?3 + visibility_timeout_ms, updated_at = ?3 \
+             WHERE id = ?1 AND status = 'pending' RETURNING {JOB_COLUMNS}"
+        )
+    });
+    let mut leased = Vec::with_capacity(plan.len());
+    for (job_id, agent_id) in plan {
+        let Some(job) = cached(tx, lease_sql)?
+            .query_row((&job_id, &agent_id, now), job_from_row)
+            .optional()
+            .map_err(writer_error)?
+        else {
+            continue;
+        };
+        let job = job?;
+        cached(
+            tx,
+            "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute((&job.id, job.lease_token, &agent_id, &job.creator_id, &job.job_type, now))
+        .map_err(writer_error)?;
+        leased.push(job);
+    }
+    Ok(leased)
+}
+
+/// Group key: creator, labels, job types.
+type GroupKey = (String, Vec<String>, Option<Vec<String>>);
+
+/// Each claim group's agent ids as the JSON list the candidates statement reads (for jobs
+/// naming an agent), kept between claims. Built anew for a thousand agents on every claim,
+/// it cost more than the claim's statements; the members of a group change far less often
+/// than once per claim, and the dispatcher's rotation of their order does not change the list.
+#[derive(Default)]
+struct AgentLists(HashMap<GroupKey, (Vec<String>, String)>);
+
+impl AgentLists {
+    /// Groups come and go with agents' labels and capabilities; this bounds the keys kept.
+    const MAX_GROUPS: usize = 256;
+
+    fn text(&mut self, group: &ClaimGroup) -> &str {
+        let key = (group.creator_id.clone(), group.labels.clone(), group.job_types.clone());
+        let current = self.0.get(&key).is_some_and(|(ids, _)| is_rotation_of(&group.agents, ids));
+        if !current {
+            if self.0.len() >= Self::MAX_GROUPS {
+                self.0.clear();
+            }
+            let ids: Vec<String> = group.agents.iter().map(|(id, _)| id.clone()).collect();
+            let text = crate::store::sql::list_text(&ids);
+            self.0.insert(key.clone(), (ids, text));
+        }
+        self.0.get(&key).map(|(_, text)| text.as_str()).unwrap_or("[]")
+    }
+}
+
+/// Whether `agents` lists the ids of `ids` in the same cyclic order, starting anywhere.
+fn is_rotation_of(agents: &[(String, u32)], ids: &[String]) -> bool {
+    if agents.len() != ids.len() {
+        return false;
+    }
+    let Some((first, _)) = agents.first() else { return true };
+    let Some(start) = ids.iter().position(|id| id == first) else { return false };
+    agents.iter().enumerate().all(|(k, (id, _))| ids[(start + k) % ids.len()] == *id)
+}
+
+fn cached<'c>(tx: &'c Transaction, sql: &str) -> Result<rusqlite::CachedStatement<'c>, StoreError> {
+    tx.prepare_cached(sql).map_err(writer_error)
+}
+
+/// A job row (columns as [`JOB_COLUMNS`] names them). The outer error is the driver's; the
+/// inner one a column that does not parse.
+fn job_from_row(row: &Row) -> rusqlite::Result<Result<JobRecord, StoreError>> {
+    let status: String = row.get("status")?;
+    let payload: String = row.get("payload")?;
+    let labels: Option<String> = row.get("labels")?;
+    let result: Option<String> = row.get("result")?;
+    let error: Option<String> = row.get("error")?;
+    let skipped: Option<String> = row.get("skipped_recipients")?;
+    let record = JobRecord {
+        id: row.get("id")?,
+        job_type: row.get("job_type")?,
+        payload: serde_json::Value::Null,
+        status: JobState::Pending,
+        creator_id: row.get("creator_id")?,
+        target_agent_id: row.get("target_agent_id")?,
+        labels: Vec::new(),
+        priority: row.get("priority")?,
+        run_at: row.get("run_at")?,
+        idempotency_key: row.get("idempotency_key")?,
+        assigned_agent_id: row.get("assigned_agent_id")?,
+        lease_token: row.get("lease_token")?,
+        lease_expires_at: row.get("lease_expires_at")?,
+        attempts: row.get("attempts")?,
+        max_receive_count: row.get("max_receive_count")?,
+        visibility_timeout_ms: row.get("visibility_timeout_ms")?,
+        cancel_requested: row.get::<_, i64>("cancel_requested")? != 0,
+        result: None,
+        error: None,
+        error_code: row.get("error_code")?,
+        skipped_recipients: None,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+        finished_at: row.get("finished_at")?,
+    };
+    Ok((|| {
+        Ok(JobRecord {
+            payload: parse_json("payload", Some(payload))?.unwrap_or(serde_json::Value::Null),
+            status: JobState::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown job status {status:?}")))?,
+            labels: parse_labels(labels)?,
+            result: parse_json("result", result)?,
+            error: parse_json("error", error)?,
+            skipped_recipients: parse_json("skipped_recipients", skipped)?,
+            ..record
+        })
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(agents: &[&str]) -> ClaimGroup {
+        ClaimGroup {
+            creator_id: "creator-1".to_owned(),
+            labels: Vec::new(),
+            job_types: None,
+            agents: agents.iter().map(|id| (id.to_string(), 1)).collect(),
+        }
+    }
+
+    fn listed(text: &str) -> Vec<String> {
+        let mut ids: Vec<String> = serde_json::from_str(text).unwrap();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_rotated_group_reuses_its_list_and_a_changed_one_gets_a_new_list() {
+        let mut lists = AgentLists::default();
+        assert_eq!(listed(lists.text(&group(&["a", "b", "c"]))), ["a", "b", "c"]);
+        assert!(is_rotation_of(&group(&["b", "c", "a"]).agents, &lists.0.values().next().unwrap().0));
+        assert_eq!(listed(lists.text(&group(&["c", "a", "b"]))), ["a", "b", "c"]);
+        // Same members in another cyclic order, one gone, one new, one more.
+        assert_eq!(listed(lists.text(&group(&["a", "c", "b"]))), ["a", "b", "c"]);
+        assert!(!is_rotation_of(&group(&["a", "c", "b"]).agents, &["a".into(), "b".into(), "c".into()]));
+        assert_eq!(listed(lists.text(&group(&["a", "b"]))), ["a", "b"]);
+        assert_eq!(listed(lists.text(&group(&["a", "d"]))), ["a", "d"]);
+        assert_eq!(listed(lists.text(&group(&["a", "d", "e"]))), ["a", "d", "e"]);
+        assert_eq!(listed(lists.text(&group(&[]))), Vec::<String>::new());
+    }
+}
