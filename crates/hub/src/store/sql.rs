@@ -29,6 +29,42 @@ pub(super) const DEAD_FILTER: &str = "status = 'dead' AND ($2 IS NULL OR job_typ
      AND ($3 IS NULL OR creator_id = $3) AND ($4 IS NULL OR error_code = $4) \
      AND ($5 IS NULL OR finished_at >= $5) AND ($6 IS NULL OR finished_at <= $6) AND finished_at <= $7";
 
+// Statements both engines' job writers run as they are (the shared bulk ones below take
+// JSON lists; SQLite's own job writer runs these row by row).
+
+/// Upsert into the recipient ledger: $1 creator, $2 recipient, $3 now, $4 job.
+pub(super) const LEDGER_UPSERT: &str = "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (creator_id, recipient) DO UPDATE SET \
+     last_sent_at = excluded.last_sent_at, job_id = excluded.job_id";
+
+/// The attempt a report names, unless stale: $1 job, $2 lease token, $3 agent.
+pub(super) const REPORTED_ATTEMPT: &str = "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
+     WHERE job_id = $1 AND lease_token = $2 AND agent_id = $3 AND COALESCE(outcome, '') <> 'stale' \
+     ORDER BY id LIMIT 1";
+
+/// A stale report already kept for this lease: $1 job, $2 lease token.
+pub(super) const STALE_ATTEMPT: &str =
+    "SELECT job_id FROM job_attempts WHERE job_id = $1 AND lease_token = $2 AND outcome = 'stale' LIMIT 1";
+
+/// Keeps a late report as a `stale` attempt: $1 job, $2 lease token, $3 agent, $4 creator,
+/// $5 job type, $6 leased at, $7 now, $8 result, $9 error.
+pub(super) const INSERT_STALE_ATTEMPT: &str = "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, \
+     job_type, leased_at, ended_at, outcome, result, error) VALUES ($1, $2, $3, $4, $5, $6, $7, 'stale', $8, $9)";
+
+/// A creator's concurrency limit and how many per-type hourly limits it has: $1 creator.
+pub(super) const CREATOR_LIMITS: &str = "SELECT (SELECT max_concurrent FROM creator_limits WHERE creator_id = $1) \
+     AS max_concurrent, (SELECT COUNT(*) FROM creator_type_limits WHERE creator_id = $1) AS type_limits";
+
+/// Jobs a creator's agents hold: $1 creator.
+pub(super) const HELD_BY_CREATOR: &str =
+    "SELECT COUNT(*) FROM jobs WHERE creator_id = $1 AND status IN ('leased', 'running')";
+
+/// What is left of each per-type hourly limit of a creator: $1 creator, $2 now.
+pub(super) const TYPE_BUDGETS: &str = "SELECT tl.job_type, tl.max_per_hour - (SELECT COUNT(*) FROM job_attempts a \
+     WHERE a.creator_id = tl.creator_id AND a.job_type = tl.job_type \
+     AND a.leased_at > $2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale') AS remaining \
+     FROM creator_type_limits tl WHERE tl.creator_id = $1";
+
 pub(super) fn to_text(value: &Value) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("a JSON value does not serialise: {e}")))
 }
@@ -286,7 +322,8 @@ macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty) => {
         use $crate::store::sql::{
             plan_claims, ClaimCandidate, FinishRow, InsertRow, cancelled_error, labels_text, lease_expired_error, list_text, records_text, parse_json, parse_labels,
-            AGENT_COLUMNS, DEAD_FILTER, JOB_COLUMNS, REDRIVE_COLUMNS,
+            AGENT_COLUMNS, CREATOR_LIMITS, DEAD_FILTER, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS,
+            LEDGER_UPSERT, REDRIVE_COLUMNS, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
         };
         use $crate::store::{
             AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
@@ -305,17 +342,13 @@ macro_rules! sql_store {
             now: i64,
         ) -> Result<(), StoreError> {
             for recipient in recipients {
-                sqlx::query(
-                    "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (creator_id, recipient) DO UPDATE SET last_sent_at = excluded.last_sent_at, \
-                     job_id = excluded.job_id",
-                )
-                .bind(creator_id)
-                .bind(recipient)
-                .bind(now)
-                .bind(job_id)
-                .execute(&mut **tx)
-                .await?;
+                sqlx::query(LEDGER_UPSERT)
+                    .bind(creator_id)
+                    .bind(recipient)
+                    .bind(now)
+                    .bind(job_id)
+                    .execute(&mut **tx)
+                    .await?;
             }
             Ok(())
         }
@@ -329,45 +362,36 @@ macro_rules! sql_store {
             error: &Option<String>,
             now: i64,
         ) -> Result<FinishOutcome, StoreError> {
-            let attempt = sqlx::query(
-                "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
-                 WHERE job_id = $1 AND lease_token = $2 AND agent_id = $3 \
-                 AND COALESCE(outcome, '') <> 'stale' ORDER BY id LIMIT 1",
-            )
-            .bind(&request.job_id)
-            .bind(request.lease_token)
-            .bind(&request.agent_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let attempt = sqlx::query(REPORTED_ATTEMPT)
+                .bind(&request.job_id)
+                .bind(request.lease_token)
+                .bind(&request.agent_id)
+                .fetch_optional(&mut **tx)
+                .await?;
             let Some(row) = attempt else { return Ok(FinishOutcome::NotHeld) };
             let outcome: Option<String> = row.try_get("outcome")?;
             if !matches!(outcome.as_deref(), Some("expired") | Some("released") | None) {
                 return Ok(FinishOutcome::AlreadyFinished);
             }
             let creator_id: String = row.try_get("creator_id")?;
-            let already: Option<String> = sqlx::query_scalar(
-                "SELECT job_id FROM job_attempts WHERE job_id = $1 AND lease_token = $2 AND outcome = 'stale' LIMIT 1",
-            )
-            .bind(&request.job_id)
-            .bind(request.lease_token)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if already.is_none() {
-                sqlx::query(
-                    "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at, \
-                     ended_at, outcome, result, error) VALUES ($1, $2, $3, $4, $5, $6, $7, 'stale', $8, $9)",
-                )
+            let already: Option<String> = sqlx::query_scalar(STALE_ATTEMPT)
                 .bind(&request.job_id)
                 .bind(request.lease_token)
-                .bind(&request.agent_id)
-                .bind(&creator_id)
-                .bind(row.try_get::<String, _>("job_type")?)
-                .bind(row.try_get::<i64, _>("leased_at")?)
-                .bind(now)
-                .bind(result)
-                .bind(error)
-                .execute(&mut **tx)
+                .fetch_optional(&mut **tx)
                 .await?;
+            if already.is_none() {
+                sqlx::query(INSERT_STALE_ATTEMPT)
+                    .bind(&request.job_id)
+                    .bind(request.lease_token)
+                    .bind(&request.agent_id)
+                    .bind(&creator_id)
+                    .bind(row.try_get::<String, _>("job_type")?)
+                    .bind(row.try_get::<i64, _>("leased_at")?)
+                    .bind(now)
+                    .bind(result)
+                    .bind(error)
+                    .execute(&mut **tx)
+                    .await?;
                 // The messages went out even if the lease had lapsed: the ledger must know,
                 // or they would be sent again.
                 write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now).await?;
@@ -767,13 +791,10 @@ macro_rules! sql_store {
             if wanted == 0 {
                 return Ok(Vec::new());
             }
-            let limits = sqlx::query(
-                "SELECT (SELECT max_concurrent FROM creator_limits WHERE creator_id = $1) AS max_concurrent, \
-                 (SELECT COUNT(*) FROM creator_type_limits WHERE creator_id = $1) AS type_limits",
-            )
-            .bind(&group.creator_id)
-            .fetch_one(&mut **tx)
-            .await?;
+            let limits = sqlx::query(CREATOR_LIMITS)
+                .bind(&group.creator_id)
+                .fetch_one(&mut **tx)
+                .await?;
             let max_concurrent: Option<i64> = limits.try_get("max_concurrent")?;
             let has_type_limits = limits.try_get::<i64, _>("type_limits")? > 0;
             let mut budget = i64::try_from(wanted).unwrap_or(i64::MAX);
@@ -785,25 +806,18 @@ macro_rules! sql_store {
                     sqlx::query(lock).bind(&group.creator_id).execute(&mut **tx).await?;
                 }
                 if let Some(max) = max_concurrent {
-                    let held: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM jobs WHERE creator_id = $1 AND status IN ('leased', 'running')",
-                    )
-                    .bind(&group.creator_id)
-                    .fetch_one(&mut **tx)
-                    .await?;
+                    let held: i64 = sqlx::query_scalar(HELD_BY_CREATOR)
+                        .bind(&group.creator_id)
+                        .fetch_one(&mut **tx)
+                        .await?;
                     budget = budget.min(max - held);
                 }
                 if has_type_limits {
-                    let rows = sqlx::query(
-                        "SELECT tl.job_type, tl.max_per_hour - (SELECT COUNT(*) FROM job_attempts a \
-                            WHERE a.creator_id = tl.creator_id AND a.job_type = tl.job_type \
-                            AND a.leased_at > $2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale') AS remaining \
-                         FROM creator_type_limits tl WHERE tl.creator_id = $1",
-                    )
-                    .bind(&group.creator_id)
-                    .bind(now)
-                    .fetch_all(&mut **tx)
-                    .await?;
+                    let rows = sqlx::query(TYPE_BUDGETS)
+                        .bind(&group.creator_id)
+                        .bind(now)
+                        .fetch_all(&mut **tx)
+                        .await?;
                     for row in rows {
                         type_budgets.insert(row.try_get("job_type")?, row.try_get("remaining")?);
                     }

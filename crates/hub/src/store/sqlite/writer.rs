@@ -10,7 +10,10 @@
 //! group is one hand-over, and each row a cached prepared statement.
 
 use super::claim_candidates_sql;
-use crate::store::sql::{parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, JOB_COLUMNS};
+use crate::store::sql::{
+    parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, CREATOR_LIMITS, HELD_BY_CREATOR,
+    INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UPSERT, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
+};
 use crate::store::{
     ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobState, JobWriteAnswers, JobWriteBatch,
     LeaseRef, NewJob, StoreError,
@@ -208,43 +211,26 @@ fn finish_not_current(
     row: &FinishRow,
     now: i64,
 ) -> Result<FinishOutcome, StoreError> {
-    let attempt: Option<(String, String, i64, Option<String>)> = cached(
-        tx,
-        "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
-         WHERE job_id = ?1 AND lease_token = ?2 AND agent_id = ?3 AND COALESCE(outcome, '') <> 'stale' \
-         ORDER BY id LIMIT 1",
-    )?
-    .query_row((&request.job_id, request.lease_token, &request.agent_id), |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-    })
-    .optional()
-    .map_err(writer_error)?;
+    let attempt: Option<(String, String, i64, Option<String>)> = cached(tx, REPORTED_ATTEMPT)?
+        .query_row(named_params! {"$1": request.job_id, "$2": request.lease_token, "$3": request.agent_id}, |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()
+        .map_err(writer_error)?;
     let Some((creator_id, job_type, leased_at, outcome)) = attempt else { return Ok(FinishOutcome::NotHeld) };
     if !matches!(outcome.as_deref(), Some("expired") | Some("released") | None) {
         return Ok(FinishOutcome::AlreadyFinished);
     }
-    let already =
-        cached(tx, "SELECT 1 FROM job_attempts WHERE job_id = ?1 AND lease_token = ?2 AND outcome = 'stale' LIMIT 1")?
-            .exists((&request.job_id, request.lease_token))
-            .map_err(writer_error)?;
-    if !already {
-        cached(
-            tx,
-            "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at, ended_at, \
-             outcome, result, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'stale', ?8, ?9)",
-        )?
-        .execute((
-            &request.job_id,
-            request.lease_token,
-            &request.agent_id,
-            &creator_id,
-            &job_type,
-            leased_at,
-            now,
-            &row.result,
-            &row.error,
-        ))
+    let already = cached(tx, STALE_ATTEMPT)?
+        .exists(named_params! {"$1": request.job_id, "$2": request.lease_token})
         .map_err(writer_error)?;
+    if !already {
+        cached(tx, INSERT_STALE_ATTEMPT)?
+            .execute(named_params! {
+                "$1": request.job_id, "$2": request.lease_token, "$3": request.agent_id, "$4": creator_id,
+                "$5": job_type, "$6": leased_at, "$7": now, "$8": row.result, "$9": row.error,
+            })
+            .map_err(writer_error)?;
         // The messages went out even if the lease had lapsed: the ledger must know, or they
         // would be sent again.
         write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
@@ -261,14 +247,9 @@ fn write_ledger(
     now: i64,
 ) -> Result<(), StoreError> {
     for recipient in recipients {
-        cached(
-            tx,
-            "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (creator_id, recipient) DO UPDATE SET last_sent_at = excluded.last_sent_at, \
-             job_id = excluded.job_id",
-        )?
-        .execute((creator_id, recipient, now, job_id))
-        .map_err(writer_error)?;
+        cached(tx, LEDGER_UPSERT)?
+            .execute(named_params! {"$1": creator_id, "$2": recipient, "$3": now, "$4": job_id})
+            .map_err(writer_error)?;
     }
     Ok(())
 }
@@ -285,32 +266,23 @@ fn claim(
     if wanted == 0 {
         return Ok(Vec::new());
     }
-    let (max_concurrent, type_limits): (Option<i64>, i64) = cached(
-        tx,
-        "SELECT (SELECT max_concurrent FROM creator_limits WHERE creator_id = ?1), \
-         (SELECT COUNT(*) FROM creator_type_limits WHERE creator_id = ?1)",
-    )?
-    .query_row([&group.creator_id], |r| Ok((r.get(0)?, r.get(1)?)))
-    .map_err(writer_error)?;
+    let (max_concurrent, type_limits): (Option<i64>, i64) = cached(tx, CREATOR_LIMITS)?
+        .query_row(named_params! {"$1": group.creator_id}, |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(writer_error)?;
     let mut budget = i64::try_from(wanted).unwrap_or(i64::MAX);
     if let Some(max) = max_concurrent {
-        let held: i64 =
-            cached(tx, "SELECT COUNT(*) FROM jobs WHERE creator_id = ?1 AND status IN ('leased', 'running')")?
-                .query_row([&group.creator_id], |r| r.get(0))
-                .map_err(writer_error)?;
+        let held: i64 = cached(tx, HELD_BY_CREATOR)?
+            .query_row(named_params! {"$1": group.creator_id}, |r| r.get(0))
+            .map_err(writer_error)?;
         budget = budget.min(max - held);
     }
     let mut type_budgets: HashMap<String, i64> = HashMap::new();
     if type_limits > 0 {
-        let mut statement = cached(
-            tx,
-            "SELECT tl.job_type, tl.max_per_hour - (SELECT COUNT(*) FROM job_attempts a \
-                WHERE a.creator_id = tl.creator_id AND a.job_type = tl.job_type \
-                AND a.leased_at > ?2 - 3600000 AND COALESCE(a.outcome, '') <> 'stale') \
-             FROM creator_type_limits tl WHERE tl.creator_id = ?1",
-        )?;
+        let mut statement = cached(tx, TYPE_BUDGETS)?;
         let rows = statement
-            .query_map((&group.creator_id, now), |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map(named_params! {"$1": group.creator_id, "$2": now}, |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .map_err(writer_error)?;
         for row in rows {
             let (job_type, remaining) = row.map_err(writer_error)?;
