@@ -73,7 +73,7 @@ impl JobWrites {
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Corrupt("the hub's job writer stopped; see the log for its panic".to_owned())
+    StoreError::WriterStopped("it stopped; see the log for its panic".to_owned())
 }
 
 async fn write_groups(store: Arc<dyn Store>, mut inbox: mpsc::UnboundedReceiver<Write>) {

@@ -22,6 +22,11 @@ use tokio::sync::mpsc;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error in the SQLite job writer: {0}")]
+    JobWriter(#[from] rusqlite::Error),
+    /// A writer the store relies on is not running (the hub is stopping, or it failed).
+    #[error("the hub's job writer is not running: {0}")]
+    WriterStopped(String),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("database URL {url:?} is not supported: {reason}")]

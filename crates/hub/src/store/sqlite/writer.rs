@@ -41,16 +41,13 @@ impl JobWriter {
     /// settings as the store's, and starts the thread that owns it.
     pub fn open(path: &Path, busy_timeout: Duration, checkpoint_pages: &str) -> Result<JobWriter, StoreError> {
         let connection =
-            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(writer_error)?;
-        connection.busy_timeout(busy_timeout).map_err(writer_error)?;
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        connection.busy_timeout(busy_timeout)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        connection
-            .execute_batch(&format!(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+        connection.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
                  PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = {checkpoint_pages};"
-            ))
-            .map_err(writer_error)?;
+        ))?;
         let (tasks, inbox) = mpsc::channel::<Task>();
         let thread = std::thread::Builder::new()
             .name("hub-job-writer".to_owned())
@@ -61,7 +58,7 @@ impl JobWriter {
                     let _ = reply.send(write_batch(&mut connection, &mut agent_lists, &batch, now));
                 }
             })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the SQLite job writer thread: {e}")))?;
+            .map_err(|e| StoreError::WriterStopped(format!("cannot start the SQLite job writer thread: {e}")))?;
         Ok(JobWriter { tasks: Mutex::new(Some(tasks)), thread: Mutex::new(Some(thread)) })
     }
 
@@ -73,10 +70,10 @@ impl JobWriter {
             None => false,
         };
         if !sent {
-            return Err(StoreError::Corrupt("the SQLite job writer is closed".to_owned()));
+            return Err(StoreError::WriterStopped("the SQLite job writer is closed".to_owned()));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(StoreError::Corrupt("the SQLite job writer thread stopped; see the log".to_owned()))
+            Err(StoreError::WriterStopped("the SQLite job writer thread stopped; see the log".to_owned()))
         })
     }
 
@@ -90,10 +87,6 @@ impl JobWriter {
     }
 }
 
-fn writer_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Corrupt(format!("SQLite job writer: {e}"))
-}
-
 /// Same order as the bulk statements of the other engine: submissions, acks, reports, then
 /// claims, so a claim sees the slots and limits the reports before it freed.
 fn write_batch(
@@ -102,13 +95,13 @@ fn write_batch(
     batch: &JobWriteBatch,
     now: i64,
 ) -> Result<JobWriteAnswers, StoreError> {
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(writer_error)?;
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let inserted = batch.inserts.iter().map(|job| insert(&tx, job, now)).collect::<Result<Vec<_>, _>>()?;
     let started = batch.starts.iter().map(|lease| start(&tx, lease, now)).collect::<Result<Vec<_>, _>>()?;
     let finished = batch.finishes.iter().map(|request| finish(&tx, request, now)).collect::<Result<Vec<_>, _>>()?;
     let claimed =
         batch.claims.iter().map(|group| claim(&tx, agent_lists, group, now)).collect::<Result<Vec<_>, _>>()?;
-    tx.commit().map_err(writer_error)?;
+    tx.commit()?;
     Ok(JobWriteAnswers { inserted, started, finished, claimed })
 }
 
@@ -136,8 +129,7 @@ fn insert(tx: &Transaction, job: &NewJob, now: i64) -> Result<InsertOutcome, Sto
             },
             job_from_row,
         )
-        .optional()
-        .map_err(writer_error)?;
+        .optional()?;
     if let Some(created) = created {
         return Ok(InsertOutcome::Created(created?));
     }
@@ -148,8 +140,7 @@ fn insert(tx: &Transaction, job: &NewJob, now: i64) -> Result<InsertOutcome, Sto
         Some(key) => {
             cached(tx, &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = ?1 AND idempotency_key = ?2"))?
                 .query_row((&job.creator_id, key), job_from_row)
-                .optional()
-                .map_err(writer_error)?
+                .optional()?
         }
         None => None,
     };
@@ -165,8 +156,7 @@ fn start(tx: &Transaction, lease: &LeaseRef, now: i64) -> Result<bool, StoreErro
         "UPDATE jobs SET status = 'running', lease_expires_at = ?1 + visibility_timeout_ms, updated_at = ?1 \
          WHERE id = ?2 AND assigned_agent_id = ?3 AND lease_token = ?4 AND status IN ('leased', 'running')",
     )?
-    .execute((now, &lease.job_id, &lease.agent_id, lease.lease_token))
-    .map_err(writer_error)?;
+    .execute((now, &lease.job_id, &lease.agent_id, lease.lease_token))?;
     Ok(changed > 0)
 }
 
@@ -189,16 +179,14 @@ fn finish(tx: &Transaction, request: &FinishRequest, now: i64) -> Result<FinishO
         },
         |r| r.get(0),
     )
-    .optional()
-    .map_err(writer_error)?;
+    .optional()?;
     let Some(creator_id) = applied else { return finish_not_current(tx, request, &row, now) };
     cached(
         tx,
         "UPDATE job_attempts SET ended_at = ?1, outcome = ?2, result = ?3, error = ?4 \
          WHERE job_id = ?5 AND lease_token = ?6 AND outcome IS NULL",
     )?
-    .execute((now, row.outcome, &row.result, &row.error, &row.job_id, row.lease_token))
-    .map_err(writer_error)?;
+    .execute((now, row.outcome, &row.result, &row.error, &row.job_id, row.lease_token))?;
     write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
     Ok(FinishOutcome::Recorded(request.transition.state()))
 }
@@ -215,22 +203,17 @@ fn finish_not_current(
         .query_row(named_params! {"$1": request.job_id, "$2": request.lease_token, "$3": request.agent_id}, |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })
-        .optional()
-        .map_err(writer_error)?;
+        .optional()?;
     let Some((creator_id, job_type, leased_at, outcome)) = attempt else { return Ok(FinishOutcome::NotHeld) };
     if !matches!(outcome.as_deref(), Some("expired") | Some("released") | None) {
         return Ok(FinishOutcome::AlreadyFinished);
     }
-    let already = cached(tx, STALE_ATTEMPT)?
-        .exists(named_params! {"$1": request.job_id, "$2": request.lease_token})
-        .map_err(writer_error)?;
+    let already = cached(tx, STALE_ATTEMPT)?.exists(named_params! {"$1": request.job_id, "$2": request.lease_token})?;
     if !already {
-        cached(tx, INSERT_STALE_ATTEMPT)?
-            .execute(named_params! {
-                "$1": request.job_id, "$2": request.lease_token, "$3": request.agent_id, "$4": creator_id,
-                "$5": job_type, "$6": leased_at, "$7": now, "$8": row.result, "$9": row.error,
-            })
-            .map_err(writer_error)?;
+        cached(tx, INSERT_STALE_ATTEMPT)?.execute(named_params! {
+            "$1": request.job_id, "$2": request.lease_token, "$3": request.agent_id, "$4": creator_id,
+            "$5": job_type, "$6": leased_at, "$7": now, "$8": row.result, "$9": row.error,
+        })?;
         // The messages went out even if the lease had lapsed: the ledger must know, or they
         // would be sent again.
         write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
@@ -248,8 +231,7 @@ fn write_ledger(
 ) -> Result<(), StoreError> {
     for recipient in recipients {
         cached(tx, LEDGER_UPSERT)?
-            .execute(named_params! {"$1": creator_id, "$2": recipient, "$3": now, "$4": job_id})
-            .map_err(writer_error)?;
+            .execute(named_params! {"$1": creator_id, "$2": recipient, "$3": now, "$4": job_id})?;
     }
     Ok(())
 }
@@ -267,25 +249,20 @@ fn claim(
         return Ok(Vec::new());
     }
     let (max_concurrent, type_limits): (Option<i64>, i64) = cached(tx, CREATOR_LIMITS)?
-        .query_row(named_params! {"$1": group.creator_id}, |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(writer_error)?;
+        .query_row(named_params! {"$1": group.creator_id}, |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut budget = i64::try_from(wanted).unwrap_or(i64::MAX);
     if let Some(max) = max_concurrent {
-        let held: i64 = cached(tx, HELD_BY_CREATOR)?
-            .query_row(named_params! {"$1": group.creator_id}, |r| r.get(0))
-            .map_err(writer_error)?;
+        let held: i64 = cached(tx, HELD_BY_CREATOR)?.query_row(named_params! {"$1": group.creator_id}, |r| r.get(0))?;
         budget = budget.min(max - held);
     }
     let mut type_budgets: HashMap<String, i64> = HashMap::new();
     if type_limits > 0 {
         let mut statement = cached(tx, TYPE_BUDGETS)?;
-        let rows = statement
-            .query_map(named_params! {"$1": group.creator_id, "$2": now}, |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(writer_error)?;
+        let rows = statement.query_map(named_params! {"$1": group.creator_id, "$2": now}, |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
         for row in rows {
-            let (job_type, remaining) = row.map_err(writer_error)?;
+            let (job_type, remaining) = row?;
             type_budgets.insert(job_type, remaining);
         }
     }
@@ -295,18 +272,16 @@ fn claim(
     let mut candidates = Vec::new();
     {
         let mut statement = cached(tx, claim_candidates_sql())?;
-        let rows = statement
-            .query_map(
-                named_params! {
-                    "$1": group.creator_id, "$2": now, "$3": agent_lists.text(group),
-                    "$4": crate::store::sql::list_text(&group.labels),
-                    "$5": group.job_types.as_deref().map(crate::store::sql::list_text), "$6": budget,
-                },
-                |r| Ok(ClaimCandidate { job_id: r.get(0)?, job_type: r.get(1)?, target_agent_id: r.get(2)? }),
-            )
-            .map_err(writer_error)?;
+        let rows = statement.query_map(
+            named_params! {
+                "$1": group.creator_id, "$2": now, "$3": agent_lists.text(group),
+                "$4": crate::store::sql::list_text(&group.labels),
+                "$5": group.job_types.as_deref().map(crate::store::sql::list_text), "$6": budget,
+            },
+            |r| Ok(ClaimCandidate { job_id: r.get(0)?, job_type: r.get(1)?, target_agent_id: r.get(2)? }),
+        )?;
         for row in rows {
-            candidates.push(row.map_err(writer_error)?);
+            candidates.push(row?);
         }
     }
     let plan = plan_claims(&group.agents, candidates, budget, &mut type_budgets);
@@ -320,11 +295,7 @@ fn claim(
     });
     let mut leased = Vec::with_capacity(plan.len());
     for (job_id, agent_id) in plan {
-        let Some(job) = cached(tx, lease_sql)?
-            .query_row((&job_id, &agent_id, now), job_from_row)
-            .optional()
-            .map_err(writer_error)?
-        else {
+        let Some(job) = cached(tx, lease_sql)?.query_row((&job_id, &agent_id, now), job_from_row).optional()? else {
             continue;
         };
         let job = job?;
@@ -333,8 +304,7 @@ fn claim(
             "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
-        .execute((&job.id, job.lease_token, &agent_id, &job.creator_id, &job.job_type, now))
-        .map_err(writer_error)?;
+        .execute((&job.id, job.lease_token, &agent_id, &job.creator_id, &job.job_type, now))?;
         leased.push(job);
     }
     Ok(leased)
@@ -380,7 +350,7 @@ fn is_rotation_of(agents: &[(String, u32)], ids: &[String]) -> bool {
 }
 
 fn cached<'c>(tx: &'c Transaction, sql: &str) -> Result<rusqlite::CachedStatement<'c>, StoreError> {
-    tx.prepare_cached(sql).map_err(writer_error)
+    Ok(tx.prepare_cached(sql)?)
 }
 
 /// A job row (columns as [`JOB_COLUMNS`] names them). The outer error is the driver's; the
