@@ -6,9 +6,7 @@
 mod writer;
 
 use super::{HubEvent, StoreError};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
 use sqlx::{Sqlite, Transaction};
 use std::path::Path;
 use std::str::FromStr;
@@ -38,6 +36,17 @@ const BACKGROUND_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// the background checkpoint cannot finish while the writer keeps appending, and only a
 /// checkpoint run between two writes lets the WAL start over instead of growing.
 const WRITER_CHECKPOINT_PAGES: &str = "4000";
+
+/// Settings of every connection, `sqlx`'s and the job writer's alike.
+const PRAGMAS: [(&str, &str); 5] = [
+    ("journal_mode", "WAL"),
+    ("synchronous", "NORMAL"),
+    ("foreign_keys", "ON"),
+    // 32 MiB of page cache per connection (SQLite's default is 2 MiB): the job table's
+    // indexes stay in memory under load instead of being re-read per write.
+    ("cache_size", "-32768"),
+    ("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES),
+];
 
 pub(super) mod dialect {
     /// SQLite has one writer at a time; `BEGIN IMMEDIATE` already serialises claims.
@@ -105,17 +114,13 @@ impl SqliteStore {
     /// Opens (creating the file and its directory if needed) and migrates the database.
     /// Databases written by the walking skeleton are migrated forward in place.
     pub async fn connect(database_url: &str) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(database_url)
-            .map_err(|e| StoreError::UnsupportedUrl { url: database_url.to_owned(), reason: e.to_string() })?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            // 32 MiB of page cache per connection (SQLite's default is 2 MiB): the job
-            // table's indexes stay in memory under load instead of being re-read per write.
-            .pragma("cache_size", "-32768")
-            .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
-            .foreign_keys(true);
+        let options = PRAGMAS.iter().fold(
+            SqliteConnectOptions::from_str(database_url)
+                .map_err(|e| StoreError::UnsupportedUrl { url: database_url.to_owned(), reason: e.to_string() })?
+                .create_if_missing(true)
+                .busy_timeout(BUSY_TIMEOUT),
+            |options, (name, value)| options.pragma(*name, *value),
+        );
         let filename = options.get_filename().to_path_buf();
         let in_memory = filename.as_os_str() == ":memory:" || database_url.contains("mode=memory");
         if !in_memory {
@@ -136,7 +141,7 @@ impl SqliteStore {
         let writer = one_connection().acquire_timeout(WRITER_ACQUIRE_TIMEOUT).connect_with(options.clone()).await?;
         MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
-        let jobs = writer::JobWriter::open(&filename, BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES)?;
+        let jobs = writer::JobWriter::open(&filename, BUSY_TIMEOUT, &PRAGMAS, writer.clone())?;
         let stop = CancellationToken::new();
         tokio::spawn(checkpoint_in_background(pool.clone(), stop.clone()));
         Ok(SqliteStore { pool, writer, stop, jobs: Some(jobs) })
@@ -153,14 +158,11 @@ impl SqliteStore {
         self.jobs.is_some()
     }
 
-    /// Holds the write connection while the job writer writes, so the two never wait on
-    /// each other's lock (SQLite's busy handler sleeps in steps of up to 100 ms).
     async fn write_on_job_writer(&self, batch: JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
-        let Some(jobs) = &self.jobs else {
-            return Err(StoreError::Corrupt("this SQLite store has no job writer".to_owned()));
-        };
-        let _write_lock = self.writer.acquire().await?;
-        jobs.write(batch, now).await
+        match &self.jobs {
+            Some(jobs) => jobs.write(batch, now).await,
+            None => Err(StoreError::Corrupt("this SQLite store has no job writer".to_owned())),
+        }
     }
 
     /// `BEGIN IMMEDIATE`: a deferred transaction that reads first and writes later can fail

@@ -1,7 +1,7 @@
 //! Owns the SQLite job writer: one thread with its own connection that writes each group of
 //! submissions, acks, reports and claims ([`JobWriteBatch`]) in one transaction, a plain
 //! statement per row. It must never write anything else, and never run while another writer
-//! holds the write lock: the store hands it work only while it holds the write connection.
+//! holds the write lock: it writes only while holding the store's `sqlx` write connection.
 //!
 //! Why a thread of its own: through `sqlx`, every statement is a round trip to the
 //! connection's worker thread, so a small group cost a dozen thread wake-ups, and the bulk
@@ -11,14 +11,15 @@
 
 use super::claim_candidates_sql;
 use crate::store::sql::{
-    parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, CREATOR_LIMITS, HELD_BY_CREATOR,
-    INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UPSERT, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
+    list_text, parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, CREATOR_LIMITS,
+    HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UPSERT, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
 };
 use crate::store::{
     ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobState, JobWriteAnswers, JobWriteBatch,
     LeaseRef, NewJob, StoreError,
 };
 use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Mutex, OnceLock};
@@ -34,20 +35,28 @@ const STATEMENT_CACHE: usize = 32;
 pub(super) struct JobWriter {
     tasks: Mutex<Option<mpsc::Sender<Task>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The store's one `sqlx` write connection, held while a group is written so the two
+    /// connections never wait on each other's lock (SQLite's busy handler sleeps in steps of
+    /// up to 100 ms).
+    write_lock: SqlitePool,
 }
 
 impl JobWriter {
-    /// Opens a second connection to the (already migrated) database file with the same
-    /// settings as the store's, and starts the thread that owns it.
-    pub fn open(path: &Path, busy_timeout: Duration, checkpoint_pages: &str) -> Result<JobWriter, StoreError> {
+    /// Opens a second connection to the (already migrated) database file with the store's
+    /// settings, and starts the thread that owns it. `write_lock` is the store's write pool.
+    pub fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        pragmas: &[(&str, &str)],
+        write_lock: SqlitePool,
+    ) -> Result<JobWriter, StoreError> {
         let connection =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         connection.busy_timeout(busy_timeout)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        connection.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                 PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = {checkpoint_pages};"
-        ))?;
+        for (name, value) in pragmas {
+            connection.execute_batch(&format!("PRAGMA {name} = {value}"))?;
+        }
         let (tasks, inbox) = mpsc::channel::<Task>();
         let thread = std::thread::Builder::new()
             .name("hub-job-writer".to_owned())
@@ -59,11 +68,12 @@ impl JobWriter {
                 }
             })
             .map_err(|e| StoreError::WriterStopped(format!("cannot start the SQLite job writer thread: {e}")))?;
-        Ok(JobWriter { tasks: Mutex::new(Some(tasks)), thread: Mutex::new(Some(thread)) })
+        Ok(JobWriter { tasks: Mutex::new(Some(tasks)), thread: Mutex::new(Some(thread)), write_lock })
     }
 
-    /// Writes `batch` in one transaction. The caller must hold the store's write connection.
+    /// Writes `batch` in one transaction.
     pub async fn write(&self, batch: JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+        let _write_lock = self.write_lock.acquire().await?;
         let (reply, answer) = oneshot::channel();
         let sent = match &*self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
             Some(tasks) => tasks.send((batch, now, reply)).is_ok(),
@@ -275,8 +285,8 @@ fn claim(
         let rows = statement.query_map(
             named_params! {
                 "$1": group.creator_id, "$2": now, "$3": agent_lists.text(group),
-                "$4": crate::store::sql::list_text(&group.labels),
-                "$5": group.job_types.as_deref().map(crate::store::sql::list_text), "$6": budget,
+                "$4": list_text(&group.labels),
+                "$5": group.job_types.as_deref().map(list_text), "$6": budget,
             },
             |r| Ok(ClaimCandidate { job_id: r.get(0)?, job_type: r.get(1)?, target_agent_id: r.get(2)? }),
         )?;
@@ -332,7 +342,7 @@ impl AgentLists {
                 self.0.clear();
             }
             let ids: Vec<String> = group.agents.iter().map(|(id, _)| id.clone()).collect();
-            let text = crate::store::sql::list_text(&ids);
+            let text = list_text(&ids);
             self.0.insert(key.clone(), (ids, text));
         }
         self.0.get(&key).map(|(_, text)| text.as_str()).unwrap_or("[]")
