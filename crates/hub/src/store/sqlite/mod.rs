@@ -25,17 +25,29 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// wedged (or the disk is), which should surface as an error.
 const WRITER_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often a reader connection copies what the WAL holds back into the database file (and
-/// syncs it). Left to the writer, that copy and its fsync run inside whichever commit
-/// crosses the WAL threshold, and every job write queued behind it waits: the hub's
-/// dispatch latency tail. In the background the writer only meets a checkpoint when this one
-/// falls behind.
-const BACKGROUND_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// When the background checkpoint ([`checkpoint_in_background`]) runs.
+#[derive(Debug, Clone, Copy)]
+struct WalCheckpoints {
+    /// How often a reader connection copies what the WAL holds back into the database file
+    /// (and syncs it). Left to the writer, that copy and its fsync run inside whichever
+    /// commit crosses the WAL threshold, and every job write queued behind it waits: the
+    /// hub's dispatch latency tail.
+    interval: Duration,
+    /// WAL pages at which the background checkpoint also lets the WAL start over. Below this
+    /// the WAL file is small enough to keep growing.
+    restart_pages: i64,
+}
 
-/// WAL pages at which the writer checkpoints itself (SQLite's default is 1,000). A backstop:
-/// the background checkpoint cannot finish while the writer keeps appending, and only a
-/// checkpoint run between two writes lets the WAL start over instead of growing.
-const WRITER_CHECKPOINT_PAGES: &str = "4000";
+const WAL_CHECKPOINTS: WalCheckpoints = WalCheckpoints { interval: Duration::from_millis(100), restart_pages: 4000 };
+
+/// A background copy that took longer than this leaves enough new frames behind that
+/// another pass without the lock is worth it before the short one under the lock.
+const CHECKPOINT_CAUGHT_UP: Duration = Duration::from_millis(2);
+
+/// WAL pages at which the writer checkpoints itself (SQLite's default is 1,000). Only a
+/// backstop for a background checkpoint that falls behind or fails: that checkpoint lets the
+/// WAL start over at [`WAL_CHECKPOINTS`]' `restart_pages`.
+const WRITER_CHECKPOINT_PAGES: &str = "10000";
 
 /// Settings of every connection, `sqlx`'s and the job writer's alike.
 const PRAGMAS: [(&str, &str); 5] = [
@@ -143,7 +155,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(options).await?;
         let jobs = writer::JobWriter::open(&filename, BUSY_TIMEOUT, &PRAGMAS, writer.clone())?;
         let stop = CancellationToken::new();
-        tokio::spawn(checkpoint_in_background(pool.clone(), stop.clone()));
+        tokio::spawn(checkpoint_in_background(pool.clone(), writer.clone(), WAL_CHECKPOINTS, stop.clone()));
         Ok(SqliteStore { pool, writer, stop, jobs: Some(jobs) })
     }
 
@@ -182,27 +194,67 @@ impl SqliteStore {
     }
 }
 
-/// A passive checkpoint every [`BACKGROUND_CHECKPOINT_INTERVAL`] on a reader connection: it
-/// never blocks the writer, and leaves the writer's own checkpoint little or nothing to copy.
-async fn checkpoint_in_background(readers: SqlitePool, stop: CancellationToken) {
+/// Keeps WAL checkpoints out of the job writes' way.
+///
+/// Every `interval` a reader connection runs a passive checkpoint:
+/// it copies the WAL's frames into the database file and syncs both without blocking the
+/// writer. That alone never lets the WAL start over, because the writer keeps appending and
+/// SQLite restarts the WAL only when a write begins with every frame copied. So once the WAL
+/// holds `restart_pages`, this task takes the write connection and runs one more
+/// passive checkpoint on it: with the bulk already copied and synced, that one copies only
+/// the frames written meanwhile, and the next write starts the WAL over. Writers wait for
+/// that short copy instead of for the whole one the writer's own threshold would run (10 to
+/// 30 ms every few hundred ms at 1,000 jobs/s, measured with `perf trace`).
+async fn checkpoint_in_background(
+    readers: SqlitePool,
+    writer: SqlitePool,
+    when: WalCheckpoints,
+    stop: CancellationToken,
+) {
     let mut failing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(BACKGROUND_CHECKPOINT_INTERVAL) => {}
+            _ = tokio::time::sleep(when.interval) => {}
         }
-        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
-            Ok(_) => failing = false,
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(e) => {
-                // The writer's own checkpoint still runs; say so once, not ten times a second.
-                if !failing {
-                    warn!(error = %e, "background WAL checkpoint failed; the writer checkpoints instead");
+        let outcome = async {
+            let (mut pages, mut took) = checkpoint(&readers).await?;
+            // Each pass leaves behind what was written while it ran; a short pass means few.
+            for _ in 0..2 {
+                if pages < when.restart_pages || took <= CHECKPOINT_CAUGHT_UP {
+                    break;
                 }
-                failing = true;
+                (pages, took) = checkpoint(&readers).await?;
+            }
+            if pages >= when.restart_pages {
+                let mut write_lock = writer.acquire().await?;
+                checkpoint(&mut *write_lock).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = outcome => match result {
+                Ok(()) => failing = false,
+                Err(sqlx::Error::PoolClosed) => return,
+                Err(e) => {
+                    // The writer's own checkpoint still runs; say so once, not ten times a second.
+                    if !failing {
+                        warn!(error = %e, "background WAL checkpoint failed; the writer checkpoints instead");
+                    }
+                    failing = true;
+                }
             }
         }
     }
+}
+
+/// A passive checkpoint: the WAL's size in pages, and how long the copy took.
+async fn checkpoint<'c>(connection: impl sqlx::SqliteExecutor<'c>) -> Result<(i64, Duration), sqlx::Error> {
+    let started = std::time::Instant::now();
+    let (_busy, wal_pages, _copied): (i64, i64, i64) =
+        sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(connection).await?;
+    Ok((wal_pages, started.elapsed()))
 }
 
 fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
@@ -261,6 +313,41 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn under_continuous_writes_the_wal_starts_over_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.db");
+        let wal = dir.path().join("hub.db-wal");
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        let small = WalCheckpoints { interval: Duration::from_millis(10), restart_pages: 100 };
+        let stop = CancellationToken::new();
+        let checkpoints =
+            tokio::spawn(checkpoint_in_background(store.pool.clone(), store.writer.clone(), small, stop.clone()));
+        let now = crate::crypto::now_ms();
+        let before = std::fs::metadata(&path).unwrap().len();
+        // Small groups back to back, like the job writer under load: the writes never pause
+        // long enough for a passive checkpoint alone to let the WAL start over.
+        for group in 0..150 {
+            let jobs: Vec<NewJob> = (0..40)
+                .map(|n| NewJob { payload: serde_json::json!({"text": "x".repeat(2000)}), ..job(group * 40 + n, now) })
+                .collect();
+            store.insert_jobs(&jobs, now).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        stop.cancel();
+        checkpoints.await.unwrap();
+        let written = std::fs::metadata(&path).unwrap().len() - before;
+        let wal_size = std::fs::metadata(&wal).unwrap().len();
+        assert!(written > 12 << 20, "only {written} bytes reached the database file; the test wrote too little");
+        // Without the restart the WAL would hold everything written (the writer's own
+        // threshold, 10,000 pages, is never reached here).
+        assert!(
+            wal_size < 4 << 20,
+            "the WAL grew to {wal_size} bytes while {written} were written: it never started over"
+        );
         store.close().await;
     }
 }
