@@ -110,6 +110,15 @@ struct LatencyArgs {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
+    /// Submit at the same rate for this long first, unmeasured: the HTTP client's
+    /// connections are opened and both processes' first-use costs paid, as in a hub that has
+    /// been running.
+    #[arg(long, default_value_t = 1)]
+    warmup_secs: u64,
+    /// Also write every job as a CSV line (submitted at, µs since the first submission;
+    /// dispatch latency, µs), to see whether slow jobs come together.
+    #[arg(long)]
+    samples_out: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -223,9 +232,13 @@ struct Shared {
     failures: AtomicU64,
     /// Latency mode: job id → when its assignment arrived (waiting for the submit answer).
     assigned_at: Mutex<HashMap<String, Instant>>,
-    /// Latency mode: job id → when its submission started (waiting for the assignment).
-    submitted_at: Mutex<HashMap<String, Instant>>,
+    /// Latency mode: job id → when its submission started (waiting for the assignment);
+    /// None for a warm-up job, which is not measured.
+    submitted_at: Mutex<HashMap<String, Option<Instant>>>,
     latencies_us: Mutex<Vec<u64>>,
+    /// Latency mode: (submitted at, µs since `epoch`; dispatch latency, µs) per job.
+    timeline: Mutex<Vec<(u64, u64)>>,
+    epoch: Option<Instant>,
     /// Latency mode: how long each `POST /v1/jobs` took to answer (part of the above).
     submit_us: Mutex<Vec<u64>>,
     track_latency: bool,
@@ -238,7 +251,8 @@ impl Shared {
         }
         let started = self.submitted_at.lock().ok().and_then(|mut s| s.remove(job_id));
         match started {
-            Some(started) => self.record(at.duration_since(started)),
+            Some(Some(started)) => self.record(started, at.duration_since(started)),
+            Some(None) => {}
             None => {
                 if let Ok(mut assigned) = self.assigned_at.lock() {
                     assigned.insert(job_id.to_owned(), at);
@@ -247,10 +261,15 @@ impl Shared {
         }
     }
 
-    fn on_submitted(&self, job_id: &str, started: Instant) {
+    /// `started` is None for a warm-up job.
+    fn on_submitted(&self, job_id: &str, started: Option<Instant>) {
         let assigned = self.assigned_at.lock().ok().and_then(|mut a| a.remove(job_id));
         match assigned {
-            Some(at) => self.record(at.saturating_duration_since(started)),
+            Some(at) => {
+                if let Some(started) = started {
+                    self.record(started, at.saturating_duration_since(started));
+                }
+            }
             None => {
                 if let Ok(mut submitted) = self.submitted_at.lock() {
                     submitted.insert(job_id.to_owned(), started);
@@ -259,11 +278,19 @@ impl Shared {
         }
     }
 
-    fn record(&self, latency: Duration) {
+    fn record(&self, started: Instant, latency: Duration) {
+        let latency_us = micros(latency);
         if let Ok(mut all) = self.latencies_us.lock() {
-            all.push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+            all.push(latency_us);
+        }
+        if let (Some(epoch), Ok(mut timeline)) = (self.epoch, self.timeline.lock()) {
+            timeline.push((micros(started.saturating_duration_since(epoch)), latency_us));
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[derive(Deserialize)]
@@ -566,37 +593,48 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     let common = args.common;
     let http = http_client(256)?;
     let identities = enroll_all(&http, &common).await?;
-    let shared = Arc::new(Shared { track_latency: true, ..Shared::default() });
+    let shared = Arc::new(Shared { track_latency: true, epoch: Some(Instant::now()), ..Shared::default() });
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = connect_all(&common, identities, shared.clone(), stop_rx).await?;
 
+    let warmup = args.rate * args.warmup_secs;
     let total = args.rate * args.duration_secs;
     let period = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    let errors = Arc::new(AtomicU64::new(0));
+    // All failed submissions (the first few are printed), and those of measured jobs.
+    let (errors, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let started = Instant::now();
+    let mut started = Instant::now();
     let mut inflight = tokio::task::JoinSet::new();
-    for n in 0..total {
+    for n in 0..warmup + total {
         ticker.tick().await;
-        let (http, hub, key, creator, shared, errors) = (
+        let measured = n >= warmup;
+        if n == warmup {
+            started = Instant::now();
+        }
+        let (http, hub, key, creator, shared, errors, failed) = (
             http.clone(),
             common.hub.clone(),
             common.api_key.clone(),
             common.creator.clone(),
             shared.clone(),
             errors.clone(),
+            failed.clone(),
         );
         inflight.spawn(async move {
             let at = Instant::now();
             match submit(&http, &hub, &key, &job_body(&creator, n)).await {
-                Ok(id) => {
+                Ok(id) if measured => {
                     if let Ok(mut answered) = shared.submit_us.lock() {
                         answered.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
                     }
-                    shared.on_submitted(&id, at)
+                    shared.on_submitted(&id, Some(at))
                 }
+                Ok(id) => shared.on_submitted(&id, None),
                 Err(e) => {
+                    if measured {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     if errors.fetch_add(1, Ordering::Relaxed) < 5 {
                         eprintln!("{e:#}");
                     }
@@ -608,7 +646,7 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     while inflight.join_next().await.is_some() {}
     let achieved = total as f64 / started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let accepted = total - errors.load(Ordering::Relaxed);
+    let accepted = total - failed.load(Ordering::Relaxed);
     while (shared.latencies_us.lock().map(|l| l.len()).unwrap_or(0) as u64) < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -618,6 +656,15 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     }
     let mut samples = shared.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
     samples.sort_unstable();
+    if let Some(path) = &args.samples_out {
+        let mut timeline = shared.timeline.lock().map(|t| t.clone()).unwrap_or_default();
+        timeline.sort_unstable();
+        let first = timeline.first().map_or(0, |(at, _)| *at);
+        let csv: String = std::iter::once("submitted_at_us,latency_us\n".to_owned())
+            .chain(timeline.iter().map(|(at, latency)| format!("{},{latency}\n", at - first)))
+            .collect();
+        std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut submit_samples = shared.submit_us.lock().map(|l| l.clone()).unwrap_or_default();
     submit_samples.sort_unstable();
     let pct = |p: f64| percentile_ms(&samples, p);
@@ -628,7 +675,8 @@ async fn latency(args: LatencyArgs) -> Result<()> {
         "achieved_rate": achieved,
         "jobs": total,
         "measured": samples.len(),
-        "submit_errors": errors.load(Ordering::Relaxed),
+        "warmup_secs": args.warmup_secs,
+        "submit_errors": failed.load(Ordering::Relaxed),
         "p50_ms": pct(0.50),
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),
