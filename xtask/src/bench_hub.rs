@@ -98,7 +98,7 @@ pub fn run() -> Result<()> {
     for rate in [1000, 200] {
         row(
             format!(
-                "dispatch latency, submit → `job_assign` at the agent, {rate} jobs/s for {} s after 1 s unmeasured, {} agents: p50 / p99 / max",
+                "dispatch latency, submit → `job_assign` at the agent, {rate} jobs/s for {} s after {LATENCY_WARMUP_SECS} s unmeasured, {} agents: p50 / p99 / max",
                 sizes.latency_secs, sizes.agents
             ),
             latency(&tools, &sizes, rate).map(|v| {
@@ -264,6 +264,10 @@ fn throughput(tools: &Tools, database_url: Option<&str>, sizes: &Sizes, batch: u
     loadgen(tools, &args)
 }
 
+/// Seconds the latency runs submit at their rate before measuring, so the load generator's
+/// HTTP connections are open and first-use costs paid, as in a hub that has been running.
+const LATENCY_WARMUP_SECS: u64 = 1;
+
 fn latency(tools: &Tools, sizes: &Sizes, rate: u32) -> Result<Value> {
     let dir = scratch_dir("bench-hub-latency")?;
     let hub = start_hub(tools, &dir.path().join("hub"), None)?;
@@ -272,6 +276,7 @@ fn latency(tools: &Tools, sizes: &Sizes, rate: u32) -> Result<Value> {
     let mut args = vec!["latency".to_owned()];
     args.extend(common_args(&hub, &key, &tokens, sizes.agents));
     args.extend(["--rate".into(), rate.to_string(), "--duration-secs".into(), sizes.latency_secs.to_string()]);
+    args.extend(["--warmup-secs".into(), LATENCY_WARMUP_SECS.to_string()]);
     loadgen(tools, &args)
 }
 

@@ -235,18 +235,17 @@ struct Shared {
     /// Latency mode: job id → when its submission started (waiting for the assignment);
     /// None for a warm-up job, which is not measured.
     submitted_at: Mutex<HashMap<String, Option<Instant>>>,
-    latencies_us: Mutex<Vec<u64>>,
-    /// Latency mode: (submitted at, µs since `epoch`; dispatch latency, µs) per job.
+    /// Latency mode: (submitted at, µs since `epoch`; dispatch latency, µs) per measured job.
     timeline: Mutex<Vec<(u64, u64)>>,
+    /// When a latency run began; None in the modes that measure no latency.
     epoch: Option<Instant>,
     /// Latency mode: how long each `POST /v1/jobs` took to answer (part of the above).
     submit_us: Mutex<Vec<u64>>,
-    track_latency: bool,
 }
 
 impl Shared {
     fn on_assigned(&self, job_id: &str, at: Instant) {
-        if !self.track_latency {
+        if self.epoch.is_none() {
             return;
         }
         let started = self.submitted_at.lock().ok().and_then(|mut s| s.remove(job_id));
@@ -279,12 +278,8 @@ impl Shared {
     }
 
     fn record(&self, started: Instant, latency: Duration) {
-        let latency_us = micros(latency);
-        if let Ok(mut all) = self.latencies_us.lock() {
-            all.push(latency_us);
-        }
         if let (Some(epoch), Ok(mut timeline)) = (self.epoch, self.timeline.lock()) {
-            timeline.push((micros(started.saturating_duration_since(epoch)), latency_us));
+            timeline.push((micros(started.saturating_duration_since(epoch)), micros(latency)));
         }
     }
 }
@@ -593,7 +588,7 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     let common = args.common;
     let http = http_client(256)?;
     let identities = enroll_all(&http, &common).await?;
-    let shared = Arc::new(Shared { track_latency: true, epoch: Some(Instant::now()), ..Shared::default() });
+    let shared = Arc::new(Shared { epoch: Some(Instant::now()), ..Shared::default() });
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = connect_all(&common, identities, shared.clone(), stop_rx).await?;
 
@@ -626,7 +621,7 @@ async fn latency(args: LatencyArgs) -> Result<()> {
             match submit(&http, &hub, &key, &job_body(&creator, n)).await {
                 Ok(id) if measured => {
                     if let Ok(mut answered) = shared.submit_us.lock() {
-                        answered.push(u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX));
+                        answered.push(micros(at.elapsed()));
                     }
                     shared.on_submitted(&id, Some(at))
                 }
@@ -647,17 +642,17 @@ async fn latency(args: LatencyArgs) -> Result<()> {
     let achieved = total as f64 / started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(30);
     let accepted = total - failed.load(Ordering::Relaxed);
-    while (shared.latencies_us.lock().map(|l| l.len()).unwrap_or(0) as u64) < accepted && Instant::now() < deadline {
+    while (shared.timeline.lock().map(|t| t.len()).unwrap_or(0) as u64) < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = stop_tx.send(true);
     for task in tasks {
         let _ = task.await;
     }
-    let mut samples = shared.latencies_us.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut timeline = shared.timeline.lock().map(|t| t.clone()).unwrap_or_default();
+    let mut samples: Vec<u64> = timeline.iter().map(|(_, latency)| *latency).collect();
     samples.sort_unstable();
     if let Some(path) = &args.samples_out {
-        let mut timeline = shared.timeline.lock().map(|t| t.clone()).unwrap_or_default();
         timeline.sort_unstable();
         let first = timeline.first().map_or(0, |(at, _)| *at);
         let csv: String = std::iter::once("submitted_at_us,latency_us\n".to_owned())
