@@ -52,6 +52,7 @@ conformance!(
     batch_submit_answers_per_entry_and_agents_share_the_burst,
     a_batch_of_reports_applies_each_under_its_own_lease,
     one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothing,
+    a_new_job_is_answered_as_it_was_stored,
 );
 
 fn id(job: &Value) -> String {
@@ -829,5 +830,56 @@ async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothin
     let done = store.job(&held.id).await.unwrap().unwrap();
     assert_eq!((done.status, done.result), (JobState::Succeeded, Some(json!({"done": true}))));
     assert_eq!(store.job(&keyed.id).await.unwrap().unwrap().status, JobState::Pending);
+    hub.shutdown().await;
+}
+
+/// The answer to a submission is built without reading the row back on SQLite; it must be
+/// what reading it back gives, for every shape of job.
+async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
+    use edge_hub::store::{InsertOutcome, JobState, JobWriteBatch, NewJob};
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let agent = hub.enroll(CREATOR).await;
+    let store = hub.store();
+    let now = edge_hub::crypto::now_ms();
+    let plain = NewJob {
+        id: edge_hub::crypto::new_job_id().unwrap(),
+        job_type: CUSTOM.to_owned(),
+        payload: json!({"text": "héllo \"quoted\"", "n": 1.5, "big": 12345678901234_i64, "list": [1, {"b": 2, "a": null}]}),
+        creator_id: CREATOR.to_owned(),
+        target_agent_id: None,
+        labels: Vec::new(),
+        priority: 0,
+        run_at: now,
+        idempotency_key: None,
+        max_receive_count: 5,
+        visibility_timeout_ms: 120_000,
+        skipped_recipients: None,
+        final_state: None,
+    };
+    let routed = NewJob {
+        id: edge_hub::crypto::new_job_id().unwrap(),
+        target_agent_id: Some(agent.agent_id.clone()),
+        labels: vec!["gpu".to_owned(), "eu".to_owned()],
+        priority: -3,
+        run_at: now + 60_000,
+        idempotency_key: Some("shape-1".to_owned()),
+        max_receive_count: 2,
+        visibility_timeout_ms: 5_000,
+        skipped_recipients: Some(json!([{"recipient": "@a", "reason": "messaged", "lastSentAt": now}])),
+        ..plain.clone()
+    };
+    let already_final = NewJob {
+        id: edge_hub::crypto::new_job_id().unwrap(),
+        final_state: Some((JobState::Cancelled, json!({"code": "DEDUPED", "message": "every recipient skipped"}))),
+        ..plain.clone()
+    };
+    let batch = JobWriteBatch { inserts: vec![plain, routed, already_final], ..Default::default() };
+    let answers = store.write_jobs(&batch, now).await.unwrap();
+    assert_eq!(answers.inserted.len(), 3);
+    for outcome in answers.inserted {
+        let InsertOutcome::Created(answered) = outcome else { panic!("not created: {outcome:?}") };
+        let stored = store.job(&answered.id).await.unwrap().unwrap();
+        assert_eq!(answered, stored);
+    }
     hub.shutdown().await;
 }

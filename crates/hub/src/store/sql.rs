@@ -8,7 +8,7 @@
 //! generic executors are long and brittle, while two concrete expansions type-check
 //! against each engine's real types.
 
-use super::{FinishRequest, JobState, NewJob, StoreError, Transition};
+use super::{FinishRequest, JobRecord, JobState, NewJob, StoreError, Transition};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -17,6 +17,35 @@ pub(super) const JOB_COLUMNS: &str = "id, job_type, payload, status, creator_id,
      run_at, idempotency_key, assigned_agent_id, lease_token, lease_expires_at, attempts, max_receive_count, \
      visibility_timeout_ms, cancel_requested, result, error, error_code, skipped_recipients, created_at, updated_at, \
      finished_at";
+
+/// [`JOB_COLUMNS`] one by one, for readers that take columns by position (a test keeps the
+/// two the same).
+pub(super) const JOB_COLUMN_NAMES: [&str; 24] = [
+    "id", "job_type", "payload", "status", "creator_id", "target_agent_id", "labels", "priority", "run_at",
+    "idempotency_key", "assigned_agent_id", "lease_token", "lease_expires_at", "attempts", "max_receive_count",
+    "visibility_timeout_ms", "cancel_requested", "result", "error", "error_code", "skipped_recipients", "created_at",
+    "updated_at", "finished_at",
+];
+
+/// Position of `name` in [`JOB_COLUMNS`]; a name that is not there fails the build.
+pub(super) const fn job_column(name: &str) -> usize {
+    let mut i = 0;
+    while i < JOB_COLUMN_NAMES.len() {
+        let column = JOB_COLUMN_NAMES[i].as_bytes();
+        let wanted = name.as_bytes();
+        if column.len() == wanted.len() {
+            let mut k = 0;
+            while k < column.len() && column[k] == wanted[k] {
+                k += 1;
+            }
+            if k == column.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not one of JOB_COLUMNS")
+}
 
 pub(super) const AGENT_COLUMNS: &str = "id, creator_id, public_key, name, version, created_at, \
      last_heartbeat_at, connected_at, online, labels, slots";
@@ -206,6 +235,43 @@ impl<'a> InsertRow<'a> {
             skipped_recipients: opt_text(job.skipped_recipients.as_ref())?,
             finished_at,
         })
+    }
+
+    /// The job as this row stores it, with the columns the insert leaves to their defaults:
+    /// what reading the row back would give, without reading it (and parsing its payload)
+    /// again.
+    pub fn stored(&self, now: i64) -> JobRecord {
+        let job = self.job;
+        let (status, error) = match &job.final_state {
+            Some((state, error)) => (*state, Some(error.clone())),
+            None => (JobState::Pending, None),
+        };
+        JobRecord {
+            id: job.id.clone(),
+            job_type: job.job_type.clone(),
+            payload: job.payload.clone(),
+            status,
+            creator_id: job.creator_id.clone(),
+            target_agent_id: job.target_agent_id.clone(),
+            labels: job.labels.clone(),
+            priority: job.priority,
+            run_at: job.run_at,
+            idempotency_key: job.idempotency_key.clone(),
+            assigned_agent_id: None,
+            lease_token: 0,
+            lease_expires_at: None,
+            attempts: 0,
+            max_receive_count: job.max_receive_count,
+            visibility_timeout_ms: job.visibility_timeout_ms,
+            cancel_requested: false,
+            result: None,
+            error,
+            error_code: self.error_code.map(str::to_owned),
+            skipped_recipients: job.skipped_recipients.clone(),
+            created_at: now,
+            updated_at: now,
+            finished_at: self.finished_at,
+        }
     }
 
     pub fn record(&self) -> Value {
@@ -1713,6 +1779,14 @@ mod tests {
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter().map(|(j, a)| (j.to_string(), a.to_string())).collect()
+    }
+
+    #[test]
+    fn the_job_column_list_and_its_positions_name_the_same_columns() {
+        let listed: Vec<&str> = JOB_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(listed, JOB_COLUMN_NAMES);
+        assert_eq!(job_column("id"), 0);
+        assert_eq!(job_column("finished_at"), 23);
     }
 
     #[test]

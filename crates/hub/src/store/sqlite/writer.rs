@@ -11,7 +11,7 @@
 
 use super::claim_candidates_sql;
 use crate::store::sql::{
-    list_text, parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, CREATOR_LIMITS,
+    job_column, list_text, parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, CREATOR_LIMITS,
     HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UPSERT, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
 };
 use crate::store::{
@@ -117,31 +117,24 @@ fn write_batch(
 
 fn insert(tx: &Transaction, job: &NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
     let row = InsertRow::new(job, now)?;
-    static SQL: OnceLock<String> = OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, run_at, \
-             idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, skipped_recipients, \
-             created_at, updated_at, finished_at) VALUES (:id, :type, :payload, :status, :creator, :target, \
-             :labels, :priority, :run_at, :key, :max_receive, :visibility, :error, :error_code, :skipped, :now, \
-             :now, :finished_at) ON CONFLICT DO NOTHING RETURNING {JOB_COLUMNS}"
-        )
-    });
-    let created = cached(tx, sql)?
-        .query_row(
-            named_params! {
-                ":id": job.id, ":type": job.job_type, ":payload": row.payload, ":status": row.status,
-                ":creator": job.creator_id, ":target": job.target_agent_id, ":labels": row.labels,
-                ":priority": job.priority, ":run_at": job.run_at, ":key": job.idempotency_key,
-                ":max_receive": job.max_receive_count, ":visibility": job.visibility_timeout_ms,
-                ":error": row.error, ":error_code": row.error_code, ":skipped": row.skipped_recipients,
-                ":now": now, ":finished_at": row.finished_at,
-            },
-            job_from_row,
-        )
-        .optional()?;
-    if let Some(created) = created {
-        return Ok(InsertOutcome::Created(created?));
+    let inserted = cached(
+        tx,
+        "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, run_at, \
+         idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, skipped_recipients, \
+         created_at, updated_at, finished_at) VALUES (:id, :type, :payload, :status, :creator, :target, \
+         :labels, :priority, :run_at, :key, :max_receive, :visibility, :error, :error_code, :skipped, :now, \
+         :now, :finished_at) ON CONFLICT DO NOTHING",
+    )?
+    .execute(named_params! {
+        ":id": job.id, ":type": job.job_type, ":payload": row.payload, ":status": row.status,
+        ":creator": job.creator_id, ":target": job.target_agent_id, ":labels": row.labels,
+        ":priority": job.priority, ":run_at": job.run_at, ":key": job.idempotency_key,
+        ":max_receive": job.max_receive_count, ":visibility": job.visibility_timeout_ms,
+        ":error": row.error, ":error_code": row.error_code, ":skipped": row.skipped_recipients,
+        ":now": now, ":finished_at": row.finished_at,
+    })?;
+    if inserted > 0 {
+        return Ok(InsertOutcome::Created(row.stored(now)));
     }
     // Not inserted: `DO NOTHING` without a target also covers the partial unique index on
     // (creator, idempotency key), so this is a duplicate submit (earlier in this group, or
@@ -363,40 +356,47 @@ fn cached<'c>(tx: &'c Transaction, sql: &str) -> Result<rusqlite::CachedStatemen
     Ok(tx.prepare_cached(sql)?)
 }
 
-/// A job row (columns as [`JOB_COLUMNS`] names them). The outer error is the driver's; the
-/// inner one a column that does not parse.
+/// A job row (columns as [`JOB_COLUMNS`] names them), read by position: looking each column
+/// up by name compares it against every column's name, and the writer reads a row per job.
+/// The outer error is the driver's; the inner one a column that does not parse.
 fn job_from_row(row: &Row) -> rusqlite::Result<Result<JobRecord, StoreError>> {
-    let status: String = row.get("status")?;
-    let payload: String = row.get("payload")?;
-    let labels: Option<String> = row.get("labels")?;
-    let result: Option<String> = row.get("result")?;
-    let error: Option<String> = row.get("error")?;
-    let skipped: Option<String> = row.get("skipped_recipients")?;
+    macro_rules! col {
+        ($name:literal) => {
+            row.get(const { job_column($name) })?
+        };
+    }
+    let status: String = col!("status");
+    let payload: String = col!("payload");
+    let labels: Option<String> = col!("labels");
+    let result: Option<String> = col!("result");
+    let error: Option<String> = col!("error");
+    let skipped: Option<String> = col!("skipped_recipients");
+    let cancel_requested: i64 = col!("cancel_requested");
     let record = JobRecord {
-        id: row.get("id")?,
-        job_type: row.get("job_type")?,
+        id: col!("id"),
+        job_type: col!("job_type"),
         payload: serde_json::Value::Null,
         status: JobState::Pending,
-        creator_id: row.get("creator_id")?,
-        target_agent_id: row.get("target_agent_id")?,
+        creator_id: col!("creator_id"),
+        target_agent_id: col!("target_agent_id"),
         labels: Vec::new(),
-        priority: row.get("priority")?,
-        run_at: row.get("run_at")?,
-        idempotency_key: row.get("idempotency_key")?,
-        assigned_agent_id: row.get("assigned_agent_id")?,
-        lease_token: row.get("lease_token")?,
-        lease_expires_at: row.get("lease_expires_at")?,
-        attempts: row.get("attempts")?,
-        max_receive_count: row.get("max_receive_count")?,
-        visibility_timeout_ms: row.get("visibility_timeout_ms")?,
-        cancel_requested: row.get::<_, i64>("cancel_requested")? != 0,
+        priority: col!("priority"),
+        run_at: col!("run_at"),
+        idempotency_key: col!("idempotency_key"),
+        assigned_agent_id: col!("assigned_agent_id"),
+        lease_token: col!("lease_token"),
+        lease_expires_at: col!("lease_expires_at"),
+        attempts: col!("attempts"),
+        max_receive_count: col!("max_receive_count"),
+        visibility_timeout_ms: col!("visibility_timeout_ms"),
+        cancel_requested: cancel_requested != 0,
         result: None,
         error: None,
-        error_code: row.get("error_code")?,
+        error_code: col!("error_code"),
         skipped_recipients: None,
-        created_at: row.get("created_at")?,
-        updated_at: row.get("updated_at")?,
-        finished_at: row.get("finished_at")?,
+        created_at: col!("created_at"),
+        updated_at: col!("updated_at"),
+        finished_at: col!("finished_at"),
     };
     Ok((|| {
         Ok(JobRecord {
