@@ -22,7 +22,7 @@ use edge_protocol::{
     decode_agent_frame, encode, AgentFrame, ErrorCode, FrameError, HubFrame, JobError, JobStatus, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, SinkExt as _};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -38,6 +38,14 @@ const MAX_WS_MESSAGE_BYTES: usize = 4 * edge_protocol::MAX_FRAME_BYTES;
 
 /// Chunk in which a session reads from its socket; larger frames still arrive whole.
 const SESSION_READ_BUFFER: usize = 4 * 1024;
+
+/// Frames written to a session's socket before it is flushed (a burst of assigns is at
+/// most an agent's slots, [`crate::dispatch::MAX_SLOTS`]).
+const MAX_FRAMES_PER_FLUSH: usize = crate::dispatch::MAX_SLOTS as usize;
+
+/// Bytes of frames a session gathers before writing them out even without a flush. The
+/// buffer grows only as far as a burst needs (an idle session's stays at a heartbeat ack).
+const SESSION_WRITE_BATCH: usize = 16 * 1024;
 
 /// How long to wait for the agent's answer to our close frame before dropping the socket.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
@@ -137,9 +145,9 @@ pub async fn agent_ws(
     upgrade
         .max_message_size(MAX_WS_MESSAGE_BYTES)
         // tungstenite's defaults (128 KiB read buffer, 128 KiB write batching) cost ~150 KiB
-        // per idle session; frames here are small and a session writes as it goes.
+        // per idle session; frames here are small, and a session flushes after each burst.
         .read_buffer_size(SESSION_READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(SESSION_WRITE_BATCH)
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
@@ -306,21 +314,10 @@ impl Session {
                     return;
                 }
                 command = outgoing.recv() => match command {
-                    Some(Outgoing::Frame(frame)) => {
-                        if !send_frame(&mut socket, &frame).await {
+                    Some(command) => {
+                        if let Flow::Stop = self.send_outgoing(&mut socket, command, &mut outgoing).await {
                             return;
                         }
-                    }
-                    Some(Outgoing::Assign { job, frame }) => {
-                        self.leases.insert(job.id.clone(), *job);
-                        if !send_frame(&mut socket, &frame).await {
-                            return;
-                        }
-                    }
-                    Some(Outgoing::Close { code, reason }) => {
-                        info!(code, reason, "closing session");
-                        close(&mut socket, code, &reason).await;
-                        return;
                     }
                     None => return,
                 },
@@ -330,6 +327,50 @@ impl Session {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Writes `first` and what else the dispatcher has queued by now, then flushes once: a
+    /// claim that deals several jobs to this agent costs one write to the socket, not one
+    /// per job. At most [`MAX_FRAMES_PER_FLUSH`] frames wait for the flush.
+    async fn send_outgoing(
+        &mut self,
+        socket: &mut WebSocket,
+        first: Outgoing,
+        outgoing: &mut mpsc::UnboundedReceiver<Outgoing>,
+    ) -> Flow {
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some(command) = next.take() {
+            let frame = match command {
+                Outgoing::Frame(frame) => frame,
+                Outgoing::Assign { job, frame } => {
+                    self.leases.insert(job.id.clone(), *job);
+                    frame
+                }
+                Outgoing::Close { code, reason } => {
+                    info!(code, reason, "closing session");
+                    if socket.flush().await.is_ok() {
+                        close(socket, code, &reason).await;
+                    }
+                    return Flow::Stop;
+                }
+            };
+            if let Err(e) = socket.feed(Message::text(encode(&frame))).await {
+                debug!(error = %e, frame = frame.kind(), "cannot send frame; connection is gone");
+                return Flow::Stop;
+            }
+            fed += 1;
+            if fed < MAX_FRAMES_PER_FLUSH {
+                next = outgoing.try_recv().ok();
+            }
+        }
+        match socket.flush().await {
+            Ok(()) => Flow::Continue,
+            Err(e) => {
+                debug!(error = %e, "cannot send frames; connection is gone");
+                Flow::Stop
             }
         }
     }
