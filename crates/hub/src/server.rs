@@ -145,7 +145,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let local_addr = listener.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
 
     let (dispatcher_handle, inbox) = Dispatcher::new();
-    let job_writes = crate::writes::JobWrites::spawn(store.clone());
+    let job_writes = crate::writes::JobWrites::spawn(store.clone())?;
     let background_stop = CancellationToken::new();
     let dispatcher = tokio::spawn(dispatch::run(
         store.clone(),

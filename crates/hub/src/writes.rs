@@ -6,20 +6,44 @@
 //! for its own answer (a session before it reads its agent's next frame), so each caller's
 //! events keep their order.
 //!
+//! The groups are gathered and written by one thread of their own, which answers each
+//! caller itself. Why not a task: under load the runtime's workers are busy with a thousand
+//! sessions, and a grouping task waits its turn among them while the database sits idle;
+//! every hop between task and writer also costs each job two more wake-ups.
+//!
 //! A group that fails as a whole is written again kind by kind, and a kind that fails one
 //! event at a time, so each caller gets its own answer (and its own error).
 
 use crate::crypto::now_ms;
 use crate::store::{
-    ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobWriteBatch, LeaseRef, NewJob, Store,
-    StoreError,
+    ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobWriteAnswers, JobWriteBatch, LeaseRef,
+    NewJob, Store, StoreError,
 };
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
-use tracing::warn;
+use std::sync::{mpsc, Arc};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tracing::{error, warn};
 
 /// Most events written together; bounds one transaction's size and time.
 const MAX_GROUP: usize = 512;
+
+/// Writes one group in one transaction, blocking the writer thread until it is committed.
+pub trait GroupWriter: Send {
+    fn write(&mut self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError>;
+}
+
+/// For a store without a writer of its own: its [`Store::write_jobs`], waited for on the
+/// writer thread.
+struct ThroughStore {
+    store: Arc<dyn Store>,
+    runtime: Handle,
+}
+
+impl GroupWriter for ThroughStore {
+    fn write(&mut self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+        self.runtime.block_on(self.store.write_jobs(batch, now))
+    }
+}
 
 type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
 
@@ -30,17 +54,31 @@ enum Write {
     Claim(ClaimGroup, Reply<Vec<JobRecord>>),
 }
 
-/// Cloneable handle; the writer task ends when the last handle is dropped.
+/// Cloneable handle; the writer thread ends when the last handle is dropped.
 #[derive(Clone)]
 pub struct JobWrites {
-    writes: mpsc::UnboundedSender<Write>,
+    writes: mpsc::Sender<Write>,
 }
 
 impl JobWrites {
-    pub fn spawn(store: Arc<dyn Store>) -> JobWrites {
-        let (writes, inbox) = mpsc::unbounded_channel();
-        tokio::spawn(write_groups(store, inbox));
-        JobWrites { writes }
+    /// Starts the writer thread. Call from within the runtime: the thread waits for the
+    /// store's futures on it.
+    pub fn spawn(store: Arc<dyn Store>) -> Result<JobWrites, StoreError> {
+        let runtime = Handle::current();
+        let writer = match store.group_writer() {
+            Some(writer) => writer,
+            None => Box::new(ThroughStore { store, runtime: runtime.clone() }),
+        };
+        let (writes, inbox) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("hub-job-writes".to_owned())
+            .spawn(move || {
+                // Dropping a pooled connection hands it back through a task on the runtime.
+                let _runtime = runtime.enter();
+                write_groups(writer, inbox)
+            })
+            .map_err(|e| StoreError::WriterStopped(format!("cannot start the job writer thread: {e}")))?;
+        Ok(JobWrites { writes })
     }
 
     /// [`Store::insert_job`], written with whatever other submissions are waiting.
@@ -66,7 +104,7 @@ impl JobWrites {
 
     async fn ask<R>(&self, write: impl FnOnce(Reply<R>) -> Write) -> Result<R, StoreError> {
         let (reply, answer) = oneshot::channel();
-        // The writer task lives as long as any handle, so both fail only if it panicked.
+        // The writer thread lives as long as any handle, so both fail only if it panicked.
         self.writes.send(write(reply)).map_err(|_| writer_gone())?;
         answer.await.unwrap_or_else(|_| Err(writer_gone()))
     }
@@ -76,120 +114,235 @@ fn writer_gone() -> StoreError {
     StoreError::WriterStopped("it stopped; see the log for its panic".to_owned())
 }
 
-async fn write_groups(store: Arc<dyn Store>, mut inbox: mpsc::UnboundedReceiver<Write>) {
-    let mut writes = Vec::with_capacity(MAX_GROUP);
-    while inbox.recv_many(&mut writes, MAX_GROUP).await > 0 {
+/// The replies of one group, in the order of the batch's lists.
+#[derive(Default)]
+struct Replies {
+    inserted: Vec<Reply<InsertOutcome>>,
+    started: Vec<Reply<bool>>,
+    finished: Vec<Reply<FinishOutcome>>,
+    claimed: Vec<Reply<Vec<JobRecord>>>,
+}
+
+fn write_groups(mut writer: Box<dyn GroupWriter>, inbox: mpsc::Receiver<Write>) {
+    // What arrives while a group is written waits in the channel and makes the next group.
+    while let Ok(first) = inbox.recv() {
         let mut batch = JobWriteBatch::default();
-        let (mut inserted, mut started, mut finished, mut claimed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for write in writes.drain(..) {
+        let mut replies = Replies::default();
+        let mut next = Some(first);
+        while let Some(write) = next.take() {
             match write {
                 Write::Insert(job, reply) => {
                     batch.inserts.push(job);
-                    inserted.push(reply);
+                    replies.inserted.push(reply);
                 }
                 Write::Start(lease, reply) => {
                     batch.starts.push(lease);
-                    started.push(reply);
+                    replies.started.push(reply);
                 }
                 Write::Finish(request, reply) => {
                     batch.finishes.push(request);
-                    finished.push(reply);
+                    replies.finished.push(reply);
                 }
                 Write::Claim(group, reply) => {
                     batch.claims.push(group);
-                    claimed.push(reply);
+                    replies.claimed.push(reply);
                 }
             }
-        }
-        match store.write_jobs(&batch, now_ms()).await {
-            Ok(answers) => {
-                answer_all(inserted, answers.inserted);
-                answer_all(started, answers.started);
-                answer_all(finished, answers.finished);
-                answer_all(claimed, answers.claimed);
-            }
-            Err(e) => {
-                warn!(error = %e, count = batch.len(), "writing a group of job writes failed; writing each kind on its own");
-                write_group(&*store, batch.inserts.into_iter().zip(inserted).collect()).await;
-                write_group(&*store, batch.starts.into_iter().zip(started).collect()).await;
-                write_group(&*store, batch.finishes.into_iter().zip(finished).collect()).await;
-                for (group, reply) in batch.claims.into_iter().zip(claimed) {
-                    let _ = reply.send(store.claim_jobs(&group, now_ms()).await);
-                }
+            if batch.len() < MAX_GROUP {
+                next = inbox.try_recv().ok();
             }
         }
+        write_group(&mut *writer, batch, replies);
+    }
+}
+
+/// Writes a group together; if that fails, each kind on its own, and a kind that fails each
+/// event alone, so every caller gets its own answer.
+fn write_group(writer: &mut dyn GroupWriter, batch: JobWriteBatch, replies: Replies) {
+    match writer.write(&batch, now_ms()) {
+        Ok(answers) => {
+            answer_all(replies.inserted, answers.inserted);
+            answer_all(replies.started, answers.started);
+            answer_all(replies.finished, answers.finished);
+            answer_all(replies.claimed, answers.claimed);
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, count = batch.len(), "writing a group of job writes failed; writing each kind on its own");
+        }
+    }
+    let JobWriteBatch { inserts, starts, finishes, claims } = batch;
+    write_kind(
+        writer,
+        "submissions",
+        inserts,
+        replies.inserted,
+        |inserts| JobWriteBatch { inserts, ..Default::default() },
+        |a| a.inserted,
+    );
+    write_kind(
+        writer,
+        "acks",
+        starts,
+        replies.started,
+        |starts| JobWriteBatch { starts, ..Default::default() },
+        |a| a.started,
+    );
+    write_kind(
+        writer,
+        "results",
+        finishes,
+        replies.finished,
+        |finishes| JobWriteBatch { finishes, ..Default::default() },
+        |a| a.finished,
+    );
+    // Each claim is a statement group of its own anyway: each alone.
+    for (group, reply) in claims.into_iter().zip(replies.claimed) {
+        let claimed = writer.write(&JobWriteBatch { claims: vec![group], ..Default::default() }, now_ms());
+        let _ = reply.send(claimed.map(|mut answers| answers.claimed.pop().unwrap_or_default()));
+    }
+}
+
+/// Writes one kind's events together, and if that fails, each alone.
+fn write_kind<T: Clone, R>(
+    writer: &mut dyn GroupWriter,
+    what: &str,
+    items: Vec<T>,
+    replies: Vec<Reply<R>>,
+    batch_of: impl Fn(Vec<T>) -> JobWriteBatch,
+    answers_of: impl Fn(JobWriteAnswers) -> Vec<R>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    let error = match writer.write(&batch_of(items.clone()), now_ms()) {
+        Ok(answers) => return answer_all(replies, answers_of(answers)),
+        Err(e) => e,
+    };
+    if items.len() == 1 {
+        if let Some(reply) = replies.into_iter().next() {
+            let _ = reply.send(Err(error));
+        }
+        return;
+    }
+    warn!(error = %error, count = items.len(), "writing a group of {what} failed; writing them one by one");
+    for (item, reply) in items.into_iter().zip(replies) {
+        let answer = writer.write(&batch_of(vec![item]), now_ms()).and_then(|answers| {
+            answers_of(answers)
+                .pop()
+                .ok_or_else(|| StoreError::Corrupt(format!("the store gave no answer to one of the {what}")))
+        });
+        let _ = reply.send(answer);
     }
 }
 
 fn answer_all<R>(replies: Vec<Reply<R>>, answers: Vec<R>) {
+    if replies.len() != answers.len() {
+        error!(
+            asked = replies.len(),
+            answered = answers.len(),
+            "the store answered a group with the wrong number of answers"
+        );
+    }
     for (reply, answer) in replies.into_iter().zip(answers) {
         let _ = reply.send(Ok(answer));
     }
 }
 
-/// One kind of event the writer groups: how a group is written, and how one is.
-#[async_trait::async_trait]
-trait GroupWrite: Sized + Send + Sync {
-    type Answer: Send;
-    const WHAT: &'static str;
-    async fn together(store: &dyn Store, items: &[Self]) -> Result<Vec<Self::Answer>, StoreError>;
-    async fn alone(store: &dyn Store, item: Self) -> Result<Self::Answer, StoreError>;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{JobState, Transition};
 
-#[async_trait::async_trait]
-impl GroupWrite for NewJob {
-    type Answer = InsertOutcome;
-    const WHAT: &'static str = "submissions";
-    async fn together(store: &dyn Store, jobs: &[NewJob]) -> Result<Vec<InsertOutcome>, StoreError> {
-        store.insert_jobs(jobs, now_ms()).await
+    /// Refuses any batch holding an ack or a result for the job "bad" (a fault a real store
+    /// shows only on a broken disk), and records what it was asked to write.
+    struct RefusesBadJob {
+        written: Vec<String>,
     }
-    async fn alone(store: &dyn Store, job: NewJob) -> Result<InsertOutcome, StoreError> {
-        store.insert_job(job, now_ms()).await
-    }
-}
 
-#[async_trait::async_trait]
-impl GroupWrite for LeaseRef {
-    type Answer = bool;
-    const WHAT: &'static str = "acks";
-    async fn together(store: &dyn Store, leases: &[LeaseRef]) -> Result<Vec<bool>, StoreError> {
-        store.start_jobs(leases, now_ms()).await
-    }
-    async fn alone(store: &dyn Store, lease: LeaseRef) -> Result<bool, StoreError> {
-        store.start_job(&lease.job_id, &lease.agent_id, lease.lease_token, now_ms()).await
-    }
-}
-
-#[async_trait::async_trait]
-impl GroupWrite for FinishRequest {
-    type Answer = FinishOutcome;
-    const WHAT: &'static str = "results";
-    async fn together(store: &dyn Store, requests: &[FinishRequest]) -> Result<Vec<FinishOutcome>, StoreError> {
-        store.finish_jobs(requests, now_ms()).await
-    }
-    async fn alone(store: &dyn Store, request: FinishRequest) -> Result<FinishOutcome, StoreError> {
-        store.finish_job(request, now_ms()).await
-    }
-}
-
-/// Writes a group together; if that fails, each alone, so every caller gets its own answer.
-async fn write_group<T: GroupWrite>(store: &dyn Store, items: Vec<(T, Reply<T::Answer>)>) {
-    if items.is_empty() {
-        return;
-    }
-    let (items, replies): (Vec<T>, Vec<Reply<T::Answer>>) = items.into_iter().unzip();
-    match T::together(store, &items).await {
-        Ok(answers) => answer_all(replies, answers),
-        Err(e) if items.len() > 1 => {
-            warn!(error = %e, count = items.len(), "writing a group of {} failed; writing them one by one", T::WHAT);
-            for (item, reply) in items.into_iter().zip(replies) {
-                let _ = reply.send(T::alone(store, item).await);
+    impl GroupWriter for RefusesBadJob {
+        fn write(&mut self, batch: &JobWriteBatch, _now: i64) -> Result<JobWriteAnswers, StoreError> {
+            let ids: Vec<&str> = batch
+                .starts
+                .iter()
+                .map(|l| l.job_id.as_str())
+                .chain(batch.finishes.iter().map(|f| f.job_id.as_str()))
+                .chain(batch.claims.iter().map(|c| c.creator_id.as_str()))
+                .collect();
+            self.written.push(ids.join(","));
+            if ids.contains(&"bad") {
+                return Err(StoreError::Corrupt("bad job".to_owned()));
             }
+            Ok(JobWriteAnswers {
+                inserted: Vec::new(),
+                started: batch.starts.iter().map(|_| true).collect(),
+                finished: batch.finishes.iter().map(|_| FinishOutcome::Recorded(JobState::Succeeded)).collect(),
+                claimed: batch.claims.iter().map(|_| Vec::new()).collect(),
+            })
         }
-        Err(e) => {
-            if let Some(reply) = replies.into_iter().next() {
-                let _ = reply.send(Err(e));
-            }
+    }
+
+    fn lease(job_id: &str) -> LeaseRef {
+        LeaseRef { job_id: job_id.to_owned(), agent_id: "agt".to_owned(), lease_token: 1 }
+    }
+
+    fn report(job_id: &str) -> FinishRequest {
+        FinishRequest {
+            job_id: job_id.to_owned(),
+            agent_id: "agt".to_owned(),
+            lease_token: 1,
+            transition: Transition::Succeeded,
+            result: None,
+            error: None,
+            sent_recipients: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_failing_group_is_written_kind_by_kind_then_one_by_one_and_only_the_bad_event_fails() {
+        let mut writer = RefusesBadJob { written: Vec::new() };
+        let mut replies = Replies::default();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let (reply, answer) = oneshot::channel();
+            replies.started.push(reply);
+            answers.push(answer);
+        }
+        let (reply, finished) = oneshot::channel();
+        replies.finished.push(reply);
+        let (reply, claimed) = oneshot::channel();
+        replies.claimed.push(reply);
+        let batch = JobWriteBatch {
+            inserts: Vec::new(),
+            starts: vec![lease("a"), lease("bad"), lease("b")],
+            finishes: vec![report("c")],
+            claims: vec![ClaimGroup {
+                creator_id: "creator".to_owned(),
+                labels: Vec::new(),
+                job_types: None,
+                agents: vec![("agt".to_owned(), 1)],
+            }],
+        };
+
+        write_group(&mut writer, batch, replies);
+
+        assert_eq!(writer.written, ["a,bad,b,c,creator", "a,bad,b", "a", "bad", "b", "c", "creator"]);
+        let started: Vec<Result<bool, String>> =
+            answers.into_iter().map(|mut a| a.try_recv().unwrap().map_err(|e| e.to_string())).collect();
+        assert_eq!(started[0], Ok(true));
+        assert!(started[1].as_ref().is_err_and(|e| e.contains("bad job")), "{:?}", started[1]);
+        assert_eq!(started[2], Ok(true));
+        assert!(matches!(finished.blocking_recv().unwrap(), Ok(FinishOutcome::Recorded(JobState::Succeeded))));
+        assert!(claimed.blocking_recv().unwrap().unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_failing_event_gets_its_own_error() {
+        let mut writer = RefusesBadJob { written: Vec::new() };
+        let mut replies = Replies::default();
+        let (reply, answer) = oneshot::channel();
+        replies.finished.push(reply);
+        write_group(&mut writer, JobWriteBatch { finishes: vec![report("bad")], ..Default::default() }, replies);
+        assert!(matches!(answer.blocking_recv().unwrap(), Err(StoreError::Corrupt(_))));
     }
 }

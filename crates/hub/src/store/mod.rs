@@ -631,6 +631,12 @@ pub trait Store: Send + Sync + 'static {
     /// callers wrote meanwhile. A claim sees what the reports before it freed. If any part
     /// fails, nothing is written.
     async fn write_jobs(&self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError>;
+    /// A writer of job groups for [`crate::writes::JobWrites`]' thread that needs no runtime
+    /// round trip per group, if the engine has one; else the thread waits on
+    /// [`Store::write_jobs`].
+    fn group_writer(&self) -> Option<Box<dyn crate::writes::GroupWriter>> {
+        None
+    }
     /// leased (never acknowledged) → pending for one agent's jobs (its session ended), or
     /// for every agent with `None` (startup of an exclusive store).
     async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError>;

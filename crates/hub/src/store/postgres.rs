@@ -96,6 +96,10 @@ impl PgStore {
         Err(StoreError::Corrupt("the PostgreSQL store has no job writer of its own".to_owned()))
     }
 
+    fn own_group_writer(&self) -> Option<Box<dyn crate::writes::GroupWriter>> {
+        None
+    }
+
     async fn write_tx(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
     }

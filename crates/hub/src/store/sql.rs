@@ -21,10 +21,30 @@ pub(super) const JOB_COLUMNS: &str = "id, job_type, payload, status, creator_id,
 /// [`JOB_COLUMNS`] one by one, for readers that take columns by position (a test keeps the
 /// two the same).
 pub(super) const JOB_COLUMN_NAMES: [&str; 24] = [
-    "id", "job_type", "payload", "status", "creator_id", "target_agent_id", "labels", "priority", "run_at",
-    "idempotency_key", "assigned_agent_id", "lease_token", "lease_expires_at", "attempts", "max_receive_count",
-    "visibility_timeout_ms", "cancel_requested", "result", "error", "error_code", "skipped_recipients", "created_at",
-    "updated_at", "finished_at",
+    "id",
+    "job_type",
+    "payload",
+    "status",
+    "creator_id",
+    "target_agent_id",
+    "labels",
+    "priority",
+    "run_at",
+    "idempotency_key",
+    "assigned_agent_id",
+    "lease_token",
+    "lease_expires_at",
+    "attempts",
+    "max_receive_count",
+    "visibility_timeout_ms",
+    "cancel_requested",
+    "result",
+    "error",
+    "error_code",
+    "skipped_recipients",
+    "created_at",
+    "updated_at",
+    "finished_at",
 ];
 
 /// Position of `name` in [`JOB_COLUMNS`]; a name that is not there fails the build.
@@ -380,7 +400,7 @@ macro_rules! in_write_tx {
 
 /// Expands to the `impl Store` for `$store` on database `$db`, whose rows are `$row`.
 /// `$store` must provide `pool` (reads), `writer` (writes; may be the same pool), `write_tx()`, `before_close()`, `publish_event()`,
-/// `subscribe_events()`, `has_job_writer()` and `write_on_job_writer()` (an engine's own
+/// `subscribe_events()`, `has_job_writer()`, `write_on_job_writer()` and `own_group_writer()` (an engine's own
 /// writer for [`JobWriteBatch`]es, which then takes every job write below), `ENGINE` and
 /// `EXCLUSIVE`; the invoking module must have a `dialect` module and `HubEvent` and
 /// `StoreError` in scope.
@@ -1348,6 +1368,10 @@ macro_rules! sql_store {
                     return self.write_on_job_writer(batch.clone(), now).await;
                 }
                 in_write_tx!(self, skip_if batch.is_empty(), |tx| write_jobs_in(&mut tx, batch, now))
+            }
+
+            fn group_writer(&self) -> Option<Box<dyn crate::writes::GroupWriter>> {
+                self.own_group_writer()
             }
 
             async fn release_unstarted_jobs(&self, agent_id: Option<&str>, now: i64) -> Result<u64, StoreError> {

@@ -172,6 +172,10 @@ impl SqliteStore {
         self.jobs.is_some()
     }
 
+    fn own_group_writer(&self) -> Option<Box<dyn crate::writes::GroupWriter>> {
+        self.jobs.as_ref().map(writer::JobWriter::group_writer)
+    }
+
     async fn write_on_job_writer(&self, batch: JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
         match &self.jobs {
             Some(jobs) => jobs.write(batch, now).await,

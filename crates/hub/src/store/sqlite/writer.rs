@@ -1,13 +1,15 @@
-//! Owns the SQLite job writer: one thread with its own connection that writes each group of
+//! Owns the SQLite job writer: a connection of its own that writes each group of
 //! submissions, acks, reports and claims ([`JobWriteBatch`]) in one transaction, a plain
-//! statement per row. It must never write anything else, and never run while another writer
-//! holds the write lock: it writes only while holding the store's `sqlx` write connection.
+//! statement per row. It must never write anything else, and never write while another
+//! writer holds the write lock: it writes only while holding the store's `sqlx` write
+//! connection.
 //!
-//! Why a thread of its own: through `sqlx`, every statement is a round trip to the
-//! connection's worker thread, so a small group cost a dozen thread wake-ups, and the bulk
-//! statements that make large groups cheap (one JSON list per kind) cost more than a
-//! statement per row when a group holds one or two jobs, as it does at moderate load. Here a
-//! group is one hand-over, and each row a cached prepared statement.
+//! Why a connection of its own, used synchronously: through `sqlx`, every statement is a
+//! round trip to the connection's worker thread, so a small group cost a dozen thread
+//! wake-ups, and the bulk statements that make large groups cheap (one JSON list per kind)
+//! cost more than a statement per row when a group holds one or two jobs, as it does at
+//! moderate load. Here a group is one call from the job writes' thread
+//! ([`crate::writes::JobWrites`]), and each row a cached prepared statement.
 
 use super::claim_candidates_sql;
 use crate::store::sql::{
@@ -18,32 +20,51 @@ use crate::store::{
     ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobState, JobWriteAnswers, JobWriteBatch,
     LeaseRef, NewJob, StoreError,
 };
+use crate::writes::GroupWriter;
 use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{mpsc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
-use tokio::sync::oneshot;
-
-type Task = (JobWriteBatch, i64, oneshot::Sender<Result<JobWriteAnswers, StoreError>>);
+use tokio::runtime::Handle;
 
 /// Prepared statements kept per connection; the writer uses about a dozen.
 const STATEMENT_CACHE: usize = 32;
 
-pub(super) struct JobWriter {
-    tasks: Mutex<Option<mpsc::Sender<Task>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+/// The connection and what it keeps between groups. Shared by the job writes' thread and
+/// the store's own [`crate::store::Store::write_jobs`]; the mutex is uncontended in a
+/// running hub, where only that thread writes jobs.
+struct JobConnection {
+    /// None once the store is closed.
+    connection: Option<Connection>,
+    agent_lists: AgentLists,
     /// The store's one `sqlx` write connection, held while a group is written so the two
     /// connections never wait on each other's lock (SQLite's busy handler sleeps in steps of
     /// up to 100 ms).
     write_lock: SqlitePool,
+    runtime: Handle,
+}
+
+impl JobConnection {
+    fn write(&mut self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+        let connection = self
+            .connection
+            .as_mut()
+            .ok_or_else(|| StoreError::WriterStopped("the SQLite job writer is closed".to_owned()))?;
+        let _write_lock = self.runtime.block_on(self.write_lock.acquire())?;
+        write_batch(connection, &mut self.agent_lists, batch, now)
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct JobWriter {
+    shared: Arc<Mutex<JobConnection>>,
 }
 
 impl JobWriter {
     /// Opens a second connection to the (already migrated) database file with the store's
-    /// settings, and starts the thread that owns it. `write_lock` is the store's write pool.
+    /// settings. `write_lock` is the store's write pool. Call from within the runtime.
     pub fn open(
         path: &Path,
         busy_timeout: Duration,
@@ -57,43 +78,44 @@ impl JobWriter {
         for (name, value) in pragmas {
             connection.execute_batch(&format!("PRAGMA {name} = {value}"))?;
         }
-        let (tasks, inbox) = mpsc::channel::<Task>();
-        let thread = std::thread::Builder::new()
-            .name("hub-job-writer".to_owned())
-            .spawn(move || {
-                let mut connection = connection;
-                let mut agent_lists = AgentLists::default();
-                for (batch, now, reply) in inbox {
-                    let _ = reply.send(write_batch(&mut connection, &mut agent_lists, &batch, now));
-                }
-            })
-            .map_err(|e| StoreError::WriterStopped(format!("cannot start the SQLite job writer thread: {e}")))?;
-        Ok(JobWriter { tasks: Mutex::new(Some(tasks)), thread: Mutex::new(Some(thread)), write_lock })
-    }
-
-    /// Writes `batch` in one transaction.
-    pub async fn write(&self, batch: JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
-        let _write_lock = self.write_lock.acquire().await?;
-        let (reply, answer) = oneshot::channel();
-        let sent = match &*self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) {
-            Some(tasks) => tasks.send((batch, now, reply)).is_ok(),
-            None => false,
+        let shared = JobConnection {
+            connection: Some(connection),
+            agent_lists: AgentLists::default(),
+            write_lock,
+            runtime: Handle::current(),
         };
-        if !sent {
-            return Err(StoreError::WriterStopped("the SQLite job writer is closed".to_owned()));
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(StoreError::WriterStopped("the SQLite job writer thread stopped; see the log".to_owned()))
-        })
+        Ok(JobWriter { shared: Arc::new(Mutex::new(shared)) })
     }
 
-    /// Ends the thread once the queued groups are written, and closes its connection.
+    fn lock(&self) -> MutexGuard<'_, JobConnection> {
+        // A panic mid-group rolled its transaction back; the connection is still sound.
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes `batch` in one transaction, on a blocking thread.
+    pub async fn write(&self, batch: JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+        let writer = self.clone();
+        tokio::task::spawn_blocking(move || writer.lock().write(&batch, now))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::WriterStopped(format!("the SQLite job writer failed: {e}"))))
+    }
+
+    /// The writer for the job writes' thread.
+    pub fn group_writer(&self) -> Box<dyn GroupWriter> {
+        Box::new(self.clone())
+    }
+
+    /// Closes the connection once the group being written, if any, is committed; later
+    /// writes fail.
     pub async fn close(&self) {
-        self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let writer = self.clone();
+        let _ = tokio::task::spawn_blocking(move || writer.lock().connection.take()).await;
+    }
+}
+
+impl GroupWriter for JobWriter {
+    fn write(&mut self, batch: &JobWriteBatch, now: i64) -> Result<JobWriteAnswers, StoreError> {
+        self.lock().write(batch, now)
     }
 }
 
