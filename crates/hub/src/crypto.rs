@@ -16,7 +16,13 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], HubError> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 /// `agt_` + 20 hex digits: long enough to be unguessable in practice, short enough to read in logs.
@@ -27,10 +33,14 @@ pub fn new_agent_id() -> Result<String, HubError> {
 /// `job_` + the creation time (Unix ms, 12 hex digits, as in UUIDv7) + 20 random hex digits.
 /// Time first, so a new job's id sorts after older ones: inserts land on the last page of
 /// every index keyed by job id instead of a random one, and a group of submissions dirties a
-/// few pages instead of one per job. 80 random bits keep ids of the same millisecond apart.
+/// few pages instead of one per job. 80 random bits keep ids of the same millisecond apart;
+/// they come from the thread's CSPRNG (seeded from the OS) rather than a system call per job.
 pub fn new_job_id() -> Result<String, HubError> {
+    use rand::RngCore as _;
     let created = u64::try_from(now_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
-    Ok(format!("job_{created:012x}{}", hex(&random_bytes::<10>()?)))
+    let mut random = [0u8; 10];
+    rand::rng().fill_bytes(&mut random);
+    Ok(format!("job_{created:012x}{}", hex(&random)))
 }
 
 pub fn new_nonce() -> Result<String, HubError> {
