@@ -246,6 +246,10 @@ struct State {
     circuits: HashMap<String, i64>,
     /// Dispatch passes so far; rotates which agent of a group is served first.
     passes: usize,
+    /// The last claims stopped because the sessions were full, not because the jobs ran
+    /// out: the next freed slot can claim at once, without asking first whether any job
+    /// is visible.
+    jobs_may_be_left: bool,
 }
 
 /// The dispatcher task. Returns once `stop` is cancelled and queued commands are handled.
@@ -257,7 +261,14 @@ pub async fn run(
     poll_interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut state = State { store, writes, connections: BTreeMap::new(), circuits: HashMap::new(), passes: 0 };
+    let mut state = State {
+        store,
+        writes,
+        connections: BTreeMap::new(),
+        circuits: HashMap::new(),
+        passes: 0,
+        jobs_may_be_left: false,
+    };
     let mut poll = tokio::time::interval(poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
@@ -501,10 +512,14 @@ impl State {
     }
 
     /// A dispatch pass on a tick or a freed slot: asks the store first whether any job is
-    /// visible, which costs less than a claim per group of sessions when none is.
+    /// visible, which costs less than a claim per group of sessions when none is, unless
+    /// the last claims left jobs behind.
     async fn dispatch(&mut self) {
         if !self.connections.values().any(|c| c.free_slots() > 0) {
             return;
+        }
+        if self.jobs_may_be_left {
+            return self.claim_for_free_sessions().await;
         }
         match self.store.any_ready(now_ms()).await {
             Ok(true) => self.claim_for_free_sessions().await,
@@ -524,6 +539,7 @@ impl State {
             let groups: Vec<(Arc<ClaimKey>, ClaimGroup)> =
                 self.claim_groups().into_iter().filter(|(key, _)| !exhausted.contains(key)).collect();
             if groups.is_empty() {
+                self.jobs_may_be_left = exhausted.is_empty();
                 return;
             }
             for (key, group) in groups {
@@ -532,6 +548,7 @@ impl State {
                     Ok(jobs) => jobs,
                     Err(e) => {
                         error!(creator_id, error = %e, "cannot lease jobs; retrying later");
+                        self.jobs_may_be_left = false;
                         return;
                     }
                 };
