@@ -86,6 +86,26 @@ impl JobWrites {
         self.ask(|reply| Write::Insert(job, reply)).await
     }
 
+    /// [`JobWrites::insert_job`] for each job, queued together so they are usually written
+    /// in one group. Answers in order, each its own.
+    pub async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Vec<Result<InsertOutcome, StoreError>> {
+        let answers: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let (reply, answer) = oneshot::channel();
+                self.writes.send(Write::Insert(job, reply)).map_err(|_| writer_gone()).map(|()| answer)
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Ok(answer) => answer.await.unwrap_or_else(|_| Err(writer_gone())),
+                Err(e) => Err(e),
+            });
+        }
+        outcomes
+    }
+
     /// [`Store::start_job`], written with whatever other acks are waiting.
     pub async fn start_job(&self, lease: LeaseRef) -> Result<bool, StoreError> {
         self.ask(|reply| Write::Start(lease, reply)).await

@@ -263,7 +263,9 @@ pub async fn submit_batch(
     }
     let now = now_ms();
     let no_headers = HeaderMap::new();
-    // Each entry is checked on its own; the new ones are then stored in one transaction.
+    // Each entry is checked on its own; the new ones then go to the job writer together,
+    // which commits them with whatever else is queued (an entry the database refuses is
+    // answered on its own, and the others are kept).
     // `None`: new, answered by the insert below.
     let mut answers: Vec<Option<Result<(JobRecord, bool), Failure>>> = Vec::with_capacity(request.jobs.len());
     let mut new_jobs = Vec::new();
@@ -284,9 +286,9 @@ pub async fn submit_batch(
             Err(failure) => answers.push(Some(Err(failure))),
         }
     }
-    let outcomes = app.store.insert_jobs(&new_jobs, now).await?;
+    let outcomes = app.job_writes.insert_jobs(new_jobs).await;
     for (index, outcome) in new_at.into_iter().zip(outcomes) {
-        answers[index] = Some(Ok(recorded(outcome)));
+        answers[index] = Some(outcome.map(recorded).map_err(Failure::from));
     }
     let mut any_pending = false;
     let results: Vec<BatchEntry> = answers
