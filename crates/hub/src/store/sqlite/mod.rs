@@ -105,6 +105,19 @@ pub(super) mod dialect {
     }
 }
 
+/// SQLite keeps memory statistics by default, taking a process-wide mutex on every one of
+/// its allocations; nothing here reads them, and SQLite's list of recommended options turns
+/// them off. Possible only before SQLite initializes, i.e. before the process's first
+/// connection; later calls change nothing.
+fn without_memory_statistics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sqlite3_config with an int argument, as SQLITE_CONFIG_MEMSTATUS takes; it
+        // fails harmlessly (SQLITE_MISUSE) if SQLite is already initialized.
+        let _ = unsafe { rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int) };
+    });
+}
+
 pub struct SqliteStore {
     /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
@@ -128,6 +141,7 @@ impl SqliteStore {
     /// Opens (creating the file and its directory if needed) and migrates the database.
     /// Databases written by the walking skeleton are migrated forward in place.
     pub async fn connect(database_url: &str) -> Result<SqliteStore, StoreError> {
+        without_memory_statistics();
         let options = PRAGMAS.iter().fold(
             SqliteConnectOptions::from_str(database_url)
                 .map_err(|e| StoreError::UnsupportedUrl { url: database_url.to_owned(), reason: e.to_string() })?
