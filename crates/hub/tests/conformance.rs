@@ -742,19 +742,10 @@ async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothin
     let store = hub.store();
     let now = edge_hub::crypto::now_ms();
     let new_job = |priority: i64, key: Option<&str>| NewJob {
-        id: edge_hub::crypto::new_job_id().unwrap(),
-        job_type: CUSTOM.to_owned(),
         payload: json!({"priority": priority}),
-        creator_id: CREATOR.to_owned(),
-        target_agent_id: None,
-        labels: Vec::new(),
         priority,
-        run_at: now,
         idempotency_key: key.map(str::to_owned),
-        max_receive_count: 5,
-        visibility_timeout_ms: 120_000,
-        skipped_recipients: None,
-        final_state: None,
+        ..plain_job(now)
     };
     let claim = || ClaimGroup {
         creator_id: CREATOR.to_owned(),
@@ -833,18 +824,13 @@ async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothin
     hub.shutdown().await;
 }
 
-/// The answer to a submission is built without reading the row back on SQLite; it must be
-/// what reading it back gives, for every shape of job.
-async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
-    use edge_hub::store::{InsertOutcome, JobState, JobWriteBatch, NewJob};
-    let hub = TestHub::start_on(db, |_| {}).await;
-    let agent = hub.enroll(CREATOR).await;
-    let store = hub.store();
-    let now = edge_hub::crypto::now_ms();
-    let plain = NewJob {
+/// A pending custom job of [`CREATOR`], routed to any of their agents, with the default
+/// delivery settings and a fresh id.
+fn plain_job(now: i64) -> edge_hub::store::NewJob {
+    edge_hub::store::NewJob {
         id: edge_hub::crypto::new_job_id().unwrap(),
         job_type: CUSTOM.to_owned(),
-        payload: json!({"text": "héllo \"quoted\"", "n": 1.5, "big": 12345678901234_i64, "list": [1, {"b": 2, "a": null}]}),
+        payload: json!({}),
         creator_id: CREATOR.to_owned(),
         target_agent_id: None,
         labels: Vec::new(),
@@ -855,6 +841,20 @@ async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
         visibility_timeout_ms: 120_000,
         skipped_recipients: None,
         final_state: None,
+    }
+}
+
+/// The answer to a submission is built without reading the row back on SQLite; it must be
+/// what reading it back gives, for every shape of job.
+async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
+    use edge_hub::store::{InsertOutcome, JobState, JobWriteBatch, NewJob};
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let agent = hub.enroll(CREATOR).await;
+    let store = hub.store();
+    let now = edge_hub::crypto::now_ms();
+    let plain = NewJob {
+        payload: json!({"text": "héllo \"quoted\"", "n": 1.5, "big": 12345678901234_i64, "list": [1, {"b": 2, "a": null}]}),
+        ..plain_job(now)
     };
     let routed = NewJob {
         id: edge_hub::crypto::new_job_id().unwrap(),
