@@ -165,7 +165,8 @@ async fn hello_heartbeat_and_a_job_round_trip() {
 
     send(&mut ws, json!({"t":"job_ack","id":job_id})).await;
     hub.wait_for_job_status(&job_id, "running").await;
-    let data = json!({"statusCode":200,"headers":{},"body":"hi","isBase64Encoded":false});
+    // A frame hundreds of times the session's read chunk still arrives whole.
+    let data = json!({"statusCode":200,"headers":{},"body":"hi ".repeat(100_000),"isBase64Encoded":false});
     send(&mut ws, json!({"t":"job_result","id":job_id,"status":"ok","data":data})).await;
     let done = hub.wait_for_job_status(&job_id, "succeeded").await;
     assert_eq!(done["result"], data);
@@ -173,10 +174,13 @@ async fn hello_heartbeat_and_a_job_round_trip() {
     assert_eq!(done["attempts"], 1);
     assert!(done["error"].is_null());
 
-    // A failure is stored with its error object.
-    let job = hub.submit_job(json!({"type":"custom","payload":{},"agentId":agent.agent_id})).await;
+    // A failure is stored with its error object. (Its payload is larger than a session
+    // gathers before writing, so the job_assign goes out in several writes.)
+    let blob = "y".repeat(100_000);
+    let job = hub.submit_job(json!({"type":"custom","payload":{"blob":blob},"agentId":agent.agent_id})).await;
     let assign = recv(&mut ws).await;
     assert_eq!(assign["job"]["jobId"], job["id"]);
+    assert_eq!(assign["job"]["payload"]["blob"], blob.as_str());
     send(
         &mut ws,
         json!({"t":"job_result","id":job["id"],"status":"error","err":{"code":"LOGIN_REQUIRED","message":"log in"}}),
