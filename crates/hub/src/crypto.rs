@@ -34,13 +34,14 @@ pub fn new_agent_id() -> Result<String, HubError> {
 /// Time first, so a new job's id sorts after older ones: inserts land on the last page of
 /// every index keyed by job id instead of a random one, and a group of submissions dirties a
 /// few pages instead of one per job. 80 random bits keep ids of the same millisecond apart;
-/// they come from the thread's CSPRNG (seeded from the OS) rather than a system call per job.
-pub fn new_job_id() -> Result<String, HubError> {
+/// they come from the thread's CSPRNG (seeded from the OS) rather than a system call per
+/// job, so making one cannot fail.
+pub fn new_job_id() -> String {
     use rand::RngCore as _;
     let created = u64::try_from(now_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
     let mut random = [0u8; 10];
     rand::rng().fill_bytes(&mut random);
-    Ok(format!("job_{created:012x}{}", hex(&random)))
+    format!("job_{created:012x}{}", hex(&random))
 }
 
 pub fn new_nonce() -> Result<String, HubError> {
@@ -98,14 +99,14 @@ mod tests {
 
     #[test]
     fn job_ids_sort_by_creation_time_and_differ_within_a_millisecond() {
-        let first = new_job_id().unwrap();
+        let first = new_job_id();
         assert!(first.starts_with("job_") && first.len() == 36, "{first}");
         let created = i64::from_str_radix(&first[4..16], 16).unwrap();
         assert!((now_ms() - created).abs() < 60_000, "{first} does not start with the time");
-        let same_instant: std::collections::HashSet<String> = (0..1000).map(|_| new_job_id().unwrap()).collect();
+        let same_instant: std::collections::HashSet<String> = (0..1000).map(|_| new_job_id()).collect();
         assert_eq!(same_instant.len(), 1000);
         std::thread::sleep(std::time::Duration::from_millis(2));
-        let later = new_job_id().unwrap();
+        let later = new_job_id();
         assert!(later > first && same_instant.iter().all(|id| *id < later), "{later} sorts before an older id");
     }
 

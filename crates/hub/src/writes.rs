@@ -89,19 +89,10 @@ impl JobWrites {
     /// [`JobWrites::insert_job`] for each job, queued together so they are usually written
     /// in one group. Answers in order, each its own.
     pub async fn insert_jobs(&self, jobs: Vec<NewJob>) -> Vec<Result<InsertOutcome, StoreError>> {
-        let answers: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
-                let (reply, answer) = oneshot::channel();
-                self.writes.send(Write::Insert(job, reply)).map_err(|_| writer_gone()).map(|()| answer)
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(answers.len());
-        for answer in answers {
-            outcomes.push(match answer {
-                Ok(answer) => answer.await.unwrap_or_else(|_| Err(writer_gone())),
-                Err(e) => Err(e),
-            });
+        let queued: Vec<_> = jobs.into_iter().map(|job| self.queue(|reply| Write::Insert(job, reply))).collect();
+        let mut outcomes = Vec::with_capacity(queued.len());
+        for answer in queued {
+            outcomes.push(answered(answer).await);
         }
         outcomes
     }
@@ -123,11 +114,23 @@ impl JobWrites {
     }
 
     async fn ask<R>(&self, write: impl FnOnce(Reply<R>) -> Write) -> Result<R, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        // The writer thread lives as long as any handle, so both fail only if it panicked.
-        self.writes.send(write(reply)).map_err(|_| writer_gone())?;
-        answer.await.unwrap_or_else(|_| Err(writer_gone()))
+        answered(self.queue(write)).await
     }
+
+    /// Hands `write` to the writer thread; the answer comes on the returned receiver.
+    fn queue<R>(&self, write: impl FnOnce(Reply<R>) -> Write) -> Result<Answer<R>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        // The writer thread lives as long as any handle, so this and the answer fail only if
+        // it panicked.
+        self.writes.send(write(reply)).map_err(|_| writer_gone())?;
+        Ok(answer)
+    }
+}
+
+type Answer<R> = oneshot::Receiver<Result<R, StoreError>>;
+
+async fn answered<R>(queued: Result<Answer<R>, StoreError>) -> Result<R, StoreError> {
+    queued?.await.unwrap_or_else(|_| Err(writer_gone()))
 }
 
 fn writer_gone() -> StoreError {
@@ -216,11 +219,14 @@ fn write_group(writer: &mut dyn GroupWriter, batch: JobWriteBatch, replies: Repl
         |finishes| JobWriteBatch { finishes, ..Default::default() },
         |a| a.finished,
     );
-    // Each claim is a statement group of its own anyway: each alone.
-    for (group, reply) in claims.into_iter().zip(replies.claimed) {
-        let claimed = writer.write(&JobWriteBatch { claims: vec![group], ..Default::default() }, now_ms());
-        let _ = reply.send(claimed.map(|mut answers| answers.claimed.pop().unwrap_or_default()));
-    }
+    write_kind(
+        writer,
+        "claims",
+        claims,
+        replies.claimed,
+        |claims| JobWriteBatch { claims, ..Default::default() },
+        |a| a.claimed,
+    );
 }
 
 /// Writes one kind's events together, and if that fails, each alone.

@@ -794,11 +794,7 @@ async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothin
     // best job, the second finds the limit spent again.
     let (urgent, keyed) = (new_job(5, None), new_job(1, Some("k-1")));
     let batch = JobWriteBatch {
-        inserts: vec![
-            urgent.clone(),
-            keyed.clone(),
-            NewJob { id: edge_hub::crypto::new_job_id().unwrap(), ..keyed.clone() },
-        ],
+        inserts: vec![urgent.clone(), keyed.clone(), NewJob { id: edge_hub::crypto::new_job_id(), ..keyed.clone() }],
         starts: vec![lease],
         finishes: vec![report],
         claims: vec![claim(), claim()],
@@ -828,7 +824,7 @@ async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothin
 /// delivery settings and a fresh id.
 fn plain_job(now: i64) -> edge_hub::store::NewJob {
     edge_hub::store::NewJob {
-        id: edge_hub::crypto::new_job_id().unwrap(),
+        id: edge_hub::crypto::new_job_id(),
         job_type: CUSTOM.to_owned(),
         payload: json!({}),
         creator_id: CREATOR.to_owned(),
@@ -857,7 +853,7 @@ async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
         ..plain_job(now)
     };
     let routed = NewJob {
-        id: edge_hub::crypto::new_job_id().unwrap(),
+        id: edge_hub::crypto::new_job_id(),
         target_agent_id: Some(agent.agent_id.clone()),
         labels: vec!["gpu".to_owned(), "eu".to_owned()],
         priority: -3,
@@ -869,7 +865,7 @@ async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
         ..plain.clone()
     };
     let already_final = NewJob {
-        id: edge_hub::crypto::new_job_id().unwrap(),
+        id: edge_hub::crypto::new_job_id(),
         final_state: Some((JobState::Cancelled, json!({"code": "DEDUPED", "message": "every recipient skipped"}))),
         ..plain.clone()
     };

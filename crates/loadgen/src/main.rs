@@ -345,9 +345,8 @@ async fn connect_all(
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Like a real agent's session: tungstenite's default 128 KiB read buffer is zeroed before
-/// every read (so it cost the load generator a sixth of its CPU in small frames), and
-/// frames here are a few hundred bytes.
+/// Reads in 4 KiB chunks: tungstenite's default 128 KiB read buffer is zeroed before every
+/// read (a sixth of the load generator's CPU), and the frames here are a few hundred bytes.
 fn agent_socket_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4 * 1024)
 }
@@ -764,7 +763,7 @@ async fn store_bench(args: StoreArgs) -> Result<()> {
                 }
                 let t = edge_hub::crypto::now_ms();
                 let job = NewJob {
-                    id: edge_hub::crypto::new_job_id()?,
+                    id: edge_hub::crypto::new_job_id(),
                     job_type: "http_request".to_owned(),
                     payload: json!({"url": format!("http://127.0.0.1:9/store/{n}")}),
                     creator_id: "bench-store".to_owned(),

@@ -150,7 +150,7 @@ pub async fn start_redrive(State(app): State<AppState>, caller: Caller, body: By
         }
     }
     let filter = redrive_filter_for(&caller, filter)?;
-    let id = format!("rdr_{}", crypto::new_job_id()?.trim_start_matches("job_"));
+    let id = format!("rdr_{}", crypto::new_job_id().trim_start_matches("job_"));
     match app.store.start_redrive(&id, &filter, rate, now_ms()).await? {
         RedriveStart::Started(record) => {
             info!(redrive_id = record.id, total = record.total, rate, ?filter, "redrive started");

@@ -555,7 +555,7 @@ async fn validate(
     let idempotency_key = idempotency_key(headers, request.idempotency_key)?;
     let visibility_timeout = spec.visibility_timeout.unwrap_or(app.queue.visibility_timeout);
     Ok(NewJob {
-        id: crypto::new_job_id()?,
+        id: crypto::new_job_id(),
         job_type,
         payload: request.payload,
         creator_id,
