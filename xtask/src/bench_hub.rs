@@ -10,7 +10,7 @@
 use crate::util::{cargo, checked, root};
 use anyhow::{bail, Context, Result};
 use edge_e2e::pg::TempDatabase;
-use edge_e2e::procfs::rss_kib;
+use edge_e2e::procfs::{peak_rss_kib, rss_kib};
 use edge_e2e::{scratch_dir, Binaries, Hub};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -140,12 +140,14 @@ pub fn run() -> Result<()> {
     let idle_agents = sizes.idle_agents.min(budget.saturating_sub(500));
     row(
         format!("hub RSS with {idle_agents} idle agent sessions (hello + heartbeats)"),
-        idle(&tools, idle_agents).map(|(connected, rss_kib)| {
-            let per_session = rss_kib as f64 / connected.max(1) as f64;
+        idle(&tools, idle_agents).map(|idle| {
+            let per_session = idle.rss_kib as f64 / idle.connected.max(1) as f64;
             format!(
-                "{:.0} MB for {connected} sessions ({per_session:.1} KiB each; ×50,000 ≈ {:.0} MB)",
-                rss_kib as f64 / 1024.0,
-                per_session * 50_000.0 / 1024.0
+                "{:.0} MB for {} sessions ({per_session:.1} KiB each; ×50,000 ≈ {:.0} MB); peak while they connected {:.0} MB",
+                idle.rss_kib as f64 / 1024.0,
+                idle.connected,
+                per_session * 50_000.0 / 1024.0,
+                idle.peak_rss_kib as f64 / 1024.0
             )
         }),
         "≤ 1 GiB at 50,000",
@@ -319,9 +321,17 @@ fn latency(tools: &Tools, sizes: &Sizes, rate: u32) -> Result<Value> {
     loadgen(tools, &args)
 }
 
-/// Connects `agents` idle sessions and returns (connected, hub RSS in KiB) measured 10 s
-/// after the last one said hello.
-fn idle(tools: &Tools, agents: usize) -> Result<(u64, u64)> {
+struct Idle {
+    connected: u64,
+    /// The hub's RSS 10 s after the last session said hello.
+    rss_kib: u64,
+    /// The hub's largest RSS until then: all sessions connect at once, so their handshakes
+    /// and `hello` writes overlap, as when every agent reconnects after a hub restart.
+    peak_rss_kib: u64,
+}
+
+/// Connects `agents` idle sessions and measures the hub's memory (see [`Idle`]).
+fn idle(tools: &Tools, agents: usize) -> Result<Idle> {
     let dir = scratch_dir("bench-hub-idle")?;
     let hub = start_hub(tools, &dir.path().join("hub"), None)?;
     let key = hub.api_key()?;
@@ -348,14 +358,15 @@ fn idle(tools: &Tools, agents: usize) -> Result<(u64, u64)> {
         bail!("edge-loadgen never reported its sessions connected");
     };
     std::thread::sleep(Duration::from_secs(10));
-    let rss = rss_kib(hub.pid().context("hub not running")?)?;
+    let pid = hub.pid().context("hub not running")?;
+    let (rss, peak) = (rss_kib(pid)?, peak_rss_kib(pid)?);
     // Read the rest, so the load generator's last line never hits a closed pipe.
     for _ in lines {}
     let status = child.wait()?;
     if !status.success() {
         bail!("edge-loadgen idle failed ({status})");
     }
-    Ok((connected, rss))
+    Ok(Idle { connected, rss_kib: rss, peak_rss_kib: peak })
 }
 
 fn store_vs_graphile(tools: &Tools, sizes: &Sizes) -> Result<(Value, Value)> {

@@ -22,10 +22,12 @@ use edge_protocol::{
     decode_agent_frame, encode, AgentFrame, ErrorCode, FrameError, HubFrame, JobError, JobStatus, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
+use futures_util::future::Either;
 use futures_util::{FutureExt as _, SinkExt as _};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -153,12 +155,12 @@ pub async fn agent_ws(
         .max_frame_size(MAX_WS_MESSAGE_BYTES)
         .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
-            sessions.track_future(async move {
-                match verdict {
-                    Ok(agent) => run_session(socket, app, agent).await,
-                    Err(refusal) => refuse(socket, refusal).await,
-                }
-            })
+            // No async block here: it would keep its own copy of the socket in every task.
+            let session = match verdict {
+                Ok(agent) => Either::Left(run_session(socket, app, agent)),
+                Err(refusal) => Either::Right(Box::pin(refuse(socket, refusal))),
+            };
+            sessions.track_future(session)
         })
 }
 
@@ -263,42 +265,51 @@ struct Session {
     unwritten_ack: Option<LeaseRef>,
 }
 
-async fn run_session(socket: WebSocket, app: AppState, agent: AgentRecord) {
+/// A plain function, not an `async fn`, so the session's task holds one copy of the socket
+/// and of the session: an `async fn` keeps its arguments for its whole life beside the
+/// values moved out of them, and an idle session's memory is mostly its task.
+fn run_session(mut socket: WebSocket, app: AppState, agent: AgentRecord) -> impl Future<Output = ()> + Send {
     let id = SessionId::next();
     let span = info_span!("session", agent_id = %agent.id, session = %id);
+    let creator_id = agent.creator_id;
+    let mut session =
+        Session { app, agent_id: agent.id, id, version: None, leases: HashMap::new(), unwritten_ack: None };
     async move {
-        let (outbox, outgoing) = mpsc::unbounded_channel();
-        app.dispatcher.connect(&agent.id, &agent.creator_id, id, outbox);
-        let _disconnect =
-            DisconnectOnDrop { dispatcher: app.dispatcher.clone(), agent_id: agent.id.clone(), session: id };
+        let (outbox, mut outgoing) = mpsc::unbounded_channel();
+        session.app.dispatcher.connect(&session.agent_id, &creator_id, id, outbox);
+        let _disconnect = DisconnectOnDrop {
+            dispatcher: session.app.dispatcher.clone(),
+            agent_id: session.agent_id.clone(),
+            session: id,
+        };
         info!("agent connected");
-        let mut session =
-            Session { app, agent_id: agent.id, id, version: None, leases: HashMap::new(), unwritten_ack: None };
-        session.run(socket, outgoing).await;
+        session.run(&mut socket, &mut outgoing).await;
         // The agent acknowledged the job: it stays running (and keeps its lease) even though
         // the connection is gone, so it is not handed out again while the agent may still run it.
-        session.write_ack(None).await;
+        Box::pin(session.write_ack(None)).await;
         info!("agent session ended");
     }
     .instrument(span)
-    .await
 }
 
 impl Session {
-    async fn run(&mut self, mut socket: WebSocket, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+    /// The session's loop. Its future lives as long as the connection and is as large as
+    /// the largest state it can be in, so every handler is awaited boxed: unboxed, each idle
+    /// session would carry room for the deepest handler (several KiB) for its whole life.
+    async fn run(&mut self, socket: &mut WebSocket, outgoing: &mut mpsc::UnboundedReceiver<Outgoing>) {
         let mut last_frame_at = Instant::now();
         loop {
             if self.unwritten_ack.is_some() {
                 match socket.recv().now_or_never() {
                     Some(incoming) => {
                         last_frame_at = Instant::now();
-                        match self.on_message(&mut socket, incoming).await {
+                        match Box::pin(self.on_message(socket, incoming)).await {
                             Flow::Continue => continue,
                             Flow::Stop => return,
                         }
                     }
                     None => {
-                        if let Flow::Stop = self.write_ack(Some(&mut socket)).await {
+                        if let Flow::Stop = Box::pin(self.write_ack(Some(socket))).await {
                             return;
                         }
                     }
@@ -307,17 +318,17 @@ impl Session {
             let idle_limit = self.idle_limit();
             tokio::select! {
                 _ = self.app.shutdown.cancelled() => {
-                    close_within(&mut socket, 1001, "the hub is shutting down", SHUTDOWN_CLOSE_WAIT).await;
+                    Box::pin(close_within(socket, 1001, "the hub is shutting down", SHUTDOWN_CLOSE_WAIT)).await;
                     return;
                 }
                 _ = tokio::time::sleep_until(last_frame_at + idle_limit) => {
                     warn!(idle_secs = idle_limit.as_secs(), "no frame from the agent in time; closing");
-                    close(&mut socket, 1001, "no heartbeat in time").await;
+                    Box::pin(close(socket, 1001, "no heartbeat in time")).await;
                     return;
                 }
                 command = outgoing.recv() => match command {
                     Some(command) => {
-                        if let Flow::Stop = self.send_outgoing(&mut socket, command, &mut outgoing).await {
+                        if let Flow::Stop = Box::pin(self.send_outgoing(socket, command, outgoing)).await {
                             return;
                         }
                     }
@@ -325,7 +336,7 @@ impl Session {
                 },
                 incoming = socket.recv() => {
                     last_frame_at = Instant::now();
-                    if let Flow::Stop = self.on_message(&mut socket, incoming).await {
+                    if let Flow::Stop = Box::pin(self.on_message(socket, incoming)).await {
                         return;
                     }
                 }
@@ -484,50 +495,57 @@ impl Session {
         Flow::Continue
     }
 
-    async fn on_frame(&mut self, socket: &mut WebSocket, frame: AgentFrame) -> Flow {
-        if let AgentFrame::Hello { protocol, v, capabilities, slots, labels, paused } = frame {
-            let negotiated = protocol.min(PROTOCOL_VERSION);
-            // Always false while the oldest served version is 0; kept for when it rises.
-            #[allow(clippy::absurd_extreme_comparisons)]
-            if negotiated < MIN_PROTOCOL_VERSION {
-                let message = format!(
-                    "protocol {protocol} is older than the oldest this hub serves ({MIN_PROTOCOL_VERSION}): update the agent"
-                );
-                self.complain(socket, "UNSUPPORTED_VERSION", message).await;
-                close(socket, close_code::UNSUPPORTED_VERSION, "protocol version too old: update the agent").await;
-                return Flow::Stop;
-            }
-            self.version = Some(negotiated);
-            info!(protocol = negotiated, agent_version = v, slots, paused, ?capabilities, ?labels, "hello");
-            let labels: Vec<String> = labels
-                .into_iter()
-                .map(|l| l.trim().to_owned())
-                .filter(|l| !l.is_empty() && l.len() <= 64)
-                .take(32)
-                .collect();
-            let slots = slots.min(crate::dispatch::MAX_SLOTS);
-            if let Err(e) = self
-                .app
-                .store
-                .record_hello(&self.agent_id, clean_version(&v), &labels, i64::from(slots), now_ms())
-                .await
-            {
-                error!(error = %e, "cannot record hello");
-            }
-            let ack = HubFrame::HelloAck {
-                protocol: negotiated,
-                hub: format!("hub-{}", env!("CARGO_PKG_VERSION")),
-                agent_id: self.agent_id.clone(),
-                hb_interval_ms: u64::try_from(self.app.hb_interval.as_millis()).unwrap_or(u64::MAX),
-            };
-            // hello_ack goes out before the dispatcher learns the session is ready, so it
-            // always precedes the first job_assign.
-            if let Flow::Stop = self.reply(socket, ack).await {
-                return Flow::Stop;
-            }
-            let handshake = Handshake { protocol: negotiated, slots, paused, labels, capabilities };
-            self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
+    /// `hello`: negotiates the version, records the agent's announcement, answers, and only
+    /// then tells the dispatcher the session may take jobs.
+    async fn on_hello(&mut self, socket: &mut WebSocket, hello: AgentFrame) -> Flow {
+        let AgentFrame::Hello { protocol, v, capabilities, slots, labels, paused } = hello else {
             return Flow::Continue;
+        };
+        let negotiated = protocol.min(PROTOCOL_VERSION);
+        // Always false while the oldest served version is 0; kept for when it rises.
+        #[allow(clippy::absurd_extreme_comparisons)]
+        if negotiated < MIN_PROTOCOL_VERSION {
+            let message = format!(
+                "protocol {protocol} is older than the oldest this hub serves ({MIN_PROTOCOL_VERSION}): update the agent"
+            );
+            self.complain(socket, "UNSUPPORTED_VERSION", message).await;
+            close(socket, close_code::UNSUPPORTED_VERSION, "protocol version too old: update the agent").await;
+            return Flow::Stop;
+        }
+        self.version = Some(negotiated);
+        info!(protocol = negotiated, agent_version = v, slots, paused, ?capabilities, ?labels, "hello");
+        let labels: Vec<String> = labels
+            .into_iter()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty() && l.len() <= 64)
+            .take(32)
+            .collect();
+        let slots = slots.min(crate::dispatch::MAX_SLOTS);
+        if let Err(e) =
+            self.app.store.record_hello(&self.agent_id, clean_version(&v), &labels, i64::from(slots), now_ms()).await
+        {
+            error!(error = %e, "cannot record hello");
+        }
+        let ack = HubFrame::HelloAck {
+            protocol: negotiated,
+            hub: format!("hub-{}", env!("CARGO_PKG_VERSION")),
+            agent_id: self.agent_id.clone(),
+            hb_interval_ms: u64::try_from(self.app.hb_interval.as_millis()).unwrap_or(u64::MAX),
+        };
+        // hello_ack goes out before the dispatcher learns the session is ready, so it
+        // always precedes the first job_assign.
+        if let Flow::Stop = self.reply(socket, ack).await {
+            return Flow::Stop;
+        }
+        let handshake = Handshake { protocol: negotiated, slots, paused, labels, capabilities };
+        self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
+        Flow::Continue
+    }
+
+    /// The two deep handlers are boxed so this future stays small (see [`Session::run`]).
+    async fn on_frame(&mut self, socket: &mut WebSocket, frame: AgentFrame) -> Flow {
+        if let AgentFrame::Hello { .. } = frame {
+            return Box::pin(self.on_hello(socket, frame)).await;
         }
 
         if self.version.is_none() {
@@ -570,7 +588,9 @@ impl Session {
                     Err(e) => self.store_failed(socket, "job_progress", &e).await,
                 }
             }
-            AgentFrame::JobResult { id, status, data, err } => self.on_result(socket, id, status, data, err).await,
+            AgentFrame::JobResult { id, status, data, err } => {
+                Box::pin(self.on_result(socket, id, status, data, err)).await
+            }
             AgentFrame::CircuitBreaker { reason, cooldown_ms } => {
                 let cooldown = cooldown_ms
                     .map(Duration::from_millis)
