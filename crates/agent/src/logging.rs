@@ -15,6 +15,12 @@ use tracing_subscriber::{fmt, EnvFilter, Layer};
 pub const LOG_FILTER_ENV: &str = "EDGE_AGENT_LOG";
 pub const LOG_FILE_PREFIX: &str = "edge-agent.log";
 
+/// Lines waiting for the file writer thread. tracing-appender's default (128,000) is a
+/// channel whose slots are allocated and touched up front: 4 MB of a resident set the
+/// agent keeps small on a person's computer. A burst larger than this while the writer is
+/// stalled loses lines, as the default did, just sooner.
+const LOG_BUFFER_LINES: usize = 8_192;
+
 #[derive(Debug, Clone)]
 pub struct LogOptions {
     /// Log files go to `<data_dir>/logs/`.
@@ -41,7 +47,9 @@ pub fn init(options: LogOptions) -> Result<WorkerGuard, AgentError> {
         .max_log_files(14)
         .build(&directory)
         .map_err(|e| AgentError::Internal(format!("cannot open log files in {}: {e}", directory.display())))?;
-    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .finish(appender);
 
     let filter = || EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(&options.default_filter));
     let file_layer = fmt::layer().json().with_writer(writer).with_filter(filter());
