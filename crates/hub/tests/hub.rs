@@ -529,6 +529,62 @@ async fn the_operator_api_requires_a_key_and_validates_jobs() {
     hub.shutdown().await;
 }
 
+/// Migration 0006 rebuilds `jobs` to rewrite its status check: every column of every row
+/// survives it, and the check still refuses a state that does not exist.
+#[tokio::test]
+async fn the_status_check_rebuild_keeps_every_job_and_still_checks() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use sqlx::Row as _;
+    use std::str::FromStr as _;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("before-0006.db").display());
+    let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+    let all = sqlx::migrate!("./migrations/sqlite");
+    let before = all.migrations.iter().position(|m| m.version == 6).expect("migration 0006 exists");
+    let mut up_to_0005 = sqlx::migrate!("./migrations/sqlite");
+    up_to_0005.migrations = all.migrations[..before].to_vec().into();
+    up_to_0005.run(&pool).await.unwrap();
+    for sql in [
+        "INSERT INTO creators VALUES ('c', 1)",
+        "INSERT INTO agents (id, creator_id, public_key, created_at, online) VALUES ('agt_1', 'c', 'k', 1, 1)",
+        "INSERT INTO jobs VALUES ('job_a','custom','{\"n\":1}','running','c','agt_1','[\"x\"]',7,10,'key-a',\
+         'agt_1',3,500,2,4,60000,1,NULL,NULL,NULL,'[\"r\"]',1,2,NULL)",
+        "INSERT INTO jobs VALUES ('job_b','custom','{}','dead','c',NULL,NULL,0,10,NULL,NULL,5,NULL,5,5,120000,0,\
+         '{\"ok\":true}','{\"code\":\"NETWORK\"}','NETWORK',NULL,1,3,3)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    // Every column of every row as one JSON array: values, types and NULLs alike.
+    let rows = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_scalar::<_, String>("SELECT json_array(id, job_type, payload, status, creator_id, target_agent_id, \
+             labels, priority, run_at, idempotency_key, assigned_agent_id, lease_token, lease_expires_at, attempts, \
+             max_receive_count, visibility_timeout_ms, cancel_requested, result, error, error_code, skipped_recipients, \
+             created_at, updated_at, finished_at) FROM jobs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let before_0006 = rows(pool.clone()).await;
+    assert_eq!(before_0006.len(), 2);
+    all.run(&pool).await.unwrap();
+    assert_eq!(rows(pool.clone()).await, before_0006);
+    let refused = sqlx::query("UPDATE jobs SET status = 'bogus' WHERE id = 'job_a'").execute(&pool).await;
+    assert!(refused.unwrap_err().to_string().contains("CHECK constraint failed"));
+    // What 0006 is for: checking a state builds no temporary table (opcode OpenEphemeral).
+    let opcodes: Vec<String> =
+        sqlx::query("EXPLAIN UPDATE jobs SET status = 'running', updated_at = 3 WHERE id = 'job_a'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(1))
+            .collect();
+    assert!(opcodes.iter().any(|op| op == "Update" || op == "Insert"), "{opcodes:?}");
+    assert!(!opcodes.iter().any(|op| op == "OpenEphemeral"), "{opcodes:?}");
+    pool.close().await;
+}
+
 /// A database written by the walking skeleton (migration 0001 only) opens with its jobs
 /// mapped onto the new states: assigned → leased, acked → running, finished ones kept.
 #[tokio::test]
