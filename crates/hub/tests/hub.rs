@@ -529,22 +529,30 @@ async fn the_operator_api_requires_a_key_and_validates_jobs() {
     hub.shutdown().await;
 }
 
+/// A SQLite database in `dir` with the hub's migrations applied up to and including
+/// `last_version` only, as an older hub left it; one connection.
+async fn sqlite_database_at_migration(dir: &std::path::Path, last_version: i64) -> (String, sqlx::SqlitePool) {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use std::str::FromStr as _;
+    let url = format!("sqlite://{}", dir.join("older.db").display());
+    let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+    let mut older = sqlx::migrate!("./migrations/sqlite");
+    older.migrations =
+        older.migrations.iter().filter(|m| m.version <= last_version).cloned().collect::<Vec<_>>().into();
+    older.run(&pool).await.unwrap();
+    (url, pool)
+}
+
 /// Migration 0006 rebuilds `jobs` to rewrite its status check: every column of every row
 /// survives it, and the check still refuses a state that does not exist.
 #[tokio::test]
 async fn the_status_check_rebuild_keeps_every_job_and_still_checks() {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     use sqlx::Row as _;
-    use std::str::FromStr as _;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("before-0006.db").display());
-    let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
     let all = sqlx::migrate!("./migrations/sqlite");
-    let before = all.migrations.iter().position(|m| m.version == 6).expect("migration 0006 exists");
-    let mut up_to_0005 = sqlx::migrate!("./migrations/sqlite");
-    up_to_0005.migrations = all.migrations[..before].to_vec().into();
-    up_to_0005.run(&pool).await.unwrap();
+    assert!(all.migrations.iter().any(|m| m.version == 6), "migration 0006 exists");
+    let (_, pool) = sqlite_database_at_migration(dir.path(), 5).await;
     for sql in [
         "INSERT INTO creators VALUES ('c', 1)",
         "INSERT INTO agents (id, creator_id, public_key, created_at, online) VALUES ('agt_1', 'c', 'k', 1, 1)",
@@ -589,28 +597,19 @@ async fn the_status_check_rebuild_keeps_every_job_and_still_checks() {
 /// mapped onto the new states: assigned → leased, acked → running, finished ones kept.
 #[tokio::test]
 async fn a_skeleton_sqlite_database_is_migrated_forward() {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-    use std::str::FromStr as _;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("old.db").display());
-    {
-        let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
-        let mut skeleton = sqlx::migrate!("./migrations/sqlite");
-        skeleton.migrations = skeleton.migrations[..1].to_vec().into();
-        skeleton.run(&pool).await.unwrap();
-        for sql in [
-            "INSERT INTO creators VALUES ('c', 1)",
-            "INSERT INTO agents (id, creator_id, public_key, created_at, online) VALUES ('agt_1', 'c', 'k', 1, 1)",
-            "INSERT INTO jobs VALUES ('job_a','custom','{}','assigned','c',NULL,'agt_1',1,NULL,NULL,1,2)",
-            "INSERT INTO jobs VALUES ('job_b','custom','{}','acked','c',NULL,'agt_1',2,NULL,NULL,1,2)",
-            "INSERT INTO jobs VALUES ('job_c','custom','{}','failed','c',NULL,'agt_1',1,NULL,'{\"code\":\"NETWORK\"}',1,2)",
-            "INSERT INTO jobs VALUES ('job_d','custom','{}','pending','c',NULL,NULL,0,NULL,NULL,1,2)",
-        ] {
-            sqlx::query(sql).execute(&pool).await.unwrap();
-        }
-        pool.close().await;
+    let (url, pool) = sqlite_database_at_migration(dir.path(), 1).await;
+    for sql in [
+        "INSERT INTO creators VALUES ('c', 1)",
+        "INSERT INTO agents (id, creator_id, public_key, created_at, online) VALUES ('agt_1', 'c', 'k', 1, 1)",
+        "INSERT INTO jobs VALUES ('job_a','custom','{}','assigned','c',NULL,'agt_1',1,NULL,NULL,1,2)",
+        "INSERT INTO jobs VALUES ('job_b','custom','{}','acked','c',NULL,'agt_1',2,NULL,NULL,1,2)",
+        "INSERT INTO jobs VALUES ('job_c','custom','{}','failed','c',NULL,'agt_1',1,NULL,'{\"code\":\"NETWORK\"}',1,2)",
+        "INSERT INTO jobs VALUES ('job_d','custom','{}','pending','c',NULL,NULL,0,NULL,NULL,1,2)",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
     }
+    pool.close().await;
     let store = edge_hub::open_store(&url).await.expect("the old database opens and migrates");
     let state = |id: &'static str| {
         let store = store.clone();
