@@ -15,19 +15,9 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], HubError> {
     Ok(bytes)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    text
-}
-
 /// `agt_` + 20 hex digits: long enough to be unguessable in practice, short enough to read in logs.
 pub fn new_agent_id() -> Result<String, HubError> {
-    Ok(format!("agt_{}", hex(&random_bytes::<10>()?)))
+    Ok(format!("agt_{}", hex::encode(random_bytes::<10>()?)))
 }
 
 /// `job_` + the creation time (Unix ms, 12 hex digits, as in UUIDv7) + 20 random hex digits.
@@ -41,7 +31,7 @@ pub fn new_job_id() -> String {
     let created = u64::try_from(now_ms()).unwrap_or(0) & 0xffff_ffff_ffff;
     let mut random = [0u8; 10];
     rand::rng().fill_bytes(&mut random);
-    format!("job_{created:012x}{}", hex(&random))
+    format!("job_{created:012x}{}", hex::encode(random))
 }
 
 pub fn new_nonce() -> Result<String, HubError> {
@@ -63,7 +53,7 @@ pub fn new_jwt_secret() -> Result<Secret, HubError> {
 
 /// Lowercase hex SHA-256: what the database keeps instead of a token or key.
 pub fn sha256_hex(value: &str) -> String {
-    hex(&Sha256::digest(value.as_bytes()))
+    hex::encode(Sha256::digest(value.as_bytes()))
 }
 
 pub fn now_ms() -> i64 {
