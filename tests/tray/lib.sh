@@ -43,10 +43,12 @@ stop_all() {
 }
 
 # Starts Xvfb on a free display (it picks and reports it with -displayfd); exports DISPLAY.
+# -noreset: otherwise the server resets when its last client leaves (often one of our
+# xwininfo polls) and refuses whoever connects during the reset.
 start_xvfb() {
     local dfd
     exec {dfd}>"$TMP/display"
-    Xvfb -displayfd "$dfd" -screen 0 1280x800x24 -nolisten tcp >"$TMP/xvfb.log" 2>&1 &
+    Xvfb -displayfd "$dfd" -screen 0 1280x800x24 -nolisten tcp -noreset >"$TMP/xvfb.log" 2>&1 &
     PIDS+=($!)
     exec {dfd}>&-
     wait_for 15 "Xvfb to start" test -s "$TMP/display"

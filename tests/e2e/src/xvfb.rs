@@ -43,8 +43,12 @@ impl Xvfb {
         let display_file = tempfile::tempfile()?;
         let fd = display_file.as_raw_fd();
         let mut command = Command::new(&binary);
+        // -noreset: by default an X server resets whenever its last client disconnects, and a
+        // client that connects during the reset is refused. The tests' own `xwininfo` polls
+        // are often that last client, so a browser starting meanwhile could find "no X server"
+        // (about 2 % of connections in a loop like the tests').
         command
-            .args(["-displayfd", &fd.to_string(), "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .args(["-displayfd", &fd.to_string(), "-screen", "0", "1280x800x24", "-nolisten", "tcp", "-noreset"])
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -99,15 +103,19 @@ impl Xvfb {
     }
 
     fn xwininfo(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("xwininfo").args(args).env("DISPLAY", &self.display).output().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow!("no xwininfo on PATH: install the Debian package x11-utils (`cargo xtask test` does)")
-            } else {
-                anyhow!("running xwininfo: {e}")
-            }
-        })?;
         // A window can vanish between the tree and the question about it; that is not an error.
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&self.x11_utils("xwininfo", args)?.stdout).into_owned())
+    }
+
+    /// Runs one of the x11-utils tools against this display.
+    fn x11_utils(&self, tool: &str, args: &[&str]) -> Result<std::process::Output> {
+        Command::new(tool).args(args).env("DISPLAY", &self.display).output().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow!("no {tool} on PATH: install the Debian package x11-utils (`cargo xtask test` does)")
+            } else {
+                anyhow!("running {tool}: {e}")
+            }
+        })
     }
 
     fn log_text(&self) -> String {
@@ -123,4 +131,25 @@ impl Drop for Xvfb {
 
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|path| path.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server reset clears the root window's properties, so a property that outlives its
+    /// only client proves that no reset happened (and none can refuse the next client).
+    #[test]
+    fn the_server_does_not_reset_when_its_last_client_leaves() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let xvfb = Xvfb::start(dir.path())?;
+        let set = xvfb.x11_utils("xprop", &["-root", "-f", "_EDGE_PROBE", "8s", "-set", "_EDGE_PROBE", "kept"])?;
+        assert!(set.status.success(), "xprop -set failed: {}", String::from_utf8_lossy(&set.stderr));
+        // xprop has exited: it was the last client. Give a reset, if any, time to happen.
+        thread::sleep(Duration::from_millis(300));
+        let read = xvfb.x11_utils("xprop", &["-root", "_EDGE_PROBE"])?;
+        let text = String::from_utf8_lossy(&read.stdout);
+        assert!(text.contains("\"kept\""), "the root window lost its property, so the server reset: {text}");
+        Ok(())
+    }
 }
