@@ -21,7 +21,10 @@ use crate::store::{
     LeaseRef, NewJob, StoreError,
 };
 use crate::writes::GroupWriter;
-use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{
+    named_params, params, CachedStatement, Connection, OpenFlags, OptionalExtension, Row, Transaction,
+    TransactionBehavior,
+};
 use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::path::Path;
@@ -128,33 +131,125 @@ fn write_batch(
     now: i64,
 ) -> Result<JobWriteAnswers, StoreError> {
     let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let inserted = batch.inserts.iter().map(|job| insert(&tx, job, now)).collect::<Result<Vec<_>, _>>()?;
-    let started = batch.starts.iter().map(|lease| start(&tx, lease, now)).collect::<Result<Vec<_>, _>>()?;
-    let finished = batch.finishes.iter().map(|request| finish(&tx, request, now)).collect::<Result<Vec<_>, _>>()?;
-    let claimed =
-        batch.claims.iter().map(|group| claim(&tx, agent_lists, group, now)).collect::<Result<Vec<_>, _>>()?;
+    let answers = {
+        let mut rows = RowStatements::new(&tx);
+        let inserted = batch.inserts.iter().map(|job| insert(&mut rows, job, now)).collect::<Result<Vec<_>, _>>()?;
+        let started = batch.starts.iter().map(|lease| start(&mut rows, lease, now)).collect::<Result<Vec<_>, _>>()?;
+        let finished =
+            batch.finishes.iter().map(|request| finish(&mut rows, request, now)).collect::<Result<Vec<_>, _>>()?;
+        let claimed = batch
+            .claims
+            .iter()
+            .map(|group| claim(&mut rows, agent_lists, group, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        JobWriteAnswers { inserted, started, finished, claimed }
+    };
     tx.commit()?;
-    Ok(JobWriteAnswers { inserted, started, finished, claimed })
+    Ok(answers)
 }
 
-fn insert(tx: &Transaction, job: &NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
+/// The statements a group runs once per job. Their parameters are numbered (`?N`) and bound
+/// by position: binding by name looks every name up again for every row.
+#[derive(Clone, Copy)]
+enum RowSql {
+    Insert,
+    Start,
+    Finish,
+    CloseAttempt,
+    CreatorOf,
+    Lease,
+    LeasedJob,
+    OpenAttempt,
+}
+
+impl RowSql {
+    const COUNT: usize = 8;
+
+    fn text(self) -> &'static str {
+        match self {
+            RowSql::Insert => {
+                "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, \
+                 run_at, idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, \
+                 skipped_recipients, created_at, updated_at, finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                 ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16, ?17) ON CONFLICT DO NOTHING"
+            }
+            RowSql::Start => {
+                "UPDATE jobs SET status = 'running', lease_expires_at = ?1 + visibility_timeout_ms, updated_at = ?1 \
+                 WHERE id = ?2 AND assigned_agent_id = ?3 AND lease_token = ?4 AND status IN ('leased', 'running')"
+            }
+            // No RETURNING here or in Lease: SQLite buffers returned rows in a temporary table
+            // built and dropped per statement, which cost more than reading the row after.
+            RowSql::Finish => {
+                "UPDATE jobs SET status = ?1, result = COALESCE(?2, result), error = COALESCE(?3, error), \
+                 error_code = COALESCE(?4, error_code), updated_at = ?5, finished_at = ?6, \
+                 lease_expires_at = NULL, run_at = COALESCE(?7, run_at), payload = COALESCE(?8, payload), \
+                 assigned_agent_id = ?9 \
+                 WHERE id = ?10 AND assigned_agent_id = ?11 AND lease_token = ?12 AND status IN ('leased', 'running')"
+            }
+            RowSql::CloseAttempt => {
+                "UPDATE job_attempts SET ended_at = ?1, outcome = ?2, result = ?3, error = ?4 \
+                 WHERE job_id = ?5 AND lease_token = ?6 AND outcome IS NULL"
+            }
+            RowSql::CreatorOf => "SELECT creator_id FROM jobs WHERE id = ?1",
+            RowSql::Lease => {
+                "UPDATE jobs SET status = 'leased', assigned_agent_id = ?2, attempts = attempts + 1, \
+                 lease_token = lease_token + 1, lease_expires_at = ?3 + visibility_timeout_ms, updated_at = ?3 \
+                 WHERE id = ?1 AND status = 'pending'"
+            }
+            RowSql::LeasedJob => {
+                static SQL: OnceLock<String> = OnceLock::new();
+                SQL.get_or_init(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+            }
+            RowSql::OpenAttempt => {
+                "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            }
+        }
+    }
+}
+
+/// One group's prepared statements: each per-row statement is taken from the connection's
+/// cache once per group, not once per row (a lookup hashes the whole SQL text).
+struct RowStatements<'c> {
+    tx: &'c Transaction<'c>,
+    prepared: [Option<CachedStatement<'c>>; RowSql::COUNT],
+}
+
+impl<'c> RowStatements<'c> {
+    fn new(tx: &'c Transaction<'c>) -> RowStatements<'c> {
+        RowStatements { tx, prepared: Default::default() }
+    }
+
+    fn get(&mut self, sql: RowSql) -> Result<&mut CachedStatement<'c>, StoreError> {
+        let slot = &mut self.prepared[sql as usize];
+        if slot.is_none() {
+            *slot = Some(self.tx.prepare_cached(sql.text())?);
+        }
+        Ok(slot.as_mut().expect("filled above"))
+    }
+}
+
+fn insert(rows: &mut RowStatements, job: &NewJob, now: i64) -> Result<InsertOutcome, StoreError> {
     let row = InsertRow::new(job, now)?;
-    let inserted = cached(
-        tx,
-        "INSERT INTO jobs (id, job_type, payload, status, creator_id, target_agent_id, labels, priority, run_at, \
-         idempotency_key, max_receive_count, visibility_timeout_ms, error, error_code, skipped_recipients, \
-         created_at, updated_at, finished_at) VALUES (:id, :type, :payload, :status, :creator, :target, \
-         :labels, :priority, :run_at, :key, :max_receive, :visibility, :error, :error_code, :skipped, :now, \
-         :now, :finished_at) ON CONFLICT DO NOTHING",
-    )?
-    .execute(named_params! {
-        ":id": job.id, ":type": job.job_type, ":payload": row.payload, ":status": row.status,
-        ":creator": job.creator_id, ":target": job.target_agent_id, ":labels": row.labels,
-        ":priority": job.priority, ":run_at": job.run_at, ":key": job.idempotency_key,
-        ":max_receive": job.max_receive_count, ":visibility": job.visibility_timeout_ms,
-        ":error": row.error, ":error_code": row.error_code, ":skipped": row.skipped_recipients,
-        ":now": now, ":finished_at": row.finished_at,
-    })?;
+    let inserted = rows.get(RowSql::Insert)?.execute(params![
+        job.id,
+        job.job_type,
+        row.payload,
+        row.status,
+        job.creator_id,
+        job.target_agent_id,
+        row.labels,
+        job.priority,
+        job.run_at,
+        job.idempotency_key,
+        job.max_receive_count,
+        job.visibility_timeout_ms,
+        row.error,
+        row.error_code,
+        row.skipped_recipients,
+        now,
+        row.finished_at,
+    ])?;
     if inserted > 0 {
         return Ok(InsertOutcome::Created(row.stored(now)));
     }
@@ -163,7 +258,7 @@ fn insert(tx: &Transaction, job: &NewJob, now: i64) -> Result<InsertOutcome, Sto
     // stored before).
     let existing = match &job.idempotency_key {
         Some(key) => {
-            cached(tx, &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = ?1 AND idempotency_key = ?2"))?
+            cached(rows.tx, &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE creator_id = ?1 AND idempotency_key = ?2"))?
                 .query_row((&job.creator_id, key), job_from_row)
                 .optional()?
         }
@@ -175,44 +270,42 @@ fn insert(tx: &Transaction, job: &NewJob, now: i64) -> Result<InsertOutcome, Sto
     }
 }
 
-fn start(tx: &Transaction, lease: &LeaseRef, now: i64) -> Result<bool, StoreError> {
-    let changed = cached(
-        tx,
-        "UPDATE jobs SET status = 'running', lease_expires_at = ?1 + visibility_timeout_ms, updated_at = ?1 \
-         WHERE id = ?2 AND assigned_agent_id = ?3 AND lease_token = ?4 AND status IN ('leased', 'running')",
-    )?
-    .execute((now, &lease.job_id, &lease.agent_id, lease.lease_token))?;
+fn start(rows: &mut RowStatements, lease: &LeaseRef, now: i64) -> Result<bool, StoreError> {
+    let changed = rows.get(RowSql::Start)?.execute((now, &lease.job_id, &lease.agent_id, lease.lease_token))?;
     Ok(changed > 0)
 }
 
-fn finish(tx: &Transaction, request: &FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
+fn finish(rows: &mut RowStatements, request: &FinishRequest, now: i64) -> Result<FinishOutcome, StoreError> {
     let row = FinishRow::new(request, now)?;
-    let applied: Option<String> = cached(
-        tx,
-        "UPDATE jobs SET status = :status, result = COALESCE(:result, result), error = COALESCE(:error, error), \
-         error_code = COALESCE(:error_code, error_code), updated_at = :now, finished_at = :finished_at, \
-         lease_expires_at = NULL, run_at = COALESCE(:run_at, run_at), payload = COALESCE(:payload, payload), \
-         assigned_agent_id = :holder \
-         WHERE id = :id AND assigned_agent_id = :agent AND lease_token = :token AND status IN ('leased', 'running') \
-         RETURNING creator_id",
-    )?
-    .query_row(
-        named_params! {
-            ":status": row.status, ":result": row.result, ":error": row.error, ":error_code": row.error_code,
-            ":now": now, ":finished_at": row.finished_at, ":run_at": row.run_at, ":payload": row.payload,
-            ":holder": row.holder, ":id": row.job_id, ":agent": row.agent_id, ":token": row.lease_token,
-        },
-        |r| r.get(0),
-    )
-    .optional()?;
-    let Some(creator_id) = applied else { return finish_not_current(tx, request, &row, now) };
-    cached(
-        tx,
-        "UPDATE job_attempts SET ended_at = ?1, outcome = ?2, result = ?3, error = ?4 \
-         WHERE job_id = ?5 AND lease_token = ?6 AND outcome IS NULL",
-    )?
-    .execute((now, row.outcome, &row.result, &row.error, &row.job_id, row.lease_token))?;
-    write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
+    let applied = rows.get(RowSql::Finish)?.execute(params![
+        row.status,
+        row.result,
+        row.error,
+        row.error_code,
+        now,
+        row.finished_at,
+        row.run_at,
+        row.payload,
+        row.holder,
+        row.job_id,
+        row.agent_id,
+        row.lease_token,
+    ])?;
+    if applied == 0 {
+        return finish_not_current(rows.tx, request, &row, now);
+    }
+    rows.get(RowSql::CloseAttempt)?.execute((
+        now,
+        row.outcome,
+        &row.result,
+        &row.error,
+        &row.job_id,
+        row.lease_token,
+    ))?;
+    if !request.sent_recipients.is_empty() {
+        let creator_id: String = rows.get(RowSql::CreatorOf)?.query_row([&request.job_id], |r| r.get(0))?;
+        write_ledger(rows.tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
+    }
     Ok(FinishOutcome::Recorded(request.transition.state()))
 }
 
@@ -264,11 +357,12 @@ fn write_ledger(
 /// [`crate::store::Store::claim_jobs`]: counts the creator's limits, picks candidates, deals
 /// them out ([`plan_claims`]) and leases each, opening its attempt.
 fn claim(
-    tx: &Transaction,
+    rows: &mut RowStatements,
     agent_lists: &mut AgentLists,
     group: &ClaimGroup,
     now: i64,
 ) -> Result<Vec<JobRecord>, StoreError> {
+    let tx = rows.tx;
     let wanted = group.free_slots();
     if wanted == 0 {
         return Ok(Vec::new());
@@ -310,26 +404,20 @@ fn claim(
         }
     }
     let plan = plan_claims(&group.agents, candidates, budget, &mut type_budgets);
-    static LEASE_SQL: OnceLock<String> = OnceLock::new();
-    let lease_sql = LEASE_SQL.get_or_init(|| {
-        format!(
-            "UPDATE jobs SET status = 'leased', assigned_agent_id = ?2, attempts = attempts + 1, \
-             lease_token = lease_token + 1, lease_expires_at = ?3 + visibility_timeout_ms, updated_at = ?3 \
-             WHERE id = ?1 AND status = 'pending' RETURNING {JOB_COLUMNS}"
-        )
-    });
     let mut leased = Vec::with_capacity(plan.len());
     for (job_id, agent_id) in plan {
-        let Some(job) = cached(tx, lease_sql)?.query_row((&job_id, &agent_id, now), job_from_row).optional()? else {
+        if rows.get(RowSql::Lease)?.execute((&job_id, &agent_id, now))? == 0 {
             continue;
-        };
-        let job = job?;
-        cached(
-            tx,
-            "INSERT INTO job_attempts (job_id, lease_token, agent_id, creator_id, job_type, leased_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute((&job.id, job.lease_token, &agent_id, &job.creator_id, &job.job_type, now))?;
+        }
+        let job = rows.get(RowSql::LeasedJob)?.query_row([&job_id], job_from_row)??;
+        rows.get(RowSql::OpenAttempt)?.execute((
+            &job.id,
+            job.lease_token,
+            &agent_id,
+            &job.creator_id,
+            &job.job_type,
+            now,
+        ))?;
         leased.push(job);
     }
     Ok(leased)
