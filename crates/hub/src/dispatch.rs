@@ -35,11 +35,11 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub enum Outgoing {
     Frame(Box<HubFrame>),
-    /// A `job_assign` for the lease `job` records; the session remembers the lease (its
-    /// fencing token) so the agent's reports apply to this lease only.
+    /// A `job_assign` for the lease `job` records, already encoded (`text`); the session
+    /// remembers the lease (its fencing token) so the agent's reports apply to this lease only.
     Assign {
         job: Box<JobRecord>,
-        frame: Box<HubFrame>,
+        text: String,
     },
     Close {
         code: u16,
@@ -564,7 +564,7 @@ impl State {
     }
 
     /// Hands a freshly leased job to the session it was leased to.
-    fn deliver(&mut self, job: JobRecord, claimed_at: i64) {
+    fn deliver(&mut self, mut job: JobRecord, claimed_at: i64) {
         // Submit (or scheduled time) → first lease; redeliveries are not dispatch latency.
         crate::metrics::job_assigned(
             (job.attempts == 1).then(|| crate::metrics::elapsed_ms(job.created_at.max(job.run_at), claimed_at)),
@@ -586,14 +586,72 @@ impl State {
             lease_token = job.lease_token,
             "job leased"
         );
-        let frame = HubFrame::JobAssign {
-            job: JobSpec { job_id: job.id.clone(), job_type: job.job_type.clone(), payload: job.payload.clone() },
-        };
+        let text = encode_assign(&mut job);
         let job_id = job.id.clone();
-        let assign = Outgoing::Assign { job: Box::new(job), frame: Box::new(frame) };
+        let assign = Outgoing::Assign { job: Box::new(job), text };
         if conn.outbox.send(assign).is_err() {
             // The session is ending; its disconnect releases the job again.
             warn!(agent_id, job_id, "session closed while assigning; job will be released");
         }
+    }
+}
+
+/// The `job_assign` frame of `job`, encoded. The payload is lent to the frame and given back,
+/// so the session's copy of the lease and the frame share one payload instead of a deep copy
+/// per job.
+fn encode_assign(job: &mut JobRecord) -> String {
+    let spec =
+        JobSpec { job_id: job.id.clone(), job_type: job.job_type.clone(), payload: std::mem::take(&mut job.payload) };
+    let frame = HubFrame::JobAssign { job: spec };
+    let text = edge_protocol::encode(&frame);
+    if let HubFrame::JobAssign { job: spec } = frame {
+        job.payload = spec.payload;
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JobState;
+    use edge_protocol::decode_hub_frame;
+
+    #[test]
+    fn an_assign_frame_carries_the_payload_and_the_lease_keeps_it() {
+        let payload = serde_json::json!({"url": "https://example.com/", "headers": {"b": "2", "a": "1"}, "n": [1, 2]});
+        let mut job = JobRecord {
+            id: "job_1".to_owned(),
+            job_type: "http_request".to_owned(),
+            payload: payload.clone(),
+            status: JobState::Leased,
+            creator_id: "creator-1".to_owned(),
+            target_agent_id: None,
+            labels: Vec::new(),
+            priority: 0,
+            run_at: 0,
+            idempotency_key: None,
+            assigned_agent_id: Some("agent-1".to_owned()),
+            lease_token: 3,
+            lease_expires_at: Some(120_000),
+            attempts: 1,
+            max_receive_count: 5,
+            visibility_timeout_ms: 120_000,
+            cancel_requested: false,
+            result: None,
+            error: None,
+            error_code: None,
+            skipped_recipients: None,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+        };
+        let before = job.clone();
+        let text = encode_assign(&mut job);
+        assert_eq!(job, before, "the lease's record is unchanged");
+        let expected = HubFrame::JobAssign {
+            job: JobSpec { job_id: "job_1".to_owned(), job_type: "http_request".to_owned(), payload },
+        };
+        assert_eq!(decode_hub_frame(&text).unwrap(), expected);
+        assert_eq!(text, edge_protocol::encode(&expected), "the same bytes as encoding the frame itself");
     }
 }

@@ -127,7 +127,8 @@ fn validate_browser(name: &str, payload: &Value) -> Result<(), String> {
 }
 
 fn validate_http_request(payload: &Value) -> Result<(), String> {
-    let parsed: HttpRequestPayload = serde_json::from_value(payload.clone())
+    // Read in place: a copy of every submitted payload only to check it cost more than the check.
+    let parsed = <HttpRequestPayload as serde::Deserialize>::deserialize(payload)
         .map_err(|e| format!("`payload` is not a valid {HTTP_REQUEST} payload: {e}"))?;
     let url = url::Url::parse(&parsed.url).map_err(|e| format!("`payload.url` is not a valid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {

@@ -555,6 +555,7 @@ async fn bad_input_names_the_field_and_writes_nothing(db: TestDb) {
         (json!({"type":CUSTOM,"payload":{},"creatorId":CREATOR,"maxReceiveCount":0}), 400, "`maxReceiveCount`"),
         (json!({"type":MESSAGE,"payload":{"text":"hi"},"creatorId":CREATOR}), 400, "payload.recipients"),
         (json!({"type":"http_request","payload":{"url":"ftp://x"},"creatorId":CREATOR}), 400, "payload.url"),
+        (json!({"type":"http_request","payload":{"method":"GET"},"creatorId":CREATOR}), 400, "missing field `url`"),
         (json!({"type":CUSTOM,"payload":{"blob":"x".repeat(1_046_000)},"creatorId":CREATOR}), 413, "`payload`"),
     ];
     for (body, status, hint) in cases {

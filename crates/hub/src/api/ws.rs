@@ -356,11 +356,11 @@ impl Session {
         let mut next = Some(first);
         let mut fed = 0;
         while let Some(command) = next.take() {
-            let frame = match command {
-                Outgoing::Frame(frame) => frame,
-                Outgoing::Assign { job, frame } => {
+            let (kind, text) = match command {
+                Outgoing::Frame(frame) => (frame.kind(), encode(&frame)),
+                Outgoing::Assign { job, text } => {
                     self.leases.insert(job.id.clone(), *job);
-                    frame
+                    ("job_assign", text)
                 }
                 Outgoing::Close { code, reason } => {
                     info!(code, reason, "closing session");
@@ -370,8 +370,8 @@ impl Session {
                     return Flow::Stop;
                 }
             };
-            if let Err(e) = socket.feed(Message::text(encode(&frame))).await {
-                debug!(error = %e, frame = frame.kind(), "cannot send frame; connection is gone");
+            if let Err(e) = socket.feed(Message::text(text)).await {
+                debug!(error = %e, frame = kind, "cannot send frame; connection is gone");
                 return Flow::Stop;
             }
             fed += 1;
