@@ -53,6 +53,7 @@ conformance!(
     a_batch_of_reports_applies_each_under_its_own_lease,
     one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothing,
     a_new_job_is_answered_as_it_was_stored,
+    a_leased_job_is_answered_as_it_was_stored,
 );
 
 fn id(job: &Value) -> String {
@@ -878,5 +879,64 @@ async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
         let stored = store.job(&answered.id).await.unwrap().unwrap();
         assert_eq!(answered, stored);
     }
+    hub.shutdown().await;
+}
+
+/// The answer to a claim (what the agent's `job_assign` and the session's lease are built
+/// from) is what reading the leased rows back gives, for every shape of job and for a second
+/// delivery as for a first.
+async fn a_leased_job_is_answered_as_it_was_stored(db: TestDb) {
+    use edge_hub::store::{ClaimGroup, FinishOutcome, FinishRequest, JobWriteBatch, NewJob, Transition};
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let agent = hub.enroll(CREATOR).await;
+    let store = hub.store();
+    let now = edge_hub::crypto::now_ms();
+    let plain = NewJob {
+        payload: json!({"text": "héllo \"quoted\"", "n": 1.5, "list": [1, {"b": 2, "a": null}]}),
+        ..plain_job(now)
+    };
+    let routed = NewJob {
+        id: edge_hub::crypto::new_job_id(),
+        target_agent_id: Some(agent.agent_id.clone()),
+        labels: vec!["gpu".to_owned()],
+        priority: 7,
+        idempotency_key: Some("lease-shape-1".to_owned()),
+        max_receive_count: 2,
+        visibility_timeout_ms: 5_000,
+        skipped_recipients: Some(json!([{"recipient": "@a", "reason": "messaged", "lastSentAt": now}])),
+        ..plain.clone()
+    };
+    let inserts = JobWriteBatch { inserts: vec![plain.clone(), routed.clone()], ..Default::default() };
+    store.write_jobs(&inserts, now).await.unwrap();
+    let group = ClaimGroup {
+        creator_id: CREATOR.to_owned(),
+        labels: vec!["gpu".to_owned()],
+        job_types: None,
+        agents: vec![(agent.agent_id.clone(), 2)],
+    };
+    let claims = JobWriteBatch { claims: vec![group], ..Default::default() };
+    let first = store.write_jobs(&claims, now + 1).await.unwrap().claimed.remove(0);
+    assert_eq!(first.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [routed.id.as_str(), plain.id.as_str()]);
+    for answered in &first {
+        assert_eq!(answered.lease_token, 1);
+        assert_eq!(*answered, store.job(&answered.id).await.unwrap().unwrap());
+    }
+    // Released unstarted (a paused agent): the next lease is delivery 2 with a new token.
+    let released = FinishRequest {
+        job_id: plain.id.clone(),
+        agent_id: agent.agent_id.clone(),
+        lease_token: 1,
+        transition: Transition::Release,
+        result: None,
+        error: None,
+        sent_recipients: Vec::new(),
+    };
+    let batch = JobWriteBatch { finishes: vec![released], ..Default::default() };
+    let outcome = store.write_jobs(&batch, now + 2).await.unwrap().finished.remove(0);
+    assert!(matches!(outcome, FinishOutcome::Recorded(_)), "{outcome:?}");
+    let second = store.write_jobs(&claims, now + 3).await.unwrap().claimed.remove(0);
+    assert_eq!(second.len(), 1);
+    assert_eq!((second[0].attempts, second[0].lease_token), (2, 2));
+    assert_eq!(second[0], store.job(&plain.id).await.unwrap().unwrap());
     hub.shutdown().await;
 }
