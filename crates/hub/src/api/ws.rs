@@ -248,6 +248,16 @@ enum Flow {
     Stop,
 }
 
+/// What an agent's `hello` announces ([`AgentFrame::Hello`]'s fields).
+struct Hello {
+    protocol: u32,
+    v: String,
+    capabilities: Vec<String>,
+    slots: u32,
+    labels: Vec<String>,
+    paused: bool,
+}
+
 struct Session {
     app: AppState,
     agent_id: String,
@@ -497,10 +507,8 @@ impl Session {
 
     /// `hello`: negotiates the version, records the agent's announcement, answers, and only
     /// then tells the dispatcher the session may take jobs.
-    async fn on_hello(&mut self, socket: &mut WebSocket, hello: AgentFrame) -> Flow {
-        let AgentFrame::Hello { protocol, v, capabilities, slots, labels, paused } = hello else {
-            return Flow::Continue;
-        };
+    async fn on_hello(&mut self, socket: &mut WebSocket, hello: Hello) -> Flow {
+        let Hello { protocol, v, capabilities, slots, labels, paused } = hello;
         let negotiated = protocol.min(PROTOCOL_VERSION);
         // Always false while the oldest served version is 0; kept for when it rises.
         #[allow(clippy::absurd_extreme_comparisons)]
@@ -544,8 +552,9 @@ impl Session {
 
     /// The two deep handlers are boxed so this future stays small (see [`Session::run`]).
     async fn on_frame(&mut self, socket: &mut WebSocket, frame: AgentFrame) -> Flow {
-        if let AgentFrame::Hello { .. } = frame {
-            return Box::pin(self.on_hello(socket, frame)).await;
+        if let AgentFrame::Hello { protocol, v, capabilities, slots, labels, paused } = frame {
+            let hello = Hello { protocol, v, capabilities, slots, labels, paused };
+            return Box::pin(self.on_hello(socket, hello)).await;
         }
 
         if self.version.is_none() {
