@@ -620,36 +620,17 @@ mod tests {
     fn an_assign_frame_carries_the_payload_and_the_lease_keeps_it() {
         let payload = serde_json::json!({"url": "https://example.com/", "headers": {"b": "2", "a": "1"}, "n": [1, 2]});
         let mut job = JobRecord {
-            id: "job_1".to_owned(),
             job_type: "http_request".to_owned(),
             payload: payload.clone(),
             status: JobState::Leased,
-            creator_id: "creator-1".to_owned(),
-            target_agent_id: None,
-            labels: Vec::new(),
-            priority: 0,
-            run_at: 0,
-            idempotency_key: None,
-            assigned_agent_id: Some("agent-1".to_owned()),
             lease_token: 3,
-            lease_expires_at: Some(120_000),
-            attempts: 1,
-            max_receive_count: 5,
-            visibility_timeout_ms: 120_000,
-            cancel_requested: false,
-            result: None,
-            error: None,
-            error_code: None,
-            skipped_recipients: None,
-            created_at: 0,
-            updated_at: 0,
-            finished_at: None,
+            ..JobRecord::sample(1)
         };
         let before = job.clone();
         let text = encode_assign(&mut job);
         assert_eq!(job, before, "the lease's record is unchanged");
         let expected = HubFrame::JobAssign {
-            job: JobSpec { job_id: "job_1".to_owned(), job_type: "http_request".to_owned(), payload },
+            job: JobSpec { job_id: job.id.clone(), job_type: "http_request".to_owned(), payload },
         };
         assert_eq!(decode_hub_frame(&text).unwrap(), expected);
         assert_eq!(text, edge_protocol::encode(&expected), "the same bytes as encoding the frame itself");

@@ -295,36 +295,10 @@ pub fn sent_recipients(payload: &Value, data: Option<&Value>, succeeded: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobState;
     use serde_json::json;
 
     fn job(attempts: i64) -> JobRecord {
-        JobRecord {
-            id: "job_1".into(),
-            job_type: "t".into(),
-            payload: json!({}),
-            status: JobState::Running,
-            creator_id: "c".into(),
-            target_agent_id: None,
-            labels: vec![],
-            priority: 0,
-            run_at: 0,
-            idempotency_key: None,
-            assigned_agent_id: Some("agt".into()),
-            lease_token: attempts,
-            lease_expires_at: None,
-            attempts,
-            max_receive_count: 5,
-            visibility_timeout_ms: 1000,
-            cancel_requested: false,
-            result: None,
-            error: None,
-            error_code: None,
-            skipped_recipients: None,
-            created_at: 0,
-            updated_at: 0,
-            finished_at: None,
-        }
+        JobRecord::sample(attempts)
     }
 
     fn err(code: &str, retry_after_ms: Option<u64>) -> JobError {

@@ -842,6 +842,29 @@ fn plain_job(now: i64) -> edge_hub::store::NewJob {
     }
 }
 
+/// A plain job whose payload has escapes, non-ASCII text, a float, a large integer and
+/// nesting: what a store must give back exactly.
+fn job_with_awkward_payload(now: i64) -> edge_hub::store::NewJob {
+    edge_hub::store::NewJob {
+        payload: json!({"text": "héllo \"quoted\"", "n": 1.5, "big": 12345678901234_i64, "list": [1, {"b": 2, "a": null}]}),
+        ..plain_job(now)
+    }
+}
+
+/// A job that sets every option a submission can: an agent, a label, an idempotency key,
+/// its own delivery limit and lease length, and recipients the ledger skipped.
+fn job_with_every_option(agent_id: &str, idempotency_key: &str, now: i64) -> edge_hub::store::NewJob {
+    edge_hub::store::NewJob {
+        target_agent_id: Some(agent_id.to_owned()),
+        labels: vec!["gpu".to_owned()],
+        idempotency_key: Some(idempotency_key.to_owned()),
+        max_receive_count: 2,
+        visibility_timeout_ms: 5_000,
+        skipped_recipients: Some(json!([{"recipient": "@a", "reason": "messaged", "lastSentAt": now}])),
+        ..job_with_awkward_payload(now)
+    }
+}
+
 /// The answer to a submission is built without reading the row back on SQLite; it must be
 /// what reading it back gives, for every shape of job.
 async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
@@ -850,21 +873,12 @@ async fn a_new_job_is_answered_as_it_was_stored(db: TestDb) {
     let agent = hub.enroll(CREATOR).await;
     let store = hub.store();
     let now = edge_hub::crypto::now_ms();
-    let plain = NewJob {
-        payload: json!({"text": "héllo \"quoted\"", "n": 1.5, "big": 12345678901234_i64, "list": [1, {"b": 2, "a": null}]}),
-        ..plain_job(now)
-    };
+    let plain = job_with_awkward_payload(now);
     let routed = NewJob {
-        id: edge_hub::crypto::new_job_id(),
-        target_agent_id: Some(agent.agent_id.clone()),
         labels: vec!["gpu".to_owned(), "eu".to_owned()],
         priority: -3,
         run_at: now + 60_000,
-        idempotency_key: Some("shape-1".to_owned()),
-        max_receive_count: 2,
-        visibility_timeout_ms: 5_000,
-        skipped_recipients: Some(json!([{"recipient": "@a", "reason": "messaged", "lastSentAt": now}])),
-        ..plain.clone()
+        ..job_with_every_option(&agent.agent_id, "shape-1", now)
     };
     let already_final = NewJob {
         id: edge_hub::crypto::new_job_id(),
@@ -891,21 +905,8 @@ async fn a_leased_job_is_answered_as_it_was_stored(db: TestDb) {
     let agent = hub.enroll(CREATOR).await;
     let store = hub.store();
     let now = edge_hub::crypto::now_ms();
-    let plain = NewJob {
-        payload: json!({"text": "héllo \"quoted\"", "n": 1.5, "list": [1, {"b": 2, "a": null}]}),
-        ..plain_job(now)
-    };
-    let routed = NewJob {
-        id: edge_hub::crypto::new_job_id(),
-        target_agent_id: Some(agent.agent_id.clone()),
-        labels: vec!["gpu".to_owned()],
-        priority: 7,
-        idempotency_key: Some("lease-shape-1".to_owned()),
-        max_receive_count: 2,
-        visibility_timeout_ms: 5_000,
-        skipped_recipients: Some(json!([{"recipient": "@a", "reason": "messaged", "lastSentAt": now}])),
-        ..plain.clone()
-    };
+    let plain = job_with_awkward_payload(now);
+    let routed = NewJob { priority: 7, ..job_with_every_option(&agent.agent_id, "lease-shape-1", now) };
     let inserts = JobWriteBatch { inserts: vec![plain.clone(), routed.clone()], ..Default::default() };
     store.write_jobs(&inserts, now).await.unwrap();
     let group = ClaimGroup {

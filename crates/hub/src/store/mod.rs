@@ -178,6 +178,39 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
 }
 
+#[cfg(test)]
+impl JobRecord {
+    /// A running job on its `attempts`-th delivery, for unit tests to adjust.
+    pub(crate) fn sample(attempts: i64) -> JobRecord {
+        JobRecord {
+            id: "job_1".into(),
+            job_type: "t".into(),
+            payload: Value::Object(Default::default()),
+            status: JobState::Running,
+            creator_id: "c".into(),
+            target_agent_id: None,
+            labels: vec![],
+            priority: 0,
+            run_at: 0,
+            idempotency_key: None,
+            assigned_agent_id: Some("agt".into()),
+            lease_token: attempts,
+            lease_expires_at: None,
+            attempts,
+            max_receive_count: 5,
+            visibility_timeout_ms: 1000,
+            cancel_requested: false,
+            result: None,
+            error: None,
+            error_code: None,
+            skipped_recipients: None,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
