@@ -222,10 +222,11 @@ impl<'c> RowStatements<'c> {
 
     fn get(&mut self, sql: RowSql) -> Result<&mut CachedStatement<'c>, StoreError> {
         let slot = &mut self.prepared[sql as usize];
-        if slot.is_none() {
-            *slot = Some(self.tx.prepare_cached(sql.text())?);
-        }
-        Ok(slot.as_mut().expect("filled above"))
+        let statement = match slot.take() {
+            Some(statement) => statement,
+            None => self.tx.prepare_cached(sql.text())?,
+        };
+        Ok(slot.insert(statement))
     }
 }
 
