@@ -8,6 +8,7 @@ use crate::store::{JobRecord, Transition};
 use edge_protocol::errors::{full_jitter_backoff, MAX_RETRY_BACKOFF};
 use edge_protocol::jobs::{HttpRequestPayload, HTTP_REQUEST};
 use edge_protocol::{ErrorCode, JobError, RetryPolicy};
+use serde::Deserialize as _;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -128,7 +129,7 @@ fn validate_browser(name: &str, payload: &Value) -> Result<(), String> {
 
 fn validate_http_request(payload: &Value) -> Result<(), String> {
     // Read in place: a copy of every submitted payload only to check it cost more than the check.
-    let parsed = <HttpRequestPayload as serde::Deserialize>::deserialize(payload)
+    let parsed = HttpRequestPayload::deserialize(payload)
         .map_err(|e| format!("`payload` is not a valid {HTTP_REQUEST} payload: {e}"))?;
     let url = url::Url::parse(&parsed.url).map_err(|e| format!("`payload.url` is not a valid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {

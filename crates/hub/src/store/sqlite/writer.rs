@@ -159,11 +159,13 @@ enum RowSql {
     CreatorOf,
     Lease,
     LeasedJob,
+    /// Keep last: [`RowSql::COUNT`] counts up to it.
     OpenAttempt,
 }
 
 impl RowSql {
-    const COUNT: usize = 8;
+    /// One slot per statement: the last variant's index, plus one.
+    const COUNT: usize = RowSql::OpenAttempt as usize + 1;
 
     fn text(self) -> &'static str {
         match self {
