@@ -81,6 +81,13 @@ impl JobWriter {
         for (name, value) in pragmas {
             connection.execute_batch(&format!("PRAGMA {name} = {value}"))?;
         }
+        // The agent ids this connection writes are checked before they reach it: a target
+        // agent by the submit handler (404 when unknown), a holder by being the session that
+        // leases or reports, and agents are never deleted. SQLite's check of them cost a
+        // lookup in `agents` per lease and per result, and made each of those statements keep
+        // a journal of the pages it changed so that a failed check could undo it: about a
+        // tenth of this thread's time. `sqlx`'s connections and PostgreSQL still check them.
+        connection.execute_batch("PRAGMA foreign_keys = OFF")?;
         let shared = JobConnection {
             connection: Some(connection),
             agent_lists: AgentLists::default(),
