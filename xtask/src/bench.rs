@@ -32,10 +32,11 @@ pub fn run(args: &[&str]) -> Result<()> {
         "agent" => agent(),
         "tray" => tray(),
         "hub" => crate::bench_hub::run(),
+        "hub-guest" => crate::bench_hub::guest_idle_only(args.get(1).copied()),
         "bundles" => crate::bench_bundles::run(),
         "browser" => crate::bench_browser::run(),
         "all" => agent().and_then(|_| tray()),
-        other => bail!("unknown benchmark {other:?}: expected agent, tray, hub, bundles, browser or all"),
+        other => bail!("unknown benchmark {other:?}: expected agent, tray, hub, hub-guest, bundles, browser or all"),
     }
 }
 

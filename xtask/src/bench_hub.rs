@@ -65,7 +65,7 @@ struct Tools {
     loadgen: PathBuf,
 }
 
-pub fn run() -> Result<()> {
+fn build_tools() -> Result<Tools> {
     checked(cargo().args([
         "build",
         "--release",
@@ -78,10 +78,44 @@ pub fn run() -> Result<()> {
         "edge-loadgen",
     ]))?;
     let dir = root().join("target/release");
-    let tools = Tools {
+    Ok(Tools {
         bins: Binaries { hub: dir.join("edge-hub"), agent: dir.join("edge-agent") },
         loadgen: dir.join("edge-loadgen"),
+    })
+}
+
+/// `cargo xtask bench hub-guest [N]`: only the idle row in a QEMU guest, with N sessions
+/// (50,000 unless given).
+pub fn guest_idle_only(agents: Option<&str>) -> Result<()> {
+    let agents = match agents {
+        Some(text) => text.parse().with_context(|| format!("hub-guest takes a session count, not {text:?}"))?,
+        None => sizes().idle_agents,
     };
+    let tools = build_tools()?;
+    println!("| {} | {} | ≤ 1 GiB at 50,000 |", guest_row_name(agents, fd_budget()), guest_row(&tools, agents)?);
+    Ok(())
+}
+
+fn guest_row_name(agents: usize, budget: usize) -> String {
+    format!(
+        "the same with {agents} sessions, in a QEMU guest with its own descriptor limit (this machine's is {budget})"
+    )
+}
+
+fn guest_row(tools: &Tools, agents: usize) -> Result<String> {
+    let guest = crate::bench_vm::idle_in_guest(&tools.bins.hub, &tools.loadgen, agents)?;
+    Ok(format!(
+        "{:.0} MB for {} sessions ({:.1} KiB each); peak while they connected {:.0} MB (guest kernel {})",
+        guest.rss_kib as f64 / 1024.0,
+        guest.connected,
+        guest.rss_kib as f64 / guest.connected.max(1) as f64,
+        guest.peak_rss_kib as f64 / 1024.0,
+        guest.kernel
+    ))
+}
+
+pub fn run() -> Result<()> {
+    let tools = build_tools()?;
     let budget = fd_budget();
     let sizes = sizes();
     let pg = edge_e2e::pg::available();
@@ -152,6 +186,9 @@ pub fn run() -> Result<()> {
         }),
         "≤ 1 GiB at 50,000",
     );
+    if idle_agents < sizes.idle_agents {
+        row(guest_row_name(sizes.idle_agents, budget), guest_row(&tools, sizes.idle_agents), "≤ 1 GiB at 50,000");
+    }
     if pg {
         row(
             format!(

@@ -82,6 +82,9 @@ struct Common {
     /// Creator the jobs are submitted for (the tokens' creator).
     #[arg(long, default_value = "bench")]
     creator: String,
+    /// How long every connected session has to get its `hello_ack` (longer under emulation).
+    #[arg(long, default_value_t = 120)]
+    hello_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -332,7 +335,7 @@ async fn connect_all(
         let ws = connection?;
         tasks.push(tokio::spawn(run_agent(ws, common.slots, shared.clone(), stop.clone())));
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(common.hello_timeout_secs);
     while shared.connected.load(Ordering::Relaxed) < total as u64 {
         if Instant::now() > deadline {
             bail!("only {} of {total} agents got hello_ack", shared.connected.load(Ordering::Relaxed));
