@@ -27,7 +27,7 @@ DIR=/tmp/hub
 mkdir -p "$DIR"
 cp /data/* "$DIR/" || fail "nothing in /data"
 DB="sqlite://$DIR/hub.db"
-AGENTS=$(wc -l <"$DIR/tokens")
+AGENTS=$(wc -l <"$DIR/tokens.txt")
 KEY=$(cat "$DIR/api-key")
 
 EDGE_HUB_LOG=warn /bin/edge-hub --database-url "$DB" serve --listen 127.0.0.1:0 --hb-interval-secs 25 >"$DIR/hub.out" 2>&1 &
@@ -43,7 +43,7 @@ done
 # As the xtask's idle run: several source addresses (one runs out of ephemeral ports near
 # 28,000), one slot each, held 20 s. Under emulation 50,000 hellos take minutes, not
 # seconds. Its progress lines go to the console.
-/bin/edge-loadgen idle --hub "$URL" --api-key "$KEY" --tokens "$DIR/tokens" --agents "$AGENTS" \
+/bin/edge-loadgen idle --hub "$URL" --api-key "$KEY" --tokens "$DIR/tokens.txt" --agents "$AGENTS" \
     --source-ips 8 --slots 1 --hold-secs 20 --hello-timeout-secs 1200 >"$DIR/lg.out" 2>/dev/console &
 LOADGEN_PID=$!
 CONNECTED=

@@ -278,17 +278,30 @@ fn start_hub(tools: &Tools, dir: &Path, database_url: Option<&str>) -> Result<Hu
 
 /// `count` enrollment tokens for creator `bench`, written one per line to a file.
 fn tokens_file(tools: &Tools, hub: &Hub, dir: &Path, count: usize) -> Result<PathBuf> {
-    let out = Command::new(&tools.bins.hub)
-        .args(["--database-url", &hub.database_url, "enroll-token", "create", "--creator", "bench"])
-        .args(["--count", &count.to_string()])
-        .output()
-        .context("creating enrollment tokens")?;
-    if !out.status.success() {
-        bail!("enroll-token create failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    write_tokens(&tools.bins.hub, &hub.database_url, dir, count)
+}
+
+/// `count` enrollment tokens for creator `bench` in the hub database at `database_url` (the
+/// hub need not run), written one per line to `dir/tokens.txt`.
+pub(crate) fn write_tokens(hub: &Path, database_url: &str, dir: &Path, count: usize) -> Result<PathBuf> {
+    let tokens =
+        hub_cli(hub, database_url, &["enroll-token", "create", "--creator", "bench", "--count", &count.to_string()])?;
     let path = dir.join("tokens.txt");
-    std::fs::write(&path, &out.stdout)?;
+    std::fs::write(&path, tokens)?;
     Ok(path)
+}
+
+/// What `edge-hub --database-url DATABASE_URL ARGS…` printed, or its error output as the error.
+pub(crate) fn hub_cli(hub: &Path, database_url: &str, args: &[&str]) -> Result<Vec<u8>> {
+    let out = Command::new(hub)
+        .args(["--database-url", database_url])
+        .args(args)
+        .output()
+        .with_context(|| format!("running edge-hub {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!("edge-hub {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.stdout)
 }
 
 /// Runs the load generator and returns the last JSON line it printed.

@@ -8,6 +8,7 @@
 //! Everything comes from Debian's archive: QEMU, busybox and the kernel package, which is
 //! downloaded with `apt-get download` and unpacked (not installed) under `target/bench-vm`.
 
+use crate::bench_hub::{hub_cli, write_tokens};
 use crate::deps::ensure_apt;
 use crate::util::{checked, root};
 use anyhow::{bail, Context, Result};
@@ -52,7 +53,7 @@ pub fn idle_in_guest(hub: &Path, loadgen: &Path, agents: usize) -> Result<GuestI
     let work = root().join("target/bench-vm");
     std::fs::create_dir_all(&work)?;
     let (kernel, kernel_package) = guest_kernel(&work)?;
-    let initrd = build_initrd(&work, &[hub, loadgen], agents)?;
+    let initrd = build_initrd(&work, hub, loadgen, agents)?;
     let accel = std::env::var("EDGE_BENCH_VM_ACCEL").unwrap_or_else(|_| DEFAULT_ACCEL.to_owned());
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut qemu = Command::new("timeout");
@@ -133,10 +134,10 @@ fn guest_kernel(work: &Path) -> Result<(PathBuf, String)> {
     Ok((found, package))
 }
 
-/// An initramfs (cpio, newc) with busybox, `binaries`, the libraries they link, `/init`, and
-/// in `/data` a hub database with an API key and `agents` enrollment tokens, made here by the
-/// first of `binaries` (the hub).
-fn build_initrd(work: &Path, binaries: &[&Path], agents: usize) -> Result<PathBuf> {
+/// An initramfs (cpio, newc) with busybox, `hub` and `loadgen`, the libraries they link,
+/// `/init`, and in `/data` a hub database with an API key and `agents` enrollment tokens,
+/// made here by `hub`.
+fn build_initrd(work: &Path, hub: &Path, loadgen: &Path, agents: usize) -> Result<PathBuf> {
     let staging = work.join("initrd-root");
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
@@ -144,13 +145,13 @@ fn build_initrd(work: &Path, binaries: &[&Path], agents: usize) -> Result<PathBu
     for dir in ["bin", "proc", "sys", "dev", "tmp", "data"] {
         std::fs::create_dir_all(staging.join(dir))?;
     }
-    prepare_hub_data(binaries[0], &staging.join("data"), agents)?;
+    prepare_hub_data(hub, &staging.join("data"), agents)?;
     let busybox = Path::new("/bin/busybox");
-    if linked_libraries(busybox)?.next().is_some() {
+    if !linked_libraries(busybox)?.is_empty() {
         bail!("/bin/busybox is not the static build; install busybox-static");
     }
     std::fs::copy(busybox, staging.join("bin/busybox"))?;
-    for binary in binaries {
+    for binary in [hub, loadgen] {
         let name = binary.file_name().context("binary without a name")?;
         std::fs::copy(binary, staging.join("bin").join(name))
             .with_context(|| format!("copying {} into the guest", binary.display()))?;
@@ -175,35 +176,26 @@ fn build_initrd(work: &Path, binaries: &[&Path], agents: usize) -> Result<PathBu
     Ok(archive)
 }
 
-/// `hub.db` with an operator key (`api-key`) and `agents` tokens (`tokens`, one per line).
+/// `hub.db` with an operator key (`api-key`) and `agents` tokens (`tokens.txt`, one per line).
 fn prepare_hub_data(hub: &Path, data: &Path, agents: usize) -> Result<()> {
     let database = format!("sqlite://{}", data.join("hub.db").display());
-    let run = |args: &[&str]| -> Result<Vec<u8>> {
-        let out = Command::new(hub).args(["--database-url", &database]).args(args).output()?;
-        if !out.status.success() {
-            bail!("edge-hub {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(out.stdout)
-    };
-    let key = run(&["api-key", "create", "--name", "idle"])?;
+    let key = hub_cli(hub, &database, &["api-key", "create", "--name", "idle"])?;
     let key = String::from_utf8_lossy(&key).lines().last().unwrap_or_default().trim().to_owned();
     std::fs::write(data.join("api-key"), key)?;
-    let tokens = run(&["enroll-token", "create", "--creator", "bench", "--count", &agents.to_string()])?;
-    std::fs::write(data.join("tokens"), tokens)?;
+    write_tokens(hub, &database, data, agents)?;
     Ok(())
 }
 
 /// The shared libraries `binary` loads, as `ldd` resolves them (none for a static binary).
-fn linked_libraries(binary: &Path) -> Result<impl Iterator<Item = PathBuf>> {
+fn linked_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd").arg(binary).output().context("ldd")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let paths: Vec<PathBuf> = text
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
         .lines()
         .filter_map(|line| {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
             let path = line.split("=>").last()?.split_whitespace().next()?;
             path.starts_with('/').then(|| PathBuf::from(path))
         })
-        .collect();
-    Ok(paths.into_iter())
+        .collect())
 }
