@@ -1,15 +1,16 @@
-//! The agent side of the browser runtime (`edge-browser`): the session key in the OS
-//! keychain (a second entry per profile, service `edge-agent-browser`), turning
-//! [`BrowserEvent`]s into [`AgentEvent`]s, snapshot fields and the `circuit_breaker` frame,
-//! resolving a job's adapter (inline, from a bundle, or remembered from an earlier job) and
-//! running the four browser job types.
+//! The agent side of the browser runtime (`edge-browser`): starting it on first use, the
+//! session key in the OS keychain (a second entry per profile, service
+//! `edge-agent-browser`), turning [`BrowserEvent`]s into [`AgentEvent`]s, snapshot fields
+//! and the `circuit_breaker` frame, resolving a job's adapter (inline, from a bundle, or
+//! remembered from an earlier job) and running the four browser job types.
 //!
 //! It must never put the session key or a session cookie in a log, event or snapshot,
 //! and never run an adapter from a bundle that did not pass the bundle verification.
 
 use crate::keychain::{Keychain, KeychainChoice, BROWSER_KEY_SERVICE};
+use crate::outbox::Outbox;
 use crate::secret::Secret;
-use crate::service::{AgentEvent, Inner};
+use crate::state::{AgentEvent, StateHandle};
 use base64::Engine;
 use edge_browser::flow::{parse_adapter, Adapter};
 use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
@@ -18,7 +19,7 @@ use edge_protocol::jobs::{BrowserJobPayload, BundlePayload};
 use edge_protocol::{AgentFrame, CircuitReason, ErrorCode, JobError, JobSpec};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// The session key in the keychain, created on first use.
 pub struct KeychainKeyStore {
@@ -54,14 +55,96 @@ impl KeyStore for KeychainKeyStore {
     }
 }
 
+/// The browser runtime of one profile, started on first use (a first browser job or a site
+/// login), since most agents never run one. Cheap to clone.
+#[derive(Clone)]
+pub struct BrowserHost {
+    shared: Arc<HostShared>,
+}
+
+struct HostShared {
+    data_dir: PathBuf,
+    profile: String,
+    keychain: KeychainChoice,
+    state: StateHandle,
+    outbox: Outbox,
+    runtime: OnceLock<BrowserRuntime>,
+}
+
+impl BrowserHost {
+    pub fn new(
+        data_dir: PathBuf,
+        profile: String,
+        keychain: KeychainChoice,
+        state: StateHandle,
+        outbox: Outbox,
+    ) -> Self {
+        BrowserHost {
+            shared: Arc::new(HostShared { data_dir, profile, keychain, state, outbox, runtime: OnceLock::new() }),
+        }
+    }
+
+    /// The runtime, started now if it was not.
+    pub fn runtime(&self) -> BrowserRuntime {
+        let mut started = false;
+        let runtime = self
+            .shared
+            .runtime
+            .get_or_init(|| {
+                started = true;
+                let shared = &self.shared;
+                let settings = BrowserSettings::new(shared.data_dir.clone(), shared.profile.clone()).from_env();
+                let keys = Arc::new(KeychainKeyStore::new(shared.keychain, &shared.profile));
+                let notifier = Arc::new(AgentNotifier { host: Arc::downgrade(shared) });
+                BrowserRuntime::new(settings, keys, notifier)
+            })
+            .clone();
+        if started {
+            self.shared.refresh_status();
+        }
+        runtime
+    }
+
+    /// The runtime if something started it.
+    pub fn started(&self) -> Option<BrowserRuntime> {
+        self.shared.runtime.get().cloned()
+    }
+
+    /// The runtime's state, `None` before the runtime started.
+    pub fn status(&self) -> Option<edge_browser::BrowserStatus> {
+        self.shared.status()
+    }
+
+    /// Shows the runtime's current state in the snapshot. A job that succeeds on a site
+    /// clears its login requirement without a browser event (the login may have happened in
+    /// another process: `edge-agent browser login`), so this runs after every job.
+    pub fn refresh_status(&self) {
+        self.shared.refresh_status();
+    }
+}
+
+impl HostShared {
+    fn status(&self) -> Option<edge_browser::BrowserStatus> {
+        self.runtime.get().map(BrowserRuntime::status)
+    }
+
+    fn refresh_status(&self) {
+        let status = self.status();
+        if status.is_some() {
+            self.state.update(|s| s.browser = status);
+        }
+    }
+}
+
 /// Tells the person (events, snapshot) and the hub (`circuit_breaker`).
-pub(crate) struct AgentNotifier {
-    pub inner: Weak<Inner>,
+struct AgentNotifier {
+    host: Weak<HostShared>,
 }
 
 impl Notifier for AgentNotifier {
     fn notify(&self, event: BrowserEvent) {
-        let Some(inner) = self.inner.upgrade() else { return };
+        let Some(host) = self.host.upgrade() else { return };
+        let state = &host.state;
         match &event {
             BrowserEvent::CircuitOpened { reason, site, until_ms, cooldown_ms } => {
                 let frame = AgentFrame::CircuitBreaker {
@@ -72,29 +155,22 @@ impl Notifier for AgentNotifier {
                     },
                     cooldown_ms: Some(*cooldown_ms),
                 };
-                inner.send_frame(frame);
-                inner.emit(AgentEvent::BrowserPaused {
+                host.outbox.send(frame);
+                state.emit(AgentEvent::BrowserPaused {
                     reason: reason.clone(),
                     site: site.clone(),
                     until_ms: *until_ms,
                 });
             }
-            BrowserEvent::CircuitClosed => inner.emit(AgentEvent::BrowserResumed),
+            BrowserEvent::CircuitClosed => state.emit(AgentEvent::BrowserResumed),
             BrowserEvent::SessionVolatile { reason } => {
-                inner.emit(AgentEvent::BrowserSessionVolatile { reason: reason.clone() })
+                state.emit(AgentEvent::BrowserSessionVolatile { reason: reason.clone() })
             }
-            BrowserEvent::LoginRequired { site } => inner.emit(AgentEvent::BrowserLoginRequired { site: site.clone() }),
-            BrowserEvent::SessionSaved { site } => inner.emit(AgentEvent::BrowserLoggedIn { site: site.clone() }),
+            BrowserEvent::LoginRequired { site } => state.emit(AgentEvent::BrowserLoginRequired { site: site.clone() }),
+            BrowserEvent::SessionSaved { site } => state.emit(AgentEvent::BrowserLoggedIn { site: site.clone() }),
         }
-        inner.refresh_browser_status();
+        host.refresh_status();
     }
-}
-
-pub(crate) fn new_runtime(inner: &Arc<Inner>) -> BrowserRuntime {
-    let settings = BrowserSettings::new(inner.settings.data_dir.clone(), inner.settings.profile.clone()).from_env();
-    let keys = Arc::new(KeychainKeyStore::new(inner.settings.keychain, &inner.settings.profile));
-    let notifier = Arc::new(AgentNotifier { inner: Arc::downgrade(inner) });
-    BrowserRuntime::new(settings, keys, notifier)
 }
 
 /// Where adapters of earlier jobs are remembered, so `edge-agent browser login --site NAME`
@@ -138,7 +214,7 @@ async fn resolve_adapter(value: &Value, bundles: Option<&crate::bundles::BundleC
         };
         let prepared = crate::bundles::prepare(ctx, &payload).await?;
         let relative = value.get("path").and_then(Value::as_str).unwrap_or("adapter.yaml");
-        let file = inside(&prepared.version_dir.join("bundle"), relative).map_err(bad)?;
+        let file = crate::bundles::inside(&prepared.version_dir.join("bundle"), relative).map_err(bad)?;
         let text =
             std::fs::read_to_string(&file).map_err(|e| bad(format!("adapter {relative:?} in bundle {bundle}: {e}")))?;
         return parse_adapter(&text).map_err(|e| e.to_job_error());
@@ -146,17 +222,6 @@ async fn resolve_adapter(value: &Value, bundles: Option<&crate::bundles::BundleC
     let adapter: Adapter = serde_json::from_value(value.clone()).map_err(|e| bad(format!("`adapter`: {e}")))?;
     adapter.validate().map_err(|e| e.to_job_error())?;
     Ok(adapter)
-}
-
-/// `relative` inside `root`, refusing absolute paths and `..`.
-pub(crate) fn inside(root: &Path, relative: &str) -> Result<PathBuf, String> {
-    let path = Path::new(relative);
-    if path.is_absolute()
-        || path.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
-    {
-        return Err(format!("{relative:?} must be a relative path inside the bundle"));
-    }
-    Ok(root.join(path))
 }
 
 /// Runs a browser job: the result, and `data` to report with a failure (partial broadcast).

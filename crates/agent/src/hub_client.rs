@@ -19,7 +19,7 @@ const HUB_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A JWT and when the hub says it expires.
 #[derive(Debug, Clone)]
-pub(crate) struct AccessToken {
+pub struct AccessToken {
     pub jwt: Secret<String>,
     pub expires_at_unix: i64,
     pub obtained_at_unix: i64,
@@ -40,7 +40,7 @@ impl AccessToken {
 }
 
 #[derive(Clone)]
-pub(crate) struct HubClient {
+pub struct HubClient {
     http: reqwest::Client,
 }
 

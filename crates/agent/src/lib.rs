@@ -1,25 +1,31 @@
 //! The Edge-Agent core: everything the headless `edge-agent` binary and the tray app share.
 //!
-//! It owns the connection to the hub, the job runners, the keychain-held credentials, the
-//! agent's state and events, and log setup. It must never depend on a UI toolkit (the tray
+//! It owns the connection to the hub (`session`), the jobs it holds (`executor`), what runs
+//! them (`runners`, over `bundles`, `browser` and `runtime`), the keychain-held
+//! credentials, the agent's state and events (`state`), and log setup; `service` composes
+//! them. It must never depend on a UI toolkit (the tray
 //! subscribes to [`AgentEvent`]s and reads [`AgentSnapshot`]s), never write a secret to a
 //! file or a log, and never redefine a wire type that `edge-protocol` already has.
 
+// The rooms and their order, bottom to top, are listed in `tests/layering.rs`, which fails
+// on any import that points up. See docs/architecture.md.
+pub mod backoff;
 pub mod browser;
 pub mod bundles;
-pub mod connection;
 pub mod credentials;
 pub mod error;
+pub mod executor;
+pub mod hub_client;
 pub mod hub_url;
-pub mod jobs;
 pub mod keychain;
 pub mod logging;
+pub mod outbox;
+pub mod runners;
 pub mod runtime;
 pub mod secret;
 pub mod service;
-pub mod state_file;
-
-pub(crate) mod hub_client;
+pub mod session;
+pub mod state;
 mod tls;
 
 pub use credentials::{CredentialStore, Credentials, DeviceKey, MemoryCredentialStore};
@@ -31,7 +37,7 @@ pub use service::{
     default_data_dir, AgentEvent, AgentService, AgentSettings, AgentSnapshot, ConnectionState, JobRecord, JobRunStatus,
     LoginOutcome,
 };
-pub use state_file::StateFile;
+pub use state::StateFile;
 
 /// `agent-x.y.z`, as in `hello` and `hb`.
 pub fn agent_version() -> String {

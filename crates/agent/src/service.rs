@@ -1,32 +1,40 @@
-//! `AgentService`: the agent's public face for the CLI and the tray app.
+//! `AgentService`: the agent's public face for the CLI and the tray app, and the room that
+//! composes the others.
 //!
-//! It owns the agent's observable state ([`AgentSnapshot`]), its event stream
-//! ([`AgentEvent`]), login/logout, and starting and stopping the connection loop. It must
-//! never depend on a UI toolkit, never block an async thread on the keychain (keychain calls
-//! go through `spawn_blocking`), and never put a secret in a snapshot or event.
+//! It owns the agent's observable state ([`AgentSnapshot`], [`AgentEvent`], through
+//! `crate::state`), login/logout, the person's pause, and the connection loop: it builds
+//! the runners from what this machine has, starts the executor beside them and the session
+//! on top, and stops them. Later subsystems (egress gate, tunnel, updater) plug in here
+//! beside the executor. It must never depend on a UI toolkit, never block an async thread
+//! on the keychain (keychain calls go through `spawn_blocking`), and never put a secret in
+//! a snapshot or event.
 
-use crate::connection;
+use crate::browser::BrowserHost;
 use crate::credentials::{CredentialStore, Credentials, DeviceKey};
 use crate::error::AgentError;
+use crate::executor::journal::Journal;
+use crate::executor::{Executor, ExecutorConfig};
 use crate::hub_client::HubClient;
 use crate::hub_url::HubUrl;
 use crate::keychain::{Keychain, KeychainChoice};
+use crate::outbox::Outbox;
+use crate::runners::{self, Resources};
 use crate::secret::Secret;
-use crate::state_file::StateFile;
-use serde::{Deserialize, Serialize};
+use crate::session::{self, SessionConfig};
+use crate::state::StateHandle;
+use edge_protocol::{capability, JobSpec};
+use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::state::{AgentEvent, AgentSnapshot, ConnectionState, JobRecord, JobRunStatus, RECENT_JOBS};
+
 pub const DEFAULT_HB_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PROFILE: &str = "default";
-/// How many finished or running jobs the snapshot remembers.
-pub const RECENT_JOBS: usize = 20;
-const EVENT_BUFFER: usize = 256;
 /// How long `shutdown` waits for the loop to report cancelled jobs and close the socket.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -63,146 +71,6 @@ pub fn default_data_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("dev", "edge-agent", "edge-agent").map(|dirs| dirs.data_dir().to_path_buf())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectionState {
-    Offline,
-    Connecting,
-    Online,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobRunStatus {
-    Running,
-    Succeeded,
-    Failed,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobRecord {
-    pub id: String,
-    pub job_type: String,
-    pub status: JobRunStatus,
-    /// RFC 3339 UTC.
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub error_code: Option<String>,
-    pub message: Option<String>,
-}
-
-/// Everything the tray window or `edge-agent status` shows. No secrets by construction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentSnapshot {
-    pub logged_in: bool,
-    pub hub_url: Option<String>,
-    pub agent_id: Option<String>,
-    pub creator_id: Option<String>,
-    pub connection: ConnectionState,
-    pub paused: bool,
-    /// Jobs accepted and not yet finished (running or waiting for a slot).
-    pub busy: u32,
-    pub last_error: Option<String>,
-    pub keychain_backend: Option<String>,
-    /// Newest first, at most [`RECENT_JOBS`].
-    pub recent_jobs: Vec<JobRecord>,
-    /// SHA-256 of the trusted bundle root (TUF `root.json`) received at enrollment, for the
-    /// person to compare with the operator's `edge-hub bundle root fingerprint`.
-    #[serde(default)]
-    pub root_fingerprint: Option<String>,
-    /// The browser runtime: circuit breaker, volatile session, sites needing a login.
-    /// `None` until the runtime started (first browser job or login).
-    #[serde(default)]
-    pub browser: Option<edge_browser::BrowserStatus>,
-}
-
-impl AgentSnapshot {
-    fn empty() -> AgentSnapshot {
-        AgentSnapshot {
-            logged_in: false,
-            hub_url: None,
-            agent_id: None,
-            creator_id: None,
-            connection: ConnectionState::Offline,
-            paused: false,
-            busy: 0,
-            last_error: None,
-            keychain_backend: None,
-            recent_jobs: Vec::new(),
-            root_fingerprint: None,
-            browser: None,
-        }
-    }
-}
-
-/// What happened, for the tray's notifications and the CLI's log. JSON:
-/// `{"type":"jobFailed","id":"...","jobType":"http_request","code":"NETWORK","message":"..."}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
-pub enum AgentEvent {
-    StateChanged {
-        snapshot: AgentSnapshot,
-    },
-    Connected {
-        hub_url: String,
-    },
-    /// `retry_in_ms` is `None` when the agent will not reconnect by itself.
-    Disconnected {
-        reason: String,
-        retry_in_ms: Option<u64>,
-    },
-    JobStarted {
-        id: String,
-        job_type: String,
-    },
-    JobProgress {
-        id: String,
-        pct: Option<u8>,
-        message: Option<String>,
-    },
-    JobFinished {
-        id: String,
-        job_type: String,
-    },
-    JobFailed {
-        id: String,
-        job_type: String,
-        code: String,
-        message: String,
-    },
-    /// The hub refused our credentials (revoked agent, wrong key) or there are none: the
-    /// agent stays offline until someone logs in.
-    LoginRequired {
-        reason: String,
-    },
-    Paused,
-    Resumed,
-    /// The browser circuit breaker opened (the site kept rate-limiting): browser jobs wait
-    /// until `until_ms` (Unix ms); the hub was told with `circuit_breaker`.
-    BrowserPaused {
-        reason: String,
-        site: String,
-        until_ms: i64,
-    },
-    /// The cool-down ended; browser jobs run again.
-    BrowserResumed,
-    /// No keychain key for browser sessions: site logins are kept in memory only.
-    BrowserSessionVolatile {
-        reason: String,
-    },
-    /// A site shows its logged-out page: `edge-agent browser login --site <site>` (or the
-    /// tray's login button), then retry the job.
-    BrowserLoginRequired {
-        site: String,
-    },
-    /// A site login was saved.
-    BrowserLoggedIn {
-        site: String,
-    },
-}
-
 /// What `enroll` reports; no secrets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -218,98 +86,22 @@ struct RunningLoop {
     handle: JoinHandle<()>,
 }
 
-/// State shared between the service handle and the connection loop.
-pub(crate) struct Inner {
-    pub settings: AgentSettings,
-    pub store: Arc<dyn CredentialStore>,
-    events: broadcast::Sender<AgentEvent>,
-    snapshot: Mutex<AgentSnapshot>,
-    pub paused: watch::Sender<bool>,
+/// What every clone of the service shares.
+struct Inner {
+    settings: AgentSettings,
+    store: Arc<dyn CredentialStore>,
+    state: StateHandle,
+    /// The person's pause; the executor refuses new jobs and the session tells the hub.
+    paused: watch::Sender<bool>,
+    outbox: Outbox,
+    browser: BrowserHost,
+    /// The connection loop, when one runs. Only the service starts and stops it.
     running: Mutex<Option<RunningLoop>>,
-    /// Only a process running the loop writes `state.json`; `edge-agent status` must not.
-    writes_state_file: AtomicBool,
-    /// The running loop's outgoing frames (results channel), for frames not tied to a job.
-    frames: Mutex<Option<tokio::sync::mpsc::UnboundedSender<edge_protocol::AgentFrame>>>,
-    /// The browser runtime, started on first use.
-    browser: Mutex<Option<edge_browser::BrowserRuntime>>,
 }
 
 impl Inner {
-    /// Queues a frame for the hub (sent by the current or next session).
-    pub fn send_frame(&self, frame: edge_protocol::AgentFrame) {
-        if let Some(frames) = self.frames.lock().ok().and_then(|f| f.clone()) {
-            let _ = frames.send(frame);
-        }
-    }
-
-    pub(crate) fn set_frames(&self, frames: tokio::sync::mpsc::UnboundedSender<edge_protocol::AgentFrame>) {
-        if let Ok(mut slot) = self.frames.lock() {
-            *slot = Some(frames);
-        }
-    }
-
-    /// The browser runtime of this profile, started on first use.
-    pub(crate) fn browser(self: &Arc<Self>) -> edge_browser::BrowserRuntime {
-        let mut slot = self.browser.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(runtime) = slot.as_ref() {
-            return runtime.clone();
-        }
-        let runtime = crate::browser::new_runtime(self);
-        *slot = Some(runtime.clone());
-        drop(slot);
-        self.refresh_browser_status();
-        runtime
-    }
-
-    pub(crate) fn refresh_browser_status(&self) {
-        let status = self.browser_status();
-        if status.is_some() {
-            self.update(|s| s.browser = status);
-        }
-    }
-
-    /// The browser runtime's state, `None` before the runtime started.
-    pub(crate) fn browser_status(&self) -> Option<edge_browser::BrowserStatus> {
-        self.browser.lock().ok().and_then(|b| b.as_ref().map(|r| r.status()))
-    }
-
-    pub fn emit(&self, event: AgentEvent) {
-        // No subscriber is fine: the CLI may not listen.
-        let _ = self.events.send(event);
-    }
-
-    pub fn snapshot(&self) -> AgentSnapshot {
-        self.snapshot.lock().map(|s| s.clone()).unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// Applies `change`, then tells subscribers and `state.json`.
-    pub fn update(&self, change: impl FnOnce(&mut AgentSnapshot)) {
-        let snapshot = {
-            let mut guard = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-            change(&mut guard);
-            guard.clone()
-        };
-        self.persist(&snapshot, true);
-        self.emit(AgentEvent::StateChanged { snapshot });
-    }
-
-    fn persist(&self, snapshot: &AgentSnapshot, running: bool) {
-        if !self.writes_state_file.load(Ordering::Relaxed) {
-            return;
-        }
-        let file = StateFile {
-            pid: std::process::id(),
-            running,
-            updated_at: crate::now_rfc3339(),
-            snapshot: snapshot.clone(),
-        };
-        if let Err(e) = file.write(&self.settings.data_dir) {
-            tracing::warn!(error = %e, "could not write state.json");
-        }
-    }
-
-    pub fn set_credentials(&self, credentials: Option<&Credentials>, backend: Option<String>) {
-        self.update(|s| {
+    fn set_credentials(&self, credentials: Option<&Credentials>, backend: Option<String>) {
+        self.state.update(|s| {
             s.logged_in = credentials.is_some();
             s.hub_url = credentials.map(|c| c.hub_url.clone());
             s.agent_id = credentials.map(|c| c.agent_id.clone());
@@ -322,7 +114,7 @@ impl Inner {
         });
     }
 
-    pub async fn load_credentials(&self) -> Result<Option<Credentials>, AgentError> {
+    async fn load_credentials(&self) -> Result<Option<Credentials>, AgentError> {
         let store = Arc::clone(&self.store);
         let (backend, credentials) = tokio::task::spawn_blocking(move || -> Result<_, AgentError> {
             let backend = store.backend_name()?;
@@ -333,6 +125,89 @@ impl Inner {
         self.set_credentials(credentials.as_ref(), Some(backend));
         Ok(credentials)
     }
+}
+
+/// One connection loop: the credentials, the runners this agent can offer, the executor,
+/// then sessions until `cancel` or until the hub refuses the agent.
+async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
+    let state = &inner.state;
+    state.update(|s| {
+        s.connection = ConnectionState::Connecting;
+        s.last_error = None;
+    });
+    let credentials = match inner.load_credentials().await {
+        Ok(Some(credentials)) => credentials,
+        Ok(None) => return session::stop_for_login(state, "not logged in".into()),
+        Err(e) => {
+            let reason = e.to_string();
+            state.update(|s| {
+                s.connection = ConnectionState::Offline;
+                s.last_error = Some(reason.clone());
+            });
+            state.emit(AgentEvent::Disconnected { reason, retry_in_ms: None });
+            return;
+        }
+    };
+    let setup = HubClient::new().and_then(|hub| Ok((hub, runners::http_request::client()?)));
+    let (hub, http) = match setup {
+        Ok(parts) => parts,
+        Err(e) => return session::stop_with_error(state, e.to_string()),
+    };
+    let hub_url = match HubUrl::parse(&credentials.hub_url) {
+        Ok(url) => url,
+        Err(e) => return session::stop_with_error(state, e.to_string()),
+    };
+    let data_dir = inner.settings.data_dir.clone();
+    let (frames, outbox) = inner.outbox.connect();
+    let browser = inner.browser.runtime();
+    let browser = browser.available().then_some(browser);
+    if browser.is_none() {
+        tracing::warn!("no Chrome, Chromium or Edge found: browser jobs are not announced to the hub");
+    }
+    let bundles = crate::bundles::start(&data_dir, &credentials, &hub_url, &cancel)
+        .map(|bundles| bundles.with_browser(browser.clone()));
+    let resources = Resources { http, bundles, browser: browser.clone().map(|b| (b, data_dir.clone())) };
+    let runners = runners::standard(&resources);
+    let mut capabilities: Vec<String> = runners.job_types().map(str::to_owned).collect();
+    capabilities.extend([capability::JOB_CANCEL, capability::PAUSE, capability::JOB_LOG].map(str::to_owned));
+    let host = inner.browser.clone();
+    let executor = Executor::spawn(ExecutorConfig {
+        state: state.clone(),
+        runners,
+        slots: inner.settings.slots,
+        frames,
+        paused: inner.paused.subscribe(),
+        journal: Journal::new(&data_dir),
+        reports_to: Some((hub.clone(), credentials.clone())),
+        after_job: Some(Arc::new(move || host.refresh_status())),
+        cancel: cancel.clone(),
+    });
+    if let Some(browser) = &browser {
+        // A broadcast the previous process was killed in: resume it now and report it under
+        // its job id (the hub still holds it as running under this agent's lease).
+        for value in browser.unfinished_jobs() {
+            match serde_json::from_value::<JobSpec>(value) {
+                Ok(job) => {
+                    tracing::info!(job_id = %job.job_id, "resuming an interrupted broadcast from its checkpoint");
+                    executor.resume(job);
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable job in a broadcast checkpoint"),
+            }
+        }
+    }
+    let config = SessionConfig {
+        state: state.clone(),
+        credentials,
+        hub_url,
+        hub,
+        executor,
+        outbox,
+        capabilities,
+        slots: inner.settings.slots,
+        hb_interval: inner.settings.hb_interval,
+        paused: inner.paused.subscribe(),
+    };
+    session::run(config, cancel).await;
 }
 
 /// Cheap to clone; all clones drive the same agent.
@@ -351,20 +226,18 @@ impl AgentService {
 
     /// A service with another credential store (tests, embedders with their own vault).
     pub fn with_store(settings: AgentSettings, store: Arc<dyn CredentialStore>) -> AgentService {
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (paused, _) = watch::channel(false);
+        let state = StateHandle::new(settings.data_dir.clone());
+        let outbox = Outbox::default();
+        let browser = BrowserHost::new(
+            settings.data_dir.clone(),
+            settings.profile.clone(),
+            settings.keychain,
+            state.clone(),
+            outbox.clone(),
+        );
         AgentService {
-            inner: Arc::new(Inner {
-                settings,
-                store,
-                events,
-                snapshot: Mutex::new(AgentSnapshot::empty()),
-                paused,
-                running: Mutex::new(None),
-                writes_state_file: AtomicBool::new(false),
-                frames: Mutex::new(None),
-                browser: Mutex::new(None),
-            }),
+            inner: Arc::new(Inner { settings, store, state, paused, outbox, browser, running: Mutex::new(None) }),
         }
     }
 
@@ -373,11 +246,11 @@ impl AgentService {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
-        self.inner.events.subscribe()
+        self.inner.state.subscribe()
     }
 
     pub fn snapshot(&self) -> AgentSnapshot {
-        self.inner.snapshot()
+        self.inner.state.snapshot()
     }
 
     /// Reads the keychain and refreshes the login fields of the snapshot.
@@ -427,7 +300,7 @@ impl AgentService {
         .await
         .map_err(|e| AgentError::Internal(format!("keychain task failed: {e}")))??;
         self.inner.set_credentials(Some(&credentials), Some(backend.clone()));
-        self.inner.update(|s| s.last_error = None);
+        self.inner.state.update(|s| s.last_error = None);
         tracing::info!(agent_id = %credentials.agent_id, creator_id = %credentials.creator_id, keychain = %backend, "enrolled");
         Ok(LoginOutcome {
             agent_id: credentials.agent_id,
@@ -455,9 +328,9 @@ impl AgentService {
         if running.as_ref().is_some_and(|r| !r.handle.is_finished()) {
             return Ok(());
         }
-        self.inner.writes_state_file.store(true, Ordering::Relaxed);
+        self.inner.state.enable_state_file();
         let cancel = CancellationToken::new();
-        let handle = runtime.spawn(connection::run(Arc::clone(&self.inner), cancel.clone()));
+        let handle = runtime.spawn(run_loop(Arc::clone(&self.inner), cancel.clone()));
         *running = Some(RunningLoop { cancel, handle });
         Ok(())
     }
@@ -472,18 +345,18 @@ impl AgentService {
         timeout: Duration,
     ) -> Result<edge_browser::runtime::LoginReport, AgentError> {
         let adapter = crate::browser::load_site(&self.inner.settings.data_dir, site).map_err(AgentError::Internal)?;
-        let runtime = self.inner.browser();
+        let runtime = self.inner.browser.runtime();
         runtime.interactive_login(&adapter, headful, timeout).await.map_err(|e| AgentError::Internal(e.to_string()))
     }
 
     /// The browser runtime's state (starting the runtime if needed; it launches nothing).
     pub fn browser_status(&self) -> edge_browser::BrowserStatus {
-        self.inner.browser().status()
+        self.inner.browser.runtime().status()
     }
 
     /// Closes the browser circuit breaker by hand (the person resumes from the tray).
     pub fn browser_resume(&self) {
-        self.inner.browser().reset_circuit();
+        self.inner.browser.runtime().reset_circuit();
     }
 
     /// Stop taking new jobs (running ones finish); the hub is told via `availability`.
@@ -498,8 +371,8 @@ impl AgentService {
     fn set_paused(&self, paused: bool) {
         let changed = self.inner.paused.send_if_modified(|current| std::mem::replace(current, paused) != paused);
         if changed {
-            self.inner.update(|s| s.paused = paused);
-            self.inner.emit(if paused { AgentEvent::Paused } else { AgentEvent::Resumed });
+            self.inner.state.update(|s| s.paused = paused);
+            self.inner.state.emit(if paused { AgentEvent::Paused } else { AgentEvent::Resumed });
         }
     }
 
@@ -512,7 +385,7 @@ impl AgentService {
             .await
             .map_err(|e| AgentError::Internal(format!("keychain task failed: {e}")))??;
         self.inner.set_credentials(None, None);
-        self.inner.update(|s| {
+        self.inner.state.update(|s| {
             s.connection = ConnectionState::Offline;
             s.last_error = None;
         });
@@ -523,12 +396,10 @@ impl AgentService {
     /// `state.json` says the agent is no longer running.
     pub async fn shutdown(&self) {
         self.stop_loop().await;
-        let browser = self.inner.browser.lock().ok().and_then(|b| b.clone());
-        if let Some(browser) = browser {
+        if let Some(browser) = self.inner.browser.started() {
             browser.shutdown().await;
         }
-        let snapshot = self.snapshot();
-        self.inner.persist(&snapshot, false);
+        self.inner.state.persist_current(false);
     }
 
     async fn stop_loop(&self) {

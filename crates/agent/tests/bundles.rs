@@ -1,4 +1,5 @@
-//! The agent's `bundle` job path (`edge_agent::bundles::run`) against an in-process HTTP
+//! The agent's `bundle` job path (the `bundle` runner in the executor, which journals each
+//! run's report) against an in-process HTTP
 //! server that serves a real TUF repository built with the hub's publishing code
 //! (`edge_bundle::repo::Repo::publish`, what `edge-hub bundle publish` calls).
 //!
@@ -15,11 +16,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::TimeDelta;
-use edge_agent::bundles::{self, cache, BundleContext};
+use edge_agent::bundles::{cache, BundleContext};
+use edge_agent::executor::journal::{Entry, Journal};
+use edge_agent::executor::{Executor, ExecutorConfig};
+use edge_agent::runners::{bundle::Bundle, Runners};
+use edge_agent::state::StateHandle;
 use edge_bundle::codes;
 use edge_bundle::repo::{PublishRequest, Repo, RepoOptions};
 use edge_bundle::{CpuArch, Runtime};
-use edge_protocol::{JobError, JobSpec};
+use edge_protocol::{AgentFrame, JobError, JobSpec, JobStatus};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,6 +95,7 @@ struct Fixture {
     repo: Repo,
     served: Arc<Served>,
     ctx: BundleContext,
+    journal: Journal,
     jobs: AtomicUsize,
 }
 
@@ -109,7 +115,8 @@ async fn fixture(options: RepoOptions) -> Fixture {
     let ctx = BundleContext::new(dir.path().join("agent"), format!("http://{addr}"), TENANT.into()).unwrap();
     // What enrollment does: the agent stores the hub's root.
     ctx.trust().install_root(&repo.root_json().unwrap()).unwrap();
-    Fixture { dir, repo, served, ctx, jobs: AtomicUsize::new(0) }
+    let journal = Journal::new(&ctx.data_dir);
+    Fixture { dir, repo, served, ctx, journal, jobs: AtomicUsize::new(0) }
 }
 
 impl Fixture {
@@ -151,7 +158,33 @@ impl Fixture {
     async fn run(&self, payload: Value) -> Result<Value, JobError> {
         let n = self.jobs.fetch_add(1, Ordering::SeqCst);
         let job = JobSpec { job_id: format!("job_bundle_test_{n}"), job_type: "bundle".into(), payload };
-        bundles::run(&self.ctx, &job, CancellationToken::new(), None).await
+        let mut runners = Runners::default();
+        runners.register("bundle", Bundle::new(self.ctx.clone()));
+        let (frames, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let executor = Executor::spawn(ExecutorConfig {
+            state: StateHandle::new(self.ctx.data_dir.clone()),
+            runners,
+            slots: 1,
+            frames,
+            paused: tokio::sync::watch::channel(false).1,
+            journal: self.journal.clone(),
+            reports_to: None,
+            after_job: None,
+            cancel: CancellationToken::new(),
+        });
+        executor.assign(job.clone());
+        // Results of earlier runs still in the journal are replayed first: skip them.
+        loop {
+            match results.recv().await.expect("the executor ended without a result") {
+                AgentFrame::JobResult { id, status, data, err } if id == job.job_id => {
+                    return match status {
+                        JobStatus::Ok => Ok(data.unwrap()),
+                        JobStatus::Error => Err(err.unwrap()),
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     fn version_dir(&self, bundle: &str, version: &str) -> PathBuf {
@@ -165,8 +198,8 @@ impl Fixture {
     }
 
     /// The journaled report of the last run with this job's outcome.
-    fn journaled(&self) -> Vec<bundles::journal::Entry> {
-        self.ctx.journal.entries()
+    fn journaled(&self) -> Vec<Entry> {
+        self.journal.entries()
     }
 }
 

@@ -4,7 +4,8 @@ mod support;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use edge_agent::jobs::{self, JobContext};
+use edge_agent::runners::http_request::{self, HttpRequest};
+use edge_agent::runners::Runners;
 use edge_protocol::jobs::HttpResponseData;
 use edge_protocol::{ErrorCode, JobError, JobSpec};
 use serde_json::{json, Value};
@@ -18,9 +19,10 @@ async fn run(payload: Value) -> Result<HttpResponseData, JobError> {
 }
 
 async fn run_typed(job_type: &str, payload: Value) -> Result<HttpResponseData, JobError> {
-    let context = JobContext::new().unwrap();
+    let mut runners = Runners::default();
+    runners.register("http_request", HttpRequest::new(http_request::client().unwrap()));
     let job = JobSpec { job_id: "job-1".into(), job_type: job_type.into(), payload };
-    jobs::run(&context, &job).await.map(|data| serde_json::from_value(data).unwrap())
+    runners.run_detached(&job).await.map(|data| serde_json::from_value(data).unwrap())
 }
 
 fn body(data: &HttpResponseData) -> Vec<u8> {

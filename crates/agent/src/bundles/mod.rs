@@ -1,14 +1,14 @@
-//! The `bundle` job: refresh TUF metadata, find the bundle in the agent's own tenant, refuse
-//! a foreign `cpu_arch` before downloading, download and verify, unpack into the cache,
-//! prepare the runtime, run, journal the result, then report it.
+//! Signed bundles on this machine: refresh TUF metadata, find the bundle in the agent's own
+//! tenant, refuse a foreign `cpu_arch` before downloading, download and verify, unpack into
+//! the cache, prepare the runtime, run, and write the run's report.
 //!
 //! It owns the order of those steps and the mapping of every refusal to its error code
-//! (`edge_bundle::codes`). It must never run a byte that did not match signed metadata,
-//! never run another tenant's bundle, and never return a result that is not journaled first.
+//! (`edge_bundle::codes`). It must never run a byte that did not match signed metadata and
+//! never run another tenant's bundle. Journaling and reporting the outcome is the
+//! executor's (`crate::executor::journal`), which does it before the result leaves.
 
 pub mod cache;
 pub mod download;
-pub mod journal;
 
 use crate::runtime::{self, ChunkSink, Ended, RunSpec, RuntimeSettings};
 use crate::secret::Secret;
@@ -19,7 +19,7 @@ use edge_bundle::verify::{TrustStore, VerifyError, Wanted};
 use edge_bundle::{CpuArch, Runtime};
 use edge_protocol::api::NotifyRequest;
 use edge_protocol::jobs::{BundlePayload, BundleRunData, DEFAULT_BUNDLE_TIMEOUT_MS, MAX_BUNDLE_TIMEOUT_MS};
-use edge_protocol::{AgentFrame, ErrorCode, JobError, JobSpec, JobStatus};
+use edge_protocol::{ErrorCode, JobError, JobSpec};
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -27,11 +27,6 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Set to make the agent exit right after journaling a result (crash tests only).
-pub const TEST_EXIT_AFTER_JOURNAL: &str = "EDGE_AGENT_TEST_EXIT_AFTER_JOURNAL";
-/// Set to make the agent exit once the hub acknowledged the run's `/edge/notify` but before
-/// the `job_result` frame goes out (crash tests only).
-pub const TEST_EXIT_AFTER_NOTIFY: &str = "EDGE_AGENT_TEST_EXIT_AFTER_NOTIFY";
 /// Output tails carried in the WebSocket result (the full capture goes to /edge/notify).
 const RESULT_TAIL: usize = 64 * 1024;
 
@@ -45,7 +40,6 @@ pub struct BundleContext {
     pub tenant: String,
     pub http: reqwest::Client,
     pub settings: RuntimeSettings,
-    pub journal: journal::Journal,
     pub unpack_limits: UnpackLimits,
     /// The browser runtime, for bundles whose runtime is `browser` (`None`: RUNTIME_UNAVAILABLE).
     pub browser: Option<edge_browser::BrowserRuntime>,
@@ -54,7 +48,6 @@ pub struct BundleContext {
 impl BundleContext {
     pub fn new(data_dir: PathBuf, hub_base: String, tenant: String) -> Result<BundleContext, crate::AgentError> {
         Ok(BundleContext {
-            journal: journal::Journal::new(&data_dir),
             data_dir,
             hub_base: hub_base.trim_end_matches('/').to_owned(),
             tenant,
@@ -319,15 +312,12 @@ async fn install(zip: &Path, version_dir: &Path, sha256: &str, limits: UnpackLim
     .map_err(|e| JobError::new(ErrorCode::Internal, format!("unpack task failed: {e}")))?
 }
 
-/// Starts what bundle jobs need for one connection loop: the result reporter, the journal
-/// replay (results of runs that finished before a crash go out again), and cache GC at
-/// start and weekly. `None` (bundle jobs refused) when the hub URL cannot be used.
+/// Starts what bundle jobs need for one connection loop: cache GC at start and weekly, until
+/// `cancel`. `None` (bundle jobs refused) when the context cannot be built.
 pub(crate) fn start(
     data_dir: &Path,
     credentials: &crate::credentials::Credentials,
     hub_url: &crate::hub_url::HubUrl,
-    hub: &crate::hub_client::HubClient,
-    frames: &tokio::sync::mpsc::UnboundedSender<AgentFrame>,
     cancel: &CancellationToken,
 ) -> Option<BundleContext> {
     runtime::prepare_agent_process();
@@ -339,11 +329,6 @@ pub(crate) fn start(
             return None;
         }
     };
-    for entry in context.journal.entries() {
-        tracing::info!(run_id = %entry.run_id, job_id = %entry.job_id, "replaying a journaled run result");
-        let _ = frames.send(entry.frame);
-    }
-    tokio::spawn(journal::report_loop(context.journal.clone(), hub.clone(), credentials.clone(), cancel.child_token()));
     let gc_dir = data_dir.to_path_buf();
     let gc_cancel = cancel.child_token();
     tokio::spawn(async move {
@@ -364,14 +349,15 @@ pub(crate) fn start(
     Some(context)
 }
 
-/// Runs a `bundle` job end to end and journals its result. Cancel through `cancel`, not by
+/// A finished bundle run: the job's result and the full report for `POST /edge/notify`.
+pub struct BundleRun {
+    pub result: Result<Value, JobError>,
+    pub report: NotifyRequest,
+}
+
+/// Runs a `bundle` job end to end and writes its report. Cancel through `cancel`, not by
 /// dropping the future (dropping still kills the tree, without the ladder).
-pub async fn run(
-    ctx: &BundleContext,
-    job: &JobSpec,
-    cancel: CancellationToken,
-    sink: Option<ChunkSink>,
-) -> Result<Value, JobError> {
+pub async fn run(ctx: &BundleContext, job: &JobSpec, cancel: CancellationToken, sink: Option<ChunkSink>) -> BundleRun {
     let run_id = format!("run_{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
     let started = Instant::now();
     let payload: Result<BundlePayload, JobError> = serde_json::from_value(job.payload.clone())
@@ -399,8 +385,8 @@ pub async fn run(
         Ok((data, _)) => serde_json::to_value(data).map_err(|e| JobError::new(ErrorCode::Internal, e.to_string())),
         Err((error, _)) => Err(error),
     };
-    let notify = NotifyRequest {
-        run_id: run_id.clone(),
+    let report = NotifyRequest {
+        run_id,
         job_id: job.job_id.clone(),
         status: status.to_owned(),
         stdout,
@@ -414,52 +400,7 @@ pub async fn run(
         result: result.as_ref().ok().cloned(),
         error: result.as_ref().err().cloned(),
     };
-    let frame = match &result {
-        Ok(data) => {
-            AgentFrame::JobResult { id: job.job_id.clone(), status: JobStatus::Ok, data: Some(data.clone()), err: None }
-        }
-        Err(err) => AgentFrame::JobResult {
-            id: job.job_id.clone(),
-            status: JobStatus::Error,
-            data: None,
-            err: Some(err.clone()),
-        },
-    };
-    let entry = journal::Entry { run_id: run_id.clone(), job_id: job.job_id.clone(), frame, notify };
-    if let Err(e) = ctx.journal.write(&entry) {
-        // Not journaled means not durable: still report over the socket, and say so.
-        tracing::error!(run_id, error = %e, "cannot journal the run result");
-    }
-    if std::env::var_os(TEST_EXIT_AFTER_JOURNAL).is_some() {
-        tracing::warn!(run_id, "test hook: exiting right after journaling");
-        crash(86);
-    }
-    if std::env::var_os(TEST_EXIT_AFTER_NOTIFY).is_some() {
-        // The reporter deletes the entry once /edge/notify answered 2xx; the job_result
-        // frame has not left yet (this function has not returned it).
-        let entry = ctx.journal.path(&run_id);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while entry.exists() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tracing::warn!(run_id, "test hook: exiting after /edge/notify, before the job_result frame");
-        crash(87);
-    }
-    result
-}
-
-/// Ends the process at once, like a crash: no destructors, no flushing, no frames.
-fn crash(code: i32) -> ! {
-    #[cfg(unix)]
-    // SAFETY: _exit ends the process immediately; nothing else runs afterwards.
-    unsafe {
-        libc::_exit(code)
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = code;
-        std::process::abort()
-    }
+    BundleRun { result, report }
 }
 
 /// (stdout, stderr, exit code) of a run, for the report.
@@ -620,7 +561,7 @@ async fn run_browser_flow(
     };
     let setup = |m: String| (code(codes::RUN_SETUP_FAILED, m), None);
     let read = |relative: &str| -> Result<String, (JobError, Option<Full>)> {
-        let path = crate::browser::inside(bundle_dir, relative).map_err(setup)?;
+        let path = inside(bundle_dir, relative).map_err(setup)?;
         std::fs::read_to_string(&path).map_err(|e| setup(format!("{relative}: {e}")))
     };
     let text = std::fs::read_to_string(entry).map_err(|e| setup(format!("{}: {e}", prepared.entrypoint)))?;
@@ -664,6 +605,17 @@ async fn run_browser_flow(
         stderr_truncated: false,
     };
     Ok((data, (stdout, String::new(), Some(0))))
+}
+
+/// `relative` inside `root`, refusing absolute paths and `..`.
+pub(crate) fn inside(root: &Path, relative: &str) -> Result<PathBuf, String> {
+    let path = Path::new(relative);
+    if path.is_absolute()
+        || path.components().any(|c| !matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+    {
+        return Err(format!("{relative:?} must be a relative path inside the bundle"));
+    }
+    Ok(root.join(path))
 }
 
 fn tail(text: &str, max: usize) -> String {

@@ -1,4 +1,4 @@
-//! The result journal: every finished bundle run is written to
+//! The journal of run reports: every finished bundle run is written to
 //! `<data dir>/journal/<run_id>.json` (temp file, fsync, rename, fsync of the directory)
 //! before anything is sent, and replayed to `POST /edge/notify` until the hub answers 2xx.
 //! An agent killed between finishing a run and reporting it reports it after restart, once:
@@ -134,7 +134,7 @@ pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: C
         }
         let delay = if pending {
             failures = failures.saturating_add(1);
-            crate::connection::reconnect_delay(failures).max(Duration::from_millis(200))
+            crate::backoff::reconnect_delay(failures).max(Duration::from_millis(200))
         } else {
             failures = 0;
             Duration::from_secs(3600)

@@ -1,32 +1,31 @@
-//! The connection loop: one outbound WebSocket to the hub, `hello` first, heartbeats,
-//! dead-hub detection, reconnects with full-jitter backoff, token refresh, and dispatching
-//! jobs to runners.
+//! The session: one outbound WebSocket to the hub, `hello` first, heartbeats, dead-hub
+//! detection, reconnects with full-jitter backoff, and token refresh.
 //!
-//! It owns the session rules of `docs/architecture.md`. Jobs outlive sessions: a job keeps
-//! running when the socket drops and its result waits in memory until the next session.
-//! It must never panic on hub input (every frame goes through `decode_hub_frame`), never
-//! log a token or a job's payload, and never reconnect after the hub refused the
-//! credentials.
+//! It owns the session rules of `docs/architecture.md` and nothing else: it moves frames
+//! between the hub and the other rooms (a `job_assign` to the executor, the outbox queue to
+//! the socket) and reports the connection's state. Jobs outlive sessions: a result waits in
+//! the outbox queue until the next session. It must never run or judge a job, never panic
+//! on hub input (every frame goes through `decode_hub_frame`), never log a token or a job's
+//! payload, and never reconnect after the hub refused the credentials.
 
+use crate::backoff::reconnect_delay;
 use crate::credentials::Credentials;
 use crate::error::AgentError;
+use crate::executor::Executor;
 use crate::hub_client::{unix_now, AccessToken, HubClient};
 use crate::hub_url::HubUrl;
-use crate::jobs::{self, JobContext};
-use crate::service::{AgentEvent, ConnectionState, Inner, JobRecord, JobRunStatus, RECENT_JOBS};
+use crate::state::{AgentEvent, ConnectionState, StateHandle};
 use edge_protocol::api::{close_code, WS_PATH};
-use edge_protocol::errors::full_jitter_backoff;
 use edge_protocol::{
-    capability, decode_hub_frame, encode, AgentFrame, Availability, ErrorCode, FrameError, HubFrame, JobError, JobSpec,
-    JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    decode_hub_frame, encode, AgentFrame, Availability, FrameError, HubFrame, JobSpec, MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -35,8 +34,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
-pub const BACKOFF_CAP: Duration = edge_protocol::errors::MAX_RETRY_BACKOFF;
 /// Whether this process has logged its first acknowledged heartbeat.
 static FIRST_HB_ACK_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,11 +53,6 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Sink = SplitSink<Socket, Message>;
 type Stream = SplitStream<Socket>;
 
-/// Backoff before reconnect attempt `attempt` (1-based): full jitter, capped at 5 minutes.
-pub fn reconnect_delay(attempt: u32) -> Duration {
-    full_jitter_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, rand::random::<f64>())
-}
-
 /// How a session ended, and so what the supervisor does next.
 #[derive(Debug)]
 enum SessionEnd {
@@ -79,73 +71,37 @@ enum SessionEnd {
     },
 }
 
-pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
-    inner.update(|s| {
-        s.connection = ConnectionState::Connecting;
-        s.last_error = None;
-    });
-    let credentials = match inner.load_credentials().await {
-        Ok(Some(credentials)) => credentials,
-        Ok(None) => return stop_for_login(&inner, "not logged in".into()),
-        Err(e) => {
-            let reason = e.to_string();
-            inner.update(|s| {
-                s.connection = ConnectionState::Offline;
-                s.last_error = Some(reason.clone());
-            });
-            inner.emit(AgentEvent::Disconnected { reason, retry_in_ms: None });
-            return;
-        }
-    };
-    let setup = HubClient::new().and_then(|hub| Ok((hub, JobContext::new()?)));
-    let (hub, job_context) = match setup {
-        Ok(parts) => parts,
-        Err(e) => return stop_with_error(&inner, e.to_string()),
-    };
-    let hub_url = match HubUrl::parse(&credentials.hub_url) {
-        Ok(url) => url,
-        Err(e) => return stop_with_error(&inner, e.to_string()),
-    };
-    let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let bundles = crate::bundles::start(&inner.settings.data_dir, &credentials, &hub_url, &hub, &results_tx, &cancel);
-    inner.set_frames(results_tx.clone());
-    let browser = inner.browser();
-    let bundles = bundles.map(|b| b.with_browser(browser.available().then(|| browser.clone())));
-    let mut context = job_context.with_bundles(bundles, results_tx.clone());
-    if browser.available() {
-        context.browser = Some((browser.clone(), inner.settings.data_dir.clone()));
-    } else {
-        tracing::warn!("no Chrome, Chromium or Edge found: browser jobs are not announced to the hub");
-    }
-    let jobs = Jobs {
-        inner: Arc::clone(&inner),
-        context,
-        slots: Arc::new(Semaphore::new(inner.settings.slots.max(1) as usize)),
-        running: Arc::new(Mutex::new(HashMap::new())),
-        finished: Arc::new(Mutex::new(FinishedJobs::default())),
-        results_tx,
-    };
-    if jobs.context.browser.is_some() {
-        // A broadcast the previous process was killed in: resume it now and report it under
-        // its job id (the hub still holds it as running under this agent's lease).
-        for value in browser.unfinished_jobs() {
-            match serde_json::from_value::<JobSpec>(value) {
-                Ok(job) => {
-                    tracing::info!(job_id = %job.job_id, "resuming an interrupted broadcast from its checkpoint");
-                    jobs.start(job);
-                }
-                Err(e) => tracing::warn!(error = %e, "unreadable job in a broadcast checkpoint"),
-            }
-        }
-    }
+/// What a session loop is given by the service that composes it.
+pub struct SessionConfig {
+    pub state: StateHandle,
+    pub credentials: Credentials,
+    pub hub_url: HubUrl,
+    pub hub: HubClient,
+    pub executor: Executor,
+    /// The loop's outbox queue: frames wait here across sessions until one takes them.
+    pub outbox: mpsc::UnboundedReceiver<AgentFrame>,
+    /// What `hello` announces: job types and protocol features.
+    pub capabilities: Vec<String>,
+    pub slots: u32,
+    /// Our heartbeat interval; the hub's `hbIntervalMs` wins when it is smaller.
+    pub hb_interval: Duration,
+    pub paused: watch::Receiver<bool>,
+}
+
+/// Runs sessions, reconnecting, until `cancel` fires or the hub refuses this agent.
+pub async fn run(config: SessionConfig, cancel: CancellationToken) {
     let mut supervisor = Supervisor {
-        inner,
+        state: config.state,
         cancel,
-        credentials,
-        hub_url,
-        hub,
-        jobs,
-        results_rx,
+        credentials: config.credentials,
+        hub_url: config.hub_url,
+        hub: config.hub,
+        executor: config.executor,
+        outbox: config.outbox,
+        capabilities: config.capabilities,
+        slots: config.slots.max(1),
+        hb_interval: config.hb_interval,
+        paused: config.paused,
         unsent: VecDeque::new(),
         recently_sent: VecDeque::new(),
         token: None,
@@ -153,36 +109,40 @@ pub(crate) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     supervisor.run().await;
 }
 
-fn stop_for_login(inner: &Inner, reason: String) {
+pub(crate) fn stop_for_login(state: &StateHandle, reason: String) {
     tracing::warn!(%reason, "login required; not reconnecting");
-    inner.update(|s| {
+    state.update(|s| {
         s.connection = ConnectionState::Offline;
         s.logged_in = false;
         s.last_error = Some(format!("login required: {reason}"));
     });
-    inner.emit(AgentEvent::Disconnected { reason: reason.clone(), retry_in_ms: None });
-    inner.emit(AgentEvent::LoginRequired { reason });
+    state.emit(AgentEvent::Disconnected { reason: reason.clone(), retry_in_ms: None });
+    state.emit(AgentEvent::LoginRequired { reason });
 }
 
-fn stop_with_error(inner: &Inner, reason: String) {
+pub(crate) fn stop_with_error(state: &StateHandle, reason: String) {
     tracing::error!(%reason, "connection loop stopped");
-    inner.update(|s| {
+    state.update(|s| {
         s.connection = ConnectionState::Offline;
         s.last_error = Some(reason.clone());
     });
-    inner.emit(AgentEvent::Disconnected { reason, retry_in_ms: None });
+    state.emit(AgentEvent::Disconnected { reason, retry_in_ms: None });
 }
 
 struct Supervisor {
-    inner: Arc<Inner>,
+    state: StateHandle,
     cancel: CancellationToken,
     credentials: Credentials,
     hub_url: HubUrl,
     hub: HubClient,
-    jobs: Jobs,
-    /// Results of finished jobs, kept across sessions until a session takes them.
-    results_rx: mpsc::UnboundedReceiver<AgentFrame>,
-    /// Frames taken from `results_rx` whose send failed; they go first next session.
+    executor: Executor,
+    /// Results of finished jobs and other frames, kept across sessions until one takes them.
+    outbox: mpsc::UnboundedReceiver<AgentFrame>,
+    capabilities: Vec<String>,
+    slots: u32,
+    hb_interval: Duration,
+    paused: watch::Receiver<bool>,
+    /// Frames taken from `outbox` whose send failed; they go first next session.
     unsent: VecDeque<AgentFrame>,
     /// Results written to a socket in the last [`RESULT_REPLAY_WINDOW`]. A written frame can
     /// still die with the connection (or with a hub that crashed before recording it), so
@@ -195,10 +155,6 @@ struct Supervisor {
 const RESULT_REPLAY_WINDOW: Duration = Duration::from_secs(10);
 /// Bound on the replay buffer, whatever the job rate.
 const MAX_REPLAYED_RESULTS: usize = 4096;
-/// How long a succeeded job's result is remembered, so the same job assigned again (the hub
-/// lost our ack or result in a crash) is answered with it instead of being run a second time.
-const FINISHED_MEMORY: Duration = Duration::from_secs(15 * 60);
-const MAX_FINISHED_REMEMBERED: usize = 4096;
 
 impl Supervisor {
     async fn run(&mut self) {
@@ -207,7 +163,7 @@ impl Supervisor {
             if self.cancel.is_cancelled() {
                 break;
             }
-            self.inner.update(|s| s.connection = ConnectionState::Connecting);
+            self.state.update(|s| s.connection = ConnectionState::Connecting);
             let end = match self.ensure_token().await {
                 Ok(()) => self.session().await,
                 Err(AgentError::LoginRequired(reason)) => SessionEnd::LoginRequired(reason),
@@ -216,13 +172,13 @@ impl Supervisor {
             let reason = match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::LoginRequired(reason) => {
-                    self.jobs.cancel_all("the hub no longer accepts this agent");
-                    stop_for_login(&self.inner, reason);
+                    self.executor.cancel_all("the hub no longer accepts this agent");
+                    stop_for_login(&self.state, reason);
                     return;
                 }
                 SessionEnd::Fatal(reason) => {
-                    self.jobs.cancel_all("the agent stopped");
-                    stop_with_error(&self.inner, reason);
+                    self.executor.cancel_all("the agent stopped");
+                    stop_with_error(&self.state, reason);
                     return;
                 }
                 SessionEnd::TokenExpired { reason } => {
@@ -233,7 +189,7 @@ impl Supervisor {
                     self.token = None;
                     if !fresh {
                         tracing::info!("hub says the token expired; refreshing and reconnecting");
-                        self.inner.emit(AgentEvent::Disconnected { reason, retry_in_ms: Some(0) });
+                        self.state.emit(AgentEvent::Disconnected { reason, retry_in_ms: Some(0) });
                         continue;
                     }
                     format!("{reason} (with a token obtained moments ago: are the clocks in sync?)")
@@ -249,19 +205,19 @@ impl Supervisor {
             failed_attempts = failed_attempts.saturating_add(1);
             let delay = reconnect_delay(failed_attempts);
             tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, attempt = failed_attempts, "disconnected from the hub");
-            self.inner.update(|s| {
+            self.state.update(|s| {
                 s.connection = ConnectionState::Connecting;
                 s.last_error = Some(reason.clone());
             });
-            self.inner.emit(AgentEvent::Disconnected { reason, retry_in_ms: Some(delay.as_millis() as u64) });
+            self.state.emit(AgentEvent::Disconnected { reason, retry_in_ms: Some(delay.as_millis() as u64) });
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        self.jobs.cancel_all("the agent is shutting down");
-        self.inner.update(|s| s.connection = ConnectionState::Offline);
-        self.inner.emit(AgentEvent::Disconnected { reason: "agent stopped".into(), retry_in_ms: None });
+        self.executor.cancel_all("the agent is shutting down");
+        self.state.update(|s| s.connection = ConnectionState::Offline);
+        self.state.emit(AgentEvent::Disconnected { reason: "agent stopped".into(), retry_in_ms: None });
     }
 
     async fn ensure_token(&mut self) -> Result<(), AgentError> {
@@ -319,23 +275,13 @@ impl Supervisor {
             Err(end) => return end,
         };
         let (mut sink, mut stream) = socket.split();
-        let mut capabilities: Vec<String> = vec![
-            capability::HTTP_REQUEST.into(),
-            capability::JOB_CANCEL.into(),
-            capability::PAUSE.into(),
-            capability::BUNDLE.into(),
-            capability::JOB_LOG.into(),
-        ];
-        if self.jobs.context.browser.is_some() {
-            capabilities.extend(edge_protocol::jobs::BROWSER_JOB_TYPES.iter().map(|t| (*t).to_owned()));
-        }
         let hello = AgentFrame::Hello {
             protocol: PROTOCOL_VERSION,
             v: crate::agent_version(),
-            capabilities,
-            slots: self.inner.settings.slots.max(1),
+            capabilities: self.capabilities.clone(),
+            slots: self.slots,
             labels: Vec::new(),
-            paused: *self.inner.paused.borrow(),
+            paused: *self.paused.borrow(),
         };
         if let Err(reason) = send(&mut sink, &hello).await {
             return SessionEnd::Dropped { reason, reached_hello_ack: false };
@@ -344,13 +290,13 @@ impl Supervisor {
             Ok(interval) => interval,
             Err(end) => return end,
         };
-        let interval = hub_interval.min(self.inner.settings.hb_interval).max(MIN_HB_INTERVAL);
+        let interval = hub_interval.min(self.hb_interval).max(MIN_HB_INTERVAL);
         tracing::info!(hub = %self.hub_url, hb_interval_ms = interval.as_millis() as u64, "connected");
-        self.inner.update(|s| {
+        self.state.update(|s| {
             s.connection = ConnectionState::Online;
             s.last_error = None;
         });
-        self.inner.emit(AgentEvent::Connected { hub_url: self.hub_url.to_string() });
+        self.state.emit(AgentEvent::Connected { hub_url: self.hub_url.to_string() });
 
         let replay_after = Instant::now().checked_sub(RESULT_REPLAY_WINDOW);
         for (sent_at, frame) in std::mem::take(&mut self.recently_sent).into_iter().rev() {
@@ -409,7 +355,7 @@ impl Supervisor {
         let mut heartbeat = tokio::time::interval_at(Instant::now(), interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let mut paused_rx = self.inner.paused.subscribe();
+        let mut paused_rx = self.paused.clone();
         paused_rx.mark_unchanged();
         let mut refresh: Option<tokio::task::JoinHandle<Result<AccessToken, AgentError>>> = None;
         let mut refresh_at = self.next_refresh_at();
@@ -448,7 +394,7 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(last_heard + dead_after) => {
                     return dropped(format!("no frame from the hub for {} ms", dead_after.as_millis()));
                 }
-                Some(frame) = self.results_rx.recv() => {
+                Some(frame) = self.outbox.recv() => {
                     if let Err(reason) = send(&mut sink, &frame).await {
                         self.unsent.push_back(frame);
                         return dropped(reason);
@@ -457,7 +403,7 @@ impl Supervisor {
                 }
                 Ok(()) = paused_rx.changed() => {
                     let paused = *paused_rx.borrow_and_update();
-                    let frame = AgentFrame::Availability(Availability { paused, slots: self.inner.settings.slots.max(1) });
+                    let frame = AgentFrame::Availability(Availability { paused, slots: self.slots });
                     if let Err(reason) = send(&mut sink, &frame).await {
                         return dropped(reason);
                     }
@@ -512,9 +458,7 @@ impl Supervisor {
         match frame {
             HubFrame::JobAssign { job } => self.on_job_assign(sink, job).await,
             HubFrame::JobCancel { id } => {
-                if !self.jobs.cancel(&id, "cancelled by the hub") {
-                    tracing::info!(job_id = %id, "job_cancel for a job that is not running");
-                }
+                self.executor.cancel(&id, "cancelled by the hub");
                 Ok(())
             }
             HubFrame::HbAck { .. } => {
@@ -537,21 +481,16 @@ impl Supervisor {
 
     async fn on_job_assign(&mut self, sink: &mut Sink, job: JobSpec) -> Result<(), String> {
         tracing::info!(job_id = %job.job_id, job_type = %job.job_type, "job assigned");
-        // Ack in every case: the hub expects an ack before a result, and a job we refuse
-        // is answered by its result right away.
+        // Ack in every case: the hub expects an ack before a result, and a job the executor
+        // refuses is answered by its result right away.
         send(sink, &AgentFrame::JobAck { id: job.job_id.clone() }).await?;
-        if *self.inner.paused.borrow() {
-            let error = JobError::new(ErrorCode::AgentPaused, "the agent is paused by its user");
-            self.jobs.record_refused(&job, &error);
-            return send(sink, &result_frame(&job.job_id, Err(error))).await;
-        }
-        self.jobs.start(job);
+        self.executor.assign(job);
         Ok(())
     }
 
     /// Running jobs are cancelled; their CANCELLED results get a moment to reach the hub.
     async fn flush_on_shutdown(&mut self, sink: &mut Sink) {
-        self.jobs.cancel_all("the agent is shutting down");
+        self.executor.cancel_all("the agent is shutting down");
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
         while let Some(frame) = self.unsent.pop_front() {
             if send(sink, &frame).await.is_err() {
@@ -560,9 +499,9 @@ impl Supervisor {
         }
         loop {
             let next = tokio::select! {
-                frame = self.results_rx.recv() => frame,
+                frame = self.outbox.recv() => frame,
                 _ = tokio::time::sleep_until(deadline) => None,
-                _ = tokio::time::sleep(Duration::from_millis(50)), if self.jobs.running_count() == 0 => None,
+                _ = tokio::time::sleep(Duration::from_millis(50)), if self.executor.busy() == 0 => None,
             };
             let Some(frame) = next else { return };
             if send(sink, &frame).await.is_err() {
@@ -631,249 +570,9 @@ async fn send(sink: &mut Sink, frame: &AgentFrame) -> Result<(), String> {
     sink.send(Message::text(encode(frame))).await.map_err(|e| format!("sending {} failed: {e}", frame.kind()))
 }
 
-fn result_frame(id: &str, outcome: Result<serde_json::Value, JobError>) -> AgentFrame {
-    match outcome {
-        Ok(data) => AgentFrame::JobResult { id: id.to_owned(), status: JobStatus::Ok, data: Some(data), err: None },
-        Err(err) => AgentFrame::JobResult { id: id.to_owned(), status: JobStatus::Error, data: None, err: Some(err) },
-    }
-}
-
-struct RunningJob {
-    cancel: CancellationToken,
-    reason: Arc<Mutex<Option<String>>>,
-}
-
-/// Job bookkeeping that outlives sessions.
-struct Jobs {
-    inner: Arc<Inner>,
-    context: JobContext,
-    slots: Arc<Semaphore>,
-    running: Arc<Mutex<HashMap<String, RunningJob>>>,
-    /// Results of recently finished jobs; see [`FINISHED_MEMORY`].
-    finished: Arc<Mutex<FinishedJobs>>,
-    results_tx: mpsc::UnboundedSender<AgentFrame>,
-}
-
-/// Recently finished jobs and their result frames, oldest first, bounded in age and count.
-#[derive(Default)]
-struct FinishedJobs {
-    order: VecDeque<(Instant, String)>,
-    frames: HashMap<String, AgentFrame>,
-}
-
-impl FinishedJobs {
-    fn insert(&mut self, id: String, frame: AgentFrame) {
-        let now = Instant::now();
-        while self.order.len() >= MAX_FINISHED_REMEMBERED
-            || self.order.front().is_some_and(|(at, _)| now.duration_since(*at) > FINISHED_MEMORY)
-        {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.frames.remove(&old);
-            }
-        }
-        if self.frames.insert(id.clone(), frame).is_none() {
-            self.order.push_back((now, id));
-        }
-    }
-}
-
-impl Jobs {
-    fn running_count(&self) -> usize {
-        self.running.lock().map(|r| r.len()).unwrap_or_default()
-    }
-
-    fn cancel(&self, id: &str, reason: &str) -> bool {
-        let Ok(running) = self.running.lock() else { return false };
-        let Some(job) = running.get(id) else { return false };
-        if let Ok(mut slot) = job.reason.lock() {
-            slot.get_or_insert_with(|| reason.to_owned());
-        }
-        job.cancel.cancel();
-        true
-    }
-
-    fn cancel_all(&self, reason: &str) {
-        let ids: Vec<String> = self.running.lock().map(|r| r.keys().cloned().collect()).unwrap_or_default();
-        for id in ids {
-            self.cancel(&id, reason);
-        }
-    }
-
-    fn record_refused(&self, job: &JobSpec, error: &JobError) {
-        let now = crate::now_rfc3339();
-        let message = error.message.clone().unwrap_or_default();
-        push_record(
-            &self.inner,
-            JobRecord {
-                id: job.job_id.clone(),
-                job_type: job.job_type.clone(),
-                status: JobRunStatus::Failed,
-                started_at: now.clone(),
-                finished_at: Some(now),
-                error_code: Some(error.code.to_string()),
-                message: Some(message.clone()),
-            },
-        );
-        self.inner.emit(AgentEvent::JobFailed {
-            id: job.job_id.clone(),
-            job_type: job.job_type.clone(),
-            code: error.code.to_string(),
-            message,
-        });
-    }
-
-    fn start(&self, job: JobSpec) {
-        let cancel = CancellationToken::new();
-        let reason = Arc::new(Mutex::new(None));
-        {
-            let Ok(mut running) = self.running.lock() else { return };
-            if running.contains_key(&job.job_id) {
-                tracing::info!(job_id = %job.job_id, "job already running; duplicate assignment ignored");
-                return;
-            }
-            // Checked under the `running` lock, which a finishing job holds while it moves
-            // from `running` to `finished`, so no assignment slips between the two.
-            let cached = self.finished.lock().ok().and_then(|f| f.frames.get(&job.job_id).cloned());
-            if let Some(frame) = cached {
-                tracing::info!(job_id = %job.job_id, "job already finished here; its result is sent again instead of running it twice");
-                let _ = self.results_tx.send(frame);
-                return;
-            }
-            running.insert(job.job_id.clone(), RunningJob { cancel: cancel.clone(), reason: Arc::clone(&reason) });
-        }
-        let busy = self.running_count() as u32;
-        self.inner.update(|s| s.busy = busy);
-
-        let inner = Arc::clone(&self.inner);
-        let context = self.context.clone();
-        let slots = Arc::clone(&self.slots);
-        let running = Arc::clone(&self.running);
-        let finished = Arc::clone(&self.finished);
-        let results_tx = self.results_tx.clone();
-        tokio::spawn(async move {
-            let cancelled = || {
-                let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "cancelled".into());
-                JobError::new(ErrorCode::Cancelled, why)
-            };
-            let permit = tokio::select! {
-                permit = slots.acquire_owned() => permit.ok(),
-                _ = cancel.cancelled() => None,
-            };
-            push_record(
-                &inner,
-                JobRecord {
-                    id: job.job_id.clone(),
-                    job_type: job.job_type.clone(),
-                    status: JobRunStatus::Running,
-                    started_at: crate::now_rfc3339(),
-                    finished_at: None,
-                    error_code: None,
-                    message: None,
-                },
-            );
-            inner.emit(AgentEvent::JobStarted { id: job.job_id.clone(), job_type: job.job_type.clone() });
-            let (outcome, error_data) = match permit {
-                None => (Err(cancelled()), None),
-                Some(_permit) => jobs::run_with_data(&context, &job, &cancel, cancelled).await,
-            };
-            let mut frame = result_frame(&job.job_id, outcome.clone());
-            // A failed job may still report data (a partial broadcast's sentRecipients).
-            if let (AgentFrame::JobResult { data: slot @ None, .. }, Some(data)) = (&mut frame, error_data) {
-                *slot = Some(data);
-            }
-            let mut outcome = outcome;
-            let size = encode(&frame).len();
-            if size > MAX_FRAME_BYTES {
-                let error = JobError::new(
-                    jobs::http_request::response_too_large_code(),
-                    format!("the result is {size} bytes, over the {MAX_FRAME_BYTES}-byte frame limit"),
-                );
-                frame = result_frame(&job.job_id, Err(error.clone()));
-                outcome = Err(error);
-            }
-            if let Ok(mut running) = running.lock() {
-                // Only successes: a failed job may be retried on purpose, and must run again.
-                if outcome.is_ok() {
-                    if let Ok(mut finished) = finished.lock() {
-                        finished.insert(job.job_id.clone(), frame.clone());
-                    }
-                }
-                running.remove(&job.job_id);
-            }
-            let busy = running.lock().map(|r| r.len() as u32).unwrap_or_default();
-            finish_record(&inner, &job, &outcome, busy);
-            match &outcome {
-                Ok(_) => {
-                    tracing::info!(job_id = %job.job_id, "job succeeded");
-                    inner.emit(AgentEvent::JobFinished { id: job.job_id.clone(), job_type: job.job_type.clone() });
-                }
-                Err(error) => {
-                    tracing::info!(job_id = %job.job_id, code = %error.code, "job failed");
-                    inner.emit(AgentEvent::JobFailed {
-                        id: job.job_id.clone(),
-                        job_type: job.job_type.clone(),
-                        code: error.code.to_string(),
-                        message: error.message.clone().unwrap_or_default(),
-                    });
-                }
-            }
-            // The receiver lives as long as the loop; after it ends nobody can deliver.
-            let _ = results_tx.send(frame);
-        });
-    }
-}
-
-fn push_record(inner: &Inner, record: JobRecord) {
-    inner.update(|s| {
-        s.recent_jobs.retain(|r| r.id != record.id);
-        s.recent_jobs.insert(0, record);
-        s.recent_jobs.truncate(RECENT_JOBS);
-    });
-}
-
-fn finish_record(inner: &Inner, job: &JobSpec, outcome: &Result<serde_json::Value, JobError>, busy: u32) {
-    let finished_at = crate::now_rfc3339();
-    // A job that succeeds on a site clears its login requirement without a browser event
-    // (the login may have happened in another process: `edge-agent browser login`).
-    let browser = inner.browser_status();
-    inner.update(|s| {
-        s.busy = busy;
-        if browser.is_some() {
-            s.browser = browser;
-        }
-        if let Some(record) = s.recent_jobs.iter_mut().find(|r| r.id == job.job_id) {
-            record.finished_at = Some(finished_at);
-            match outcome {
-                Ok(_) => record.status = JobRunStatus::Succeeded,
-                Err(error) => {
-                    record.status = JobRunStatus::Failed;
-                    record.error_code = Some(error.code.to_string());
-                    record.message = error.message.clone();
-                }
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reconnect_delay_stays_within_full_jitter_bounds() {
-        for attempt in 1..=40u32 {
-            let ceiling =
-                BACKOFF_BASE.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(31))).min(BACKOFF_CAP);
-            for _ in 0..200 {
-                let delay = reconnect_delay(attempt);
-                assert!(delay <= ceiling, "attempt {attempt}: {delay:?} > {ceiling:?}");
-                assert!(delay <= BACKOFF_CAP);
-            }
-        }
-        // Jitter is real: the same attempt does not always wait the same time.
-        let draws: std::collections::HashSet<_> = (0..50).map(|_| reconnect_delay(10)).collect();
-        assert!(draws.len() > 1);
-    }
 
     #[test]
     fn close_codes_map_to_what_the_supervisor_does() {

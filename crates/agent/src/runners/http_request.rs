@@ -14,7 +14,8 @@
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use edge_protocol::jobs::{HttpRequestPayload, HttpResponseData};
-use edge_protocol::{ErrorCode, JobError};
+use edge_protocol::{ErrorCode, JobError, JobSpec};
+use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -30,7 +31,25 @@ pub fn response_too_large_code() -> ErrorCode {
     ErrorCode::Other("RESPONSE_TOO_LARGE".to_owned())
 }
 
-pub(crate) fn client() -> Result<reqwest::Client, crate::AgentError> {
+/// The `http_request` runner, with the HTTP client it is handed.
+pub struct HttpRequest {
+    http: reqwest::Client,
+}
+
+impl HttpRequest {
+    pub fn new(http: reqwest::Client) -> HttpRequest {
+        HttpRequest { http }
+    }
+}
+
+impl super::Runner for HttpRequest {
+    fn run<'a>(&'a self, job: &'a JobSpec, _context: super::RunContext) -> BoxFuture<'a, super::RunOutcome> {
+        Box::pin(async move { super::RunOutcome::of(run(&self.http, &job.payload).await) })
+    }
+}
+
+/// The client `http_request` jobs use: redirects followed up to [`MAX_REDIRECTS`].
+pub fn client() -> Result<reqwest::Client, crate::AgentError> {
     crate::tls::http_client_builder()?
         .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
         .user_agent(crate::agent_version())

@@ -3,8 +3,8 @@
 //! It owns the file's shape and the atomic replace. It must never contain a secret, which
 //! holds by construction: it serialises only [`AgentSnapshot`], which has no secret fields.
 
+use super::AgentSnapshot;
 use crate::error::AgentError;
-use crate::service::AgentSnapshot;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

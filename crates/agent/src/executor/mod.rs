@@ -1,0 +1,446 @@
+//! The executor: the jobs this agent holds, from assignment to result.
+//!
+//! It owns the slots (how many jobs run at once), the running jobs and their cancellation,
+//! duplicate assignments, the cache of recent results (a job the hub assigns again after it
+//! lost our answer is answered, not run twice), the journal of run reports and their
+//! delivery, and the job records and events the person sees. It is one task that owns all
+//! of that outright, reached through the cheap [`Executor`] handle; each job runs in a task
+//! of its own and reports back to it. It must never touch the socket (results go to the
+//! loop's outbox queue and the session sends them), never run a job type it has no runner
+//! for, and never let a result leave before its report is journaled.
+
+pub mod journal;
+
+use crate::hub_client::HubClient;
+use crate::runners::{RunContext, RunOutcome, Runners};
+use crate::state::{AgentEvent, JobRecord, JobRunStatus, StateHandle};
+use edge_protocol::{encode, AgentFrame, ErrorCode, JobError, JobSpec, JobStatus, MAX_FRAME_BYTES};
+use journal::Journal;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Set to make the agent exit right after journaling a result (crash tests only).
+pub const TEST_EXIT_AFTER_JOURNAL: &str = "EDGE_AGENT_TEST_EXIT_AFTER_JOURNAL";
+/// Set to make the agent exit once the hub acknowledged the run's `/edge/notify` but before
+/// the `job_result` frame goes out (crash tests only).
+pub const TEST_EXIT_AFTER_NOTIFY: &str = "EDGE_AGENT_TEST_EXIT_AFTER_NOTIFY";
+
+/// How long a succeeded job's result is remembered, so the same job assigned again (the hub
+/// lost our ack or result in a crash) is answered with it instead of being run a second time.
+const FINISHED_MEMORY: Duration = Duration::from_secs(15 * 60);
+const MAX_FINISHED_REMEMBERED: usize = 4096;
+
+/// Something to run after every job (before its record is closed): a resource whose state a
+/// job may change refreshes what the snapshot shows (the browser's sites needing a login).
+pub type AfterJob = Arc<dyn Fn() + Send + Sync>;
+
+/// What the executor of one connection loop is made of.
+pub struct ExecutorConfig {
+    pub state: StateHandle,
+    pub runners: Runners,
+    pub slots: u32,
+    /// The loop's outbox queue: results, `job_log` and refusals leave through it.
+    pub frames: mpsc::UnboundedSender<AgentFrame>,
+    /// The person's pause: new assignments are refused while it is on.
+    pub paused: watch::Receiver<bool>,
+    pub journal: Journal,
+    /// Where journaled run reports are delivered (`POST /edge/notify`), with whose token.
+    pub reports_to: Option<(HubClient, crate::credentials::Credentials)>,
+    pub after_job: Option<AfterJob>,
+    /// Stops the report delivery; jobs end through [`Executor::cancel_all`].
+    pub cancel: CancellationToken,
+}
+
+/// The handle; cheap to clone. The executor task ends once every handle is dropped and its
+/// last job reported.
+#[derive(Clone)]
+pub struct Executor {
+    commands: mpsc::UnboundedSender<Command>,
+    busy: watch::Receiver<usize>,
+}
+
+enum Command {
+    Assign { job: JobSpec, refuse_when_paused: bool },
+    Cancel { id: String, reason: String },
+    CancelAll { reason: String },
+    Finished(Box<Finished>),
+}
+
+struct Finished {
+    job: JobSpec,
+    frame: AgentFrame,
+    outcome: Result<(), JobError>,
+}
+
+impl Executor {
+    /// Starts the executor task: first the results of runs journaled before a crash go out
+    /// again, then reports are delivered in the background.
+    pub fn spawn(config: ExecutorConfig) -> Executor {
+        for entry in config.journal.entries() {
+            tracing::info!(run_id = %entry.run_id, job_id = %entry.job_id, "replaying a journaled run result");
+            let _ = config.frames.send(entry.frame);
+        }
+        if let Some((hub, credentials)) = config.reports_to.clone() {
+            tokio::spawn(journal::report_loop(config.journal.clone(), hub, credentials, config.cancel.child_token()));
+        }
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let (busy_tx, busy) = watch::channel(0);
+        let task = Task {
+            slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+            runners: Arc::new(config.runners),
+            state: config.state,
+            frames: config.frames,
+            paused: config.paused,
+            journal: config.journal,
+            after_job: config.after_job,
+            running: HashMap::new(),
+            finished: FinishedJobs::default(),
+            busy: busy_tx,
+            commands: commands.downgrade(),
+        };
+        tokio::spawn(task.run(receiver));
+        Executor { commands, busy }
+    }
+
+    /// A job the hub assigned (and the session acknowledged).
+    pub fn assign(&self, job: JobSpec) {
+        let _ = self.commands.send(Command::Assign { job, refuse_when_paused: true });
+    }
+
+    /// Work this agent resumes by itself (a broadcast interrupted by a crash): run even when
+    /// paused, since the person's pause is about new work.
+    pub fn resume(&self, job: JobSpec) {
+        let _ = self.commands.send(Command::Assign { job, refuse_when_paused: false });
+    }
+
+    pub fn cancel(&self, id: &str, reason: &str) {
+        let _ = self.commands.send(Command::Cancel { id: id.to_owned(), reason: reason.to_owned() });
+    }
+
+    pub fn cancel_all(&self, reason: &str) {
+        let _ = self.commands.send(Command::CancelAll { reason: reason.to_owned() });
+    }
+
+    /// Jobs accepted and not yet finished.
+    pub fn busy(&self) -> usize {
+        *self.busy.borrow()
+    }
+
+    /// Resolves once no job is running (at once when none is).
+    pub async fn idle(&self) {
+        let mut busy = self.busy.clone();
+        let _ = busy.wait_for(|n| *n == 0).await;
+    }
+}
+
+struct RunningJob {
+    cancel: CancellationToken,
+    /// The first reason given wins: it is what the job's CANCELLED error says.
+    reason: Arc<OnceLock<String>>,
+}
+
+/// Recently finished jobs and their result frames, oldest first, bounded in age and count.
+#[derive(Default)]
+struct FinishedJobs {
+    order: VecDeque<(Instant, String)>,
+    frames: HashMap<String, AgentFrame>,
+}
+
+impl FinishedJobs {
+    fn insert(&mut self, id: String, frame: AgentFrame) {
+        let now = Instant::now();
+        while self.order.len() >= MAX_FINISHED_REMEMBERED
+            || self.order.front().is_some_and(|(at, _)| now.duration_since(*at) > FINISHED_MEMORY)
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.frames.remove(&old);
+            }
+        }
+        if self.frames.insert(id.clone(), frame).is_none() {
+            self.order.push_back((now, id));
+        }
+    }
+}
+
+/// The executor task's state.
+struct Task {
+    slots: Arc<Semaphore>,
+    runners: Arc<Runners>,
+    state: StateHandle,
+    frames: mpsc::UnboundedSender<AgentFrame>,
+    paused: watch::Receiver<bool>,
+    journal: Journal,
+    after_job: Option<AfterJob>,
+    running: HashMap<String, RunningJob>,
+    finished: FinishedJobs,
+    busy: watch::Sender<usize>,
+    /// Weak, so that jobs can report back without keeping the task alive forever.
+    commands: mpsc::WeakUnboundedSender<Command>,
+}
+
+impl Task {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = receiver.recv().await {
+            match command {
+                Command::Assign { job, refuse_when_paused } => self.assign(job, refuse_when_paused),
+                Command::Cancel { id, reason } => {
+                    if !self.cancel(&id, &reason) {
+                        tracing::info!(job_id = %id, "job_cancel for a job that is not running");
+                    }
+                }
+                Command::CancelAll { reason } => {
+                    let ids: Vec<String> = self.running.keys().cloned().collect();
+                    for id in ids {
+                        self.cancel(&id, &reason);
+                    }
+                }
+                Command::Finished(finished) => self.finished(*finished),
+            }
+        }
+    }
+
+    fn cancel(&self, id: &str, reason: &str) -> bool {
+        let Some(job) = self.running.get(id) else { return false };
+        let _ = job.reason.set(reason.to_owned());
+        job.cancel.cancel();
+        true
+    }
+
+    fn set_busy(&self) {
+        let busy = self.running.len();
+        self.busy.send_replace(busy);
+        self.state.update(|s| s.busy = busy as u32);
+    }
+
+    fn assign(&mut self, job: JobSpec, refuse_when_paused: bool) {
+        if self.running.contains_key(&job.job_id) {
+            tracing::info!(job_id = %job.job_id, "job already running; duplicate assignment ignored");
+            return;
+        }
+        if let Some(frame) = self.finished.frames.get(&job.job_id) {
+            tracing::info!(job_id = %job.job_id, "job already finished here; its result is sent again instead of running it twice");
+            let _ = self.frames.send(frame.clone());
+            return;
+        }
+        if refuse_when_paused && *self.paused.borrow() {
+            let error = JobError::new(ErrorCode::AgentPaused, "the agent is paused by its user");
+            self.record_refused(&job, &error);
+            let _ = self.frames.send(result_frame(&job.job_id, Err(error)));
+            return;
+        }
+        let cancel = CancellationToken::new();
+        let reason = Arc::new(OnceLock::new());
+        self.running.insert(job.job_id.clone(), RunningJob { cancel: cancel.clone(), reason: Arc::clone(&reason) });
+        self.set_busy();
+        let Some(report) = self.commands.upgrade() else { return };
+        let job_task = JobTask {
+            job,
+            cancel,
+            reason,
+            slots: Arc::clone(&self.slots),
+            runners: Arc::clone(&self.runners),
+            state: self.state.clone(),
+            frames: self.frames.clone(),
+            journal: self.journal.clone(),
+            report,
+        };
+        tokio::spawn(job_task.run());
+    }
+
+    fn record_refused(&self, job: &JobSpec, error: &JobError) {
+        let now = crate::now_rfc3339();
+        let message = error.message.clone().unwrap_or_default();
+        self.state.push_job(JobRecord {
+            id: job.job_id.clone(),
+            job_type: job.job_type.clone(),
+            status: JobRunStatus::Failed,
+            started_at: now.clone(),
+            finished_at: Some(now),
+            error_code: Some(error.code.to_string()),
+            message: Some(message.clone()),
+        });
+        self.state.emit(AgentEvent::JobFailed {
+            id: job.job_id.clone(),
+            job_type: job.job_type.clone(),
+            code: error.code.to_string(),
+            message,
+        });
+    }
+
+    fn finished(&mut self, Finished { job, frame, outcome }: Finished) {
+        // Only successes: a failed job may be retried on purpose, and must run again.
+        if outcome.is_ok() {
+            self.finished.insert(job.job_id.clone(), frame.clone());
+        }
+        self.running.remove(&job.job_id);
+        if let Some(after_job) = &self.after_job {
+            after_job();
+        }
+        let busy = self.running.len();
+        self.busy.send_replace(busy);
+        let finished_at = crate::now_rfc3339();
+        self.state.update(|s| {
+            s.busy = busy as u32;
+            if let Some(record) = s.recent_jobs.iter_mut().find(|r| r.id == job.job_id) {
+                record.finished_at = Some(finished_at);
+                match &outcome {
+                    Ok(()) => record.status = JobRunStatus::Succeeded,
+                    Err(error) => {
+                        record.status = JobRunStatus::Failed;
+                        record.error_code = Some(error.code.to_string());
+                        record.message = error.message.clone();
+                    }
+                }
+            }
+        });
+        match &outcome {
+            Ok(()) => {
+                tracing::info!(job_id = %job.job_id, "job succeeded");
+                self.state.emit(AgentEvent::JobFinished { id: job.job_id.clone(), job_type: job.job_type.clone() });
+            }
+            Err(error) => {
+                tracing::info!(job_id = %job.job_id, code = %error.code, "job failed");
+                self.state.emit(AgentEvent::JobFailed {
+                    id: job.job_id.clone(),
+                    job_type: job.job_type.clone(),
+                    code: error.code.to_string(),
+                    message: error.message.clone().unwrap_or_default(),
+                });
+            }
+        }
+        // The receiver lives as long as the loop; after it ends nobody can deliver.
+        let _ = self.frames.send(frame);
+    }
+}
+
+/// One job, from waiting for a slot to its journaled result.
+struct JobTask {
+    job: JobSpec,
+    cancel: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+    slots: Arc<Semaphore>,
+    runners: Arc<Runners>,
+    state: StateHandle,
+    frames: mpsc::UnboundedSender<AgentFrame>,
+    journal: Journal,
+    report: mpsc::UnboundedSender<Command>,
+}
+
+impl JobTask {
+    async fn run(self) {
+        let job = &self.job;
+        let reason = Arc::clone(&self.reason);
+        let cancelled =
+            move || JobError::new(ErrorCode::Cancelled, reason.get().cloned().unwrap_or_else(|| "cancelled".into()));
+        let permit = tokio::select! {
+            permit = Arc::clone(&self.slots).acquire_owned() => permit.ok(),
+            _ = self.cancel.cancelled() => None,
+        };
+        self.state.push_job(JobRecord {
+            id: job.job_id.clone(),
+            job_type: job.job_type.clone(),
+            status: JobRunStatus::Running,
+            started_at: crate::now_rfc3339(),
+            finished_at: None,
+            error_code: None,
+            message: None,
+        });
+        self.state.emit(AgentEvent::JobStarted { id: job.job_id.clone(), job_type: job.job_type.clone() });
+        let outcome = match permit {
+            None => RunOutcome::of(Err(cancelled())),
+            Some(_permit) => {
+                let context = RunContext { cancel: self.cancel.clone(), log: Some(self.log_sink()) };
+                self.runners.run(job, context, &cancelled).await
+            }
+        };
+        let RunOutcome { result, error_data, record } = outcome;
+        let mut frame = result_frame(&job.job_id, result.clone());
+        // A failed job may still report data (a partial broadcast's sentRecipients).
+        if let (AgentFrame::JobResult { data: slot @ None, .. }, Some(data)) = (&mut frame, error_data) {
+            *slot = Some(data);
+        }
+        let mut outcome = result.map(|_| ());
+        let size = encode(&frame).len();
+        if size > MAX_FRAME_BYTES {
+            let error = JobError::new(
+                crate::runners::http_request::response_too_large_code(),
+                format!("the result is {size} bytes, over the {MAX_FRAME_BYTES}-byte frame limit"),
+            );
+            frame = result_frame(&job.job_id, Err(error.clone()));
+            outcome = Err(error);
+        }
+        if let Some(notify) = record {
+            self.journal_run(journal::Entry {
+                run_id: notify.run_id.clone(),
+                job_id: job.job_id.clone(),
+                frame: frame.clone(),
+                notify,
+            })
+            .await;
+        }
+        let _ = self.report.send(Command::Finished(Box::new(Finished { job: self.job.clone(), frame, outcome })));
+    }
+
+    /// `job_log` frames of this job, in the order the runner produced them.
+    fn log_sink(&self) -> crate::runtime::ChunkSink {
+        let frames = self.frames.clone();
+        let id = self.job.job_id.clone();
+        Arc::new(move |stream, seq, data| {
+            let _ = frames.send(AgentFrame::JobLog { id: id.clone(), stream, seq, data });
+        })
+    }
+
+    /// Durably records a run's report before its result goes anywhere.
+    async fn journal_run(&self, entry: journal::Entry) {
+        let run_id = entry.run_id.clone();
+        let journal = self.journal.clone();
+        let written = tokio::task::spawn_blocking(move || journal.write(&entry)).await;
+        match written {
+            Ok(Ok(())) => {}
+            // Not journaled means not durable: still report over the socket, and say so.
+            Ok(Err(e)) => tracing::error!(run_id, error = %e, "cannot journal the run result"),
+            Err(e) => tracing::error!(run_id, error = %e, "the journal task failed"),
+        }
+        if std::env::var_os(TEST_EXIT_AFTER_JOURNAL).is_some() {
+            tracing::warn!(run_id, "test hook: exiting right after journaling");
+            crash(86);
+        }
+        if std::env::var_os(TEST_EXIT_AFTER_NOTIFY).is_some() {
+            // The reporter deletes the entry once /edge/notify answered 2xx; the job_result
+            // frame has not left yet.
+            let entry = self.journal.path(&run_id);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while entry.exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::warn!(run_id, "test hook: exiting after /edge/notify, before the job_result frame");
+            crash(87);
+        }
+    }
+}
+
+pub(crate) fn result_frame(id: &str, outcome: Result<Value, JobError>) -> AgentFrame {
+    match outcome {
+        Ok(data) => AgentFrame::JobResult { id: id.to_owned(), status: JobStatus::Ok, data: Some(data), err: None },
+        Err(err) => AgentFrame::JobResult { id: id.to_owned(), status: JobStatus::Error, data: None, err: Some(err) },
+    }
+}
+
+/// Ends the process at once, like a crash: no destructors, no flushing, no frames.
+fn crash(code: i32) -> ! {
+    #[cfg(unix)]
+    // SAFETY: _exit ends the process immediately; nothing else runs afterwards.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = code;
+        std::process::abort()
+    }
+}

@@ -1,0 +1,249 @@
+//! The agent's observable state: the [`AgentSnapshot`] the tray window and `edge-agent
+//! status` show, the [`AgentEvent`] stream behind notifications, and `state.json`.
+//!
+//! It owns those types and [`StateHandle`], the one way every subsystem reports what it is
+//! doing: a change goes to the snapshot, to `state.json` (only in a process that runs the
+//! agent) and to subscribers, in that order. It must never hold a secret (the types have no
+//! field that could carry one) and never depend on another subsystem of the agent: it sits
+//! at the bottom so that every room can report without reaching up into the service.
+
+pub mod file;
+
+pub use file::StateFile;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+/// How many finished or running jobs the snapshot remembers.
+pub const RECENT_JOBS: usize = 20;
+const EVENT_BUFFER: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionState {
+    Offline,
+    Connecting,
+    Online,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobRunStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub id: String,
+    pub job_type: String,
+    pub status: JobRunStatus,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Everything the tray window or `edge-agent status` shows. No secrets by construction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSnapshot {
+    pub logged_in: bool,
+    pub hub_url: Option<String>,
+    pub agent_id: Option<String>,
+    pub creator_id: Option<String>,
+    pub connection: ConnectionState,
+    pub paused: bool,
+    /// Jobs accepted and not yet finished (running or waiting for a slot).
+    pub busy: u32,
+    pub last_error: Option<String>,
+    pub keychain_backend: Option<String>,
+    /// Newest first, at most [`RECENT_JOBS`].
+    pub recent_jobs: Vec<JobRecord>,
+    /// SHA-256 of the trusted bundle root (TUF `root.json`) received at enrollment, for the
+    /// person to compare with the operator's `edge-hub bundle root fingerprint`.
+    #[serde(default)]
+    pub root_fingerprint: Option<String>,
+    /// The browser runtime: circuit breaker, volatile session, sites needing a login.
+    /// `None` until the runtime started (first browser job or login).
+    #[serde(default)]
+    pub browser: Option<edge_browser::BrowserStatus>,
+}
+
+impl AgentSnapshot {
+    pub(crate) fn empty() -> AgentSnapshot {
+        AgentSnapshot {
+            logged_in: false,
+            hub_url: None,
+            agent_id: None,
+            creator_id: None,
+            connection: ConnectionState::Offline,
+            paused: false,
+            busy: 0,
+            last_error: None,
+            keychain_backend: None,
+            recent_jobs: Vec::new(),
+            root_fingerprint: None,
+            browser: None,
+        }
+    }
+}
+
+/// What happened, for the tray's notifications and the CLI's log. JSON:
+/// `{"type":"jobFailed","id":"...","jobType":"http_request","code":"NETWORK","message":"..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum AgentEvent {
+    StateChanged {
+        snapshot: AgentSnapshot,
+    },
+    Connected {
+        hub_url: String,
+    },
+    /// `retry_in_ms` is `None` when the agent will not reconnect by itself.
+    Disconnected {
+        reason: String,
+        retry_in_ms: Option<u64>,
+    },
+    JobStarted {
+        id: String,
+        job_type: String,
+    },
+    JobProgress {
+        id: String,
+        pct: Option<u8>,
+        message: Option<String>,
+    },
+    JobFinished {
+        id: String,
+        job_type: String,
+    },
+    JobFailed {
+        id: String,
+        job_type: String,
+        code: String,
+        message: String,
+    },
+    /// The hub refused our credentials (revoked agent, wrong key) or there are none: the
+    /// agent stays offline until someone logs in.
+    LoginRequired {
+        reason: String,
+    },
+    Paused,
+    Resumed,
+    /// The browser circuit breaker opened (the site kept rate-limiting): browser jobs wait
+    /// until `until_ms` (Unix ms); the hub was told with `circuit_breaker`.
+    BrowserPaused {
+        reason: String,
+        site: String,
+        until_ms: i64,
+    },
+    /// The cool-down ended; browser jobs run again.
+    BrowserResumed,
+    /// No keychain key for browser sessions: site logins are kept in memory only.
+    BrowserSessionVolatile {
+        reason: String,
+    },
+    /// A site shows its logged-out page: `edge-agent browser login --site <site>` (or the
+    /// tray's login button), then retry the job.
+    BrowserLoginRequired {
+        site: String,
+    },
+    /// A site login was saved.
+    BrowserLoggedIn {
+        site: String,
+    },
+}
+
+/// A cheap, cloneable handle on the observable state. Every clone reports into the same
+/// snapshot, file and event stream.
+#[derive(Clone)]
+pub struct StateHandle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    data_dir: PathBuf,
+    events: broadcast::Sender<AgentEvent>,
+    /// A watch channel rather than a locked value: readers get the latest snapshot without
+    /// waiting for a writer, and a change is one `send_modify`.
+    snapshot: watch::Sender<AgentSnapshot>,
+    /// Only a process that runs the agent writes `state.json`; `edge-agent status` must not
+    /// overwrite the running agent's file with its own empty view.
+    writes_state_file: AtomicBool,
+}
+
+impl StateHandle {
+    /// State whose file (once enabled) is `<data_dir>/state.json`.
+    pub fn new(data_dir: PathBuf) -> StateHandle {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (snapshot, _) = watch::channel(AgentSnapshot::empty());
+        StateHandle {
+            shared: Arc::new(Shared { data_dir, events, snapshot, writes_state_file: AtomicBool::new(false) }),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn emit(&self, event: AgentEvent) {
+        // No subscriber is fine: the CLI may not listen.
+        let _ = self.shared.events.send(event);
+    }
+
+    pub fn snapshot(&self) -> AgentSnapshot {
+        self.shared.snapshot.borrow().clone()
+    }
+
+    /// From now on, every change is written to `state.json`.
+    pub fn enable_state_file(&self) {
+        self.shared.writes_state_file.store(true, Ordering::Relaxed);
+    }
+
+    /// Applies `change`, then tells `state.json` and subscribers.
+    pub fn update(&self, change: impl FnOnce(&mut AgentSnapshot)) {
+        let mut snapshot = None;
+        self.shared.snapshot.send_modify(|current| {
+            change(current);
+            snapshot = Some(current.clone());
+        });
+        let Some(snapshot) = snapshot else { return };
+        self.persist(&snapshot, true);
+        self.emit(AgentEvent::StateChanged { snapshot });
+    }
+
+    /// Writes the current snapshot with `running` (false once the agent stopped).
+    pub fn persist_current(&self, running: bool) {
+        self.persist(&self.snapshot(), running);
+    }
+
+    fn persist(&self, snapshot: &AgentSnapshot, running: bool) {
+        if !self.shared.writes_state_file.load(Ordering::Relaxed) {
+            return;
+        }
+        let file = StateFile {
+            pid: std::process::id(),
+            running,
+            updated_at: crate::now_rfc3339(),
+            snapshot: snapshot.clone(),
+        };
+        if let Err(e) = file.write(&self.shared.data_dir) {
+            tracing::warn!(error = %e, "could not write state.json");
+        }
+    }
+
+    /// Puts `record` first in the recent jobs (replacing an older record of the same job).
+    pub fn push_job(&self, record: JobRecord) {
+        self.update(|s| {
+            s.recent_jobs.retain(|r| r.id != record.id);
+            s.recent_jobs.insert(0, record);
+            s.recent_jobs.truncate(RECENT_JOBS);
+        });
+    }
+}
