@@ -444,3 +444,187 @@ fn crash(code: i32) -> ! {
         std::process::abort()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runners::{OnCancel, Runner};
+    use futures_util::future::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its runs; a payload `{"wait": true}` runs until cancelled, `{"fail": true}`
+    /// fails, anything else succeeds at once with the run's number.
+    #[derive(Clone, Default)]
+    struct Counting {
+        runs: Arc<AtomicUsize>,
+        at_once: Arc<AtomicUsize>,
+        most_at_once: Arc<AtomicUsize>,
+    }
+
+    impl Runner for Counting {
+        fn on_cancel(&self) -> OnCancel {
+            OnCancel::Cooperate
+        }
+
+        fn run<'a>(&'a self, job: &'a JobSpec, context: RunContext) -> BoxFuture<'a, RunOutcome> {
+            Box::pin(async move {
+                let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                let now = self.at_once.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_at_once.fetch_max(now, Ordering::SeqCst);
+                let result = if job.payload["wait"] == true {
+                    context.cancel.cancelled().await;
+                    Err(JobError::new(ErrorCode::Cancelled, "stopped by its cancel"))
+                } else if job.payload["fail"] == true {
+                    Err(JobError::new(ErrorCode::Network, "failed on purpose"))
+                } else {
+                    tokio::task::yield_now().await;
+                    Ok(serde_json::json!({ "run": n }))
+                };
+                self.at_once.fetch_sub(1, Ordering::SeqCst);
+                RunOutcome::of(result)
+            })
+        }
+    }
+
+    struct Harness {
+        executor: Executor,
+        frames: mpsc::UnboundedReceiver<AgentFrame>,
+        runner: Counting,
+        paused: watch::Sender<bool>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness(slots: u32) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Counting::default();
+        let mut runners = Runners::default();
+        runners.register("count", runner.clone());
+        let (frames_tx, frames) = mpsc::unbounded_channel();
+        let (paused, paused_rx) = watch::channel(false);
+        let executor = Executor::spawn(ExecutorConfig {
+            state: StateHandle::new(dir.path().to_path_buf()),
+            runners,
+            slots,
+            frames: frames_tx,
+            paused: paused_rx,
+            journal: Journal::new(dir.path()),
+            reports_to: None,
+            after_job: None,
+            cancel: CancellationToken::new(),
+        });
+        Harness { executor, frames, runner, paused, _dir: dir }
+    }
+
+    fn job(id: &str, payload: Value) -> JobSpec {
+        JobSpec { job_id: id.into(), job_type: "count".into(), payload }
+    }
+
+    async fn next_result(frames: &mut mpsc::UnboundedReceiver<AgentFrame>) -> (String, Result<Value, JobError>) {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), frames.recv())
+                .await
+                .expect("a result within 10 s")
+                .expect("the executor's queue is open");
+            if let AgentFrame::JobResult { id, status, data, err } = frame {
+                let result = match status {
+                    JobStatus::Ok => Ok(data.unwrap_or_default()),
+                    JobStatus::Error => Err(err.expect("an error result carries err")),
+                };
+                return (id, result);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_assigned_again_after_it_succeeded_is_answered_not_run_twice() {
+        let mut h = harness(1);
+        h.executor.assign(job("j1", serde_json::json!({})));
+        let first = next_result(&mut h.frames).await;
+        h.executor.assign(job("j1", serde_json::json!({})));
+        let second = next_result(&mut h.frames).await;
+        assert_eq!(first.0, "j1");
+        assert_eq!(first.1.as_ref().unwrap(), second.1.as_ref().unwrap(), "the same answer");
+        assert_eq!(h.runner.runs.load(Ordering::SeqCst), 1, "run once");
+        // A failed job is not cached: it may be retried on purpose and must run again.
+        h.executor.assign(job("j2", serde_json::json!({"fail": true})));
+        assert!(next_result(&mut h.frames).await.1.is_err());
+        h.executor.assign(job("j2", serde_json::json!({"fail": true})));
+        assert!(next_result(&mut h.frames).await.1.is_err());
+        assert_eq!(h.runner.runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_of_a_running_job_is_ignored() {
+        let mut h = harness(2);
+        h.executor.assign(job("long", serde_json::json!({"wait": true})));
+        h.executor.assign(job("long", serde_json::json!({"wait": true})));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while h.runner.runs.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(h.executor.busy(), 1, "one job held, not two");
+        h.executor.cancel("long", "cancelled by the hub");
+        h.executor.cancel_all("the agent is shutting down");
+        let (id, result) = next_result(&mut h.frames).await;
+        assert_eq!(id, "long");
+        assert_eq!(result.unwrap_err().code, ErrorCode::Cancelled);
+        h.executor.idle().await;
+        assert_eq!(h.runner.runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn cancel_reason_reaches_a_job_waiting_for_a_slot() {
+        let mut h = harness(1);
+        h.executor.assign(job("holder", serde_json::json!({"wait": true})));
+        h.executor.assign(job("queued", serde_json::json!({})));
+        h.executor.cancel("queued", "cancelled by the hub");
+        let (id, result) = next_result(&mut h.frames).await;
+        assert_eq!(id, "queued");
+        let error = result.unwrap_err();
+        assert_eq!(error.code, ErrorCode::Cancelled);
+        assert_eq!(error.message.as_deref(), Some("cancelled by the hub"));
+        assert_eq!(h.runner.runs.load(Ordering::SeqCst), 1, "the queued job never ran");
+        h.executor.cancel_all("done");
+        next_result(&mut h.frames).await;
+    }
+
+    #[tokio::test]
+    async fn slots_bound_how_many_jobs_run_at_once() {
+        let mut h = harness(2);
+        for n in 0..8 {
+            h.executor.assign(job(&format!("j{n}"), serde_json::json!({})));
+        }
+        for _ in 0..8 {
+            assert!(next_result(&mut h.frames).await.1.is_ok());
+        }
+        assert_eq!(h.runner.runs.load(Ordering::SeqCst), 8);
+        assert!(h.runner.most_at_once.load(Ordering::SeqCst) <= 2);
+        h.executor.idle().await;
+        assert_eq!(h.executor.busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn while_paused_new_jobs_are_refused_but_resumed_work_runs() {
+        let mut h = harness(1);
+        h.paused.send_replace(true);
+        h.executor.assign(job("new", serde_json::json!({})));
+        let (id, result) = next_result(&mut h.frames).await;
+        assert_eq!(id, "new");
+        assert_eq!(result.unwrap_err().code, ErrorCode::AgentPaused);
+        h.executor.resume(job("interrupted", serde_json::json!({})));
+        let (id, result) = next_result(&mut h.frames).await;
+        assert_eq!(id, "interrupted");
+        assert!(result.is_ok());
+        assert_eq!(h.runner.runs.load(Ordering::SeqCst), 1, "only the resumed job ran");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_job_type_is_unsupported() {
+        let mut h = harness(1);
+        h.executor.assign(JobSpec { job_id: "x".into(), job_type: "screenshot".into(), payload: Value::Null });
+        assert_eq!(next_result(&mut h.frames).await.1.unwrap_err().code, ErrorCode::UnsupportedJob);
+    }
+}
