@@ -588,7 +588,7 @@ mod tests {
         assert_eq!(error.message.as_deref(), Some("cancelled by the hub"));
         assert_eq!(h.runner.runs.load(Ordering::SeqCst), 1, "the queued job never ran");
         h.executor.cancel_all("done");
-        next_result(&mut h.frames).await;
+        assert_eq!(next_result(&mut h.frames).await.0, "holder");
     }
 
     #[tokio::test]
