@@ -267,6 +267,21 @@ async fn a_revoked_agent_gets_401_from_token_and_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_limit_is_closed_with_1009_and_the_agent_reconnects() {
+    let Connected { hub, dir: _dir, agent, session: mut first, .. } =
+        connect(FakeHub::start().await, Duration::from_secs(30)).await;
+    let padding = "x".repeat(edge_protocol::MAX_FRAME_BYTES);
+    first.send_text(format!(r#"{{"t":"hb_ack","ts":1,"pad":"{padding}"}}"#));
+    let (code, reason) = first.recv_close().await;
+    assert_eq!(code, 1009, "{reason}");
+    assert!(reason.contains("limit"), "the reason says why: {reason}");
+    // Not a reason to stop: the agent reconnects.
+    let mut second = hub.next_session().await;
+    second.handshake(60_000).await;
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_hub_is_declared_dead_and_the_agent_reconnects() {
     let Connected { hub, dir: _dir, agent, mut events, session: mut first, .. } =
         connect(FakeHub::start().await, Duration::from_millis(200)).await;

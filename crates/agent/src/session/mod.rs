@@ -344,6 +344,7 @@ impl Supervisor {
                 }
                 Incoming::Control => {}
                 Incoming::Closed(end) => return Err(end_for_close(end, false)),
+                Incoming::TooBig(what) => return Err(close_too_big(sink, what, false).await),
             }
         }
     }
@@ -383,6 +384,7 @@ impl Supervisor {
                         }
                         Incoming::Control => {}
                         Incoming::Closed(end) => return end_for_close(end, true),
+                        Incoming::TooBig(what) => return close_too_big(&mut sink, what, true).await,
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -516,6 +518,8 @@ enum Incoming {
     Bad(FrameError),
     Control,
     Closed(Option<(u16, String)>),
+    /// A message over [`MAX_FRAME_BYTES`]: the session ends with close code 1009.
+    TooBig(String),
 }
 
 fn incoming(message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Incoming {
@@ -527,6 +531,7 @@ fn incoming(message: Option<Result<Message, tokio_tungstenite::tungstenite::Erro
         Some(Ok(Message::Binary(_))) => Incoming::Bad(FrameError::Binary),
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Incoming::Control,
         Some(Ok(Message::Close(frame))) => Incoming::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))),
+        Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(e))) => Incoming::TooBig(e.to_string()),
         Some(Err(e)) => Incoming::Closed(Some((0, e.to_string()))),
         None => Incoming::Closed(None),
     }
@@ -550,6 +555,21 @@ fn end_for_close(close: Option<(u16, String)>, reached_hello_ack: bool) -> Sessi
         0 => SessionEnd::Dropped { reason: format!("connection lost: {reason}"), reached_hello_ack },
         _ => SessionEnd::Dropped { reason: format!("the hub closed the connection: {described}"), reached_hello_ack },
     }
+}
+
+/// The hub sent more than the protocol allows in one message: say so with close code 1009
+/// (message too big) instead of dropping the connection without a word, and reconnect.
+async fn close_too_big(sink: &mut Sink, what: String, reached_hello_ack: bool) -> SessionEnd {
+    let reason = format!("frame over the {MAX_FRAME_BYTES}-byte limit ({what})");
+    tracing::warn!(%reason, "closing the session with 1009");
+    // A close reason is at most 123 bytes.
+    let mut close_reason = reason.clone();
+    while close_reason.len() > 123 {
+        close_reason.pop();
+    }
+    let close = CloseFrame { code: CloseCode::Size, reason: close_reason.into() };
+    let _ = sink.send(Message::Close(Some(close))).await;
+    SessionEnd::Dropped { reason: format!("the hub sent a {reason}"), reached_hello_ack }
 }
 
 async fn reply_to_bad_frame(sink: &mut Sink, error: &FrameError) -> Result<(), String> {

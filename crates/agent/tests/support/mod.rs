@@ -35,6 +35,8 @@ pub struct FakeSession {
     pub token: String,
     incoming: mpsc::UnboundedReceiver<String>,
     outgoing: mpsc::UnboundedSender<ToAgent>,
+    /// The agent's close frame (code, reason), if it sends one.
+    closed: mpsc::UnboundedReceiver<(u16, String)>,
 }
 
 impl FakeSession {
@@ -54,6 +56,14 @@ impl FakeSession {
                 frame => return frame,
             }
         }
+    }
+
+    /// The close frame the agent ends the session with.
+    pub async fn recv_close(&mut self) -> (u16, String) {
+        tokio::time::timeout(TIMEOUT, self.closed.recv())
+            .await
+            .expect("the agent closes in time")
+            .expect("the agent sent a close frame before the connection ended")
     }
 
     pub fn send_text(&self, text: impl Into<String>) {
@@ -236,12 +246,19 @@ async fn session(state: Arc<HubState>, token: String, mut socket: WebSocket) {
     }
     let (to_test, incoming) = mpsc::unbounded_channel();
     let (outgoing, mut from_test) = mpsc::unbounded_channel();
-    let _ = state.sessions.send(FakeSession { token, incoming, outgoing });
+    let (close_to_test, closed) = mpsc::unbounded_channel();
+    let _ = state.sessions.send(FakeSession { token, incoming, outgoing, closed });
     loop {
         tokio::select! {
             message = socket.recv() => match message {
                 Some(Ok(Message::Text(text))) => { let _ = to_test.send(text.to_string()); }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(frame))) => {
+                    if let Some(frame) = frame {
+                        let _ = close_to_test.send((frame.code, frame.reason.to_string()));
+                    }
+                    return;
+                }
+                None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
             },
             command = from_test.recv() => match command {
