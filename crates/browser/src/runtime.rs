@@ -952,6 +952,7 @@ pub struct MediaFile {
 /// second download of the same file; the result's `mediaNames` lists the names sent.
 pub fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> Result<Vec<MediaFile>, BrowserError> {
     let mut out: Vec<MediaFile> = Vec::new();
+    let mut names = TakenNames::default();
     let list = |key: &str| -> Result<Vec<Value>, BrowserError> {
         match params.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -983,7 +984,7 @@ pub fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> 
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.trim())
             .map_err(|e| BrowserError::BadFlow(format!("media[{i}].base64: {e}")))?;
-        let name = unique_name(&out, &name);
+        let name = names.claim(&name);
         let folder = dir.join(out.len().to_string());
         std::fs::create_dir_all(&folder)?;
         let path = folder.join(&name);
@@ -1002,7 +1003,7 @@ pub fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> 
             return Err(BrowserError::BadFlow(format!("mediaPaths[{i}]: no file {:?}", path.display().to_string())));
         }
         let own = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = unique_name(&out, &own);
+        let name = names.claim(&own);
         if name == own {
             out.push(MediaFile { path: path.to_path_buf(), name });
             continue;
@@ -1027,16 +1028,34 @@ fn media_name(name: &str) -> Option<String> {
     usable.then(|| base.to_owned())
 }
 
-/// `name`, or `stem (n).ext` with the smallest n ≥ 2 no earlier file uses (ignoring case).
-fn unique_name(taken: &[MediaFile], name: &str) -> String {
-    let used = |candidate: &str| taken.iter().any(|m| m.name.to_lowercase() == candidate.to_lowercase());
-    if !used(name) {
-        return name.to_owned();
+/// The names given so far to one post's files, ignoring case.
+#[derive(Default)]
+struct TakenNames {
+    taken: std::collections::HashSet<String>,
+    /// Per name, the next number to try, so a payload of many equal names stays linear.
+    next: std::collections::HashMap<String, u32>,
+}
+
+impl TakenNames {
+    /// `name`, or `stem (n).ext` with the first n ≥ 2 not taken yet; the result is taken.
+    fn claim(&mut self, name: &str) -> String {
+        let key = name.to_lowercase();
+        if self.taken.insert(key.clone()) {
+            return name.to_owned();
+        }
+        let path = std::path::Path::new(name);
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_owned());
+        let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let mut n = self.next.get(&key).copied().unwrap_or(2);
+        loop {
+            let candidate = format!("{stem} ({n}){ext}");
+            n += 1;
+            if self.taken.insert(candidate.to_lowercase()) {
+                self.next.insert(key, n);
+                return candidate;
+            }
+        }
     }
-    let path = std::path::Path::new(name);
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_owned());
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-    (2..).map(|n| format!("{stem} ({n}){ext}")).find(|c| !used(c)).unwrap_or_else(|| name.to_owned())
 }
 
 /// The error a job gets when this agent has no browser.
@@ -1065,6 +1084,19 @@ mod tests {
         let message = site_time_zone(&neither, Some("Europe/Paris")).unwrap_err().to_string();
         assert!(message.contains("selectors.timeZoneInput") && message.contains("settings.timeZone"), "{message}");
         assert!(site_time_zone(&control, Some("Mars/Base")).unwrap_err().to_string().contains("Mars/Base"));
+    }
+
+    #[test]
+    fn repeated_names_are_numbered_past_names_already_taken() {
+        let mut names = TakenNames::default();
+        assert_eq!(names.claim("a (2).png"), "a (2).png");
+        assert_eq!(names.claim("a.png"), "a.png");
+        assert_eq!(names.claim("A.PNG"), "A (3).PNG");
+        let many: Vec<String> = (0..2_000).map(|_| names.claim("a.png")).collect();
+        assert_eq!(many.last().map(String::as_str), Some("a (2003).png"));
+        assert_eq!(many.iter().collect::<std::collections::HashSet<_>>().len(), 2_000);
+        assert_eq!(names.claim("README"), "README");
+        assert_eq!(names.claim("readme"), "readme (2)");
     }
 
     #[test]
