@@ -964,6 +964,12 @@ pub fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> 
         }
     };
     for (i, item) in list("media")?.iter().enumerate() {
+        if !item.is_object() {
+            return Err(BrowserError::BadFlow(format!(
+                "media[{i}] must be an object such as {{\"name\": \"teaser.png\", \"base64\": \"iVBORw0KGgo=\"}}, not {}",
+                crate::flow::json_kind(item)
+            )));
+        }
         let name = match item.get("name") {
             None | Some(Value::Null) => format!("media-{}.bin", i + 1),
             Some(Value::String(name)) => media_name(name).ok_or_else(|| {
@@ -1133,6 +1139,7 @@ mod tests {
             (json!({"media": [{"name": 5, "base64": ""}]}), "media[0].name must be a string"),
             (json!({"media": [{"name": "a.png"}]}), "media[0] needs `base64`"),
             (json!({"media": {"name": "a.png"}}), "`params.media` must be a list"),
+            (json!({"media": ["teaser.png"]}), "media[0] must be an object such as {\"name\": \"teaser.png\""),
             (json!({"mediaPaths": [3]}), "mediaPaths[0] must be a file path string"),
             (json!({"mediaPaths": ["/no/such/file.png"]}), "mediaPaths[0]: no file"),
         ] {
