@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use edge_agent::logging::{self, LogOptions};
 use edge_agent::{AgentEvent, AgentService, AgentSettings, AgentSnapshot, KeychainChoice, StateFile};
+use edge_browser::BrowserStatus;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -91,8 +92,13 @@ enum BrowserCommand {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
-    /// Browser found, circuit breaker, volatile sessions, sites that need a login.
-    Status,
+    /// Browser found, circuit breaker, volatile sessions, sites that need a login (the same
+    /// lines `edge-agent status` prints).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit codes scripts can tell apart.
@@ -154,9 +160,15 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Browser(BrowserCommand::Status) => {
+        Command::Browser(BrowserCommand::Status { json }) => {
+            let state = StateFile::read(&settings.data_dir)?;
             let service = AgentService::new(settings);
-            println!("{}", serde_json::to_string_pretty(&service.browser_status())?);
+            let view = browser_view(&service, state.as_ref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print_browser(&view);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Logout => {
@@ -267,6 +279,7 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
     let login = service.reload_credentials().await;
     let state = StateFile::read(&data_dir)?;
     let process_alive = state.as_ref().is_some_and(StateFile::writer_alive);
+    let browser = browser_view(&service, state.as_ref());
 
     if json {
         let value = serde_json::json!({
@@ -276,6 +289,9 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
                 Err(e) => serde_json::json!({ "error": e }),
             },
             "agentRunning": process_alive,
+            // What `edge-agent browser status --json` prints; `state` is state.json as the
+            // agent last wrote it, which can lag behind a login made from another process.
+            "browser": browser,
             "state": state,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -303,6 +319,7 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
             None => println!("agent:       not running (no {} yet)", StateFile::path(&data_dir).display()),
             Some(file) => print_state(file, process_alive),
         }
+        print_browser(&browser);
     }
     Ok(if login.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ERROR) })
 }
@@ -341,22 +358,6 @@ fn print_state(file: &StateFile, alive: bool) {
         );
         println!("paused:      {}", if s.paused { "yes" } else { "no" });
         println!("busy:        {} job(s)", s.busy);
-        if let Some(browser) = &s.browser {
-            match browser.circuit_open_until_ms {
-                Some(until) => println!(
-                    "browser:     paused by the circuit breaker ({}) until {} ms since the epoch",
-                    browser.circuit_reason.as_deref().unwrap_or("RATE_LIMITED"),
-                    until
-                ),
-                None => println!("browser:     {}", browser.executable.as_deref().unwrap_or("not found")),
-            }
-            if !browser.login_required.is_empty() {
-                println!("login needed: {} (edge-agent browser login --site NAME)", browser.login_required.join(", "));
-            }
-            if browser.session_volatile {
-                println!("browser sessions: volatile (no keychain key)");
-            }
-        }
     } else {
         println!("agent:       not running (last seen pid {} at {})", file.pid, file.updated_at);
     }
@@ -375,5 +376,38 @@ fn print_state(file: &StateFile, alive: bool) {
             };
             println!("  {} {} {} {}{}", job.started_at, job.id, job.job_type, status, detail);
         }
+    }
+}
+
+/// The browser part of both `edge-agent status` and `edge-agent browser status`, built one
+/// way so the two cannot disagree. The profile's browser state on disk, read now by this
+/// process (the browser found, the circuit breaker in guard.json, the sites that need a
+/// login), is current even when the change came from another process, such as a login made
+/// with `edge-agent browser login` while the agent runs; only whether the running agent's
+/// keychain gave it a session key is known to that agent alone, so it comes from state.json.
+fn browser_view(service: &AgentService, state: Option<&StateFile>) -> BrowserStatus {
+    let mut view = service.browser_status();
+    if let Some(live) = state.filter(|f| f.writer_alive()).and_then(|f| f.snapshot.browser.as_ref()) {
+        view.session_volatile = live.session_volatile;
+    }
+    view
+}
+
+fn print_browser(browser: &BrowserStatus) {
+    match browser.circuit_open_until_ms {
+        Some(until) => println!(
+            "browser:     paused by the circuit breaker ({}) until {}",
+            browser.circuit_reason.as_deref().unwrap_or("RATE_LIMITED"),
+            edge_browser::local_rfc3339(until)
+        ),
+        None => println!("browser:     {}", browser.executable.as_deref().unwrap_or("not found")),
+    }
+    if browser.login_required.is_empty() {
+        println!("login needed: none");
+    } else {
+        println!("login needed: {} (edge-agent browser login --site NAME)", browser.login_required.join(", "));
+    }
+    if browser.session_volatile {
+        println!("browser sessions: volatile (no keychain key)");
     }
 }

@@ -8,7 +8,7 @@
 //! those belong to `runtime` and `guard`.
 
 use crate::error::BrowserError;
-use crate::flow::{render, Adapter, FieldSpec, Flow, StepKind};
+use crate::flow::{json_kind, lookup, render, template_path, Adapter, FieldSpec, Flow, StepKind, FILES_FORMS};
 use crate::locator::{Cadence, Driver, WaitState};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
@@ -63,23 +63,39 @@ pub fn context(adapter: &Adapter, params: &Map<String, Value>, vars: &Map<String
     })
 }
 
-/// Renders a `files` entry; a template that is exactly one `{{path}}` naming a list expands
-/// to its items.
+/// Renders `files`: an entry that is exactly one `{{path}}` naming a list stands for the
+/// list's items (that is how a list parameter such as `params.files` reaches the step);
+/// every other entry renders to one path. Entries that render empty are dropped (no media,
+/// nothing to upload). A list of something other than paths is refused, never filtered.
 fn render_files(templates: &[String], ctx: &Value) -> Result<Vec<String>, BrowserError> {
     let mut out = Vec::new();
     for template in templates {
         let trimmed = template.trim();
-        if let Some(path) = trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")) {
-            let path = path.trim();
-            if !path.contains("{{") {
-                let mut value = Some(ctx);
-                for part in path.split('.') {
-                    value = value.and_then(|v| v.get(part));
-                }
-                if let Some(Value::Array(items)) = value {
-                    out.extend(items.iter().filter_map(Value::as_str).map(str::to_owned));
+        let lone = trimmed.starts_with("{{") && trimmed.ends_with("}}") && trimmed.matches("{{").count() == 1;
+        let path = template_path(trimmed);
+        if lone && !path.contains('|') {
+            let not_paths = |what: String| {
+                BrowserError::BadFlow(format!(
+                    "setInputFiles: `{{{{{path}}}}}` is {what}, not a file path or a list of them; `files` takes {FILES_FORMS}"
+                ))
+            };
+            match lookup(ctx, path) {
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match item {
+                            Value::String(file) if file.is_empty() => {}
+                            Value::String(file) => out.push(file.clone()),
+                            other => {
+                                return Err(not_paths(format!("a list whose entry {} is {}", i + 1, json_kind(other))))
+                            }
+                        }
+                    }
                     continue;
                 }
+                Some(other @ (Value::Object(_) | Value::Number(_) | Value::Bool(_))) => {
+                    return Err(not_paths(json_kind(other)))
+                }
+                _ => {}
             }
         }
         let rendered = render(template, ctx)?;
@@ -88,6 +104,15 @@ fn render_files(templates: &[String], ctx: &Value) -> Result<Vec<String>, Browse
         }
     }
     Ok(out)
+}
+
+/// Whether a step's `ifSet` path has a value worth acting on (set, not null, not "").
+fn is_set(ctx: &Value, path: &str) -> bool {
+    match lookup(ctx, template_path(path)) {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(_) => true,
+    }
 }
 
 /// Runs `flow` on the driver's page.
@@ -111,6 +136,10 @@ pub async fn run_flow(
             skipping_submits = true;
         }
         let ctx = context(adapter, &params, &output.vars);
+        if let Some(path) = a.if_set.as_deref().filter(|p| !is_set(&ctx, p)) {
+            tracing::debug!(step = index + 1, kind = ?step.kind, path = template_path(path), "ifSet path not set; step skipped");
+            continue;
+        }
         let selector = a.selector.as_deref().map(|s| render(s, &ctx)).transpose()?;
         let url = a.url.as_deref().map(|u| render(u, &ctx)).transpose()?;
         let label = format!("{:?} {}", step.kind, selector.as_deref().or(url.as_deref()).unwrap_or("")).to_lowercase();
@@ -205,7 +234,14 @@ async fn run_step(
             driver.press(selector, a.nth, &key, timeout).await?
         }
         StepKind::Select => {
-            driver.select(&need(selector)?, a.nth, &text(&a.value)?.unwrap_or_default(), timeout).await?;
+            let selector = need(selector)?;
+            let value = text(&a.value)?.unwrap_or_default();
+            if !driver.select(&selector, a.nth, &value, timeout).await? {
+                // Not a <select>: a text field or combobox takes the value the way a person
+                // would give it, typed into the emptied field.
+                driver.fill(&selector, a.nth, "", timeout).await?;
+                driver.type_text(&selector, a.nth, &value, options.typing, timeout).await?;
+            }
         }
         StepKind::SetInputFiles => {
             let files = render_files(a.files.as_deref().unwrap_or_default(), ctx)?;
@@ -214,7 +250,9 @@ async fn run_step(
             }
             for file in &files {
                 if !std::path::Path::new(file).is_file() {
-                    return Err(BrowserError::BadFlow(format!("setInputFiles: no file {file:?}")));
+                    return Err(BrowserError::BadFlow(format!(
+                        "setInputFiles: no file {file:?} on this machine; `files` takes {FILES_FORMS}"
+                    )));
                 }
             }
             driver.set_input_files(&need(selector)?, a.nth, &files, timeout).await?;
@@ -358,4 +396,39 @@ async fn extract_pages(
         driver.check_alarms().await?;
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_list_template_expands_and_anything_but_paths_is_refused() {
+        let ctx = json!({"params": {"files": ["/m/0/a.png", "", "/m/1/b.png"], "one": "/m/c.png", "n": 3,
+            "mixed": ["/m/a.png", 7], "none": []}});
+        let files = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(render_files(&files(&["{{params.files}}"]), &ctx).unwrap(), files(&["/m/0/a.png", "/m/1/b.png"]));
+        assert_eq!(
+            render_files(&files(&[" {{ params.files }} ", "{{params.one}}", "/x/{{params.n}}.png"]), &ctx).unwrap(),
+            files(&["/m/0/a.png", "/m/1/b.png", "/m/c.png", "/x/3.png"])
+        );
+        assert!(render_files(&files(&["{{params.none}}"]), &ctx).unwrap().is_empty());
+        for wrong in ["{{params.n}}", "{{params.mixed}}", "{{params}}"] {
+            let message = render_files(&files(&[wrong]), &ctx).unwrap_err().to_string();
+            assert!(message.starts_with("setInputFiles: `{{params"), "{message}");
+            assert!(message.contains(FILES_FORMS), "{message}");
+        }
+        let message = render_files(&files(&["{{params.missing}}"]), &ctx).unwrap_err().to_string();
+        assert!(message.contains("params.missing"), "{message}");
+    }
+
+    #[test]
+    fn if_set_is_false_for_missing_null_and_blank() {
+        let ctx = json!({"selectors": {"zone": "#z", "blank": " ", "none": null}});
+        assert!(is_set(&ctx, "selectors.zone"));
+        assert!(is_set(&ctx, "{{ selectors.zone }}"));
+        assert!(!is_set(&ctx, "selectors.blank"));
+        assert!(!is_set(&ctx, "selectors.none"));
+        assert!(!is_set(&ctx, "selectors.missing"));
+    }
 }

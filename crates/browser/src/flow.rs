@@ -182,6 +182,8 @@ pub struct StepArgs {
     pub value: Option<String>,
     pub text: Option<String>,
     pub key: Option<String>,
+    /// `setInputFiles`: file paths or templates; one entry alone may stand without a list.
+    #[serde(default, deserialize_with = "one_or_many_files", skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<String>>,
     pub state: Option<crate::locator::WaitState>,
     /// Name of the output variable (`extract`, `extractList`).
@@ -213,6 +215,59 @@ pub struct StepArgs {
     /// A failure of this step is ignored (the flow goes on).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+    /// Run the step only when this template path (`selectors.timeZoneInput`, braces
+    /// optional) is set to something other than null or an empty string; else skip it. Lets
+    /// a built-in flow use a control only some sites have.
+    pub if_set: Option<String>,
+}
+
+/// What `files` must look like, shown whenever it does not.
+pub const FILES_FORMS: &str = "`files: \"{{params.files}}\"` (a list parameter), \
+     `files: [\"{{params.files}}\"]`, or `files: [\"/path/a.png\", \"/path/b.png\"]`";
+
+/// `files` takes a list of strings or a single string (the form an adapter writer reaches
+/// for first: `files: "{{params.files}}"`); anything else is refused with the forms that work.
+fn one_or_many_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    use serde::de::Error;
+    let value = Value::deserialize(d)?;
+    let wrong = |what: &str| D::Error::custom(format!("`files` is {what}; write it as {FILES_FORMS}"));
+    match value {
+        Value::Null => Ok(None),
+        Value::String(one) => Ok(Some(vec![one])),
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s),
+                other => Err(wrong(&format!("a list whose entry {} is {}", i + 1, json_kind(&other)))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        other => Err(wrong(&json_kind(&other))),
+    }
+}
+
+/// "a number", "an object"… for messages about a value of the wrong shape.
+pub(crate) fn json_kind(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(n) => format!("a number ({n})"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// The dotted path of an `ifSet` (or a lone `{{path}}`), without braces or blanks.
+pub(crate) fn template_path(text: &str) -> &str {
+    let trimmed = text.trim();
+    trimmed.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map(str::trim).unwrap_or(trimmed)
+}
+
+/// Looks a dotted path up in a template context.
+pub(crate) fn lookup<'a>(context: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(context, |value, part| value.get(part))
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -227,31 +282,33 @@ pub struct Step {
     pub args: StepArgs,
 }
 
-#[derive(Deserialize, Serialize)]
-#[serde(untagged)]
-enum ArgsRepr {
-    Short(String),
-    Full(Box<StepArgs>),
-    Empty(Option<()>),
-}
+/// The step kinds by the names flows use, for "unknown step" messages.
+const STEP_KINDS: &str =
+    "goto, checkLogin, click, fill, type, press, select, setInputFiles, waitFor, extract, extractList, screenshot, assert";
 
 impl<'de> Deserialize<'de> for Step {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let map: BTreeMap<StepKind, ArgsRepr> = BTreeMap::deserialize(d)?;
+        // Read the step as plain data first and its arguments second: a mistake inside the
+        // arguments then gets serde's own words (the field, what was expected) instead of
+        // "did not match any variant" of a short-or-full union.
+        let map: BTreeMap<String, Value> = BTreeMap::deserialize(d)?;
         if map.len() != 1 {
             return Err(D::Error::custom(format!(
                 "a step is an object with exactly one key (its kind), this one has {}",
                 map.len()
             )));
         }
-        let Some((kind, repr)) = map.into_iter().next() else {
+        let Some((name, value)) = map.into_iter().next() else {
             return Err(D::Error::custom("empty step"));
         };
-        let args = match repr {
-            ArgsRepr::Full(args) => *args,
-            ArgsRepr::Empty(_) => StepArgs::default(),
-            ArgsRepr::Short(main) => {
+        let kind: StepKind = serde_json::from_value(Value::String(name.clone()))
+            .map_err(|_| D::Error::custom(format!("unknown step kind {name:?}; the kinds are {STEP_KINDS}")))?;
+        let args = match value {
+            Value::Null => StepArgs::default(),
+            Value::Object(_) => serde_json::from_value::<StepArgs>(value)
+                .map_err(|e| D::Error::custom(format!("step `{name}`: {e}")))?,
+            Value::String(main) => {
                 let mut args = StepArgs::default();
                 match kind {
                     StepKind::Goto => args.url = Some(main),
@@ -262,6 +319,12 @@ impl<'de> Deserialize<'de> for Step {
                 }
                 args
             }
+            other => {
+                return Err(D::Error::custom(format!(
+                    "step `{name}` takes an object of arguments or a string, not {}",
+                    json_kind(&other)
+                )))
+            }
         };
         Ok(Step { kind, args })
     }
@@ -270,7 +333,7 @@ impl<'de> Deserialize<'de> for Step {
 impl Serialize for Step {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = BTreeMap::new();
-        map.insert(self.kind, ArgsRepr::Full(Box::new(self.args.clone())));
+        map.insert(self.kind, &self.args);
         map.serialize(s)
     }
 }
@@ -305,6 +368,13 @@ impl Step {
                 missing("list, or row and fields")
             }
             StepKind::Assert if a.selector.is_none() && a.url_contains.is_none() => missing("selector or urlContains"),
+            _ if a.if_set.as_deref().is_some_and(|p| template_path(p).is_empty()) => {
+                Err(BrowserError::BadFlow(format!(
+                    "step {} ({:?}): `ifSet` names no template path (e.g. selectors.timeZoneInput)",
+                    index + 1,
+                    self.kind
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -477,12 +547,8 @@ fn render_depth(template: &str, context: &Value, depth: u32) -> Result<String, B
             Some((p, f)) => (p.trim(), Some(f.trim())),
             None => (expr, None),
         };
-        let mut value = context;
-        for part in path.split('.') {
-            value = value
-                .get(part)
-                .ok_or_else(|| BrowserError::BadFlow(format!("the flow uses {{{{{path}}}}}, which is not set")))?;
-        }
+        let value = lookup(context, path)
+            .ok_or_else(|| BrowserError::BadFlow(format!("the flow uses {{{{{path}}}}}, which is not set")))?;
         let text = match value {
             Value::String(s) => render_depth(s, context, depth + 1)?,
             Value::Null => String::new(),
@@ -524,6 +590,54 @@ mod tests {
         assert_eq!(from_json.steps[1], flow.steps[1]);
         assert!(parse_flow("name: f\nsteps:\n  - click: {selector: '#a', bogus: 1}\n").is_err());
         assert!(parse_flow("name: f\nsteps:\n  - fill: {selector: '#a'}\n").is_err());
+    }
+
+    #[test]
+    fn files_takes_one_template_or_a_list_and_refuses_other_shapes_showing_the_forms() {
+        // The form an adapter writer reaches for first, and the list form, mean the same.
+        let alone =
+            parse_flow("name: f\nsteps:\n  - setInputFiles: {selector: '#m', files: '{{params.files}}'}\n").unwrap();
+        let listed =
+            parse_flow("name: f\nsteps:\n  - setInputFiles: {selector: '#m', files: ['{{params.files}}']}\n").unwrap();
+        assert_eq!(alone.steps[0].args.files, Some(vec!["{{params.files}}".to_owned()]));
+        assert_eq!(alone.steps[0], listed.steps[0]);
+        let json = r##"{"name":"f","steps":[{"setInputFiles":{"selector":"#m","files":"{{params.files}}"}}]}"##;
+        assert_eq!(parse_flow(json).unwrap().steps[0], listed.steps[0]);
+        // Wrong shapes: the message names the field and shows the forms that work.
+        for wrong in ["files: {path: a.png}", "files: 3", "files: [a.png, {path: b.png}]"] {
+            let text = format!("name: f\nsteps:\n  - setInputFiles: {{selector: '#m', {wrong}}}\n");
+            let message = parse_flow(&text).unwrap_err().to_string();
+            assert!(message.contains("`files` is"), "{wrong}: {message}");
+            assert!(message.contains(r#"files: "{{params.files}}""#), "{wrong}: {message}");
+            assert!(message.contains(r#"files: ["{{params.files}}"]"#), "{wrong}: {message}");
+            assert!(!message.contains("untagged"), "{wrong}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_mistake_inside_a_step_is_named_not_reported_as_an_untagged_enum() {
+        let message = parse_flow("name: f\nsteps:\n  - click: {selector: '#a', bogus: 1}\n").unwrap_err().to_string();
+        assert!(message.contains("step `click`") && message.contains("unknown field `bogus`"), "{message}");
+        let message = parse_flow("name: f\nsteps:\n  - clik: '#a'\n").unwrap_err().to_string();
+        assert!(message.contains("unknown step kind \"clik\"") && message.contains("click"), "{message}");
+        let message = parse_flow("name: f\nsteps:\n  - click: 3\n").unwrap_err().to_string();
+        assert!(message.contains("step `click` takes an object of arguments or a string"), "{message}");
+        // `checkLogin:` with nothing after it is still an empty step.
+        assert_eq!(parse_flow("name: f\nsteps:\n  - checkLogin:\n").unwrap().steps[0].kind, StepKind::CheckLogin);
+        // Steps written back out read the same.
+        let flow = builtin("schedule_post").unwrap();
+        let again: Flow = serde_json::from_value(serde_json::to_value(&flow).unwrap()).unwrap();
+        assert_eq!(again, flow);
+    }
+
+    #[test]
+    fn if_set_needs_a_path() {
+        let ok =
+            parse_flow("name: f\nsteps:\n  - select: {selector: x, value: y, ifSet: '{{selectors.zone}}'}\n").unwrap();
+        assert_eq!(template_path(ok.steps[0].args.if_set.as_deref().unwrap()), "selectors.zone");
+        let message =
+            parse_flow("name: f\nsteps:\n  - select: {selector: x, value: y, ifSet: ' '}\n").unwrap_err().to_string();
+        assert!(message.contains("`ifSet` names no template path"), "{message}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! ([`locator`]), the declarative flow and site-adapter format ([`flow`]) and its interpreter
 //! ([`engine`]), the four built-in flows and their job types ([`runtime`]), the local
 //! guardrails (token buckets, pacing, per-site backoff, circuit breaker: [`guard`]), the
-//! broadcast checkpoint ([`checkpoint`]) and encrypted session state ([`session`]).
+//! broadcast checkpoint ([`checkpoint`]), encrypted session state ([`session`]) and the list of
+//! sites that need a login ([`logins`]).
 //!
 //! It must never download a browser, never hide itself from the person or the site (no
 //! fingerprint spoofing, no CAPTCHA solving, no "stealth" patches), never retry a
@@ -21,6 +22,7 @@ pub mod flow;
 pub mod guard;
 pub mod launch;
 pub mod locator;
+pub mod logins;
 pub mod runtime;
 pub mod session;
 #[cfg(feature = "test-site")]
@@ -34,4 +36,13 @@ pub use runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, BrowserStatus, 
 /// Milliseconds since the Unix epoch (wall clock), the unit of every persisted timestamp here.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// A Unix-ms instant as RFC 3339 in this machine's zone, for people reading it against their
+/// own clock (`2031-07-01T18:30:00+02:00`); persisted and wire timestamps stay Unix ms or UTC.
+pub fn local_rfc3339(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.with_timezone(&chrono::Local).to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+        None => format!("{ms} ms after the Unix epoch (out of range)"),
+    }
 }

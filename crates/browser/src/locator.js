@@ -1,7 +1,7 @@
 // Locator helper installed into the page by edge-browser. Resolves selectors and reports
 // element state; it never changes the page except where an action asks it to.
 (() => {
-  if (window.__edgeLocator && window.__edgeLocator.version === 1) return window.__edgeLocator;
+  if (window.__edgeLocator && window.__edgeLocator.version === 2) return window.__edgeLocator;
   const norm = (s) => (s || "").replace(/\s+/g, " ").trim();
   const textOf = (el) => norm(el.innerText !== undefined ? el.innerText : el.textContent);
   function byText(scopes, spec) {
@@ -118,15 +118,22 @@
     el.dispatchEvent(new Event("change", { bubbles: true }));
     return true;
   }
+  // Picks an option of a <select>; { select: false } for any other element (the caller
+  // types into it instead).
   function select(selector, nth, value) {
     const el = element(selector, nth);
-    if (!el || el.tagName !== "SELECT") throw new Error("not a <select>");
-    const option = [...el.options].find((o) => o.value === value) || [...el.options].find((o) => norm(o.label) === norm(value));
-    if (!option) throw new Error("no option " + JSON.stringify(value));
+    if (!el) throw new Error("element disappeared");
+    if (el.tagName !== "SELECT") return { select: false };
+    const options = [...el.options];
+    const wanted = norm(value).toLowerCase();
+    const option = options.find((o) => o.value === value) || options.find((o) => norm(o.label).toLowerCase() === wanted);
+    if (!option) {
+      return { select: true, missing: true, count: options.length, offered: options.slice(0, 8).map((o) => o.value || norm(o.label)) };
+    }
     el.value = option.value;
     el.dispatchEvent(new Event("input", { bubbles: true }));
     el.dispatchEvent(new Event("change", { bubbles: true }));
-    return option.value;
+    return { select: true };
   }
   function focus(selector, nth) {
     const el = element(selector, nth);
@@ -172,6 +179,6 @@
     }
     return seen;
   }
-  window.__edgeLocator = { version: 1, resolve, probe, element, fill, select, focus, extract, extractList, markers };
+  window.__edgeLocator = { version: 2, resolve, probe, element, fill, select, focus, extract, extractList, markers };
   return window.__edgeLocator;
 })()

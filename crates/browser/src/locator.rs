@@ -127,6 +127,19 @@ fn js(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
+/// What the helper's `select` did.
+#[derive(Debug, Deserialize)]
+struct SelectAnswer {
+    /// The element is a `<select>`.
+    select: bool,
+    #[serde(default)]
+    missing: bool,
+    #[serde(default)]
+    offered: Vec<String>,
+    #[serde(default)]
+    count: usize,
+}
+
 impl Driver {
     /// Wraps a page and starts counting its HTTP 429 answers.
     pub async fn new(page: Page) -> Result<Driver, BrowserError> {
@@ -379,16 +392,24 @@ impl Driver {
         Ok(())
     }
 
-    /// Picks the `<option>` whose value (or else label) is `value`.
-    pub async fn select(
-        &self,
-        selector: &str,
-        nth: i64,
-        value: &str,
-        timeout: Duration,
-    ) -> Result<String, BrowserError> {
+    /// Picks the `<option>` whose value (or else label, ignoring case) is `value`. `Ok(false)`
+    /// when the element is not a `<select>` (the caller types instead); a `<select>` without
+    /// such an option is `BAD_PAYLOAD` naming a few of the options it has.
+    pub async fn select(&self, selector: &str, nth: i64, value: &str, timeout: Duration) -> Result<bool, BrowserError> {
         self.wait_for(selector, nth, WaitState::Actionable, timeout, false).await?;
-        self.helper("select", &[Value::from(selector), Value::from(nth), Value::from(value)]).await
+        let answer: SelectAnswer =
+            self.helper("select", &[Value::from(selector), Value::from(nth), Value::from(value)]).await?;
+        if !answer.select {
+            return Ok(false);
+        }
+        if answer.missing {
+            return Err(BrowserError::BadFlow(format!(
+                "select: {selector:?} has no option {value:?} (by value or label); its {} options include {}",
+                answer.count,
+                answer.offered.iter().map(|o| format!("{o:?}")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(true)
     }
 
     /// Puts local files into an `<input type=file>` (`DOM.setFileInputFiles`). File inputs

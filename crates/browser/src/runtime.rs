@@ -15,6 +15,7 @@ use crate::flow::{Adapter, Flow};
 use crate::guard::{BreakerSettings, Cap, Caps, Guard};
 use crate::launch::{BrowserLaunch, WarmBrowser};
 use crate::locator::{Cadence, Driver};
+use crate::logins::LoginsNeeded;
 use crate::session::{self, SessionKey, SessionStore, StorageState};
 use base64::Engine;
 use edge_protocol::jobs::{BrowserJobPayload, BROADCAST_DM, SCHEDULE_POST, SCRAPE_SUBS, SEND_DM};
@@ -157,6 +158,9 @@ pub enum BrowserEvent {
 pub struct BrowserStatus {
     pub executable: Option<String>,
     pub circuit_open_until_ms: Option<i64>,
+    /// The same instant, RFC 3339 in UTC, for people and scripts that read the JSON.
+    #[serde(default)]
+    pub circuit_open_until: Option<String>,
     pub circuit_reason: Option<String>,
     pub session_volatile: bool,
     pub login_required: Vec<String>,
@@ -188,7 +192,8 @@ struct Inner {
     key: Mutex<Option<Result<SessionKey, String>>>,
     /// Session state of sites when there is no key: memory only.
     volatile: Mutex<std::collections::BTreeMap<String, StorageState>>,
-    login_required: Mutex<BTreeSet<String>>,
+    /// On disk, shared with every other process of the profile (see [`crate::logins`]).
+    logins: LoginsNeeded,
     /// One job per site at a time: two would share one account and one budget.
     site_locks: Mutex<std::collections::BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -222,7 +227,7 @@ impl BrowserRuntime {
                 notifier,
                 key: Mutex::new(None),
                 volatile: Mutex::new(Default::default()),
-                login_required: Mutex::new(BTreeSet::new()),
+                logins: LoginsNeeded::new(&dir),
                 site_locks: Mutex::new(Default::default()),
                 settings,
             }),
@@ -252,9 +257,10 @@ impl BrowserRuntime {
         BrowserStatus {
             executable: self.inner.executable.as_ref().ok().map(|p| p.display().to_string()),
             circuit_open_until_ms: circuit.as_ref().map(|c| c.0),
+            circuit_open_until: circuit.as_ref().map(|c| rfc3339(c.0)),
             circuit_reason: circuit.map(|c| c.1),
             session_volatile: self.inner.key.lock().ok().is_some_and(|k| matches!(*k, Some(Err(_)))),
-            login_required: self.inner.login_required.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default(),
+            login_required: self.inner.logins.sites().into_keys().collect(),
         }
     }
 
@@ -416,9 +422,7 @@ impl BrowserRuntime {
                 BrowserError::RateLimited { site, detail, retry_after_ms: Some(verdict.retry_after_ms) }
             }
             BrowserError::LoginRequired { site } => {
-                if let Ok(mut set) = self.inner.login_required.lock() {
-                    set.insert(site.clone());
-                }
+                self.inner.logins.mark(&site, crate::now_ms());
                 self.inner.notifier.notify(BrowserEvent::LoginRequired { site: site.clone() });
                 BrowserError::LoginRequired { site }
             }
@@ -454,9 +458,7 @@ impl BrowserRuntime {
         }
         context.dispose().await;
         if outcome.is_ok() {
-            if let Ok(mut set) = self.inner.login_required.lock() {
-                set.remove(&adapter.name);
-            }
+            self.inner.logins.clear(&adapter.name);
         }
         outcome
     }
@@ -720,20 +722,35 @@ impl BrowserRuntime {
         let at = p.get("at").and_then(Value::as_str).ok_or_else(|| {
             BrowserError::BadFlow("schedule_post needs `params.at` (local date-time or RFC 3339)".into())
         })?;
-        let zone = p.get("timeZone").and_then(Value::as_str);
-        let when = resolve_time(at, zone)?;
-        let site_zone: chrono_tz::Tz = match adapter.settings.time_zone.as_deref().or(zone) {
-            Some(name) => name.parse().map_err(|_| BrowserError::BadFlow(format!("unknown time zone {name:?}")))?,
-            None => chrono_tz::UTC,
+        let zone = match p.get("timeZone") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(zone)) => Some(zone.as_str()),
+            Some(other) => {
+                return Err(BrowserError::BadFlow(format!(
+                    "`params.timeZone` must be an IANA zone name such as \"Europe/Paris\", not {}",
+                    crate::flow::json_kind(other)
+                )))
+            }
         };
+        let when = resolve_time(at, zone)?;
+        let site_zone = site_time_zone(adapter, zone)?;
         let local = when.with_timezone(&site_zone);
         let date = local.format(&adapter.settings.date_format).to_string();
         let time = local.format(&adapter.settings.time_format).to_string();
         let mut params = p.clone();
         params.insert("date".into(), Value::from(date.clone()));
         params.insert("time".into(), Value::from(time.clone()));
+        params.insert("siteTimeZone".into(), Value::from(site_zone.name()));
         let media_dir = self.inner.settings.dir().join("media").join(format!("{:016x}", rand::random::<u64>()));
-        let files = materialize_media(p, &media_dir)?;
+        let media = match materialize_media(p, &media_dir) {
+            Ok(media) => media,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&media_dir);
+                return Err(e);
+            }
+        };
+        let files: Vec<String> = media.iter().map(|m| m.path.display().to_string()).collect();
+        let names: Vec<&str> = media.iter().map(|m| m.name.as_str()).collect();
         params.insert("files".into(), json!(files));
         let output = self
             .run_builtin(adapter, SCHEDULE_POST, &params, "post", !payload.dry_run, payload.dry_run, hub_cap, deadline)
@@ -747,6 +764,7 @@ impl BrowserRuntime {
                 "siteTime": time,
                 "siteTimeZone": site_zone.name(),
                 "media": files.len(),
+                "mediaNames": names,
                 "confirmation": output.vars.get("confirmation"),
                 "dryRun": payload.dry_run,
                 "skippedSteps": output.skipped,
@@ -850,9 +868,7 @@ impl BrowserRuntime {
         .await;
         warm.shutdown().await;
         let cookies = result?;
-        if let Ok(mut set) = self.inner.login_required.lock() {
-            set.remove(&adapter.name);
-        }
+        self.inner.logins.clear(&adapter.name);
         let volatile = self.key().is_none();
         self.inner.notifier.notify(BrowserEvent::SessionSaved { site: adapter.name.clone() });
         Ok(LoginReport { site: adapter.name.clone(), cookies, saved_encrypted: !volatile, launch_args: args })
@@ -898,39 +914,154 @@ pub fn resolve_time(at: &str, zone: Option<&str>) -> Result<chrono::DateTime<chr
     }
 }
 
-/// `params.media`: `[{"name": "a.jpg", "base64": "…"}]` written to `dir`, or
-/// `params.mediaPaths`: files already on this machine. Returns the paths.
-fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> Result<Vec<String>, BrowserError> {
-    let mut out = Vec::new();
-    if let Some(items) = params.get("media").and_then(Value::as_array) {
-        std::fs::create_dir_all(dir)?;
-        for (i, item) in items.iter().enumerate() {
-            let name = item.get("name").and_then(Value::as_str).unwrap_or("media.bin");
-            let name = std::path::Path::new(name)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| format!("media-{i}.bin"));
-            let data = item
-                .get("base64")
-                .and_then(Value::as_str)
-                .ok_or_else(|| BrowserError::BadFlow(format!("media[{i}] needs `base64`")))?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
-                .map_err(|e| BrowserError::BadFlow(format!("media[{i}].base64: {e}")))?;
-            let path = dir.join(format!("{i}-{name}"));
-            std::fs::write(&path, bytes)?;
-            out.push(path.display().to_string());
+/// The zone the site reads `schedule_post`'s date and time in: `settings.timeZone` when the
+/// adapter declares it; else, when the site has a time-zone control (`selectors.timeZoneInput`,
+/// which the flow then sets to this zone), the job's own `timeZone`, or UTC for an `at` with
+/// an offset. With neither, nobody knows which zone the site would read the time in, and a
+/// post scheduled hours off would still be reported as scheduled: refused instead.
+pub fn site_time_zone(adapter: &Adapter, job_zone: Option<&str>) -> Result<chrono_tz::Tz, BrowserError> {
+    let has_control = adapter.selectors.get("timeZoneInput").is_some_and(|s| !s.trim().is_empty());
+    let name = match (adapter.settings.time_zone.as_deref(), has_control) {
+        (Some(declared), _) => declared,
+        (None, true) => job_zone.unwrap_or("UTC"),
+        (None, false) => {
+            return Err(BrowserError::BadFlow(format!(
+                "adapter {:?} does not say which time zone the site reads the post's date and time in: \
+                 add `selectors.timeZoneInput` (the form's time-zone control, which the flow sets to the \
+                 job's zone) or `settings.timeZone` (the zone the site's date picker shows)",
+                adapter.name
+            )))
         }
-    }
-    if let Some(paths) = params.get("mediaPaths").and_then(Value::as_array) {
-        for path in paths.iter().filter_map(Value::as_str) {
-            if !std::path::Path::new(path).is_file() {
-                return Err(BrowserError::BadFlow(format!("mediaPaths: no file {path:?}")));
+    };
+    name.parse()
+        .map_err(|_| BrowserError::BadFlow(format!("unknown time zone {name:?} (an IANA name such as Europe/Paris)")))
+}
+
+/// One file of a post's media: where it is on this machine and the name the site sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaFile {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+/// `params.media`: `[{"name": "a.jpg", "base64": "…"}]`, each written to `dir/<n>/<name>` (a
+/// folder per file, so the site receives the file's own name); and `params.mediaPaths`:
+/// files already on this machine, uploaded from where they are. Two files of one post with
+/// the same name (ignoring case) would look like one file to a site that keys uploads by
+/// name, so the later ones reach it as `name (2).ext`, `name (3).ext`, as a browser names a
+/// second download of the same file; the result's `mediaNames` lists the names sent.
+pub fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> Result<Vec<MediaFile>, BrowserError> {
+    let mut out: Vec<MediaFile> = Vec::new();
+    let mut names = TakenNames::default();
+    let list = |key: &str| -> Result<Vec<Value>, BrowserError> {
+        match params.get(key) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => Ok(items.clone()),
+            Some(other) => Err(BrowserError::BadFlow(format!(
+                "`params.{key}` must be a list, not {}",
+                crate::flow::json_kind(other)
+            ))),
+        }
+    };
+    for (i, item) in list("media")?.iter().enumerate() {
+        if !item.is_object() {
+            return Err(BrowserError::BadFlow(format!(
+                "media[{i}] must be an object such as {{\"name\": \"teaser.png\", \"base64\": \"iVBORw0KGgo=\"}}, not {}",
+                crate::flow::json_kind(item)
+            )));
+        }
+        let name = match item.get("name") {
+            None | Some(Value::Null) => format!("media-{}.bin", i + 1),
+            Some(Value::String(name)) => media_name(name).ok_or_else(|| {
+                BrowserError::BadFlow(format!(
+                    "media[{i}].name {name:?} is not a file name; give one like \"teaser.png\""
+                ))
+            })?,
+            Some(other) => {
+                return Err(BrowserError::BadFlow(format!(
+                    "media[{i}].name must be a string such as \"teaser.png\", not {}",
+                    crate::flow::json_kind(other)
+                )))
             }
-            out.push(path.to_owned());
+        };
+        let data = item.get("base64").and_then(Value::as_str).ok_or_else(|| {
+            BrowserError::BadFlow(format!("media[{i}] needs `base64` (the file's bytes, base64-encoded)"))
+        })?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| BrowserError::BadFlow(format!("media[{i}].base64: {e}")))?;
+        let name = names.claim(&name);
+        let folder = dir.join(out.len().to_string());
+        std::fs::create_dir_all(&folder)?;
+        let path = folder.join(&name);
+        std::fs::write(&path, bytes)?;
+        out.push(MediaFile { path, name });
+    }
+    for (i, item) in list("mediaPaths")?.iter().enumerate() {
+        let Some(path) = item.as_str() else {
+            return Err(BrowserError::BadFlow(format!(
+                "mediaPaths[{i}] must be a file path string, not {}",
+                crate::flow::json_kind(item)
+            )));
+        };
+        let path = std::path::Path::new(path);
+        if !path.is_file() {
+            return Err(BrowserError::BadFlow(format!("mediaPaths[{i}]: no file {:?}", path.display().to_string())));
         }
+        let own = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = names.claim(&own);
+        if name == own {
+            out.push(MediaFile { path: path.to_path_buf(), name });
+            continue;
+        }
+        // Same name as an earlier file: a link (else a copy) under the new name.
+        let folder = dir.join(out.len().to_string());
+        std::fs::create_dir_all(&folder)?;
+        let renamed = folder.join(&name);
+        if std::fs::hard_link(path, &renamed).is_err() {
+            std::fs::copy(path, &renamed)?;
+        }
+        out.push(MediaFile { path: renamed, name });
     }
     Ok(out)
+}
+
+/// The file-name part of a media name (`dir/teaser.png` → `teaser.png`); `None` when there is
+/// none or it holds control characters.
+fn media_name(name: &str) -> Option<String> {
+    let base = name.rsplit(['/', '\\']).next()?.trim();
+    let usable = !base.is_empty() && base != "." && base != ".." && !base.chars().any(char::is_control);
+    usable.then(|| base.to_owned())
+}
+
+/// The names given so far to one post's files, ignoring case.
+#[derive(Default)]
+struct TakenNames {
+    taken: std::collections::HashSet<String>,
+    /// Per name, the next number to try, so a payload of many equal names stays linear.
+    next: std::collections::HashMap<String, u32>,
+}
+
+impl TakenNames {
+    /// `name`, or `stem (n).ext` with the first n ≥ 2 not taken yet; the result is taken.
+    fn claim(&mut self, name: &str) -> String {
+        let key = name.to_lowercase();
+        if self.taken.insert(key.clone()) {
+            return name.to_owned();
+        }
+        let path = std::path::Path::new(name);
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_owned());
+        let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+        let mut n = self.next.get(&key).copied().unwrap_or(2);
+        loop {
+            let candidate = format!("{stem} ({n}){ext}");
+            n += 1;
+            if self.taken.insert(candidate.to_lowercase()) {
+                self.next.insert(key, n);
+                return candidate;
+            }
+        }
+    }
 }
 
 /// The error a job gets when this agent has no browser.
@@ -941,6 +1072,81 @@ pub fn unavailable_error(reason: &str) -> JobError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn adapter(yaml_extra: &str) -> Adapter {
+        crate::flow::parse_adapter(&format!("name: s\nbaseUrl: https://s.example\n{yaml_extra}")).unwrap()
+    }
+
+    #[test]
+    fn the_site_zone_is_declared_or_set_on_the_page_or_the_job_is_refused() {
+        let declared = adapter("settings: {timeZone: America/New_York}\n");
+        assert_eq!(site_time_zone(&declared, Some("Europe/Paris")).unwrap(), chrono_tz::America::New_York);
+        let control = adapter("selectors: {timeZoneInput: '#zone'}\n");
+        assert_eq!(site_time_zone(&control, Some("Europe/Paris")).unwrap(), chrono_tz::Europe::Paris);
+        assert_eq!(site_time_zone(&control, None).unwrap(), chrono_tz::UTC);
+        let both = adapter("selectors: {timeZoneInput: '#zone'}\nsettings: {timeZone: Asia/Tokyo}\n");
+        assert_eq!(site_time_zone(&both, Some("Europe/Paris")).unwrap(), chrono_tz::Asia::Tokyo);
+        let neither = adapter("selectors: {timeZoneInput: ' '}\n");
+        let message = site_time_zone(&neither, Some("Europe/Paris")).unwrap_err().to_string();
+        assert!(message.contains("selectors.timeZoneInput") && message.contains("settings.timeZone"), "{message}");
+        assert!(site_time_zone(&control, Some("Mars/Base")).unwrap_err().to_string().contains("Mars/Base"));
+    }
+
+    #[test]
+    fn repeated_names_are_numbered_past_names_already_taken() {
+        let mut names = TakenNames::default();
+        assert_eq!(names.claim("a (2).png"), "a (2).png");
+        assert_eq!(names.claim("a.png"), "a.png");
+        assert_eq!(names.claim("A.PNG"), "A (3).PNG");
+        let many: Vec<String> = (0..2_000).map(|_| names.claim("a.png")).collect();
+        assert_eq!(many.last().map(String::as_str), Some("a (2003).png"));
+        assert_eq!(many.iter().collect::<std::collections::HashSet<_>>().len(), 2_000);
+        assert_eq!(names.claim("README"), "README");
+        assert_eq!(names.claim("readme"), "readme (2)");
+    }
+
+    #[test]
+    fn media_keep_their_names_and_a_repeated_name_is_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        for folder in ["a", "b"] {
+            std::fs::create_dir_all(elsewhere.path().join(folder)).unwrap();
+            std::fs::write(elsewhere.path().join(folder).join("cover.jpg"), folder).unwrap();
+        }
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let a = elsewhere.path().join("a/cover.jpg").display().to_string();
+        let b = elsewhere.path().join("b/cover.jpg").display().to_string();
+        let params = json!({
+            "media": [{"name": "teaser.png", "base64": b64(b"one")}, {"name": "Teaser.png", "base64": b64(b"two")},
+                      {"name": "clips/intro.mp4", "base64": b64(b"three")}, {"base64": b64(b"four")}],
+            "mediaPaths": [a, b]
+        });
+        let media = materialize_media(params.as_object().unwrap(), dir.path()).unwrap();
+        let names: Vec<&str> = media.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["teaser.png", "Teaser (2).png", "intro.mp4", "media-4.bin", "cover.jpg", "cover (2).jpg"]);
+        for m in &media {
+            // The file the browser uploads carries the name the site should see.
+            assert_eq!(m.path.file_name().unwrap().to_string_lossy(), m.name);
+        }
+        assert_eq!(std::fs::read(&media[1].path).unwrap(), b"two");
+        assert_eq!(media[4].path.display().to_string(), a, "a file already on the machine is used where it is");
+        assert_eq!(std::fs::read(&media[5].path).unwrap(), b"b");
+        assert!(media[5].path.starts_with(dir.path()));
+
+        for (bad, needle) in [
+            (json!({"media": [{"name": "..", "base64": ""}]}), "media[0].name \"..\" is not a file name"),
+            (json!({"media": [{"name": "a\u{0}b", "base64": ""}]}), "is not a file name"),
+            (json!({"media": [{"name": 5, "base64": ""}]}), "media[0].name must be a string"),
+            (json!({"media": [{"name": "a.png"}]}), "media[0] needs `base64`"),
+            (json!({"media": {"name": "a.png"}}), "`params.media` must be a list"),
+            (json!({"media": ["teaser.png"]}), "media[0] must be an object such as {\"name\": \"teaser.png\""),
+            (json!({"mediaPaths": [3]}), "mediaPaths[0] must be a file path string"),
+            (json!({"mediaPaths": ["/no/such/file.png"]}), "mediaPaths[0]: no file"),
+        ] {
+            let message = materialize_media(bad.as_object().unwrap(), dir.path()).unwrap_err().to_string();
+            assert!(message.contains(needle), "{bad}: {message}");
+        }
+    }
 
     #[test]
     fn local_times_resolve_in_their_zone_and_dst_gaps_are_refused() {

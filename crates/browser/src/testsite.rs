@@ -5,9 +5,9 @@
 //! and a logged-out state. It counts every message per recipient on the server side, which
 //! is what the exactly-once tests check.
 //!
-//! A second skin under `/alt/` has other URLs and markup for the same DM feature, to prove a
-//! flow moves to another site by changing only the adapter. It must never bind anything
-//! but loopback.
+//! A second skin under `/alt/` has other URLs and markup for the same DM feature, and a
+//! scheduler whose time-zone control is a text field, to prove a flow moves to another site
+//! by changing only the adapter. It must never bind anything but loopback.
 
 use crate::flow::{parse_adapter, Adapter};
 use axum::extract::{Form, Multipart, Path, Query, State};
@@ -30,8 +30,23 @@ pub struct Post {
     pub text: String,
     pub date: String,
     pub time: String,
+    /// The zone the scheduler's time-zone control showed when the form was sent.
+    pub zone: String,
     pub media: Vec<(String, usize)>,
 }
+
+/// The zones the scheduler's time-zone control offers (value, label).
+pub const ZONES: [(&str, &str); 6] = [
+    ("UTC", "UTC"),
+    ("America/New_York", "New York (Eastern)"),
+    ("America/Los_Angeles", "Los Angeles (Pacific)"),
+    ("Europe/London", "London"),
+    ("Europe/Paris", "Paris"),
+    ("Asia/Tokyo", "Tokyo"),
+];
+
+/// The zone the scheduler shows until changed ([`Site::set_time_zone`]).
+pub const DEFAULT_ZONE: &str = "America/New_York";
 
 #[derive(Default)]
 struct SiteState {
@@ -45,6 +60,8 @@ struct SiteState {
     rate_limited: u32,
     /// Pause before answering a send (lets tests kill the agent mid-broadcast).
     send_delay: Duration,
+    /// The scheduler's preselected zone; `None`: [`DEFAULT_ZONE`].
+    time_zone: Option<String>,
 }
 
 /// A running site. Dropping it does not stop the server thread (it ends with the process).
@@ -245,6 +262,14 @@ async fn scheduler(State(state): State<Shared>, headers: HeaderMap) -> Html<Stri
     if !session(&headers, &state) {
         return logged_out(false);
     }
+    let current = lock(&state).time_zone.clone().unwrap_or_else(|| DEFAULT_ZONE.to_owned());
+    let zones: String = ZONES
+        .iter()
+        .map(|(value, label)| {
+            let selected = if *value == current { " selected" } else { "" };
+            format!("<option value=\"{value}\"{selected}>{label}</option>")
+        })
+        .collect();
     page(
         "New post",
         &format!(
@@ -252,6 +277,7 @@ async fn scheduler(State(state): State<Shared>, headers: HeaderMap) -> Html<Stri
              <textarea id=post-text name=text></textarea>\
              <label class=upload>Add media <input id=post-media name=media type=file multiple style=\"display:none\"></label>\
              <input id=post-date name=date type=date><input id=post-time name=time type=time>\
+             <select id=post-zone name=zone>{zones}</select>\
              <button type=submit disabled id=schedule>Schedule</button></form>\
              <script>const f = document.querySelector('#post-form'); f.addEventListener('input', () => {{\
                document.querySelector('#schedule').disabled = !(f.text.value && f.date.value && f.time.value); }});</script>",
@@ -260,11 +286,35 @@ async fn scheduler(State(state): State<Shared>, headers: HeaderMap) -> Html<Stri
     )
 }
 
+/// The `/alt/` skin's scheduler: the time zone is a text field with suggestions (a combobox),
+/// prefilled with the site's zone, and the button is a link.
+async fn alt_scheduler(State(state): State<Shared>, headers: HeaderMap) -> Html<String> {
+    if !session(&headers, &state) {
+        return page("Sign in", "<div class=signin-required>Please sign in</div>");
+    }
+    let current = lock(&state).time_zone.clone().unwrap_or_else(|| DEFAULT_ZONE.to_owned());
+    let zones: String = ZONES.iter().map(|(value, _)| format!("<option value=\"{value}\">")).collect();
+    page(
+        "Plan a post",
+        &format!(
+            "<header class=me>creator</header><form id=plan method=post action=/posts enctype=multipart/form-data>\
+             <div><label>Text <textarea class=body name=text></textarea></label></div>\
+             <div><label>Files <input class=files name=media type=file multiple></label></div>\
+             <div><label>Day <input class=day name=date type=date></label> <label>At <input class=at name=time type=time></label></div>\
+             <div><label>Zone <input class=zone name=zone list=zones value=\"{current}\" autocomplete=off></label><datalist id=zones>{zones}</datalist></div>\
+             <a href=# class=btn id=plan-it>Plan it</a></form>\
+             <script>document.querySelector('#plan-it').addEventListener('click', (e) => {{ e.preventDefault(); document.querySelector('#plan').submit(); }});</script>",
+            current = esc(&current)
+        ),
+    )
+}
+
 async fn schedule(State(state): State<Shared>, headers: HeaderMap, mut multipart: Multipart) -> Response {
     if !session(&headers, &state) {
         return logged_out(false).into_response();
     }
-    let mut post = Post { text: String::new(), date: String::new(), time: String::new(), media: Vec::new() };
+    let mut post =
+        Post { text: String::new(), date: String::new(), time: String::new(), zone: String::new(), media: Vec::new() };
     while let Ok(Some(field)) = multipart.next_field().await {
         let name = field.name().unwrap_or_default().to_owned();
         let file_name = field.file_name().map(str::to_owned);
@@ -273,6 +323,7 @@ async fn schedule(State(state): State<Shared>, headers: HeaderMap, mut multipart
             "text" => post.text = String::from_utf8_lossy(&bytes).into_owned(),
             "date" => post.date = String::from_utf8_lossy(&bytes).into_owned(),
             "time" => post.time = String::from_utf8_lossy(&bytes).into_owned(),
+            "zone" => post.zone = String::from_utf8_lossy(&bytes).into_owned(),
             "media" if !bytes.is_empty() => post.media.push((file_name.unwrap_or_default(), bytes.len())),
             _ => {}
         }
@@ -287,7 +338,13 @@ async fn schedule(State(state): State<Shared>, headers: HeaderMap, mut multipart
     }
     page(
         "Scheduled",
-        &format!("{}<p class=post-scheduled>Scheduled for {} {}</p>", nav(), esc(&post.date), esc(&post.time)),
+        &format!(
+            "{}<p class=post-scheduled>Scheduled for {} {} ({})</p>",
+            nav(),
+            esc(&post.date),
+            esc(&post.time),
+            esc(&post.zone)
+        ),
     )
     .into_response()
 }
@@ -379,6 +436,7 @@ impl Site {
             .route("/subscribers", get(subscribers))
             .route("/alt/inbox/{to}", get(alt_inbox))
             .route("/alt/api/send", post(alt_send))
+            .route("/alt/posts/new", get(alt_scheduler))
             .with_state(Arc::clone(&state));
         std::thread::Builder::new().name("test-site".into()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
@@ -422,6 +480,7 @@ selectors:
   mediaInput: "#post-media"
   dateInput: "#post-date"
   timeInput: "#post-time"
+  timeZoneInput: "#post-zone"
   scheduleButton: 'text="Schedule"'
   scheduledConfirmation: ".post-scheduled"
   nextPage: "a.next-page"
@@ -509,6 +568,11 @@ settings:
         let mut st = lock(&self.state);
         st.rate_limit = limit;
         st.actions.clear();
+    }
+
+    /// The zone the scheduler's time-zone control shows until a person (or flow) changes it.
+    pub fn set_time_zone(&self, zone: &str) {
+        lock(&self.state).time_zone = Some(zone.to_owned());
     }
 
     pub fn set_send_delay(&self, delay: Duration) {

@@ -162,7 +162,8 @@ async fn flows_in_real_chromium() {
     let posts = site.posts();
     assert_eq!(posts.len(), 1);
     assert_eq!((posts[0].date.as_str(), posts[0].time.as_str()), ("2031-07-01", "12:30"));
-    assert_eq!(posts[0].media, vec![("0-teaser.png".to_owned(), 21)]);
+    assert_eq!(posts[0].media, vec![("teaser.png".to_owned(), 21)]);
+    assert_eq!(posts[0].zone, "America/New_York");
     assert_eq!(posts[0].text, "New set tonight");
 
     // scrape_subs: three pages into structured rows.

@@ -5,7 +5,10 @@
 //! nothing; a broadcast killed mid-way resumes after the agent restarts and messages every
 //! recipient exactly once; the encrypted session survives the restart; repeated rate limits
 //! trip the circuit breaker, which the hub records (`circuitOpenUntil`) and `edge-agent
-//! status --json` shows.
+//! status --json` shows. `edge-agent status` and `edge-agent browser status`, text and JSON,
+//! agree on the sites needing a login at every step (also right after a login made from
+//! another process while the agent runs) and print the circuit breaker's end as a local
+//! RFC 3339 time, not epoch milliseconds.
 
 use anyhow::Context;
 use edge_browser::testsite::Site;
@@ -104,6 +107,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     )?;
     assert_eq!(done["error"]["code"], json!("LOGIN_REQUIRED"), "{done}");
     assert_eq!(login_required(&agent)?, json!([adapter["name"]]));
+    assert_eq!(sites_needing_login(&agent)?, json!([adapter["name"]]));
 
     // The login command in a window, then the retry succeeds.
     let mut login_adapter = site.adapter();
@@ -112,6 +116,8 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     std::fs::write(&adapter_file, serde_json::to_vec(&login_adapter)?)?;
     let out = browser_login(&agent, &xvfb, &adapter_file)?;
     assert!(out.contains("\"savedEncrypted\":true"), "{out}");
+    // The login was made by another process; both status commands know at once.
+    assert_eq!(sites_needing_login(&agent)?, json!([]));
     let done = hub.run_job(
         &key,
         &json!({"type": "send_dm", "creatorId": "creator-b",
@@ -184,6 +190,27 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let (_, status) = agent.oneshot(&["status", "--json"])?;
     let status: Value = serde_json::from_str(&status)?;
     assert!(status["state"]["snapshot"]["browser"]["circuitOpenUntilMs"].is_number(), "{status}");
+    // People read the pause's end as a time in their zone, the same in both commands.
+    let until_ms = status["browser"]["circuitOpenUntilMs"].as_i64().context("no circuitOpenUntilMs")?;
+    let kolkata = [("TZ", "Asia/Kolkata")];
+    let (_, text) = agent.oneshot_with_env(&["status"], &kolkata)?;
+    let (_, browser_text) = agent.oneshot_with_env(&["browser", "status"], &kolkata)?;
+    let paused = |t: &str| t.lines().find(|l| l.starts_with("browser:")).map(str::to_owned);
+    assert_eq!(paused(&text), paused(&browser_text), "{text}\n---\n{browser_text}");
+    let line = paused(&text).context("no browser line")?;
+    assert!(!line.contains("epoch") && !line.contains(&until_ms.to_string()), "{line}");
+    let shown = line.rsplit(' ').next().unwrap_or_default();
+    assert!(
+        line.starts_with("browser:     paused by the circuit breaker (RATE_LIMITED) until ")
+            && shown.ends_with("+05:30"),
+        "{line}"
+    );
+    let instant = edge_browser::runtime::resolve_time(shown, None)?;
+    assert_eq!(instant.timestamp_millis(), until_ms / 1000 * 1000, "{line} is not {until_ms} ms");
+    let (_, json_text) = agent.oneshot(&["browser", "status", "--json"])?;
+    let browser: Value = serde_json::from_str(&json_text)?;
+    let utc = browser["circuitOpenUntil"].as_str().context("no circuitOpenUntil")?;
+    assert_eq!(edge_browser::runtime::resolve_time(utc, None)?, instant, "{utc}");
     // While open, the hub holds browser jobs back (the job stays pending).
     site.set_rate_limit(None);
     let job = hub
@@ -194,6 +221,34 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     assert_eq!(done["result"]["count"], json!(25), "{done}");
     agent.shutdown();
     Ok(())
+}
+
+/// The sites needing a login as `edge-agent status` and `edge-agent browser status` print them,
+/// in JSON and in text; fails unless all four agree.
+fn sites_needing_login(agent: &Agent) -> anyhow::Result<Value> {
+    let json = |args: &[&str]| -> anyhow::Result<Value> {
+        let (ok, out) = agent.oneshot(args)?;
+        assert!(ok, "{args:?}: {out}");
+        serde_json::from_str(&out).with_context(|| format!("{args:?} printed no JSON: {out}"))
+    };
+    let status = json(&["status", "--json"])?["browser"]["loginRequired"].clone();
+    let browser = json(&["browser", "status", "--json"])?["loginRequired"].clone();
+    assert_eq!(status, browser, "`status --json` and `browser status --json` disagree");
+    let line = |args: &[&str]| -> anyhow::Result<String> {
+        let (ok, out) = agent.oneshot(args)?;
+        assert!(ok, "{args:?}: {out}");
+        out.lines().find(|l| l.starts_with("login needed:")).map(str::to_owned).context(format!("{args:?}: {out}"))
+    };
+    let text = line(&["status"])?;
+    assert_eq!(text, line(&["browser", "status"])?, "`status` and `browser status` disagree");
+    let names: Vec<&str> = status.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let expected = if names.is_empty() {
+        "login needed: none".to_owned()
+    } else {
+        format!("login needed: {} (edge-agent browser login --site NAME)", names.join(", "))
+    };
+    assert_eq!(text, expected);
+    Ok(status)
 }
 
 /// The sites the running agent's snapshot says need a login (`edge-agent status --json`).
