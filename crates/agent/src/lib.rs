@@ -18,6 +18,7 @@ pub mod executor;
 pub mod hub_client;
 pub mod hub_url;
 pub mod keychain;
+pub mod local_settings;
 pub mod logging;
 pub mod outbox;
 pub mod runners;

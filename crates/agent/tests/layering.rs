@@ -24,6 +24,7 @@ const LAYERS: &[&str] = &[
     "backoff",
     "runtime",
     "state",
+    "local_settings",
     "outbox",
     // Resources handed to runners.
     "bundles",

@@ -1,0 +1,127 @@
+//! The person's own settings for this agent: what they consented to, what they allow beyond
+//! the public internet, their caps, their uploads folder. `<data dir>/settings.json`.
+//!
+//! It owns that file's shape and its safe replacement. Only the person's own tools write it
+//! (the `edge-agent` CLI, the tray window); nothing the hub sends may ever change it, since
+//! the hub can narrow what the agent does but never widen it. It must never hold a secret.
+
+use crate::error::AgentError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const SETTINGS_FILE_NAME: &str = "settings.json";
+
+/// Everything the person decided for this profile. Missing fields take their defaults,
+/// which grant nothing and allow nothing beyond the public internet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalSettings {
+    /// Capabilities the person granted, by name, with what they were shown.
+    pub grants: BTreeMap<String, Grant>,
+    /// Destinations allowed beyond the public internet, as `ADDRESS[:PORT]` (for example
+    /// `127.0.0.1:8080`), beside `edge-agent run --allow-egress`.
+    pub allow_egress: Vec<String>,
+    pub caps: Caps,
+    /// The one folder browser jobs may upload files from, besides their own bundle; none
+    /// by default.
+    pub uploads_dir: Option<PathBuf>,
+    /// Whether a job may bring its own site adapter instead of naming a signed or local one.
+    pub allow_inline_adapters: bool,
+}
+
+/// A capability the person granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// RFC 3339 UTC.
+    pub granted_at: String,
+    /// Version of the consent text that was shown.
+    pub text_version: u32,
+    /// The text itself, as shown.
+    pub text: String,
+}
+
+/// The person's limits; `None` is no limit of their own (the agent's defaults still apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Caps {
+    pub jobs_per_hour: Option<u32>,
+    pub messages_per_hour: Option<u32>,
+    pub bytes_per_day: Option<u64>,
+}
+
+impl LocalSettings {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(SETTINGS_FILE_NAME)
+    }
+
+    /// The settings, or the defaults when the person never saved any.
+    pub fn load(data_dir: &Path) -> Result<LocalSettings, AgentError> {
+        let path = Self::path(data_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                AgentError::Internal(format!(
+                    "{} is not readable as the agent's settings ({e}); fix or delete it (deleting grants nothing)",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LocalSettings::default()),
+            Err(e) => Err(AgentError::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    /// Replaces the file atomically, readable by its owner only.
+    pub fn save(&self, data_dir: &Path) -> Result<(), AgentError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| AgentError::io(format!("cannot create {}", data_dir.display()), e))?;
+        let path = Self::path(data_dir);
+        let temporary = data_dir.join(format!(".{SETTINGS_FILE_NAME}.{}.tmp", std::process::id()));
+        let json = serde_json::to_vec_pretty(self).map_err(|e| AgentError::Internal(e.to_string()))?;
+        write_private(&temporary, &json)
+            .map_err(|e| AgentError::io(format!("cannot write {}", temporary.display()), e))?;
+        std::fs::rename(&temporary, &path).map_err(|e| AgentError::io(format!("cannot replace {}", path.display()), e))
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_profile_grants_nothing_and_a_saved_one_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = LocalSettings::load(dir.path()).unwrap();
+        assert!(fresh.grants.is_empty() && fresh.allow_egress.is_empty() && !fresh.allow_inline_adapters);
+        let mut settings = fresh;
+        settings.allow_egress.push("127.0.0.1:8080".into());
+        settings.caps.jobs_per_hour = Some(30);
+        settings.save(dir.path()).unwrap();
+        assert_eq!(LocalSettings::load(dir.path()).unwrap(), settings);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(LocalSettings::path(dir.path())).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_damaged_file_is_an_error_that_says_what_to_do_not_an_empty_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(LocalSettings::path(dir.path()), b"{not json").unwrap();
+        let error = LocalSettings::load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("settings.json") && error.contains("fix or delete"), "{error}");
+    }
+}
