@@ -128,9 +128,11 @@ impl HostShared {
         self.runtime.get().map(BrowserRuntime::status)
     }
 
+    /// Updates the snapshot when the runtime's state differs from what it shows (an update
+    /// writes state.json and tells every subscriber, so an unchanged state is left alone).
     fn refresh_status(&self) {
         let status = self.status();
-        if status.is_some() {
+        if status.is_some() && self.state.snapshot().browser != status {
             self.state.update(|s| s.browser = status);
         }
     }

@@ -35,6 +35,7 @@ pub use crate::state::{AgentEvent, AgentSnapshot, ConnectionState, JobRecord, Jo
 
 pub const DEFAULT_HB_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PROFILE: &str = "default";
+
 /// How long `shutdown` waits for the loop to report cancelled jobs and close the socket.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -171,6 +172,23 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     let mut capabilities: Vec<String> = runners.job_types().map(str::to_owned).collect();
     capabilities.extend([capability::JOB_CANCEL, capability::PAUSE, capability::JOB_LOG].map(str::to_owned));
     let host = inner.browser.clone();
+    // The sites needing a login live on disk, where a login made by another process
+    // (`edge-agent browser login` beside a running agent) clears them: look again now and
+    // then, so the snapshot (tray, state.json) follows without waiting for a job.
+    tokio::spawn({
+        let host = host.clone();
+        let cancel = cancel.clone();
+        // Once a heartbeat interval: as often as the agent talks to the hub anyway.
+        let every = inner.settings.hb_interval;
+        async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(every) => host.refresh_status(),
+                }
+            }
+        }
+    });
     let executor = Executor::spawn(ExecutorConfig {
         state: state.clone(),
         runners,

@@ -267,6 +267,27 @@ async fn a_revoked_agent_gets_401_from_token_and_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_needed_or_made_by_another_process_reaches_the_snapshot() {
+    let Connected { hub: _hub, dir, agent, mut events, session: _session, .. } =
+        connect(FakeHub::start().await, Duration::from_millis(200)).await;
+    // Another process (a job's run, or `edge-agent browser login`) writes the list on disk.
+    let logins = edge_browser::logins::LoginsNeeded::new(&dir.path().join("browser"));
+    logins.mark("fanhub", edge_browser::now_ms());
+    wait_for(&mut events, |e| {
+        matches!(e, AgentEvent::StateChanged { snapshot }
+            if snapshot.browser.as_ref().is_some_and(|b| b.login_required == ["fanhub"]))
+    })
+    .await;
+    logins.clear("fanhub");
+    wait_for(&mut events, |e| {
+        matches!(e, AgentEvent::StateChanged { snapshot }
+            if snapshot.browser.as_ref().is_some_and(|b| b.login_required.is_empty()))
+    })
+    .await;
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_the_limit_is_closed_with_1009_and_the_agent_reconnects() {
     let Connected { hub, dir: _dir, agent, session: mut first, .. } =
         connect(FakeHub::start().await, Duration::from_secs(30)).await;
