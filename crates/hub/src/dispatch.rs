@@ -45,6 +45,11 @@ pub enum Outgoing {
         code: u16,
         reason: String,
     },
+    /// The dispatcher applied a `hello` that came after the session had started as a
+    /// version-0 peer ([`Handshake::after_version_0`]): every `Assign` queued before this
+    /// was leased under the version-0 handshake and has been handed back to the queue, so
+    /// the session drops them instead of writing them after its `hello_ack`.
+    HandshakeApplied,
 }
 
 pub type Outbox = mpsc::UnboundedSender<Outgoing>;
@@ -74,6 +79,11 @@ pub struct Handshake {
     pub labels: Vec<String>,
     /// Capabilities announced in `hello`; empty for a prototype peer.
     pub capabilities: Vec<String>,
+    /// A `hello` from a session that was already taking jobs as a version-0 peer (it was
+    /// silent past the grace, or its first frame was not `hello`). An agent ignores frames
+    /// before its `hello_ack`, and those jobs were chosen without its capabilities and labels,
+    /// so the ones it has not acknowledged go back to the queue.
+    pub after_version_0: bool,
 }
 
 #[derive(Debug)]
@@ -193,16 +203,28 @@ struct ClaimKey {
     labels: Vec<String>,
     /// `None`: a prototype peer that announced no capabilities and takes any type.
     job_types: Option<Vec<String>>,
+    /// Withheld whatever `job_types` says (see [`ClaimGroup::excluded_job_types`]).
+    excluded_job_types: Vec<String>,
 }
 
 impl ClaimKey {
-    /// The key while the agent's circuit breaker is open: no browser job types, and nothing
-    /// at all for a prototype peer (it cannot say which types it runs).
+    /// The key while the agent's circuit breaker is open: every type it takes except the
+    /// browser job types, which are what the breaker is about (see [`circuit_withholds`]).
+    /// A prototype peer, which takes any type, takes any type but those. `None` when the
+    /// agent runs browser types only and so can take nothing until the cool-down ends.
     fn with_circuit_open(&self) -> Option<ClaimKey> {
-        let types = self.job_types.as_ref()?;
-        let job_types =
-            types.iter().filter(|t| !edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&t.as_str())).cloned().collect();
-        Some(ClaimKey { job_types: Some(job_types), ..self.clone() })
+        let withheld = circuit_withholds();
+        match &self.job_types {
+            Some(types) => {
+                let job_types: Vec<String> =
+                    types.iter().filter(|t| !withheld.contains(&t.as_str())).cloned().collect();
+                (!job_types.is_empty()).then(|| ClaimKey { job_types: Some(job_types), ..self.clone() })
+            }
+            None => Some(ClaimKey {
+                excluded_job_types: withheld.iter().map(|t| (*t).to_owned()).collect(),
+                ..self.clone()
+            }),
+        }
     }
 
     fn group(&self, agents: Vec<(String, u32)>) -> ClaimGroup {
@@ -210,9 +232,19 @@ impl ClaimKey {
             creator_id: self.creator_id.clone(),
             labels: self.labels.clone(),
             job_types: self.job_types.clone(),
+            excluded_job_types: self.excluded_job_types.clone(),
             agents,
         }
     }
+}
+
+/// The job types an open circuit breaker withholds, whatever its `reason`: the breaker is
+/// the browser runtime's (three site rate limits in half an hour, `docs/flows.md`), so it
+/// is about browser work only. Nothing else in an agent opens one, so every reason
+/// (`RATE_LIMITED`, `QUOTA_EXCEEDED`, or one this hub does not know) is read that way,
+/// rather than stopping work the agent never asked to stop.
+pub fn circuit_withholds() -> &'static [&'static str] {
+    &edge_protocol::jobs::BROWSER_JOB_TYPES
 }
 
 struct Connection {
@@ -225,6 +257,9 @@ struct Connection {
     /// per session on purpose: running jobs of an earlier session do not block a reconnected
     /// agent (their leases expire if the agent lost them).
     in_flight: HashMap<String, i64>,
+    /// A job was leased to this session while it was a version-0 peer: a later `hello` has
+    /// leases to take back (most late hellos have none, and then cost no write).
+    leased_as_version_0: bool,
 }
 
 impl Connection {
@@ -334,8 +369,14 @@ impl State {
                         outbox,
                         phase: Phase::Handshake,
                         protocol: 0,
-                        key: Arc::new(ClaimKey { creator_id, labels: Vec::new(), job_types: None }),
+                        key: Arc::new(ClaimKey {
+                            creator_id,
+                            labels: Vec::new(),
+                            job_types: None,
+                            excluded_job_types: Vec::new(),
+                        }),
                         in_flight: HashMap::new(),
+                        leased_as_version_0: false,
                     },
                 );
                 false
@@ -344,6 +385,7 @@ impl State {
                 let Some(conn) = self.connections.get_mut(&agent_id).filter(|c| c.session == session) else {
                     return false;
                 };
+                let after_version_0 = handshake.after_version_0;
                 conn.phase = Phase::Ready { slots: handshake.slots.min(MAX_SLOTS), paused: handshake.paused };
                 conn.protocol = handshake.protocol;
                 let mut labels = handshake.labels;
@@ -352,6 +394,7 @@ impl State {
                     creator_id: conn.key.creator_id.clone(),
                     labels,
                     job_types: (!handshake.capabilities.is_empty()).then_some(handshake.capabilities),
+                    excluded_job_types: Vec::new(),
                 });
                 // Cancels requested while the agent was away (or on another hub process).
                 if conn.protocol >= 1 {
@@ -365,6 +408,9 @@ impl State {
                         }
                         Err(e) => error!(agent_id, error = %e, "cannot look up pending cancel requests"),
                     }
+                }
+                if after_version_0 {
+                    self.take_back_version_0_leases(&agent_id).await;
                 }
                 true
             }
@@ -430,6 +476,41 @@ impl State {
                 false
             }
         }
+    }
+
+    /// A `hello` replaced a version-0 start ([`Handshake::after_version_0`]): the jobs leased
+    /// so far and not acknowledged go back to the queue, their slots are freed, and the
+    /// session learns (by [`Outgoing::HandshakeApplied`], after every `Assign` of those
+    /// leases) that it must not write them. The dispatcher leases nothing in between, so no
+    /// lease made under the new handshake can be caught by this.
+    async fn take_back_version_0_leases(&mut self, agent_id: &str) {
+        let Some(conn) = self.connections.get_mut(agent_id) else { return };
+        if !std::mem::take(&mut conn.leased_as_version_0) {
+            let _ = conn.outbox.send(Outgoing::HandshakeApplied);
+            return;
+        }
+        let released = self.release_unstarted(agent_id).await;
+        let held = if self.connections.get(agent_id).is_some_and(|c| !c.in_flight.is_empty()) {
+            match self.store.held_jobs(agent_id).await {
+                Ok(held) => Some(held.into_iter().collect::<HashSet<(String, i64)>>()),
+                Err(e) => {
+                    // The slots come back when the reconcile tick finds the leases gone.
+                    error!(agent_id, error = %e, "cannot check held jobs after a late hello");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(conn) = self.connections.get_mut(agent_id) else { return };
+        if let Some(held) = held {
+            conn.in_flight.retain(|job_id, token| held.contains(&(job_id.clone(), *token)));
+        }
+        info!(
+            agent_id,
+            released, "hello after a version-0 start; jobs leased before it and not acknowledged are pending again"
+        );
+        let _ = conn.outbox.send(Outgoing::HandshakeApplied);
     }
 
     /// Leased jobs the agent never acknowledged go back to pending at once: it may never
@@ -578,6 +659,7 @@ impl State {
             return;
         };
         conn.in_flight.insert(job.id.clone(), job.lease_token);
+        conn.leased_as_version_0 |= conn.protocol == 0;
         info!(
             agent_id,
             job_id = job.id,

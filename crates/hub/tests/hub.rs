@@ -227,6 +227,102 @@ async fn a_version_0_agent_starting_with_hb_gets_v0_frames_and_jobs() {
     hub.shutdown().await;
 }
 
+/// Next text frame as JSON, within `deadline` from `since`.
+async fn recv_by(ws: &mut Ws, since: tokio::time::Instant, deadline: Duration) -> serde_json::Value {
+    match tokio::time::timeout_at(since + deadline, recv(ws)).await {
+        Ok(frame) => frame,
+        Err(_) => panic!("no frame within {deadline:?} of connecting"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_prototype_agent_gets_its_jobs_within_2_s_of_connecting() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let waiting = hub.submit_job(json!({"type":"custom","payload":{"n":1},"creatorId":CREATOR})).await;
+
+    // A prototype agent says nothing until it has work: no hello, no heartbeat.
+    let connecting = tokio::time::Instant::now();
+    let mut ws = hub.connect(&token).await;
+    let assign = recv_by(&mut ws, connecting, Duration::from_secs(2)).await;
+    assert_eq!((assign["t"].as_str(), &assign["job"]["jobId"]), (Some("job_assign"), &waiting["id"]), "{assign}");
+    send(&mut ws, json!({"t":"job_ack","id":waiting["id"]})).await;
+    send(&mut ws, json!({"t":"job_result","id":waiting["id"],"status":"ok","data":{"done":1}})).await;
+    hub.wait_for_job_status(waiting["id"].as_str().unwrap(), "succeeded").await;
+
+    // It is a version-0 peer from then on: one job at a time, and no error frames.
+    let second = hub.submit_job(json!({"type":"custom","payload":{"n":2},"creatorId":CREATOR})).await;
+    let third = hub.submit_job(json!({"type":"custom","payload":{"n":3},"creatorId":CREATOR})).await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], second["id"]);
+    send_raw(&mut ws, Message::text("garbage")).await;
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+    send(&mut ws, json!({"t":"job_result","id":second["id"],"status":"ok","data":{}})).await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], third["id"]);
+
+    // A silent agent with nothing queued gets the next job as it is submitted.
+    let (quiet_agent, connecting) = (hub.enroll("creator-quiet").await, tokio::time::Instant::now());
+    let mut quiet = hub.connect(&hub.session_token(&quiet_agent).await).await;
+    let later = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":"creator-quiet"})).await;
+    assert_eq!(recv_by(&mut quiet, connecting, Duration::from_secs(2)).await["job"]["jobId"], later["id"]);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hello_after_the_grace_takes_back_the_jobs_leased_as_version_0() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let custom = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    let custom_id = custom["id"].as_str().unwrap();
+
+    // Slow to say hello: by then the hub took it for a prototype agent and leased it a job.
+    let connecting = tokio::time::Instant::now();
+    let mut ws = hub.connect(&token).await;
+    assert_eq!(recv_by(&mut ws, connecting, Duration::from_secs(2)).await["job"]["jobId"], custom["id"]);
+    send(
+        &mut ws,
+        json!({"t":"hello","protocol":2,"v":"agent-0.1.0","capabilities":["http_request","job_cancel"],"slots":2}),
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!((ack["t"].as_str(), ack["protocol"].as_u64()), (Some("hello_ack"), Some(2)), "{ack}");
+    // An agent ignores what came before its hello_ack, and it does not run `custom`: the
+    // job is back in the queue and does not come to it again.
+    let back = hub.wait_for_job_status(custom_id, "pending").await;
+    assert_eq!(back["attempts"], 1, "{back}");
+    let (_, history) = hub.operator_get(&format!("/v1/jobs/{custom_id}/attempts")).await;
+    assert_eq!(history["attempts"][0]["outcome"], "released", "{history}");
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+
+    // From now on it is served as its hello says: its types, two at a time, version-1 frames.
+    let first = hub
+        .submit_job(json!({"type":"http_request","payload":{"url":"http://127.0.0.1:9/a"},"creatorId":CREATOR}))
+        .await;
+    let second = hub
+        .submit_job(json!({"type":"http_request","payload":{"url":"http://127.0.0.1:9/b"},"creatorId":CREATOR}))
+        .await;
+    let mut got = vec![recv(&mut ws).await["job"]["jobId"].clone(), recv(&mut ws).await["job"]["jobId"].clone()];
+    got.sort_by_key(|id| id.to_string());
+    let mut want = vec![first["id"].clone(), second["id"].clone()];
+    want.sort_by_key(|id| id.to_string());
+    assert_eq!(got, want);
+    send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":5})).await;
+    assert!(recv(&mut ws).await["serverTs"].is_i64(), "a version-1 hb_ack");
+    assert_eq!(hub.job(custom_id).await["status"], "pending");
+
+    // An agent that runs the type gets the taken-back job again, after its hello_ack.
+    let other = hub.enroll(CREATOR).await;
+    let other_token = hub.session_token(&other).await;
+    let connecting = tokio::time::Instant::now();
+    let mut other_ws = hub.connect(&other_token).await;
+    // It is not silent for long enough to be taken for a prototype agent, so nothing comes yet.
+    send(&mut other_ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0","capabilities":["custom"]})).await;
+    assert_eq!(recv_by(&mut other_ws, connecting, Duration::from_secs(2)).await["t"], "hello_ack");
+    assert_eq!(recv(&mut other_ws).await["job"]["jobId"], custom["id"]);
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_job_submitted_while_the_agent_is_offline_is_delivered_on_connect() {
     let hub = TestHub::start().await;

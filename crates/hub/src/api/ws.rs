@@ -61,6 +61,12 @@ const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(200);
 const MIN_V0_IDLE: Duration = Duration::from_secs(90);
 const MIN_V1_IDLE: Duration = Duration::from_secs(10);
 
+/// A peer that sends nothing this long after connecting is a prototype agent: those wait
+/// for their first job before they say anything, and must get it within 2 s of connecting.
+/// A version-1 agent sends `hello` as soon as the socket is open, one round trip after the
+/// upgrade; a slower one is still served (see [`Session::on_hello`]).
+pub const VERSION_0_GRACE: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
@@ -273,6 +279,10 @@ struct Session {
     /// saves a write per job. Written before any other frame is handled and before the
     /// session waits, so nothing the agent sent later is applied before it.
     unwritten_ack: Option<LeaseRef>,
+    /// Set by a `hello` after a version-0 start, until the dispatcher answers
+    /// [`Outgoing::HandshakeApplied`]: the `job_assign`s queued meanwhile were leased under
+    /// the version-0 handshake, and the dispatcher hands them back instead.
+    dropping_version_0_assigns: bool,
 }
 
 /// A plain function, not an `async fn`, so the session's task holds one copy of the socket
@@ -282,8 +292,15 @@ fn run_session(mut socket: WebSocket, app: AppState, agent: AgentRecord) -> impl
     let id = SessionId::next();
     let span = info_span!("session", agent_id = %agent.id, session = %id);
     let creator_id = agent.creator_id;
-    let mut session =
-        Session { app, agent_id: agent.id, id, version: None, leases: HashMap::new(), unwritten_ack: None };
+    let mut session = Session {
+        app,
+        agent_id: agent.id,
+        id,
+        version: None,
+        leases: HashMap::new(),
+        unwritten_ack: None,
+        dropping_version_0_assigns: false,
+    };
     async move {
         let (outbox, mut outgoing) = mpsc::unbounded_channel();
         session.app.dispatcher.connect(&session.agent_id, &creator_id, id, outbox);
@@ -307,7 +324,8 @@ impl Session {
     /// the largest state it can be in, so every handler is awaited boxed: unboxed, each idle
     /// session would carry room for the deepest handler (several KiB) for its whole life.
     async fn run(&mut self, socket: &mut WebSocket, outgoing: &mut mpsc::UnboundedReceiver<Outgoing>) {
-        let mut last_frame_at = Instant::now();
+        let connected_at = Instant::now();
+        let mut last_frame_at = connected_at;
         loop {
             if self.unwritten_ack.is_some() {
                 match socket.recv().now_or_never() {
@@ -330,6 +348,9 @@ impl Session {
                 _ = self.app.shutdown.cancelled() => {
                     Box::pin(close_within(socket, 1001, "the hub is shutting down", SHUTDOWN_CLOSE_WAIT)).await;
                     return;
+                }
+                _ = tokio::time::sleep_until(connected_at + VERSION_0_GRACE), if self.version.is_none() => {
+                    self.start_version_0("none within the grace");
                 }
                 _ = tokio::time::sleep_until(last_frame_at + idle_limit) => {
                     warn!(idle_secs = idle_limit.as_secs(), "no frame from the agent in time; closing");
@@ -366,11 +387,19 @@ impl Session {
         let mut next = Some(first);
         let mut fed = 0;
         while let Some(command) = next.take() {
-            let (kind, text) = match command {
-                Outgoing::Frame(frame) => (frame.kind(), encode(&frame)),
+            let outgoing_frame = match command {
+                Outgoing::Frame(frame) => Some((frame.kind(), encode(&frame))),
+                Outgoing::Assign { job, .. } if self.dropping_version_0_assigns => {
+                    debug!(job_id = job.id, "job leased before the agent's late hello not sent; it is pending again");
+                    None
+                }
                 Outgoing::Assign { job, text } => {
                     self.leases.insert(job.id.clone(), *job);
-                    ("job_assign", text)
+                    Some(("job_assign", text))
+                }
+                Outgoing::HandshakeApplied => {
+                    self.dropping_version_0_assigns = false;
+                    None
                 }
                 Outgoing::Close { code, reason } => {
                     info!(code, reason, "closing session");
@@ -380,9 +409,11 @@ impl Session {
                     return Flow::Stop;
                 }
             };
-            if let Err(e) = socket.feed(Message::text(text)).await {
-                debug!(error = %e, frame = kind, "cannot send frame; connection is gone");
-                return Flow::Stop;
+            if let Some((kind, text)) = outgoing_frame {
+                if let Err(e) = socket.feed(Message::text(text)).await {
+                    debug!(error = %e, frame = kind, "cannot send frame; connection is gone");
+                    return Flow::Stop;
+                }
             }
             fed += 1;
             if fed < MAX_FRAMES_PER_FLUSH {
@@ -520,8 +551,24 @@ impl Session {
             close(socket, close_code::UNSUPPORTED_VERSION, "protocol version too old: update the agent").await;
             return Flow::Stop;
         }
+        // A hello after the session started as version 0 (it was silent past the grace, or
+        // began with another frame): the jobs leased so far were sent before our hello_ack,
+        // which an agent ignores, and chosen without its capabilities; they go back.
+        let after_version_0 = self.version == Some(0);
+        if after_version_0 {
+            self.dropping_version_0_assigns = true;
+        }
         self.version = Some(negotiated);
-        info!(protocol = negotiated, agent_version = v, slots, paused, ?capabilities, ?labels, "hello");
+        info!(
+            protocol = negotiated,
+            agent_version = v,
+            slots,
+            paused,
+            ?capabilities,
+            ?labels,
+            after_version_0,
+            "hello"
+        );
         let labels: Vec<String> = labels
             .into_iter()
             .map(|l| l.trim().to_owned())
@@ -545,9 +592,25 @@ impl Session {
         if let Flow::Stop = self.reply(socket, ack).await {
             return Flow::Stop;
         }
-        let handshake = Handshake { protocol: negotiated, slots, paused, labels, capabilities };
+        let handshake = Handshake { protocol: negotiated, slots, paused, labels, capabilities, after_version_0 };
         self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
         Flow::Continue
+    }
+
+    /// The peer is a prototype agent: it said nothing within [`VERSION_0_GRACE`], or its
+    /// first frame was not `hello`. It gets one job at a time and version-0 frames only.
+    fn start_version_0(&mut self, first_frame: &str) {
+        self.version = Some(0);
+        info!(first_frame, "version-0 agent (no hello)");
+        let handshake = Handshake {
+            protocol: 0,
+            slots: 1,
+            paused: false,
+            labels: Vec::new(),
+            capabilities: Vec::new(),
+            after_version_0: false,
+        };
+        self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
     }
 
     /// The two deep handlers are boxed so this future stays small (see [`Session::run`]).
@@ -558,12 +621,8 @@ impl Session {
         }
 
         if self.version.is_none() {
-            // A prototype agent never says hello; it starts with hb and gets one job at a time.
-            self.version = Some(0);
-            info!(first_frame = frame.kind(), "version-0 agent (no hello)");
-            let handshake =
-                Handshake { protocol: 0, slots: 1, paused: false, labels: Vec::new(), capabilities: Vec::new() };
-            self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
+            // A prototype agent never says hello.
+            self.start_version_0(frame.kind());
         }
 
         match frame {
@@ -609,7 +668,8 @@ impl Session {
                 warn!(
                     ?reason,
                     cooldown_ms = cooldown.as_millis() as u64,
-                    "agent tripped its circuit breaker; no browser jobs for it until the cool-down ends"
+                    withheld_job_types = ?crate::dispatch::circuit_withholds(),
+                    "agent tripped its circuit breaker; no browser jobs for it until the cool-down ends, other types still go to it"
                 );
                 self.app.dispatcher.circuit_open(&self.agent_id, until);
                 Flow::Continue
