@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use futures_util::SinkExt as _;
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -407,6 +408,19 @@ async fn malformed_frames_get_error_frames_and_the_session_goes_on() {
 
     send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":7})).await;
     assert_eq!(recv(&mut ws).await["t"], "hb_ack", "the session is still usable");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_over_4_mib_is_answered_with_close_1009_and_a_reason() {
+    let hub = TestHub::start().await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let limit = 4 * edge_protocol::MAX_FRAME_BYTES;
+    // The hub may close before the whole frame is written; what matters is what it answers.
+    let sent = ws.send(Message::text("x".repeat(limit + 1))).await;
+    let (code, reason) = expect_close(&mut ws).await;
+    assert_eq!(code, 1009, "{reason} (send: {sent:?})");
+    assert_eq!(reason, format!("frame of {} bytes is over the {limit}-byte limit", limit + 1));
     hub.shutdown().await;
 }
 

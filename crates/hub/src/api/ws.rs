@@ -434,6 +434,9 @@ impl Session {
         let message = match incoming {
             None => return Flow::Stop,
             Some(Err(e)) => {
+                if let Some((size, limit)) = oversized(&e) {
+                    return Box::pin(self.close_oversized(socket, size, limit)).await;
+                }
                 info!(error = %e, "connection lost");
                 return Flow::Stop;
             }
@@ -448,6 +451,17 @@ impl Session {
                 Flow::Stop
             }
         }
+    }
+
+    /// A frame over [`MAX_WS_MESSAGE_BYTES`]: the WebSocket layer stopped reading at its
+    /// header, so the connection cannot go on (the rest of the frame is still on the wire).
+    /// The agent gets a close frame saying why, 1009 (Message Too Big) in RFC 6455, instead
+    /// of a bare disconnect.
+    async fn close_oversized(&mut self, socket: &mut WebSocket, size: usize, limit: usize) -> Flow {
+        warn!(size, limit, close_code = 1009, "frame over the WebSocket size limit; closing the connection");
+        let reason = format!("frame of {size} bytes is over the {limit}-byte limit");
+        close(socket, 1009, &reason).await;
+        Flow::Stop
     }
 
     /// Writes the unwritten `job_ack`, if any. `socket`: where to complain when the job is
@@ -841,6 +855,16 @@ impl Session {
         if let Err(e) = self.app.store.record_heartbeat(&self.agent_id, clean_version(agent_version), now_ms()).await {
             error!(error = %e, "cannot record heartbeat");
         }
+    }
+}
+
+/// The size and limit of a frame the WebSocket layer refused as too large; `None` for any
+/// other error.
+fn oversized(e: &axum::Error) -> Option<(usize, usize)> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    match std::error::Error::source(e)?.downcast_ref::<WsError>()? {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((*size, *max_size)),
+        _ => None,
     }
 }
 
