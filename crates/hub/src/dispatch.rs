@@ -98,6 +98,14 @@ enum Command {
     Online { reply: oneshot::Sender<HashSet<String>> },
     CircuitOpen { agent_id: String, until_ms: i64 },
     Circuits { reply: oneshot::Sender<HashMap<String, i64>> },
+    PickAgent { job_type: String, reply: oneshot::Sender<Option<PickedAgent>> },
+}
+
+/// An agent with a session in this process that can take a job of some type now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickedAgent {
+    pub agent_id: String,
+    pub creator_id: String,
 }
 
 /// Cool-down the hub assumes when an agent's `circuit_breaker` frame names none (prototype
@@ -172,6 +180,16 @@ impl Dispatcher {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Circuits { reply });
         answer.await.unwrap_or_default()
+    }
+
+    /// For a job that names no creator (the prototype's `POST /jobs`): an agent with a
+    /// session here that takes `job_type` now (handshake done, not paused, type among its
+    /// capabilities or it announced none, not withheld by an open breaker), the one with the
+    /// most free slots, taking turns among equals. `None` when no session fits.
+    pub async fn pick_agent(&self, job_type: &str) -> Option<PickedAgent> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PickAgent { job_type: job_type.to_owned(), reply });
+        answer.await.ok().flatten()
     }
 
     /// Ids of the agents with a live session in this process.
@@ -281,6 +299,8 @@ struct State {
     circuits: HashMap<String, i64>,
     /// Dispatch passes so far; rotates which agent of a group is served first.
     passes: usize,
+    /// Agents picked for jobs naming no creator so far; takes turns among equal agents.
+    picks: usize,
     /// The last claims stopped because the sessions were full, not because the jobs ran
     /// out: the next freed slot can claim at once, without asking first whether any job
     /// is visible.
@@ -302,6 +322,7 @@ pub async fn run(
         connections: BTreeMap::new(),
         circuits: HashMap::new(),
         passes: 0,
+        picks: 0,
         jobs_may_be_left: false,
     };
     let mut poll = tokio::time::interval(poll_interval);
@@ -469,6 +490,10 @@ impl State {
                 self.circuits.insert(agent_id, until_ms);
                 false
             }
+            Command::PickAgent { job_type, reply } => {
+                let _ = reply.send(self.pick_agent(&job_type));
+                false
+            }
             Command::Circuits { reply } => {
                 let now = now_ms();
                 self.circuits.retain(|_, until| *until > now);
@@ -511,6 +536,41 @@ impl State {
             released, "hello after a version-0 start; jobs leased before it and not acknowledged are pending again"
         );
         let _ = conn.outbox.send(Outgoing::HandshakeApplied);
+    }
+
+    /// See [`Dispatcher::pick_agent`].
+    fn pick_agent(&mut self, job_type: &str) -> Option<PickedAgent> {
+        let now = now_ms();
+        let mut best: Vec<(&String, &Connection)> = Vec::new();
+        let mut most_free = 0;
+        for (agent_id, conn) in &self.connections {
+            if !matches!(conn.phase, Phase::Ready { paused: false, .. }) {
+                continue;
+            }
+            let circuit_open = self.circuits.get(agent_id).is_some_and(|until| *until > now);
+            let key = if circuit_open { conn.key.with_circuit_open() } else { Some((*conn.key).clone()) };
+            let takes_it = key.is_some_and(|key| {
+                key.job_types.as_ref().is_none_or(|types| types.iter().any(|t| t == job_type))
+                    && !key.excluded_job_types.iter().any(|t| t == job_type)
+            });
+            if !takes_it {
+                continue;
+            }
+            let free = conn.free_slots();
+            if best.is_empty() || free > most_free {
+                best.clear();
+                most_free = free;
+            }
+            if free == most_free {
+                best.push((agent_id, conn));
+            }
+        }
+        if best.is_empty() {
+            return None;
+        }
+        self.picks = self.picks.wrapping_add(1);
+        let (agent_id, conn) = best[self.picks % best.len()];
+        Some(PickedAgent { agent_id: agent_id.clone(), creator_id: conn.key.creator_id.clone() })
     }
 
     /// Leased jobs the agent never acknowledged go back to pending at once: it may never
