@@ -416,12 +416,97 @@ async fn a_frame_over_4_mib_is_answered_with_close_1009_and_a_reason() {
     let hub = TestHub::start().await;
     let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
     let limit = 4 * edge_protocol::MAX_FRAME_BYTES;
-    // The hub may close before the whole frame is written; what matters is what it answers.
     let sent = ws.send(Message::text("x".repeat(limit + 1))).await;
-    let (code, reason) = expect_close(&mut ws).await;
-    assert_eq!(code, 1009, "{reason} (send: {sent:?})");
-    assert_eq!(reason, format!("frame of {} bytes is over the {limit}-byte limit", limit + 1));
+    // The hub reads the whole frame off the wire before it closes, so nothing is reset.
+    assert!(sent.is_ok(), "the frame was sent whole: {sent:?}");
+    let closed = match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(closed, (1009, format!("frame of {} bytes is over the {limit}-byte limit", limit + 1)));
+    // Our close reply goes out, and the hub ends the connection cleanly: no reset, no error.
+    let end = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut ws)).await;
+    assert!(matches!(end, Ok(None)), "the connection ends without an error: {end:?}");
     hub.shutdown().await;
+}
+
+/// The real `edge-hub` binary logs the refused frame as a JSON line on stderr.
+#[tokio::test]
+async fn a_frame_over_4_mib_is_logged_as_a_json_line() {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let bin = env!("CARGO_BIN_EXE_edge-hub");
+    let created = std::process::Command::new(bin)
+        .args(["--database-url", &database, "enroll-token", "create", "--creator", CREATOR])
+        .output()
+        .expect("enroll-token create runs");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let enrollment = String::from_utf8(created.stdout).expect("UTF-8").trim().to_owned();
+    let mut hub = tokio::process::Command::new(bin)
+        .args(["--database-url", &database, "serve", "--listen", "127.0.0.1:0"])
+        .env("EDGE_HUB_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("edge-hub serve starts");
+    let mut stdout = tokio::io::BufReader::new(hub.stdout.take().expect("stdout")).lines();
+    let mut stderr = tokio::io::BufReader::new(hub.stderr.take().expect("stderr")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("the hub says where it listens")
+        .expect("stdout")
+        .expect("a line");
+    let base = line.strip_prefix("edge-hub listening on ").expect("listening line").to_owned();
+
+    let http = http_client();
+    let key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
+    let public_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.verifying_key().as_bytes());
+    let post = |path: &str, body: serde_json::Value| {
+        let request = http.post(format!("{base}{path}")).json(&body);
+        async move { request.send().await.expect("request").json::<serde_json::Value>().await.expect("JSON") }
+    };
+    let enrolled = post("/v1/agent/enroll", json!({"token": enrollment, "publicKey": public_key})).await;
+    let agent = TestAgent {
+        agent_id: enrolled["agentId"].as_str().expect("agentId").to_owned(),
+        creator_id: CREATOR.to_owned(),
+        key,
+    };
+    let challenge = post("/v1/agent/challenge", json!({"agentId": agent.agent_id})).await;
+    let nonce = challenge["nonce"].as_str().expect("nonce");
+    let token =
+        post("/v1/agent/token", json!({"agentId": agent.agent_id, "nonce": nonce, "signature": agent.sign(nonce)}))
+            .await;
+    let url =
+        format!("{}/v1/agent/ws?token={}", base.replacen("http://", "ws://", 1), token["token"].as_str().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connects");
+    send(&mut ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0"})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hello_ack");
+    let limit = 4 * edge_protocol::MAX_FRAME_BYTES;
+    let _ = ws.send(Message::text("y".repeat(limit + 7))).await;
+    assert_eq!(expect_close(&mut ws).await.0, 1009);
+
+    let logged = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if entry["fields"]["close_code"] == 1009 {
+                return entry;
+            }
+        }
+        panic!("the hub's log ended without the line");
+    })
+    .await
+    .expect("the refused frame is logged");
+    assert_eq!(logged["level"], "WARN", "{logged}");
+    assert_eq!(
+        (logged["fields"]["size"].as_u64(), logged["fields"]["limit"].as_u64()),
+        (Some(limit as u64 + 7), Some(limit as u64)),
+        "{logged}"
+    );
+    assert!(logged["fields"]["message"].as_str().unwrap().contains("size limit"), "{logged}");
+    assert_eq!(logged["span"]["agent_id"], agent.agent_id.as_str(), "the line names the agent: {logged}");
+    let _ = hub.kill().await;
 }
 
 #[tokio::test]

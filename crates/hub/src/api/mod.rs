@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod operator;
 pub mod prototype;
 pub mod ws;
+pub mod ws_upgrade;
 
 use crate::crypto::sha256_hex;
 use crate::dispatch::Dispatcher;
