@@ -755,8 +755,100 @@ fn encode_assign(job: &mut JobRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobState;
+    use crate::store::{InsertOutcome, JobState, NewAgent, NewJob};
     use edge_protocol::decode_hub_frame;
+
+    async fn next(outbox: &mut mpsc::UnboundedReceiver<Outgoing>) -> Outgoing {
+        tokio::time::timeout(Duration::from_secs(5), outbox.recv()).await.expect("in time").expect("outbox open")
+    }
+
+    fn version_0() -> Handshake {
+        Handshake {
+            protocol: 0,
+            slots: 1,
+            paused: false,
+            labels: Vec::new(),
+            capabilities: Vec::new(),
+            after_version_0: false,
+        }
+    }
+
+    /// The race of a late `hello`: a job leased to the session as a version-0 peer is still
+    /// in its outbox, unwritten, when the hello is applied. The session must be able to tell
+    /// those assigns from the ones made under its hello: the marker comes after every lease
+    /// taken back and before any new one.
+    #[tokio::test]
+    async fn a_late_hello_takes_back_version_0_leases_and_marks_where_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::server::open_store(&url).await.unwrap();
+        let now = now_ms();
+        store.create_enrollment_token("token-hash", "creator-1", now + 60_000, now).await.unwrap();
+        let agent = NewAgent { id: "agt_late".to_owned(), public_key: String::new(), name: None, version: None };
+        store.enroll_agent("token-hash", agent, now).await.unwrap().expect("enrolled");
+        let writes = JobWrites::spawn(store.clone()).unwrap();
+        let (dispatcher, inbox) = Dispatcher::new();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(store.clone(), writes, inbox, Duration::from_millis(50), stop.clone()));
+
+        let (outbox, mut outgoing) = mpsc::unbounded_channel();
+        let session = SessionId::next();
+        dispatcher.connect("agt_late", "creator-1", session, outbox);
+        dispatcher.ready("agt_late", session, version_0());
+        let job = NewJob {
+            id: crate::crypto::new_job_id(),
+            job_type: "custom".to_owned(),
+            payload: serde_json::json!({}),
+            creator_id: "creator-1".to_owned(),
+            target_agent_id: None,
+            labels: Vec::new(),
+            priority: 0,
+            run_at: now,
+            idempotency_key: None,
+            max_receive_count: 5,
+            visibility_timeout_ms: 60_000,
+            skipped_recipients: None,
+            final_state: None,
+        };
+        let InsertOutcome::Created(job) = store.insert_job(job, now).await.unwrap() else { panic!("not created") };
+        dispatcher.job_submitted();
+        // Leased as version 0; the session has not taken the assign out of its outbox yet.
+        for _ in 0..250 {
+            if store.job(&job.id).await.unwrap().unwrap().status == JobState::Leased {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let hello = Handshake {
+            protocol: 2,
+            slots: 2,
+            capabilities: vec!["custom".to_owned()],
+            after_version_0: true,
+            ..version_0()
+        };
+        dispatcher.ready("agt_late", session, hello);
+        let Outgoing::Assign { job: first, .. } = next(&mut outgoing).await else {
+            panic!("the version-0 assign first")
+        };
+        assert_eq!((first.id.as_str(), first.lease_token), (job.id.as_str(), 1));
+        assert!(matches!(next(&mut outgoing).await, Outgoing::HandshakeApplied), "then the marker");
+        // The job was handed back, and the hello allows it: leased again, a new lease.
+        let Outgoing::Assign { job: again, .. } = next(&mut outgoing).await else { panic!("a new assign") };
+        assert_eq!((again.id.as_str(), again.lease_token), (job.id.as_str(), 2));
+        let attempts = store.job_attempts(&job.id).await.unwrap();
+        assert_eq!(attempts[0].outcome.as_deref(), Some("released"), "{attempts:?}");
+
+        // A hello after a version-0 start that took no job costs nothing but the marker.
+        let (outbox, mut quiet) = mpsc::unbounded_channel();
+        let other = SessionId::next();
+        dispatcher.connect("agt_quiet", "creator-2", other, outbox);
+        dispatcher.ready("agt_quiet", other, version_0());
+        dispatcher.ready("agt_quiet", other, Handshake { protocol: 2, after_version_0: true, ..version_0() });
+        assert!(matches!(next(&mut quiet).await, Outgoing::HandshakeApplied));
+        stop.cancel();
+        task.await.unwrap();
+    }
 
     #[test]
     fn an_assign_frame_carries_the_payload_and_the_lease_keeps_it() {
