@@ -45,6 +45,11 @@ pub enum Outgoing {
         code: u16,
         reason: String,
     },
+    /// The dispatcher applied a `hello` that came after the session had started as a
+    /// version-0 peer ([`Handshake::after_version_0`]): every `Assign` queued before this
+    /// was leased under the version-0 handshake and has been handed back to the queue, so
+    /// the session drops them instead of writing them after its `hello_ack`.
+    HandshakeApplied,
 }
 
 pub type Outbox = mpsc::UnboundedSender<Outgoing>;
@@ -74,6 +79,11 @@ pub struct Handshake {
     pub labels: Vec<String>,
     /// Capabilities announced in `hello`; empty for a prototype peer.
     pub capabilities: Vec<String>,
+    /// A `hello` from a session that was already taking jobs as a version-0 peer (it was
+    /// silent past the grace, or its first frame was not `hello`). An agent ignores frames
+    /// before its `hello_ack`, and those jobs were chosen without its capabilities and labels,
+    /// so the ones it has not acknowledged go back to the queue.
+    pub after_version_0: bool,
 }
 
 #[derive(Debug)]
@@ -88,6 +98,14 @@ enum Command {
     Online { reply: oneshot::Sender<HashSet<String>> },
     CircuitOpen { agent_id: String, until_ms: i64 },
     Circuits { reply: oneshot::Sender<HashMap<String, i64>> },
+    PickAgent { job_type: String, reply: oneshot::Sender<Option<PickedAgent>> },
+}
+
+/// An agent with a session in this process that can take a job of some type now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PickedAgent {
+    pub agent_id: String,
+    pub creator_id: String,
 }
 
 /// Cool-down the hub assumes when an agent's `circuit_breaker` frame names none (prototype
@@ -164,6 +182,16 @@ impl Dispatcher {
         answer.await.unwrap_or_default()
     }
 
+    /// For a job that names no creator (the prototype's `POST /jobs`): an agent with a
+    /// session here that takes `job_type` now (handshake done, not paused, type among its
+    /// capabilities or it announced none, not withheld by an open breaker), the one with the
+    /// most free slots, taking turns among equals. `None` when no session fits.
+    pub async fn pick_agent(&self, job_type: &str) -> Option<PickedAgent> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PickAgent { job_type: job_type.to_owned(), reply });
+        answer.await.ok().flatten()
+    }
+
     /// Ids of the agents with a live session in this process.
     pub async fn online_agents(&self) -> HashSet<String> {
         let (reply, answer) = oneshot::channel();
@@ -193,16 +221,28 @@ struct ClaimKey {
     labels: Vec<String>,
     /// `None`: a prototype peer that announced no capabilities and takes any type.
     job_types: Option<Vec<String>>,
+    /// Withheld whatever `job_types` says (see [`ClaimGroup::excluded_job_types`]).
+    excluded_job_types: Vec<String>,
 }
 
 impl ClaimKey {
-    /// The key while the agent's circuit breaker is open: no browser job types, and nothing
-    /// at all for a prototype peer (it cannot say which types it runs).
+    /// The key while the agent's circuit breaker is open: every type it takes except the
+    /// browser job types, which are what the breaker is about (see [`circuit_withholds`]).
+    /// A prototype peer, which takes any type, takes any type but those. `None` when the
+    /// agent runs browser types only and so can take nothing until the cool-down ends.
     fn with_circuit_open(&self) -> Option<ClaimKey> {
-        let types = self.job_types.as_ref()?;
-        let job_types =
-            types.iter().filter(|t| !edge_protocol::jobs::BROWSER_JOB_TYPES.contains(&t.as_str())).cloned().collect();
-        Some(ClaimKey { job_types: Some(job_types), ..self.clone() })
+        let withheld = circuit_withholds();
+        match &self.job_types {
+            Some(types) => {
+                let job_types: Vec<String> =
+                    types.iter().filter(|t| !withheld.contains(&t.as_str())).cloned().collect();
+                (!job_types.is_empty()).then(|| ClaimKey { job_types: Some(job_types), ..self.clone() })
+            }
+            None => Some(ClaimKey {
+                excluded_job_types: withheld.iter().map(|t| (*t).to_owned()).collect(),
+                ..self.clone()
+            }),
+        }
     }
 
     fn group(&self, agents: Vec<(String, u32)>) -> ClaimGroup {
@@ -210,9 +250,19 @@ impl ClaimKey {
             creator_id: self.creator_id.clone(),
             labels: self.labels.clone(),
             job_types: self.job_types.clone(),
+            excluded_job_types: self.excluded_job_types.clone(),
             agents,
         }
     }
+}
+
+/// The job types an open circuit breaker withholds, whatever its `reason`: the breaker is
+/// the browser runtime's (three site rate limits in half an hour, `docs/flows.md`), so it
+/// is about browser work only. Nothing else in an agent opens one, so every reason
+/// (`RATE_LIMITED`, `QUOTA_EXCEEDED`, or one this hub does not know) is read that way,
+/// rather than stopping work the agent never asked to stop.
+pub fn circuit_withholds() -> &'static [&'static str] {
+    &edge_protocol::jobs::BROWSER_JOB_TYPES
 }
 
 struct Connection {
@@ -225,6 +275,9 @@ struct Connection {
     /// per session on purpose: running jobs of an earlier session do not block a reconnected
     /// agent (their leases expire if the agent lost them).
     in_flight: HashMap<String, i64>,
+    /// A job was leased to this session while it was a version-0 peer: a later `hello` has
+    /// leases to take back (most late hellos have none, and then cost no write).
+    leased_as_version_0: bool,
 }
 
 impl Connection {
@@ -246,6 +299,8 @@ struct State {
     circuits: HashMap<String, i64>,
     /// Dispatch passes so far; rotates which agent of a group is served first.
     passes: usize,
+    /// Agents picked for jobs naming no creator so far; takes turns among equal agents.
+    picks: usize,
     /// The last claims stopped because the sessions were full, not because the jobs ran
     /// out: the next freed slot can claim at once, without asking first whether any job
     /// is visible.
@@ -267,6 +322,7 @@ pub async fn run(
         connections: BTreeMap::new(),
         circuits: HashMap::new(),
         passes: 0,
+        picks: 0,
         jobs_may_be_left: false,
     };
     let mut poll = tokio::time::interval(poll_interval);
@@ -334,8 +390,14 @@ impl State {
                         outbox,
                         phase: Phase::Handshake,
                         protocol: 0,
-                        key: Arc::new(ClaimKey { creator_id, labels: Vec::new(), job_types: None }),
+                        key: Arc::new(ClaimKey {
+                            creator_id,
+                            labels: Vec::new(),
+                            job_types: None,
+                            excluded_job_types: Vec::new(),
+                        }),
                         in_flight: HashMap::new(),
+                        leased_as_version_0: false,
                     },
                 );
                 false
@@ -344,6 +406,7 @@ impl State {
                 let Some(conn) = self.connections.get_mut(&agent_id).filter(|c| c.session == session) else {
                     return false;
                 };
+                let after_version_0 = handshake.after_version_0;
                 conn.phase = Phase::Ready { slots: handshake.slots.min(MAX_SLOTS), paused: handshake.paused };
                 conn.protocol = handshake.protocol;
                 let mut labels = handshake.labels;
@@ -352,6 +415,7 @@ impl State {
                     creator_id: conn.key.creator_id.clone(),
                     labels,
                     job_types: (!handshake.capabilities.is_empty()).then_some(handshake.capabilities),
+                    excluded_job_types: Vec::new(),
                 });
                 // Cancels requested while the agent was away (or on another hub process).
                 if conn.protocol >= 1 {
@@ -365,6 +429,9 @@ impl State {
                         }
                         Err(e) => error!(agent_id, error = %e, "cannot look up pending cancel requests"),
                     }
+                }
+                if after_version_0 {
+                    self.take_back_version_0_leases(&agent_id).await;
                 }
                 true
             }
@@ -423,6 +490,10 @@ impl State {
                 self.circuits.insert(agent_id, until_ms);
                 false
             }
+            Command::PickAgent { job_type, reply } => {
+                let _ = reply.send(self.pick_agent(&job_type));
+                false
+            }
             Command::Circuits { reply } => {
                 let now = now_ms();
                 self.circuits.retain(|_, until| *until > now);
@@ -430,6 +501,76 @@ impl State {
                 false
             }
         }
+    }
+
+    /// A `hello` replaced a version-0 start ([`Handshake::after_version_0`]): the jobs leased
+    /// so far and not acknowledged go back to the queue, their slots are freed, and the
+    /// session learns (by [`Outgoing::HandshakeApplied`], after every `Assign` of those
+    /// leases) that it must not write them. The dispatcher leases nothing in between, so no
+    /// lease made under the new handshake can be caught by this.
+    async fn take_back_version_0_leases(&mut self, agent_id: &str) {
+        let Some(conn) = self.connections.get_mut(agent_id) else { return };
+        if !std::mem::take(&mut conn.leased_as_version_0) {
+            let _ = conn.outbox.send(Outgoing::HandshakeApplied);
+            return;
+        }
+        let released = self.release_unstarted(agent_id).await;
+        let held = if self.connections.get(agent_id).is_some_and(|c| !c.in_flight.is_empty()) {
+            match self.store.held_jobs(agent_id).await {
+                Ok(held) => Some(held.into_iter().collect::<HashSet<(String, i64)>>()),
+                Err(e) => {
+                    // The slots come back when the reconcile tick finds the leases gone.
+                    error!(agent_id, error = %e, "cannot check held jobs after a late hello");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(conn) = self.connections.get_mut(agent_id) else { return };
+        if let Some(held) = held {
+            conn.in_flight.retain(|job_id, token| held.contains(&(job_id.clone(), *token)));
+        }
+        info!(
+            agent_id,
+            released, "hello after a version-0 start; jobs leased before it and not acknowledged are pending again"
+        );
+        let _ = conn.outbox.send(Outgoing::HandshakeApplied);
+    }
+
+    /// See [`Dispatcher::pick_agent`].
+    fn pick_agent(&mut self, job_type: &str) -> Option<PickedAgent> {
+        let now = now_ms();
+        let mut best: Vec<(&String, &Connection)> = Vec::new();
+        let mut most_free = 0;
+        for (agent_id, conn) in &self.connections {
+            if !matches!(conn.phase, Phase::Ready { paused: false, .. }) {
+                continue;
+            }
+            let circuit_open = self.circuits.get(agent_id).is_some_and(|until| *until > now);
+            let key = if circuit_open { conn.key.with_circuit_open() } else { Some((*conn.key).clone()) };
+            let takes_it = key.is_some_and(|key| {
+                key.job_types.as_ref().is_none_or(|types| types.iter().any(|t| t == job_type))
+                    && !key.excluded_job_types.iter().any(|t| t == job_type)
+            });
+            if !takes_it {
+                continue;
+            }
+            let free = conn.free_slots();
+            if best.is_empty() || free > most_free {
+                best.clear();
+                most_free = free;
+            }
+            if free == most_free {
+                best.push((agent_id, conn));
+            }
+        }
+        if best.is_empty() {
+            return None;
+        }
+        self.picks = self.picks.wrapping_add(1);
+        let (agent_id, conn) = best[self.picks % best.len()];
+        Some(PickedAgent { agent_id: agent_id.clone(), creator_id: conn.key.creator_id.clone() })
     }
 
     /// Leased jobs the agent never acknowledged go back to pending at once: it may never
@@ -578,6 +719,7 @@ impl State {
             return;
         };
         conn.in_flight.insert(job.id.clone(), job.lease_token);
+        conn.leased_as_version_0 |= conn.protocol == 0;
         info!(
             agent_id,
             job_id = job.id,
@@ -613,8 +755,100 @@ fn encode_assign(job: &mut JobRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::JobState;
+    use crate::store::{InsertOutcome, JobState, NewAgent, NewJob};
     use edge_protocol::decode_hub_frame;
+
+    async fn next(outbox: &mut mpsc::UnboundedReceiver<Outgoing>) -> Outgoing {
+        tokio::time::timeout(Duration::from_secs(5), outbox.recv()).await.expect("in time").expect("outbox open")
+    }
+
+    fn version_0() -> Handshake {
+        Handshake {
+            protocol: 0,
+            slots: 1,
+            paused: false,
+            labels: Vec::new(),
+            capabilities: Vec::new(),
+            after_version_0: false,
+        }
+    }
+
+    /// The race of a late `hello`: a job leased to the session as a version-0 peer is still
+    /// in its outbox, unwritten, when the hello is applied. The session must be able to tell
+    /// those assigns from the ones made under its hello: the marker comes after every lease
+    /// taken back and before any new one.
+    #[tokio::test]
+    async fn a_late_hello_takes_back_version_0_leases_and_marks_where_they_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let store = crate::server::open_store(&url).await.unwrap();
+        let now = now_ms();
+        store.create_enrollment_token("token-hash", "creator-1", now + 60_000, now).await.unwrap();
+        let agent = NewAgent { id: "agt_late".to_owned(), public_key: String::new(), name: None, version: None };
+        store.enroll_agent("token-hash", agent, now).await.unwrap().expect("enrolled");
+        let writes = JobWrites::spawn(store.clone()).unwrap();
+        let (dispatcher, inbox) = Dispatcher::new();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(store.clone(), writes, inbox, Duration::from_millis(50), stop.clone()));
+
+        let (outbox, mut outgoing) = mpsc::unbounded_channel();
+        let session = SessionId::next();
+        dispatcher.connect("agt_late", "creator-1", session, outbox);
+        dispatcher.ready("agt_late", session, version_0());
+        let job = NewJob {
+            id: crate::crypto::new_job_id(),
+            job_type: "custom".to_owned(),
+            payload: serde_json::json!({}),
+            creator_id: "creator-1".to_owned(),
+            target_agent_id: None,
+            labels: Vec::new(),
+            priority: 0,
+            run_at: now,
+            idempotency_key: None,
+            max_receive_count: 5,
+            visibility_timeout_ms: 60_000,
+            skipped_recipients: None,
+            final_state: None,
+        };
+        let InsertOutcome::Created(job) = store.insert_job(job, now).await.unwrap() else { panic!("not created") };
+        dispatcher.job_submitted();
+        // Leased as version 0; the session has not taken the assign out of its outbox yet.
+        for _ in 0..250 {
+            if store.job(&job.id).await.unwrap().unwrap().status == JobState::Leased {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let hello = Handshake {
+            protocol: 2,
+            slots: 2,
+            capabilities: vec!["custom".to_owned()],
+            after_version_0: true,
+            ..version_0()
+        };
+        dispatcher.ready("agt_late", session, hello);
+        let Outgoing::Assign { job: first, .. } = next(&mut outgoing).await else {
+            panic!("the version-0 assign first")
+        };
+        assert_eq!((first.id.as_str(), first.lease_token), (job.id.as_str(), 1));
+        assert!(matches!(next(&mut outgoing).await, Outgoing::HandshakeApplied), "then the marker");
+        // The job was handed back, and the hello allows it: leased again, a new lease.
+        let Outgoing::Assign { job: again, .. } = next(&mut outgoing).await else { panic!("a new assign") };
+        assert_eq!((again.id.as_str(), again.lease_token), (job.id.as_str(), 2));
+        let attempts = store.job_attempts(&job.id).await.unwrap();
+        assert_eq!(attempts[0].outcome.as_deref(), Some("released"), "{attempts:?}");
+
+        // A hello after a version-0 start that took no job costs nothing but the marker.
+        let (outbox, mut quiet) = mpsc::unbounded_channel();
+        let other = SessionId::next();
+        dispatcher.connect("agt_quiet", "creator-2", other, outbox);
+        dispatcher.ready("agt_quiet", other, version_0());
+        dispatcher.ready("agt_quiet", other, Handshake { protocol: 2, after_version_0: true, ..version_0() });
+        assert!(matches!(next(&mut quiet).await, Outgoing::HandshakeApplied));
+        stop.cancel();
+        task.await.unwrap();
+    }
 
     #[test]
     fn an_assign_frame_carries_the_payload_and_the_lease_keeps_it() {

@@ -135,6 +135,17 @@ fn validate_http_request(payload: &Value) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err("`payload.url` must be an http:// or https:// URL".to_owned());
     }
+    // Checked here so a bad request is a 400 naming the field, not a job the agent fails.
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if parsed.method.is_empty() || !parsed.method.bytes().all(token) {
+        return Err(format!("`payload.method` {:?} is not an HTTP method (GET, POST, …)", parsed.method));
+    }
+    if let Some(body) = &parsed.body {
+        use base64::Engine as _;
+        if base64::engine::general_purpose::STANDARD.decode(body).is_err() {
+            return Err("`payload.body` must be base64 (standard alphabet, padded)".to_owned());
+        }
+    }
     Ok(())
 }
 

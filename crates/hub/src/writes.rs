@@ -346,6 +346,7 @@ mod tests {
                 creator_id: "creator".to_owned(),
                 labels: Vec::new(),
                 job_types: None,
+                excluded_job_types: Vec::new(),
                 agents: vec![("agt".to_owned(), 1)],
             }],
         };

@@ -54,6 +54,8 @@ conformance!(
     one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothing,
     a_new_job_is_answered_as_it_was_stored,
     a_leased_job_is_answered_as_it_was_stored,
+    a_prototype_agents_circuit_breaker_withholds_browser_jobs_only,
+    a_claim_never_leases_an_excluded_job_type,
 );
 
 fn id(job: &Value) -> String {
@@ -508,6 +510,98 @@ async fn routing_by_agent_labels_and_capabilities(db: TestDb) {
     hub.shutdown().await;
 }
 
+/// A prototype agent's `circuit_breaker` has no `cooldownMs`: the hub's 15-minute default
+/// applies, to the browser job types only (issue 17).
+async fn a_prototype_agents_circuit_breaker_withholds_browser_jobs_only(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let mut ws = hub.connect(&token).await;
+    send(&mut ws, json!({"t":"hb","v":"agent-0.0.9","ts":1})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hb_ack");
+    send(&mut ws, json!({"t":"circuit_breaker","reason":"RATE_LIMITED"})).await;
+    // The heartbeat's answer means the breaker frame was handled before the jobs arrive.
+    send(&mut ws, json!({"t":"hb","v":"agent-0.0.9","ts":2})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hb_ack");
+    let opened_at = edge_hub::crypto::now_ms();
+
+    let browser = hub
+        .submit_job(json!({"type":edge_protocol::jobs::SCRAPE_SUBS,"payload":{"adapter":{}},"creatorId":CREATOR}))
+        .await;
+    let other = hub.submit_job(custom(CREATOR)).await;
+    assert_eq!(next_assign(&mut ws).await, id(&other), "a job of another type still reaches the agent");
+    send(&mut ws, json!({"t":"job_ack","id":id(&other)})).await;
+    send(&mut ws, json!({"t":"job_result","id":id(&other),"status":"ok","data":{}})).await;
+    hub.wait_for_job_status(&id(&other), "succeeded").await;
+    // Its one slot is free again, and the browser job still does not come.
+    expect_silence(&mut ws, Duration::from_millis(500)).await;
+    assert_eq!(hub.job(&id(&browser)).await["status"], "pending");
+
+    let (_, agents) = hub.operator_get("/v1/agents").await;
+    let view = agents["agents"].as_array().unwrap().iter().find(|a| a["agentId"] == agent.agent_id.as_str()).unwrap();
+    let until = chrono::DateTime::parse_from_rfc3339(view["circuitOpenUntil"].as_str().expect("circuitOpenUntil"))
+        .expect("RFC 3339")
+        .timestamp_millis();
+    let fifteen_minutes = 15 * 60 * 1000;
+    assert!(
+        (opened_at + fifteen_minutes - 60_000..=opened_at + fifteen_minutes + 60_000).contains(&until),
+        "the default cool-down is 15 minutes: {view}"
+    );
+    hub.shutdown().await;
+}
+
+/// Both claim paths (the job writer's group and a single claim) leave excluded types alone.
+async fn a_claim_never_leases_an_excluded_job_type(db: TestDb) {
+    use edge_hub::store::{ClaimGroup, InsertOutcome, JobWriteBatch, NewJob};
+    let hub = TestHub::start_on(db, |_| {}).await;
+    // Enrolled but never connected, so the hub's own dispatcher leaves its jobs alone.
+    let agent = hub.enroll(CREATOR).await;
+    let store = hub.store();
+    let now = edge_hub::crypto::now_ms();
+    let browser = |priority: i64| NewJob {
+        job_type: edge_protocol::jobs::SCRAPE_SUBS.to_owned(),
+        payload: json!({"adapter": {}}),
+        priority,
+        ..plain_job(now)
+    };
+    let mut ids = Vec::new();
+    for job in [browser(9), plain_job(now), browser(8), NewJob { priority: -1, ..plain_job(now) }] {
+        match store.insert_job(job, now).await.unwrap() {
+            InsertOutcome::Created(job) => ids.push(job.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let group = ClaimGroup {
+        creator_id: CREATOR.to_owned(),
+        labels: Vec::new(),
+        job_types: None,
+        excluded_job_types: vec![edge_protocol::jobs::SCRAPE_SUBS.to_owned(), "send_dm".to_owned()],
+        agents: vec![(agent.agent_id.clone(), 1)],
+    };
+    let first = store.claim_jobs(&group, now + 1).await.unwrap();
+    assert_eq!(first.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [ids[1].as_str()]);
+    let batch = JobWriteBatch {
+        claims: vec![ClaimGroup { agents: vec![(agent.agent_id.clone(), 4)], ..group }],
+        ..Default::default()
+    };
+    let second = store.write_jobs(&batch, now + 2).await.unwrap().claimed.remove(0);
+    assert_eq!(second.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [ids[3].as_str()]);
+    for browser_job in [&ids[0], &ids[2]] {
+        assert_eq!(store.job(browser_job).await.unwrap().unwrap().status, edge_hub::store::JobState::Pending);
+    }
+    // Without the exclusion the same agent takes them, highest priority first.
+    let open = ClaimGroup {
+        creator_id: CREATOR.to_owned(),
+        labels: Vec::new(),
+        job_types: None,
+        excluded_job_types: Vec::new(),
+        agents: vec![(agent.agent_id.clone(), 4)],
+    };
+    let third = store.claim_jobs(&open, now + 3).await.unwrap();
+    assert_eq!(third.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [ids[0].as_str(), ids[2].as_str()]);
+    hub.shutdown().await;
+}
+
 async fn sync_submit_returns_the_result_or_504(db: TestDb) {
     let hub = TestHub::start_on(db, |_| {}).await;
     let (status, timed_out) = hub.operator_post("/v1/jobs?sync=true&timeoutMs=300", custom(CREATOR)).await;
@@ -753,6 +847,7 @@ async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothin
         creator_id: CREATOR.to_owned(),
         labels: Vec::new(),
         job_types: None,
+        excluded_job_types: Vec::new(),
         agents: vec![(agent.agent_id.clone(), 1)],
     };
     // One job at a time for this creator, and one already held.
@@ -913,6 +1008,7 @@ async fn a_leased_job_is_answered_as_it_was_stored(db: TestDb) {
         creator_id: CREATOR.to_owned(),
         labels: vec!["gpu".to_owned()],
         job_types: None,
+        excluded_job_types: Vec::new(),
         agents: vec![(agent.agent_id.clone(), 2)],
     };
     let claims = JobWriteBatch { claims: vec![group], ..Default::default() };

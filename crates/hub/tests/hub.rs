@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use futures_util::SinkExt as _;
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -227,6 +228,102 @@ async fn a_version_0_agent_starting_with_hb_gets_v0_frames_and_jobs() {
     hub.shutdown().await;
 }
 
+/// Next text frame as JSON, within `deadline` from `since`.
+async fn recv_by(ws: &mut Ws, since: tokio::time::Instant, deadline: Duration) -> serde_json::Value {
+    match tokio::time::timeout_at(since + deadline, recv(ws)).await {
+        Ok(frame) => frame,
+        Err(_) => panic!("no frame within {deadline:?} of connecting"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_prototype_agent_gets_its_jobs_within_2_s_of_connecting() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let waiting = hub.submit_job(json!({"type":"custom","payload":{"n":1},"creatorId":CREATOR})).await;
+
+    // A prototype agent says nothing until it has work: no hello, no heartbeat.
+    let connecting = tokio::time::Instant::now();
+    let mut ws = hub.connect(&token).await;
+    let assign = recv_by(&mut ws, connecting, Duration::from_secs(2)).await;
+    assert_eq!((assign["t"].as_str(), &assign["job"]["jobId"]), (Some("job_assign"), &waiting["id"]), "{assign}");
+    send(&mut ws, json!({"t":"job_ack","id":waiting["id"]})).await;
+    send(&mut ws, json!({"t":"job_result","id":waiting["id"],"status":"ok","data":{"done":1}})).await;
+    hub.wait_for_job_status(waiting["id"].as_str().unwrap(), "succeeded").await;
+
+    // It is a version-0 peer from then on: one job at a time, and no error frames.
+    let second = hub.submit_job(json!({"type":"custom","payload":{"n":2},"creatorId":CREATOR})).await;
+    let third = hub.submit_job(json!({"type":"custom","payload":{"n":3},"creatorId":CREATOR})).await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], second["id"]);
+    send_raw(&mut ws, Message::text("garbage")).await;
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+    send(&mut ws, json!({"t":"job_result","id":second["id"],"status":"ok","data":{}})).await;
+    assert_eq!(recv(&mut ws).await["job"]["jobId"], third["id"]);
+
+    // A silent agent with nothing queued gets the next job as it is submitted.
+    let (quiet_agent, connecting) = (hub.enroll("creator-quiet").await, tokio::time::Instant::now());
+    let mut quiet = hub.connect(&hub.session_token(&quiet_agent).await).await;
+    let later = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":"creator-quiet"})).await;
+    assert_eq!(recv_by(&mut quiet, connecting, Duration::from_secs(2)).await["job"]["jobId"], later["id"]);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hello_after_the_grace_takes_back_the_jobs_leased_as_version_0() {
+    let hub = TestHub::start().await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let custom = hub.submit_job(json!({"type":"custom","payload":{},"creatorId":CREATOR})).await;
+    let custom_id = custom["id"].as_str().unwrap();
+
+    // Slow to say hello: by then the hub took it for a prototype agent and leased it a job.
+    let connecting = tokio::time::Instant::now();
+    let mut ws = hub.connect(&token).await;
+    assert_eq!(recv_by(&mut ws, connecting, Duration::from_secs(2)).await["job"]["jobId"], custom["id"]);
+    send(
+        &mut ws,
+        json!({"t":"hello","protocol":2,"v":"agent-0.1.0","capabilities":["http_request","job_cancel"],"slots":2}),
+    )
+    .await;
+    let ack = recv(&mut ws).await;
+    assert_eq!((ack["t"].as_str(), ack["protocol"].as_u64()), (Some("hello_ack"), Some(2)), "{ack}");
+    // An agent ignores what came before its hello_ack, and it does not run `custom`: the
+    // job is back in the queue and does not come to it again.
+    let back = hub.wait_for_job_status(custom_id, "pending").await;
+    assert_eq!(back["attempts"], 1, "{back}");
+    let (_, history) = hub.operator_get(&format!("/v1/jobs/{custom_id}/attempts")).await;
+    assert_eq!(history["attempts"][0]["outcome"], "released", "{history}");
+    expect_silence(&mut ws, Duration::from_millis(300)).await;
+
+    // From now on it is served as its hello says: its types, two at a time, version-1 frames.
+    let first = hub
+        .submit_job(json!({"type":"http_request","payload":{"url":"http://127.0.0.1:9/a"},"creatorId":CREATOR}))
+        .await;
+    let second = hub
+        .submit_job(json!({"type":"http_request","payload":{"url":"http://127.0.0.1:9/b"},"creatorId":CREATOR}))
+        .await;
+    let mut got = vec![recv(&mut ws).await["job"]["jobId"].clone(), recv(&mut ws).await["job"]["jobId"].clone()];
+    got.sort_by_key(|id| id.to_string());
+    let mut want = vec![first["id"].clone(), second["id"].clone()];
+    want.sort_by_key(|id| id.to_string());
+    assert_eq!(got, want);
+    send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":5})).await;
+    assert!(recv(&mut ws).await["serverTs"].is_i64(), "a version-1 hb_ack");
+    assert_eq!(hub.job(custom_id).await["status"], "pending");
+
+    // An agent that runs the type gets the taken-back job again, after its hello_ack.
+    let other = hub.enroll(CREATOR).await;
+    let other_token = hub.session_token(&other).await;
+    let connecting = tokio::time::Instant::now();
+    let mut other_ws = hub.connect(&other_token).await;
+    // It is not silent for long enough to be taken for a prototype agent, so nothing comes yet.
+    send(&mut other_ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0","capabilities":["custom"]})).await;
+    assert_eq!(recv_by(&mut other_ws, connecting, Duration::from_secs(2)).await["t"], "hello_ack");
+    assert_eq!(recv(&mut other_ws).await["job"]["jobId"], custom["id"]);
+    hub.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_job_submitted_while_the_agent_is_offline_is_delivered_on_connect() {
     let hub = TestHub::start().await;
@@ -312,6 +409,104 @@ async fn malformed_frames_get_error_frames_and_the_session_goes_on() {
     send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":7})).await;
     assert_eq!(recv(&mut ws).await["t"], "hb_ack", "the session is still usable");
     hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_over_4_mib_is_answered_with_close_1009_and_a_reason() {
+    let hub = TestHub::start().await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let limit = 4 * edge_protocol::MAX_FRAME_BYTES;
+    let sent = ws.send(Message::text("x".repeat(limit + 1))).await;
+    // The hub reads the whole frame off the wire before it closes, so nothing is reset.
+    assert!(sent.is_ok(), "the frame was sent whole: {sent:?}");
+    let closed = match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    };
+    assert_eq!(closed, (1009, format!("frame of {} bytes is over the {limit}-byte limit", limit + 1)));
+    // Our close reply goes out, and the hub ends the connection cleanly: no reset, no error.
+    let end = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut ws)).await;
+    assert!(matches!(end, Ok(None)), "the connection ends without an error: {end:?}");
+    hub.shutdown().await;
+}
+
+/// The real `edge-hub` binary logs the refused frame as a JSON line on stderr.
+#[tokio::test]
+async fn a_frame_over_4_mib_is_logged_as_a_json_line() {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let bin = env!("CARGO_BIN_EXE_edge-hub");
+    let created = std::process::Command::new(bin)
+        .args(["--database-url", &database, "enroll-token", "create", "--creator", CREATOR])
+        .output()
+        .expect("enroll-token create runs");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let enrollment = String::from_utf8(created.stdout).expect("UTF-8").trim().to_owned();
+    let mut hub = tokio::process::Command::new(bin)
+        .args(["--database-url", &database, "serve", "--listen", "127.0.0.1:0"])
+        .env("EDGE_HUB_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("edge-hub serve starts");
+    let mut stdout = tokio::io::BufReader::new(hub.stdout.take().expect("stdout")).lines();
+    let mut stderr = tokio::io::BufReader::new(hub.stderr.take().expect("stderr")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("the hub says where it listens")
+        .expect("stdout")
+        .expect("a line");
+    let base = line.strip_prefix("edge-hub listening on ").expect("listening line").to_owned();
+
+    let http = http_client();
+    let key = ed25519_dalek::SigningKey::from_bytes(&random_seed());
+    let public_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key.verifying_key().as_bytes());
+    let post = |path: &str, body: serde_json::Value| {
+        let request = http.post(format!("{base}{path}")).json(&body);
+        async move { request.send().await.expect("request").json::<serde_json::Value>().await.expect("JSON") }
+    };
+    let enrolled = post("/v1/agent/enroll", json!({"token": enrollment, "publicKey": public_key})).await;
+    let agent = TestAgent {
+        agent_id: enrolled["agentId"].as_str().expect("agentId").to_owned(),
+        creator_id: CREATOR.to_owned(),
+        key,
+    };
+    let challenge = post("/v1/agent/challenge", json!({"agentId": agent.agent_id})).await;
+    let nonce = challenge["nonce"].as_str().expect("nonce");
+    let token =
+        post("/v1/agent/token", json!({"agentId": agent.agent_id, "nonce": nonce, "signature": agent.sign(nonce)}))
+            .await;
+    let url =
+        format!("{}/v1/agent/ws?token={}", base.replacen("http://", "ws://", 1), token["token"].as_str().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connects");
+    send(&mut ws, json!({"t":"hello","protocol":1,"v":"agent-0.1.0"})).await;
+    assert_eq!(recv(&mut ws).await["t"], "hello_ack");
+    let limit = 4 * edge_protocol::MAX_FRAME_BYTES;
+    let _ = ws.send(Message::text("y".repeat(limit + 7))).await;
+    assert_eq!(expect_close(&mut ws).await.0, 1009);
+
+    let logged = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if entry["fields"]["close_code"] == 1009 {
+                return entry;
+            }
+        }
+        panic!("the hub's log ended without the line");
+    })
+    .await
+    .expect("the refused frame is logged");
+    assert_eq!(logged["level"], "WARN", "{logged}");
+    assert_eq!(
+        (logged["fields"]["size"].as_u64(), logged["fields"]["limit"].as_u64()),
+        (Some(limit as u64 + 7), Some(limit as u64)),
+        "{logged}"
+    );
+    assert!(logged["fields"]["message"].as_str().unwrap().contains("size limit"), "{logged}");
+    assert_eq!(logged["span"]["agent_id"], agent.agent_id.as_str(), "the line names the agent: {logged}");
+    let _ = hub.kill().await;
 }
 
 #[tokio::test]

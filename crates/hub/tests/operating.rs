@@ -285,6 +285,34 @@ async fn every_operator_answer_matches_the_openapi_document() {
     assert!(schema_check::validate(&c.doc, schema, &sync_body).is_empty(), "{sync_body}");
     c.covered.insert(("post".into(), "/v1/jobs".into(), 502));
 
+    // The prototype's route: queued (202, with either key header), completed (200), timed
+    // out (504), refused (400, 401).
+    let proxied = json!({"url":"http://127.0.0.1:9/o/proto","method":"GET","headers":{},"body":"aGk="});
+    assert_eq!(c.call("POST", "/jobs", k, Some(proxied.clone())).await.0, 202);
+    let (queued_id, _) = next_assignment(&mut ws).await;
+    send(&mut ws, json!({"t":"job_result","id":queued_id,"status":"ok","data":{"statusCode":200}})).await;
+    assert_eq!(c.call_with("POST", "/jobs", None, Some(proxied.clone()), &[("X-API-Key", &key)]).await.0, 202);
+    let (queued_id, _) = next_assignment(&mut ws).await;
+    send(&mut ws, json!({"t":"job_result","id":queued_id,"status":"ok","data":{"statusCode":200}})).await;
+    let proto_sync = {
+        let (hub_url, http, key, body) = (hub.url("/jobs?sync=true"), hub.http.clone(), key.clone(), proxied.clone());
+        tokio::spawn(async move { http.post(hub_url).header("X-API-Key", key).json(&body).send().await.expect("sync") })
+    };
+    let (proto_id, _) = next_assignment(&mut ws).await;
+    let data = json!({"statusCode":200,"headers":{"a":"b"},"body":"aGk=","isBase64Encoded":true});
+    send(&mut ws, json!({"t":"job_result","id":proto_id,"status":"ok","data":data})).await;
+    let response = proto_sync.await.expect("sync task");
+    assert_eq!(response.status(), 200);
+    let proto_body: Value = response.json().await.expect("JSON");
+    let schema = schema_check::response_schema(&c.doc, "post", "/jobs", 200).expect("200 documented");
+    let errors = schema_check::validate(&c.doc, schema, &proto_body);
+    assert!(errors.is_empty(), "{errors:?}: {proto_body}");
+    c.covered.insert(("post".into(), "/jobs".into(), 200));
+    let nobody_proxied = "/jobs?sync=true&timeoutMs=200&creatorId=creator-nobody";
+    assert_eq!(c.call("POST", nobody_proxied, k, Some(proxied.clone())).await.0, 504);
+    assert_eq!(c.call("POST", "/jobs", k, Some(json!({"url":"ftp://x"}))).await.0, 400);
+    assert_eq!(c.call("POST", "/jobs", None, Some(proxied)).await.0, 401);
+
     // Read, list, attempts.
     assert_eq!(c.call("GET", &format!("/v1/jobs/{held_id}"), k, None).await.0, 200);
     assert_eq!(c.call("GET", "/v1/jobs/job_missing", k, None).await.0, 404);

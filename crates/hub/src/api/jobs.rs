@@ -183,16 +183,28 @@ pub async fn submit_job(
 ) -> Result<Response, Failure> {
     let Query(query) = query.map_err(|e| Failure::bad_request(format!("bad query string: {}", e.body_text())))?;
     let sync = parse_sync(&query, app.sync_timeout)?;
+    let (job, created) = submit(&app, &caller, &headers, request).await?;
+    respond(&app, job, created, sync).await
+}
+
+/// Checks and stores one submission (or finds the job its idempotency key names): the job
+/// and whether it is new.
+pub(super) async fn submit(
+    app: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    request: SubmitJob,
+) -> Result<(JobRecord, bool), Failure> {
     let now = now_ms();
-    let job = validate(&app, &caller, &headers, request, now).await?;
-    let (job, created) = match prepare_submitted(&app, job, now).await? {
+    let job = validate(app, caller, headers, request, now).await?;
+    let (job, created) = match prepare_submitted(app, job, now).await? {
         Prepared::Existing(job) => (job, false),
         Prepared::New(job) => recorded(app.job_writes.insert_job(job).await?),
     };
     if created && job.status == JobState::Pending {
         app.events.job_available().await;
     }
-    respond(&app, job, created, sync).await
+    Ok((job, created))
 }
 
 /// Most jobs in one `POST /v1/jobs/batch`.
@@ -377,7 +389,7 @@ async fn respond(app: &AppState, job: JobRecord, created: bool, sync: Option<Dur
     }
 }
 
-fn parse_sync(query: &SubmitQuery, default_timeout: Duration) -> Result<Option<Duration>, Failure> {
+pub(super) fn parse_sync(query: &SubmitQuery, default_timeout: Duration) -> Result<Option<Duration>, Failure> {
     let sync = match query.sync.as_deref().map(str::trim) {
         None | Some("false") | Some("0") | Some("") => false,
         Some("true") | Some("1") => true,

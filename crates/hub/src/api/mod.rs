@@ -10,7 +10,9 @@ pub mod jobs;
 pub mod known_keys;
 pub mod openapi;
 pub mod operator;
+pub mod prototype;
 pub mod ws;
+pub mod ws_upgrade;
 
 use crate::crypto::sha256_hex;
 use crate::dispatch::Dispatcher;
@@ -73,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dead-letter", get(dead_letter::list_dead))
         .route("/v1/dead-letter/redrive", post(dead_letter::start_redrive))
         .route("/v1/dead-letter/redrives/{id}", get(dead_letter::get_redrive))
+        .route(prototype::PATH, post(prototype::submit))
         .merge(console_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -234,7 +237,14 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(key) = bearer_token(&parts.headers) else {
+        Caller::from_key(state, bearer_token(&parts.headers)).await
+    }
+}
+
+impl Caller {
+    /// The caller an API key stands for; 401 for no key or an unknown one.
+    pub async fn from_key(state: &AppState, key: Option<&str>) -> Result<Caller, Failure> {
+        let Some(key) = key else {
             return Err(Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

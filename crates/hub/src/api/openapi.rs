@@ -5,7 +5,7 @@
 //!
 //! A new operator endpoint joins the document by adding its handler to `paths(…)` below.
 
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// The `{"error","message"}` body of every 4xx/5xx answer (`edge_protocol::api::ApiError`).
@@ -90,6 +90,7 @@ pub struct SyncOutcome {
         super::operator::health,
         super::console::metrics,
         super::console::openapi,
+        super::prototype::submit,
     ),
     components(schemas(ErrorBody)),
     modifiers(&ApiKeyAuth),
@@ -99,6 +100,7 @@ pub struct SyncOutcome {
         (name = "creators", description = "Per-creator limits"),
         (name = "agents", description = "The fleet of creator machines"),
         (name = "operations", description = "Health, metrics and this document"),
+        (name = "prototype", description = "The residential-proxy prototype's route, kept for its services"),
     )
 )]
 struct HubApi;
@@ -112,6 +114,11 @@ impl Modify for ApiKeyAuth {
         let mut http = Http::new(HttpAuthScheme::Bearer);
         http.description = Some("An operator API key from `edge-hub api-key create` (`ehk_…`).".to_owned());
         components.add_security_scheme("api_key", SecurityScheme::Http(http));
+        let header = ApiKey::Header(ApiKeyValue::with_description(
+            "X-API-Key",
+            "The same operator or creator API key, in the header the prototype's services send (`POST /jobs` only).",
+        ));
+        components.add_security_scheme("x_api_key", SecurityScheme::ApiKey(header));
     }
 }
 

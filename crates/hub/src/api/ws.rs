@@ -5,6 +5,7 @@
 //! It must never change a job the agent does not hold, and never send a version-1 frame
 //! to a version-0 peer.
 
+use super::ws_upgrade::{AgentSocket as WebSocket, NotAnUpgrade, WsUpgrade};
 use super::{bearer_token, AppState, Failure};
 use crate::crypto::{now_ms, now_secs};
 use crate::dispatch::{Dispatcher, Handshake, Outgoing, SessionId};
@@ -12,8 +13,6 @@ use crate::jwt::TokenRejection;
 use crate::queue::{self, plan_failure};
 use crate::store::{AgentRecord, FinishOutcome, FinishRequest, JobRecord, JobState, LeaseRef, Transition};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,20 +22,29 @@ use edge_protocol::{
     PROTOCOL_VERSION,
 };
 use futures_util::future::Either;
-use futures_util::{FutureExt as _, SinkExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 /// Messages above this are dropped by the WebSocket layer itself. It sits well above
 /// [`edge_protocol::MAX_FRAME_BYTES`] so a merely oversized frame reaches the codec and
 /// is answered with `FRAME_TOO_LARGE` instead of a dropped connection.
 const MAX_WS_MESSAGE_BYTES: usize = 4 * edge_protocol::MAX_FRAME_BYTES;
+
+/// After refusing a frame over [`MAX_WS_MESSAGE_BYTES`], how long the rest of it (and the
+/// agent's close frame) may take to arrive, and how long a pause in it ends the wait.
+const OVERSIZED_DRAIN_WAIT: Duration = Duration::from_secs(3);
+const OVERSIZED_QUIET: Duration = Duration::from_millis(250);
 
 /// Chunk in which a session reads from its socket; larger frames still arrive whole. Every
 /// session holds one from the start, and tungstenite zeroes it before each read: an agent's
@@ -60,6 +68,12 @@ const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_millis(200);
 /// gets at least this long between frames.
 const MIN_V0_IDLE: Duration = Duration::from_secs(90);
 const MIN_V1_IDLE: Duration = Duration::from_secs(10);
+
+/// A peer that sends nothing this long after connecting is a prototype agent: those wait
+/// for their first job before they say anything, and must get it within 2 s of connecting.
+/// A version-1 agent sends `hello` as soon as the socket is open, one round trip after the
+/// upgrade; a slower one is still served (see [`Session::on_hello`]).
+pub const VERSION_0_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -116,7 +130,7 @@ pub async fn agent_ws(
     State(app): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, NotAnUpgrade>,
 ) -> Response {
     let token = query
         .ok()
@@ -127,7 +141,7 @@ pub async fn agent_ws(
 
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(_) => {
+        Err(NotAnUpgrade(why)) => {
             return match verdict {
                 Err(refusal) => Failure::new(
                     StatusCode::UNAUTHORIZED,
@@ -138,30 +152,28 @@ pub async fn agent_ws(
                 Ok(_) => Failure::new(
                     StatusCode::UPGRADE_REQUIRED,
                     "upgrade_required",
-                    "this endpoint speaks WebSocket only",
+                    format!("this endpoint speaks WebSocket only: {why}"),
                 )
                 .into_response(),
             };
         }
     };
 
-    let sessions = app.sessions.clone();
-    upgrade
-        .max_message_size(MAX_WS_MESSAGE_BYTES)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_WS_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_WS_MESSAGE_BYTES))
         // tungstenite's defaults (128 KiB read buffer, 128 KiB write batching) cost ~150 KiB
         // per idle session; frames here are small, and a session flushes after each burst.
         .read_buffer_size(SESSION_READ_BUFFER)
-        .write_buffer_size(SESSION_WRITE_BATCH)
-        .max_frame_size(MAX_WS_MESSAGE_BYTES)
-        .on_failed_upgrade(|e| warn!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            // No async block here: it would keep its own copy of the socket in every task.
-            let session = match verdict {
-                Ok(agent) => Either::Left(run_session(socket, app, agent)),
-                Err(refusal) => Either::Right(Box::pin(refuse(socket, refusal))),
-            };
-            sessions.track_future(session)
-        })
+        .write_buffer_size(SESSION_WRITE_BATCH);
+    let sessions = app.sessions.clone();
+    upgrade.on_upgrade(config, &sessions, move |socket| {
+        // No async block here: it would keep its own copy of the socket in every task.
+        match verdict {
+            Ok(agent) => Either::Left(run_session(socket, app, agent)),
+            Err(refusal) => Either::Right(Box::pin(refuse(socket, refusal))),
+        }
+    })
 }
 
 async fn authenticate(app: &AppState, token: Option<&str>) -> Result<AgentRecord, Refusal> {
@@ -197,12 +209,12 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
 
 async fn close_within(socket: &mut WebSocket, code: u16, reason: &str, wait: Duration) {
     let reason = truncate_reason(reason);
-    let frame = CloseFrame { code, reason: reason.into() };
+    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(wait, async {
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
@@ -273,6 +285,10 @@ struct Session {
     /// saves a write per job. Written before any other frame is handled and before the
     /// session waits, so nothing the agent sent later is applied before it.
     unwritten_ack: Option<LeaseRef>,
+    /// Set by a `hello` after a version-0 start, until the dispatcher answers
+    /// [`Outgoing::HandshakeApplied`]: the `job_assign`s queued meanwhile were leased under
+    /// the version-0 handshake, and the dispatcher hands them back instead.
+    dropping_version_0_assigns: bool,
 }
 
 /// A plain function, not an `async fn`, so the session's task holds one copy of the socket
@@ -282,8 +298,15 @@ fn run_session(mut socket: WebSocket, app: AppState, agent: AgentRecord) -> impl
     let id = SessionId::next();
     let span = info_span!("session", agent_id = %agent.id, session = %id);
     let creator_id = agent.creator_id;
-    let mut session =
-        Session { app, agent_id: agent.id, id, version: None, leases: HashMap::new(), unwritten_ack: None };
+    let mut session = Session {
+        app,
+        agent_id: agent.id,
+        id,
+        version: None,
+        leases: HashMap::new(),
+        unwritten_ack: None,
+        dropping_version_0_assigns: false,
+    };
     async move {
         let (outbox, mut outgoing) = mpsc::unbounded_channel();
         session.app.dispatcher.connect(&session.agent_id, &creator_id, id, outbox);
@@ -307,10 +330,11 @@ impl Session {
     /// the largest state it can be in, so every handler is awaited boxed: unboxed, each idle
     /// session would carry room for the deepest handler (several KiB) for its whole life.
     async fn run(&mut self, socket: &mut WebSocket, outgoing: &mut mpsc::UnboundedReceiver<Outgoing>) {
-        let mut last_frame_at = Instant::now();
+        let connected_at = Instant::now();
+        let mut last_frame_at = connected_at;
         loop {
             if self.unwritten_ack.is_some() {
-                match socket.recv().now_or_never() {
+                match socket.next().now_or_never() {
                     Some(incoming) => {
                         last_frame_at = Instant::now();
                         match Box::pin(self.on_message(socket, incoming)).await {
@@ -326,12 +350,20 @@ impl Session {
                 }
             }
             let idle_limit = self.idle_limit();
+            let idle_at = last_frame_at + idle_limit;
+            // One timer for both deadlines: a second one in the select below would take room
+            // in every idle session's task for the life of the connection.
+            let grace_at = self.version.is_none().then_some(connected_at + VERSION_0_GRACE).filter(|at| *at < idle_at);
             tokio::select! {
                 _ = self.app.shutdown.cancelled() => {
                     Box::pin(close_within(socket, 1001, "the hub is shutting down", SHUTDOWN_CLOSE_WAIT)).await;
                     return;
                 }
-                _ = tokio::time::sleep_until(last_frame_at + idle_limit) => {
+                _ = tokio::time::sleep_until(grace_at.unwrap_or(idle_at)) => {
+                    if grace_at.is_some() {
+                        self.start_version_0("none within the grace");
+                        continue;
+                    }
                     warn!(idle_secs = idle_limit.as_secs(), "no frame from the agent in time; closing");
                     Box::pin(close(socket, 1001, "no heartbeat in time")).await;
                     return;
@@ -344,7 +376,7 @@ impl Session {
                     }
                     None => return,
                 },
-                incoming = socket.recv() => {
+                incoming = socket.next() => {
                     last_frame_at = Instant::now();
                     if let Flow::Stop = Box::pin(self.on_message(socket, incoming)).await {
                         return;
@@ -366,11 +398,19 @@ impl Session {
         let mut next = Some(first);
         let mut fed = 0;
         while let Some(command) = next.take() {
-            let (kind, text) = match command {
-                Outgoing::Frame(frame) => (frame.kind(), encode(&frame)),
+            let outgoing_frame = match command {
+                Outgoing::Frame(frame) => Some((frame.kind(), encode(&frame))),
+                Outgoing::Assign { job, .. } if self.dropping_version_0_assigns => {
+                    debug!(job_id = job.id, "job leased before the agent's late hello not sent; it is pending again");
+                    None
+                }
                 Outgoing::Assign { job, text } => {
                     self.leases.insert(job.id.clone(), *job);
-                    ("job_assign", text)
+                    Some(("job_assign", text))
+                }
+                Outgoing::HandshakeApplied => {
+                    self.dropping_version_0_assigns = false;
+                    None
                 }
                 Outgoing::Close { code, reason } => {
                     info!(code, reason, "closing session");
@@ -380,9 +420,11 @@ impl Session {
                     return Flow::Stop;
                 }
             };
-            if let Err(e) = socket.feed(Message::text(text)).await {
-                debug!(error = %e, frame = kind, "cannot send frame; connection is gone");
-                return Flow::Stop;
+            if let Some((kind, text)) = outgoing_frame {
+                if let Err(e) = socket.feed(Message::text(text)).await {
+                    debug!(error = %e, frame = kind, "cannot send frame; connection is gone");
+                    return Flow::Stop;
+                }
             }
             fed += 1;
             if fed < MAX_FRAMES_PER_FLUSH {
@@ -399,10 +441,17 @@ impl Session {
     }
 
     /// What the socket gave: a message, an error or its end.
-    async fn on_message(&mut self, socket: &mut WebSocket, incoming: Option<Result<Message, axum::Error>>) -> Flow {
+    async fn on_message(
+        &mut self,
+        socket: &mut WebSocket,
+        incoming: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Flow {
         let message = match incoming {
             None => return Flow::Stop,
             Some(Err(e)) => {
+                if let Some((size, limit)) = oversized(&e) {
+                    return Box::pin(self.close_oversized(socket, size, limit)).await;
+                }
                 info!(error = %e, "connection lost");
                 return Flow::Stop;
             }
@@ -411,12 +460,49 @@ impl Session {
         match message {
             Message::Text(text) => self.on_text(socket, text.as_str()).await,
             Message::Binary(_) => self.on_bad_frame(socket, FrameError::Binary).await,
-            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+            // Raw frames are only ever written, never read.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Flow::Continue,
             Message::Close(frame) => {
-                info!(code = frame.as_ref().map(|f| f.code), "agent closed the connection");
+                info!(code = frame.as_ref().map(|f| u16::from(f.code)), "agent closed the connection");
                 Flow::Stop
             }
         }
+    }
+
+    /// A frame over [`MAX_WS_MESSAGE_BYTES`]: the WebSocket layer stopped reading at its
+    /// header, so the connection cannot go on (the rest of the frame is still on the wire).
+    /// The agent gets a close frame saying why, 1009 (Message Too Big) in RFC 6455, instead
+    /// of a bare disconnect.
+    async fn close_oversized(&mut self, socket: &mut WebSocket, size: usize, limit: usize) -> Flow {
+        warn!(size, limit, close_code = 1009, "frame over the WebSocket size limit; closing the connection");
+        let reason = format!("frame of {size} bytes is over the {limit}-byte limit");
+        // Not `close`: the WebSocket layer reads nothing more, so the agent's answer to the
+        // close frame can only be read off the socket with the rest of the big frame.
+        let frame = CloseFrame { code: CloseCode::Size, reason: Utf8Bytes::from(truncate_reason(&reason)) };
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return Flow::Stop;
+        }
+        // Closing a TCP socket with unread bytes makes the kernel send a reset, which can
+        // reach the agent before it has read the close frame. So the rest of the frame, and
+        // the agent's close frame after it, are read and dropped first, until the agent has
+        // been quiet for a moment or a bounded time has passed.
+        let io = socket.get_mut();
+        let mut scratch = vec![0u8; 16 * 1024];
+        let mut drained = 0u64;
+        let give_up = Instant::now() + OVERSIZED_DRAIN_WAIT;
+        loop {
+            let until = give_up.min(Instant::now() + OVERSIZED_QUIET);
+            tokio::select! {
+                read = tokio::time::timeout_at(until, io.read(&mut scratch)) => match read {
+                    Ok(Ok(n)) if n > 0 => drained += n as u64,
+                    _ => break,
+                },
+                _ = self.app.shutdown.cancelled() => break,
+            }
+        }
+        debug!(drained, "rest of the oversized frame read and dropped");
+        let _ = io.shutdown().await;
+        Flow::Stop
     }
 
     /// Writes the unwritten `job_ack`, if any. `socket`: where to complain when the job is
@@ -520,8 +606,24 @@ impl Session {
             close(socket, close_code::UNSUPPORTED_VERSION, "protocol version too old: update the agent").await;
             return Flow::Stop;
         }
+        // A hello after the session started as version 0 (it was silent past the grace, or
+        // began with another frame): the jobs leased so far were sent before our hello_ack,
+        // which an agent ignores, and chosen without its capabilities; they go back.
+        let after_version_0 = self.version == Some(0);
+        if after_version_0 {
+            self.dropping_version_0_assigns = true;
+        }
         self.version = Some(negotiated);
-        info!(protocol = negotiated, agent_version = v, slots, paused, ?capabilities, ?labels, "hello");
+        info!(
+            protocol = negotiated,
+            agent_version = v,
+            slots,
+            paused,
+            ?capabilities,
+            ?labels,
+            after_version_0,
+            "hello"
+        );
         let labels: Vec<String> = labels
             .into_iter()
             .map(|l| l.trim().to_owned())
@@ -545,9 +647,25 @@ impl Session {
         if let Flow::Stop = self.reply(socket, ack).await {
             return Flow::Stop;
         }
-        let handshake = Handshake { protocol: negotiated, slots, paused, labels, capabilities };
+        let handshake = Handshake { protocol: negotiated, slots, paused, labels, capabilities, after_version_0 };
         self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
         Flow::Continue
+    }
+
+    /// The peer is a prototype agent: it said nothing within [`VERSION_0_GRACE`], or its
+    /// first frame was not `hello`. It gets one job at a time and version-0 frames only.
+    fn start_version_0(&mut self, first_frame: &str) {
+        self.version = Some(0);
+        info!(first_frame, "version-0 agent (no hello)");
+        let handshake = Handshake {
+            protocol: 0,
+            slots: 1,
+            paused: false,
+            labels: Vec::new(),
+            capabilities: Vec::new(),
+            after_version_0: false,
+        };
+        self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
     }
 
     /// The two deep handlers are boxed so this future stays small (see [`Session::run`]).
@@ -558,12 +676,8 @@ impl Session {
         }
 
         if self.version.is_none() {
-            // A prototype agent never says hello; it starts with hb and gets one job at a time.
-            self.version = Some(0);
-            info!(first_frame = frame.kind(), "version-0 agent (no hello)");
-            let handshake =
-                Handshake { protocol: 0, slots: 1, paused: false, labels: Vec::new(), capabilities: Vec::new() };
-            self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
+            // A prototype agent never says hello.
+            self.start_version_0(frame.kind());
         }
 
         match frame {
@@ -609,7 +723,8 @@ impl Session {
                 warn!(
                     ?reason,
                     cooldown_ms = cooldown.as_millis() as u64,
-                    "agent tripped its circuit breaker; no browser jobs for it until the cool-down ends"
+                    withheld_job_types = ?crate::dispatch::circuit_withholds(),
+                    "agent tripped its circuit breaker; no browser jobs for it until the cool-down ends, other types still go to it"
                 );
                 self.app.dispatcher.circuit_open(&self.agent_id, until);
                 Flow::Continue
@@ -781,6 +896,16 @@ impl Session {
         if let Err(e) = self.app.store.record_heartbeat(&self.agent_id, clean_version(agent_version), now_ms()).await {
             error!(error = %e, "cannot record heartbeat");
         }
+    }
+}
+
+/// The size and limit of a frame the WebSocket layer refused as too large; `None` for any
+/// other error.
+fn oversized(e: &tokio_tungstenite::tungstenite::Error) -> Option<(usize, usize)> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((*size, *max_size)),
+        _ => None,
     }
 }
 

@@ -269,6 +269,9 @@ pub struct ClaimGroup {
     pub labels: Vec<String>,
     /// `None`: the agents announced no capabilities (prototype peers) and take any type.
     pub job_types: Option<Vec<String>>,
+    /// Types the agents may not take now, whatever `job_types` says: a prototype peer's open
+    /// circuit breaker withholds the browser types from "any type". Empty: none withheld.
+    pub excluded_job_types: Vec<String>,
     /// Agents in the order they are served, each with how many jobs it may take now. Jobs
     /// are dealt out one per agent in turn, so several agents of a creator share the work.
     pub agents: Vec<(String, u32)>,
@@ -280,6 +283,7 @@ impl ClaimGroup {
             creator_id: request.creator_id.clone(),
             labels: request.labels.clone(),
             job_types: request.job_types.clone(),
+            excluded_job_types: Vec::new(),
             agents: vec![(request.agent_id.clone(), slots)],
         }
     }

@@ -145,6 +145,12 @@ pub(super) fn list_text(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
 }
 
+/// A claim's excluded job types as the candidates statement reads them: NULL when none is
+/// excluded, so the usual claim does not look at a list at all.
+pub(super) fn excluded_text(types: &[String]) -> Option<String> {
+    (!types.is_empty()).then(|| list_text(types))
+}
+
 /// The text a `dialect::json_records` subquery reads: the records as one JSON list.
 pub(super) fn records_text(records: Vec<serde_json::Value>) -> String {
     serde_json::Value::from(records).to_string()
@@ -407,7 +413,7 @@ macro_rules! in_write_tx {
 macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty) => {
         use $crate::store::sql::{
-            plan_claims, ClaimCandidate, FinishRow, InsertRow, cancelled_error, labels_text, lease_expired_error, list_text, records_text, parse_json, parse_labels,
+            plan_claims, ClaimCandidate, FinishRow, InsertRow, cancelled_error, excluded_text, labels_text, lease_expired_error, list_text, records_text, parse_json, parse_labels,
             AGENT_COLUMNS, CREATOR_LIMITS, DEAD_FILTER, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS,
             LEDGER_UPSERT, REDRIVE_COLUMNS, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
         };
@@ -654,7 +660,8 @@ macro_rules! sql_store {
 
         /// Candidate jobs for a claim group: $1 creator, $2 now, $3 the group's agent ids (JSON
         /// list, for jobs naming one of them), $4 labels, $5 job types (JSON list or NULL), $6
-        /// how many. Built once per engine (it embeds dialect fragments). Creator limits are
+        /// how many, $7 job types excluded (JSON list or NULL). Built once per engine (it
+        /// embeds dialect fragments). Creator limits are
         /// applied by the caller, except that a job type already at its hourly cap is skipped
         /// here so it cannot crowd out the others.
         fn claim_candidates_sql() -> &'static str {
@@ -666,6 +673,7 @@ macro_rules! sql_store {
                      AND (j.target_agent_id IS NULL OR j.target_agent_id IN ({agents})) \
                      AND (j.labels IS NULL OR {labels}) \
                      AND ($5 IS NULL OR j.job_type IN ({types})) \
+                     AND ($7 IS NULL OR j.job_type NOT IN ({excluded})) \
                      AND NOT EXISTS (SELECT tl.creator_id FROM creator_type_limits tl \
                         WHERE tl.creator_id = j.creator_id AND tl.job_type = j.job_type \
                         AND tl.max_per_hour <= (SELECT COUNT(*) FROM job_attempts a \
@@ -675,6 +683,7 @@ macro_rules! sql_store {
                     agents = dialect::json_text_array("$3"),
                     labels = dialect::labels_subset("j.labels", "$4"),
                     types = dialect::json_text_array("$5"),
+                    excluded = dialect::json_text_array("$7"),
                     lock = dialect::SKIP_LOCKED_OF_J,
                 )
             })
@@ -920,6 +929,7 @@ macro_rules! sql_store {
                 .bind(list_text(&group.labels))
                 .bind(group.job_types.as_deref().map(list_text))
                 .bind(budget)
+                .bind(excluded_text(&group.excluded_job_types))
                 .fetch_all(&mut **tx)
                 .await?;
             let mut candidate_list = Vec::with_capacity(candidates.len());

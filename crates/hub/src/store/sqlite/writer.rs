@@ -13,8 +13,9 @@
 
 use super::claim_candidates_sql;
 use crate::store::sql::{
-    job_column, list_text, parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow, CREATOR_LIMITS,
-    HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UPSERT, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
+    excluded_text, job_column, list_text, parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow,
+    CREATOR_LIMITS, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UPSERT, REPORTED_ATTEMPT, STALE_ATTEMPT,
+    TYPE_BUDGETS,
 };
 use crate::store::{
     ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobState, JobWriteAnswers, JobWriteBatch,
@@ -406,6 +407,7 @@ fn claim(
                 "$1": group.creator_id, "$2": now, "$3": agent_lists.text(group),
                 "$4": list_text(&group.labels),
                 "$5": group.job_types.as_deref().map(list_text), "$6": budget,
+                "$7": excluded_text(&group.excluded_job_types),
             },
             |r| Ok(ClaimCandidate { job_id: r.get(0)?, job_type: r.get(1)?, target_agent_id: r.get(2)? }),
         )?;
@@ -433,8 +435,8 @@ fn claim(
     Ok(leased)
 }
 
-/// Group key: creator, labels, job types.
-type GroupKey = (String, Vec<String>, Option<Vec<String>>);
+/// Group key: creator, labels, job types, excluded job types.
+type GroupKey = (String, Vec<String>, Option<Vec<String>>, Vec<String>);
 
 /// Each claim group's agent ids as the JSON list the candidates statement reads (for jobs
 /// naming an agent), kept between claims. Built anew for a thousand agents on every claim,
@@ -448,7 +450,8 @@ impl AgentLists {
     const MAX_GROUPS: usize = 256;
 
     fn text(&mut self, group: &ClaimGroup) -> &str {
-        let key = (group.creator_id.clone(), group.labels.clone(), group.job_types.clone());
+        let key =
+            (group.creator_id.clone(), group.labels.clone(), group.job_types.clone(), group.excluded_job_types.clone());
         let current = self.0.get(&key).is_some_and(|(ids, _)| is_rotation_of(&group.agents, ids));
         if !current {
             if self.0.len() >= Self::MAX_GROUPS {
@@ -541,6 +544,7 @@ mod tests {
             creator_id: "creator-1".to_owned(),
             labels: Vec::new(),
             job_types: None,
+            excluded_job_types: Vec::new(),
             agents: agents.iter().map(|id| (id.to_string(), 1)).collect(),
         }
     }
