@@ -67,9 +67,15 @@ fn agent() -> Result<()> {
 
     agent.run(&[])?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))?;
+    // The peer the target is set against, idling in the same minute: rathole's client
+    // holding one service open to its server on loopback.
+    let rathole = RatholeIdle::start(&dir.path().join("rathole"))?;
     std::thread::sleep(Duration::from_secs(60));
     let pid = agent.pid().context("agent not running")?;
     let rss = rss_kib(pid)?;
+    let smaps = smaps_rollup(pid).unwrap_or_default();
+    let rathole_rss = rss_kib(rathole.client.id())?;
+    drop(rathole);
     agent.shutdown();
 
     println!("\n| measurement | result | target |");
@@ -79,8 +85,91 @@ fn agent() -> Result<()> {
         samples[0],
         samples[samples.len() - 1]
     );
-    println!("| headless agent idle RSS after 60 s online | {:.1} MB | ≤ 10 MB |", rss as f64 / 1024.0);
+    println!("| headless agent idle RSS after 60 s online | {:.1} MB | ≤ 8 MB |", rss as f64 / 1024.0);
+    println!(
+        "| rathole {RATHOLE_VERSION} client idle RSS after 60 s, one service, same run | {:.1} MB | (peer) |",
+        rathole_rss as f64 / 1024.0
+    );
+    println!("\nagent /proc/PID/smaps_rollup at the measurement:\n{smaps}");
     Ok(())
+}
+
+/// The rathole release the agent's idle memory is compared with (`cargo install`ed from
+/// crates.io into target/, built here like everything else).
+const RATHOLE_VERSION: &str = "0.5.0";
+
+/// `target/bench-tools/bin/rathole`, installed once with only its Noise transport (no
+/// OpenSSL), the variant the tunnel benchmark compares against too.
+pub(crate) fn rathole_bin() -> Result<std::path::PathBuf> {
+    let tools = root().join("target/bench-tools");
+    let bin = tools.join("bin/rathole");
+    if !bin.is_file() {
+        checked(cargo().args(["install", "--quiet", "--locked", "--root"]).arg(&tools).args([
+            "rathole",
+            "--version",
+            RATHOLE_VERSION,
+            "--no-default-features",
+            "--features",
+            "server,client,noise",
+        ]))?;
+    }
+    Ok(bin)
+}
+
+/// A rathole server and client on loopback with one forwarded service; killed on drop.
+struct RatholeIdle {
+    server: std::process::Child,
+    client: std::process::Child,
+}
+
+impl RatholeIdle {
+    fn start(dir: &std::path::Path) -> Result<RatholeIdle> {
+        let bin = rathole_bin()?;
+        std::fs::create_dir_all(dir)?;
+        let port = |_: ()| -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let (control, exposed, local) = (port(())?, port(())?, port(())?);
+        let server_toml = dir.join("server.toml");
+        let client_toml = dir.join("client.toml");
+        std::fs::write(
+            &server_toml,
+            format!(
+                "[server]\nbind_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n\
+                 [server.services.svc]\nbind_addr = \"127.0.0.1:{exposed}\"\n"
+            ),
+        )?;
+        std::fs::write(
+            &client_toml,
+            format!(
+                "[client]\nremote_addr = \"127.0.0.1:{control}\"\ndefault_token = \"bench\"\n\
+                 [client.services.svc]\nlocal_addr = \"127.0.0.1:{local}\"\n"
+            ),
+        )?;
+        let quiet = || std::process::Stdio::null();
+        let server = Command::new(&bin).arg("--server").arg(&server_toml).stdout(quiet()).stderr(quiet()).spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let client = Command::new(&bin).arg("--client").arg(&client_toml).stdout(quiet()).stderr(quiet()).spawn()?;
+        Ok(RatholeIdle { server, client })
+    }
+}
+
+impl Drop for RatholeIdle {
+    fn drop(&mut self) {
+        for child in [&mut self.client, &mut self.server] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `/proc/PID/smaps_rollup`: where the resident pages are (file-backed code and data against
+/// anonymous heap and stacks).
+fn smaps_rollup(pid: u32) -> Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    Ok(text
+        .lines()
+        .filter(|l| ["Rss:", "Pss:", "Pss_Anon:", "Pss_File:", "Anonymous:"].iter().any(|k| l.starts_with(k)))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// Starts the real tray app (release build) in a throwaway desktop session under Xvfb,

@@ -107,7 +107,10 @@ const EXIT_LOGIN_REQUIRED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread is plenty for one WebSocket, a heartbeat and a few jobs, whose blocking
+    // work (keychain, journal, unpacking) goes to tokio's blocking threads anyway; a worker
+    // per core would cost each its stack and malloc arena on a person's computer for nothing.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
