@@ -154,13 +154,19 @@ async fn a_dead_instances_leases_come_back_after_the_visibility_timeout() {
     })
     .await;
     assert!(ended.is_ok(), "the dead instance's socket must end");
-    assert_eq!(a.job(&id(&job)).await["status"], "running");
 
     // The agent reconnects to B and gets the job back as delivery 2 once the lease expires.
     let mut on_b = b.hello(&agent, json!({"slots":1})).await;
     assert_eq!(next_assign(&mut on_b).await, id(&job));
     let again = a.job(&id(&job)).await;
     assert_eq!(again["attempts"], 2, "{again}");
+    // The crash released nothing: the first lease ended by expiring, a whole visibility
+    // timeout after it began (the hub's own timestamps, so a slow machine cannot fake it).
+    let (_, history) = a.operator_get(&format!("/v1/jobs/{}/attempts", id(&job))).await;
+    let first = &history["attempts"][0];
+    assert_eq!(first["outcome"], "expired", "{history}");
+    let held_ms = unix_ms(&first["endedAt"]) - unix_ms(&first["leasedAt"]);
+    assert!(held_ms >= 1500, "the lease ended {held_ms} ms after it began: {history}");
     send(&mut on_b, json!({"t":"job_result","id":id(&job),"status":"ok"})).await;
     a.wait_for_job_status(&id(&job), "succeeded").await;
     b.shutdown().await;

@@ -506,3 +506,10 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An RFC 3339 timestamp of the hub's, in Unix ms.
+pub fn unix_ms(text: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text.as_str().expect("a timestamp"))
+        .unwrap_or_else(|e| panic!("{text} is not RFC 3339: {e}"))
+        .timestamp_millis()
+}
