@@ -7,8 +7,11 @@
 #   url=$(tests/support/postgres.sh)            # start or reuse
 #   tests/support/postgres.sh stop [DATA_DIR]   # stop a cluster this script started
 #
-# It never touches an existing cluster beyond checking that it answers, and never listens
-# on anything but 127.0.0.1. Progress goes to stderr.
+# Something already listening on the port must answer a query on the database `test` as
+# user `postgres` (through psql; Debian's `postgresql-client` is installed if psql is
+# missing), else the script fails and says what listens there: an open port alone proves
+# nothing. It never touches an existing cluster beyond that check (and creating `test`),
+# and never listens on anything but 127.0.0.1. Progress goes to stderr.
 set -euo pipefail
 
 port="${EDGE_PG_PORT:-5432}"
@@ -31,13 +34,35 @@ find_bin() {
     [ -n "$dir" ] && [ -x "$dir/initdb" ] && echo "$dir"
 }
 
-answers() {
-    # pg_isready may be missing before the install; fall back to bash's /dev/tcp.
-    if command -v pg_isready >/dev/null 2>&1; then
-        pg_isready -q -h 127.0.0.1 -p "$port"
+apt_install() {
+    local sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    log "installing Debian's $*"
+    $sudo_cmd apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get -o DPkg::Lock::Timeout=900 install -y -qq "$@" >&2
+}
+
+# Whether anything accepts connections on the port (PostgreSQL or not).
+listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null
+}
+
+find_psql() {
+    local bin
+    if command -v psql >/dev/null 2>&1; then
+        command -v psql
+    elif bin=$(find_bin); then
+        echo "$bin/psql"
     else
-        (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null
+        return 1
     fi
+}
+
+# psql against the server on the port, bounded in time; prints what psql printed.
+pg_query() {
+    local database=$1 sql=$2
+    PGCONNECT_TIMEOUT=5 timeout 30 "$psql" -X -h 127.0.0.1 -p "$port" -U postgres -d "$database" \
+        -v ON_ERROR_STOP=1 -tAc "$sql" 2>&1
 }
 
 if [ "${1:-}" = "stop" ]; then
@@ -49,23 +74,36 @@ if [ "${1:-}" = "stop" ]; then
     exit 0
 fi
 
-if answers; then
-    log "a PostgreSQL already answers on 127.0.0.1:$port"
-    if command -v psql >/dev/null 2>&1; then
-        psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" \
-            | grep -q 1 || psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE test" >&2
+if listening; then
+    psql=$(find_psql || true)
+    if [ -z "$psql" ]; then
+        apt_install postgresql-client
+        psql=$(find_psql) || { log "postgresql-client installed but psql not found"; exit 1; }
     fi
+    not_postgres() {
+        log "FAIL: something listens on 127.0.0.1:$port but it is not a PostgreSQL that answers queries as user"
+        log "      'postgres' with trust auth: $1"
+        log "      Stop what listens there, or choose another port with EDGE_PG_PORT (this script then starts a"
+        log "      throwaway cluster on it), or set EDGE_TEST_POSTGRES_URL to a PostgreSQL that answers."
+        exit 1
+    }
+    # The `postgres` database exists in every cluster; `test` may have to be created.
+    answer=$(pg_query postgres "SELECT count(*) FROM pg_database WHERE datname = 'test'") || not_postgres "$answer"
+    case "$answer" in
+        1) ;;
+        0) answer=$(pg_query postgres "CREATE DATABASE test") || not_postgres "CREATE DATABASE test failed: $answer" ;;
+        *) not_postgres "unexpected answer to a query: $answer" ;;
+    esac
+    answer=$(pg_query test "SELECT 40 + 2") || not_postgres "$answer"
+    [ "$answer" = 42 ] || not_postgres "SELECT 40 + 2 on database test answered: $answer"
+    log "a PostgreSQL answers queries on 127.0.0.1:$port, database test"
     echo "$url"
     exit 0
 fi
 
 bin=$(find_bin || true)
 if [ -z "$bin" ]; then
-    log "installing Debian's postgresql"
-    sudo_cmd=""
-    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql >&2
+    apt_install postgresql
     bin=$(find_bin) || { log "postgresql installed but initdb not found"; exit 1; }
 fi
 

@@ -10,7 +10,8 @@
 #   OUT_DIR    where screenshots and logs go (created)
 # Optional: SMOKE_TIMEOUT (seconds per wait, default 30), KEEP_TMP=1 (keep the temp dir).
 #
-# Needs (Debian): xvfb x11-utils imagemagick dbus gnome-keyring dunst trayer nodejs.
+# Needs (Debian): xvfb x11-utils imagemagick dbus gnome-keyring dunst trayer nodejs xdotool
+# xclip.
 # Exits non-zero with a "tray smoke: FAIL:" line on the first failed check.
 set -euo pipefail
 
@@ -23,7 +24,7 @@ if [[ -z "${EDGE_SMOKE_IN_SESSION:-}" ]]; then
     : "${AGENT_BIN:?set AGENT_BIN to the edge-agent binary}"
     : "${TRAY_BIN:?set TRAY_BIN to the edge-agent-tray binary}"
     : "${OUT_DIR:?set OUT_DIR to a directory for screenshots and logs}"
-    for tool in Xvfb dbus-run-session dbus-monitor gnome-keyring-daemon dunst trayer xwininfo import node; do
+    for tool in Xvfb dbus-run-session dbus-monitor gnome-keyring-daemon dunst trayer xwininfo import node xdotool xclip; do
         command -v "$tool" >/dev/null || { log "FAIL: $tool is not installed"; exit 1; }
     done
     for bin in "$HUB_BIN" "$AGENT_BIN" "$TRAY_BIN"; do
@@ -194,5 +195,85 @@ wait "$TRAY_PID" || quit_status=$?
 ((quit_status == 0)) || fail "the tray app exited with status $quit_status on SIGTERM"
 grep -q '"running": *false' "$EDGE_AGENT_DATA_DIR/state.json" || fail "state.json does not say the agent stopped"
 log "ok: clean quit"
+
+# --- log in through the window ----------------------------------------------------------------
+# A profile with no stored login: the window opens on its login form. The test does what a
+# person does: focus the window, type the hub URL and an enrollment token into the form,
+# press "Log in". xdotool sends real X key events (XTEST), which reach WebKitGTK like a
+# keyboard's; the window's text is read back the same way a person would copy it (select
+# all, copy, read the clipboard).
+WINDOW_CREATOR=c-window
+WINDOW_TOKEN=$(hub_cli enroll-token create --creator "$WINDOW_CREATOR") || fail "enroll-token create failed"
+export EDGE_AGENT_PROFILE=window-login EDGE_AGENT_DATA_DIR="$TMP/agent-window-login"
+"$TRAY_BIN" >"$TMP/tray-window-login.log" 2>&1 &
+TRAY_PID=$!
+PIDS+=($TRAY_PID)
+wait_for "$TIMEOUT" "the login window" window_mapped
+WIN_ID=$(window_id)
+
+# A click on the window's heading puts the focus on the page itself, out of any field.
+click_heading() { xdotool mousemove --window "$WIN_ID" 30 26 click 1; }
+# The page's visible text, as select-all + copy puts it on the clipboard.
+window_text() {
+    xdotool windowfocus "$WIN_ID" || return 1
+    click_heading
+    xdotool key --clearmodifiers ctrl+a ctrl+c
+    sleep 0.2
+    timeout 5 xclip -selection clipboard -o
+}
+window_says() {
+    local text
+    text=$(window_text 2>/dev/null) || return 1
+    printf '%s' "$text" >"$TMP/window-text.log"
+    grep -qF "$1" <<<"$text"
+}
+# Fills the form and sends it: from the page, Tab to the hub URL field and replace its
+# text, Tab to the token field and replace it, Tab to the "Log in" button and press it.
+log_in_through_window() {
+    xdotool windowfocus "$WIN_ID"
+    click_heading
+    xdotool key --clearmodifiers Tab ctrl+a
+    xdotool type --delay 15 "$1"
+    xdotool key --clearmodifiers Tab ctrl+a
+    xdotool type --delay 15 "$2"
+    xdotool key --clearmodifiers Tab Return
+}
+wait_for "$TIMEOUT" "the window's login form ('Connect this machine')" window_says "Connect this machine"
+import -window root "$OUT_DIR/tray-login-form.png" || fail "screenshot failed"
+
+# A token the hub never issued: the window says so, and nothing is enrolled.
+log_in_through_window "$HUB_URL" "et_0123456789abcdef0123456789abcdef"
+wait_for "$TIMEOUT" "the window to refuse an unknown token" window_says "The enrollment token is unknown"
+api GET "$HUB_URL/v1/agents" | grep -q "\"creatorId\":\"$WINDOW_CREATOR\"" && fail "an unknown token enrolled an agent"
+log "ok: the window refuses an unknown token"
+
+log_in_through_window "$HUB_URL" "$WINDOW_TOKEN"
+log "typed the hub URL and the token into the window and pressed Log in"
+
+# The hub: an agent of that creator enrolled and online.
+window_agent_online() {
+    api GET "$HUB_URL/v1/agents" | node -e '
+        let body = ""; process.stdin.on("data", (d) => (body += d)).on("end", () => {
+            const agent = JSON.parse(body).agents.find((a) => a.creatorId === process.argv[1] && a.online);
+            if (!agent) process.exit(1);
+            process.stdout.write(agent.agentId);
+        });' "$WINDOW_CREATOR"
+}
+wait_for "$TIMEOUT" "an agent of $WINDOW_CREATOR online at the hub (logged in through the window)" window_agent_online
+WINDOW_AGENT=$(window_agent_online)
+log "ok: agent $WINDOW_AGENT of $WINDOW_CREATOR is online"
+# The window: the status view, with the agent id and the connection.
+wait_for "$TIMEOUT" "the window to show agent $WINDOW_AGENT" window_says "$WINDOW_AGENT"
+window_says "Online" || fail "the window does not say Online: $(cat "$TMP/window-text.log")"
+window_says "Connect this machine" && fail "the window still shows the login form: $(cat "$TMP/window-text.log")"
+import -window root "$OUT_DIR/tray-logged-in-through-window.png" || fail "screenshot failed"
+# The keychain: the login is stored in the Secret Service under that profile.
+"$AGENT_BIN" --keychain "$EDGE_AGENT_KEYCHAIN" status >"$TMP/agent-window-status.log" 2>&1 ||
+    fail "edge-agent status failed: $(cat "$TMP/agent-window-status.log")"
+grep -qF "$WINDOW_AGENT" "$TMP/agent-window-status.log" ||
+    fail "the keychain holds no login for $WINDOW_AGENT: $(cat "$TMP/agent-window-status.log")"
+no_panic "$TMP/tray-window-login.log"
+stop_tray "$TRAY_PID"
+log "ok: logged in through the window"
 log "screenshots in $OUT_DIR"
-echo "tray smoke: 8 passed, 0 failed"
+echo "tray smoke: 10 passed, 0 failed"

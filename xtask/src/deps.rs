@@ -34,6 +34,9 @@ pub const APT_TEST: &[&str] = &[
     "fonts-dejavu-core",
     "x11-utils",
     "imagemagick",
+    // The tray smoke test types into the real window and reads it back through the clipboard.
+    "xdotool",
+    "xclip",
     "nodejs",
     "npm",
 ];

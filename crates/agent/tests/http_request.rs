@@ -75,9 +75,11 @@ async fn a_non_2xx_answer_is_still_a_successful_job() {
 async fn timeout_is_nav_timeout() {
     let base = target().await;
     let started = std::time::Instant::now();
-    let err = run(json!({"url": format!("{base}/target/slow/5000"), "timeoutMs": 200})).await.unwrap_err();
+    let err = run(json!({"url": format!("{base}/target/slow/30000"), "timeoutMs": 200})).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NavTimeout, "{err:?}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // The ceiling is the behaviour: the job's 200 ms timeout ended it, not the server's
+    // 30 s answer. Half of that leaves a loaded machine all the room it needs.
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -351,9 +351,9 @@ async fn every_operator_answer_matches_the_openapi_document() {
     assert_eq!(c.call("POST", "/v1/jobs/batch", k, Some(json!({"jobs": []}))).await.0, 400);
     assert_eq!(c.call("POST", "/v1/jobs/batch", None, Some(json!({"jobs": []}))).await.0, 401);
 
-    // Dead letter: two jobs of a second creator die; its agent leaves, so redriven jobs wait.
+    // Dead letter: three jobs of a second creator die; its agent leaves, so redriven jobs wait.
     let (_dead_agent, mut dead_ws) = hub.connected_agent("creator-dead", 4).await;
-    for n in 0..2 {
+    for n in 0..3 {
         c.call(
             "POST",
             "/v1/jobs",
@@ -369,20 +369,30 @@ async fn every_operator_answer_matches_the_openapi_document() {
     }
     drop(dead_ws);
     let (_, dead) = c.call("GET", "/v1/dead-letter?creatorId=creator-dead", k, None).await;
-    assert_eq!(dead["jobs"].as_array().map(Vec::len), Some(2), "{dead}");
+    assert_eq!(dead["jobs"].as_array().map(Vec::len), Some(3), "{dead}");
     assert_eq!(c.call("GET", "/v1/dead-letter?limit=0", k, None).await.0, 400);
     assert_eq!(c.call("POST", "/v1/dead-letter/redrive", k, Some(json!({"ratePerSecond":0}))).await.0, 400);
     let (status, redrive) =
         c.call("POST", "/v1/dead-letter/redrive", k, Some(json!({"creatorId":"creator-dead","ratePerSecond":1}))).await;
     assert_eq!(status, 202, "{redrive}");
     let redrive_id = redrive["id"].as_str().expect("id").to_owned();
-    if redrive["status"] == "running" {
-        assert_eq!(
-            c.call("POST", "/v1/dead-letter/redrive", k, Some(json!({"creatorId":"creator-dead"}))).await.0,
-            409
-        );
-    }
+    // At one job a second the first step moves one job, and the other two need two more
+    // seconds, so the move is still running when the next request comes: a second move
+    // over the same queue is refused.
+    assert_eq!((redrive["status"].as_str(), redrive["total"].as_i64()), (Some("running"), Some(3)), "{redrive}");
+    assert!(redrive["moved"].as_i64().is_some_and(|moved| moved < 3), "{redrive}");
+    let (status, busy) = c.call("POST", "/v1/dead-letter/redrive", k, Some(json!({"creatorId":"creator-dead"}))).await;
+    assert_eq!((status, busy["error"].as_str()), (409, Some("redrive_running")), "{busy}");
     assert_eq!(c.call("GET", &format!("/v1/dead-letter/redrives/{redrive_id}"), k, None).await.0, 200);
+    // And it ends: every dead job moved, the move completed.
+    let mut progress = Value::Null;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while progress["status"] != "completed" {
+        assert!(tokio::time::Instant::now() < deadline, "the redrive never completed: {progress}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        progress = c.call("GET", &format!("/v1/dead-letter/redrives/{redrive_id}"), k, None).await.1;
+    }
+    assert_eq!(progress["moved"], 3, "{progress}");
     assert_eq!(c.call("GET", "/v1/dead-letter/redrives/rdr_missing", k, None).await.0, 404);
 
     // Creator limits.

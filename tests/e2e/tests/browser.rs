@@ -211,14 +211,24 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let browser: Value = serde_json::from_str(&json_text)?;
     let utc = browser["circuitOpenUntil"].as_str().context("no circuitOpenUntil")?;
     assert_eq!(edge_browser::runtime::resolve_time(utc, None)?, instant, "{utc}");
-    // While open, the hub holds browser jobs back (the job stays pending).
+    // While open, the hub holds browser jobs back: a job submitted now is first leased only
+    // once the circuit's cool-down is over (the hub's own timestamps, so no fixed wait).
+    let open_until = agents["agents"]
+        .as_array()
+        .and_then(|all| all.iter().find(|a| a["agentId"] == json!(agent.agent_id())))
+        .map(|a| unix_ms(&a["circuitOpenUntil"]))
+        .context("the agent's circuitOpenUntil")??;
     site.set_rate_limit(None);
     let job = hub
         .submit_job(&key, &json!({"type": "scrape_subs", "creatorId": "creator-c", "payload": {"adapter": adapter}}))?;
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(hub.job(&key, job["id"].as_str().unwrap_or_default())?["status"], json!("pending"));
-    let done = hub.wait_job_done(&key, job["id"].as_str().unwrap_or_default(), Duration::from_secs(60))?;
+    let job_id = job["id"].as_str().unwrap_or_default().to_owned();
+    assert!(unix_ms(&job["createdAt"])? < open_until, "submitted after the circuit closed: {job}");
+    assert_eq!(hub.job(&key, &job_id)?["status"], json!("pending"));
+    let done = hub.wait_job_done(&key, &job_id, Duration::from_secs(60))?;
     assert_eq!(done["result"]["count"], json!(25), "{done}");
+    let attempts = hub.get(&key, &format!("/v1/jobs/{job_id}/attempts"))?;
+    let first_lease = unix_ms(&attempts["attempts"][0]["leasedAt"])?;
+    assert!(first_lease >= open_until, "leased while the circuit was open: {attempts} (open until {open_until})");
     agent.shutdown();
     Ok(())
 }
@@ -249,6 +259,12 @@ fn sites_needing_login(agent: &Agent) -> anyhow::Result<Value> {
     };
     assert_eq!(text, expected);
     Ok(status)
+}
+
+/// An RFC 3339 timestamp as the hub writes them, in Unix ms.
+fn unix_ms(value: &Value) -> anyhow::Result<i64> {
+    let text = value.as_str().with_context(|| format!("not a timestamp: {value}"))?;
+    Ok(chrono::DateTime::parse_from_rfc3339(text).with_context(|| format!("not RFC 3339: {text}"))?.timestamp_millis())
 }
 
 /// The sites the running agent's snapshot says need a login (`edge-agent status --json`).

@@ -217,3 +217,106 @@ fn agent_killed_after_notify_before_the_job_result_still_finishes_the_job() -> R
     assert_eq!(w.runs(), 1, "ran exactly once");
     Ok(())
 }
+
+/// A live process as first seen: its pid and its start time (field 22 of /proc/PID/stat), so a
+/// pid the kernel hands to a new process later is not mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Process {
+    pid: u32,
+    started: u64,
+}
+
+impl Process {
+    /// `None` when the process is gone or a zombie (dead, only waiting to be reaped).
+    fn find(pid: u32) -> Option<Process> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // After the command name: state is field 3, start time field 22.
+        if fields.first() == Some(&"Z") {
+            return None;
+        }
+        Some(Process { pid, started: fields.get(19)?.parse().ok()? })
+    }
+
+    fn alive(&self) -> bool {
+        Process::find(self.pid) == Some(*self)
+    }
+}
+
+/// Kills whatever of a tree is still alive when the test ends, so a failing test leaves no
+/// `sleep 600` behind.
+struct Reaper(Vec<Process>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for process in self.0.iter().filter(|p| p.alive()) {
+            // SAFETY: kill(2) on a pid whose start time still matches the one we recorded.
+            unsafe {
+                libc::kill(process.pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A running `bundle` job cancelled through the hub (`POST /v1/jobs/{id}/cancel`): the agent
+/// ends the script's whole process tree (a child, a grandchild, and a daemon that left the
+/// process group with setsid), and the job ends `cancelled`.
+#[test]
+fn cancelling_a_running_bundle_job_through_the_hub_ends_its_whole_process_tree() -> Result<()> {
+    const MEMBERS: usize = 5;
+    let mut w = world("bundle-cancel")?;
+    // Each process of the tree writes its own pid into the file named by $1.
+    let script = r#"pids="$1"
+echo $$ >> "$pids"
+sleep 600 &
+echo $! >> "$pids"
+sh -c 'echo $$ >> "$1"; sleep 600 & echo $! >> "$1"; wait' tree "$pids" &
+( setsid sh -c 'echo $$ >> "$1"; exec sleep 600' daemon "$pids" & )
+wait
+"#;
+    let published = w.hub.publish_shell_bundle(CREATOR, "tree", "1.0.0", script)?.published;
+    assert_eq!(published["changed"], true, "{published}");
+    w.agent.run(&["--hb-interval-secs", "1"])?;
+    w.wait_online()?;
+
+    let pid_file = w.dir.path().join("tree-pids.txt");
+    let job = w.hub.submit_job(
+        &w.key,
+        &json!({ "type": "bundle", "creatorId": CREATOR,
+                 "payload": { "bundle": "tree", "version": "1.0.0", "args": [path_str(&pid_file)?], "timeoutMs": 300_000 } }),
+    )?;
+    let id = job["id"].as_str().context("job id")?.to_owned();
+
+    // The whole tree is up and running before the cancel.
+    let mut tree = Reaper(Vec::new());
+    wait_until(TIMEOUT, || {
+        let pids: Vec<u32> = std::fs::read_to_string(&pid_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        tree.0 = pids.iter().filter_map(|pid| Process::find(*pid)).collect();
+        Ok(pids.len() == MEMBERS && tree.0.len() == MEMBERS)
+    })
+    .with_context(|| format!("the tree never came up: {:?}\nagent log:\n{}", tree.0, w.agent.run_log()))?;
+    wait_until(TIMEOUT, || Ok(w.job_status(&id)? == "running"))?;
+
+    let answer = ureq::post(&format!("{}/v1/jobs/{id}/cancel", w.hub.url))
+        .set("Authorization", &format!("Bearer {}", w.key))
+        .timeout(Duration::from_secs(10))
+        .call()
+        .context("POST /v1/jobs/{id}/cancel")?;
+    assert_eq!(answer.status(), 202, "a running job's cancel goes to the agent");
+    let answer: Value = answer.into_json()?;
+    assert_eq!(answer["cancelRequested"], true, "{answer}");
+
+    // Interrupt, terminate, kill: the ladder takes about 10 s by default.
+    wait_until(Duration::from_secs(60), || Ok(tree.0.iter().all(|p| !p.alive()))).with_context(|| {
+        let survivors: Vec<_> = tree.0.iter().filter(|p| p.alive()).collect();
+        format!("processes of the cancelled job still alive: {survivors:?}\nagent log:\n{}", w.agent.run_log())
+    })?;
+    let done = w.finish(&id)?;
+    assert_eq!(done["status"], "cancelled", "{done}\nagent log:\n{}", w.agent.run_log());
+    assert!(w.agent.is_running(), "the agent itself survived the cancel");
+    Ok(())
+}
