@@ -28,11 +28,12 @@ fn description(service: &str, profile: &str) -> String {
 }
 
 /// A kernel keychain for `profile`, or `None` (a loud skip) when the kernel keyring is not
-/// usable and nothing requires it.
+/// usable and nothing requires it. The check runs on a thread of its own, so the calling
+/// thread's keyrings stay as the process started, like a tokio worker's.
 fn kernel(profile: &str) -> Option<Keychain> {
     let keychain = Keychain::new(KeychainChoice::Kernel, profile);
-    match keychain.backend() {
-        Ok(_) => Some(keychain),
+    match on_new_thread(move || keychain.backend().map(|_| keychain)) {
+        Ok(keychain) => Some(keychain),
         Err(e) => {
             let required =
                 std::env::var("EDGE_TEST_KERNEL_KEYRING").as_deref() == Ok("1") || std::env::var_os("CI").is_some();
@@ -94,6 +95,8 @@ fn load_agent_id(profile: &str) -> Result<Option<String>, String> {
 /// The bug of issue #17: a login saved on one thread was "not logged in" on a thread that
 /// was not the first to use the keychain in its process (keyring 3.6's store searched the
 /// user-session keyring there). Every thread, whatever its session keyring, must find it.
+/// The readers are spawned from this test's thread, which never touches a keyring itself
+/// (as tokio's blocking threads are spawned from workers that do not).
 #[test]
 fn a_login_is_found_from_every_thread_and_session_keyring() {
     let profile = profile("threads");
