@@ -182,6 +182,32 @@ fn an_entry_of_the_previous_store_is_found_and_moved() {
     assert!(keychain.load().unwrap().is_none());
 }
 
+/// A new login where the previous store left an entry in the session keyring: an older
+/// agent binary in this session (which searches there first) must not go on reading the
+/// old login, so the stale copy is dropped.
+#[test]
+fn a_new_login_drops_a_stale_copy_in_the_session_keyring() {
+    let profile = profile("stale");
+    let Some(keychain) = kernel(&profile) else { return };
+    let desc = description(KEYCHAIN_SERVICE, &profile);
+    let old = credentials(&profile);
+    let stale = session_keyring().add_key(&desc, old.to_keychain_json().expose().as_bytes()).unwrap();
+
+    let mut new = credentials(&profile);
+    new.agent_id = format!("agt_{profile}_again");
+    keychain.save(&new).unwrap();
+    assert!(stale.read_to_vec().is_err(), "the stale copy is still readable");
+    let stored = found(persistent(), &desc).expect("the new login is in the persistent keyring");
+    assert_ne!(stored, stale);
+    // Whatever the session keyring still reaches is the new login.
+    if let Some(key) = found(session_keyring(), &desc) {
+        assert_eq!(key, stored);
+    }
+    assert_eq!(keychain.load().unwrap().map(|c| c.agent_id), Some(new.agent_id));
+    keychain.delete().unwrap();
+    assert!(keychain.load().unwrap().is_none());
+}
+
 /// Logout invalidates the key, so a link another program made (the previous store linked
 /// entries into every session keyring that read them) does not keep the login alive.
 #[test]

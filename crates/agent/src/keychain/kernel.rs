@@ -123,8 +123,10 @@ impl KernelCredential {
             match session.search(&self.description) {
                 Ok(found) if found == stored => return Ok(()),
                 Ok(stale) => {
-                    let _ = session.unlink_key(stale);
+                    // Invalidate before unlinking, while the key is still possessed through
+                    // the session keyring (see `remove_from`).
                     stale.invalidate().map_err(|e| self.fail(Step::Delete, e))?;
+                    let _ = session.unlink_key(stale);
                 }
                 Err(KeyError::KeyDoesNotExist | KeyError::KeyRevoked | KeyError::KeyExpired) => return Ok(()),
                 Err(error) => return Err(self.fail(Step::Search(Home::Session), error)),
