@@ -209,6 +209,18 @@ fn blocked_keyctl_syscalls_are_reported_with_the_way_out() -> Result<()> {
             );
             assert!(!text.contains("not logged in"), "{args:?}: {text}");
         }
+        // `auto` without a session bus falls back to the kernel keyring, and says why
+        // neither works.
+        let mut cmd = std::process::Command::new(&bins.agent);
+        cmd.args(["--profile", "e2e-blocked", "--keychain", "auto", "--data-dir"])
+            .arg(&agent_dir)
+            .arg("status")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        with_keyctl_blocked(&mut cmd, errno);
+        let out = cmd.output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("DBUS_SESSION_BUS_ADDRESS is not set") && text.contains(name), "{text}");
     }
     Ok(())
 }
