@@ -5,7 +5,9 @@ use crate::util::{checked, have, is_root, root};
 use anyhow::{bail, Result};
 use std::process::Command;
 
-/// Build dependencies of the tray app (WebKitGTK, tray, notifications, keychain headers).
+/// Build dependencies of the tray app (WebKitGTK, tray, notifications, D-Bus headers for tao).
+/// The hub and the headless agent need no library headers from this list (their D-Bus
+/// client, for Secret Service, is zbus).
 pub const APT_BUILD: &[&str] = &[
     "build-essential",
     "pkg-config",

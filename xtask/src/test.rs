@@ -31,6 +31,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             Command::new(&session)
                 .args(["cargo", "test", "--workspace", "--no-fail-fast"])
                 .env("EDGE_TEST_SECRET_SERVICE", "1")
+                .env("EDGE_TEST_KERNEL_KEYRING", "1")
                 .env("EDGE_TEST_POSTGRES_URL", &postgres_url)
                 .current_dir(root()),
         ),

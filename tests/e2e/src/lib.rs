@@ -5,6 +5,7 @@
 //! It owns nothing but child processes and temp files; it must never reach beyond 127.0.0.1
 //! and never leave a process running after its owner is dropped.
 
+pub mod keyring;
 pub mod pg;
 pub mod procfs;
 pub mod sim;
@@ -421,6 +422,9 @@ pub struct Agent {
     pub keychain: String,
     pub data_dir: PathBuf,
     pub agent_id: Option<String>,
+    /// Every process of this agent starts with a session keyring of its own
+    /// ([`keyring::in_new_session_keyring`]) instead of the test's.
+    pub own_session_keyring: bool,
     child: Option<Child>,
     runs: u32,
 }
@@ -433,6 +437,7 @@ impl Agent {
             keychain: keychain.to_owned(),
             data_dir: data_dir.to_path_buf(),
             agent_id: None,
+            own_session_keyring: false,
             child: None,
             runs: 0,
         }
@@ -444,6 +449,9 @@ impl Agent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .stdin(Stdio::null());
+        if self.own_session_keyring {
+            keyring::in_new_session_keyring(&mut cmd);
+        }
         cmd
     }
 

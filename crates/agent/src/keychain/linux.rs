@@ -1,16 +1,18 @@
-//! Linux keychains: Secret Service over the session D-Bus, or the kernel keyring.
+//! Linux keychains: Secret Service over the session D-Bus (`keyring`'s zbus client, no C
+//! library), or the kernel keyring ([`kernel`], our own store on `linux-keyutils`).
+
+#[path = "kernel.rs"]
+mod kernel;
 
 use super::{KeychainBackend, KeychainChoice};
 use crate::error::AgentError;
-use keyring::keyutils::KeyutilsCredential;
 use keyring::secret_service::SsCredential;
 use keyring::Entry;
 
+use kernel::KernelCredential;
+
 const SECRET_SERVICE_REMEDY: &str = "no Secret Service with an unlocked default (login) keyring answered on the session bus: install gnome-keyring and create or unlock the login keyring \
      (`gnome-keyring-daemon --unlock`), or use --keychain kernel";
-const KERNEL_REMEDY: &str = "the kernel keyring is not usable: it needs a kernel with keys support and a session \
-     keyring (`keyctl show @s` must work; containers may block the keyctl syscall); install keyutils to check, \
-     or use --keychain secret-service inside a desktop session";
 
 pub(super) fn resolve(choice: KeychainChoice, service: &str, user: &str) -> Result<KeychainBackend, AgentError> {
     match choice {
@@ -40,17 +42,22 @@ pub(super) fn resolve(choice: KeychainChoice, service: &str, user: &str) -> Resu
 
 pub(super) fn entry(backend: KeychainBackend, service: &str, user: &str) -> keyring::Result<Entry> {
     match backend {
-        KeychainBackend::Kernel => {
-            Ok(Entry::new_with_credential(Box::new(KeyutilsCredential::new_with_target(None, service, user)?)))
-        }
+        KeychainBackend::Kernel => Ok(Entry::new_with_credential(Box::new(KernelCredential::new(service, user)))),
         _ => Ok(Entry::new_with_credential(Box::new(SsCredential::new_with_target(None, service, user)?))),
     }
 }
 
-pub(super) fn remedy(backend: KeychainBackend) -> &'static str {
+/// The sentence for a failed keychain call: the kernel store's errors already say what
+/// happened and what to do; Secret Service errors get the general advice.
+pub(super) fn failure(backend: KeychainBackend, error: &keyring::Error) -> String {
+    if let keyring::Error::PlatformFailure(inner) = error {
+        if let Some(kernel) = inner.downcast_ref::<kernel::KernelKeyringError>() {
+            return kernel.to_string();
+        }
+    }
     match backend {
-        KeychainBackend::Kernel => KERNEL_REMEDY,
-        _ => SECRET_SERVICE_REMEDY,
+        KeychainBackend::Kernel => format!("kernel keyring failed ({error})"),
+        _ => format!("{backend} keychain failed ({error}): {SECRET_SERVICE_REMEDY}"),
     }
 }
 
@@ -68,10 +75,8 @@ fn probe_secret_service(service: &str, user: &str) -> Result<(), String> {
     }
 }
 
+/// The keyctl calls work and this user's persistent and user keyrings answer. The entry
+/// itself is not read here: a revoked or forbidden entry is `load`'s error to report.
 fn probe_kernel(service: &str, user: &str) -> Result<(), String> {
-    let probe = entry(KeychainBackend::Kernel, service, user).and_then(|entry| entry.get_password());
-    match probe {
-        Ok(_) | Err(keyring::Error::NoEntry) | Err(keyring::Error::BadEncoding(_)) => Ok(()),
-        Err(e) => Err(format!("kernel keyring failed ({e}); {KERNEL_REMEDY}")),
-    }
+    KernelCredential::new(service, user).probe().map_err(|e| e.to_string())
 }

@@ -17,6 +17,6 @@ pub(super) fn entry(_backend: KeychainBackend, service: &str, user: &str) -> key
     Entry::new(service, user)
 }
 
-pub(super) fn remedy(_backend: KeychainBackend) -> &'static str {
-    "the macOS Keychain refused access: unlock the login keychain (`security unlock-keychain`) and allow edge-agent when asked"
+pub(super) fn failure(backend: KeychainBackend, error: &keyring::Error) -> String {
+    format!("{backend} keychain failed ({error}): the macOS Keychain refused access: unlock the login keychain (`security unlock-keychain`) and allow edge-agent when asked")
 }

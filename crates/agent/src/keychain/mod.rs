@@ -193,7 +193,7 @@ impl Keychain {
 }
 
 fn unavailable(backend: KeychainBackend, error: &keyring::Error) -> AgentError {
-    AgentError::KeychainUnavailable(format!("{backend} keychain failed ({error}): {}", platform::remedy(backend)))
+    AgentError::KeychainUnavailable(platform::failure(backend, error))
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -226,18 +226,27 @@ mod tests {
         keychain.delete().unwrap();
     }
 
+    /// Required (a failure, not a skip) under `cargo xtask test` (`EDGE_TEST_KERNEL_KEYRING=1`)
+    /// and in CI: the kernel keyring is what headless servers and the demo use.
     #[test]
     fn keychain_kernel_round_trip() {
         let profile = format!("test-kernel-{}", std::process::id());
         let keychain = Keychain::new(KeychainChoice::Kernel, &profile);
         match keychain.backend() {
             Ok(backend) => assert_eq!(backend, KeychainBackend::Kernel),
+            Err(e) if kernel_keyring_required() => {
+                panic!("EDGE_TEST_KERNEL_KEYRING=1 (or CI) requires the kernel keyring, and it is not usable here: {e}")
+            }
             Err(e) => {
-                println!("skipped: the kernel keyring is not usable here: {e}");
+                println!("SKIPPED: the kernel keyring is not usable here ({e}); EDGE_TEST_KERNEL_KEYRING=1 makes this a failure");
                 return;
             }
         }
         round_trip(&keychain, &profile);
+    }
+
+    fn kernel_keyring_required() -> bool {
+        std::env::var("EDGE_TEST_KERNEL_KEYRING").as_deref() == Ok("1") || std::env::var_os("CI").is_some()
     }
 
     /// Needs a session bus with an unlocked Secret Service, e.g.

@@ -14,6 +14,6 @@ pub(super) fn entry(_backend: KeychainBackend, service: &str, user: &str) -> key
     Entry::new(service, user)
 }
 
-pub(super) fn remedy(_backend: KeychainBackend) -> &'static str {
-    "no supported keychain on this operating system"
+pub(super) fn failure(backend: KeychainBackend, error: &keyring::Error) -> String {
+    format!("{backend} keychain failed ({error}): no supported keychain on this operating system")
 }

@@ -17,6 +17,6 @@ pub(super) fn entry(_backend: KeychainBackend, service: &str, user: &str) -> key
     Entry::new(service, user)
 }
 
-pub(super) fn remedy(_backend: KeychainBackend) -> &'static str {
-    "Windows Credential Manager refused access: run edge-agent as the logged-in user (not a service account without a profile)"
+pub(super) fn failure(backend: KeychainBackend, error: &keyring::Error) -> String {
+    format!("{backend} keychain failed ({error}): Windows Credential Manager refused access: run edge-agent as the logged-in user (not a service account without a profile)")
 }
