@@ -290,6 +290,12 @@ impl AgentService {
         let device_key = DeviceKey::generate()?;
         let name = name.or_else(|| gethostname::gethostname().into_string().ok());
         let client = HubClient::new()?;
+        // The enrollment token is single use: make sure the credentials can be kept before
+        // spending it, or an unusable keychain would cost the person their token.
+        let store = Arc::clone(&self.inner.store);
+        tokio::task::spawn_blocking(move || store.backend_name())
+            .await
+            .map_err(|e| AgentError::Internal(format!("keychain task failed: {e}")))??;
         let enrolled = client.enroll(&hub, &enrollment_token, &device_key, name).await?;
         // The bundle trust root comes over the same channel as the enrollment itself.
         match client.bundle_root(&hub).await {

@@ -316,6 +316,34 @@ async fn a_silent_hub_is_declared_dead_and_the_agent_reconnects() {
     agent.shutdown().await;
 }
 
+/// A keychain that cannot be used (locked, missing, blocked syscall).
+struct BrokenKeychain;
+
+impl edge_agent::CredentialStore for BrokenKeychain {
+    fn backend_name(&self) -> Result<String, AgentError> {
+        Err(AgentError::KeychainUnavailable("the keychain is locked (test)".into()))
+    }
+    fn load(&self) -> Result<Option<edge_agent::Credentials>, AgentError> {
+        self.backend_name().map(|_| None)
+    }
+    fn save(&self, _: &edge_agent::Credentials) -> Result<(), AgentError> {
+        self.backend_name().map(|_| ())
+    }
+    fn delete(&self) -> Result<(), AgentError> {
+        self.backend_name().map(|_| ())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_keychain_fails_the_login_before_the_token_is_spent() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentService::with_store(AgentSettings::new(dir.path().to_path_buf()), Arc::new(BrokenKeychain));
+    let error = agent.login(&hub.url, ENROLL_TOKEN).await.unwrap_err();
+    assert_eq!(error.code(), "keychain_unavailable", "{error}");
+    assert_eq!(hub.enrolled(), 0, "the enrollment token must not be spent on credentials that cannot be kept");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_errors_keep_the_hubs_words_and_the_url_policy() {
     let hub = FakeHub::start().await;

@@ -152,6 +152,11 @@ impl FakeHub {
         }
     }
 
+    /// Agents that enrolled (each enrollment spends a token on a real hub).
+    pub fn enrolled(&self) -> usize {
+        self.state.agents.lock().unwrap().len()
+    }
+
     pub fn tokens_issued(&self) -> u32 {
         self.state.tokens_issued.load(Ordering::SeqCst)
     }
