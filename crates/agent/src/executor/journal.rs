@@ -79,21 +79,20 @@ impl Journal {
     }
 }
 
+fn notify_client() -> Result<reqwest::Client, crate::AgentError> {
+    crate::tls::http_client_builder()?
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| crate::AgentError::Internal(e.to_string()))
+}
+
 /// Posts journal entries to the hub until each is acknowledged; runs until `cancel`.
 pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: Credentials, cancel: CancellationToken) {
     let Ok(hub_url) = HubUrl::parse(&credentials.hub_url) else { return };
-    let http = match crate::tls::http_client_builder().and_then(|b| {
-        b.timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| crate::AgentError::Internal(e.to_string()))
-    }) {
-        Ok(http) => http,
-        Err(e) => {
-            tracing::error!(error = %e, "journal reporter cannot start");
-            return;
-        }
-    };
+    // Made when the first entry needs it: most agents never run a bundle, and an idle agent
+    // should not carry an HTTP client it does not use.
+    let mut http: Option<reqwest::Client> = None;
     let mut token: Option<AccessToken> = None;
     let mut failures: u32 = 0;
     loop {
@@ -106,7 +105,14 @@ pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: C
                 pending = true;
                 break;
             };
-            let sent = http
+            let client = match http.clone().map(Ok).unwrap_or_else(notify_client) {
+                Ok(client) => http.insert(client).clone(),
+                Err(e) => {
+                    tracing::error!(error = %e, "journal reporter cannot start");
+                    return;
+                }
+            };
+            let sent = client
                 .post(hub_url.http_endpoint(NOTIFY_PATH))
                 .bearer_auth(jwt.jwt.expose())
                 .json(&entry.notify)
