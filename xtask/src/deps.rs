@@ -34,6 +34,8 @@ pub const APT_TEST: &[&str] = &[
     "fonts-dejavu-core",
     "x11-utils",
     "imagemagick",
+    // The browser tests' self-signed TLS site (`openssl s_server`).
+    "openssl",
     "nodejs",
     "npm",
 ];

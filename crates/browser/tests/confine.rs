@@ -8,7 +8,8 @@
 //! must stay zero. Then the adapter's own URLs and steps: every scheme but http(s) and every
 //! undeclared origin is refused before the navigation; an `origins` entry lets a page through.
 //! Uploads: only files inside the folders the job may use, links leaving them refused.
-//! One test function, so one warm browser serves every scenario.
+//! A site with a certificate the browser cannot trust (a self-signed `openssl s_server`) is
+//! not loaded. The hostile pages share one test function, so one warm browser serves them.
 
 use edge_browser::confine::Uploads;
 use edge_browser::flow::{parse_flow, Adapter};
@@ -313,4 +314,72 @@ fn find(dir: &std::path::Path, name: &str, depth: u32) -> bool {
         entry.file_name() == name
             || (depth > 0 && entry.file_type().is_ok_and(|t| t.is_dir()) && find(&path, name, depth - 1))
     })
+}
+
+/// An `openssl s_server` on loopback, ended when dropped.
+struct TlsServer(std::process::Child);
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A job restores the person's session cookies into its page, so a site that cannot prove who
+/// it is (here a self-signed certificate, as a network attacker would present) must get
+/// nothing: the page does not load and the job fails NETWORK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_cannot_prove_who_it_is_is_not_loaded() {
+    let openssl = |args: &[&str], dir: &std::path::Path| {
+        std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
+            panic!("the openssl command is needed for this test (Debian: apt-get install openssl): {e}")
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let made = openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        dir.path(),
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let accept = format!("127.0.0.1:{port}");
+    let _server = TlsServer(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-accept", &accept, "-cert", "cert.pem", "-key", "key.pem", "-www", "-quiet"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(&accept).is_err() {
+        assert!(std::time::Instant::now() < deadline, "openssl s_server did not listen on {accept}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey), Arc::new(Quiet));
+    assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
+    let adapter = edge_browser::flow::parse_adapter(&format!("name: tls\nbaseUrl: https://{accept}\n")).unwrap();
+    let (code, message) =
+        run(&runtime, &adapter, "  - goto: '/'\n  - extract: {selector: body, into: page}\n", &Uploads::none()).await;
+    assert_eq!(code, "NETWORK", "{message}");
+    assert!(message.contains("ERR_CERT"), "{message}");
+    runtime.shutdown().await;
 }
