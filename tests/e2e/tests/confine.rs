@@ -90,7 +90,7 @@ fn scrape_subs_cannot_read_a_local_file() -> Result<()> {
         "browser",
         src,
     ])?;
-    let agent = start_agent(&bins, dir.path(), &hub, &key, creator)?;
+    let mut agent = start_agent(&bins, dir.path(), &hub, &key, creator)?;
     let inline = peek("file:///etc/passwd");
     let job = |adapter: Value, params: Value| json!({"type": "scrape_subs", "creatorId": creator, "payload": {"adapter": adapter, "params": params}});
     let leaks = |done: &Value| done.to_string().contains("root:");
@@ -120,6 +120,8 @@ fn scrape_subs_cannot_read_a_local_file() -> Result<()> {
     let done = refused(&hub, &key, &agent, job(templated, json!({"page": "file:///etc/passwd"})), "POLICY_VIOLATION")?;
     assert!(done["error"]["message"].as_str().unwrap_or_default().contains("is a file: URL"), "{done}");
     assert!(!leaks(&done), "{done}");
+    // Stopped, not killed: its browser closes with it.
+    agent.shutdown();
     Ok(())
 }
 
@@ -129,7 +131,7 @@ fn media_paths_upload_only_files_of_the_uploads_folder() -> Result<()> {
     let dir = scratch_dir("e2e-confine-uploads")?;
     let site = Site::start()?;
     let creator = "creator-confine-uploads";
-    let (hub, key, agent) = hub_and_agent(&bins, dir.path(), creator)?;
+    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator)?;
     agent.install_adapter("fanhub", &site.adapter_yaml())?;
     // A session on the site, as after the person's login.
     let mut login = site.adapter();
@@ -199,6 +201,8 @@ fn media_paths_upload_only_files_of_the_uploads_folder() -> Result<()> {
     assert!(ok, "{out}");
     refused(&hub, &key, &agent, post(json!(["teaser.png"])), "POLICY_VIOLATION")?;
     assert_eq!(site.posts().len(), 1);
+    // Stopped, not killed: its browser closes with it.
+    agent.shutdown();
     Ok(())
 }
 
@@ -218,7 +222,7 @@ fn a_job_never_chooses_the_page_a_login_opens() -> Result<()> {
     std::fs::create_dir_all(&remembered)?;
     std::fs::write(remembered.join("fanhub.json"), serde_json::to_vec(&planted)?)?;
 
-    let (hub, key, agent) = hub_and_agent(&bins, dir.path(), creator)?;
+    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator)?;
     assert!(!remembered.exists(), "the adapters a job could plant are still where a login reads them");
     assert!(agent_dir.join("browser").join("adapters-from-jobs.unused").join("fanhub.json").is_file());
     // The person's own adapter of the site (its login page logs in by itself for the test).
@@ -272,6 +276,8 @@ fn a_job_never_chooses_the_page_a_login_opens() -> Result<()> {
     assert!(!ok && out.contains("urls.login") && out.contains("is not one of the adapter's origins"), "{out}");
     assert!(!out.contains("opens:"), "{out}");
     assert_eq!(evil.logins(), 0);
+    // Stopped, not killed: its browser closes with it.
+    agent.shutdown();
     Ok(())
 }
 
@@ -286,7 +292,7 @@ fn the_reviews_attacks_as_they_were_made_are_refused() -> Result<()> {
     let site = Site::start()?;
     let evil = Site::start()?;
     let creator = "creator-confine-review";
-    let (hub, key, agent) = hub_and_agent(&bins, dir.path(), creator)?;
+    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator)?;
     let mut login = site.adapter();
     login.urls.insert("login".into(), "/login?auto=1".into());
     let login_file = dir.path().join("fanhub-login.json");
@@ -328,5 +334,7 @@ fn the_reviews_attacks_as_they_were_made_are_refused() -> Result<()> {
     let (ok, out) = agent.oneshot(&["browser", "login", "--site", "fanhub", "--headless", "--timeout-secs", "20"])?;
     assert!(!ok && out.contains("no adapter \"fanhub\""), "{out}");
     assert_eq!(evil.logins(), 0, "the login opened the job author's page: {out}");
+    // Stopped, not killed: its browser closes with it.
+    agent.shutdown();
     Ok(())
 }
