@@ -31,11 +31,11 @@ pub const APT_TEST: &[&str] = &[
     "dunst",
     "trayer",
     "chromium",
+    // The browser tests' self-signed TLS site (`openssl s_server`).
+    "openssl",
     "fonts-dejavu-core",
     "x11-utils",
     "imagemagick",
-    // The browser tests' self-signed TLS site (`openssl s_server`).
-    "openssl",
     "nodejs",
     "npm",
 ];
