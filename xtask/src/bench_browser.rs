@@ -13,6 +13,7 @@
 
 use crate::bench::release_bins;
 use anyhow::{bail, Context, Result};
+use edge_browser::confine::Uploads;
 use edge_browser::guard::{BreakerSettings, Cap, Caps};
 use edge_browser::locator::Cadence;
 use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
@@ -61,7 +62,7 @@ fn runtime(dir: &Path) -> BrowserRuntime {
 /// Runs one job; its result (an error fails the bench).
 async fn job(rt: &BrowserRuntime, adapter: &Adapter, job_type: &str, id: &str, payload: Value) -> Result<Value> {
     let payload = serde_json::from_value(payload)?;
-    let outcome = rt.run_job(job_type, id, &payload, adapter).await;
+    let outcome = rt.run_job(job_type, id, &payload, adapter, &Uploads::none()).await;
     outcome.result.map_err(|e| anyhow::anyhow!("{job_type} {id}: {} {}", e.code, e.message.unwrap_or_default()))
 }
 

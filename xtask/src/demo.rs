@@ -134,10 +134,16 @@ fn browser_flow(hub: &Hub, key: &str, agent: &Agent) -> Result<u32> {
         bail!("browser login failed: {out}");
     }
     println!("   logged in to the site; the session is saved encrypted (key in the keychain)");
+    // Jobs name a site adapter the person keeps in their adapters folder (or one of a signed
+    // bundle); the agent takes none sent inside a job unless the person allows it.
+    let adapters = agent.data_dir.join("adapters");
+    std::fs::create_dir_all(&adapters)?;
+    std::fs::write(adapters.join("fanhub.yaml"), site.adapter_yaml())?;
+    println!("   the site's adapter is the person's own: {}", adapters.join("fanhub.yaml").display());
     let job = hub.submit_job(
         key,
         &json!({ "type": "send_dm", "creatorId": CREATOR, "payload": {
-            "adapter": serde_json::to_value(site.adapter())?, "recipient": "ann",
+            "adapter": {"local": "fanhub"}, "recipient": "ann",
             "params": { "text": "Hi Ann, thanks for subscribing!" } } }),
     )?;
     let done = hub.wait_job_done(key, job["id"].as_str().context("job id")?, Duration::from_secs(90))?;

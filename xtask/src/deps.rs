@@ -33,6 +33,8 @@ pub const APT_TEST: &[&str] = &[
     "dunst",
     "trayer",
     "chromium",
+    // The browser tests' self-signed TLS site (`openssl s_server`).
+    "openssl",
     "fonts-dejavu-core",
     "x11-utils",
     "imagemagick",

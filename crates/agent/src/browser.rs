@@ -1,22 +1,28 @@
 //! The agent side of the browser runtime (`edge-browser`): starting it on first use, the
 //! session key in the OS keychain (a second entry per profile, service
 //! `edge-agent-browser`), turning [`BrowserEvent`]s into [`AgentEvent`]s, snapshot fields
-//! and the `circuit_breaker` frame, resolving a job's adapter (inline, from a bundle, or
-//! remembered from an earlier job) and running the four browser job types.
+//! and the `circuit_breaker` frame, resolving a job's adapter (from a signed bundle of the
+//! agent's tenant, from the person's adapters folder, or inline where the person allows it),
+//! the folders a job may upload from, and running the four browser job types.
 //!
-//! It must never put the session key or a session cookie in a log, event or snapshot,
-//! and never run an adapter from a bundle that did not pass the bundle verification.
+//! It must never put the session key or a session cookie in a log, event or snapshot, never
+//! run an adapter from a bundle that did not pass the bundle verification, never take an
+//! inline adapter the person did not allow, and never store an adapter a job sent (what a
+//! later `edge-agent browser login` opens is chosen by the person or a signed bundle).
 
 use crate::keychain::{Keychain, KeychainChoice, BROWSER_KEY_SERVICE};
+use crate::local_settings::LocalSettings;
 use crate::outbox::Outbox;
 use crate::secret::Secret;
 use crate::state::{AgentEvent, StateHandle};
 use base64::Engine;
+use edge_browser::confine::Uploads;
 use edge_browser::flow::{parse_adapter, Adapter};
 use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
 use edge_browser::session::SessionKey;
 use edge_protocol::jobs::{BrowserJobPayload, BundlePayload};
 use edge_protocol::{AgentFrame, CircuitReason, ErrorCode, JobError, JobSpec};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
@@ -79,6 +85,7 @@ impl BrowserHost {
         state: StateHandle,
         outbox: Outbox,
     ) -> Self {
+        retire_remembered_adapters(&data_dir);
         BrowserHost {
             shared: Arc::new(HostShared { data_dir, profile, keychain, state, outbox, runtime: OnceLock::new() }),
         }
@@ -175,33 +182,194 @@ impl Notifier for AgentNotifier {
     }
 }
 
-/// Where adapters of earlier jobs are remembered, so `edge-agent browser login --site NAME`
-/// knows the site.
-pub fn adapters_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("browser").join("adapters")
+/// Where a job's or a login's site adapter came from; `edge-agent browser login` shows it
+/// before it opens anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum AdapterSource {
+    /// A file of a signed bundle of the agent's own tenant (verified through TUF).
+    Bundle { tenant: String, bundle: String, version: String, path: String },
+    /// A file of the person's: one of their adapters folder, or one they named.
+    Local { path: PathBuf },
+    /// Sent inside the job, where the person allows inline adapters; never stored.
+    Inline,
 }
 
-fn remember(data_dir: &Path, adapter: &Adapter) {
-    let dir = adapters_dir(data_dir);
-    if let Ok(json) = serde_json::to_vec_pretty(adapter) {
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = edge_browser::checkpoint::write_atomically(&dir.join(format!("{}.json", adapter.name)), &json);
+impl std::fmt::Display for AdapterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdapterSource::Bundle { tenant, bundle, version, path } => {
+                write!(f, "{path} of the signed bundle {bundle} {version} (tenant {tenant})")
+            }
+            AdapterSource::Local { path } => write!(f, "the local file {}", path.display()),
+            AdapterSource::Inline => f.write_str("inline in the job (not signed; allowed by allowInlineAdapters)"),
+        }
     }
 }
 
-/// `--site`: a file with an adapter, or the name of one an earlier job used.
-pub fn load_site(data_dir: &Path, site: &str) -> Result<Adapter, String> {
-    let as_path = Path::new(site);
-    let path =
-        if as_path.is_file() { as_path.to_path_buf() } else { adapters_dir(data_dir).join(format!("{site}.json")) };
-    let text = std::fs::read_to_string(&path).map_err(|_| {
-        format!("no adapter {site:?}: give the path of an adapter file, or the name of a site an earlier job used")
-    })?;
-    parse_adapter(&text).map_err(|e| e.to_string())
+/// A site adapter and where it came from.
+#[derive(Debug, Clone)]
+pub struct SiteAdapter {
+    pub adapter: Adapter,
+    pub source: AdapterSource,
+    /// The bundle's files, when the adapter came from one: a job may upload from there.
+    pub bundle_dir: Option<PathBuf>,
 }
 
-/// The job's adapter: inline, or `{"bundle","version","path"}` from a verified bundle.
-async fn resolve_adapter(value: &Value, bundles: Option<&crate::bundles::BundleContext>) -> Result<Adapter, JobError> {
+impl SiteAdapter {
+    /// The origin a login opens (its login page's), after checking that page is one of the
+    /// adapter's origins.
+    pub fn login_origin(&self) -> Result<String, String> {
+        let adapter = &self.adapter;
+        let url = adapter
+            .absolute(adapter.urls.get("login").map(String::as_str).unwrap_or("/"))
+            .map_err(|e| e.to_string())?;
+        edge_browser::confine::Origins::of(adapter)
+            .and_then(|origins| origins.check(&url))
+            .map_err(|e| format!("the login page of {:?} is refused: {e}", adapter.name))?;
+        url::Url::parse(&url).map(|u| u.origin().ascii_serialization()).map_err(|e| e.to_string())
+    }
+}
+
+/// The person's adapters folder, `<data dir>/adapters/`: `NAME.yaml` (or `.yml`, `.json`)
+/// files they put there themselves. Jobs name them as `{"local": "NAME"}` and never write
+/// there.
+pub fn local_adapters_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("adapters")
+}
+
+/// Which signed bundle each site's adapter came from in the last job that used one
+/// (`<data dir>/browser/sites/NAME.json`, a reference, never an adapter), so `edge-agent
+/// browser login --site NAME` can open that site.
+fn sites_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("browser").join("sites")
+}
+
+/// Before this release the agent kept every job's adapter in `<data dir>/browser/adapters/`
+/// and `browser login --site NAME` opened the last one, whoever wrote it: a job could plant
+/// the page a later login opened. Those files are moved aside, unused, once.
+pub fn retire_remembered_adapters(data_dir: &Path) {
+    let old = data_dir.join("browser").join("adapters");
+    if !old.is_dir() {
+        return;
+    }
+    let mut aside = data_dir.join("browser").join("adapters-from-jobs.unused");
+    if aside.exists() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        aside = data_dir.join("browser").join(format!("adapters-from-jobs.unused.{}", now.as_secs()));
+    }
+    match std::fs::rename(&old, &aside) {
+        Ok(()) => tracing::warn!(
+            moved_to = %aside.display(),
+            local_adapters = %local_adapters_dir(data_dir).display(),
+            "adapters remembered from earlier jobs are no longer used (a job could plant one); they were moved \
+             aside; put an adapter you trust into the local adapters folder"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot move the adapters remembered from earlier jobs aside"),
+    }
+}
+
+/// A name as a file of the adapters folder: the adapter name's own characters only, so it
+/// cannot point elsewhere.
+fn adapter_name(name: &str) -> Result<&str, String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(name)
+    } else {
+        Err(format!("{name:?} is not an adapter name (letters, digits, '-', '_' or '.')"))
+    }
+}
+
+/// The person's adapter `name` from their adapters folder.
+pub fn local_adapter(data_dir: &Path, name: &str) -> Result<SiteAdapter, String> {
+    let name = adapter_name(name)?;
+    let dir = local_adapters_dir(data_dir);
+    let path = ["yaml", "yml", "json"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("no local adapter {name:?}: the person puts {name}.yaml into {}", dir.display()))?;
+    let adapter = read_adapter(&path)?;
+    if adapter.name != name {
+        return Err(format!(
+            "{} holds the adapter {:?}, not {name:?}; a local adapter's file is named after it",
+            path.display(),
+            adapter.name
+        ));
+    }
+    Ok(SiteAdapter { adapter, source: AdapterSource::Local { path }, bundle_dir: None })
+}
+
+fn read_adapter(path: &Path) -> Result<Adapter, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_adapter(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Notes which signed bundle a site's adapter came from (see [`sites_dir`]). Only bundle
+/// adapters are noted: a local one is in the person's folder already, an inline one is
+/// never stored, so no job can choose what a later login opens.
+fn note_site(data_dir: &Path, site: &SiteAdapter) {
+    if !matches!(site.source, AdapterSource::Bundle { .. }) {
+        return;
+    }
+    let dir = sites_dir(data_dir);
+    if let Ok(json) = serde_json::to_vec_pretty(&site.source) {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = edge_browser::checkpoint::write_atomically(&dir.join(format!("{}.json", site.adapter.name)), &json);
+    }
+}
+
+/// `--site`: an adapter file, the name of one in the person's adapters folder, or the name of
+/// a site whose adapter came from a signed bundle in an earlier job (read again from that
+/// verified bundle's files).
+pub fn load_site(data_dir: &Path, site: &str) -> Result<SiteAdapter, String> {
+    let as_path = Path::new(site);
+    if as_path.is_file() {
+        let path = std::fs::canonicalize(as_path).unwrap_or_else(|_| as_path.to_path_buf());
+        let adapter = read_adapter(&path)?;
+        return Ok(SiteAdapter { adapter, source: AdapterSource::Local { path }, bundle_dir: None });
+    }
+    let unknown = || {
+        format!(
+            "no adapter {site:?}: give the path of an adapter file, the name of one in {}, or the name of a site \
+             whose adapter came from a signed bundle",
+            local_adapters_dir(data_dir).display()
+        )
+    };
+    let name = adapter_name(site).map_err(|_| unknown())?;
+    if ["yaml", "yml", "json"].iter().any(|ext| local_adapters_dir(data_dir).join(format!("{name}.{ext}")).is_file()) {
+        return local_adapter(data_dir, name);
+    }
+    let noted = std::fs::read(sites_dir(data_dir).join(format!("{name}.json"))).map_err(|_| unknown())?;
+    let source: AdapterSource = serde_json::from_slice(&noted).map_err(|_| unknown())?;
+    let AdapterSource::Bundle { tenant, bundle, version, path } = &source else { return Err(unknown()) };
+    let version_dir = crate::bundles::cache::version_dir(data_dir, tenant, bundle, version);
+    if !version_dir.join(".sha256").is_file() {
+        return Err(format!(
+            "the adapter of {site:?} came from the signed bundle {bundle} {version}, which is no longer on this \
+             machine; run a job of that site again, or give the adapter file's path"
+        ));
+    }
+    let bundle_dir = version_dir.join("bundle");
+    let file = crate::bundles::inside(&bundle_dir, path)?;
+    let adapter = read_adapter(&file)?;
+    if adapter.name != name {
+        return Err(unknown());
+    }
+    Ok(SiteAdapter { adapter, source, bundle_dir: Some(bundle_dir) })
+}
+
+/// The job's adapter: `{"bundle","version","path"}` from a verified bundle of the agent's own
+/// tenant, `{"local": NAME}` from the person's adapters folder, or the adapter itself inline,
+/// which only an agent whose person turned `allowInlineAdapters` on takes.
+async fn resolve_adapter(
+    value: &Value,
+    bundles: Option<&crate::bundles::BundleContext>,
+    data_dir: &Path,
+    settings: &LocalSettings,
+) -> Result<SiteAdapter, JobError> {
     let bad = |m: String| JobError::new(ErrorCode::BadPayload, m);
     if let Some(bundle) = value.get("bundle").and_then(Value::as_str) {
         let ctx = bundles
@@ -216,14 +384,47 @@ async fn resolve_adapter(value: &Value, bundles: Option<&crate::bundles::BundleC
         };
         let prepared = crate::bundles::prepare(ctx, &payload).await?;
         let relative = value.get("path").and_then(Value::as_str).unwrap_or("adapter.yaml");
-        let file = crate::bundles::inside(&prepared.version_dir.join("bundle"), relative).map_err(bad)?;
+        let bundle_dir = prepared.version_dir.join("bundle");
+        let file = crate::bundles::inside(&bundle_dir, relative).map_err(bad)?;
         let text =
             std::fs::read_to_string(&file).map_err(|e| bad(format!("adapter {relative:?} in bundle {bundle}: {e}")))?;
-        return parse_adapter(&text).map_err(|e| e.to_job_error());
+        let adapter = parse_adapter(&text).map_err(|e| e.to_job_error())?;
+        let source = AdapterSource::Bundle {
+            tenant: prepared.tenant,
+            bundle: prepared.bundle,
+            version: prepared.version,
+            path: relative.to_owned(),
+        };
+        return Ok(SiteAdapter { adapter, source, bundle_dir: Some(bundle_dir) });
+    }
+    if let Some(name) = value.get("local") {
+        let name = name.as_str().ok_or_else(|| bad("`adapter.local` must be the name of a local adapter".into()))?;
+        return local_adapter(data_dir, name).map_err(bad);
+    }
+    if !settings.allow_inline_adapters {
+        return Err(JobError::new(
+            ErrorCode::PolicyViolation,
+            "inline adapters are off on this agent: a job names a signed bundle's adapter \
+             ({\"bundle\", \"version\", \"path\"}) or one of the person's local adapters ({\"local\": NAME}); \
+             the person can allow inline adapters with `edge-agent settings inline-adapters on`",
+        ));
     }
     let adapter: Adapter = serde_json::from_value(value.clone()).map_err(|e| bad(format!("`adapter`: {e}")))?;
     adapter.validate().map_err(|e| e.to_job_error())?;
-    Ok(adapter)
+    Ok(SiteAdapter { adapter, source: AdapterSource::Inline, bundle_dir: None })
+}
+
+/// The folders a job may upload from: its bundle's (when its adapter came from one), then
+/// the person's uploads folder (when they chose one).
+pub fn job_uploads(settings: &LocalSettings, bundle_dir: Option<&Path>) -> Uploads {
+    let mut uploads = Uploads::none();
+    if let Some(dir) = bundle_dir {
+        uploads = uploads.allow(dir, "the job's bundle");
+    }
+    if let Some(dir) = &settings.uploads_dir {
+        uploads = uploads.allow(dir, "the uploads folder");
+    }
+    uploads
 }
 
 /// Runs a browser job: the result, and `data` to report with a failure (partial broadcast).
@@ -237,11 +438,153 @@ pub(crate) async fn run(
         Ok(p) => p,
         Err(e) => return (Err(JobError::new(ErrorCode::BadPayload, format!("payload: {e}"))), None),
     };
-    let adapter = match resolve_adapter(&payload.adapter, bundles).await {
-        Ok(a) => a,
-        Err(e) => return (Err(e), None),
+    // Read for every job: the person may change them while the agent runs.
+    let settings = match LocalSettings::load(data_dir) {
+        Ok(settings) => settings,
+        Err(e) => return (Err(JobError::new(ErrorCode::Internal, e.to_string())), None),
     };
-    remember(data_dir, &adapter);
-    let outcome = runtime.run_job(&job.job_type, &job.job_id, &payload, &adapter).await;
+    let site = match resolve_adapter(&payload.adapter, bundles, data_dir, &settings).await {
+        Ok(site) => site,
+        Err(e) => {
+            if e.code == ErrorCode::PolicyViolation {
+                tracing::warn!(job_id = %job.job_id, reason = e.message.as_deref().unwrap_or_default(), "adapter refused");
+            }
+            return (Err(e), None);
+        }
+    };
+    tracing::info!(job_id = %job.job_id, site = %site.adapter.name, source = %site.source, "browser job adapter");
+    note_site(data_dir, &site);
+    let uploads = job_uploads(&settings, site.bundle_dir.as_deref());
+    let outcome = runtime.run_job(&job.job_type, &job.job_id, &payload, &site.adapter, &uploads).await;
     (outcome.result, outcome.error_data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SITE: &str = "name: fanhub\nbaseUrl: https://fanhub.example\nurls: {login: /login}\n";
+
+    fn inline(name: &str, base: &str) -> Value {
+        json!({"name": name, "baseUrl": base, "urls": {"login": "/login"}})
+    }
+
+    #[tokio::test]
+    async fn inline_adapters_need_the_persons_setting_and_are_never_stored() {
+        let data = tempfile::tempdir().unwrap();
+        let mut settings = LocalSettings::default();
+        let refused =
+            resolve_adapter(&inline("fanhub", "https://evil.example"), None, data.path(), &settings).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::PolicyViolation);
+        let message = refused.message.unwrap_or_default();
+        assert!(message.contains("inline adapters are off") && message.contains("inline-adapters on"), "{message}");
+
+        settings.allow_inline_adapters = true;
+        let site =
+            resolve_adapter(&inline("fanhub", "https://evil.example"), None, data.path(), &settings).await.unwrap();
+        assert_eq!(site.source, AdapterSource::Inline);
+        note_site(data.path(), &site);
+        assert!(!sites_dir(data.path()).exists(), "an inline adapter was stored");
+        assert!(load_site(data.path(), "fanhub").unwrap_err().contains("no adapter \"fanhub\""));
+    }
+
+    #[tokio::test]
+    async fn local_adapters_are_the_persons_files_by_their_own_name() {
+        let data = tempfile::tempdir().unwrap();
+        let settings = LocalSettings::default();
+        let dir = local_adapters_dir(data.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("fanhub.yaml"), SITE).unwrap();
+        std::fs::write(dir.join("other.yaml"), SITE).unwrap();
+        let site = resolve_adapter(&json!({"local": "fanhub"}), None, data.path(), &settings).await.unwrap();
+        assert_eq!(site.source, AdapterSource::Local { path: dir.join("fanhub.yaml") });
+        assert_eq!(site.login_origin().unwrap(), "https://fanhub.example");
+        for (name, needle) in [
+            (json!("../../etc/passwd"), "is not an adapter name"),
+            (json!(".hidden"), "is not an adapter name"),
+            (json!("missing"), "no local adapter \"missing\""),
+            (json!("other"), "holds the adapter \"fanhub\", not \"other\""),
+            (json!(3), "must be the name of a local adapter"),
+        ] {
+            let error = resolve_adapter(&json!({"local": name}), None, data.path(), &settings).await.unwrap_err();
+            assert_eq!(error.code, ErrorCode::BadPayload);
+            assert!(error.message.unwrap_or_default().contains(needle), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_login_opens_the_persons_adapter_first_then_a_signed_bundles() {
+        let data = tempfile::tempdir().unwrap();
+        // A site whose adapter came from a signed bundle in an earlier job.
+        let version_dir = crate::bundles::cache::version_dir(data.path(), "cr_1", "fanhub-adapter", "1.2.0");
+        std::fs::create_dir_all(version_dir.join("bundle")).unwrap();
+        std::fs::write(version_dir.join(".sha256"), "00").unwrap();
+        std::fs::write(version_dir.join("bundle").join("adapter.yaml"), SITE).unwrap();
+        let source = AdapterSource::Bundle {
+            tenant: "cr_1".into(),
+            bundle: "fanhub-adapter".into(),
+            version: "1.2.0".into(),
+            path: "adapter.yaml".into(),
+        };
+        let adapter = parse_adapter(SITE).unwrap();
+        note_site(data.path(), &SiteAdapter { adapter, source: source.clone(), bundle_dir: None });
+        let site = load_site(data.path(), "fanhub").unwrap();
+        assert_eq!(site.source, source);
+        assert_eq!(site.source.to_string(), "adapter.yaml of the signed bundle fanhub-adapter 1.2.0 (tenant cr_1)");
+        // The person's own adapter of that name wins.
+        let dir = local_adapters_dir(data.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("fanhub.json"), serde_json::to_vec(&parse_adapter(SITE).unwrap()).unwrap()).unwrap();
+        assert_eq!(
+            load_site(data.path(), "fanhub").unwrap().source,
+            AdapterSource::Local { path: dir.join("fanhub.json") }
+        );
+        // A file named on the command line is that file.
+        let file = data.path().join("mine.yaml");
+        std::fs::write(&file, SITE).unwrap();
+        let named = load_site(data.path(), file.to_str().unwrap()).unwrap();
+        assert_eq!(named.source, AdapterSource::Local { path: std::fs::canonicalize(&file).unwrap() });
+        // A login page off the adapter's origins never opens (the file itself is refused).
+        std::fs::write(
+            &file,
+            "name: f\nbaseUrl: https://fanhub.example\nurls: {login: 'https://evil.example/login'}\n",
+        )
+        .unwrap();
+        assert!(load_site(data.path(), file.to_str().unwrap())
+            .unwrap_err()
+            .contains("is not one of the adapter's origins"));
+    }
+
+    #[test]
+    fn adapters_jobs_left_before_are_moved_aside_once() {
+        let data = tempfile::tempdir().unwrap();
+        let old = data.path().join("browser").join("adapters");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("fanhub.json"), serde_json::to_vec(&inline("fanhub", "https://evil.example")).unwrap())
+            .unwrap();
+        retire_remembered_adapters(data.path());
+        assert!(!old.exists());
+        assert!(data.path().join("browser/adapters-from-jobs.unused/fanhub.json").is_file());
+        assert!(load_site(data.path(), "fanhub").is_err());
+        retire_remembered_adapters(data.path());
+        assert!(data.path().join("browser/adapters-from-jobs.unused/fanhub.json").is_file());
+    }
+
+    #[test]
+    fn uploads_come_from_the_bundle_then_the_persons_folder() {
+        let home = tempfile::tempdir().unwrap();
+        let bundle = home.path().join("bundle");
+        let uploads = home.path().join("Uploads");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::create_dir_all(&uploads).unwrap();
+        std::fs::write(bundle.join("logo.png"), b"l").unwrap();
+        std::fs::write(uploads.join("teaser.png"), b"t").unwrap();
+        let settings = LocalSettings { uploads_dir: Some(uploads.clone()), ..Default::default() };
+        let both = job_uploads(&settings, Some(&bundle));
+        assert!(both.resolve("logo.png").is_ok(), "relative paths are the bundle's");
+        assert!(both.resolve(uploads.join("teaser.png").to_str().unwrap()).is_ok());
+        let none = job_uploads(&LocalSettings::default(), None);
+        assert!(none.resolve(uploads.join("teaser.png").to_str().unwrap()).is_err());
+    }
 }

@@ -49,6 +49,15 @@ pub enum AgentError {
     #[error("{0} needs a running tokio runtime")]
     NoRuntime(&'static str),
 
+    /// A value the person gave for one of their settings cannot be used; the message says why.
+    #[error("{0}")]
+    InvalidSetting(String),
+
+    /// A site adapter the person asked for cannot be used: unknown, unreadable, or its login
+    /// page is not one of its origins; the message says which and what to do.
+    #[error("{0}")]
+    SiteAdapter(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -67,6 +76,8 @@ impl AgentError {
             AgentError::LoginRequired(_) => "login_required",
             AgentError::Io { .. } => "io",
             AgentError::NoRuntime(_) => "no_runtime",
+            AgentError::SiteAdapter(_) => "site_adapter",
+            AgentError::InvalidSetting(_) => "invalid_setting",
             AgentError::Internal(_) => "internal",
         }
     }

@@ -71,6 +71,33 @@ impl LocalSettings {
         }
     }
 
+    /// Sets the uploads folder: an existing folder (stored resolved), not the whole disk and
+    /// not one holding the agent's own data (sessions, keys' files) or inside it.
+    pub fn set_uploads_dir(&mut self, folder: &Path, data_dir: &Path) -> Result<PathBuf, AgentError> {
+        let resolved = std::fs::canonicalize(folder).map_err(|e| {
+            AgentError::InvalidSetting(format!("{} is not a folder on this machine ({e})", folder.display()))
+        })?;
+        if !resolved.is_dir() {
+            return Err(AgentError::InvalidSetting(format!("{} is a file, not a folder", resolved.display())));
+        }
+        if resolved.parent().is_none() {
+            return Err(AgentError::InvalidSetting(format!(
+                "{} is the whole disk; choose the one folder browser jobs may upload from",
+                resolved.display()
+            )));
+        }
+        let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        if data.starts_with(&resolved) || resolved.starts_with(&data) {
+            return Err(AgentError::InvalidSetting(format!(
+                "{} holds the agent's own data ({}); choose a folder of the files you mean to upload",
+                resolved.display(),
+                data.display()
+            )));
+        }
+        self.uploads_dir = Some(resolved.clone());
+        Ok(resolved)
+    }
+
     /// Replaces the file atomically, readable by its owner only.
     pub fn save(&self, data_dir: &Path) -> Result<(), AgentError> {
         std::fs::create_dir_all(data_dir)
@@ -115,6 +142,31 @@ mod tests {
             let mode = std::fs::metadata(LocalSettings::path(dir.path())).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn the_uploads_folder_is_an_existing_folder_apart_from_the_agents_data() {
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("agent");
+        let uploads = home.path().join("Uploads");
+        std::fs::create_dir_all(data.join("browser")).unwrap();
+        std::fs::create_dir_all(&uploads).unwrap();
+        std::fs::write(home.path().join("file.txt"), b"x").unwrap();
+        let mut settings = LocalSettings::default();
+        let set = settings.set_uploads_dir(&uploads.join("."), &data).unwrap();
+        assert_eq!(settings.uploads_dir.as_deref(), Some(set.as_path()));
+        assert_eq!(set, std::fs::canonicalize(&uploads).unwrap());
+        for (bad, needle) in [
+            (home.path().join("missing"), "is not a folder on this machine"),
+            (home.path().join("file.txt"), "is a file, not a folder"),
+            (PathBuf::from("/"), "the whole disk"),
+            (data.join("browser"), "holds the agent's own data"),
+            (home.path().to_path_buf(), "holds the agent's own data"),
+        ] {
+            let message = settings.set_uploads_dir(&bad, &data).unwrap_err().to_string();
+            assert!(message.contains(needle), "{}: {message}", bad.display());
+        }
+        assert_eq!(settings.uploads_dir.as_deref(), Some(set.as_path()), "a refused folder changes nothing");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use edge_agent::local_settings::LocalSettings;
 use edge_agent::logging::{self, LogOptions};
 use edge_agent::{AgentEvent, AgentService, AgentSettings, AgentSnapshot, KeychainChoice, StateFile};
 use edge_browser::BrowserStatus;
@@ -61,6 +62,9 @@ enum Command {
     /// The browser runtime: site logins and its state.
     #[command(subcommand)]
     Browser(BrowserCommand),
+    /// Your own settings for this agent (settings.json): what no hub can change.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
     /// Benchmark helper for `cargo xtask bench bundles` (no login needed): trusts the hub's
     /// root, refreshes metadata, downloads, verifies and unpacks one bundle into --data-dir,
     /// and prints JSON timings and peak RSS.
@@ -81,8 +85,10 @@ enum Command {
 enum BrowserCommand {
     /// Open a browser window on a site's login page; once you are logged in, the session is
     /// saved (encrypted, key in the keychain) and failed LOGIN_REQUIRED jobs can be retried.
+    /// Prints the adapter's source and the origin it opens before it opens anything.
     Login {
-        /// An adapter file (YAML/JSON), or the name of a site an earlier job used.
+        /// An adapter file (YAML/JSON), the name of one in your adapters folder, or the name
+        /// of a site whose adapter came from a signed bundle.
         #[arg(long)]
         site: String,
         /// No window (scripted logins; the site must log in by itself).
@@ -98,6 +104,32 @@ enum BrowserCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Print the settings and the folders they name.
+    Show {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The one folder browser jobs may upload your files from (besides their own bundle);
+    /// none by default.
+    UploadsDir {
+        /// An existing folder.
+        #[arg(required_unless_present = "none")]
+        path: Option<PathBuf>,
+        /// No uploads folder: jobs upload only their own files.
+        #[arg(long, conflicts_with = "path")]
+        none: bool,
+    },
+    /// Whether a job may bring its own site adapter instead of naming a signed bundle's or
+    /// one of your adapters folder (off by default).
+    InlineAdapters {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
     },
 }
 
@@ -156,6 +188,13 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Browser(BrowserCommand::Login { site, headless, timeout_secs }) => {
             let service = AgentService::new(settings);
+            // What will open, shown before anything opens; an adapter whose login page is
+            // not one of its own origins is refused here.
+            let site = service.browser_site(&site)?;
+            let origin = site.login_origin().map_err(|e| anyhow::anyhow!(e))?;
+            println!("site:    {}", site.adapter.name);
+            println!("adapter: {}", site.source);
+            println!("opens:   {origin} (its login page)");
             let report = service.browser_login(&site, !headless, Duration::from_secs(timeout_secs)).await?;
             println!("{}", serde_json::to_string(&report)?);
             if !report.saved_encrypted {
@@ -174,6 +213,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Settings(command) => settings_command(&settings.data_dir, command),
         Command::Logout => {
             let profile = settings.profile.clone();
             AgentService::new(settings).logout().await?;
@@ -181,6 +221,52 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn settings_command(data_dir: &std::path::Path, command: SettingsCommand) -> Result<ExitCode> {
+    let mut local = LocalSettings::load(data_dir)?;
+    match command {
+        SettingsCommand::Show { json } => {
+            let adapters = edge_agent::browser::local_adapters_dir(data_dir);
+            if json {
+                let value = serde_json::json!({
+                    "path": LocalSettings::path(data_dir),
+                    "settings": local,
+                    "localAdaptersDir": adapters,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("settings file:   {}", LocalSettings::path(data_dir).display());
+                match &local.uploads_dir {
+                    Some(dir) => println!("uploads folder:  {}", dir.display()),
+                    None => println!("uploads folder:  none (jobs upload only their own files)"),
+                }
+                println!("inline adapters: {}", if local.allow_inline_adapters { "on" } else { "off" });
+                println!("local adapters:  {}", adapters.display());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        SettingsCommand::UploadsDir { path: None, .. } => {
+            local.uploads_dir = None;
+            local.save(data_dir)?;
+            println!("uploads folder: none; browser jobs upload only their own files");
+        }
+        SettingsCommand::UploadsDir { path: Some(path), .. } => {
+            let folder = local.set_uploads_dir(&path, data_dir)?;
+            local.save(data_dir)?;
+            println!("uploads folder: {} (browser jobs may upload the files in it)", folder.display());
+        }
+        SettingsCommand::InlineAdapters { state } => {
+            local.allow_inline_adapters = state == "on";
+            local.save(data_dir)?;
+            if local.allow_inline_adapters {
+                println!("inline adapters: on; a job may bring its own site adapter (not signed, never stored)");
+            } else {
+                println!("inline adapters: off; jobs name a signed bundle's adapter or one of your adapters folder");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn login(settings: AgentSettings, hub: &str, token: &str, name: Option<String>) -> Result<ExitCode> {

@@ -359,18 +359,29 @@ impl AgentService {
         Ok(())
     }
 
-    /// Opens a browser window on the site's login page and saves the session (encrypted)
-    /// once the site shows its logged-in marker. `site` is an adapter file or the name of a
-    /// site an earlier job used. `headful: false` is for scripted logins and tests.
+    /// The adapter `edge-agent browser login --site SITE` would open, with where it came
+    /// from, opening nothing: an adapter file, the name of one in the person's adapters
+    /// folder, or the name of a site whose adapter came from a signed bundle.
+    pub fn browser_site(&self, site: &str) -> Result<crate::browser::SiteAdapter, AgentError> {
+        crate::browser::load_site(&self.inner.settings.data_dir, site).map_err(AgentError::SiteAdapter)
+    }
+
+    /// Opens a browser window on the site's login page (one of the adapter's origins, else
+    /// refused) and saves the session (encrypted) once the site shows its logged-in marker.
+    /// Show the person [`AgentService::browser_site`]'s answer first. `headful: false` is for
+    /// scripted logins and tests.
     pub async fn browser_login(
         &self,
-        site: &str,
+        site: &crate::browser::SiteAdapter,
         headful: bool,
         timeout: Duration,
     ) -> Result<edge_browser::runtime::LoginReport, AgentError> {
-        let adapter = crate::browser::load_site(&self.inner.settings.data_dir, site).map_err(AgentError::Internal)?;
+        site.login_origin().map_err(AgentError::SiteAdapter)?;
         let runtime = self.inner.browser.runtime();
-        runtime.interactive_login(&adapter, headful, timeout).await.map_err(|e| AgentError::Internal(e.to_string()))
+        runtime
+            .interactive_login(&site.adapter, headful, timeout)
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))
     }
 
     /// The browser runtime's state (starting the runtime if needed; it launches nothing).

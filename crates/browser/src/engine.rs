@@ -7,6 +7,7 @@
 //! collecting extracted values. It must never decide about retries, budgets or sessions:
 //! those belong to `runtime` and `guard`.
 
+use crate::confine::{Origins, Uploads};
 use crate::error::BrowserError;
 use crate::flow::{json_kind, lookup, render, template_path, Adapter, FieldSpec, Flow, StepKind, FILES_FORMS};
 use crate::locator::{Cadence, Driver, WaitState};
@@ -25,6 +26,8 @@ pub struct RunOptions {
     pub typing: Cadence,
     /// Where `screenshot` writes; screenshots are skipped without one.
     pub artifacts_dir: Option<PathBuf>,
+    /// The folders `setInputFiles` may take files from; none by default.
+    pub uploads: Uploads,
 }
 
 impl Default for RunOptions {
@@ -34,6 +37,7 @@ impl Default for RunOptions {
             pacing: Cadence { min: Duration::from_millis(400), max: Duration::from_millis(1500) },
             typing: Cadence::HUMAN,
             artifacts_dir: None,
+            uploads: Uploads::none(),
         }
     }
 }
@@ -98,6 +102,16 @@ fn render_files(templates: &[String], ctx: &Value) -> Result<Vec<String>, Browse
                 _ => {}
             }
         }
+        // A list written into other text would render as JSON, a path no file has.
+        for inner in template.split("{{").skip(1).filter_map(|rest| rest.split_once("}}").map(|(expr, _)| expr)) {
+            let path = inner.split('|').next().unwrap_or_default().trim();
+            if let Some(value @ (Value::Array(_) | Value::Object(_))) = lookup(ctx, path) {
+                return Err(BrowserError::BadFlow(format!(
+                    "setInputFiles: `{{{{{path}}}}}` is {} inside other text ({template:?}); `files` takes {FILES_FORMS}",
+                    json_kind(value)
+                )));
+            }
+        }
         let rendered = render(template, ctx)?;
         if !rendered.is_empty() {
             out.push(rendered);
@@ -125,6 +139,7 @@ pub async fn run_flow(
 ) -> Result<FlowOutput, BrowserError> {
     flow.validate()?;
     let params = flow.resolve_params(params)?;
+    let origins = Origins::of(adapter)?;
     driver.set_alarms(adapter.name.clone(), adapter.markers.alarms(), adapter.origin());
     let mut output = FlowOutput::default();
     let default_timeout = Duration::from_millis(adapter.settings.timeout_ms);
@@ -167,7 +182,10 @@ pub async fn run_flow(
         let timeout = a.timeout_ms.map(Duration::from_millis).unwrap_or(default_timeout);
         let started = Instant::now();
         let result =
-            run_step(driver, adapter, step.kind, a, selector.as_deref(), &ctx, timeout, options, &mut output).await;
+            run_step(driver, adapter, &origins, step.kind, a, selector.as_deref(), &ctx, timeout, options, &mut output)
+                .await
+                // Whatever the step did, a refusal of the fence meanwhile is why the job ends.
+                .and_then(|()| driver.refused());
         match result {
             Ok(()) => {}
             Err(e) if a.optional && !is_alarm(&e) => {
@@ -187,6 +205,7 @@ pub async fn run_flow(
         acted |= is_action;
         output.steps_run += 1;
     }
+    driver.refused()?;
     Ok(output)
 }
 
@@ -197,6 +216,7 @@ fn is_alarm(e: &BrowserError) -> bool {
             | BrowserError::RateLimited { .. }
             | BrowserError::ContentBlocked { .. }
             | BrowserError::PolicyViolation { .. }
+            | BrowserError::NotAllowed(_)
     )
 }
 
@@ -204,6 +224,7 @@ fn is_alarm(e: &BrowserError) -> bool {
 async fn run_step(
     driver: &Driver,
     adapter: &Adapter,
+    origins: &Origins,
     kind: StepKind,
     a: &crate::flow::StepArgs,
     selector: Option<&str>,
@@ -219,6 +240,10 @@ async fn run_step(
     match kind {
         StepKind::Goto => {
             let url = adapter.absolute(&render(a.url.as_deref().unwrap_or_default(), ctx)?)?;
+            if let Err(refused) = origins.check(&url) {
+                tracing::warn!(site = %adapter.name, "{refused}");
+                return Err(refused);
+            }
             driver.goto(&url, timeout).await?;
         }
         StepKind::CheckLogin => driver.check_login(adapter, timeout).await?,
@@ -248,14 +273,22 @@ async fn run_step(
             if files.is_empty() {
                 return Ok(());
             }
+            // Every file resolved inside the job's folders before any reaches the page.
+            let mut resolved = Vec::with_capacity(files.len());
             for file in &files {
-                if !std::path::Path::new(file).is_file() {
-                    return Err(BrowserError::BadFlow(format!(
-                        "setInputFiles: no file {file:?} on this machine; `files` takes {FILES_FORMS}"
-                    )));
+                match options.uploads.resolve(file) {
+                    Ok(path) => resolved.push(path.display().to_string()),
+                    Err(refused @ BrowserError::NotAllowed(_)) => {
+                        tracing::warn!(site = %adapter.name, "{refused}");
+                        return Err(refused);
+                    }
+                    Err(BrowserError::BadFlow(why)) => {
+                        return Err(BrowserError::BadFlow(format!("{why}; `files` takes {FILES_FORMS}")))
+                    }
+                    Err(other) => return Err(other),
                 }
             }
-            driver.set_input_files(&need(selector)?, a.nth, &files, timeout).await?;
+            driver.set_input_files(&need(selector)?, a.nth, &resolved, timeout).await?;
         }
         StepKind::WaitFor => {
             let state = a.state.unwrap_or(WaitState::Visible);

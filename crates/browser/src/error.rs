@@ -31,6 +31,12 @@ pub enum BrowserError {
     /// The site says the action breaks its rules (`POLICY_VIOLATION`, fatal).
     #[error("the site {site:?} reports a policy violation: {detail}")]
     PolicyViolation { site: String, detail: String },
+    /// The agent's confinement refuses what the job asked for: a page outside the adapter's
+    /// origins or of another scheme, a new window, a file outside the job's folders, an
+    /// adapter from a source the person did not allow (`POLICY_VIOLATION`, fatal). The
+    /// message names the URL's origin or scheme, or the path, and the rule.
+    #[error("{0}")]
+    NotAllowed(String),
     /// The flow or adapter is wrong (`BAD_PAYLOAD`).
     #[error("{0}")]
     BadFlow(String),
@@ -64,7 +70,7 @@ impl BrowserError {
             BrowserError::LoginRequired { .. } => ErrorCode::LoginRequired,
             BrowserError::RateLimited { .. } | BrowserError::OverBudget { .. } => ErrorCode::RateLimited,
             BrowserError::ContentBlocked { .. } => ErrorCode::ContentBlocked,
-            BrowserError::PolicyViolation { .. } => ErrorCode::PolicyViolation,
+            BrowserError::PolicyViolation { .. } | BrowserError::NotAllowed(_) => ErrorCode::PolicyViolation,
             BrowserError::BadFlow(_) => ErrorCode::BadPayload,
             BrowserError::Assertion(_) => ErrorCode::Other(ASSERTION_FAILED.to_owned()),
             BrowserError::Cancelled => ErrorCode::Cancelled,

@@ -19,6 +19,10 @@ pub struct Adapter {
     pub name: String,
     /// `https://site.example` (relative URLs are resolved against it).
     pub base_url: String,
+    /// Other origins the site's pages live on (`https://login.site.example`), besides
+    /// `baseUrl`'s. A job's pages and frames may load documents from these origins only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
     #[serde(default)]
     pub urls: BTreeMap<String, String>,
     #[serde(default)]
@@ -426,6 +430,20 @@ impl Adapter {
         if let Some(tz) = &self.settings.time_zone {
             tz.parse::<chrono_tz::Tz>()
                 .map_err(|_| BrowserError::BadFlow(format!("adapter {:?}: unknown time zone {tz:?}", self.name)))?;
+        }
+        // Every URL the adapter names must be one its pages may open; a URL that is a
+        // template as a whole is checked when it is rendered, before the navigation.
+        let origins = crate::confine::Origins::of(self)?;
+        for (key, url) in &self.urls {
+            let absolute = base.join(url).map_err(|e| {
+                BrowserError::BadFlow(format!("adapter {:?}: urls.{key} {url:?} is not a URL: {e}", self.name))
+            })?;
+            origins.check(absolute.as_str()).map_err(|e| match e {
+                BrowserError::NotAllowed(why) => {
+                    BrowserError::NotAllowed(format!("adapter {:?}: urls.{key}: {why}", self.name))
+                }
+                other => other,
+            })?;
         }
         self.flows.values().try_for_each(Flow::validate)
     }

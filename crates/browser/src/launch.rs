@@ -6,8 +6,11 @@
 //! `--no-sandbox` only when the agent runs as root on Linux (Chromium refuses to start
 //! sandboxed as root; that is our CI, not a creator's machine).
 
+use crate::confine::Origins;
 use crate::error::BrowserError;
+use crate::fence::{Fence, Refusal};
 use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::page::SetInterceptFileChooserDialogParams;
 use chromiumoxide::cdp::browser_protocol::target::{CreateBrowserContextParams, CreateTargetParams};
 use chromiumoxide::Page;
 use futures::StreamExt;
@@ -177,6 +180,8 @@ fn end_stale_browser(profile: &Path) {
 pub struct RunningBrowser {
     pub browser: Browser,
     handler: JoinHandle<()>,
+    /// The fence's task ([`crate::fence::guard`]) for a browser that runs jobs.
+    fence: Option<JoinHandle<()>>,
     pub args: Vec<String>,
     pub headful: bool,
     pub launched_in: Duration,
@@ -201,6 +206,10 @@ impl RunningBrowser {
             .request_timeout(REQUEST_TIMEOUT)
             .viewport(None)
             .user_data_dir(&spec.user_data_dir)
+            // chromiumoxide tells every page to ignore certificate errors unless asked not to;
+            // a job restores the person's session cookies into its page, so a site that
+            // cannot prove who it is must never get them.
+            .respect_https_errors()
             // chromiumoxide adds its own headless flags unless told the browser is headful;
             // ours are in `args`.
             .with_head();
@@ -226,7 +235,14 @@ impl RunningBrowser {
                 }
             }
         });
-        Ok(RunningBrowser { browser, handler, args, headful: spec.headful, launched_in: started.elapsed() })
+        Ok(RunningBrowser {
+            browser,
+            handler,
+            fence: None,
+            args,
+            headful: spec.headful,
+            launched_in: started.elapsed(),
+        })
     }
 
     /// False once the process exited or the DevTools connection ended.
@@ -244,20 +260,29 @@ impl RunningBrowser {
             let _ = self.browser.kill().await;
         }
         self.handler.abort();
+        if let Some(fence) = self.fence.take() {
+            fence.abort();
+        }
     }
 }
 
 /// One isolated browsing context (fresh cookie jar) with one page, for one job.
 pub struct JobContext {
     pub page: Page,
+    /// What the fence refused in this context (never anything in the person's own window).
+    pub refusal: Refusal,
     context_id: Option<chromiumoxide::cdp::browser_protocol::browser::BrowserContextId>,
     owner: Arc<Mutex<Option<RunningBrowser>>>,
+    fence: Option<Fence>,
 }
 
 impl JobContext {
     /// Closes the page and forgets the context with all its cookies and storage.
     pub async fn dispose(self) {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.page.close()).await;
+        if let (Some(fence), Some(id)) = (&self.fence, &self.context_id) {
+            fence.unregister(id);
+        }
         if let Some(id) = self.context_id {
             let guard = self.owner.lock().await;
             if let Some(running) = guard.as_ref() {
@@ -270,16 +295,28 @@ impl JobContext {
 /// The warm browser of one creator profile: launched on first use, reused by every job,
 /// launched again when it died. Each job gets its own browser context, so nothing a job
 /// leaves behind (cookies, storage) reaches the next one except through the encrypted
-/// session state.
+/// session state. The job contexts are fenced ([`crate::fence`]): their documents come only
+/// from the job's origins, they open no windows and download nothing.
 #[derive(Clone)]
 pub struct WarmBrowser {
     spec: BrowserLaunch,
     running: Arc<Mutex<Option<RunningBrowser>>>,
+    /// `None` for the person's own window ([`WarmBrowser::for_person`]).
+    fence: Option<Fence>,
 }
 
 impl WarmBrowser {
+    /// A browser for jobs: every context it opens is fenced.
     pub fn new(spec: BrowserLaunch) -> WarmBrowser {
-        WarmBrowser { spec, running: Arc::new(Mutex::new(None)) }
+        WarmBrowser { spec, running: Arc::new(Mutex::new(None)), fence: Some(Fence::default()) }
+    }
+
+    /// A browser the person drives by hand (the site login window): its first page is
+    /// checked against the adapter's origins by the caller, after that the person goes where
+    /// they choose (a login often passes through another origin, sometimes in a popup), so
+    /// it is not fenced.
+    pub fn for_person(spec: BrowserLaunch) -> WarmBrowser {
+        WarmBrowser { spec, running: Arc::new(Mutex::new(None)), fence: None }
     }
 
     pub fn spec(&self) -> &BrowserLaunch {
@@ -298,7 +335,18 @@ impl WarmBrowser {
                 dead.shutdown().await;
             }
         }
-        let running = RunningBrowser::launch(&self.spec).await?;
+        let mut running = RunningBrowser::launch(&self.spec).await?;
+        if let Some(fence) = &self.fence {
+            // Fenced before any job context exists: no document is ever loaded unjudged.
+            let watch = match crate::fence::arm(&running.browser).await {
+                Ok(watch) => watch,
+                Err(e) => {
+                    running.shutdown().await;
+                    return Err(e);
+                }
+            };
+            running.fence = Some(tokio::spawn(crate::fence::guard(fence.clone(), Arc::clone(&self.running), watch)));
+        }
         tracing::info!(
             launched_ms = running.launched_in.as_millis() as u64,
             headful = running.headful,
@@ -308,8 +356,9 @@ impl WarmBrowser {
         Ok(true)
     }
 
-    /// A fresh context and page in the warm browser (started or restarted as needed).
-    pub async fn new_context(&self) -> Result<JobContext, BrowserError> {
+    /// A fresh context and page in the warm browser (started or restarted as needed), whose
+    /// documents must come from `origins` (a job's; the person's window is not fenced).
+    pub async fn new_context(&self, origins: Origins) -> Result<JobContext, BrowserError> {
         self.ensure().await?;
         let guard = self.running.lock().await;
         let running = guard.as_ref().ok_or_else(|| BrowserError::Launch("the browser is not running".into()))?;
@@ -318,10 +367,46 @@ impl WarmBrowser {
             .create_browser_context(CreateBrowserContextParams::default())
             .await
             .map_err(|e| BrowserError::from_cdp("creating a browser context", e))?;
-        let mut params = CreateTargetParams::new("about:blank");
-        params.browser_context_id = Some(context_id.clone());
-        let page = running.browser.new_page(params).await.map_err(|e| BrowserError::from_cdp("opening a page", e))?;
-        Ok(JobContext { page, context_id: Some(context_id), owner: Arc::clone(&self.running) })
+        let refusal = match &self.fence {
+            Some(fence) => fence.register(context_id.clone(), origins.clone()),
+            None => Refusal::default(),
+        };
+        let opened = async {
+            if self.fence.is_some() {
+                crate::fence::deny_downloads(&running.browser, Some(context_id.clone())).await?;
+            }
+            let mut params = CreateTargetParams::new("about:blank");
+            params.browser_context_id = Some(context_id.clone());
+            let page =
+                running.browser.new_page(params).await.map_err(|e| BrowserError::from_cdp("opening a page", e))?;
+            if let Some(fence) = &self.fence {
+                fence.set_page(&context_id, page.clone());
+                crate::fence::watch_frames(&page, origins, refusal.clone()).await?;
+                // A page that opens a file chooser gets no dialog: files reach a site only
+                // through `setInputFiles` and its folder rules.
+                page.execute(SetInterceptFileChooserDialogParams::new(true))
+                    .await
+                    .map_err(|e| BrowserError::from_cdp("turning file choosers off", e))?;
+            }
+            Ok::<Page, BrowserError>(page)
+        }
+        .await;
+        match opened {
+            Ok(page) => Ok(JobContext {
+                page,
+                refusal,
+                context_id: Some(context_id),
+                owner: Arc::clone(&self.running),
+                fence: self.fence.clone(),
+            }),
+            Err(e) => {
+                if let Some(fence) = &self.fence {
+                    fence.unregister(&context_id);
+                }
+                let _ = running.browser.dispose_browser_context(context_id).await;
+                Err(e)
+            }
+        }
     }
 
     /// The launch arguments of the running browser, if any.

@@ -6,8 +6,10 @@
 //! ([`locator`]), the declarative flow and site-adapter format ([`flow`]) and its interpreter
 //! ([`engine`]), the four built-in flows and their job types ([`runtime`]), the local
 //! guardrails (token buckets, pacing, per-site backoff, circuit breaker: [`guard`]), the
-//! broadcast checkpoint ([`checkpoint`]), encrypted session state ([`session`]) and the list of
-//! sites that need a login ([`logins`]).
+//! broadcast checkpoint ([`checkpoint`]), encrypted session state ([`session`]), the list of
+//! sites that need a login ([`logins`]), and the confinement of every job: the rules of which
+//! pages it may open and which files it may upload ([`confine`]) and their enforcement inside
+//! the browser ([`fence`]).
 //!
 //! It must never download a browser, never hide itself from the person or the site (no
 //! fingerprint spoofing, no CAPTCHA solving, no "stealth" patches), never retry a
@@ -16,8 +18,10 @@
 //! connection: the agent hands it jobs and receives [`runtime::BrowserEvent`]s.
 
 pub mod checkpoint;
+pub mod confine;
 pub mod engine;
 pub mod error;
+pub mod fence;
 pub mod flow;
 pub mod guard;
 pub mod launch;

@@ -13,6 +13,7 @@
 //! besides `fill`, which sets a visible field's value as a paste would).
 
 use crate::error::BrowserError;
+use crate::fence::Refusal;
 use chromiumoxide::cdp::browser_protocol::dom::SetFileInputFilesParams;
 use chromiumoxide::cdp::browser_protocol::input::{DispatchKeyEventParams, DispatchKeyEventType, InsertTextParams};
 use chromiumoxide::cdp::browser_protocol::network::EventResponseReceived;
@@ -92,13 +93,14 @@ pub struct Bounds {
 }
 
 /// A page plus what the flow engine tracks about it: the HTTP 429s it received and where
-/// the last one came from.
+/// the last one came from, and what the fence refused in its context.
 #[derive(Clone)]
 pub struct Driver {
     pub page: Page,
     too_many_requests: Arc<AtomicU64>,
     last_429_url: Arc<Mutex<Option<String>>>,
     alarms: Arc<Mutex<Alarms>>,
+    refusal: Refusal,
 }
 
 /// The adapter's alarm markers, watched during every wait, and the 429s already accounted for.
@@ -161,7 +163,25 @@ impl Driver {
                 }
             }
         });
-        Ok(Driver { page, too_many_requests, last_429_url, alarms: Arc::new(Mutex::new(Alarms::default())) })
+        Ok(Driver {
+            page,
+            too_many_requests,
+            last_429_url,
+            alarms: Arc::new(Mutex::new(Alarms::default())),
+            refusal: Refusal::default(),
+        })
+    }
+
+    /// Ends every wait and action with the fence's refusal once there is one (the job's
+    /// context's [`Refusal`]).
+    pub fn fenced(mut self, refusal: Refusal) -> Driver {
+        self.refusal = refusal;
+        self
+    }
+
+    /// `POLICY_VIOLATION` when the fence refused something this page or its frames started.
+    pub fn refused(&self) -> Result<(), BrowserError> {
+        self.refusal.check()
     }
 
     /// Sets the markers every wait watches and the origin whose HTTP 429s count.
@@ -175,8 +195,10 @@ impl Driver {
         self.alarms.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
-    /// A new HTTP 429 from the site since the last check is `RATE_LIMITED`.
+    /// A refusal of the fence is `POLICY_VIOLATION`; a new HTTP 429 from the site since the
+    /// last check is `RATE_LIMITED`.
     fn check_429(&self) -> Result<(), BrowserError> {
+        self.refused()?;
         let count = self.too_many_requests();
         let Ok(mut alarms) = self.alarms.lock() else { return Ok(()) };
         if count > alarms.seen_429 {
@@ -297,9 +319,13 @@ impl Driver {
         }
     }
 
-    /// Navigates and waits for the load event, at most `timeout`.
+    /// Navigates and waits for the load event, at most `timeout`. The caller checked `url`
+    /// against the adapter's origins; a redirect the fence refused is `POLICY_VIOLATION`, not
+    /// the network error the browser reports for it.
     pub async fn goto(&self, url: &str, timeout: Duration) -> Result<(), BrowserError> {
-        match tokio::time::timeout(timeout, self.page.goto(url)).await {
+        let outcome = tokio::time::timeout(timeout, self.page.goto(url)).await;
+        self.refused()?;
+        match outcome {
             Err(_) => Err(BrowserError::Timeout { what: format!("loading {url}"), ms: timeout.as_millis() as u64 }),
             Ok(Err(e)) => Err(BrowserError::from_cdp(&format!("loading {url}"), e)),
             Ok(Ok(_)) => Ok(()),

@@ -9,6 +9,7 @@
 //! mode, and never retry `CONTENT_BLOCKED` or `POLICY_VIOLATION` itself.
 
 use crate::checkpoint::{normalize, CheckpointStore, Progress};
+use crate::confine::{Origins, Uploads};
 use crate::engine::{run_flow, FlowOutput, RunOptions};
 use crate::error::BrowserError;
 use crate::flow::{Adapter, Flow};
@@ -345,12 +346,13 @@ impl BrowserRuntime {
         Arc::clone(locks.entry(site.to_owned()).or_default())
     }
 
-    fn options(&self, dry_run: bool) -> RunOptions {
+    fn options(&self, dry_run: bool, uploads: &Uploads) -> RunOptions {
         RunOptions {
             dry_run,
             pacing: self.inner.settings.pacing,
             typing: self.inner.settings.typing,
             artifacts_dir: Some(self.inner.settings.dir().join("artifacts")),
+            uploads: uploads.clone(),
         }
     }
 
@@ -440,14 +442,15 @@ impl BrowserRuntime {
         let warm = self.inner.warm.as_ref().ok_or_else(|| {
             BrowserError::NotInstalled(self.inner.executable.as_ref().err().cloned().unwrap_or_default())
         })?;
-        let context = warm.new_context().await?;
-        let driver = Driver::new(context.page.clone()).await?;
+        let context = warm.new_context(Origins::of(adapter)?).await?;
+        let driver = Driver::new(context.page.clone()).await?.fenced(context.refusal.clone());
         let origin = adapter.origin();
         let previous = self.load_state(&adapter.name);
         if let Some(state) = &previous {
             session::restore(&driver, state).await?;
         }
-        let outcome = work(driver.clone()).await;
+        // A refusal of the fence ends the job whatever the flow made of it.
+        let outcome = work(driver.clone()).await.and_then(|value| context.refusal.check().map(|()| value));
         let saveable =
             !matches!(outcome, Err(BrowserError::Cdp(_) | BrowserError::Launch(_) | BrowserError::Cancelled));
         if saveable {
@@ -463,13 +466,16 @@ impl BrowserRuntime {
         outcome
     }
 
-    /// Runs one browser job. `adapter` is already resolved (inline or from a bundle).
+    /// Runs one browser job. `adapter` is already resolved (from a signed bundle, the
+    /// person's adapters folder, or inline where the person allows it); `uploads` are the
+    /// folders its files may come from (the job's own `params.media` are added here).
     pub async fn run_job(
         &self,
         job_type: &str,
         job_id: &str,
         payload: &BrowserJobPayload,
         adapter: &Adapter,
+        uploads: &Uploads,
     ) -> JobOutcome {
         if let Err(e) = adapter.validate() {
             return JobOutcome::err(e);
@@ -485,10 +491,10 @@ impl BrowserRuntime {
             return JobOutcome::err(e);
         }
         let outcome = match job_type {
-            SEND_DM => self.send_dm(payload, adapter, hub_cap, deadline).await.map(|v| (v, None)),
-            BROADCAST_DM => return self.broadcast(job_id, payload, adapter, hub_cap, deadline).await,
-            SCHEDULE_POST => self.schedule_post(payload, adapter, hub_cap, deadline).await,
-            SCRAPE_SUBS => self.scrape_subs(payload, adapter, hub_cap, deadline).await,
+            SEND_DM => self.send_dm(payload, adapter, uploads, hub_cap, deadline).await.map(|v| (v, None)),
+            BROADCAST_DM => return self.broadcast(job_id, payload, adapter, uploads, hub_cap, deadline).await,
+            SCHEDULE_POST => self.schedule_post(payload, adapter, uploads, hub_cap, deadline).await,
+            SCRAPE_SUBS => self.scrape_subs(payload, adapter, uploads, hub_cap, deadline).await,
             other => Err(BrowserError::BadFlow(format!("{other:?} is not a browser job type"))),
         };
         match outcome {
@@ -504,6 +510,7 @@ impl BrowserRuntime {
     async fn run_builtin(
         &self,
         adapter: &Adapter,
+        uploads: &Uploads,
         name: &str,
         params: &Map<String, Value>,
         action: &str,
@@ -517,7 +524,7 @@ impl BrowserRuntime {
         if spends {
             self.take_token(action, self.inner.settings.caps.effective(action, hub_cap), deadline).await?;
         }
-        let options = self.options(dry_run);
+        let options = self.options(dry_run, uploads);
         self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, params, &options).await }).await
     }
 
@@ -525,6 +532,7 @@ impl BrowserRuntime {
         &self,
         payload: &BrowserJobPayload,
         adapter: &Adapter,
+        uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
     ) -> Result<Value, BrowserError> {
@@ -537,7 +545,7 @@ impl BrowserRuntime {
         let mut params = payload.params.clone();
         params.insert("recipient".into(), Value::from(recipient.trim()));
         let output = self
-            .run_builtin(adapter, SEND_DM, &params, "dm", !payload.dry_run, payload.dry_run, hub_cap, deadline)
+            .run_builtin(adapter, uploads, SEND_DM, &params, "dm", !payload.dry_run, payload.dry_run, hub_cap, deadline)
             .await?;
         let sent: Vec<String> = if payload.dry_run { Vec::new() } else { vec![recipient.trim().to_owned()] };
         Ok(json!({
@@ -553,6 +561,7 @@ impl BrowserRuntime {
         job_id: &str,
         payload: &BrowserJobPayload,
         adapter: &Adapter,
+        uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
     ) -> JobOutcome {
@@ -590,7 +599,7 @@ impl BrowserRuntime {
         };
         let already: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
         let cap = self.inner.settings.caps.effective("dm", hub_cap);
-        let options = self.options(dry_run);
+        let options = self.options(dry_run, uploads);
         let recipient_pacing = self.inner.settings.recipient_pacing;
         // Only this job's recipients, in checkpoint order (which keeps the payload's order).
         let wanted: BTreeSet<String> = recipients.iter().map(|r| normalize(r)).collect();
@@ -715,6 +724,7 @@ impl BrowserRuntime {
         &self,
         payload: &BrowserJobPayload,
         adapter: &Adapter,
+        uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
     ) -> Result<(Value, Option<Value>), BrowserError> {
@@ -742,18 +752,33 @@ impl BrowserRuntime {
         params.insert("time".into(), Value::from(time.clone()));
         params.insert("siteTimeZone".into(), Value::from(site_zone.name()));
         let media_dir = self.inner.settings.dir().join("media").join(format!("{:016x}", rand::random::<u64>()));
-        let media = match materialize_media(p, &media_dir) {
+        let media = match materialize_media(p, &media_dir, uploads) {
             Ok(media) => media,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&media_dir);
+                if matches!(e, BrowserError::NotAllowed(_)) {
+                    tracing::warn!(site = %adapter.name, "{e}");
+                }
                 return Err(e);
             }
         };
+        // The files this job sent itself (and links to its own `mediaPaths`) may be uploaded.
+        let uploads = uploads.clone().allow(&media_dir, "the files this job sent");
         let files: Vec<String> = media.iter().map(|m| m.path.display().to_string()).collect();
         let names: Vec<&str> = media.iter().map(|m| m.name.as_str()).collect();
         params.insert("files".into(), json!(files));
         let output = self
-            .run_builtin(adapter, SCHEDULE_POST, &params, "post", !payload.dry_run, payload.dry_run, hub_cap, deadline)
+            .run_builtin(
+                adapter,
+                &uploads,
+                SCHEDULE_POST,
+                &params,
+                "post",
+                !payload.dry_run,
+                payload.dry_run,
+                hub_cap,
+                deadline,
+            )
             .await;
         let _ = std::fs::remove_dir_all(&media_dir);
         let output = output?;
@@ -777,26 +802,39 @@ impl BrowserRuntime {
         &self,
         payload: &BrowserJobPayload,
         adapter: &Adapter,
+        uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
     ) -> Result<(Value, Option<Value>), BrowserError> {
         // Scraping has no final submit to skip: a dry run loads the same pages, so it spends
         // its token too.
         let output = self
-            .run_builtin(adapter, SCRAPE_SUBS, &payload.params, "scrape", true, payload.dry_run, hub_cap, deadline)
+            .run_builtin(
+                adapter,
+                uploads,
+                SCRAPE_SUBS,
+                &payload.params,
+                "scrape",
+                true,
+                payload.dry_run,
+                hub_cap,
+                deadline,
+            )
             .await?;
         let subscribers = output.vars.get("subscribers").cloned().unwrap_or_else(|| json!([]));
         let count = subscribers.as_array().map_or(0, Vec::len);
         Ok((json!({ "subscribers": subscribers, "count": count, "pages": output.pages }), None))
     }
 
-    /// Runs any flow (a bundle's flow document) with the same session, guard and pacing.
+    /// Runs any flow (a bundle's flow document) with the same session, guard, pacing and
+    /// confinement; `uploads` are the folders its files may come from (the bundle's own).
     pub async fn run_flow_document(
         &self,
         adapter: &Adapter,
         flow: &Flow,
         params: &Map<String, Value>,
         dry_run: bool,
+        uploads: &Uploads,
     ) -> Result<Value, BrowserError> {
         adapter.validate()?;
         flow.validate()?;
@@ -807,7 +845,7 @@ impl BrowserRuntime {
         if !dry_run {
             self.take_token("flow", self.inner.settings.caps.effective("flow", None), deadline).await?;
         }
-        let options = self.options(dry_run);
+        let options = self.options(dry_run, uploads);
         let outcome = self
             .with_page(adapter, |driver| async move { run_flow(&driver, adapter, flow, params, &options).await })
             .await;
@@ -840,6 +878,15 @@ impl BrowserRuntime {
                 adapter.name
             ))
         })?;
+        // The window opens nothing but a login page of the adapter's own origins.
+        let origins = Origins::of(adapter)?;
+        let url = adapter.absolute(adapter.urls.get("login").map(String::as_str).unwrap_or("/"))?;
+        origins.check(&url).map_err(|e| match e {
+            BrowserError::NotAllowed(why) => {
+                BrowserError::NotAllowed(format!("login page of {:?}: {why}", adapter.name))
+            }
+            other => other,
+        })?;
         let executable = self.inner.executable.clone().map_err(BrowserError::NotInstalled)?;
         let launch = BrowserLaunch {
             executable,
@@ -847,15 +894,14 @@ impl BrowserRuntime {
             headful,
         };
         let args = launch.args();
-        let warm = WarmBrowser::new(launch);
+        let warm = WarmBrowser::for_person(launch);
         let result = async {
-            let context = warm.new_context().await?;
+            let context = warm.new_context(origins).await?;
             let driver = Driver::new(context.page.clone()).await?;
             let previous = self.load_state(&adapter.name);
             if let Some(state) = &previous {
                 session::restore(&driver, state).await?;
             }
-            let url = adapter.absolute(adapter.urls.get("login").map(String::as_str).unwrap_or("/"))?;
             driver.goto(&url, Duration::from_millis(adapter.settings.timeout_ms)).await?;
             tracing::info!(site = %adapter.name, "waiting for the person to log in");
             driver.wait_for(&marker, 0, crate::locator::WaitState::Visible, timeout, false).await?;
@@ -946,11 +992,16 @@ pub struct MediaFile {
 
 /// `params.media`: `[{"name": "a.jpg", "base64": "…"}]`, each written to `dir/<n>/<name>` (a
 /// folder per file, so the site receives the file's own name); and `params.mediaPaths`:
-/// files already on this machine, uploaded from where they are. Two files of one post with
+/// files already on this machine, uploaded from where they are when `uploads` allows them
+/// (the person's uploads folder, the job's bundle: see [`Uploads::resolve`]). Two files of one post with
 /// the same name (ignoring case) would look like one file to a site that keys uploads by
 /// name, so the later ones reach it as `name (2).ext`, `name (3).ext`, as a browser names a
 /// second download of the same file; the result's `mediaNames` lists the names sent.
-pub fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> Result<Vec<MediaFile>, BrowserError> {
+pub fn materialize_media(
+    params: &Map<String, Value>,
+    dir: &std::path::Path,
+    uploads: &Uploads,
+) -> Result<Vec<MediaFile>, BrowserError> {
     let mut out: Vec<MediaFile> = Vec::new();
     let mut names = TakenNames::default();
     let list = |key: &str| -> Result<Vec<Value>, BrowserError> {
@@ -1004,22 +1055,26 @@ pub fn materialize_media(params: &Map<String, Value>, dir: &std::path::Path) -> 
                 crate::flow::json_kind(item)
             )));
         };
-        let path = std::path::Path::new(path);
-        if !path.is_file() {
-            return Err(BrowserError::BadFlow(format!("mediaPaths[{i}]: no file {:?}", path.display().to_string())));
-        }
-        let own = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let resolved = uploads.resolve(path).map_err(|e| match e {
+            BrowserError::NotAllowed(why) => BrowserError::NotAllowed(format!("mediaPaths[{i}]: {why}")),
+            BrowserError::BadFlow(_) => {
+                BrowserError::BadFlow(format!("mediaPaths[{i}]: no file {path:?} in {}", uploads.describe()))
+            }
+            other => other,
+        })?;
+        // The site receives the name the job gave, even when that was a link to another file.
+        let own = std::path::Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = names.claim(&own);
-        if name == own {
-            out.push(MediaFile { path: path.to_path_buf(), name });
+        if resolved.file_name().is_some_and(|n| n.to_string_lossy() == name) {
+            out.push(MediaFile { path: resolved, name });
             continue;
         }
-        // Same name as an earlier file: a link (else a copy) under the new name.
+        // Another name (repeated, or the link's): a link (else a copy) under the new name.
         let folder = dir.join(out.len().to_string());
         std::fs::create_dir_all(&folder)?;
         let renamed = folder.join(&name);
-        if std::fs::hard_link(path, &renamed).is_err() {
-            std::fs::copy(path, &renamed)?;
+        if std::fs::hard_link(&resolved, &renamed).is_err() {
+            std::fs::copy(&resolved, &renamed)?;
         }
         out.push(MediaFile { path: renamed, name });
     }
@@ -1121,7 +1176,8 @@ mod tests {
                       {"name": "clips/intro.mp4", "base64": b64(b"three")}, {"base64": b64(b"four")}],
             "mediaPaths": [a, b]
         });
-        let media = materialize_media(params.as_object().unwrap(), dir.path()).unwrap();
+        let uploads = Uploads::none().allow(elsewhere.path(), "the uploads folder");
+        let media = materialize_media(params.as_object().unwrap(), dir.path(), &uploads).unwrap();
         let names: Vec<&str> = media.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["teaser.png", "Teaser (2).png", "intro.mp4", "media-4.bin", "cover.jpg", "cover (2).jpg"]);
         for m in &media {
@@ -1141,11 +1197,21 @@ mod tests {
             (json!({"media": {"name": "a.png"}}), "`params.media` must be a list"),
             (json!({"media": ["teaser.png"]}), "media[0] must be an object such as {\"name\": \"teaser.png\""),
             (json!({"mediaPaths": [3]}), "mediaPaths[0] must be a file path string"),
-            (json!({"mediaPaths": ["/no/such/file.png"]}), "mediaPaths[0]: no file"),
+            (
+                json!({"mediaPaths": ["a/missing.png"]}),
+                "mediaPaths[0]: no file \"a/missing.png\" in the uploads folder",
+            ),
+            // Outside the uploads folder: refused, and whether the file exists is not said.
+            (json!({"mediaPaths": ["/etc/passwd"]}), "mediaPaths[0]: upload refused: \"/etc/passwd\" is not inside"),
+            (json!({"mediaPaths": ["/no/such/file.png"]}), "mediaPaths[0]: upload refused"),
+            (json!({"mediaPaths": ["../a/cover.jpg"]}), "contains `..`"),
         ] {
-            let message = materialize_media(bad.as_object().unwrap(), dir.path()).unwrap_err().to_string();
+            let message = materialize_media(bad.as_object().unwrap(), dir.path(), &uploads).unwrap_err().to_string();
             assert!(message.contains(needle), "{bad}: {message}");
         }
+        // Without an uploads folder no file of the machine is taken.
+        let none = materialize_media(json!({"mediaPaths": [a]}).as_object().unwrap(), dir.path(), &Uploads::none());
+        assert_eq!(none.unwrap_err().code().as_str(), "POLICY_VIOLATION");
     }
 
     #[test]

@@ -7,7 +7,12 @@
 //!
 //! A second skin under `/alt/` has other URLs and markup for the same DM feature, and a
 //! scheduler whose time-zone control is a text field, to prove a flow moves to another site
-//! by changing only the adapter. It must never bind anything but loopback.
+//! by changing only the adapter.
+//!
+//! Hostile pages under `/hostile/` try to leave the site the way a page can on its own (a
+//! script assigning `location`, an iframe, a popup, a form posting elsewhere, a redirect, a
+//! download, a file chooser), for the confinement tests. It must never bind anything but
+//! loopback.
 
 use crate::flow::{parse_adapter, Adapter};
 use axum::extract::{Form, Multipart, Path, Query, State};
@@ -62,6 +67,8 @@ struct SiteState {
     send_delay: Duration,
     /// The scheduler's preselected zone; `None`: [`DEFAULT_ZONE`].
     time_zone: Option<String>,
+    /// Requests that reached `/landing` (where hostile pages try to take the browser).
+    landings: u32,
 }
 
 /// A running site. Dropping it does not stop the server thread (it ends with the process).
@@ -419,6 +426,55 @@ async fn alt_send(
     StatusCode::OK
 }
 
+#[derive(serde::Deserialize, Default)]
+struct HostileQuery {
+    to: Option<String>,
+}
+
+/// A page that tries to take the browser to `?to=URL` by itself (see the module docs); the
+/// element a flow clicks, when one is needed, is `#go`. Each page shows `#hostile`.
+async fn hostile(Path(kind): Path<String>, Query(q): Query<HostileQuery>) -> Response {
+    let to = q.to.unwrap_or_else(|| "about:blank".to_owned());
+    let attr = esc(&to);
+    let js = serde_json::to_string(&to).unwrap_or_default();
+    let body = match kind.as_str() {
+        "assign" => format!("<script>setTimeout(() => {{ location.href = {js}; }}, 50);</script>"),
+        "iframe" => format!("<iframe id=frame src=\"{attr}\"></iframe>"),
+        "link-popup" => format!("<a id=go href=\"{attr}\" target=_blank>open</a>"),
+        "window-open" => format!("<button id=go onclick='window.open({js})'>open</button>"),
+        "form" => {
+            format!("<form method=post action=\"{attr}\"><input name=note value=x><button id=go>send</button></form>")
+        }
+        "redirect" => return Redirect::temporary(&to).into_response(),
+        "download" => "<a id=go href=/hostile-file/secret.txt download>get</a>".to_owned(),
+        "file-chooser" => {
+            "<input type=file id=pick><button id=go onclick=\"document.querySelector('#pick').click()\">pick</button>"
+                .to_owned()
+        }
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    page("Hostile", &format!("<p id=hostile>{}</p>{body}", esc(&kind))).into_response()
+}
+
+/// A file the site serves as an attachment (a download).
+async fn hostile_file(Path(name): Path<String>) -> Response {
+    (
+        [
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{}\"", esc(&name))),
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+        ],
+        "downloaded bytes",
+    )
+        .into_response()
+}
+
+/// Where a hostile page tries to go: `#landed` shows the browser got there, and the site
+/// counts every request that arrived ([`Site::landings`]).
+async fn landing(State(state): State<Shared>) -> Html<String> {
+    lock(&state).landings += 1;
+    page("Landed", "<p id=landed>landed</p>")
+}
+
 impl Site {
     /// Serves on a free loopback port from its own thread and runtime, so sync and async
     /// tests can both use it.
@@ -437,6 +493,9 @@ impl Site {
             .route("/alt/inbox/{to}", get(alt_inbox))
             .route("/alt/api/send", post(alt_send))
             .route("/alt/posts/new", get(alt_scheduler))
+            .route("/hostile/{kind}", get(hostile))
+            .route("/hostile-file/{name}", get(hostile_file))
+            .route("/landing", get(landing).post(landing))
             .with_state(Arc::clone(&state));
         std::thread::Builder::new().name("test-site".into()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
@@ -557,6 +616,12 @@ settings:
 
     pub fn logins(&self) -> u32 {
         lock(&self.state).logins
+    }
+
+    /// Requests that reached `/landing`: zero when every hostile page was stopped before its
+    /// request left the browser.
+    pub fn landings(&self) -> u32 {
+        lock(&self.state).landings
     }
 
     pub fn rate_limited_count(&self) -> u32 {

@@ -7,6 +7,7 @@
 //! written. One test function, so one warm browser serves every scenario.
 
 use base64::Engine;
+use edge_browser::confine::Uploads;
 use edge_browser::flow::{parse_adapter, Adapter, Flow};
 use edge_browser::locator::Cadence;
 use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
@@ -90,8 +91,15 @@ async fn adapters_written_from_the_docs_in_real_chromium() {
     // The site's own zone (Tokyo) is neither the adapter's (New York) nor the job's (Paris):
     // the flow sets the site's control, so the post lands at 18:30 Paris = 12:30 New York.
     site.set_time_zone("Asia/Tokyo");
-    let out =
-        runtime.run_job("schedule_post", "tz_1", &payload(json!({"adapter": {}, "params": at_paris})), &adapter).await;
+    let out = runtime
+        .run_job(
+            "schedule_post",
+            "tz_1",
+            &payload(json!({"adapter": {}, "params": at_paris})),
+            &adapter,
+            &Uploads::none(),
+        )
+        .await;
     let data = out.result.unwrap();
     assert_eq!(data["siteTimeZone"], json!("America/New_York"));
     let post = site.posts().pop().unwrap();
@@ -102,8 +110,15 @@ async fn adapters_written_from_the_docs_in_real_chromium() {
     let job_zone = adapter_with(&site, |a| {
         a["settings"].as_object_mut().unwrap().remove("timeZone");
     });
-    let out =
-        runtime.run_job("schedule_post", "tz_2", &payload(json!({"adapter": {}, "params": at_paris})), &job_zone).await;
+    let out = runtime
+        .run_job(
+            "schedule_post",
+            "tz_2",
+            &payload(json!({"adapter": {}, "params": at_paris})),
+            &job_zone,
+            &Uploads::none(),
+        )
+        .await;
     assert_eq!(out.result.unwrap()["siteTimeZone"], json!("Europe/Paris"));
     let post = site.posts().pop().unwrap();
     assert_eq!((post.time.as_str(), post.zone.as_str()), ("18:30", "Europe/Paris"));
@@ -116,6 +131,7 @@ async fn adapters_written_from_the_docs_in_real_chromium() {
             "tz_3",
             &payload(json!({"adapter": {}, "params": {"text": "x", "at": "2031-07-01T18:30", "timeZone": "Australia/Perth"}})),
             &job_zone,
+            &Uploads::none(),
         )
         .await;
     assert_eq!(code(&out), "BAD_PAYLOAD");
@@ -128,8 +144,15 @@ async fn adapters_written_from_the_docs_in_real_chromium() {
         a["settings"].as_object_mut().unwrap().remove("timeZone");
         a["selectors"].as_object_mut().unwrap().remove("timeZoneInput");
     });
-    let out =
-        runtime.run_job("schedule_post", "tz_4", &payload(json!({"adapter": {}, "params": at_paris})), &blind).await;
+    let out = runtime
+        .run_job(
+            "schedule_post",
+            "tz_4",
+            &payload(json!({"adapter": {}, "params": at_paris})),
+            &blind,
+            &Uploads::none(),
+        )
+        .await;
     assert_eq!(code(&out), "BAD_PAYLOAD");
     let message = out.result.unwrap_err().message.unwrap();
     assert!(message.contains("selectors.timeZoneInput") && message.contains("settings.timeZone"), "{message}");
@@ -163,6 +186,7 @@ selectors:
             "tz_5",
             &payload(json!({"adapter": {}, "params": {"text": "Morning", "at": "2031-07-02T09:15", "timeZone": "America/Los_Angeles"}})),
             &alt,
+            &Uploads::none(),
         )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
@@ -188,6 +212,8 @@ selectors:
                 "media": [{"name": "teaser.png", "base64": b64(b"png bytes")}, {"name": "clips/intro.mp4", "base64": b64(b"mp4")}],
                 "mediaPaths": paths}})),
             &adapter,
+            // The folders are the person's uploads folder.
+            &Uploads::none().allow(folders.path(), "the uploads folder"),
         )
         .await;
     let data = out.result.unwrap();
@@ -211,17 +237,22 @@ selectors:
     };
     let media = json!({"adapter": {}, "dryRun": true, "params": {"text": "x", "at": "2031-07-01T18:30", "timeZone": "Europe/Paris",
         "media": [{"name": "a.png", "base64": b64(b"a")}, {"name": "b.png", "base64": b64(b"b")}]}});
-    let out =
-        runtime.run_job("schedule_post", "files_1", &payload(media), &own_flow("\"/tmp/{{params.files}}\"")).await;
+    let out = runtime
+        .run_job("schedule_post", "files_1", &payload(media), &own_flow("\"/tmp/{{params.files}}\""), &Uploads::none())
+        .await;
     assert_eq!(code(&out), "BAD_PAYLOAD");
     let message = out.result.unwrap_err().message.unwrap();
-    assert!(message.contains("no file") && message.contains(r#"files: "{{params.files}}""#), "{message}");
+    assert!(
+        message.contains("is a list inside other text") && message.contains(r#"files: "{{params.files}}""#),
+        "{message}"
+    );
     let out = runtime
         .run_job(
             "schedule_post",
             "files_3",
             &payload(json!({"adapter": {}, "dryRun": true, "params": {"text": "x", "at": "2031-07-01T18:30", "timeZone": "Europe/Paris", "count": 3}})),
             &own_flow("\"{{params.count}}\""),
+            &Uploads::none(),
         )
         .await;
     assert_eq!(code(&out), "BAD_PAYLOAD");
@@ -244,6 +275,7 @@ selectors:
             &payload(json!({"adapter": {}, "params": {"text": "Override", "at": "2031-07-03T20:00", "timeZone": "Europe/Paris",
                 "media": [{"name": "teaser.png", "base64": b64(b"png")}]}})),
             &overridden,
+            &Uploads::none(),
         )
         .await;
     let data = out.result.unwrap();
@@ -260,7 +292,7 @@ selectors:
     for job in ["send_dm", "broadcast_dm", "schedule_post", "scrape_subs"] {
         let mut example: Value = serde_json::from_str(&block(&doc, &format!("payload {job}"))).unwrap();
         example["adapter"] = json!({});
-        let out = runtime.run_job(job, &format!("doc_{job}"), &payload(example), &adapter).await;
+        let out = runtime.run_job(job, &format!("doc_{job}"), &payload(example), &adapter, &Uploads::none()).await;
         assert!(out.result.is_ok(), "the doc's {job} example: {:?}", out.result);
     }
     assert_eq!(site.messages_to("@ann").len(), 2);

@@ -5,6 +5,7 @@
 
 use base64::Engine;
 use edge_browser::checkpoint::{CheckpointStore, Progress};
+use edge_browser::confine::Uploads;
 use edge_browser::locator::Cadence;
 use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
 use edge_browser::session::SessionKey;
@@ -80,6 +81,7 @@ async fn flows_in_real_chromium() {
             "job_1",
             &payload(json!({"adapter": adapter_json, "recipient": "ann", "params": {"text": "hi"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert_eq!(code(&out), "LOGIN_REQUIRED", "{:?}", out.result);
@@ -111,6 +113,7 @@ async fn flows_in_real_chromium() {
             "job_2",
             &payload(json!({"adapter": {}, "recipient": "Ann", "params": {"text": text}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert_eq!(out.result.as_ref().unwrap()["sentRecipients"], json!(["Ann"]));
@@ -123,6 +126,7 @@ async fn flows_in_real_chromium() {
             "job_3",
             &payload(json!({"adapter": {}, "recipient": "bob", "dryRun": true, "params": {"text": "not sent"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     let data = out.result.unwrap();
@@ -141,6 +145,7 @@ async fn flows_in_real_chromium() {
             "job_4",
             &payload(json!({"adapter": {}, "recipient": "cy", "params": {"text": "via alt"}})),
             &alt,
+            &Uploads::none(),
         )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
@@ -155,6 +160,7 @@ async fn flows_in_real_chromium() {
             &payload(json!({"adapter": {}, "params": {"text": "New set tonight", "at": "2031-07-01T18:30", "timeZone": "Europe/Paris",
                 "media": [{"name": "teaser.png", "base64": png}]}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     let data = out.result.unwrap();
@@ -167,22 +173,29 @@ async fn flows_in_real_chromium() {
     assert_eq!(posts[0].text, "New set tonight");
 
     // scrape_subs: three pages into structured rows.
-    let out = runtime.run_job("scrape_subs", "job_6", &payload(json!({"adapter": {}})), &adapter).await;
+    let out =
+        runtime.run_job("scrape_subs", "job_6", &payload(json!({"adapter": {}})), &adapter, &Uploads::none()).await;
     let data = out.result.unwrap();
     assert_eq!(data["count"], json!(25));
     assert_eq!(data["pages"], json!(3));
     assert_eq!(data["subscribers"][24], json!({"name": "Fan 24", "handle": "@fan24", "since": "2024-01-25"}));
     let out = runtime
-        .run_job("scrape_subs", "job_6b", &payload(json!({"adapter": {}, "params": {"maxPages": 2}})), &adapter)
+        .run_job(
+            "scrape_subs",
+            "job_6b",
+            &payload(json!({"adapter": {}, "params": {"maxPages": 2}})),
+            &adapter,
+            &Uploads::none(),
+        )
         .await;
     assert_eq!(out.result.unwrap()["count"], json!(20));
 
     // broadcast_dm: each recipient once; the same job again sends nothing more.
     let fans: Vec<String> = (1..=5).map(|i| format!("fan{i}")).collect();
     let job = json!({"adapter": {}, "recipients": fans, "params": {"text": "Broadcast one"}});
-    let out = runtime.run_job("broadcast_dm", "job_7", &payload(job.clone()), &adapter).await;
+    let out = runtime.run_job("broadcast_dm", "job_7", &payload(job.clone()), &adapter, &Uploads::none()).await;
     assert_eq!(out.result.as_ref().unwrap()["count"], json!(5), "{:?}", out.result);
-    let again = runtime.run_job("broadcast_dm", "job_7", &payload(job), &adapter).await;
+    let again = runtime.run_job("broadcast_dm", "job_7", &payload(job), &adapter, &Uploads::none()).await;
     assert_eq!(again.result.as_ref().unwrap()["alreadySent"].as_array().unwrap().len(), 5);
     assert!(site.counts_of(&fans).values().all(|n| *n == 1), "{:?}", site.counts_of(&fans));
 
@@ -201,6 +214,7 @@ async fn flows_in_real_chromium() {
             "job_8a",
             &payload(json!({"adapter": {}, "recipient": "hal", "params": {"text": "Resumed"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert!(hal.result.is_ok());
@@ -212,6 +226,7 @@ async fn flows_in_real_chromium() {
                 json!({"adapter": {}, "recipients": crash, "idemKey": "crash-key", "params": {"text": "Resumed"}}),
             ),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     let data = out.result.unwrap();
@@ -227,6 +242,7 @@ async fn flows_in_real_chromium() {
             "job_9",
             &payload(json!({"adapter": {}, "recipient": "jo", "params": {"text": "BLOCKME"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert_eq!(code(&out), "CONTENT_BLOCKED");
@@ -236,6 +252,7 @@ async fn flows_in_real_chromium() {
             "job_10",
             &payload(json!({"adapter": {}, "recipient": "jo", "params": {"text": "POLICYME"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert_eq!(code(&out), "POLICY_VIOLATION");
@@ -249,6 +266,7 @@ async fn flows_in_real_chromium() {
             "job_11",
             &payload(json!({"adapter": {}, "recipient": "kim", "params": {"text": "after restart"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
@@ -273,6 +291,7 @@ async fn flows_in_real_chromium() {
             "job_12",
             &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "too fast"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert_eq!(code(&out), "RATE_LIMITED");
@@ -287,6 +306,7 @@ async fn flows_in_real_chromium() {
             "job_13",
             &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "too fast"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert_eq!(code(&out), "RATE_LIMITED");
@@ -297,7 +317,8 @@ async fn flows_in_real_chromium() {
     );
     assert!(runtime.status().circuit_open_until_ms.is_some());
     site.set_rate_limit(None);
-    let out = runtime.run_job("scrape_subs", "job_14", &payload(json!({"adapter": {}})), &adapter).await;
+    let out =
+        runtime.run_job("scrape_subs", "job_14", &payload(json!({"adapter": {}})), &adapter, &Uploads::none()).await;
     assert_eq!(code(&out), "RATE_LIMITED", "circuit open refuses every browser job");
     assert!(out.result.unwrap_err().message.unwrap().contains("circuit breaker"));
     // The cool-down (2 s) ends by itself: wait for the event that says so.
@@ -315,14 +336,15 @@ async fn flows_in_real_chromium() {
             "job_15",
             &payload(json!({"adapter": {}, "recipient": "lu", "params": {"text": "calm now"}})),
             &adapter,
+            &Uploads::none(),
         )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
 
     // Token bucket: a job that cannot get budget before its deadline fails with retryAfterMs.
     let tight = json!({"adapter": {}, "recipient": "mo", "params": {"text": "x"}, "limits": {"perHour": 1, "burst": 1}, "deadlineMs": edge_browser::now_ms() + 500});
-    let first = runtime.run_job("send_dm", "job_16", &payload(tight.clone()), &adapter).await;
-    let second = runtime.run_job("send_dm", "job_17", &payload(tight), &adapter).await;
+    let first = runtime.run_job("send_dm", "job_16", &payload(tight.clone()), &adapter, &Uploads::none()).await;
+    let second = runtime.run_job("send_dm", "job_17", &payload(tight), &adapter, &Uploads::none()).await;
     let codes = (code(&first), code(&second));
     assert!(codes.1 == "RATE_LIMITED", "{codes:?}");
     assert!(second.result.unwrap_err().retry_after_ms.unwrap() > 60_000);
@@ -332,7 +354,13 @@ async fn flows_in_real_chromium() {
     runtime.shutdown().await;
     let restarted = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey(Some(key))), events.clone());
     let out = restarted
-        .run_job("scrape_subs", "job_18", &payload(json!({"adapter": {}, "params": {"maxPages": 1}})), &adapter)
+        .run_job(
+            "scrape_subs",
+            "job_18",
+            &payload(json!({"adapter": {}, "params": {"maxPages": 1}})),
+            &adapter,
+            &Uploads::none(),
+        )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
     assert_eq!(site.logins(), logins);

@@ -106,9 +106,10 @@ pub const BROWSER_JOB_TYPES: [&str; 4] = [SEND_DM, BROADCAST_DM, SCHEDULE_POST, 
 /// The browser job types that message people (checked against the hub's dedupe ledger).
 pub const MESSAGE_JOB_TYPES: [&str; 2] = [SEND_DM, BROADCAST_DM];
 
-/// Payload of the browser job types. `adapter` is either an inline site adapter (see
-/// `docs/flows.md`) or a reference to one in a bundle of the agent's tenant:
-/// `{"bundle": "name", "version": "latest", "path": "adapter.yaml"}`.
+/// Payload of the browser job types. `adapter` is a reference to a site adapter in a bundle
+/// of the agent's tenant (`{"bundle": "name", "version": "latest", "path": "adapter.yaml"}`),
+/// one of the person's local adapters (`{"local": "name"}`), or an inline site adapter (see
+/// `docs/flows.md`), which an agent takes only when its person allowed inline adapters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrowserJobPayload {

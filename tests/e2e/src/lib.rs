@@ -489,6 +489,16 @@ impl Agent {
         Ok((out.status.success(), text))
     }
 
+    /// Puts a site adapter into the person's adapters folder (`<data dir>/adapters/NAME.yaml`),
+    /// as a person copies a file there; jobs then name it `{"local": NAME}`.
+    pub fn install_adapter(&self, name: &str, yaml: &str) -> Result<PathBuf> {
+        let dir = self.data_dir.join("adapters");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml)?;
+        Ok(path)
+    }
+
     /// Starts `edge-agent run` in the background.
     pub fn run(&mut self, extra_args: &[&str]) -> Result<()> {
         self.spawn_run(extra_args, &[], None)

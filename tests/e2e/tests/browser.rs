@@ -8,7 +8,10 @@
 //! status --json` shows. `edge-agent status` and `edge-agent browser status`, text and JSON,
 //! agree on the sites needing a login at every step (also right after a login made from
 //! another process while the agent runs) and print the circuit breaker's end as a local
-//! RFC 3339 time, not epoch milliseconds.
+//! RFC 3339 time, not epoch milliseconds. The first agent's jobs name the site adapter its
+//! person put in their adapters folder (`{"local": "fanhub"}`); the second agent's person
+//! turned inline adapters on (`edge-agent settings inline-adapters on`) and its jobs carry
+//! the adapter itself.
 
 use anyhow::Context;
 use edge_browser::testsite::Site;
@@ -93,10 +96,12 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token("creator-b")?)?;
+    agent.install_adapter("fanhub", &site.adapter_yaml())?;
     let env = agent_env();
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))?;
-    let adapter: Value = serde_json::to_value(site.adapter())?;
+    let adapter = json!({"local": "fanhub"});
+    let site_name = json!(site.adapter().name);
 
     // Logged out: LOGIN_REQUIRED (fatal, not retried).
     let done = hub.run_job(
@@ -106,8 +111,8 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
         Duration::from_secs(60),
     )?;
     assert_eq!(done["error"]["code"], json!("LOGIN_REQUIRED"), "{done}");
-    assert_eq!(login_required(&agent)?, json!([adapter["name"]]));
-    assert_eq!(sites_needing_login(&agent)?, json!([adapter["name"]]));
+    assert_eq!(login_required(&agent)?, json!([site_name]));
+    assert_eq!(sites_needing_login(&agent)?, json!([site_name]));
 
     // The login command in a window, then the retry succeeds.
     let mut login_adapter = site.adapter();
@@ -116,6 +121,9 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     std::fs::write(&adapter_file, serde_json::to_vec(&login_adapter)?)?;
     let out = browser_login(&agent, &xvfb, &adapter_file)?;
     assert!(out.contains("\"savedEncrypted\":true"), "{out}");
+    // What opened was shown first: the adapter file and the site's origin.
+    let shown = format!("adapter: the local file {}", std::fs::canonicalize(&adapter_file)?.display());
+    assert!(out.contains(&shown) && out.contains(&format!("opens:   {} (its login page)", site.base_url)), "{out}");
     // The login was made by another process; both status commands know at once.
     assert_eq!(sites_needing_login(&agent)?, json!([]));
     let done = hub.run_job(
@@ -170,6 +178,9 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-b-{}", std::process::id()), "auto", &dir.path().join("agent-b"));
     agent.login(&hub.url, &hub.enroll_token("creator-c")?)?;
+    let (ok, out) = agent.oneshot(&["settings", "inline-adapters", "on"])?;
+    assert!(ok && out.contains("inline adapters: on"), "{out}");
+    let adapter: Value = serde_json::to_value(site.adapter())?;
     browser_login(&agent, &xvfb, &adapter_file)?;
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))?;

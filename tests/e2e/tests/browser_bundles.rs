@@ -4,7 +4,8 @@
 //! verifies, downloads and unpacks it and:
 //! - runs its flow document through the `browser` bundle runtime for a `bundle` job (`args`
 //!   become flow parameters; `dryRun=true` sends nothing);
-//! - loads a browser job's adapter from it (`{"bundle","version","path"}`).
+//! - loads a browser job's adapter from it (`{"bundle","version","path"}`), after which
+//!   `edge-agent browser login --site NAME` opens that site and says it comes from the bundle.
 
 use anyhow::{Context, Result};
 use edge_browser::testsite::Site;
@@ -111,6 +112,17 @@ fn a_signed_browser_bundle_runs_its_flow_and_lends_its_adapter() -> Result<()> {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["result"]["sentRecipients"], json!(["adapterfan"]), "{done}");
     assert_eq!(site.messages_to("adapterfan"), vec!["adapter from a bundle".to_owned()]);
+
+    // `browser login --site fanhub` now finds the site through that signed bundle and says
+    // so, with the origin it opens, before it opens anything (the bundle's login page waits
+    // for a person, so this one gives up at once).
+    let (ok, out) = agent.oneshot(&["browser", "login", "--site", "fanhub", "--headless", "--timeout-secs", "1"])?;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("adapter: adapter.yaml of the signed bundle fanhub-flows 1.0.0 (tenant {CREATOR})"))
+            && out.contains(&format!("opens:   {} (its login page)", site.base_url)),
+        "{out}"
+    );
 
     // A path outside the bundle is refused before anything runs.
     let done = finish(hub.submit_job(

@@ -590,8 +590,17 @@ async fn run_browser_flow(
             }
         }
     }
-    let output =
-        browser.run_flow_document(&adapter, &flow, &params, dry_run).await.map_err(|e| (e.to_job_error(), None))?;
+    // The flow may upload the bundle's own files and those of the person's uploads folder.
+    let settings = crate::local_settings::LocalSettings::load(&ctx.data_dir)
+        .map_err(|e| (JobError::new(ErrorCode::Internal, e.to_string()), None))?;
+    let mut uploads = edge_browser::confine::Uploads::none().allow(bundle_dir, "the job's bundle");
+    if let Some(folder) = &settings.uploads_dir {
+        uploads = uploads.allow(folder, "the uploads folder");
+    }
+    let output = browser
+        .run_flow_document(&adapter, &flow, &params, dry_run, &uploads)
+        .await
+        .map_err(|e| (e.to_job_error(), None))?;
     let stdout = serde_json::to_string_pretty(&output).unwrap_or_default();
     let data = BundleRunData {
         run_id: run_id.to_owned(),
