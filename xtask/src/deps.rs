@@ -70,14 +70,14 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let command = format!("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y {}", missing.join(" "));
+    let command = format!("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}", missing.join(" "));
     if !is_root() {
         bail!("missing Debian packages: {}\nrun as root:\n  {command}", missing.join(" "));
     }
     eprintln!("installing missing Debian packages: {}", missing.join(" "));
     checked(Command::new("apt-get").args(["update", "-qq"]))?;
     checked(
-        Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
 
