@@ -28,6 +28,7 @@ pub mod service;
 pub mod session;
 pub mod state;
 mod tls;
+pub mod trim;
 
 pub use credentials::{CredentialStore, Credentials, DeviceKey, MemoryCredentialStore};
 pub use error::AgentError;

@@ -291,6 +291,7 @@ async fn run(settings: AgentSettings) -> Result<ExitCode> {
         );
     }
     let mut events = service.subscribe();
+    tokio::spawn(trim_once_online(service.subscribe()));
     service.start()?;
     let stopped_by_itself = tokio::select! {
         _ = shutdown_signal() => None,
@@ -311,6 +312,28 @@ async fn run(settings: AgentSettings) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_ERROR))
         }
     }
+}
+
+/// Once the agent is online, gives back the memory that starting it needed and idling does
+/// not (see `edge_agent::trim`). Only the headless binary does this: its whole life after
+/// start is the idle loop, and a person's machine keeps it running for days.
+async fn trim_once_online(mut events: tokio::sync::broadcast::Receiver<AgentEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(AgentEvent::Connected { .. }) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+    // Let the first heartbeat round trip finish first: it is part of starting up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let trimmed = edge_agent::trim::after_startup();
+    tracing::debug!(
+        executable_bytes = trimmed.executable_bytes,
+        heap_released = trimmed.heap_released,
+        "gave back the memory startup needed"
+    );
 }
 
 enum LoopEnd {

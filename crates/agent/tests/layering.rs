@@ -14,6 +14,7 @@ fn src() -> PathBuf {
 const LAYERS: &[&str] = &[
     // Foundations: types and clients every room may use.
     "error",
+    "trim",
     "secret",
     "hub_url",
     "tls",
