@@ -325,15 +325,20 @@ async fn connect_all(
         .map(|(i, identity)| {
             let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(common.source_ips.max(1))) as u8);
             let url = format!("{ws_url}?token={}", identity.jwt);
-            async move { connect_one(&url, addr, source).await }
+            let (shared, stop, slots) = (shared.clone(), stop.clone(), common.slots);
+            // Each agent says hello as soon as its own socket is open, as a real agent does:
+            // a socket left silent past the hub's grace is served as a version 0 agent.
+            async move {
+                let ws = connect_one(&url, addr, source).await?;
+                anyhow::Ok(tokio::spawn(run_agent(ws, slots, shared, stop)))
+            }
         })
         .buffer_unordered(common.parallel)
         .collect::<Vec<_>>()
         .await;
     let mut tasks = Vec::with_capacity(total);
-    for connection in connections {
-        let ws = connection?;
-        tasks.push(tokio::spawn(run_agent(ws, common.slots, shared.clone(), stop.clone())));
+    for task in connections {
+        tasks.push(task?);
     }
     let deadline = Instant::now() + Duration::from_secs(common.hello_timeout_secs);
     while shared.connected.load(Ordering::Relaxed) < total as u64 {

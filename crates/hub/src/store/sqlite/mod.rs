@@ -350,7 +350,7 @@ mod tests {
         let before = std::fs::metadata(&path).unwrap().len();
         // Small groups back to back, like the job writer under load: the writes never pause
         // long enough for a passive checkpoint alone to let the WAL start over.
-        for group in 0..150 {
+        for group in 0..250 {
             let jobs: Vec<NewJob> = (0..40)
                 .map(|n| NewJob { payload: serde_json::json!({"text": "x".repeat(2000)}), ..job(group * 40 + n, now) })
                 .collect();
@@ -361,11 +361,14 @@ mod tests {
         checkpoints.await.unwrap();
         let written = std::fs::metadata(&path).unwrap().len() - before;
         let wal_size = std::fs::metadata(&wal).unwrap().len();
-        assert!(written > 12 << 20, "only {written} bytes reached the database file; the test wrote too little");
+        assert!(written > 18 << 20, "only {written} bytes reached the database file; the test wrote too little");
         // Without the restart the WAL would hold everything written (the writer's own
         // threshold, 32,000 pages, is never reached here).
+        // Compared with what was written, not with a fixed size: on a loaded machine a
+        // checkpoint's sync can take long enough for several megabytes to pile up before
+        // the restart, which is still the WAL starting over rather than growing.
         assert!(
-            wal_size < 4 << 20,
+            wal_size < written / 3,
             "the WAL grew to {wal_size} bytes while {written} were written: it never started over"
         );
         store.close().await;
