@@ -231,7 +231,8 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         hb_interval: Duration::from_secs(args.hb_interval_secs),
         jwt_ttl: Duration::from_secs(args.jwt_ttl_secs),
         jwt_secret,
-        bundle_dir: args.bundle_dir,
+        // An empty EDGE_HUB_BUNDLE_DIR means "not set", as `default_bundle_dir` reads it.
+        bundle_dir: args.bundle_dir.filter(|dir| !dir.as_os_str().is_empty()),
         queue: args.queue.queue(),
         job_types: args.queue.job_types()?,
         sync_timeout: Duration::from_secs(args.queue.sync_timeout_secs),
