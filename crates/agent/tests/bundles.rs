@@ -5,7 +5,8 @@
 //!
 //! Refusals, each with its error code, through verify → arch check → download → unpack:
 //! tampered target bytes, more bytes than the signed length, a foreign `cpu_arch` (refused
-//! before any target request), another tenant's bundle, an expired timestamp. Happy paths
+//! before any target request), another tenant's bundle, an expired timestamp, an archive
+//! the agent's unpack limits refuse (nothing left in the cache afterwards). Happy paths
 //! for the `shell`, `python` (a wheel from the bundle's wheelhouse, installed offline into
 //! the version's venv) and `exec` (a native binary compiled here with `cc`) runtimes.
 #![cfg(target_os = "linux")]
@@ -249,6 +250,54 @@ async fn more_bytes_than_the_signed_length_are_refused() {
     let code = code_of(f.run(json!({ "bundle": "report" })).await);
     assert_eq!(code, codes::BUNDLE_TOO_LARGE);
     assert!(!f.version_dir("report", "1.0.0").exists());
+    assert!(f.downloads().is_empty(), "{:?}", f.downloads());
+}
+
+/// Everything under `EdgeFlows/` (relative paths), to see what a job left behind.
+fn tree(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map(|d| d.filter_map(Result::ok).collect::<Vec<_>>()).unwrap_or_default() {
+            let path = entry.path();
+            found.push(path.strip_prefix(root).unwrap().display().to_string());
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn a_refused_unpack_leaves_no_download_and_no_empty_folders() {
+    let mut f = fixture(RepoOptions::default()).await;
+    // The hub signs with the default limits; this agent allows two entries only, so the
+    // signed, untampered bundle is refused at unpack, after its download.
+    f.ctx.unpack_limits.max_files = 2;
+    f.publish(
+        TENANT,
+        "report",
+        "1.0.0",
+        Runtime::Shell,
+        CpuArch::any(),
+        &[HELLO_SH, ("a.txt", b"a", false), ("b.txt", b"b", false)],
+    );
+    let root = cache::root(&f.ctx.data_dir);
+    let code = code_of(f.run(json!({ "bundle": "report" })).await);
+    assert_eq!(code, codes::ZIP_TOO_MANY_FILES);
+    assert_eq!(f.target_requests(), 1, "refused after the download, not before");
+    assert!(f.downloads().is_empty(), "the refused download is deleted: {:?}", f.downloads());
+    // `.downloads` itself may stay (the download area); no tenant, bundle or version folder.
+    assert_eq!(tree(&root), vec![".downloads".to_owned()], "left behind under {}", root.display());
+
+    // Control: with the default limits the same signed bundle unpacks and runs, so the
+    // refusal was the limit's, and the folders appear when a version is really installed.
+    f.ctx.unpack_limits = edge_bundle::unpack::UnpackLimits::default();
+    let data = f.run(json!({ "bundle": "report", "args": ["again"] })).await.unwrap();
+    assert_eq!(data["stdout"], "hello again\n", "{data}");
+    assert!(f.version_dir("report", "1.0.0").join("bundle").join("main.sh").is_file());
     assert!(f.downloads().is_empty(), "{:?}", f.downloads());
 }
 

@@ -70,6 +70,9 @@ pub enum RepoError {
     VersionExists(String),
     #[error("key problem: {0}")]
     Key(String),
+    /// The archive breaks a rule of the agent's safe unpack; carries the agent's own code.
+    #[error("{0}; an agent would refuse this bundle, so nothing was published")]
+    Unsafe(crate::unpack::UnpackError),
     #[error("another writer holds {0} (remove it if no edge-hub bundle command is running)")]
     Locked(PathBuf),
 }
@@ -467,6 +470,9 @@ impl Repo {
         } else {
             fs::copy(&request.source, &temporary).map_err(io(format!("cannot read {}", request.source.display())))?;
         }
+        // The agent's own checks and limits: signing an archive every agent refuses would
+        // only move the failure from the operator's terminal to every run.
+        crate::unpack::check_zip(&temporary, &crate::unpack::UnpackLimits::default()).map_err(RepoError::Unsafe)?;
         check_zip_has(&temporary, &entrypoint)?;
         let (length, sha256) = hash_file(&temporary)?;
         let target_name = bundle_ref.target_name();

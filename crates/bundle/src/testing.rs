@@ -98,3 +98,66 @@ pub fn rename_in_place(path: &Path, from: &str, to: &str) -> std::io::Result<()>
     }
     std::fs::write(path, bytes)
 }
+
+/// Writes a zip of `count` empty stored files named `f0000000`, `f0000001`…, byte by byte
+/// (the zip crate would need seconds and much memory for 200,000 entries). Above 65,535
+/// entries the end records are zip64, as every real tool writes them.
+pub fn write_many_empty_files(path: &Path, count: u32) -> std::io::Result<()> {
+    const DOS_DATE_1980_01_01: u16 = 0x21;
+    let mut local = Vec::with_capacity(count as usize * 38);
+    let mut central = Vec::with_capacity(count as usize * 54);
+    for i in 0..count {
+        let name = format!("f{i:07}");
+        let offset = u32::try_from(local.len()).map_err(std::io::Error::other)?;
+        local.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        local.extend_from_slice(&20u16.to_le_bytes()); // version needed
+        local.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // flags, method (stored), time
+        local.extend_from_slice(&DOS_DATE_1980_01_01.to_le_bytes());
+        local.extend_from_slice(&[0; 12]); // crc, compressed and uncompressed size
+        local.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes()); // extra length
+        local.extend_from_slice(name.as_bytes());
+
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes()); // version made by
+        central.extend_from_slice(&20u16.to_le_bytes()); // version needed
+        central.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // flags, method, time
+        central.extend_from_slice(&DOS_DATE_1980_01_01.to_le_bytes());
+        central.extend_from_slice(&[0; 12]); // crc, sizes
+        central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&[0; 12]); // extra, comment, disk, internal and external attributes
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name.as_bytes());
+    }
+    let directory_offset = local.len() as u64;
+    let directory_bytes = central.len() as u64;
+    let mut out = local;
+    out.extend_from_slice(&central);
+    drop(central);
+    let zip64 = count > 0xFFFE;
+    if zip64 {
+        let record_offset = out.len() as u64;
+        out.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+        out.extend_from_slice(&44u64.to_le_bytes()); // size of the rest of the record
+        out.extend_from_slice(&45u16.to_le_bytes()); // version made by
+        out.extend_from_slice(&45u16.to_le_bytes()); // version needed
+        out.extend_from_slice(&[0; 8]); // this disk, disk of the directory
+        out.extend_from_slice(&u64::from(count).to_le_bytes());
+        out.extend_from_slice(&u64::from(count).to_le_bytes());
+        out.extend_from_slice(&directory_bytes.to_le_bytes());
+        out.extend_from_slice(&directory_offset.to_le_bytes());
+        out.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // disk of the zip64 record
+        out.extend_from_slice(&record_offset.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes()); // disks in total
+    }
+    let short_count = if zip64 { 0xFFFF } else { count as u16 };
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // this disk, disk of the directory
+    out.extend_from_slice(&short_count.to_le_bytes());
+    out.extend_from_slice(&short_count.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(directory_bytes).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(directory_offset).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // comment length
+    std::fs::write(path, out)
+}

@@ -1,7 +1,10 @@
 //! Safe unzip of a verified bundle into an empty directory.
 //!
-//! Every entry of the central directory is checked before the first byte is written:
-//! absolute paths, `..`, symlinks, device files and other special entries, duplicates
+//! The end-of-central-directory record is read first, by hand: an archive that declares
+//! more entries than allowed, or a central directory bigger than allowed, is refused before
+//! the `zip` crate parses (and allocates for) a single entry, and that parse may then read
+//! only what the record declared. Every entry of the central directory is checked before the
+//! first byte is written: absolute paths, `..`, symlinks, device files and other special entries, duplicates
 //! (including case-only and file-versus-directory collisions), the file count, the declared
 //! total size and the compression ratio. While writing, actual sizes are counted again, so
 //! an entry that inflates past what it declared is stopped as a bomb. Only regular files may
@@ -13,6 +16,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
 pub struct UnpackLimits {
@@ -22,6 +27,9 @@ pub struct UnpackLimits {
     pub max_ratio: u64,
     /// Entries below this size may compress arbitrarily well (a small file of zeros is fine).
     pub ratio_floor_bytes: u64,
+    /// Largest central directory (the archive's table of entries), in bytes. It is parsed
+    /// into memory whole, so it is capped on its own: names and extra fields may be long.
+    pub max_directory_bytes: u64,
 }
 
 impl Default for UnpackLimits {
@@ -31,6 +39,8 @@ impl Default for UnpackLimits {
             max_total_bytes: 4 * 1024 * 1024 * 1024,
             max_ratio: 100,
             ratio_floor_bytes: 1024 * 1024,
+            // 10,000 entries with ~400-byte names and extras; 46 bytes is the smallest entry.
+            max_directory_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -65,30 +75,62 @@ struct Planned {
     declared: u64,
 }
 
-/// Unpacks `zip_path` into `dest`, which must not exist yet or be empty.
-pub fn unpack_zip(zip_path: &Path, dest: &Path, limits: &UnpackLimits) -> Result<UnpackReport, UnpackError> {
-    let file =
+/// What [`check_zip`] found in an archive that passed every check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Entries that will be created (files and directories).
+    pub entries: usize,
+    /// Sum of the sizes the entries declare.
+    pub declared_bytes: u64,
+}
+
+/// Runs every check of [`unpack_zip`] without writing anything: the hub calls it before it
+/// signs a bundle (`edge-hub bundle publish`), so an archive the agent would refuse is
+/// refused with the same code there.
+pub fn check_zip(zip_path: &Path, limits: &UnpackLimits) -> Result<CheckReport, UnpackError> {
+    let (_, plan) = open_checked(zip_path, limits)?;
+    Ok(CheckReport { entries: plan.len(), declared_bytes: plan.iter().map(|p| p.declared).sum() })
+}
+
+type Archive = zip::ZipArchive<Budgeted<std::io::BufReader<fs::File>>>;
+
+/// Opens the archive and plans every entry; refuses on the first unsafe one.
+fn open_checked(zip_path: &Path, limits: &UnpackLimits) -> Result<(Archive, Vec<Planned>), UnpackError> {
+    let mut file =
         fs::File::open(zip_path).map_err(|e| refuse(codes::ZIP_INVALID, format!("cannot open the bundle: {e}")))?;
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
+    let end = read_end_record(&mut file)?;
+    if end.entries > limits.max_files as u64 {
+        return Err(refuse(
+            codes::ZIP_TOO_MANY_FILES,
+            format!("the bundle has {} entries, more than the {} allowed", end.entries, limits.max_files),
+        ));
+    }
+    if end.directory_bytes > limits.max_directory_bytes {
+        return Err(refuse(
+            codes::ZIP_TOO_LARGE,
+            format!(
+                "the bundle's table of entries is {} bytes, more than the {} allowed",
+                end.directory_bytes, limits.max_directory_bytes
+            ),
+        ));
+    }
+    // The zip crate falls back to earlier end records when the last one does not parse, so a
+    // second, hidden directory could still be read: it may read only what the checked
+    // record declared (plus the tail it searches), after which reads fail.
+    let budget = Arc::new(AtomicU64::new(end.directory_bytes.saturating_add(PARSE_SLACK_BYTES)));
+    let reader = Budgeted { inner: std::io::BufReader::new(file), budget: Arc::clone(&budget) };
+    let mut archive = zip::ZipArchive::new(reader)
         .map_err(|e| refuse(codes::ZIP_INVALID, format!("the bundle is not a readable zip archive: {e}")))?;
+    budget.store(u64::MAX, Ordering::Relaxed);
     // The zip crate keeps one entry per name, so exact duplicates vanish from `archive`;
     // the end-of-central-directory record still counts them. Different tools pick different
     // copies of a duplicated name, so the bundle is ambiguous and refused.
-    if let Some(declared) = declared_entry_count(zip_path) {
-        if declared != archive.len() as u64 {
-            return Err(refuse(
-                codes::ZIP_DUPLICATE_ENTRY,
-                format!("the archive lists {declared} entries but only {} distinct names", archive.len()),
-            ));
-        }
-    }
-    if archive.len() > limits.max_files {
+    if end.entries != archive.len() as u64 {
         return Err(refuse(
-            codes::ZIP_TOO_MANY_FILES,
-            format!("the bundle has {} entries, more than the {} allowed", archive.len(), limits.max_files),
+            codes::ZIP_DUPLICATE_ENTRY,
+            format!("the archive lists {} entries but only {} distinct names", end.entries, archive.len()),
         ));
     }
-
     let mut plan = Vec::with_capacity(archive.len());
     let mut seen = HashSet::new();
     let mut dirs_needed = HashSet::new();
@@ -178,6 +220,12 @@ pub fn unpack_zip(zip_path: &Path, dest: &Path, limits: &UnpackLimits) -> Result
         }
     }
 
+    Ok((archive, plan))
+}
+
+/// Unpacks `zip_path` into `dest`, which must not exist yet or be empty.
+pub fn unpack_zip(zip_path: &Path, dest: &Path, limits: &UnpackLimits) -> Result<UnpackReport, UnpackError> {
+    let (mut archive, plan) = open_checked(zip_path, limits)?;
     if dest.exists() && fs::read_dir(dest).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(refuse(codes::ZIP_INVALID, format!("{} is not empty", dest.display())));
     }
@@ -272,32 +320,100 @@ fn create_new_file(path: &Path, executable: bool) -> std::io::Result<fs::File> {
     options.open(path)
 }
 
-/// Total entries recorded in the end-of-central-directory record (zip64 aware).
-fn declared_entry_count(zip_path: &Path) -> Option<u64> {
+/// Bytes the zip crate may read while it parses, beyond the central directory itself: its
+/// backwards search for the end record (at most 64 KiB of comment) and the zip64 records.
+const PARSE_SLACK_BYTES: u64 = 256 * 1024;
+
+/// A reader with a shared budget of bytes it may still hand out; a read past it fails. It
+/// sits above the buffer, so it counts what the zip crate consumes, not the refills of the
+/// buffer (the crate seeks after every entry, which discards it).
+struct Budgeted<R> {
+    inner: R,
+    budget: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.budget.load(Ordering::Relaxed);
+        if left == 0 {
+            return Err(std::io::Error::other("the archive's directory is larger than its end record declares"));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if left != u64::MAX {
+            self.budget.fetch_sub(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+impl<R: std::io::Seek> std::io::Seek for Budgeted<R> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
+/// What the end-of-central-directory record (or its zip64 twin) declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EndRecord {
+    entries: u64,
+    directory_bytes: u64,
+}
+
+const EOCD_SIGNATURE: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+const EOCD_LEN: usize = 22;
+const ZIP64_LOCATOR_SIGNATURE: [u8; 4] = [0x50, 0x4b, 0x06, 0x07];
+const ZIP64_LOCATOR_LEN: usize = 20;
+const ZIP64_EOCD_SIGNATURE: [u8; 4] = [0x50, 0x4b, 0x06, 0x06];
+
+/// Reads the last end-of-central-directory record from the file's tail (22 bytes plus a
+/// comment of at most 65,535), and the zip64 record it points to when there is one. Only
+/// these few bytes are read, whatever the archive holds.
+fn read_end_record(file: &mut fs::File) -> Result<EndRecord, UnpackError> {
     use std::io::{Seek, SeekFrom};
-    let mut file = fs::File::open(zip_path).ok()?;
-    let len = file.metadata().ok()?.len();
-    // EOCD is 22 bytes plus a comment of at most 65535 bytes.
-    let tail_len = len.min(22 + 65_535);
-    file.seek(SeekFrom::Start(len - tail_len)).ok()?;
+    let invalid = |what: String| refuse(codes::ZIP_INVALID, what);
+    let len = file.metadata().map_err(|e| invalid(format!("cannot read the bundle: {e}")))?.len();
+    let tail_len = len.min((EOCD_LEN + 65_535) as u64);
     let mut tail = vec![0u8; tail_len as usize];
-    file.read_exact(&mut tail).ok()?;
-    let eocd = (0..=tail.len().checked_sub(22)?).rev().find(|&i| tail[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])?;
-    let count = u16::from_le_bytes([tail[eocd + 10], tail[eocd + 11]]);
-    if count != 0xFFFF {
-        return Some(u64::from(count));
-    }
-    // zip64: the locator sits right before the EOCD and points at the zip64 EOCD record.
-    let locator = eocd.checked_sub(20)?;
-    if tail[locator..locator + 4] != [0x50, 0x4b, 0x06, 0x07] {
-        return None;
-    }
-    let offset = u64::from_le_bytes(tail[locator + 8..locator + 16].try_into().ok()?);
+    file.seek(SeekFrom::Start(len - tail_len))
+        .and_then(|_| file.read_exact(&mut tail))
+        .map_err(|e| invalid(format!("cannot read the bundle: {e}")))?;
+    let no_record = || {
+        invalid(
+            "the bundle has no end-of-central-directory record: it is not a zip archive, or it was cut short".into(),
+        )
+    };
+    let candidates = || {
+        (0..=tail.len().saturating_sub(EOCD_LEN))
+            .rev()
+            .filter(|&i| tail.len() >= EOCD_LEN && tail[i..i + 4] == EOCD_SIGNATURE)
+    };
+    // The real record's comment runs exactly to the end of the file; a signature inside the
+    // comment or the data does not. Fall back to the last signature, as readers do.
+    let comment_fits =
+        |i: usize| i + EOCD_LEN + u16::from_le_bytes([tail[i + 20], tail[i + 21]]) as usize == tail.len();
+    let eocd = candidates().find(|&i| comment_fits(i)).or_else(|| candidates().next()).ok_or_else(no_record)?;
+    let u16_at = |i: usize| u64::from(u16::from_le_bytes([tail[i], tail[i + 1]]));
+    let u32_at = |i: usize| u64::from(u32::from_le_bytes([tail[i], tail[i + 1], tail[i + 2], tail[i + 3]]));
+    // Both counts: readers differ in which one they trust.
+    let entries = u16_at(eocd + 8).max(u16_at(eocd + 10));
+    let directory_bytes = u32_at(eocd + 12);
+    let locator = eocd.checked_sub(ZIP64_LOCATOR_LEN).filter(|&l| tail[l..l + 4] == ZIP64_LOCATOR_SIGNATURE);
+    let Some(locator) = locator else {
+        return Ok(EndRecord { entries, directory_bytes });
+    };
+    // zip64: the locator sits right before the record and points at the zip64 record, whose
+    // 64-bit fields replace the saturated 16/32-bit ones.
+    let offset = u64::from_le_bytes(tail[locator + 8..locator + 16].try_into().expect("8 bytes"));
     let mut record = [0u8; 56];
-    file.seek(SeekFrom::Start(offset)).ok()?;
-    file.read_exact(&mut record).ok()?;
-    if record[0..4] != [0x50, 0x4b, 0x06, 0x06] {
-        return None;
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut record))
+        .map_err(|_| invalid(format!("the bundle's zip64 end record at offset {offset} is unreadable")))?;
+    if record[0..4] != ZIP64_EOCD_SIGNATURE {
+        return Err(invalid(format!(
+            "the bundle's zip64 locator points at offset {offset}, where no zip64 end record is"
+        )));
     }
-    Some(u64::from_le_bytes(record[32..40].try_into().ok()?))
+    let u64_at = |i: usize| u64::from_le_bytes(record[i..i + 8].try_into().expect("8 bytes"));
+    Ok(EndRecord { entries: u64_at(24).max(u64_at(32)), directory_bytes: u64_at(40) })
 }

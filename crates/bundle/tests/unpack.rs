@@ -2,8 +2,8 @@
 //! anywhere (not in the target directory, not next to it).
 
 use edge_bundle::codes;
-use edge_bundle::testing::{rename_in_place, write_zip, Entry};
-use edge_bundle::unpack::{unpack_zip, UnpackLimits};
+use edge_bundle::testing::{rename_in_place, write_many_empty_files, write_zip, Entry};
+use edge_bundle::unpack::{check_zip, unpack_zip, UnpackLimits};
 use std::path::Path;
 
 fn refused(entries: &[Entry<'_>], limits: UnpackLimits) -> &'static str {
@@ -143,4 +143,57 @@ fn a_good_bundle_unpacks_with_the_exec_bit_on_regular_files_only() {
     }
     // A second unpack into the same, now non-empty directory is refused.
     assert_eq!(unpack_zip(&zip, &dest, &UnpackLimits::default()).unwrap_err().code, codes::ZIP_INVALID);
+}
+
+#[test]
+fn the_entry_count_comes_from_the_zip64_end_record_before_any_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("b.zip");
+    // Over 65,535 entries: the classic record says 0xFFFF, the zip64 record the truth.
+    write_many_empty_files(&zip, 70_000).unwrap();
+    assert_eq!(refused_file(&zip, dir.path(), UnpackLimits::default()), codes::ZIP_TOO_MANY_FILES);
+    let message = unpack_zip(&zip, &dir.path().join("out"), &UnpackLimits::default()).unwrap_err().message;
+    assert!(message.contains("70000 entries"), "the zip64 count, not 65535: {message}");
+    // Control: allowed that many, the same archive passes every check, so the record was
+    // read right and the refusal above was the count's.
+    let limits = UnpackLimits { max_files: 70_000, ..UnpackLimits::default() };
+    assert_eq!(check_zip(&zip, &limits).unwrap().entries, 70_000);
+}
+
+#[test]
+fn the_central_directory_size_is_capped() {
+    let entries = [
+        Entry::File { name: "a-long-enough-name-1.txt", data: b"x", mode: FILE },
+        Entry::File { name: "a-long-enough-name-2.txt", data: b"x", mode: FILE },
+    ];
+    let limits = UnpackLimits { max_directory_bytes: 100, ..UnpackLimits::default() };
+    assert_eq!(refused(&entries, limits), codes::ZIP_TOO_LARGE);
+    // Control: the default cap takes it.
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("b.zip");
+    write_zip(&zip, &entries).unwrap();
+    assert_eq!(check_zip(&zip, &UnpackLimits::default()).unwrap().entries, 2);
+}
+
+#[test]
+fn a_hidden_directory_behind_a_broken_last_record_is_not_parsed() {
+    // A real 30,000-entry archive, then a last end record that declares one entry at offset
+    // 0 (a local header, so it does not parse). The zip crate falls back to the earlier
+    // record; the checks passed on the last one, so that fallback may not read 1.6 MB of
+    // hidden directory.
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("b.zip");
+    write_many_empty_files(&zip, 30_000).unwrap();
+    let mut bytes = std::fs::read(&zip).unwrap();
+    bytes.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&46u32.to_le_bytes());
+    bytes.extend_from_slice(&0u32.to_le_bytes());
+    bytes.extend_from_slice(&0u16.to_le_bytes());
+    std::fs::write(&zip, bytes).unwrap();
+    let limits = UnpackLimits { max_files: 100_000, ..UnpackLimits::default() };
+    // ZIP_INVALID (the read budget ran out), not a refusal after the whole parse.
+    assert_eq!(refused_file(&zip, dir.path(), limits), codes::ZIP_INVALID);
 }

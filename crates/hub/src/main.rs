@@ -52,6 +52,10 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_HUB_JWT_TTL_SECS", default_value_t = 900,
           value_parser = clap::value_parser!(u64).range(1..=900))]
     jwt_ttl_secs: u64,
+    /// Bundle state directory, the same as `edge-hub bundle --bundle-dir` (repository in
+    /// repo/, run reports in runs/) [default: bundles/ beside the SQLite file].
+    #[arg(long, env = "EDGE_HUB_BUNDLE_DIR")]
+    bundle_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -227,7 +231,8 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         hb_interval: Duration::from_secs(args.hb_interval_secs),
         jwt_ttl: Duration::from_secs(args.jwt_ttl_secs),
         jwt_secret,
-        bundle_dir: None,
+        // An empty EDGE_HUB_BUNDLE_DIR means "not set", as `default_bundle_dir` reads it.
+        bundle_dir: args.bundle_dir.filter(|dir| !dir.as_os_str().is_empty()),
         queue: args.queue.queue(),
         job_types: args.queue.job_types()?,
         sync_timeout: Duration::from_secs(args.queue.sync_timeout_secs),

@@ -189,9 +189,12 @@ pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Pre
         let zip = download::fetch(&ctx.http, &url, &found, &downloads).await.map_err(refusal)?;
         timings.download = Some(started.elapsed());
         let started = Instant::now();
-        install(&zip, &version_dir, &found.sha256, ctx.unpack_limits).await?;
-        timings.unpack = Some(started.elapsed());
+        let installed = install(&zip, &version_dir, &found.sha256, ctx.unpack_limits).await;
+        // Unpacked or refused, the download has served its purpose: a refused one must not
+        // sit in `.downloads` (or be reused) until the next GC.
         let _ = tokio::fs::remove_file(&zip).await;
+        installed?;
+        timings.unpack = Some(started.elapsed());
     }
     tracing::info!(
         bundle = %found.bundle,
@@ -297,6 +300,7 @@ async fn install(zip: &Path, version_dir: &Path, sha256: &str, limits: UnpackLim
             });
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&temporary);
+            remove_empty_parents(&version_dir);
             return Err(e);
         }
         // A stale or partial version directory (other hash) is replaced.
@@ -310,6 +314,20 @@ async fn install(zip: &Path, version_dir: &Path, sha256: &str, limits: UnpackLim
     })
     .await
     .map_err(|e| JobError::new(ErrorCode::Internal, format!("unpack task failed: {e}")))?
+}
+
+/// After a refused unpack: removes the bundle's and the tenant's folders under the cache if
+/// the refusal left them empty. `remove_dir` only removes empty folders, so a version another
+/// job is unpacking or running is never touched; a job that needs the folder again
+/// recreates it (`create_dir_all`) before writing into it.
+fn remove_empty_parents(version_dir: &Path) {
+    let mut dir = version_dir.parent();
+    for _ in 0..2 {
+        match dir {
+            Some(d) if std::fs::remove_dir(d).is_ok() => dir = d.parent(),
+            _ => return,
+        }
+    }
 }
 
 /// Starts what bundle jobs need for one connection loop: cache GC at start and weekly, until
