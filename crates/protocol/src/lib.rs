@@ -42,4 +42,7 @@ pub mod capability {
     pub const PAUSE: &str = "pause";
     pub const BUNDLE: &str = "bundle";
     pub const JOB_LOG: &str = "job_log";
+    /// `browser:SITE`: the person granted browser flows on the site whose adapter is named
+    /// SITE. Announced beside the browser job types, which it narrows.
+    pub const BROWSER_SITE_PREFIX: &str = "browser:";
 }
