@@ -103,7 +103,9 @@ impl BrowserHost {
                 let mut settings = BrowserSettings::new(shared.data_dir.clone(), shared.profile.clone()).from_env();
                 // The person's messages-per-hour cap lowers the DM bucket (never raises it);
                 // a job's hub `limits` lower it further.
-                if let Some(per_hour) = LocalSettings::load(&shared.data_dir).ok().and_then(|s| s.caps.messages_per_hour) {
+                if let Some(per_hour) =
+                    LocalSettings::load(&shared.data_dir).ok().and_then(|s| s.caps.messages_per_hour)
+                {
                     let burst = per_hour.min(edge_browser::guard::Cap::DM.burst);
                     settings.caps = settings.caps.with_setting("dm", edge_browser::guard::Cap { per_hour, burst });
                 }

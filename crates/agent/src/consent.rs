@@ -327,7 +327,8 @@ mod tests {
     fn a_grant_of_an_older_text_does_not_count() {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = LocalSettings::default();
-        let old = Grant { granted_at: "2026-01-01T00:00:00Z".into(), text_version: TEXT_VERSION - 1, text: "old".into() };
+        let old =
+            Grant { granted_at: "2026-01-01T00:00:00Z".into(), text_version: TEXT_VERSION - 1, text: "old".into() };
         settings.grants.insert("bundle".into(), old.clone());
         settings.save(dir.path()).unwrap();
         let consent = Consent::new(dir.path());

@@ -286,10 +286,12 @@ fn settings_command(data_dir: &std::path::Path, command: SettingsCommand) -> Res
                 println!("inline adapters: {}", if local.allow_inline_adapters { "on" } else { "off" });
                 println!("local adapters:  {}", adapters.display());
                 let cap = |v: Option<String>| v.unwrap_or_else(|| "none of yours".to_owned());
-                println!("caps:            jobs/hour {}, messages/hour {}, bytes/day {}",
+                println!(
+                    "caps:            jobs/hour {}, messages/hour {}, bytes/day {}",
                     cap(local.caps.jobs_per_hour.map(|v| v.to_string())),
                     cap(local.caps.messages_per_hour.map(|v| v.to_string())),
-                    cap(local.caps.bytes_per_day.map(|v| v.to_string())));
+                    cap(local.caps.bytes_per_day.map(|v| v.to_string()))
+                );
                 println!("consent:         edge-agent consent show");
             }
             return Ok(ExitCode::SUCCESS);
@@ -316,7 +318,9 @@ fn settings_command(data_dir: &std::path::Path, command: SettingsCommand) -> Res
             println!("jobs per hour:     {}", shown(local.caps.jobs_per_hour.map(|v| v.to_string())));
             println!("messages per hour: {}", shown(local.caps.messages_per_hour.map(|v| v.to_string())));
             println!("bytes per day:     {}", shown(local.caps.bytes_per_day.map(|v| v.to_string())));
-            println!("(a hub may lower these, never raise them; messages per hour applies from the next `edge-agent run`)");
+            println!(
+                "(a hub may lower these, never raise them; messages per hour applies from the next `edge-agent run`)"
+            );
         }
         SettingsCommand::InlineAdapters { state } => {
             local.allow_inline_adapters = state == "on";

@@ -152,7 +152,8 @@ mod tests {
         for code in ["NETWORK", "NAV_TIMEOUT", "RATE_LIMITED"] {
             assert!(ErrorCode::parse(code).is_retryable(), "{code} must retry");
         }
-        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "CAPABILITY_NOT_GRANTED", "SOMETHING_NEW"] {
+        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "CAPABILITY_NOT_GRANTED", "SOMETHING_NEW"]
+        {
             assert_eq!(ErrorCode::parse(code).retry_policy(), RetryPolicy::Fatal, "{code}");
         }
     }

@@ -67,7 +67,8 @@ fn only_what_the_person_granted_runs() -> Result<()> {
 
     // Browser flows are granted per site: a job on another site is refused before a browser
     // opens (the adapter is the person's own, so only consent stands in the way).
-    agent.install_adapter("elsewhere", "name: elsewhere\nbaseUrl: https://elsewhere.example\nurls: {login: /login}\n")?;
+    agent
+        .install_adapter("elsewhere", "name: elsewhere\nbaseUrl: https://elsewhere.example\nurls: {login: /login}\n")?;
     let elsewhere = json!({"type": "send_dm", "creatorId": CREATOR,
         "payload": {"adapter": {"local": "elsewhere"}, "recipient": "ann", "params": {"text": "hi"}}});
     not_granted(&hub, &key, &agent, elsewhere, "browser:elsewhere")?;

@@ -88,7 +88,11 @@ impl FakeSession {
     }
 
     /// [`FakeSession::handshake`] whose `hello_ack` carries the hub's `limits`.
-    pub async fn handshake_with_limits(&mut self, hb_interval_ms: u64, limits: Option<serde_json::Value>) -> AgentFrame {
+    pub async fn handshake_with_limits(
+        &mut self,
+        hb_interval_ms: u64,
+        limits: Option<serde_json::Value>,
+    ) -> AgentFrame {
         let hello = self.recv().await;
         assert!(matches!(hello, AgentFrame::Hello { .. }), "first frame must be hello, got {hello:?}");
         let mut ack = serde_json::json!({
