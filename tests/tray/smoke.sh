@@ -90,6 +90,9 @@ export EDGE_AGENT_DATA_DIR="$TMP/agent-data"
 export EDGE_AGENT_HB_INTERVAL_SECS=5
 login_with_cli
 log "logged in with the CLI"
+# A fresh install runs nothing: the person grants the one capability this script's job uses.
+"$AGENT_BIN" consent grant http_request >"$TMP/agent-consent.log" 2>&1 ||
+    fail "edge-agent consent grant failed: $(tail -n 5 "$TMP/agent-consent.log")"
 
 webkit_software_rendering
 export EDGE_AGENT_SHOW_WINDOW=1 EDGE_AGENT_LOG=${EDGE_AGENT_LOG:-info}

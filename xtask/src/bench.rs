@@ -58,6 +58,7 @@ fn agent() -> Result<()> {
     let key = hub.api_key()?;
     let mut agent = Agent::new(&bins, &format!("bench-{}", std::process::id()), "kernel", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token("bench")?)?;
+    agent.grant(&["http_request"])?;
 
     // Startup: process spawn → keychain read → token (challenge + signature) → WebSocket →
     // hello → first hb → hb_ack, as the person experiences it.

@@ -57,6 +57,20 @@ pub fn run() -> Result<()> {
         println!("   {line}");
     }
 
+    // A fresh install allows nothing: the person grants what the demo uses, one capability
+    // at a time, reading what each allows (the same text is stored with the grant).
+    step("granting what the demo uses (`edge-agent consent grant ...`; a fresh install runs nothing)");
+    for capability in ["http_request", "bundle", "browser:fanhub"] {
+        let (ok, out) = agent.oneshot(&["consent", "grant", capability])?;
+        if !ok {
+            bail!("edge-agent consent grant {capability} failed: {out}");
+        }
+        println!("   $ edge-agent consent grant {capability}");
+        for line in out.lines() {
+            println!("   {line}");
+        }
+    }
+
     step("starting `edge-agent run`");
     agent.run(&["--hb-interval-secs", "5"])?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))

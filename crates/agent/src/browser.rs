@@ -100,7 +100,15 @@ impl BrowserHost {
             .get_or_init(|| {
                 started = true;
                 let shared = &self.shared;
-                let settings = BrowserSettings::new(shared.data_dir.clone(), shared.profile.clone()).from_env();
+                let mut settings = BrowserSettings::new(shared.data_dir.clone(), shared.profile.clone()).from_env();
+                // The person's messages-per-hour cap lowers the DM bucket (never raises it);
+                // a job's hub `limits` lower it further.
+                if let Some(per_hour) =
+                    LocalSettings::load(&shared.data_dir).ok().and_then(|s| s.caps.messages_per_hour)
+                {
+                    let burst = per_hour.min(edge_browser::guard::Cap::DM.burst);
+                    settings.caps = settings.caps.with_setting("dm", edge_browser::guard::Cap { per_hour, burst });
+                }
                 let keys = Arc::new(KeychainKeyStore::new(shared.keychain, &shared.profile));
                 let notifier = Arc::new(AgentNotifier { host: Arc::downgrade(shared) });
                 BrowserRuntime::new(settings, keys, notifier)
@@ -452,6 +460,11 @@ pub(crate) async fn run(
             return (Err(e), None);
         }
     };
+    // Browser flows are granted per site, and the site is known only now.
+    if let Err(refused) = crate::consent::check_site(&settings, &site.adapter.name) {
+        tracing::warn!(job_id = %job.job_id, site = %site.adapter.name, "browser job refused: site not granted");
+        return (Err(refused), None);
+    }
     tracing::info!(job_id = %job.job_id, site = %site.adapter.name, source = %site.source, "browser job adapter");
     note_site(data_dir, &site);
     let uploads = job_uploads(&settings, site.bundle_dir.as_deref());

@@ -12,12 +12,14 @@
 pub mod backoff;
 pub mod browser;
 pub mod bundles;
+pub mod consent;
 pub mod credentials;
 pub mod error;
 pub mod executor;
 pub mod hub_client;
 pub mod hub_url;
 pub mod keychain;
+pub mod limits;
 pub mod local_settings;
 pub mod logging;
 pub mod outbox;

@@ -65,6 +65,10 @@ enum Command {
     /// Your own settings for this agent (settings.json): what no hub can change.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// What you allow a hub to make this computer do. A fresh install allows nothing; the
+    /// agent announces and runs only what you granted.
+    #[command(subcommand)]
+    Consent(ConsentCommand),
     /// Benchmark helper for `cargo xtask bench bundles` (no login needed): trusts the hub's
     /// root, refreshes metadata, downloads, verifies and unpacks one bundle into --data-dir,
     /// and prints JSON timings and peak RSS.
@@ -131,6 +135,43 @@ enum SettingsCommand {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Your caps: a hub can lower them, never raise them. Each given value replaces yours;
+    /// `--clear` removes them all (the agent's own defaults still apply).
+    Caps {
+        /// Jobs this agent starts per hour; more are refused RATE_LIMITED until one fits.
+        #[arg(long)]
+        jobs_per_hour: Option<u32>,
+        /// Direct messages sent per hour (lowers the browser's DM budget, 20 by default).
+        #[arg(long)]
+        messages_per_hour: Option<u32>,
+        /// Bytes in and out per day through the egress gate.
+        #[arg(long)]
+        bytes_per_day: Option<u64>,
+        #[arg(long, conflicts_with_all = ["jobs_per_hour", "messages_per_hour", "bytes_per_day"])]
+        clear: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsentCommand {
+    /// Without a capability: every capability and whether you granted it. With one: the text
+    /// that explains what granting it allows, and your grant of it.
+    Show {
+        /// http_request, bundle or browser:SITE.
+        capability: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints what the capability allows and records that you granted it, with that text,
+    /// its version and the time. A running agent announces it when `edge-agent run` starts
+    /// again.
+    Grant {
+        /// http_request, bundle or browser:SITE (the site's adapter name, e.g. browser:instagram).
+        capability: String,
+    },
+    /// Withdraws a grant; jobs that need it are refused from the next one on.
+    Revoke { capability: String },
 }
 
 /// Exit codes scripts can tell apart.
@@ -214,6 +255,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Settings(command) => settings_command(&settings.data_dir, command),
+        Command::Consent(command) => consent_command(&settings.data_dir, command),
         Command::Logout => {
             let profile = settings.profile.clone();
             AgentService::new(settings).logout().await?;
@@ -243,6 +285,14 @@ fn settings_command(data_dir: &std::path::Path, command: SettingsCommand) -> Res
                 }
                 println!("inline adapters: {}", if local.allow_inline_adapters { "on" } else { "off" });
                 println!("local adapters:  {}", adapters.display());
+                let cap = |v: Option<String>| v.unwrap_or_else(|| "none of yours".to_owned());
+                println!(
+                    "caps:            jobs/hour {}, messages/hour {}, bytes/day {}",
+                    cap(local.caps.jobs_per_hour.map(|v| v.to_string())),
+                    cap(local.caps.messages_per_hour.map(|v| v.to_string())),
+                    cap(local.caps.bytes_per_day.map(|v| v.to_string()))
+                );
+                println!("consent:         edge-agent consent show");
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -256,6 +306,22 @@ fn settings_command(data_dir: &std::path::Path, command: SettingsCommand) -> Res
             local.save(data_dir)?;
             println!("uploads folder: {} (browser jobs may upload the files in it)", folder.display());
         }
+        SettingsCommand::Caps { jobs_per_hour, messages_per_hour, bytes_per_day, clear } => {
+            if clear {
+                local.caps = Default::default();
+            }
+            local.caps.jobs_per_hour = jobs_per_hour.or(local.caps.jobs_per_hour);
+            local.caps.messages_per_hour = messages_per_hour.or(local.caps.messages_per_hour);
+            local.caps.bytes_per_day = bytes_per_day.or(local.caps.bytes_per_day);
+            local.save(data_dir)?;
+            let shown = |v: Option<String>| v.unwrap_or_else(|| "no cap of yours".to_owned());
+            println!("jobs per hour:     {}", shown(local.caps.jobs_per_hour.map(|v| v.to_string())));
+            println!("messages per hour: {}", shown(local.caps.messages_per_hour.map(|v| v.to_string())));
+            println!("bytes per day:     {}", shown(local.caps.bytes_per_day.map(|v| v.to_string())));
+            println!(
+                "(a hub may lower these, never raise them; messages per hour applies from the next `edge-agent run`)"
+            );
+        }
         SettingsCommand::InlineAdapters { state } => {
             local.allow_inline_adapters = state == "on";
             local.save(data_dir)?;
@@ -263,6 +329,100 @@ fn settings_command(data_dir: &std::path::Path, command: SettingsCommand) -> Res
                 println!("inline adapters: on; a job may bring its own site adapter (not signed, never stored)");
             } else {
                 println!("inline adapters: off; jobs name a signed bundle's adapter or one of your adapters folder");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn consent_command(data_dir: &std::path::Path, command: ConsentCommand) -> Result<ExitCode> {
+    use edge_agent::consent::{Capability, Consent, Standing, CATALOGUE};
+    let consent = Consent::new(data_dir);
+    let standing_word = |standing: &Standing| match standing {
+        Standing::NotGranted => "not granted".to_owned(),
+        Standing::Granted(grant) => format!("granted {} (text version {})", grant.granted_at, grant.text_version),
+        Standing::Outdated(grant) => format!(
+            "granted {} for text version {}, which has changed since: not in force until granted again",
+            grant.granted_at, grant.text_version
+        ),
+    };
+    match command {
+        ConsentCommand::Show { capability: None, json } => {
+            let grants = consent.grants()?;
+            if json {
+                let grants: serde_json::Map<String, serde_json::Value> = grants
+                    .iter()
+                    .map(|(name, standing)| {
+                        let (state, grant) = match standing {
+                            Standing::NotGranted => ("not_granted", None),
+                            Standing::Granted(grant) => ("granted", Some(grant)),
+                            Standing::Outdated(grant) => ("outdated", Some(grant)),
+                        };
+                        (name.clone(), serde_json::json!({ "state": state, "grant": grant }))
+                    })
+                    .collect();
+                let value = serde_json::json!({
+                    "capabilities": CATALOGUE.iter().map(|(name, title)| serde_json::json!({"name": name, "title": title})).collect::<Vec<_>>(),
+                    "grants": grants,
+                    "textVersion": edge_agent::consent::TEXT_VERSION,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("capabilities (edge-agent consent show CAPABILITY for what each allows):");
+                for (name, title) in CATALOGUE {
+                    println!("  {name:<14} {title}");
+                }
+                if grants.is_empty() {
+                    println!("granted: nothing (a hub can make this agent do nothing yet)");
+                } else {
+                    println!("granted:");
+                    for (name, standing) in &grants {
+                        println!("  {name:<14} {}", standing_word(standing));
+                    }
+                }
+            }
+        }
+        ConsentCommand::Show { capability: Some(name), json } => {
+            let capability = Capability::parse(&name)?;
+            let standing = consent.standing(&capability)?;
+            if json {
+                let grant = match &standing {
+                    Standing::NotGranted => None,
+                    Standing::Granted(grant) | Standing::Outdated(grant) => Some(grant),
+                };
+                let value = serde_json::json!({
+                    "capability": capability.name(),
+                    "text": capability.text(),
+                    "textVersion": edge_agent::consent::TEXT_VERSION,
+                    "granted": matches!(standing, Standing::Granted(_)),
+                    "grant": grant,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{}: {}", capability.name(), capability.title());
+                println!();
+                println!("{}", capability.text());
+                println!();
+                println!("status: {}", standing_word(&standing));
+            }
+        }
+        ConsentCommand::Grant { capability } => {
+            let capability = Capability::parse(&capability)?;
+            println!("{}", capability.text());
+            let grant = consent.grant(&capability)?;
+            println!(
+                "granted: {} at {} (text version {}); a running agent announces it when `edge-agent run` starts again",
+                capability.name(),
+                grant.granted_at,
+                grant.text_version
+            );
+        }
+        ConsentCommand::Revoke { capability } => {
+            let capability = Capability::parse(&capability)?;
+            if consent.revoke(&capability)? {
+                println!("revoked: {}; jobs that need it are refused from now on", capability.name());
+            } else {
+                println!("{} was not granted; nothing changed", capability.name());
             }
         }
     }

@@ -167,9 +167,14 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     }
     let bundles = crate::bundles::start(&data_dir, &credentials, &hub_url, &cancel)
         .map(|bundles| bundles.with_browser(browser.clone()));
-    let resources = Resources { http, bundles, browser: browser.clone().map(|b| (b, data_dir.clone())) };
+    let consent = crate::consent::Consent::new(&data_dir);
+    let resources = Resources { consent, http, bundles, browser: browser.clone().map(|b| (b, data_dir.clone())) };
     let runners = runners::standard(&resources);
-    let mut capabilities: Vec<String> = runners.job_types().map(str::to_owned).collect();
+    // Only what the person granted: the hub assigns nothing else (a fresh install, nothing).
+    let mut capabilities = runners.announced();
+    if capabilities.is_empty() {
+        tracing::warn!("no capability is granted: the hub will assign this agent nothing (edge-agent consent show)");
+    }
     capabilities.extend([capability::JOB_CANCEL, capability::PAUSE, capability::JOB_LOG].map(str::to_owned));
     let host = inner.browser.clone();
     // The sites needing a login live on disk, where a login made by another process
@@ -198,6 +203,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         journal: Journal::new(&data_dir),
         reports_to: Some((hub.clone(), credentials.clone())),
         after_job: Some(Arc::new(move || host.refresh_status())),
+        jobs_per_hour: Some(crate::limits::JobsPerHour::new(&data_dir)),
         cancel: cancel.clone(),
     });
     if let Some(browser) = &browser {

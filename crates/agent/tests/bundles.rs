@@ -171,6 +171,7 @@ impl Fixture {
             journal: self.journal.clone(),
             reports_to: None,
             after_job: None,
+            jobs_per_hour: None,
             cancel: CancellationToken::new(),
         });
         executor.assign(job.clone());

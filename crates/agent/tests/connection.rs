@@ -5,6 +5,8 @@ mod support;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use edge_agent::consent::{Capability, Consent};
+use edge_agent::local_settings::LocalSettings;
 use edge_agent::{
     AgentError, AgentEvent, AgentService, AgentSettings, ConnectionState, JobRunStatus, LoginOutcome,
     MemoryCredentialStore,
@@ -46,6 +48,9 @@ async fn connect(hub: FakeHub, hb_interval: Duration) -> Connected {
 
 /// [`connect`] with a data dir the test prepared (state an earlier agent process left).
 async fn connect_in(hub: FakeHub, dir: TempDir, hb_interval: Duration) -> Connected {
+    // The person granted what these tests run, through the core API the tray's consent
+    // screen uses.
+    Consent::new(dir.path()).grant(&Capability::HttpRequest).unwrap();
     let agent = service(dir.path(), hb_interval);
     let events = agent.subscribe();
     let login = agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
@@ -188,6 +193,86 @@ async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("state.json")).unwrap()).unwrap();
     assert_eq!(state["running"], false);
     assert_eq!(state["snapshot"]["connection"], "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_install_announces_no_job_type_and_refuses_what_was_not_granted() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    let AgentFrame::Hello { capabilities, .. } = session.handshake(60_000).await else { unreachable!() };
+    for job_type in ["http_request", "bundle", "send_dm", "broadcast_dm", "schedule_post", "scrape_subs"] {
+        assert!(!capabilities.iter().any(|c| c == job_type), "{job_type} announced without a grant: {capabilities:?}");
+    }
+    assert!(!capabilities.iter().any(|c| c.starts_with("browser:")), "{capabilities:?}");
+
+    // A hub that assigns it anyway: refused, never run, and not to be retried.
+    assign(&session, "job-ungranted", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-ungranted").await;
+    let (status, data, err) = expect_result(&mut session, "job-ungranted").await;
+    assert_eq!((status, data), (JobStatus::Error, None));
+    let err = err.unwrap();
+    assert_eq!(err.code, ErrorCode::CapabilityNotGranted);
+    assert!(!err.code.is_retryable());
+    assert!(err.message.unwrap().contains("edge-agent consent grant http_request"));
+
+    // Granted while the agent runs: asked at every job, so the next one runs.
+    let consent = Consent::new(dir.path());
+    consent.grant(&Capability::HttpRequest).unwrap();
+    assign(&session, "job-granted", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-granted").await;
+    let (status, data, _) = expect_result(&mut session, "job-granted").await;
+    assert_eq!(status, JobStatus::Ok);
+    assert_eq!(data.unwrap()["statusCode"], 200);
+
+    // Revoked: refused from the next job on, without a restart.
+    assert!(consent.revoke(&Capability::HttpRequest).unwrap());
+    assign(&session, "job-revoked", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-revoked").await;
+    let (_, _, err) = expect_result(&mut session, "job-revoked").await;
+    assert_eq!(err.unwrap().code, ErrorCode::CapabilityNotGranted);
+    agent.shutdown().await;
+}
+
+/// Runs two `http_request` jobs on an agent whose person capped jobs per hour at `mine` and
+/// whose hub sent `hub` in `hello_ack`; the second job's error, if any.
+async fn second_job_under_caps(mine: Option<u32>, hub_limits: serde_json::Value) -> Option<edge_protocol::JobError> {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    Consent::new(dir.path()).grant(&Capability::HttpRequest).unwrap();
+    let mut settings = LocalSettings::load(dir.path()).unwrap();
+    settings.caps.jobs_per_hour = mine;
+    settings.save(dir.path()).unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25));
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    session.handshake_with_limits(60_000, Some(hub_limits)).await;
+    assign(&session, "job-1", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-1").await;
+    let (status, _, err) = expect_result(&mut session, "job-1").await;
+    assert_eq!(status, JobStatus::Ok, "{err:?}");
+    assign(&session, "job-2", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-2").await;
+    let (_, _, err) = expect_result(&mut session, "job-2").await;
+    agent.shutdown().await;
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_lowers_the_persons_jobs_per_hour_and_never_raises_it() {
+    // The person's cap of 1 stands against a hub asking for 1000.
+    let err = second_job_under_caps(Some(1), json!({"jobsPerHour": 1000})).await.expect("the second job is refused");
+    assert_eq!(err.code, ErrorCode::RateLimited);
+    assert!(err.retry_after_ms.is_some_and(|ms| ms > 3_500_000), "{err:?}");
+    assert!(err.message.unwrap().contains("cap of 1 jobs per hour (the person's own"));
+    // A hub asking for 1 lowers the person's 10.
+    let err = second_job_under_caps(Some(10), json!({"jobsPerHour": 1})).await.expect("the second job is refused");
+    assert_eq!(err.code, ErrorCode::RateLimited);
+    assert!(err.message.unwrap().contains("set by the hub"));
+    // Without either, both run.
+    assert_eq!(second_job_under_caps(None, json!({})).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

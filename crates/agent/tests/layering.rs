@@ -26,6 +26,8 @@ const LAYERS: &[&str] = &[
     "runtime",
     "state",
     "local_settings",
+    "consent",
+    "limits",
     "outbox",
     // Resources handed to runners.
     "bundles",

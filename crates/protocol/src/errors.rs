@@ -24,6 +24,9 @@ pub enum ErrorCode {
     Cancelled,
     /// The agent failed in a way it could not classify.
     Internal,
+    /// The person at the agent's machine has not granted the capability the job needs
+    /// (`edge-agent consent grant ...`); retrying cannot help until they do.
+    CapabilityNotGranted,
     Other(String),
 }
 
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::BadPayload => "BAD_PAYLOAD",
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::CapabilityNotGranted => "CAPABILITY_NOT_GRANTED",
             ErrorCode::Other(s) => s,
         }
     }
@@ -70,6 +74,7 @@ impl ErrorCode {
             "BAD_PAYLOAD" => ErrorCode::BadPayload,
             "CANCELLED" => ErrorCode::Cancelled,
             "INTERNAL" => ErrorCode::Internal,
+            "CAPABILITY_NOT_GRANTED" => ErrorCode::CapabilityNotGranted,
             other => ErrorCode::Other(other.to_owned()),
         }
     }
@@ -147,9 +152,17 @@ mod tests {
         for code in ["NETWORK", "NAV_TIMEOUT", "RATE_LIMITED"] {
             assert!(ErrorCode::parse(code).is_retryable(), "{code} must retry");
         }
-        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "SOMETHING_NEW"] {
+        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "CAPABILITY_NOT_GRANTED", "SOMETHING_NEW"]
+        {
             assert_eq!(ErrorCode::parse(code).retry_policy(), RetryPolicy::Fatal, "{code}");
         }
+    }
+
+    #[test]
+    fn capability_not_granted_is_a_named_code_not_an_unknown_one() {
+        let code: ErrorCode = serde_json::from_str("\"CAPABILITY_NOT_GRANTED\"").unwrap();
+        assert_eq!(code, ErrorCode::CapabilityNotGranted);
+        assert_eq!(serde_json::to_string(&code).unwrap(), "\"CAPABILITY_NOT_GRANTED\"");
     }
 
     #[test]

@@ -126,6 +126,15 @@ fn one() -> u32 {
     1
 }
 
+/// What a hub may ask of an agent's caps in `hello_ack`. Lowering only: an agent applies
+/// `min(person's cap, hub's)`, so a hub value above the person's changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_per_hour: Option<u32>,
+}
+
 /// Frames the hub sends to the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
@@ -140,6 +149,10 @@ pub enum HubFrame {
         agent_id: String,
         #[serde(rename = "hbIntervalMs")]
         hb_interval_ms: u64,
+        /// Limits the hub sets for this agent. Each can only lower the person's own cap
+        /// (the agent takes the smaller); absent from older hubs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<HubLimits>,
     },
     JobAssign {
         job: JobSpec,

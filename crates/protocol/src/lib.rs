@@ -19,7 +19,7 @@ pub mod jobs;
 pub use codec::{decode_agent_frame, decode_hub_frame, encode, FrameError, MAX_FRAME_BYTES};
 pub use errors::{ErrorCode, JobError, RetryPolicy};
 pub use frames::{
-    AgentFrame, Availability, CircuitReason, HubFrame, JobSpec, JobStatus, LogStream, ProtocolErrorFrame,
+    AgentFrame, Availability, CircuitReason, HubFrame, HubLimits, JobSpec, JobStatus, LogStream, ProtocolErrorFrame,
 };
 
 /// Protocol version this build speaks. Version 0 is the prototype (no `hello`).
@@ -42,4 +42,7 @@ pub mod capability {
     pub const PAUSE: &str = "pause";
     pub const BUNDLE: &str = "bundle";
     pub const JOB_LOG: &str = "job_log";
+    /// `browser:SITE`: the person granted browser flows on the site whose adapter is named
+    /// SITE. Announced beside the browser job types, which it narrows.
+    pub const BROWSER_SITE_PREFIX: &str = "browser:";
 }

@@ -132,3 +132,19 @@ fn a_hub_frame_is_not_accepted_from_an_agent() {
     let err = decode_agent_frame(r#"{"t":"job_assign","job":{"jobId":"j","type":"x"}}"#).unwrap_err();
     assert_eq!(err.code(), "UNKNOWN_TYPE");
 }
+
+#[test]
+fn a_capability_the_person_did_not_grant_is_a_fatal_job_error() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agent/job_result_capability_not_granted.v2.json"),
+    )
+    .unwrap();
+    match decode_agent_frame(&text).unwrap() {
+        AgentFrame::JobResult { status, err: Some(err), .. } => {
+            assert_eq!(status, JobStatus::Error);
+            assert_eq!(err.code, ErrorCode::CapabilityNotGranted);
+            assert!(!err.code.is_retryable(), "retrying cannot help until the person grants it");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -472,6 +472,19 @@ impl Agent {
         Ok(stdout)
     }
 
+    /// Grants capabilities with `edge-agent consent grant` (as the person does after logging
+    /// in; a fresh install runs nothing). Before `run`: `hello` announces what was granted
+    /// when the agent connects.
+    pub fn grant(&self, capabilities: &[&str]) -> Result<()> {
+        for capability in capabilities {
+            let (ok, out) = self.oneshot(&["consent", "grant", capability])?;
+            if !ok {
+                bail!("edge-agent consent grant {capability} failed: {out}");
+            }
+        }
+        Ok(())
+    }
+
     pub fn agent_id(&self) -> &str {
         self.agent_id.as_deref().unwrap_or("")
     }

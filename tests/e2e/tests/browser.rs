@@ -96,6 +96,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token("creator-b")?)?;
+    agent.grant(&["browser:fanhub"])?;
     agent.install_adapter("fanhub", &site.adapter_yaml())?;
     let env = agent_env();
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
@@ -178,6 +179,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-b-{}", std::process::id()), "auto", &dir.path().join("agent-b"));
     agent.login(&hub.url, &hub.enroll_token("creator-c")?)?;
+    agent.grant(&["browser:fanhub"])?;
     let (ok, out) = agent.oneshot(&["settings", "inline-adapters", "on"])?;
     assert!(ok && out.contains("inline adapters: on"), "{out}");
     let adapter: Value = serde_json::to_value(site.adapter())?;

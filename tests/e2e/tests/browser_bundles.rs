@@ -53,6 +53,7 @@ fn a_signed_browser_bundle_runs_its_flow_and_lends_its_adapter() -> Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-bundles-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token(CREATOR)?)?;
+    agent.grant(&["bundle", "browser:fanhub"])?;
     // Log in to the site once (scripted: the auto-login page); the bundle's adapter has the
     // same site name, so its jobs reuse the saved session.
     let mut login = site.adapter();

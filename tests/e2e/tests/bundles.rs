@@ -47,6 +47,7 @@ fn world(name: &str) -> Result<World> {
     let mut agent = Agent::new(&bins, &profile, KEYCHAIN, &dir.path().join("agent"));
     let token = hub.enroll_token(CREATOR)?;
     agent.login(&hub.url, &token)?;
+    agent.grant(&["bundle"])?;
     // The agent stored the hub's root at enrollment and shows the same fingerprint.
     let (ok, status) = agent.oneshot(&["status"])?;
     assert!(ok, "{status}");

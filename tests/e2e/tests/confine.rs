@@ -40,6 +40,9 @@ fn hub_and_agent(bins: &Binaries, dir: &std::path::Path, creator: &str) -> Resul
 fn start_agent(bins: &Binaries, dir: &std::path::Path, hub: &Hub, key: &str, creator: &str) -> Result<Agent> {
     let mut agent = Agent::new(bins, &format!("{creator}-{}", std::process::id()), "auto", &dir.join("agent"));
     agent.login(&hub.url, &hub.enroll_token(creator)?)?;
+    // The sites these tests drive: what is refused here is refused by the confinement, not
+    // for want of consent.
+    agent.grant(&["browser:fanhub", "browser:peek"])?;
     agent.run_with_env(&["--hb-interval-secs", "1"], &QUICK)?;
     hub.wait_agent_online(key, agent.agent_id(), TIMEOUT)?;
     Ok(agent)

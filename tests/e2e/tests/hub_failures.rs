@@ -48,6 +48,7 @@ fn kill_9_under_load_every_job_ends_exactly_once() -> Result<()> {
     let key = hub.api_key()?;
     let mut agent = Agent::new(&bins, &format!("e2e-kill9-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token(CREATOR)?)?;
+    agent.grant(&["http_request"])?;
     agent.run(&["--hb-interval-secs", "1", "--slots", "16"])?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30)).map_err(|e| e.context(agent.run_log()))?;
 

@@ -28,6 +28,7 @@ fn kernel_keychain_login_run_job_status_logout() -> Result<()> {
         Agent::new(&bins, &format!("e2e-kernel-{}", std::process::id()), KEYCHAIN, &dir.path().join("agent"));
 
     let login = agent.login(&hub.url, &hub.enroll_token(creator)?)?;
+    agent.grant(&["http_request"])?;
     assert!(login.contains("keychain:   kernel"), "{login}");
     let (ok, status) = agent.oneshot(&["status"])?;
     assert!(ok, "{status}");

@@ -40,6 +40,7 @@ impl World {
     fn login_and_run(&mut self) -> Result<()> {
         let token = self.hub.enroll_token(CREATOR)?;
         self.agent.login(&self.hub.url, &token)?;
+        self.agent.grant(&["http_request"])?;
         self.agent.run(&["--hb-interval-secs", "1"])?;
         self.wait_online()
     }

@@ -611,6 +611,9 @@ async fn run_browser_flow(
     // The flow may upload the bundle's own files and those of the person's uploads folder.
     let settings = crate::local_settings::LocalSettings::load(&ctx.data_dir)
         .map_err(|e| (JobError::new(ErrorCode::Internal, e.to_string()), None))?;
+    // It drives the person's browser on the adapter's site: `bundle` alone is not consent
+    // to act as them there.
+    crate::consent::check_site(&settings, &adapter.name).map_err(|e| (e, None))?;
     let mut uploads = edge_browser::confine::Uploads::none().allow(bundle_dir, "the job's bundle");
     if let Some(folder) = &settings.uploads_dir {
         uploads = uploads.allow(folder, "the uploads folder");

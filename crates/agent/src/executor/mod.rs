@@ -12,9 +12,10 @@
 pub mod journal;
 
 use crate::hub_client::HubClient;
+use crate::limits::JobsPerHour;
 use crate::runners::{RunContext, RunOutcome, Runners};
 use crate::state::{AgentEvent, JobRecord, JobRunStatus, StateHandle};
-use edge_protocol::{encode, AgentFrame, ErrorCode, JobError, JobSpec, JobStatus, MAX_FRAME_BYTES};
+use edge_protocol::{encode, AgentFrame, ErrorCode, HubLimits, JobError, JobSpec, JobStatus, MAX_FRAME_BYTES};
 use journal::Journal;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -52,6 +53,9 @@ pub struct ExecutorConfig {
     /// Where journaled run reports are delivered (`POST /edge/notify`), with whose token.
     pub reports_to: Option<(HubClient, crate::credentials::Credentials)>,
     pub after_job: Option<AfterJob>,
+    /// The person's jobs-per-hour cap (lowered by the hub's, never raised); `None` counts
+    /// nothing (an executor built for a test of something else).
+    pub jobs_per_hour: Option<JobsPerHour>,
     /// Stops the report delivery; jobs end through [`Executor::cancel_all`].
     pub cancel: CancellationToken,
 }
@@ -68,6 +72,7 @@ enum Command {
     Assign { job: JobSpec, refuse_when_paused: bool },
     Cancel { id: String, reason: String },
     CancelAll { reason: String },
+    HubLimits(HubLimits),
     Finished(Box<Finished>),
 }
 
@@ -98,6 +103,7 @@ impl Executor {
             paused: config.paused,
             journal: config.journal,
             after_job: config.after_job,
+            jobs_per_hour: config.jobs_per_hour,
             running: HashMap::new(),
             finished: FinishedJobs::default(),
             busy: busy_tx,
@@ -124,6 +130,11 @@ impl Executor {
 
     pub fn cancel_all(&self, reason: &str) {
         let _ = self.commands.send(Command::CancelAll { reason: reason.to_owned() });
+    }
+
+    /// What the hub asked of this agent's caps (`hello_ack`); it can only lower them.
+    pub fn set_hub_limits(&self, limits: HubLimits) {
+        let _ = self.commands.send(Command::HubLimits(limits));
     }
 
     /// Jobs accepted and not yet finished.
@@ -176,6 +187,7 @@ struct Task {
     paused: watch::Receiver<bool>,
     journal: Journal,
     after_job: Option<AfterJob>,
+    jobs_per_hour: Option<JobsPerHour>,
     running: HashMap<String, RunningJob>,
     finished: FinishedJobs,
     busy: watch::Sender<usize>,
@@ -197,6 +209,11 @@ impl Task {
                     let ids: Vec<String> = self.running.keys().cloned().collect();
                     for id in ids {
                         self.cancel(&id, &reason);
+                    }
+                }
+                Command::HubLimits(limits) => {
+                    if let Some(jobs) = &mut self.jobs_per_hour {
+                        jobs.set_hub(limits.jobs_per_hour);
                     }
                 }
                 Command::Finished(finished) => self.finished(*finished),
@@ -232,6 +249,16 @@ impl Task {
             self.record_refused(&job, &error);
             let _ = self.frames.send(result_frame(&job.job_id, Err(error)));
             return;
+        }
+        // New work only, like the pause: a job this agent resumes by itself was counted when
+        // it first started.
+        if refuse_when_paused {
+            if let Some(Err(error)) = self.jobs_per_hour.as_mut().map(|jobs| jobs.admit(std::time::Instant::now())) {
+                tracing::warn!(job_id = %job.job_id, "job refused: the jobs-per-hour cap is reached");
+                self.record_refused(&job, &error);
+                let _ = self.frames.send(result_frame(&job.job_id, Err(error)));
+                return;
+            }
         }
         let cancel = CancellationToken::new();
         let reason = Arc::new(OnceLock::new());
@@ -510,6 +537,7 @@ mod tests {
             journal: Journal::new(dir.path()),
             reports_to: None,
             after_job: None,
+            jobs_per_hour: None,
             cancel: CancellationToken::new(),
         });
         Harness { executor, frames, runner, paused, _dir: dir }

@@ -11,6 +11,7 @@ pub mod browser_flow;
 pub mod bundle;
 pub mod http_request;
 
+use crate::consent::Consent;
 use edge_protocol::api::NotifyRequest;
 use edge_protocol::{ErrorCode, JobError, JobSpec};
 use futures_util::future::BoxFuture;
@@ -77,6 +78,9 @@ pub trait Runner: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Runners {
     by_type: BTreeMap<String, Arc<dyn Runner>>,
+    /// The person's grants, asked before every job. The standard table always has them;
+    /// a table built by hand (a test of one runner) runs what it registered.
+    consent: Option<Consent>,
 }
 
 impl Runners {
@@ -84,9 +88,18 @@ impl Runners {
         self.by_type.insert(job_type.to_owned(), Arc::new(runner));
     }
 
-    /// The job types this agent runs, which is what its `hello` announces.
+    /// The job types this agent has runners for.
     pub fn job_types(&self) -> impl Iterator<Item = &str> {
         self.by_type.keys().map(String::as_str)
+    }
+
+    /// What `hello` announces: of [`Runners::job_types`], those the person granted, and the
+    /// sites they granted browser flows on ([`Consent::announced`]).
+    pub fn announced(&self) -> Vec<String> {
+        match &self.consent {
+            Some(consent) => consent.announced(self.job_types()),
+            None => self.job_types().map(str::to_owned).collect(),
+        }
     }
 
     pub fn runs(&self, job_type: &str) -> bool {
@@ -95,7 +108,9 @@ impl Runners {
 
     /// Runs one job until it ends or `context.cancel` fires; `cancelled` words the error of
     /// a job stopped by its cancellation. A job type no runner is registered for is
-    /// `UNSUPPORTED_JOB`.
+    /// `UNSUPPORTED_JOB`; one the person did not grant, `CAPABILITY_NOT_GRANTED` (asked at
+    /// every job, so a revoke needs no restart; a browser job's site is asked again once
+    /// its adapter is known).
     pub async fn run(&self, job: &JobSpec, context: RunContext, cancelled: impl Fn() -> JobError) -> RunOutcome {
         let Some(runner) = self.by_type.get(&job.job_type) else {
             return RunOutcome::of(Err(JobError::new(
@@ -103,6 +118,12 @@ impl Runners {
                 format!("this agent ({}) does not run jobs of type {:?}", crate::agent_version(), job.job_type),
             )));
         };
+        if let Some(consent) = &self.consent {
+            if let Err(refused) = consent.check_job_type(&job.job_type) {
+                tracing::warn!(job_id = %job.job_id, job_type = %job.job_type, "job refused: capability not granted");
+                return RunOutcome::of(Err(refused));
+            }
+        }
         let cancel = context.cancel.clone();
         match runner.on_cancel() {
             OnCancel::Cooperate => runner.run(job, context).await,
@@ -124,6 +145,8 @@ impl Runners {
 /// may lack it; a runner whose resource is missing is not registered, so its job type is
 /// neither announced nor run.
 pub struct Resources {
+    /// The person's grants: the standard table runs and announces only what they allow.
+    pub consent: Consent,
     pub http: reqwest::Client,
     pub bundles: Option<crate::bundles::BundleContext>,
     /// The browser runtime and the data directory its adapters are remembered in.
@@ -133,7 +156,7 @@ pub struct Resources {
 /// The registration table.
 pub fn standard(resources: &Resources) -> Runners {
     use edge_protocol::jobs;
-    let mut runners = Runners::default();
+    let mut runners = Runners { consent: Some(resources.consent.clone()), ..Runners::default() };
     runners.register(jobs::HTTP_REQUEST, http_request::HttpRequest::new(resources.http.clone()));
     if let Some(bundles) = &resources.bundles {
         runners.register(jobs::BUNDLE, bundle::Bundle::new(bundles.clone()));

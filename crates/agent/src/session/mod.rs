@@ -325,10 +325,16 @@ impl Supervisor {
                 message = stream.next() => message,
             };
             match incoming(message) {
-                Incoming::Frame(HubFrame::HelloAck { hb_interval_ms, agent_id, protocol, hub }) => {
+                Incoming::Frame(HubFrame::HelloAck { hb_interval_ms, agent_id, protocol, hub, limits }) => {
                     if agent_id != self.credentials.agent_id {
                         tracing::warn!(%agent_id, ours = %self.credentials.agent_id, "hub acknowledged a different agent id");
                     }
+                    // Every hello_ack, so a hub that drops its limits lifts them again.
+                    let limits = limits.unwrap_or_default();
+                    if limits != Default::default() {
+                        tracing::info!(?limits, "the hub lowers this agent's caps (never above the person's own)");
+                    }
+                    self.executor.set_hub_limits(limits);
                     tracing::debug!(%hub, protocol, "hello_ack");
                     NEGOTIATED_PROTOCOL.store(protocol, std::sync::atomic::Ordering::Relaxed);
                     return Ok(Duration::from_millis(hb_interval_ms));

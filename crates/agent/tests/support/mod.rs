@@ -84,11 +84,24 @@ impl FakeSession {
 
     /// Reads `hello`, answers `hello_ack`.
     pub async fn handshake(&mut self, hb_interval_ms: u64) -> AgentFrame {
+        self.handshake_with_limits(hb_interval_ms, None).await
+    }
+
+    /// [`FakeSession::handshake`] whose `hello_ack` carries the hub's `limits`.
+    pub async fn handshake_with_limits(
+        &mut self,
+        hb_interval_ms: u64,
+        limits: Option<serde_json::Value>,
+    ) -> AgentFrame {
         let hello = self.recv().await;
         assert!(matches!(hello, AgentFrame::Hello { .. }), "first frame must be hello, got {hello:?}");
-        self.send_json(serde_json::json!({
+        let mut ack = serde_json::json!({
             "t": "hello_ack", "protocol": 1, "hub": "hub-test", "agentId": "agt-1", "hbIntervalMs": hb_interval_ms
-        }));
+        });
+        if let Some(limits) = limits {
+            ack["limits"] = limits;
+        }
+        self.send_json(ack);
         hello
     }
 }

@@ -641,6 +641,8 @@ impl Session {
             hub: format!("hub-{}", env!("CARGO_PKG_VERSION")),
             agent_id: self.agent_id.clone(),
             hb_interval_ms: u64::try_from(self.app.hb_interval.as_millis()).unwrap_or(u64::MAX),
+            // No hub-wide caps yet: the person's own apply as they set them.
+            limits: None,
         };
         // hello_ack goes out before the dispatcher learns the session is ready, so it
         // always precedes the first job_assign.
