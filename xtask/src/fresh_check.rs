@@ -99,8 +99,10 @@ fn check_in_root(
     mounts.bind(&ensure_dir(&dir.join("apt-archives"))?, &root_dir.join("var/cache/apt/archives"), false)?;
 
     let started = Instant::now();
+    // dpkg's progress is hundreds of lines; it is shown only when the install fails.
     let install = format!(
-        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}",
+        "{{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}; }} \
+         >/tmp/prerequisites.log 2>&1 || {{ cat /tmp/prerequisites.log; exit 1; }}",
         prerequisites.join(" ")
     );
     in_root(&root_dir, "installing the README's prerequisites", &install, deadline)?;
@@ -128,7 +130,7 @@ fn check_in_root(
     in_root(
         &root_dir,
         "cloning the repository",
-        &format!("git clone -q /tmp/edge-agent.bundle {INSIDE_REPO}"),
+        &format!("git -c advice.detachedHead=false clone -q /tmp/edge-agent.bundle {INSIDE_REPO}"),
         deadline,
     )?;
     // Compiled crates persist between runs under target/fresh-check (a build cache, not
