@@ -39,7 +39,7 @@ apt_install() {
     [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
     log "installing Debian's $*"
     $sudo_cmd apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get -o DPkg::Lock::Timeout=900 install -y -qq "$@" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "$@" >&2
 }
 
 # Whether anything accepts connections on the port (PostgreSQL or not).

@@ -43,7 +43,29 @@ pub const APT_TEST: &[&str] = &[
     "xclip",
     "nodejs",
     "npm",
+    // `cargo xtask fresh-check` builds a minimal Debian root with it.
+    "debootstrap",
 ];
+
+/// What `cargo xtask demo` itself needs (checked, installed when root): the C toolchain its
+/// builds of the hub and the agent use (the `cc` build scripts of ring, SQLite and
+/// mimalloc). A fresh machine has it already, as the README's prerequisites name it: cargo
+/// cannot even link xtask without `cc`; a test holds the two lists in step. Chromium is optional: without it the demo skips
+/// only the browser flow and prints [`CHROMIUM_INSTALL`].
+pub const APT_DEMO: &[&str] = &["gcc", "libc6-dev"];
+
+/// The command that adds the browser the demo's browser flow and the tests use.
+pub const CHROMIUM_INSTALL: &str = "apt-get install --no-install-recommends chromium";
+
+/// The `apt-get` line that installs `packages`; every install this project does or prints
+/// goes through it, so none pulls Debian's recommended packages (`xdg-desktop-portal` and
+/// its FUSE document store came that way and broke the test session's clean-up).
+pub fn apt_install_command(packages: &[&str]) -> String {
+    format!(
+        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+        packages.join(" ")
+    )
+}
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
@@ -70,14 +92,17 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let command = format!("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}", missing.join(" "));
+    let command = apt_install_command(&missing);
     if !is_root() {
         bail!("missing Debian packages: {}\nrun as root:\n  {command}", missing.join(" "));
     }
     eprintln!("installing missing Debian packages: {}", missing.join(" "));
     checked(Command::new("apt-get").args(["update", "-qq"]))?;
     checked(
-        Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
 

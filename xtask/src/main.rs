@@ -9,23 +9,28 @@ mod bench_hub;
 mod bench_vm;
 mod demo;
 mod deps;
+mod fresh_check;
 mod test;
 mod util;
 
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo | test [--skip-install] | bench [agent|tray|hub|hub-guest [N]|bundles|browser] [--skip-install]>
+    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | bench [agent|tray|hub|hub-guest [N]|bundles|browser] [--skip-install]>
 
-  demo   hub on a temporary SQLite file + a headless agent + three real jobs, end to end
-  test   install what is missing (apt, npm), then run every test
-  bench  install what is missing, then measure the numbers recorded in docs/benchmarks.md";
+  demo         hub on a temporary SQLite file + a headless agent + real jobs, end to end;
+               one line per job and a closing table (--verbose: each job's full record)
+  test         install what is missing (apt, npm), then run every test (fresh-check included)
+  fresh-check  run the README's first command in a minimal Debian root holding only the
+               README's prerequisites (root; debootstrap)
+  bench        install what is missing, then measure the numbers recorded in docs/benchmarks.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
-        Some("demo") => demo::run(),
+        Some("demo") => demo::run(&rest),
+        Some("fresh-check") => fresh_check::run(&rest),
         Some("test") => test::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("tree-rss") => bench::tree_rss(&rest),

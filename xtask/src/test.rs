@@ -55,6 +55,10 @@ pub fn run(args: &[&str]) -> Result<()> {
         ),
     ));
 
+    // Last: it proves the README's first command on a minimal Debian root, so a package
+    // that only this machine happens to have cannot hide behind a green run.
+    stages.push(("fresh machine: the README's first command in a minimal Debian root", crate::fresh_check::run(&[])));
+
     println!("\n== xtask test summary ({} s)", started.elapsed().as_secs());
     let failed: Vec<&str> = stages.iter().filter(|(_, r)| r.is_err()).map(|(name, _)| *name).collect();
     for (name, result) in &stages {

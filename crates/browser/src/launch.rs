@@ -101,7 +101,7 @@ pub fn find_browser(configured: Option<&Path>) -> Result<PathBuf, BrowserError> 
     }
     candidates().into_iter().find(|p| p.is_file()).ok_or_else(|| {
         let what = if cfg!(target_os = "linux") {
-            "install Chromium (Debian/Ubuntu: `apt install chromium`) or Google Chrome"
+            "install Chromium (Debian/Ubuntu: `apt-get install --no-install-recommends chromium`) or Google Chrome"
         } else {
             "install Google Chrome, Chromium or Microsoft Edge"
         };

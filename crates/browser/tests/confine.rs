@@ -332,7 +332,7 @@ impl Drop for TlsServer {
 async fn a_site_that_cannot_prove_who_it_is_is_not_loaded() {
     let openssl = |args: &[&str], dir: &std::path::Path| {
         std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-            panic!("the openssl command is needed for this test (Debian: apt-get install openssl): {e}")
+            panic!("the openssl command is needed for this test (Debian: apt-get install --no-install-recommends openssl): {e}")
         })
     };
     let dir = tempfile::tempdir().unwrap();
