@@ -4,7 +4,8 @@
 //! back-off; a send whose outcome is unknown (pressed but never confirmed, or cut by a
 //! crash) is in `uncertainRecipients` only and is never sent twice. The hub's side (the
 //! ledger) is in `crates/hub/tests/conformance.rs`. Here the crash is the checkpoint a
-//! killed agent leaves behind.
+//! killed agent leaves behind; a real SIGKILL of the agent is in
+//! `tests/e2e/tests/broadcast_truth.rs`.
 
 use edge_browser::checkpoint::{CheckpointStore, Progress};
 use edge_browser::confine::Uploads;
