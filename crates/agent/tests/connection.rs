@@ -195,6 +195,55 @@ async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
     assert_eq!(state["snapshot"]["connection"], "offline");
 }
 
+/// `{"a":{"a":…{}…}}`, `levels` deep.
+fn nested(levels: usize) -> String {
+    format!("{}{{}}{}", r#"{"a":"#.repeat(levels - 1), "}".repeat(levels - 1))
+}
+
+/// Issue 18: a `job_assign` the agent cannot read used to get an `error` frame only, so the
+/// hub kept the job (and the agent's slot) leased for ever. Now it is answered by its id
+/// with `BAD_PAYLOAD`, and takes no slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_assign_it_cannot_read_is_answered_bad_payload_by_its_id() {
+    let Connected { hub, dir: _dir, agent, mut events, mut session, .. } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
+    wait_for(&mut events, |e| matches!(e, AgentEvent::Connected { .. })).await;
+    // Too deep for any JSON parser with a recursion limit (the frame adds two levels), far
+    // too deep, and readable but over the protocol's payload depth limit.
+    let cases =
+        [("job-deep-127", 127), ("job-deep-5000", 5_000), ("job-deep-limit", edge_protocol::MAX_PAYLOAD_DEPTH + 1)];
+    for (id, levels) in cases {
+        session.send_text(format!(
+            r#"{{"t":"job_assign","job":{{"jobId":"{id}","type":"http_request","payload":{}}}}}"#,
+            nested(levels)
+        ));
+        expect_ack(&mut session, id).await;
+        let (status, data, err) = expect_result(&mut session, id).await;
+        assert_eq!((status, data), (JobStatus::Error, None), "{id}");
+        let err = err.expect("an error");
+        assert_eq!(err.code, ErrorCode::BadPayload, "{id}: {err:?}");
+        assert!(!err.code.is_retryable());
+        assert!(err.message.as_deref().is_some_and(|m| !m.is_empty()), "{id}: the message says why");
+    }
+    // No slot was taken: the agent's two slots both run jobs at once.
+    assert_eq!(agent.snapshot().busy, 0);
+    for id in ["job-after-1", "job-after-2"] {
+        assign(&session, id, "http_request", json!({"url": hub.target("/slow/20000")}));
+        expect_ack(&mut session, id).await;
+    }
+    let mut started = std::collections::BTreeSet::new();
+    while started.len() < 2 {
+        if let AgentEvent::JobStarted { id, .. } =
+            wait_for(&mut events, |e| matches!(e, AgentEvent::JobStarted { .. })).await
+        {
+            started.insert(id);
+        }
+    }
+    assert_eq!(started.into_iter().collect::<Vec<_>>(), ["job-after-1", "job-after-2"]);
+    assert_eq!(agent.snapshot().busy, 2);
+    agent.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_install_announces_no_job_type_and_refuses_what_was_not_granted() {
     let hub = FakeHub::start().await;

@@ -2,8 +2,11 @@
 //! so a broadcast interrupted by a crash resumes and messages every recipient exactly once.
 //!
 //! Each recipient goes `pending` → `sending` (written before the send) → `sent` (written
-//! after it). A `sending` found on resume means the agent died mid-send; the runtime then
-//! asks the site whether the message is there before sending again. Files live in
+//! after the site confirmed it). A send the site refused (HTTP 429, its rate-limit banner,
+//! an error before the message was submitted) goes back to `pending` and is sent again by
+//! the retry. A `sending` found on resume means the agent died mid-send; the runtime then
+//! asks the site whether the message is there before sending again, and when it cannot ask,
+//! the recipient becomes `uncertain`: never sent again, never reported as sent. Files live in
 //! `<dir>/<sha256(idem key)>.json` and are written with fsync + rename + directory fsync.
 //! This module must never forget a `sent` (no truncation, no rewrite from scratch).
 
@@ -41,6 +44,10 @@ pub enum Progress {
     /// Written right before the send: the outcome is unknown if the agent died here.
     Sending,
     Sent,
+    /// The send may or may not have gone out and the site cannot tell us: not sent again
+    /// (a person must not get the message twice), not reported as sent (they may have got
+    /// nothing); reported in `uncertainRecipients` for the operator.
+    Uncertain,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,7 +77,21 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn sent(&self) -> Vec<String> {
-        self.recipients.iter().filter(|r| r.state == Progress::Sent).map(|r| r.recipient.clone()).collect()
+        self.in_state(Progress::Sent)
+    }
+
+    /// Recipients whose message may or may not have gone out: `uncertain` ones, and
+    /// `sending` ones (their outcome is unknown until a resume asks the site).
+    pub fn uncertain(&self) -> Vec<String> {
+        self.recipients
+            .iter()
+            .filter(|r| matches!(r.state, Progress::Uncertain | Progress::Sending))
+            .map(|r| r.recipient.clone())
+            .collect()
+    }
+
+    fn in_state(&self, state: Progress) -> Vec<String> {
+        self.recipients.iter().filter(|r| r.state == state).map(|r| r.recipient.clone()).collect()
     }
 }
 
@@ -141,8 +162,9 @@ impl CheckpointStore {
     /// Moves one recipient to `state` and makes it durable before returning.
     pub fn mark(&self, checkpoint: &mut Checkpoint, index: usize, state: Progress) -> std::io::Result<()> {
         if let Some(r) = checkpoint.recipients.get_mut(index) {
-            // Never step back from `sent`.
-            if r.state == Progress::Sent {
+            // Never step back from `sent`, and never make an `uncertain` one sendable again:
+            // either could message a person twice.
+            if r.state == Progress::Sent || (r.state == Progress::Uncertain && state != Progress::Sent) {
                 return Ok(());
             }
             r.state = state;
@@ -200,7 +222,28 @@ mod tests {
         assert_eq!(again.recipients[1].state, Progress::Sending);
         assert_eq!(again.recipients[3].recipient, "dee");
         assert_eq!(again.sent(), vec!["ann".to_owned()]);
+        assert_eq!(again.uncertain(), vec!["Bob".to_owned()], "a `sending` one is not known to be sent");
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_uncertain_recipient_is_never_made_sendable_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path().to_path_buf());
+        let mut cp = store.open("key-2", "job_2", &["ann".into(), "bob".into()]).unwrap();
+        store.mark(&mut cp, 0, Progress::Sending).unwrap();
+        store.mark(&mut cp, 0, Progress::Uncertain).unwrap();
+        for state in [Progress::Pending, Progress::Sending] {
+            store.mark(&mut cp, 0, state).unwrap();
+            assert_eq!(cp.recipients[0].state, Progress::Uncertain);
+        }
+        // A failed send goes back to pending; it is then neither sent nor uncertain.
+        store.mark(&mut cp, 1, Progress::Sending).unwrap();
+        store.mark(&mut cp, 1, Progress::Pending).unwrap();
+        let again = store.open("key-2", "job_2", &[]).unwrap();
+        assert_eq!(again.uncertain(), vec!["ann".to_owned()]);
+        assert!(again.sent().is_empty());
+        assert_eq!(again.recipients[1].state, Progress::Pending);
     }
 }

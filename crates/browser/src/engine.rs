@@ -13,6 +13,7 @@ use crate::flow::{json_kind, lookup, render, template_path, Adapter, FieldSpec, 
 use crate::locator::{Cadence, Driver, WaitState};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How a flow runs.
@@ -137,6 +138,20 @@ pub async fn run_flow(
     params: &Map<String, Value>,
     options: &RunOptions,
 ) -> Result<FlowOutput, BrowserError> {
+    run_flow_watching_submit(driver, adapter, flow, params, options, &AtomicBool::new(false)).await
+}
+
+/// [`run_flow`], setting `submitted` as a submit action (the step that sends a message or
+/// a post) begins. When the flow then fails, the caller knows whether the site may have
+/// received what was submitted (set) or certainly did not (unset).
+pub async fn run_flow_watching_submit(
+    driver: &Driver,
+    adapter: &Adapter,
+    flow: &Flow,
+    params: &Map<String, Value>,
+    options: &RunOptions,
+    submitted: &AtomicBool,
+) -> Result<FlowOutput, BrowserError> {
     flow.validate()?;
     let params = flow.resolve_params(params)?;
     let origins = Origins::of(adapter)?;
@@ -180,6 +195,9 @@ pub async fn run_flow(
             }
         }
         let timeout = a.timeout_ms.map(Duration::from_millis).unwrap_or(default_timeout);
+        if is_action && a.submit {
+            submitted.store(true, Ordering::SeqCst);
+        }
         let started = Instant::now();
         let result =
             run_step(driver, adapter, &origins, step.kind, a, selector.as_deref(), &ctx, timeout, options, &mut output)

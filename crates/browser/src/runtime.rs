@@ -10,7 +10,7 @@
 
 use crate::checkpoint::{normalize, CheckpointStore, Progress};
 use crate::confine::{Origins, Uploads};
-use crate::engine::{run_flow, FlowOutput, RunOptions};
+use crate::engine::{run_flow, run_flow_watching_submit, FlowOutput, RunOptions};
 use crate::error::BrowserError;
 use crate::flow::{Adapter, Flow};
 use crate::guard::{BreakerSettings, Cap, Caps, Guard};
@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -603,14 +604,12 @@ impl BrowserRuntime {
         let recipient_pacing = self.inner.settings.recipient_pacing;
         // Only this job's recipients, in checkpoint order (which keeps the payload's order).
         let wanted: BTreeSet<String> = recipients.iter().map(|r| normalize(r)).collect();
-        let mut uncertain: Vec<String> = Vec::new();
         let mut dry_runs = 0u32;
         let check_flow = adapter.flow("check_sent").ok().filter(|_| adapter.selectors.contains_key("sentMessage"));
         let runtime = self.clone();
         let result = self
             .with_page(adapter, |driver| {
                 let checkpoint = &mut checkpoint;
-                let uncertain = &mut uncertain;
                 let dry_runs = &mut dry_runs;
                 let recipients = &recipients;
                 async move {
@@ -629,7 +628,8 @@ impl BrowserRuntime {
                             cp.recipients.iter().position(|r| normalize(&r.recipient) == normalize(&recipient))
                         });
                         let state = index.and_then(|i| checkpoint.as_ref().map(|cp| cp.recipients[i].state));
-                        if state == Some(Progress::Sent) {
+                        // Sent, or perhaps sent with no way to tell: never again.
+                        if matches!(state, Some(Progress::Sent | Progress::Uncertain)) {
                             continue;
                         }
                         let mut params = payload.params.clone();
@@ -657,9 +657,17 @@ impl BrowserRuntime {
                                     })
                                 }
                                 None => {
-                                    // No way to check: do not risk a second message.
-                                    uncertain.push(recipient.clone());
-                                    true
+                                    // No way to check: do not risk a second message, and do
+                                    // not claim a first one either.
+                                    if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
+                                        store
+                                            .mark(cp, i, Progress::Uncertain)
+                                            .map_err(|e| BrowserError::Io(e.to_string()))?;
+                                    }
+                                    tracing::warn!(
+                                        "an interrupted send cannot be checked on this site; reported as uncertain"
+                                    );
+                                    continue;
                                 }
                             };
                             if delivered {
@@ -683,7 +691,18 @@ impl BrowserRuntime {
                         if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
                             store.mark(cp, i, Progress::Sending).map_err(|e| BrowserError::Io(e.to_string()))?;
                         }
-                        run_flow(&driver, adapter, &flow, &params, &options).await?;
+                        let submitted = AtomicBool::new(false);
+                        let sending =
+                            run_flow_watching_submit(&driver, adapter, &flow, &params, &options, &submitted).await;
+                        if let Err(e) = sending {
+                            if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
+                                let state =
+                                    after_failed_send(&e, submitted.load(Ordering::SeqCst), check_flow.is_some());
+                                tracing::info!(code = %e.code(), ?state, "a send failed");
+                                store.mark(cp, i, state).map_err(|e| BrowserError::Io(e.to_string()))?;
+                            }
+                            return Err(e);
+                        }
                         if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
                             store.mark(cp, i, Progress::Sent).map_err(|e| BrowserError::Io(e.to_string()))?;
                         }
@@ -703,6 +722,7 @@ impl BrowserRuntime {
             }
         }
         let sent: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
+        let uncertain: Vec<String> = checkpoint.as_ref().map(|c| c.uncertain()).unwrap_or_default();
         let data = json!({
             "sentRecipients": sent,
             "alreadySent": already,
@@ -1124,6 +1144,28 @@ pub fn unavailable_error(reason: &str) -> JobError {
     JobError::new(ErrorCode::Other(crate::error::BROWSER_NOT_FOUND.into()), reason.to_owned())
 }
 
+/// Where a recipient stands after its send failed. The site refused it (HTTP 429, its
+/// rate-limit banner, a content or policy refusal, a logged-out page) or the flow failed
+/// before the message was submitted: nothing went out, so it is sent again by the retry.
+/// Otherwise the message may be on the site: with a way to ask the site (`check_sent`) it
+/// stays `sending`, which the retry resolves by asking; without one it is `uncertain`.
+fn after_failed_send(error: &BrowserError, submitted: bool, can_check: bool) -> Progress {
+    let refused_by_site = matches!(
+        error,
+        BrowserError::RateLimited { .. }
+            | BrowserError::ContentBlocked { .. }
+            | BrowserError::PolicyViolation { .. }
+            | BrowserError::LoginRequired { .. }
+    );
+    if !submitted || refused_by_site {
+        Progress::Pending
+    } else if can_check {
+        Progress::Sending
+    } else {
+        Progress::Uncertain
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1145,6 +1187,22 @@ mod tests {
         let message = site_time_zone(&neither, Some("Europe/Paris")).unwrap_err().to_string();
         assert!(message.contains("selectors.timeZoneInput") && message.contains("settings.timeZone"), "{message}");
         assert!(site_time_zone(&control, Some("Mars/Base")).unwrap_err().to_string().contains("Mars/Base"));
+    }
+
+    #[test]
+    fn a_failed_send_is_retried_only_when_nothing_can_have_gone_out() {
+        let limited =
+            || BrowserError::RateLimited { site: "s".into(), detail: "HTTP 429".into(), retry_after_ms: None };
+        let timeout = || BrowserError::Timeout { what: "waitFor .dm-sent".into(), ms: 5000 };
+        // Refused by the site, before or after the click: sent again after the back-off.
+        assert_eq!(after_failed_send(&limited(), true, false), Progress::Pending);
+        assert_eq!(after_failed_send(&limited(), false, true), Progress::Pending);
+        // Failed before the message was submitted: nothing reached the site.
+        assert_eq!(after_failed_send(&timeout(), false, false), Progress::Pending);
+        // Submitted, then no confirmation: perhaps delivered.
+        assert_eq!(after_failed_send(&timeout(), true, true), Progress::Sending);
+        assert_eq!(after_failed_send(&timeout(), true, false), Progress::Uncertain);
+        assert_eq!(after_failed_send(&BrowserError::Cancelled, true, false), Progress::Uncertain);
     }
 
     #[test]

@@ -65,6 +65,9 @@ struct SiteState {
     rate_limited: u32,
     /// Pause before answering a send (lets tests kill the agent mid-broadcast).
     send_delay: Duration,
+    /// Sends that reached the site, counted before the pause (a test kills the agent once
+    /// one is in flight).
+    sends_received: u32,
     /// The scheduler's preselected zone; `None`: [`DEFAULT_ZONE`].
     time_zone: Option<String>,
     /// Requests that reached `/landing` (where hostile pages try to take the browser).
@@ -239,7 +242,11 @@ async fn send(State(state): State<Shared>, headers: HeaderMap, Form(form): Form<
     if !session(&headers, &state) {
         return logged_out(false).into_response();
     }
-    let delay = lock(&state).send_delay;
+    let delay = {
+        let mut st = lock(&state);
+        st.sends_received += 1;
+        st.send_delay
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -638,6 +645,11 @@ settings:
     /// The zone the scheduler's time-zone control shows until a person (or flow) changes it.
     pub fn set_time_zone(&self, zone: &str) {
         lock(&self.state).time_zone = Some(zone.to_owned());
+    }
+
+    /// Sends (`POST /messages`) that reached the site so far, delivered or not yet.
+    pub fn sends_received(&self) -> u32 {
+        lock(&self.state).sends_received
     }
 
     pub fn set_send_delay(&self, delay: Duration) {

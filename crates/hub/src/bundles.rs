@@ -422,6 +422,7 @@ async fn finish_job(
         result,
         error,
         sent_recipients: Vec::new(),
+        uncertain_recipients: Vec::new(),
     };
     let outcome = app.store.finish_job(request, now).await?;
     match &outcome {

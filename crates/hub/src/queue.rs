@@ -304,6 +304,21 @@ pub fn sent_recipients(payload: &Value, data: Option<&Value>, succeeded: bool) -
     }
 }
 
+/// Which recipients a message-sending job reports as perhaps messaged
+/// (`data.uncertainRecipients`: the agent cannot tell whether the message went out),
+/// normalised, without those also reported as sent.
+pub fn uncertain_recipients(data: Option<&Value>, sent: &[String]) -> Vec<String> {
+    let mut listed: Vec<String> = data
+        .and_then(|d| d.get("uncertainRecipients"))
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(Value::as_str).map(normalize_recipient).collect())
+        .unwrap_or_default();
+    listed.retain(|r| !r.is_empty() && !sent.contains(r));
+    listed.sort();
+    listed.dedup();
+    listed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +380,9 @@ mod tests {
         assert_eq!(sent_recipients(&payload, None, true), vec!["ann", "bob"]);
         assert_eq!(sent_recipients(&payload, Some(&json!({"sentRecipients":["BOB"]})), false), vec!["bob"]);
         assert!(sent_recipients(&payload, None, false).is_empty());
+        let data = json!({"sentRecipients":["ann"],"uncertainRecipients":[" Bob ","ANN","bob",7]});
+        assert_eq!(uncertain_recipients(Some(&data), &sent_recipients(&payload, Some(&data), false)), vec!["bob"]);
+        assert!(uncertain_recipients(None, &[]).is_empty());
         assert!((0.0..1.0).contains(&unit_random()));
     }
 }

@@ -321,6 +321,7 @@ mod tests {
             result: None,
             error: None,
             sent_recipients: Vec::new(),
+            uncertain_recipients: Vec::new(),
         }
     }
 

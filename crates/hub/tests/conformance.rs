@@ -47,6 +47,7 @@ conformance!(
     cancel_pending_and_held_jobs,
     creator_limits_make_jobs_wait,
     dedupe_ledger_skips_recently_messaged_recipients,
+    uncertain_recipients_are_listed_not_blocked_and_not_resent,
     creator_keys_cannot_reach_other_creators,
     routing_by_agent_labels_and_capabilities,
     sync_submit_returns_the_result_or_504,
@@ -132,13 +133,19 @@ async fn heartbeats_and_progress_extend_the_lease(db: TestDb) {
     // point is that each round extends the lease, not how fast the rounds come.
     const VISIBILITY: Duration = Duration::from_secs(2);
     let hub = TestHub::start_on(db, |config| config.queue.visibility_timeout = VISIBILITY).await;
-    let (_agent, mut ws) = hub.connected_agent(CREATOR, 2).await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 3).await;
     let by_hb = hub.submit_job(custom(CREATOR)).await;
     let by_progress = hub.submit_job(custom(CREATOR)).await;
-    next_assign(&mut ws).await;
-    next_assign(&mut ws).await;
+    // An agent that cannot read a job never acks it: heartbeats and progress must not keep
+    // it (issue 18: the lease of a 125-deep payload was extended for ever).
+    let never_acked = hub.submit_job(custom(CREATOR)).await;
+    for _ in 0..3 {
+        next_assign(&mut ws).await;
+    }
     send(&mut ws, json!({"t":"job_ack","id":id(&by_hb)})).await;
+    send(&mut ws, json!({"t":"job_ack","id":id(&by_progress)})).await;
     hub.wait_for_job_status(&id(&by_hb), "running").await;
+    hub.wait_for_job_status(&id(&by_progress), "running").await;
     // Three visibility timeouts of heartbeats: the leases hold. Each round waits until the
     // hub has moved both expiries on (the event), rather than for a fixed time.
     let lease_ends = || async {
@@ -147,30 +154,38 @@ async fn heartbeats_and_progress_extend_the_lease(db: TestDb) {
             hub.job(&id(&by_progress)).await["leaseExpiresAt"].clone(),
         )
     };
+    let expired = |history: &[Value]| history.iter().any(|a| a["outcome"] == "expired");
     let holding_since = std::time::Instant::now();
     let mut i = 0;
+    let mut never_acked_expired = false;
     while holding_since.elapsed() < 3 * VISIBILITY {
         let (hb_before, progress_before) = lease_ends().await;
         send(&mut ws, json!({"t":"hb","v":"agent-0.1.0","ts":i})).await;
         send(&mut ws, json!({"t":"job_progress","id":id(&by_progress),"pct":i*10})).await;
+        send(&mut ws, json!({"t":"job_progress","id":id(&never_acked),"pct":i*10})).await;
         wait_until(Duration::from_secs(10), "hb and job_progress to extend the leases", || async {
             let (hb_after, progress_after) = lease_ends().await;
             (hb_after != hb_before && progress_after != progress_before).then_some(())
         })
         .await;
+        never_acked_expired = never_acked_expired || expired(&attempts(&hub, &id(&never_acked)).await);
         i += 1;
         // Paces the rounds (a few per visibility timeout); what is checked is the extension.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(hub.job(&id(&by_hb)).await["status"], "running");
-    assert_eq!(hub.job(&id(&by_progress)).await["status"], "leased");
-    let expired = |history: &[Value]| history.iter().any(|a| a["outcome"] == "expired");
+    assert_eq!(hub.job(&id(&by_progress)).await["status"], "running");
     assert!(!expired(&attempts(&hub, &id(&by_hb)).await) && !expired(&attempts(&hub, &id(&by_progress)).await));
+    assert!(
+        never_acked_expired || expired(&attempts(&hub, &id(&never_acked)).await),
+        "heartbeats and progress kept the lease of a job that was never acknowledged: {:?}",
+        attempts(&hub, &id(&never_acked)).await
+    );
     // Progress for a job it does not hold is refused.
     send(&mut ws, json!({"t":"job_progress","id":"job_nope","pct":1})).await;
     loop {
         let frame = recv(&mut ws).await;
-        if frame["t"] == "error" {
+        if frame["t"] == "error" && frame["message"].as_str().is_some_and(|m| m.contains("job_nope")) {
             assert_eq!(frame["code"], "NOT_YOUR_JOB");
             break;
         }
@@ -578,6 +593,62 @@ async fn dedupe_ledger_skips_recently_messaged_recipients(db: TestDb) {
     hub.shutdown().await;
 }
 
+/// Issue 18: a recipient whose send the agent cannot confirm (cut by a crash, no way to ask
+/// the site) is recorded in the ledger as uncertain: listed for the operator, not refused
+/// by the cool-off, and left out of the retry (another agent has no checkpoint to skip it).
+async fn uncertain_recipients_are_listed_not_blocked_and_not_resent(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (_agent, mut ws) = hub.connected_agent(CREATOR, 1).await;
+    let uncertain_list = |key: String, creator: &'static str| {
+        let hub = &hub;
+        async move { hub.request(Method::GET, &format!("/v1/creators/{creator}/uncertain-recipients"), &key, None).await }
+    };
+    let job = hub
+        .submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipients":["Dan","eve","fay","gus"]}}))
+        .await;
+    assert_eq!(next_assign(&mut ws).await, id(&job));
+    // Throttled after Dan; Eve's send was cut with no way to tell whether it went out.
+    let data = json!({"sentRecipients":["dan"],"uncertainRecipients":["Eve"]});
+    send(&mut ws, json!({"t":"job_result","id":id(&job),"status":"error","err":{"code":"RATE_LIMITED"},"data":data}))
+        .await;
+    assert_eq!(next_assign(&mut ws).await, id(&job), "retried after the back-off");
+    assert_eq!(hub.job(&id(&job)).await["payload"]["recipients"], json!(["fay", "gus"]), "neither Dan nor Eve again");
+    // This delivery also (wrongly) calls Dan uncertain: a sent entry is never downgraded.
+    let data = json!({"sentRecipients":["fay","gus"],"uncertainRecipients":["dan"]});
+    send(&mut ws, json!({"t":"job_result","id":id(&job),"status":"ok","data":data})).await;
+    hub.wait_for_job_status(&id(&job), "succeeded").await;
+
+    let (status, listed) = uncertain_list(hub.api_key.clone(), CREATOR).await;
+    assert_eq!(status, 200, "{listed}");
+    let recipients = listed["recipients"].as_array().expect("recipients");
+    assert_eq!(recipients.len(), 1, "{listed}");
+    assert_eq!(
+        (recipients[0]["recipient"].as_str(), recipients[0]["jobId"].as_str()),
+        (Some("eve"), Some(id(&job).as_str()))
+    );
+    assert!(recipients[0]["reportedAt"].as_str().unwrap().ends_with('Z'));
+    // Another creator's key does not see them; this creator's key does.
+    let (status, _) = uncertain_list(hub.creator_key("creator-2").await, CREATOR).await;
+    assert_eq!(status, 404);
+    let (status, own) = uncertain_list(hub.creator_key(CREATOR).await, CREATOR).await;
+    assert_eq!((status, own["recipients"].as_array().map(Vec::len)), (200, Some(1)), "{own}");
+
+    // The cool-off refuses Dan (sent), not Eve (uncertain).
+    let again =
+        hub.submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipients":["dan","eve"]}})).await;
+    assert_eq!(again["payload"]["recipients"], json!(["eve"]), "{again}");
+    assert_eq!(again["skippedRecipients"][0]["recipient"], "dan");
+    assert_eq!(next_assign(&mut ws).await, id(&again));
+    send(&mut ws, json!({"t":"job_result","id":id(&again),"status":"ok","data":{"sentRecipients":["eve"]}})).await;
+    hub.wait_for_job_status(&id(&again), "succeeded").await;
+    // Now Eve is known to be messaged: no longer uncertain, and refused for the cool-off.
+    let (_, listed) = uncertain_list(hub.api_key.clone(), CREATOR).await;
+    assert_eq!(listed["recipients"], json!([]), "{listed}");
+    let third = hub.submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipient":"eve"}})).await;
+    assert_eq!(third["error"]["code"], "ALL_RECIPIENTS_SKIPPED", "{third}");
+    hub.shutdown().await;
+}
+
 async fn creator_keys_cannot_reach_other_creators(db: TestDb) {
     let hub = TestHub::start_on(db, |_| {}).await;
     let mine = hub.creator_key(CREATOR).await;
@@ -801,6 +872,9 @@ async fn bad_input_names_the_field_and_writes_nothing(db: TestDb) {
         (json!({"type":"http_request","payload":{"url":"ftp://x"},"creatorId":CREATOR}), 400, "payload.url"),
         (json!({"type":"http_request","payload":{"method":"GET"},"creatorId":CREATOR}), 400, "missing field `url`"),
         (json!({"type":CUSTOM,"payload":{"blob":"x".repeat(1_046_000)},"creatorId":CREATOR}), 413, "`payload`"),
+        // Issue 18: the agent's depth limit, so a job it could not read is never queued.
+        (json!({"type":CUSTOM,"payload":nested_json(125),"creatorId":CREATOR}), 400, "nested"),
+        (json!({"type":CUSTOM,"payload":nested_json(65),"creatorId":CREATOR}), 400, "nested"),
     ];
     for (body, status, hint) in cases {
         let (got, answer) = hub.operator_post("/v1/jobs", body.clone()).await;
@@ -932,6 +1006,7 @@ async fn a_batch_of_reports_applies_each_under_its_own_lease(db: TestDb) {
         result: Some(json!({"n": job})),
         error: None,
         sent_recipients: Vec::new(),
+        uncertain_recipients: Vec::new(),
     };
     let now = edge_hub::crypto::now_ms();
     let lease = |job: usize, token: i64| LeaseRef {
@@ -1016,6 +1091,7 @@ async fn one_group_writes_submissions_acks_reports_and_claims_in_order_or_nothin
         result: Some(json!({"done": true})),
         error: None,
         sent_recipients: Vec::new(),
+        uncertain_recipients: Vec::new(),
     };
 
     // A failing part (a job id that is taken) takes the whole group with it.
@@ -1176,6 +1252,7 @@ async fn a_leased_job_is_answered_as_it_was_stored(db: TestDb) {
         result: None,
         error: None,
         sent_recipients: Vec::new(),
+        uncertain_recipients: Vec::new(),
     };
     let batch = JobWriteBatch { finishes: vec![released], ..Default::default() };
     let outcome = store.write_jobs(&batch, now + 2).await.unwrap().finished.remove(0);

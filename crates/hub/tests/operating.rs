@@ -405,6 +405,11 @@ async fn every_operator_answer_matches_the_openapi_document() {
     );
     assert_eq!(c.call("PUT", "/v1/creators/creator-other/limits", Some(&other_key), Some(limits)).await.0, 403);
     assert_eq!(c.call("GET", &format!("/v1/creators/{CREATOR}/limits"), Some(&other_key), None).await.0, 404);
+    // The ledger's uncertain entries (issue 18).
+    let path = format!("/v1/creators/{CREATOR}/uncertain-recipients");
+    assert_eq!(c.call("GET", &path, k, None).await.0, 200);
+    assert_eq!(c.call("GET", &format!("{path}?limit=0"), k, None).await.0, 400);
+    assert_eq!(c.call("GET", &path, Some(&other_key), None).await.0, 404);
 
     // Every documented operation was exercised with a success.
     let documented: BTreeSet<(String, String)> = c.doc["paths"]

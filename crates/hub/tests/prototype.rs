@@ -181,6 +181,16 @@ async fn the_prototype_route_routes_by_key_and_refuses_bad_requests_by_name() {
             "payload.method",
         ),
         ("/jobs", Some(&hub.api_key), None, json!(["not", "an", "object"]), 400, "bad_request", "payload"),
+        // Issue 18: 125 levels reached the agent, which could not read the job.
+        (
+            "/jobs",
+            Some(&hub.api_key),
+            None,
+            json!({"url":"http://127.0.0.1:9/","headers":nested_json(124)}),
+            400,
+            "payload_too_deep",
+            "nested",
+        ),
         ("/jobs", Some(&hub.api_key), Some(&long_id), good.clone(), 400, "bad_request", "X-Request-Id"),
         ("/jobs?sync=maybe", Some(&hub.api_key), None, good.clone(), 400, "bad_request", "sync"),
         ("/jobs?agentId=agt_nobody", Some(&hub.api_key), None, good.clone(), 404, "unknown_agent", "agentId"),

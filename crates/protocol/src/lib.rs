@@ -16,7 +16,10 @@ pub mod errors;
 pub mod frames;
 pub mod jobs;
 
-pub use codec::{decode_agent_frame, decode_hub_frame, encode, FrameError, MAX_FRAME_BYTES};
+pub use codec::{
+    check_payload, decode_agent_frame, decode_hub_frame, encode, job_assign_id, FrameError, PayloadError,
+    MAX_FRAME_BYTES, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH,
+};
 pub use errors::{ErrorCode, JobError, RetryPolicy};
 pub use frames::{
     AgentFrame, Availability, CircuitReason, HubFrame, HubLimits, JobSpec, JobStatus, LogStream, ProtocolErrorFrame,

@@ -148,3 +148,52 @@ fn a_capability_the_person_did_not_grant_is_a_fatal_job_error() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// A payload nested `levels` deep: `{"a":{"a":…{}…}}`.
+fn nested(levels: usize) -> String {
+    format!("{}{{}}{}", r#"{"a":"#.repeat(levels - 1), "}".repeat(levels - 1))
+}
+
+#[test]
+fn a_job_assign_too_deep_to_parse_still_yields_its_id() {
+    // Issue 18: the hub's own parser took payloads up to 127 levels deep, two levels more
+    // than fit in a frame the agent can parse; the agent then could not even say which job
+    // it could not read.
+    for levels in [127, 5_000] {
+        let text = format!(
+            r#"{{"t":"job_assign","job":{{"jobId":"job-deep","type":"custom","payload":{}}}}}"#,
+            nested(levels)
+        );
+        assert!(decode_hub_frame(&text).is_err(), "{levels} levels must not decode");
+        assert_eq!(edge_protocol::job_assign_id(&text).as_deref(), Some("job-deep"), "{levels} levels");
+    }
+    // The id is read wherever it sits and whatever else is wrong with the job.
+    let text = format!(r#"{{"job":{{"payload":{},"type":7,"jobId":"job-late"}},"t":"job_assign"}}"#, nested(300));
+    assert_eq!(edge_protocol::job_assign_id(&text).as_deref(), Some("job-late"));
+    // Nothing to read: no id, or not a job_assign.
+    assert_eq!(edge_protocol::job_assign_id(r#"{"t":"job_assign","job":{"type":"x"}}"#), None);
+    assert_eq!(edge_protocol::job_assign_id(r#"{"t":"job_cancel","id":"job-1"}"#), None);
+    assert_eq!(edge_protocol::job_assign_id("not json"), None);
+}
+
+#[test]
+fn payload_limits_are_the_ones_a_job_assign_can_carry() {
+    use edge_protocol::{check_payload, PayloadError, MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH};
+    let at_limit: serde_json::Value = serde_json::from_str(&nested(MAX_PAYLOAD_DEPTH)).unwrap();
+    assert_eq!(check_payload(&at_limit), Ok(()));
+    // A payload at the limit still decodes inside its frame.
+    let frame = format!(
+        r#"{{"t":"job_assign","job":{{"jobId":"j","type":"custom","payload":{}}}}}"#,
+        nested(MAX_PAYLOAD_DEPTH)
+    );
+    assert!(decode_hub_frame(&frame).is_ok());
+    let over: serde_json::Value = serde_json::from_str(&nested(MAX_PAYLOAD_DEPTH + 1)).unwrap();
+    assert_eq!(check_payload(&over), Err(PayloadError::TooDeep { limit: MAX_PAYLOAD_DEPTH }));
+    let deep_array: serde_json::Value =
+        serde_json::from_str(&format!("{{\"a\":{}{}}}", "[".repeat(MAX_PAYLOAD_DEPTH), "]".repeat(MAX_PAYLOAD_DEPTH)))
+            .unwrap();
+    assert!(matches!(check_payload(&deep_array), Err(PayloadError::TooDeep { .. })));
+    let big = serde_json::json!({"blob": "x".repeat(MAX_PAYLOAD_BYTES)});
+    assert!(matches!(check_payload(&big), Err(PayloadError::TooLarge { .. })));
+    assert!(check_payload(&big).unwrap_err().to_string().contains("at most"));
+}

@@ -6,7 +6,9 @@
 //! the socket) and reports the connection's state. Jobs outlive sessions: a result waits in
 //! the outbox queue until the next session. It must never run or judge a job, never panic
 //! on hub input (every frame goes through `decode_hub_frame`), never log a token or a job's
-//! payload, and never reconnect after the hub refused the credentials.
+//! payload, and never reconnect after the hub refused the credentials. The one answer it gives
+//! to a job itself is `BAD_PAYLOAD` for a `job_assign` it cannot read or that is over the
+//! protocol's payload limits: such a job never reaches the executor.
 
 use crate::backoff::reconnect_delay;
 use crate::credentials::Credentials;
@@ -17,8 +19,8 @@ use crate::hub_url::HubUrl;
 use crate::state::{AgentEvent, ConnectionState, StateHandle};
 use edge_protocol::api::{close_code, WS_PATH};
 use edge_protocol::{
-    decode_hub_frame, encode, AgentFrame, Availability, FrameError, HubFrame, JobSpec, MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
+    check_payload, decode_hub_frame, encode, job_assign_id, AgentFrame, Availability, ErrorCode, FrameError, HubFrame,
+    JobError, JobSpec, JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -343,7 +345,9 @@ impl Supervisor {
                     tracing::warn!(code = %e.code, message = %e.message, "hub sent an error frame")
                 }
                 Incoming::Frame(other) => tracing::warn!(frame = other.kind(), "frame before hello_ack ignored"),
-                Incoming::Bad(error) => {
+                // A job before hello_ack is not ours yet (the hub takes it back): only say
+                // that the frame was bad.
+                Incoming::Bad(error) | Incoming::UnreadableJob { error, .. } => {
                     if let Err(reason) = reply_to_bad_frame(sink, &error).await {
                         return Err(dropped(reason));
                     }
@@ -385,6 +389,12 @@ impl Supervisor {
                         }
                         Incoming::Bad(error) => {
                             if let Err(reason) = reply_to_bad_frame(&mut sink, &error).await {
+                                return dropped(reason);
+                            }
+                        }
+                        Incoming::UnreadableJob { id, error } => {
+                            let message = format!("the agent could not read this job_assign: {error}");
+                            if let Err(reason) = self.refuse_job(&mut sink, id, message).await {
                                 return dropped(reason);
                             }
                         }
@@ -489,10 +499,36 @@ impl Supervisor {
 
     async fn on_job_assign(&mut self, sink: &mut Sink, job: JobSpec) -> Result<(), String> {
         tracing::info!(job_id = %job.job_id, job_type = %job.job_type, "job assigned");
+        // The hub applies the same limits at submit; a job over them (an older or a hostile
+        // hub) is answered here rather than handed to a runner.
+        if let Err(e) = check_payload(&job.payload) {
+            return self.refuse_job(sink, job.job_id, e.to_string()).await;
+        }
         // Ack in every case: the hub expects an ack before a result, and a job the executor
         // refuses is answered by its result right away.
         send(sink, &AgentFrame::JobAck { id: job.job_id.clone() }).await?;
         self.executor.assign(job);
+        Ok(())
+    }
+
+    /// Answers a job this agent cannot read with `BAD_PAYLOAD` (not retried), so the hub
+    /// ends it at once instead of holding it, and this agent's slot, until someone cancels
+    /// it. The job never reaches the executor, so it takes no slot here.
+    async fn refuse_job(&mut self, sink: &mut Sink, id: String, message: String) -> Result<(), String> {
+        // The message names the problem, never the payload.
+        tracing::warn!(job_id = %id, %message, "job refused: BAD_PAYLOAD");
+        send(sink, &AgentFrame::JobAck { id: id.clone() }).await?;
+        let result = AgentFrame::JobResult {
+            id,
+            status: JobStatus::Error,
+            data: None,
+            err: Some(JobError::new(ErrorCode::BadPayload, message)),
+        };
+        if let Err(reason) = send(sink, &result).await {
+            self.unsent.push_back(result);
+            return Err(reason);
+        }
+        self.remember_sent(result);
         Ok(())
     }
 
@@ -522,6 +558,11 @@ impl Supervisor {
 enum Incoming {
     Frame(HubFrame),
     Bad(FrameError),
+    /// A `job_assign` that does not decode but whose job id could be read.
+    UnreadableJob {
+        id: String,
+        error: FrameError,
+    },
     Control,
     Closed(Option<(u16, String)>),
     /// A message over [`MAX_FRAME_BYTES`]: the session ends with close code 1009.
@@ -532,7 +573,10 @@ fn incoming(message: Option<Result<Message, tokio_tungstenite::tungstenite::Erro
     match message {
         Some(Ok(Message::Text(text))) => match decode_hub_frame(text.as_str()) {
             Ok(frame) => Incoming::Frame(frame),
-            Err(error) => Incoming::Bad(error),
+            Err(error) => match job_assign_id(text.as_str()) {
+                Some(id) => Incoming::UnreadableJob { id, error },
+                None => Incoming::Bad(error),
+            },
         },
         Some(Ok(Message::Binary(_))) => Incoming::Bad(FrameError::Binary),
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Incoming::Control,

@@ -28,8 +28,9 @@ const MAX_LABEL_CHARS: usize = 64;
 const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 const MAX_PRIORITY: i64 = 1_000_000;
 const MAX_RECEIVE_COUNT: i64 = 100;
-/// A job payload must fit in one `job_assign` frame with room for the envelope.
-pub const MAX_PAYLOAD_BYTES: usize = edge_protocol::MAX_FRAME_BYTES - 4 * 1024;
+/// A job payload must fit in one `job_assign` frame with room for the envelope; the same
+/// limit the agent applies (see [`edge_protocol::check_payload`]).
+pub const MAX_PAYLOAD_BYTES: usize = edge_protocol::MAX_PAYLOAD_BYTES;
 /// Default wait of `?sync=true`.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(25);
 /// Longest wait of `?sync=true`: under API gateways' 29–30 s ceilings.
@@ -501,13 +502,16 @@ async fn validate(
     if !request.payload.is_object() {
         return Err(Failure::bad_request("`payload` must be a JSON object"));
     }
-    let payload_bytes = serde_json::to_string(&request.payload).map(|s| s.len()).unwrap_or(usize::MAX);
-    if payload_bytes > MAX_PAYLOAD_BYTES {
-        return Err(Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("`payload` is {payload_bytes} bytes; a job payload may be at most {MAX_PAYLOAD_BYTES}"),
-        ));
+    // The agent's limits, checked here so that a job it could not read is never queued
+    // (it would only come back as BAD_PAYLOAD).
+    match edge_protocol::check_payload(&request.payload) {
+        Ok(()) => {}
+        Err(e @ edge_protocol::PayloadError::TooLarge { .. }) => {
+            return Err(Failure::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string()))
+        }
+        Err(e @ edge_protocol::PayloadError::TooDeep { .. }) => {
+            return Err(Failure::new(StatusCode::BAD_REQUEST, "payload_too_deep", e.to_string()))
+        }
     }
     if let Some(validate) = &spec.validate {
         validate(&request.payload).map_err(Failure::bad_request)?;

@@ -11,6 +11,7 @@ pub mod known_keys;
 pub mod openapi;
 pub mod operator;
 pub mod prototype;
+pub mod recipients;
 pub mod ws;
 pub mod ws_upgrade;
 
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/attempts", get(jobs::job_attempts))
         .route("/v1/agents", get(operator::list_agents))
         .route("/v1/creators/{id}/limits", get(creators::get_limits).put(creators::put_limits))
+        .route("/v1/creators/{id}/uncertain-recipients", get(recipients::list_uncertain))
         .route("/v1/dead-letter", get(dead_letter::list_dead))
         .route("/v1/dead-letter/redrive", post(dead_letter::start_redrive))
         .route("/v1/dead-letter/redrives/{id}", get(dead_letter::get_redrive))

@@ -86,6 +86,7 @@ pub struct SyncOutcome {
         super::dead_letter::get_redrive,
         super::creators::get_limits,
         super::creators::put_limits,
+        super::recipients::list_uncertain,
         super::operator::list_agents,
         super::operator::health,
         super::console::metrics,

@@ -796,10 +796,12 @@ impl Session {
             Err(e) => return self.store_failed(socket, "job_result", &e).await,
         };
         let sends_messages = self.app.job_types.get(&job.job_type).is_some_and(|spec| spec.sends_messages);
-        let sent = if sends_messages {
-            queue::sent_recipients(&job.payload, data.as_ref(), status == JobStatus::Ok)
+        let (sent, uncertain) = if sends_messages {
+            let sent = queue::sent_recipients(&job.payload, data.as_ref(), status == JobStatus::Ok);
+            let uncertain = queue::uncertain_recipients(data.as_ref(), &sent);
+            (sent, uncertain)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let (transition, result, error) = match status {
             // Even after a cancel request: the work was done, and the job says so.
@@ -810,9 +812,13 @@ impl Session {
                 });
                 let mut transition = plan_failure(&job, &err, &self.app.queue, now, queue::unit_random());
                 if let Transition::Retry { payload, .. } = &mut transition {
-                    if !sent.is_empty() {
-                        // A partial send: the next delivery goes only to those not messaged yet.
-                        match queue::payload_without(&job.payload, &sent) {
+                    if !sent.is_empty() || !uncertain.is_empty() {
+                        // A partial send: the next delivery goes only to those not messaged
+                        // yet. Perhaps-messaged ones are left out too: the next delivery may
+                        // go to an agent without this one's checkpoint, which would message
+                        // them again.
+                        let done: Vec<String> = sent.iter().chain(&uncertain).cloned().collect();
+                        match queue::payload_without(&job.payload, &done) {
                             Some(rest) => *payload = Some(rest),
                             None => transition = Transition::Failed,
                         }
@@ -832,6 +838,7 @@ impl Session {
             result,
             error,
             sent_recipients: sent,
+            uncertain_recipients: uncertain,
         };
         let outcome = self.app.job_writes.finish_job(request).await;
         match &outcome {

@@ -44,7 +44,8 @@ pub enum StoreError {
 pub enum JobState {
     /// Waiting for an agent (possibly not before `run_at`).
     Pending,
-    /// Handed to an agent that has not acknowledged it yet; the lease runs.
+    /// Handed to an agent that has not acknowledged it yet; the lease runs and nothing
+    /// extends it (see [`Store::extend_leases`]).
     Leased,
     /// Acknowledged by its agent; the lease runs and heartbeats extend it.
     Running,
@@ -348,6 +349,9 @@ pub struct FinishRequest {
     pub error: Option<Value>,
     /// Recipients to write into the dedupe ledger (messages the agent says it sent).
     pub sent_recipients: Vec<String>,
+    /// Recipients whose message may or may not have gone out (the agent cannot tell):
+    /// recorded as uncertain, listed for the operator, not refused by the cool-off.
+    pub uncertain_recipients: Vec<String>,
 }
 
 /// One lease: the job, its holder and the lease's fencing token.
@@ -444,6 +448,16 @@ pub struct CreatorLimits {
 pub struct LedgerEntry {
     pub recipient: String,
     pub last_sent_at: i64,
+}
+
+/// A ledger entry of a message whose outcome is unknown, for the operator's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UncertainRecipient {
+    pub creator_id: String,
+    pub recipient: String,
+    /// When the agent reported it, ms since the epoch.
+    pub reported_at: i64,
+    pub job_id: String,
 }
 
 /// Which dead jobs a redrive moves. `None` means any.
@@ -653,8 +667,9 @@ pub trait Store: Send + Sync + 'static {
         let lease = LeaseRef { job_id: job_id.to_owned(), agent_id: agent_id.to_owned(), lease_token };
         Ok(self.start_jobs(&[lease], now).await?.first().copied().unwrap_or(false))
     }
-    /// Extends the leases this agent holds (one job for `job_progress`, all for `hb`) to now
-    /// + each job's visibility timeout, like SQS's ChangeMessageVisibility.
+    /// Extends the leases of the acknowledged (running) jobs this agent holds (one job for
+    /// `job_progress`, all for `hb`) to now + each job's visibility timeout, like SQS's
+    /// ChangeMessageVisibility. A job leased but never acknowledged keeps its first lease.
     async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError>;
     /// Applies agents' reports under their leases' fencing tokens, in one transaction; see
     /// [`FinishOutcome`]. Outcomes in order.
@@ -690,13 +705,21 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the creator's limits.
     async fn set_creator_limits(&self, creator_id: &str, limits: &CreatorLimits, now: i64) -> Result<(), StoreError>;
 
-    /// Ledger entries of `recipients` (normalised) for this creator sent at or after `since`.
+    /// Ledger entries of `recipients` (normalised) for this creator sent at or after `since`;
+    /// uncertain entries are not among them (they do not block a new message).
     async fn recent_recipients(
         &self,
         creator_id: &str,
         recipients: &[String],
         since: i64,
     ) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// Uncertain ledger entries (of one creator, or all), newest first.
+    async fn uncertain_recipients(
+        &self,
+        creator_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<UncertainRecipient>, StoreError>;
 
     /// Starts a redrive unless one over an overlapping queue is running.
     async fn start_redrive(

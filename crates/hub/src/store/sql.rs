@@ -81,10 +81,24 @@ pub(super) const DEAD_FILTER: &str = "status = 'dead' AND ($2 IS NULL OR job_typ
 // Statements both engines' job writers run as they are (the shared bulk ones below take
 // JSON lists; SQLite's own job writer runs these row by row).
 
-/// Upsert into the recipient ledger: $1 creator, $2 recipient, $3 now, $4 job.
-pub(super) const LEDGER_UPSERT: &str = "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (creator_id, recipient) DO UPDATE SET \
-     last_sent_at = excluded.last_sent_at, job_id = excluded.job_id";
+/// Upsert into the recipient ledger: $1 creator, $2 recipient, $3 now, $4 job. A sent
+/// message replaces an uncertain entry.
+pub(super) const LEDGER_UPSERT: &str =
+    "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id, uncertain) \
+     VALUES ($1, $2, $3, $4, FALSE) ON CONFLICT (creator_id, recipient) DO UPDATE SET \
+     last_sent_at = excluded.last_sent_at, job_id = excluded.job_id, uncertain = FALSE";
+
+/// Records a message whose outcome is unknown: $1 creator, $2 recipient, $3 now, $4 job.
+/// It never overwrites a sent one (that one still blocks the cool-off).
+pub(super) const LEDGER_UNCERTAIN: &str =
+    "INSERT INTO recipient_ledger (creator_id, recipient, last_sent_at, job_id, uncertain) \
+     VALUES ($1, $2, $3, $4, TRUE) ON CONFLICT (creator_id, recipient) DO UPDATE SET \
+     last_sent_at = excluded.last_sent_at, job_id = excluded.job_id WHERE recipient_ledger.uncertain";
+
+/// Uncertain ledger entries, newest first: $1 creator or NULL for all, $2 limit.
+pub(super) const LEDGER_UNCERTAIN_LIST: &str =
+    "SELECT creator_id, recipient, last_sent_at, job_id FROM recipient_ledger \
+     WHERE uncertain AND ($1 IS NULL OR creator_id = $1) ORDER BY last_sent_at DESC, recipient LIMIT $2";
 
 /// The attempt a report names, unless stale: $1 job, $2 lease token, $3 agent.
 pub(super) const REPORTED_ATTEMPT: &str = "SELECT creator_id, job_type, leased_at, outcome FROM job_attempts \
@@ -415,30 +429,32 @@ macro_rules! sql_store {
         use $crate::store::sql::{
             plan_claims, ClaimCandidate, FinishRow, InsertRow, cancelled_error, excluded_text, labels_text, lease_expired_error, list_text, records_text, parse_json, parse_labels,
             AGENT_COLUMNS, CREATOR_LIMITS, DEAD_FILTER, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS,
-            LEDGER_UPSERT, REDRIVE_COLUMNS, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
+            LEDGER_UNCERTAIN, LEDGER_UNCERTAIN_LIST, LEDGER_UPSERT, REDRIVE_COLUMNS, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
         };
         use $crate::store::{
             AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
-            FinishOutcome, FinishRequest, InsertOutcome, JobWriteAnswers, JobWriteBatch, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent,
+            FinishOutcome, FinishRequest, InsertOutcome, JobWriteAnswers, JobWriteBatch, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent, UncertainRecipient,
             NewJob, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store,
         };
         use sqlx::Row as _;
         use std::sync::OnceLock;
 
-        /// Records that `creator_id` messaged these (normalised) recipients now.
+        /// Records that `creator_id` messaged the report's (normalised) sent recipients now,
+        /// and perhaps messaged its uncertain ones.
         async fn write_ledger(
             tx: &mut sqlx::Transaction<'static, $db>,
             creator_id: &str,
-            recipients: &[String],
-            job_id: &str,
+            request: &FinishRequest,
             now: i64,
         ) -> Result<(), StoreError> {
-            for recipient in recipients {
-                sqlx::query(LEDGER_UPSERT)
+            let entries = request.sent_recipients.iter().map(|r| (LEDGER_UPSERT, r));
+            let uncertain = request.uncertain_recipients.iter().map(|r| (LEDGER_UNCERTAIN, r));
+            for (statement, recipient) in entries.chain(uncertain) {
+                sqlx::query(statement)
                     .bind(creator_id)
                     .bind(recipient)
                     .bind(now)
-                    .bind(job_id)
+                    .bind(&request.job_id)
                     .execute(&mut **tx)
                     .await?;
             }
@@ -486,7 +502,7 @@ macro_rules! sql_store {
                     .await?;
                 // The messages went out even if the lease had lapsed: the ledger must know,
                 // or they would be sent again.
-                write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now).await?;
+                write_ledger(tx, &creator_id, request, now).await?;
             }
             Ok(FinishOutcome::Stale)
         }
@@ -745,7 +761,7 @@ macro_rules! sql_store {
             SQL.get_or_init(|| {
                 format!(
                     "SELECT recipient, last_sent_at FROM recipient_ledger \
-                     WHERE creator_id = $1 AND last_sent_at >= $3 AND recipient IN ({})",
+                     WHERE creator_id = $1 AND last_sent_at >= $3 AND NOT uncertain AND recipient IN ({})",
                     dialect::json_text_array("$2")
                 )
             })
@@ -866,7 +882,7 @@ macro_rules! sql_store {
                 let applied_creator = if bulk.binary_search(&i).is_ok() { creators.get(&row.job_id) } else { None };
                 let outcome = match applied_creator {
                     Some(creator_id) => {
-                        write_ledger(tx, creator_id, &request.sent_recipients, &request.job_id, now).await?;
+                        write_ledger(tx, creator_id, request, now).await?;
                         FinishOutcome::Recorded(request.transition.state())
                     }
                     None => finish_not_current(tx, request, &row.result, &row.error, now).await?,
@@ -1349,9 +1365,14 @@ macro_rules! sql_store {
             }
 
             async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError> {
+                // Only acknowledged jobs: an agent that never acked a job (it could not read
+                // it, or never got it) must not keep it by heartbeating; its lease runs out
+                // and the job goes back to the queue. `status IN (…)` stays so the held-jobs
+                // index (whose condition it is) is still searched.
                 let done = sqlx::query(
                     "UPDATE jobs SET lease_expires_at = $2 + visibility_timeout_ms \
-                     WHERE assigned_agent_id = $1 AND status IN ('leased', 'running') AND ($3 IS NULL OR id = $3)",
+                     WHERE assigned_agent_id = $1 AND status IN ('leased', 'running') AND status = 'running' \
+                     AND ($3 IS NULL OR id = $3)",
                 )
                 .bind(agent_id)
                 .bind(now)
@@ -1604,6 +1625,28 @@ macro_rules! sql_store {
                         Ok(LedgerEntry {
                             recipient: row.try_get("recipient")?,
                             last_sent_at: row.try_get("last_sent_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn uncertain_recipients(
+                &self,
+                creator_id: Option<&str>,
+                limit: i64,
+            ) -> Result<Vec<UncertainRecipient>, StoreError> {
+                let rows = sqlx::query(LEDGER_UNCERTAIN_LIST)
+                    .bind(creator_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(UncertainRecipient {
+                            creator_id: row.try_get("creator_id")?,
+                            recipient: row.try_get("recipient")?,
+                            reported_at: row.try_get("last_sent_at")?,
+                            job_id: row.try_get("job_id")?,
                         })
                     })
                     .collect()

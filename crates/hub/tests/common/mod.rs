@@ -513,3 +513,9 @@ pub fn unix_ms(text: &Value) -> i64 {
         .unwrap_or_else(|e| panic!("{text} is not RFC 3339: {e}"))
         .timestamp_millis()
 }
+
+/// A JSON value nested `levels` deep, `{"a":{"a":…{}…}}`, as an attacker would send it.
+pub fn nested_json(levels: usize) -> Value {
+    let text = format!("{}{{}}{}", r#"{"a":"#.repeat(levels - 1), "}".repeat(levels - 1));
+    serde_json::from_str(&text).expect("nested JSON within serde_json's own limit")
+}

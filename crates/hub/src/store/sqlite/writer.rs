@@ -14,8 +14,8 @@
 use super::claim_candidates_sql;
 use crate::store::sql::{
     excluded_text, job_column, list_text, parse_json, parse_labels, plan_claims, ClaimCandidate, FinishRow, InsertRow,
-    CREATOR_LIMITS, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UPSERT, REPORTED_ATTEMPT, STALE_ATTEMPT,
-    TYPE_BUDGETS,
+    CREATOR_LIMITS, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS, LEDGER_UNCERTAIN, LEDGER_UPSERT,
+    REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
 };
 use crate::store::{
     ClaimGroup, FinishOutcome, FinishRequest, InsertOutcome, JobRecord, JobState, JobWriteAnswers, JobWriteBatch,
@@ -313,9 +313,9 @@ fn finish(rows: &mut RowStatements, request: &FinishRequest, now: i64) -> Result
         &row.job_id,
         row.lease_token,
     ))?;
-    if !request.sent_recipients.is_empty() {
+    if !request.sent_recipients.is_empty() || !request.uncertain_recipients.is_empty() {
         let creator_id: String = rows.get(RowSql::CreatorOf)?.query_row([&request.job_id], |r| r.get(0))?;
-        write_ledger(rows.tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
+        write_ledger(rows.tx, &creator_id, request, now)?;
     }
     Ok(FinishOutcome::Recorded(request.transition.state()))
 }
@@ -345,22 +345,19 @@ fn finish_not_current(
         })?;
         // The messages went out even if the lease had lapsed: the ledger must know, or they
         // would be sent again.
-        write_ledger(tx, &creator_id, &request.sent_recipients, &request.job_id, now)?;
+        write_ledger(tx, &creator_id, request, now)?;
     }
     Ok(FinishOutcome::Stale)
 }
 
-/// Records that `creator_id` messaged these (normalised) recipients now.
-fn write_ledger(
-    tx: &Transaction,
-    creator_id: &str,
-    recipients: &[String],
-    job_id: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    for recipient in recipients {
-        cached(tx, LEDGER_UPSERT)?
-            .execute(named_params! {"$1": creator_id, "$2": recipient, "$3": now, "$4": job_id})?;
+/// Records that `creator_id` messaged the report's (normalised) sent recipients now, and
+/// perhaps messaged its uncertain ones.
+fn write_ledger(tx: &Transaction, creator_id: &str, request: &FinishRequest, now: i64) -> Result<(), StoreError> {
+    let entries = request.sent_recipients.iter().map(|r| (LEDGER_UPSERT, r));
+    let uncertain = request.uncertain_recipients.iter().map(|r| (LEDGER_UNCERTAIN, r));
+    for (statement, recipient) in entries.chain(uncertain) {
+        cached(tx, statement)?
+            .execute(named_params! {"$1": creator_id, "$2": recipient, "$3": now, "$4": request.job_id})?;
     }
     Ok(())
 }
