@@ -815,6 +815,7 @@ async fn store_bench(args: StoreArgs) -> Result<()> {
                     result: None,
                     error: None,
                     sent_recipients: Vec::new(),
+                    uncertain_recipients: Vec::new(),
                 };
                 match store.finish_job(finish, edge_hub::crypto::now_ms()).await? {
                     FinishOutcome::Recorded(_) => {
