@@ -1,5 +1,6 @@
 //! `edge-hub`: the CLI over the hub library. It owns argument parsing, logging setup and
-//! what goes to stdout (only the listening line or a freshly created credential); it must
+//! what goes to stdout (only the listening line, a freshly created credential, or a
+//! command's JSON answer); it must
 //! never contain hub logic of its own.
 
 use anyhow::Context as _;
@@ -52,6 +53,11 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_HUB_JWT_TTL_SECS", default_value_t = 900,
           value_parser = clap::value_parser!(u64).range(1..=900))]
     jwt_ttl_secs: u64,
+    /// Bytes of bundle run reports kept per agent; a report past it answers 507 until
+    /// older ones age out with the job history.
+    #[arg(long, env = "EDGE_HUB_RUN_BYTES_PER_AGENT", default_value_t = edge_hub::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    run_bytes_per_agent: u64,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -175,6 +181,15 @@ enum ApiKeyCommand {
         #[arg(long)]
         creator: Option<String>,
     },
+    /// Print every API key as JSON: id, name, creator (none: operator key), creation time.
+    /// Keys themselves are not stored, so they cannot be shown.
+    List,
+    /// Delete the API key with this id (from `list`); a running hub stops accepting it
+    /// within a minute.
+    Revoke {
+        /// The key's id as `list` shows it.
+        id: String,
+    },
 }
 
 #[tokio::main]
@@ -213,6 +228,32 @@ async fn main() -> anyhow::Result<()> {
             store.close().await;
             print_credential(&key?)
         }
+        Command::ApiKey(ApiKeyCommand::List) => {
+            let store = edge_hub::open_store(&database_url).await.context("cannot open the hub database")?;
+            let keys = edge_hub::list_api_keys(&*store).await.context("cannot list the API keys");
+            store.close().await;
+            let keys: Vec<serde_json::Value> = keys?
+                .into_iter()
+                .map(|key| {
+                    serde_json::json!({
+                        "id": key.id,
+                        "name": key.name,
+                        "creatorId": key.creator_id,
+                        "createdAt": edge_hub::crypto::rfc3339(key.created_at),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string(&keys)?);
+            Ok(())
+        }
+        Command::ApiKey(ApiKeyCommand::Revoke { id }) => {
+            let store = edge_hub::open_store(&database_url).await.context("cannot open the hub database")?;
+            let revoked = edge_hub::revoke_api_key(&*store, &id).await;
+            store.close().await;
+            revoked.context("cannot revoke the API key")?;
+            println!("{}", serde_json::json!({"revoked": id.trim()}));
+            Ok(())
+        }
     }
 }
 
@@ -228,6 +269,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         jwt_ttl: Duration::from_secs(args.jwt_ttl_secs),
         jwt_secret,
         bundle_dir: None,
+        run_bytes_per_agent: args.run_bytes_per_agent,
         queue: args.queue.queue(),
         job_types: args.queue.job_types()?,
         sync_timeout: Duration::from_secs(args.queue.sync_timeout_secs),

@@ -50,6 +50,8 @@ pub struct HubConfig {
     pub sync_timeout: Duration,
     /// Bundle repository and run reports; `None`: `bundles/` beside the SQLite file.
     pub bundle_dir: Option<std::path::PathBuf>,
+    /// Run-report bytes (`POST /edge/notify`) kept per agent before new ones answer 507.
+    pub run_bytes_per_agent: u64,
 }
 
 impl HubConfig {
@@ -64,6 +66,7 @@ impl HubConfig {
             job_types: JobTypes::default(),
             sync_timeout: api::jobs::DEFAULT_SYNC_TIMEOUT,
             bundle_dir: None,
+            run_bytes_per_agent: crate::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
         }
     }
 }
@@ -193,8 +196,16 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     });
     let bundle_dir =
         config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));
-    let router =
-        api::router(app.clone()).merge(crate::bundles::router(app, crate::bundles::BundleService::open(bundle_dir)));
+    crate::private_files::secure_bundle_dir(&bundle_dir);
+    let bundle_service =
+        crate::bundles::BundleService::open(bundle_dir).with_run_bytes_per_agent(config.run_bytes_per_agent);
+    // Ends with the other background tasks; a purge cut short just runs again next start.
+    tokio::spawn(crate::bundles::purge_runs_periodically(
+        bundle_service.clone(),
+        config.queue.retention,
+        background_stop.clone(),
+    ));
+    let router = api::router(app.clone()).merge(crate::bundles::router(app, bundle_service));
     let graceful = shutdown.clone().cancelled_owned();
     // Frames and answers are small and each one is awaited by the peer: with Nagle's
     // algorithm on, one waits for the ACK of the one before (up to the peer's delayed-ACK
