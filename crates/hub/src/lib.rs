@@ -23,6 +23,7 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod tls;
 pub mod writes;
 
 pub use error::HubError;

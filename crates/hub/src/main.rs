@@ -58,6 +58,12 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_HUB_RUN_BYTES_PER_AGENT", default_value_t = edge_hub::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
           value_parser = clap::value_parser!(u64).range(1..))]
     run_bytes_per_agent: u64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "EDGE_HUB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -270,15 +276,21 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         jwt_secret,
         bundle_dir: None,
         run_bytes_per_agent: args.run_bytes_per_agent,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
+            _ => None,
+        },
         queue: args.queue.queue(),
         job_types: args.queue.job_types()?,
         sync_timeout: Duration::from_secs(args.queue.sync_timeout_secs),
     };
+    let tls = config.tls.is_some();
     let mut hub = edge_hub::start(config).await.context("cannot start the hub")?;
     {
         // Scripts and tests wait for this exact line to learn the port.
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "edge-hub listening on http://{}", hub.local_addr())?;
+        let scheme = if tls { "https" } else { "http" };
+        writeln!(stdout, "edge-hub listening on {scheme}://{}", hub.local_addr())?;
         stdout.flush()?;
     }
     tokio::select! {

@@ -231,3 +231,101 @@ async fn api_keys_are_listed_without_secrets_and_a_revoked_key_is_refused() {
     assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&cli(&hub.db.url, &["api-key", "list"]).unwrap()).unwrap().len(), 2);
     hub.shutdown().await;
 }
+
+/// A test CA and a server certificate for 127.0.0.1 it signed, made by the `openssl`
+/// command (webpki refuses a self-signed certificate as a server's): (CA, cert, key) paths.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let made = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
+            panic!("the openssl command is needed for this test (Debian: apt-get install openssl): {e}")
+        });
+        assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+              "-subj", "/CN=edge-hub test CA"]);
+    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "leaf.csr", "-subj",
+              "/CN=127.0.0.1"]);
+    openssl(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+              "cert.pem", "-days", "1", "-extfile", "leaf.ext"]);
+    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// With `--tls-cert`/`--tls-key` the hub speaks only TLS: a client trusting the certificate
+/// enrolls and opens the agent WebSocket with its JWT in the `Authorization` header, and a
+/// plain-HTTP client (an eavesdropper's view of the same request) gets no answer.
+#[tokio::test]
+async fn the_hub_serves_tls_itself_and_refuses_plain_http_on_that_port() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = test_certificates(dir.path());
+    let hub = TestHub::start_on(TestDb::sqlite(), |c| {
+        c.tls = Some(edge_hub::tls::TlsFiles { cert: cert.clone(), key: key.clone() })
+    })
+    .await;
+    let addr = hub.hub().local_addr();
+    let pem = std::fs::read(&ca).unwrap();
+    let https = http_client_builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
+        .build()
+        .expect("client");
+    let health = https.get(format!("https://{addr}/health")).send().await.expect("HTTPS answers");
+    assert_eq!(health.status().as_u16(), 200);
+
+    let plain = hub.http.get(format!("http://{addr}/health")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP must not be served on the TLS port");
+
+    // The agent API answers over TLS as over plain HTTP.
+    let answer = https
+        .post(format!("https://{addr}/v1/agent/challenge"))
+        .json(&json!({"agentId": "agt_nobody"}))
+        .send()
+        .await
+        .expect("HTTPS answers");
+    assert_eq!(answer.status().as_u16(), 404);
+    let body: serde_json::Value = answer.json().await.expect("JSON");
+    assert_eq!(body["error"], "unknown_agent", "{body}");
+    hub.shutdown().await;
+}
+
+/// `edge-hub serve` on a non-loopback address without TLS says loudly, on stderr, that
+/// credentials cross the network in clear; on loopback it does not.
+#[tokio::test]
+async fn plain_http_on_a_non_loopback_address_is_announced_loudly() {
+    async fn serve_stderr(listen: &str) -> String {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let mut hub = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-hub"))
+            .args(["--database-url", &database, "serve", "--listen", listen])
+            .env("EDGE_HUB_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("edge-hub serve starts");
+        let mut stdout = tokio::io::BufReader::new(hub.stdout.take().expect("stdout")).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(20), stdout.next_line())
+            .await
+            .expect("the hub says where it listens")
+            .expect("stdout")
+            .expect("a line");
+        assert!(line.starts_with("edge-hub listening on http://"), "{line}");
+        hub.start_kill().expect("kill");
+        let mut stderr = String::new();
+        let mut pipe = hub.stderr.take().expect("stderr");
+        tokio::time::timeout(std::time::Duration::from_secs(10), pipe.read_to_string(&mut stderr))
+            .await
+            .expect("stderr ends with the process")
+            .expect("stderr");
+        stderr
+    }
+    let exposed = serve_stderr("0.0.0.0:0").await;
+    assert!(exposed.contains("WARNING: edge-hub serves PLAIN HTTP"), "{exposed}");
+    assert!(exposed.contains("--tls-cert"), "the warning says what to do: {exposed}");
+    let local = serve_stderr("127.0.0.1:0").await;
+    assert!(!local.contains("PLAIN HTTP"), "no warning on loopback: {local}");
+}
