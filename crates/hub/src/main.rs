@@ -64,6 +64,15 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "EDGE_HUB_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
+    /// enroll + challenge + token requests allowed per source address per minute (also
+    /// the burst); past it, 429 with Retry-After.
+    #[arg(long, env = "EDGE_HUB_AUTH_RATE_PER_MINUTE", default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    auth_rate_per_minute: u32,
+    /// Job API requests (/v1/jobs…) allowed per API key per second (also the burst).
+    #[arg(long, env = "EDGE_HUB_JOBS_RATE_PER_SECOND", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    jobs_rate_per_second: u32,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -279,6 +288,12 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,
+        },
+        rate_limits: edge_hub::api::rate_limit::RateLimits {
+            auth_per_minute_per_address: std::num::NonZeroU32::new(args.auth_rate_per_minute)
+                .context("--auth-rate-per-minute must be at least 1")?,
+            jobs_per_second_per_key: std::num::NonZeroU32::new(args.jobs_rate_per_second)
+                .context("--jobs-rate-per-second must be at least 1")?,
         },
         queue: args.queue.queue(),
         job_types: args.queue.job_types()?,

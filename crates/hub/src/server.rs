@@ -54,6 +54,8 @@ pub struct HubConfig {
     pub run_bytes_per_agent: u64,
     /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Requests per source address (credential exchanges) and per API key (job API).
+    pub rate_limits: api::rate_limit::RateLimits,
 }
 
 impl HubConfig {
@@ -70,6 +72,7 @@ impl HubConfig {
             bundle_dir: None,
             run_bytes_per_agent: crate::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
             tls: None,
+            rate_limits: api::rate_limit::RateLimits::default(),
         }
     }
 }
@@ -198,6 +201,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         sync_timeout: config.sync_timeout,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
+        limiters: api::rate_limit::Limiters::new(config.rate_limits),
     });
     let bundle_dir =
         config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));
@@ -214,9 +218,12 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let graceful = shutdown.clone().cancelled_owned();
     let server = match tls {
         Some(tls) => {
+            // The tap does nothing; it gives the TLS listener axum's peer-address info.
             let listener = crate::tls::TlsListener::new(listener, tls)
-                .map_err(|source| HubError::Bind { addr: config.listen, source })?;
-            tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(graceful).await })
+                .map_err(|source| HubError::Bind { addr: config.listen, source })?
+                .tap_io(|_| {});
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await })
         }
         None => {
             if !local_addr.ip().is_loopback() {
@@ -230,7 +237,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                     warn!(error = %e, "cannot turn off Nagle's algorithm on an accepted connection");
                 }
             });
-            tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(graceful).await })
+            // The peer address keys the per-address rate limit.
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await })
         }
     };
     info!(

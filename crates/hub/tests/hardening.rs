@@ -329,3 +329,38 @@ async fn plain_http_on_a_non_loopback_address_is_announced_loudly() {
     let local = serve_stderr("127.0.0.1:0").await;
     assert!(!local.contains("PLAIN HTTP"), "no warning on loopback: {local}");
 }
+
+/// An attacker guessing enrollment tokens (or flooding the challenge table) from one
+/// address is cut off with 429 and `Retry-After`; a flood of job API calls with one key
+/// likewise, while another key is still served.
+#[tokio::test]
+async fn credential_exchanges_per_address_and_the_job_api_per_key_are_rate_limited() {
+    let hub = TestHub::start_on(TestDb::sqlite(), |c| {
+        c.rate_limits.auth_per_minute_per_address = std::num::NonZeroU32::new(5).expect("non-zero");
+        c.rate_limits.jobs_per_second_per_key = std::num::NonZeroU32::new(5).expect("non-zero");
+    })
+    .await;
+    let guess = |n: usize| json!({"token": format!("guess-{n}"), "publicKey": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="});
+    let mut answers = Vec::new();
+    for n in 0..8 {
+        let response = hub.http.post(hub.url("/v1/agent/enroll")).json(&guess(n)).send().await.expect("request");
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        answers.push((response.status().as_u16(), retry_after));
+    }
+    assert!(answers[..5].iter().all(|(s, _)| *s == 401), "the first five guesses are answered: {answers:?}");
+    assert!(answers[5..].iter().all(|(s, r)| *s == 429 && r.as_deref().is_some_and(|r| r.parse::<u64>().unwrap() >= 1)),
+            "then 429 with Retry-After: {answers:?}");
+    // challenge and token share the address's budget.
+    let (status, body) = hub.post("/v1/agent/challenge", json!({"agentId": "agt_nobody"})).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("rate_limited")), "{body}");
+
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(hub.request(reqwest::Method::GET, "/v1/jobs", &hub.api_key, None).await.0);
+    }
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    assert!(statuses[5..].contains(&429), "a flood with one key is cut off: {statuses:?}");
+    let other = hub.creator_key(CREATOR).await;
+    assert_eq!(hub.request(reqwest::Method::GET, "/v1/jobs", &other, None).await.0, 200, "another key has its own budget");
+    hub.shutdown().await;
+}
