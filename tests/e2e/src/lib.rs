@@ -619,7 +619,10 @@ pub fn mint_jwt(secret: &[u8], agent_id: &str, creator_id: &str, exp: i64) -> St
     use base64::Engine;
     use hmac::{Hmac, Mac};
     let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let iat = exp - 60;
+    // Issued now (or a minute before an expiry already past), as the hub issues them: the
+    // hub refuses an `iat` in the future and a lifetime above its TTL.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let iat = now.min(exp - 60);
     let claims =
         B64.encode(json!({ "agentId": agent_id, "creatorId": creator_id, "iat": iat, "exp": exp }).to_string());
     let signing_input = format!("{header}.{claims}");
