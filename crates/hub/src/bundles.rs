@@ -37,16 +37,59 @@ use tracing::{debug, info, warn};
 /// Notify bodies carry captured output (the agent caps each stream at 1 MiB).
 pub const MAX_NOTIFY_BYTES: usize = 8 * 1024 * 1024;
 
+/// Default cap on the run reports kept for one agent: a few hundred full-size reports.
+pub const DEFAULT_RUN_BYTES_PER_AGENT: u64 = 256 * 1024 * 1024;
+
 /// Where the bundle state of a hub lives.
 #[derive(Debug, Clone)]
 pub struct BundleService {
     pub repo: Repo,
     runs: PathBuf,
+    /// Stored run-report bytes one agent may hold; past it a new report answers 507.
+    run_bytes_per_agent: u64,
 }
 
 impl BundleService {
     pub fn open(dir: PathBuf) -> BundleService {
-        BundleService { repo: Repo::new(dir.join("repo")), runs: dir.join("runs") }
+        BundleService {
+            repo: Repo::new(dir.join("repo")),
+            runs: dir.join("runs"),
+            run_bytes_per_agent: DEFAULT_RUN_BYTES_PER_AGENT,
+        }
+    }
+
+    pub fn with_run_bytes_per_agent(mut self, bytes: u64) -> BundleService {
+        self.run_bytes_per_agent = bytes;
+        self
+    }
+
+    /// Deletes run reports received before `before`, so they go with the job history
+    /// (the sweeper purges a finished job after the same retention).
+    pub fn purge_runs(&self, before: std::time::SystemTime) -> std::io::Result<usize> {
+        purge_runs(&self.runs, before)
+    }
+}
+
+/// Purges old run reports every minute until `stop`; they age out with their jobs.
+pub async fn purge_runs_periodically(
+    service: BundleService,
+    retention: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(before) = std::time::SystemTime::now().checked_sub(retention) else { continue };
+        let service = service.clone();
+        match tokio::task::spawn_blocking(move || service.purge_runs(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(count)) => info!(count, "bundle run reports past retention deleted"),
+            Ok(Err(e)) => warn!(error = %e, "cannot purge old bundle run reports"),
+            Err(e) => warn!(error = %e, "the run-report purge task failed"),
+        }
     }
 }
 
@@ -329,6 +372,20 @@ async fn notify(
     if !matches!(request.status.as_str(), "succeeded" | "failed") {
         return Err(Failure::bad_request("status must be \"succeeded\" or \"failed\""));
     }
+    // Nothing is written for a job this agent never held: otherwise any enrolled agent
+    // could fill the disk, or plant a report under another agent's job.
+    let held = held_lease(&app, &claims.agent_id, &request.job_id)
+        .await
+        .map_err(|e| Failure::internal("cannot look up the job of the run", &e))?;
+    if held.is_none() {
+        warn!(agent_id = claims.agent_id, "run report refused: the agent never held that bundle job");
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "job_not_held",
+            "no bundle job with this jobId was ever leased to this agent (or it was purged): \
+             only the agent that ran a job reports its run",
+        ));
+    }
     let record = RunRecord {
         run_id: request.run_id.clone(),
         job_id: request.job_id,
@@ -346,16 +403,29 @@ async fn notify(
         received_at: rfc3339(now_ms()),
     };
     let runs = service.runs.clone();
+    let cap = service.run_bytes_per_agent;
     let run_id = request.run_id.clone();
     let agent_id = claims.agent_id;
     let job_id = record.job_id.clone();
-    let recorded = tokio::task::spawn_blocking(move || record_once(&runs, &record))
+    let recorded = tokio::task::spawn_blocking(move || record_once(&runs, &record, cap))
         .await
         .map_err(|e| Failure::internal("notify task failed", &e))?
         .map_err(|e| Failure::internal("cannot record the run", &e))?;
     match recorded {
         Recorded::New => info!(run_id, agent_id, "bundle run reported"),
         Recorded::Duplicate => debug!(run_id, agent_id, "bundle run reported again; already recorded"),
+        Recorded::OverCap => {
+            warn!(run_id, agent_id, cap, "run report refused: the agent's stored reports reach the cap");
+            // 507: the agent keeps the report and retries; space frees as old reports age out.
+            return Err(Failure::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "run_storage_full",
+                format!(
+                    "this agent's stored run reports reach the hub's cap of {cap} bytes; retry after older \
+                     reports are purged, or raise --run-bytes-per-agent"
+                ),
+            ));
+        }
     }
     // The agent deletes its journal entry on this 2xx, so the job must be finished by now
     // too: its job_result frame may never come (a crash right after this answer).
@@ -393,18 +463,9 @@ async fn finish_job(
     job_id: &str,
     report: JobReport,
 ) -> Result<Option<FinishOutcome>, crate::store::StoreError> {
-    let Some(job) = app.store.job(job_id).await? else { return Ok(None) };
-    if job.job_type != BUNDLE {
-        // Only bundle runs report here; any other job finishes over its own session.
-        return Ok(None);
-    }
-    let token = if job.status.is_held() && job.assigned_agent_id.as_deref() == Some(agent_id) {
-        Some(job.lease_token)
-    } else {
-        let attempts = app.store.job_attempts(job_id).await?;
-        attempts.iter().filter(|a| a.agent_id == agent_id).map(|a| a.lease_token).max()
+    let Some((job, lease_token)) = held_lease(app, agent_id, job_id).await? else {
+        return Ok(Some(FinishOutcome::NotHeld));
     };
-    let Some(lease_token) = token else { return Ok(Some(FinishOutcome::NotHeld)) };
     let now = now_ms();
     let (transition, result, error) = match report {
         JobReport::Succeeded(data) => (Transition::Succeeded, Some(data), None),
@@ -449,27 +510,128 @@ async fn finish_job(
     Ok(Some(outcome))
 }
 
+/// The `bundle` job `job_id` and the latest lease token `agent_id` held it under, if it
+/// ever did: the lease it holds now, else its latest attempt. `None` for another type
+/// (only bundle runs report here; any other job finishes over its own session).
+async fn held_lease(
+    app: &AppState,
+    agent_id: &str,
+    job_id: &str,
+) -> Result<Option<(crate::store::JobRecord, i64)>, crate::store::StoreError> {
+    let Some(job) = app.store.job(job_id).await? else { return Ok(None) };
+    if job.job_type != BUNDLE {
+        return Ok(None);
+    }
+    let token = if job.status.is_held() && job.assigned_agent_id.as_deref() == Some(agent_id) {
+        Some(job.lease_token)
+    } else {
+        let attempts = app.store.job_attempts(job_id).await?;
+        attempts.iter().filter(|a| a.agent_id == agent_id).map(|a| a.lease_token).max()
+    };
+    Ok(token.map(|token| (job, token)))
+}
+
 enum Recorded {
     New,
     Duplicate,
+    /// Not recorded: the agent's stored reports would pass the cap.
+    OverCap,
+}
+
+/// `runs/agents/<agent_id>/`: a second hard link of each of the agent's reports, so its
+/// stored bytes are one folder's sizes (links share the data: nothing is stored twice).
+fn agent_runs_dir(runs: &std::path::Path, agent_id: &str) -> Option<PathBuf> {
+    let safe = (1..=80).contains(&agent_id.len())
+        && agent_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    safe.then(|| runs.join("agents").join(agent_id))
+}
+
+fn stored_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut total = 0u64;
+    for entry in entries {
+        total = total.saturating_add(entry?.metadata()?.len());
+    }
+    Ok(total)
+}
+
+/// Deletes run reports (both links) modified before `before`, and their delivery lines.
+fn purge_runs(runs: &std::path::Path, before: std::time::SystemTime) -> std::io::Result<usize> {
+    let old = |path: &std::path::Path| {
+        std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|modified| modified < before)
+    };
+    let mut purged = std::collections::HashSet::new();
+    let mut folders = vec![runs.to_path_buf()];
+    if let Ok(agents) = std::fs::read_dir(runs.join("agents")) {
+        folders.extend(agents.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for path in entries.flatten().map(|e| e.path()) {
+            let Some(run_id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if valid_run_id(run_id) && old(&path) {
+                std::fs::remove_file(&path)?;
+                purged.insert(run_id.to_owned());
+            }
+        }
+    }
+    if !purged.is_empty() {
+        let log = runs.join("deliveries.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let kept: String = text
+                .lines()
+                .filter(|line| !purged.contains(line.split(' ').next().unwrap_or_default()))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            crate::private_files::create_private_file(&runs.join(".deliveries.tmp"))?;
+            std::fs::write(runs.join(".deliveries.tmp"), kept)?;
+            std::fs::rename(runs.join(".deliveries.tmp"), log)?;
+        }
+    }
+    Ok(purged.len())
 }
 
 /// Writes the record under a temporary name, then hard-links it to its final name: the
 /// link fails if the run is already there, so two racing deliveries record it once, and a
 /// reader never sees a partial record. Each delivery also appends one line to
-/// `deliveries.log` (what the exactly-once test counts).
-fn record_once(runs: &std::path::Path, record: &RunRecord) -> std::io::Result<Recorded> {
+/// `deliveries.log` (what the exactly-once test counts). A new run that would take the
+/// agent's stored reports past `cap` bytes is not written.
+fn record_once(runs: &std::path::Path, record: &RunRecord, cap: u64) -> std::io::Result<Recorded> {
     use std::io::Write as _;
-    std::fs::create_dir_all(runs)?;
+    // Run reports carry the creator's captured output: private like the database.
+    crate::private_files::create_private_dir(runs)?;
     let final_path = runs.join(format!("{}.json", record.run_id));
+    let agent_dir = agent_runs_dir(runs, &record.agent_id)
+        .ok_or_else(|| std::io::Error::other("an agent id the hub issued has unexpected characters"))?;
     let outcome = if final_path.exists() {
         Recorded::Duplicate
     } else {
+        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        // Racing reports of one agent may pass the cap by a report or two; the cap bounds
+        // the disk an agent can take, it is not an exact quota.
+        if stored_bytes(&agent_dir)?.saturating_add(bytes.len() as u64) > cap {
+            return Ok(Recorded::OverCap);
+        }
+        crate::private_files::create_private_dir(&agent_dir)?;
         let temporary = runs.join(format!(".{}.{}.tmp", record.run_id, std::process::id()));
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?)?;
+        crate::private_files::create_private_file(&temporary)?;
+        let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&temporary)?;
+        file.write_all(&bytes)?;
         file.sync_all()?;
         let linked = std::fs::hard_link(&temporary, &final_path);
+        if linked.is_ok() {
+            match std::fs::hard_link(&temporary, agent_dir.join(format!("{}.json", record.run_id))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => warn!(error = %e, "cannot count a run report against its agent"),
+            }
+        }
         let _ = std::fs::remove_file(&temporary);
         match linked {
             Ok(()) => Recorded::New,
@@ -477,7 +639,9 @@ fn record_once(runs: &std::path::Path, record: &RunRecord) -> std::io::Result<Re
             Err(e) => return Err(e),
         }
     };
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(runs.join("deliveries.log"))?;
+    let log_path = runs.join("deliveries.log");
+    crate::private_files::create_private_file(&log_path)?;
+    let mut log = std::fs::OpenOptions::new().append(true).open(log_path)?;
     writeln!(log, "{} {}", record.run_id, if matches!(outcome, Recorded::New) { "new" } else { "duplicate" })?;
     Ok(outcome)
 }
@@ -560,6 +724,50 @@ mod tests {
         assert!(valid_target_file("acme", "report", &format!("{sha}.1.0.0.zip")));
         assert!(!valid_target_file("acme", "report", "../../keys.zip"));
         assert!(!valid_target_file("acme", "..", &format!("{sha}.1.0.0.zip")));
+    }
+
+    fn run(run_id: &str, agent_id: &str) -> RunRecord {
+        RunRecord {
+            run_id: run_id.to_owned(),
+            job_id: "job_1".to_owned(),
+            agent_id: agent_id.to_owned(),
+            creator_id: "c".to_owned(),
+            status: "succeeded".to_owned(),
+            stdout: "out".to_owned(),
+            stderr: String::new(),
+            exit_code: Some(0),
+            duration_ms: 1,
+            error_code: None,
+            message: None,
+            bundle: None,
+            version: None,
+            received_at: rfc3339(now_ms()),
+        }
+    }
+
+    #[test]
+    fn run_reports_age_out_with_the_job_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        assert!(matches!(record_once(&runs, &run("run_old_00001", "agt_a"), 1 << 20).unwrap(), Recorded::New));
+        assert!(matches!(record_once(&runs, &run("run_new_00001", "agt_a"), 1 << 20).unwrap(), Recorded::New));
+        let day = std::time::Duration::from_secs(86_400);
+        let two_days_ago = std::time::SystemTime::now() - 2 * day;
+        // Both names are links to one file: ageing one ages the other.
+        std::fs::File::options()
+            .write(true)
+            .open(runs.join("run_old_00001.json"))
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        assert_eq!(purge_runs(&runs, std::time::SystemTime::now() - day).unwrap(), 1);
+        assert!(!runs.join("run_old_00001.json").exists());
+        assert!(!runs.join("agents/agt_a/run_old_00001.json").exists(), "the agent's link goes too");
+        assert!(runs.join("run_new_00001.json").exists() && runs.join("agents/agt_a/run_new_00001.json").exists());
+        let log = std::fs::read_to_string(runs.join("deliveries.log")).unwrap();
+        assert_eq!(log, "run_new_00001 new\n");
+        // The agent's budget is freed with it.
+        assert_eq!(stored_bytes(&runs.join("agents/agt_a")).unwrap(), std::fs::metadata(runs.join("run_new_00001.json")).unwrap().len());
     }
 
     #[test]

@@ -17,11 +17,13 @@ pub mod error;
 pub mod events;
 pub mod jwt;
 pub mod metrics;
+pub mod private_files;
 pub mod queue;
 pub mod secret;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod tls;
 pub mod writes;
 
 pub use error::HubError;
@@ -76,6 +78,27 @@ pub async fn create_scoped_api_key(
     let key = crypto::new_api_key()?;
     store.create_api_key(&crypto::sha256_hex(key.expose()), name, creator_id, crypto::now_ms()).await?;
     Ok(key)
+}
+
+/// Every API key, named by the start of its hash (never the key itself).
+pub async fn list_api_keys(store: &dyn Store) -> Result<Vec<store::ApiKeySummary>, HubError> {
+    Ok(store.list_api_keys().await?)
+}
+
+/// Deletes the API key `id` names (an id from [`list_api_keys`], or a longer start of the
+/// key's hash). A running hub may trust a key it recognised for up to
+/// [`api::known_keys::KEY_RECHECK`] after it is revoked.
+pub async fn revoke_api_key(store: &dyn Store, id: &str) -> Result<(), HubError> {
+    let id = id.trim().to_ascii_lowercase();
+    match store.revoke_api_key(&id).await? {
+        store::RevokeOutcome::Revoked => Ok(()),
+        store::RevokeOutcome::NotFound => Err(HubError::Config(format!(
+            "no API key has the id {id:?}: see `edge-hub api-key list` for the ids"
+        ))),
+        store::RevokeOutcome::Ambiguous => Err(HubError::Config(format!(
+            "more than one API key's id starts with {id:?}: give the whole id from `edge-hub api-key list`"
+        ))),
+    }
 }
 
 fn validate_creator_id(creator_id: &str) -> Result<&str, HubError> {

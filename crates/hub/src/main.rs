@@ -1,5 +1,6 @@
 //! `edge-hub`: the CLI over the hub library. It owns argument parsing, logging setup and
-//! what goes to stdout (only the listening line or a freshly created credential); it must
+//! what goes to stdout (only the listening line, a freshly created credential, or a
+//! command's JSON answer); it must
 //! never contain hub logic of its own.
 
 use anyhow::Context as _;
@@ -56,6 +57,26 @@ struct ServeArgs {
     /// repo/, run reports in runs/) [default: bundles/ beside the SQLite file].
     #[arg(long, env = "EDGE_HUB_BUNDLE_DIR")]
     bundle_dir: Option<std::path::PathBuf>,
+    /// Bytes of bundle run reports kept per agent; a report past it answers 507 until
+    /// older ones age out with the job history.
+    #[arg(long, env = "EDGE_HUB_RUN_BYTES_PER_AGENT", default_value_t = edge_hub::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    run_bytes_per_agent: u64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "EDGE_HUB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// enroll + challenge + token requests allowed per source address per minute (also
+    /// the burst); past it, 429 with Retry-After.
+    #[arg(long, env = "EDGE_HUB_AUTH_RATE_PER_MINUTE", default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    auth_rate_per_minute: u32,
+    /// Job API requests (/v1/jobs…) allowed per API key per second (also the burst).
+    #[arg(long, env = "EDGE_HUB_JOBS_RATE_PER_SECOND", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    jobs_rate_per_second: u32,
     #[command(flatten)]
     queue: QueueArgs,
 }
@@ -179,6 +200,15 @@ enum ApiKeyCommand {
         #[arg(long)]
         creator: Option<String>,
     },
+    /// Print every API key as JSON: id, name, creator (none: operator key), creation time.
+    /// Keys themselves are not stored, so they cannot be shown.
+    List,
+    /// Delete the API key with this id (from `list`); a running hub stops accepting it
+    /// within a minute.
+    Revoke {
+        /// The key's id as `list` shows it.
+        id: String,
+    },
 }
 
 #[tokio::main]
@@ -217,6 +247,32 @@ async fn main() -> anyhow::Result<()> {
             store.close().await;
             print_credential(&key?)
         }
+        Command::ApiKey(ApiKeyCommand::List) => {
+            let store = edge_hub::open_store(&database_url).await.context("cannot open the hub database")?;
+            let keys = edge_hub::list_api_keys(&*store).await.context("cannot list the API keys");
+            store.close().await;
+            let keys: Vec<serde_json::Value> = keys?
+                .into_iter()
+                .map(|key| {
+                    serde_json::json!({
+                        "id": key.id,
+                        "name": key.name,
+                        "creatorId": key.creator_id,
+                        "createdAt": edge_hub::crypto::rfc3339(key.created_at),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string(&keys)?);
+            Ok(())
+        }
+        Command::ApiKey(ApiKeyCommand::Revoke { id }) => {
+            let store = edge_hub::open_store(&database_url).await.context("cannot open the hub database")?;
+            let revoked = edge_hub::revoke_api_key(&*store, &id).await;
+            store.close().await;
+            revoked.context("cannot revoke the API key")?;
+            println!("{}", serde_json::json!({"revoked": id.trim()}));
+            Ok(())
+        }
     }
 }
 
@@ -233,15 +289,28 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         jwt_secret,
         // An empty EDGE_HUB_BUNDLE_DIR means "not set", as `default_bundle_dir` reads it.
         bundle_dir: args.bundle_dir.filter(|dir| !dir.as_os_str().is_empty()),
+        run_bytes_per_agent: args.run_bytes_per_agent,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
+            _ => None,
+        },
+        rate_limits: edge_hub::api::rate_limit::RateLimits {
+            auth_per_minute_per_address: std::num::NonZeroU32::new(args.auth_rate_per_minute)
+                .context("--auth-rate-per-minute must be at least 1")?,
+            jobs_per_second_per_key: std::num::NonZeroU32::new(args.jobs_rate_per_second)
+                .context("--jobs-rate-per-second must be at least 1")?,
+        },
         queue: args.queue.queue(),
         job_types: args.queue.job_types()?,
         sync_timeout: Duration::from_secs(args.queue.sync_timeout_secs),
     };
+    let tls = config.tls.is_some();
     let mut hub = edge_hub::start(config).await.context("cannot start the hub")?;
     {
         // Scripts and tests wait for this exact line to learn the port.
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "edge-hub listening on http://{}", hub.local_addr())?;
+        let scheme = if tls { "https" } else { "http" };
+        writeln!(stdout, "edge-hub listening on {scheme}://{}", hub.local_addr())?;
         stdout.flush()?;
     }
     tokio::select! {

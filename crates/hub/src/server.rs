@@ -50,6 +50,12 @@ pub struct HubConfig {
     pub sync_timeout: Duration,
     /// Bundle repository and run reports; `None`: `bundles/` beside the SQLite file.
     pub bundle_dir: Option<std::path::PathBuf>,
+    /// Run-report bytes (`POST /edge/notify`) kept per agent before new ones answer 507.
+    pub run_bytes_per_agent: u64,
+    /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Requests per source address (credential exchanges) and per API key (job API).
+    pub rate_limits: api::rate_limit::RateLimits,
 }
 
 impl HubConfig {
@@ -64,6 +70,9 @@ impl HubConfig {
             job_types: JobTypes::default(),
             sync_timeout: api::jobs::DEFAULT_SYNC_TIMEOUT,
             bundle_dir: None,
+            run_bytes_per_agent: crate::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
+            tls: None,
+            rate_limits: api::rate_limit::RateLimits::default(),
         }
     }
 }
@@ -139,6 +148,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         warn!(requested_secs = config.jwt_ttl.as_secs(), "JWT TTL lowered to 900 s");
     }
 
+    // Before binding: a bad certificate or key is a configuration error, not a half-started hub.
+    let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| HubError::Bind { addr: config.listen, source })?;
@@ -190,23 +201,50 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         sync_timeout: config.sync_timeout,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
+        limiters: api::rate_limit::Limiters::new(config.rate_limits),
     });
     let bundle_dir =
         config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));
-    let router =
-        api::router(app.clone()).merge(crate::bundles::router(app, crate::bundles::BundleService::open(bundle_dir)));
+    crate::private_files::secure_bundle_dir(&bundle_dir);
+    let bundle_service =
+        crate::bundles::BundleService::open(bundle_dir).with_run_bytes_per_agent(config.run_bytes_per_agent);
+    // Ends with the other background tasks; a purge cut short just runs again next start.
+    tokio::spawn(crate::bundles::purge_runs_periodically(
+        bundle_service.clone(),
+        config.queue.retention,
+        background_stop.clone(),
+    ));
+    let router = api::router(app.clone()).merge(crate::bundles::router(app, bundle_service));
     let graceful = shutdown.clone().cancelled_owned();
-    // Frames and answers are small and each one is awaited by the peer: with Nagle's
-    // algorithm on, one waits for the ACK of the one before (up to the peer's delayed-ACK
-    // timer) before it is sent.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!(error = %e, "cannot turn off Nagle's algorithm on an accepted connection");
+    let server = match tls {
+        Some(tls) => {
+            // The tap does nothing; it gives the TLS listener axum's peer-address info.
+            let listener = crate::tls::TlsListener::new(listener, tls)
+                .map_err(|source| HubError::Bind { addr: config.listen, source })?
+                .tap_io(|_| {});
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await })
         }
-    });
-    let server = tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(graceful).await });
+        None => {
+            if !local_addr.ip().is_loopback() {
+                warn_plain_http(local_addr);
+            }
+            // Frames and answers are small and each one is awaited by the peer: with Nagle's
+            // algorithm on, one waits for the ACK of the one before (up to the peer's
+            // delayed-ACK timer) before it is sent.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    warn!(error = %e, "cannot turn off Nagle's algorithm on an accepted connection");
+                }
+            });
+            // The peer address keys the per-address rate limit.
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(graceful).await })
+        }
+    };
     info!(
         addr = %local_addr,
+        tls = config.tls.is_some(),
         engine = store.engine(),
         hb_interval_secs = config.hb_interval.as_secs(),
         visibility_timeout_ms = millis(config.queue.visibility_timeout),
@@ -214,6 +252,18 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         "hub listening"
     );
     Ok(RunningHub { local_addr, store, shutdown, sessions, server, background_stop, dispatcher, sweeper, forwarder })
+}
+
+/// Agents' JWTs, API keys and enrollment tokens cross this listener in clear text: say so
+/// loudly, in the log and on stderr, whatever the log filter.
+fn warn_plain_http(addr: SocketAddr) {
+    let message = format!(
+        "edge-hub serves PLAIN HTTP on {addr}, which is not a loopback address: API keys, enrollment \
+         tokens and agents' session tokens cross the network readable by anyone on the path. Serve \
+         TLS with --tls-cert and --tls-key, or put the hub behind a TLS proxy on loopback."
+    );
+    warn!(addr = %addr, "{message}");
+    eprintln!("WARNING: {message}");
 }
 
 impl RunningHub {

@@ -41,6 +41,7 @@ conformance!(
     fatal_errors_fail_at_once_and_retry_after_is_honoured,
     redrive_moves_dead_jobs_back_rate_limited_one_per_queue,
     a_creator_key_redrives_only_its_own_dead_jobs,
+    one_creators_redrive_does_not_block_another_creators,
     redrive_moves_at_most_rate_per_second_over_time,
     idempotency_key_returns_the_same_job,
     priority_and_run_at_order_delivery,
@@ -353,6 +354,33 @@ async fn a_creator_key_redrives_only_its_own_dead_jobs(db: TestDb) {
     }
     let (_, still_dead) = hub.operator_get("/v1/dead-letter").await;
     assert_eq!(still_dead["jobs"].as_array().unwrap().len(), 2, "{still_dead}");
+    hub.shutdown().await;
+}
+
+/// Creator A's slow move is running: creator B starts its own at once (it used to get
+/// 409), while A's second move and an operator's move over every creator still wait.
+async fn one_creators_redrive_does_not_block_another_creators(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let (_a, mut a_ws) = hub.connected_agent(CREATOR, 1).await;
+    let (_b, mut b_ws) = hub.connected_agent("creator-2", 1).await;
+    make_dead_jobs_of(&hub, &mut a_ws, CREATOR, 3, "NETWORK").await;
+    make_dead_jobs_of(&hub, &mut b_ws, "creator-2", 1, "NETWORK").await;
+    pause(&mut a_ws).await;
+    pause(&mut b_ws).await;
+    let a_key = hub.creator_key(CREATOR).await;
+    let b_key = hub.creator_key("creator-2").await;
+
+    // One job per second: A's move of three is still running while the others ask.
+    let (status, a_move) =
+        hub.request(Method::POST, "/v1/dead-letter/redrive", &a_key, Some(json!({"ratePerSecond":1}))).await;
+    assert_eq!((status, a_move["status"].as_str()), (202, Some("running")), "{a_move}");
+    let (status, b_move) = hub.request(Method::POST, "/v1/dead-letter/redrive", &b_key, Some(json!({}))).await;
+    assert_eq!(status, 202, "another creator's move starts while A's runs: {b_move}");
+    assert_eq!(b_move["creatorId"], "creator-2", "{b_move}");
+    let (status, again) = hub.request(Method::POST, "/v1/dead-letter/redrive", &a_key, Some(json!({}))).await;
+    assert_eq!((status, again["error"].as_str()), (409, Some("redrive_running")), "{again}");
+    let (status, everyone) = hub.operator_post("/v1/dead-letter/redrive", json!({})).await;
+    assert_eq!((status, everyone["error"].as_str()), (409, Some("redrive_running")), "{everyone}");
     hub.shutdown().await;
 }
 

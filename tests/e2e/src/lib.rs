@@ -149,6 +149,11 @@ impl Hub {
         let mut child = Command::new(&self.bins.hub)
             .args(["--database-url", &self.database_url, "serve", "--listen", listen])
             .args(&self.extra_args)
+            // Every agent of these tests logs in from 127.0.0.1, as a fleet behind one NAT
+            // does: the operator of such a fleet raises the per-address budget of
+            // enroll/challenge/token the same way. A test's own env can set it lower; the
+            // limiter itself is tested in crates/hub/tests/hardening.rs.
+            .env("EDGE_HUB_AUTH_RATE_PER_MINUTE", "6000")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -632,7 +637,10 @@ pub fn mint_jwt(secret: &[u8], agent_id: &str, creator_id: &str, exp: i64) -> St
     use base64::Engine;
     use hmac::{Hmac, Mac};
     let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let iat = exp - 60;
+    // Issued now (or a minute before an expiry already past), as the hub issues them: the
+    // hub refuses an `iat` in the future and a lifetime above its TTL.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let iat = now.min(exp - 60);
     let claims =
         B64.encode(json!({ "agentId": agent_id, "creatorId": creator_id, "iat": iat, "exp": exp }).to_string());
     let signing_input = format!("{header}.{claims}");

@@ -123,6 +123,13 @@ pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: C
                     tracing::info!(run_id = %entry.run_id, job_id = %entry.job_id, "run reported to the hub");
                     journal.remove(&entry.run_id);
                 }
+                Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+                    // `job_not_held`: the hub no longer has this job for us (its history was
+                    // purged, or it never was ours) and will never take the report; retrying
+                    // would hold every report queued behind it. It stays in the local log.
+                    tracing::warn!(run_id = %entry.run_id, job_id = %entry.job_id, "the hub does not hold this job any more; run report dropped (it stays in the local log)");
+                    journal.remove(&entry.run_id);
+                }
                 Ok(response) => {
                     if response.status() == reqwest::StatusCode::UNAUTHORIZED {
                         token = None;

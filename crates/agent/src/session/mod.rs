@@ -240,13 +240,19 @@ impl Supervisor {
         let Some(token) = &self.token else {
             return Err(dropped("no token".into()));
         };
-        // The URL carries the JWT: it is built here, used once, and never logged.
-        let url = format!(
-            "{}?token={}",
-            self.hub_url.ws_endpoint(WS_PATH),
-            url::form_urlencoded::byte_serialize(token.jwt.expose().as_bytes()).collect::<String>()
-        );
-        let request = url.into_client_request().map_err(|e| dropped(format!("bad WebSocket URL: {e}")))?;
+        // The JWT goes in the `Authorization` header, not the URL: proxies and access logs
+        // record URLs. (The hub still takes `?token=` from prototype agents.)
+        let mut request = self
+            .hub_url
+            .ws_endpoint(WS_PATH)
+            .into_client_request()
+            .map_err(|e| dropped(format!("bad WebSocket URL: {e}")))?;
+        let bearer = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!(
+            "Bearer {}",
+            token.jwt.expose()
+        ))
+        .map_err(|_| dropped("the session token is not a valid header value".into()))?;
+        request.headers_mut().insert(tokio_tungstenite::tungstenite::http::header::AUTHORIZATION, bearer);
         let connector = if self.hub_url.is_tls() {
             let tls = crate::tls::client_config().map_err(|e| SessionEnd::Fatal(e.to_string()))?;
             tokio_tungstenite::Connector::Rustls(tls)

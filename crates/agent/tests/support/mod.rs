@@ -250,11 +250,29 @@ async fn token(State(state): State<Arc<HubState>>, Json(request): Json<TokenRequ
 
 #[derive(serde::Deserialize)]
 struct WsQuery {
-    token: String,
+    token: Option<String>,
 }
 
-async fn ws(State(state): State<Arc<HubState>>, Query(query): Query<WsQuery>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| session(state, query.token, socket))
+/// Like the real hub, but stricter: the agent must send its JWT in the `Authorization`
+/// header, and a JWT in the URL (where proxies log it) is refused.
+async fn ws(
+    State(state): State<Arc<HubState>>,
+    Query(query): Query<WsQuery>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if query.token.is_some() {
+        return api_error(StatusCode::BAD_REQUEST, "token_in_url", "send the JWT as `Authorization: Bearer`");
+    }
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(token) = bearer else {
+        return api_error(StatusCode::UNAUTHORIZED, "invalid_token", "no `Authorization: Bearer` header");
+    };
+    upgrade.on_upgrade(move |socket| session(state, token, socket))
 }
 
 async fn session(state: Arc<HubState>, token: String, mut socket: WebSocket) {

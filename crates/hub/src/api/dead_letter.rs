@@ -1,5 +1,5 @@
 //! Owns the dead-letter API: listing dead jobs and redrives (moving them back to pending,
-//! rate-limited, one running move per queue, progress readable). It must never delete a
+//! rate-limited, one running move per creator and queue, progress readable). It must never delete a
 //! job: there is deliberately no purge here. The moving itself is done by the sweeper of
 //! whichever hub process gets there first (see `Store::redrive_step`).
 
@@ -108,14 +108,15 @@ impl From<RedriveRecord> for RedriveView {
 }
 
 /// Starts a move (202 with its progress record), or 409 naming the move already running
-/// over the same queue. A creator key may redrive its own dead jobs only.
+/// over the same queue of the same creator (an operator's move without `creatorId`
+/// overlaps every creator's). A creator key may redrive its own dead jobs only.
 #[utoipa::path(
     post, path = "/v1/dead-letter/redrive", tag = "dead-letter", request_body = RedriveRequest, security(("api_key" = [])),
     responses(
         (status = 202, description = "The move started; its progress", body = RedriveView),
         (status = 400, description = "A field is not valid", body = super::openapi::ErrorBody),
         (status = 401, description = "No or unknown API key", body = super::openapi::ErrorBody),
-        (status = 409, description = "A move over an overlapping queue is running", body = super::openapi::ErrorBody),
+        (status = 409, description = "A move over an overlapping queue of the same creator is running", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn start_redrive(State(app): State<AppState>, caller: Caller, body: Bytes) -> Result<Response, Failure> {
@@ -172,7 +173,7 @@ pub async fn start_redrive(State(app): State<AppState>, caller: Caller, body: By
             body: edge_protocol::api::ApiError {
                 error: "redrive_running".to_owned(),
                 message: format!(
-                    "redrive {} is still moving jobs of an overlapping queue; see GET /v1/dead-letter/redrives/{}",
+                    "redrive {} is still moving jobs of an overlapping queue and creator; see GET /v1/dead-letter/redrives/{}",
                     running.id, running.id
                 ),
             },

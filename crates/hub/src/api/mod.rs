@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod operator;
 pub mod prototype;
 pub mod recipients;
+pub mod rate_limit;
 pub mod ws;
 pub mod ws_upgrade;
 
@@ -57,20 +58,29 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// WebSocket sessions outlive their HTTP request; shutdown waits on them here.
     pub sessions: TaskTracker,
+    /// Request budgets per source address (credential exchanges) and per API key (job API).
+    pub limiters: rate_limit::Limiters,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(operator::health))
+    // Guessing enrollment tokens or hammering the challenge table is bounded per address.
+    let credential_exchanges = Router::new()
         .route(wire::ENROLL_PATH, post(agent_auth::enroll))
         .route(wire::CHALLENGE_PATH, post(agent_auth::challenge))
         .route(wire::TOKEN_PATH, post(agent_auth::token))
-        .route(wire::WS_PATH, get(ws::agent_ws))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::per_address));
+    let job_api = Router::new()
         .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/attempts", get(jobs::job_attempts))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::per_key));
+    Router::new()
+        .route("/health", get(operator::health))
+        .merge(credential_exchanges)
+        .route(wire::WS_PATH, get(ws::agent_ws))
+        .merge(job_api)
         .route("/v1/agents", get(operator::list_agents))
         .route("/v1/creators/{id}/limits", get(creators::get_limits).put(creators::put_limits))
         .route("/v1/creators/{id}/uncertain-recipients", get(recipients::list_uncertain))

@@ -33,6 +33,8 @@ pub enum StoreError {
     UnsupportedUrl { url: String, reason: String },
     #[error("cannot create the database directory {path}: {source}")]
     CreateDir { path: String, source: std::io::Error },
+    #[error("cannot create the database file {path} (mode 0600): {source}")]
+    CreateFile { path: String, source: std::io::Error },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -142,6 +144,29 @@ pub struct ApiKeyRecord {
     pub name: Option<String>,
     /// `None`: an operator key (every creator). `Some`: only this creator's jobs and agents.
     pub creator_id: Option<String>,
+}
+
+/// An API key as `edge-hub api-key list` shows it: never the key, and of its hash only
+/// the first [`API_KEY_ID_CHARS`] characters, enough to name it for `revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySummary {
+    pub id: String,
+    pub name: Option<String>,
+    /// `None`: an operator key.
+    pub creator_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// Hash characters that name a key in `api-key list|revoke`.
+pub const API_KEY_ID_CHARS: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    Revoked,
+    NotFound,
+    /// More than one key's hash starts with the given id: give more of it.
+    Ambiguous,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -632,6 +657,10 @@ pub trait Store: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
     async fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Every API key, oldest first, named by the start of its hash.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeySummary>, StoreError>;
+    /// Deletes the one key whose hash starts with `id` (lowercase hex).
+    async fn revoke_api_key(&self, id: &str) -> Result<RevokeOutcome, StoreError>;
 
     /// Inserts the jobs in one transaction; for each, in order, the new job or the existing
     /// one with the same (creator, idempotency key), which may be earlier in the same list.
@@ -721,7 +750,8 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<UncertainRecipient>, StoreError>;
 
-    /// Starts a redrive unless one over an overlapping queue is running.
+    /// Starts a redrive unless one over an overlapping queue of an overlapping creator is
+    /// running (`None` overlaps everything).
     async fn start_redrive(
         &self,
         id: &str,

@@ -432,7 +432,7 @@ macro_rules! sql_store {
             LEDGER_UNCERTAIN, LEDGER_UNCERTAIN_LIST, LEDGER_UPSERT, REDRIVE_COLUMNS, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
         };
         use $crate::store::{
-            AgentRecord, ApiKeyRecord, AttemptRecord, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
+            AgentRecord, ApiKeyRecord, ApiKeySummary, AttemptRecord, RevokeOutcome, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
             FinishOutcome, FinishRequest, InsertOutcome, JobWriteAnswers, JobWriteBatch, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent, UncertainRecipient,
             NewJob, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store,
         };
@@ -1259,6 +1259,42 @@ macro_rules! sql_store {
                     .transpose()
             }
 
+            async fn list_api_keys(&self) -> Result<Vec<ApiKeySummary>, StoreError> {
+                let rows = sqlx::query("SELECT key_hash, name, creator_id, created_at FROM api_keys ORDER BY created_at, key_hash")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let hash: String = row.try_get("key_hash")?;
+                        Ok(ApiKeySummary {
+                            id: hash.chars().take($crate::store::API_KEY_ID_CHARS).collect(),
+                            name: row.try_get("name")?,
+                            creator_id: row.try_get("creator_id")?,
+                            created_at: row.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn revoke_api_key(&self, id: &str) -> Result<RevokeOutcome, StoreError> {
+                // Hashes are lowercase hex: anything else (LIKE wildcards included) names no key.
+                if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    return Ok(RevokeOutcome::NotFound);
+                }
+                let hashes: Vec<String> = sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE key_hash LIKE $1 LIMIT 2")
+                    .bind(format!("{id}%"))
+                    .fetch_all(&self.writer)
+                    .await?;
+                match hashes.as_slice() {
+                    [] => Ok(RevokeOutcome::NotFound),
+                    [hash] => {
+                        sqlx::query("DELETE FROM api_keys WHERE key_hash = $1").bind(hash).execute(&self.writer).await?;
+                        Ok(RevokeOutcome::Revoked)
+                    }
+                    _ => Ok(RevokeOutcome::Ambiguous),
+                }
+            }
+
             async fn insert_jobs(&self, jobs: &[NewJob], now: i64) -> Result<Vec<InsertOutcome>, StoreError> {
                 if self.has_job_writer() && !jobs.is_empty() {
                     let batch = JobWriteBatch { inserts: jobs.to_vec(), ..Default::default() };
@@ -1663,12 +1699,17 @@ macro_rules! sql_store {
                 if let Some(lock) = dialect::REDRIVE_LOCK {
                     sqlx::query(lock).execute(&mut *tx).await?;
                 }
-                // One move per queue (job type); a move over all types overlaps every queue.
+                // One move per creator and queue (job type): only a move that could touch the
+                // same dead jobs is in the way. A move over all types or all creators (an
+                // operator's) overlaps every queue or creator; one creator's move never
+                // blocks another creator's.
                 let busy = sqlx::query(&format!(
                     "SELECT {REDRIVE_COLUMNS} FROM redrives WHERE status = 'running' \
-                     AND (job_type IS NULL OR $1 IS NULL OR job_type = $1) ORDER BY created_at LIMIT 1"
+                     AND (job_type IS NULL OR $1 IS NULL OR job_type = $1) \
+                     AND (creator_id IS NULL OR $2 IS NULL OR creator_id = $2) ORDER BY created_at LIMIT 1"
                 ))
                 .bind(&filter.job_type)
+                .bind(&filter.creator_id)
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let Some(row) = busy {

@@ -48,6 +48,10 @@ pub fn config(url: &str) -> HubConfig {
     config.queue.retry_base = Duration::from_millis(20);
     config.job_types.register(JobTypeSpec::opaque(CUSTOM));
     config.job_types.register(JobTypeSpec::opaque(MESSAGE).sending_messages());
+    // Tests enroll many agents and submit in bursts from one address and key; the rate
+    // limit tests lower these again.
+    config.rate_limits.auth_per_minute_per_address = std::num::NonZeroU32::new(1_000_000).expect("non-zero");
+    config.rate_limits.jobs_per_second_per_key = std::num::NonZeroU32::new(1_000_000).expect("non-zero");
     config
 }
 

@@ -153,6 +153,10 @@ impl SqliteStore {
         let in_memory = filename.as_os_str() == ":memory:" || database_url.contains("mode=memory");
         if !in_memory {
             create_parent_dir(&filename)?;
+            // The file holds the JWT secret: it is created private before SQLite opens it.
+            crate::private_files::create_private_file(&filename)
+                .map_err(|source| StoreError::CreateFile { path: filename.display().to_string(), source })?;
+            crate::private_files::secure_database(&filename);
         }
         // Every connection to `:memory:` is a separate database, so a memory store gets one
         // connection that is never recycled.
@@ -172,6 +176,9 @@ impl SqliteStore {
         let jobs = writer::JobWriter::open(&filename, BUSY_TIMEOUT, &PRAGMAS, writer.clone())?;
         let stop = CancellationToken::new();
         tokio::spawn(checkpoint_in_background(pool.clone(), writer.clone(), WAL_CHECKPOINTS, stop.clone()));
+        // The WAL and shared-memory files exist now; a database from an older hub may have
+        // left them readable by others.
+        crate::private_files::secure_database(&filename);
         Ok(SqliteStore { pool, writer, stop, jobs: Some(jobs) })
     }
 
@@ -279,7 +286,7 @@ async fn checkpoint<'c>(connection: impl sqlx::SqliteExecutor<'c>) -> Result<(i6
 
 fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
     match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+        Some(dir) if !dir.as_os_str().is_empty() => crate::private_files::create_private_dir(dir)
             .map_err(|source| StoreError::CreateDir { path: dir.display().to_string(), source }),
         _ => Ok(()),
     }
