@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod browser;
 pub mod bundles;
 pub mod credentials;
+pub mod egress;
 pub mod error;
 pub mod executor;
 pub mod hub_client;

@@ -26,6 +26,8 @@ const LAYERS: &[&str] = &[
     "state",
     "local_settings",
     "outbox",
+    // Every connection the hub causes passes here; the browser resource and the runners use it.
+    "egress",
     // Resources handed to runners.
     "bundles",
     "browser",

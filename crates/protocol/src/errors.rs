@@ -24,6 +24,12 @@ pub enum ErrorCode {
     Cancelled,
     /// The agent failed in a way it could not classify.
     Internal,
+    /// The agent's egress gate refused a connection the job asked for (a loopback, LAN or
+    /// otherwise non-public address, a port or scheme outside the policy). Never retried:
+    /// the same job meets the same policy.
+    EgressDenied,
+    /// The person's daily byte cap is reached; the agent opens no new connection today.
+    EgressCap,
     Other(String),
 }
 
@@ -53,6 +59,8 @@ impl ErrorCode {
             ErrorCode::BadPayload => "BAD_PAYLOAD",
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::EgressDenied => "EGRESS_DENIED",
+            ErrorCode::EgressCap => "EGRESS_CAP",
             ErrorCode::Other(s) => s,
         }
     }
@@ -70,6 +78,8 @@ impl ErrorCode {
             "BAD_PAYLOAD" => ErrorCode::BadPayload,
             "CANCELLED" => ErrorCode::Cancelled,
             "INTERNAL" => ErrorCode::Internal,
+            "EGRESS_DENIED" => ErrorCode::EgressDenied,
+            "EGRESS_CAP" => ErrorCode::EgressCap,
             other => ErrorCode::Other(other.to_owned()),
         }
     }
@@ -147,8 +157,16 @@ mod tests {
         for code in ["NETWORK", "NAV_TIMEOUT", "RATE_LIMITED"] {
             assert!(ErrorCode::parse(code).is_retryable(), "{code} must retry");
         }
-        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "SOMETHING_NEW"] {
+        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "EGRESS_DENIED", "EGRESS_CAP", "SOMETHING_NEW"] {
             assert_eq!(ErrorCode::parse(code).retry_policy(), RetryPolicy::Fatal, "{code}");
+        }
+    }
+
+    #[test]
+    fn egress_codes_are_named_variants_that_round_trip() {
+        for (text, code) in [("EGRESS_DENIED", ErrorCode::EgressDenied), ("EGRESS_CAP", ErrorCode::EgressCap)] {
+            assert_eq!(ErrorCode::parse(text), code);
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{text}\""));
         }
     }
 
