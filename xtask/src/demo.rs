@@ -57,7 +57,11 @@ pub fn run() -> Result<()> {
         println!("   {line}");
     }
 
-    step("starting `edge-agent run`");
+    // The demo's local sites are on 127.0.0.1, which the egress gate refuses unless the
+    // person allows it: the demo allows exactly those two addresses and says so.
+    let browser_site = edge_browser::testsite::Site::start()?;
+    agent.allow_egress(&site.base_url).allow_egress(&browser_site.base_url);
+    step(&format!("starting `edge-agent run --allow-egress {}`", agent.allow_egress.join(" --allow-egress ")));
     agent.run(&["--hb-interval-secs", "5"])?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))
         .with_context(|| format!("agent log:\n{}", agent.run_log()))?;
@@ -98,7 +102,7 @@ pub fn run() -> Result<()> {
     }
     print_job("signed shell bundle", &done);
 
-    failures += browser_flow(&hub, &key, &agent)?;
+    failures += browser_flow(&hub, &key, &agent, &browser_site)?;
 
     step("shutting down");
     let agent_clean = agent.shutdown();
@@ -115,13 +119,12 @@ pub fn run() -> Result<()> {
 
 /// A `send_dm` browser flow against the local creator-site look-alike, in the Chromium
 /// installed on this machine. Returns the number of failed jobs (0 when skipped).
-fn browser_flow(hub: &Hub, key: &str, agent: &Agent) -> Result<u32> {
+fn browser_flow(hub: &Hub, key: &str, agent: &Agent, site: &edge_browser::testsite::Site) -> Result<u32> {
     if !["chromium", "chromium-browser", "google-chrome", "microsoft-edge"].iter().any(|b| have(b)) {
         step("skipping the browser flow: no Chrome, Chromium or Edge here (Debian: apt-get install chromium)");
         return Ok(0);
     }
     step("a browser flow: send_dm on a local creator site, in this machine's Chromium");
-    let site = edge_browser::testsite::Site::start()?;
     println!("   creator site look-alike: {}", site.url("/"));
     // A person logs in once in a visible browser window (`edge-agent browser login`); the
     // demo site's auto-login page stands in for them, so this runs headless.

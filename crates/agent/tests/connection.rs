@@ -18,10 +18,13 @@ use support::{FakeHub, FakeSession, ENROLL_TOKEN, TIMEOUT};
 use tempfile::TempDir;
 use tokio::sync::broadcast;
 
-fn service(data_dir: &std::path::Path, hb_interval: Duration) -> AgentService {
+/// An agent whose person allowed the fake hub's own address (where its `http_request`
+/// targets are served), as `edge-agent run --allow-egress 127.0.0.1:PORT` does.
+fn service(data_dir: &std::path::Path, hb_interval: Duration, hub: &FakeHub) -> AgentService {
     let mut settings = AgentSettings::new(data_dir.to_path_buf());
     settings.hb_interval = hb_interval;
     settings.slots = 2;
+    settings.allow_egress.push(hub.url.trim_start_matches("http://").to_owned());
     AgentService::with_store(settings, Arc::new(MemoryCredentialStore::new()))
 }
 
@@ -46,7 +49,7 @@ async fn connect(hub: FakeHub, hb_interval: Duration) -> Connected {
 
 /// [`connect`] with a data dir the test prepared (state an earlier agent process left).
 async fn connect_in(hub: FakeHub, dir: TempDir, hb_interval: Duration) -> Connected {
-    let agent = service(dir.path(), hb_interval);
+    let agent = service(dir.path(), hb_interval, &hub);
     let events = agent.subscribe();
     let login = agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
     let mut session = hub.next_session().await;
@@ -348,7 +351,7 @@ async fn an_unusable_keychain_fails_the_login_before_the_token_is_spent() {
 async fn login_errors_keep_the_hubs_words_and_the_url_policy() {
     let hub = FakeHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
+    let agent = service(dir.path(), Duration::from_secs(25), &hub);
     match agent.login(&hub.url, "wrong").await.unwrap_err() {
         AgentError::HubRejected { status, hub_error, message } => {
             assert_eq!(status, 401);

@@ -15,6 +15,8 @@ async fn site() -> (String, String) {
 }
 
 fn through(proxy: &GateProxy) -> reqwest::Client {
+    // The test's own client (the browser's stand-in) needs a rustls provider chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .proxy(reqwest::Proxy::all(format!("http://{}", proxy.address())).unwrap())
         .redirect(reqwest::redirect::Policy::none())

@@ -96,6 +96,8 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token("creator-b")?)?;
+    // The local site, granted as its person would; the egress gate stays on.
+    agent.allow_egress(&site.base_url);
     agent.install_adapter("fanhub", &site.adapter_yaml())?;
     let env = agent_env();
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
@@ -178,6 +180,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-browser-b-{}", std::process::id()), "auto", &dir.path().join("agent-b"));
     agent.login(&hub.url, &hub.enroll_token("creator-c")?)?;
+    agent.allow_egress(&site.base_url);
     let (ok, out) = agent.oneshot(&["settings", "inline-adapters", "on"])?;
     assert!(ok && out.contains("inline adapters: on"), "{out}");
     let adapter: Value = serde_json::to_value(site.adapter())?;

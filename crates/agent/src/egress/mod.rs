@@ -79,7 +79,14 @@ struct Inner {
     policy: Policy,
     lookup: Arc<dyn Lookup>,
     meter: Meter,
+    /// Pinned clients by host and admitted addresses, so that jobs to the same site reuse
+    /// its pooled connections. A client is only ever used for the exact host and address set
+    /// it was built for, so reuse cannot reach anything that was not just admitted.
+    clients: std::sync::Mutex<std::collections::HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
 }
+
+/// Pinned clients kept at most; past that the cache starts over.
+const MAX_PINNED_CLIENTS: usize = 64;
 
 /// The gate of one agent; cheap to clone, every clone judges with the same policy and
 /// counts into the same meter.
@@ -107,7 +114,14 @@ impl EgressGate {
         bytes_per_day: Option<u64>,
         lookup: Arc<dyn Lookup>,
     ) -> EgressGate {
-        EgressGate { inner: Arc::new(Inner { policy, lookup, meter: Meter::new(data_dir, bytes_per_day) }) }
+        EgressGate {
+            inner: Arc::new(Inner {
+                policy,
+                lookup,
+                meter: Meter::new(data_dir, bytes_per_day),
+                clients: Default::default(),
+            }),
+        }
     }
 
     /// The person's gate from their settings and their `--allow-egress` arguments.
@@ -206,6 +220,14 @@ impl EgressGate {
     /// [`EgressGate::admit_url`] returned for it): no lookup of its own, no proxy from the
     /// environment, no redirects (the caller judges each hop).
     pub fn pinned_client(&self, url: &url::Url, addresses: &[SocketAddr]) -> Result<reqwest::Client, AgentError> {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let mut sorted = addresses.to_vec();
+        sorted.sort();
+        let key = (host, sorted);
+        let mut clients = self.inner.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
         let mut builder = crate::tls::http_client_builder()?
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -213,7 +235,12 @@ impl EgressGate {
         if let Some(url::Host::Domain(name)) = url.host() {
             builder = builder.resolve_to_addrs(name, addresses);
         }
-        builder.build().map_err(|e| AgentError::Internal(format!("HTTP client setup failed: {e}")))
+        let client = builder.build().map_err(|e| AgentError::Internal(format!("HTTP client setup failed: {e}")))?;
+        if clients.len() >= MAX_PINNED_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 }
 
