@@ -5,6 +5,7 @@
 mod bench;
 mod bench_browser;
 mod bench_bundles;
+mod bench_egress;
 mod bench_hub;
 mod bench_vm;
 mod demo;
@@ -15,7 +16,7 @@ mod util;
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo | test [--skip-install] | bench [agent|tray|hub|hub-guest [N]|bundles|browser] [--skip-install]>
+    "usage: cargo xtask <demo | test [--skip-install] | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress] [--skip-install]>
 
   demo   hub on a temporary SQLite file + a headless agent + three real jobs, end to end
   test   install what is missing (apt, npm), then run every test
