@@ -130,9 +130,16 @@ impl EgressGate {
         extra_allowances: &[String],
         data_dir: &Path,
     ) -> Result<EgressGate, AgentError> {
-        let texts = settings.allow_egress.iter().chain(extra_allowances).map(String::as_str);
-        let policy = Policy::parse(texts).map_err(AgentError::InvalidSetting)?;
-        Ok(EgressGate::new(policy, Some(data_dir), settings.caps.bytes_per_day))
+        // Each error says where the entry came from, so the person knows what to fix.
+        let from = |texts: &[String], source: &str| -> Result<Vec<Allowance>, AgentError> {
+            texts
+                .iter()
+                .map(|text| Allowance::parse(text).map_err(|e| AgentError::InvalidSetting(format!("{e} ({source})"))))
+                .collect()
+        };
+        let mut allowances = from(&settings.allow_egress, "allowEgress in settings.json")?;
+        allowances.extend(from(extra_allowances, "--allow-egress")?);
+        Ok(EgressGate::new(Policy::new(allowances), Some(data_dir), settings.caps.bytes_per_day))
     }
 
     pub fn policy(&self) -> &Policy {
@@ -333,6 +340,20 @@ mod tests {
         gate.record(Capability::HttpRequest, 90, 10);
         let refusal = gate.admit_url(&url, None, false, Capability::Browser).await.unwrap_err();
         assert_eq!(refusal.to_job_error().code, ErrorCode::EgressCap, "{refusal}");
+    }
+
+    #[test]
+    fn the_persons_allowances_come_from_settings_and_arguments_and_errors_say_which() {
+        use crate::local_settings::LocalSettings;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = LocalSettings { allow_egress: vec!["127.0.0.1:8080".into()], ..Default::default() };
+        let gate = EgressGate::from_settings(&settings, &["10.0.0.0/8".into()], dir.path()).unwrap();
+        assert_eq!(gate.policy().allowances().len(), 2);
+        let bad = LocalSettings { allow_egress: vec!["localhost:9".into()], ..Default::default() };
+        let error = EgressGate::from_settings(&bad, &[], dir.path()).unwrap_err().to_string();
+        assert!(error.contains("allowEgress in settings.json") && error.contains("127.0.0.1"), "{error}");
+        let error = EgressGate::from_settings(&settings, &["example.com".into()], dir.path()).unwrap_err().to_string();
+        assert!(error.contains("(--allow-egress)"), "{error}");
     }
 
     #[test]
