@@ -174,6 +174,15 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     assert_eq!(site.logins(), 1);
 
     agent.shutdown();
+    // The job browser's traffic went through the egress gate's proxy: it is on the meter.
+    let (ok, out) = agent.oneshot(&["status", "--json"])?;
+    let status: Value = serde_json::from_str(&out).with_context(|| format!("status --json printed {out}"))?;
+    let browser_bytes = &status["egress"]["today"]["byCapability"]["browser"];
+    assert!(
+        browser_bytes["in"].as_u64().unwrap_or(0) > 0 && browser_bytes["out"].as_u64().unwrap_or(0) > 0,
+        "no browser bytes crossed the egress gate (ok={ok}): {}",
+        status["egress"]
+    );
 
     // Rate limits twice within the window: circuit breaker; the hub records it and the
     // status shows the pause. A second agent, so it has its own DM budget.
