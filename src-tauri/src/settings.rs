@@ -72,6 +72,8 @@ impl TrayOptions {
                 data_dir,
                 hb_interval: Duration::from_secs(hb_secs),
                 slots,
+                // The tray's person allows destinations in settings.json (allowEgress).
+                allow_egress: Vec::new(),
             },
             show_window,
         })

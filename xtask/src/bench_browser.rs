@@ -258,6 +258,8 @@ fn through_agent(site: &Site, dir: &Path, rows: &mut Vec<String>) -> Result<()> 
     let mut agent = Agent::new(&bins, &format!("bench-browser-{}", std::process::id()), "kernel", &dir.join("agent"));
     agent.login(&hub.url, &hub.enroll_token("bench-browser")?)?;
     agent.grant(&["browser:fanhub"])?;
+    // The bench site is local: allowed through the egress gate as a person would.
+    agent.allow_egress(&site.base_url);
     let mut login = site.adapter();
     login.urls.insert("login".into(), "/login?auto=1".into());
     let adapter_file = dir.join("fanhub.json");

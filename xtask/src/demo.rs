@@ -91,7 +91,11 @@ pub fn run(args: &[&str]) -> Result<()> {
         }
     }
 
-    step("starting `edge-agent run`");
+    // The demo's local sites are on 127.0.0.1, which the egress gate refuses unless the
+    // person allows it: the demo allows exactly those two addresses and says so.
+    let browser_site = edge_browser::testsite::Site::start()?;
+    agent.allow_egress(&site.base_url).allow_egress(&browser_site.base_url);
+    step(&format!("starting `edge-agent run --allow-egress {}`", agent.allow_egress.join(" --allow-egress ")));
     agent.run(&["--hb-interval-secs", "5"])?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))
         .with_context(|| format!("agent log:\n{}", agent.run_log()))?;
@@ -127,7 +131,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let done = hub.wait_job_done(&key, job["id"].as_str().context("job id")?, Duration::from_secs(60))?;
     report.job("signed shell bundle", &done, started.elapsed());
 
-    let browser_failed = browser_flow(&hub, &key, &agent, &mut report)?;
+    let browser_failed = browser_flow(&hub, &key, &agent, &browser_site, &mut report)?;
 
     step("shutting down");
     let agent_clean = agent.shutdown();
@@ -148,13 +152,18 @@ pub fn run(args: &[&str]) -> Result<()> {
 /// A `send_dm` browser flow against the local creator-site look-alike, in the Chromium
 /// installed on this machine. Returns whether the site's record disagrees with the job's
 /// (the job's own status is in the report); false when skipped.
-fn browser_flow(hub: &Hub, key: &str, agent: &Agent, report: &mut Report) -> Result<bool> {
+fn browser_flow(
+    hub: &Hub,
+    key: &str,
+    agent: &Agent,
+    site: &edge_browser::testsite::Site,
+    report: &mut Report,
+) -> Result<bool> {
     if !["chromium", "chromium-browser", "google-chrome", "microsoft-edge"].iter().any(|b| have(b)) {
         step(&chromium_missing());
         return Ok(false);
     }
     step("a browser flow: send_dm on a local creator site, in this machine's Chromium");
-    let site = edge_browser::testsite::Site::start()?;
     println!("   creator site look-alike: {}", site.url("/"));
     // A person logs in once in a visible browser window (`edge-agent browser login`); the
     // demo site's auto-login page stands in for them, so this runs headless.

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_browser;
 mod bench_bundles;
+mod bench_egress;
 mod bench_hub;
 mod bench_vm;
 mod demo;
@@ -16,7 +17,7 @@ mod util;
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | bench [agent|tray|hub|hub-guest [N]|bundles|browser] [--skip-install]>
+    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress] [--skip-install]>
 
   demo         hub on a temporary SQLite file + a headless agent + real jobs, end to end;
                one line per job and a closing table (--verbose: each job's full record)

@@ -3,13 +3,16 @@
 //! `edge-agent-browser`), turning [`BrowserEvent`]s into [`AgentEvent`]s, snapshot fields
 //! and the `circuit_breaker` frame, resolving a job's adapter (from a signed bundle of the
 //! agent's tenant, from the person's adapters folder, or inline where the person allows it),
-//! the folders a job may upload from, and running the four browser job types.
+//! the folders a job may upload from, and running the four browser job types. The job
+//! browser is launched with its proxy set to the egress gate's (`crate::egress::proxy`).
 //!
 //! It must never put the session key or a session cookie in a log, event or snapshot, never
 //! run an adapter from a bundle that did not pass the bundle verification, never take an
 //! inline adapter the person did not allow, and never store an adapter a job sent (what a
 //! later `edge-agent browser login` opens is chosen by the person or a signed bundle).
 
+use crate::egress::proxy::{self, GateProxy};
+use crate::egress::EgressGate;
 use crate::keychain::{Keychain, KeychainChoice, BROWSER_KEY_SERVICE};
 use crate::local_settings::LocalSettings;
 use crate::outbox::Outbox;
@@ -74,6 +77,11 @@ struct HostShared {
     keychain: KeychainChoice,
     state: StateHandle,
     outbox: Outbox,
+    /// The gate the job browser's proxy judges with; `None` when the person's egress
+    /// settings are unusable (the job browser then gets a proxy that lets nothing out).
+    egress: Option<EgressGate>,
+    /// Kept for the life of the host: dropping it stops the proxy.
+    proxy: OnceLock<GateProxy>,
     runtime: OnceLock<BrowserRuntime>,
 }
 
@@ -84,10 +92,35 @@ impl BrowserHost {
         keychain: KeychainChoice,
         state: StateHandle,
         outbox: Outbox,
+        egress: Option<EgressGate>,
     ) -> Self {
         retire_remembered_adapters(&data_dir);
         BrowserHost {
-            shared: Arc::new(HostShared { data_dir, profile, keychain, state, outbox, runtime: OnceLock::new() }),
+            shared: Arc::new(HostShared {
+                data_dir,
+                profile,
+                keychain,
+                state,
+                outbox,
+                egress,
+                proxy: OnceLock::new(),
+                runtime: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The job browser's proxy flags: the egress gate's local proxy, started now.
+    fn proxy_args(shared: &HostShared) -> Vec<String> {
+        let Some(gate) = &shared.egress else { return proxy::fail_closed_chromium_args() };
+        if let Some(running) = shared.proxy.get() {
+            return running.chromium_args();
+        }
+        match GateProxy::start_here(gate.clone()) {
+            Ok(running) => shared.proxy.get_or_init(|| running).chromium_args(),
+            Err(e) => {
+                tracing::error!(error = %e, "the egress proxy did not start: browser jobs cannot reach any site");
+                proxy::fail_closed_chromium_args()
+            }
         }
     }
 
@@ -109,6 +142,8 @@ impl BrowserHost {
                     let burst = per_hour.min(edge_browser::guard::Cap::DM.burst);
                     settings.caps = settings.caps.with_setting("dm", edge_browser::guard::Cap { per_hour, burst });
                 }
+                // Every connection a job's page opens goes through the egress gate.
+                settings.job_browser_args = Self::proxy_args(shared);
                 let keys = Arc::new(KeychainKeyStore::new(shared.keychain, &shared.profile));
                 let notifier = Arc::new(AgentNotifier { host: Arc::downgrade(shared) });
                 BrowserRuntime::new(settings, keys, notifier)

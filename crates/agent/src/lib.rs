@@ -14,6 +14,7 @@ pub mod browser;
 pub mod bundles;
 pub mod consent;
 pub mod credentials;
+pub mod egress;
 pub mod error;
 pub mod executor;
 pub mod hub_client;

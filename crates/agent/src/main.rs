@@ -50,6 +50,11 @@ enum Command {
         /// Jobs run at once.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
         slots: u32,
+        /// Let jobs reach this destination beyond the public internet, for this run
+        /// (repeatable): ADDRESS[:PORT] or ADDRESS/PREFIX[:PORT], e.g. 127.0.0.1:8080. The same
+        /// list can live in settings.json (allowEgress). Without a port: ports 80 and 443.
+        #[arg(long = "allow-egress", value_name = "ADDRESS[:PORT]")]
+        allow_egress: Vec<String>,
     },
     /// Show the login (never the key) and the running agent's state.
     Status {
@@ -69,6 +74,8 @@ enum Command {
     /// agent announces and runs only what you granted.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    #[command(hide = true)]
+    BenchEgress(BenchEgressArgs),
     /// Benchmark helper for `cargo xtask bench bundles` (no login needed): trusts the hub's
     /// root, refreshes metadata, downloads, verifies and unpacks one bundle into --data-dir,
     /// and prints JSON timings and peak RSS.
@@ -83,6 +90,19 @@ enum Command {
         #[arg(long, default_value = "latest")]
         version: String,
     },
+}
+
+/// Benchmark helper for `cargo xtask bench egress` (no login needed): `runs` GETs of `url`
+/// as `http_request` jobs through the egress gate (allowing `allow`) and as plain reqwest
+/// requests, interleaved, and prints JSON latencies (µs) of both.
+#[derive(clap::Args)]
+struct BenchEgressArgs {
+    #[arg(long)]
+    url: String,
+    #[arg(long)]
+    allow: String,
+    #[arg(long, default_value_t = 2000)]
+    runs: usize,
 }
 
 #[derive(Subcommand)]
@@ -214,9 +234,10 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
 
     match cli.command {
         Command::Login { hub, token, name } => login(settings, &hub, &token, name).await,
-        Command::Run { hb_interval_secs, slots } => {
+        Command::Run { hb_interval_secs, slots, allow_egress } => {
             settings.hb_interval = Duration::from_secs(hb_interval_secs);
             settings.slots = slots;
+            settings.allow_egress = allow_egress;
             run(settings).await
         }
         Command::Status { json } => status(settings, json).await,
@@ -225,6 +246,10 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message.unwrap_or_default()))?;
             println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchEgress(args) => {
+            println!("{}", bench_egress(&args).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Browser(BrowserCommand::Login { site, headless, timeout_secs }) => {
@@ -429,6 +454,43 @@ fn consent_command(data_dir: &std::path::Path, command: ConsentCommand) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+async fn bench_egress(args: &BenchEgressArgs) -> Result<serde_json::Value> {
+    use edge_agent::egress::{EgressGate, Policy};
+    use std::time::Instant;
+    let gate = EgressGate::new(Policy::parse([args.allow.as_str()]).map_err(|e| anyhow::anyhow!(e))?, None, None);
+    // What the agent used before the gate: one shared client, redirects followed by reqwest.
+    // (reqwest's rustls needs a provider chosen; the agent's own clients pass theirs.)
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let direct = reqwest::Client::builder().no_proxy().build()?;
+    let payload = serde_json::json!({ "url": args.url, "timeoutMs": 10_000 });
+    let (mut gated, mut plain) = (Vec::with_capacity(args.runs), Vec::with_capacity(args.runs));
+    for i in 0..args.runs + 50 {
+        let started = Instant::now();
+        edge_agent::runners::http_request::run(&gate, &payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("gated request failed: {e:?}"))?;
+        let gated_us = started.elapsed().as_micros() as u64;
+        let started = Instant::now();
+        let response = direct.get(&args.url).send().await?;
+        let _ = response.bytes().await?;
+        let plain_us = started.elapsed().as_micros() as u64;
+        // The first 50 of each warm the pools and the allocator.
+        if i >= 50 {
+            gated.push(gated_us);
+            plain.push(plain_us);
+        }
+    }
+    let percentile = |samples: &mut Vec<u64>, p: f64| {
+        samples.sort_unstable();
+        samples[((samples.len() - 1) as f64 * p).round() as usize]
+    };
+    Ok(serde_json::json!({
+        "runs": args.runs,
+        "gatedP50Us": percentile(&mut gated, 0.50), "gatedP99Us": percentile(&mut gated, 0.99),
+        "directP50Us": percentile(&mut plain, 0.50), "directP99Us": percentile(&mut plain, 0.99),
+    }))
+}
+
 async fn login(settings: AgentSettings, hub: &str, token: &str, name: Option<String>) -> Result<ExitCode> {
     let outcome = AgentService::new(settings).enroll(hub, token, name).await?;
     println!("enrolled with {}", outcome.hub_url);
@@ -443,6 +505,11 @@ async fn login(settings: AgentSettings, hub: &str, token: &str, name: Option<Str
 
 async fn run(settings: AgentSettings) -> Result<ExitCode> {
     let service = AgentService::new(settings);
+    // A mistyped allowance is the person's to fix before anything connects.
+    let gate = service.egress().map_err(|e| anyhow::anyhow!("{e}"))?;
+    for allowance in gate.policy().allowances() {
+        tracing::info!(%allowance, "egress allowed beyond the public internet");
+    }
     let snapshot = service.reload_credentials().await?;
     if !snapshot.logged_in {
         bail!(
@@ -552,6 +619,7 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
     let state = StateFile::read(&data_dir)?;
     let process_alive = state.as_ref().is_some_and(StateFile::writer_alive);
     let browser = browser_view(&service, state.as_ref());
+    let egress = egress_view(&service, &data_dir);
 
     if json {
         let value = serde_json::json!({
@@ -564,6 +632,7 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
             // What `edge-agent browser status --json` prints; `state` is state.json as the
             // agent last wrote it, which can lag behind a login made from another process.
             "browser": browser,
+            "egress": egress,
             "state": state,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -592,8 +661,41 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
             Some(file) => print_state(file, process_alive),
         }
         print_browser(&browser);
+        print_egress(&egress);
     }
     Ok(if login.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ERROR) })
+}
+
+/// The egress gate as `status` shows it: allowances, cap, today's bytes per capability.
+fn egress_view(service: &AgentService, data_dir: &std::path::Path) -> serde_json::Value {
+    let today = edge_agent::egress::MeterDay::read(data_dir);
+    match service.egress() {
+        Ok(gate) => serde_json::json!({
+            "allowed": gate.policy().allowances().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "bytesPerDayCap": gate.meter().cap(),
+            "today": today,
+            "todayTotal": today.total(),
+        }),
+        Err(e) => serde_json::json!({ "error": e, "today": today, "todayTotal": today.total() }),
+    }
+}
+
+fn print_egress(view: &serde_json::Value) {
+    if let Some(error) = view["error"].as_str() {
+        println!("egress:      unusable settings: {error}");
+    }
+    let allowed: Vec<&str> = view["allowed"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+    println!(
+        "egress:      public internet on ports 80, 443{}",
+        if allowed.is_empty() { String::new() } else { format!("; also {}", allowed.join(", ")) }
+    );
+    let cap = view["bytesPerDayCap"].as_u64().map_or("no daily cap".to_owned(), |c| format!("cap {c} bytes/day"));
+    println!("egress today: {} bytes ({cap}; UTC day {})", view["todayTotal"], view["today"]["day"].as_str().unwrap_or("-"));
+    if let Some(by) = view["today"]["byCapability"].as_object() {
+        for (capability, traffic) in by {
+            println!("  {capability}: {} in, {} out", traffic["in"], traffic["out"]);
+        }
+    }
 }
 
 #[derive(serde::Serialize)]

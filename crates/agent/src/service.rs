@@ -11,12 +11,14 @@
 
 use crate::browser::BrowserHost;
 use crate::credentials::{CredentialStore, Credentials, DeviceKey};
+use crate::egress::EgressGate;
 use crate::error::AgentError;
 use crate::executor::journal::Journal;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::hub_client::HubClient;
 use crate::hub_url::HubUrl;
 use crate::keychain::{Keychain, KeychainChoice};
+use crate::local_settings::LocalSettings;
 use crate::outbox::Outbox;
 use crate::runners::{self, Resources};
 use crate::secret::Secret;
@@ -50,6 +52,9 @@ pub struct AgentSettings {
     pub hb_interval: Duration,
     /// Jobs run at once.
     pub slots: u32,
+    /// Destinations the person allows beyond the public internet for this run
+    /// (`edge-agent run --allow-egress`), on top of `allowEgress` in settings.json.
+    pub allow_egress: Vec<String>,
 }
 
 impl AgentSettings {
@@ -61,6 +66,7 @@ impl AgentSettings {
             data_dir,
             hb_interval: DEFAULT_HB_INTERVAL,
             slots: 1,
+            allow_egress: Vec::new(),
         }
     }
 }
@@ -96,6 +102,9 @@ struct Inner {
     paused: watch::Sender<bool>,
     outbox: Outbox,
     browser: BrowserHost,
+    /// The person's egress gate, read from settings.json and `allow_egress` when the
+    /// service is made (a bad allowance is the error every start reports).
+    egress: Result<EgressGate, String>,
     /// The connection loop, when one runs. Only the service starts and stops it.
     running: Mutex<Option<RunningLoop>>,
 }
@@ -149,10 +158,13 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             return;
         }
     };
-    let setup = HubClient::new().and_then(|hub| Ok((hub, runners::http_request::client()?)));
-    let (hub, http) = match setup {
-        Ok(parts) => parts,
+    let hub = match HubClient::new() {
+        Ok(hub) => hub,
         Err(e) => return session::stop_with_error(state, e.to_string()),
+    };
+    let egress = match &inner.egress {
+        Ok(gate) => gate.clone(),
+        Err(e) => return session::stop_with_error(state, e.clone()),
     };
     let hub_url = match HubUrl::parse(&credentials.hub_url) {
         Ok(url) => url,
@@ -168,7 +180,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     let bundles = crate::bundles::start(&data_dir, &credentials, &hub_url, &cancel)
         .map(|bundles| bundles.with_browser(browser.clone()));
     let consent = crate::consent::Consent::new(&data_dir);
-    let resources = Resources { consent, http, bundles, browser: browser.clone().map(|b| (b, data_dir.clone())) };
+    let resources = Resources { consent, egress, bundles, browser: browser.clone().map(|b| (b, data_dir.clone())) };
     let runners = runners::standard(&resources);
     // Only what the person granted: the hub assigns nothing else (a fresh install, nothing).
     let mut capabilities = runners.announced();
@@ -252,6 +264,9 @@ impl AgentService {
     pub fn with_store(settings: AgentSettings, store: Arc<dyn CredentialStore>) -> AgentService {
         let (paused, _) = watch::channel(false);
         let state = StateHandle::new(settings.data_dir.clone());
+        let egress = LocalSettings::load(&settings.data_dir)
+            .and_then(|local| EgressGate::from_settings(&local, &settings.allow_egress, &settings.data_dir))
+            .map_err(|e| e.to_string());
         let outbox = Outbox::default();
         let browser = BrowserHost::new(
             settings.data_dir.clone(),
@@ -259,10 +274,26 @@ impl AgentService {
             settings.keychain,
             state.clone(),
             outbox.clone(),
+            egress.as_ref().ok().cloned(),
         );
         AgentService {
-            inner: Arc::new(Inner { settings, store, state, paused, outbox, browser, running: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                settings,
+                store,
+                state,
+                paused,
+                outbox,
+                browser,
+                egress,
+                running: Mutex::new(None),
+            }),
         }
+    }
+
+    /// The egress gate this service's jobs go through (its policy and today's meter), or
+    /// why there is none (an allowance that cannot be read).
+    pub fn egress(&self) -> Result<&EgressGate, &str> {
+        self.inner.egress.as_ref().map_err(String::as_str)
     }
 
     pub fn settings(&self) -> &AgentSettings {

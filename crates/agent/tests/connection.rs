@@ -20,10 +20,13 @@ use support::{FakeHub, FakeSession, ENROLL_TOKEN, TIMEOUT};
 use tempfile::TempDir;
 use tokio::sync::broadcast;
 
-fn service(data_dir: &std::path::Path, hb_interval: Duration) -> AgentService {
+/// An agent whose person allowed the fake hub's own address (where its `http_request`
+/// targets are served), as `edge-agent run --allow-egress 127.0.0.1:PORT` does.
+fn service(data_dir: &std::path::Path, hb_interval: Duration, hub: &FakeHub) -> AgentService {
     let mut settings = AgentSettings::new(data_dir.to_path_buf());
     settings.hb_interval = hb_interval;
     settings.slots = 2;
+    settings.allow_egress.push(hub.url.trim_start_matches("http://").to_owned());
     AgentService::with_store(settings, Arc::new(MemoryCredentialStore::new()))
 }
 
@@ -51,7 +54,7 @@ async fn connect_in(hub: FakeHub, dir: TempDir, hb_interval: Duration) -> Connec
     // The person granted what these tests run, through the core API the tray's consent
     // screen uses.
     Consent::new(dir.path()).grant(&Capability::HttpRequest).unwrap();
-    let agent = service(dir.path(), hb_interval);
+    let agent = service(dir.path(), hb_interval, &hub);
     let events = agent.subscribe();
     let login = agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
     let mut session = hub.next_session().await;
@@ -248,7 +251,7 @@ async fn a_job_assign_it_cannot_read_is_answered_bad_payload_by_its_id() {
 async fn a_fresh_install_announces_no_job_type_and_refuses_what_was_not_granted() {
     let hub = FakeHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
+    let agent = service(dir.path(), Duration::from_secs(25), &hub);
     agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
     let mut session = hub.next_session().await;
     let AgentFrame::Hello { capabilities, .. } = session.handshake(60_000).await else { unreachable!() };
@@ -294,7 +297,7 @@ async fn second_job_under_caps(mine: Option<u32>, hub_limits: serde_json::Value)
     let mut settings = LocalSettings::load(dir.path()).unwrap();
     settings.caps.jobs_per_hour = mine;
     settings.save(dir.path()).unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
+    let agent = service(dir.path(), Duration::from_secs(25), &hub);
     agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
     let mut session = hub.next_session().await;
     session.handshake_with_limits(60_000, Some(hub_limits)).await;
@@ -482,7 +485,7 @@ async fn an_unusable_keychain_fails_the_login_before_the_token_is_spent() {
 async fn login_errors_keep_the_hubs_words_and_the_url_policy() {
     let hub = FakeHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = service(dir.path(), Duration::from_secs(25));
+    let agent = service(dir.path(), Duration::from_secs(25), &hub);
     match agent.login(&hub.url, "wrong").await.unwrap_err() {
         AgentError::HubRejected { status, hub_error, message } => {
             assert_eq!(status, 401);

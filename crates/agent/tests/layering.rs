@@ -29,6 +29,8 @@ const LAYERS: &[&str] = &[
     "consent",
     "limits",
     "outbox",
+    // Every connection the hub causes passes here; the browser resource and the runners use it.
+    "egress",
     // Resources handed to runners.
     "bundles",
     "browser",

@@ -131,6 +131,8 @@ pub struct BrowserLaunch {
     pub user_data_dir: PathBuf,
     /// A visible window (first login, debugging); headless otherwise.
     pub headful: bool,
+    /// Appended last (the agent's egress proxy flags).
+    pub extra_args: Vec<String>,
 }
 
 impl BrowserLaunch {
@@ -146,6 +148,7 @@ impl BrowserLaunch {
         if needs_no_sandbox() {
             args.push("--no-sandbox".to_owned());
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 }
@@ -445,6 +448,7 @@ mod tests {
             executable: "/usr/bin/chromium".into(),
             user_data_dir: "/tmp/edge-profile".into(),
             headful: false,
+            extra_args: vec!["--proxy-server=http://127.0.0.1:1".into()],
         };
         let args = spec.args();
         for flag in
@@ -455,6 +459,7 @@ mod tests {
         assert!(args.contains(&"--headless=new".to_owned()));
         assert!(args.contains(&"--user-data-dir=/tmp/edge-profile".to_owned()));
         assert_eq!(args.contains(&"--no-sandbox".to_owned()), needs_no_sandbox());
+        assert_eq!(args.last().map(String::as_str), Some("--proxy-server=http://127.0.0.1:1"));
         let headful = BrowserLaunch { headful: true, ..spec }.args();
         assert!(!headful.iter().any(|a| a.starts_with("--headless")));
         // Nothing that hides automation from the site.

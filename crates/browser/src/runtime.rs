@@ -49,6 +49,10 @@ pub struct BrowserSettings {
     pub recipient_pacing: Cadence,
     /// How long a job may wait for budget when its payload sets no deadline.
     pub default_timeout: Duration,
+    /// Flags added to the job browser's command line: the agent's egress gate puts its
+    /// proxy here, so every connection a job's page opens passes the gate. The person's own
+    /// login window (`login`) does not take them: the person, not the hub, drives it.
+    pub job_browser_args: Vec<String>,
 }
 
 fn env_pair(name: &str) -> Option<(u64, u64)> {
@@ -70,6 +74,7 @@ impl BrowserSettings {
             typing: Cadence::HUMAN,
             recipient_pacing: Cadence { min: Duration::from_secs(5), max: Duration::from_secs(20) },
             default_timeout: Duration::from_secs(600),
+            job_browser_args: Vec::new(),
         }
     }
 
@@ -215,6 +220,7 @@ impl BrowserRuntime {
                 executable: exe.clone(),
                 user_data_dir: dir.join("profiles").join(&settings.profile),
                 headful: settings.headful,
+                extra_args: settings.job_browser_args.clone(),
             })
         });
         let guard = Guard::open(&dir, settings.breaker);
@@ -912,6 +918,7 @@ impl BrowserRuntime {
             executable,
             user_data_dir: self.inner.settings.dir().join("login-profiles").join(&self.inner.settings.profile),
             headful,
+            extra_args: Vec::new(),
         };
         let args = launch.args();
         let warm = WarmBrowser::for_person(launch);

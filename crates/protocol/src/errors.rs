@@ -27,6 +27,12 @@ pub enum ErrorCode {
     /// The person at the agent's machine has not granted the capability the job needs
     /// (`edge-agent consent grant ...`); retrying cannot help until they do.
     CapabilityNotGranted,
+    /// The agent's egress gate refused a connection the job asked for (a loopback, LAN or
+    /// otherwise non-public address, a port or scheme outside the policy). Never retried:
+    /// the same job meets the same policy.
+    EgressDenied,
+    /// The person's daily byte cap is reached; the agent opens no new connection today.
+    EgressCap,
     Other(String),
 }
 
@@ -57,6 +63,8 @@ impl ErrorCode {
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::CapabilityNotGranted => "CAPABILITY_NOT_GRANTED",
+            ErrorCode::EgressDenied => "EGRESS_DENIED",
+            ErrorCode::EgressCap => "EGRESS_CAP",
             ErrorCode::Other(s) => s,
         }
     }
@@ -75,6 +83,8 @@ impl ErrorCode {
             "CANCELLED" => ErrorCode::Cancelled,
             "INTERNAL" => ErrorCode::Internal,
             "CAPABILITY_NOT_GRANTED" => ErrorCode::CapabilityNotGranted,
+            "EGRESS_DENIED" => ErrorCode::EgressDenied,
+            "EGRESS_CAP" => ErrorCode::EgressCap,
             other => ErrorCode::Other(other.to_owned()),
         }
     }
@@ -152,8 +162,15 @@ mod tests {
         for code in ["NETWORK", "NAV_TIMEOUT", "RATE_LIMITED"] {
             assert!(ErrorCode::parse(code).is_retryable(), "{code} must retry");
         }
-        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "CAPABILITY_NOT_GRANTED", "SOMETHING_NEW"]
-        {
+        for code in [
+            "LOGIN_REQUIRED",
+            "CONTENT_BLOCKED",
+            "POLICY_VIOLATION",
+            "CAPABILITY_NOT_GRANTED",
+            "EGRESS_DENIED",
+            "EGRESS_CAP",
+            "SOMETHING_NEW",
+        ] {
             assert_eq!(ErrorCode::parse(code).retry_policy(), RetryPolicy::Fatal, "{code}");
         }
     }
@@ -163,6 +180,14 @@ mod tests {
         let code: ErrorCode = serde_json::from_str("\"CAPABILITY_NOT_GRANTED\"").unwrap();
         assert_eq!(code, ErrorCode::CapabilityNotGranted);
         assert_eq!(serde_json::to_string(&code).unwrap(), "\"CAPABILITY_NOT_GRANTED\"");
+    }
+
+    #[test]
+    fn egress_codes_are_named_variants_that_round_trip() {
+        for (text, code) in [("EGRESS_DENIED", ErrorCode::EgressDenied), ("EGRESS_CAP", ErrorCode::EgressCap)] {
+            assert_eq!(ErrorCode::parse(text), code);
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{text}\""));
+        }
     }
 
     #[test]

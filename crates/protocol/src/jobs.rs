@@ -7,6 +7,13 @@ use std::collections::BTreeMap;
 pub const HTTP_REQUEST: &str = "http_request";
 pub const BUNDLE: &str = "bundle";
 
+/// The optional `egress` key of any job's payload: a list of destinations
+/// (`ADDRESS[/PREFIX][:PORT]`, for example `203.0.113.7:443` or `198.51.100.0/24`) the job
+/// is limited to. It only narrows: a destination must pass the agent's own egress policy
+/// *and* match this list; nothing here can open what the agent's person has not. Older
+/// agents ignore it (an unknown payload key).
+pub const EGRESS_FIELD: &str = "egress";
+
 /// Payload of `http_request`, the proxy prototype's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpRequestPayload {

@@ -430,6 +430,9 @@ pub struct Agent {
     /// Every process of this agent starts with a session keyring of its own
     /// ([`keyring::in_new_session_keyring`]) instead of the test's.
     pub own_session_keyring: bool,
+    /// Destinations its person allows beyond the public internet: each run gets one
+    /// `--allow-egress` per entry (see [`Agent::allow_egress`]).
+    pub allow_egress: Vec<String>,
     child: Option<Child>,
     runs: u32,
 }
@@ -443,9 +446,19 @@ impl Agent {
             data_dir: data_dir.to_path_buf(),
             agent_id: None,
             own_session_keyring: false,
+            allow_egress: Vec::new(),
             child: None,
             runs: 0,
         }
+    }
+
+    /// Grants a local site the way its person would (`edge-agent run --allow-egress
+    /// 127.0.0.1:PORT`): `url` is the site's base URL or `ADDRESS:PORT`; only that exact
+    /// address and port are allowed, the egress gate stays on for everything else.
+    pub fn allow_egress(&mut self, url: &str) -> &mut Agent {
+        let authority = url.split("://").last().unwrap_or(url).split('/').next().unwrap_or_default();
+        self.allow_egress.push(authority.to_owned());
+        self
     }
 
     fn command(&self) -> Command {
@@ -572,6 +585,7 @@ impl Agent {
             .command()
             .arg("run")
             .args(extra_args)
+            .args(self.allow_egress.iter().flat_map(|a| ["--allow-egress", a.as_str()]))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -38,6 +38,7 @@ fn start_agent(
     let mut agent = Agent::new(bins, &format!("{creator}-{}", std::process::id()), "auto", &dir.join(creator));
     agent.login(&hub.url, &hub.enroll_token(creator)?)?;
     agent.grant(&["browser:fanhub"])?;
+    agent.allow_egress(&site.base_url);
     let without_check = site.adapter_yaml().replace("  sentMessage: \"#thread .message\"\n", "");
     assert_ne!(without_check, site.adapter_yaml(), "the test site's adapter changed: update this test");
     agent.install_adapter("fanhub", &without_check)?;

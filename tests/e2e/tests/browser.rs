@@ -97,6 +97,8 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
         Agent::new(&bins, &format!("e2e-browser-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token("creator-b")?)?;
     agent.grant(&["browser:fanhub"])?;
+    // The local site, granted as its person would; the egress gate stays on.
+    agent.allow_egress(&site.base_url);
     agent.install_adapter("fanhub", &site.adapter_yaml())?;
     let env = agent_env();
     agent.run_with_env(&["--hb-interval-secs", "1"], &env)?;
@@ -173,6 +175,15 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     assert_eq!(site.logins(), 1);
 
     agent.shutdown();
+    // The job browser's traffic went through the egress gate's proxy: it is on the meter.
+    let (ok, out) = agent.oneshot(&["status", "--json"])?;
+    let status: Value = serde_json::from_str(&out).with_context(|| format!("status --json printed {out}"))?;
+    let browser_bytes = &status["egress"]["today"]["byCapability"]["browser"];
+    assert!(
+        browser_bytes["in"].as_u64().unwrap_or(0) > 0 && browser_bytes["out"].as_u64().unwrap_or(0) > 0,
+        "no browser bytes crossed the egress gate (ok={ok}): {}",
+        status["egress"]
+    );
 
     // Rate limits twice within the window: circuit breaker; the hub records it and the
     // status shows the pause. A second agent, so it has its own DM budget.
@@ -180,6 +191,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
         Agent::new(&bins, &format!("e2e-browser-b-{}", std::process::id()), "auto", &dir.path().join("agent-b"));
     agent.login(&hub.url, &hub.enroll_token("creator-c")?)?;
     agent.grant(&["browser:fanhub"])?;
+    agent.allow_egress(&site.base_url);
     let (ok, out) = agent.oneshot(&["settings", "inline-adapters", "on"])?;
     assert!(ok && out.contains("inline adapters: on"), "{out}");
     let adapter: Value = serde_json::to_value(site.adapter())?;

@@ -54,6 +54,8 @@ fn a_signed_browser_bundle_runs_its_flow_and_lends_its_adapter() -> Result<()> {
         Agent::new(&bins, &format!("e2e-browser-bundles-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token(CREATOR)?)?;
     agent.grant(&["bundle", "browser:fanhub"])?;
+    // The local site, granted as its person would; the egress gate stays on.
+    agent.allow_egress(&site.base_url);
     // Log in to the site once (scripted: the auto-login page); the bundle's adapter has the
     // same site name, so its jobs reuse the saved session.
     let mut login = site.adapter();

@@ -29,16 +29,32 @@ const QUICK: [(&str, &str); 3] = [
     ("EDGE_AGENT_BROWSER_RECIPIENT_PACING_MS", "0-0"),
 ];
 
-/// A hub, and an agent of `creator` running with quick pacing.
-fn hub_and_agent(bins: &Binaries, dir: &std::path::Path, creator: &str) -> Result<(Hub, String, Agent)> {
+/// A hub, and an agent of `creator` running with quick pacing, its person allowing the
+/// local sites at `grants` (base URLs) through the egress gate.
+fn hub_and_agent(
+    bins: &Binaries,
+    dir: &std::path::Path,
+    creator: &str,
+    grants: &[&str],
+) -> Result<(Hub, String, Agent)> {
     let hub = Hub::start(bins, &dir.join("hub"), &[], &["--hb-interval-secs", "1"])?;
     let key = hub.api_key()?;
-    let agent = start_agent(bins, dir, &hub, &key, creator)?;
+    let agent = start_agent(bins, dir, &hub, &key, creator, grants)?;
     Ok((hub, key, agent))
 }
 
-fn start_agent(bins: &Binaries, dir: &std::path::Path, hub: &Hub, key: &str, creator: &str) -> Result<Agent> {
+fn start_agent(
+    bins: &Binaries,
+    dir: &std::path::Path,
+    hub: &Hub,
+    key: &str,
+    creator: &str,
+    grants: &[&str],
+) -> Result<Agent> {
     let mut agent = Agent::new(bins, &format!("{creator}-{}", std::process::id()), "auto", &dir.join("agent"));
+    for grant in grants {
+        agent.allow_egress(grant);
+    }
     agent.login(&hub.url, &hub.enroll_token(creator)?)?;
     // The sites these tests drive: what is refused here is refused by the confinement, not
     // for want of consent.
@@ -93,7 +109,7 @@ fn scrape_subs_cannot_read_a_local_file() -> Result<()> {
         "browser",
         src,
     ])?;
-    let mut agent = start_agent(&bins, dir.path(), &hub, &key, creator)?;
+    let mut agent = start_agent(&bins, dir.path(), &hub, &key, creator, &[&site.base_url])?;
     let inline = peek("file:///etc/passwd");
     let job = |adapter: Value, params: Value| json!({"type": "scrape_subs", "creatorId": creator, "payload": {"adapter": adapter, "params": params}});
     let leaks = |done: &Value| done.to_string().contains("root:");
@@ -134,7 +150,7 @@ fn media_paths_upload_only_files_of_the_uploads_folder() -> Result<()> {
     let dir = scratch_dir("e2e-confine-uploads")?;
     let site = Site::start()?;
     let creator = "creator-confine-uploads";
-    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator)?;
+    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator, &[&site.base_url])?;
     agent.install_adapter("fanhub", &site.adapter_yaml())?;
     // A session on the site, as after the person's login.
     let mut login = site.adapter();
@@ -225,7 +241,7 @@ fn a_job_never_chooses_the_page_a_login_opens() -> Result<()> {
     std::fs::create_dir_all(&remembered)?;
     std::fs::write(remembered.join("fanhub.json"), serde_json::to_vec(&planted)?)?;
 
-    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator)?;
+    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator, &[&site.base_url, &evil.base_url])?;
     assert!(!remembered.exists(), "the adapters a job could plant are still where a login reads them");
     assert!(agent_dir.join("browser").join("adapters-from-jobs.unused").join("fanhub.json").is_file());
     // The person's own adapter of the site (its login page logs in by itself for the test).
@@ -295,7 +311,7 @@ fn the_reviews_attacks_as_they_were_made_are_refused() -> Result<()> {
     let site = Site::start()?;
     let evil = Site::start()?;
     let creator = "creator-confine-review";
-    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator)?;
+    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator, &[&site.base_url, &evil.base_url])?;
     let mut login = site.adapter();
     login.urls.insert("login".into(), "/login?auto=1".into());
     let login_file = dir.path().join("fanhub-login.json");

@@ -33,6 +33,8 @@ fn only_what_the_person_granted_runs() -> Result<()> {
     let mut agent =
         Agent::new(&bins, &format!("e2e-consent-{}", std::process::id()), "auto", &dir.path().join("agent"));
     agent.login(&hub.url, &hub.enroll_token(CREATOR)?)?;
+    // The local site, allowed through the egress gate as its person would.
+    agent.allow_egress(&site.base_url);
 
     // A fresh install grants nothing; the agent connects but announces no job type, so a job
     // for it waits in the queue instead of being assigned.

@@ -47,6 +47,7 @@ fn kill_9_under_load_every_job_ends_exactly_once() -> Result<()> {
     let mut hub = Hub::start(&bins, &dir.path().join("hub"), &[], &["--hb-interval-secs", "1"])?;
     let key = hub.api_key()?;
     let mut agent = Agent::new(&bins, &format!("e2e-kill9-{}", std::process::id()), "auto", &dir.path().join("agent"));
+    agent.allow_egress(&site.base_url);
     agent.login(&hub.url, &hub.enroll_token(CREATOR)?)?;
     agent.grant(&["http_request"])?;
     agent.run(&["--hb-interval-secs", "1", "--slots", "16"])?;

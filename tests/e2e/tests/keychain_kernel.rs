@@ -35,6 +35,7 @@ fn kernel_keychain_login_run_job_status_logout() -> Result<()> {
     assert!(status.contains("keychain:    kernel") && status.contains("logged in:   yes"), "{status}");
     assert!(status.contains(agent.agent_id()), "{status}");
 
+    agent.allow_egress(&site.base_url);
     agent.run(&["--hb-interval-secs", "1"])?;
     hub.wait_agent_online(&key, agent.agent_id(), Duration::from_secs(30))
         .map_err(|e| e.context(format!("agent log:\n{}", agent.run_log())))?;

@@ -32,8 +32,11 @@ fn world(name: &str, hub_env: &[(&str, &str)]) -> Result<World> {
     let hub = Hub::start(&bins, &dir.path().join("hub"), hub_env, &["--hb-interval-secs", "1"])?;
     let key = hub.api_key()?;
     let profile = format!("e2e-{name}-{}", std::process::id());
-    let agent = Agent::new(&bins, &profile, KEYCHAIN, &dir.path().join("agent"));
-    Ok(World { site: Site::start()?, _dir: dir, hub, agent, key })
+    let mut agent = Agent::new(&bins, &profile, KEYCHAIN, &dir.path().join("agent"));
+    let site = Site::start()?;
+    // The local site is granted as its person would; the gate refuses everything else local.
+    agent.allow_egress(&site.base_url);
+    Ok(World { site, _dir: dir, hub, agent, key })
 }
 
 impl World {
@@ -129,9 +132,11 @@ fn enroll_login_and_three_jobs_succeed() -> Result<()> {
 #[test]
 fn network_failures_and_timeouts_map_to_their_codes() -> Result<()> {
     let mut w = world("errors", &[])?;
-    w.login_and_run()?;
-    // A port nothing listens on: bind, read the port, close.
+    // A port nothing listens on: bind, read the port, close. Granted, so that what fails is
+    // the connection, not the egress gate.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    w.agent.allow_egress(&closed.to_string());
+    w.login_and_run()?;
     // Both codes are retried with backoff; one delivery each makes the job dead (the
     // dead-letter list) after the first failure instead of after five.
     let mut refused_job = http_job(CREATOR, &format!("http://{closed}/"));
@@ -145,6 +150,44 @@ fn network_failures_and_timeouts_map_to_their_codes() -> Result<()> {
     let slow = w.finish(&slow)?;
     assert_eq!(slow["status"], "dead", "{slow}");
     assert_eq!(slow["error"]["code"], "NAV_TIMEOUT", "{slow}");
+    Ok(())
+}
+
+/// The security review's attack, through the public job API: jobs naming this machine's
+/// other services (an ungranted local port, IPv6 loopback, the cloud metadata address, the
+/// LAN) fail `EGRESS_DENIED` at once, are not retried, and the local service sees nothing.
+/// The granted site stays reachable beside them.
+#[test]
+fn jobs_naming_local_or_lan_addresses_are_refused_by_the_egress_gate() -> Result<()> {
+    let mut w = world("egress", &[])?;
+    let other = Site::start()?;
+    w.login_and_run()?;
+    let port = w.site.base_url.rsplit(':').next().unwrap_or_default().to_owned();
+    let mut ids = Vec::new();
+    for url in [
+        other.url("/hello"),
+        format!("http://[::1]:{port}/hello"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+    ] {
+        ids.push((w.submit(http_job(CREATOR, &url))?, url));
+    }
+    for (id, url) in ids {
+        let done = w.finish(&id)?;
+        assert_eq!(done["status"], "failed", "{url}: {done}");
+        assert_eq!(done["error"]["code"], "EGRESS_DENIED", "{url}: {done}");
+        let message = done["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("refused by the egress gate"), "{url}: {message}");
+    }
+    assert_eq!(other.total_hits(), 0, "the ungranted local service was never reached");
+    let granted = w.finish(&w.submit(http_job(CREATOR, &w.site.url("/hello")))?)?;
+    assert_eq!(granted["status"], "succeeded", "{granted}");
+    // The person's local log names each refusal (address and rule), written before the result.
+    edge_e2e::wait_until(Duration::from_secs(10), || {
+        let log = w.agent.run_log();
+        Ok(log.contains("egress refused") && log.contains("169.254.169.254:80") && log.contains("cloud metadata"))
+    })
+    .map_err(|e| e.context(format!("no refusal line in the agent log:\n{}", w.agent.run_log())))?;
     Ok(())
 }
 

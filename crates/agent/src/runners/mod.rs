@@ -3,7 +3,7 @@
 //! type in [`standard`] — a new job type is one file and one line there.
 //!
 //! This room owns the job types and each runner's error taxonomy. What a runner needs (the
-//! HTTP client, the bundle cache, the browser) is handed to it in [`Resources`]; it must
+//! egress gate, the bundle cache, the browser) is handed to it in [`Resources`]; it must
 //! never reach the connection, the executor's bookkeeping or the service. A runner returns
 //! its outcome and the executor decides what happens to it.
 
@@ -147,7 +147,8 @@ impl Runners {
 pub struct Resources {
     /// The person's grants: the standard table runs and announces only what they allow.
     pub consent: Consent,
-    pub http: reqwest::Client,
+    /// Every connection `http_request` opens goes through this gate.
+    pub egress: crate::egress::EgressGate,
     pub bundles: Option<crate::bundles::BundleContext>,
     /// The browser runtime and the data directory its adapters are remembered in.
     pub browser: Option<(edge_browser::BrowserRuntime, PathBuf)>,
@@ -157,7 +158,7 @@ pub struct Resources {
 pub fn standard(resources: &Resources) -> Runners {
     use edge_protocol::jobs;
     let mut runners = Runners { consent: Some(resources.consent.clone()), ..Runners::default() };
-    runners.register(jobs::HTTP_REQUEST, http_request::HttpRequest::new(resources.http.clone()));
+    runners.register(jobs::HTTP_REQUEST, http_request::HttpRequest::new(resources.egress.clone()));
     if let Some(bundles) = &resources.bundles {
         runners.register(jobs::BUNDLE, bundle::Bundle::new(bundles.clone()));
     }
