@@ -15,6 +15,10 @@
 //! loopback.
 
 use crate::flow::{parse_adapter, Adapter};
+use crate::guard::{Cap, Caps};
+use crate::locator::Cadence;
+use crate::runtime::{BrowserEvent, BrowserSettings, KeyStore, Notifier};
+use crate::session::SessionKey;
 use axum::extract::{Form, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -673,4 +677,33 @@ settings:
         let st = lock(&self.state);
         recipients.iter().map(|r| (r.clone(), st.messages.get(&r.to_lowercase()).map_or(0, Vec::len))).collect()
     }
+}
+
+/// The tests' stand-in for the keychain: one fixed session key.
+pub struct FixedKey(pub [u8; 32]);
+
+impl KeyStore for FixedKey {
+    fn session_key(&self) -> Result<SessionKey, String> {
+        Ok(SessionKey::from_bytes(self.0))
+    }
+}
+
+/// A notifier that drops every event.
+pub struct Quiet;
+
+impl Notifier for Quiet {
+    fn notify(&self, _: BrowserEvent) {}
+}
+
+/// Settings for a test against this site: no pauses between actions or recipients, quick
+/// typing, and caps far above what a test sends (an embedder may set caps; settings and the
+/// environment can only lower them).
+pub fn quick_settings(dir: &std::path::Path, profile: &str) -> BrowserSettings {
+    let mut s = BrowserSettings::new(dir.to_path_buf(), profile.to_owned()).from_env();
+    s.pacing = Cadence::OFF;
+    s.typing = Cadence { min: Duration::from_millis(1), max: Duration::from_millis(3) };
+    s.recipient_pacing = Cadence::OFF;
+    let lots = Cap { per_hour: 10_000, burst: 1_000 };
+    s.caps = Caps(["dm", "post", "scrape", "flow"].iter().map(|a| ((*a).to_owned(), lots)).collect());
+    s
 }

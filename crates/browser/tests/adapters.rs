@@ -9,40 +9,12 @@
 use base64::Engine;
 use edge_browser::confine::Uploads;
 use edge_browser::flow::{parse_adapter, Adapter, Flow};
-use edge_browser::locator::Cadence;
-use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
-use edge_browser::session::SessionKey;
-use edge_browser::testsite::Site;
+use edge_browser::runtime::BrowserRuntime;
+use edge_browser::testsite::{quick_settings, FixedKey, Quiet, Site};
 use edge_protocol::jobs::BrowserJobPayload;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct FixedKey;
-impl KeyStore for FixedKey {
-    fn session_key(&self) -> Result<SessionKey, String> {
-        Ok(SessionKey::from_bytes([9u8; 32]))
-    }
-}
-
-struct Quiet;
-impl Notifier for Quiet {
-    fn notify(&self, _: BrowserEvent) {}
-}
-
-fn settings(dir: &std::path::Path) -> BrowserSettings {
-    let mut s = BrowserSettings::new(dir.to_path_buf(), "adapters".into()).from_env();
-    s.pacing = Cadence::OFF;
-    s.typing = Cadence { min: Duration::from_millis(1), max: Duration::from_millis(3) };
-    s.recipient_pacing = Cadence::OFF;
-    // More posts than the default burst of 3 (an embedder may set caps; settings only lower them).
-    s.caps = edge_browser::guard::Caps(std::collections::BTreeMap::from([
-        ("dm".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
-        ("post".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
-        ("scrape".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
-    ]));
-    s
-}
 
 fn payload(v: Value) -> BrowserJobPayload {
     serde_json::from_value(v).unwrap()
@@ -79,7 +51,7 @@ async fn adapters_written_from_the_docs_in_real_chromium() {
         .try_init();
     let site = Site::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey), Arc::new(Quiet));
+    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "adapters"), Arc::new(FixedKey([9; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
     let mut login = adapter.clone();

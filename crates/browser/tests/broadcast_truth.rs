@@ -9,37 +9,16 @@
 
 use edge_browser::checkpoint::{CheckpointStore, Progress};
 use edge_browser::confine::Uploads;
-use edge_browser::locator::Cadence;
-use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
-use edge_browser::session::SessionKey;
-use edge_browser::testsite::Site;
+use edge_browser::runtime::{BrowserRuntime, BrowserSettings};
+use edge_browser::testsite::{quick_settings, FixedKey, Quiet, Site};
 use edge_browser::{Adapter, JobOutcome};
 use edge_protocol::jobs::BrowserJobPayload;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-struct FixedKey;
-impl KeyStore for FixedKey {
-    fn session_key(&self) -> Result<SessionKey, String> {
-        Ok(SessionKey::from_bytes([9u8; 32]))
-    }
-}
-
-struct NoEvents;
-impl Notifier for NoEvents {
-    fn notify(&self, _event: BrowserEvent) {}
-}
-
 fn settings(dir: &std::path::Path) -> BrowserSettings {
-    let mut s = BrowserSettings::new(dir.to_path_buf(), "test".into()).from_env();
-    s.pacing = Cadence::OFF;
-    s.typing = Cadence { min: Duration::from_millis(1), max: Duration::from_millis(3) };
-    s.recipient_pacing = Cadence::OFF;
-    s.caps = edge_browser::guard::Caps(std::collections::BTreeMap::from([(
-        "dm".to_owned(),
-        edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 },
-    )]));
+    let mut s = quick_settings(dir, "test");
     // One throttling episode must not open the circuit.
     s.breaker = edge_browser::guard::BreakerSettings { threshold: 3, window_ms: 60_000, cooldown_ms: 2_000 };
     s
@@ -81,7 +60,7 @@ async fn broadcast_reports_only_what_it_knows() {
         .try_init();
     let site = Site::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey), Arc::new(NoEvents));
+    let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey([9; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
     let mut login_adapter = adapter.clone();

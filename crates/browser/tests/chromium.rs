@@ -6,7 +6,6 @@
 use base64::Engine;
 use edge_browser::checkpoint::{CheckpointStore, Progress};
 use edge_browser::confine::Uploads;
-use edge_browser::locator::Cadence;
 use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
 use edge_browser::session::SessionKey;
 use edge_browser::testsite::Site;
@@ -36,17 +35,7 @@ impl Events {
 }
 
 fn settings(dir: &std::path::Path) -> BrowserSettings {
-    let mut s = BrowserSettings::new(dir.to_path_buf(), "test".into()).from_env();
-    s.pacing = Cadence::OFF;
-    s.typing = Cadence { min: Duration::from_millis(1), max: Duration::from_millis(4) };
-    s.recipient_pacing = Cadence::OFF;
-    // The tests send more than the default 5-message burst; an embedder may set caps directly
-    // (settings and the environment can only lower them).
-    s.caps = edge_browser::guard::Caps(std::collections::BTreeMap::from([
-        ("dm".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
-        ("post".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
-        ("scrape".to_owned(), edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 }),
-    ]));
+    let mut s = edge_browser::testsite::quick_settings(dir, "test");
     s.breaker = edge_browser::guard::BreakerSettings { threshold: 2, window_ms: 60_000, cooldown_ms: 2_000 };
     s
 }

@@ -13,36 +13,12 @@
 
 use edge_browser::confine::Uploads;
 use edge_browser::flow::{parse_flow, Adapter};
-use edge_browser::locator::Cadence;
-use edge_browser::runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, KeyStore, Notifier};
-use edge_browser::session::SessionKey;
-use edge_browser::testsite::Site;
+use edge_browser::runtime::BrowserRuntime;
+use edge_browser::testsite::{quick_settings, FixedKey, Quiet, Site};
 use edge_protocol::jobs::BrowserJobPayload;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
-
-struct FixedKey;
-impl KeyStore for FixedKey {
-    fn session_key(&self) -> Result<SessionKey, String> {
-        Ok(SessionKey::from_bytes([3u8; 32]))
-    }
-}
-
-struct Quiet;
-impl Notifier for Quiet {
-    fn notify(&self, _: BrowserEvent) {}
-}
-
-fn settings(dir: &std::path::Path) -> BrowserSettings {
-    let mut s = BrowserSettings::new(dir.to_path_buf(), "confine".into()).from_env();
-    s.pacing = Cadence::OFF;
-    s.typing = Cadence::OFF;
-    let lots = edge_browser::guard::Cap { per_hour: 10_000, burst: 1_000 };
-    s.caps =
-        edge_browser::guard::Caps(["dm", "post", "scrape", "flow"].iter().map(|a| (a.to_string(), lots)).collect());
-    s
-}
 
 /// Runs `steps` (flow YAML) on the site's adapter; the error's code and message, or "OK".
 async fn run(runtime: &BrowserRuntime, adapter: &Adapter, steps: &str, uploads: &Uploads) -> (String, String) {
@@ -64,7 +40,7 @@ async fn hostile_pages_cannot_take_a_job_off_its_origins() {
     // Another site for Chromium (another host), so its frames live in another process.
     let far = other.base_url.replace("127.0.0.1", "localhost");
     let dir = tempfile::tempdir().unwrap();
-    let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey), Arc::new(Quiet));
+    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
     let none = Uploads::none();
@@ -237,7 +213,7 @@ async fn hostile_pages_cannot_take_a_job_off_its_origins() {
 async fn uploads_come_only_from_the_jobs_folders() {
     let site = Site::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey), Arc::new(Quiet));
+    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
     let mut login = adapter.clone();
@@ -374,7 +350,7 @@ async fn a_site_that_cannot_prove_who_it_is_is_not_loaded() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey), Arc::new(Quiet));
+    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = edge_browser::flow::parse_adapter(&format!("name: tls\nbaseUrl: https://{accept}\n")).unwrap();
     let (code, message) =
