@@ -3,7 +3,7 @@
 //! 127.0.0.1. Each test has its own hub, database, agent profile and data dir, so they run
 //! in parallel.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use edge_e2e::site::{Site, HELLO_BODY};
@@ -132,9 +132,12 @@ fn enroll_login_and_three_jobs_succeed() -> Result<()> {
 #[test]
 fn network_failures_and_timeouts_map_to_their_codes() -> Result<()> {
     let mut w = world("errors", &[])?;
-    // A port nothing listens on: bind, read the port, close. Granted, so that what fails is
-    // the connection, not the egress gate.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // A port nothing listens on, held bound (never listening) for the whole test: a port
+    // bound and closed again could be taken by another test's server meanwhile. Granted, so
+    // that what fails is the connection, not the egress gate.
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    let closed = held.local_addr()?.as_socket().context("the held port has an IPv4 address")?;
     w.agent.allow_egress(&closed.to_string());
     w.login_and_run()?;
     // Both codes are retried with backoff; one delivery each makes the job dead (the
