@@ -167,40 +167,27 @@ async fn loopback_and_lan_are_refused_in_every_spelling_without_a_grant() {
     }
 }
 
+/// A site whose `/jump` redirects to `to`, and a gate allowing it and `granted` only.
+async fn redirect_to(to: &str, granted: &str) -> (String, EgressGate) {
+    let to = to.to_owned();
+    let app = axum::Router::new()
+        .route("/jump", axum::routing::get(move || async move { axum::response::Redirect::temporary(&to) }));
+    let jumping = support::serve(app).await;
+    let gate =
+        EgressGate::new(Policy::parse([authority(granted).as_str(), authority(&jumping).as_str()]).unwrap(), None, None);
+    (jumping, gate)
+}
+
 #[tokio::test]
 async fn a_redirect_to_another_local_port_is_judged_again_and_refused() {
     let granted = target().await;
     let other = target().await;
-    let app = axum::Router::new().route(
-        "/jump",
-        axum::routing::get({
-            let to = format!("{other}/target/hello");
-            move || async move { axum::response::Redirect::temporary(&to) }
-        }),
-    );
-    let jumping = support::serve(app).await;
-    let gate = EgressGate::new(
-        Policy::parse([authority(&granted).as_str(), authority(&jumping).as_str()]).unwrap(),
-        None,
-        None,
-    );
+    let (jumping, gate) = redirect_to(&format!("{other}/target/hello"), &granted).await;
     let error = run_through(&gate, "http_request", json!({"url": format!("{jumping}/jump")})).await.unwrap_err();
     assert_eq!(error.code, ErrorCode::EgressDenied, "{error:?}");
     assert!(error.message.unwrap().contains(&authority(&other)));
     // The same redirect to the granted one is followed.
-    let app = axum::Router::new().route(
-        "/jump",
-        axum::routing::get({
-            let to = format!("{granted}/target/hello");
-            move || async move { axum::response::Redirect::temporary(&to) }
-        }),
-    );
-    let jumping = support::serve(app).await;
-    let gate = EgressGate::new(
-        Policy::parse([authority(&granted).as_str(), authority(&jumping).as_str()]).unwrap(),
-        None,
-        None,
-    );
+    let (jumping, gate) = redirect_to(&format!("{granted}/target/hello"), &granted).await;
     let data = run_through(&gate, "http_request", json!({"url": format!("{jumping}/jump")})).await.unwrap();
     assert_eq!(body(&data), b"hello world");
 }
