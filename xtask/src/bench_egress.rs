@@ -4,7 +4,7 @@
 //! agent uses, the site granted as a person would) and through one plain reqwest client
 //! (what the agent did before the gate; a bench-harness baseline, not a switch in the agent).
 
-use crate::bench::release_bins;
+use crate::util::{cargo, checked, root};
 use anyhow::{bail, Context, Result};
 use edge_e2e::scratch_dir;
 use edge_e2e::site::Site;
@@ -13,11 +13,13 @@ use std::process::Command;
 const RUNS: &str = "2000";
 
 pub fn run() -> Result<()> {
-    let bins = release_bins()?;
+    // The agent as it ships (the `release-agent` profile, as `bench agent` measures it).
+    checked(cargo().args(["build", "--profile", "release-agent", "--quiet", "-p", "edge-agent"]))?;
+    let agent = root().join("target/release-agent/edge-agent");
     let site = Site::start()?;
     let dir = scratch_dir("bench-egress")?;
     let authority = site.base_url.trim_start_matches("http://").to_owned();
-    let output = Command::new(&bins.agent)
+    let output = Command::new(&agent)
         .arg("--data-dir")
         .arg(dir.path())
         .args(["bench-egress", "--url", &site.url("/hello"), "--allow", &authority, "--runs", RUNS])
