@@ -93,6 +93,18 @@ log "logged in with the CLI"
 # A fresh install runs nothing: the person grants the one capability this script's job uses.
 "$AGENT_BIN" consent grant http_request >"$TMP/agent-consent.log" 2>&1 ||
     fail "edge-agent consent grant failed: $(tail -n 5 "$TMP/agent-consent.log")"
+# The job below asks the local hub's own page, which the egress gate refuses (loopback) until
+# the person allows that one address: the tray reads the list from settings.json, where a
+# person keeps it (the CLI's `--allow-egress` is the same list for one run).
+python3 - "$EDGE_AGENT_DATA_DIR/settings.json" "$HUB_HOSTPORT" <<'PY' || fail "could not allow $HUB_HOSTPORT in settings.json"
+import json, sys
+path, allowed = sys.argv[1], sys.argv[2]
+with open(path) as f:
+    settings = json.load(f)
+settings.setdefault("allowEgress", []).append(allowed)
+with open(path, "w") as f:  # rewritten in place: the file keeps its 0600 mode
+    json.dump(settings, f, indent=2)
+PY
 
 webkit_software_rendering
 export EDGE_AGENT_SHOW_WINDOW=1 EDGE_AGENT_LOG=${EDGE_AGENT_LOG:-info}
