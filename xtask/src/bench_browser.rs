@@ -148,8 +148,7 @@ async fn in_process(site: &Site, dir: &Path, rows: &mut Vec<String>) -> Result<(
     if !rt.available() {
         bail!("no Chromium found: install chromium or set EDGE_AGENT_BROWSER");
     }
-    let mut login = adapter.clone();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     rt.interactive_login(&login, false, Duration::from_secs(30)).await.context("scripted login")?;
 
     // Warm: the first job launches the browser; then WARM_JOBS of each kind on it.
@@ -260,8 +259,7 @@ fn through_agent(site: &Site, dir: &Path, rows: &mut Vec<String>) -> Result<()> 
     agent.grant(&["browser:fanhub"])?;
     // The bench site is local: allowed through the egress gate as a person would.
     agent.allow_egress(&site.base_url);
-    let mut login = site.adapter();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     let adapter_file = dir.join("fanhub.json");
     std::fs::write(&adapter_file, serde_json::to_vec(&login)?)?;
     let site_arg = adapter_file.display().to_string();

@@ -167,8 +167,7 @@ fn browser_flow(
     println!("   creator site look-alike: {}", site.url("/"));
     // A person logs in once in a visible browser window (`edge-agent browser login`); the
     // demo site's auto-login page stands in for them, so this runs headless.
-    let mut login = site.adapter();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     let adapter_file = agent.data_dir.join("demo-site-adapter.json");
     std::fs::write(&adapter_file, serde_json::to_vec_pretty(&login)?)?;
     let (ok, out) = agent.oneshot(&["browser", "login", "--site", path_str(&adapter_file)?, "--headless"])?;

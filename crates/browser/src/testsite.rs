@@ -577,6 +577,14 @@ settings:
         }
     }
 
+    /// The site's adapter with its login page set to `/login?auto=1`, which logs in at once:
+    /// it stands in for the person typing in the login window, so tests run headless.
+    pub fn auto_login_adapter(&self) -> Adapter {
+        let mut adapter = self.adapter();
+        adapter.urls.insert("login".into(), "/login?auto=1".into());
+        adapter
+    }
+
     /// The adapter of the `/alt/` skin: other URLs, markup and texts, same DM feature.
     pub fn alt_adapter(&self) -> Adapter {
         let yaml = format!(

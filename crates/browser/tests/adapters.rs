@@ -54,8 +54,7 @@ async fn adapters_written_from_the_docs_in_real_chromium() {
     let runtime = BrowserRuntime::new(quick_settings(dir.path(), "adapters"), Arc::new(FixedKey([9; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
-    let mut login = adapter.clone();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     runtime.interactive_login(&login, false, Duration::from_secs(20)).await.unwrap();
     let doc = doc();
     let at_paris = json!({"text": "Tonight", "at": "2031-07-01T18:30", "timeZone": "Europe/Paris"});

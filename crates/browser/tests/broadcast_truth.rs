@@ -63,8 +63,7 @@ async fn broadcast_reports_only_what_it_knows() {
     let runtime = BrowserRuntime::new(settings(dir.path()), Arc::new(FixedKey([9; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
-    let mut login_adapter = adapter.clone();
-    login_adapter.urls.insert("login".into(), "/login?auto=1".into());
+    let login_adapter = site.auto_login_adapter();
     runtime.interactive_login(&login_adapter, false, Duration::from_secs(20)).await.unwrap();
     // The same site seen through adapters that cannot confirm a send (the confirmation never
     // shows) or cannot ask the site afterwards (no `sentMessage`).

@@ -79,8 +79,7 @@ async fn flows_in_real_chromium() {
 
     // The login window (headless here; the e2e test covers the headful CLI): the site's
     // auto-login page stands in for the person. The state is saved encrypted.
-    let mut login_adapter = adapter.clone();
-    login_adapter.urls.insert("login".into(), "/login?auto=1".into());
+    let login_adapter = site.auto_login_adapter();
     let report = runtime.interactive_login(&login_adapter, false, Duration::from_secs(20)).await.unwrap();
     assert!(report.saved_encrypted && report.cookies >= 1);
     assert!(runtime.status().login_required.is_empty());

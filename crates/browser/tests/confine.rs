@@ -216,8 +216,7 @@ async fn uploads_come_only_from_the_jobs_folders() {
     let runtime = BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
-    let mut login = adapter.clone();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     runtime.interactive_login(&login, false, Duration::from_secs(20)).await.unwrap();
 
     let home = tempfile::tempdir().unwrap();

@@ -42,8 +42,7 @@ fn start_agent(
     let without_check = site.adapter_yaml().replace("  sentMessage: \"#thread .message\"\n", "");
     assert_ne!(without_check, site.adapter_yaml(), "the test site's adapter changed: update this test");
     agent.install_adapter("fanhub", &without_check)?;
-    let mut login = site.adapter();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     let adapter_file = dir.join(format!("{creator}-login.json"));
     std::fs::write(&adapter_file, serde_json::to_vec(&login)?)?;
     let site_arg = adapter_file.display().to_string();

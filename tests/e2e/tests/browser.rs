@@ -118,8 +118,7 @@ fn browser_jobs_through_hub_and_agent() -> anyhow::Result<()> {
     assert_eq!(sites_needing_login(&agent)?, json!([site_name]));
 
     // The login command in a window, then the retry succeeds.
-    let mut login_adapter = site.adapter();
-    login_adapter.urls.insert("login".into(), "/login?auto=1".into());
+    let login_adapter = site.auto_login_adapter();
     let adapter_file = dir.path().join("fanhub.json");
     std::fs::write(&adapter_file, serde_json::to_vec(&login_adapter)?)?;
     let out = browser_login(&agent, &xvfb, &adapter_file)?;

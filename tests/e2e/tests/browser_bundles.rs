@@ -58,8 +58,7 @@ fn a_signed_browser_bundle_runs_its_flow_and_lends_its_adapter() -> Result<()> {
     agent.allow_egress(&site.base_url);
     // Log in to the site once (scripted: the auto-login page); the bundle's adapter has the
     // same site name, so its jobs reuse the saved session.
-    let mut login = site.adapter();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     let adapter_file = dir.path().join("fanhub.json");
     std::fs::write(&adapter_file, serde_json::to_vec(&login)?)?;
     let site_arg = adapter_file.display().to_string();

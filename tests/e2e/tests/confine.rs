@@ -153,8 +153,7 @@ fn media_paths_upload_only_files_of_the_uploads_folder() -> Result<()> {
     let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator, &[&site.base_url])?;
     agent.install_adapter("fanhub", &site.adapter_yaml())?;
     // A session on the site, as after the person's login.
-    let mut login = site.adapter();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     let login_file = dir.path().join("fanhub-login.json");
     std::fs::write(&login_file, serde_json::to_vec(&login)?)?;
     let (ok, out) = agent.oneshot(&[
@@ -235,8 +234,7 @@ fn a_job_never_chooses_the_page_a_login_opens() -> Result<()> {
     let creator = "creator-confine-login";
     let agent_dir = dir.path().join("agent");
     // Before this release a job's adapter was kept here, and a login opened it.
-    let mut planted = evil.adapter();
-    planted.urls.insert("login".into(), "/login?auto=1".into());
+    let planted = evil.auto_login_adapter();
     let remembered = agent_dir.join("browser").join("adapters");
     std::fs::create_dir_all(&remembered)?;
     std::fs::write(remembered.join("fanhub.json"), serde_json::to_vec(&planted)?)?;
@@ -312,8 +310,7 @@ fn the_reviews_attacks_as_they_were_made_are_refused() -> Result<()> {
     let evil = Site::start()?;
     let creator = "creator-confine-review";
     let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator, &[&site.base_url, &evil.base_url])?;
-    let mut login = site.adapter();
-    login.urls.insert("login".into(), "/login?auto=1".into());
+    let login = site.auto_login_adapter();
     let login_file = dir.path().join("fanhub-login.json");
     std::fs::write(&login_file, serde_json::to_vec(&login)?)?;
     let (ok, out) = agent.oneshot(&[
@@ -345,8 +342,7 @@ fn the_reviews_attacks_as_they_were_made_are_refused() -> Result<()> {
     refused(&hub, &key, &agent, upload, "POLICY_VIOLATION")?;
     assert!(site.posts().is_empty(), "{:?}", site.posts());
 
-    let mut planted = evil.adapter();
-    planted.urls.insert("login".into(), "/login?auto=1".into());
+    let planted = evil.auto_login_adapter();
     let inline = json!({"type": "send_dm", "creatorId": creator, "payload": {
         "adapter": serde_json::to_value(&planted)?, "recipient": "ann", "params": {"text": "hi"}}});
     refused(&hub, &key, &agent, inline, "POLICY_VIOLATION")?;
