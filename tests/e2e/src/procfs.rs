@@ -1,5 +1,5 @@
-//! Processes as Linux's /proc shows them: memory for the benchmarks, command lines and
-//! environments for tests that must see how a process was really started.
+//! Processes as Linux's /proc shows them: memory for the benchmarks, command lines for
+//! tests that must see how a process was really started.
 
 use anyhow::{Context, Result};
 use std::fs;
@@ -67,15 +67,6 @@ pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
-}
-
-/// One variable of the environment a process was started with.
-pub fn environ_var(pid: u32, name: &str) -> Option<String> {
-    let raw = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    raw.split(|b| *b == 0).find_map(|entry| {
-        let entry = String::from_utf8_lossy(entry);
-        entry.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')).map(str::to_owned)
-    })
 }
 
 /// Every process with `arg` as one of its arguments, with its command line.
