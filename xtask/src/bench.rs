@@ -37,7 +37,9 @@ pub fn run(args: &[&str]) -> Result<()> {
         "browser" => crate::bench_browser::run(),
         "egress" => crate::bench_egress::run(),
         "all" => agent().and_then(|_| tray()),
-        other => bail!("unknown benchmark {other:?}: expected agent, tray, hub, hub-guest, bundles, browser, egress or all"),
+        other => {
+            bail!("unknown benchmark {other:?}: expected agent, tray, hub, hub-guest, bundles, browser, egress or all")
+        }
     }
 }
 

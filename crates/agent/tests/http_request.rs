@@ -173,8 +173,11 @@ async fn redirect_to(to: &str, granted: &str) -> (String, EgressGate) {
     let app = axum::Router::new()
         .route("/jump", axum::routing::get(move || async move { axum::response::Redirect::temporary(&to) }));
     let jumping = support::serve(app).await;
-    let gate =
-        EgressGate::new(Policy::parse([authority(granted).as_str(), authority(&jumping).as_str()]).unwrap(), None, None);
+    let gate = EgressGate::new(
+        Policy::parse([authority(granted).as_str(), authority(&jumping).as_str()]).unwrap(),
+        None,
+        None,
+    );
     (jumping, gate)
 }
 

@@ -51,7 +51,8 @@ async fn adapters_written_from_the_docs_in_real_chromium() {
         .try_init();
     let site = Site::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "adapters"), Arc::new(FixedKey([9; 32])), Arc::new(Quiet));
+    let runtime =
+        BrowserRuntime::new(quick_settings(dir.path(), "adapters"), Arc::new(FixedKey([9; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
     let login = site.auto_login_adapter();

@@ -40,7 +40,8 @@ async fn hostile_pages_cannot_take_a_job_off_its_origins() {
     // Another site for Chromium (another host), so its frames live in another process.
     let far = other.base_url.replace("127.0.0.1", "localhost");
     let dir = tempfile::tempdir().unwrap();
-    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
+    let runtime =
+        BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
     let none = Uploads::none();
@@ -213,7 +214,8 @@ async fn hostile_pages_cannot_take_a_job_off_its_origins() {
 async fn uploads_come_only_from_the_jobs_folders() {
     let site = Site::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
+    let runtime =
+        BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = site.adapter();
     let login = site.auto_login_adapter();
@@ -349,7 +351,8 @@ async fn a_site_that_cannot_prove_who_it_is_is_not_loaded() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let runtime = BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
+    let runtime =
+        BrowserRuntime::new(quick_settings(dir.path(), "confine"), Arc::new(FixedKey([3; 32])), Arc::new(Quiet));
     assert!(runtime.available(), "no Chromium found; install chromium or set EDGE_AGENT_BROWSER");
     let adapter = edge_browser::flow::parse_adapter(&format!("name: tls\nbaseUrl: https://{accept}\n")).unwrap();
     let (code, message) =

@@ -92,9 +92,9 @@ pub async fn revoke_api_key(store: &dyn Store, id: &str) -> Result<(), HubError>
     let id = id.trim().to_ascii_lowercase();
     match store.revoke_api_key(&id).await? {
         store::RevokeOutcome::Revoked => Ok(()),
-        store::RevokeOutcome::NotFound => Err(HubError::Config(format!(
-            "no API key has the id {id:?}: see `edge-hub api-key list` for the ids"
-        ))),
+        store::RevokeOutcome::NotFound => {
+            Err(HubError::Config(format!("no API key has the id {id:?}: see `edge-hub api-key list` for the ids")))
+        }
         store::RevokeOutcome::Ambiguous => Err(HubError::Config(format!(
             "more than one API key's id starts with {id:?}: give the whole id from `edge-hub api-key list`"
         ))),

@@ -189,15 +189,17 @@ impl Allowance {
                 _ if host.eq_ignore_ascii_case("localhost") => {
                     return Err(bad("\"localhost\" is a name; allow 127.0.0.1 or [::1] instead"))
                 }
-                _ => return Err(bad(&format!("{host:?} is a name, not an IP address; allow the address it serves on"))),
+                _ => {
+                    return Err(bad(&format!("{host:?} is a name, not an IP address; allow the address it serves on")))
+                }
             }
         };
         let ip = canonical(ip);
         let net = match prefix {
             None => IpNet::from(ip),
-            Some(prefix) => IpNet::new(ip, prefix)
-                .map_err(|_| bad(&format!("prefix /{prefix} is too long for {ip}")))?
-                .trunc(),
+            Some(prefix) => {
+                IpNet::new(ip, prefix).map_err(|_| bad(&format!("prefix /{prefix} is too long for {ip}")))?.trunc()
+            }
         };
         Ok(Allowance { net, port })
     }

@@ -247,11 +247,9 @@ impl Supervisor {
             .ws_endpoint(WS_PATH)
             .into_client_request()
             .map_err(|e| dropped(format!("bad WebSocket URL: {e}")))?;
-        let bearer = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!(
-            "Bearer {}",
-            token.jwt.expose()
-        ))
-        .map_err(|_| dropped("the session token is not a valid header value".into()))?;
+        let bearer =
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_str(&format!("Bearer {}", token.jwt.expose()))
+                .map_err(|_| dropped("the session token is not a valid header value".into()))?;
         request.headers_mut().insert(tokio_tungstenite::tungstenite::http::header::AUTHORIZATION, bearer);
         let connector = if self.hub_url.is_tls() {
             let tls = crate::tls::client_config().map_err(|e| SessionEnd::Fatal(e.to_string()))?;

@@ -64,9 +64,18 @@ mod tests {
             read_only_mapping_of("55d0a0000000-55d0a0100000 r-xp 00001000 fd:01 42 /usr/bin/edge-agent", exe),
             Some((0x55d0a0000000, 0x100000))
         );
-        assert_eq!(read_only_mapping_of("55d0a0000000-55d0a0001000 r--p 00000000 fd:01 42 /usr/bin/edge-agent", exe), Some((0x55d0a0000000, 0x1000)));
-        assert_eq!(read_only_mapping_of("55d0a0200000-55d0a0201000 rw-p 00200000 fd:01 42 /usr/bin/edge-agent", exe), None);
-        assert_eq!(read_only_mapping_of("7f0000000000-7f0000100000 r-xp 00000000 fd:01 7 /usr/lib/libc.so.6", exe), None);
+        assert_eq!(
+            read_only_mapping_of("55d0a0000000-55d0a0001000 r--p 00000000 fd:01 42 /usr/bin/edge-agent", exe),
+            Some((0x55d0a0000000, 0x1000))
+        );
+        assert_eq!(
+            read_only_mapping_of("55d0a0200000-55d0a0201000 rw-p 00200000 fd:01 42 /usr/bin/edge-agent", exe),
+            None
+        );
+        assert_eq!(
+            read_only_mapping_of("7f0000000000-7f0000100000 r-xp 00000000 fd:01 7 /usr/lib/libc.so.6", exe),
+            None
+        );
         assert_eq!(read_only_mapping_of("7f0000000000-7f0000100000 rw-p 00000000 00:00 0", exe), None);
         assert_eq!(read_only_mapping_of("garbage", exe), None);
     }

@@ -11,8 +11,8 @@ pub mod known_keys;
 pub mod openapi;
 pub mod operator;
 pub mod prototype;
-pub mod recipients;
 pub mod rate_limit;
+pub mod recipients;
 pub mod ws;
 pub mod ws_upgrade;
 
