@@ -168,6 +168,8 @@ fn bench_bundle(bins: &Binaries, hub: &Hub, data_dir: &Path, tenant: &str, bundl
         .arg("--data-dir")
         .arg(data_dir)
         .args(["bench-bundle", "--hub", &hub.url, "--tenant", tenant, "--bundle", bundle])
+        // The repository serves a tenant's bundles only to its agents and to API keys.
+        .env("EDGE_BENCH_API_KEY", hub.api_key()?)
         .output()
         .context("running edge-agent bench-bundle")?;
     if !out.status.success() {

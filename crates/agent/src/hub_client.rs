@@ -167,6 +167,43 @@ pub(crate) fn describe_reqwest_error(error: &reqwest::Error) -> String {
     text
 }
 
+/// An access token for the HTTP calls made beside the WebSocket (run reports, bundle
+/// metadata and downloads): fetched when first needed, fetched again before it expires or
+/// after the hub refused it. Clones share the token.
+#[derive(Clone)]
+pub struct TokenCache {
+    hub: HubClient,
+    credentials: Credentials,
+    token: std::sync::Arc<tokio::sync::Mutex<Option<AccessToken>>>,
+}
+
+impl TokenCache {
+    pub fn new(hub: HubClient, credentials: Credentials) -> TokenCache {
+        TokenCache { hub, credentials, token: Default::default() }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// A JWT the hub should still accept.
+    pub async fn jwt(&self) -> Result<Secret<String>, AgentError> {
+        let mut token = self.token.lock().await;
+        if let Some(current) = token.as_ref().filter(|t| !t.needs_refresh(unix_now())) {
+            return Ok(current.jwt.clone());
+        }
+        let fresh = self.hub.fetch_token(&self.credentials).await?;
+        let jwt = fresh.jwt.clone();
+        *token = Some(fresh);
+        Ok(jwt)
+    }
+
+    /// After a 401: the next [`TokenCache::jwt`] fetches a new token.
+    pub async fn forget(&self) {
+        *self.token.lock().await = None;
+    }
+}
+
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
 }

@@ -76,13 +76,17 @@ enum Command {
     Consent(ConsentCommand),
     #[command(hide = true)]
     BenchEgress(BenchEgressArgs),
-    /// Benchmark helper for `cargo xtask bench bundles` (no login needed): trusts the hub's
+    /// Benchmark helper for `cargo xtask bench bundles` (an API key, no login): trusts the hub's
     /// root, refreshes metadata, downloads, verifies and unpacks one bundle into --data-dir,
     /// and prints JSON timings and peak RSS.
     #[command(hide = true)]
     BenchBundle {
         #[arg(long)]
         hub: String,
+        /// An API key of the hub (the bundle repository serves a tenant's metadata only to
+        /// its agents and to API keys); read from the environment so it is not in `ps`.
+        #[arg(long, env = "EDGE_BENCH_API_KEY", hide_env_values = true)]
+        api_key: String,
         #[arg(long)]
         tenant: String,
         #[arg(long)]
@@ -241,8 +245,9 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             run(settings).await
         }
         Command::Status { json } => status(settings, json).await,
-        Command::BenchBundle { hub, tenant, bundle, version } => {
-            let report = edge_agent::bundles::bench(&settings.data_dir, &hub, &tenant, &bundle, &version)
+        Command::BenchBundle { hub, api_key, tenant, bundle, version } => {
+            let api_key = edge_agent::secret::Secret::new(api_key);
+            let report = edge_agent::bundles::bench(&settings.data_dir, &hub, api_key, &tenant, &bundle, &version)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message.unwrap_or_default()))?;
             println!("{report}");
@@ -690,7 +695,11 @@ fn print_egress(view: &serde_json::Value) {
         if allowed.is_empty() { String::new() } else { format!("; also {}", allowed.join(", ")) }
     );
     let cap = view["bytesPerDayCap"].as_u64().map_or("no daily cap".to_owned(), |c| format!("cap {c} bytes/day"));
-    println!("egress today: {} bytes ({cap}; UTC day {})", view["todayTotal"], view["today"]["day"].as_str().unwrap_or("-"));
+    println!(
+        "egress today: {} bytes ({cap}; UTC day {})",
+        view["todayTotal"],
+        view["today"]["day"].as_str().unwrap_or("-")
+    );
     if let Some(by) = view["today"]["byCapability"].as_object() {
         for (capability, traffic) in by {
             println!("  {capability}: {} in, {} out", traffic["in"], traffic["out"]);

@@ -3,8 +3,9 @@
 //!
 //! This crate owns the bundle naming rules ([`names`]), the custom metadata of a bundle's TUF
 //! target and the seed `manifest.json` view ([`manifest`]), building and signing the TUF
-//! repository on the hub ([`repo`]), verifying it on the agent through `tough` ([`verify`]),
-//! the safe unzip ([`unpack`]) and the error codes of every refusal ([`codes`]).
+//! repository on the hub ([`repo`]) and each tenant's view of it ([`view`]), verifying it on
+//! the agent through `tough` ([`verify`]), the safe unzip ([`unpack`]) and the error codes
+//! of every refusal ([`codes`]).
 //!
 //! It must never do network I/O (the agent brings its own `tough::Transport`), never trust
 //! anything in a bundle before `verify` accepted the metadata and the bytes matched it, and
@@ -18,6 +19,7 @@ pub mod repo;
 pub mod testing;
 pub mod unpack;
 pub mod verify;
+pub mod view;
 
 /// The `tough` this crate verifies with, for callers that implement its `Transport`.
 pub use tough;

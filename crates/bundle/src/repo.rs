@@ -441,7 +441,7 @@ impl Repo {
         Ok(Current { root, timestamp, snapshot, targets, tenants })
     }
 
-    fn online_signer(&self, role: &str) -> Result<Signer, RepoError> {
+    pub(crate) fn online_signer(&self, role: &str) -> Result<Signer, RepoError> {
         let path = self.keys_dir().join(format!("{role}.pk8"));
         if !path.exists() {
             return Err(RepoError::NotInitialised(self.dir.clone()));
@@ -854,7 +854,7 @@ fn hex_decoded(hex_str: &str) -> Result<Decoded<Hex>, RepoError> {
     hex::decode(hex_str).map(Decoded::from).map_err(|e| RepoError::Invalid(format!("bad hex digest: {e}")))
 }
 
-fn metafile(version: u64, bytes: Option<&[u8]>) -> Result<Metafile, RepoError> {
+pub(crate) fn metafile(version: u64, bytes: Option<&[u8]>) -> Result<Metafile, RepoError> {
     Ok(Metafile {
         length: bytes.map(|b| b.len() as u64),
         hashes: match bytes {

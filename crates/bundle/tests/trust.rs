@@ -247,3 +247,100 @@ fn keys_init_refuses_to_overwrite_and_checks_the_threshold() {
     repo.init(&dir.path().join("r"), 1, 1).unwrap();
     assert!(repo.init(&dir.path().join("r2"), 1, 1).is_err());
 }
+
+/// What the hub serves an agent of `tenant`: that tenant's view of the repository.
+#[derive(Debug, Clone)]
+struct ViewTransport {
+    repo: Repo,
+    tenant: String,
+}
+
+type Chunks = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<tough::Bytes, tough::TransportError>> + Send>>;
+
+#[tough::async_trait]
+impl tough::Transport for ViewTransport {
+    async fn fetch(&self, url: Url) -> Result<Chunks, tough::TransportError> {
+        let file = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or_default().to_owned();
+        match self.repo.tenant_view(&self.tenant, &file) {
+            Ok(Some(bytes)) => Ok(Box::pin(futures_util::stream::iter([Ok(tough::Bytes::from(bytes))]))),
+            Ok(None) => Err(tough::TransportError::new(tough::TransportErrorKind::FileNotFound, url)),
+            Err(e) => Err(tough::TransportError::new_with_cause(tough::TransportErrorKind::Other, url, e)),
+        }
+    }
+}
+
+impl Fixture {
+    fn view(&self, tenant: &str) -> ViewTransport {
+        ViewTransport { repo: self.repo.clone(), tenant: tenant.into() }
+    }
+
+    async fn refresh_view(&self, tenant: &str) -> Result<Verified, VerifyError> {
+        let url = Url::parse("https://hub.invalid/v1/bundles/metadata/").unwrap();
+        self.trust.refresh(url, self.view(tenant)).await
+    }
+
+    /// Every metadata file of `tenant`'s view the agent would read, as text.
+    fn view_files(&self, tenant: &str) -> Vec<(String, String)> {
+        let read = |file: &str| {
+            let bytes = self.repo.tenant_view(tenant, file).unwrap().unwrap_or_else(|| panic!("{file} missing"));
+            String::from_utf8(bytes).unwrap()
+        };
+        let timestamp = read("timestamp.json");
+        let version = |text: &str, name: &str| -> u64 {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            value["signed"]["meta"][name]["version"].as_u64().unwrap()
+        };
+        let snapshot_file = format!("{}.snapshot.json", version(&timestamp, "snapshot.json"));
+        let snapshot = read(&snapshot_file);
+        let targets_file = format!("{}.targets.json", version(&snapshot, "targets.json"));
+        let role_file = format!("{}.{tenant}.json", version(&snapshot, &format!("{tenant}.json")));
+        let mut files = vec![("timestamp.json".to_owned(), timestamp), (snapshot_file, snapshot)];
+        for file in [targets_file, role_file, "root.json".to_owned()] {
+            let text = read(&file);
+            files.push((file, text));
+        }
+        files
+    }
+}
+
+/// The hub serves each tenant a view of the one repository: the agent verifies it with the
+/// same code and root, finds its own bundles, and nothing it reads names another tenant.
+#[tokio::test]
+async fn a_tenant_view_verifies_and_names_no_other_tenant() {
+    let f = fixture(RepoOptions::default());
+    f.publish("acme", "report", "1.0.0");
+    f.publish("globex", "secret-plan", "1.0.0");
+
+    // An agent that read the whole repository before (an older hub) moves to its view:
+    // same versions, so nothing looks like a rollback.
+    f.refresh().await.unwrap();
+    let verified = f.refresh_view("acme").await.unwrap();
+    assert_eq!(verified.find("acme", "report", &latest()).unwrap().bundle.version.to_string(), "1.0.0");
+    let other = verified.find("globex", "secret-plan", &latest()).unwrap_err();
+    assert_eq!(other.code, codes::BUNDLE_NOT_FOUND, "{other}");
+    for (file, text) in f.view_files("acme") {
+        assert!(!text.contains("globex") && !text.contains("secret-plan"), "{file} names the other tenant: {text}");
+    }
+    // The other tenant's role is not part of this view, whatever its version.
+    assert_eq!(f.repo.tenant_view("acme", "1.globex.json").unwrap(), None);
+    assert!(f.repo.tenant_view("globex", "1.globex.json").unwrap().is_some());
+    // The full targets does name both (what an operator reads).
+    let full = std::fs::read_to_string(f.metadata("3.targets.json")).unwrap();
+    assert!(full.contains("globex") && full.contains("acme"), "{full}");
+
+    // Same bytes on every request (the hashes in snapshot and timestamp pin them).
+    assert_eq!(f.view_files("acme"), f.view_files("acme"));
+
+    // A new version is seen through the view, and the other tenant sees only its own.
+    f.publish("acme", "report", "1.1.0");
+    let verified = f.refresh_view("acme").await.unwrap();
+    assert_eq!(verified.find("acme", "report", &latest()).unwrap().bundle.version.to_string(), "1.1.0");
+    let trust_b = TrustStore::new(f._dir.path().join("agent-b-tuf"));
+    trust_b.install_root(&f.repo.root_json().unwrap()).unwrap();
+    let verified_b = trust_b.refresh(Url::parse("https://hub.invalid/m/").unwrap(), f.view("globex")).await.unwrap();
+    assert!(verified_b.find("globex", "secret-plan", &latest()).is_ok());
+    assert_eq!(verified_b.find("acme", "report", &latest()).unwrap_err().code, codes::BUNDLE_NOT_FOUND);
+    for (file, text) in f.view_files("globex") {
+        assert!(!text.contains("acme"), "{file} names the other tenant: {text}");
+    }
+}

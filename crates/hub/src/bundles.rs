@@ -11,7 +11,7 @@
 //! repository's naming rules, never hold an offline root key, never record a run twice, and
 //! never finish a job the reporting agent does not hold (or another type than `bundle`).
 
-use crate::api::{bearer_token, AppState, Failure, Operator};
+use crate::api::{bearer_token, AppState, Caller, Failure, Operator};
 use crate::crypto::{now_ms, rfc3339};
 use crate::queue::plan_failure;
 use crate::store::{FinishOutcome, FinishRequest, JobState, Transition};
@@ -24,6 +24,7 @@ use axum::{Extension, Json, Router};
 use edge_bundle::names::{validate_slug, BundleRef};
 use edge_bundle::repo::Repo;
 use edge_bundle::verify::Wanted;
+use edge_bundle::view::MetadataFile;
 use edge_bundle::ManifestView;
 use edge_protocol::api::{NotifyRequest, NotifyResponse, NOTIFY_PATH};
 use edge_protocol::jobs::{BundlePayload, BUNDLE, MAX_BUNDLE_TIMEOUT_MS};
@@ -168,28 +169,62 @@ async fn root_json(Extension(service): Service) -> Result<Response, Failure> {
     Ok(json_bytes(bytes))
 }
 
-/// Metadata names: `root.json`, `timestamp.json`, `<N>.root.json`, `<N>.snapshot.json`,
-/// `<N>.targets.json`, `<N>.<tenant>.json`.
-fn valid_metadata_name(file: &str) -> bool {
-    let Some(stem) = file.strip_suffix(".json") else { return false };
-    if stem == "root" || stem == "timestamp" {
-        return true;
-    }
-    let Some((version, role)) = stem.split_once('.') else { return false };
-    !version.is_empty()
-        && version.len() <= 20
-        && version.bytes().all(|b| b.is_ascii_digit())
-        && validate_slug("role", role).is_ok()
+/// Who reads the repository. Every tenant's bundles are confidential to that tenant: an
+/// agent (its JWT) and a creator-scoped API key read their own tenant's view
+/// (`edge_bundle::view`), an operator key reads everything, and nobody else reads anything
+/// but `root.json` (public: agents get it at enrollment and it names no tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reader {
+    Everything,
+    Tenant(String),
 }
 
-async fn metadata(Extension(service): Service, Path(file): Path<String>) -> Result<Response, Failure> {
-    if !valid_metadata_name(&file) {
-        return Err(Failure::new(StatusCode::NOT_FOUND, "not_found", "no such metadata file"));
+impl Reader {
+    async fn of(app: &AppState, headers: &HeaderMap) -> Result<Reader, Failure> {
+        let unauthorized = |why: &str| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", why.to_owned());
+        let Some(token) = bearer_token(headers) else {
+            return Err(unauthorized(
+                "bundles are served to the agents of their tenant and to operator keys: send the agent's JWT \
+                 or an API key as `Authorization: Bearer <token>`",
+            ));
+        };
+        if let Ok(claims) = app.jwt.verify(token) {
+            return Ok(Reader::Tenant(claims.creator_id));
+        }
+        match Caller::from_key(app, Some(token)).await {
+            Ok(Caller::Operator) => Ok(Reader::Everything),
+            Ok(Caller::Creator(creator)) => Ok(Reader::Tenant(creator)),
+            Err(_) => Err(unauthorized(
+                "the bearer token is neither a valid agent token (log the agent in again) nor an API key this \
+                 hub knows (`edge-hub api-key create`)",
+            )),
+        }
     }
+
+    fn may_read(&self, tenant: &str) -> bool {
+        match self {
+            Reader::Everything => true,
+            Reader::Tenant(own) => own == tenant,
+        }
+    }
+}
+
+fn no_metadata() -> Failure {
+    Failure::new(StatusCode::NOT_FOUND, "not_found", "no such metadata file")
+}
+
+async fn metadata(
+    State(app): State<AppState>,
+    Extension(service): Service,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Failure> {
+    let Some(which) = MetadataFile::parse(&file) else { return Err(no_metadata()) };
     if !service.repo.is_initialised() {
         return Err(not_configured());
     }
-    if file == "timestamp.json" {
+    let reader = if which == MetadataFile::Root { Reader::Everything } else { Reader::of(&app, &headers).await? };
+    if which == MetadataFile::Timestamp {
         // The online keys keep timestamp (and snapshot) fresh while the hub runs.
         let repo = service.repo.clone();
         match tokio::task::spawn_blocking(move || repo.refresh_online_metadata()).await {
@@ -199,7 +234,21 @@ async fn metadata(Extension(service): Service, Path(file): Path<String>) -> Resu
             Err(e) => warn!(error = %e, "timestamp refresh task failed"),
         }
     }
-    Ok(json_bytes(read_file(service.repo.metadata_dir().join(&file)).await?))
+    match reader {
+        Reader::Everything => Ok(json_bytes(read_file(service.repo.metadata_dir().join(&file)).await?)),
+        Reader::Tenant(tenant) => {
+            let repo = service.repo.clone();
+            let view = tokio::task::spawn_blocking(move || repo.tenant_view(&tenant, &file))
+                .await
+                .map_err(|e| Failure::internal("metadata view task failed", &e))?;
+            match view {
+                Ok(Some(bytes)) => Ok(json_bytes(bytes)),
+                // Another tenant's role answers exactly like a missing file.
+                Ok(None) | Err(edge_bundle::repo::RepoError::Name(_)) => Err(no_metadata()),
+                Err(e) => Err(repo_failure(e)),
+            }
+        }
+    }
 }
 
 /// `<sha256>.<version>.zip` under a tenant and bundle.
@@ -213,12 +262,17 @@ fn valid_target_file(tenant: &str, bundle: &str, file: &str) -> bool {
 
 /// Serves a bundle zip, honouring one `Range: bytes=a-[b]` so agents resume downloads.
 async fn target(
+    State(app): State<AppState>,
     Extension(service): Service,
     Path((tenant, bundle, file)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     let missing = || Failure::new(StatusCode::NOT_FOUND, "not_found", "no such bundle file");
     if !valid_target_file(&tenant, &bundle, &file) {
+        return Err(missing());
+    }
+    // Another tenant's bundle answers exactly like a missing one.
+    if !Reader::of(&app, &headers).await?.may_read(&tenant) {
         return Err(missing());
     }
     let path = service.repo.targets_dir().join(&tenant).join(&bundle).join(&file);
@@ -286,10 +340,14 @@ fn parse_range(value: &str, length: u64) -> Option<(u64, u64)> {
 }
 
 async fn manifest(
+    State(app): State<AppState>,
     Extension(service): Service,
     Path((tenant, bundle, version)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<ManifestView>, Failure> {
+    if !Reader::of(&app, &headers).await?.may_read(&tenant) {
+        return Err(Failure::new(StatusCode::NOT_FOUND, "bundle_not_found", "no such bundle version"));
+    }
     let wanted = Wanted::parse(&version).map_err(|e| Failure::bad_request(e.to_string()))?;
     validate_slug("bundle", &bundle).map_err(|e| Failure::bad_request(e.to_string()))?;
     let repo = service.repo.clone();
@@ -716,10 +774,13 @@ mod tests {
 
     #[test]
     fn only_repository_names_are_served() {
-        assert!(valid_metadata_name("timestamp.json"));
-        assert!(valid_metadata_name("3.acme.json"));
-        assert!(!valid_metadata_name("../keys/targets.pk8"));
-        assert!(!valid_metadata_name("x.acme.json"));
+        assert_eq!(MetadataFile::parse("timestamp.json"), Some(MetadataFile::Timestamp));
+        assert_eq!(MetadataFile::parse("3.acme.json"), Some(MetadataFile::Role(3, "acme".into())));
+        assert_eq!(MetadataFile::parse("2.root.json"), Some(MetadataFile::Root));
+        assert_eq!(MetadataFile::parse("../keys/targets.pk8"), None);
+        assert_eq!(MetadataFile::parse("x.acme.json"), None);
+        assert_eq!(MetadataFile::parse("3.timestamp.json"), None);
+        assert_eq!(MetadataFile::parse("3.../x.json"), None);
         let sha = "a".repeat(64);
         assert!(valid_target_file("acme", "report", &format!("{sha}.1.0.0.zip")));
         assert!(!valid_target_file("acme", "report", "../../keys.zip"));
@@ -767,7 +828,10 @@ mod tests {
         let log = std::fs::read_to_string(runs.join("deliveries.log")).unwrap();
         assert_eq!(log, "run_new_00001 new\n");
         // The agent's budget is freed with it.
-        assert_eq!(stored_bytes(&runs.join("agents/agt_a")).unwrap(), std::fs::metadata(runs.join("run_new_00001.json")).unwrap().len());
+        assert_eq!(
+            stored_bytes(&runs.join("agents/agt_a")).unwrap(),
+            std::fs::metadata(runs.join("run_new_00001.json")).unwrap().len()
+        );
     }
 
     #[test]

@@ -228,7 +228,10 @@ async fn api_keys_are_listed_without_secrets_and_a_revoked_key_is_refused() {
     assert!(unknown.contains("api-key list"), "the error says where ids come from: {unknown}");
     let wildcard = cli(&hub.db.url, &["api-key", "revoke", "%"]).expect_err("a LIKE wildcard names no key");
     assert!(wildcard.contains("no API key"), "{wildcard}");
-    assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&cli(&hub.db.url, &["api-key", "list"]).unwrap()).unwrap().len(), 2);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&cli(&hub.db.url, &["api-key", "list"]).unwrap()).unwrap().len(),
+        2
+    );
     hub.shutdown().await;
 }
 
@@ -246,12 +249,50 @@ fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-              "-subj", "/CN=edge-hub test CA"]);
-    openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "leaf.csr", "-subj",
-              "/CN=127.0.0.1"]);
-    openssl(&["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-              "cert.pem", "-days", "1", "-extfile", "leaf.ext"]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=edge-hub test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+    ]);
     (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
 }
 
@@ -340,7 +381,8 @@ async fn credential_exchanges_per_address_and_the_job_api_per_key_are_rate_limit
         c.rate_limits.jobs_per_second_per_key = std::num::NonZeroU32::new(5).expect("non-zero");
     })
     .await;
-    let guess = |n: usize| json!({"token": format!("guess-{n}"), "publicKey": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="});
+    let guess =
+        |n: usize| json!({"token": format!("guess-{n}"), "publicKey": "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="});
     let mut answers = Vec::new();
     for n in 0..8 {
         let response = hub.http.post(hub.url("/v1/agent/enroll")).json(&guess(n)).send().await.expect("request");
@@ -348,8 +390,10 @@ async fn credential_exchanges_per_address_and_the_job_api_per_key_are_rate_limit
         answers.push((response.status().as_u16(), retry_after));
     }
     assert!(answers[..5].iter().all(|(s, _)| *s == 401), "the first five guesses are answered: {answers:?}");
-    assert!(answers[5..].iter().all(|(s, r)| *s == 429 && r.as_deref().is_some_and(|r| r.parse::<u64>().unwrap() >= 1)),
-            "then 429 with Retry-After: {answers:?}");
+    assert!(
+        answers[5..].iter().all(|(s, r)| *s == 429 && r.as_deref().is_some_and(|r| r.parse::<u64>().unwrap() >= 1)),
+        "then 429 with Retry-After: {answers:?}"
+    );
     // challenge and token share the address's budget.
     let (status, body) = hub.post("/v1/agent/challenge", json!({"agentId": "agt_nobody"})).await;
     assert_eq!((status, body["error"].as_str()), (429, Some("rate_limited")), "{body}");
@@ -361,6 +405,122 @@ async fn credential_exchanges_per_address_and_the_job_api_per_key_are_rate_limit
     assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
     assert!(statuses[5..].contains(&429), "a flood with one key is cut off: {statuses:?}");
     let other = hub.creator_key(CREATOR).await;
-    assert_eq!(hub.request(reqwest::Method::GET, "/v1/jobs", &other, None).await.0, 200, "another key has its own budget");
+    assert_eq!(
+        hub.request(reqwest::Method::GET, "/v1/jobs", &other, None).await.0,
+        200,
+        "another key has its own budget"
+    );
+    hub.shutdown().await;
+}
+
+/// Publishes `<tenant>/<bundle>` 1.0.0 (a shell bundle) into the repository `repo`.
+fn publish_shell(repo: &edge_bundle::repo::Repo, source: &Path, tenant: &str, bundle: &str) -> String {
+    std::fs::create_dir_all(source).unwrap();
+    std::fs::write(source.join("main.sh"), format!("echo {tenant}\n")).unwrap();
+    let published = repo
+        .publish(&edge_bundle::repo::PublishRequest {
+            tenant: tenant.into(),
+            bundle: bundle.into(),
+            version: "1.0.0".into(),
+            runtime: edge_bundle::Runtime::Shell,
+            cpu_arch: edge_bundle::CpuArch::any(),
+            entrypoint: None,
+            source: source.to_path_buf(),
+        })
+        .expect("publish");
+    format!("/v1/bundles/targets/{}", published.target_file)
+}
+
+/// GET `path` with `bearer` (or none): status and body as text.
+async fn get_as(hub: &TestHub, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut request = http_client().get(hub.url(path));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    (response.status().as_u16(), response.text().await.unwrap_or_default())
+}
+
+/// What an agent's TUF client reads, in order: timestamp, snapshot, targets, its own role.
+async fn metadata_walk(hub: &TestHub, bearer: &str, tenant: &str) -> Vec<(String, String)> {
+    let version = |text: &str, name: &str| -> u64 {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        value["signed"]["meta"][name]["version"].as_u64().unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let mut files = Vec::new();
+    let fetch = |file: String| async move {
+        let (status, text) = get_as(hub, &format!("/v1/bundles/metadata/{file}"), Some(bearer)).await;
+        assert_eq!(status, 200, "{file}: {text}");
+        (file, text)
+    };
+    let timestamp = fetch("timestamp.json".into()).await;
+    let snapshot = fetch(format!("{}.snapshot.json", version(&timestamp.1, "snapshot.json"))).await;
+    let targets = fetch(format!("{}.targets.json", version(&snapshot.1, "targets.json"))).await;
+    let role = fetch(format!("{}.{tenant}.json", version(&snapshot.1, &format!("{tenant}.json")))).await;
+    files.extend([timestamp, snapshot, targets, role]);
+    files
+}
+
+/// The review found every tenant's bundle zips and delegated metadata served to anyone who
+/// could reach the hub. Now an agent (its JWT) or a creator key reads its own tenant's view
+/// and bundles only, another tenant's answer 404 like missing ones and its name appears in
+/// nothing it can read, an operator key reads everything, and no credential reads nothing
+/// but the public root.
+#[tokio::test]
+async fn a_tenants_bundles_and_metadata_are_served_only_to_that_tenant() {
+    let db = TestDb::sqlite();
+    let folder = database_file(&db).parent().expect("folder").to_path_buf();
+    let repo = edge_bundle::repo::Repo::new(folder.join("bundles").join("repo"));
+    repo.init(&folder.join("root-keys"), 1, 1).expect("keys init");
+    let zip_a = publish_shell(&repo, &folder.join("src-a"), "tenant-a", "report");
+    let zip_b = publish_shell(&repo, &folder.join("src-b"), "tenant-b", "secret-plan");
+    let hub = TestHub::start_on(db, |_| {}).await;
+
+    // No credential: only root.json, which names no tenant.
+    let (status, root) = get_as(&hub, "/v1/bundles/root.json", None).await;
+    assert_eq!(status, 200, "{root}");
+    assert!(!root.contains("tenant-"), "root.json names a tenant: {root}");
+    for path in ["/v1/bundles/metadata/timestamp.json", "/v1/bundles/metadata/1.targets.json", &zip_b, &zip_a] {
+        let (status, body) = get_as(&hub, path, None).await;
+        assert_eq!(status, 401, "{path} without credentials: {body}");
+    }
+    let (status, body) = get_as(&hub, &zip_b, Some("not-a-token")).await;
+    assert_eq!(status, 401, "a made-up bearer: {body}");
+
+    // An agent of tenant A, with its own JWT, the way a modified agent would ask.
+    let agent = hub.enroll("tenant-a").await;
+    let jwt = hub.session_token(&agent).await;
+    for (file, text) in metadata_walk(&hub, &jwt, "tenant-a").await {
+        assert!(
+            !text.contains("tenant-b") && !text.contains("secret-plan"),
+            "{file} served to tenant A names tenant B: {text}"
+        );
+    }
+    let (status, _) = get_as(&hub, &zip_a, Some(&jwt)).await;
+    assert_eq!(status, 200, "tenant A's own bundle");
+    let missing = get_as(&hub, "/v1/bundles/metadata/1.tenant-c.json", Some(&jwt)).await;
+    for path in ["/v1/bundles/metadata/1.tenant-b.json", "/v1/bundles/metadata/2.tenant-b.json"] {
+        assert_eq!(get_as(&hub, path, Some(&jwt)).await, missing, "{path}: like a missing file");
+    }
+    let (status, body) = get_as(&hub, &zip_b, Some(&jwt)).await;
+    assert_eq!(status, 404, "tenant B's bundle to tenant A's agent: {body}");
+    let (status, body) = get_as(&hub, "/v1/bundles/tenant-b/secret-plan/latest/manifest.json", Some(&jwt)).await;
+    assert_eq!(status, 404, "tenant B's manifest to tenant A's agent: {body}");
+    let (status, body) = get_as(&hub, "/v1/bundles/tenant-a/report/latest/manifest.json", Some(&jwt)).await;
+    assert_eq!(status, 200, "tenant A's own manifest: {body}");
+
+    // A creator key of tenant B reads B's view, not A's.
+    let key_b = hub.creator_key("tenant-b").await;
+    for (file, text) in metadata_walk(&hub, &key_b, "tenant-b").await {
+        assert!(!text.contains("tenant-a"), "{file} served to tenant B names tenant A: {text}");
+    }
+    assert_eq!(get_as(&hub, &zip_b, Some(&key_b)).await.0, 200);
+    assert_eq!(get_as(&hub, &zip_a, Some(&key_b)).await.0, 404);
+
+    // The operator reads the whole repository, every tenant in it.
+    let (status, targets) = get_as(&hub, "/v1/bundles/metadata/3.targets.json", Some(&hub.api_key)).await;
+    assert_eq!(status, 200, "{targets}");
+    assert!(targets.contains("tenant-a") && targets.contains("tenant-b"), "{targets}");
+    assert_eq!(get_as(&hub, &zip_b, Some(&hub.api_key)).await.0, 200);
     hub.shutdown().await;
 }

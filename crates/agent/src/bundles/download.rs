@@ -33,6 +33,7 @@ fn network(message: String) -> VerifyError {
 /// Downloads `found` from `url` into `<downloads>/<sha256>.zip` and returns that path.
 pub async fn fetch(
     http: &reqwest::Client,
+    auth: &super::HubAuth,
     url: &str,
     found: &FoundBundle,
     downloads: &Path,
@@ -62,7 +63,8 @@ pub async fn fetch(
             let _ = tokio::fs::remove_file(&part).await;
         }
     }
-    let mut request = http.get(url);
+    let mut request =
+        auth.authorize(http.get(url)).await.map_err(|e| network(format!("cannot download the bundle: {e}")))?;
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }

@@ -43,6 +43,56 @@ pub struct BundleContext {
     pub unpack_limits: UnpackLimits,
     /// The browser runtime, for bundles whose runtime is `browser` (`None`: RUNTIME_UNAVAILABLE).
     pub browser: Option<edge_browser::BrowserRuntime>,
+    /// The credential the hub asks for before it serves this tenant's bundles.
+    pub auth: HubAuth,
+}
+
+/// What the agent shows the hub when it reads the bundle repository: the hub serves a
+/// tenant's metadata and bundles only to that tenant's agents and to operator keys.
+#[derive(Clone)]
+pub enum HubAuth {
+    /// Nothing: only `root.json` (and a repository that serves everyone, as in tests).
+    None,
+    /// The agent's own token, the normal case.
+    Agent(Box<crate::hub_client::TokenCache>),
+    /// An API key (`edge-agent bench-bundle` measuring a hub it has no login on).
+    ApiKey(Secret<String>),
+}
+
+/// Names the kind of credential only, never the credential.
+impl std::fmt::Debug for HubAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HubAuth::None => "HubAuth::None",
+            HubAuth::Agent(_) => "HubAuth::Agent",
+            HubAuth::ApiKey(_) => "HubAuth::ApiKey",
+        })
+    }
+}
+
+impl HubAuth {
+    async fn bearer(&self) -> Result<Option<Secret<String>>, crate::AgentError> {
+        match self {
+            HubAuth::None => Ok(None),
+            HubAuth::Agent(tokens) => tokens.jwt().await.map(Some),
+            HubAuth::ApiKey(key) => Ok(Some(key.clone())),
+        }
+    }
+
+    /// A request carrying `self` answered 401: the token is stale.
+    async fn refused(&self) {
+        if let HubAuth::Agent(tokens) = self {
+            tokens.forget().await;
+        }
+    }
+
+    /// `request` with the bearer header, if there is a credential.
+    async fn authorize(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, crate::AgentError> {
+        Ok(match self.bearer().await? {
+            Some(token) => request.bearer_auth(token.expose()),
+            None => request,
+        })
+    }
 }
 
 impl BundleContext {
@@ -55,7 +105,13 @@ impl BundleContext {
             settings: RuntimeSettings::from_env(),
             unpack_limits: UnpackLimits::default(),
             browser: None,
+            auth: HubAuth::None,
         })
+    }
+
+    pub fn with_auth(mut self, auth: HubAuth) -> BundleContext {
+        self.auth = auth;
+        self
     }
 
     pub fn with_browser(mut self, browser: Option<edge_browser::BrowserRuntime>) -> BundleContext {
@@ -73,15 +129,17 @@ pub fn trust_store(data_dir: &Path) -> TrustStore {
     TrustStore::new(data_dir.join("tuf"))
 }
 
-/// `tough`'s transport over the agent's HTTP client (timeouts and TLS policy included).
+/// `tough`'s transport over the agent's HTTP client (timeouts and TLS policy included),
+/// showing the hub the agent's credential.
 #[derive(Debug, Clone)]
 pub struct HubTransport {
     http: reqwest::Client,
+    auth: HubAuth,
 }
 
 impl HubTransport {
-    pub fn new(http: reqwest::Client) -> HubTransport {
-        HubTransport { http }
+    pub fn new(http: reqwest::Client, auth: HubAuth) -> HubTransport {
+        HubTransport { http, auth }
     }
 }
 
@@ -90,15 +148,21 @@ type Chunks = Pin<Box<dyn futures_util::Stream<Item = Result<tough::Bytes, Trans
 #[tough::async_trait]
 impl tough::Transport for HubTransport {
     async fn fetch(&self, url: url::Url) -> Result<Chunks, TransportError> {
-        let response = self
-            .http
-            .get(url.clone())
+        let request = self
+            .auth
+            .authorize(self.http.get(url.clone()))
+            .await
+            .map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.clone(), e))?;
+        let response = request
             .send()
             .await
             .map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.clone(), e))?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Err(TransportError::new(TransportErrorKind::FileNotFound, url));
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            self.auth.refused().await;
         }
         if !status.is_success() {
             return Err(TransportError::new_with_cause(
@@ -165,7 +229,11 @@ pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Pre
         .map_err(|e| JobError::new(ErrorCode::Internal, format!("hub URL: {e}")))?;
     let mut timings = PrepareTimings::default();
     let started = Instant::now();
-    let verified = ctx.trust().refresh(metadata_url, HubTransport::new(ctx.http.clone())).await.map_err(refusal)?;
+    let verified = ctx
+        .trust()
+        .refresh(metadata_url, HubTransport::new(ctx.http.clone(), ctx.auth.clone()))
+        .await
+        .map_err(refusal)?;
     let found = verified.find(&ctx.tenant, &payload.bundle, &wanted).map_err(refusal)?;
     timings.refresh = started.elapsed();
     timings.length = found.length;
@@ -186,7 +254,7 @@ pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Pre
         let url = format!("{}{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_TARGETS_PATH, found.target_file);
         let downloads = cache::root(&ctx.data_dir).join(".downloads");
         let started = Instant::now();
-        let zip = download::fetch(&ctx.http, &url, &found, &downloads).await.map_err(refusal)?;
+        let zip = download::fetch(&ctx.http, &ctx.auth, &url, &found, &downloads).await.map_err(refusal)?;
         timings.download = Some(started.elapsed());
         let started = Instant::now();
         let installed = install(&zip, &version_dir, &found.sha256, ctx.unpack_limits).await;
@@ -224,13 +292,15 @@ pub async fn prepare(ctx: &BundleContext, payload: &BundlePayload) -> Result<Pre
 pub async fn bench(
     data_dir: &Path,
     hub_base: &str,
+    api_key: Secret<String>,
     tenant: &str,
     bundle: &str,
     version: &str,
 ) -> Result<Value, JobError> {
     let internal = |e: String| JobError::new(ErrorCode::Internal, e);
     let ctx = BundleContext::new(data_dir.to_path_buf(), hub_base.to_owned(), tenant.to_owned())
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(|e| internal(e.to_string()))?
+        .with_auth(HubAuth::ApiKey(api_key));
     let root_url = format!("{}{}", ctx.hub_base, edge_protocol::api::BUNDLE_ROOT_PATH);
     let root = async { ctx.http.get(&root_url).send().await?.error_for_status()?.bytes().await }
         .await
@@ -241,8 +311,11 @@ pub async fn bench(
     let mut refreshes = Vec::new();
     for _ in 0..2 {
         let started = Instant::now();
-        let verified =
-            ctx.trust().refresh(metadata_url.clone(), HubTransport::new(ctx.http.clone())).await.map_err(refusal)?;
+        let verified = ctx
+            .trust()
+            .refresh(metadata_url.clone(), HubTransport::new(ctx.http.clone(), ctx.auth.clone()))
+            .await
+            .map_err(refusal)?;
         let targets = verified.find(tenant, bundle, &Wanted::Latest).map(|_| ()).map_err(refusal);
         refreshes.push(started.elapsed());
         targets?;
@@ -340,8 +413,16 @@ pub(crate) fn start(
 ) -> Option<BundleContext> {
     runtime::prepare_agent_process();
     let base = hub_url.http_endpoint("");
+    let hub = match crate::hub_client::HubClient::new() {
+        Ok(hub) => hub,
+        Err(e) => {
+            tracing::error!(error = %e, "bundle jobs are unavailable");
+            return None;
+        }
+    };
+    let auth = HubAuth::Agent(Box::new(crate::hub_client::TokenCache::new(hub, credentials.clone())));
     let context = match BundleContext::new(data_dir.to_path_buf(), base, credentials.creator_id.clone()) {
-        Ok(context) => context,
+        Ok(context) => context.with_auth(auth),
         Err(e) => {
             tracing::error!(error = %e, "bundle jobs are unavailable");
             return None;

@@ -6,7 +6,7 @@
 //! `run_id`. It must never drop an entry the hub did not acknowledge.
 
 use crate::credentials::Credentials;
-use crate::hub_client::{unix_now, AccessToken, HubClient};
+use crate::hub_client::{HubClient, TokenCache};
 use crate::hub_url::HubUrl;
 use edge_protocol::api::{NotifyRequest, NOTIFY_PATH};
 use edge_protocol::AgentFrame;
@@ -90,18 +90,15 @@ fn notify_client() -> Result<reqwest::Client, crate::AgentError> {
 /// Posts journal entries to the hub until each is acknowledged; runs until `cancel`.
 pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: Credentials, cancel: CancellationToken) {
     let Ok(hub_url) = HubUrl::parse(&credentials.hub_url) else { return };
+    let tokens = TokenCache::new(hub, credentials);
     // Made when the first entry needs it: most agents never run a bundle, and an idle agent
     // should not carry an HTTP client it does not use.
     let mut http: Option<reqwest::Client> = None;
-    let mut token: Option<AccessToken> = None;
     let mut failures: u32 = 0;
     loop {
         let mut pending = false;
         for entry in journal.entries() {
-            if token.as_ref().is_none_or(|t| t.needs_refresh(unix_now())) {
-                token = hub.fetch_token(&credentials).await.ok();
-            }
-            let Some(jwt) = token.as_ref() else {
+            let Ok(jwt) = tokens.jwt().await else {
                 pending = true;
                 break;
             };
@@ -114,7 +111,7 @@ pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: C
             };
             let sent = client
                 .post(hub_url.http_endpoint(NOTIFY_PATH))
-                .bearer_auth(jwt.jwt.expose())
+                .bearer_auth(jwt.expose())
                 .json(&entry.notify)
                 .send()
                 .await;
@@ -132,7 +129,7 @@ pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: C
                 }
                 Ok(response) => {
                     if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-                        token = None;
+                        tokens.forget().await;
                     }
                     tracing::warn!(run_id = %entry.run_id, status = %response.status(), "hub did not accept the run report; will retry");
                     pending = true;
