@@ -475,6 +475,7 @@ pub(crate) async fn run(
     runtime: &BrowserRuntime,
     data_dir: &Path,
     bundles: Option<&crate::bundles::BundleContext>,
+    egress: Option<&crate::egress::EgressGate>,
     job: &JobSpec,
 ) -> (Result<Value, JobError>, Option<Value>) {
     let payload: BrowserJobPayload = match serde_json::from_value(job.payload.clone()) {
@@ -503,14 +504,64 @@ pub(crate) async fn run(
     tracing::info!(job_id = %job.job_id, site = %site.adapter.name, source = %site.source, "browser job adapter");
     note_site(data_dir, &site);
     let uploads = job_uploads(&settings, site.bundle_dir.as_deref());
+    let refused_before = egress.map(|gate| gate.browser_refusals().0);
     let outcome = runtime.run_job(&job.job_type, &job.job_id, &payload, &site.adapter, &uploads).await;
-    (outcome.result, outcome.error_data)
+    (explain_refusal(outcome.result, egress, refused_before), outcome.error_data)
+}
+
+/// A flow that failed while the gate refused one of the browser's connections failed because
+/// of it: the page it waited for was the proxy's refusal. It reports `EGRESS_DENIED` naming
+/// the address and the rule (not retried), with what the flow itself saw after it. A job that
+/// succeeded despite a refusal (a blocked subresource it did not need) stays a success; the
+/// refusal is in the local log. The proxy serves every page of the job browser, so with
+/// several browser jobs at once a refusal is blamed on each job that failed meanwhile.
+fn explain_refusal(
+    result: Result<Value, JobError>,
+    egress: Option<&crate::egress::EgressGate>,
+    refused_before: Option<u64>,
+) -> Result<Value, JobError> {
+    let (Err(failure), Some(gate), Some(before)) = (&result, egress, refused_before) else { return result };
+    match gate.browser_refusals() {
+        (now, Some(refusal)) if now > before => {
+            let mut error = refusal.to_job_error();
+            let seen = failure.message.as_deref().unwrap_or_default();
+            error.message = Some(format!(
+                "{}; the flow then failed with {}{}",
+                error.message.unwrap_or_default(),
+                failure.code,
+                if seen.is_empty() { String::new() } else { format!(": {seen}") }
+            ));
+            Err(error)
+        }
+        _ => result,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_flow_failing_after_a_refusal_reports_the_refusal() {
+        use crate::egress::{Capability, EgressGate, Policy};
+        let gate = EgressGate::new(Policy::default(), None, None);
+        let before = gate.browser_refusals().0;
+        let lan = url::Url::parse("http://10.0.0.7/").unwrap();
+        gate.admit_url(&lan, None, true, Capability::Browser).await.unwrap_err();
+        let failed = || Err(JobError::new(ErrorCode::LoginRequired, "no logged-in marker"));
+        let error = explain_refusal(failed(), Some(&gate), Some(before)).unwrap_err();
+        assert_eq!(error.code, ErrorCode::EgressDenied);
+        let message = error.message.unwrap_or_default();
+        assert!(message.contains("10.0.0.7:80") && message.contains("LOGIN_REQUIRED"), "{message}");
+        // No refusal during the job: the flow's own error; a success stays one.
+        let now = gate.browser_refusals().0;
+        assert_eq!(explain_refusal(failed(), Some(&gate), Some(now)).unwrap_err().code, ErrorCode::LoginRequired);
+        assert!(explain_refusal(Ok(json!({})), Some(&gate), Some(before)).is_ok());
+        // http_request refusals are not the browser's.
+        gate.admit_url(&lan, None, false, Capability::HttpRequest).await.unwrap_err();
+        assert_eq!(gate.browser_refusals().0, now);
+    }
 
     const SITE: &str = "name: fanhub\nbaseUrl: https://fanhub.example\nurls: {login: /login}\n";
 

@@ -76,6 +76,8 @@ struct SiteState {
     time_zone: Option<String>,
     /// Requests that reached `/landing` (where hostile pages try to take the browser).
     landings: u32,
+    /// Every request that reached the site, any path.
+    requests: u32,
 }
 
 /// A running site. Dropping it does not stop the server thread (it ends with the process).
@@ -486,6 +488,15 @@ async fn landing(State(state): State<Shared>) -> Html<String> {
     page("Landed", "<p id=landed>landed</p>")
 }
 
+async fn count_request(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    lock(&state).requests += 1;
+    next.run(request).await
+}
+
 impl Site {
     /// Serves on a free loopback port from its own thread and runtime, so sync and async
     /// tests can both use it.
@@ -507,6 +518,7 @@ impl Site {
             .route("/hostile/{kind}", get(hostile))
             .route("/hostile-file/{name}", get(hostile_file))
             .route("/landing", get(landing).post(landing))
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), count_request))
             .with_state(Arc::clone(&state));
         std::thread::Builder::new().name("test-site".into()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
@@ -641,6 +653,11 @@ settings:
     /// request left the browser.
     pub fn landings(&self) -> u32 {
         lock(&self.state).landings
+    }
+
+    /// Every request that reached the site: zero when nothing got through to it.
+    pub fn requests(&self) -> u32 {
+        lock(&self.state).requests
     }
 
     pub fn rate_limited_count(&self) -> u32 {

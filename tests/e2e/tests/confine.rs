@@ -67,8 +67,8 @@ fn start_agent(
 /// A job's final state, asserted failed with `code` after one delivery (never retried).
 fn refused(hub: &Hub, key: &str, agent: &Agent, body: Value, code: &str) -> Result<Value> {
     let done = hub.run_job(key, &body, TIMEOUT).map_err(|e| e.context(format!("agent log:\n{}", agent.run_log())))?;
-    assert_eq!(done["status"], "failed", "{done}");
-    assert_eq!(done["error"]["code"], code, "{done}");
+    assert_eq!(done["status"], "failed", "{done}\nagent log:\n{}", agent.run_log());
+    assert_eq!(done["error"]["code"], code, "{done}\nagent log:\n{}", agent.run_log());
     assert_eq!(done["attempts"], 1, "{code} must not be retried: {done}");
     Ok(done)
 }
@@ -351,5 +351,39 @@ fn the_reviews_attacks_as_they_were_made_are_refused() -> Result<()> {
     assert_eq!(evil.logins(), 0, "the login opened the job author's page: {out}");
     // Stopped, not killed: its browser closes with it.
     agent.shutdown();
+    Ok(())
+}
+
+/// The job browser's connections pass the egress gate, proved with real Chromium: a flow on
+/// a site whose address the person did not allow (a loopback port here, as a LAN service or
+/// the person's own would be) fails `EGRESS_DENIED` naming that address and is not retried,
+/// and the site never sees a request. The control: once the person allows that address, the
+/// same job reaches the site.
+#[test]
+fn a_job_browser_cannot_reach_an_address_the_person_did_not_allow() -> Result<()> {
+    let bins = Binaries::locate()?;
+    let dir = scratch_dir("e2e-confine-egress")?;
+    let site = Site::start()?;
+    let creator = "creator-confine-egress";
+    let (hub, key, mut agent) = hub_and_agent(&bins, dir.path(), creator, &[])?;
+    agent.install_adapter("fanhub", &site.adapter_yaml())?;
+    let scrape = json!({"type": "scrape_subs", "creatorId": creator, "payload": {"adapter": {"local": "fanhub"}}});
+
+    let done = refused(&hub, &key, &agent, scrape.clone(), "EGRESS_DENIED")?;
+    let message = done["error"]["message"].as_str().unwrap_or_default();
+    let authority = site.base_url.trim_start_matches("http://");
+    assert!(message.contains(authority) && message.contains("loopback"), "names the address and the rule: {done}");
+    assert_eq!(site.requests(), 0, "nothing of the job reached the site");
+    let log = agent.run_log();
+    assert!(log.contains("egress refused") && log.contains(authority), "the local log says so: {log}");
+
+    // The person allows the site: the same job reaches it.
+    agent.shutdown();
+    agent.allow_egress(&site.base_url);
+    agent.run_with_env(&["--hb-interval-secs", "1"], &QUICK)?;
+    hub.wait_agent_online(&key, agent.agent_id(), TIMEOUT)?;
+    let done = hub.run_job(&key, &scrape, TIMEOUT)?;
+    assert_ne!(done["error"]["code"], "EGRESS_DENIED", "{done}");
+    assert!(site.requests() > 0, "the allowed site was reached: {done}");
     Ok(())
 }

@@ -29,9 +29,15 @@ use std::sync::Arc;
 pub enum Refusal {
     Denied(Denied),
     /// The person's daily cap is reached.
-    Cap { used: u64, cap: u64 },
+    Cap {
+        used: u64,
+        cap: u64,
+    },
     /// The name did not resolve (a network failure, not a policy one).
-    Unresolved { host: String, reason: String },
+    Unresolved {
+        host: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Refusal {
@@ -81,8 +87,29 @@ struct Inner {
     meter: Meter,
     /// Pinned clients by host and admitted addresses, so that jobs to the same site reuse
     /// its pooled connections. A client is only ever used for the exact host and address set
-    /// it was built for, so reuse cannot reach anything that was not just admitted.
-    clients: std::sync::Mutex<std::collections::HashMap<(String, Vec<SocketAddr>), reqwest::Client>>,
+    /// it was built for, so reuse cannot reach anything that was not just admitted. A short
+    /// list scanned without allocating: this lookup is on every request's path.
+    clients: std::sync::Mutex<Vec<PinnedClient>>,
+    /// How many browser connections were refused, and the last refusal: the proxy cannot
+    /// tell which job's page asked, so a failed browser job compares this before and after
+    /// to say the refusal was why (see [`EgressGate::browser_refusals`]).
+    browser_refusals: std::sync::Mutex<(u64, Option<Refusal>)>,
+}
+
+struct PinnedClient {
+    host: String,
+    addresses: Vec<SocketAddr>,
+    client: reqwest::Client,
+}
+
+impl PinnedClient {
+    /// Built for exactly this host and this set of addresses (in any order).
+    fn serves(&self, host: &str, addresses: &[SocketAddr]) -> bool {
+        self.host == host
+            && self.addresses.len() == addresses.len()
+            && addresses.iter().all(|a| self.addresses.contains(a))
+            && self.addresses.iter().all(|a| addresses.contains(a))
+    }
 }
 
 /// Pinned clients kept at most; past that the cache starts over.
@@ -120,6 +147,7 @@ impl EgressGate {
                 lookup,
                 meter: Meter::new(data_dir, bytes_per_day),
                 clients: Default::default(),
+                browser_refusals: Default::default(),
             }),
         }
     }
@@ -172,11 +200,15 @@ impl EgressGate {
                     "egress refused"
                 );
             }
+            if capability == Capability::Browser {
+                let mut seen = self.inner.browser_refusals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                *seen = (seen.0 + 1, Some(refusal.clone()));
+            }
             refusal
         };
         if let Err((used, cap)) = self.inner.meter.admit() {
             tracing::warn!(used, cap, capability = capability.as_str(), "egress refused: daily cap reached");
-            return Err(Refusal::Cap { used, cap });
+            return Err(refused(Refusal::Cap { used, cap }));
         }
         let addresses = match host {
             url::Host::Ipv4(v4) => vec![SocketAddr::new(IpAddr::V4(*v4), port)],
@@ -187,15 +219,14 @@ impl EgressGate {
                 if let Ok(url::Host::Ipv4(v4)) = url::Host::parse(name) {
                     vec![SocketAddr::new(IpAddr::V4(v4), port)]
                 } else {
-                    let found = self.inner.lookup.lookup(name, port).await.map_err(|e| Refusal::Unresolved {
-                        host: (*name).to_owned(),
-                        reason: e.to_string(),
-                    })?;
+                    let found = self
+                        .inner
+                        .lookup
+                        .lookup(name, port)
+                        .await
+                        .map_err(|e| Refusal::Unresolved { host: (*name).to_owned(), reason: e.to_string() })?;
                     if found.is_empty() {
-                        return Err(Refusal::Unresolved {
-                            host: (*name).to_owned(),
-                            reason: "no address".to_owned(),
-                        });
+                        return Err(Refusal::Unresolved { host: (*name).to_owned(), reason: "no address".to_owned() });
                     }
                     found.into_iter().map(|a| SocketAddr::new(a.ip(), port)).collect()
                 }
@@ -205,6 +236,11 @@ impl EgressGate {
             self.inner.policy.judge(*address, narrowing).map_err(|d| refused(Refusal::Denied(d)))?;
         }
         Ok(addresses)
+    }
+
+    /// Browser connections refused so far, and the last refusal.
+    pub fn browser_refusals(&self) -> (u64, Option<Refusal>) {
+        self.inner.browser_refusals.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// [`EgressGate::admit`] for a URL, with its scheme judged first.
@@ -227,13 +263,10 @@ impl EgressGate {
     /// [`EgressGate::admit_url`] returned for it): no lookup of its own, no proxy from the
     /// environment, no redirects (the caller judges each hop).
     pub fn pinned_client(&self, url: &url::Url, addresses: &[SocketAddr]) -> Result<reqwest::Client, AgentError> {
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let mut sorted = addresses.to_vec();
-        sorted.sort();
-        let key = (host, sorted);
+        let host = url.host_str().unwrap_or_default();
         let mut clients = self.inner.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
+        if let Some(pinned) = clients.iter().find(|pinned| pinned.serves(host, addresses)) {
+            return Ok(pinned.client.clone());
         }
         let mut builder = crate::tls::http_client_builder()?
             .no_proxy()
@@ -246,7 +279,7 @@ impl EgressGate {
         if clients.len() >= MAX_PINNED_CLIENTS {
             clients.clear();
         }
-        clients.insert(key, client.clone());
+        clients.push(PinnedClient { host: host.to_owned(), addresses: addresses.to_vec(), client: client.clone() });
         Ok(client)
     }
 }
@@ -257,7 +290,9 @@ pub fn narrowing_of(payload: &serde_json::Value) -> Result<Option<Vec<Allowance>
     let items = list.as_array().ok_or("egress must be a list of ADDRESS[/PREFIX][:PORT] strings")?;
     items
         .iter()
-        .map(|item| item.as_str().ok_or_else(|| format!("egress entry {item} is not a string")).and_then(Allowance::parse))
+        .map(|item| {
+            item.as_str().ok_or_else(|| format!("egress entry {item} is not a string")).and_then(Allowance::parse)
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -325,10 +360,7 @@ mod tests {
             let url = url::Url::parse(spelling).unwrap();
             let refusal = gate.admit_url(&url, None, false, Capability::HttpRequest).await.unwrap_err();
             // `localhost.` goes to the (empty) resolver: unresolved, never connected.
-            assert!(
-                matches!(refusal, Refusal::Denied(_)) || spelling.contains("localhost"),
-                "{spelling}: {refusal}"
-            );
+            assert!(matches!(refusal, Refusal::Denied(_)) || spelling.contains("localhost"), "{spelling}: {refusal}");
         }
     }
 

@@ -15,6 +15,9 @@ pub struct BrowserFlow {
     data_dir: PathBuf,
     /// Adapters may come from signed bundles.
     bundles: Option<BundleContext>,
+    /// The gate the job browser's proxy judges with: a flow that failed after a refusal
+    /// reports the refusal.
+    egress: Option<crate::egress::EgressGate>,
 }
 
 impl BrowserFlow {
@@ -23,8 +26,15 @@ impl BrowserFlow {
         runtime: &BrowserRuntime,
         data_dir: &Path,
         bundles: Option<&BundleContext>,
+        egress: Option<&crate::egress::EgressGate>,
     ) -> BrowserFlow {
-        BrowserFlow { job_type, runtime: runtime.clone(), data_dir: data_dir.to_path_buf(), bundles: bundles.cloned() }
+        BrowserFlow {
+            job_type,
+            runtime: runtime.clone(),
+            data_dir: data_dir.to_path_buf(),
+            bundles: bundles.cloned(),
+            egress: egress.cloned(),
+        }
     }
 }
 
@@ -35,7 +45,8 @@ impl Runner for BrowserFlow {
         debug_assert_eq!(job.job_type, self.job_type);
         Box::pin(async move {
             let (result, error_data) =
-                crate::browser::run(&self.runtime, &self.data_dir, self.bundles.as_ref(), job).await;
+                crate::browser::run(&self.runtime, &self.data_dir, self.bundles.as_ref(), self.egress.as_ref(), job)
+                    .await;
             RunOutcome { result, error_data, record: None }
         })
     }

@@ -163,7 +163,15 @@ pub fn standard(resources: &Resources) -> Runners {
         runners.register(jobs::BUNDLE, bundle::Bundle::new(bundles.clone()));
     }
     if let Some((browser, data_dir)) = &resources.browser {
-        let flow = |job_type| browser_flow::BrowserFlow::new(job_type, browser, data_dir, resources.bundles.as_ref());
+        let flow = |job_type| {
+            browser_flow::BrowserFlow::new(
+                job_type,
+                browser,
+                data_dir,
+                resources.bundles.as_ref(),
+                Some(&resources.egress),
+            )
+        };
         runners.register(jobs::SEND_DM, flow(jobs::SEND_DM));
         runners.register(jobs::BROADCAST_DM, flow(jobs::BROADCAST_DM));
         runners.register(jobs::SCHEDULE_POST, flow(jobs::SCHEDULE_POST));
