@@ -32,19 +32,19 @@ const WARM_JOBS: usize = 30;
 const COLD_JOBS: usize = 5;
 const BROADCAST: usize = 100;
 
-struct FixedKey;
+pub(crate) struct FixedKey;
 impl KeyStore for FixedKey {
     fn session_key(&self) -> Result<SessionKey, String> {
         Ok(SessionKey::from_bytes([9u8; 32]))
     }
 }
 
-struct Quiet;
+pub(crate) struct Quiet;
 impl Notifier for Quiet {
     fn notify(&self, _event: BrowserEvent) {}
 }
 
-fn settings(dir: &Path) -> BrowserSettings {
+pub(crate) fn settings(dir: &Path) -> BrowserSettings {
     let mut s = BrowserSettings::new(dir.to_path_buf(), "bench".into());
     s.pacing = Cadence::OFF;
     s.typing = Cadence::OFF;
@@ -60,13 +60,19 @@ fn runtime(dir: &Path) -> BrowserRuntime {
 }
 
 /// Runs one job; its result (an error fails the bench).
-async fn job(rt: &BrowserRuntime, adapter: &Adapter, job_type: &str, id: &str, payload: Value) -> Result<Value> {
+pub(crate) async fn job(
+    rt: &BrowserRuntime,
+    adapter: &Adapter,
+    job_type: &str,
+    id: &str,
+    payload: Value,
+) -> Result<Value> {
     let payload = serde_json::from_value(payload)?;
     let outcome = rt.run_job(job_type, id, &payload, adapter, &Uploads::none()).await;
     outcome.result.map_err(|e| anyhow::anyhow!("{job_type} {id}: {} {}", e.code, e.message.unwrap_or_default()))
 }
 
-fn steps(result: &Value) -> u64 {
+pub(crate) fn steps(result: &Value) -> u64 {
     result["stepsRun"].as_u64().unwrap_or(0)
 }
 

@@ -97,16 +97,21 @@ enum Command {
 }
 
 /// Benchmark helper for `cargo xtask bench egress` (no login needed): `runs` GETs of `url`
-/// as `http_request` jobs through the egress gate (allowing `allow`) and as plain reqwest
-/// requests, interleaved, and prints JSON latencies (µs) of both.
+/// as `http_request` jobs through the egress gate (allowing `allow`, its meter under
+/// --data-dir as in the agent) and as the same job without the gate, interleaved, and prints
+/// JSON latencies (µs) of both. With `--proxy`, it instead serves the gate's browser proxy
+/// (allowing `allow`), prints `{"proxy": "ADDRESS", "chromiumArgs": [...]}` (the job
+/// browser's flags) and runs until its standard input closes.
 #[derive(clap::Args)]
 struct BenchEgressArgs {
-    #[arg(long)]
-    url: String,
+    #[arg(long, required_unless_present = "proxy")]
+    url: Option<String>,
     #[arg(long)]
     allow: String,
     #[arg(long, default_value_t = 2000)]
     runs: usize,
+    #[arg(long)]
+    proxy: bool,
 }
 
 #[derive(Subcommand)]
@@ -254,7 +259,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchEgress(args) => {
-            println!("{}", bench_egress(&args).await?);
+            println!("{}", bench_egress(&args, &settings.data_dir).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Browser(BrowserCommand::Login { site, headless, timeout_secs }) => {
@@ -459,15 +464,28 @@ fn consent_command(data_dir: &std::path::Path, command: ConsentCommand) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bench_egress(args: &BenchEgressArgs) -> Result<serde_json::Value> {
+async fn bench_egress(args: &BenchEgressArgs, data_dir: &std::path::Path) -> Result<serde_json::Value> {
     use edge_agent::egress::{EgressGate, Policy};
     use std::time::Instant;
-    let gate = EgressGate::new(Policy::parse([args.allow.as_str()]).map_err(|e| anyhow::anyhow!(e))?, None, None);
-    // What the agent used before the gate: one shared client, redirects followed by reqwest.
-    // (reqwest's rustls needs a provider chosen; the agent's own clients pass theirs.)
+    let policy = Policy::parse([args.allow.as_str()]).map_err(|e| anyhow::anyhow!(e))?;
+    let gate = EgressGate::new(policy, Some(data_dir), None);
+    if args.proxy {
+        let proxy = edge_agent::egress::proxy::GateProxy::start(gate).await?;
+        println!(
+            "{}",
+            serde_json::json!({ "proxy": proxy.address().to_string(), "chromiumArgs": proxy.chromium_args() })
+        );
+        // Serves until the benchmark closes our standard input.
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await??;
+        return Ok(serde_json::json!({ "proxy": "stopped" }));
+    }
+    let url = args.url.as_deref().context("--url is required")?;
+    // The job without the gate, as it ran before the gate: one shared client that resolves
+    // and follows redirects itself. (reqwest's rustls needs a provider chosen; the agent's
+    // own clients pass theirs.)
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let direct = reqwest::Client::builder().no_proxy().build()?;
-    let payload = serde_json::json!({ "url": args.url, "timeoutMs": 10_000 });
+    let direct = reqwest::Client::builder().no_proxy().user_agent(edge_agent::agent_version()).build()?;
+    let payload = serde_json::json!({ "url": url, "timeoutMs": 10_000 });
     let (mut gated, mut plain) = (Vec::with_capacity(args.runs), Vec::with_capacity(args.runs));
     for i in 0..args.runs + 50 {
         let started = Instant::now();
@@ -476,8 +494,9 @@ async fn bench_egress(args: &BenchEgressArgs) -> Result<serde_json::Value> {
             .map_err(|e| anyhow::anyhow!("gated request failed: {e:?}"))?;
         let gated_us = started.elapsed().as_micros() as u64;
         let started = Instant::now();
-        let response = direct.get(&args.url).send().await?;
-        let _ = response.bytes().await?;
+        edge_agent::runners::http_request::run_ungated_for_benchmark(&direct, &payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("request without the gate failed: {e:?}"))?;
         let plain_us = started.elapsed().as_micros() as u64;
         // The first 50 of each warm the pools and the allocator.
         if i >= 50 {

@@ -471,6 +471,10 @@ impl AgentService {
         if let Some(browser) = self.inner.browser.started() {
             browser.shutdown().await;
         }
+        // The meter writes its file at most once a second; the last counts go in now.
+        if let Ok(gate) = &self.inner.egress {
+            gate.meter().save();
+        }
         self.inner.state.persist_current(false);
     }
 

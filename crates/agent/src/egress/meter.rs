@@ -4,7 +4,10 @@
 //! Counted at the gate's level: HTTP headers and bodies for `http_request`, the bytes that
 //! cross the browser proxy for the browser (TLS overhead included there, not for
 //! `http_request`). A write failure is logged and counting goes on in memory: losing the
-//! meter file must never stop a job that is within its cap.
+//! meter file must never stop a job that is within its cap. The file is written at most
+//! once per [`SAVE_EVERY`] (and when the meter is dropped), not on every request: a
+//! synchronous write per request was most of what the gate cost. A crash loses at most
+//! that much counting.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub const METER_FILE_NAME: &str = "egress-meter.json";
+
+/// The longest the file lags behind the counts in memory.
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the gate counts bytes for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,13 +80,20 @@ pub struct Meter {
     path: Option<PathBuf>,
     cap: Option<u64>,
     day: Mutex<MeterDay>,
+    /// When the file was last written, and whether counts arrived since.
+    saved: Mutex<(Option<std::time::Instant>, bool)>,
 }
 
 impl Meter {
     /// A meter persisted under `data_dir` (or in memory only without one).
     pub fn new(data_dir: Option<&Path>, cap: Option<u64>) -> Meter {
         let day = data_dir.map(MeterDay::read).unwrap_or_else(|| MeterDay { day: today(), ..MeterDay::default() });
-        Meter { path: data_dir.map(|d| d.join(METER_FILE_NAME)), cap, day: Mutex::new(day) }
+        Meter {
+            path: data_dir.map(|d| d.join(METER_FILE_NAME)),
+            cap,
+            day: Mutex::new(day),
+            saved: Mutex::new((None, false)),
+        }
     }
 
     pub fn cap(&self) -> Option<u64> {
@@ -110,22 +123,46 @@ impl Meter {
         if bytes_in == 0 && bytes_out == 0 {
             return;
         }
-        let snapshot = {
+        {
             let mut day = self.current();
             let traffic = day.by_capability.entry(capability.as_str().to_owned()).or_default();
             traffic.bytes_in = traffic.bytes_in.saturating_add(bytes_in);
             traffic.bytes_out = traffic.bytes_out.saturating_add(bytes_out);
-            day.clone()
+        }
+        let due = {
+            let mut saved = self.saved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            saved.1 = true;
+            saved.0.is_none_or(|at| at.elapsed() >= SAVE_EVERY)
         };
-        if let Some(path) = &self.path {
-            if let Err(e) = write_atomically(path, &snapshot) {
-                tracing::warn!(error = %e, path = %path.display(), "cannot save the egress meter; counting goes on in memory");
+        if due {
+            self.save();
+        }
+    }
+
+    /// Writes the counts to the file now, if any arrived since the last write.
+    pub fn save(&self) {
+        let Some(path) = &self.path else { return };
+        {
+            let mut saved = self.saved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !saved.1 {
+                return;
             }
+            *saved = (Some(std::time::Instant::now()), false);
+        }
+        let snapshot = self.current().clone();
+        if let Err(e) = write_atomically(path, &snapshot) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot save the egress meter; counting goes on in memory");
         }
     }
 
     pub fn today(&self) -> MeterDay {
         self.current().clone()
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.save();
     }
 }
 
@@ -150,8 +187,13 @@ mod tests {
         meter.admit().unwrap();
         meter.record(Capability::HttpRequest, 600, 100);
         meter.admit().unwrap();
+        // The first count is written at once, the next within SAVE_EVERY waits…
+        assert_eq!(MeterDay::read(dir.path()).total(), 700);
         meter.record(Capability::Browser, 250, 50);
         assert_eq!(meter.admit(), Err((1000, 1000)));
+        assert_eq!(MeterDay::read(dir.path()).total(), 700, "written again within SAVE_EVERY");
+        // …until the meter is saved (the agent does on shutdown) or dropped.
+        drop(meter);
         let stored = MeterDay::read(dir.path());
         assert_eq!(stored.by_capability["http_request"], Traffic { bytes_in: 600, bytes_out: 100 });
         assert_eq!(stored.by_capability["browser"], Traffic { bytes_in: 250, bytes_out: 50 });

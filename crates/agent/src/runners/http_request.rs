@@ -25,6 +25,7 @@ use edge_protocol::{ErrorCode, JobError, JobSpec};
 use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -66,15 +67,51 @@ struct Hop {
 
 pub async fn run(gate: &EgressGate, payload: &Value) -> Result<Value, JobError> {
     let narrowing = crate::egress::narrowing_of(payload).map_err(bad_payload)?;
-    let payload: HttpRequestPayload = serde_json::from_value(payload.clone())
-        .map_err(|e| bad_payload(format!("payload is not an http_request payload: {e}")))?;
-    let hop = first_hop(&payload)?;
-    let deadline = Duration::from_millis(payload.timeout_ms).min(MAX_TIMEOUT);
+    let (hop, deadline) = parse(payload)?;
     // One deadline for connect, redirects and the whole body, as the payload means it.
     match tokio::time::timeout(deadline, execute(gate, hop, narrowing.as_deref())).await {
         Ok(result) => result,
         Err(_) => Err(timed_out(deadline)),
     }
+}
+
+/// The job as it ran before the egress gate existed: the same payload handling, response
+/// reading and result, through one shared client that resolves names itself and follows
+/// redirects itself. Only `cargo xtask bench egress` calls it, as the "without the gate"
+/// side of its comparison; no job reaches it (the runner calls [`run`]).
+pub async fn run_ungated_for_benchmark(client: &reqwest::Client, payload: &Value) -> Result<Value, JobError> {
+    let (hop, deadline) = parse(payload)?;
+    let exchange = async {
+        let mut builder = client.request(hop.method, hop.url).headers(hop.headers);
+        if let Some(body) = hop.body {
+            builder = builder.body(body);
+        }
+        let response = builder.send().await.map_err(classify)?;
+        let (headers, body, status_code) = read_response(response).await?;
+        result(&headers, &body, status_code)
+    };
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out(deadline)),
+    }
+}
+
+/// The first hop and the job's deadline.
+fn parse(payload: &Value) -> Result<(Hop, Duration), JobError> {
+    let payload = HttpRequestPayload::deserialize(payload)
+        .map_err(|e| bad_payload(format!("payload is not an http_request payload: {e}")))?;
+    let hop = first_hop(&payload)?;
+    Ok((hop, Duration::from_millis(payload.timeout_ms).min(MAX_TIMEOUT)))
+}
+
+fn result(headers: &HeaderMap, body: &[u8], status_code: u16) -> Result<Value, JobError> {
+    let data = HttpResponseData {
+        status_code,
+        headers: flatten_headers(headers),
+        body: BASE64.encode(body),
+        is_base64_encoded: true,
+    };
+    serde_json::to_value(data).map_err(|e| JobError::new(ErrorCode::Internal, format!("result encoding failed: {e}")))
 }
 
 fn first_hop(payload: &HttpRequestPayload) -> Result<Hop, JobError> {
@@ -114,7 +151,8 @@ async fn execute(gate: &EgressGate, mut hop: Hop, narrowing: Option<&[Allowance]
             .admit_url(&hop.url, narrowing, false, Capability::HttpRequest)
             .await
             .map_err(|refusal| refusal.to_job_error())?;
-        let http = gate.pinned_client(&hop.url, &addresses).map_err(|e| JobError::new(ErrorCode::Internal, e.to_string()))?;
+        let http =
+            gate.pinned_client(&hop.url, &addresses).map_err(|e| JobError::new(ErrorCode::Internal, e.to_string()))?;
         let mut builder = http.request(hop.method.clone(), hop.url.clone()).headers(hop.headers.clone());
         if let Some(body) = &hop.body {
             builder = builder.body(body.clone());
@@ -145,14 +183,7 @@ async fn execute(gate: &EgressGate, mut hop: Hop, narrowing: Option<&[Allowance]
         let received = result.as_ref().map_or(0, |(headers, body, _)| header_bytes(headers) + body.len() as u64);
         gate.record(Capability::HttpRequest, received, sent);
         let (headers, body, status_code) = result?;
-        let data = HttpResponseData {
-            status_code,
-            headers: flatten_headers(&headers),
-            body: BASE64.encode(&body),
-            is_base64_encoded: true,
-        };
-        return serde_json::to_value(data)
-            .map_err(|e| JobError::new(ErrorCode::Internal, format!("result encoding failed: {e}")));
+        return self::result(&headers, &body, status_code);
     }
 }
 
@@ -179,7 +210,8 @@ fn redirect_target(hop: &Hop, response: &reqwest::Response) -> Option<Hop> {
         _ => (hop.method.clone(), hop.body.clone()),
     };
     if body.is_none() {
-        for name in [reqwest::header::CONTENT_TYPE, reqwest::header::CONTENT_LENGTH, reqwest::header::CONTENT_ENCODING] {
+        for name in [reqwest::header::CONTENT_TYPE, reqwest::header::CONTENT_LENGTH, reqwest::header::CONTENT_ENCODING]
+        {
             headers.remove(name);
         }
     }
