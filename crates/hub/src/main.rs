@@ -62,6 +62,11 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_HUB_RUN_BYTES_PER_AGENT", default_value_t = edge_hub::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
           value_parser = clap::value_parser!(u64).range(1..))]
     run_bytes_per_agent: u64,
+    /// Jobs per hour each agent may start, sent in `hello_ack`: an agent runs at most the
+    /// smaller of this and its person's own cap, so this can only lower it [default: no cap
+    /// of the hub's].
+    #[arg(long, env = "EDGE_HUB_AGENT_JOBS_PER_HOUR", value_parser = clap::value_parser!(u32).range(1..))]
+    agent_jobs_per_hour: Option<u32>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -290,6 +295,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         // An empty EDGE_HUB_BUNDLE_DIR means "not set", as `default_bundle_dir` reads it.
         bundle_dir: args.bundle_dir.filter(|dir| !dir.as_os_str().is_empty()),
         run_bytes_per_agent: args.run_bytes_per_agent,
+        agent_limits: edge_protocol::HubLimits { jobs_per_hour: args.agent_jobs_per_hour },
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

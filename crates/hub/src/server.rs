@@ -56,6 +56,9 @@ pub struct HubConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Requests per source address (credential exchanges) and per API key (job API).
     pub rate_limits: api::rate_limit::RateLimits,
+    /// Caps sent to every agent in `hello_ack`; an agent applies the smaller of these and
+    /// its person's own, so they can only lower what a machine does.
+    pub agent_limits: edge_protocol::HubLimits,
 }
 
 impl HubConfig {
@@ -73,6 +76,7 @@ impl HubConfig {
             run_bytes_per_agent: crate::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
             tls: None,
             rate_limits: api::rate_limit::RateLimits::default(),
+            agent_limits: edge_protocol::HubLimits::default(),
         }
     }
 }
@@ -196,6 +200,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         job_writes,
         known_keys: api::known_keys::KnownKeys::new(api::known_keys::KEY_RECHECK),
         hb_interval: config.hb_interval,
+        agent_limits: config.agent_limits.clone(),
         queue: config.queue.clone(),
         job_types: config.job_types.clone(),
         sync_timeout: config.sync_timeout,

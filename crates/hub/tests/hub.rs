@@ -141,6 +141,7 @@ async fn hello_heartbeat_and_a_job_round_trip() {
     assert_eq!(ack["protocol"], edge_protocol::PROTOCOL_VERSION, "the lower of both versions");
     assert_eq!(ack["agentId"], agent.agent_id.as_str());
     assert_eq!(ack["hbIntervalMs"], 1000);
+    assert_eq!(ack.get("limits"), None, "no caps of the hub's unless its operator sets some: {ack}");
 
     send(&mut ws, json!({"t":"hb","v":"agent-0.2.0","ts":1234})).await;
     let hb_ack = recv(&mut ws).await;
@@ -817,4 +818,20 @@ async fn a_skeleton_sqlite_database_is_migrated_forward() {
     assert_eq!((d.status.as_str(), d.run_at), ("pending", 1));
     assert_eq!(store.held_jobs("agt_1").await.unwrap().len(), 2);
     store.close().await;
+}
+
+/// The operator's cap on jobs per hour (`--agent-jobs-per-hour`) reaches every agent in
+/// `hello_ack`; the agent applies the smaller of it and its person's own
+/// (`crates/agent/tests/connection.rs::the_hub_lowers_the_persons_jobs_per_hour_and_never_raises_it`).
+#[tokio::test]
+async fn the_operators_agent_caps_are_sent_in_hello_ack() {
+    let hub = TestHub::start_on(TestDb::sqlite(), |config| config.agent_limits.jobs_per_hour = Some(7)).await;
+    let agent = hub.enroll(CREATOR).await;
+    let token = hub.session_token(&agent).await;
+    let mut ws = hub.connect(&token).await;
+    send(&mut ws, json!({"t":"hello","protocol":2,"v":"agent-0.2.0","capabilities":["http_request"],"slots":1})).await;
+    let ack = recv(&mut ws).await;
+    assert_eq!(ack["t"], "hello_ack", "{ack}");
+    assert_eq!(ack["limits"], json!({"jobsPerHour": 7}), "{ack}");
+    hub.shutdown().await;
 }

@@ -641,8 +641,9 @@ impl Session {
             hub: format!("hub-{}", env!("CARGO_PKG_VERSION")),
             agent_id: self.agent_id.clone(),
             hb_interval_ms: u64::try_from(self.app.hb_interval.as_millis()).unwrap_or(u64::MAX),
-            // No hub-wide caps yet: the person's own apply as they set them.
-            limits: None,
+            // Only when the operator set some; an agent's person's own caps apply regardless.
+            limits: (self.app.agent_limits != edge_protocol::HubLimits::default())
+                .then(|| self.app.agent_limits.clone()),
         };
         // hello_ack goes out before the dispatcher learns the session is ready, so it
         // always precedes the first job_assign.
