@@ -265,14 +265,7 @@ fn through_agent(site: &Site, dir: &Path, rows: &mut Vec<String>) -> Result<()> 
     agent.grant(&["browser:fanhub"])?;
     // The bench site is local: allowed through the egress gate as a person would.
     agent.allow_egress(&site.base_url);
-    let login = site.auto_login_adapter();
-    let adapter_file = dir.join("fanhub.json");
-    std::fs::write(&adapter_file, serde_json::to_vec(&login)?)?;
-    let site_arg = adapter_file.display().to_string();
-    let (ok, out) = agent.oneshot(&["browser", "login", "--site", &site_arg, "--headless", "--timeout-secs", "30"])?;
-    if !ok {
-        bail!("edge-agent browser login: {out}");
-    }
+    agent.browser_login_headless(&site.auto_login_adapter())?;
     let env = [
         ("EDGE_AGENT_BROWSER_PACING_MS", "0-0"),
         ("EDGE_AGENT_BROWSER_TYPING_MS", "0-0"),

@@ -86,6 +86,20 @@ pub struct Handshake {
     pub after_version_0: bool,
 }
 
+impl Handshake {
+    /// A prototype peer's: no `hello`, one job at a time, no capabilities or labels.
+    pub fn version_0() -> Handshake {
+        Handshake {
+            protocol: 0,
+            slots: 1,
+            paused: false,
+            labels: Vec::new(),
+            capabilities: Vec::new(),
+            after_version_0: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Command {
     Connect { agent_id: String, creator_id: String, session: SessionId, outbox: Outbox },
@@ -763,14 +777,7 @@ mod tests {
     }
 
     fn version_0() -> Handshake {
-        Handshake {
-            protocol: 0,
-            slots: 1,
-            paused: false,
-            labels: Vec::new(),
-            capabilities: Vec::new(),
-            after_version_0: false,
-        }
+        Handshake::version_0()
     }
 
     /// The race of a late `hello`: a job leased to the session as a version-0 peer is still

@@ -512,6 +512,20 @@ impl Agent {
         self.oneshot_with_env(args, &[])
     }
 
+    /// `edge-agent browser login --headless` on `adapter` (written to a file beside the data
+    /// dir), the way a test logs in once: a site's auto-login page stands in for the person.
+    /// An error with the command's output if it fails.
+    pub fn browser_login_headless(&self, adapter: &impl serde::Serialize) -> Result<String> {
+        let file = self.data_dir.with_extension("login-adapter.json");
+        fs::write(&file, serde_json::to_vec(adapter)?)?;
+        let site = file.to_str().context("the adapter path is not UTF-8")?;
+        let (ok, out) = self.oneshot(&["browser", "login", "--site", site, "--headless", "--timeout-secs", "30"])?;
+        if !ok {
+            bail!("edge-agent browser login failed: {out}");
+        }
+        Ok(out)
+    }
+
     /// [`Agent::oneshot`] with extra environment variables for this process only (`DISPLAY`
     /// for a browser login with a window).
     pub fn oneshot_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String)> {

@@ -42,12 +42,7 @@ fn start_agent(
     let without_check = site.adapter_yaml().replace("  sentMessage: \"#thread .message\"\n", "");
     assert_ne!(without_check, site.adapter_yaml(), "the test site's adapter changed: update this test");
     agent.install_adapter("fanhub", &without_check)?;
-    let login = site.auto_login_adapter();
-    let adapter_file = dir.join(format!("{creator}-login.json"));
-    std::fs::write(&adapter_file, serde_json::to_vec(&login)?)?;
-    let site_arg = adapter_file.display().to_string();
-    let (ok, out) = agent.oneshot(&["browser", "login", "--site", &site_arg, "--headless", "--timeout-secs", "30"])?;
-    assert!(ok, "{out}");
+    agent.browser_login_headless(&site.auto_login_adapter())?;
     agent.run_with_env(&["--hb-interval-secs", "1"], &QUICK)?;
     hub.wait_agent_online(key, agent.agent_id(), TIMEOUT)?;
     Ok(agent)

@@ -58,12 +58,7 @@ fn a_signed_browser_bundle_runs_its_flow_and_lends_its_adapter() -> Result<()> {
     agent.allow_egress(&site.base_url);
     // Log in to the site once (scripted: the auto-login page); the bundle's adapter has the
     // same site name, so its jobs reuse the saved session.
-    let login = site.auto_login_adapter();
-    let adapter_file = dir.path().join("fanhub.json");
-    std::fs::write(&adapter_file, serde_json::to_vec(&login)?)?;
-    let site_arg = adapter_file.display().to_string();
-    let (ok, out) = agent.oneshot(&["browser", "login", "--site", &site_arg, "--headless", "--timeout-secs", "30"])?;
-    assert!(ok, "{out}");
+    agent.browser_login_headless(&site.auto_login_adapter())?;
     let env = [
         ("EDGE_AGENT_BROWSER_PACING_MS", "0-0"),
         ("EDGE_AGENT_BROWSER_TYPING_MS", "1-3"),

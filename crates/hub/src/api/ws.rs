@@ -660,15 +660,7 @@ impl Session {
     fn start_version_0(&mut self, first_frame: &str) {
         self.version = Some(0);
         info!(first_frame, "version-0 agent (no hello)");
-        let handshake = Handshake {
-            protocol: 0,
-            slots: 1,
-            paused: false,
-            labels: Vec::new(),
-            capabilities: Vec::new(),
-            after_version_0: false,
-        };
-        self.app.dispatcher.ready(&self.agent_id, self.id, handshake);
+        self.app.dispatcher.ready(&self.agent_id, self.id, Handshake::version_0());
     }
 
     /// The two deep handlers are boxed so this future stays small (see [`Session::run`]).
