@@ -259,7 +259,11 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchEgress(args) => {
-            println!("{}", bench_egress(&args, &settings.data_dir).await?);
+            let report = bench_egress(&args, &settings.data_dir).await?;
+            // The proxy mode printed its address at start; its reader is gone by now.
+            if !args.proxy {
+                println!("{report}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Browser(BrowserCommand::Login { site, headless, timeout_secs }) => {
