@@ -45,6 +45,8 @@ pub const APT_TEST: &[&str] = &[
     "npm",
     // `cargo xtask fresh-check` builds a minimal Debian root with it.
     "debootstrap",
+    // The tunnel tests use a standard proxy client: CONNECT, forward proxy and SOCKS5.
+    "curl",
 ];
 
 /// What `cargo xtask demo` itself needs (checked, installed when root): the C toolchain its

@@ -31,6 +31,9 @@ pub enum Capability {
     /// site, named as its adapter is. Per site on purpose: being logged in as the person
     /// on one site is no consent to act as them on another. There is no wildcard.
     Browser { site: String },
+    /// The tunnel: the hub routes other programs' connections out through this computer,
+    /// and reaches the local services the person exposed by name.
+    Tunnel,
 }
 
 impl Capability {
@@ -39,6 +42,7 @@ impl Capability {
         match name {
             jobs::HTTP_REQUEST => Ok(Capability::HttpRequest),
             jobs::BUNDLE => Ok(Capability::Bundle),
+            TUNNEL => Ok(Capability::Tunnel),
             _ => match name.strip_prefix(capability::BROWSER_SITE_PREFIX) {
                 Some(site) if valid_site(site) => Ok(Capability::Browser { site: site.to_owned() }),
                 Some(site) => Err(AgentError::InvalidSetting(format!(
@@ -59,6 +63,7 @@ impl Capability {
             Capability::HttpRequest => jobs::HTTP_REQUEST.to_owned(),
             Capability::Bundle => jobs::BUNDLE.to_owned(),
             Capability::Browser { site } => format!("{}{site}", capability::BROWSER_SITE_PREFIX),
+            Capability::Tunnel => TUNNEL.to_owned(),
         }
     }
 
@@ -68,6 +73,7 @@ impl Capability {
             Capability::HttpRequest => "proxying HTTP requests".to_owned(),
             Capability::Bundle => "running signed bundles".to_owned(),
             Capability::Browser { site } => format!("browser flows on the site {site}"),
+            Capability::Tunnel => "the tunnel (your connection as a proxy exit)".to_owned(),
         }
     }
 
@@ -91,6 +97,12 @@ impl Capability {
                  subscribers there, in your name. Navigation stays on the adapter's own addresses; your local \
                  caps (jobs and messages per hour) apply."
             ),
+            Capability::Tunnel => "The tunnel: your hub may route other programs' connections out through \
+                this computer, as a proxy, so the sites they reach see your internet connection and IP address. \
+                Addresses on this computer and your local network are refused unless you allow them yourself \
+                (--allow-egress); local services are reachable only under the names you expose (edge-agent \
+                expose). Your daily byte cap and per-stream rate cap apply; pausing closes every stream."
+                .to_owned(),
         }
     }
 
@@ -100,6 +112,8 @@ impl Capability {
             Capability::HttpRequest => &[jobs::HTTP_REQUEST],
             Capability::Bundle => &[jobs::BUNDLE],
             Capability::Browser { .. } => &jobs::BROWSER_JOB_TYPES,
+            // Not a job: the tunnel's streams are asked for over its own connection.
+            Capability::Tunnel => &[],
         }
     }
 }
@@ -110,9 +124,13 @@ impl fmt::Display for Capability {
     }
 }
 
-/// Every capability there is, as `consent show` lists them. The tunnel joins when it exists.
+/// The tunnel capability's name.
+pub const TUNNEL: &str = "tunnel";
+
+/// Every capability there is, as `consent show` lists them.
 pub const CATALOGUE: &[(&str, &str)] = &[
     ("http_request", "proxying HTTP requests"),
+    ("tunnel", "the tunnel: other programs' connections out through this computer"),
     ("browser:SITE", "browser flows on one site (for example browser:instagram)"),
     ("bundle", "running signed bundles (not confined by the egress gate)"),
 ];
@@ -166,6 +184,12 @@ impl Consent {
 
     pub fn standing(&self, capability: &Capability) -> Result<Standing, AgentError> {
         Ok(standing(&LocalSettings::load(&self.data_dir)?, capability))
+    }
+
+    /// Whether the person granted `capability` (its current text); an unreadable settings
+    /// file grants nothing.
+    pub fn is_granted(&self, capability: &Capability) -> bool {
+        matches!(self.standing(capability), Ok(Standing::Granted(_)))
     }
 
     /// Every grant in the file by name, valid or not, with its standing.
@@ -343,7 +367,7 @@ mod tests {
             ("browser:*", "no browser:* on purpose"),
             ("browser:", "is not a site name"),
             ("browser:a/b", "is not a site name"),
-            ("tunnel", "the capabilities are http_request, browser:SITE, bundle"),
+            ("proxy", "the capabilities are http_request, tunnel, browser:SITE, bundle"),
         ] {
             let message = Capability::parse(name).unwrap_err().to_string();
             assert!(message.contains(needle), "{name}: {message}");

@@ -32,6 +32,7 @@ pub mod session;
 pub mod state;
 mod tls;
 pub mod trim;
+pub mod tunnel;
 
 pub use credentials::{CredentialStore, Credentials, DeviceKey, MemoryCredentialStore};
 pub use error::AgentError;

@@ -28,6 +28,10 @@ pub struct LocalSettings {
     pub uploads_dir: Option<PathBuf>,
     /// Whether a job may bring its own site adapter instead of naming a signed or local one.
     pub allow_inline_adapters: bool,
+    /// Local services the person exposed through the tunnel, by name: `ADDRESS:PORT`
+    /// (`edge-agent expose NAME 127.0.0.1:PORT`). The only way a tunnel stream reaches
+    /// this machine's own addresses.
+    pub exposed: BTreeMap<String, String>,
 }
 
 /// A capability the person granted.
@@ -49,6 +53,8 @@ pub struct Caps {
     pub jobs_per_hour: Option<u32>,
     pub messages_per_hour: Option<u32>,
     pub bytes_per_day: Option<u64>,
+    /// Bytes per second one tunnel stream may carry in each direction.
+    pub tunnel_bytes_per_second: Option<u64>,
 }
 
 impl LocalSettings {

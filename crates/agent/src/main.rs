@@ -74,6 +74,17 @@ enum Command {
     /// agent announces and runs only what you granted.
     #[command(subcommand)]
     Consent(ConsentCommand),
+    /// A local service the hub may reach through the tunnel, by name (the only way a tunnel
+    /// stream reaches this machine's own addresses). Without arguments: the list.
+    Expose {
+        /// The name clients ask for (letters, digits, '-', '_').
+        name: Option<String>,
+        /// Where it listens, ADDRESS:PORT (for example 127.0.0.1:8080).
+        address: Option<String>,
+        /// Stop exposing NAME.
+        #[arg(long, conflicts_with = "address")]
+        remove: bool,
+    },
     #[command(hide = true)]
     BenchEgress(BenchEgressArgs),
     /// Benchmark helper for `cargo xtask bench bundles` (an API key, no login): trusts the hub's
@@ -295,6 +306,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Settings(command) => settings_command(&settings.data_dir, command),
         Command::Consent(command) => consent_command(&settings.data_dir, command),
+        Command::Expose { name, address, remove } => expose_command(&settings.data_dir, name, address, remove),
         Command::Logout => {
             let profile = settings.profile.clone();
             AgentService::new(settings).logout().await?;
@@ -371,6 +383,50 @@ fn settings_command(data_dir: &std::path::Path, command: SettingsCommand) -> Res
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn expose_command(
+    data_dir: &std::path::Path,
+    name: Option<String>,
+    address: Option<String>,
+    remove: bool,
+) -> Result<ExitCode> {
+    let mut local = edge_agent::local_settings::LocalSettings::load(data_dir)?;
+    match (name, address, remove) {
+        (None, _, _) => {
+            if local.exposed.is_empty() {
+                println!("no service is exposed (edge-agent expose NAME 127.0.0.1:PORT)");
+            }
+            for (name, address) in &local.exposed {
+                println!("{name:<20} {address}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        (Some(name), _, true) => {
+            if local.exposed.remove(&name).is_none() {
+                bail!("no service named {name:?} is exposed (edge-agent expose lists them)");
+            }
+            println!("{name} is no longer exposed");
+        }
+        (Some(name), Some(address), false) => {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                bail!("{name:?} is not a service name: use letters, digits, '-' and '_' (at most 64)");
+            }
+            let parsed: std::net::SocketAddr = address.parse().map_err(|_| {
+                anyhow::anyhow!("{address:?} is not ADDRESS:PORT; for a service on this computer, 127.0.0.1:PORT")
+            })?;
+            local.exposed.insert(name.clone(), parsed.to_string());
+            println!(
+                "{name} -> {parsed}: the hub can reach it through the tunnel by this name (when you granted tunnel)"
+            );
+        }
+        (Some(name), None, false) => bail!("say where {name} listens: edge-agent expose {name} 127.0.0.1:PORT"),
+    }
+    local.save(data_dir)?;
     Ok(ExitCode::SUCCESS)
 }
 

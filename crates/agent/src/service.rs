@@ -177,6 +177,17 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     if browser.is_none() {
         tracing::warn!("no Chrome, Chromium or Edge found: browser jobs are not announced to the hub");
     }
+    // The tunnel keeps its own connection; it stays down until the person grants it.
+    tokio::spawn(crate::tunnel::run(
+        crate::hub_client::TokenCache::new(hub.clone(), credentials.clone()),
+        hub_url.clone(),
+        crate::tunnel::TunnelContext {
+            gate: egress.clone(),
+            data_dir: data_dir.clone(),
+            paused: inner.paused.subscribe(),
+        },
+        cancel.child_token(),
+    ));
     let bundles = crate::bundles::start(&data_dir, &credentials, &hub_url, &cancel)
         .map(|bundles| bundles.with_browser(browser.clone()));
     let consent = crate::consent::Consent::new(&data_dir);

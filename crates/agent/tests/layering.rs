@@ -35,6 +35,7 @@ const LAYERS: &[&str] = &[
     "bundles",
     "browser",
     // The rooms.
+    "tunnel",
     "runners",
     "executor",
     "session",

@@ -24,6 +24,7 @@ pub mod server;
 pub mod store;
 pub mod sweeper;
 pub mod tls;
+pub mod tunnel;
 pub mod writes;
 
 pub use error::HubError;

@@ -67,6 +67,11 @@ struct ServeArgs {
     /// of the hub's].
     #[arg(long, env = "EDGE_HUB_AGENT_JOBS_PER_HOUR", value_parser = clap::value_parser!(u32).range(1..))]
     agent_jobs_per_hour: Option<u32>,
+    /// Open a proxy port into the agents' tunnels: HTTP CONNECT, plain HTTP forward proxy
+    /// and SOCKS5 on one address. User name: agent-<id>, creator-<id> or label-<label>
+    /// [-session-<token>]; password: an API key of this hub.
+    #[arg(long, env = "EDGE_HUB_PROXY_LISTEN")]
+    proxy_listen: Option<SocketAddr>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -296,6 +301,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         bundle_dir: args.bundle_dir.filter(|dir| !dir.as_os_str().is_empty()),
         run_bytes_per_agent: args.run_bytes_per_agent,
         agent_limits: edge_protocol::HubLimits { jobs_per_hour: args.agent_jobs_per_hour },
+        proxy_listen: args.proxy_listen,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

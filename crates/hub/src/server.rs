@@ -59,6 +59,9 @@ pub struct HubConfig {
     /// Caps sent to every agent in `hello_ack`; an agent applies the smaller of these and
     /// its person's own, so they can only lower what a machine does.
     pub agent_limits: edge_protocol::HubLimits,
+    /// The proxy port (HTTP CONNECT, forward proxy, SOCKS5) into the agents' tunnels;
+    /// `None`: no proxy port.
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 impl HubConfig {
@@ -77,6 +80,7 @@ impl HubConfig {
             tls: None,
             rate_limits: api::rate_limit::RateLimits::default(),
             agent_limits: edge_protocol::HubLimits::default(),
+            proxy_listen: None,
         }
     }
 }
@@ -97,6 +101,7 @@ pub async fn open_store(database_url: &str) -> Result<Arc<dyn Store>, HubError> 
 /// A hub serving in the background of this process.
 pub struct RunningHub {
     local_addr: SocketAddr,
+    proxy_addr: Option<SocketAddr>,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -201,6 +206,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         known_keys: api::known_keys::KnownKeys::new(api::known_keys::KEY_RECHECK),
         hb_interval: config.hb_interval,
         agent_limits: config.agent_limits.clone(),
+        tunnels: Default::default(),
         queue: config.queue.clone(),
         job_types: config.job_types.clone(),
         sync_timeout: config.sync_timeout,
@@ -219,7 +225,19 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         config.queue.retention,
         background_stop.clone(),
     ));
-    let router = api::router(app.clone()).merge(crate::bundles::router(app, bundle_service));
+    let proxy_addr = match config.proxy_listen {
+        Some(addr) => {
+            let proxy = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
+            let bound = proxy.local_addr().map_err(|source| HubError::Bind { addr, source })?;
+            info!(%bound, "proxy port (CONNECT, forward, SOCKS5) into agent tunnels");
+            tokio::spawn(crate::tunnel::proxy::serve(proxy, app.clone(), background_stop.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    let router = api::router(app.clone())
+        .merge(crate::tunnel::router(app.clone()))
+        .merge(crate::bundles::router(app, bundle_service));
     let graceful = shutdown.clone().cancelled_owned();
     let server = match tls {
         Some(tls) => {
@@ -256,7 +274,18 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         job_types = ?config.job_types.names().collect::<Vec<_>>(),
         "hub listening"
     );
-    Ok(RunningHub { local_addr, store, shutdown, sessions, server, background_stop, dispatcher, sweeper, forwarder })
+    Ok(RunningHub {
+        local_addr,
+        proxy_addr,
+        store,
+        shutdown,
+        sessions,
+        server,
+        background_stop,
+        dispatcher,
+        sweeper,
+        forwarder,
+    })
 }
 
 /// Agents' JWTs, API keys and enrollment tokens cross this listener in clear text: say so
@@ -274,6 +303,11 @@ fn warn_plain_http(addr: SocketAddr) {
 impl RunningHub {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The proxy port's bound address, when `proxy_listen` was set.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy_addr
     }
 
     /// The hub's store, for in-process tools and tests (creating tokens and keys).

@@ -23,6 +23,18 @@ pub enum Target {
     Ping,
 }
 
+/// `host:port`, `service NAME` or `ping`: what a log line says (never more of the stream).
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Connect { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Target::Connect { host, port } => write!(f, "{host}:{port}"),
+            Target::Service { name } => write!(f, "service {name}"),
+            Target::Ping => f.write_str("ping"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Open {

@@ -63,3 +63,67 @@ where
         Pin::new(&mut self.get_mut().inner).poll_close(cx)
     }
 }
+
+/// A tokio-tungstenite WebSocket as a stream of binary payloads and a sink of them, the
+/// shape [`MessageBytes`] takes. Text, ping and pong messages are skipped (tungstenite
+/// answers pings itself); a close message ends the stream.
+pub struct Binary<S> {
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    closed: bool,
+}
+
+/// The tunnel's byte stream over a WebSocket.
+pub fn over_websocket<S>(ws: tokio_tungstenite::WebSocketStream<S>) -> MessageBytes<Binary<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    MessageBytes::new(Binary { ws, closed: false })
+}
+
+impl<S> Stream for Binary<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        use tokio_tungstenite::tungstenite::Message;
+        let this = self.get_mut();
+        loop {
+            if this.closed {
+                return Poll::Ready(None);
+            }
+            match ready!(Pin::new(&mut this.ws).poll_next(cx)) {
+                Some(Ok(Message::Binary(bytes))) => return Poll::Ready(Some(Ok(bytes))),
+                Some(Ok(Message::Close(_))) | None => this.closed = true,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Some(Err(io::Error::other(e)))),
+            }
+        }
+    }
+}
+
+impl<S> Sink<Bytes> for Binary<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().ws).poll_ready(cx).map_err(io::Error::other)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Bytes) -> io::Result<()> {
+        Pin::new(&mut self.get_mut().ws)
+            .start_send(tokio_tungstenite::tungstenite::Message::Binary(item))
+            .map_err(io::Error::other)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().ws).poll_flush(cx).map_err(io::Error::other)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().ws).poll_close(cx).map_err(io::Error::other)
+    }
+}

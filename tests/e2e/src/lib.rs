@@ -289,6 +289,11 @@ impl Hub {
         self.cli(&["api-key", "create", "--name", "e2e"])
     }
 
+    /// An API key scoped to one creator.
+    pub fn creator_key(&self, creator: &str) -> Result<String> {
+        self.cli(&["api-key", "create", "--name", "e2e-creator", "--creator", creator])
+    }
+
     pub fn submit_job(&self, key: &str, body: &Value) -> Result<Value> {
         let resp = ureq::post(&format!("{}/v1/jobs", self.url))
             .set("Authorization", &format!("Bearer {key}"))

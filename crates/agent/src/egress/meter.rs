@@ -24,6 +24,7 @@ pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub enum Capability {
     HttpRequest,
     Browser,
+    Tunnel,
 }
 
 impl Capability {
@@ -31,6 +32,7 @@ impl Capability {
         match self {
             Capability::HttpRequest => "http_request",
             Capability::Browser => "browser",
+            Capability::Tunnel => "tunnel",
         }
     }
 }

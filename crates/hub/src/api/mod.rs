@@ -51,6 +51,8 @@ pub struct App {
     /// API keys the store recognised recently.
     pub known_keys: known_keys::KnownKeys,
     pub hb_interval: Duration,
+    /// The agents' open tunnels (`crate::tunnel`).
+    pub tunnels: Arc<crate::tunnel::Tunnels>,
     /// Caps this hub asks of every agent in `hello_ack` (each only lowers the person's).
     pub agent_limits: edge_protocol::HubLimits,
     pub queue: QueueConfig,

@@ -1,0 +1,324 @@
+//! The agent's end of the tunnel: one outbound WebSocket to the hub carrying the streams
+//! the hub opens, each to an outside host (judged by the egress gate, metered, capped) or to
+//! a local service the person exposed by name.
+//!
+//! It owns that connection's life (connect with the agent's JWT, reconnect forever with
+//! jittered back-off, drop it when the hub's pings stop), and each stream's answer and
+//! relay. It must never run without the person's `tunnel` grant, never open a stream while
+//! paused (pausing closes every open one at once), never reach this machine's own or LAN
+//! addresses except an exposed service or what the person allowed, and never log more of a
+//! stream than its destination.
+
+use crate::consent::{Capability as Consent, Consent as Grants};
+use crate::egress::{Capability, EgressGate};
+use crate::hub_client::TokenCache;
+use crate::hub_url::HubUrl;
+use crate::local_settings::LocalSettings;
+use edge_tunnel::mux::MuxStream;
+use edge_tunnel::open::{self, Answer, Open, Target};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// No ping from the hub for this long: the session is dead (the hub pings every 15 s).
+pub const DEAD_AFTER: Duration = Duration::from_secs(40);
+/// How long the hub may take to send a stream's header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a revoked grant or a removed exposure is noticed without a stream asking.
+const RECHECK: Duration = Duration::from_secs(5);
+/// Bytes metered at once on a long stream (so the cap sees it before it ends).
+const METER_EVERY: u64 = 256 * 1024;
+
+/// What the tunnel needs from the rest of the agent.
+#[derive(Clone)]
+pub struct TunnelContext {
+    pub gate: EgressGate,
+    pub data_dir: PathBuf,
+    pub paused: watch::Receiver<bool>,
+}
+
+/// Keeps the tunnel up until `cancel`: connects when the person has granted `tunnel` and the
+/// agent is not paused, reconnects after every failure.
+pub(crate) async fn run(tokens: TokenCache, hub_url: HubUrl, context: TunnelContext, cancel: CancellationToken) {
+    let grants = Grants::new(&context.data_dir);
+    let mut paused = context.paused.clone();
+    let mut failures: u32 = 0;
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        if *paused.borrow() || !grants.is_granted(&Consent::Tunnel) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = paused.changed() => {}
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+            continue;
+        }
+        let started = Instant::now();
+        match session(&tokens, &hub_url, &context, &grants, &cancel).await {
+            Ok(why) => tracing::info!(reason = why, "tunnel closed"),
+            Err(why) => tracing::warn!(reason = %why, "tunnel failed"),
+        }
+        // A session that lived a while was healthy: start over from a short delay.
+        failures = if started.elapsed() > Duration::from_secs(60) { 1 } else { failures.saturating_add(1) };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(crate::backoff::reconnect_delay(failures)) => {}
+        }
+    }
+}
+
+/// One tunnel session; `Ok(why)` when it ended for a reason of ours.
+async fn session(
+    tokens: &TokenCache,
+    hub_url: &HubUrl,
+    context: &TunnelContext,
+    grants: &Grants,
+    cancel: &CancellationToken,
+) -> Result<&'static str, String> {
+    let socket = connect(tokens, hub_url).await?;
+    tracing::info!("tunnel open");
+    let streams = cancel.child_token();
+    let last_ping = Arc::new(AtomicI64::new(now_secs()));
+    let serving = edge_tunnel::mux::serve(edge_tunnel::ws::over_websocket(socket), {
+        let (context, streams, last_ping) = (context.clone(), streams.clone(), last_ping.clone());
+        move |stream| {
+            let (context, streams, last_ping) = (context.clone(), streams.clone(), last_ping.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = streams.cancelled() => {}
+                    _ = handle(stream, &context, &last_ping) => {}
+                }
+            });
+        }
+    });
+    let mut paused = context.paused.clone();
+    let watch = async {
+        loop {
+            tokio::select! {
+                _ = paused.changed() => if *paused.borrow() { return "paused: every stream closed" },
+                _ = tokio::time::sleep(RECHECK) => {
+                    if !grants.is_granted(&Consent::Tunnel) {
+                        return "the person revoked the tunnel grant";
+                    }
+                    if now_secs() - last_ping.load(Ordering::Relaxed) > DEAD_AFTER.as_secs() as i64 {
+                        return "no ping from the hub in 40 s";
+                    }
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        ended = serving => match ended {
+            Ok(()) => Err("the hub closed the tunnel".to_owned()),
+            Err(e) => Err(e.to_string()),
+        },
+        why = watch => Ok(why),
+        _ = cancel.cancelled() => Ok("shutting down"),
+    };
+    // Ends every stream of this session now, on both sides (the connection is dropped too).
+    streams.cancel();
+    outcome
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(tokens: &TokenCache, hub_url: &HubUrl) -> Result<Socket, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+    let jwt = tokens.jwt().await.map_err(|e| format!("no token: {e}"))?;
+    let mut request = hub_url
+        .ws_endpoint(edge_tunnel::TUNNEL_PATH)
+        .into_client_request()
+        .map_err(|e| format!("bad tunnel URL: {e}"))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", jwt.expose()))
+        .map_err(|_| "the token is not a valid header value".to_owned())?;
+    request.headers_mut().insert(header::AUTHORIZATION, bearer);
+    let connector = if hub_url.is_tls() {
+        tokio_tungstenite::Connector::Rustls(crate::tls::client_config().map_err(|e| e.to_string())?)
+    } else {
+        tokio_tungstenite::Connector::Plain
+    };
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20));
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(connector));
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(format!("connecting took longer than {} s", CONNECT_TIMEOUT.as_secs())),
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) if response.status().as_u16() == 401 => {
+            tokens.forget().await;
+            Err("the hub refused the tunnel's token (401)".to_owned())
+        }
+        Ok(Err(e)) => Err(format!("cannot connect to {hub_url}: {e}")),
+    }
+}
+
+fn now_secs() -> i64 {
+    crate::hub_client::unix_now()
+}
+
+/// One stream: its header, the decision, the answer, then the relay.
+async fn handle(mut stream: MuxStream, context: &TunnelContext, last_ping: &AtomicI64) {
+    let opened: Open = match tokio::time::timeout(HEADER_TIMEOUT, open::read(&mut stream)).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => {
+            let _ = open::write(&mut stream, &Answer::refused("BAD_PAYLOAD", e.to_string())).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    if opened.target == Target::Ping {
+        last_ping.store(now_secs(), Ordering::Relaxed);
+        let _ = open::write(&mut stream, &Answer::ok()).await;
+        return;
+    }
+    if opened.v != edge_tunnel::OPEN_VERSION {
+        let message =
+            format!("this agent speaks tunnel header version {}, not {}", edge_tunnel::OPEN_VERSION, opened.v);
+        let _ = open::write(&mut stream, &Answer::refused("BAD_PAYLOAD", message)).await;
+        return;
+    }
+    let destination = match reach(&opened.target, context).await {
+        Ok(destination) => destination,
+        Err(answer) => {
+            tracing::info!(target = %opened.target, code = answer.code.as_deref().unwrap_or_default(), "tunnel stream refused");
+            let _ = open::write(&mut stream, &answer).await;
+            return;
+        }
+    };
+    if open::write(&mut stream, &Answer::ok()).await.is_err() {
+        return;
+    }
+    tracing::info!(target = %opened.target, "tunnel stream open");
+    let rate = LocalSettings::load(&context.data_dir).ok().and_then(|s| s.caps.tunnel_bytes_per_second);
+    let (bytes_in, bytes_out) = relay(stream, destination, &context.gate, rate).await;
+    tracing::info!(target = %opened.target, bytes_in, bytes_out, "tunnel stream closed");
+}
+
+/// The connection a stream asked for, or the answer refusing it.
+async fn reach(target: &Target, context: &TunnelContext) -> Result<tokio::net::TcpStream, Answer> {
+    if *context.paused.borrow() {
+        return Err(Answer::refused("PAUSED", "the person at this agent paused it"));
+    }
+    if !Grants::new(&context.data_dir).is_granted(&Consent::Tunnel) {
+        return Err(Answer::refused(
+            "CAPABILITY_NOT_GRANTED",
+            "the person at this agent has not granted the tunnel (edge-agent consent grant tunnel)",
+        ));
+    }
+    let addresses = match target {
+        Target::Connect { host, port } => {
+            let host = url::Host::parse(host)
+                .or_else(|_| url::Host::parse(&format!("[{host}]")))
+                .map_err(|e| Answer::refused("BAD_PAYLOAD", format!("{host:?} is not a host name or address: {e}")))?;
+            // The same WHATWG parsing as a URL's host: every spelling of an address is
+            // normalised before the gate judges it.
+            let host = match &host {
+                url::Host::Domain(name) => url::Host::Domain(name.as_str()),
+                url::Host::Ipv4(address) => url::Host::Ipv4(*address),
+                url::Host::Ipv6(address) => url::Host::Ipv6(*address),
+            };
+            context.gate.admit(&host, *port, None, Capability::Tunnel).await.map_err(|refusal| {
+                let error = refusal.to_job_error();
+                Answer::refused(error.code.as_str(), error.message.unwrap_or_default())
+            })?
+        }
+        Target::Service { name } => {
+            let settings = LocalSettings::load(&context.data_dir).unwrap_or_default();
+            let address = settings.exposed.get(name).ok_or_else(|| {
+                Answer::refused("NOT_EXPOSED", format!("the person at this agent exposes no service named {name:?}"))
+            })?;
+            // The person chose this address; the gate still holds the daily cap.
+            if let Err((used, cap)) = context.gate.meter().admit() {
+                return Err(Answer::refused(
+                    "EGRESS_CAP",
+                    format!("today's egress cap is reached ({used} of {cap} bytes)"),
+                ));
+            }
+            let address: std::net::SocketAddr = address.parse().map_err(|_| {
+                Answer::refused(
+                    "NOT_EXPOSED",
+                    format!("the exposed address of {name:?} ({address}) is not ADDRESS:PORT"),
+                )
+            })?;
+            vec![address]
+        }
+        Target::Ping => return Err(Answer::refused("BAD_PAYLOAD", "a ping carries no stream")),
+    };
+    for address in &addresses {
+        if let Ok(Ok(connection)) = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await
+        {
+            let _ = connection.set_nodelay(true);
+            return Ok(connection);
+        }
+    }
+    Err(Answer::refused("NETWORK", format!("{target} did not answer")))
+}
+
+/// Copies both ways until both sides are done; meters as it goes; returns (in, out) bytes
+/// as seen from this machine (in: from the destination).
+async fn relay(
+    stream: MuxStream,
+    destination: tokio::net::TcpStream,
+    gate: &EgressGate,
+    rate: Option<u64>,
+) -> (u64, u64) {
+    let (hub_read, hub_write) = tokio::io::split(stream);
+    let (dest_read, dest_write) = destination.into_split();
+    let outward = copy_metered(hub_read, dest_write, gate, rate, Direction::Out);
+    let inward = copy_metered(dest_read, hub_write, gate, rate, Direction::In);
+    let (bytes_out, bytes_in) = tokio::join!(outward, inward);
+    (bytes_in, bytes_out)
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
+async fn copy_metered<R, W>(mut from: R, mut to: W, gate: &EgressGate, rate: Option<u64>, direction: Direction) -> u64
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let record = |bytes: u64| match direction {
+        Direction::In => gate.record(Capability::Tunnel, bytes, 0),
+        Direction::Out => gate.record(Capability::Tunnel, 0, bytes),
+    };
+    let started = Instant::now();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let (mut total, mut unmetered) = (0u64, 0u64);
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+        total += n as u64;
+        unmetered += n as u64;
+        if unmetered >= METER_EVERY {
+            record(unmetered);
+            unmetered = 0;
+        }
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            // Never ahead of the person's rate: wait until the bytes so far are due.
+            let due = Duration::from_secs_f64(total as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    record(unmetered);
+    let _ = to.shutdown().await;
+    total
+}

@@ -1,0 +1,181 @@
+//! The hub's end of the agents' tunnels: the WebSocket each agent opens at
+//! [`edge_tunnel::TUNNEL_PATH`], the registry of open tunnels, and opening a stream through
+//! one of them to a destination the agent then judges.
+//!
+//! The agent decides what its end reaches (its egress gate, its person's consent, pause and
+//! caps); this side decides only who may use which agent (see `proxy`). A tunnel that stops
+//! answering its pings is dropped with every stream on it; the agent reconnects.
+
+pub mod proxy;
+
+use crate::api::ws_upgrade::{NotAnUpgrade, WsUpgrade};
+use crate::api::{bearer_token, AppState, Failure};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use edge_tunnel::mux::{MuxError, MuxStream, Opener};
+use edge_tunnel::open::{self, Answer, Open, Target};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{info, warn};
+
+/// How often the hub asks each tunnel for a ping, and how long an answer may take: a dead
+/// session is noticed within `PING_EVERY + PING_TIMEOUT` (25 s, inside the 40 s asked for).
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent may take to answer a stream's open header.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One agent's open tunnel.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    pub agent_id: String,
+    pub creator_id: String,
+    pub labels: Vec<String>,
+    opener: Opener,
+    /// Tells a replaced tunnel's entry from its successor's.
+    serial: u64,
+}
+
+/// The open tunnels of this hub, by agent.
+#[derive(Debug, Default)]
+pub struct Tunnels {
+    open: Mutex<HashMap<String, Tunnel>>,
+    serials: AtomicU64,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the agent has no open tunnel to this hub")]
+    NoTunnel,
+    #[error("the tunnel to the agent failed: {0}")]
+    Tunnel(#[from] MuxError),
+    #[error("the agent did not answer: {0}")]
+    Header(#[from] open::HeaderError),
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The agent refused: its code (`EGRESS_DENIED`, …) and sentence.
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+}
+
+impl Tunnels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tunnel>> {
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every open tunnel.
+    pub fn list(&self) -> Vec<Tunnel> {
+        let mut all: Vec<Tunnel> = self.lock().values().filter(|t| !t.opener.is_closed()).cloned().collect();
+        all.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        all
+    }
+
+    pub fn get(&self, agent_id: &str) -> Option<Tunnel> {
+        self.lock().get(agent_id).filter(|t| !t.opener.is_closed()).cloned()
+    }
+
+    fn insert(&self, mut tunnel: Tunnel) -> u64 {
+        tunnel.serial = self.serials.fetch_add(1, Ordering::Relaxed) + 1;
+        let serial = tunnel.serial;
+        // A newer tunnel of the same agent replaces the old one (a reconnect that beat the
+        // old session's death): the old one's streams end when its task ends.
+        self.lock().insert(tunnel.agent_id.clone(), tunnel);
+        serial
+    }
+
+    fn remove(&self, agent_id: &str, serial: u64) {
+        let mut open = self.lock();
+        if open.get(agent_id).is_some_and(|t| t.serial == serial) {
+            open.remove(agent_id);
+        }
+    }
+}
+
+impl Tunnel {
+    /// A stream to `target` through this agent, past its answer: the bytes written next go
+    /// to the destination, what it sends comes back.
+    pub async fn open(&self, target: Target) -> Result<MuxStream, OpenError> {
+        let mut stream = self.opener.open().await?;
+        let exchange = async {
+            open::write(&mut stream, &Open { v: edge_tunnel::OPEN_VERSION, target }).await?;
+            open::read::<_, Answer>(&mut stream).await
+        };
+        let answer =
+            tokio::time::timeout(ANSWER_TIMEOUT, exchange).await.map_err(|_| OpenError::Timeout(ANSWER_TIMEOUT))??;
+        if answer.ok {
+            Ok(stream)
+        } else {
+            Err(OpenError::Refused {
+                code: answer.code.unwrap_or_else(|| "REFUSED".to_owned()),
+                message: answer.message.unwrap_or_default(),
+            })
+        }
+    }
+}
+
+pub fn router(app: AppState) -> Router {
+    Router::new().route(edge_tunnel::TUNNEL_PATH, get(tunnel_ws)).with_state(app)
+}
+
+async fn tunnel_ws(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    upgrade: Result<WsUpgrade, NotAnUpgrade>,
+) -> Response {
+    let unauthorized = |why: String| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", why).into_response();
+    let Some(token) = bearer_token(&headers) else {
+        return unauthorized("send the agent's JWT as `Authorization: Bearer <token>`".to_owned());
+    };
+    let claims = match app.jwt.verify(token) {
+        Ok(claims) => claims,
+        Err(e) => return unauthorized(format!("agent token refused: {e}")),
+    };
+    let agent = match app.store.agent(&claims.agent_id).await {
+        Ok(Some(agent)) if agent.creator_id == claims.creator_id => agent,
+        Ok(_) => return unauthorized("the token names an agent this hub does not know".to_owned()),
+        Err(e) => return Failure::internal("cannot look up the agent", &e).into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(e) => return e.into_response(),
+    };
+    // Binary messages up to yamux's frame size plus its header, with room to spare.
+    let config = WebSocketConfig::default().max_message_size(Some(1 << 20)).max_frame_size(Some(1 << 20));
+    let sessions = app.sessions.clone();
+    let labels = agent.labels.clone();
+    upgrade.on_upgrade(config, &sessions, move |socket| async move {
+        let (opener, driver) = edge_tunnel::mux::client(edge_tunnel::ws::over_websocket(socket));
+        let tunnel =
+            Tunnel { agent_id: agent.id.clone(), creator_id: agent.creator_id.clone(), labels, opener, serial: 0 };
+        let serial = app.tunnels.insert(tunnel.clone());
+        info!(agent_id = %tunnel.agent_id, "tunnel open");
+        let stop = app.shutdown.clone();
+        tokio::select! {
+            ended = driver => if let Err(e) = ended { info!(agent_id = %tunnel.agent_id, error = %e, "tunnel ended") },
+            why = keep_alive(&tunnel) => warn!(agent_id = %tunnel.agent_id, why, "tunnel dropped"),
+            _ = stop.cancelled() => {}
+        }
+        app.tunnels.remove(&tunnel.agent_id, serial);
+        info!(agent_id = %tunnel.agent_id, "tunnel closed");
+    })
+}
+
+/// Pings the agent through a stream of its own every [`PING_EVERY`]; returns why it stopped
+/// answering.
+async fn keep_alive(tunnel: &Tunnel) -> String {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        match tokio::time::timeout(PING_TIMEOUT, tunnel.open(Target::Ping)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("ping failed: {e}"),
+            Err(_) => return format!("no ping answer within {PING_TIMEOUT:?}"),
+        }
+    }
+}
