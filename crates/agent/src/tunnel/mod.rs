@@ -45,6 +45,18 @@ pub struct TunnelContext {
 /// Keeps the tunnel up until `cancel`: connects when the person has granted `tunnel` and the
 /// agent is not paused, reconnects after every failure.
 pub(crate) async fn run(tokens: TokenCache, hub_url: HubUrl, context: TunnelContext, cancel: CancellationToken) {
+    let dial = move || {
+        let (tokens, hub_url) = (tokens.clone(), hub_url.clone());
+        Box::pin(async move { connect(&tokens, &hub_url).await }) as futures_util::future::BoxFuture<'static, _>
+    };
+    keep_up(dial, context, cancel).await
+}
+
+/// [`run`] with the connection made by `dial` (tests dial a local WebSocket).
+pub async fn keep_up<D>(dial: D, context: TunnelContext, cancel: CancellationToken)
+where
+    D: Fn() -> futures_util::future::BoxFuture<'static, Result<Socket, String>>,
+{
     let grants = Grants::new(&context.data_dir);
     let mut paused = context.paused.clone();
     let mut failures: u32 = 0;
@@ -61,7 +73,7 @@ pub(crate) async fn run(tokens: TokenCache, hub_url: HubUrl, context: TunnelCont
             continue;
         }
         let started = Instant::now();
-        match session(&tokens, &hub_url, &context, &grants, &cancel).await {
+        match session(dial(), &context, &grants, &cancel).await {
             Ok(why) => tracing::info!(reason = why, "tunnel closed"),
             Err(why) => tracing::warn!(reason = %why, "tunnel failed"),
         }
@@ -76,13 +88,12 @@ pub(crate) async fn run(tokens: TokenCache, hub_url: HubUrl, context: TunnelCont
 
 /// One tunnel session; `Ok(why)` when it ended for a reason of ours.
 async fn session(
-    tokens: &TokenCache,
-    hub_url: &HubUrl,
+    dial: futures_util::future::BoxFuture<'static, Result<Socket, String>>,
     context: &TunnelContext,
     grants: &Grants,
     cancel: &CancellationToken,
 ) -> Result<&'static str, String> {
-    let socket = connect(tokens, hub_url).await?;
+    let socket = dial.await?;
     tracing::info!("tunnel open");
     let streams = cancel.child_token();
     let last_ping = Arc::new(AtomicI64::new(now_secs()));
@@ -127,7 +138,8 @@ async fn session(
     outcome
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// The tunnel's WebSocket, as `tokio-tungstenite` connects it.
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(tokens: &TokenCache, hub_url: &HubUrl) -> Result<Socket, String> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -284,18 +296,39 @@ enum Direction {
     Out,
 }
 
+/// Bytes copied but not yet on the meter; recorded when dropped, so a stream cut by a pause
+/// or a dead session is still counted.
+struct Unmetered<'a> {
+    gate: &'a EgressGate,
+    direction: Direction,
+    bytes: u64,
+}
+
+impl Unmetered<'_> {
+    fn record(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        match self.direction {
+            Direction::In => self.gate.record(Capability::Tunnel, bytes, 0),
+            Direction::Out => self.gate.record(Capability::Tunnel, 0, bytes),
+        }
+    }
+}
+
+impl Drop for Unmetered<'_> {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
 async fn copy_metered<R, W>(mut from: R, mut to: W, gate: &EgressGate, rate: Option<u64>, direction: Direction) -> u64
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let record = |bytes: u64| match direction {
-        Direction::In => gate.record(Capability::Tunnel, bytes, 0),
-        Direction::Out => gate.record(Capability::Tunnel, 0, bytes),
-    };
     let started = Instant::now();
     let mut buffer = vec![0u8; 64 * 1024];
-    let (mut total, mut unmetered) = (0u64, 0u64);
+    let mut total = 0u64;
+    let mut unmetered = Unmetered { gate, direction, bytes: 0 };
     loop {
         let n = match from.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
@@ -305,10 +338,9 @@ where
             break;
         }
         total += n as u64;
-        unmetered += n as u64;
-        if unmetered >= METER_EVERY {
-            record(unmetered);
-            unmetered = 0;
+        unmetered.bytes += n as u64;
+        if unmetered.bytes >= METER_EVERY {
+            unmetered.record();
         }
         if let Some(rate) = rate.filter(|r| *r > 0) {
             // Never ahead of the person's rate: wait until the bytes so far are due.
@@ -318,7 +350,7 @@ where
             }
         }
     }
-    record(unmetered);
+    drop(unmetered);
     let _ = to.shutdown().await;
     total
 }
