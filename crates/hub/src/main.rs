@@ -72,6 +72,10 @@ struct ServeArgs {
     /// [-session-<token>]; password: an API key of this hub.
     #[arg(long, env = "EDGE_HUB_PROXY_LISTEN")]
     proxy_listen: Option<SocketAddr>,
+    /// Carry a hub port to a service an agent's person exposed: ADDR=AGENT/NAME (for
+    /// example 127.0.0.1:9000=agt_01/web); repeatable. Whoever reaches ADDR reaches it.
+    #[arg(long = "forward-listen", value_name = "ADDR=AGENT/NAME")]
+    forwards: Vec<edge_hub::tunnel::forward::Forward>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -302,6 +306,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         run_bytes_per_agent: args.run_bytes_per_agent,
         agent_limits: edge_protocol::HubLimits { jobs_per_hour: args.agent_jobs_per_hour },
         proxy_listen: args.proxy_listen,
+        forwards: args.forwards,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

@@ -30,6 +30,12 @@ pub const QUEUE_DEPTH: &str = "edge_hub_queue_depth";
 pub const OLDEST_PENDING_AGE: &str = "edge_hub_queue_oldest_pending_age_seconds";
 pub const DEAD_LETTER_DEPTH: &str = "edge_hub_dead_letter_depth";
 pub const DISPATCH_LATENCY: &str = "edge_hub_dispatch_latency_seconds";
+pub const TUNNELS_OPEN: &str = "edge_hub_tunnels_open";
+pub const TUNNEL_STREAMS_OPEN: &str = "edge_hub_tunnel_streams_open";
+pub const TUNNEL_STREAMS: &str = "edge_hub_tunnel_streams_total";
+pub const TUNNEL_REFUSALS: &str = "edge_hub_tunnel_refusals_total";
+pub const TUNNEL_BYTES: &str = "edge_hub_tunnel_bytes_total";
+pub const TUNNEL_SETUP: &str = "edge_hub_tunnel_stream_setup_seconds";
 
 /// Submit → assign. Fine below 10 ms (the dispatcher's own cost), coarse above (agents busy).
 const LATENCY_BUCKETS: &[f64] =
@@ -50,6 +56,7 @@ pub fn install() -> &'static HubMetrics {
     METRICS.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DISPATCH_LATENCY.to_owned()), LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TUNNEL_SETUP.to_owned()), LATENCY_BUCKETS))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
@@ -69,9 +76,12 @@ pub fn install() -> &'static HubMetrics {
             JOBS_REDRIVEN,
             STALE_RESULTS,
             HEARTBEATS,
+            TUNNEL_STREAMS,
         ] {
             counter!(name).increment(0);
         }
+        gauge!(TUNNELS_OPEN).set(0.0);
+        gauge!(TUNNEL_STREAMS_OPEN).set(0.0);
         HubMetrics { handle, seen_types: Mutex::new(BTreeSet::new()) }
     })
 }
@@ -91,6 +101,16 @@ fn describe() {
     describe_gauge!(OLDEST_PENDING_AGE, Unit::Seconds, "Age of the oldest pending job, by job type.");
     describe_gauge!(DEAD_LETTER_DEPTH, "Jobs in the dead-letter state, by job type.");
     describe_histogram!(DISPATCH_LATENCY, Unit::Seconds, "Time from submission to first assignment.");
+    describe_gauge!(TUNNELS_OPEN, "Agents' tunnels open to this instance.");
+    describe_gauge!(TUNNEL_STREAMS_OPEN, "Streams open through the tunnels of this instance.");
+    describe_counter!(TUNNEL_STREAMS, "Tunnel streams opened (the agent answered ok).");
+    describe_counter!(TUNNEL_REFUSALS, "Tunnel streams refused, by reason (the agent's code, NO_AGENT, PROXY_AUTH…).");
+    describe_counter!(
+        TUNNEL_BYTES,
+        Unit::Bytes,
+        "Bytes relayed through tunnel streams, by direction (to_agent, from_agent)."
+    );
+    describe_histogram!(TUNNEL_SETUP, Unit::Seconds, "Time to open a tunnel stream and get the agent's answer.");
 }
 
 impl HubMetrics {
@@ -181,6 +201,48 @@ pub fn jobs_redriven(count: u64) {
 
 pub fn stale_result() {
     counter!(STALE_RESULTS).increment(1);
+}
+
+pub fn tunnel_opened(open: bool) {
+    if open {
+        gauge!(TUNNELS_OPEN).increment(1.0);
+    } else {
+        gauge!(TUNNELS_OPEN).decrement(1.0);
+    }
+}
+
+/// A stream the agent accepted after `setup`.
+pub fn tunnel_stream_opened(setup: Duration) {
+    counter!(TUNNEL_STREAMS).increment(1);
+    gauge!(TUNNEL_STREAMS_OPEN).increment(1.0);
+    histogram!(TUNNEL_SETUP).record(setup.as_secs_f64());
+}
+
+/// A stream ended after carrying these bytes.
+pub fn tunnel_stream_closed(to_agent: u64, from_agent: u64) {
+    gauge!(TUNNEL_STREAMS_OPEN).decrement(1.0);
+    counter!(TUNNEL_BYTES, "direction" => "to_agent").increment(to_agent);
+    counter!(TUNNEL_BYTES, "direction" => "from_agent").increment(from_agent);
+}
+
+/// `reason` is a code from a fixed set (the agent's refusal codes, the proxy's own).
+pub fn tunnel_refused(reason: &str) {
+    // An agent could answer any code: only known ones become a label value.
+    const KNOWN: &[&str] = &[
+        "EGRESS_DENIED",
+        "EGRESS_CAP",
+        "CAPABILITY_NOT_GRANTED",
+        "PAUSED",
+        "NETWORK",
+        "NOT_EXPOSED",
+        "BAD_PAYLOAD",
+        "NO_AGENT",
+        "PROXY_AUTH",
+        "BAD_REQUEST",
+        "TIMEOUT",
+    ];
+    let reason = KNOWN.iter().find(|k| **k == reason).copied().unwrap_or("OTHER");
+    counter!(TUNNEL_REFUSALS, "reason" => reason).increment(1);
 }
 
 pub fn heartbeat() {

@@ -62,6 +62,8 @@ pub struct HubConfig {
     /// The proxy port (HTTP CONNECT, forward proxy, SOCKS5) into the agents' tunnels;
     /// `None`: no proxy port.
     pub proxy_listen: Option<SocketAddr>,
+    /// Hub ports carried to services agents exposed (`ADDR=AGENT/NAME`).
+    pub forwards: Vec<crate::tunnel::forward::Forward>,
 }
 
 impl HubConfig {
@@ -81,6 +83,7 @@ impl HubConfig {
             rate_limits: api::rate_limit::RateLimits::default(),
             agent_limits: edge_protocol::HubLimits::default(),
             proxy_listen: None,
+            forwards: Vec::new(),
         }
     }
 }
@@ -235,6 +238,12 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         }
         None => None,
     };
+    for forward in &config.forwards {
+        let addr = forward.listen;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
+        info!(%addr, agent_id = %forward.agent_id, service = %forward.service, "forwarding to an exposed service");
+        tokio::spawn(crate::tunnel::forward::serve(listener, forward.clone(), app.clone(), background_stop.clone()));
+    }
     let router = api::router(app.clone())
         .merge(crate::tunnel::router(app.clone()))
         .merge(crate::bundles::router(app, bundle_service));

@@ -205,6 +205,13 @@ impl Hub {
         self.spawn(&addr)
     }
 
+    /// [`Hub::restart`] with other `serve` options (for options that name what exists only
+    /// after the first start, such as an agent's id).
+    pub fn restart_with(&mut self, extra_args: &[&str]) -> Result<()> {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.restart()
+    }
+
     /// Clean shutdown (SIGTERM); returns whether it exited within 10 s.
     pub fn shutdown(&mut self) -> bool {
         match self.child.take() {

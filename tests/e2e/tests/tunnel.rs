@@ -116,3 +116,77 @@ fn curl_exits_through_the_agent_by_connect_forward_proxy_and_socks5() -> Result<
         .context("the tunnel stayed open after the grant was revoked")?;
     Ok(())
 }
+
+/// The rathole model: a hub port carried to a service the agent's person exposed by name;
+/// a name the person did not expose is refused, and the exposed service's own address is
+/// not reachable through the proxy (loopback stays refused). Killing the agent mid-download
+/// ends the client's connection at once; the restarted agent serves the next request.
+#[test]
+fn an_exposed_service_is_reachable_through_its_hub_port_and_nothing_else_on_loopback() -> Result<()> {
+    let bins = Binaries::locate()?;
+    let dir = scratch_dir("e2e-tunnel-expose")?;
+    let site = Site::start()?;
+    let mut hub = Hub::start(&bins, &dir.path().join("hub"), &[], &[])?;
+    let key = hub.api_key()?;
+    let mut agent =
+        Agent::new(&bins, &format!("e2e-tunnel-x-{}", std::process::id()), "auto", &dir.path().join("agent"));
+    agent.login(&hub.url, &hub.enroll_token("creator-expose")?)?;
+    agent.grant(&["tunnel"])?;
+    let exposed = site.base_url.trim_start_matches("http://").to_owned();
+    let (ok, out) = agent.oneshot(&["expose", "web", &exposed])?;
+    assert!(ok, "{out}");
+    let (ok, list) = agent.oneshot(&["expose"])?;
+    assert!(ok && list.contains("web") && list.contains(&exposed), "{list}");
+
+    // The hub's ports name the agent, known now.
+    let (proxy, web, ssh) = (free_port()?, free_port()?, free_port()?);
+    let id = agent.agent_id().to_owned();
+    hub.restart_with(&[
+        "--proxy-listen",
+        &format!("127.0.0.1:{proxy}"),
+        "--forward-listen",
+        &format!("127.0.0.1:{web}={id}/web"),
+        "--forward-listen",
+        &format!("127.0.0.1:{ssh}={id}/ssh"),
+    ])?;
+    agent.run_with_env(&["--hb-interval-secs", "1"], &[])?;
+    hub.wait_agent_online(&key, &id, TIMEOUT)?;
+    let through_hub = format!("http://127.0.0.1:{web}/hello");
+    wait_until(TIMEOUT, || Ok(curl(&[&through_hub])?.0 == 200))
+        .with_context(|| format!("the exposed service never answered; agent log:\n{}", agent.run_log()))?;
+    let (_, _, body) = curl(&[&through_hub])?;
+    assert_eq!(body, edge_e2e::site::HELLO_BODY);
+
+    // Not exposed: refused by the agent, the connection closed without an answer.
+    let (status, _, _) = curl(&[&format!("http://127.0.0.1:{ssh}/hello")])?;
+    assert_eq!(status, 0, "a name the person did not expose");
+    // The exposed service by its address through the proxy: loopback, refused.
+    let hits = site.total_hits();
+    let (status, refusal, _) =
+        curl(&["-x", &format!("http://agent-{id}:{key}@127.0.0.1:{proxy}"), &site.url("/hello")])?;
+    assert_eq!((status, refusal.as_str()), (403, "EGRESS_DENIED"));
+    assert_eq!(site.total_hits(), hits, "only the exposure reaches the service");
+    assert!(hub.metric(&key, "edge_hub_tunnel_streams_total")? >= 2.0);
+
+    // Kill the agent in the middle of a slow answer: the client's connection ends at once.
+    let slow = format!("http://127.0.0.1:{web}/slow");
+    let client = std::thread::spawn(move || {
+        let answer = curl(&[&slow]);
+        (answer, std::time::Instant::now())
+    });
+    wait_until(Duration::from_secs(10), || Ok(site.hits("/slow") > 0))?;
+    agent.kill();
+    let killed = std::time::Instant::now();
+    let (answer, ended) = client.join().map_err(|_| anyhow::anyhow!("the curl thread panicked"))?;
+    let (status, _, _) = answer?;
+    assert_ne!(status, 200, "the slow answer cannot have arrived");
+    // The hub sees the tunnel's connection close and ends its streams (the issue asks for
+    // 1 s; the bound has slack for a loaded CI machine, the site answers only after 5 s).
+    let waited = ended.duration_since(killed);
+    assert!(waited < Duration::from_secs(3), "the client waited {waited:?} after the kill");
+
+    // The agent comes back: the next request works.
+    agent.run_with_env(&["--hb-interval-secs", "1"], &[])?;
+    wait_until(TIMEOUT, || Ok(curl(&[&through_hub])?.0 == 200)).context("the restarted agent's tunnel")?;
+    Ok(())
+}

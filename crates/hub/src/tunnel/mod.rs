@@ -6,6 +6,7 @@
 //! caps); this side decides only who may use which agent (see `proxy`). A tunnel that stops
 //! answering its pings is dropped with every stream on it; the agent reconnects.
 
+pub mod forward;
 pub mod proxy;
 
 use crate::api::ws_upgrade::{NotAnUpgrade, WsUpgrade};
@@ -102,6 +103,18 @@ impl Tunnel {
     /// A stream to `target` through this agent, past its answer: the bytes written next go
     /// to the destination, what it sends comes back.
     pub async fn open(&self, target: Target) -> Result<MuxStream, OpenError> {
+        let started = std::time::Instant::now();
+        let opened = self.open_unmeasured(target).await;
+        match &opened {
+            Ok(_) => crate::metrics::tunnel_stream_opened(started.elapsed()),
+            Err(OpenError::Refused { code, .. }) => crate::metrics::tunnel_refused(code),
+            Err(OpenError::Timeout(_)) => crate::metrics::tunnel_refused("TIMEOUT"),
+            Err(_) => crate::metrics::tunnel_refused("NETWORK"),
+        }
+        opened
+    }
+
+    async fn open_unmeasured(&self, target: Target) -> Result<MuxStream, OpenError> {
         let mut stream = self.opener.open().await?;
         let exchange = async {
             open::write(&mut stream, &Open { v: edge_tunnel::OPEN_VERSION, target }).await?;
@@ -156,6 +169,7 @@ async fn tunnel_ws(
             Tunnel { agent_id: agent.id.clone(), creator_id: agent.creator_id.clone(), labels, opener, serial: 0 };
         let serial = app.tunnels.insert(tunnel.clone());
         info!(agent_id = %tunnel.agent_id, "tunnel open");
+        crate::metrics::tunnel_opened(true);
         let stop = app.shutdown.clone();
         tokio::select! {
             ended = driver => if let Err(e) = ended { info!(agent_id = %tunnel.agent_id, error = %e, "tunnel ended") },
@@ -163,8 +177,24 @@ async fn tunnel_ws(
             _ = stop.cancelled() => {}
         }
         app.tunnels.remove(&tunnel.agent_id, serial);
+        crate::metrics::tunnel_opened(false);
         info!(agent_id = %tunnel.agent_id, "tunnel closed");
     })
+}
+
+/// Relays a client's connection and an open tunnel stream until both directions end, with
+/// `already` (bytes the client sent past its request) first; counts the bytes.
+pub async fn relay<S>(client: &mut tokio::net::TcpStream, mut stream: S, already: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    if !already.is_empty() && stream.write_all(already).await.is_err() {
+        crate::metrics::tunnel_stream_closed(0, 0);
+        return;
+    }
+    let (to_agent, from_agent) = tokio::io::copy_bidirectional(client, &mut stream).await.unwrap_or((0, 0));
+    crate::metrics::tunnel_stream_closed(to_agent + already.len() as u64, from_agent);
 }
 
 /// Pings the agent through a stream of its own every [`PING_EVERY`]; returns why it stopped

@@ -13,13 +13,13 @@
 //! second request on a plain-HTTP connection (each is its own destination: it forces
 //! `Connection: close`).
 
-use super::{OpenError, Tunnel};
+use super::{relay, OpenError, Tunnel};
 use crate::api::{AppState, Caller};
 use base64::Engine as _;
 use edge_tunnel::open::Target;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -176,16 +176,15 @@ async fn exit(app: &AppState, user: &str, password: &str, turn: &AtomicUsize) ->
     Ok(candidates.swap_remove(index))
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+/// The agent's own refusals are counted where the stream was opened; the proxy's here.
+fn note_refusal(refusal: &Refusal) {
+    if !matches!(refusal, Refusal::Agent { .. } | Refusal::Failed(_)) {
+        crate::metrics::tunnel_refused(refusal.code());
+    }
 }
 
-/// Relays until either side ends, then closes both.
-async fn relay<S: AsyncRead + AsyncWrite + Unpin>(client: &mut TcpStream, mut stream: S, already: &[u8]) {
-    if !already.is_empty() && stream.write_all(already).await.is_err() {
-        return;
-    }
-    let _ = tokio::io::copy_bidirectional(client, &mut stream).await;
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 // ---- HTTP: CONNECT and absolute-form forward proxying ----
@@ -210,6 +209,7 @@ async fn http(mut client: TcpStream, app: &AppState, turn: &AtomicUsize) {
             }
         }
         Err(refusal) => {
+            note_refusal(&refusal);
             info!(code = refusal.code(), reason = %refusal.message(), "proxy request refused");
             answer_http(&mut client, &refusal).await;
         }
@@ -353,6 +353,7 @@ async fn socks5(mut client: TcpStream, app: &AppState, turn: &AtomicUsize) {
             }
         }
         Ok(Err(Some(refusal))) => {
+            note_refusal(&refusal);
             info!(code = refusal.code(), reason = %refusal.message(), "proxy request refused (SOCKS5)");
             let _ = client.write_all(&[5, refusal.socks_reply(), 0, 1, 0, 0, 0, 0, 0, 0]).await;
         }
