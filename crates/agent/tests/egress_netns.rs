@@ -10,10 +10,13 @@
 //! The resolver here is the gate's `Lookup` asking the test's DNS server over real UDP; the
 //! system resolver path (`getaddrinfo`) is the same one call per connection.
 
+mod support;
+
 use edge_agent::egress::proxy::GateProxy;
 use edge_agent::egress::{EgressGate, Lookup, Policy};
 use edge_agent::runners::http_request;
 use edge_protocol::ErrorCode;
+use edge_tunnel::open::Target;
 use futures_util::future::BoxFuture;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -21,6 +24,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use support::tunnel_hub::open_to;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
@@ -201,5 +206,32 @@ async fn the_lan_host_is_refused_by_every_path_and_the_internet_host_is_reached(
     assert_eq!(page.status(), 403, "the browser's redirect to the LAN is refused at the proxy");
     let page = browser.get("http://rebind.test/hello").send().await.unwrap();
     assert_eq!(page.status(), 403, "the name still answers the LAN host");
+
+    // The tunnel's path: streams the hub opens through the agent, with a fresh rebinding name.
+    let (dns, queries) = dns_server(vec![INTERNET.parse().unwrap(), LAN.parse().unwrap()]);
+    let gate = EgressGate::with_lookup(Policy::default(), None, None, Arc::new(UdpDns(dns)));
+    let data = tempfile::tempdir().unwrap();
+    edge_agent::consent::Consent::new(data.path()).grant(&edge_agent::consent::Capability::Tunnel).unwrap();
+    let (hub, mut tunnels) = support::tunnel_hub::fake_tunnel_hub().await;
+    let (_paused, paused) = tokio::sync::watch::channel(false);
+    let context = edge_agent::tunnel::TunnelContext { gate, data_dir: data.path().to_path_buf(), paused };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(edge_agent::tunnel::keep_up(support::tunnel_hub::dial(hub), context, cancel.clone()));
+    let opener = tokio::time::timeout(Duration::from_secs(20), tunnels.recv()).await.unwrap().unwrap();
+    let through = |host: &str| Target::Connect { host: host.to_owned(), port: 80 };
+    let mut stream = open_to(&opener, through(INTERNET)).await.expect("the internet host through the tunnel");
+    stream.write_all(b"GET /hello HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await.unwrap();
+    assert!(page.ends_with("internet"), "{page}");
+    let refused = open_to(&opener, through(LAN)).await.unwrap_err();
+    assert_eq!(refused.code.as_deref(), Some("EGRESS_DENIED"), "{refused:?}");
+    assert!(refused.message.unwrap_or_default().contains("10.199.77.2:80"));
+    let first = open_to(&opener, through("rebind.test")).await;
+    assert!(first.is_ok(), "the name's first answer is the internet host: {:?}", first.err());
+    let second = open_to(&opener, through("rebind.test")).await.unwrap_err();
+    assert_eq!(second.code.as_deref(), Some("EGRESS_DENIED"), "the rebound name is refused: {second:?}");
+    assert_eq!(queries.load(Ordering::SeqCst), 2, "one lookup per stream");
+    cancel.cancel();
     drop((internet, lan));
 }

@@ -7,12 +7,15 @@
 use edge_agent::consent::{Capability, Consent};
 use edge_agent::egress::{EgressGate, Policy};
 use edge_agent::local_settings::LocalSettings;
-use edge_agent::tunnel::{keep_up, Socket, TunnelContext};
+mod support;
+
+use edge_agent::tunnel::{keep_up, TunnelContext};
 use edge_tunnel::mux::{MuxStream, Opener};
-use edge_tunnel::open::{self, Answer, Open, Target};
+use edge_tunnel::open::Target;
 use std::time::{Duration, Instant};
+use support::tunnel_hub::{dial, fake_tunnel_hub, open_to};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -29,36 +32,6 @@ async fn echo_service() -> std::net::SocketAddr {
         }
     });
     address
-}
-
-/// The hub's side: every tunnel the agent opens arrives on the channel as an `Opener`.
-async fn fake_hub() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Opener>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else { return };
-                let (opener, driver) = edge_tunnel::mux::client(edge_tunnel::ws::over_websocket(ws));
-                let _ = tx.send(opener);
-                let _ = driver.await;
-            });
-        }
-    });
-    (address, rx)
-}
-
-async fn open_to(opener: &Opener, target: Target) -> Result<MuxStream, Answer> {
-    let mut stream = opener.open().await.map_err(|e| Answer::refused("CLOSED", e.to_string()))?;
-    open::write(&mut stream, &Open { v: 1, target }).await.unwrap();
-    let answer: Answer = open::read(&mut stream).await.map_err(|e| Answer::refused("CLOSED", e.to_string()))?;
-    if answer.ok {
-        Ok(stream)
-    } else {
-        Err(answer)
-    }
 }
 
 async fn round_trip(stream: &mut MuxStream, bytes: &[u8]) -> Vec<u8> {
@@ -88,21 +61,11 @@ async fn world(caps: impl FnOnce(&mut LocalSettings), daily_cap: Option<u64>) ->
     settings.save(&data_dir).unwrap();
     Consent::new(&data_dir).grant(&Capability::Tunnel).unwrap();
     let gate = EgressGate::new(Policy::default(), Some(&data_dir), daily_cap);
-    let (hub, tunnels) = fake_hub().await;
+    let (hub, tunnels) = fake_tunnel_hub().await;
     let (paused, paused_rx) = watch::channel(false);
     let cancel = CancellationToken::new();
-    let dial = move || {
-        Box::pin(async move {
-            let tcp = TcpStream::connect(hub).await.map_err(|e| e.to_string())?;
-            let url = format!("ws://{hub}{}", edge_tunnel::TUNNEL_PATH);
-            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-                .await
-                .map(|(ws, _)| ws)
-                .map_err(|e| e.to_string())
-        }) as futures_util::future::BoxFuture<'static, Result<Socket, String>>
-    };
     let context = TunnelContext { gate: gate.clone(), data_dir: data_dir.clone(), paused: paused_rx };
-    tokio::spawn(keep_up(dial, context, cancel.clone()));
+    tokio::spawn(keep_up(dial(hub), context, cancel.clone()));
     World { _dir: dir, data_dir, echo, gate, tunnels, paused, cancel }
 }
 

@@ -3,6 +3,8 @@
 //! few plain HTTP targets for `http_request` jobs.
 #![allow(dead_code)]
 
+pub mod tunnel_hub;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
