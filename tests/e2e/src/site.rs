@@ -17,7 +17,8 @@ pub struct Site {
 
 impl Site {
     /// Serves until the process exits. Routes: `GET /hello`, `POST /echo` (answers the request
-    /// body), `GET /redirect` (302 to /hello), `GET /slow` (answers after 5 s), `GET /status/N`.
+    /// body), `GET /redirect` (302 to /hello), `GET /slow` (answers after 5 s), `GET /status/N`,
+    /// `GET /bytes/N` (N bytes of [`pattern_byte`], streamed).
     pub fn start() -> std::io::Result<Site> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -86,6 +87,26 @@ fn serve(stream: TcpStream, hits: &Mutex<HashMap<String, u32>>) -> std::io::Resu
             thread::sleep(Duration::from_secs(5));
             ("200 OK", vec![], b"slow".to_vec())
         }
+        ("GET", p) if p.starts_with("/bytes/") => {
+            // Streamed, never held whole: tunnel tests fetch 100 MB through it.
+            let Ok(length) = p.trim_start_matches("/bytes/").parse::<u64>() else {
+                return respond(stream, "400 Bad Request", &[], b"/bytes/N");
+            };
+            let mut stream = stream;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n");
+            stream.write_all(head.as_bytes())?;
+            let mut sent = 0u64;
+            let mut chunk = vec![0u8; 64 * 1024];
+            while sent < length {
+                let n = chunk.len().min((length - sent) as usize);
+                for (i, byte) in chunk[..n].iter_mut().enumerate() {
+                    *byte = pattern_byte(sent + i as u64);
+                }
+                stream.write_all(&chunk[..n])?;
+                sent += n as u64;
+            }
+            return stream.flush();
+        }
         ("GET", p) if p.starts_with("/status/") => {
             let code = p.trim_start_matches("/status/");
             let line = format!("{code} Status");
@@ -94,6 +115,12 @@ fn serve(stream: TcpStream, hits: &Mutex<HashMap<String, u32>>) -> std::io::Resu
         _ => ("404 Not Found", vec![], b"not found".to_vec()),
     };
     respond(stream, status, &headers, &payload)
+}
+
+/// Byte `offset` of every `/bytes/N` answer (a pattern that does not repeat on a power of
+/// two, so a misplaced chunk shows).
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset.wrapping_mul(2_654_435_761) >> 13) as u8
 }
 
 fn respond(mut stream: TcpStream, status: &str, headers: &[(String, String)], body: &[u8]) -> std::io::Result<()> {

@@ -2,7 +2,8 @@
 //! its proxy port, a real `edge-agent run` whose person granted the tunnel, and `curl`
 //! through HTTP CONNECT, the plain forward proxy and SOCKS5 to a local site the person
 //! allowed. Proves: nothing exits before the grant (the proxy answers NO_AGENT); the body
-//! arrives byte-exact by all three ways; an address the person did not allow is refused by
+//! arrives byte-exact by all three ways, and at volume (100 MB on one stream, 200 streams at
+//! once through CONNECT); an address the person did not allow is refused by
 //! the agent's egress gate (403 `EGRESS_DENIED`, the site sees nothing); a creator key cannot
 //! exit through another creator's agent; revoking the grant closes the tunnel.
 
@@ -45,6 +46,62 @@ fn curl(args: &[&str]) -> Result<(u16, String, String)> {
     Ok((status, refusal, body))
 }
 
+/// A raw CONNECT through the hub's proxy port, as any client library makes one.
+fn connect_through(proxy: &str, user: &str, key: &str, target: &str) -> Result<std::net::TcpStream> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(proxy)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+    write!(stream, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n")?;
+    let head = read_head(&mut stream)?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("CONNECT {target} was answered {head:?}");
+    }
+    Ok(stream)
+}
+
+fn read_head(stream: &mut std::net::TcpStream) -> Result<String> {
+    use std::io::Read as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            bail!("the connection ended in the head: {:?}", String::from_utf8_lossy(&head));
+        }
+        head.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// `GET /bytes/N` on an open stream; every byte checked against the site's pattern.
+fn get_bytes(stream: &mut std::net::TcpStream, host: &str, length: u64) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    write!(stream, "GET /bytes/{length} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    let head = read_head(stream)?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET /bytes/{length} was answered {head:?}");
+    }
+    let mut offset = 0u64;
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = stream.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        for (i, byte) in buffer[..n].iter().enumerate() {
+            if *byte != edge_e2e::site::pattern_byte(offset + i as u64) {
+                bail!("byte {} differs", offset + i as u64);
+            }
+        }
+        offset += n as u64;
+    }
+    if offset != length {
+        bail!("{offset} bytes arrived of {length}");
+    }
+    Ok(())
+}
+
 #[test]
 fn curl_exits_through_the_agent_by_connect_forward_proxy_and_socks5() -> Result<()> {
     let bins = Binaries::locate()?;
@@ -84,6 +141,23 @@ fn curl_exits_through_the_agent_by_connect_forward_proxy_and_socks5() -> Result<
     let socks = format!("socks5h://{user}:{key}@{proxy}");
     let (status, _, body) = curl(&["-x", &socks, &hello])?;
     assert_eq!((status, body.as_str()), (200, expected.as_str()), "SOCKS5");
+
+    // Byte-exact at volume: 100 MB on one stream, then 200 streams at once.
+    let target = site.base_url.trim_start_matches("http://").to_owned();
+    let mut stream = connect_through(&proxy, &user, &key, &target)?;
+    get_bytes(&mut stream, &target, 100 * 1024 * 1024).context("100 MB through CONNECT")?;
+    let streams: Vec<_> = (0..200)
+        .map(|i| {
+            let (proxy, user, key, target) = (proxy.clone(), user.clone(), key.clone(), target.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let mut stream = connect_through(&proxy, &user, &key, &target)?;
+                get_bytes(&mut stream, &target, 64 * 1024 + i).with_context(|| format!("stream {i}"))
+            })
+        })
+        .collect();
+    for stream in streams {
+        stream.join().map_err(|_| anyhow::anyhow!("a stream thread panicked"))??;
+    }
 
     // The agent's egress gate decides: a loopback port the person did not allow is refused.
     let before = unallowed.total_hits();
