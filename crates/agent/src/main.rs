@@ -717,6 +717,7 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
             // agent last wrote it, which can lag behind a login made from another process.
             "browser": browser,
             "egress": egress,
+            "exposed": edge_agent::local_settings::LocalSettings::load(&data_dir).map(|s| s.exposed).unwrap_or_default(),
             "state": state,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -746,6 +747,10 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
         }
         print_browser(&browser);
         print_egress(&egress);
+        let exposed = edge_agent::local_settings::LocalSettings::load(&data_dir).map(|s| s.exposed).unwrap_or_default();
+        for (name, address) in &exposed {
+            println!("exposed:     {name} -> {address} (through the tunnel)");
+        }
     }
     Ok(if login.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ERROR) })
 }
@@ -820,6 +825,8 @@ fn print_state(file: &StateFile, alive: bool) {
         );
         println!("paused:      {}", if s.paused { "yes" } else { "no" });
         println!("busy:        {} job(s)", s.busy);
+        let streams = if s.tunnel.streams > 0 { format!(", {} stream(s)", s.tunnel.streams) } else { String::new() };
+        println!("tunnel:      {}{streams}", if s.tunnel.state.is_empty() { "off" } else { &s.tunnel.state });
     } else {
         println!("agent:       not running (last seen pid {} at {})", file.pid, file.updated_at);
     }

@@ -185,6 +185,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             gate: egress.clone(),
             data_dir: data_dir.clone(),
             paused: inner.paused.subscribe(),
+            state: Some(state.clone()),
         },
         cancel.child_token(),
     ));

@@ -49,6 +49,7 @@ struct World {
     tunnels: mpsc::UnboundedReceiver<Opener>,
     paused: watch::Sender<bool>,
     cancel: CancellationToken,
+    state: edge_agent::state::StateHandle,
 }
 
 async fn world(caps: impl FnOnce(&mut LocalSettings), daily_cap: Option<u64>) -> World {
@@ -64,9 +65,11 @@ async fn world(caps: impl FnOnce(&mut LocalSettings), daily_cap: Option<u64>) ->
     let (hub, tunnels) = fake_tunnel_hub().await;
     let (paused, paused_rx) = watch::channel(false);
     let cancel = CancellationToken::new();
-    let context = TunnelContext { gate: gate.clone(), data_dir: data_dir.clone(), paused: paused_rx };
+    let state = edge_agent::state::StateHandle::new(data_dir.clone());
+    let context =
+        TunnelContext { gate: gate.clone(), data_dir: data_dir.clone(), paused: paused_rx, state: Some(state.clone()) };
     tokio::spawn(keep_up(dial(hub), context, cancel.clone()));
-    World { _dir: dir, data_dir, echo, gate, tunnels, paused, cancel }
+    World { _dir: dir, data_dir, echo, gate, tunnels, paused, cancel, state }
 }
 
 async fn next_tunnel(world: &mut World) -> Opener {
@@ -80,6 +83,8 @@ async fn exposed_services_only_pause_ends_every_stream_and_resume_reconnects() {
 
     let mut stream = open_to(&opener, Target::Service { name: "echo".into() }).await.expect("the exposed service");
     assert_eq!(round_trip(&mut stream, b"hello through the tunnel").await, b"hello through the tunnel");
+    let shown = world.state.snapshot().tunnel;
+    assert_eq!((shown.state.as_str(), shown.streams), ("open", 1), "what the tray and status show");
     // The same service by its address is loopback: refused by the egress gate.
     let by_address = Target::Connect { host: world.echo.ip().to_string(), port: world.echo.port() };
     let refused = open_to(&opener, by_address).await.unwrap_err();
@@ -101,6 +106,8 @@ async fn exposed_services_only_pause_ends_every_stream_and_resume_reconnects() {
         tokio::time::timeout(Duration::from_secs(2), world.tunnels.recv()).await.is_err(),
         "no tunnel while paused"
     );
+    let shown = world.state.snapshot().tunnel;
+    assert_eq!((shown.state.as_str(), shown.streams), ("off", 0), "paused");
 
     // Resume: a new tunnel, and it works.
     world.paused.send(false).unwrap();

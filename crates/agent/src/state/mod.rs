@@ -73,6 +73,19 @@ pub struct AgentSnapshot {
     /// `None` until the runtime started (first browser job or login).
     #[serde(default)]
     pub browser: Option<edge_browser::BrowserStatus>,
+    /// The tunnel: whether it is up and how many streams it carries.
+    #[serde(default)]
+    pub tunnel: TunnelSnapshot,
+}
+
+/// Where the tunnel stands (docs/tunnel.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelSnapshot {
+    /// `off` (not granted, or paused), `connecting`, `open`.
+    pub state: String,
+    /// Streams open right now.
+    pub streams: u32,
 }
 
 impl AgentSnapshot {
@@ -90,6 +103,7 @@ impl AgentSnapshot {
             recent_jobs: Vec::new(),
             root_fingerprint: None,
             browser: None,
+            tunnel: TunnelSnapshot { state: "off".to_owned(), streams: 0 },
         }
     }
 }

@@ -40,6 +40,32 @@ pub struct TunnelContext {
     pub gate: EgressGate,
     pub data_dir: PathBuf,
     pub paused: watch::Receiver<bool>,
+    /// Where the tunnel's state is reported (tray, `edge-agent status`).
+    pub state: Option<crate::state::StateHandle>,
+}
+
+impl TunnelContext {
+    fn report(&self, change: impl FnOnce(&mut crate::state::TunnelSnapshot)) {
+        if let Some(state) = &self.state {
+            state.update(|snapshot| change(&mut snapshot.tunnel));
+        }
+    }
+}
+
+/// Counts a stream in the snapshot while it lives.
+struct OpenStream<'a>(&'a TunnelContext);
+
+impl<'a> OpenStream<'a> {
+    fn new(context: &'a TunnelContext) -> OpenStream<'a> {
+        context.report(|t| t.streams += 1);
+        OpenStream(context)
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.report(|t| t.streams = t.streams.saturating_sub(1));
+    }
 }
 
 /// Keeps the tunnel up until `cancel`: connects when the person has granted `tunnel` and the
@@ -65,6 +91,7 @@ where
             return;
         }
         if *paused.borrow() || !grants.is_granted(&Consent::Tunnel) {
+            context.report(|t| *t = crate::state::TunnelSnapshot { state: "off".to_owned(), streams: 0 });
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = paused.changed() => {}
@@ -73,6 +100,7 @@ where
             continue;
         }
         let started = Instant::now();
+        context.report(|t| t.state = "connecting".to_owned());
         match session(dial(), &context, &grants, &cancel).await {
             Ok(why) => tracing::info!(reason = why, "tunnel closed"),
             Err(why) => tracing::warn!(reason = %why, "tunnel failed"),
@@ -95,6 +123,7 @@ async fn session(
 ) -> Result<&'static str, String> {
     let socket = dial.await?;
     tracing::info!("tunnel open");
+    context.report(|t| t.state = "open".to_owned());
     let streams = cancel.child_token();
     let last_ping = Arc::new(AtomicI64::new(now_secs()));
     let serving = edge_tunnel::mux::serve(edge_tunnel::ws::over_websocket(socket), {
@@ -135,6 +164,7 @@ async fn session(
     };
     // Ends every stream of this session now, on both sides (the connection is dropped too).
     streams.cancel();
+    context.report(|t| t.state = "connecting".to_owned());
     outcome
 }
 
@@ -209,6 +239,7 @@ async fn handle(mut stream: MuxStream, context: &TunnelContext, last_ping: &Atom
         return;
     }
     tracing::info!(target = %opened.target, "tunnel stream open");
+    let _counted = OpenStream::new(context);
     let rate = LocalSettings::load(&context.data_dir).ok().and_then(|s| s.caps.tunnel_bytes_per_second);
     let (bytes_in, bytes_out) = relay(stream, destination, &context.gate, rate).await;
     tracing::info!(target = %opened.target, bytes_in, bytes_out, "tunnel stream closed");
