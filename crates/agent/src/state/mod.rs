@@ -113,8 +113,9 @@ impl AgentSnapshot {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum AgentEvent {
+    /// Boxed: the snapshot is far larger than every other event.
     StateChanged {
-        snapshot: AgentSnapshot,
+        snapshot: Box<AgentSnapshot>,
     },
     Connected {
         hub_url: String,
@@ -229,7 +230,7 @@ impl StateHandle {
         });
         let Some(snapshot) = snapshot else { return };
         self.persist(&snapshot, true);
-        self.emit(AgentEvent::StateChanged { snapshot });
+        self.emit(AgentEvent::StateChanged { snapshot: Box::new(snapshot) });
     }
 
     /// Writes the current snapshot with `running` (false once the agent stopped).
