@@ -62,6 +62,11 @@ impl HubUrl {
         format!("{scheme}://{rest}{path}")
     }
 
+    /// The host, without brackets for IPv6 (what TLS checks the certificate against).
+    pub fn host(&self) -> &str {
+        self.0.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']')
+    }
+
     pub fn is_tls(&self) -> bool {
         self.0.scheme() == "https"
     }

@@ -76,6 +76,13 @@ struct ServeArgs {
     /// example 127.0.0.1:9000=agt_01/web); repeatable. Whoever reaches ADDR reaches it.
     #[arg(long = "forward-listen", value_name = "ADDR=AGENT/NAME")]
     forwards: Vec<edge_hub::tunnel::forward::Forward>,
+    /// Serve the tunnel's raw fast path here (TCP, with TLS when --tls-cert is given); agents
+    /// use it instead of the WebSocket when they can reach it.
+    #[arg(long, env = "EDGE_HUB_TUNNEL_LISTEN")]
+    tunnel_listen: Option<SocketAddr>,
+    /// The host:port agents dial for the raw path [default: --tunnel-listen].
+    #[arg(long, env = "EDGE_HUB_TUNNEL_ADVERTISE", requires = "tunnel_listen")]
+    tunnel_advertise: Option<String>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -307,6 +314,8 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         agent_limits: edge_protocol::HubLimits { jobs_per_hour: args.agent_jobs_per_hour },
         proxy_listen: args.proxy_listen,
         forwards: args.forwards,
+        tunnel_listen: args.tunnel_listen,
+        tunnel_advertise: args.tunnel_advertise,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

@@ -64,6 +64,11 @@ pub struct HubConfig {
     pub proxy_listen: Option<SocketAddr>,
     /// Hub ports carried to services agents exposed (`ADDR=AGENT/NAME`).
     pub forwards: Vec<crate::tunnel::forward::Forward>,
+    /// The tunnel's raw fast path (TCP, TLS when `tls` is set); `None`: WebSocket only.
+    pub tunnel_listen: Option<SocketAddr>,
+    /// `host:port` agents should dial for the raw path, when it is not `tunnel_listen`
+    /// (behind NAT or a load balancer).
+    pub tunnel_advertise: Option<String>,
 }
 
 impl HubConfig {
@@ -84,6 +89,8 @@ impl HubConfig {
             agent_limits: edge_protocol::HubLimits::default(),
             proxy_listen: None,
             forwards: Vec::new(),
+            tunnel_listen: None,
+            tunnel_advertise: None,
         }
     }
 }
@@ -105,6 +112,7 @@ pub async fn open_store(database_url: &str) -> Result<Arc<dyn Store>, HubError> 
 pub struct RunningHub {
     local_addr: SocketAddr,
     proxy_addr: Option<SocketAddr>,
+    tunnel_addr: Option<SocketAddr>,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -162,6 +170,17 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
 
     // Before binding: a bad certificate or key is a configuration error, not a half-started hub.
     let tls = config.tls.as_ref().map(crate::tls::server_config).transpose()?;
+    // Bound before the app state is built: agents are told the bound address.
+    let raw_tunnel = match config.tunnel_listen {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    let tunnel_addr = raw_tunnel.as_ref().map(|(_, bound)| *bound);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| HubError::Bind { addr: config.listen, source })?;
@@ -210,6 +229,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         hb_interval: config.hb_interval,
         agent_limits: config.agent_limits.clone(),
         tunnels: Default::default(),
+        tunnel_endpoints: edge_tunnel::Endpoints {
+            raw: config.tunnel_advertise.clone().or_else(|| tunnel_addr.map(|a| a.to_string())),
+            raw_tls: config.tls.is_some(),
+        },
         queue: config.queue.clone(),
         job_types: config.job_types.clone(),
         sync_timeout: config.sync_timeout,
@@ -238,6 +261,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         }
         None => None,
     };
+    if let Some((raw, addr)) = raw_tunnel {
+        info!(%addr, tls = tls.is_some(), "raw tunnel transport");
+        tokio::spawn(crate::tunnel::serve_raw(raw, tls.clone(), app.clone(), background_stop.clone()));
+    }
     for forward in &config.forwards {
         let addr = forward.listen;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
@@ -286,6 +313,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     Ok(RunningHub {
         local_addr,
         proxy_addr,
+        tunnel_addr,
         store,
         shutdown,
         sessions,
@@ -317,6 +345,11 @@ impl RunningHub {
     /// The proxy port's bound address, when `proxy_listen` was set.
     pub fn proxy_addr(&self) -> Option<SocketAddr> {
         self.proxy_addr
+    }
+
+    /// The raw tunnel transport's bound address, when `tunnel_listen` was set.
+    pub fn tunnel_addr(&self) -> Option<SocketAddr> {
+        self.tunnel_addr
     }
 
     /// The hub's store, for in-process tools and tests (creating tokens and keys).

@@ -524,3 +524,46 @@ async fn a_tenants_bundles_and_metadata_are_served_only_to_that_tenant() {
     assert_eq!(get_as(&hub, &zip_b, Some(&hub.api_key)).await.0, 200);
     hub.shutdown().await;
 }
+
+/// The tunnel's raw fast path answers only an agent's valid JWT: no preamble, another first
+/// line, or a forged token is answered `ERR …` and closed, and no tunnel is registered;
+/// a good token is answered `OK`. `GET /v1/agent/tunnel/endpoints` tells agents (and only
+/// agents) the bound address.
+#[tokio::test]
+async fn the_raw_tunnel_port_opens_nothing_without_an_agents_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub =
+        TestHub::start_on(TestDb::sqlite(), |c| c.tunnel_listen = Some("127.0.0.1:0".parse().expect("address"))).await;
+    let raw = hub.hub().tunnel_addr().expect("bound");
+    let agent = hub.enroll("creator-raw").await;
+    let jwt = hub.session_token(&agent).await;
+
+    let (status, _) = hub.request(reqwest::Method::GET, "/v1/agent/tunnel/endpoints", "nope", None).await;
+    assert_eq!(status, 401);
+    let (status, endpoints) = hub.request(reqwest::Method::GET, "/v1/agent/tunnel/endpoints", &jwt, None).await;
+    assert_eq!((status, endpoints["raw"].as_str()), (200, Some(raw.to_string().as_str())), "{endpoints}");
+
+    let answer = |first_line: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(raw).await.expect("connect");
+        tcp.write_all(first_line.as_bytes()).await.expect("write");
+        let mut text = String::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_string(&mut text)).await;
+        text
+    };
+    let forged = mint_jwt("another-secret-entirely-32-bytes!!", &agent, now_secs() + 300);
+    for (line, why) in [
+        ("GET / HTTP/1.1\r\n\r\n".to_owned(), "not the preamble"),
+        (format!("EDGE-TUNNEL/1 {forged}\n"), "a token signed with another secret"),
+        ("EDGE-TUNNEL/1 \n".to_owned(), "no token"),
+    ] {
+        let text = answer(line).await;
+        assert!(text.starts_with("ERR "), "{why}: {text:?}");
+    }
+    assert!(hub.hub().proxy_addr().is_none());
+    let mut tcp = tokio::net::TcpStream::connect(raw).await.expect("connect");
+    tcp.write_all(format!("EDGE-TUNNEL/1 {jwt}\n").as_bytes()).await.expect("write");
+    let mut ok = [0u8; 3];
+    tcp.read_exact(&mut ok).await.expect("answer");
+    assert_eq!(&ok, b"OK\n");
+    hub.shutdown().await;
+}

@@ -21,3 +21,24 @@ pub const TUNNEL_PATH: &str = "/v1/agent/tunnel";
 
 /// Version of the stream-open header this build speaks.
 pub const OPEN_VERSION: u32 = 1;
+
+pub mod transport;
+
+/// What the hub tells an agent about its tunnel endpoints (`GET` [`ENDPOINTS_PATH`], the
+/// agent's JWT): the raw fast path's `host:port` when the hub serves one. The WebSocket at
+/// [`TUNNEL_PATH`] is always there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    /// Whether the raw endpoint speaks TLS (it does whenever the hub serves HTTPS).
+    #[serde(default)]
+    pub raw_tls: bool,
+}
+
+pub const ENDPOINTS_PATH: &str = "/v1/agent/tunnel/endpoints";
+
+/// The first line an agent sends on the raw transport, then its JWT, then `\n`; the hub
+/// answers one line, `OK` or `ERR <why>`, before yamux starts.
+pub const RAW_PREAMBLE: &str = "EDGE-TUNNEL/1 ";

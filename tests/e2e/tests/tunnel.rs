@@ -46,6 +46,13 @@ fn curl(args: &[&str]) -> Result<(u16, String, String)> {
     Ok((status, refusal, body))
 }
 
+/// The transport of the agent's last tunnel, from its log's `tunnel transport` line.
+fn transport(agent: &Agent) -> String {
+    let log = agent.run_log();
+    let line = log.lines().rev().find(|l| l.contains("tunnel transport")).unwrap_or_default();
+    ["raw", "websocket"].into_iter().find(|t| line.contains(&format!("\"{t}\""))).unwrap_or("none").to_owned()
+}
+
 /// A raw CONNECT through the hub's proxy port, as any client library makes one.
 fn connect_through(proxy: &str, user: &str, key: &str, target: &str) -> Result<std::net::TcpStream> {
     use base64::Engine as _;
@@ -109,7 +116,10 @@ fn curl_exits_through_the_agent_by_connect_forward_proxy_and_socks5() -> Result<
     let site = Site::start()?;
     let unallowed = Site::start()?;
     let proxy = format!("127.0.0.1:{}", free_port()?);
-    let hub = Hub::start(&bins, &dir.path().join("hub"), &[], &["--proxy-listen", &proxy])?;
+    // This hub also serves the raw fast path, which the agent then uses (the other test's
+    // hub has only the WebSocket).
+    let raw = format!("127.0.0.1:{}", free_port()?);
+    let hub = Hub::start(&bins, &dir.path().join("hub"), &[], &["--proxy-listen", &proxy, "--tunnel-listen", &raw])?;
     let key = hub.api_key()?;
     let creator = "creator-tunnel";
     let mut agent = Agent::new(&bins, &format!("e2e-tunnel-{}", std::process::id()), "auto", &dir.path().join("agent"));
@@ -130,6 +140,7 @@ fn curl_exits_through_the_agent_by_connect_forward_proxy_and_socks5() -> Result<
     agent.grant(&["tunnel"])?;
     wait_until(TIMEOUT, || Ok(curl(&["-x", &forward, &hello])?.0 == 200))
         .with_context(|| format!("the tunnel never carried a request; agent log:\n{}", agent.run_log()))?;
+    assert_eq!(transport(&agent), "raw", "the hub serves the raw fast path");
     let expected = curl(&[&hello])?.2;
     assert!(expected.contains("Hello"), "the site's page: {expected}");
     for (how, args) in
@@ -228,6 +239,7 @@ fn an_exposed_service_is_reachable_through_its_hub_port_and_nothing_else_on_loop
     let through_hub = format!("http://127.0.0.1:{web}/hello");
     wait_until(TIMEOUT, || Ok(curl(&[&through_hub])?.0 == 200))
         .with_context(|| format!("the exposed service never answered; agent log:\n{}", agent.run_log()))?;
+    assert_eq!(transport(&agent), "websocket", "this hub has only the WebSocket");
     let (_, _, body) = curl(&[&through_hub])?;
     assert_eq!(body, edge_e2e::site::HELLO_BODY);
 

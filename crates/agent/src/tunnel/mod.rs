@@ -16,6 +16,8 @@ use crate::hub_url::HubUrl;
 use crate::local_settings::LocalSettings;
 use edge_tunnel::mux::MuxStream;
 use edge_tunnel::open::{self, Answer, Open, Target};
+use edge_tunnel::transport::{BoxedIo, Transport};
+use futures_util::future::BoxFuture;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -73,15 +75,157 @@ impl Drop for OpenStream<'_> {
 pub(crate) async fn run(tokens: TokenCache, hub_url: HubUrl, context: TunnelContext, cancel: CancellationToken) {
     let dial = move || {
         let (tokens, hub_url) = (tokens.clone(), hub_url.clone());
-        Box::pin(async move { connect(&tokens, &hub_url).await }) as futures_util::future::BoxFuture<'static, _>
+        Box::pin(async move { dial_hub(&tokens, &hub_url).await }) as BoxFuture<'static, _>
     };
     keep_up(dial, context, cancel).await
+}
+
+/// The raw fast path when the hub offers one and it answers, else the WebSocket.
+async fn dial_hub(tokens: &TokenCache, hub_url: &HubUrl) -> Result<BoxedIo, String> {
+    let websocket = WebSocketTransport { tokens: tokens.clone(), hub_url: hub_url.clone() };
+    match endpoints(tokens, hub_url).await {
+        Ok(edge_tunnel::Endpoints { raw: Some(address), raw_tls, .. }) => {
+            let raw = RawTransport { tokens: tokens.clone(), hub_url: hub_url.clone(), address, tls: raw_tls };
+            match raw.connect().await {
+                Ok(io) => {
+                    tracing::info!(transport = raw.name(), "tunnel transport");
+                    return Ok(io);
+                }
+                Err(e) => tracing::warn!(error = %e, "the raw tunnel transport failed; using the WebSocket"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "no tunnel endpoints from the hub; using the WebSocket"),
+    }
+    let io = websocket.connect().await?;
+    tracing::info!(transport = websocket.name(), "tunnel transport");
+    Ok(io)
+}
+
+/// `GET /v1/agent/tunnel/endpoints`: what the hub offers besides the WebSocket.
+async fn endpoints(tokens: &TokenCache, hub_url: &HubUrl) -> Result<edge_tunnel::Endpoints, String> {
+    let jwt = tokens.jwt().await.map_err(|e| e.to_string())?;
+    let http = crate::tls::http_client_builder()
+        .map_err(|e| e.to_string())?
+        .timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = http
+        .get(hub_url.http_endpoint(edge_tunnel::ENDPOINTS_PATH))
+        .bearer_auth(jwt.expose())
+        .send()
+        .await
+        .map_err(|e| crate::hub_client::describe_reqwest_error(&e.without_url()))?;
+    if !response.status().is_success() {
+        return Err(format!("the hub answered {}", response.status()));
+    }
+    response.json().await.map_err(|e| e.to_string())
+}
+
+/// The tunnel over the hub's WebSocket (`GET /v1/agent/tunnel`).
+struct WebSocketTransport {
+    tokens: TokenCache,
+    hub_url: HubUrl,
+}
+
+impl Transport for WebSocketTransport {
+    fn name(&self) -> &'static str {
+        "websocket"
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<BoxedIo, String>> {
+        Box::pin(async move {
+            let socket = connect(&self.tokens, &self.hub_url).await?;
+            Ok(Box::new(edge_tunnel::ws::over_websocket(socket)) as BoxedIo)
+        })
+    }
+}
+
+/// The raw fast path: TCP (TLS when the hub serves HTTPS), one preamble line with the JWT,
+/// one answer line, then yamux with no WebSocket framing.
+struct RawTransport {
+    tokens: TokenCache,
+    hub_url: HubUrl,
+    address: String,
+    tls: bool,
+}
+
+impl Transport for RawTransport {
+    fn name(&self) -> &'static str {
+        "raw"
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<BoxedIo, String>> {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        Box::pin(async move {
+            let jwt = self.tokens.jwt().await.map_err(|e| format!("no token: {e}"))?;
+            let preamble = format!("{}{}\n", edge_tunnel::RAW_PREAMBLE, jwt.expose());
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&self.address))
+                .await
+                .map_err(|_| format!("{} did not answer in time", self.address))?
+                .map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+            let _ = tcp.set_nodelay(true);
+            if self.tls {
+                let host = self.hub_url.host().to_owned();
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+                let config = crate::tls::client_config().map_err(|e| e.to_string())?;
+                let mut tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {} failed: {e}", self.address))?;
+                raw_handshake(&mut tls, &preamble, &self.tokens).await?;
+                Ok(Box::new(tls.compat()) as BoxedIo)
+            } else {
+                let mut tcp = tcp;
+                raw_handshake(&mut tcp, &preamble, &self.tokens).await?;
+                Ok(Box::new(tcp.compat()) as BoxedIo)
+            }
+        })
+    }
+}
+
+/// Sends the preamble and reads the hub's one-line answer, byte by byte so nothing of what
+/// follows (yamux) is consumed.
+async fn raw_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    preamble: &str,
+    tokens: &TokenCache,
+) -> Result<(), String> {
+    stream.write_all(preamble.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        while line.len() < 512 {
+            if stream.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+                return Err("the hub closed the raw tunnel before answering".to_owned());
+            }
+            if byte[0] == b'\n' {
+                return Ok(());
+            }
+            line.push(byte[0]);
+        }
+        Err("the hub's answer line is too long".to_owned())
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, read).await.map_err(|_| "the hub did not answer in time".to_owned())??;
+    let answer = String::from_utf8_lossy(&line);
+    match answer.trim() {
+        "OK" => Ok(()),
+        other => {
+            if other.contains("token") {
+                tokens.forget().await;
+            }
+            Err(format!("the hub refused the raw tunnel: {other}"))
+        }
+    }
 }
 
 /// [`run`] with the connection made by `dial` (tests dial a local WebSocket).
 pub async fn keep_up<D>(dial: D, context: TunnelContext, cancel: CancellationToken)
 where
-    D: Fn() -> futures_util::future::BoxFuture<'static, Result<Socket, String>>,
+    D: Fn() -> BoxFuture<'static, Result<BoxedIo, String>>,
 {
     let grants = Grants::new(&context.data_dir);
     let mut paused = context.paused.clone();
@@ -116,17 +260,17 @@ where
 
 /// One tunnel session; `Ok(why)` when it ended for a reason of ours.
 async fn session(
-    dial: futures_util::future::BoxFuture<'static, Result<Socket, String>>,
+    dial: BoxFuture<'static, Result<BoxedIo, String>>,
     context: &TunnelContext,
     grants: &Grants,
     cancel: &CancellationToken,
 ) -> Result<&'static str, String> {
-    let socket = dial.await?;
+    let io = dial.await?;
     tracing::info!("tunnel open");
     context.report(|t| t.state = "open".to_owned());
     let streams = cancel.child_token();
     let last_ping = Arc::new(AtomicI64::new(now_secs()));
-    let serving = edge_tunnel::mux::serve(edge_tunnel::ws::over_websocket(socket), {
+    let serving = edge_tunnel::mux::serve(io, {
         let (context, streams, last_ping) = (context.clone(), streams.clone(), last_ping.clone());
         move |stream| {
             let (context, streams, last_ping) = (context.clone(), streams.clone(), last_ping.clone());

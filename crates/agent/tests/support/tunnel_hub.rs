@@ -3,9 +3,9 @@
 //! as an `Opener`, and the agent's dial to it.
 #![allow(dead_code)]
 
-use edge_agent::tunnel::Socket;
 use edge_tunnel::mux::{MuxStream, Opener};
 use edge_tunnel::open::{self, Answer, Open, Target};
+use edge_tunnel::transport::BoxedIo;
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -30,15 +30,15 @@ pub async fn fake_tunnel_hub() -> (SocketAddr, mpsc::UnboundedReceiver<Opener>) 
 }
 
 /// The agent's dial to `hub` (plain WebSocket, no token: this hub asks for none).
-pub fn dial(hub: SocketAddr) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<Socket, String>> {
+pub fn dial(hub: SocketAddr) -> impl Fn() -> futures_util::future::BoxFuture<'static, Result<BoxedIo, String>> {
     move || {
         Box::pin(async move {
             let tcp = TcpStream::connect(hub).await.map_err(|e| e.to_string())?;
             let url = format!("ws://{hub}{}", edge_tunnel::TUNNEL_PATH);
-            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            let (ws, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
                 .await
-                .map(|(ws, _)| ws)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok(Box::new(edge_tunnel::ws::over_websocket(ws)) as BoxedIo)
         })
     }
 }

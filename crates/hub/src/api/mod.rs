@@ -53,6 +53,8 @@ pub struct App {
     pub hb_interval: Duration,
     /// The agents' open tunnels (`crate::tunnel`).
     pub tunnels: Arc<crate::tunnel::Tunnels>,
+    /// What `GET /v1/agent/tunnel/endpoints` tells agents (the raw fast path, if any).
+    pub tunnel_endpoints: edge_tunnel::Endpoints,
     /// Caps this hub asks of every agent in `hello_ack` (each only lowers the person's).
     pub agent_limits: edge_protocol::HubLimits,
     pub queue: QueueConfig,

@@ -11,6 +11,7 @@ pub mod proxy;
 
 use crate::api::ws_upgrade::{NotAnUpgrade, WsUpgrade};
 use crate::api::{bearer_token, AppState, Failure};
+use crate::store::AgentRecord;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -134,7 +135,40 @@ impl Tunnel {
 }
 
 pub fn router(app: AppState) -> Router {
-    Router::new().route(edge_tunnel::TUNNEL_PATH, get(tunnel_ws)).with_state(app)
+    Router::new()
+        .route(edge_tunnel::TUNNEL_PATH, get(tunnel_ws))
+        .route(edge_tunnel::ENDPOINTS_PATH, get(endpoints))
+        .with_state(app)
+}
+
+/// The agent a tunnel's JWT stands for, or why not.
+async fn authenticate(app: &AppState, token: &str) -> Result<AgentRecord, Failure> {
+    let unauthorized = |why: String| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", why);
+    let claims = app.jwt.verify(token).map_err(|e| unauthorized(format!("agent token refused: {e}")))?;
+    match app.store.agent(&claims.agent_id).await {
+        Ok(Some(agent)) if agent.creator_id == claims.creator_id => Ok(agent),
+        Ok(_) => Err(unauthorized("the token names an agent this hub does not know".to_owned())),
+        Err(e) => Err(Failure::internal("cannot look up the agent", &e)),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
+    bearer_token(headers).ok_or_else(|| {
+        Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the agent's JWT as `Authorization: Bearer <token>`".to_owned(),
+        )
+    })
+}
+
+/// What this hub offers an agent besides the WebSocket: the raw fast path, if configured.
+async fn endpoints(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<edge_tunnel::Endpoints>, Failure> {
+    authenticate(&app, bearer(&headers)?).await?;
+    Ok(axum::Json(app.tunnel_endpoints.clone()))
 }
 
 async fn tunnel_ws(
@@ -142,18 +176,12 @@ async fn tunnel_ws(
     headers: HeaderMap,
     upgrade: Result<WsUpgrade, NotAnUpgrade>,
 ) -> Response {
-    let unauthorized = |why: String| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", why).into_response();
-    let Some(token) = bearer_token(&headers) else {
-        return unauthorized("send the agent's JWT as `Authorization: Bearer <token>`".to_owned());
-    };
-    let claims = match app.jwt.verify(token) {
-        Ok(claims) => claims,
-        Err(e) => return unauthorized(format!("agent token refused: {e}")),
-    };
-    let agent = match app.store.agent(&claims.agent_id).await {
-        Ok(Some(agent)) if agent.creator_id == claims.creator_id => agent,
-        Ok(_) => return unauthorized("the token names an agent this hub does not know".to_owned()),
-        Err(e) => return Failure::internal("cannot look up the agent", &e).into_response(),
+    let agent = match bearer(&headers) {
+        Ok(token) => match authenticate(&app, token).await {
+            Ok(agent) => agent,
+            Err(failure) => return failure.into_response(),
+        },
+        Err(failure) => return failure.into_response(),
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -162,24 +190,131 @@ async fn tunnel_ws(
     // Binary messages up to yamux's frame size plus its header, with room to spare.
     let config = WebSocketConfig::default().max_message_size(Some(1 << 20)).max_frame_size(Some(1 << 20));
     let sessions = app.sessions.clone();
-    let labels = agent.labels.clone();
-    upgrade.on_upgrade(config, &sessions, move |socket| async move {
-        let (opener, driver) = edge_tunnel::mux::client(edge_tunnel::ws::over_websocket(socket));
-        let tunnel =
-            Tunnel { agent_id: agent.id.clone(), creator_id: agent.creator_id.clone(), labels, opener, serial: 0 };
-        let serial = app.tunnels.insert(tunnel.clone());
-        info!(agent_id = %tunnel.agent_id, "tunnel open");
-        crate::metrics::tunnel_opened(true);
-        let stop = app.shutdown.clone();
-        tokio::select! {
-            ended = driver => if let Err(e) = ended { info!(agent_id = %tunnel.agent_id, error = %e, "tunnel ended") },
-            why = keep_alive(&tunnel) => warn!(agent_id = %tunnel.agent_id, why, "tunnel dropped"),
-            _ = stop.cancelled() => {}
+    upgrade
+        .on_upgrade(config, &sessions, move |socket| serve_tunnel(app, agent, edge_tunnel::ws::over_websocket(socket)))
+}
+
+/// Runs one agent's tunnel over `io` until it ends, stops answering its pings, or the hub
+/// shuts down; registered while it runs.
+pub async fn serve_tunnel<T>(app: AppState, agent: AgentRecord, io: T)
+where
+    T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (opener, driver) = edge_tunnel::mux::client(io);
+    let tunnel = Tunnel {
+        agent_id: agent.id.clone(),
+        creator_id: agent.creator_id.clone(),
+        labels: agent.labels.clone(),
+        opener,
+        serial: 0,
+    };
+    let serial = app.tunnels.insert(tunnel.clone());
+    info!(agent_id = %tunnel.agent_id, "tunnel open");
+    crate::metrics::tunnel_opened(true);
+    let stop = app.shutdown.clone();
+    tokio::select! {
+        ended = driver => if let Err(e) = ended { info!(agent_id = %tunnel.agent_id, error = %e, "tunnel ended") },
+        why = keep_alive(&tunnel) => warn!(agent_id = %tunnel.agent_id, why, "tunnel dropped"),
+        _ = stop.cancelled() => {}
+    }
+    app.tunnels.remove(&tunnel.agent_id, serial);
+    crate::metrics::tunnel_opened(false);
+    info!(agent_id = %tunnel.agent_id, "tunnel closed");
+}
+
+/// How long a raw connection may take to send its preamble.
+const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The raw fast path (`edge-hub serve --tunnel-listen ADDR`): TCP, TLS with the hub's
+/// certificate when it has one, one preamble line with the agent's JWT, one answer line
+/// (`OK` or `ERR <why>`), then yamux. Serves until `stop`.
+pub async fn serve_raw(
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    app: AppState,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "raw tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, acceptor) = (app.clone(), acceptor.clone());
+        app.sessions.clone().spawn(async move {
+            use tokio_util::compat::TokioAsyncReadCompatExt;
+            match acceptor {
+                Some(acceptor) => match tokio::time::timeout(PREAMBLE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(mut tls)) => {
+                        if let Some(agent) = raw_preamble(&app, &mut tls).await {
+                            serve_tunnel(app, agent, tls.compat()).await;
+                        }
+                    }
+                    _ => info!(%peer, "raw tunnel: TLS handshake failed"),
+                },
+                None => {
+                    let mut tcp = tcp;
+                    if let Some(agent) = raw_preamble(&app, &mut tcp).await {
+                        serve_tunnel(app, agent, tcp.compat()).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Reads and checks the preamble, answers it; the agent when it was accepted.
+async fn raw_preamble<S>(app: &AppState, stream: &mut S) -> Option<AgentRecord>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = async {
+        // Byte by byte: what follows the line is yamux's and must stay unread.
+        while line.len() < 8192 {
+            if stream.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            if byte[0] == b'\n' {
+                return Some(());
+            }
+            line.push(byte[0]);
         }
-        app.tunnels.remove(&tunnel.agent_id, serial);
-        crate::metrics::tunnel_opened(false);
-        info!(agent_id = %tunnel.agent_id, "tunnel closed");
-    })
+        None
+    };
+    tokio::time::timeout(PREAMBLE_TIMEOUT, read).await.ok()??;
+    let text = String::from_utf8_lossy(&line);
+    let answer = match text.strip_prefix(edge_tunnel::RAW_PREAMBLE) {
+        None => Err(format!("the first line must be {:?} and the agent's JWT", edge_tunnel::RAW_PREAMBLE.trim())),
+        Some(token) => authenticate(app, token.trim()).await.map_err(|f| f.body.message),
+    };
+    match answer {
+        Ok(agent) => {
+            stream.write_all(b"OK\n").await.ok()?;
+            Some(agent)
+        }
+        Err(why) => {
+            info!(reason = %why, "raw tunnel refused");
+            let _ = stream.write_all(format!("ERR {}\n", why.replace('\n', " ")).as_bytes()).await;
+            // Closing with unread bytes would reset the connection and could lose the answer
+            // on the way: end our side, then read what the peer still sends, briefly.
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 1024];
+            let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            None
+        }
+    }
 }
 
 /// Relays a client's connection and an open tunnel stream until both directions end, with
