@@ -124,12 +124,28 @@ async function loadAgents() {
     body.replaceChildren();
     for (const a of agents) {
       const tr = row([el('code', a.agentId), a.name || '', a.creatorId, badge(a.online ? 'online' : 'offline'),
-        when(a.lastHeartbeatAt), a.version || '', (a.labels || []).join(', ')]);
+        when(a.lastHeartbeatAt), a.version || '', (a.labels || []).join(', '), tunnelCell(a.tunnel)]);
       tr.dataset.agentId = a.agentId;
       body.appendChild(tr);
     }
     if (!agents.length) body.appendChild(row([el('span', 'No agents enrolled yet.', 'muted')]));
   } catch (e) { fail(e); }
+}
+
+// The agent's tunnel on this instance: open or not, and the bytes it carried today.
+function tunnelCell(tunnel) {
+  if (!tunnel) return '—';
+  const cell = el('span', `${tunnel.open ? 'open' : 'closed'} · ${humanBytes(tunnel.bytesToday)} today`);
+  cell.dataset.testid = 'agent-tunnel';
+  return cell;
+}
+
+function humanBytes(n) {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let value = Number(n) || 0;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) { value /= 1000; unit += 1; }
+  return `${unit ? value.toFixed(1) : value} ${units[unit]}`;
 }
 
 // ---- jobs -----------------------------------------------------------------------------

@@ -30,6 +30,18 @@ pub struct AgentView {
     /// job types are not assigned to it until then.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub circuit_open_until: Option<String>,
+    /// The agent's tunnel as this instance sees it (absent: no tunnel and no bytes today).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelView {
+    /// A tunnel from this agent is open to this instance now.
+    pub open: bool,
+    /// Bytes relayed through it on this instance today (UTC), both directions.
+    pub bytes_today: u64,
 }
 
 impl AgentView {
@@ -45,6 +57,7 @@ impl AgentView {
             labels: agent.labels,
             slots: agent.slots,
             circuit_open_until: None,
+            tunnel: None,
         }
     }
 }
@@ -74,6 +87,9 @@ pub async fn list_agents(State(app): State<AppState>, caller: Caller) -> Result<
             let until = circuits.get(&agent.id).copied();
             let mut view = AgentView::new(agent, is_online);
             view.circuit_open_until = until.map(rfc3339);
+            let (open, bytes_today) =
+                (app.tunnels.get(&view.agent_id).is_some(), app.tunnels.bytes_today(&view.agent_id));
+            view.tunnel = (open || bytes_today > 0).then_some(TunnelView { open, bytes_today });
             view
         })
         .collect();

@@ -65,7 +65,7 @@ pub async fn serve(listener: TcpListener, forward: Forward, app: AppState, stop:
                 Ok(stream) => {
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        _ = relay(&mut client, stream, &[]) => {}
+                        _ = relay(&app, &forward.agent_id, &mut client, stream, &[]) => {}
                     }
                 }
                 Err(e) => info!(%peer, service = %forward.service, error = %e, "forward: refused; connection closed"),

@@ -49,6 +49,9 @@ pub struct Tunnel {
 pub struct Tunnels {
     open: Mutex<HashMap<String, Tunnel>>,
     serials: AtomicU64,
+    /// Bytes relayed per agent on the current UTC day (day number, bytes), for the
+    /// operator's agent list.
+    bytes: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 /// Why a stream could not be opened.
@@ -90,6 +93,24 @@ impl Tunnels {
         // old session's death): the old one's streams end when its task ends.
         self.lock().insert(tunnel.agent_id.clone(), tunnel);
         serial
+    }
+
+    /// Counts `bytes` relayed through `agent_id`'s tunnel today.
+    pub fn count(&self, agent_id: &str, bytes: u64) {
+        let today = crate::crypto::now_secs().div_euclid(86_400);
+        let mut all = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = all.entry(agent_id.to_owned()).or_insert((today, 0));
+        if entry.0 != today {
+            *entry = (today, 0);
+        }
+        entry.1 = entry.1.saturating_add(bytes);
+    }
+
+    /// Bytes relayed through `agent_id`'s tunnel on this instance today (UTC).
+    pub fn bytes_today(&self, agent_id: &str) -> u64 {
+        let today = crate::crypto::now_secs().div_euclid(86_400);
+        let all = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.get(agent_id).filter(|(day, _)| *day == today).map_or(0, |(_, bytes)| *bytes)
     }
 
     fn remove(&self, agent_id: &str, serial: u64) {
@@ -317,9 +338,10 @@ where
     }
 }
 
-/// Relays a client's connection and an open tunnel stream until both directions end, with
-/// `already` (bytes the client sent past its request) first; counts the bytes.
-pub async fn relay<S>(client: &mut tokio::net::TcpStream, mut stream: S, already: &[u8])
+/// Relays a client's connection and an open tunnel stream of `agent_id` until both
+/// directions end, with `already` (bytes the client sent past its request) first; counts
+/// the bytes.
+pub async fn relay<S>(app: &AppState, agent_id: &str, client: &mut tokio::net::TcpStream, mut stream: S, already: &[u8])
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -329,7 +351,9 @@ where
         return;
     }
     let (to_agent, from_agent) = tokio::io::copy_bidirectional(client, &mut stream).await.unwrap_or((0, 0));
-    crate::metrics::tunnel_stream_closed(to_agent + already.len() as u64, from_agent);
+    let to_agent = to_agent + already.len() as u64;
+    crate::metrics::tunnel_stream_closed(to_agent, from_agent);
+    app.tunnels.count(agent_id, to_agent + from_agent);
 }
 
 /// Pings the agent through a stream of its own every [`PING_EVERY`]; returns why it stopped

@@ -196,16 +196,16 @@ async fn http(mut client: TcpStream, app: &AppState, turn: &AtomicUsize) {
         Err(_) => return,
     };
     match http_stream(app, &head, turn).await {
-        Ok((stream, target)) => {
+        Ok((stream, target, agent_id)) => {
             info!(target = %target, "proxy stream open");
             if head.method.eq_ignore_ascii_case("CONNECT") {
                 if client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await.is_ok() {
-                    relay(&mut client, stream, &head.rest).await;
+                    relay(app, &agent_id, &mut client, stream, &head.rest).await;
                 }
             } else {
                 let mut forwarded = head.forwarded();
                 forwarded.extend_from_slice(&head.rest);
-                relay(&mut client, stream, &forwarded).await;
+                relay(app, &agent_id, &mut client, stream, &forwarded).await;
             }
         }
         Err(refusal) => {
@@ -293,7 +293,7 @@ async fn http_stream(
     app: &AppState,
     head: &Head,
     turn: &AtomicUsize,
-) -> Result<(edge_tunnel::mux::MuxStream, Target), Refusal> {
+) -> Result<(edge_tunnel::mux::MuxStream, Target, String), Refusal> {
     let (user, password) = head
         .header("Proxy-Authorization")
         .and_then(|value| value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")))
@@ -320,7 +320,7 @@ async fn http_stream(
     };
     let tunnel = exit(app, &user, &password, turn).await?;
     let stream = tunnel.open(target.clone()).await?;
-    Ok((stream, target))
+    Ok((stream, target, tunnel.agent_id))
 }
 
 async fn answer_http(client: &mut TcpStream, refusal: &Refusal) {
@@ -345,11 +345,11 @@ async fn answer_http(client: &mut TcpStream, refusal: &Refusal) {
 async fn socks5(mut client: TcpStream, app: &AppState, turn: &AtomicUsize) {
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, socks5_handshake(&mut client, app, turn)).await;
     match handshake {
-        Ok(Ok((stream, target))) => {
+        Ok(Ok((stream, target, agent_id))) => {
             info!(target = %target, "proxy stream open (SOCKS5)");
             // Bound address: not meaningful through a tunnel; zeros, as many proxies send.
             if client.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await.is_ok() {
-                relay(&mut client, stream, &[]).await;
+                relay(app, &agent_id, &mut client, stream, &[]).await;
             }
         }
         Ok(Err(Some(refusal))) => {
@@ -366,7 +366,7 @@ async fn socks5_handshake(
     client: &mut TcpStream,
     app: &AppState,
     turn: &AtomicUsize,
-) -> Result<(edge_tunnel::mux::MuxStream, Target), Option<Refusal>> {
+) -> Result<(edge_tunnel::mux::MuxStream, Target, String), Option<Refusal>> {
     let io = |_| None;
     let mut greeting = [0u8; 2];
     client.read_exact(&mut greeting).await.map_err(io)?;
@@ -407,7 +407,7 @@ async fn socks5_handshake(
     };
     let target = read_socks_request(client).await?;
     let stream = tunnel.open(target.clone()).await.map_err(|e| Some(Refusal::from(e)))?;
-    Ok((stream, target))
+    Ok((stream, target, tunnel.agent_id))
 }
 
 async fn read_socks_request(client: &mut TcpStream) -> Result<Target, Option<Refusal>> {

@@ -166,6 +166,12 @@ impl TestHub {
         status_and_json(response).await
     }
 
+    /// A page that is not JSON (`/metrics`), with the operator key.
+    pub async fn operator_get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).bearer_auth(&self.api_key).send().await.expect("request");
+        response.text().await.expect("body")
+    }
+
     pub async fn operator_get(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).bearer_auth(&self.api_key).send().await.expect("request");
         status_and_json(response).await
