@@ -46,7 +46,7 @@ pub struct HubClient {
 
 impl HubClient {
     pub fn new() -> Result<HubClient, AgentError> {
-        let http = crate::tls::http_client_builder()?
+        let http = crate::tls::hub_http_client_builder()?
             .timeout(HUB_REQUEST_TIMEOUT)
             .user_agent(crate::agent_version())
             // The hub API never redirects; following one could send a signature elsewhere.

@@ -17,7 +17,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A client for metadata and targets: no overall timeout (a bundle may be large), but
 /// connect and per-read timeouts.
 pub fn client() -> Result<reqwest::Client, crate::AgentError> {
-    crate::tls::http_client_builder()?
+    crate::tls::hub_http_client_builder()?
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -80,7 +80,7 @@ impl Journal {
 }
 
 fn notify_client() -> Result<reqwest::Client, crate::AgentError> {
-    crate::tls::http_client_builder()?
+    crate::tls::hub_http_client_builder()?
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -252,7 +252,7 @@ impl Supervisor {
                 .map_err(|_| dropped("the session token is not a valid header value".into()))?;
         request.headers_mut().insert(tokio_tungstenite::tungstenite::http::header::AUTHORIZATION, bearer);
         let connector = if self.hub_url.is_tls() {
-            let tls = crate::tls::client_config().map_err(|e| SessionEnd::Fatal(e.to_string()))?;
+            let tls = crate::tls::hub_client_config().map_err(|e| SessionEnd::Fatal(e.to_string()))?;
             tokio_tungstenite::Connector::Rustls(tls)
         } else {
             tokio_tungstenite::Connector::Plain

@@ -105,7 +105,7 @@ async fn dial_hub(tokens: &TokenCache, hub_url: &HubUrl) -> Result<BoxedIo, Stri
 /// `GET /v1/agent/tunnel/endpoints`: what the hub offers besides the WebSocket.
 async fn endpoints(tokens: &TokenCache, hub_url: &HubUrl) -> Result<edge_tunnel::Endpoints, String> {
     let jwt = tokens.jwt().await.map_err(|e| e.to_string())?;
-    let http = crate::tls::http_client_builder()
+    let http = crate::tls::hub_http_client_builder()
         .map_err(|e| e.to_string())?
         .timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
@@ -170,7 +170,7 @@ impl Transport for RawTransport {
                 let host = self.hub_url.host().to_owned();
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
-                let config = crate::tls::client_config().map_err(|e| e.to_string())?;
+                let config = crate::tls::hub_client_config().map_err(|e| e.to_string())?;
                 let mut tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await
@@ -327,7 +327,7 @@ async fn connect(tokens: &TokenCache, hub_url: &HubUrl) -> Result<Socket, String
         .map_err(|_| "the token is not a valid header value".to_owned())?;
     request.headers_mut().insert(header::AUTHORIZATION, bearer);
     let connector = if hub_url.is_tls() {
-        tokio_tungstenite::Connector::Rustls(crate::tls::client_config().map_err(|e| e.to_string())?)
+        tokio_tungstenite::Connector::Rustls(crate::tls::hub_client_config().map_err(|e| e.to_string())?)
     } else {
         tokio_tungstenite::Connector::Plain
     };
