@@ -76,6 +76,11 @@ struct ServeArgs {
     /// example 127.0.0.1:9000=agt_01/web); repeatable. Whoever reaches ADDR reaches it.
     #[arg(long = "forward-listen", value_name = "ADDR=AGENT/NAME")]
     forwards: Vec<edge_hub::tunnel::forward::Forward>,
+    /// Where the other hub instances on this database reach this one, to open streams
+    /// through the agents' tunnels held here: http://<address>:<port> on a network only the
+    /// instances share [default: http:// and the listen address].
+    #[arg(long, env = "EDGE_HUB_ADVERTISE_URL", value_name = "URL")]
+    advertise_url: Option<String>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -307,6 +312,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         agent_limits: edge_protocol::HubLimits { jobs_per_hour: args.agent_jobs_per_hour },
         proxy_listen: args.proxy_listen,
         forwards: args.forwards,
+        advertise_url: args.advertise_url.filter(|url| !url.trim().is_empty()),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,
