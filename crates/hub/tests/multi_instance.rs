@@ -428,6 +428,17 @@ async fn the_instance_link_refuses_a_missing_forged_or_replayed_credential_and_o
     // An instance that died without removing its route: A's client gets NO_AGENT at once
     // (its address refuses the connection) instead of hanging.
     let other = a.enroll(CREATOR).await;
+    // A route at A's own address under another instance id is an earlier run of A that
+    // died: skipped, never dialled.
+    let previous = edge_hub::store::NewTunnelRoute {
+        agent_id: other.agent_id.clone(),
+        tunnel_id: "hub_previous/1".into(),
+        instance_id: "hub_previous".into(),
+        relay_url: a.base.clone(),
+    };
+    a.store().put_tunnel_route(&previous, edge_hub::crypto::now_ms()).await.unwrap();
+    let (_, head) = connect_through(&a, &format!("agent-{}", other.agent_id), "echo.test:7").await;
+    assert_eq!(header(&head, "X-Edge-Refusal"), Some("NO_AGENT"), "{head}");
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_url = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);

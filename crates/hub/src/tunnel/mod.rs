@@ -222,6 +222,11 @@ pub async fn exits(app: &AppState) -> Vec<Exit> {
             // may not be removed yet).
             continue;
         }
+        if route.relay_url == app.instance.url {
+            // Left by an earlier run of this instance at this address that died: not ours,
+            // and dialling ourselves for it could only be refused.
+            continue;
+        }
         if local.iter().any(|t| t.agent_id == route.agent_id) {
             continue;
         }
