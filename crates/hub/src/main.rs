@@ -83,6 +83,11 @@ struct ServeArgs {
     /// The host:port agents dial for the raw path [default: --tunnel-listen].
     #[arg(long, env = "EDGE_HUB_TUNNEL_ADVERTISE", requires = "tunnel_listen")]
     tunnel_advertise: Option<String>,
+    /// Where the other hub instances on this database reach this one, to open streams
+    /// through the agents' tunnels held here: http://<address>:<port> on a network only the
+    /// instances share [default: http:// and the listen address].
+    #[arg(long, env = "EDGE_HUB_ADVERTISE_URL", value_name = "URL")]
+    advertise_url: Option<String>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -316,6 +321,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         forwards: args.forwards,
         tunnel_listen: args.tunnel_listen,
         tunnel_advertise: args.tunnel_advertise,
+        advertise_url: args.advertise_url.filter(|url| !url.trim().is_empty()),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

@@ -69,6 +69,9 @@ pub struct HubConfig {
     /// `host:port` agents should dial for the raw path, when it is not `tunnel_listen`
     /// (behind NAT or a load balancer).
     pub tunnel_advertise: Option<String>,
+    /// Where the other instances on this database reach this one (`http://host:port`), to
+    /// open streams through the tunnels held here; `None`: `http://` and the bound address.
+    pub advertise_url: Option<String>,
 }
 
 impl HubConfig {
@@ -91,6 +94,7 @@ impl HubConfig {
             forwards: Vec::new(),
             tunnel_listen: None,
             tunnel_advertise: None,
+            advertise_url: None,
         }
     }
 }
@@ -150,7 +154,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     // process's sweeper) notices their silence.
     store.mark_stale_agents_offline(now_ms() - millis(stale_after)).await?;
 
-    let secret = match config.jwt_secret {
+    let secret = match config.jwt_secret.clone() {
         Some(secret) => {
             if secret.expose().len() < MIN_JWT_SECRET_BYTES {
                 return Err(HubError::Config(format!(
@@ -217,11 +221,18 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .run(background_stop.clone()),
     );
 
+    let instance = crate::tunnel::link::Instance {
+        id: format!("hub_{}", crypto::new_nonce()?.chars().take(16).collect::<String>()),
+        url: advertise_url(&config, local_addr)?,
+    };
+    info!(instance_id = %instance.id, url = %instance.url, "other instances reach this one's tunnels here");
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     let app = Arc::new(App {
         store: store.clone(),
         jwt: JwtKeys::new(&secret, config.jwt_ttl),
+        link: crate::tunnel::link::LinkKeys::new(&secret),
+        instance,
         dispatcher: dispatcher_handle,
         events,
         job_writes,
@@ -323,6 +334,39 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         sweeper,
         forwarder,
     })
+}
+
+/// This instance's address for the others: `--advertise-url`, checked, or `http://` and the
+/// bound address (with a warning when that is a wildcard no other machine can dial).
+fn advertise_url(config: &HubConfig, bound: SocketAddr) -> Result<String, HubError> {
+    match &config.advertise_url {
+        Some(text) => {
+            let url = url::Url::parse(text.trim()).map_err(|e| {
+                HubError::Config(format!("--advertise-url {text:?} is not a URL ({e}): give http://<address>:<port>"))
+            })?;
+            if url.scheme() != "http" || url.host_str().is_none() {
+                return Err(HubError::Config(format!(
+                    "--advertise-url {text:?} must be http://<address>:<port>: instances link over plain HTTP                      on a network only they share"
+                )));
+            }
+            Ok(url.as_str().trim_end_matches('/').to_owned())
+        }
+        None => {
+            if config.tls.is_some() {
+                warn!(
+                    "this hub serves TLS, and links between instances speak plain HTTP: other instances \
+                     cannot open streams through the tunnels held here"
+                );
+            }
+            if bound.ip().is_unspecified() {
+                warn!(
+                    %bound,
+                    "the hub listens on a wildcard address: other instances on this database will dial it as                      such; set --advertise-url to the address they can reach"
+                );
+            }
+            Ok(format!("http://{bound}"))
+        }
+    }
 }
 
 /// Agents' JWTs, API keys and enrollment tokens cross this listener in clear text: say so

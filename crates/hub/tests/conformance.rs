@@ -61,6 +61,7 @@ conformance!(
     a_leased_job_is_answered_as_it_was_stored,
     a_prototype_agents_circuit_breaker_withholds_browser_jobs_only,
     a_claim_never_leases_an_excluded_job_type,
+    tunnel_routes_are_replaced_removed_only_by_their_writer_and_go_stale,
 );
 
 fn id(job: &Value) -> String {
@@ -1289,5 +1290,54 @@ async fn a_leased_job_is_answered_as_it_was_stored(db: TestDb) {
     assert_eq!(second.len(), 1);
     assert_eq!((second[0].attempts, second[0].lease_token), (2, 2));
     assert_eq!(second[0], store.job(&plain.id).await.unwrap().unwrap());
+    hub.shutdown().await;
+}
+
+/// Where each agent's tunnel is open (several instances on one database): a reconnect
+/// replaces the route, only the tunnel that wrote a route removes or refreshes it, a route
+/// not refreshed goes stale, and the agent's creator and current labels come with it.
+async fn tunnel_routes_are_replaced_removed_only_by_their_writer_and_go_stale(db: TestDb) {
+    use edge_hub::store::NewTunnelRoute;
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let agent = hub.enroll(CREATOR).await;
+    let _ws = hub.hello(&agent, json!({"labels":["eu","home"]})).await;
+    let store = hub.store();
+    let route = |tunnel: &str, instance: &str| NewTunnelRoute {
+        agent_id: agent.agent_id.clone(),
+        tunnel_id: tunnel.to_owned(),
+        instance_id: instance.to_owned(),
+        relay_url: format!("http://{instance}.internal:8080"),
+    };
+    assert!(store.tunnel_routes(0).await.unwrap().is_empty());
+
+    store.put_tunnel_route(&route("i1/1", "i1"), 1_000).await.unwrap();
+    let routes = store.tunnel_routes(0).await.unwrap();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(
+        (routes[0].instance_id.as_str(), routes[0].relay_url.as_str(), routes[0].creator_id.as_str()),
+        ("i1", "http://i1.internal:8080", CREATOR)
+    );
+    assert_eq!(routes[0].labels, vec!["eu".to_owned(), "home".to_owned()]);
+    assert_eq!((routes[0].opened_at, routes[0].seen_at), (1_000, 1_000));
+
+    // The agent reconnects to another instance: its route replaces the first.
+    store.put_tunnel_route(&route("i2/7", "i2"), 2_000).await.unwrap();
+    let routes = store.tunnel_routes(0).await.unwrap();
+    assert_eq!(routes.len(), 1, "one route per agent: {routes:?}");
+    assert_eq!((routes[0].tunnel_id.as_str(), routes[0].opened_at), ("i2/7", 2_000));
+
+    // The first tunnel ends late: it neither removes nor refreshes its successor's route.
+    assert!(!store.remove_tunnel_route(&agent.agent_id, "i1/1").await.unwrap());
+    assert!(!store.touch_tunnel_route(&agent.agent_id, "i1/1", 9_000).await.unwrap());
+    assert_eq!(store.tunnel_routes(0).await.unwrap()[0].seen_at, 2_000);
+
+    // The keep-alive refreshes it; readers ignore it once it is older than they accept.
+    assert!(store.touch_tunnel_route(&agent.agent_id, "i2/7", 5_000).await.unwrap());
+    assert_eq!(store.tunnel_routes(5_000).await.unwrap().len(), 1);
+    assert!(store.tunnel_routes(5_001).await.unwrap().is_empty(), "a stale route is not listed");
+
+    assert!(store.remove_tunnel_route(&agent.agent_id, "i2/7").await.unwrap());
+    assert!(store.tunnel_routes(0).await.unwrap().is_empty());
+    assert!(!store.remove_tunnel_route(&agent.agent_id, "i2/7").await.unwrap());
     hub.shutdown().await;
 }

@@ -172,3 +172,291 @@ async fn a_dead_instances_leases_come_back_after_the_visibility_timeout() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+// ---- Tunnel streams across instances (issue 19) ----
+
+use edge_tunnel::open::{self, Answer, Open, Target};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// An agent's side of the tunnel made of edge-tunnel pieces, connected to one hub: `echo.test`
+/// is answered `ok` and echoed until the client ends its side; any other destination is
+/// refused with `EGRESS_DENIED`. `streams` counts the streams asked for (pings aside).
+struct TunnelAgent {
+    task: tokio::task::JoinHandle<()>,
+    streams: Arc<AtomicUsize>,
+}
+
+impl Drop for TunnelAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn tunnel_agent(hub: &TestHub, agent: &TestAgent) -> TunnelAgent {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let token = hub.session_token(agent).await;
+    let url = format!("{}{}", hub.base.replacen("http://", "ws://", 1), edge_tunnel::TUNNEL_PATH);
+    let mut request = url.into_client_request().expect("tunnel URL");
+    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().expect("header value"));
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("the tunnel's WebSocket connects");
+    let streams = Arc::new(AtomicUsize::new(0));
+    let counted = streams.clone();
+    let task = tokio::spawn(async move {
+        let _ = edge_tunnel::mux::serve(edge_tunnel::ws::over_websocket(socket), move |mut stream| {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(opened) = open::read::<_, Open>(&mut stream).await else { return };
+                match opened.target {
+                    Target::Ping => {
+                        let _ = open::write(&mut stream, &Answer::ok()).await;
+                    }
+                    Target::Connect { host, .. } if host == "echo.test" => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        if open::write(&mut stream, &Answer::ok()).await.is_ok() {
+                            let (mut from, mut to) = tokio::io::split(stream);
+                            let _ = tokio::io::copy(&mut from, &mut to).await;
+                            let _ = to.shutdown().await;
+                        }
+                    }
+                    other => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let answer =
+                            Answer::refused("EGRESS_DENIED", format!("{other} is not on this agent's allow list"));
+                        let _ = open::write(&mut stream, &answer).await;
+                    }
+                }
+            });
+        })
+        .await;
+    });
+    TunnelAgent { task, streams }
+}
+
+/// Waits until `on` lists `agent`'s tunnel as held by the instance at `base`.
+async fn wait_for_route(on: &TestHub, agent: &TestAgent, base: &str) -> edge_hub::store::TunnelRoute {
+    let store = on.store();
+    wait_until(Duration::from_secs(10), "the tunnel's route", || {
+        let store = store.clone();
+        async move {
+            store
+                .tunnel_routes(0)
+                .await
+                .expect("routes")
+                .into_iter()
+                .find(|r| r.agent_id == agent.agent_id && r.relay_url == base)
+        }
+    })
+    .await
+}
+
+/// Reads an HTTP response head (up to the blank line) byte by byte; "" when the connection ends first.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read_u8().await {
+            Ok(byte) => head.push(byte),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A CONNECT through `hub`'s proxy port as `agent-<id>` with the hub's API key; returns the
+/// connection and the response head.
+async fn connect_through(hub: &TestHub, user: &str, destination: &str) -> (TcpStream, String) {
+    use base64::Engine as _;
+    let proxy = hub.hub().proxy_addr().expect("the hub has a proxy port");
+    let mut client = TcpStream::connect(proxy).await.expect("proxy port answers");
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", hub.api_key));
+    let request = format!(
+        "CONNECT {destination} HTTP/1.1\r\nHost: {destination}\r\nProxy-Authorization: Basic {credentials}\r\n\r\n"
+    );
+    client.write_all(request.as_bytes()).await.expect("request sent");
+    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut client))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to CONNECT {destination} within 10 s"));
+    (client, head)
+}
+
+/// Sends `payload`, ends the sending side, and returns everything that comes back until the
+/// far side ends: the echo proves the bytes and the half-close crossed both instances.
+async fn echo_round_trip(client: TcpStream, payload: &[u8]) -> Vec<u8> {
+    let (mut from, mut to) = client.into_split();
+    let sending = async {
+        to.write_all(payload).await.expect("payload sent");
+        to.shutdown().await.expect("half-close");
+    };
+    let mut back = Vec::new();
+    let receiving = from.read_to_end(&mut back);
+    let ((), received) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(sending, receiving) })
+        .await
+        .expect("the echo ends within 20 s");
+    received.expect("echo read");
+    back
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+async fn three_proxy_hubs() -> Option<(TestHub, TestHub, TestHub)> {
+    three_hubs(|config| config.proxy_listen = Some("127.0.0.1:0".parse().expect("literal address"))).await
+}
+
+#[tokio::test]
+async fn proxy_clients_on_any_instance_reach_an_agent_tunnelled_to_another() {
+    let Some((a, b, c)) = three_proxy_hubs().await else { return };
+    let agent = b.enroll(CREATOR).await;
+    let on_b = tunnel_agent(&b, &agent).await;
+    let route = wait_for_route(&a, &agent, &b.base).await;
+    assert_eq!(route.creator_id, CREATOR);
+
+    // From A and from C, through B, byte-exact both ways, the half-close included.
+    let payload: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 + i / 251) as u8).collect();
+    let user = format!("agent-{}", agent.agent_id);
+    for hub in [&a, &c] {
+        let (client, head) = connect_through(hub, &user, "echo.test:7").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(echo_round_trip(client, &payload).await == payload, "the echo through B differs");
+    }
+    // The creator selector chooses among every instance's tunnels (the creator came with
+    // the route; C asked B nothing to choose).
+    let (client, head) = connect_through(&c, &format!("creator-{CREATOR}"), "echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(echo_round_trip(client, b"by creator").await, b"by creator");
+
+    // The agent's refusal keeps its code across the link.
+    let (_, head) = connect_through(&a, &user, "denied.test:443").await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert_eq!(header(&head, "X-Edge-Refusal"), Some("EGRESS_DENIED"), "{head}");
+    assert_eq!(on_b.streams.load(Ordering::SeqCst), 4);
+
+    // B stops: A's open stream through it ends, and a new client gets NO_AGENT at once.
+    let (mut open_stream, head) = connect_through(&a, &user, "echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    open_stream.write_all(b"ping").await.unwrap();
+    let mut four = [0u8; 4];
+    open_stream.read_exact(&mut four).await.unwrap();
+    assert_eq!(&four, b"ping");
+    b.shutdown().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut rest = Vec::new();
+        let _ = open_stream.read_to_end(&mut rest).await;
+    })
+    .await;
+    assert!(ended.is_ok(), "A's stream through the stopped B must end");
+    let started = std::time::Instant::now();
+    let (_, head) = connect_through(&a, &user, "echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert_eq!(header(&head, "X-Edge-Refusal"), Some("NO_AGENT"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(3), "NO_AGENT took {:?}", started.elapsed());
+    drop(on_b);
+
+    // The agent reconnects to C: A reaches it through C.
+    let on_c = tunnel_agent(&c, &agent).await;
+    wait_for_route(&a, &agent, &c.base).await;
+    let (client, head) = connect_through(&a, &user, "echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(echo_round_trip(client, &payload).await == payload, "the echo through C differs");
+    assert_eq!(on_c.streams.load(Ordering::SeqCst), 1);
+    drop(on_c);
+    c.shutdown().await;
+    a.shutdown().await;
+}
+
+/// Sends the link's upgrade request to `hub` with `bearer` (if any); returns the connection
+/// and the status code.
+async fn relay_request(hub: &TestHub, bearer: Option<&str>) -> (TcpStream, u16) {
+    let mut link = TcpStream::connect(hub.hub().local_addr()).await.expect("hub answers");
+    let authorization = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: upgrade\r\nUpgrade: {}\r\n{authorization}\r\n",
+        edge_hub::tunnel::link::RELAY_PATH,
+        hub.hub().local_addr(),
+        edge_hub::tunnel::link::UPGRADE_TOKEN
+    );
+    link.write_all(request.as_bytes()).await.expect("request sent");
+    let head = read_head(&mut link).await;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status: {head:?}"));
+    (link, status)
+}
+
+#[tokio::test]
+async fn the_instance_link_refuses_a_missing_forged_or_replayed_credential_and_opens_nothing() {
+    let Some((a, b, c)) = three_proxy_hubs().await else { return };
+    let agent = b.enroll(CREATOR).await;
+    let on_b = tunnel_agent(&b, &agent).await;
+    let route = wait_for_route(&a, &agent, &b.base).await;
+    let echo = Target::Connect { host: "echo.test".into(), port: 7 };
+
+    let (_, status) = relay_request(&b, None).await;
+    assert_eq!(status, 401, "no credential");
+    let forger = edge_hub::tunnel::link::LinkKeys::new(&edge_hub::Secret::new("another-secret-".repeat(4)));
+    let forged = forger.issue("hub_evil", &route.instance_id, &agent.agent_id, &echo).expect("token");
+    let (_, status) = relay_request(&b, Some(&forged)).await;
+    assert_eq!(status, 401, "a token signed with another secret");
+    // The agent's own session token is signed with the JWT secret itself: still no link token.
+    let session = b.session_token(&agent).await;
+    let (_, status) = relay_request(&b, Some(&session)).await;
+    assert_eq!(status, 401, "an agent's session token");
+    let shared = edge_hub::tunnel::link::LinkKeys::new(&edge_hub::Secret::new(JWT_SECRET));
+    let elsewhere = shared.issue("hub_a", "hub_someone_else", &agent.agent_id, &echo).expect("token");
+    let (_, status) = relay_request(&b, Some(&elsewhere)).await;
+    assert_eq!(status, 401, "a token for another instance");
+    assert_eq!(on_b.streams.load(Ordering::SeqCst), 0, "a refused link opened a stream");
+
+    // A token signed with the shared secret for B opens one stream, once.
+    let good = shared.issue("hub_a", &route.instance_id, &agent.agent_id, &echo).expect("token");
+    let (mut link, status) = relay_request(&b, Some(&good)).await;
+    assert_eq!(status, 101);
+    let answer: Answer = open::read(&mut link).await.expect("the agent's answer");
+    assert!(answer.ok, "{answer:?}");
+    link.write_all(b"hello").await.unwrap();
+    let mut five = [0u8; 5];
+    link.read_exact(&mut five).await.unwrap();
+    assert_eq!(&five, b"hello");
+    let (_, status) = relay_request(&b, Some(&good)).await;
+    assert_eq!(status, 401, "a replayed token");
+    assert_eq!(on_b.streams.load(Ordering::SeqCst), 1);
+
+    // An instance that died without removing its route: A's client gets NO_AGENT at once
+    // (its address refuses the connection) instead of hanging.
+    let other = a.enroll(CREATOR).await;
+    // A route at A's own address under another instance id is an earlier run of A that
+    // died: skipped, never dialled.
+    let previous = edge_hub::store::NewTunnelRoute {
+        agent_id: other.agent_id.clone(),
+        tunnel_id: "hub_previous/1".into(),
+        instance_id: "hub_previous".into(),
+        relay_url: a.base.clone(),
+    };
+    a.store().put_tunnel_route(&previous, edge_hub::crypto::now_ms()).await.unwrap();
+    let (_, head) = connect_through(&a, &format!("agent-{}", other.agent_id), "echo.test:7").await;
+    assert_eq!(header(&head, "X-Edge-Refusal"), Some("NO_AGENT"), "{head}");
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let orphan = edge_hub::store::NewTunnelRoute {
+        agent_id: other.agent_id.clone(),
+        tunnel_id: "hub_dead/1".into(),
+        instance_id: "hub_dead".into(),
+        relay_url: dead_url,
+    };
+    a.store().put_tunnel_route(&orphan, edge_hub::crypto::now_ms()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (_, head) = connect_through(&a, &format!("agent-{}", other.agent_id), "echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    assert_eq!(header(&head, "X-Edge-Refusal"), Some("NO_AGENT"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(3), "NO_AGENT took {:?}", started.elapsed());
+    drop(link);
+    drop(on_b);
+    c.shutdown().await;
+    b.shutdown().await;
+    a.shutdown().await;
+}

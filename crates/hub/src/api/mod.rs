@@ -44,6 +44,10 @@ pub type AppState = Arc<App>;
 pub struct App {
     pub store: Arc<dyn Store>,
     pub jwt: JwtKeys,
+    /// Signs and checks the credential of the link between instances (`crate::tunnel::link`).
+    pub link: crate::tunnel::link::LinkKeys,
+    /// This instance, as the others on the database reach it.
+    pub instance: crate::tunnel::link::Instance,
     pub dispatcher: Dispatcher,
     pub events: Events,
     /// Agents' acks and results, written in groups.

@@ -771,4 +771,41 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes ledger entries older than `before` (outside every cool-off window).
     async fn purge_ledger(&self, before: i64) -> Result<u64, StoreError>;
     async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError>;
+
+    /// Records that `route.agent_id`'s tunnel is open on `route.instance_id`, replacing any
+    /// earlier route of that agent (a reconnect, here or on another instance, wins).
+    async fn put_tunnel_route(&self, route: &NewTunnelRoute, now: i64) -> Result<(), StoreError>;
+    /// Refreshes `seen_at` of the route `tunnel_id` wrote; false when another tunnel of the
+    /// agent has replaced it since (or it was removed).
+    async fn touch_tunnel_route(&self, agent_id: &str, tunnel_id: &str, now: i64) -> Result<bool, StoreError>;
+    /// Removes the agent's route only while it is still the one `tunnel_id` wrote.
+    async fn remove_tunnel_route(&self, agent_id: &str, tunnel_id: &str) -> Result<bool, StoreError>;
+    /// Every route seen at or after `seen_since`, with the agent's creator and labels, by
+    /// agent id; staler rows are left by instances that died and are ignored.
+    async fn tunnel_routes(&self, seen_since: i64) -> Result<Vec<TunnelRoute>, StoreError>;
+}
+
+/// A tunnel route as an instance writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTunnelRoute {
+    pub agent_id: String,
+    /// Unique per tunnel (instance id and a serial), so a late removal by a replaced tunnel
+    /// cannot delete its successor's route.
+    pub tunnel_id: String,
+    pub instance_id: String,
+    /// Where other instances open streams through this instance (`ws://…` or `http://…`).
+    pub relay_url: String,
+}
+
+/// A route as read, joined with the agent (whose creator and labels choose exits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRoute {
+    pub agent_id: String,
+    pub tunnel_id: String,
+    pub instance_id: String,
+    pub relay_url: String,
+    pub creator_id: String,
+    pub labels: Vec<String>,
+    pub opened_at: i64,
+    pub seen_at: i64,
 }

@@ -434,7 +434,7 @@ macro_rules! sql_store {
         use $crate::store::{
             AgentRecord, ApiKeyRecord, ApiKeySummary, AttemptRecord, RevokeOutcome, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
             FinishOutcome, FinishRequest, InsertOutcome, JobWriteAnswers, JobWriteBatch, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent, UncertainRecipient,
-            NewJob, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store,
+            NewJob, NewTunnelRoute, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store, TunnelRoute,
         };
         use sqlx::Row as _;
         use std::sync::OnceLock;
@@ -1871,6 +1871,67 @@ macro_rules! sql_store {
                                 .ok_or_else(|| StoreError::Corrupt(format!("unknown job status {status:?}")))?,
                             count: row.try_get("n")?,
                             oldest_created_at: row.try_get("oldest")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn put_tunnel_route(&self, route: &NewTunnelRoute, now: i64) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO tunnel_routes (agent_id, tunnel_id, instance_id, relay_url, opened_at, seen_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (agent_id) DO UPDATE SET \
+                     tunnel_id = excluded.tunnel_id, instance_id = excluded.instance_id, \
+                     relay_url = excluded.relay_url, opened_at = excluded.opened_at, seen_at = excluded.seen_at",
+                )
+                .bind(&route.agent_id)
+                .bind(&route.tunnel_id)
+                .bind(&route.instance_id)
+                .bind(&route.relay_url)
+                .bind(now)
+                .execute(&self.writer)
+                .await?;
+                Ok(())
+            }
+
+            async fn touch_tunnel_route(&self, agent_id: &str, tunnel_id: &str, now: i64) -> Result<bool, StoreError> {
+                let done = sqlx::query("UPDATE tunnel_routes SET seen_at = $1 WHERE agent_id = $2 AND tunnel_id = $3")
+                    .bind(now)
+                    .bind(agent_id)
+                    .bind(tunnel_id)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn remove_tunnel_route(&self, agent_id: &str, tunnel_id: &str) -> Result<bool, StoreError> {
+                let done = sqlx::query("DELETE FROM tunnel_routes WHERE agent_id = $1 AND tunnel_id = $2")
+                    .bind(agent_id)
+                    .bind(tunnel_id)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn tunnel_routes(&self, seen_since: i64) -> Result<Vec<TunnelRoute>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT r.agent_id, r.tunnel_id, r.instance_id, r.relay_url, r.opened_at, r.seen_at, \
+                     a.creator_id, a.labels FROM tunnel_routes r JOIN agents a ON a.id = r.agent_id \
+                     WHERE r.seen_at >= $1 ORDER BY r.agent_id",
+                )
+                .bind(seen_since)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(TunnelRoute {
+                            agent_id: row.try_get("agent_id")?,
+                            tunnel_id: row.try_get("tunnel_id")?,
+                            instance_id: row.try_get("instance_id")?,
+                            relay_url: row.try_get("relay_url")?,
+                            creator_id: row.try_get("creator_id")?,
+                            labels: parse_labels(row.try_get("labels")?)?,
+                            opened_at: row.try_get("opened_at")?,
+                            seen_at: row.try_get("seen_at")?,
                         })
                     })
                     .collect()

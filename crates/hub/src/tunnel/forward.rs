@@ -56,12 +56,13 @@ pub async fn serve(listener: TcpListener, forward: Forward, app: AppState, stop:
         let (app, forward, stop) = (app.clone(), forward.clone(), stop.clone());
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
-            let Some(tunnel) = app.tunnels.get(&forward.agent_id) else {
+            // The agent's tunnel may be open on any instance on this database.
+            let Some(exit) = super::exit_for(&app, &forward.agent_id).await else {
                 crate::metrics::tunnel_refused("NO_AGENT");
                 info!(%peer, agent_id = %forward.agent_id, "forward: the agent has no open tunnel; connection closed");
                 return;
             };
-            match tunnel.open(Target::Service { name: forward.service.clone() }).await {
+            match exit.open(&app, Target::Service { name: forward.service.clone() }).await {
                 Ok(stream) => {
                     tokio::select! {
                         _ = stop.cancelled() => {}

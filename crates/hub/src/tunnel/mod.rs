@@ -5,8 +5,14 @@
 //! The agent decides what its end reaches (its egress gate, its person's consent, pause and
 //! caps); this side decides only who may use which agent (see `proxy`). A tunnel that stops
 //! answering its pings is dropped with every stream on it; the agent reconnects.
+//!
+//! Several instances on one database: each open tunnel is also listed in the store (which
+//! instance holds it, where that instance is reached), so an exit is chosen among the
+//! tunnels of every instance ([`exits`]) and a stream through another instance's tunnel is
+//! opened over the instances' link (`link`).
 
 pub mod forward;
+pub mod link;
 pub mod proxy;
 
 use crate::api::ws_upgrade::{NotAnUpgrade, WsUpgrade};
@@ -32,6 +38,21 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the agent may take to answer a stream's open header.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A route whose keep-alive has not refreshed it for this long belongs to an instance that
+/// died without removing it: three missed pings.
+pub const ROUTE_STALE_AFTER: Duration = Duration::from_secs(3 * PING_EVERY.as_secs());
+
+/// A stream's bytes, from a local tunnel or over the link to another instance.
+pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> TunnelIo for T {}
+
+/// An open stream, past the agent's answer.
+pub struct Opened {
+    pub io: Box<dyn TunnelIo>,
+    /// Whether this instance counts the stream's bytes: the instance holding the tunnel
+    /// does (it counted the stream's opening too), a caller relaying through it does not.
+    pub metered: bool,
+}
 
 /// One agent's open tunnel.
 #[derive(Debug, Clone)]
@@ -59,6 +80,13 @@ pub struct Tunnels {
 pub enum OpenError {
     #[error("the agent has no open tunnel to this hub")]
     NoTunnel,
+    /// The instance holding the agent's tunnel did not answer: it stopped or died, and
+    /// its route will be gone or stale; the agent reconnects to another instance.
+    #[error("{0}")]
+    InstanceGone(String),
+    /// The other instance refused the link or answered something else than a stream.
+    #[error("the link to another hub instance failed: {0}")]
+    Link(String),
     #[error("the tunnel to the agent failed: {0}")]
     Tunnel(#[from] MuxError),
     #[error("the agent did not answer: {0}")]
@@ -155,10 +183,95 @@ impl Tunnel {
     }
 }
 
+/// An agent a stream can go out through: its tunnel here, or its route to another instance.
+#[derive(Debug, Clone)]
+pub enum Exit {
+    Local(Tunnel),
+    Remote(crate::store::TunnelRoute),
+}
+
+impl Exit {
+    pub fn agent_id(&self) -> &str {
+        match self {
+            Exit::Local(tunnel) => &tunnel.agent_id,
+            Exit::Remote(route) => &route.agent_id,
+        }
+    }
+
+    pub fn creator_id(&self) -> &str {
+        match self {
+            Exit::Local(tunnel) => &tunnel.creator_id,
+            Exit::Remote(route) => &route.creator_id,
+        }
+    }
+
+    pub fn labels(&self) -> &[String] {
+        match self {
+            Exit::Local(tunnel) => &tunnel.labels,
+            Exit::Remote(route) => &route.labels,
+        }
+    }
+
+    /// A stream to `target` through this agent, past its answer.
+    pub async fn open(&self, app: &AppState, target: Target) -> Result<Opened, OpenError> {
+        match self {
+            Exit::Local(tunnel) => Ok(Opened { io: Box::new(tunnel.open(target).await?), metered: true }),
+            Exit::Remote(route) => {
+                let io = link::open_remote(app, &route.relay_url, &route.instance_id, &route.agent_id, target).await?;
+                Ok(Opened { io, metered: false })
+            }
+        }
+    }
+}
+
+/// Every agent with an open tunnel on any instance, by agent id: this instance's own
+/// tunnels, then the fresh routes of the others. When the store cannot be read, only the
+/// local tunnels (said in the log): a proxy that still serves those beats one that serves none.
+pub async fn exits(app: &AppState) -> Vec<Exit> {
+    let local = app.tunnels.list();
+    let seen_since = crate::crypto::now_ms() - crate::queue::millis(ROUTE_STALE_AFTER);
+    let routes = match app.store.tunnel_routes(seen_since).await {
+        Ok(routes) => routes,
+        Err(e) => {
+            warn!(error = %e, "cannot read the other instances' tunnels; choosing among this instance's only");
+            Vec::new()
+        }
+    };
+    let mut all: Vec<Exit> = Vec::with_capacity(local.len() + routes.len());
+    for route in routes {
+        if route.instance_id == app.instance.id {
+            // Ours: the local registry is the truth (a route of a tunnel that just closed
+            // may not be removed yet).
+            continue;
+        }
+        if route.relay_url == app.instance.url {
+            // Left by an earlier run of this instance at this address that died: not ours,
+            // and dialling ourselves for it could only be refused.
+            continue;
+        }
+        if local.iter().any(|t| t.agent_id == route.agent_id) {
+            continue;
+        }
+        all.push(Exit::Remote(route));
+    }
+    all.extend(local.into_iter().map(Exit::Local));
+    all.sort_by(|a, b| a.agent_id().cmp(b.agent_id()));
+    all
+}
+
+/// The exit through `agent_id`, wherever its tunnel is open.
+pub async fn exit_for(app: &AppState, agent_id: &str) -> Option<Exit> {
+    if let Some(tunnel) = app.tunnels.get(agent_id) {
+        return Some(Exit::Local(tunnel));
+    }
+    exits(app).await.into_iter().find(|exit| exit.agent_id() == agent_id)
+}
+
 pub fn router(app: AppState) -> Router {
     Router::new()
         .route(edge_tunnel::TUNNEL_PATH, get(tunnel_ws))
         .route(edge_tunnel::ENDPOINTS_PATH, get(endpoints))
+        .route(link::RELAY_PATH, get(link::relay_endpoint))
         .with_state(app)
 }
 
@@ -230,15 +343,31 @@ where
         serial: 0,
     };
     let serial = app.tunnels.insert(tunnel.clone());
+    // Other instances find the tunnel through this route; without it only this
+    // instance's proxy can use it, which is worth a warning, not a refused tunnel.
+    let tunnel_id = format!("{}/{serial}", app.instance.id);
+    let route = crate::store::NewTunnelRoute {
+        agent_id: tunnel.agent_id.clone(),
+        tunnel_id: tunnel_id.clone(),
+        instance_id: app.instance.id.clone(),
+        relay_url: app.instance.url.clone(),
+    };
+    if let Err(e) = app.store.put_tunnel_route(&route, crate::crypto::now_ms()).await {
+        warn!(agent_id = %tunnel.agent_id, error = %e, "cannot list the tunnel for the other instances");
+    }
     info!(agent_id = %tunnel.agent_id, "tunnel open");
     crate::metrics::tunnel_opened(true);
     let stop = app.shutdown.clone();
     tokio::select! {
         ended = driver => if let Err(e) = ended { info!(agent_id = %tunnel.agent_id, error = %e, "tunnel ended") },
-        why = keep_alive(&tunnel) => warn!(agent_id = %tunnel.agent_id, why, "tunnel dropped"),
+        why = keep_alive(&app, &tunnel, &tunnel_id) => warn!(agent_id = %tunnel.agent_id, why, "tunnel dropped"),
         _ = stop.cancelled() => {}
     }
     app.tunnels.remove(&tunnel.agent_id, serial);
+    // Only this tunnel's route: a reconnect elsewhere has already replaced it.
+    if let Err(e) = app.store.remove_tunnel_route(&tunnel.agent_id, &tunnel_id).await {
+        warn!(agent_id = %tunnel.agent_id, error = %e, "cannot remove the tunnel's route; it expires unrefreshed");
+    }
     crate::metrics::tunnel_opened(false);
     info!(agent_id = %tunnel.agent_id, "tunnel closed");
 }
@@ -338,33 +467,48 @@ where
     }
 }
 
-/// Relays a client's connection and an open tunnel stream of `agent_id` until both
-/// directions end, with `already` (bytes the client sent past its request) first; counts
-/// the bytes.
-pub async fn relay<S>(app: &AppState, agent_id: &str, client: &mut tokio::net::TcpStream, mut stream: S, already: &[u8])
+/// Relays a client's connection (or another instance's link) and an open stream through
+/// `agent_id` until both directions end, with `already` (bytes the client sent past its
+/// request) first; counts the bytes when the stream is this instance's to meter.
+pub async fn relay<C>(app: &AppState, agent_id: &str, client: &mut C, stream: Opened, already: &[u8])
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
     use tokio::io::AsyncWriteExt as _;
+    let Opened { io: mut stream, metered } = stream;
+    let closed = |to_agent: u64, from_agent: u64| {
+        if metered {
+            crate::metrics::tunnel_stream_closed(to_agent, from_agent);
+        }
+    };
     if !already.is_empty() && stream.write_all(already).await.is_err() {
-        crate::metrics::tunnel_stream_closed(0, 0);
+        closed(0, 0);
         return;
     }
     let (to_agent, from_agent) = tokio::io::copy_bidirectional(client, &mut stream).await.unwrap_or((0, 0));
     let to_agent = to_agent + already.len() as u64;
-    crate::metrics::tunnel_stream_closed(to_agent, from_agent);
-    app.tunnels.count(agent_id, to_agent + from_agent);
+    closed(to_agent, from_agent);
+    if metered {
+        app.tunnels.count(agent_id, to_agent + from_agent);
+    }
 }
 
-/// Pings the agent through a stream of its own every [`PING_EVERY`]; returns why it stopped
-/// answering.
-async fn keep_alive(tunnel: &Tunnel) -> String {
+/// Pings the agent through a stream of its own every [`PING_EVERY`] and refreshes the
+/// tunnel's route after each answer; returns why it stopped answering.
+async fn keep_alive(app: &AppState, tunnel: &Tunnel, tunnel_id: &str) -> String {
     loop {
         tokio::time::sleep(PING_EVERY).await;
         match tokio::time::timeout(PING_TIMEOUT, tunnel.open(Target::Ping)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return format!("ping failed: {e}"),
             Err(_) => return format!("no ping answer within {PING_TIMEOUT:?}"),
+        }
+        match app.store.touch_tunnel_route(&tunnel.agent_id, tunnel_id, crate::crypto::now_ms()).await {
+            Ok(true) => {}
+            // A newer tunnel of this agent (on another instance) owns the route now; this
+            // one still serves this instance's clients until it ends.
+            Ok(false) => {}
+            Err(e) => warn!(agent_id = %tunnel.agent_id, error = %e, "cannot refresh the tunnel's route"),
         }
     }
 }

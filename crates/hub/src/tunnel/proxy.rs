@@ -13,7 +13,7 @@
 //! second request on a plain-HTTP connection (each is its own destination: it forces
 //! `Connection: close`).
 
-use super::{relay, OpenError, Tunnel};
+use super::{relay, Exit, OpenError, Opened};
 use crate::api::{AppState, Caller};
 use base64::Engine as _;
 use edge_tunnel::open::Target;
@@ -117,7 +117,7 @@ impl From<OpenError> for Refusal {
     fn from(error: OpenError) -> Refusal {
         match error {
             OpenError::Refused { code, message } => Refusal::Agent { code, message },
-            OpenError::NoTunnel => Refusal::NoAgent(error.to_string()),
+            OpenError::NoTunnel | OpenError::InstanceGone(_) => Refusal::NoAgent(error.to_string()),
             other => Refusal::Failed(other.to_string()),
         }
     }
@@ -137,7 +137,7 @@ async fn handle(client: TcpStream, app: &AppState, turn: &AtomicUsize) {
 }
 
 /// Who the credentials stand for and which agent they choose.
-async fn exit(app: &AppState, user: &str, password: &str, turn: &AtomicUsize) -> Result<Tunnel, Refusal> {
+async fn exit(app: &AppState, user: &str, password: &str, turn: &AtomicUsize) -> Result<Exit, Refusal> {
     let caller = Caller::from_key(app, Some(password))
         .await
         .map_err(|_| Refusal::Auth("the proxy password must be an API key of this hub".to_owned()))?;
@@ -145,13 +145,13 @@ async fn exit(app: &AppState, user: &str, password: &str, turn: &AtomicUsize) ->
         Some((selector, token)) if !token.is_empty() => (selector, Some(token)),
         _ => (user, None),
     };
-    let matches = |tunnel: &Tunnel| -> Result<bool, Refusal> {
+    let matches = |exit: &Exit| -> Result<bool, Refusal> {
         if let Some(id) = selector.strip_prefix("agent-") {
-            Ok(tunnel.agent_id == id)
+            Ok(exit.agent_id() == id)
         } else if let Some(id) = selector.strip_prefix("creator-") {
-            Ok(tunnel.creator_id == id)
+            Ok(exit.creator_id() == id)
         } else if let Some(label) = selector.strip_prefix("label-") {
-            Ok(tunnel.labels.iter().any(|l| l == label))
+            Ok(exit.labels().iter().any(|l| l == label))
         } else {
             Err(Refusal::Auth(format!(
                 "the proxy user name {user:?} must be agent-<id>, creator-<id> or label-<label>, \
@@ -160,9 +160,11 @@ async fn exit(app: &AppState, user: &str, password: &str, turn: &AtomicUsize) ->
         }
     };
     let mut candidates = Vec::new();
-    for tunnel in app.tunnels.list() {
-        if caller.may_see(&tunnel.creator_id) && matches(&tunnel)? {
-            candidates.push(tunnel);
+    // Every instance's tunnels (creator and labels come with the route, so choosing asks no
+    // other instance anything).
+    for exit in super::exits(app).await {
+        if caller.may_see(exit.creator_id()) && matches(&exit)? {
+            candidates.push(exit);
         }
     }
     if candidates.is_empty() {
@@ -289,11 +291,7 @@ async fn read_head(client: &mut TcpStream) -> Result<Head, Refusal> {
     })
 }
 
-async fn http_stream(
-    app: &AppState,
-    head: &Head,
-    turn: &AtomicUsize,
-) -> Result<(edge_tunnel::mux::MuxStream, Target, String), Refusal> {
+async fn http_stream(app: &AppState, head: &Head, turn: &AtomicUsize) -> Result<(Opened, Target, String), Refusal> {
     let (user, password) = head
         .header("Proxy-Authorization")
         .and_then(|value| value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")))
@@ -318,9 +316,9 @@ async fn http_stream(
         let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
         Target::Connect { host, port: url.port_or_known_default().unwrap_or(80) }
     };
-    let tunnel = exit(app, &user, &password, turn).await?;
-    let stream = tunnel.open(target.clone()).await?;
-    Ok((stream, target, tunnel.agent_id))
+    let exit = exit(app, &user, &password, turn).await?;
+    let stream = exit.open(app, target.clone()).await?;
+    Ok((stream, target, exit.agent_id().to_owned()))
 }
 
 async fn answer_http(client: &mut TcpStream, refusal: &Refusal) {
@@ -366,7 +364,7 @@ async fn socks5_handshake(
     client: &mut TcpStream,
     app: &AppState,
     turn: &AtomicUsize,
-) -> Result<(edge_tunnel::mux::MuxStream, Target, String), Option<Refusal>> {
+) -> Result<(Opened, Target, String), Option<Refusal>> {
     let io = |_| None;
     let mut greeting = [0u8; 2];
     client.read_exact(&mut greeting).await.map_err(io)?;
@@ -388,10 +386,10 @@ async fn socks5_handshake(
     client.read_exact(&mut password).await.map_err(io)?;
     let (user, password) =
         (String::from_utf8_lossy(&user).into_owned(), String::from_utf8_lossy(&password).into_owned());
-    let tunnel = match exit(app, &user, &password, turn).await {
-        Ok(tunnel) => {
+    let exit = match exit(app, &user, &password, turn).await {
+        Ok(exit) => {
             client.write_all(&[1, 0]).await.map_err(io)?;
-            tunnel
+            exit
         }
         Err(Refusal::Auth(why)) => {
             info!(reason = %why, "SOCKS5 authentication refused");
@@ -406,8 +404,8 @@ async fn socks5_handshake(
         }
     };
     let target = read_socks_request(client).await?;
-    let stream = tunnel.open(target.clone()).await.map_err(|e| Some(Refusal::from(e)))?;
-    Ok((stream, target, tunnel.agent_id))
+    let stream = exit.open(app, target.clone()).await.map_err(|e| Some(Refusal::from(e)))?;
+    Ok((stream, target, exit.agent_id().to_owned()))
 }
 
 async fn read_socks_request(client: &mut TcpStream) -> Result<Target, Option<Refusal>> {
