@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage enrollment tokens.
     #[command(subcommand)]
     EnrollToken(EnrollTokenCommand),
@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     let database_url = cli.database_url.unwrap_or_else(edge_hub::default_database_url);
     match cli.command {
-        Command::Serve(args) => serve(database_url, args).await,
+        Command::Serve(args) => serve(database_url, *args).await,
         Command::EnrollToken(EnrollTokenCommand::Create { creator, ttl_hours, count }) => {
             let store = edge_hub::open_store(&database_url).await.context("cannot open the hub database")?;
             let mut tokens = Vec::new();
