@@ -174,20 +174,28 @@ impl Hub {
         };
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .ok_or_else(|| anyhow!("no URL in hub line {line:?}"))?
             .trim_end_matches('/')
             .to_owned();
         self.url = url;
         self.child = Some(child);
-        wait_until(Duration::from_secs(10), || Ok(ureq::get(&format!("{}/health", self.url)).call().is_ok()))
-            .context("hub /health never answered")?;
+        if self.url.starts_with("https://") {
+            // A hub serving TLS with a test CA: this harness's HTTP client does not trust it,
+            // so readiness is its port accepting connections.
+            let addr = self.addr().to_owned();
+            wait_until(Duration::from_secs(10), || Ok(std::net::TcpStream::connect(&addr).is_ok()))
+                .context("the TLS hub never accepted a connection")?;
+        } else {
+            wait_until(Duration::from_secs(10), || Ok(ureq::get(&format!("{}/health", self.url)).call().is_ok()))
+                .context("hub /health never answered")?;
+        }
         Ok(())
     }
 
     /// The `host:port` the hub listens on.
     pub fn addr(&self) -> &str {
-        self.url.trim_start_matches("http://")
+        self.url.trim_start_matches("https://").trim_start_matches("http://")
     }
 
     /// `kill -9`: no chance to clean up, like a crash or power loss.
@@ -445,6 +453,8 @@ pub struct Agent {
     /// Destinations its person allows beyond the public internet: each run gets one
     /// `--allow-egress` per entry (see [`Agent::allow_egress`]).
     pub allow_egress: Vec<String>,
+    /// Environment every command of this agent gets (e.g. `EDGE_AGENT_HUB_CA`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     runs: u32,
 }
@@ -459,6 +469,7 @@ impl Agent {
             agent_id: None,
             own_session_keyring: false,
             allow_egress: Vec::new(),
+            env: Vec::new(),
             child: None,
             runs: 0,
         }
@@ -478,6 +489,7 @@ impl Agent {
         cmd.args(["--profile", &self.profile, "--keychain", &self.keychain])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         if self.own_session_keyring {
             keyring::in_new_session_keyring(&mut cmd);
