@@ -521,6 +521,10 @@ fn explain_refusal(
     refused_before: Option<u64>,
 ) -> Result<Value, JobError> {
     let (Err(failure), Some(gate), Some(before)) = (&result, egress, refused_before) else { return result };
+    if failure.code == ErrorCode::SendUncertain {
+        // A message may have gone out: that is what the hub must hear (it never retries it).
+        return result;
+    }
     match gate.browser_refusals() {
         (now, Some(refusal)) if now > before => {
             let mut error = refusal.to_job_error();
