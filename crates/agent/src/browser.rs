@@ -562,6 +562,10 @@ mod tests {
         let now = gate.browser_refusals().0;
         assert_eq!(explain_refusal(failed(), Some(&gate), Some(now)).unwrap_err().code, ErrorCode::LoginRequired);
         assert!(explain_refusal(Ok(json!({})), Some(&gate), Some(before)).is_ok());
+        // A send whose outcome is unknown stays so: the hub must not lose that a message may
+        // have gone out (and never retries it).
+        let uncertain = Err(JobError::new(ErrorCode::SendUncertain, "the message to \"ann\" may or may not …"));
+        assert_eq!(explain_refusal(uncertain, Some(&gate), Some(before)).unwrap_err().code, ErrorCode::SendUncertain);
         // http_request refusals are not the browser's.
         gate.admit_url(&lan, None, false, Capability::HttpRequest).await.unwrap_err();
         assert_eq!(gate.browser_refusals().0, now);
