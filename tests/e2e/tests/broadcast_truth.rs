@@ -159,6 +159,9 @@ fn a_send_dm_cut_by_a_kill_fails_send_uncertain_and_is_not_sent_again() -> Resul
         .map_err(|e| e.context(format!("the send never reached the site; agent log:\n{}", agent.run_log())))?;
     agent.kill();
     site.set_send_delay(Duration::ZERO);
+    // The restarted agent resumes the job from its checkpoint. (Before send_dm had one, the
+    // job stayed `running` for ever: the restarted agent, under the same agent id, kept its
+    // lease alive with its heartbeats and knew nothing of the job.)
     agent.run_with_env(&["--hb-interval-secs", "1"], &QUICK)?;
     let done = hub.wait_job_done(&key, &id, TIMEOUT).map_err(|e| e.context(agent.run_log()))?;
     assert_eq!(done["status"], "failed", "{done}\nagent log:\n{}", agent.run_log());
