@@ -3,8 +3,8 @@
 //!
 //! It owns, per job: the circuit-breaker and per-site back-off checks, the token bucket
 //! (waiting up to the job's deadline), one fresh browser context in the warm browser, the
-//! encrypted session restore and save, the broadcast checkpoint, and turning site alarms
-//! into guard state and [`BrowserEvent`]s. It must never send a message twice on purpose
+//! encrypted session restore and save, the message checkpoint (`broadcast_dm` and `send_dm`),
+//! and turning site alarms into guard state and [`BrowserEvent`]s. It must never send a message twice on purpose
 //! (a `sending` checkpoint is verified on the site first), never spend budget in dry-run
 //! mode, and never retry `CONTENT_BLOCKED` or `POLICY_VIOLATION` itself.
 
@@ -272,8 +272,9 @@ impl BrowserRuntime {
         }
     }
 
-    /// Broadcasts a previous agent process left unfinished (`{"jobId","type","payload"}`):
-    /// the agent runs them again at start, which resumes them from their checkpoints.
+    /// `broadcast_dm` and `send_dm` jobs a previous agent process left unfinished
+    /// (`{"jobId","type","payload"}`): the agent runs them again at start, which resumes them
+    /// from their checkpoints.
     pub fn unfinished_jobs(&self) -> Vec<Value> {
         self.inner.checkpoints.unfinished()
     }
