@@ -793,7 +793,11 @@ impl BrowserRuntime {
                                 // nothing went out, so the retry may send it.
                                 Ok(false) => Progress::Pending,
                                 Err(check_error) => {
-                                    tracing::warn!(code = %check_error.code(), error = %check_error, "cannot ask the site whether the send went out");
+                                    tracing::warn!(
+                                        code = %check_error.code(),
+                                        error = %check_error,
+                                        "cannot ask the site whether the send went out"
+                                    );
                                     Progress::Uncertain
                                 }
                             };
