@@ -521,6 +521,10 @@ fn explain_refusal(
     refused_before: Option<u64>,
 ) -> Result<Value, JobError> {
     let (Err(failure), Some(gate), Some(before)) = (&result, egress, refused_before) else { return result };
+    if failure.code == ErrorCode::SendUncertain {
+        // A message may have gone out: that is what the hub must hear (it never retries it).
+        return result;
+    }
     match gate.browser_refusals() {
         (now, Some(refusal)) if now > before => {
             let mut error = refusal.to_job_error();
@@ -558,6 +562,10 @@ mod tests {
         let now = gate.browser_refusals().0;
         assert_eq!(explain_refusal(failed(), Some(&gate), Some(now)).unwrap_err().code, ErrorCode::LoginRequired);
         assert!(explain_refusal(Ok(json!({})), Some(&gate), Some(before)).is_ok());
+        // A send whose outcome is unknown stays so: the hub must not lose that a message may
+        // have gone out (and never retries it).
+        let uncertain = Err(JobError::new(ErrorCode::SendUncertain, "the message to \"ann\" may or may not …"));
+        assert_eq!(explain_refusal(uncertain, Some(&gate), Some(before)).unwrap_err().code, ErrorCode::SendUncertain);
         // http_request refusals are not the browser's.
         gate.admit_url(&lan, None, false, Capability::HttpRequest).await.unwrap_err();
         assert_eq!(gate.browser_refusals().0, now);

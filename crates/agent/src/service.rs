@@ -231,12 +231,12 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         cancel: cancel.clone(),
     });
     if let Some(browser) = &browser {
-        // A broadcast the previous process was killed in: resume it now and report it under
-        // its job id (the hub still holds it as running under this agent's lease).
+        // A broadcast or send_dm the previous process was killed in: resume it now and report
+        // it under its job id (the hub still holds it as running under this agent's lease).
         for value in browser.unfinished_jobs() {
             match serde_json::from_value::<JobSpec>(value) {
                 Ok(job) => {
-                    tracing::info!(job_id = %job.job_id, "resuming an interrupted broadcast from its checkpoint");
+                    tracing::info!(job_id = %job.job_id, "resuming an interrupted message job from its checkpoint");
                     executor.resume(job);
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable job in a broadcast checkpoint"),

@@ -1,5 +1,6 @@
-//! The durable per-recipient progress of `broadcast_dm`, keyed by the job's idempotency key,
-//! so a broadcast interrupted by a crash resumes and messages every recipient exactly once.
+//! The durable per-recipient progress of `broadcast_dm` and `send_dm` (a broadcast of one),
+//! keyed by the job's idempotency key (else its id), so a job interrupted by a crash resumes
+//! and messages every recipient at most once.
 //!
 //! Each recipient goes `pending` → `sending` (written before the send) → `sent` (written
 //! after the site confirmed it). A send the site refused (HTTP 429, its rate-limit banner,

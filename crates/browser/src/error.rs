@@ -48,6 +48,13 @@ pub enum BrowserError {
     OverBudget { reason: String, retry_after_ms: u64 },
     #[error("cancelled")]
     Cancelled,
+    /// A message was submitted and nobody can tell whether it arrived (`SEND_UNCERTAIN`,
+    /// never retried: a retry could message the person twice).
+    #[error(
+        "the message to {recipient:?} may or may not have been delivered: {detail}; it is not sent again \
+         (look at the conversation on the site, and send it yourself if it is missing)"
+    )]
+    SendUncertain { recipient: String, detail: String },
     /// The DevTools connection or the browser itself failed (`INTERNAL`).
     #[error("browser protocol error: {0}")]
     Cdp(String),
@@ -74,6 +81,7 @@ impl BrowserError {
             BrowserError::BadFlow(_) => ErrorCode::BadPayload,
             BrowserError::Assertion(_) => ErrorCode::Other(ASSERTION_FAILED.to_owned()),
             BrowserError::Cancelled => ErrorCode::Cancelled,
+            BrowserError::SendUncertain { .. } => ErrorCode::SendUncertain,
         }
     }
 

@@ -3,12 +3,12 @@
 //!
 //! It owns, per job: the circuit-breaker and per-site back-off checks, the token bucket
 //! (waiting up to the job's deadline), one fresh browser context in the warm browser, the
-//! encrypted session restore and save, the broadcast checkpoint, and turning site alarms
-//! into guard state and [`BrowserEvent`]s. It must never send a message twice on purpose
+//! encrypted session restore and save, the message checkpoint (`broadcast_dm` and `send_dm`),
+//! and turning site alarms into guard state and [`BrowserEvent`]s. It must never send a message twice on purpose
 //! (a `sending` checkpoint is verified on the site first), never spend budget in dry-run
 //! mode, and never retry `CONTENT_BLOCKED` or `POLICY_VIOLATION` itself.
 
-use crate::checkpoint::{normalize, CheckpointStore, Progress};
+use crate::checkpoint::{normalize, Checkpoint, CheckpointStore, Progress};
 use crate::confine::{Origins, Uploads};
 use crate::engine::{run_flow, run_flow_watching_submit, FlowOutput, RunOptions};
 use crate::error::BrowserError;
@@ -272,8 +272,9 @@ impl BrowserRuntime {
         }
     }
 
-    /// Broadcasts a previous agent process left unfinished (`{"jobId","type","payload"}`):
-    /// the agent runs them again at start, which resumes them from their checkpoints.
+    /// `broadcast_dm` and `send_dm` jobs a previous agent process left unfinished
+    /// (`{"jobId","type","payload"}`): the agent runs them again at start, which resumes them
+    /// from their checkpoints.
     pub fn unfinished_jobs(&self) -> Vec<Value> {
         self.inner.checkpoints.unfinished()
     }
@@ -498,7 +499,7 @@ impl BrowserRuntime {
             return JobOutcome::err(e);
         }
         let outcome = match job_type {
-            SEND_DM => self.send_dm(payload, adapter, uploads, hub_cap, deadline).await.map(|v| (v, None)),
+            SEND_DM => return self.send_dm(job_id, payload, adapter, uploads, hub_cap, deadline).await,
             BROADCAST_DM => return self.broadcast(job_id, payload, adapter, uploads, hub_cap, deadline).await,
             SCHEDULE_POST => self.schedule_post(payload, adapter, uploads, hub_cap, deadline).await,
             SCRAPE_SUBS => self.scrape_subs(payload, adapter, uploads, hub_cap, deadline).await,
@@ -535,32 +536,80 @@ impl BrowserRuntime {
         self.with_page(adapter, |driver| async move { run_flow(&driver, adapter, &flow, params, &options).await }).await
     }
 
+    /// One recipient, with a broadcast's truth: the send runs through [`Self::send_each`]
+    /// under a checkpoint keyed by the job (`idemKey`, else the job id), so a redelivery
+    /// after a crash knows the message was being sent. A send that failed past its submit
+    /// is checked on the site at once when the adapter can be asked (`check_sent`): found,
+    /// it is a success; not found, the job fails with the send's own error and the hub
+    /// retries it. When nobody can tell, the job fails `SEND_UNCERTAIN` (never retried)
+    /// with the recipient in `uncertainRecipients`, and this agent never sends it again.
     async fn send_dm(
         &self,
+        job_id: &str,
         payload: &BrowserJobPayload,
         adapter: &Adapter,
         uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
-    ) -> Result<Value, BrowserError> {
-        let recipient = payload
+    ) -> JobOutcome {
+        let recipient = match payload
             .recipient
             .clone()
             .or_else(|| payload.params.get("recipient").and_then(Value::as_str).map(str::to_owned))
-            .filter(|r| !r.trim().is_empty())
-            .ok_or_else(|| BrowserError::BadFlow("send_dm needs `recipient`".into()))?;
-        let mut params = payload.params.clone();
-        params.insert("recipient".into(), Value::from(recipient.trim()));
-        let output = self
-            .run_builtin(adapter, uploads, SEND_DM, &params, "dm", !payload.dry_run, payload.dry_run, hub_cap, deadline)
-            .await?;
-        let sent: Vec<String> = if payload.dry_run { Vec::new() } else { vec![recipient.trim().to_owned()] };
-        Ok(json!({
-            "sentRecipients": sent,
-            "dryRun": payload.dry_run,
-            "skippedSteps": output.skipped,
-            "stepsRun": output.steps_run,
-        }))
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+        {
+            Some(recipient) => recipient,
+            None => {
+                return JobOutcome::err(BrowserError::BadFlow(
+                    "send_dm needs `recipient` (the person to message, as the site names them)".into(),
+                ))
+            }
+        };
+        let recipients = vec![recipient.clone()];
+        let sends = match self
+            .send_each(SEND_DM, job_id, payload, &recipients, adapter, uploads, hub_cap, deadline, true)
+            .await
+        {
+            Ok(sends) => sends,
+            Err(e) => return JobOutcome::err(e),
+        };
+        let Sends { result, mut checkpoint, already, output, .. } = sends;
+        let state = checkpoint.as_ref().and_then(|cp| {
+            cp.recipients.iter().find(|r| normalize(&r.recipient) == normalize(&recipient)).map(|r| r.state)
+        });
+        let (skipped, steps_run) = output.map(|o| (o.skipped, o.steps_run)).unwrap_or_default();
+        // Login and rate-limit bookkeeping, whatever the job is reported as.
+        let result = result.map_err(|e| self.after_error(adapter, e));
+        let data = |sent: Vec<String>, uncertain: Vec<String>| {
+            json!({
+                "sentRecipients": sent,
+                "alreadySent": already,
+                "uncertainRecipients": uncertain,
+                "dryRun": payload.dry_run,
+                "skippedSteps": skipped,
+                "stepsRun": steps_run,
+            })
+        };
+        if matches!(state, Some(Progress::Sending)) {
+            // Reported as unknown below: the checkpoint must agree, so that nothing (a
+            // redelivery, a redrive, the resume at start) sends it again.
+            if let Some(cp) = checkpoint.as_mut() {
+                if let Some(i) = cp.recipients.iter().position(|r| normalize(&r.recipient) == normalize(&recipient)) {
+                    if let Err(e) = self.inner.checkpoints.mark(cp, i, Progress::Uncertain) {
+                        tracing::warn!(error = %e, "cannot record the uncertain send in the checkpoint");
+                    }
+                }
+            }
+        }
+        let can_check = adapter.flow("check_sent").is_ok() && adapter.selectors.contains_key("sentMessage");
+        let outcome = send_dm_outcome(&adapter.name, &recipient, state, result, can_check, data);
+        if let Err(e) = &outcome.result {
+            if e.code == ErrorCode::SendUncertain {
+                tracing::warn!(site = %adapter.name, "{}", e.message.as_deref().unwrap_or_default());
+            }
+        }
+        outcome
     }
 
     async fn broadcast(
@@ -576,15 +625,55 @@ impl BrowserRuntime {
         if recipients.iter().all(|r| r.trim().is_empty()) {
             return JobOutcome::err(BrowserError::BadFlow("broadcast_dm needs a non-empty `recipients` list".into()));
         }
-        let flow = match adapter.flow(SEND_DM) {
-            Ok(flow) => flow,
+        let sends = match self
+            .send_each(BROADCAST_DM, job_id, payload, &recipients, adapter, uploads, hub_cap, deadline, false)
+            .await
+        {
+            Ok(sends) => sends,
             Err(e) => return JobOutcome::err(e),
         };
+        let Sends { result, checkpoint, already, dry_runs, .. } = sends;
+        let sent: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
+        let uncertain: Vec<String> = checkpoint.as_ref().map(|c| c.uncertain()).unwrap_or_default();
+        let data = json!({
+            "sentRecipients": sent,
+            "alreadySent": already,
+            "uncertainRecipients": uncertain,
+            "dryRun": payload.dry_run,
+            "dryRunRecipients": dry_runs,
+            "count": sent.len(),
+        });
+        match result {
+            Ok(()) => JobOutcome { result: Ok(data), error_data: None },
+            Err(e) => {
+                let error = self.after_error(adapter, e);
+                JobOutcome { result: Err(error.to_job_error()), error_data: Some(data) }
+            }
+        }
+    }
+
+    /// Sends the `send_dm` flow to each recipient in turn under the job's checkpoint
+    /// (`broadcast_dm`, and `send_dm` as a broadcast of one). `ask_at_once`: a send that
+    /// failed past its submit is checked on the site right away (`send_dm`, which has no
+    /// later recipient to go on with) instead of by the retry (`broadcast_dm`). `Err` is a
+    /// failure before any send (bad flow, unreadable checkpoint).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_each(
+        &self,
+        job_type: &str,
+        job_id: &str,
+        payload: &BrowserJobPayload,
+        recipients: &[String],
+        adapter: &Adapter,
+        uploads: &Uploads,
+        hub_cap: Option<Cap>,
+        deadline: i64,
+        ask_at_once: bool,
+    ) -> Result<Sends, BrowserError> {
+        let flow = adapter.flow(SEND_DM)?;
         let mut probe_params = payload.params.clone();
         probe_params.insert("recipient".into(), Value::from("probe"));
-        if let Err(e) = flow.resolve_params(&probe_params) {
-            return JobOutcome::err(e);
-        }
+        flow.resolve_params(&probe_params)?;
         let text = payload.params.get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
         let idem_key = payload.idem_key.clone().unwrap_or_else(|| job_id.to_owned());
         let dry_run = payload.dry_run;
@@ -592,17 +681,13 @@ impl BrowserRuntime {
         let mut checkpoint = if dry_run {
             None
         } else {
-            match store.open(&idem_key, job_id, &recipients) {
-                Ok(mut cp) => {
-                    cp.finished = false;
-                    cp.job = Some(json!({"jobId": job_id, "type": BROADCAST_DM, "payload": payload}));
-                    if let Err(e) = store.save(&cp) {
-                        return JobOutcome::err(BrowserError::Io(format!("broadcast checkpoint: {e}")));
-                    }
-                    Some(cp)
-                }
-                Err(e) => return JobOutcome::err(BrowserError::Io(format!("broadcast checkpoint: {e}"))),
-            }
+            let checkpoint_error = |e: std::io::Error| BrowserError::Io(format!("{job_type} checkpoint: {e}"));
+            let mut cp = store.open(&idem_key, job_id, recipients).map_err(checkpoint_error)?;
+            cp.finished = false;
+            // The job's own type: an agent restarted mid-send resumes it as what it was.
+            cp.job = Some(json!({"jobId": job_id, "type": job_type, "payload": payload}));
+            store.save(&cp).map_err(checkpoint_error)?;
+            Some(cp)
         };
         let already: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
         let cap = self.inner.settings.caps.effective("dm", hub_cap);
@@ -611,13 +696,14 @@ impl BrowserRuntime {
         // Only this job's recipients, in checkpoint order (which keeps the payload's order).
         let wanted: BTreeSet<String> = recipients.iter().map(|r| normalize(r)).collect();
         let mut dry_runs = 0u32;
+        let mut last_output: Option<FlowOutput> = None;
         let check_flow = adapter.flow("check_sent").ok().filter(|_| adapter.selectors.contains_key("sentMessage"));
         let runtime = self.clone();
         let result = self
             .with_page(adapter, |driver| {
                 let checkpoint = &mut checkpoint;
                 let dry_runs = &mut dry_runs;
-                let recipients = &recipients;
+                let last_output = &mut last_output;
                 async move {
                     let order: Vec<String> = match checkpoint.as_ref() {
                         Some(cp) => cp
@@ -626,7 +712,7 @@ impl BrowserRuntime {
                             .map(|r| r.recipient.clone())
                             .filter(|r| wanted.contains(&normalize(r)))
                             .collect(),
-                        None => recipients.clone(),
+                        None => recipients.to_vec(),
                     };
                     let mut first = true;
                     for recipient in order {
@@ -643,25 +729,7 @@ impl BrowserRuntime {
                         if state == Some(Progress::Sending) {
                             // The agent died during this send: ask the site before sending again.
                             let delivered = match &check_flow {
-                                Some(check) => {
-                                    let out = run_flow(
-                                        &driver,
-                                        adapter,
-                                        check,
-                                        &params,
-                                        &RunOptions { pacing: Cadence::OFF, ..options.clone() },
-                                    )
-                                    .await?;
-                                    let texts = out
-                                        .vars
-                                        .get("sentMessages")
-                                        .and_then(Value::as_array)
-                                        .cloned()
-                                        .unwrap_or_default();
-                                    texts.iter().any(|m| {
-                                        m.get("text").and_then(Value::as_str).is_some_and(|t| t.trim() == text.trim())
-                                    })
-                                }
+                                Some(check) => shown_on_site(&driver, adapter, check, &params, &options, &text).await?,
                                 None => {
                                     // No way to check: do not risk a second message, and do
                                     // not claim a first one either.
@@ -700,21 +768,46 @@ impl BrowserRuntime {
                         let submitted = AtomicBool::new(false);
                         let sending =
                             run_flow_watching_submit(&driver, adapter, &flow, &params, &options, &submitted).await;
-                        if let Err(e) = sending {
-                            if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
-                                let state =
-                                    after_failed_send(&e, submitted.load(Ordering::SeqCst), check_flow.is_some());
-                                tracing::info!(code = %e.code(), ?state, "a send failed");
-                                store.mark(cp, i, state).map_err(|e| BrowserError::Io(e.to_string()))?;
+                        let e = match sending {
+                            Ok(output) => {
+                                *last_output = Some(output);
+                                if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
+                                    store.mark(cp, i, Progress::Sent).map_err(|e| BrowserError::Io(e.to_string()))?;
+                                }
+                                if dry_run {
+                                    *dry_runs += 1;
+                                }
+                                continue;
                             }
-                            return Err(e);
+                            Err(e) => e,
+                        };
+                        let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) else { return Err(e) };
+                        let mut state = after_failed_send(&e, submitted.load(Ordering::SeqCst), check_flow.is_some());
+                        tracing::info!(code = %e.code(), ?state, "a send failed");
+                        if let (Progress::Sending, true, Some(check)) = (state, ask_at_once, &check_flow) {
+                            // The checkpoint still says `sending` (written before the send):
+                            // a crash while asking leaves it so, and the next run asks again.
+                            state = match shown_on_site(&driver, adapter, check, &params, &options, &text).await {
+                                Ok(true) => Progress::Sent,
+                                // The site shows no such message after the send's own wait:
+                                // nothing went out, so the retry may send it.
+                                Ok(false) => Progress::Pending,
+                                Err(check_error) => {
+                                    tracing::warn!(
+                                        code = %check_error.code(),
+                                        error = %check_error,
+                                        "cannot ask the site whether the send went out"
+                                    );
+                                    Progress::Uncertain
+                                }
+                            };
+                            tracing::info!(?state, "asked the site about the failed send");
                         }
-                        if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
-                            store.mark(cp, i, Progress::Sent).map_err(|e| BrowserError::Io(e.to_string()))?;
+                        store.mark(cp, i, state).map_err(|e| BrowserError::Io(e.to_string()))?;
+                        if state == Progress::Sent {
+                            continue;
                         }
-                        if dry_run {
-                            *dry_runs += 1;
-                        }
+                        return Err(e);
                     }
                     Ok(())
                 }
@@ -724,26 +817,10 @@ impl BrowserRuntime {
             // Reported now (success or failure); a retry arrives as a new delivery.
             cp.finished = true;
             if let Err(e) = store.save(cp) {
-                tracing::warn!(error = %e, "cannot mark the broadcast checkpoint finished");
+                tracing::warn!(error = %e, "cannot mark the {job_type} checkpoint finished");
             }
         }
-        let sent: Vec<String> = checkpoint.as_ref().map(|c| c.sent()).unwrap_or_default();
-        let uncertain: Vec<String> = checkpoint.as_ref().map(|c| c.uncertain()).unwrap_or_default();
-        let data = json!({
-            "sentRecipients": sent,
-            "alreadySent": already,
-            "uncertainRecipients": uncertain,
-            "dryRun": dry_run,
-            "dryRunRecipients": dry_runs,
-            "count": sent.len(),
-        });
-        match result {
-            Ok(()) => JobOutcome { result: Ok(data), error_data: None },
-            Err(e) => {
-                let error = self.after_error(adapter, e);
-                JobOutcome { result: Err(error.to_job_error()), error_data: Some(data) }
-            }
-        }
+        Ok(Sends { result, checkpoint, already, dry_runs, output: last_output })
     }
 
     async fn schedule_post(
@@ -1146,6 +1223,72 @@ impl TakenNames {
     }
 }
 
+/// What [`BrowserRuntime::send_each`] did: the outcome of the sends (`Err`: the one that
+/// stopped them), the checkpoint as it ended (`None` in a dry run), the recipients it found
+/// already sent, and the last flow run's output.
+struct Sends {
+    result: Result<(), BrowserError>,
+    checkpoint: Option<Checkpoint>,
+    already: Vec<String>,
+    dry_runs: u32,
+    output: Option<FlowOutput>,
+}
+
+/// How a `send_dm` ends, from its recipient's checkpoint state after the send (`None`: a
+/// dry run, no checkpoint) and the send's result. `data(sent, uncertain)` builds the result's
+/// data. Sent: a success, even when the check found it after the send failed. Sending or
+/// uncertain: nobody can tell, so `SEND_UNCERTAIN` (never retried) with the recipient in
+/// `uncertainRecipients`. Otherwise the send's own error, retried by the hub's rules.
+fn send_dm_outcome(
+    site: &str,
+    recipient: &str,
+    state: Option<Progress>,
+    result: Result<(), BrowserError>,
+    can_check: bool,
+    data: impl Fn(Vec<String>, Vec<String>) -> Value,
+) -> JobOutcome {
+    let one = || vec![recipient.to_owned()];
+    match (state, result) {
+        (Some(Progress::Sent), Ok(())) => JobOutcome { result: Ok(data(one(), Vec::new())), error_data: None },
+        // Sent, then something else failed (a refusal of the fence after the send): the
+        // error stands, and the hub learns the message went out.
+        (Some(Progress::Sent), Err(e)) => {
+            JobOutcome { result: Err(e.to_job_error()), error_data: Some(data(one(), Vec::new())) }
+        }
+        (Some(Progress::Uncertain | Progress::Sending), result) => {
+            let cause = match &result {
+                Err(e) => format!("it was submitted, then the job failed ({}: {e})", e.code()),
+                Ok(()) => "an earlier run of this job was cut during the send".to_owned(),
+            };
+            let why = if can_check {
+                "asking the site whether it arrived failed too".to_owned()
+            } else {
+                format!("the adapter of {site:?} has no `selectors.sentMessage` to ask the site")
+            };
+            let error =
+                BrowserError::SendUncertain { recipient: recipient.to_owned(), detail: format!("{cause}, and {why}") };
+            JobOutcome { result: Err(error.to_job_error()), error_data: Some(data(Vec::new(), one())) }
+        }
+        (_, Ok(())) => JobOutcome { result: Ok(data(Vec::new(), Vec::new())), error_data: None },
+        (_, Err(e)) => JobOutcome::err(e),
+    }
+}
+
+/// Whether the conversation with `params.recipient` shows a message with `text`, read with
+/// the adapter's `check_sent` flow (`selectors.sentMessage`).
+async fn shown_on_site(
+    driver: &Driver,
+    adapter: &Adapter,
+    check: &Flow,
+    params: &Map<String, Value>,
+    options: &RunOptions,
+    text: &str,
+) -> Result<bool, BrowserError> {
+    let out = run_flow(driver, adapter, check, params, &RunOptions { pacing: Cadence::OFF, ..options.clone() }).await?;
+    let texts = out.vars.get("sentMessages").and_then(Value::as_array).cloned().unwrap_or_default();
+    Ok(texts.iter().any(|m| m.get("text").and_then(Value::as_str).is_some_and(|t| t.trim() == text.trim())))
+}
+
 /// The error a job gets when this agent has no browser.
 pub fn unavailable_error(reason: &str) -> JobError {
     JobError::new(ErrorCode::Other(crate::error::BROWSER_NOT_FOUND.into()), reason.to_owned())
@@ -1210,6 +1353,44 @@ mod tests {
         assert_eq!(after_failed_send(&timeout(), true, true), Progress::Sending);
         assert_eq!(after_failed_send(&timeout(), true, false), Progress::Uncertain);
         assert_eq!(after_failed_send(&BrowserError::Cancelled, true, false), Progress::Uncertain);
+    }
+
+    #[test]
+    fn a_send_dm_whose_outcome_is_unknown_fails_send_uncertain_and_is_never_retried() {
+        let data = |sent: Vec<String>, uncertain: Vec<String>| json!({"sentRecipients": sent, "uncertainRecipients": uncertain});
+        let timeout = || BrowserError::Timeout { what: "waitFor .dm-sent".into(), ms: 5000 };
+        // Pressed, not confirmed, nobody can ask the site (also: cut by a cancel).
+        for cut in [timeout(), BrowserError::Cancelled] {
+            let out = send_dm_outcome("s", "ann", Some(Progress::Uncertain), Err(cut), false, data);
+            let error = out.result.unwrap_err();
+            assert_eq!(error.code, ErrorCode::SendUncertain);
+            assert!(!error.code.is_retryable(), "a retry could message ann twice");
+            let message = error.message.unwrap_or_default();
+            assert!(message.contains("\"ann\"") && message.contains("selectors.sentMessage"), "{message}");
+            assert_eq!(out.error_data, Some(json!({"sentRecipients": [], "uncertainRecipients": ["ann"]})));
+        }
+        // A crash mid-send found by the redelivery (the checkpoint said `sending`), or a check
+        // that failed: unknown too.
+        let out = send_dm_outcome("s", "ann", Some(Progress::Sending), Ok(()), true, data);
+        let error = out.result.unwrap_err();
+        assert_eq!(error.code, ErrorCode::SendUncertain);
+        assert!(error.message.unwrap_or_default().contains("cut during the send"));
+        assert_eq!(out.error_data.unwrap()["uncertainRecipients"], json!(["ann"]));
+        // The check found it after the send failed: a success, sent once.
+        let out = send_dm_outcome("s", "ann", Some(Progress::Sent), Ok(()), true, data);
+        assert_eq!(out.result.unwrap(), json!({"sentRecipients": ["ann"], "uncertainRecipients": []}));
+        // Refused by the site, or failed before the submit: its own error, retried as before.
+        let limited =
+            BrowserError::RateLimited { site: "s".into(), detail: "HTTP 429".into(), retry_after_ms: Some(5) };
+        let out = send_dm_outcome("s", "ann", Some(Progress::Pending), Err(limited), false, data);
+        let error = out.result.unwrap_err();
+        assert_eq!((error.code, error.retry_after_ms), (ErrorCode::RateLimited, Some(5)));
+        assert_eq!(out.error_data, None);
+        let out = send_dm_outcome("s", "ann", Some(Progress::Pending), Err(timeout()), true, data);
+        assert!(out.result.unwrap_err().code.is_retryable());
+        // A dry run has no checkpoint and sends nothing.
+        let out = send_dm_outcome("s", "ann", None, Ok(()), false, data);
+        assert_eq!(out.result.unwrap()["sentRecipients"], json!([]));
     }
 
     #[test]

@@ -359,7 +359,9 @@ mod tests {
             Transition::Retry { run_at, .. } => assert_eq!(run_at, 60_000),
             other => panic!("{other:?}"),
         }
-        for code in ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "BAD_PAYLOAD", "WHATEVER"] {
+        for code in
+            ["LOGIN_REQUIRED", "CONTENT_BLOCKED", "POLICY_VIOLATION", "BAD_PAYLOAD", "SEND_UNCERTAIN", "WHATEVER"]
+        {
             assert!(matches!(plan_failure(&job(1), &err(code, None), &config, 0, 0.5), Transition::Failed), "{code}");
         }
         assert!(matches!(plan_failure(&job(1), &err("AGENT_PAUSED", None), &config, 0, 0.5), Transition::Release));
@@ -383,6 +385,12 @@ mod tests {
         let data = json!({"sentRecipients":["ann"],"uncertainRecipients":[" Bob ","ANN","bob",7]});
         assert_eq!(uncertain_recipients(Some(&data), &sent_recipients(&payload, Some(&data), false)), vec!["bob"]);
         assert!(uncertain_recipients(None, &[]).is_empty());
+        // A send_dm whose outcome is unknown (SEND_UNCERTAIN): its one recipient is uncertain.
+        let one = json!({"recipient":"Hal","text":"hi"});
+        let data = json!({"sentRecipients":[],"uncertainRecipients":["Hal"]});
+        let sent = sent_recipients(&one, Some(&data), false);
+        assert!(sent.is_empty());
+        assert_eq!(uncertain_recipients(Some(&data), &sent), vec!["hal"]);
         assert!((0.0..1.0).contains(&unit_random()));
     }
 }

@@ -49,6 +49,7 @@ conformance!(
     creator_limits_make_jobs_wait,
     dedupe_ledger_skips_recently_messaged_recipients,
     uncertain_recipients_are_listed_not_blocked_and_not_resent,
+    a_send_dm_of_unknown_outcome_is_not_retried_and_is_listed_uncertain,
     creator_keys_cannot_reach_other_creators,
     routing_by_agent_labels_and_capabilities,
     sync_submit_returns_the_result_or_504,
@@ -675,6 +676,46 @@ async fn uncertain_recipients_are_listed_not_blocked_and_not_resent(db: TestDb) 
     assert_eq!(listed["recipients"], json!([]), "{listed}");
     let third = hub.submit_job(json!({"type":MESSAGE,"creatorId":CREATOR,"payload":{"recipient":"eve"}})).await;
     assert_eq!(third["error"]["code"], "ALL_RECIPIENTS_SKIPPED", "{third}");
+    hub.shutdown().await;
+}
+
+/// `send_dm` whose send was pressed but not confirmed (or cut by a crash) on a site the
+/// agent cannot ask: the agent reports `SEND_UNCERTAIN` with the recipient in
+/// `uncertainRecipients`. The hub fails the job at once (a retry could message the person
+/// twice), records the recipient as uncertain and does not refuse it for the cool-off. A
+/// `send_dm` the site refused (`RATE_LIMITED`) is still retried.
+async fn a_send_dm_of_unknown_outcome_is_not_retried_and_is_listed_uncertain(db: TestDb) {
+    let hub = TestHub::start_on(db, |_| {}).await;
+    let agent = hub.enroll(CREATOR).await;
+    let mut ws = hub.hello(&agent, json!({"capabilities": ["send_dm", "job_cancel"]})).await;
+    let send_dm = |recipient: &str| {
+        json!({"type":"send_dm","creatorId":CREATOR,
+               "payload":{"adapter":{"local":"fanhub"},"recipient":recipient,"params":{"text":"hi"}}})
+    };
+    let job = hub.submit_job(send_dm("Hal")).await;
+    assert_eq!(next_assign(&mut ws).await, id(&job));
+    let err = json!({"code":"SEND_UNCERTAIN","message":"the message to \"Hal\" may or may not have been delivered"});
+    let data = json!({"sentRecipients":[],"uncertainRecipients":["Hal"]});
+    send(&mut ws, json!({"t":"job_result","id":id(&job),"status":"error","err":err,"data":data})).await;
+    let failed = hub.wait_for_job_status(&id(&job), "failed").await;
+    assert_eq!(failed["error"]["code"], "SEND_UNCERTAIN", "{failed}");
+    assert_eq!(attempts(&hub, &id(&job)).await.len(), 1, "never delivered again");
+    let (status, listed) =
+        hub.request(Method::GET, &format!("/v1/creators/{CREATOR}/uncertain-recipients"), &hub.api_key, None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["recipients"][0]["recipient"], "hal", "{listed}");
+    assert_eq!(listed["recipients"][0]["jobId"].as_str(), Some(id(&job).as_str()), "{listed}");
+    // Not refused for the cool-off: the operator decides whether to send it again.
+    let again = hub.submit_job(send_dm("hal")).await;
+    assert_eq!(again["payload"]["recipient"], "hal", "{again}");
+    assert_eq!(next_assign(&mut ws).await, id(&again));
+    // Refused by the site: retried by the rules, as before.
+    let err = json!({"code":"RATE_LIMITED","retryAfterMs":1});
+    let data = json!({"sentRecipients":[],"uncertainRecipients":[]});
+    send(&mut ws, json!({"t":"job_result","id":id(&again),"status":"error","err":err,"data":data})).await;
+    assert_eq!(next_assign(&mut ws).await, id(&again), "retried");
+    send(&mut ws, json!({"t":"job_result","id":id(&again),"status":"ok","data":{"sentRecipients":["hal"]}})).await;
+    hub.wait_for_job_status(&id(&again), "succeeded").await;
     hub.shutdown().await;
 }
 

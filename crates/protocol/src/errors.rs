@@ -33,6 +33,11 @@ pub enum ErrorCode {
     EgressDenied,
     /// The person's daily byte cap is reached; the agent opens no new connection today.
     EgressCap,
+    /// A message was submitted but the agent cannot tell whether the site delivered it (no
+    /// confirmation, the job cut after the send button, an agent killed mid-send) and the
+    /// site cannot be asked. Never retried: a retry could message the person twice. The
+    /// error's `data.uncertainRecipients` names who may have got it.
+    SendUncertain,
     Other(String),
 }
 
@@ -65,6 +70,7 @@ impl ErrorCode {
             ErrorCode::CapabilityNotGranted => "CAPABILITY_NOT_GRANTED",
             ErrorCode::EgressDenied => "EGRESS_DENIED",
             ErrorCode::EgressCap => "EGRESS_CAP",
+            ErrorCode::SendUncertain => "SEND_UNCERTAIN",
             ErrorCode::Other(s) => s,
         }
     }
@@ -85,6 +91,7 @@ impl ErrorCode {
             "CAPABILITY_NOT_GRANTED" => ErrorCode::CapabilityNotGranted,
             "EGRESS_DENIED" => ErrorCode::EgressDenied,
             "EGRESS_CAP" => ErrorCode::EgressCap,
+            "SEND_UNCERTAIN" => ErrorCode::SendUncertain,
             other => ErrorCode::Other(other.to_owned()),
         }
     }
@@ -169,6 +176,7 @@ mod tests {
             "CAPABILITY_NOT_GRANTED",
             "EGRESS_DENIED",
             "EGRESS_CAP",
+            "SEND_UNCERTAIN",
             "SOMETHING_NEW",
         ] {
             assert_eq!(ErrorCode::parse(code).retry_policy(), RetryPolicy::Fatal, "{code}");
@@ -188,6 +196,17 @@ mod tests {
             assert_eq!(ErrorCode::parse(text), code);
             assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{text}\""));
         }
+    }
+
+    #[test]
+    fn send_uncertain_is_a_named_fatal_code() {
+        let code: ErrorCode = serde_json::from_str("\"SEND_UNCERTAIN\"").unwrap();
+        assert_eq!(code, ErrorCode::SendUncertain);
+        assert_eq!(serde_json::to_string(&code).unwrap(), "\"SEND_UNCERTAIN\"");
+        assert_eq!(code.retry_policy(), RetryPolicy::Fatal, "a retry could message the person twice");
+        // What a hub that predates the code makes of it: an unknown code, which is never
+        // retried either.
+        assert_eq!(ErrorCode::Other("SEND_UNCERTAIN".into()).retry_policy(), RetryPolicy::Fatal);
     }
 
     #[test]

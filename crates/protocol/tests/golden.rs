@@ -149,6 +149,23 @@ fn a_capability_the_person_did_not_grant_is_a_fatal_job_error() {
     }
 }
 
+#[test]
+fn a_send_whose_outcome_is_unknown_is_a_fatal_job_error_naming_its_recipient() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/agent/job_result_send_uncertain.v2.json"),
+    )
+    .unwrap();
+    match decode_agent_frame(&text).unwrap() {
+        AgentFrame::JobResult { status, err: Some(err), data: Some(data), .. } => {
+            assert_eq!(status, JobStatus::Error);
+            assert_eq!(err.code, ErrorCode::SendUncertain);
+            assert!(!err.code.is_retryable(), "a retry could message the person twice");
+            assert_eq!(data["uncertainRecipients"], serde_json::json!(["@ann"]));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
 /// A payload nested `levels` deep: `{"a":{"a":…{}…}}`.
 fn nested(levels: usize) -> String {
     format!("{}{{}}{}", r#"{"a":"#.repeat(levels - 1), "}".repeat(levels - 1))

@@ -10,6 +10,9 @@
 //!   cannot ask whether a message went out: after the restart that recipient is reported in
 //!   `uncertainRecipients` only, is not messaged again, and the hub lists it as uncertain
 //!   without refusing it for the cool-off.
+//! - the same for `send_dm` (one recipient): killed while its send is at the site, the job
+//!   fails `SEND_UNCERTAIN`, is never delivered again by the hub, the recipient is not
+//!   messaged twice and the hub lists it as uncertain.
 
 use anyhow::{Context, Result};
 use edge_browser::testsite::Site;
@@ -126,5 +129,60 @@ fn a_throttled_send_is_retried_and_a_send_cut_by_a_kill_is_uncertain_not_sent() 
     let again = hub.submit_job(&key, &broadcast(creator, &["kill1", "kill2"], "hello again"))?;
     assert_eq!(again["payload"]["recipients"], json!(["kill2"]), "{again}");
     assert_eq!(again["skippedRecipients"][0]["recipient"], "kill1", "{again}");
+    Ok(())
+}
+
+#[test]
+fn a_send_dm_cut_by_a_kill_fails_send_uncertain_and_is_not_sent_again() -> Result<()> {
+    let bins = Binaries::locate()?;
+    let dir = scratch_dir("e2e-send-dm-truth")?;
+    let site = Site::start()?;
+    let hub = Hub::start(
+        &bins,
+        &dir.path().join("hub"),
+        &[],
+        &["--hb-interval-secs", "1", "--job-visibility", "send_dm=4", "--retry-base-ms", "200"],
+    )?;
+    let key = hub.api_key()?;
+    let creator = "creator-truth-send-dm";
+    let mut agent = start_agent(&bins, dir.path(), &hub, &key, &site, creator)?;
+    site.set_send_delay(Duration::from_millis(1500));
+    let received_before = site.sends_received();
+    let job = hub.submit_job(
+        &key,
+        &json!({"type": "send_dm", "creatorId": creator,
+                "payload": {"adapter": {"local": "fanhub"}, "recipient": "solo1", "params": {"text": "hello, cut"}}}),
+    )?;
+    let id = job["id"].as_str().context("job id")?.to_owned();
+    // The send has reached the site and waits there: the agent dies mid-send.
+    wait_until(TIMEOUT, || Ok(site.sends_received() > received_before))
+        .map_err(|e| e.context(format!("the send never reached the site; agent log:\n{}", agent.run_log())))?;
+    agent.kill();
+    site.set_send_delay(Duration::ZERO);
+    // The restarted agent resumes the job from its checkpoint. (Before send_dm had one, the
+    // job stayed `running` for ever: the restarted agent, under the same agent id, kept its
+    // lease alive with its heartbeats and knew nothing of the job.)
+    agent.run_with_env(&["--hb-interval-secs", "1"], &QUICK)?;
+    let done = hub.wait_job_done(&key, &id, TIMEOUT).map_err(|e| e.context(agent.run_log()))?;
+    assert_eq!(done["status"], "failed", "{done}\nagent log:\n{}", agent.run_log());
+    assert_eq!(done["error"]["code"], "SEND_UNCERTAIN", "{done}");
+    // The restarted agent (resuming from its checkpoint, or given the job again when the
+    // lease ran out) did not send it again, and the hub does not retry it.
+    let attempts = hub.get(&key, &format!("/v1/jobs/{id}/attempts"))?;
+    let attempts = attempts["attempts"].as_array().context("attempts")?.clone();
+    assert!(attempts.len() <= 2, "{attempts:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hub.job(&key, &id)?["status"], "failed", "not retried");
+    assert!(site.messages_to("solo1").len() <= 1, "solo1 was messaged again on a guess");
+    assert_eq!(site.sends_received(), received_before + 1, "exactly one send reached the site");
+    agent.shutdown();
+
+    let listed = hub.get(&key, &format!("/v1/creators/{creator}/uncertain-recipients"))?;
+    let recipients = listed["recipients"].as_array().context("recipients")?;
+    assert_eq!(recipients.len(), 1, "{listed}");
+    assert_eq!(
+        (recipients[0]["recipient"].as_str(), recipients[0]["jobId"].as_str()),
+        (Some("solo1"), Some(id.as_str()))
+    );
     Ok(())
 }
