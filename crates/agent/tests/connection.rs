@@ -107,7 +107,8 @@ async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
     assert_eq!((login.agent_id.as_str(), login.creator_id.as_str()), ("agt-1", "cr-1"));
     assert_eq!(login.keychain_backend, "memory");
     match hello {
-        AgentFrame::Hello { protocol, v, capabilities, slots, paused, .. } => {
+        AgentFrame::Hello { protocol, v, capabilities, slots, paused, running, .. } => {
+            assert_eq!(running, Some(Vec::new()), "a fresh agent says it holds no job");
             assert_eq!(protocol, edge_protocol::PROTOCOL_VERSION);
             assert_eq!(v, edge_agent::agent_version());
             assert!(capabilities.iter().any(|c| c == "http_request"));
@@ -340,7 +341,10 @@ async fn reconnects_after_the_hub_drops_the_socket_and_delivers_the_pending_resu
     assert!(retry <= 1000, "first retry waits at most the 1 s base, got {retry} ms");
 
     let mut second = hub.next_session().await;
-    second.handshake(60_000).await;
+    // The job still runs (or its result waits to be sent): the new hello claims it, so the
+    // hub keeps its lease.
+    let AgentFrame::Hello { running, .. } = second.handshake(60_000).await else { unreachable!() };
+    assert_eq!(running, Some(vec!["job-survives".to_owned()]));
     let (status, _, _) = expect_result(&mut second, "job-survives").await;
     assert_eq!(status, JobStatus::Ok);
     agent.shutdown().await;

@@ -37,6 +37,7 @@ macro_rules! conformance {
 conformance!(
     expired_lease_redelivers_and_the_late_result_is_stale,
     heartbeats_and_progress_extend_the_lease,
+    a_new_hello_lets_the_leases_the_agent_no_longer_claims_run_out,
     retryable_errors_back_off_then_the_job_dies,
     fatal_errors_fail_at_once_and_retry_after_is_honoured,
     redrive_moves_dead_jobs_back_rate_limited_one_per_queue,
@@ -128,6 +129,42 @@ async fn expired_lease_redelivers_and_the_late_result_is_stale(db: TestDb) {
     assert_eq!(history[2]["result"], json!({"by":"first"}));
     assert_eq!(history[0]["leaseToken"], history[2]["leaseToken"], "the stale result belongs to lease 1");
     assert_eq!(hub.job(&id(&job)).await["result"], json!({"by":"second"}));
+    hub.shutdown().await;
+}
+
+/// An agent killed while it runs a job comes back as a new process with the same agent id:
+/// its heartbeats used to keep that job's lease alive for ever, though nothing ran it. Its
+/// `hello` now lists the jobs it still runs; the others go back to the queue at once. A
+/// `hello` without the list (an older agent) releases nothing.
+async fn a_new_hello_lets_the_leases_the_agent_no_longer_claims_run_out(db: TestDb) {
+    let hub = TestHub::start_on(db, |config| config.queue.visibility_timeout = Duration::from_secs(600)).await;
+    let (agent, mut ws) = hub.connected_agent(CREATOR, 3).await;
+    let kept = hub.submit_job(custom(CREATOR)).await;
+    let lost = hub.submit_job(custom(CREATOR)).await;
+    for _ in 0..2 {
+        next_assign(&mut ws).await;
+    }
+    for job in [&kept, &lost] {
+        send(&mut ws, json!({"t":"job_ack","id":id(job)})).await;
+        hub.wait_for_job_status(&id(job), "running").await;
+    }
+    drop(ws);
+
+    // An older agent's hello: both leases stay (they run out only after the visibility timeout).
+    let ws = hub.hello(&agent, json!({"slots": 3})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hub.job(&id(&lost)).await["status"], "running");
+    drop(ws);
+
+    // The restarted agent says it still runs `kept` only.
+    let mut ws = hub.hello(&agent, json!({"slots": 3, "protocol": 2, "running": [id(&kept)]})).await;
+    wait_until(Duration::from_secs(10), "the unclaimed job to be offered again", || async {
+        (attempts(&hub, &id(&lost)).await.iter().any(|a| a["outcome"] == "expired")).then_some(())
+    })
+    .await;
+    assert_eq!(hub.job(&id(&kept)).await["status"], "running", "the claimed job keeps its lease");
+    // And the released job is delivered again (to this agent, the only one).
+    assert_eq!(next_assign(&mut ws).await, id(&lost));
     hub.shutdown().await;
 }
 

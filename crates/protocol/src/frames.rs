@@ -76,6 +76,12 @@ pub enum AgentFrame {
         labels: Vec<String>,
         #[serde(default)]
         paused: bool,
+        /// The jobs this agent is still running (protocol 2, optional): the hub lets the
+        /// leases of every other job it holds for this agent run out, so a job the agent lost
+        /// in a crash is retried instead of kept alive by the new process's heartbeats.
+        /// Absent (older agents): nothing is released.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        running: Option<Vec<String>>,
     },
     /// Heartbeat: `{"t":"hb","v":"agent-x.y.z","ts":1690000000}` (ts in Unix seconds).
     Hb {

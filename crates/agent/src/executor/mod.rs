@@ -69,11 +69,21 @@ pub struct Executor {
 }
 
 enum Command {
-    Assign { job: JobSpec, refuse_when_paused: bool },
-    Cancel { id: String, reason: String },
-    CancelAll { reason: String },
+    Assign {
+        job: JobSpec,
+        refuse_when_paused: bool,
+    },
+    Cancel {
+        id: String,
+        reason: String,
+    },
+    CancelAll {
+        reason: String,
+    },
     HubLimits(HubLimits),
     Finished(Box<Finished>),
+    /// The ids of the jobs running now, after every command sent before this one.
+    Running(tokio::sync::oneshot::Sender<Vec<String>>),
 }
 
 struct Finished {
@@ -135,6 +145,16 @@ impl Executor {
     /// What the hub asked of this agent's caps (`hello_ack`); it can only lower them.
     pub fn set_hub_limits(&self, limits: HubLimits) {
         let _ = self.commands.send(Command::HubLimits(limits));
+    }
+
+    /// The jobs this agent is running, including every job assigned or resumed before the
+    /// call (commands are handled in order): what `hello` tells the hub it still holds.
+    pub async fn running(&self) -> Vec<String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.commands.send(Command::Running(reply)).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// Jobs accepted and not yet finished.
@@ -217,6 +237,11 @@ impl Task {
                     }
                 }
                 Command::Finished(finished) => self.finished(*finished),
+                Command::Running(reply) => {
+                    let mut ids: Vec<String> = self.running.keys().cloned().collect();
+                    ids.sort();
+                    let _ = reply.send(ids);
+                }
             }
         }
     }

@@ -275,12 +275,34 @@ impl Supervisor {
         }
     }
 
+    /// The jobs `hello` says this agent still holds: those running, and those whose result
+    /// waits to be sent or was sent too recently to be sure the hub recorded it (a crash's
+    /// journaled results among them). The hub lets every other lease of this agent run out.
+    async fn claimed_jobs(&mut self) -> Vec<String> {
+        // Running first: a job finishing after this answer has its result queued by the time
+        // the queue is read below.
+        let mut claimed = self.executor.running().await;
+        while let Ok(frame) = self.outbox.try_recv() {
+            self.unsent.push_back(frame);
+        }
+        let waiting = self.unsent.iter().chain(self.recently_sent.iter().map(|(_, frame)| frame));
+        for frame in waiting {
+            if let AgentFrame::JobResult { id, .. } | AgentFrame::JobAck { id } = frame {
+                claimed.push(id.clone());
+            }
+        }
+        claimed.sort();
+        claimed.dedup();
+        claimed
+    }
+
     async fn session(&mut self) -> SessionEnd {
         let socket = match self.connect().await {
             Ok(socket) => socket,
             Err(end) => return end,
         };
         let (mut sink, mut stream) = socket.split();
+        let running = self.claimed_jobs().await;
         let hello = AgentFrame::Hello {
             protocol: PROTOCOL_VERSION,
             v: crate::agent_version(),
@@ -288,6 +310,8 @@ impl Supervisor {
             slots: self.slots,
             labels: Vec::new(),
             paused: *self.paused.borrow(),
+            // Asked after the resumed jobs were handed over (commands run in order).
+            running: Some(running),
         };
         if let Err(reason) = send(&mut sink, &hello).await {
             return SessionEnd::Dropped { reason, reached_hello_ack: false };

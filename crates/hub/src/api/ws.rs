@@ -268,6 +268,7 @@ struct Hello {
     slots: u32,
     labels: Vec<String>,
     paused: bool,
+    running: Option<Vec<String>>,
 }
 
 struct Session {
@@ -594,7 +595,16 @@ impl Session {
     /// `hello`: negotiates the version, records the agent's announcement, answers, and only
     /// then tells the dispatcher the session may take jobs.
     async fn on_hello(&mut self, socket: &mut WebSocket, hello: Hello) -> Flow {
-        let Hello { protocol, v, capabilities, slots, labels, paused } = hello;
+        let Hello { protocol, v, capabilities, slots, labels, paused, running } = hello;
+        if let Some(running) = &running {
+            // The agent lists what it still runs; leases it holds for anything else (lost
+            // with a previous process) run out now instead of living on its heartbeats.
+            match self.app.store.release_unclaimed_leases(&self.agent_id, running, now_ms()).await {
+                Ok(0) => {}
+                Ok(count) => info!(count, "leases the agent no longer claims run out now"),
+                Err(e) => error!(error = %e, "cannot release the leases the agent no longer claims"),
+            }
+        }
         let negotiated = protocol.min(PROTOCOL_VERSION);
         // Always false while the oldest served version is 0; kept for when it rises.
         #[allow(clippy::absurd_extreme_comparisons)]
@@ -665,8 +675,8 @@ impl Session {
 
     /// The two deep handlers are boxed so this future stays small (see [`Session::run`]).
     async fn on_frame(&mut self, socket: &mut WebSocket, frame: AgentFrame) -> Flow {
-        if let AgentFrame::Hello { protocol, v, capabilities, slots, labels, paused } = frame {
-            let hello = Hello { protocol, v, capabilities, slots, labels, paused };
+        if let AgentFrame::Hello { protocol, v, capabilities, slots, labels, paused, running } = frame {
+            let hello = Hello { protocol, v, capabilities, slots, labels, paused, running };
             return Box::pin(self.on_hello(socket, hello)).await;
         }
 

@@ -700,6 +700,10 @@ pub trait Store: Send + Sync + 'static {
     /// `job_progress`, all for `hb`) to now + each job's visibility timeout, like SQS's
     /// ChangeMessageVisibility. A job leased but never acknowledged keeps its first lease.
     async fn extend_leases(&self, agent_id: &str, job_id: Option<&str>, now: i64) -> Result<u64, StoreError>;
+
+    /// Ends at `now` the leases `agent_id` holds on jobs not in `keep` (the agent's `hello`
+    /// lists what it still runs), so the sweeper retries them; returns how many.
+    async fn release_unclaimed_leases(&self, agent_id: &str, keep: &[String], now: i64) -> Result<u64, StoreError>;
     /// Applies agents' reports under their leases' fencing tokens, in one transaction; see
     /// [`FinishOutcome`]. Outcomes in order.
     async fn finish_jobs(&self, requests: &[FinishRequest], now: i64) -> Result<Vec<FinishOutcome>, StoreError>;

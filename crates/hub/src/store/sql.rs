@@ -1418,6 +1418,34 @@ macro_rules! sql_store {
                 Ok(done.rows_affected())
             }
 
+            async fn release_unclaimed_leases(&self, agent_id: &str, keep: &[String], now: i64) -> Result<u64, StoreError> {
+                // Read, then end each one by id: portable across both engines, and the few
+                // rows an agent holds make this cheap. A row that changed meanwhile (finished,
+                // or leased anew) no longer matches the guarded update.
+                let held: Vec<(String,)> = sqlx::query_as(
+                    "SELECT id FROM jobs WHERE assigned_agent_id = $1 AND status IN ('leased', 'running') \
+                     AND lease_expires_at > $2",
+                )
+                .bind(agent_id)
+                .bind(now)
+                .fetch_all(&self.writer)
+                .await?;
+                let mut released = 0;
+                for (id,) in held.into_iter().filter(|(id,)| !keep.contains(id)) {
+                    let done = sqlx::query(
+                        "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND assigned_agent_id = $2 \
+                         AND status IN ('leased', 'running') AND lease_expires_at > $3",
+                    )
+                    .bind(&id)
+                    .bind(agent_id)
+                    .bind(now)
+                    .execute(&self.writer)
+                    .await?;
+                    released += done.rows_affected();
+                }
+                Ok(released)
+            }
+
             async fn finish_jobs(
                 &self,
                 requests: &[FinishRequest],
