@@ -7,6 +7,7 @@ mod bench_browser;
 mod bench_bundles;
 mod bench_egress;
 mod bench_hub;
+mod bench_tunnel;
 mod bench_vm;
 mod demo;
 mod deps;
@@ -17,7 +18,7 @@ mod util;
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress] [--skip-install]>
+    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel] [--skip-install]>
 
   demo         hub on a temporary SQLite file + a headless agent + real jobs, end to end;
                one line per job and a closing table (--verbose: each job's full record)
