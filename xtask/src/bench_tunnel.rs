@@ -39,8 +39,9 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn need(tool: &str, package: &str) -> Result<()> {
-    let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+/// `tool version_arg` must succeed, else the error says what to install.
+fn need(tool: &str, version_arg: &str, package: &str) -> Result<()> {
+    let found = Command::new(tool).arg(version_arg).stdout(Stdio::null()).stderr(Stdio::null()).status();
     if !matches!(found, Ok(status) if status.success()) {
         bail!("{tool} is needed for this benchmark: apt-get install --no-install-recommends {package}");
     }
@@ -200,8 +201,8 @@ fn raise_open_files() {
 
 pub fn run() -> Result<()> {
     raise_open_files();
-    need("iperf3", "iperf3")?;
-    need("openssl", "openssl")?;
+    need("iperf3", "--version", "iperf3")?;
+    need("openssl", "version", "openssl")?;
     checked(cargo().args(["build", "--release", "--quiet", "-p", "edge-hub"]))?;
     checked(cargo().args(["build", "--profile", "release-agent", "--quiet", "-p", "edge-agent"]))?;
     let bins =
