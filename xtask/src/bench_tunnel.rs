@@ -60,7 +60,8 @@ fn rathole() -> Result<PathBuf> {
                     "rathole",
                     "--version",
                     RATHOLE_VERSION,
-                    "--locked",
+                    // Not `--locked`: rathole 0.5.0's lock file pins `time` 0.3.29, which no
+                    // longer compiles on current Rust; its semver ranges resolve to ones that do.
                     "--no-default-features",
                     "--features",
                     "server,client,noise",
@@ -182,8 +183,14 @@ fn holding_service() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsi
     Ok((port, held))
 }
 
-fn kib_per(total_kib: u64, base_kib: u64, count: usize) -> f64 {
-    total_kib.saturating_sub(base_kib) as f64 * 1024.0 / count as f64
+/// One memory row: RSS idle, with the idle streams, and the difference per stream.
+fn memory_row(name: &str, idle_kib: u64, busy_kib: u64) -> String {
+    let per_stream_kb = busy_kib.saturating_sub(idle_kib) as f64 * 1024.0 / IDLE_STREAMS as f64 / 1024.0;
+    format!(
+        "| {name} | {:.1} MB | {:.1} MB | {per_stream_kb:.1} KB |",
+        idle_kib as f64 / 1024.0,
+        busy_kib as f64 / 1024.0
+    )
 }
 
 /// 1,000 idle streams are 2,000 sockets in this process (both ends) and 1,000 more in the
@@ -360,31 +367,11 @@ pub fn run() -> Result<()> {
         "| memory (RSS) | idle | with {IDLE_STREAMS} idle streams | per idle stream (target ≤ 10 KB, agent) |"
     ));
     rows.push("|---|---|---|---|".into());
-    rows.push(format!(
-        "| Edge agent (WebSocket TLS) | {:.1} MB | {:.1} MB | {:.1} KB |",
-        agent_idle as f64 / 1024.0,
-        agent_busy as f64 / 1024.0,
-        kib_per(agent_busy, agent_idle, IDLE_STREAMS) / 1024.0
-    ));
-    rows.push(format!(
-        "| Edge hub | {:.1} MB | {:.1} MB | {:.1} KB |",
-        hub_idle as f64 / 1024.0,
-        hub_busy as f64 / 1024.0,
-        kib_per(hub_busy, hub_idle, IDLE_STREAMS) / 1024.0
-    ));
+    rows.push(memory_row("Edge agent (WebSocket TLS)", agent_idle, agent_busy));
+    rows.push(memory_row("Edge hub", hub_idle, hub_busy));
     if let Some((client_idle, server_idle, client_busy, server_busy)) = rathole_memory {
-        rows.push(format!(
-            "| rathole client (Noise) | {:.1} MB | {:.1} MB | {:.1} KB |",
-            client_idle as f64 / 1024.0,
-            client_busy as f64 / 1024.0,
-            kib_per(client_busy, client_idle, IDLE_STREAMS) / 1024.0
-        ));
-        rows.push(format!(
-            "| rathole server (Noise) | {:.1} MB | {:.1} MB | {:.1} KB |",
-            server_idle as f64 / 1024.0,
-            server_busy as f64 / 1024.0,
-            kib_per(server_busy, server_idle, IDLE_STREAMS) / 1024.0
-        ));
+        rows.push(memory_row("rathole client (Noise)", client_idle, client_busy));
+        rows.push(memory_row("rathole server (Noise)", server_idle, server_busy));
     }
     println!();
     for row in rows {

@@ -16,15 +16,17 @@ use std::sync::{Arc, OnceLock};
 pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, AgentError> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| e.to_string())
-        })
+        .get_or_init(|| with_roots(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }))
         .clone()
         .map_err(|e| AgentError::Internal(format!("TLS setup failed: {e}")))
+}
+
+/// A client configuration (ring, safe protocol versions) trusting `roots`.
+fn with_roots(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
+        .map_err(|e| e.to_string())
 }
 
 /// The environment variable naming extra CAs for connections to the hub.
@@ -52,10 +54,7 @@ pub(crate) fn hub_client_config() -> Result<Arc<rustls::ClientConfig>, AgentErro
             if added == 0 {
                 return Err(format!("{HUB_CA_ENV}={} holds no PEM certificate", path.display()));
             }
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map(|builder| Arc::new(builder.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| e.to_string())
+            with_roots(roots)
         })
         .clone()
         .map_err(|e| AgentError::Internal(format!("TLS setup for the hub failed: {e}")))

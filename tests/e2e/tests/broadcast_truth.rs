@@ -56,6 +56,18 @@ fn broadcast(creator: &str, recipients: &[&str], text: &str) -> Value {
            "payload": {"adapter": {"local": "fanhub"}, "recipients": recipients, "params": {"text": text}}})
 }
 
+/// A hub with short leases for `job_type` (4 s) and quick retries, so a killed agent's job
+/// comes back within the test.
+fn quick_hub(bins: &Binaries, dir: &std::path::Path, job_type: &str) -> Result<Hub> {
+    let visibility = format!("{job_type}=4");
+    Hub::start(
+        bins,
+        &dir.join("hub"),
+        &[],
+        &["--hb-interval-secs", "1", "--job-visibility", &visibility, "--retry-base-ms", "200"],
+    )
+}
+
 fn counts(site: &Site, recipients: &[&str]) -> Vec<usize> {
     recipients.iter().map(|r| site.messages_to(r).len()).collect()
 }
@@ -65,12 +77,7 @@ fn a_throttled_send_is_retried_and_a_send_cut_by_a_kill_is_uncertain_not_sent() 
     let bins = Binaries::locate()?;
     let dir = scratch_dir("e2e-broadcast-truth")?;
     let site = Site::start()?;
-    let hub = Hub::start(
-        &bins,
-        &dir.path().join("hub"),
-        &[],
-        &["--hb-interval-secs", "1", "--job-visibility", "broadcast_dm=4", "--retry-base-ms", "200"],
-    )?;
+    let hub = quick_hub(&bins, dir.path(), "broadcast_dm")?;
     let key = hub.api_key()?;
 
     // 1. The site throttles after two sends.
@@ -137,12 +144,7 @@ fn a_send_dm_cut_by_a_kill_fails_send_uncertain_and_is_not_sent_again() -> Resul
     let bins = Binaries::locate()?;
     let dir = scratch_dir("e2e-send-dm-truth")?;
     let site = Site::start()?;
-    let hub = Hub::start(
-        &bins,
-        &dir.path().join("hub"),
-        &[],
-        &["--hb-interval-secs", "1", "--job-visibility", "send_dm=4", "--retry-base-ms", "200"],
-    )?;
+    let hub = quick_hub(&bins, dir.path(), "send_dm")?;
     let key = hub.api_key()?;
     let creator = "creator-truth-send-dm";
     let mut agent = start_agent(&bins, dir.path(), &hub, &key, &site, creator)?;
