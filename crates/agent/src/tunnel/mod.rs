@@ -35,6 +35,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const RECHECK: Duration = Duration::from_secs(5);
 /// Bytes metered at once on a long stream (so the cap sees it before it ends).
 const METER_EVERY: u64 = 256 * 1024;
+/// Each direction of a stream reads into this much until it carries bulk traffic…
+const SMALL_BUFFER: usize = 2 * 1024;
+/// …and into this much from then on.
+const LARGE_BUFFER: usize = 64 * 1024;
 
 /// What the tunnel needs from the rest of the agent.
 #[derive(Clone)]
@@ -501,16 +505,23 @@ where
     W: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let mut buffer = vec![0u8; 64 * 1024];
+    // An idle stream holds only the small buffer (most streams of a proxy sit idle: its
+    // memory is per idle stream); the first read that fills it moves to the large one.
+    let mut small = [0u8; SMALL_BUFFER];
+    let mut large: Vec<u8> = Vec::new();
     let mut total = 0u64;
     let mut unmetered = Unmetered { gate, direction, bytes: 0 };
     loop {
-        let n = match from.read(&mut buffer).await {
+        let buffer: &mut [u8] = if large.is_empty() { &mut small } else { &mut large };
+        let n = match from.read(buffer).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         if to.write_all(&buffer[..n]).await.is_err() {
             break;
+        }
+        if large.is_empty() && n == SMALL_BUFFER {
+            large = vec![0u8; LARGE_BUFFER];
         }
         total += n as u64;
         unmetered.bytes += n as u64;
