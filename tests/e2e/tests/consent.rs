@@ -88,7 +88,7 @@ fn a_capability_that_does_not_exist_is_refused_with_the_list() -> Result<()> {
     let bins = Binaries::locate()?;
     let dir = scratch_dir("e2e-consent-bad")?;
     let agent = Agent::new(&bins, "e2e-consent-bad", "auto", &dir.path().join("agent"));
-    for (name, needle) in [("tunnel", "the capabilities are"), ("browser:*", "no browser:* on purpose")] {
+    for (name, needle) in [("proxy", "the capabilities are"), ("browser:*", "no browser:* on purpose")] {
         let (ok, out) = agent.oneshot(&["consent", "grant", name])?;
         assert!(!ok && out.contains(needle), "{name}: {out}");
     }
