@@ -147,7 +147,7 @@ test('operator page: agents, job filters and detail, redrive a dead job, creator
   assert.match(await agentRow.innerText(), /online/);
   assert.match(await agentRow.innerText(), /agent-sim-1\.0/);
   // The tunnel column: this simulated agent opened none (its state with one: crates/hub/tests/tunnel.rs).
-  assert.match(await page.getByTestId('agents-table').locator('thead').innerText(), /Tunnel/);
+  assert.match(await page.getByTestId('agents-table').locator('thead').innerText(), /Tunnel/i);
   assert.equal(await agentRow.getByTestId('agent-tunnel').count(), 0);
   assert.equal(await page.evaluate(() => sessionStorage.getItem('edgeHubApiKey')), apiKey);
   await page.screenshot({ path: join(SHOTS, '1-agents.png'), fullPage: true });
