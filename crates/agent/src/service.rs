@@ -177,9 +177,12 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     if browser.is_none() {
         tracing::warn!("no Chrome, Chromium or Edge found: browser jobs are not announced to the hub");
     }
+    // One access token for the HTTP calls beside the WebSocket (tunnel, bundles, run
+    // reports): fetched once and refreshed once, not by each of them.
+    let tokens = crate::hub_client::TokenCache::new(hub.clone(), credentials.clone());
     // The tunnel keeps its own connection; it stays down until the person grants it.
     tokio::spawn(crate::tunnel::run(
-        crate::hub_client::TokenCache::new(hub.clone(), credentials.clone()),
+        tokens.clone(),
         hub_url.clone(),
         crate::tunnel::TunnelContext {
             gate: egress.clone(),
@@ -189,7 +192,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         },
         cancel.child_token(),
     ));
-    let bundles = crate::bundles::start(&data_dir, &credentials, &hub_url, &cancel)
+    let bundles = crate::bundles::start(&data_dir, &tokens, &hub_url, &cancel)
         .map(|bundles| bundles.with_browser(browser.clone()));
     let consent = crate::consent::Consent::new(&data_dir);
     let resources = Resources { consent, egress, bundles, browser: browser.clone().map(|b| (b, data_dir.clone())) };
@@ -225,7 +228,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         frames,
         paused: inner.paused.subscribe(),
         journal: Journal::new(&data_dir),
-        reports_to: Some((hub.clone(), credentials.clone())),
+        reports_to: Some(tokens.clone()),
         after_job: Some(Arc::new(move || host.refresh_status())),
         jobs_per_hour: Some(crate::limits::JobsPerHour::new(&data_dir)),
         cancel: cancel.clone(),

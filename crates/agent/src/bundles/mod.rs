@@ -407,21 +407,15 @@ fn remove_empty_parents(version_dir: &Path) {
 /// `cancel`. `None` (bundle jobs refused) when the context cannot be built.
 pub(crate) fn start(
     data_dir: &Path,
-    credentials: &crate::credentials::Credentials,
+    tokens: &crate::hub_client::TokenCache,
     hub_url: &crate::hub_url::HubUrl,
     cancel: &CancellationToken,
 ) -> Option<BundleContext> {
     runtime::prepare_agent_process();
     let base = hub_url.http_endpoint("");
-    let hub = match crate::hub_client::HubClient::new() {
-        Ok(hub) => hub,
-        Err(e) => {
-            tracing::error!(error = %e, "bundle jobs are unavailable");
-            return None;
-        }
-    };
-    let auth = HubAuth::Agent(Box::new(crate::hub_client::TokenCache::new(hub, credentials.clone())));
-    let context = match BundleContext::new(data_dir.to_path_buf(), base, credentials.creator_id.clone()) {
+    let auth = HubAuth::Agent(Box::new(tokens.clone()));
+    let creator = tokens.credentials().creator_id.clone();
+    let context = match BundleContext::new(data_dir.to_path_buf(), base, creator) {
         Ok(context) => context.with_auth(auth),
         Err(e) => {
             tracing::error!(error = %e, "bundle jobs are unavailable");

@@ -5,8 +5,7 @@
 //! the entry is removed only after the hub acknowledged it, and the hub deduplicates by
 //! `run_id`. It must never drop an entry the hub did not acknowledge.
 
-use crate::credentials::Credentials;
-use crate::hub_client::{HubClient, TokenCache};
+use crate::hub_client::TokenCache;
 use crate::hub_url::HubUrl;
 use edge_protocol::api::{NotifyRequest, NOTIFY_PATH};
 use edge_protocol::AgentFrame;
@@ -88,9 +87,8 @@ fn notify_client() -> Result<reqwest::Client, crate::AgentError> {
 }
 
 /// Posts journal entries to the hub until each is acknowledged; runs until `cancel`.
-pub(crate) async fn report_loop(journal: Journal, hub: HubClient, credentials: Credentials, cancel: CancellationToken) {
-    let Ok(hub_url) = HubUrl::parse(&credentials.hub_url) else { return };
-    let tokens = TokenCache::new(hub, credentials);
+pub(crate) async fn report_loop(journal: Journal, tokens: TokenCache, cancel: CancellationToken) {
+    let Ok(hub_url) = HubUrl::parse(&tokens.credentials().hub_url) else { return };
     // Made when the first entry needs it: most agents never run a bundle, and an idle agent
     // should not carry an HTTP client it does not use.
     let mut http: Option<reqwest::Client> = None;

@@ -11,7 +11,6 @@
 
 pub mod journal;
 
-use crate::hub_client::HubClient;
 use crate::limits::JobsPerHour;
 use crate::runners::{RunContext, RunOutcome, Runners};
 use crate::state::{AgentEvent, JobRecord, JobRunStatus, StateHandle};
@@ -51,7 +50,7 @@ pub struct ExecutorConfig {
     pub paused: watch::Receiver<bool>,
     pub journal: Journal,
     /// Where journaled run reports are delivered (`POST /edge/notify`), with whose token.
-    pub reports_to: Option<(HubClient, crate::credentials::Credentials)>,
+    pub reports_to: Option<crate::hub_client::TokenCache>,
     pub after_job: Option<AfterJob>,
     /// The person's jobs-per-hour cap (lowered by the hub's, never raised); `None` counts
     /// nothing (an executor built for a test of something else).
@@ -100,8 +99,8 @@ impl Executor {
             tracing::info!(run_id = %entry.run_id, job_id = %entry.job_id, "replaying a journaled run result");
             let _ = config.frames.send(entry.frame);
         }
-        if let Some((hub, credentials)) = config.reports_to.clone() {
-            tokio::spawn(journal::report_loop(config.journal.clone(), hub, credentials, config.cancel.child_token()));
+        if let Some(tokens) = config.reports_to.clone() {
+            tokio::spawn(journal::report_loop(config.journal.clone(), tokens, config.cancel.child_token()));
         }
         let (commands, receiver) = mpsc::unbounded_channel();
         let (busy_tx, busy) = watch::channel(0);
