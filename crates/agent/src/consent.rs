@@ -189,7 +189,7 @@ impl Consent {
     /// Whether the person granted `capability` (its current text); an unreadable settings
     /// file grants nothing.
     pub fn is_granted(&self, capability: &Capability) -> bool {
-        matches!(self.standing(capability), Ok(Standing::Granted(_)))
+        LocalSettings::load(&self.data_dir).is_ok_and(|settings| is_granted_in(&settings, capability))
     }
 
     /// Every grant in the file by name, valid or not, with its standing.
@@ -245,6 +245,12 @@ fn standing(settings: &LocalSettings, capability: &Capability) -> Standing {
         Some(grant) if grant.text_version == TEXT_VERSION => Standing::Granted(grant.clone()),
         Some(grant) => Standing::Outdated(grant.clone()),
     }
+}
+
+/// Whether `settings` grant `capability` (its current text), for a caller that already read
+/// them.
+pub fn is_granted_in(settings: &LocalSettings, capability: &Capability) -> bool {
+    matches!(standing(settings, capability), Standing::Granted(_))
 }
 
 /// The capabilities currently granted (of the current text version).

@@ -375,7 +375,10 @@ async fn handle(mut stream: MuxStream, context: &TunnelContext, last_ping: &Atom
         let _ = open::write(&mut stream, &Answer::refused("BAD_PAYLOAD", message)).await;
         return;
     }
-    let destination = match reach(&opened.target, context).await {
+    // Read once per stream: the grant, the exposed services and the rate cap are the
+    // person's as they stand now (an unreadable file grants nothing).
+    let settings = LocalSettings::load(&context.data_dir).ok();
+    let destination = match reach(&opened.target, context, settings.as_ref()).await {
         Ok(destination) => destination,
         Err(answer) => {
             tracing::info!(target = %opened.target, code = answer.code.as_deref().unwrap_or_default(), "tunnel stream refused");
@@ -388,22 +391,26 @@ async fn handle(mut stream: MuxStream, context: &TunnelContext, last_ping: &Atom
     }
     tracing::info!(target = %opened.target, "tunnel stream open");
     let _counted = OpenStream::new(context);
-    let rate = LocalSettings::load(&context.data_dir).ok().and_then(|s| s.caps.tunnel_bytes_per_second);
+    let rate = settings.and_then(|s| s.caps.tunnel_bytes_per_second);
     let (bytes_in, bytes_out) = relay(stream, destination, &context.gate, rate).await;
     tracing::info!(target = %opened.target, bytes_in, bytes_out, "tunnel stream closed");
 }
 
 /// The connection a stream asked for, or the answer refusing it.
-async fn reach(target: &Target, context: &TunnelContext) -> Result<tokio::net::TcpStream, Answer> {
+async fn reach(
+    target: &Target,
+    context: &TunnelContext,
+    settings: Option<&LocalSettings>,
+) -> Result<tokio::net::TcpStream, Answer> {
     if *context.paused.borrow() {
         return Err(Answer::refused("PAUSED", "the person at this agent paused it"));
     }
-    if !Grants::new(&context.data_dir).is_granted(&Consent::Tunnel) {
+    let Some(settings) = settings.filter(|s| crate::consent::is_granted_in(s, &Consent::Tunnel)) else {
         return Err(Answer::refused(
             "CAPABILITY_NOT_GRANTED",
             "the person at this agent has not granted the tunnel (edge-agent consent grant tunnel)",
         ));
-    }
+    };
     let addresses = match target {
         Target::Connect { host, port } => {
             let host = url::Host::parse(host)
@@ -422,7 +429,6 @@ async fn reach(target: &Target, context: &TunnelContext) -> Result<tokio::net::T
             })?
         }
         Target::Service { name } => {
-            let settings = LocalSettings::load(&context.data_dir).unwrap_or_default();
             let address = settings.exposed.get(name).ok_or_else(|| {
                 Answer::refused("NOT_EXPOSED", format!("the person at this agent exposes no service named {name:?}"))
             })?;
