@@ -82,7 +82,7 @@ pub struct WsQuery {
 
 /// Why a WebSocket is refused; each maps to a frame code and a close code.
 #[derive(Debug)]
-enum Refusal {
+pub(crate) enum Refusal {
     Expired,
     Invalid(String),
     Unavailable,
@@ -112,6 +112,16 @@ impl Refusal {
             Refusal::Expired => "token expired: get a new one from /v1/agent/token",
             Refusal::Invalid(_) => "token invalid: log in again",
             Refusal::Unavailable => "the hub cannot check tokens right now",
+        }
+    }
+
+    /// The same refusal as an HTTP answer (the tunnel's endpoints): 401 for the token,
+    /// 500 when the hub cannot check it.
+    pub(crate) fn into_failure(self) -> Failure {
+        match self {
+            Refusal::Unavailable => Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", self.message()),
+            Refusal::Expired => Failure::new(StatusCode::UNAUTHORIZED, "token_expired", self.message()),
+            Refusal::Invalid(_) => Failure::new(StatusCode::UNAUTHORIZED, "invalid_token", self.message()),
         }
     }
 
@@ -176,7 +186,9 @@ pub async fn agent_ws(
     })
 }
 
-async fn authenticate(app: &AppState, token: Option<&str>) -> Result<AgentRecord, Refusal> {
+/// The agent a session token stands for: signature, lifetime, and an agent of that
+/// creator this hub knows.
+pub(crate) async fn authenticate(app: &AppState, token: Option<&str>) -> Result<AgentRecord, Refusal> {
     let Some(token) = token else {
         return Err(Refusal::Invalid("no token: pass ?token=JWT or Authorization: Bearer JWT".to_owned()));
     };

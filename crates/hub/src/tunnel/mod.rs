@@ -275,15 +275,9 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// The agent a tunnel's JWT stands for, or why not.
+/// The agent a tunnel's JWT stands for, or why not: the agent WebSocket's own check.
 async fn authenticate(app: &AppState, token: &str) -> Result<AgentRecord, Failure> {
-    let unauthorized = |why: String| Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", why);
-    let claims = app.jwt.verify(token).map_err(|e| unauthorized(format!("agent token refused: {e}")))?;
-    match app.store.agent(&claims.agent_id).await {
-        Ok(Some(agent)) if agent.creator_id == claims.creator_id => Ok(agent),
-        Ok(_) => Err(unauthorized("the token names an agent this hub does not know".to_owned())),
-        Err(e) => Err(Failure::internal("cannot look up the agent", &e)),
-    }
+    crate::api::ws::authenticate(app, Some(token)).await.map_err(crate::api::ws::Refusal::into_failure)
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
