@@ -323,19 +323,18 @@ pub fn run() -> Result<()> {
                  [client.services.hold]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{hold_port}\"\n"
             ),
         )?;
-        let quiet = |mut c: Command| -> Result<Running> {
-            Ok(Running(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting rathole")?))
+        let spawn = |role: &str, config: &Path| -> Result<Running> {
+            let child = Command::new(&rathole)
+                .arg(role)
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting rathole {role}"))?;
+            Ok(Running(child))
         };
-        let server_process = quiet({
-            let mut c = Command::new(&rathole);
-            c.arg("--server").arg(&server);
-            c
-        })?;
-        let client_process = quiet({
-            let mut c = Command::new(&rathole);
-            c.arg("--client").arg(&client);
-            c
-        })?;
+        let server_process = spawn("--server", &server)?;
+        let client_process = spawn("--client", &client)?;
         let one = iperf(svc_iperf, 1)?;
         let sixteen = iperf(svc_iperf, 16)?;
         eprintln!("rathole ({transport}): {one:.2} Gbit/s on 1 stream, {sixteen:.2} on 16");
