@@ -261,3 +261,38 @@ test("before the browser runtime started the window says nothing about it", asyn
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("tunnel: off, then open with its connections and the services the person exposed", async () => {
+  const online = { ...loggedIn, connection: "online" };
+  const { page, errors } = await openApp(browser, server.url, { state: online });
+  // An older core sends no tunnel at all: the window says it is off and lists nothing.
+  assert.equal(await page.getAttribute("#tunnel-state", "data-state"), "off");
+  assert.equal(await page.textContent("#tunnel-state"), "Off (not allowed, or paused)");
+  assert.equal(await page.isVisible("#exposed-row"), false);
+
+  await page.evaluate((s) => window.__emit("agent://state", s), {
+    ...online,
+    tunnel: { state: "open", streams: 3, exposed: { dashboard: "127.0.0.1:3000", obs: "127.0.0.1:4455" } },
+  });
+  await page.waitForSelector("#tunnel-state[data-state=open]");
+  assert.equal(await page.textContent("#tunnel-state"), "Open — 3 connections now");
+  const exposed = await page.$$eval("#exposed-list li", (items) =>
+    items.map((li) => [li.dataset.name, li.querySelector("strong").textContent, li.querySelector("code").textContent]),
+  );
+  assert.deepEqual(exposed, [
+    ["dashboard", "dashboard", "127.0.0.1:3000"],
+    ["obs", "obs", "127.0.0.1:4455"],
+  ]);
+  assert.equal(await page.isVisible("#exposed-row"), true);
+  await screenshot(page, "08-tunnel-open-exposed");
+
+  await page.evaluate((s) => window.__emit("agent://state", s), {
+    ...online,
+    tunnel: { state: "connecting", streams: 0, exposed: {} },
+  });
+  await page.waitForSelector("#tunnel-state[data-state=connecting]");
+  assert.equal(await page.textContent("#tunnel-state"), "Connecting…");
+  assert.equal(await page.isVisible("#exposed-row"), false);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

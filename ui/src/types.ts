@@ -31,6 +31,20 @@ export interface AgentSnapshot {
   recentJobs: JobSummary[];
   /** The browser runtime; absent or null until the agent started it. */
   browser?: BrowserStatus | null;
+  /** The tunnel through which the hub may route traffic out through this machine. */
+  tunnel?: TunnelStatus | null;
+}
+
+export type TunnelState = "off" | "connecting" | "open";
+
+/** `edge_agent::state::TunnelSnapshot`. */
+export interface TunnelStatus {
+  /** `off`: not granted, or paused. */
+  state: TunnelState;
+  /** Streams open right now. */
+  streams: number;
+  /** Local services the person exposed, by name: `ADDRESS:PORT`. */
+  exposed?: Record<string, string>;
 }
 
 /** `edge_browser::BrowserStatus`: what the person must know about browser jobs. */

@@ -1,5 +1,5 @@
 import type { Described } from "./errors";
-import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary } from "./types";
+import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary, TunnelStatus } from "./types";
 
 // How many job rows the window shows; the core keeps its own bounded list.
 const MAX_ROWS = 10;
@@ -154,6 +154,37 @@ function renderBrowser(browser: BrowserStatus | null | undefined): void {
   byId("browser-volatile").hidden = !browser?.sessionVolatile;
 }
 
+/** The tunnel in words, and the local services the person exposed through it. */
+function renderTunnel(tunnel: TunnelStatus | null | undefined): void {
+  const state = byId("tunnel-state");
+  const current = tunnel?.state ?? "off";
+  state.dataset.state = current;
+  const streams = tunnel?.streams ?? 0;
+  state.textContent =
+    current === "open"
+      ? streams === 0
+        ? "Open — no traffic now"
+        : `Open — ${streams === 1 ? "1 connection" : `${streams} connections`} now`
+      : current === "connecting"
+        ? "Connecting…"
+        : "Off (not allowed, or paused)";
+
+  const exposed = Object.entries(tunnel?.exposed ?? {});
+  byId("exposed-list").replaceChildren(
+    ...exposed.map(([name, address]) => {
+      const item = document.createElement("li");
+      item.dataset.name = name;
+      const label = document.createElement("strong");
+      label.textContent = name;
+      const where = document.createElement("code");
+      where.textContent = address;
+      item.append(label, " ", where);
+      return item;
+    }),
+  );
+  byId("exposed-row").hidden = exposed.length === 0;
+}
+
 /** Brings the whole window in line with one snapshot of the core. */
 export function render(snapshot: AgentSnapshot): void {
   byId("boot").hidden = true;
@@ -208,6 +239,7 @@ export function render(snapshot: AgentSnapshot): void {
   );
   showMessage("last-error", snapshot.lastError);
   renderBrowser(snapshot.browser);
+  renderTunnel(snapshot.tunnel);
 
   const toggle = byId<HTMLButtonElement>("pause-toggle");
   toggle.textContent = snapshot.paused ? "Resume jobs" : "Pause jobs";

@@ -85,6 +85,20 @@ async fn exposed_services_only_pause_ends_every_stream_and_resume_reconnects() {
     assert_eq!(round_trip(&mut stream, b"hello through the tunnel").await, b"hello through the tunnel");
     let shown = world.state.snapshot().tunnel;
     assert_eq!((shown.state.as_str(), shown.streams), ("open", 1), "what the tray and status show");
+    let echo = world.echo.to_string();
+    assert_eq!(shown.exposed, [("echo".to_owned(), echo.clone())].into(), "the tray lists the exposed services");
+    // Exposed from another process (the CLI writes settings.json): the tray sees it.
+    let mut settings = LocalSettings::load(&world.data_dir).unwrap();
+    settings.exposed.insert("web".into(), "127.0.0.1:8080".into());
+    settings.save(&world.data_dir).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while world.state.snapshot().tunnel.exposed.len() != 2 {
+        assert!(Instant::now() < deadline, "the new exposed service never reached the snapshot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exposed = world.state.snapshot().tunnel.exposed;
+    assert_eq!(exposed.get("web").map(String::as_str), Some("127.0.0.1:8080"));
+    assert_eq!(exposed.get("echo"), Some(&echo));
     // The same service by its address is loopback: refused by the egress gate.
     let by_address = Target::Connect { host: world.echo.ip().to_string(), port: world.echo.port() };
     let refused = open_to(&opener, by_address).await.unwrap_err();

@@ -86,6 +86,10 @@ pub struct TunnelSnapshot {
     pub state: String,
     /// Streams open right now.
     pub streams: u32,
+    /// The local services the person exposed, by name: `ADDRESS:PORT` (settings.json's
+    /// `exposed`, re-read while the agent runs, so a change from the CLI shows in the tray).
+    #[serde(default)]
+    pub exposed: std::collections::BTreeMap<String, String>,
 }
 
 impl AgentSnapshot {
@@ -103,7 +107,7 @@ impl AgentSnapshot {
             recent_jobs: Vec::new(),
             root_fingerprint: None,
             browser: None,
-            tunnel: TunnelSnapshot { state: "off".to_owned(), streams: 0 },
+            tunnel: TunnelSnapshot { state: "off".to_owned(), ..TunnelSnapshot::default() },
         }
     }
 }

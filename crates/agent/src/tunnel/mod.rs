@@ -56,6 +56,18 @@ impl TunnelContext {
             state.update(|snapshot| change(&mut snapshot.tunnel));
         }
     }
+
+    /// Shows the exposed services as settings.json has them now; a change made with
+    /// `edge-agent expose` from another process reaches the tray within [`RECHECK`]. Reports
+    /// only a change: the state event is not repeated every few seconds.
+    fn show_exposed(&self) {
+        let Some(state) = &self.state else { return };
+        // An unreadable file exposes nothing, as `reach` treats it.
+        let exposed = LocalSettings::load(&self.data_dir).map(|s| s.exposed).unwrap_or_default();
+        if state.snapshot().tunnel.exposed != exposed {
+            state.update(|snapshot| snapshot.tunnel.exposed = exposed);
+        }
+    }
 }
 
 /// Counts a stream in the snapshot while it lives.
@@ -238,8 +250,12 @@ where
         if cancel.is_cancelled() {
             return;
         }
+        context.show_exposed();
         if *paused.borrow() || !grants.is_granted(&Consent::Tunnel) {
-            context.report(|t| *t = crate::state::TunnelSnapshot { state: "off".to_owned(), streams: 0 });
+            context.report(|t| {
+                t.state = "off".to_owned();
+                t.streams = 0;
+            });
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = paused.changed() => {}
@@ -292,6 +308,7 @@ async fn session(
             tokio::select! {
                 _ = paused.changed() => if *paused.borrow() { return "paused: every stream closed" },
                 _ = tokio::time::sleep(RECHECK) => {
+                    context.show_exposed();
                     if !grants.is_granted(&Consent::Tunnel) {
                         return "the person revoked the tunnel grant";
                     }
