@@ -1,6 +1,7 @@
 //! Owns the hub's periodic housekeeping: expired leases (back to pending, dead or
 //! cancelled), agents not heard from for 3 heartbeat intervals (offline), running redrives
-//! (one rate-limited step each), and retention (final jobs and old ledger entries). Every
+//! (one rate-limited step each), and retention (final jobs, old ledger entries, tunnel
+//! routes that dead instances left). Every
 //! hub process runs one; the store's compare-and-set makes concurrent sweeps safe. It must
 //! never hold a job or a session itself, and never stop on a database error: it logs and
 //! tries again next tick.
@@ -113,6 +114,14 @@ impl Sweeper {
             Ok(0) => {}
             Ok(count) => info!(count, "ledger entries past the cool-off window deleted"),
             Err(e) => error!(error = %e, "cannot purge the dedupe ledger"),
+        }
+        // Stale routes are already ignored (tunnel::ROUTE_STALE_AFTER); this only keeps the
+        // table from growing with every instance that ever died with tunnels open.
+        let dead = now - millis(crate::tunnel::ROUTE_STALE_AFTER) * 10;
+        match self.store.purge_tunnel_routes(dead).await {
+            Ok(0) => {}
+            Ok(count) => info!(count, "tunnel routes of instances gone for a while deleted"),
+            Err(e) => error!(error = %e, "cannot purge stale tunnel routes"),
         }
     }
 }

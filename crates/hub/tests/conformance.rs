@@ -151,9 +151,11 @@ async fn a_new_hello_lets_the_leases_the_agent_no_longer_claims_run_out(db: Test
     drop(ws);
 
     // An older agent's hello: both leases stay (they run out only after the visibility timeout).
+    // The hub releases unclaimed leases before it answers hello_ack, and `hello` returns on
+    // the ack: had this hello released anything, it would show now (no wait needed).
     let ws = hub.hello(&agent, json!({"slots": 3})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hub.job(&id(&lost)).await["status"], "running");
+    assert!(attempts(&hub, &id(&lost)).await.iter().all(|a| a["outcome"] != "expired"), "nothing released");
     drop(ws);
 
     // The restarted agent says it still runs `kept` only.
@@ -1413,9 +1415,16 @@ async fn tunnel_routes_are_replaced_removed_only_by_their_writer_and_go_stale(db
     assert!(store.touch_tunnel_route(&agent.agent_id, "i2/7", 5_000).await.unwrap());
     assert_eq!(store.tunnel_routes(5_000).await.unwrap().len(), 1);
     assert!(store.tunnel_routes(5_001).await.unwrap().is_empty(), "a stale route is not listed");
+    // Retention deletes only routes older than its bound.
+    assert_eq!(store.purge_tunnel_routes(5_000).await.unwrap(), 0, "seen at 5,000: kept");
+    assert_eq!(store.tunnel_routes(0).await.unwrap().len(), 1);
 
     assert!(store.remove_tunnel_route(&agent.agent_id, "i2/7").await.unwrap());
     assert!(store.tunnel_routes(0).await.unwrap().is_empty());
     assert!(!store.remove_tunnel_route(&agent.agent_id, "i2/7").await.unwrap());
+    // A route its instance never removed (it died) goes once retention passes it.
+    store.put_tunnel_route(&route("i3/1", "i3"), 6_000).await.unwrap();
+    assert_eq!(store.purge_tunnel_routes(6_001).await.unwrap(), 1);
+    assert!(store.tunnel_routes(0).await.unwrap().is_empty());
     hub.shutdown().await;
 }

@@ -787,6 +787,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every route seen at or after `seen_since`, with the agent's creator and labels, by
     /// agent id; staler rows are left by instances that died and are ignored.
     async fn tunnel_routes(&self, seen_since: i64) -> Result<Vec<TunnelRoute>, StoreError>;
+    /// Deletes routes not seen since `before`: those of instances that died without
+    /// removing them (a live tunnel refreshes its route every keep-alive).
+    async fn purge_tunnel_routes(&self, before: i64) -> Result<u64, StoreError>;
 }
 
 /// A tunnel route as an instance writes it.

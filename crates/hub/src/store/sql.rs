@@ -1940,6 +1940,14 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn purge_tunnel_routes(&self, before: i64) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM tunnel_routes WHERE seen_at < $1")
+                    .bind(before)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn tunnel_routes(&self, seen_since: i64) -> Result<Vec<TunnelRoute>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT r.agent_id, r.tunnel_id, r.instance_id, r.relay_url, r.opened_at, r.seen_at, \
