@@ -232,6 +232,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         store: store.clone(),
         jwt: JwtKeys::new(&secret, config.jwt_ttl),
         link: crate::tunnel::link::LinkKeys::new(&secret),
+        gone_instances: Default::default(),
         instance,
         dispatcher: dispatcher_handle,
         events,

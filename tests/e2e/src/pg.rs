@@ -101,7 +101,13 @@ pub struct TempDatabase {
 }
 
 impl TempDatabase {
+    /// A new database named after `prefix` (letters, digits and `_`: it is written into SQL
+    /// unquoted, so anything else is refused rather than escaped).
     pub fn create(prefix: &str) -> Result<TempDatabase> {
+        anyhow::ensure!(
+            !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "a temporary database's prefix is letters, digits and `_` only, not {prefix:?}"
+        );
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
         let name = format!("edge_{prefix}_{}_{nanos}", std::process::id());
         execute("test", &format!("CREATE DATABASE {name}"))?;

@@ -276,3 +276,66 @@ fn an_exposed_service_is_reachable_through_its_hub_port_and_nothing_else_on_loop
     wait_until(TIMEOUT, || Ok(curl(&[&through_hub])?.0 == 200)).context("the restarted agent's tunnel")?;
     Ok(())
 }
+
+/// Three `edge-hub` processes on one PostgreSQL database, each with its proxy port; two
+/// agents of one creator, tunnelled to A and to B. B is killed (`kill -9`: its tunnel route
+/// stays in the database until it goes stale): clients of A and C choosing by creator keep
+/// getting through, every request, by the agent on A; the agent on B, asked for by name, is an
+/// immediate NO_AGENT.
+#[test]
+fn killing_a_hub_instance_leaves_the_clients_of_the_others_working() -> Result<()> {
+    // Under `cargo xtask test` a missing PostgreSQL is a failure, never a skip.
+    if !edge_e2e::pg::check()? {
+        return Ok(());
+    }
+    let db = edge_e2e::pg::TempDatabase::create("tunnel_kill")?;
+    let bins = Binaries::locate()?;
+    let dir = scratch_dir("e2e-tunnel-kill")?;
+    let site = Site::start()?;
+    let env = [("EDGE_HUB_JWT_SECRET", "e2e-tunnel-instances-secret-0123456789abcdef")];
+    let mut hubs = Vec::new();
+    let mut proxies = Vec::new();
+    for name in ["a", "b", "c"] {
+        let proxy = format!("127.0.0.1:{}", free_port()?);
+        let hub = Hub::start_with_database(&bins, &dir.path().join(name), &db.url, &env, &["--proxy-listen", &proxy])?;
+        hubs.push(hub);
+        proxies.push(proxy);
+    }
+    let creator = "creator-fleet";
+    let key = hubs[0].creator_key(creator)?;
+    let operator = hubs[0].api_key()?;
+    let mut agents = Vec::new();
+    for (i, hub) in hubs.iter().take(2).enumerate() {
+        let mut agent =
+            Agent::new(&bins, &format!("e2e-kill-{i}-{}", std::process::id()), "auto", &dir.path().join(format!("agent{i}")));
+        agent.login(&hub.url, &hub.enroll_token(creator)?)?;
+        agent.allow_egress(&site.base_url);
+        agent.grant(&["tunnel"])?;
+        agent.run_with_env(&["--hb-interval-secs", "1"], &[])?;
+        hub.wait_agent_online(&operator, agent.agent_id(), TIMEOUT)?;
+        agents.push(agent);
+    }
+    let hello = site.url("/hello");
+    let through = |proxy: &str, user: &str| curl(&["-p", "-x", &format!("http://{user}:{key}@{proxy}"), &hello]);
+    // Both tunnels are up and reachable from C (one through A, one through B).
+    for agent in &agents {
+        let user = format!("agent-{}", agent.agent_id());
+        wait_until(TIMEOUT, || Ok(through(&proxies[2], &user)?.0 == 200))
+            .with_context(|| format!("C never reached {user}; its log:\n{}", agent.run_log()))?;
+    }
+
+    hubs[1].kill();
+    let by_creator = format!("creator-{creator}");
+    for round in 0..10 {
+        for proxy in [&proxies[0], &proxies[2]] {
+            let (status, refusal, body) = through(proxy, &by_creator)?;
+            assert_eq!(status, 200, "round {round} through {proxy}: {refusal} {body}");
+            assert!(body.contains("Hello"), "{body}");
+        }
+    }
+    let started = std::time::Instant::now();
+    let (status, refusal, _) = through(&proxies[2], &format!("agent-{}", agents[1].agent_id()))?;
+    assert_eq!((status, refusal.as_str()), (502, "NO_AGENT"), "the agent of the killed instance");
+    assert!(started.elapsed() < Duration::from_secs(10), "NO_AGENT took {:?}", started.elapsed());
+    Ok(())
+}

@@ -136,6 +136,28 @@ impl LinkKeys {
     }
 }
 
+/// Instances whose link just failed to connect (they died, or their network did): their
+/// routes are passed over until they would have gone stale anyway, so a client choosing by
+/// creator or label gets a live agent instead of a dead instance's leftover again and again.
+/// An instance that comes back restarts under a new id; one that was only unreachable is
+/// chosen again once its mark ends.
+#[derive(Default)]
+pub struct GoneInstances(Mutex<HashMap<String, std::time::Instant>>);
+
+impl GoneInstances {
+    pub fn mark(&self, instance_id: &str, for_: Duration) {
+        let now = std::time::Instant::now();
+        let mut gone = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        gone.retain(|_, until| *until > now);
+        gone.insert(instance_id.to_owned(), now + for_);
+    }
+
+    pub fn contains(&self, instance_id: &str) -> bool {
+        let gone = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        gone.get(instance_id).is_some_and(|until| *until > std::time::Instant::now())
+    }
+}
+
 /// This instance as the others see it.
 #[derive(Debug, Clone)]
 pub struct Instance {

@@ -217,8 +217,12 @@ impl Exit {
         match self {
             Exit::Local(tunnel) => Ok(Opened { io: Box::new(tunnel.open(target).await?), metered: true }),
             Exit::Remote(route) => {
-                let io = link::open_remote(app, &route.relay_url, &route.instance_id, &route.agent_id, target).await?;
-                Ok(Opened { io, metered: false })
+                let opened = link::open_remote(app, &route.relay_url, &route.instance_id, &route.agent_id, target).await;
+                if let Err(OpenError::InstanceGone(why)) = &opened {
+                    warn!(instance_id = %route.instance_id, reason = %why, "instance unreachable; its tunnels are passed over for now");
+                    app.gone_instances.mark(&route.instance_id, ROUTE_STALE_AFTER);
+                }
+                Ok(Opened { io: opened?, metered: false })
             }
         }
     }
@@ -249,7 +253,7 @@ pub async fn exits(app: &AppState) -> Vec<Exit> {
             // and dialling ourselves for it could only be refused.
             continue;
         }
-        if local.iter().any(|t| t.agent_id == route.agent_id) {
+        if local.iter().any(|t| t.agent_id == route.agent_id) || app.gone_instances.contains(&route.instance_id) {
             continue;
         }
         all.push(Exit::Remote(route));

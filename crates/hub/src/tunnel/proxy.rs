@@ -28,6 +28,8 @@ use tracing::{debug, info, warn};
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// How long a client may take to authenticate and name its destination.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many exits one client stream is tried on when the instances holding them are gone.
+const EXIT_TRIES: usize = 3;
 
 /// Serves `listener` until `stop`.
 pub async fn serve(listener: TcpListener, app: AppState, stop: CancellationToken) {
@@ -317,8 +319,31 @@ async fn http_stream(app: &AppState, head: &Head, turn: &AtomicUsize) -> Result<
         Target::Connect { host, port: url.port_or_known_default().unwrap_or(80) }
     };
     let exit = exit(app, &user, &password, turn).await?;
-    let stream = exit.open(app, target.clone()).await?;
-    Ok((stream, target, exit.agent_id().to_owned()))
+    let (stream, agent_id) = open_exit(app, exit, &target, (&user, &password), turn).await?;
+    Ok((stream, target, agent_id))
+}
+
+/// Opens `target` through `exit`. When the instance holding that exit's tunnel is gone (it
+/// died after writing its route, which then stays until it goes stale), the instance is
+/// passed over from now on and another exit matching the same credentials is tried: clients
+/// of the instances still up keep working while a dead one's routes age out.
+async fn open_exit(
+    app: &AppState,
+    mut exit: Exit,
+    target: &Target,
+    (user, password): (&str, &str),
+    turn: &AtomicUsize,
+) -> Result<(Opened, String), Refusal> {
+    for _ in 1..EXIT_TRIES {
+        match exit.open(app, target.clone()).await {
+            Err(OpenError::InstanceGone(why)) => {
+                debug!(agent_id = exit.agent_id(), reason = %why, "exit's instance gone; choosing another");
+                exit = self::exit(app, user, password, turn).await?;
+            }
+            opened => return Ok((opened?, exit.agent_id().to_owned())),
+        }
+    }
+    Ok((exit.open(app, target.clone()).await?, exit.agent_id().to_owned()))
 }
 
 async fn answer_http(client: &mut TcpStream, refusal: &Refusal) {
@@ -404,8 +429,8 @@ async fn socks5_handshake(
         }
     };
     let target = read_socks_request(client).await?;
-    let stream = exit.open(app, target.clone()).await.map_err(|e| Some(Refusal::from(e)))?;
-    Ok((stream, target, exit.agent_id().to_owned()))
+    let (stream, agent_id) = open_exit(app, exit, &target, (&user, &password), turn).await.map_err(Some)?;
+    Ok((stream, target, agent_id))
 }
 
 async fn read_socks_request(client: &mut TcpStream) -> Result<Target, Option<Refusal>> {
