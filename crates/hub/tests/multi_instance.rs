@@ -316,6 +316,13 @@ async fn proxy_clients_on_any_instance_reach_an_agent_tunnelled_to_another() {
     let on_b = tunnel_agent(&b, &agent).await;
     let route = wait_for_route(&a, &agent, &b.base).await;
     assert_eq!(route.creator_id, CREATOR);
+    // The operator's agent list on A shows the tunnel B holds.
+    let (status, agents) = a.operator_get("/v1/agents").await;
+    assert_eq!(status, 200);
+    let listed = agents["agents"].as_array().unwrap().iter().find(|v| v["agentId"] == agent.agent_id.as_str()).cloned();
+    let tunnel = listed.map(|v| v["tunnel"].clone()).unwrap_or_default();
+    assert_eq!(tunnel["open"], true, "{agents}");
+    assert_eq!(tunnel["instanceId"], route.instance_id.as_str(), "{agents}");
 
     // From A and from C, through B, byte-exact both ways, the half-close included.
     let payload: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 + i / 251) as u8).collect();

@@ -132,11 +132,13 @@ async function loadAgents() {
   } catch (e) { fail(e); }
 }
 
-// The agent's tunnel on this instance: open or not, and the bytes it carried today.
+// The agent's tunnel: open (on whichever instance holds it) or not, and the bytes it
+// carried through this instance today.
 function tunnelCell(tunnel) {
   if (!tunnel) return '—';
   const cell = el('span', `${tunnel.open ? 'open' : 'closed'} · ${humanBytes(tunnel.bytesToday)} today`);
   cell.dataset.testid = 'agent-tunnel';
+  if (tunnel.instanceId) cell.title = `held by instance ${tunnel.instanceId}; bytes counted on this instance`;
   return cell;
 }
 

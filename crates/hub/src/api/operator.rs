@@ -38,9 +38,13 @@ pub struct AgentView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelView {
-    /// A tunnel from this agent is open to this instance now.
+    /// A tunnel from this agent is open now, to this instance or another on the database.
     pub open: bool,
-    /// Bytes relayed through it on this instance today (UTC), both directions.
+    /// The instance holding it (`hub_…`, as its log names itself), when open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Bytes relayed through the agent's tunnels on this instance today (UTC), both
+    /// directions (another instance counts its own).
     pub bytes_today: u64,
 }
 
@@ -77,6 +81,18 @@ pub async fn list_agents(State(app): State<AppState>, caller: Caller) -> Result<
     let circuits = app.dispatcher.open_circuits().await;
     let now = now_ms();
     let stale_after = millis(app.hb_interval.saturating_mul(3));
+    // Every instance's open tunnels: the operator sees one fleet whichever instance answers.
+    let tunnels: std::collections::HashMap<String, String> = crate::tunnel::exits(&app)
+        .await
+        .into_iter()
+        .map(|exit| {
+            let instance = match &exit {
+                crate::tunnel::Exit::Local(_) => app.instance.id.clone(),
+                crate::tunnel::Exit::Remote(route) => route.instance_id.clone(),
+            };
+            (exit.agent_id().to_owned(), instance)
+        })
+        .collect();
     let agents: Vec<AgentView> = app
         .store
         .agents(caller.creator())
@@ -87,9 +103,9 @@ pub async fn list_agents(State(app): State<AppState>, caller: Caller) -> Result<
             let until = circuits.get(&agent.id).copied();
             let mut view = AgentView::new(agent, is_online);
             view.circuit_open_until = until.map(rfc3339);
-            let (open, bytes_today) =
-                (app.tunnels.get(&view.agent_id).is_some(), app.tunnels.bytes_today(&view.agent_id));
-            view.tunnel = (open || bytes_today > 0).then_some(TunnelView { open, bytes_today });
+            let instance_id = tunnels.get(&view.agent_id).cloned();
+            let (open, bytes_today) = (instance_id.is_some(), app.tunnels.bytes_today(&view.agent_id));
+            view.tunnel = (open || bytes_today > 0).then_some(TunnelView { open, instance_id, bytes_today });
             view
         })
         .collect();
