@@ -84,10 +84,14 @@ struct ServeArgs {
     #[arg(long, env = "EDGE_HUB_TUNNEL_ADVERTISE", requires = "tunnel_listen")]
     tunnel_advertise: Option<String>,
     /// Where the other hub instances on this database reach this one, to open streams
-    /// through the agents' tunnels held here: http://<address>:<port> on a network only the
-    /// instances share [default: http:// and the listen address].
+    /// through the agents' tunnels held here: http(s)://<address>:<port>, https when this hub
+    /// serves TLS [default: the listen address].
     #[arg(long, env = "EDGE_HUB_ADVERTISE_URL", value_name = "URL")]
     advertise_url: Option<String>,
+    /// A PEM CA certificate trusted, beside the public roots, for links to other instances
+    /// over https:// (the CA that signed their --tls-cert).
+    #[arg(long, env = "EDGE_HUB_INSTANCE_CA", value_name = "PEM")]
+    instance_ca: Option<std::path::PathBuf>,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -322,6 +326,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         tunnel_listen: args.tunnel_listen,
         tunnel_advertise: args.tunnel_advertise,
         advertise_url: args.advertise_url.filter(|url| !url.trim().is_empty()),
+        instance_ca: args.instance_ca,
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

@@ -18,6 +18,7 @@ use crate::store::Store;
 use crate::sweeper::Sweeper;
 use axum::serve::ListenerExt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -69,9 +70,13 @@ pub struct HubConfig {
     /// `host:port` agents should dial for the raw path, when it is not `tunnel_listen`
     /// (behind NAT or a load balancer).
     pub tunnel_advertise: Option<String>,
-    /// Where the other instances on this database reach this one (`http://host:port`), to
-    /// open streams through the tunnels held here; `None`: `http://` and the bound address.
+    /// Where the other instances on this database reach this one (`http://host:port`, or
+    /// `https://` when it serves TLS), to open streams through the tunnels held here; `None`:
+    /// the bound address, `https://` when `tls` is set.
     pub advertise_url: Option<String>,
+    /// A PEM CA the instance trusts, beside the public roots, when it links to another
+    /// over `https://` (a private CA that signed the instances' certificates).
+    pub instance_ca: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -95,6 +100,7 @@ impl HubConfig {
             tunnel_listen: None,
             tunnel_advertise: None,
             advertise_url: None,
+            instance_ca: None,
         }
     }
 }
@@ -232,6 +238,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         store: store.clone(),
         jwt: JwtKeys::new(&secret, config.jwt_ttl),
         link: crate::tunnel::link::LinkKeys::new(&secret),
+        link_tls: tokio_rustls::TlsConnector::from(crate::tls::link_client_config(config.instance_ca.as_deref())?),
         gone_instances: Default::default(),
         instance,
         dispatcher: dispatcher_handle,
@@ -345,27 +352,28 @@ fn advertise_url(config: &HubConfig, bound: SocketAddr) -> Result<String, HubErr
             let url = url::Url::parse(text.trim()).map_err(|e| {
                 HubError::Config(format!("--advertise-url {text:?} is not a URL ({e}): give http://<address>:<port>"))
             })?;
-            if url.scheme() != "http" || url.host_str().is_none() {
+            let scheme_fits = match url.scheme() {
+                "https" => config.tls.is_some(),
+                "http" => config.tls.is_none(),
+                _ => false,
+            };
+            if !scheme_fits || url.host_str().is_none() {
+                let expected = if config.tls.is_some() { "https" } else { "http" };
                 return Err(HubError::Config(format!(
-                    "--advertise-url {text:?} must be http://<address>:<port>: instances link over plain HTTP                      on a network only they share"
+                    "--advertise-url {text:?} must be {expected}://<address>:<port>: the scheme this hub                      serves (https with --tls-cert), at an address the other instances reach"
                 )));
             }
             Ok(url.as_str().trim_end_matches('/').to_owned())
         }
         None => {
-            if config.tls.is_some() {
-                warn!(
-                    "this hub serves TLS, and links between instances speak plain HTTP: other instances \
-                     cannot open streams through the tunnels held here"
-                );
-            }
             if bound.ip().is_unspecified() {
                 warn!(
                     %bound,
                     "the hub listens on a wildcard address: other instances on this database will dial it as                      such; set --advertise-url to the address they can reach"
                 );
             }
-            Ok(format!("http://{bound}"))
+            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            Ok(format!("{scheme}://{bound}"))
         }
     }
 }
@@ -445,5 +453,31 @@ impl RunningHub {
         self.sessions.close();
         let _ = tokio::time::timeout(SESSION_DRAIN_TIMEOUT, self.sessions.wait()).await;
         self.store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(tls: bool, advertise: Option<&str>) -> HubConfig {
+        let mut config = HubConfig::new("127.0.0.1:0".parse().expect("literal"), "sqlite::memory:");
+        config.advertise_url = advertise.map(str::to_owned);
+        if tls {
+            config.tls = Some(crate::tls::TlsFiles { cert: "c.pem".into(), key: "k.pem".into() });
+        }
+        config
+    }
+
+    #[test]
+    fn the_advertised_scheme_is_the_one_this_hub_serves() {
+        let bound: SocketAddr = "10.1.2.3:8443".parse().expect("literal");
+        assert_eq!(advertise_url(&config(false, None), bound).unwrap(), "http://10.1.2.3:8443");
+        assert_eq!(advertise_url(&config(true, None), bound).unwrap(), "https://10.1.2.3:8443");
+        assert_eq!(advertise_url(&config(true, Some("https://hub-b.internal:8443/")), bound).unwrap(), "https://hub-b.internal:8443");
+        for (tls, url) in [(true, "http://hub-b:80"), (false, "https://hub-b:443"), (false, "ftp://hub-b"), (false, "hub-b:80")] {
+            let error = advertise_url(&config(tls, Some(url)), bound).unwrap_err().to_string();
+            assert!(error.contains("--advertise-url"), "{url}: {error}");
+        }
     }
 }

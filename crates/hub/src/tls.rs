@@ -2,7 +2,8 @@
 //! `--tls-cert`/`--tls-key` into a rustls server configuration (ring, HTTP/1.1 only: agents
 //! upgrade to WebSocket over it), and the listener that hands axum finished TLS streams. It
 //! must never let one slow or broken handshake hold up other connections, never accept a
-//! plaintext connection on a TLS listener, and never log key material.
+//! plaintext connection on a TLS listener, and never log key material. Also the client side
+//! of the link to other instances that serve TLS.
 
 use crate::error::HubError;
 use axum::serve::Listener;
@@ -51,6 +52,35 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, HubE
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| bad(&files.key, format!("does not match the certificate, or is unusable ({e})")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client configuration for links to other instances over `https://`: the public roots
+/// and, when given, the PEM CA of `--instance-ca` (a private CA that signed the instances'
+/// certificates). Certificates are always verified: there is no "insecure" switch.
+pub fn link_client_config(instance_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, HubError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = instance_ca {
+        let bad = |why: String| HubError::Config(format!("--instance-ca {}: {why}", path.display()));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(format!("cannot read it as PEM ({e})")))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("not a PEM certificate ({e})")))?;
+        if certs.is_empty() {
+            return Err(bad("holds no `BEGIN CERTIFICATE` block".to_owned()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(format!("not a usable CA certificate ({e})")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HubError::Config(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // The link is an HTTP/1.1 upgrade, as the listener offers.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -235,67 +235,6 @@ async fn api_keys_are_listed_without_secrets_and_a_revoked_key_is_refused() {
     hub.shutdown().await;
 }
 
-/// A test CA and a server certificate for 127.0.0.1 it signed, made by the `openssl`
-/// command (webpki refuses a self-signed certificate as a server's): (CA, cert, key) paths.
-fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let openssl = |args: &[&str]| {
-        let made = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-            panic!("the openssl command is needed for this test (Debian: apt-get install openssl): {e}")
-        });
-        assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
-    };
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=edge-hub test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "cert.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "leaf.ext",
-    ]);
-    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
-}
-
 /// With `--tls-cert`/`--tls-key` the hub speaks only TLS: a client trusting the certificate
 /// enrolls and opens the agent WebSocket with its JWT in the `Authorization` header, and a
 /// plain-HTTP client (an eavesdropper's view of the same request) gets no answer.

@@ -202,6 +202,36 @@ async fn tunnel_agent(hub: &TestHub, agent: &TestAgent) -> TunnelAgent {
     let mut request = url.into_client_request().expect("tunnel URL");
     request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().expect("header value"));
     let (socket, _) = tokio_tungstenite::connect_async(request).await.expect("the tunnel's WebSocket connects");
+    serve_tunnel(socket)
+}
+
+/// [`tunnel_agent`] to a hub serving TLS with a certificate `ca` signed, with `token` (an
+/// agent's JWT from any instance: they share the secret).
+async fn tls_tunnel_agent(hub: &TestHub, token: &str, ca: &std::path::Path) -> TunnelAgent {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).expect("CA PEM")).expect("CA");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = hub.hub().local_addr();
+    let tcp = TcpStream::connect(addr).await.expect("the TLS hub accepts");
+    let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string()).expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    let mut request =
+        format!("wss://{addr}{}", edge_tunnel::TUNNEL_PATH).into_client_request().expect("tunnel URL");
+    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().expect("header value"));
+    let (socket, _) = tokio_tungstenite::client_async(request, tls).await.expect("the tunnel's WebSocket connects");
+    serve_tunnel(socket)
+}
+
+fn serve_tunnel<S>(socket: tokio_tungstenite::WebSocketStream<S>) -> TunnelAgent
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let streams = Arc::new(AtomicUsize::new(0));
     let counted = streams.clone();
     let task = tokio::spawn(async move {
@@ -416,6 +446,49 @@ async fn a_dead_instances_leftover_routes_do_not_fail_clients_of_the_live_ones()
     assert_eq!(header(&head, "X-Edge-Refusal"), Some("NO_AGENT"), "{head}");
     drop(on_b);
     c.shutdown().await;
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// Instances serving TLS link over https://, verifying the other's certificate against
+/// `--instance-ca`; without that CA the link refuses the certificate and opens nothing.
+#[tokio::test]
+async fn instances_serving_tls_link_over_https_and_verify_each_other() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = test_certificates(dir.path());
+    let proxy = Some("127.0.0.1:0".parse().expect("literal address"));
+    // A serves plain HTTP on loopback for the test's own calls; B serves TLS. A trusts the CA.
+    let a = TestHub::start_on(db, |c| {
+        c.proxy_listen = proxy;
+        c.instance_ca = Some(ca.clone());
+    })
+    .await;
+    let b = a.sibling_with(|c| c.tls = Some(edge_hub::tls::TlsFiles { cert: cert.clone(), key: key.clone() })).await;
+    let doubting = a.sibling_with(|c| c.instance_ca = None).await;
+    assert!(b.base.starts_with("https://"), "{}", b.base);
+
+    let agent = a.enroll(CREATOR).await;
+    let token = a.session_token(&agent).await;
+    let on_b = tls_tunnel_agent(&b, &token, &ca).await;
+    let route = wait_for_route(&a, &agent, &b.base).await;
+    assert!(route.relay_url.starts_with("https://"), "B advertises https: {}", route.relay_url);
+
+    let user = format!("agent-{}", agent.agent_id);
+    let payload: Vec<u8> = (0..128 * 1024).map(|i| (i * 13 + i / 97) as u8).collect();
+    let (client, head) = connect_through(&a, &user, "echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(echo_round_trip(client, &payload).await == payload, "the echo over the TLS link differs");
+
+    // An instance without the CA does not trust B's certificate: it says so and opens nothing.
+    let (mut refused, head) = connect_through(&doubting, &user, "echo.test:7").await;
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let mut why = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), refused.read_to_string(&mut why)).await;
+    assert!(why.contains("TLS failed") && why.contains("--instance-ca"), "the answer says what to fix: {why}");
+    assert_eq!(on_b.streams.load(Ordering::SeqCst), 1, "only the trusted link opened a stream");
+    drop(on_b);
+    doubting.shutdown().await;
     b.shutdown().await;
     a.shutdown().await;
 }

@@ -46,6 +46,8 @@ pub struct App {
     pub jwt: JwtKeys,
     /// Signs and checks the credential of the link between instances (`crate::tunnel::link`).
     pub link: crate::tunnel::link::LinkKeys,
+    /// How this instance speaks TLS to another that advertises `https://`.
+    pub link_tls: tokio_rustls::TlsConnector,
     /// Instances a link to which just failed: their routes are passed over for a while.
     pub gone_instances: crate::tunnel::link::GoneInstances,
     /// This instance, as the others on the database reach it.

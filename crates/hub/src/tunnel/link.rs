@@ -3,7 +3,8 @@
 //! to [`RELAY_PATH`] per stream, to open that stream on its local tunnel; B answers with the
 //! agent's own [`Answer`] and relays bytes until either side ends. A plain upgrade, not a
 //! WebSocket: the connection after `101` is the stream itself, so a client's half-close
-//! reaches the agent as it does through a local tunnel.
+//! reaches the agent as it does through a local tunnel. To an instance advertising
+//! `https://` the link speaks TLS, verified against the public roots and `--instance-ca`.
 //!
 //! The credential is a short-lived HS256 token ([`LINK_TOKEN_TTL`]) naming the calling and
 //! the called instance, the agent and the target, used once. It is signed with a key
@@ -163,7 +164,7 @@ impl GoneInstances {
 pub struct Instance {
     /// Random per start: a restarted instance is a new one (its old routes are not its).
     pub id: String,
-    /// `http://host:port` other instances reach this one at (`--advertise-url`).
+    /// `http(s)://host:port` other instances reach this one at (`--advertise-url`).
     pub url: String,
 }
 
@@ -239,21 +240,38 @@ pub async fn open_remote(
     target: Target,
 ) -> Result<Box<dyn TunnelIo>, OpenError> {
     let parsed = url::Url::parse(url).map_err(|e| OpenError::Link(format!("{url:?} is not a URL: {e}")))?;
-    if parsed.scheme() != "http" {
-        // The hub has no TLS client of its own yet; instances link over a private network.
-        return Err(OpenError::Link(format!(
-            "instance {instance_id} advertises {url}; links between instances speak plain http:// only: \
-             give each instance --advertise-url http://<private address>:<port>"
-        )));
-    }
+    let tls = match parsed.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(OpenError::Link(format!(
+                "instance {instance_id} advertises {url}: a link speaks http:// or https://, not {other}://"
+            )))
+        }
+    };
     let host = parsed.host_str().unwrap_or_default().to_owned();
     let port = parsed.port_or_known_default().unwrap_or(80);
     let token = app.link.issue(&app.instance.id, instance_id, agent_id, &target)?;
     let handshake = async {
-        let mut tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        let bare_host = host.trim_matches(['[', ']']).to_owned();
+        let tcp = tokio::net::TcpStream::connect((bare_host.as_str(), port))
             .await
             .map_err(|e| OpenError::InstanceGone(format!("instance {instance_id} at {url} does not answer: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        let mut tcp: Box<dyn TunnelIo> = if tls {
+            let name = rustls::pki_types::ServerName::try_from(bare_host.clone())
+                .map_err(|e| OpenError::Link(format!("instance {instance_id} at {url}: not a TLS server name: {e}")))?;
+            // A failed handshake is not a dead instance: its certificate is not trusted
+            // here, which the operator must fix (--instance-ca).
+            Box::new(app.link_tls.connect(name, tcp).await.map_err(|e| {
+                OpenError::Link(format!(
+                    "instance {instance_id} at {url}: TLS failed ({e}); give every instance --instance-ca with \
+                     the CA that signed the others' certificates"
+                ))
+            })?)
+        } else {
+            Box::new(tcp)
+        };
         let authority = parsed.port().map_or(host.clone(), |p| format!("{host}:{p}"));
         let request = format!(
             "GET {RELAY_PATH} HTTP/1.1\r\nHost: {authority}\r\nConnection: upgrade\r\nUpgrade: {UPGRADE_TOKEN}\r\n\
@@ -285,7 +303,7 @@ pub async fn open_remote(
     let answer: Answer =
         tokio::time::timeout(wait, open::read(&mut tcp)).await.map_err(|_| OpenError::Timeout(wait))??;
     match (answer.ok, answer.code.as_deref()) {
-        (true, _) => Ok(Box::new(tcp)),
+        (true, _) => Ok(tcp),
         (false, Some("NO_AGENT")) => Err(OpenError::NoTunnel),
         (false, _) => Err(OpenError::Refused {
             code: answer.code.unwrap_or_else(|| "REFUSED".to_owned()),
@@ -295,7 +313,7 @@ pub async fn open_remote(
 }
 
 /// Reads up to the blank line, byte by byte so no byte of the stream after it is taken.
-async fn read_response_head(tcp: &mut tokio::net::TcpStream) -> Result<String, String> {
+async fn read_response_head(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<String, String> {
     let mut head = Vec::with_capacity(256);
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() >= MAX_RESPONSE_HEAD {

@@ -80,12 +80,20 @@ impl TestHub {
 
     /// Another hub process (in-process) on the same database, with its own port.
     pub async fn sibling(&self) -> TestHub {
-        let hub = edge_hub::start(self.config.clone()).await.expect("sibling hub starts");
+        self.sibling_with(|_| {}).await
+    }
+
+    /// Another instance on the same database, its configuration changed by `tweak`.
+    pub async fn sibling_with(&self, tweak: impl FnOnce(&mut HubConfig)) -> TestHub {
+        let mut config = self.config.clone();
+        tweak(&mut config);
+        let hub = edge_hub::start(config.clone()).await.expect("sibling hub starts");
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         TestHub {
-            base: format!("http://{}", hub.local_addr()),
+            base: format!("{scheme}://{}", hub.local_addr()),
             hub: Some(hub),
             db: self.db.shared(),
-            config: self.config.clone(),
+            config,
             api_key: self.api_key.clone(),
             http: http_client(),
         }
@@ -528,4 +536,65 @@ pub fn unix_ms(text: &Value) -> i64 {
 pub fn nested_json(levels: usize) -> Value {
     let text = format!("{}{{}}{}", r#"{"a":"#.repeat(levels - 1), "}".repeat(levels - 1));
     serde_json::from_str(&text).expect("nested JSON within serde_json's own limit")
+}
+
+/// A test CA and a server certificate for 127.0.0.1 it signed, made by the `openssl`
+/// command (webpki refuses a self-signed certificate as a server's): (CA, cert, key) paths.
+pub fn test_certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = |args: &[&str]| {
+        let made = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
+            panic!("the openssl command is needed for this test (Debian: apt-get install openssl): {e}")
+        });
+        assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=edge-hub test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"))
 }
