@@ -9,6 +9,7 @@ mod bench_egress;
 mod bench_hub;
 mod bench_tunnel;
 mod bench_vm;
+mod debroot;
 mod demo;
 mod deps;
 mod fresh_check;
