@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run `ip` ({e}): this test needs iproute2 (Debian: apt-get install iproute2) and root")
+        panic!("cannot run `ip` ({e}): this test needs iproute2 (Debian: apt-get install --no-install-recommends iproute2) and root")
     });
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }

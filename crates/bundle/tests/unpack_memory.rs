@@ -50,7 +50,7 @@ fn parent() {
         .args(["-c", "import sys, zipfile; print(len(zipfile.ZipFile(sys.argv[1]).infolist()))"])
         .arg(&zip)
         .output()
-        .expect("python3 is needed by this test (apt-get install python3)");
+        .expect("python3 is needed by this test (apt-get install --no-install-recommends python3)");
     assert!(listed.status.success(), "python3 cannot read the archive: {}", String::from_utf8_lossy(&listed.stderr));
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), ENTRIES.to_string());
 

@@ -543,7 +543,7 @@ pub fn nested_json(levels: usize) -> Value {
 pub fn test_certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
     let openssl = |args: &[&str]| {
         let made = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-            panic!("the openssl command is needed for this test (Debian: apt-get install openssl): {e}")
+            panic!("the openssl command is needed for this test (Debian: apt-get install --no-install-recommends openssl): {e}")
         });
         assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
     };
