@@ -88,6 +88,16 @@ struct ServeArgs {
     /// instances share [default: http:// and the listen address].
     #[arg(long, env = "EDGE_HUB_ADVERTISE_URL", value_name = "URL")]
     advertise_url: Option<String>,
+    /// The hub's address as people's browsers reach it (https://hub.example.com), for the
+    /// device sign-in page's link and QR code [default: the request's Host header].
+    #[arg(long, env = "EDGE_HUB_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// How long a device sign-in code lives (tests shorten it).
+    #[arg(long, hide = true, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    device_code_ttl_secs: u64,
+    /// Seconds a device waits between polls (tests shorten it).
+    #[arg(long, hide = true, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    device_code_interval_secs: u64,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -322,6 +332,13 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         tunnel_listen: args.tunnel_listen,
         tunnel_advertise: args.tunnel_advertise,
         advertise_url: args.advertise_url.filter(|url| !url.trim().is_empty()),
+        device: edge_hub::api::device::DeviceSettings {
+            ttl: Duration::from_secs(args.device_code_ttl_secs),
+            interval: Duration::from_secs(args.device_code_interval_secs),
+            public_url: args.public_url.filter(|url| !url.trim().is_empty()),
+            // Filled in by `start` from `tls`.
+            tls: false,
+        },
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

@@ -72,6 +72,8 @@ pub struct HubConfig {
     /// Where the other instances on this database reach this one (`http://host:port`), to
     /// open streams through the tunnels held here; `None`: `http://` and the bound address.
     pub advertise_url: Option<String>,
+    /// Device sign-in (RFC 8628): code lifetime, poll interval, the page's public address.
+    pub device: api::device::DeviceSettings,
 }
 
 impl HubConfig {
@@ -95,6 +97,7 @@ impl HubConfig {
             tunnel_listen: None,
             tunnel_advertise: None,
             advertise_url: None,
+            device: api::device::DeviceSettings::default(),
         }
     }
 }
@@ -250,6 +253,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
         limiters: api::rate_limit::Limiters::new(config.rate_limits),
+        device: api::device::DeviceSettings { tls: config.tls.is_some(), ..config.device.clone() },
     });
     let bundle_dir =
         config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));
