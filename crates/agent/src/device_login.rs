@@ -146,9 +146,9 @@ impl DeviceLogin {
 
 fn start_error(hub: &HubUrl, error: AgentError) -> AgentError {
     match error {
-        AgentError::HubUnreachable(reason) => AgentError::HubUnreachable(format!(
-            "{reason}; check the hub's address ({hub}) and that the hub is running"
-        )),
+        AgentError::HubUnreachable(reason) => {
+            AgentError::HubUnreachable(format!("{reason}; check the hub's address ({hub}) and that the hub is running"))
+        }
         // An older hub, or not a hub: no such endpoint.
         AgentError::HubRejected { status: 404 | 405, hub_error, message } => {
             AgentError::DeviceLoginUnsupported { hub: hub.to_string(), detail: format!("{hub_error}: {message}") }

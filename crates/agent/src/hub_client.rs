@@ -81,8 +81,11 @@ impl HubClient {
         device_key: &DeviceKey,
         name: Option<String>,
     ) -> Result<DeviceCodeResponse, AgentError> {
-        let request =
-            DeviceCodeRequest { public_key: device_key.public_key_base64(), name, version: Some(crate::agent_version()) };
+        let request = DeviceCodeRequest {
+            public_key: device_key.public_key_base64(),
+            name,
+            version: Some(crate::agent_version()),
+        };
         self.post(hub, DEVICE_CODE_PATH, &request).await
     }
 
@@ -97,10 +100,12 @@ impl HubClient {
             DeviceTokenRequest { grant_type: DEVICE_GRANT_TYPE.to_owned(), device_code: device_code.expose().clone() };
         match self.post(hub, TOKEN_PATH, &request).await {
             Ok(enrolled) => Ok(Ok(enrolled)),
-            Err(AgentError::HubRejected { status: 400, hub_error, message }) => match DeviceGrantError::parse(&hub_error) {
-                Some(code) => Ok(Err(code)),
-                None => Err(AgentError::HubRejected { status: 400, hub_error, message }),
-            },
+            Err(AgentError::HubRejected { status: 400, hub_error, message }) => {
+                match DeviceGrantError::parse(&hub_error) {
+                    Some(code) => Ok(Err(code)),
+                    None => Err(AgentError::HubRejected { status: 400, hub_error, message }),
+                }
+            }
             Err(other) => Err(other),
         }
     }

@@ -60,10 +60,7 @@ struct Started {
 async fn start_code(hub: &TestHub, name: &str) -> Started {
     let key = SigningKey::from_bytes(&random_seed());
     let (status, body) = hub
-        .post(
-            "/v1/agent/device/code",
-            json!({"publicKey": base64_key(&key), "name": name, "version": "agent-0.1.0"}),
-        )
+        .post("/v1/agent/device/code", json!({"publicKey": base64_key(&key), "name": name, "version": "agent-0.1.0"}))
         .await;
     assert_eq!(status, 200, "{body}");
     Started {
@@ -96,7 +93,10 @@ async fn a_code_is_pending_then_approved_and_redeemed_once(db: TestDb) {
     let creator_key = hub.creator_key(CREATOR).await;
     let key = SigningKey::from_bytes(&random_seed());
     let (status, body) = hub
-        .post("/v1/agent/device/code", json!({"publicKey": base64_key(&key), "name": "studio-pc", "version": "agent-0.1.0"}))
+        .post(
+            "/v1/agent/device/code",
+            json!({"publicKey": base64_key(&key), "name": "studio-pc", "version": "agent-0.1.0"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let user_code = body["user_code"].as_str().unwrap().to_owned();
@@ -317,7 +317,9 @@ async fn racing_polls_of_an_approved_code_enroll_one_agent(db: TestDb) {
     assert_eq!(enrolled.len(), 1, "{answers:?}");
     // The losers were either too soon after the winner's poll or found the code used.
     assert!(
-        answers.iter().all(|a| matches!(a, DevicePoll::Enrolled(_) | DevicePoll::Expired | DevicePoll::SlowDown { .. })),
+        answers
+            .iter()
+            .all(|a| matches!(a, DevicePoll::Enrolled(_) | DevicePoll::Expired | DevicePoll::SlowDown { .. })),
         "{answers:?}"
     );
     assert_eq!(store.agents(Some(CREATOR)).await.unwrap().len(), 1);
@@ -340,7 +342,8 @@ async fn hostile_input_is_refused_with_words_and_writes_nothing() {
     let (status, body) = hub.post("/v1/agent/token", json!({"grant_type": 7, "device_code": []})).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")), "{body}");
     // An old agent's body without grant_type is still the signed-nonce exchange.
-    let (status, body) = hub.post("/v1/agent/token", json!({"agentId": "agt_nobody", "nonce": "n", "signature": "s"})).await;
+    let (status, body) =
+        hub.post("/v1/agent/token", json!({"agentId": "agt_nobody", "nonce": "n", "signature": "s"})).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("unknown_agent")), "{body}");
     let (status, body) = hub.post("/v1/agent/token", json!({"nonce": "n"})).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_body")), "{body}");
@@ -370,7 +373,8 @@ async fn hostile_input_is_refused_with_words_and_writes_nothing() {
     let code = start_code(&hub, "victim").await;
     let (status, body) = hub.post("/v1/device/lookup", json!({"user_code": code.user_code})).await;
     assert_eq!((status, body["error"].as_str()), (401, Some("unauthorized")), "{body}");
-    let (status, body) = keyed(&hub, "ehk_forged", "/v1/device/approve", json!({"user_code": code.user_code, "approve": true})).await;
+    let (status, body) =
+        keyed(&hub, "ehk_forged", "/v1/device/approve", json!({"user_code": code.user_code, "approve": true})).await;
     assert_eq!(status, 401, "{body}");
     let (_, body) = poll_after_interval(&hub, &code.device_code).await;
     assert_eq!(body["error"], "authorization_pending", "still waiting: {body}");

@@ -216,7 +216,10 @@ pub struct DeviceTokenRequest {
 
 impl std::fmt::Debug for DeviceTokenRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceTokenRequest").field("grant_type", &self.grant_type).field("device_code", &"MASKED").finish()
+        f.debug_struct("DeviceTokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("device_code", &"MASKED")
+            .finish()
     }
 }
 

@@ -67,7 +67,10 @@ pub async fn challenge(
 /// `POST /v1/agent/token`: a signed nonce buys a session JWT; a body with `grant_type` is
 /// the device grant instead ([`super::device::redeem`]). Told apart by that one field, so
 /// agents that predate device sign-in send exactly what they always sent.
-pub async fn token(State(app): State<AppState>, ApiJson(body): ApiJson<serde_json::Value>) -> Result<Response, Failure> {
+pub async fn token(
+    State(app): State<AppState>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, Failure> {
     if body.get("grant_type").is_some() {
         return Ok(super::device::redeem(&app, body).await?.into_response());
     }

@@ -15,8 +15,7 @@ use axum::response::Response;
 use axum::Json;
 use edge_protocol::api::{
     DeviceApproveRequest, DeviceApproveResponse, DeviceCodeRequest, DeviceCodeResponse, DeviceGrantError,
-    DeviceLookupRequest, DeviceLookupResponse, DeviceTokenRequest, EnrollResponse, DEVICE_GRANT_TYPE,
-    DEVICE_PAGE_PATH,
+    DeviceLookupRequest, DeviceLookupResponse, DeviceTokenRequest, EnrollResponse, DEVICE_GRANT_TYPE, DEVICE_PAGE_PATH,
 };
 use std::time::Duration;
 use tracing::{info, warn};
@@ -103,7 +102,12 @@ pub async fn redeem(app: &AppState, body: serde_json::Value) -> Result<Json<Enro
     let agent_id = crypto::new_agent_id()?;
     match app.store.poll_device_code(&sha256_hex(device_code), &agent_id, now_ms()).await? {
         DevicePoll::Enrolled(agent) => {
-            info!(agent_id = agent.id, creator_id = agent.creator_id, name = agent.name, "agent enrolled by device sign-in");
+            info!(
+                agent_id = agent.id,
+                creator_id = agent.creator_id,
+                name = agent.name,
+                "agent enrolled by device sign-in"
+            );
             Ok(Json(EnrollResponse { agent_id: agent.id, creator_id: agent.creator_id }))
         }
         DevicePoll::Pending => Err(grant_error(
@@ -192,7 +196,12 @@ pub async fn approve(
     let hash = user_code_hash(&user_code);
     match app.store.decide_device_code(&hash, &decision, now_ms()).await? {
         Some(record) => {
-            info!(name = record.name, creator_id = record.creator_id, status = record.status.as_str(), "device sign-in decided");
+            info!(
+                name = record.name,
+                creator_id = record.creator_id,
+                status = record.status.as_str(),
+                "device sign-in decided"
+            );
             Ok(Json(DeviceApproveResponse { status: record.status.as_str().to_owned(), creator_id: record.creator_id }))
         }
         // Decided or expired between the lookup and the update.
@@ -311,7 +320,9 @@ mod tests {
     fn user_codes_are_normalised_and_odd_ones_refused() {
         assert_eq!(normalise_user_code(" abcd-efgh ").unwrap(), "ABCD-EFGH");
         assert_eq!(normalise_user_code("WXYZ 2345").unwrap(), "WXYZ-2345");
-        for bad in ["", "ABCD-EFG", "ABCD-EFGHJ", "ABCD-EFG0", "OBCD-EFGH", "ABCD-1FGH", "ABCD-IFGH", "ÄBCD-EFGH", "ABCD_EFGH"] {
+        for bad in
+            ["", "ABCD-EFG", "ABCD-EFGHJ", "ABCD-EFG0", "OBCD-EFGH", "ABCD-1FGH", "ABCD-IFGH", "ÄBCD-EFGH", "ABCD_EFGH"]
+        {
             let err = normalise_user_code(bad).unwrap_err();
             assert_eq!(err.body.error, "invalid_user_code", "{bad:?}");
         }

@@ -805,7 +805,12 @@ pub trait Store: Send + Sync + 'static {
     /// One poll of the device grant, following [`DeviceCodeRecord::poll_step`], in one
     /// transaction that holds the row: an approved code enrolls the agent as `agent_id`
     /// exactly once (the same agent record as enroll), however many polls race.
-    async fn poll_device_code(&self, device_code_hash: &str, agent_id: &str, now: i64) -> Result<DevicePoll, StoreError>;
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &str,
+        agent_id: &str,
+        now: i64,
+    ) -> Result<DevicePoll, StoreError>;
     /// Does this hub know the creator (an enrollment token, an agent or an API key of it)?
     async fn creator_known(&self, creator_id: &str) -> Result<bool, StoreError>;
 }
@@ -915,7 +920,9 @@ pub enum DevicePoll {
     Unknown,
     Expired,
     /// The interval the device must keep from now on.
-    SlowDown { interval_ms: i64 },
+    SlowDown {
+        interval_ms: i64,
+    },
     Pending,
     Denied,
     /// The approval was redeemed: this agent now exists.
