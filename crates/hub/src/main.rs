@@ -317,6 +317,17 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         Ok(value) if !value.is_empty() => Some(Secret::new(value)),
         _ => None,
     };
+    let public_url = args.public_url.map(|url| url.trim().trim_end_matches('/').to_owned()).filter(|u| !u.is_empty());
+    if let Some(url) = &public_url {
+        // It becomes a link people open and a QR code they scan: only a plain origin (and path).
+        let plain = (url.starts_with("https://") || url.starts_with("http://"))
+            && !url.contains(['?', '#', ' ', '"', '<', '>'])
+            && !url.chars().any(char::is_control);
+        anyhow::ensure!(
+            plain,
+            "--public-url must be a plain http(s) address like https://hub.example.com, not {url:?}"
+        );
+    }
     let config = HubConfig {
         listen: args.listen,
         database_url,
@@ -335,7 +346,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         device: edge_hub::api::device::DeviceSettings {
             ttl: Duration::from_secs(args.device_code_ttl_secs),
             interval: Duration::from_secs(args.device_code_interval_secs),
-            public_url: args.public_url.filter(|url| !url.trim().is_empty()),
+            public_url,
             // Filled in by `start` from `tls`.
             tls: false,
         },

@@ -415,3 +415,19 @@ async fn the_approval_page_is_served_with_a_strict_policy_and_no_outside_assets(
     }
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_page_address_is_the_public_url_when_one_is_configured() {
+    let hub = TestHub::start_on(TestDb::sqlite(), |config| {
+        config.device.public_url = Some("https://hub.example.com".into());
+    })
+    .await;
+    let key = base64_key(&SigningKey::from_bytes(&random_seed()));
+    let (status, body) = hub.post("/v1/agent/device/code", json!({"publicKey": key})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["verification_uri"], "https://hub.example.com/device");
+    let complete = format!("https://hub.example.com/device?user_code={}", body["user_code"].as_str().unwrap());
+    assert_eq!(body["verification_uri_complete"], complete.as_str());
+    assert_eq!((body["expires_in"].as_u64(), body["interval"].as_u64()), (Some(600), Some(5)), "the defaults");
+    hub.shutdown().await;
+}
