@@ -2104,15 +2104,21 @@ macro_rules! sql_store {
                         let creator_id = record.creator_id.clone().ok_or_else(|| {
                             StoreError::Corrupt("an approved device code has no creator".to_owned())
                         })?;
-                        sqlx::query(
+                        // Compare-and-set as well as the row lock: an engine that did not
+                        // hold the row would still redeem an approval only once.
+                        let redeemed = sqlx::query(
                             "UPDATE device_codes SET status = 'used', agent_id = $1, last_poll_at = $2 \
-                             WHERE device_code_hash = $3",
+                             WHERE device_code_hash = $3 AND status = 'approved'",
                         )
                         .bind(agent_id)
                         .bind(now)
                         .bind(device_code_hash)
                         .execute(&mut *tx)
                         .await?;
+                        if redeemed.rows_affected() != 1 {
+                            tx.rollback().await?;
+                            return Ok(DevicePoll::Expired);
+                        }
                         sqlx::query(
                             "INSERT INTO agents (id, creator_id, public_key, name, version, created_at, online) \
                              VALUES ($1, $2, $3, $4, $5, $6, 0)",
