@@ -58,6 +58,24 @@ pub enum AgentError {
     #[error("{0}")]
     SiteAdapter(String),
 
+    /// Device sign-in: the code was not approved in time (or the hub no longer knows it).
+    #[error(
+        "the sign-in code expired before it was approved: start the sign-in again and approve the new code on the hub's page within {minutes} minutes"
+    )]
+    DeviceLoginExpired { minutes: u64 },
+
+    /// Device sign-in: someone chose Deny on the hub's page.
+    #[error(
+        "the sign-in was denied on the hub's page: start it again if that was a mistake, or ask whoever runs the hub"
+    )]
+    DeviceLoginDenied,
+
+    /// Device sign-in: the address answers, but not as a hub that offers device sign-in.
+    #[error(
+        "{hub} does not offer device sign-in ({detail}): check the hub's address, or sign in with an enrollment token (`edge-agent login --hub URL --token T`)"
+    )]
+    DeviceLoginUnsupported { hub: String, detail: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +96,9 @@ impl AgentError {
             AgentError::NoRuntime(_) => "no_runtime",
             AgentError::SiteAdapter(_) => "site_adapter",
             AgentError::InvalidSetting(_) => "invalid_setting",
+            AgentError::DeviceLoginExpired { .. } => "device_login_expired",
+            AgentError::DeviceLoginDenied => "device_login_denied",
+            AgentError::DeviceLoginUnsupported { .. } => "device_login_unsupported",
             AgentError::Internal(_) => "internal",
         }
     }

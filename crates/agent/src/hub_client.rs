@@ -1,4 +1,5 @@
-//! The hub's HTTP API as the agent uses it: enrollment and device-key tokens.
+//! The hub's HTTP API as the agent uses it: enrollment (by token or device sign-in) and
+//! device-key tokens.
 //!
 //! It owns turning hub answers into [`AgentError`]s that keep the hub's words. It must never
 //! log a request or response body (they carry the enrollment token, signatures and JWTs).
@@ -8,8 +9,9 @@ use crate::error::AgentError;
 use crate::hub_url::HubUrl;
 use crate::secret::Secret;
 use edge_protocol::api::{
-    token_signing_message, ApiError, ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, TokenRequest,
-    TokenResponse, CHALLENGE_PATH, ENROLL_PATH, TOKEN_PATH,
+    token_signing_message, ApiError, ChallengeRequest, ChallengeResponse, DeviceCodeRequest, DeviceCodeResponse,
+    DeviceGrantError, DeviceTokenRequest, EnrollRequest, EnrollResponse, TokenRequest, TokenResponse, CHALLENGE_PATH,
+    DEVICE_CODE_PATH, DEVICE_GRANT_TYPE, ENROLL_PATH, TOKEN_PATH,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -70,6 +72,42 @@ impl HubClient {
             version: Some(crate::agent_version()),
         };
         self.post(hub, ENROLL_PATH, &request).await
+    }
+
+    /// `POST /v1/agent/device/code`: start a device sign-in with this device key.
+    pub async fn device_code(
+        &self,
+        hub: &HubUrl,
+        device_key: &DeviceKey,
+        name: Option<String>,
+    ) -> Result<DeviceCodeResponse, AgentError> {
+        let request = DeviceCodeRequest {
+            public_key: device_key.public_key_base64(),
+            name,
+            version: Some(crate::agent_version()),
+        };
+        self.post(hub, DEVICE_CODE_PATH, &request).await
+    }
+
+    /// One poll of the device grant: `Ok(Ok(enrolled))` once approved, `Ok(Err(code))` for
+    /// the RFC 8628 answers (pending, slow_down, denied, expired…), `Err` for anything else.
+    pub async fn poll_device(
+        &self,
+        hub: &HubUrl,
+        device_code: &Secret<String>,
+    ) -> Result<Result<EnrollResponse, DeviceGrantError>, AgentError> {
+        let request =
+            DeviceTokenRequest { grant_type: DEVICE_GRANT_TYPE.to_owned(), device_code: device_code.expose().clone() };
+        match self.post(hub, TOKEN_PATH, &request).await {
+            Ok(enrolled) => Ok(Ok(enrolled)),
+            Err(AgentError::HubRejected { status: 400, hub_error, message }) => {
+                match DeviceGrantError::parse(&hub_error) {
+                    Some(code) => Ok(Err(code)),
+                    None => Err(AgentError::HubRejected { status: 400, hub_error, message }),
+                }
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// `GET /v1/bundles/root.json`: `None` when the hub has no bundle repository.

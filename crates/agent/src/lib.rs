@@ -14,6 +14,7 @@ pub mod browser;
 pub mod bundles;
 pub mod consent;
 pub mod credentials;
+pub mod device_login;
 pub mod egress;
 pub mod error;
 pub mod executor;
@@ -35,6 +36,7 @@ pub mod trim;
 pub mod tunnel;
 
 pub use credentials::{CredentialStore, Credentials, DeviceKey, MemoryCredentialStore};
+pub use device_login::{DeviceLogin, DeviceLoginCodes};
 pub use error::AgentError;
 pub use hub_url::HubUrl;
 pub use keychain::{Keychain, KeychainBackend, KeychainChoice};

@@ -30,14 +30,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll this machine with a hub and store the credentials in the keychain.
+    /// Enroll this machine with a hub and store the credentials in the keychain: with a
+    /// code approved on the hub's page (`--device HUB_URL`), or an enrollment token
+    /// (`--hub HUB_URL --token T`).
     Login {
+        /// Sign in by device code: prints a code and the hub's page to approve it on, then
+        /// waits for the approval. http:// only for loopback hosts.
+        #[arg(long, value_name = "HUB_URL", conflicts_with_all = ["hub", "token"])]
+        device: Option<String>,
         /// Hub URL; http:// only for loopback hosts.
-        #[arg(long)]
-        hub: String,
+        #[arg(long, required_unless_present = "device")]
+        hub: Option<String>,
         /// One-time enrollment token from `edge-hub enroll-token create`.
-        #[arg(long, env = "EDGE_AGENT_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(long, env = "EDGE_AGENT_ENROLL_TOKEN", hide_env_values = true, required_unless_present = "device")]
+        token: Option<String>,
         /// Name shown to the operator [default: host name].
         #[arg(long)]
         name: Option<String>,
@@ -253,7 +259,9 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
     settings.keychain = cli.keychain;
 
     match cli.command {
-        Command::Login { hub, token, name } => login(settings, &hub, &token, name).await,
+        Command::Login { device: Some(hub), name, .. } => device_login(settings, &hub, name).await,
+        Command::Login { hub: Some(hub), token: Some(token), name, .. } => login(settings, &hub, &token, name).await,
+        Command::Login { .. } => bail!("give --device HUB_URL, or --hub HUB_URL with --token T"),
         Command::Run { hb_interval_secs, slots, allow_egress } => {
             settings.hb_interval = Duration::from_secs(hb_interval_secs);
             settings.slots = slots;
@@ -577,6 +585,29 @@ async fn bench_egress(args: &BenchEgressArgs, data_dir: &std::path::Path) -> Res
 
 async fn login(settings: AgentSettings, hub: &str, token: &str, name: Option<String>) -> Result<ExitCode> {
     let outcome = AgentService::new(settings).enroll(hub, token, name).await?;
+    print_login(&outcome);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn device_login(settings: AgentSettings, hub: &str, name: Option<String>) -> Result<ExitCode> {
+    let service = AgentService::new(settings);
+    let login = service.device_login(hub, name).await?;
+    let codes = login.codes();
+    println!("To sign this machine in, open this page and enter the code:");
+    println!("  page: {}", codes.verification_uri);
+    println!("  code: {}", codes.user_code);
+    println!("or open {} (the code is filled in).", codes.verification_uri_complete);
+    println!(
+        "Sign in there with your creator API key. Waiting for approval (the code works for {} minutes)...",
+        codes.expires_in_secs.div_ceil(60)
+    );
+    let outcome = service.finish_device_login(login).await?;
+    println!("approved: this machine joined creator {}", outcome.creator_id);
+    print_login(&outcome);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_login(outcome: &edge_agent::LoginOutcome) {
     println!("enrolled with {}", outcome.hub_url);
     println!("agent id:   {}", outcome.agent_id);
     println!("creator id: {}", outcome.creator_id);
@@ -584,7 +615,6 @@ async fn login(settings: AgentSettings, hub: &str, token: &str, name: Option<Str
     if outcome.keychain_backend == edge_agent::KeychainBackend::Kernel.as_str() {
         println!("note: the kernel keyring forgets its entries on reboot; log in again after one");
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(settings: AgentSettings) -> Result<ExitCode> {

@@ -11,6 +11,7 @@
 
 use crate::browser::BrowserHost;
 use crate::credentials::{CredentialStore, Credentials, DeviceKey};
+use crate::device_login::DeviceLogin;
 use crate::egress::EgressGate;
 use crate::error::AgentError;
 use crate::executor::journal::Journal;
@@ -76,6 +77,10 @@ impl AgentSettings {
 /// Windows). `None` when the OS reports no home directory.
 pub fn default_data_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("dev", "edge-agent", "edge-agent").map(|dirs| dirs.data_dir().to_path_buf())
+}
+
+fn host_name() -> Option<String> {
+    gethostname::gethostname().into_string().ok()
 }
 
 /// What `enroll` reports; no secrets.
@@ -340,15 +345,49 @@ impl AgentService {
         let hub = HubUrl::parse(hub_url)?;
         let enrollment_token = Secret::new(enrollment_token.trim().to_owned());
         let device_key = DeviceKey::generate()?;
-        let name = name.or_else(|| gethostname::gethostname().into_string().ok());
+        let name = name.or_else(host_name);
         let client = HubClient::new()?;
         // The enrollment token is single use: make sure the credentials can be kept before
         // spending it, or an unusable keychain would cost the person their token.
+        self.check_keychain().await?;
+        let enrolled = client.enroll(&hub, &enrollment_token, &device_key, name).await?;
+        self.keep_enrollment(&client, hub, enrolled, device_key).await
+    }
+
+    /// Starts a device sign-in (RFC 8628) on `hub_url`: the codes to show come back at
+    /// once; [`AgentService::finish_device_login`] then waits for the approval. The device
+    /// name is the host name unless given.
+    pub async fn device_login(&self, hub_url: &str, name: Option<String>) -> Result<DeviceLogin, AgentError> {
+        // Same as with a token: an approval must not be wasted on a keychain that cannot
+        // keep the credentials.
+        self.check_keychain().await?;
+        DeviceLogin::start(hub_url, name.or_else(host_name)).await
+    }
+
+    /// Waits for the person to approve `login` on the hub's page, then stores the
+    /// credentials and fetches the bundle root exactly as [`AgentService::enroll`] does.
+    pub async fn finish_device_login(&self, login: DeviceLogin) -> Result<LoginOutcome, AgentError> {
+        let approved = login.wait().await?;
+        self.keep_enrollment(&approved.client, approved.hub, approved.enrolled, approved.device_key).await
+    }
+
+    async fn check_keychain(&self) -> Result<(), AgentError> {
         let store = Arc::clone(&self.inner.store);
         tokio::task::spawn_blocking(move || store.backend_name())
             .await
             .map_err(|e| AgentError::Internal(format!("keychain task failed: {e}")))??;
-        let enrolled = client.enroll(&hub, &enrollment_token, &device_key, name).await?;
+        Ok(())
+    }
+
+    /// After the hub enrolled `device_key` (by token or device sign-in): the bundle root,
+    /// then the credentials into the keychain.
+    async fn keep_enrollment(
+        &self,
+        client: &HubClient,
+        hub: HubUrl,
+        enrolled: edge_protocol::api::EnrollResponse,
+        device_key: DeviceKey,
+    ) -> Result<LoginOutcome, AgentError> {
         // The bundle trust root comes over the same channel as the enrollment itself.
         match client.bundle_root(&hub).await {
             Ok(Some(root)) => match crate::bundles::trust_store(&self.inner.settings.data_dir).install_root(&root) {

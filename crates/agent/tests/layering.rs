@@ -22,6 +22,7 @@ const LAYERS: &[&str] = &[
     "credentials",
     "keychain",
     "hub_client",
+    "device_login",
     "backoff",
     "runtime",
     "state",

@@ -38,6 +38,22 @@ pub fn new_nonce() -> Result<String, HubError> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
 }
 
+/// A device code (RFC 8628): 32 random bytes, URL-safe base64. The agent's polling secret.
+pub fn new_device_code() -> Result<Secret, HubError> {
+    Ok(Secret::new(format!("edc_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))))
+}
+
+/// Letters and digits a person cannot confuse when copying from a screen (no 0/O, 1/I):
+/// 32 symbols, so one random byte masked to 5 bits picks one without bias.
+pub const USER_CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+
+/// The code a person types on the approval page: 8 symbols (40 bits), shown `XXXX-XXXX`.
+pub fn new_user_code() -> Result<String, HubError> {
+    let bytes = random_bytes::<8>()?;
+    let symbols: String = bytes.iter().map(|b| char::from(USER_CODE_ALPHABET[usize::from(b & 31)])).collect();
+    Ok(format!("{}-{}", &symbols[..4], &symbols[4..]))
+}
+
 /// The prefix lets a person (and secret scanners) tell an enrollment token from an API key.
 pub fn new_enrollment_token() -> Result<Secret, HubError> {
     Ok(Secret::new(format!("et_{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))))

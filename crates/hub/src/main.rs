@@ -92,6 +92,16 @@ struct ServeArgs {
     /// over https:// (the CA that signed their --tls-cert).
     #[arg(long, env = "EDGE_HUB_INSTANCE_CA", value_name = "PEM")]
     instance_ca: Option<std::path::PathBuf>,
+    /// The hub's address as people's browsers reach it (https://hub.example.com), for the
+    /// device sign-in page's link and QR code [default: the request's Host header].
+    #[arg(long, env = "EDGE_HUB_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// How long a device sign-in code lives (tests shorten it).
+    #[arg(long, hide = true, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    device_code_ttl_secs: u64,
+    /// Seconds a device waits between polls (tests shorten it).
+    #[arg(long, hide = true, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    device_code_interval_secs: u64,
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "EDGE_HUB_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -311,6 +321,17 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         Ok(value) if !value.is_empty() => Some(Secret::new(value)),
         _ => None,
     };
+    let public_url = args.public_url.map(|url| url.trim().trim_end_matches('/').to_owned()).filter(|u| !u.is_empty());
+    if let Some(url) = &public_url {
+        // It becomes a link people open and a QR code they scan: only a plain origin (and path).
+        let plain = (url.starts_with("https://") || url.starts_with("http://"))
+            && !url.contains(['?', '#', ' ', '"', '<', '>'])
+            && !url.chars().any(char::is_control);
+        anyhow::ensure!(
+            plain,
+            "--public-url must be a plain http(s) address like https://hub.example.com, not {url:?}"
+        );
+    }
     let config = HubConfig {
         listen: args.listen,
         database_url,
@@ -327,6 +348,13 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         tunnel_advertise: args.tunnel_advertise,
         advertise_url: args.advertise_url.filter(|url| !url.trim().is_empty()),
         instance_ca: args.instance_ca,
+        device: edge_hub::api::device::DeviceSettings {
+            ttl: Duration::from_secs(args.device_code_ttl_secs),
+            interval: Duration::from_secs(args.device_code_interval_secs),
+            public_url,
+            // Filled in by `start` from `tls`.
+            tls: false,
+        },
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(edge_hub::tls::TlsFiles { cert, key }),
             _ => None,

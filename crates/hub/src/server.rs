@@ -77,6 +77,8 @@ pub struct HubConfig {
     /// A PEM CA the instance trusts, beside the public roots, when it links to another
     /// over `https://` (a private CA that signed the instances' certificates).
     pub instance_ca: Option<PathBuf>,
+    /// Device sign-in (RFC 8628): code lifetime, poll interval, the page's public address.
+    pub device: api::device::DeviceSettings,
 }
 
 impl HubConfig {
@@ -101,6 +103,7 @@ impl HubConfig {
             tunnel_advertise: None,
             advertise_url: None,
             instance_ca: None,
+            device: api::device::DeviceSettings::default(),
         }
     }
 }
@@ -258,6 +261,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
         limiters: api::rate_limit::Limiters::new(config.rate_limits),
+        device: api::device::DeviceSettings { tls: config.tls.is_some(), ..config.device.clone() },
     });
     let bundle_dir =
         config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));

@@ -141,3 +141,42 @@ async fn the_documented_bodies_enroll_and_get_a_token_from_a_real_hub() {
     assert_eq!((status, again["error"].as_str()), (401, Some("invalid_nonce")), "{again}");
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_documented_device_sign_in_bodies_work_on_a_real_hub() {
+    let hub = TestHub::start_on(TestDb::sqlite(), |config| {
+        config.device.interval = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let values = example_values();
+    let request = example_json("device-code-request");
+    assert_eq!(request["publicKey"], values["publicKey"].as_str(), "the worked example's key");
+    let (status, answer) = hub.post("/v1/agent/device/code", request).await;
+    assert_eq!(status, 200, "{answer}");
+    let documented = example_json("device-code-response");
+    assert_eq!(keys(&answer), keys(&documented));
+    assert_eq!(answer["expires_in"], documented["expires_in"], "the documented default lifetime");
+    let user_code = documented["user_code"].as_str().unwrap();
+    assert_eq!(edge_hub::api::device::normalise_user_code(user_code).ok().as_deref(), Some(user_code));
+    assert!(answer["device_code"].as_str().unwrap().starts_with("edc_"), "{answer}");
+
+    // The documented poll, with the code this hub issued, and its documented answer.
+    let mut poll = example_json("device-token-request");
+    assert_eq!(poll["device_code"], documented["device_code"]);
+    poll["device_code"] = answer["device_code"].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
+    let (status, pending) = hub.post("/v1/agent/token", poll.clone()).await;
+    assert_eq!((status, &pending), (400, &example_json("device-token-pending")));
+
+    // The documented approval, with the code this hub issued, by alice's key.
+    let alice = hub.creator_key(example_json("device-approve-response")["creatorId"].as_str().unwrap()).await;
+    let mut approve = example_json("device-approve-request");
+    approve["user_code"] = answer["user_code"].clone();
+    let (status, approved) = hub.request(reqwest::Method::POST, "/v1/device/approve", &alice, Some(approve)).await;
+    assert_eq!((status, &approved), (200, &example_json("device-approve-response")));
+    tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
+    let (status, enrolled) = hub.post("/v1/agent/token", poll).await;
+    assert_eq!(status, 200, "{enrolled}");
+    assert_eq!(keys(&enrolled), keys(&example_json("enroll-response")));
+    hub.shutdown().await;
+}

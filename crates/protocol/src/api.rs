@@ -150,3 +150,171 @@ pub struct NotifyResponse {
     /// True when this run was already recorded (a replay after a lost acknowledgement).
     pub duplicate: bool,
 }
+
+/// `POST /v1/agent/device/code`: start a device sign-in (RFC 8628 §3.1). The agent's own
+/// Ed25519 key travels here, as with enroll, so the private half never leaves the machine.
+pub const DEVICE_CODE_PATH: &str = "/v1/agent/device/code";
+/// The hub's approval page, the `verification_uri` of a device code.
+pub const DEVICE_PAGE_PATH: &str = "/device";
+/// `POST /v1/device/lookup` (API key): what a user code would approve, before approval.
+pub const DEVICE_LOOKUP_PATH: &str = "/v1/device/lookup";
+/// `POST /v1/device/approve` (API key): approve or deny a user code.
+pub const DEVICE_APPROVE_PATH: &str = "/v1/device/approve";
+/// `grant_type` of the device grant on [`TOKEN_PATH`] (RFC 8628 §3.4).
+pub const DEVICE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+/// `POST /v1/agent/device/code`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceCodeRequest {
+    /// Ed25519 public key, 32 bytes, base64 (standard, padded), as in [`EnrollRequest`].
+    #[serde(rename = "publicKey")]
+    pub public_key: String,
+    /// Shown on the approval page so the person recognises the machine.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// The answer to [`DeviceCodeRequest`], RFC 8628 §3.2's names.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DeviceCodeResponse {
+    /// The agent's secret for polling [`TOKEN_PATH`]; never shown to anyone.
+    pub device_code: String,
+    /// What the person types on the approval page: `XXXX-XXXX`.
+    pub user_code: String,
+    pub verification_uri: String,
+    /// `verification_uri` with `?user_code=…`, for a link or a QR code.
+    pub verification_uri_complete: String,
+    /// Seconds from now until both codes stop working.
+    pub expires_in: u64,
+    /// Seconds the agent waits between two polls.
+    pub interval: u64,
+}
+
+impl std::fmt::Debug for DeviceCodeResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCodeResponse")
+            .field("device_code", &"MASKED")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+/// `POST /v1/agent/token` with the device grant (RFC 8628 §3.4). Told apart from a
+/// [`TokenRequest`] by the presence of `grant_type`, so older agents keep working. Answered
+/// with an [`EnrollResponse`] once approved, exactly once.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DeviceTokenRequest {
+    /// [`DEVICE_GRANT_TYPE`].
+    pub grant_type: String,
+    pub device_code: String,
+}
+
+impl std::fmt::Debug for DeviceTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceTokenRequest")
+            .field("grant_type", &self.grant_type)
+            .field("device_code", &"MASKED")
+            .finish()
+    }
+}
+
+/// The `error` codes of a device-grant poll (RFC 8628 §3.5, RFC 6749 §5.2), answered 400 in
+/// an [`ApiError`] body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceGrantError {
+    /// Not approved yet: wait `interval` and poll again.
+    #[error("the sign-in is not approved yet")]
+    AuthorizationPending,
+    /// Polled too soon: wait, and add 5 seconds to the interval from now on.
+    #[error("polled too soon: the interval grows by 5 seconds")]
+    SlowDown,
+    /// The person denied the device on the approval page.
+    #[error("the sign-in was denied on the hub's approval page")]
+    AccessDenied,
+    /// The code ran out, or was already redeemed: start a new sign-in.
+    #[error("the sign-in code expired or was already used")]
+    ExpiredToken,
+    /// The device code is unknown to this hub.
+    #[error("the device code is unknown to this hub")]
+    InvalidGrant,
+    /// `grant_type` is not [`DEVICE_GRANT_TYPE`].
+    #[error("this grant_type is not supported")]
+    UnsupportedGrantType,
+}
+
+impl DeviceGrantError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceGrantError::AuthorizationPending => "authorization_pending",
+            DeviceGrantError::SlowDown => "slow_down",
+            DeviceGrantError::AccessDenied => "access_denied",
+            DeviceGrantError::ExpiredToken => "expired_token",
+            DeviceGrantError::InvalidGrant => "invalid_grant",
+            DeviceGrantError::UnsupportedGrantType => "unsupported_grant_type",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<DeviceGrantError> {
+        [
+            DeviceGrantError::AuthorizationPending,
+            DeviceGrantError::SlowDown,
+            DeviceGrantError::AccessDenied,
+            DeviceGrantError::ExpiredToken,
+            DeviceGrantError::InvalidGrant,
+            DeviceGrantError::UnsupportedGrantType,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == code)
+    }
+}
+
+/// `POST /v1/device/lookup` (API key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceLookupRequest {
+    pub user_code: String,
+}
+
+/// What the approval page shows before the person decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceLookupResponse {
+    /// The code, normalised (`XXXX-XXXX`).
+    pub user_code: String,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    /// RFC 3339, when the device asked.
+    pub requested_at: String,
+    /// RFC 3339, when the code stops working.
+    pub expires_at: String,
+    /// `pending`, `approved`, `denied` or `used`.
+    pub status: String,
+    /// The creator the device will join: the key's own for a creator key; `None` for an
+    /// operator key, which must pick one.
+    pub creator_id: Option<String>,
+    /// True for an operator key (it must send `creatorId` to approve).
+    pub operator: bool,
+}
+
+/// `POST /v1/device/approve` (API key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceApproveRequest {
+    pub user_code: String,
+    /// Required with an operator key when approving; a creator key may only name its own.
+    #[serde(rename = "creatorId", default)]
+    pub creator_id: Option<String>,
+    pub approve: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceApproveResponse {
+    /// `approved` or `denied`.
+    pub status: String,
+    pub creator_id: Option<String>,
+}

@@ -514,6 +514,47 @@ impl Agent {
         Ok(stdout)
     }
 
+    /// Starts `edge-agent login --device HUB_URL` and returns it once it has printed the
+    /// code to approve and started waiting (or exited without).
+    pub fn start_device_login(&self, hub_url: &str) -> Result<DeviceLoginRun> {
+        let mut child = self
+            .command()
+            .args(["login", "--device", hub_url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting edge-agent login --device")?;
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("piped")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("piped")),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut run = DeviceLoginRun { child, lines, output: Vec::new(), user_code: None, complete_url: None };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The last line before it waits says so.
+        while !run.output.iter().any(|l| l.contains("Waiting for approval")) && Instant::now() < deadline {
+            match run.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => run.take(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if run.child.try_wait()?.is_some() {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(run)
+    }
+
     /// Grants capabilities with `edge-agent consent grant` (as the person does after logging
     /// in; a fresh install runs nothing). Before `run`: `hello` announces what was granted
     /// when the agent connects.
@@ -755,4 +796,57 @@ pub fn scratch_dir(name: &str) -> Result<tempfile::TempDir> {
         eprintln!("scratch dir kept: {}", dir.path().display());
     }
     Ok(dir)
+}
+
+/// A running `edge-agent login --device`: what it printed and the code it showed.
+pub struct DeviceLoginRun {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub output: Vec<String>,
+    pub user_code: Option<String>,
+    pub complete_url: Option<String>,
+}
+
+impl DeviceLoginRun {
+    fn take(&mut self, line: String) {
+        if let Some(code) = line.trim().strip_prefix("code: ") {
+            self.user_code = Some(code.trim().to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("or open ") {
+            self.complete_url = rest.split_whitespace().next().map(str::to_owned);
+        }
+        self.output.push(line);
+    }
+
+    /// Waits for the process to end; its exit success and everything it printed.
+    pub fn finish(mut self, timeout: Duration) -> Result<(bool, String)> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                terminate(&mut self.child);
+                bail!("edge-agent login --device still running after {timeout:?}:\n{}", self.output.join("\n"));
+            }
+            while let Ok(line) = self.lines.try_recv() {
+                self.take(line);
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // The readers end with the process; what they still hold arrives now.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(500)) {
+            self.take(line);
+        }
+        Ok((status.success(), self.output.join("\n")))
+    }
+}
+
+impl Drop for DeviceLoginRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            terminate(&mut self.child);
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Owns the agent's credential exchanges: enrollment with a one-time token, the nonce
-//! challenge, and trading a signed nonce for a session JWT. It must never accept a token
+//! challenge, and trading a signed nonce for a session JWT (the token endpoint's device
+//! grant is handed to [`super::device`]). It must never accept a token
 //! or nonce twice, never log a token, and never issue a JWT without a verified signature.
 
 use super::{ApiJson, AppState, Failure};
@@ -7,6 +8,7 @@ use crate::crypto::{self, now_ms, now_secs, sha256_hex};
 use crate::store::NewAgent;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -20,8 +22,8 @@ use tracing::{info, warn};
 /// How long a challenge nonce may be signed and redeemed.
 pub const NONCE_TTL_SECS: i64 = 60;
 
-const MAX_NAME_CHARS: usize = 200;
-const MAX_VERSION_CHARS: usize = 64;
+pub(super) const MAX_NAME_CHARS: usize = 200;
+pub(super) const MAX_VERSION_CHARS: usize = 64;
 
 pub async fn enroll(
     State(app): State<AppState>,
@@ -62,10 +64,27 @@ pub async fn challenge(
     Ok(Json(ChallengeResponse { nonce, expires_at: expires_at_ms / 1000 }))
 }
 
+/// `POST /v1/agent/token`: a signed nonce buys a session JWT; a body with `grant_type` is
+/// the device grant instead ([`super::device::redeem`]). Told apart by that one field, so
+/// agents that predate device sign-in send exactly what they always sent.
 pub async fn token(
     State(app): State<AppState>,
-    ApiJson(request): ApiJson<TokenRequest>,
-) -> Result<Json<TokenResponse>, Failure> {
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, Failure> {
+    if body.get("grant_type").is_some() {
+        return Ok(super::device::redeem(&app, body).await?.into_response());
+    }
+    let request: TokenRequest = serde_json::from_value(body).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the JSON body does not have the expected shape: {e}"),
+        )
+    })?;
+    Ok(signed_nonce_token(&app, request).await?.into_response())
+}
+
+async fn signed_nonce_token(app: &AppState, request: TokenRequest) -> Result<Json<TokenResponse>, Failure> {
     let Some(agent) = app.store.agent(&request.agent_id).await? else {
         return Err(unknown_agent());
     };
@@ -106,7 +125,7 @@ fn unknown_agent() -> Failure {
     )
 }
 
-fn parse_public_key(encoded: &str) -> Result<VerifyingKey, Failure> {
+pub(super) fn parse_public_key(encoded: &str) -> Result<VerifyingKey, Failure> {
     let invalid = |why: &str| {
         Failure::new(
             StatusCode::BAD_REQUEST,
@@ -120,7 +139,7 @@ fn parse_public_key(encoded: &str) -> Result<VerifyingKey, Failure> {
     VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("it is not a valid curve point"))
 }
 
-fn optional_text(value: Option<String>, field: &str, max_chars: usize) -> Result<Option<String>, Failure> {
+pub(super) fn optional_text(value: Option<String>, field: &str, max_chars: usize) -> Result<Option<String>, Failure> {
     let Some(value) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };

@@ -75,7 +75,7 @@ pub async fn ui_style() -> Response {
     static_file("text/css; charset=utf-8", UI_STYLE)
 }
 
-fn static_file(content_type: &'static str, body: &'static str) -> Response {
+pub(super) fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),

@@ -6,6 +6,7 @@ pub mod agent_auth;
 pub mod console;
 pub mod creators;
 pub mod dead_letter;
+pub mod device;
 pub mod jobs;
 pub mod known_keys;
 pub mod openapi;
@@ -74,14 +75,22 @@ pub struct App {
     pub sessions: TaskTracker,
     /// Request budgets per source address (credential exchanges) and per API key (job API).
     pub limiters: rate_limit::Limiters,
+    /// Device sign-in's lifetimes and the approval page's address (`device`).
+    pub device: device::DeviceSettings,
 }
 
 pub fn router(state: AppState) -> Router {
-    // Guessing enrollment tokens or hammering the challenge table is bounded per address.
+    // Guessing enrollment tokens or user codes, or hammering the challenge table, is bounded
+    // per address.
     let credential_exchanges = Router::new()
         .route(wire::ENROLL_PATH, post(agent_auth::enroll))
         .route(wire::CHALLENGE_PATH, post(agent_auth::challenge))
         .route(wire::TOKEN_PATH, post(agent_auth::token))
+        .route(wire::DEVICE_CODE_PATH, post(device::device_code))
+        // The approval API is behind an API key, and also bounded per address: a user code
+        // has 40 bits, and guessing one must stay hopeless for a key holder too.
+        .route(wire::DEVICE_LOOKUP_PATH, post(device::lookup))
+        .route(wire::DEVICE_APPROVE_PATH, post(device::approve))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit::per_address));
     let job_api = Router::new()
         .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
@@ -119,6 +128,8 @@ fn console_routes() -> Router<AppState> {
         .route("/ui/", get(console::ui_index))
         .route("/ui/app.js", get(console::ui_script))
         .route("/ui/app.css", get(console::ui_style))
+        .route(wire::DEVICE_PAGE_PATH, get(device::page))
+        .route("/device/device.js", get(device::page_script))
 }
 
 async fn not_found() -> Failure {

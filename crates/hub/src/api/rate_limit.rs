@@ -91,7 +91,7 @@ pub async fn per_address(
             too_many(
                 secs,
                 format!(
-                    "more than {} enroll/challenge/token requests a minute from this address; retry after {secs} s",
+                    "more than {} credential requests (enroll, challenge, token, device sign-in) a minute from this address; retry after {secs} s",
                     app.limiters.limits.auth_per_minute_per_address
                 ),
             )

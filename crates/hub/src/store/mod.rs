@@ -790,6 +790,153 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes routes not seen since `before`: those of instances that died without
     /// removing them (a live tunnel refreshes its route every keep-alive).
     async fn purge_tunnel_routes(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// Stores a new device sign-in and deletes those expired more than
+    /// [`DEVICE_CODE_KEEP_MS`] ago.
+    async fn create_device_code(&self, code: &NewDeviceCode, now: i64) -> Result<(), StoreError>;
+    /// The device sign-in a user code (its hash) names, whatever its state.
+    async fn device_code_by_user_code(&self, user_code_hash: &str) -> Result<Option<DeviceCodeRecord>, StoreError>;
+    /// Records the decision on a pending, unexpired device sign-in; approving also records
+    /// the creator. `None` when no pending, unexpired code has this hash (compare-and-set:
+    /// of two decisions racing, one wins).
+    async fn decide_device_code(
+        &self,
+        user_code_hash: &str,
+        decision: &DeviceDecision,
+        now: i64,
+    ) -> Result<Option<DeviceCodeRecord>, StoreError>;
+    /// One poll of the device grant, following [`DeviceCodeRecord::poll_step`], in one
+    /// transaction that holds the row: an approved code enrolls the agent as `agent_id`
+    /// exactly once (the same agent record as enroll), however many polls race.
+    async fn poll_device_code(
+        &self,
+        device_code_hash: &str,
+        agent_id: &str,
+        now: i64,
+    ) -> Result<DevicePoll, StoreError>;
+    /// Does this hub know the creator (an enrollment token, an agent or an API key of it)?
+    async fn creator_known(&self, creator_id: &str) -> Result<bool, StoreError>;
+}
+
+/// Where a device code is in its life: pending → approved | denied (on the hub's page) →
+/// used (the agent redeemed the approval, once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceCodeStatus {
+    Pending,
+    Approved,
+    Denied,
+    Used,
+}
+
+impl DeviceCodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceCodeStatus::Pending => "pending",
+            DeviceCodeStatus::Approved => "approved",
+            DeviceCodeStatus::Denied => "denied",
+            DeviceCodeStatus::Used => "used",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeviceCodeStatus> {
+        [DeviceCodeStatus::Pending, DeviceCodeStatus::Approved, DeviceCodeStatus::Denied, DeviceCodeStatus::Used]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// A device sign-in as the hub stores it when the agent asks for codes. Both codes are
+/// kept only as their SHA-256.
+#[derive(Debug, Clone)]
+pub struct NewDeviceCode {
+    pub device_code_hash: String,
+    pub user_code_hash: String,
+    /// The agent's Ed25519 public key, as enroll takes it.
+    pub public_key: String,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub interval_ms: i64,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceCodeRecord {
+    pub public_key: String,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub status: DeviceCodeStatus,
+    /// Set by an approval.
+    pub creator_id: Option<String>,
+    /// Set when the agent redeemed the approval.
+    pub agent_id: Option<String>,
+    /// The agent's polling interval now (raised by each `slow_down`).
+    pub interval_ms: i64,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The last poll, or `created_at` before the first: the first poll also waits.
+    pub last_poll_at: i64,
+}
+
+/// How much `slow_down` adds to a device's interval (RFC 8628 §3.5).
+pub const SLOW_DOWN_STEP_MS: i64 = 5_000;
+/// Device codes are kept this long past their expiry, so a late poll is told
+/// `expired_token` rather than `invalid_grant`; older ones are deleted.
+pub const DEVICE_CODE_KEEP_MS: i64 = 24 * 3_600_000;
+
+/// What a poll of the device grant does, decided from the stored record alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevicePollStep {
+    /// Expired, or already redeemed: nothing is written.
+    Expired,
+    /// Polled sooner than the interval allows: the interval grows.
+    SlowDown,
+    Pending,
+    Denied,
+    /// Approved: the agent is enrolled now and the code is used.
+    Redeem,
+}
+
+impl DeviceCodeRecord {
+    /// The poll rule. A poll counts as too soon when it comes less than four fifths of the
+    /// interval after the previous one: the agent waits the whole interval on its own clock,
+    /// and the fifth absorbs the clock differences between hub instances sharing a database.
+    pub fn poll_step(&self, now: i64) -> DevicePollStep {
+        if self.status == DeviceCodeStatus::Used || now >= self.expires_at {
+            return DevicePollStep::Expired;
+        }
+        if now - self.last_poll_at < self.interval_ms - self.interval_ms / 5 {
+            return DevicePollStep::SlowDown;
+        }
+        match self.status {
+            DeviceCodeStatus::Pending => DevicePollStep::Pending,
+            DeviceCodeStatus::Denied => DevicePollStep::Denied,
+            DeviceCodeStatus::Approved => DevicePollStep::Redeem,
+            DeviceCodeStatus::Used => DevicePollStep::Expired,
+        }
+    }
+}
+
+/// What a poll answered (see [`Store::poll_device_code`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DevicePoll {
+    /// No such device code.
+    Unknown,
+    Expired,
+    /// The interval the device must keep from now on.
+    SlowDown {
+        interval_ms: i64,
+    },
+    Pending,
+    Denied,
+    /// The approval was redeemed: this agent now exists.
+    Enrolled(AgentRecord),
+}
+
+/// The person's decision on the approval page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceDecision {
+    Approve { creator_id: String },
+    Deny,
 }
 
 /// A tunnel route as an instance writes it.

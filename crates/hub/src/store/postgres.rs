@@ -24,6 +24,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) mod dialect {
+    /// Holds a row read inside a transaction until it ends (a device-code poll).
+    pub const FOR_UPDATE: &str = " FOR UPDATE";
     pub const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
     pub const SKIP_LOCKED_OF_J: &str = " FOR UPDATE OF j SKIP LOCKED";
     /// Serialises "is a move over this queue already running?" checks across processes.

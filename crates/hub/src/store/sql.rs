@@ -70,6 +70,9 @@ pub(super) const fn job_column(name: &str) -> usize {
 pub(super) const AGENT_COLUMNS: &str = "id, creator_id, public_key, name, version, created_at, \
      last_heartbeat_at, connected_at, online, labels, slots";
 
+pub(super) const DEVICE_CODE_COLUMNS: &str = "public_key, name, version, status, creator_id, agent_id, \
+     interval_ms, created_at, expires_at, last_poll_at";
+
 pub(super) const REDRIVE_COLUMNS: &str = "id, status, job_type, creator_id, error_code, dead_from, dead_to, \
      rate_per_sec, total, moved, last_step_at, created_at, updated_at, finished_at";
 
@@ -428,13 +431,14 @@ macro_rules! sql_store {
     ($store:ty, $db:ty, $row:ty) => {
         use $crate::store::sql::{
             plan_claims, ClaimCandidate, FinishRow, InsertRow, cancelled_error, excluded_text, labels_text, lease_expired_error, list_text, records_text, parse_json, parse_labels,
-            AGENT_COLUMNS, CREATOR_LIMITS, DEAD_FILTER, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS,
+            AGENT_COLUMNS, CREATOR_LIMITS, DEVICE_CODE_COLUMNS, DEAD_FILTER, HELD_BY_CREATOR, INSERT_STALE_ATTEMPT, JOB_COLUMNS,
             LEDGER_UNCERTAIN, LEDGER_UNCERTAIN_LIST, LEDGER_UPSERT, REDRIVE_COLUMNS, REPORTED_ATTEMPT, STALE_ATTEMPT, TYPE_BUDGETS,
         };
         use $crate::store::{
             AgentRecord, ApiKeyRecord, ApiKeySummary, AttemptRecord, RevokeOutcome, CancelOutcome, ClaimGroup, CreatorLimits, ExpiredLease,
             FinishOutcome, FinishRequest, InsertOutcome, JobWriteAnswers, JobWriteBatch, LeaseRef, JobFilter, JobRecord, JobState, LedgerEntry, NewAgent, UncertainRecipient,
             NewJob, NewTunnelRoute, QueueDepth, RedriveFilter, RedriveRecord, RedriveStart, RedriveStatus, Store, TunnelRoute,
+            DeviceCodeRecord, DeviceCodeStatus, DeviceDecision, DevicePoll, DevicePollStep, NewDeviceCode,
         };
         use sqlx::Row as _;
         use std::sync::OnceLock;
@@ -612,6 +616,23 @@ macro_rules! sql_store {
                 online: row.try_get::<i64, _>("online")? != 0,
                 labels: parse_labels(row.try_get("labels")?)?,
                 slots: row.try_get("slots")?,
+            })
+        }
+
+        fn device_code_from_row(row: &$row) -> Result<DeviceCodeRecord, StoreError> {
+            let status: String = row.try_get("status")?;
+            Ok(DeviceCodeRecord {
+                public_key: row.try_get("public_key")?,
+                name: row.try_get("name")?,
+                version: row.try_get("version")?,
+                status: DeviceCodeStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown device code status {status:?}")))?,
+                creator_id: row.try_get("creator_id")?,
+                agent_id: row.try_get("agent_id")?,
+                interval_ms: row.try_get("interval_ms")?,
+                created_at: row.try_get("created_at")?,
+                expires_at: row.try_get("expires_at")?,
+                last_poll_at: row.try_get("last_poll_at")?,
             })
         }
 
@@ -1971,6 +1992,181 @@ macro_rules! sql_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn create_device_code(&self, code: &NewDeviceCode, now: i64) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM device_codes WHERE expires_at <= $1")
+                    .bind(now - $crate::store::DEVICE_CODE_KEEP_MS)
+                    .execute(&self.writer)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO device_codes (device_code_hash, user_code_hash, public_key, name, version, status, \
+                     interval_ms, created_at, expires_at, last_poll_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $7)",
+                )
+                .bind(&code.device_code_hash)
+                .bind(&code.user_code_hash)
+                .bind(&code.public_key)
+                .bind(&code.name)
+                .bind(&code.version)
+                .bind(code.interval_ms)
+                .bind(now)
+                .bind(code.expires_at)
+                .execute(&self.writer)
+                .await?;
+                Ok(())
+            }
+
+            async fn device_code_by_user_code(
+                &self,
+                user_code_hash: &str,
+            ) -> Result<Option<DeviceCodeRecord>, StoreError> {
+                let row = sqlx::query(&format!("SELECT {DEVICE_CODE_COLUMNS} FROM device_codes WHERE user_code_hash = $1"))
+                    .bind(user_code_hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(device_code_from_row).transpose()
+            }
+
+            async fn decide_device_code(
+                &self,
+                user_code_hash: &str,
+                decision: &DeviceDecision,
+                now: i64,
+            ) -> Result<Option<DeviceCodeRecord>, StoreError> {
+                let mut tx = self.write_tx().await?;
+                let (status, creator_id) = match decision {
+                    DeviceDecision::Approve { creator_id } => {
+                        // The agent row will reference the creator; a creator known only by
+                        // its API key has no row yet.
+                        sqlx::query("INSERT INTO creators (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                            .bind(creator_id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        ("approved", Some(creator_id.as_str()))
+                    }
+                    DeviceDecision::Deny => ("denied", None),
+                };
+                let row = sqlx::query(&format!(
+                    "UPDATE device_codes SET status = $1, creator_id = $2, decided_at = $3 \
+                     WHERE user_code_hash = $4 AND status = 'pending' AND expires_at > $3 RETURNING {DEVICE_CODE_COLUMNS}"
+                ))
+                .bind(status)
+                .bind(creator_id)
+                .bind(now)
+                .bind(user_code_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let record = row.as_ref().map(device_code_from_row).transpose()?;
+                if record.is_some() {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(record)
+            }
+
+            async fn poll_device_code(
+                &self,
+                device_code_hash: &str,
+                agent_id: &str,
+                now: i64,
+            ) -> Result<DevicePoll, StoreError> {
+                let mut tx = self.write_tx().await?;
+                let row = sqlx::query(&format!(
+                    "SELECT {DEVICE_CODE_COLUMNS} FROM device_codes WHERE device_code_hash = $1{}",
+                    dialect::FOR_UPDATE
+                ))
+                .bind(device_code_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(record) = row.as_ref().map(device_code_from_row).transpose()? else {
+                    tx.rollback().await?;
+                    return Ok(DevicePoll::Unknown);
+                };
+                let step = record.poll_step(now);
+                let answer = match step {
+                    DevicePollStep::Expired => {
+                        tx.rollback().await?;
+                        return Ok(DevicePoll::Expired);
+                    }
+                    DevicePollStep::SlowDown => {
+                        let interval_ms = record.interval_ms + $crate::store::SLOW_DOWN_STEP_MS;
+                        sqlx::query("UPDATE device_codes SET interval_ms = $1, last_poll_at = $2 WHERE device_code_hash = $3")
+                            .bind(interval_ms)
+                            .bind(now)
+                            .bind(device_code_hash)
+                            .execute(&mut *tx)
+                            .await?;
+                        DevicePoll::SlowDown { interval_ms }
+                    }
+                    DevicePollStep::Pending | DevicePollStep::Denied => {
+                        sqlx::query("UPDATE device_codes SET last_poll_at = $1 WHERE device_code_hash = $2")
+                            .bind(now)
+                            .bind(device_code_hash)
+                            .execute(&mut *tx)
+                            .await?;
+                        if step == DevicePollStep::Pending { DevicePoll::Pending } else { DevicePoll::Denied }
+                    }
+                    DevicePollStep::Redeem => {
+                        let creator_id = record.creator_id.clone().ok_or_else(|| {
+                            StoreError::Corrupt("an approved device code has no creator".to_owned())
+                        })?;
+                        // Compare-and-set as well as the row lock: an engine that did not
+                        // hold the row would still redeem an approval only once.
+                        let redeemed = sqlx::query(
+                            "UPDATE device_codes SET status = 'used', agent_id = $1, last_poll_at = $2 \
+                             WHERE device_code_hash = $3 AND status = 'approved'",
+                        )
+                        .bind(agent_id)
+                        .bind(now)
+                        .bind(device_code_hash)
+                        .execute(&mut *tx)
+                        .await?;
+                        if redeemed.rows_affected() != 1 {
+                            tx.rollback().await?;
+                            return Ok(DevicePoll::Expired);
+                        }
+                        sqlx::query(
+                            "INSERT INTO agents (id, creator_id, public_key, name, version, created_at, online) \
+                             VALUES ($1, $2, $3, $4, $5, $6, 0)",
+                        )
+                        .bind(agent_id)
+                        .bind(&creator_id)
+                        .bind(&record.public_key)
+                        .bind(&record.name)
+                        .bind(&record.version)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        DevicePoll::Enrolled(AgentRecord {
+                            id: agent_id.to_owned(),
+                            creator_id,
+                            public_key: record.public_key,
+                            name: record.name,
+                            version: record.version,
+                            created_at: now,
+                            last_heartbeat_at: None,
+                            connected_at: None,
+                            online: false,
+                            labels: Vec::new(),
+                            slots: None,
+                        })
+                    }
+                };
+                tx.commit().await?;
+                Ok(answer)
+            }
+
+            async fn creator_known(&self, creator_id: &str) -> Result<bool, StoreError> {
+                let known: Option<i64> = sqlx::query_scalar(
+                    "SELECT CAST(1 AS BIGINT) WHERE EXISTS (SELECT 1 FROM creators WHERE id = $1) \
+                     OR EXISTS (SELECT 1 FROM api_keys WHERE creator_id = $1)",
+                )
+                .bind(creator_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(known.is_some())
             }
         }
     };

@@ -63,6 +63,8 @@ const PRAGMAS: [(&str, &str); 5] = [
 ];
 
 pub(super) mod dialect {
+    /// `BEGIN IMMEDIATE` holds the write lock for the whole transaction: nothing to add.
+    pub const FOR_UPDATE: &str = "";
     /// SQLite has one writer at a time; `BEGIN IMMEDIATE` already serialises claims.
     pub const SKIP_LOCKED: &str = "";
     pub const SKIP_LOCKED_OF_J: &str = "";
