@@ -47,6 +47,8 @@ pub const APT_TEST: &[&str] = &[
     "debootstrap",
     // The tunnel tests use a standard proxy client: CONNECT, forward proxy and SOCKS5.
     "curl",
+    // `cargo xtask release --dry-run` reads the rpm's file list and requirements.
+    "rpm",
 ];
 
 /// What `cargo xtask demo` itself needs (checked, installed when root): the C toolchain its

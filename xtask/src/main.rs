@@ -13,19 +13,22 @@ mod debroot;
 mod demo;
 mod deps;
 mod fresh_check;
+mod release;
 mod test;
 mod util;
 
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel] [--skip-install]>
+    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | release --dry-run [--debug] | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel] [--skip-install]>
 
   demo         hub on a temporary SQLite file + a headless agent + real jobs, end to end;
                one line per job and a closing table (--verbose: each job's full record)
   test         install what is missing (apt, npm), then run every test (fresh-check included)
   fresh-check  run the README's first command in a minimal Debian root holding only the
                README's prerequisites (root; debootstrap)
+  release      --dry-run [--debug]: the tray's deb and rpm from the Tauri bundler, checked,
+               installed into a minimal Debian root, started there and removed (root)
   bench        install what is missing, then measure the numbers recorded in docs/benchmarks.md";
 
 fn main() -> Result<()> {
@@ -35,6 +38,7 @@ fn main() -> Result<()> {
         Some("demo") => demo::run(&rest),
         Some("fresh-check") => fresh_check::run(&rest),
         Some("test") => test::run(&rest),
+        Some("release") => release::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("tree-rss") => bench::tree_rss(&rest),
         Some("-h" | "--help" | "help") | None => {

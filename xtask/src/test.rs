@@ -55,6 +55,13 @@ pub fn run(args: &[&str]) -> Result<()> {
         ),
     ));
 
+    // The tray's packages as a person installs them (the debug build made above: the same
+    // bundler and files, without a second, release, build of the tray).
+    stages.push((
+        "installers: deb and rpm from the Tauri bundler, installed, started and removed in a minimal Debian root",
+        crate::release::run(&["--dry-run", "--debug"]),
+    ));
+
     // Last: it proves the README's first command on a minimal Debian root, so a package
     // that only this machine happens to have cannot hide behind a green run.
     stages.push(("fresh machine: the README's first command in a minimal Debian root", crate::fresh_check::run(&[])));
