@@ -167,7 +167,7 @@ fn load(oha: &Path, dir: &Path, url: &str, rate: u32, seconds: u32, extra: &[&st
     let _ = std::fs::remove_file(&report_path);
     let stderr = std::fs::File::create(dir.join("oha.stderr"))?;
     let mut child = Command::new(oha)
-        .args(["--no-tui", "--output-format", "json", "--latency-correction", "--no-pre-lookup"])
+        .args(["--no-tui", "--output-format", "json", "--latency-correction"])
         .args(["-q", &rate.to_string(), "-n", &requests.to_string(), "-c", &CONNECTIONS.to_string()])
         .args(["-t", "10s", "-o"])
         .arg(&report_path)
