@@ -8,9 +8,22 @@
 //!   streams (rathole's client and server the same way), and from that the agent's bytes per
 //!   idle stream.
 //!
-//! rathole is built from crates.io into `target/bench-tools/` (pinned version, its server,
-//! client and Noise features only: no OpenSSL); iperf3 and openssl come from Debian.
-//! Latency at fixed request rates (rathole's published table) is not measured here yet.
+//! - Latency (also alone: `cargo xtask bench tunnel latency`): small HTTP requests through
+//!   the same forwarded paths to one small keep-alive HTTP service (hyper, in this process)
+//!   at 1, 1,000, 2,000 and 4,000 requests/s (rathole's published table), p50 and p99, with
+//!   the service reached directly as the floor. `oha` sends at a fixed rate (open loop) on 50
+//!   keep-alive connections for 10 s per rate and measures each request from the moment it
+//!   was due (`--latency-correction`), so a stall counts against every request it delayed
+//!   (no coordinated omission).
+//! - Our proxy path: `curl -p -x http://agent-<id>:<key>@hub` (HTTP CONNECT) to a local site
+//!   the agent's person allowed (`--allow-egress` of that one address), 100 times in a row,
+//!   and `oha -x` at 1,000 requests/s through the same port (oha uses CONNECT only for
+//!   https URLs: for this http site it is the plain forward proxy, a new connection per
+//!   request since the hub closes plain-HTTP proxy connections after one).
+//!
+//! rathole and oha are built from crates.io into `target/bench-tools/` (pinned versions;
+//! rathole with its server, client and Noise features only: no OpenSSL); iperf3, curl and
+//! openssl come from Debian.
 
 use crate::util::{cargo, checked, root};
 use anyhow::{bail, Context, Result};
@@ -19,11 +32,24 @@ use edge_e2e::{scratch_dir, wait_until, Agent, Binaries, Hub};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const RATHOLE_VERSION: &str = "0.5.0";
+const OHA_VERSION: &str = "1.16.0";
 const SECONDS: &str = "5";
 const IDLE_STREAMS: usize = 1000;
+/// rathole's published latency table: requests per second.
+const RATES: [u32; 4] = [1, 1000, 2000, 4000];
+/// Seconds of load per rate: a run sends rate × this many requests.
+const RATE_SECONDS: u32 = 10;
+/// Keep-alive connections the load generator spreads its requests over.
+const CONNECTIONS: u32 = 50;
+/// `curl` runs through CONNECT, one after the other.
+const CURL_RUNS: usize = 100;
+/// The load generator's rate through the proxy port.
+const PROXY_RATE: u32 = 1000;
+/// The HTTP service's whole answer body.
+const BODY: &str = "Hello, world!";
 
 /// A child process killed when dropped.
 struct Running(Child);
@@ -48,29 +74,178 @@ fn need(tool: &str, version_arg: &str, package: &str) -> Result<()> {
     Ok(())
 }
 
-fn rathole() -> Result<PathBuf> {
+/// `name` `version` from crates.io, built into `target/bench-tools/` once.
+fn bench_tool(name: &str, version: &str, options: &[&str]) -> Result<PathBuf> {
     let tools = root().join("target/bench-tools");
-    let bin = tools.join("bin/rathole");
+    let bin = tools.join("bin").join(name);
     if !bin.exists() {
-        eprintln!("building rathole {RATHOLE_VERSION} from crates.io into {}", tools.display());
-        checked(
-            cargo()
-                .args([
-                    "install",
-                    "rathole",
-                    "--version",
-                    RATHOLE_VERSION,
-                    // Not `--locked`: rathole 0.5.0's lock file pins `time` 0.3.29, which no
-                    // longer compiles on current Rust; its semver ranges resolve to ones that do.
-                    "--no-default-features",
-                    "--features",
-                    "server,client,noise",
-                    "--root",
-                ])
-                .arg(&tools),
-        )?;
+        eprintln!("building {name} {version} from crates.io into {}", tools.display());
+        checked(cargo().args(["install", name, "--version", version]).args(options).arg("--root").arg(&tools))?;
     }
     Ok(bin)
+}
+
+fn rathole() -> Result<PathBuf> {
+    // Not `--locked`: rathole 0.5.0's lock file pins `time` 0.3.29, which no longer compiles
+    // on current Rust; its semver ranges resolve to ones that do.
+    bench_tool("rathole", RATHOLE_VERSION, &["--no-default-features", "--features", "server,client,noise"])
+}
+
+fn oha() -> Result<PathBuf> {
+    bench_tool("oha", OHA_VERSION, &["--locked"])
+}
+
+/// The small HTTP service behind every path: HTTP/1.1 with keep-alive, a 13-byte answer to
+/// any request, on its own thread and single-threaded runtime (what it costs is the same for
+/// every row).
+fn http_service() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(e) => return eprintln!("the benchmark's HTTP service could not listen: {e}"),
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let answer = hyper::service::service_fn(|_request| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(BODY.to_owned()))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
+                        .await;
+                });
+            }
+        })
+    });
+    Ok(port)
+}
+
+/// One `GET /` to `port` on a fresh connection: whether the service answered 200 with its body.
+fn http_get(port: u16) -> Result<bool> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.starts_with("HTTP/1.1 200") && answer.ends_with(BODY))
+}
+
+/// Waits until the service answers through `port` (a tunnel that is still connecting).
+fn wait_http(port: u16, what: &str) -> Result<()> {
+    wait_until(Duration::from_secs(60), || http_get(port))
+        .with_context(|| format!("{what}: the HTTP service never answered through port {port}"))
+}
+
+/// What one fixed-rate run measured.
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Requests that did not end in a 200 (errors, timeouts, other statuses).
+    failed: u64,
+}
+
+impl Latency {
+    fn cell(&self) -> String {
+        let failed = if self.failed > 0 { format!(" ({} failed)", self.failed) } else { String::new() };
+        format!("{:.2} / {:.2} ms{failed}", self.p50_ms, self.p99_ms)
+    }
+}
+
+/// `oha` sending `rate` requests/s for `seconds` to `url` on `CONNECTIONS` keep-alive
+/// connections, each request's latency counted from when it was due. Bounded in time: a run
+/// that has not ended at three times its length is killed and reported.
+fn load(oha: &Path, dir: &Path, url: &str, rate: u32, seconds: u32, extra: &[&str]) -> Result<Latency> {
+    let requests = rate * seconds;
+    let report_path = dir.join("oha.json");
+    let _ = std::fs::remove_file(&report_path);
+    let stderr = std::fs::File::create(dir.join("oha.stderr"))?;
+    let mut child = Command::new(oha)
+        .args(["--no-tui", "--output-format", "json", "--latency-correction"])
+        .args(["-q", &rate.to_string(), "-n", &requests.to_string(), "-c", &CONNECTIONS.to_string()])
+        .args(["-t", "10s", "-o"])
+        .arg(&report_path)
+        .args(extra)
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .context("starting oha")?;
+    let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) * 3 + 30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("oha at {rate} requests/s to {url} did not end in time");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let errors = std::fs::read_to_string(dir.join("oha.stderr")).unwrap_or_default();
+    if !status.success() {
+        bail!("oha at {rate} requests/s to {url} failed ({status}): {errors}");
+    }
+    let text = std::fs::read_to_string(&report_path).context("reading oha's report")?;
+    let report: serde_json::Value = serde_json::from_str(&text).context("oha's report is not JSON")?;
+    let ok = report["statusCodeDistribution"]["200"].as_u64().unwrap_or(0);
+    let latency = &report["metrics"]["latency_ms"];
+    let (Some(p50_ms), Some(p99_ms)) = (latency["p50"].as_f64(), latency["p99"].as_f64()) else {
+        bail!("oha's report has no latency percentiles: {text}");
+    };
+    if ok == 0 {
+        bail!("no request to {url} succeeded at {rate} requests/s: {}", report["errorDistribution"]);
+    }
+    if ok < u64::from(requests) {
+        eprintln!(
+            "oha at {rate}/s to {url}: {ok} of {requests} answered 200; statuses {}, errors {}",
+            report["statusCodeDistribution"], report["errorDistribution"]
+        );
+    }
+    Ok(Latency { p50_ms, p99_ms, failed: u64::from(requests).saturating_sub(ok) })
+}
+
+/// Every rate of [`RATES`] to `url`, with a line on stderr each.
+fn latency_row(oha: &Path, dir: &Path, label: &str, url: &str, extra: &[&str]) -> Result<Vec<Latency>> {
+    RATES
+        .iter()
+        .map(|&rate| {
+            let measured = load(oha, dir, url, rate, RATE_SECONDS, extra)?;
+            eprintln!("{label}, {rate} requests/s: {}", measured.cell());
+            Ok(measured)
+        })
+        .collect()
+}
+
+/// `curl` `CURL_RUNS` times in a row with `args` before the URL: the mean of curl's own
+/// `time_total` in ms (process start-up not included), every run checked for a 200.
+fn curl_mean(args: &[&str], url: &str) -> Result<f64> {
+    let mut total = 0.0;
+    for _ in 0..CURL_RUNS {
+        let out = Command::new("curl")
+            .args(["--silent", "--show-error", "--fail", "--max-time", "10", "--noproxy", "", "-o", "/dev/null"])
+            .args(["-w", "%{time_total}"])
+            .args(args)
+            .arg(url)
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("all_proxy")
+            .output()
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!("curl {args:?} {url}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let seconds: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("curl's time_total")?;
+        total += seconds;
+    }
+    Ok(total * 1000.0 / CURL_RUNS as f64)
 }
 
 /// A CA and a certificate for 127.0.0.1 it signed (what a self-hosted hub with its own CA has).
@@ -206,15 +381,23 @@ fn raise_open_files() {
     }
 }
 
-pub fn run() -> Result<()> {
+/// Everything, or with `latency` only the latency and proxy-path part.
+pub fn run(part: Option<&str>) -> Result<()> {
+    let throughput = match part {
+        None => true,
+        Some("latency") => false,
+        Some(other) => bail!("unknown part {other:?} of `bench tunnel`: give none (everything) or `latency`"),
+    };
     raise_open_files();
     need("iperf3", "--version", "iperf3")?;
     need("openssl", "version", "openssl")?;
+    need("curl", "--version", "curl")?;
     checked(cargo().args(["build", "--release", "--quiet", "-p", "edge-hub"]))?;
     checked(cargo().args(["build", "--profile", "release-agent", "--quiet", "-p", "edge-agent"]))?;
     let bins =
         Binaries { hub: root().join("target/release/edge-hub"), agent: root().join("target/release-agent/edge-agent") };
     let rathole = rathole()?;
+    let oha = oha()?;
     let dir = scratch_dir("bench-tunnel")?;
     let (ca, cert, key) = certificates(dir.path())?;
     let iperf_port = free_port()?;
@@ -226,25 +409,45 @@ pub fn run() -> Result<()> {
             .context("starting iperf3 -s")?,
     );
     let (hold_port, held) = holding_service()?;
+    // The service behind the tunnels, and a second one as the proxy path's "local site".
+    let (http_port, site_port) = (http_service()?, http_service()?);
+    let site_url = format!("http://127.0.0.1:{site_port}/");
     let mut rows: Vec<String> = Vec::new();
+    let mut latencies: Vec<(String, Vec<Latency>)> = Vec::new();
+    let mut proxy_rows: Vec<String> = Vec::new();
+
+    // The floor: the same load straight to the service, no tunnel.
+    wait_http(http_port, "direct")?;
+    let direct = latency_row(&oha, dir.path(), "direct", &format!("http://127.0.0.1:{http_port}/"), &[])?;
+    latencies.push(("direct to the service (no tunnel)".into(), direct));
+    let curl_direct = curl_mean(&[], &site_url)?;
+    let oha_direct = load(&oha, dir.path(), &site_url, PROXY_RATE, RATE_SECONDS, &[])?;
+    proxy_rows.push(format!(
+        "| straight to the site (no proxy) | {curl_direct:.2} ms | {} (keep-alive) |",
+        oha_direct.cell()
+    ));
 
     // ---- ours: hub with TLS, the agent trusting the hub's CA, services exposed by name ----
     let raw = free_port()?;
+    let proxy = free_port()?;
     let tls = ["--tls-cert".to_owned(), cert.display().to_string(), "--tls-key".to_owned(), key.display().to_string()];
     let mut hub = Hub::start(&bins, &dir.path().join("hub"), &[], &tls.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let api_key = hub.api_key()?;
     let mut agent =
         Agent::new(&bins, &format!("bench-tunnel-{}", std::process::id()), "kernel", &dir.path().join("agent"));
     agent.env.push(("EDGE_AGENT_HUB_CA".into(), ca.display().to_string()));
+    // The proxy path's site: the person allows that one address, nothing else on loopback.
+    agent.allow_egress(&site_url);
     agent.login(&hub.url, &hub.enroll_token("bench")?)?;
     agent.grant(&["tunnel"])?;
-    for (name, port) in [("iperf", iperf_port), ("hold", hold_port)] {
+    for (name, port) in [("iperf", iperf_port), ("hold", hold_port), ("http", http_port)] {
         let (ok, out) = agent.oneshot(&["expose", name, &format!("127.0.0.1:{port}")])?;
         if !ok {
             bail!("edge-agent expose {name}: {out}");
         }
     }
     let id = agent.agent_id().to_owned();
-    let (fwd_iperf, fwd_hold) = (free_port()?, free_port()?);
+    let (fwd_iperf, fwd_hold, fwd_http) = (free_port()?, free_port()?, free_port()?);
     let forwards = |with_raw: bool| -> Vec<String> {
         let mut args = tls.to_vec();
         args.extend([
@@ -252,11 +455,24 @@ pub fn run() -> Result<()> {
             format!("127.0.0.1:{fwd_iperf}={id}/iperf"),
             "--forward-listen".into(),
             format!("127.0.0.1:{fwd_hold}={id}/hold"),
+            "--forward-listen".into(),
+            format!("127.0.0.1:{fwd_http}={id}/http"),
+            "--proxy-listen".into(),
+            format!("127.0.0.1:{proxy}"),
         ]);
         if with_raw {
             args.extend(["--tunnel-listen".into(), format!("127.0.0.1:{raw}")]);
         }
         args
+    };
+    let user = format!("agent-{id}");
+    let proxy_url = format!("http://{user}:{api_key}@127.0.0.1:{proxy}");
+    let proxy_auth = {
+        use base64::Engine as _;
+        format!(
+            "Proxy-Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{api_key}"))
+        )
     };
     let mut ours = Vec::new();
     for (label, with_raw) in [("raw TLS", true), ("WebSocket TLS", false)] {
@@ -267,24 +483,45 @@ pub fn run() -> Result<()> {
         // (This harness's HTTP client does not trust the test CA: the agent's log says when.)
         wait_until(Duration::from_secs(60), || Ok(agent.run_log().contains("tunnel open")))
             .with_context(|| format!("the agent's tunnel never opened: {}", agent.run_log()))?;
-        let one = iperf(fwd_iperf, 1)?;
-        let sixteen = iperf(fwd_iperf, 16)?;
-        eprintln!("ours ({label}): {one:.2} Gbit/s on 1 stream, {sixteen:.2} on 16");
-        ours.push((label, one, sixteen));
+        if throughput {
+            let one = iperf(fwd_iperf, 1)?;
+            let sixteen = iperf(fwd_iperf, 16)?;
+            eprintln!("ours ({label}): {one:.2} Gbit/s on 1 stream, {sixteen:.2} on 16");
+            ours.push((label, one, sixteen));
+        }
+        let name = format!("Edge tunnel, {label}");
+        wait_http(fwd_http, &name)?;
+        latencies
+            .push((name.clone(), latency_row(&oha, dir.path(), &name, &format!("http://127.0.0.1:{fwd_http}/"), &[])?));
+        let connect = curl_mean(&["-p", "-x", &proxy_url], &site_url)?;
+        eprintln!("{name}: curl through CONNECT, mean {connect:.2} ms");
+        let forward = load(
+            &oha,
+            dir.path(),
+            &site_url,
+            PROXY_RATE,
+            RATE_SECONDS,
+            &["-x", &format!("http://127.0.0.1:{proxy}"), "--proxy-header", &proxy_auth],
+        )?;
+        eprintln!("{name}: oha through the forward proxy at {PROXY_RATE}/s: {}", forward.cell());
+        proxy_rows.push(format!("| Edge hub proxy port, {label} tunnel | {connect:.2} ms | {} |", forward.cell()));
     }
-    // Memory with the last configuration (WebSocket): idle, then 1,000 idle streams.
-    let agent_pid = agent.pid().context("the agent runs")?;
-    let hub_pid = hub.pid().context("the hub runs")?;
-    std::thread::sleep(Duration::from_secs(2));
-    let (agent_idle, hub_idle) = (rss_kib(agent_pid)?, rss_kib(hub_pid)?);
-    let streams = idle_streams(fwd_hold, IDLE_STREAMS, &held)?;
-    let (agent_busy, hub_busy) = (rss_kib(agent_pid)?, rss_kib(hub_pid)?);
-    drop(streams);
-    eprintln!("{}", memory_row("Edge agent (WebSocket TLS)", agent_idle, agent_busy));
-    eprintln!("{}", memory_row("Edge hub", hub_idle, hub_busy));
+    let mut memory = None;
+    if throughput {
+        // Memory with the last configuration (WebSocket): idle, then 1,000 idle streams.
+        let agent_pid = agent.pid().context("the agent runs")?;
+        let hub_pid = hub.pid().context("the hub runs")?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (agent_idle, hub_idle) = (rss_kib(agent_pid)?, rss_kib(hub_pid)?);
+        let streams = idle_streams(fwd_hold, IDLE_STREAMS, &held)?;
+        let (agent_busy, hub_busy) = (rss_kib(agent_pid)?, rss_kib(hub_pid)?);
+        drop(streams);
+        eprintln!("{}", memory_row("Edge agent (WebSocket TLS)", agent_idle, agent_busy));
+        eprintln!("{}", memory_row("Edge hub", hub_idle, hub_busy));
+        memory = Some((agent_idle, agent_busy, hub_idle, hub_busy));
+    }
     agent.shutdown();
     hub.shutdown();
-
     // ---- rathole: Noise and plain TCP ----
     let keys = Command::new(&rathole).arg("--genkey").output().context("rathole --genkey")?;
     let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
@@ -296,7 +533,7 @@ pub fn run() -> Result<()> {
     let mut theirs = Vec::new();
     let mut rathole_memory = None;
     for transport in ["noise", "tcp"] {
-        let (control, svc_iperf, svc_hold) = (free_port()?, free_port()?, free_port()?);
+        let (control, svc_iperf, svc_hold, svc_http) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let (server_noise, client_noise) = if transport == "noise" {
             (
                 format!("[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
@@ -311,7 +548,8 @@ pub fn run() -> Result<()> {
             format!(
                 "[server]\nbind_addr = \"127.0.0.1:{control}\"\n[server.transport]\ntype = \"{transport}\"\n{server_noise}\
                  [server.services.iperf]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_iperf}\"\n\
-                 [server.services.hold]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_hold}\"\n"
+                 [server.services.hold]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_hold}\"\n\
+                 [server.services.http]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_http}\"\n"
             ),
         )?;
         let client = dir.path().join(format!("rathole-client-{transport}.toml"));
@@ -320,7 +558,8 @@ pub fn run() -> Result<()> {
             format!(
                 "[client]\nremote_addr = \"127.0.0.1:{control}\"\n[client.transport]\ntype = \"{transport}\"\n{client_noise}\
                  [client.services.iperf]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{iperf_port}\"\n\
-                 [client.services.hold]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{hold_port}\"\n"
+                 [client.services.hold]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{hold_port}\"\n\
+                 [client.services.http]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{http_port}\"\n"
             ),
         )?;
         let spawn = |role: &str, config: &Path| -> Result<Running> {
@@ -335,11 +574,17 @@ pub fn run() -> Result<()> {
         };
         let server_process = spawn("--server", &server)?;
         let client_process = spawn("--client", &client)?;
-        let one = iperf(svc_iperf, 1)?;
-        let sixteen = iperf(svc_iperf, 16)?;
-        eprintln!("rathole ({transport}): {one:.2} Gbit/s on 1 stream, {sixteen:.2} on 16");
-        theirs.push((transport, one, sixteen));
-        if transport == "noise" {
+        if throughput {
+            let one = iperf(svc_iperf, 1)?;
+            let sixteen = iperf(svc_iperf, 16)?;
+            eprintln!("rathole ({transport}): {one:.2} Gbit/s on 1 stream, {sixteen:.2} on 16");
+            theirs.push((transport, one, sixteen));
+        }
+        let name = format!("rathole {RATHOLE_VERSION}, {transport}");
+        wait_http(svc_http, &name)?;
+        latencies
+            .push((name.clone(), latency_row(&oha, dir.path(), &name, &format!("http://127.0.0.1:{svc_http}/"), &[])?));
+        if throughput && transport == "noise" {
             std::thread::sleep(Duration::from_secs(2));
             let (client_pid, server_pid) = (client_process.0.id(), server_process.0.id());
             let (client_idle, server_idle) = (rss_kib(client_pid)?, rss_kib(server_pid)?);
@@ -356,30 +601,63 @@ pub fn run() -> Result<()> {
         }
     }
 
-    let noise = theirs.iter().find(|t| t.0 == "noise").map(|t| (t.1, t.2)).unwrap_or((f64::NAN, f64::NAN));
-    rows.push("| throughput through a forwarded service (iperf3, loopback) | 1 stream | 16 streams | vs rathole-Noise (target ≥ 1.2×) |".into());
-    rows.push("|---|---|---|---|".into());
-    for (label, one, sixteen) in &ours {
-        rows.push(format!(
-            "| Edge tunnel, {label} | {one:.2} Gbit/s | {sixteen:.2} Gbit/s | {:.2}× / {:.2}× |",
-            one / noise.0,
-            sixteen / noise.1
-        ));
+    if throughput {
+        let noise = theirs.iter().find(|t| t.0 == "noise").map(|t| (t.1, t.2)).unwrap_or((f64::NAN, f64::NAN));
+        rows.push("| throughput through a forwarded service (iperf3, loopback) | 1 stream | 16 streams | vs rathole-Noise (target ≥ 1.2×) |".into());
+        rows.push("|---|---|---|---|".into());
+        for (label, one, sixteen) in &ours {
+            rows.push(format!(
+                "| Edge tunnel, {label} | {one:.2} Gbit/s | {sixteen:.2} Gbit/s | {:.2}× / {:.2}× |",
+                one / noise.0,
+                sixteen / noise.1
+            ));
+        }
+        for (transport, one, sixteen) in &theirs {
+            rows.push(format!(
+                "| rathole {RATHOLE_VERSION}, {transport} | {one:.2} Gbit/s | {sixteen:.2} Gbit/s | — |"
+            ));
+        }
+        rows.push(String::new());
     }
-    for (transport, one, sixteen) in &theirs {
-        rows.push(format!("| rathole {RATHOLE_VERSION}, {transport} | {one:.2} Gbit/s | {sixteen:.2} Gbit/s | — |"));
+    if let Some((agent_idle, agent_busy, hub_idle, hub_busy)) = memory {
+        rows.push(format!(
+            "| memory (RSS) | idle | with {IDLE_STREAMS} idle streams | per idle stream (target ≤ 10 KB, agent) |"
+        ));
+        rows.push("|---|---|---|---|".into());
+        rows.push(memory_row("Edge agent (WebSocket TLS)", agent_idle, agent_busy));
+        rows.push(memory_row("Edge hub", hub_idle, hub_busy));
+        if let Some((client_idle, server_idle, client_busy, server_busy)) = rathole_memory {
+            rows.push(memory_row("rathole client (Noise)", client_idle, client_busy));
+            rows.push(memory_row("rathole server (Noise)", server_idle, server_busy));
+        }
+        rows.push(String::new());
+    }
+    rows.push(format!(
+        "| latency, p50 / p99 (oha, {CONNECTIONS} keep-alive connections, {RATE_SECONDS} s per rate, from each request's due time) | {} |",
+        RATES.map(|r| format!("{r} req/s")).join(" | ")
+    ));
+    rows.push(format!("|---|{}", "---|".repeat(RATES.len())));
+    for (label, row) in &latencies {
+        rows.push(format!("| {label} | {} |", row.iter().map(Latency::cell).collect::<Vec<_>>().join(" | ")));
+    }
+    let p99_at_top = |label: &str| {
+        latencies.iter().find(|(l, _)| l == label).and_then(|(_, row)| row.last()).map_or(f64::NAN, |l| l.p99_ms)
+    };
+    let rathole_noise = p99_at_top(&format!("rathole {RATHOLE_VERSION}, noise"));
+    let top = RATES[RATES.len() - 1];
+    for label in ["raw TLS", "WebSocket TLS"] {
+        let ours = p99_at_top(&format!("Edge tunnel, {label}"));
+        let verdict = if ours <= rathole_noise { "met" } else { "not met" };
+        rows.push(format!(
+            "\np99 at {top} req/s, Edge tunnel {label}: {ours:.2} ms vs rathole-Noise {rathole_noise:.2} ms (target ≤): {verdict}"
+        ));
     }
     rows.push(String::new());
     rows.push(format!(
-        "| memory (RSS) | idle | with {IDLE_STREAMS} idle streams | per idle stream (target ≤ 10 KB, agent) |"
+        "| our proxy path to a local site the person allowed | curl through CONNECT, mean of {CURL_RUNS} (curl's time_total) | oha through the forward proxy, {PROXY_RATE} req/s for {RATE_SECONDS} s, p50 / p99 |"
     ));
-    rows.push("|---|---|---|---|".into());
-    rows.push(memory_row("Edge agent (WebSocket TLS)", agent_idle, agent_busy));
-    rows.push(memory_row("Edge hub", hub_idle, hub_busy));
-    if let Some((client_idle, server_idle, client_busy, server_busy)) = rathole_memory {
-        rows.push(memory_row("rathole client (Noise)", client_idle, client_busy));
-        rows.push(memory_row("rathole server (Noise)", server_idle, server_busy));
-    }
+    rows.push("|---|---|---|".into());
+    rows.extend(proxy_rows);
     println!();
     for row in rows {
         println!("{row}");

@@ -20,7 +20,7 @@ mod util;
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | release --dry-run [--debug] | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel] [--skip-install]>
+    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | release --dry-run [--debug] | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel [latency]] [--skip-install]>
 
   demo         hub on a temporary SQLite file + a headless agent + real jobs, end to end;
                one line per job and a closing table (--verbose: each job's full record)
