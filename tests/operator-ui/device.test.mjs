@@ -10,38 +10,17 @@
 // Bounded: every wait has a deadline; the hub and browser are stopped in `after`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { generateKeyPairSync } from 'node:crypto';
-import { chromium } from 'playwright-core';
+import { SHOTS, openBrowser, startHub, testDatabase, until } from './harness.mjs';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const HUB_BIN = process.env.HUB_BIN ?? join(ROOT, 'target/debug/edge-hub');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const SHOTS = join(ROOT, 'target/operator-ui');
 const CREATOR = 'ui-device-creator';
 const OTHER = 'ui-device-other';
 const GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 const HOSTILE_NAME = '<img src=x onerror="window.__owned=1">studio';
 
-let dir, dbUrl, hub, base, operatorKey, creatorKey, browser, page;
-
-function cli(...args) {
-  return execFileSync(HUB_BIN, ['--database-url', dbUrl, ...args], { encoding: 'utf8' }).trim();
-}
-
-async function until(what, check, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    try { if (await check()) return; } catch (e) { last = e; }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? ': ' + last.message : ''}`);
-}
+let cli, dir, dbUrl, hub, base, operatorKey, creatorKey, browser, page;
 
 async function post(path, body) {
   const response = await fetch(base + path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
@@ -62,31 +41,12 @@ async function startDevice(name) {
 }
 
 before(async () => {
-  mkdirSync(SHOTS, { recursive: true });
-  dir = mkdtempSync(join(tmpdir(), 'edge-device-ui-'));
-  dbUrl = 'sqlite://' + join(dir, 'hub.db');
+  ({ dir, dbUrl, cli } = testDatabase('edge-device-ui-'));
   operatorKey = cli('api-key', 'create', '--name', 'ui-operator');
   creatorKey = cli('api-key', 'create', '--name', 'ui-creator', '--creator', CREATOR);
   cli('api-key', 'create', '--name', 'ui-other', '--creator', OTHER);
-  hub = spawn(HUB_BIN, ['--database-url', dbUrl, 'serve', '--listen', '127.0.0.1:0', '--device-code-interval-secs', '1'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, EDGE_HUB_LOG: 'warn' },
-  });
-  hub.stderr.on('data', () => {});
-  base = await new Promise((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error('hub did not start in 30 s')), 30000);
-    hub.stdout.on('data', (chunk) => {
-      const match = /listening on (http:\/\/\S+)/.exec(String(chunk));
-      if (match) { clearTimeout(timer); resolveUrl(match[1]); }
-    });
-    hub.once('exit', (code) => reject(new Error('hub exited with ' + code)));
-  });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-  page = await browser.newPage({ viewport: { width: 900, height: 760 } });
-  page.on('pageerror', (e) => { throw e; });
+  ({ hub, base } = await startHub(dbUrl, ['--device-code-interval-secs', '1']));
+  ({ browser, page } = await openBrowser({ width: 900, height: 760 }));
 });
 
 after(async () => {

@@ -8,37 +8,16 @@
 // Bounded: every wait has a deadline; the hub and browser are stopped in `after`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { generateKeyPairSync, sign } from 'node:crypto';
 import WebSocket from 'ws';
-import { chromium } from 'playwright-core';
+import { SHOTS, openBrowser, startHub, testDatabase, until } from './harness.mjs';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const HUB_BIN = process.env.HUB_BIN ?? join(ROOT, 'target/debug/edge-hub');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const SHOTS = join(ROOT, 'target/operator-ui');
 const CREATOR = 'ui-creator';
 const OTHER = 'ui-other-creator';
 
-let dir, dbUrl, hub, base, apiKey, agent, browser, page;
-
-function cli(...args) {
-  return execFileSync(HUB_BIN, ['--database-url', dbUrl, ...args], { encoding: 'utf8' }).trim();
-}
-
-async function until(what, check, timeoutMs = 20000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    try { if (await check()) return; } catch (e) { last = e; }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? ': ' + last.message : ''}`);
-}
+let cli, dir, dbUrl, hub, base, apiKey, agent, browser, page;
 
 async function api(method, path, body) {
   const response = await fetch(base + path, {
@@ -90,31 +69,12 @@ async function startAgent(enrollmentToken) {
 }
 
 before(async () => {
-  mkdirSync(SHOTS, { recursive: true });
-  dir = mkdtempSync(join(tmpdir(), 'edge-operator-ui-'));
-  dbUrl = 'sqlite://' + join(dir, 'hub.db');
+  ({ dir, dbUrl, cli } = testDatabase('edge-operator-ui-'));
   apiKey = cli('api-key', 'create', '--name', 'ui-test');
   const enrollmentToken = cli('enroll-token', 'create', '--creator', CREATOR);
-  hub = spawn(HUB_BIN, ['--database-url', dbUrl, 'serve', '--listen', '127.0.0.1:0', '--hb-interval-secs', '1'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, EDGE_HUB_LOG: 'warn' },
-  });
-  hub.stderr.on('data', () => {});
-  base = await new Promise((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error('hub did not start in 30 s')), 30000);
-    hub.stdout.on('data', (chunk) => {
-      const match = /listening on (http:\/\/\S+)/.exec(String(chunk));
-      if (match) { clearTimeout(timer); resolveUrl(match[1]); }
-    });
-    hub.once('exit', (code) => reject(new Error('hub exited with ' + code)));
-  });
+  ({ hub, base } = await startHub(dbUrl, ['--hb-interval-secs', '1']));
   agent = await startAgent(enrollmentToken);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
-  page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
-  page.on('pageerror', (e) => { throw e; });
+  ({ browser, page } = await openBrowser({ width: 1280, height: 860 }));
 });
 
 after(async () => {
