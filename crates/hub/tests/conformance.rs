@@ -4,6 +4,7 @@
 //! with a printed reason when no PostgreSQL answers, and fails instead when
 //! `EDGE_TEST_POSTGRES_URL` (`cargo xtask test` sets it) or `CI` is set.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -11,30 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::TestDb::sqlite()).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    if let Some(db) = super::TestDb::postgres().await {
-                        super::$name(db).await
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+both_engines!(
     expired_lease_redelivers_and_the_late_result_is_stale,
     heartbeats_and_progress_extend_the_lease,
     a_new_hello_lets_the_leases_the_agent_no_longer_claims_run_out,

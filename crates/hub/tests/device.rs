@@ -3,6 +3,7 @@
 //! which creator, and hostile input. The state tests run on SQLite and on PostgreSQL (each
 //! on its own schema), like the queue conformance suite.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -12,29 +13,6 @@ use std::time::Duration;
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const OTHER: &str = "creator-2";
-
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::TestDb::sqlite()).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    if let Some(db) = super::TestDb::postgres().await {
-                        super::$name(db).await
-                    }
-                }
-            )*
-        }
-    };
-}
 
 both_engines!(
     a_code_is_pending_then_approved_and_redeemed_once,

@@ -5,6 +5,33 @@
 
 #![allow(dead_code)]
 
+/// Declares each named `async fn NAME(db: TestDb)` of the test file as two tests, on SQLite
+/// and on PostgreSQL (the latter skipped on a bare `cargo test` without PostgreSQL, failing
+/// when `EDGE_TEST_POSTGRES_URL` or `CI` says it must run): the store's conformance suite.
+#[allow(unused_macros)] // each test file includes this module; few declare store tests
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::TestDb::sqlite()).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(db) = super::TestDb::postgres().await {
+                        super::$name(db).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
