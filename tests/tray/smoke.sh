@@ -254,7 +254,14 @@ log_in_through_window() {
     xdotool key --clearmodifiers Tab Return
 }
 wait_for "$TIMEOUT" "the window's login form ('Connect this machine')" window_says "Connect this machine"
+window_says "Get a sign-in code" || fail "the window does not offer sign-in by code: $(cat "$TMP/window-text.log")"
 import -window root "$OUT_DIR/tray-login-form.png" || fail "screenshot failed"
+# Sign-in by code is the default; the token form is behind "Use an enrollment token
+# instead": Tab to the hub URL field, past "Get a sign-in code", to the link, and press it.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Return
+wait_for "$TIMEOUT" "the token form ('Sign in with a code instead')" window_says "Sign in with a code instead"
 
 # A token the hub never issued: the window says so, and nothing is enrolled.
 log_in_through_window "$HUB_URL" "et_0123456789abcdef0123456789abcdef"
@@ -277,6 +284,34 @@ window_agent_online() {
 wait_for "$TIMEOUT" "an agent of $WINDOW_CREATOR online at the hub (logged in through the window)" window_agent_online
 WINDOW_AGENT=$(window_agent_online)
 log "ok: agent $WINDOW_AGENT of $WINDOW_CREATOR is online"
+# Nothing is granted on this fresh profile: the window asks first, every box unticked.
+wait_for "$TIMEOUT" "the consent screen ('Choose what this computer may do')" window_says "Choose what this computer may do"
+window_says "Send web requests from your connection" || fail "the consent screen lists no web requests: $(cat "$TMP/window-text.log")"
+import -window root "$OUT_DIR/tray-consent.png" || fail "screenshot failed"
+granted_in_window_profile() {
+    python3 - "$EDGE_AGENT_DATA_DIR/settings.json" "$1" <<'PY'
+import json, sys
+try:
+    with open(sys.argv[1]) as f:
+        grants = json.load(f).get("grants", {})
+except FileNotFoundError:
+    grants = {}
+sys.exit(0 if sys.argv[2] in grants else 1)
+PY
+}
+granted_in_window_profile http_request && fail "http_request was granted before anyone ticked it"
+# The first box is "Send web requests from your connection": Tab to it, tick it with Space.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab space
+wait_for "$TIMEOUT" "the tick to grant http_request in settings.json" granted_in_window_profile http_request
+granted_in_window_profile bundle && fail "ticking one box granted bundle too"
+log "ok: ticking the box in the window granted http_request, and nothing else"
+# "Done" is the screen's last control: from the page, Tab through the three boxes and
+# their "What exactly is recorded" disclosures, the site field and its Add button.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Tab Tab Tab Tab Tab Tab Return
 # The window: the status view, with the agent id and the connection.
 wait_for "$TIMEOUT" "the window to show agent $WINDOW_AGENT" window_says "$WINDOW_AGENT"
 window_says "Online" || fail "the window does not say Online: $(cat "$TMP/window-text.log")"
@@ -291,4 +326,4 @@ no_panic "$TMP/tray-window-login.log"
 stop_tray "$TRAY_PID"
 log "ok: logged in through the window"
 log "screenshots in $OUT_DIR"
-echo "tray smoke: 10 passed, 0 failed"
+echo "tray smoke: 11 passed, 0 failed"

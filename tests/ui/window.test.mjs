@@ -547,6 +547,8 @@ test("consent: every capability in words, off until ticked; ticking grants, unti
   await page.waitForFunction(() => window.__ipcCalls.some((c) => c.cmd === "grant_capability"));
   assert.deepEqual((await calls(page, "grant_capability"))[0].args, { name: "http_request" });
   await page.waitForSelector('#consent-list li[data-capability="http_request"] input:checked:not(:disabled)');
+  // The redrawn list keeps the keyboard focus on the box just ticked.
+  assert.equal(await page.evaluate(() => document.activeElement?.dataset.capability), "http_request");
 
   await page.getByLabel("Send web requests from your connection").uncheck();
   await page.waitForFunction(() => window.__ipcCalls.some((c) => c.cmd === "revoke_capability"));

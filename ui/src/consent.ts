@@ -91,6 +91,8 @@ async function toggle(box: HTMLInputElement, name: string): Promise<void> {
   box.disabled = true;
   try {
     renderConsent(await (box.checked ? api.grantCapability(name) : api.revokeCapability(name)));
+    // The list was drawn anew: keep the keyboard where the person was.
+    document.querySelector<HTMLInputElement>(`#consent-list input[data-capability="${CSS.escape(name)}"]`)?.focus();
   } catch (err) {
     box.checked = !box.checked;
     box.disabled = false;
