@@ -273,14 +273,15 @@ log_in_through_window "$HUB_URL" "$WINDOW_TOKEN"
 log "typed the hub URL and the token into the window and pressed Log in"
 
 # The hub: an agent of that creator enrolled and online.
-window_agent_online() {
+window_agent_online_for() {
     api GET "$HUB_URL/v1/agents" | node -e '
         let body = ""; process.stdin.on("data", (d) => (body += d)).on("end", () => {
             const agent = JSON.parse(body).agents.find((a) => a.creatorId === process.argv[1] && a.online);
             if (!agent) process.exit(1);
             process.stdout.write(agent.agentId);
-        });' "$WINDOW_CREATOR"
+        });' "$1"
 }
+window_agent_online() { window_agent_online_for "$WINDOW_CREATOR"; }
 wait_for "$TIMEOUT" "an agent of $WINDOW_CREATOR online at the hub (logged in through the window)" window_agent_online
 WINDOW_AGENT=$(window_agent_online)
 log "ok: agent $WINDOW_AGENT of $WINDOW_CREATOR is online"
@@ -325,5 +326,54 @@ grep -qF "$WINDOW_AGENT" "$TMP/agent-window-status.log" ||
 no_panic "$TMP/tray-window-login.log"
 stop_tray "$TRAY_PID"
 log "ok: logged in through the window"
+# --- sign in by code through the window ------------------------------------------------------
+# Another fresh profile, the default way: type the hub URL, press Enter, read the code off the
+# window as a person would, and approve it through the hub's device API (what the hub's page
+# calls) with the operator's key, into a creator the hub knows.
+DEVICE_CREATOR=c-device
+hub_cli enroll-token create --creator "$DEVICE_CREATOR" >/dev/null || fail "enroll-token create failed"
+export EDGE_AGENT_PROFILE=device-login EDGE_AGENT_DATA_DIR="$TMP/agent-device-login"
+"$TRAY_BIN" >"$TMP/tray-device-login.log" 2>&1 &
+TRAY_PID=$!
+PIDS+=($TRAY_PID)
+wait_for "$TIMEOUT" "the login window (device sign-in)" window_mapped
+WIN_ID=$(window_id)
+wait_for "$TIMEOUT" "the window to offer 'Get a sign-in code'" window_says "Get a sign-in code"
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab ctrl+a
+xdotool type --delay 15 "$HUB_URL"
+xdotool key --clearmodifiers Return
+wait_for "$TIMEOUT" "the window to show a code to approve" window_says "Approve this computer"
+window_says "The code expires in" || fail "the window shows no time left: $(cat "$TMP/window-text.log")"
+window_says "Open the approval page" || fail "the window offers no approval page: $(cat "$TMP/window-text.log")"
+USER_CODE=$(grep -oE '[A-Z0-9]{4}-[A-Z0-9]{4}' "$TMP/window-text.log" | head -n1 || true)
+[[ -n "$USER_CODE" ]] || fail "no XXXX-XXXX code in the window: $(cat "$TMP/window-text.log")"
+import -window root "$OUT_DIR/tray-device-code.png" || fail "screenshot failed"
+log "the window shows the code $USER_CODE"
+# The code the window shows is the one the hub waits for: looking it up names this device.
+api POST "$HUB_URL/v1/device/lookup" "{\"user_code\":\"$USER_CODE\"}" >"$TMP/device-lookup.log" ||
+    fail "the hub does not know the code the window shows: $(cat "$TMP/device-lookup.log")"
+grep -q '"status":"pending"' "$TMP/device-lookup.log" || fail "the code is not pending: $(cat "$TMP/device-lookup.log")"
+api POST "$HUB_URL/v1/device/approve" "{\"user_code\":\"$USER_CODE\",\"creatorId\":\"$DEVICE_CREATOR\",\"approve\":true}" \
+    >"$TMP/device-approve.log" || fail "approving the code failed: $(cat "$TMP/device-approve.log")"
+wait_for "$TIMEOUT" "an agent of $DEVICE_CREATOR online at the hub (signed in by code)" window_agent_online_for "$DEVICE_CREATOR"
+DEVICE_AGENT=$(window_agent_online_for "$DEVICE_CREATOR")
+log "ok: approved on the hub, agent $DEVICE_AGENT of $DEVICE_CREATOR is online"
+# Nothing granted on this profile either: the consent screen, then Done, then the status.
+wait_for "$TIMEOUT" "the consent screen after sign-in by code" window_says "Choose what this computer may do"
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Tab Tab Tab Tab Tab Tab Return
+wait_for "$TIMEOUT" "the window to show agent $DEVICE_AGENT" window_says "$DEVICE_AGENT"
+"$AGENT_BIN" --keychain "$EDGE_AGENT_KEYCHAIN" status >"$TMP/agent-device-status.log" 2>&1 ||
+    fail "edge-agent status failed: $(cat "$TMP/agent-device-status.log")"
+grep -qF "$DEVICE_AGENT" "$TMP/agent-device-status.log" ||
+    fail "the keychain holds no login for $DEVICE_AGENT: $(cat "$TMP/agent-device-status.log")"
+import -window root "$OUT_DIR/tray-signed-in-by-code.png" || fail "screenshot failed"
+no_panic "$TMP/tray-device-login.log"
+stop_tray "$TRAY_PID"
+log "ok: signed in by code through the window"
+
 log "screenshots in $OUT_DIR"
-echo "tray smoke: 11 passed, 0 failed"
+echo "tray smoke: 13 passed, 0 failed"
