@@ -87,16 +87,7 @@ impl DeviceSignIn {
     /// `url` if it is the pending sign-in's approval page (with or without the code filled
     /// in): the window may ask to open that and nothing else.
     pub fn approval_page(&self, url: &str) -> Result<String, AgentError> {
-        let slot = self.lock()?;
-        match &slot.codes {
-            Some(codes) if url == codes.verification_uri_complete || url == codes.verification_uri => {
-                Ok(url.to_owned())
-            }
-            Some(_) => Err(AgentError::InvalidSetting(format!(
-                "{url:?} is not the approval page of the pending sign-in; only that page can be opened from here"
-            ))),
-            None => Err(AgentError::InvalidSetting("no device sign-in is pending; ask for a new code".into())),
-        }
+        approval_page(self.lock()?.codes.as_ref(), url)
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Slot>, AgentError> {
@@ -107,15 +98,29 @@ impl DeviceSignIn {
 /// The QR code of `url` as a standalone SVG, black on white whatever the window's theme (a
 /// phone's camera reads dark-on-light), with the quiet zone scanners need.
 pub fn qr_svg(url: &str) -> Result<String, AgentError> {
-    let code = QrCode::with_error_correction_level(url.as_bytes(), EcLevel::M)
-        .map_err(|e| AgentError::HubProtocol(format!("the approval page's address cannot be put in a QR code: {e}")))?;
-    Ok(code
+    Ok(qr_code(url)?
         .render()
         .min_dimensions(160, 160)
         .dark_color(svg::Color("#000000"))
         .light_color(svg::Color("#ffffff"))
         .quiet_zone(true)
         .build())
+}
+
+fn approval_page(codes: Option<&DeviceLoginCodes>, url: &str) -> Result<String, AgentError> {
+    match codes {
+        // Exact matches only: a prefix or a look-alike could send the person elsewhere.
+        Some(codes) if url == codes.verification_uri_complete || url == codes.verification_uri => Ok(url.to_owned()),
+        Some(_) => Err(AgentError::InvalidSetting(format!(
+            "{url:?} is not the approval page of the pending sign-in; only that page can be opened from here"
+        ))),
+        None => Err(AgentError::InvalidSetting("no device sign-in is pending; ask for a new code".into())),
+    }
+}
+
+fn qr_code(url: &str) -> Result<QrCode, AgentError> {
+    QrCode::with_error_correction_level(url.as_bytes(), EcLevel::M)
+        .map_err(|e| AgentError::HubProtocol(format!("the approval page's address cannot be put in a QR code: {e}")))
 }
 
 #[cfg(test)]
@@ -134,12 +139,66 @@ mod tests {
         assert_ne!(svg, qr_svg("http://127.0.0.1:8787/device?user_code=ABCD-EFGJ").unwrap());
     }
 
+    /// Reads the code `qr_svg` draws with an independent decoder, from a bitmap of its
+    /// modules with the quiet zone around them, as a phone's camera would see it.
+    #[test]
+    fn a_qr_decoder_reads_the_complete_url_back() {
+        let url = "https://hub.example.com/device?user_code=WDJB-MJHT";
+        let code = qr_code(url).unwrap();
+        let width = code.width();
+        let colors = code.to_colors();
+        let (quiet, scale) = (4, 4);
+        let side = (width + 2 * quiet) * scale;
+        let mut image = rqrr::PreparedImage::prepare_from_greyscale(side, side, |x, y| {
+            let (mx, my) = ((x / scale) as isize - quiet as isize, (y / scale) as isize - quiet as isize);
+            let dark = mx >= 0
+                && my >= 0
+                && (mx as usize) < width
+                && (my as usize) < width
+                && colors[my as usize * width + mx as usize] == qrcode::Color::Dark;
+            if dark {
+                0
+            } else {
+                255
+            }
+        });
+        let grids = image.detect_grids();
+        assert_eq!(grids.len(), 1);
+        let (_, content) = grids[0].decode().unwrap();
+        assert_eq!(content, url);
+    }
+
     #[test]
     fn an_address_too_long_for_a_qr_code_is_an_error_not_a_panic() {
         let url = format!("https://hub.example.com/device?user_code={}", "A".repeat(5000));
         let error = qr_svg(&url).unwrap_err();
         assert_eq!(error.code(), "hub_protocol");
         assert!(error.to_string().contains("cannot be put in a QR code"), "{error}");
+    }
+
+    #[test]
+    fn only_the_pending_sign_ins_own_page_can_be_opened() {
+        let codes = DeviceLoginCodes {
+            hub_url: "https://hub.example.com/".into(),
+            user_code: "WDJB-MJHT".into(),
+            verification_uri: "https://hub.example.com/device".into(),
+            verification_uri_complete: "https://hub.example.com/device?user_code=WDJB-MJHT".into(),
+            expires_in_secs: 600,
+            interval_secs: 5,
+        };
+        for url in [&codes.verification_uri, &codes.verification_uri_complete] {
+            assert_eq!(approval_page(Some(&codes), url).unwrap(), *url);
+        }
+        for url in [
+            "https://hub.example.com/device?user_code=AAAA-BBBB",
+            "https://hub.example.com/device.evil.example/",
+            "file:///etc/passwd",
+            "https://hub.example.com/device?user_code=WDJB-MJHT&next=https://evil.example",
+            "",
+        ] {
+            let error = approval_page(Some(&codes), url).unwrap_err();
+            assert!(error.to_string().contains("only that page can be opened"), "{url}: {error}");
+        }
     }
 
     #[test]
