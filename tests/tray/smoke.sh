@@ -307,7 +307,20 @@ click_heading
 xdotool key --clearmodifiers Tab space
 wait_for "$TIMEOUT" "the tick to grant http_request in settings.json" granted_in_window_profile http_request
 granted_in_window_profile bundle && fail "ticking one box granted bundle too"
-log "ok: ticking the box in the window granted http_request, and nothing else"
+# The hub learns it at once (the agent reconnects to announce it, no job being run): a web
+# request job for this creator is assigned to the agent, not left waiting. The agent's egress
+# gate then refuses the hub's own loopback address, which this profile never allowed, so the
+# job ends failed; assigned is what counts here.
+WJOB=$(api POST "$HUB_URL/v1/jobs" \
+    "{\"type\":\"http_request\",\"creatorId\":\"$WINDOW_CREATOR\",\"payload\":{\"url\":\"http://$HUB_HOSTPORT/health\"}}") ||
+    fail "POST /v1/jobs failed"
+WJOB_ID=$(printf '%s' "$WJOB" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+[[ -n "$WJOB_ID" ]] || fail "no job id in $WJOB"
+wjob_assigned() { api GET "$HUB_URL/v1/jobs/$WJOB_ID" >"$TMP/window-job.log" && ! grep -q '"status":"pending"' "$TMP/window-job.log"; }
+wait_for "$TIMEOUT" "job $WJOB_ID to be assigned to the agent that was just granted http_request" wjob_assigned
+grep -q "capability_not_granted\|CAPABILITY_NOT_GRANTED" "$TMP/window-job.log" &&
+    fail "the agent refused the job as not granted: $(cat "$TMP/window-job.log")"
+log "ok: ticking the box in the window granted http_request, and nothing else; the hub assigns it at once"
 # "Done" is the screen's last control: from the page, Tab through the three boxes and
 # their "What exactly is recorded" disclosures, the site field and its Add button.
 xdotool windowfocus "$WIN_ID"
