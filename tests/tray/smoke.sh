@@ -358,10 +358,33 @@ xdotool key --clearmodifiers Tab ctrl+a
 xdotool type --delay 15 "$HUB_URL"
 xdotool key --clearmodifiers Return
 wait_for "$TIMEOUT" "the window to show a code to approve" window_says "Approve this computer"
+read_code() { grep -oE '[A-Z0-9]{4}-[A-Z0-9]{4}' "$TMP/window-text.log" | head -n1 || true; }
+CANCELLED_CODE=$(read_code)
+[[ -n "$CANCELLED_CODE" ]] || fail "no XXXX-XXXX code in the window: $(cat "$TMP/window-text.log")"
+# Cancel ends the wait in the core: a code approved after Cancel enrolls nothing. From the
+# page, Tab past "Copy code" and "Open the approval page" to "Cancel".
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Return
+wait_for "$TIMEOUT" "Cancel to bring back the form" window_says "Get a sign-in code"
+window_says "Approve this computer" && fail "the code is still shown after Cancel: $(cat "$TMP/window-text.log")"
+api POST "$HUB_URL/v1/device/approve" "{\"user_code\":\"$CANCELLED_CODE\",\"creatorId\":\"$DEVICE_CREATOR\",\"approve\":true}" \
+    >"$TMP/device-approve-cancelled.log" || fail "approving the cancelled code failed: $(cat "$TMP/device-approve-cancelled.log")"
+# Two polling intervals (5 s each) and a margin: a wait still running would have redeemed it.
+sleep 12
+api GET "$HUB_URL/v1/agents" | grep -q "\"creatorId\":\"$DEVICE_CREATOR\"" &&
+    fail "a code approved after Cancel enrolled an agent"
+log "ok: Cancel stops the wait: the code approved afterwards enrolled nothing"
+# A new code: Tab to the hub URL field (still filled in), to "Get a sign-in code", press it.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Return
+wait_for "$TIMEOUT" "the window to show a new code" window_says "Approve this computer"
 window_says "The code expires in" || fail "the window shows no time left: $(cat "$TMP/window-text.log")"
 window_says "Open the approval page" || fail "the window offers no approval page: $(cat "$TMP/window-text.log")"
-USER_CODE=$(grep -oE '[A-Z0-9]{4}-[A-Z0-9]{4}' "$TMP/window-text.log" | head -n1 || true)
+USER_CODE=$(read_code)
 [[ -n "$USER_CODE" ]] || fail "no XXXX-XXXX code in the window: $(cat "$TMP/window-text.log")"
+[[ "$USER_CODE" != "$CANCELLED_CODE" ]] || fail "the new sign-in shows the cancelled code $USER_CODE"
 import -window root "$OUT_DIR/tray-device-code.png" || fail "screenshot failed"
 log "the window shows the code $USER_CODE"
 # The code the window shows is the one the hub waits for: looking it up names this device.
@@ -389,4 +412,4 @@ stop_tray "$TRAY_PID"
 log "ok: signed in by code through the window"
 
 log "screenshots in $OUT_DIR"
-echo "tray smoke: 13 passed, 0 failed"
+echo "tray smoke: 14 passed, 0 failed"
