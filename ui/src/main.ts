@@ -28,7 +28,8 @@ async function offerConsent(force: boolean): Promise<void> {
     }
   }
   if (current) render(current, consentOpen);
-  if (consentOpen) document.getElementById("consent-title")?.scrollIntoView();
+  // A new screen starts at its top (the status view may have been scrolled down).
+  if (consentOpen) window.scrollTo(0, 0);
 }
 
 async function runAction(action: () => Promise<AgentSnapshot>): Promise<void> {
