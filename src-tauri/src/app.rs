@@ -61,13 +61,22 @@ pub fn run() -> i32 {
                 tracing::info!("second launch: showing the running instance's window");
                 show_main_window(app);
             }))
+            .plugin(tauri_plugin_opener::init())
             .manage(setup_agent.clone())
+            .manage(crate::device_sign_in::DeviceSignIn::default())
             .invoke_handler(tauri::generate_handler![
                 commands::get_state,
                 commands::login,
                 commands::logout,
                 commands::pause,
                 commands::resume,
+                commands::start_device_login,
+                commands::finish_device_login,
+                commands::cancel_device_login,
+                commands::open_approval_page,
+                commands::get_consent,
+                commands::grant_capability,
+                commands::revoke_capability,
             ])
             .on_window_event(|window, event| {
                 // Closing the window destroys it (the agent keeps working in the tray, and

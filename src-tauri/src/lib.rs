@@ -5,6 +5,7 @@
 
 mod app;
 mod commands;
+mod device_sign_in;
 mod events;
 mod logging;
 mod notifications;

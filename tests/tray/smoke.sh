@@ -254,7 +254,14 @@ log_in_through_window() {
     xdotool key --clearmodifiers Tab Return
 }
 wait_for "$TIMEOUT" "the window's login form ('Connect this machine')" window_says "Connect this machine"
+window_says "Get a sign-in code" || fail "the window does not offer sign-in by code: $(cat "$TMP/window-text.log")"
 import -window root "$OUT_DIR/tray-login-form.png" || fail "screenshot failed"
+# Sign-in by code is the default; the token form is behind "Use an enrollment token
+# instead": Tab to the hub URL field, past "Get a sign-in code", to the link, and press it.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Return
+wait_for "$TIMEOUT" "the token form ('Sign in with a code instead')" window_says "Sign in with a code instead"
 
 # A token the hub never issued: the window says so, and nothing is enrolled.
 log_in_through_window "$HUB_URL" "et_0123456789abcdef0123456789abcdef"
@@ -266,17 +273,59 @@ log_in_through_window "$HUB_URL" "$WINDOW_TOKEN"
 log "typed the hub URL and the token into the window and pressed Log in"
 
 # The hub: an agent of that creator enrolled and online.
-window_agent_online() {
+window_agent_online_for() {
     api GET "$HUB_URL/v1/agents" | node -e '
         let body = ""; process.stdin.on("data", (d) => (body += d)).on("end", () => {
             const agent = JSON.parse(body).agents.find((a) => a.creatorId === process.argv[1] && a.online);
             if (!agent) process.exit(1);
             process.stdout.write(agent.agentId);
-        });' "$WINDOW_CREATOR"
+        });' "$1"
 }
+window_agent_online() { window_agent_online_for "$WINDOW_CREATOR"; }
 wait_for "$TIMEOUT" "an agent of $WINDOW_CREATOR online at the hub (logged in through the window)" window_agent_online
 WINDOW_AGENT=$(window_agent_online)
 log "ok: agent $WINDOW_AGENT of $WINDOW_CREATOR is online"
+# Nothing is granted on this fresh profile: the window asks first, every box unticked.
+wait_for "$TIMEOUT" "the consent screen ('Choose what this computer may do')" window_says "Choose what this computer may do"
+window_says "Send web requests from your connection" || fail "the consent screen lists no web requests: $(cat "$TMP/window-text.log")"
+import -window root "$OUT_DIR/tray-consent.png" || fail "screenshot failed"
+granted_in_window_profile() {
+    python3 - "$EDGE_AGENT_DATA_DIR/settings.json" "$1" <<'PY'
+import json, sys
+try:
+    with open(sys.argv[1]) as f:
+        grants = json.load(f).get("grants", {})
+except FileNotFoundError:
+    grants = {}
+sys.exit(0 if sys.argv[2] in grants else 1)
+PY
+}
+granted_in_window_profile http_request && fail "http_request was granted before anyone ticked it"
+# The first box is "Send web requests from your connection": Tab to it, tick it with Space.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab space
+wait_for "$TIMEOUT" "the tick to grant http_request in settings.json" granted_in_window_profile http_request
+granted_in_window_profile bundle && fail "ticking one box granted bundle too"
+# The hub learns it at once (the agent reconnects to announce it, no job being run): a web
+# request job for this creator is assigned to the agent, not left waiting. The agent's egress
+# gate then refuses the hub's own loopback address, which this profile never allowed, so the
+# job ends failed; assigned is what counts here.
+WJOB=$(api POST "$HUB_URL/v1/jobs" \
+    "{\"type\":\"http_request\",\"creatorId\":\"$WINDOW_CREATOR\",\"payload\":{\"url\":\"http://$HUB_HOSTPORT/health\"}}") ||
+    fail "POST /v1/jobs failed"
+WJOB_ID=$(printf '%s' "$WJOB" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+[[ -n "$WJOB_ID" ]] || fail "no job id in $WJOB"
+wjob_assigned() { api GET "$HUB_URL/v1/jobs/$WJOB_ID" >"$TMP/window-job.log" && ! grep -q '"status":"pending"' "$TMP/window-job.log"; }
+wait_for "$TIMEOUT" "job $WJOB_ID to be assigned to the agent that was just granted http_request" wjob_assigned
+grep -q "capability_not_granted\|CAPABILITY_NOT_GRANTED" "$TMP/window-job.log" &&
+    fail "the agent refused the job as not granted: $(cat "$TMP/window-job.log")"
+log "ok: ticking the box in the window granted http_request, and nothing else; the hub assigns it at once"
+# "Done" is the screen's last control: from the page, Tab through the three boxes and
+# their "What exactly is recorded" disclosures, the site field and its Add button.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Tab Tab Tab Tab Tab Tab Return
 # The window: the status view, with the agent id and the connection.
 wait_for "$TIMEOUT" "the window to show agent $WINDOW_AGENT" window_says "$WINDOW_AGENT"
 window_says "Online" || fail "the window does not say Online: $(cat "$TMP/window-text.log")"
@@ -290,5 +339,77 @@ grep -qF "$WINDOW_AGENT" "$TMP/agent-window-status.log" ||
 no_panic "$TMP/tray-window-login.log"
 stop_tray "$TRAY_PID"
 log "ok: logged in through the window"
+# --- sign in by code through the window ------------------------------------------------------
+# Another fresh profile, the default way: type the hub URL, press Enter, read the code off the
+# window as a person would, and approve it through the hub's device API (what the hub's page
+# calls) with the operator's key, into a creator the hub knows.
+DEVICE_CREATOR=c-device
+hub_cli enroll-token create --creator "$DEVICE_CREATOR" >/dev/null || fail "enroll-token create failed"
+export EDGE_AGENT_PROFILE=device-login EDGE_AGENT_DATA_DIR="$TMP/agent-device-login"
+"$TRAY_BIN" >"$TMP/tray-device-login.log" 2>&1 &
+TRAY_PID=$!
+PIDS+=($TRAY_PID)
+wait_for "$TIMEOUT" "the login window (device sign-in)" window_mapped
+WIN_ID=$(window_id)
+wait_for "$TIMEOUT" "the window to offer 'Get a sign-in code'" window_says "Get a sign-in code"
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab ctrl+a
+xdotool type --delay 15 "$HUB_URL"
+xdotool key --clearmodifiers Return
+wait_for "$TIMEOUT" "the window to show a code to approve" window_says "Approve this computer"
+read_code() { grep -oE '[A-Z0-9]{4}-[A-Z0-9]{4}' "$TMP/window-text.log" | head -n1 || true; }
+CANCELLED_CODE=$(read_code)
+[[ -n "$CANCELLED_CODE" ]] || fail "no XXXX-XXXX code in the window: $(cat "$TMP/window-text.log")"
+# Cancel ends the wait in the core: a code approved after Cancel enrolls nothing. From the
+# page, Tab past "Copy code" and "Open the approval page" to "Cancel".
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Return
+wait_for "$TIMEOUT" "Cancel to bring back the form" window_says "Get a sign-in code"
+window_says "Approve this computer" && fail "the code is still shown after Cancel: $(cat "$TMP/window-text.log")"
+api POST "$HUB_URL/v1/device/approve" "{\"user_code\":\"$CANCELLED_CODE\",\"creatorId\":\"$DEVICE_CREATOR\",\"approve\":true}" \
+    >"$TMP/device-approve-cancelled.log" || fail "approving the cancelled code failed: $(cat "$TMP/device-approve-cancelled.log")"
+# Two polling intervals (5 s each) and a margin: a wait still running would have redeemed it.
+sleep 12
+api GET "$HUB_URL/v1/agents" | grep -q "\"creatorId\":\"$DEVICE_CREATOR\"" &&
+    fail "a code approved after Cancel enrolled an agent"
+log "ok: Cancel stops the wait: the code approved afterwards enrolled nothing"
+# A new code: Tab to the hub URL field (still filled in), to "Get a sign-in code", press it.
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Return
+wait_for "$TIMEOUT" "the window to show a new code" window_says "Approve this computer"
+window_says "The code expires in" || fail "the window shows no time left: $(cat "$TMP/window-text.log")"
+window_says "Open the approval page" || fail "the window offers no approval page: $(cat "$TMP/window-text.log")"
+USER_CODE=$(read_code)
+[[ -n "$USER_CODE" ]] || fail "no XXXX-XXXX code in the window: $(cat "$TMP/window-text.log")"
+[[ "$USER_CODE" != "$CANCELLED_CODE" ]] || fail "the new sign-in shows the cancelled code $USER_CODE"
+import -window root "$OUT_DIR/tray-device-code.png" || fail "screenshot failed"
+log "the window shows the code $USER_CODE"
+# The code the window shows is the one the hub waits for: looking it up names this device.
+api POST "$HUB_URL/v1/device/lookup" "{\"user_code\":\"$USER_CODE\"}" >"$TMP/device-lookup.log" ||
+    fail "the hub does not know the code the window shows: $(cat "$TMP/device-lookup.log")"
+grep -q '"status":"pending"' "$TMP/device-lookup.log" || fail "the code is not pending: $(cat "$TMP/device-lookup.log")"
+api POST "$HUB_URL/v1/device/approve" "{\"user_code\":\"$USER_CODE\",\"creatorId\":\"$DEVICE_CREATOR\",\"approve\":true}" \
+    >"$TMP/device-approve.log" || fail "approving the code failed: $(cat "$TMP/device-approve.log")"
+wait_for "$TIMEOUT" "an agent of $DEVICE_CREATOR online at the hub (signed in by code)" window_agent_online_for "$DEVICE_CREATOR"
+DEVICE_AGENT=$(window_agent_online_for "$DEVICE_CREATOR")
+log "ok: approved on the hub, agent $DEVICE_AGENT of $DEVICE_CREATOR is online"
+# Nothing granted on this profile either: the consent screen, then Done, then the status.
+wait_for "$TIMEOUT" "the consent screen after sign-in by code" window_says "Choose what this computer may do"
+xdotool windowfocus "$WIN_ID"
+click_heading
+xdotool key --clearmodifiers Tab Tab Tab Tab Tab Tab Tab Tab Tab Return
+wait_for "$TIMEOUT" "the window to show agent $DEVICE_AGENT" window_says "$DEVICE_AGENT"
+"$AGENT_BIN" --keychain "$EDGE_AGENT_KEYCHAIN" status >"$TMP/agent-device-status.log" 2>&1 ||
+    fail "edge-agent status failed: $(cat "$TMP/agent-device-status.log")"
+grep -qF "$DEVICE_AGENT" "$TMP/agent-device-status.log" ||
+    fail "the keychain holds no login for $DEVICE_AGENT: $(cat "$TMP/agent-device-status.log")"
+import -window root "$OUT_DIR/tray-signed-in-by-code.png" || fail "screenshot failed"
+no_panic "$TMP/tray-device-login.log"
+stop_tray "$TRAY_PID"
+log "ok: signed in by code through the window"
+
 log "screenshots in $OUT_DIR"
-echo "tray smoke: 10 passed, 0 failed"
+echo "tray smoke: 14 passed, 0 failed"

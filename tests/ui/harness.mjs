@@ -70,8 +70,9 @@ export async function launchBrowser() {
  * `transformCallback`, and the event plugin (`plugin:event|listen`/`unlisten`) so that
  * `listen()` from @tauri-apps/api works. Commands answer from `config`:
  *   config.state          snapshot returned by get_state
- *   config.commands[name] {resolve: value} | {reject: {code, message}}
- * Every call is recorded in window.__ipcCalls; window.__emit(event, payload) plays a
+ *   config.commands[name] {resolve: value} | {reject: {code, message}} | {hold: true}
+ * A held command answers only when the test calls window.__release(name, {resolve}|{reject})
+ * (a long wait, such as the device sign-in's). Every call is recorded in window.__ipcCalls; window.__emit(event, payload) plays a
  * Rust-side emit.
  */
 function tauriMock(config) {
@@ -79,6 +80,14 @@ function tauriMock(config) {
   const listeners = new Map(); // event name -> [callback id]
   let nextId = 1;
   window.__ipcCalls = [];
+  window.__held = {};
+  window.__release = (cmd, outcome) => {
+    const settle = window.__held[cmd];
+    if (!settle) return false;
+    delete window.__held[cmd];
+    settle(outcome);
+    return true;
+  };
 
   function transformCallback(callback, once = false) {
     const id = nextId++;
@@ -104,6 +113,13 @@ function tauriMock(config) {
     if (cmd === "get_state") return config.state;
     const answer = config.commands?.[cmd];
     if (!answer) throw { code: "not_mocked", message: `command ${cmd} is not mocked` };
+    if (answer.hold) {
+      const outcome = await new Promise((ok) => {
+        window.__held[cmd] = ok;
+      });
+      if (outcome.reject) throw outcome.reject;
+      return outcome.resolve;
+    }
     // Let the UI show its in-flight state for a moment, like a real round trip.
     await new Promise((ok) => setTimeout(ok, 20));
     if (answer.reject) throw answer.reject;

@@ -1,6 +1,6 @@
 import { invoke } from "@tauri-apps/api/core";
 import { listen, type UnlistenFn } from "@tauri-apps/api/event";
-import type { AgentEventPayload, AgentSnapshot } from "./types";
+import type { AgentEventPayload, AgentSnapshot, ConsentItem, DeviceSignIn } from "./types";
 
 // One function per Tauri command in src-tauri/src/commands; names must match.
 
@@ -33,4 +33,34 @@ export function onState(handler: (snapshot: AgentSnapshot) => void): Promise<Unl
 
 export function onAgentEvent(handler: (event: AgentEventPayload) => void): Promise<UnlistenFn> {
   return listen<AgentEventPayload>(AGENT_EVENT, (event) => handler(event.payload));
+}
+
+export function startDeviceLogin(hubUrl: string): Promise<DeviceSignIn> {
+  return invoke<DeviceSignIn>("start_device_login", { hubUrl });
+}
+
+/** Resolves once the code is approved (the fresh snapshot), or null when cancelled. */
+export function finishDeviceLogin(): Promise<AgentSnapshot | null> {
+  return invoke<AgentSnapshot | null>("finish_device_login");
+}
+
+export function cancelDeviceLogin(): Promise<void> {
+  return invoke<void>("cancel_device_login");
+}
+
+/** Opens the pending sign-in's approval page in the person's browser. */
+export function openApprovalPage(url: string): Promise<void> {
+  return invoke<void>("open_approval_page", { url });
+}
+
+export function getConsent(): Promise<ConsentItem[]> {
+  return invoke<ConsentItem[]>("get_consent");
+}
+
+export function grantCapability(name: string): Promise<ConsentItem[]> {
+  return invoke<ConsentItem[]>("grant_capability", { name });
+}
+
+export function revokeCapability(name: string): Promise<ConsentItem[]> {
+  return invoke<ConsentItem[]>("revoke_capability", { name });
 }

@@ -1,3 +1,4 @@
+import { S } from "./strings";
 import type { CommandError } from "./types";
 
 // Words for the person at the window. The core's message is precise but written for
@@ -17,6 +18,9 @@ const AGENT_ERRORS: Record<string, string> = {
   keychain_unavailable: "The system keychain could not store the login.",
   corrupt_credentials: "The stored login is damaged. Log out and log in again.",
   login_required: "The hub no longer accepts this machine's login. Log in again.",
+  device_login_expired: S.errDeviceExpired,
+  device_login_denied: S.errDeviceDenied,
+  device_login_unsupported: S.errDeviceUnsupported,
 };
 
 export interface Described {

@@ -1,56 +1,35 @@
 import * as api from "./api";
+import { loadConsent, nothingGranted, setUpConsent } from "./consent";
 import { describeError } from "./errors";
+import { setUpSignIn } from "./signin";
+import { S } from "./strings";
 import type { AgentSnapshot } from "./types";
-import { hasErrors, validateLogin, type LoginErrors } from "./validate";
-import { render, showError, showMessage } from "./view";
+import { render, showError } from "./view";
 
 let current: AgentSnapshot | null = null;
+/** The consent screen is up (after sign-in with nothing granted, or from Permissions). */
+let consentOpen = false;
 
 function apply(snapshot: AgentSnapshot): void {
   current = snapshot;
-  render(snapshot);
+  if (!snapshot.loggedIn) consentOpen = false;
+  render(snapshot, consentOpen);
 }
 
-function input(id: string): HTMLInputElement {
-  return document.getElementById(id) as HTMLInputElement;
-}
-
-function showFieldErrors(errors: LoginErrors): void {
-  const fields: [keyof LoginErrors, string][] = [
-    ["hubUrl", "hub-url"],
-    ["token", "token"],
-  ];
-  for (const [key, id] of fields) {
-    const message = errors[key];
-    input(id).setAttribute("aria-invalid", message ? "true" : "false");
-    showMessage(`${id}-error`, message);
-  }
-  const first = fields.find(([key]) => errors[key]);
-  if (first) input(first[1]).focus();
-}
-
-async function onLogin(event: SubmitEvent): Promise<void> {
-  event.preventDefault();
-  const hubUrl = input("hub-url").value.trim();
-  const token = input("token").value.trim();
-  showError("login-error", null);
-  const errors = validateLogin({ hubUrl, token });
-  showFieldErrors(errors);
-  if (hasErrors(errors)) return;
-
-  const button = document.getElementById("login-submit") as HTMLButtonElement;
-  button.disabled = true;
-  button.textContent = "Logging in…";
+/** Shows the consent screen when nothing is granted yet; `force` always (Permissions). */
+async function offerConsent(force: boolean): Promise<void> {
   try {
-    apply(await api.login(hubUrl, token));
-    input("token").value = "";
-    showMessage("login-reason", null);
+    const items = await loadConsent();
+    if (force || nothingGranted(items)) consentOpen = true;
   } catch (err) {
-    showError("login-error", describeError(err));
-  } finally {
-    button.disabled = false;
-    button.textContent = "Log in";
+    if (force) {
+      consentOpen = true;
+      showError("consent-error", describeError(err));
+    }
   }
+  if (current) render(current, consentOpen);
+  // A new screen starts at its top (the status view may have been scrolled down).
+  if (consentOpen) window.scrollTo(0, 0);
 }
 
 async function runAction(action: () => Promise<AgentSnapshot>): Promise<void> {
@@ -63,14 +42,17 @@ async function runAction(action: () => Promise<AgentSnapshot>): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  document.getElementById("login-form")!.addEventListener("submit", (e) => void onLogin(e as SubmitEvent));
-  // A field's complaint goes away as soon as the person edits that field.
-  for (const id of ["hub-url", "token"]) {
-    input(id).addEventListener("input", () => {
-      input(id).setAttribute("aria-invalid", "false");
-      showMessage(`${id}-error`, null);
-    });
-  }
+  setUpSignIn((snapshot) => {
+    document.getElementById("login-reason")!.hidden = true;
+    apply(snapshot);
+    void offerConsent(false);
+  });
+  setUpConsent(() => {
+    consentOpen = false;
+    if (current) render(current, false);
+  });
+  document.getElementById("open-permissions")!.textContent = S.permissions;
+  document.getElementById("open-permissions")!.addEventListener("click", () => void offerConsent(true));
   document.getElementById("pause-toggle")!.addEventListener("click", () =>
     void runAction(current?.paused ? api.resume : api.pause),
   );
@@ -80,11 +62,15 @@ async function main(): Promise<void> {
   await api.onState(apply);
   await api.onAgentEvent((event) => {
     if (event.type === "loginRequired" && typeof event.reason === "string") {
-      showMessage("login-reason", event.reason);
+      const reason = document.getElementById("login-reason")!;
+      reason.textContent = event.reason;
+      reason.hidden = false;
     }
   });
   try {
-    apply(await api.getState());
+    const snapshot = await api.getState();
+    apply(snapshot);
+    if (snapshot.loggedIn) await offerConsent(false);
   } catch (err) {
     document.getElementById("boot")!.textContent = describeError(err).summary;
   }

@@ -74,3 +74,28 @@ export interface AgentEventPayload {
   type: string;
   [key: string]: unknown;
 }
+
+/** The tray's `DeviceSignInView`: what to show while the person approves the code. */
+export interface DeviceSignIn {
+  hubUrl: string;
+  /** `XXXX-XXXX`. */
+  userCode: string;
+  verificationUri: string;
+  /** The approval page with the code filled in. */
+  verificationUriComplete: string;
+  expiresInSecs: number;
+  intervalSecs: number;
+  /** An `<svg>` document: the QR code of `verificationUriComplete`. */
+  qrSvg: string;
+}
+
+/** The tray's `ConsentItem`: one capability and where the person stands on it. */
+export interface ConsentItem {
+  /** `http_request`, `bundle`, `tunnel` or `browser:SITE`. */
+  name: string;
+  granted: boolean;
+  /** Granted under an older text: does not count until granted again. */
+  outdated: boolean;
+  /** The core's full consent text, recorded with a grant. */
+  text: string;
+}

@@ -3,7 +3,8 @@
 
 export interface LoginFields {
   hubUrl: string;
-  token: string;
+  /** Absent when signing in by code: only the hub URL is asked for. */
+  token?: string;
 }
 
 export interface LoginErrors {
@@ -27,10 +28,15 @@ export function validateLogin(fields: LoginFields): LoginErrors {
       errors.hubUrl = "The hub URL must start with http:// or https://, for example https://hub.example.com.";
     }
   }
-  if (fields.token.trim() === "") {
+  if (fields.token !== undefined && fields.token.trim() === "") {
     errors.token = "Enter the enrollment token.";
   }
   return errors;
+}
+
+/** A site adapter's name, as the core accepts it after `browser:`. */
+export function validSite(site: string): boolean {
+  return /^[A-Za-z0-9._-]{1,64}$/.test(site);
 }
 
 export function hasErrors(errors: LoginErrors): boolean {

@@ -185,24 +185,28 @@ function renderTunnel(tunnel: TunnelStatus | null | undefined): void {
   byId("exposed-row").hidden = exposed.length === 0;
 }
 
-/** Brings the whole window in line with one snapshot of the core. */
-export function render(snapshot: AgentSnapshot): void {
+/** Brings the whole window in line with one snapshot of the core; a logged-in window
+ * shows the consent screen instead of the status when `consent` is set. */
+export function render(snapshot: AgentSnapshot, consent = false): void {
   byId("boot").hidden = true;
   const badge = byId("connection-badge");
   const loginView = byId("login-view");
   const statusView = byId("status-view");
+  const consentView = byId("consent-view");
 
   if (!snapshot.loggedIn) {
     loginView.hidden = false;
     statusView.hidden = true;
+    consentView.hidden = true;
     badge.hidden = true;
     document.body.dataset.view = "login";
     return;
   }
 
   loginView.hidden = true;
-  statusView.hidden = false;
-  document.body.dataset.view = "status";
+  statusView.hidden = consent;
+  consentView.hidden = !consent;
+  document.body.dataset.view = consent ? "consent" : "status";
 
   // The badge sums up what the tray icon shows.
   const busy = snapshot.busy > 0;

@@ -532,6 +532,22 @@ impl AgentService {
         self.inner.state.persist_current(false);
     }
 
+    /// Reconnects, when no job is running, so that the hub learns at once what the person
+    /// just granted or revoked: the loop announces the granted capabilities in its `hello`,
+    /// once per connection. With a job running nothing is interrupted: the new grants reach
+    /// the hub at the next connection, and the executor checks each job against the grants
+    /// of the moment anyway. Whether it reconnected.
+    pub async fn reannounce_when_idle(&self) -> Result<bool, AgentError> {
+        let running =
+            self.inner.running.lock().ok().is_some_and(|r| r.as_ref().is_some_and(|r| !r.handle.is_finished()));
+        if !running || self.snapshot().busy > 0 {
+            return Ok(false);
+        }
+        self.stop_loop().await;
+        self.start()?;
+        Ok(true)
+    }
+
     async fn stop_loop(&self) {
         let running = self.inner.running.lock().ok().and_then(|mut r| r.take());
         if let Some(RunningLoop { cancel, mut handle }) = running {

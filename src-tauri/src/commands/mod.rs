@@ -3,8 +3,12 @@
 //! Errors are the core's `AgentError`, which serializes as `{code, message}`.
 
 use crate::app::Agent;
+use crate::device_sign_in::{DeviceSignIn, DeviceSignInView};
+use edge_agent::consent::{Capability, Consent, Standing};
 use edge_agent::{AgentError, AgentSnapshot};
-use tauri::State;
+use serde::Serialize;
+use tauri::{AppHandle, Runtime, State};
+use tauri_plugin_opener::OpenerExt;
 
 #[tauri::command]
 pub fn get_state(agent: State<'_, Agent>) -> AgentSnapshot {
@@ -33,4 +37,114 @@ pub fn pause(agent: State<'_, Agent>) -> AgentSnapshot {
 pub fn resume(agent: State<'_, Agent>) -> AgentSnapshot {
     agent.resume();
     agent.snapshot()
+}
+
+/// Device sign-in, step 1: ask the hub for a code; the window shows it with the QR code.
+#[tauri::command]
+pub async fn start_device_login(
+    agent: State<'_, Agent>,
+    sign_in: State<'_, DeviceSignIn>,
+    hub_url: String,
+) -> Result<DeviceSignInView, AgentError> {
+    let login = agent.device_login(hub_url.trim(), None).await?;
+    sign_in.begin(login)
+}
+
+/// Device sign-in, step 2: wait (the core polls the hub) until the code is approved, then
+/// start the agent. `None` when the person cancelled.
+#[tauri::command]
+pub async fn finish_device_login(
+    agent: State<'_, Agent>,
+    sign_in: State<'_, DeviceSignIn>,
+) -> Result<Option<AgentSnapshot>, AgentError> {
+    let (login, cancelled) = sign_in.take()?;
+    let outcome = tokio::select! {
+        outcome = agent.finish_device_login(login) => outcome,
+        // Fired or dropped (a newer sign-in replaced this one): stop polling.
+        _ = cancelled => return Ok(None),
+    };
+    sign_in.finished();
+    outcome?;
+    agent.start()?;
+    Ok(Some(agent.snapshot()))
+}
+
+#[tauri::command]
+pub fn cancel_device_login(sign_in: State<'_, DeviceSignIn>) -> Result<(), AgentError> {
+    sign_in.cancel()?;
+    Ok(())
+}
+
+/// Opens the pending sign-in's approval page in the person's browser; nothing else.
+#[tauri::command]
+pub fn open_approval_page<R: Runtime>(
+    app: AppHandle<R>,
+    sign_in: State<'_, DeviceSignIn>,
+    url: String,
+) -> Result<(), AgentError> {
+    let url = sign_in.approval_page(&url)?;
+    app.opener()
+        .open_url(url, None::<&str>)
+        .map_err(|e| AgentError::Internal(format!("could not open the browser: {e}")))
+}
+
+/// The consent screen: every capability with where the person stands on it.
+#[tauri::command]
+pub fn get_consent(agent: State<'_, Agent>) -> Result<Vec<ConsentItem>, AgentError> {
+    consent_items(&agent)
+}
+
+#[tauri::command]
+pub async fn grant_capability(agent: State<'_, Agent>, name: String) -> Result<Vec<ConsentItem>, AgentError> {
+    consent(&agent).grant(&Capability::parse(&name)?)?;
+    agent.reannounce_when_idle().await?;
+    consent_items(&agent)
+}
+
+#[tauri::command]
+pub async fn revoke_capability(agent: State<'_, Agent>, name: String) -> Result<Vec<ConsentItem>, AgentError> {
+    consent(&agent).revoke(&Capability::parse(&name)?)?;
+    agent.reannounce_when_idle().await?;
+    consent_items(&agent)
+}
+
+/// One line of the consent screen. `text` is the core's consent text, stored with a grant:
+/// the window shows it under its own plain words, so what is recorded is what was shown.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentItem {
+    pub name: String,
+    pub granted: bool,
+    /// Granted under an older text: it counts only once granted again.
+    pub outdated: bool,
+    pub text: String,
+}
+
+fn consent(agent: &Agent) -> Consent {
+    Consent::new(&agent.settings().data_dir)
+}
+
+/// The fixed capabilities, then every site the person granted browser tasks on.
+fn consent_items(agent: &Agent) -> Result<Vec<ConsentItem>, AgentError> {
+    let consent = consent(agent);
+    let mut capabilities = vec![Capability::HttpRequest, Capability::Bundle, Capability::Tunnel];
+    capabilities.extend(
+        consent
+            .grants()?
+            .into_iter()
+            .filter_map(|(name, _)| Capability::parse(&name).ok())
+            .filter(|c| matches!(c, Capability::Browser { .. })),
+    );
+    capabilities
+        .into_iter()
+        .map(|capability| {
+            let standing = consent.standing(&capability)?;
+            Ok(ConsentItem {
+                name: capability.name(),
+                granted: matches!(standing, Standing::Granted(_)),
+                outdated: matches!(standing, Standing::Outdated(_)),
+                text: capability.text(),
+            })
+        })
+        .collect()
 }
