@@ -123,8 +123,7 @@ pub fn in_root(root_dir: &Path, step: &str, script: &str, deadline: Instant) -> 
 pub fn bounded(step: &str, cmd: &mut Command, deadline: Instant) -> Result<()> {
     println!("debian root: {step}");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child =
-        cmd.spawn().with_context(|| format!("step {step:?}: could not start {:?}", cmd.get_program()))?;
+    let mut child = cmd.spawn().with_context(|| format!("step {step:?}: could not start {:?}", cmd.get_program()))?;
     let readers = [
         prefix_lines(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
         prefix_lines(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)),
@@ -253,10 +252,7 @@ pub fn unmount_under(dir: &Path) -> Result<()> {
 pub fn remove_unmounted(dir: &Path) -> Result<()> {
     let left = mounts_under(dir)?;
     if !left.is_empty() {
-        bail!(
-            "{} still has mounts under it ({left:?}); unmount them (umount -R -l) and run again",
-            dir.display()
-        );
+        bail!("{} still has mounts under it ({left:?}); unmount them (umount -R -l) and run again", dir.display());
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -268,48 +264,11 @@ pub fn remove_unmounted(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn readme() -> String {
-        std::fs::read_to_string(root().join("README.md")).unwrap()
-    }
-
-    #[test]
-    fn the_readme_starts_with_the_two_commands_and_fresh_check_runs_the_first() {
-        let text = readme();
-        let block: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("```")).skip(1).take(2).collect();
-        assert_eq!(block, ["cargo xtask demo", "cargo xtask test"]);
-        assert_eq!(readme_first_command(&text).unwrap(), "cargo xtask demo");
-    }
-
-    #[test]
-    fn the_readme_names_a_c_toolchain_and_git_among_the_prerequisites() {
-        // cargo links through `cc`, and ring, SQLite and mimalloc compile C: a machine with
-        // rustup alone cannot build xtask. The clone needs git.
-        let packages = readme_prerequisites(&readme()).unwrap();
-        for needed in ["git", "gcc", "libc6-dev", "ca-certificates"] {
-            assert!(packages.iter().any(|p| p == needed), "README prerequisites {packages:?} lack {needed}");
-        }
-    }
-
-    #[test]
-    fn the_demo_needs_nothing_the_readme_does_not_name() {
-        let packages = readme_prerequisites(&readme()).unwrap();
-        for needed in crate::deps::APT_DEMO {
-            assert!(packages.iter().any(|p| p == needed), "the demo installs {needed}, which the README does not name");
-        }
-    }
-
-    #[test]
-    fn a_readme_without_a_prerequisites_line_is_a_clear_error() {
-        let err = readme_prerequisites("# x\n```sh\ncargo xtask demo\n```\n").unwrap_err().to_string();
-        assert!(err.contains("apt-get install --no-install-recommends"), "{err}");
-        assert!(readme_prerequisites("apt-get install --no-install-recommends -y git\n").is_err());
-    }
-
     #[test]
     fn mounts_under_finds_only_paths_below_the_directory() {
         // /proc is mounted on every Linux machine; nothing is mounted under a fresh temp dir.
         assert!(mounts_under(Path::new("/proc")).unwrap().contains(&PathBuf::from("/proc")));
-        let dir = std::env::temp_dir().join(format!("fresh-check-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("debroot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert!(mounts_under(&dir).unwrap().is_empty());
         remove_unmounted(&dir).unwrap();

@@ -45,7 +45,9 @@ pub fn run(args: &[&str]) -> Result<()> {
         result
     };
     debroot::discard(&run_dir)?;
-    result.with_context(|| format!("fresh-check (bounded by {TIMEOUT_VAR}, default {DEFAULT_TIMEOUT_MINUTES} minutes)"))?;
+    result.with_context(|| {
+        format!("fresh-check (bounded by {TIMEOUT_VAR}, default {DEFAULT_TIMEOUT_MINUTES} minutes)")
+    })?;
     println!("fresh-check passed in {} s: `{first_command}` works on a minimal {release} root with only the README's prerequisites", started.elapsed().as_secs());
     Ok(())
 }
@@ -203,3 +205,44 @@ pub fn readme_first_command(readme: &str) -> Result<String> {
         .context("README.md's first code block is empty")
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readme() -> String {
+        std::fs::read_to_string(root().join("README.md")).unwrap()
+    }
+
+    #[test]
+    fn the_readme_starts_with_the_two_commands_and_fresh_check_runs_the_first() {
+        let text = readme();
+        let block: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("```")).skip(1).take(2).collect();
+        assert_eq!(block, ["cargo xtask demo", "cargo xtask test"]);
+        assert_eq!(readme_first_command(&text).unwrap(), "cargo xtask demo");
+    }
+
+    #[test]
+    fn the_readme_names_a_c_toolchain_and_git_among_the_prerequisites() {
+        // cargo links through `cc`, and ring, SQLite and mimalloc compile C: a machine with
+        // rustup alone cannot build xtask. The clone needs git.
+        let packages = readme_prerequisites(&readme()).unwrap();
+        for needed in ["git", "gcc", "libc6-dev", "ca-certificates"] {
+            assert!(packages.iter().any(|p| p == needed), "README prerequisites {packages:?} lack {needed}");
+        }
+    }
+
+    #[test]
+    fn the_demo_needs_nothing_the_readme_does_not_name() {
+        let packages = readme_prerequisites(&readme()).unwrap();
+        for needed in crate::deps::APT_DEMO {
+            assert!(packages.iter().any(|p| p == needed), "the demo installs {needed}, which the README does not name");
+        }
+    }
+
+    #[test]
+    fn a_readme_without_a_prerequisites_line_is_a_clear_error() {
+        let err = readme_prerequisites("# x\n```sh\ncargo xtask demo\n```\n").unwrap_err().to_string();
+        assert!(err.contains("apt-get install --no-install-recommends"), "{err}");
+        assert!(readme_prerequisites("apt-get install --no-install-recommends -y git\n").is_err());
+    }
+}

@@ -82,10 +82,15 @@ fn tauri_cli() -> Result<PathBuf> {
         .context("neither CARGO_HOME nor HOME is set")?;
     let bin = home.join("bin/cargo-tauri");
     let version = Command::new(&bin).arg("--version").output().ok().filter(|o| o.status.success());
-    let current = version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == format!("tauri-cli {TAURI_CLI_VERSION}"));
+    let current =
+        version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == format!("tauri-cli {TAURI_CLI_VERSION}"));
     if !current {
         eprintln!("building tauri-cli {TAURI_CLI_VERSION} from crates.io into {} (once per machine)", bin.display());
-        checked(cargo().args(["install", "tauri-cli", "--version", TAURI_CLI_VERSION, "--locked", "--force", "--root"]).arg(&home))?;
+        checked(
+            cargo()
+                .args(["install", "tauri-cli", "--version", TAURI_CLI_VERSION, "--locked", "--force", "--root"])
+                .arg(&home),
+        )?;
     }
     Ok(bin)
 }
@@ -159,7 +164,12 @@ fn check_rpm(rpm: &Path) -> Result<()> {
     // The bundler declares the shared libraries themselves (sonames), as rpm-build would.
     ensure!(requires.contains("libwebkit2gtk-4.1.so.0"), "the rpm does not require WebKitGTK 4.1:\n{requires}");
     ensure!(requires.contains("libgtk-3.so.0"), "the rpm does not require GTK 3:\n{requires}");
-    println!("rpm: {} ({} KB), Requires: {}", rpm.display(), size_kb(rpm), requires.split_whitespace().collect::<Vec<_>>().join(" "));
+    println!(
+        "rpm: {} ({} KB), Requires: {}",
+        rpm.display(),
+        size_kb(rpm),
+        requires.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     Ok(())
 }
 
@@ -209,7 +219,12 @@ fn check_in_root(mounts: &mut Mounts, root_dir: &Path, deb: &Path, deadline: Ins
     // the autostart entry goes with the rest); purge then leaves no trace in dpkg either.
     // The person's data in their home stays, as Debian's policy has it for every package.
     let data = root_dir.join("root/.local/share/edge-agent");
-    debroot::in_root(root_dir, "removing the package", &format!("apt-get remove -y -qq {PACKAGE} >/dev/null"), deadline)?;
+    debroot::in_root(
+        root_dir,
+        "removing the package",
+        &format!("apt-get remove -y -qq {PACKAGE} >/dev/null"),
+        deadline,
+    )?;
     let left: Vec<&str> = installed.lines().filter(|p| root_dir.join(p.trim_start_matches('/')).is_file()).collect();
     ensure!(left.is_empty(), "after removal these files of the package remain: {left:?}");
     // With no conffile the removal already forgot the package; `dpkg --purge` says so and
@@ -256,7 +271,8 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
              cat /tmp/release-check/app.log; exit 1; fi"
         );
         let root_owned = root_dir.to_path_buf();
-        let app = std::thread::spawn(move || debroot::in_root(&root_owned, "starting the installed app", &script, deadline));
+        let app =
+            std::thread::spawn(move || debroot::in_root(&root_owned, "starting the installed app", &script, deadline));
         let on_display = |program: &str, args: &[&str]| {
             Command::new(program).args(args).env("DISPLAY", format!(":{display}")).output()
         };
@@ -280,7 +296,9 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
         let ran = app.join().map_err(|_| anyhow::anyhow!("the app's thread panicked"))?;
         let log = std::fs::read_to_string(out.join("app.log")).unwrap_or_default();
         ran?;
-        seen.with_context(|| format!("the installed app showed no window titled {WINDOW_TITLE:?} within 30 s; its log:\n{log}"))?;
+        seen.with_context(|| {
+            format!("the installed app showed no window titled {WINDOW_TITLE:?} within 30 s; its log:\n{log}")
+        })?;
         ensure!(drawn, "the installed app's window stayed blank ({}); its log:\n{log}", shot.display());
         println!("release: the installed app started and drew its window ({})", shot.display());
         Ok(())
@@ -303,7 +321,9 @@ fn colours(image: &Path) -> u64 {
 
 fn free_display() -> Result<u32> {
     (90..200)
-        .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !Path::new(&format!("/tmp/.X{n}-lock")).exists())
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        })
         .context("no free X display number between :90 and :199")
 }
 

@@ -478,8 +478,13 @@ mod tests {
         let bound: SocketAddr = "10.1.2.3:8443".parse().expect("literal");
         assert_eq!(advertise_url(&config(false, None), bound).unwrap(), "http://10.1.2.3:8443");
         assert_eq!(advertise_url(&config(true, None), bound).unwrap(), "https://10.1.2.3:8443");
-        assert_eq!(advertise_url(&config(true, Some("https://hub-b.internal:8443/")), bound).unwrap(), "https://hub-b.internal:8443");
-        for (tls, url) in [(true, "http://hub-b:80"), (false, "https://hub-b:443"), (false, "ftp://hub-b"), (false, "hub-b:80")] {
+        assert_eq!(
+            advertise_url(&config(true, Some("https://hub-b.internal:8443/")), bound).unwrap(),
+            "https://hub-b.internal:8443"
+        );
+        for (tls, url) in
+            [(true, "http://hub-b:80"), (false, "https://hub-b:443"), (false, "ftp://hub-b"), (false, "hub-b:80")]
+        {
             let error = advertise_url(&config(tls, Some(url)), bound).unwrap_err().to_string();
             assert!(error.contains("--advertise-url"), "{url}: {error}");
         }

@@ -221,8 +221,7 @@ async fn tls_tunnel_agent(hub: &TestHub, token: &str, ca: &std::path::Path) -> T
     let tcp = TcpStream::connect(addr).await.expect("the TLS hub accepts");
     let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string()).expect("server name");
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
-    let mut request =
-        format!("wss://{addr}{}", edge_tunnel::TUNNEL_PATH).into_client_request().expect("tunnel URL");
+    let mut request = format!("wss://{addr}{}", edge_tunnel::TUNNEL_PATH).into_client_request().expect("tunnel URL");
     request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().expect("header value"));
     let (socket, _) = tokio_tungstenite::client_async(request, tls).await.expect("the tunnel's WebSocket connects");
     serve_tunnel(socket)
@@ -433,8 +432,11 @@ async fn a_dead_instances_leftover_routes_do_not_fail_clients_of_the_live_ones()
     // hash to the dead one) all get through, every time.
     for round in 0..6 {
         for hub in [&a, &c] {
-            let user =
-                if round % 2 == 0 { format!("creator-{CREATOR}") } else { format!("creator-{CREATOR}-session-s{round}") };
+            let user = if round % 2 == 0 {
+                format!("creator-{CREATOR}")
+            } else {
+                format!("creator-{CREATOR}-session-s{round}")
+            };
             let (client, head) = connect_through(hub, &user, "echo.test:7").await;
             assert!(head.starts_with("HTTP/1.1 200"), "round {round} through {}: {head}", hub.base);
             assert_eq!(echo_round_trip(client, b"still here").await, b"still here");

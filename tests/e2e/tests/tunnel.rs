@@ -306,8 +306,12 @@ fn killing_a_hub_instance_leaves_the_clients_of_the_others_working() -> Result<(
     let operator = hubs[0].api_key()?;
     let mut agents = Vec::new();
     for (i, hub) in hubs.iter().take(2).enumerate() {
-        let mut agent =
-            Agent::new(&bins, &format!("e2e-kill-{i}-{}", std::process::id()), "auto", &dir.path().join(format!("agent{i}")));
+        let mut agent = Agent::new(
+            &bins,
+            &format!("e2e-kill-{i}-{}", std::process::id()),
+            "auto",
+            &dir.path().join(format!("agent{i}")),
+        );
         agent.login(&hub.url, &hub.enroll_token(creator)?)?;
         agent.allow_egress(&site.base_url);
         agent.grant(&["tunnel"])?;

@@ -217,7 +217,8 @@ impl Exit {
         match self {
             Exit::Local(tunnel) => Ok(Opened { io: Box::new(tunnel.open(target).await?), metered: true }),
             Exit::Remote(route) => {
-                let opened = link::open_remote(app, &route.relay_url, &route.instance_id, &route.agent_id, target).await;
+                let opened =
+                    link::open_remote(app, &route.relay_url, &route.instance_id, &route.agent_id, target).await;
                 if let Err(OpenError::InstanceGone(why)) = &opened {
                     warn!(instance_id = %route.instance_id, reason = %why, "instance unreachable; its tunnels are passed over for now");
                     app.gone_instances.mark(&route.instance_id, ROUTE_STALE_AFTER);
