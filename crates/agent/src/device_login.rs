@@ -62,6 +62,17 @@ pub struct DeviceApproved {
     pub enrolled: EnrollResponse,
 }
 
+/// The approval page is shown to the person and opened in their browser: only an http(s)
+/// address is, whatever the hub says (never `file:`, `javascript:` or an app's own scheme).
+fn web_page(page: &str) -> Result<(), AgentError> {
+    match url::Url::parse(page) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(()),
+        _ => Err(AgentError::HubProtocol(format!(
+            "the hub named {page:?} as its approval page, which is not a web address; ask the hub's operator"
+        ))),
+    }
+}
+
 impl DeviceLogin {
     /// Asks `hub` for codes for a new device key.
     pub async fn start(hub_url: &str, name: Option<String>) -> Result<DeviceLogin, AgentError> {
@@ -72,6 +83,9 @@ impl DeviceLogin {
         let started = Instant::now();
         if answer.device_code.is_empty() || answer.user_code.is_empty() || answer.expires_in == 0 {
             return Err(AgentError::HubProtocol("the device code answer has an empty code or lifetime".into()));
+        }
+        for page in [&answer.verification_uri, &answer.verification_uri_complete] {
+            web_page(page)?;
         }
         let codes = DeviceLoginCodes {
             hub_url: hub.to_string(),
@@ -155,5 +169,21 @@ fn start_error(hub: &HubUrl, error: AgentError) -> AgentError {
         }
         AgentError::HubProtocol(detail) => AgentError::DeviceLoginUnsupported { hub: hub.to_string(), detail },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_web_address_is_taken_as_the_approval_page() {
+        for good in ["https://hub.example.com/device", "http://127.0.0.1:8787/device?user_code=ABCD-EFGH"] {
+            assert!(web_page(good).is_ok(), "{good}");
+        }
+        for bad in ["file:///etc/passwd", "javascript:alert(1)", "smb://nas/share", "data:text/html,hi", "/device", ""] {
+            let error = web_page(bad).unwrap_err().to_string();
+            assert!(error.contains("not a web address"), "{bad}: {error}");
+        }
     }
 }
