@@ -181,7 +181,8 @@ mod tests {
         for good in ["https://hub.example.com/device", "http://127.0.0.1:8787/device?user_code=ABCD-EFGH"] {
             assert!(web_page(good).is_ok(), "{good}");
         }
-        for bad in ["file:///etc/passwd", "javascript:alert(1)", "smb://nas/share", "data:text/html,hi", "/device", ""] {
+        for bad in ["file:///etc/passwd", "javascript:alert(1)", "smb://nas/share", "data:text/html,hi", "/device", ""]
+        {
             let error = web_page(bad).unwrap_err().to_string();
             assert!(error.contains("not a web address"), "{bad}: {error}");
         }
