@@ -15,6 +15,7 @@
 use crate::debroot::{self, Mounts};
 use crate::util::{cargo, checked, have, is_root, root};
 use anyhow::{bail, ensure, Context, Result};
+use edge_e2e::wait_until;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -260,7 +261,7 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
         .context("starting Xvfb")?;
     let result = (|| -> Result<()> {
         let socket = PathBuf::from(format!("/tmp/.X11-unix/X{display}"));
-        wait(Duration::from_secs(10), || socket.exists()).context("Xvfb made no socket")?;
+        wait_until(Duration::from_secs(10), || Ok(socket.exists())).context("Xvfb made no socket")?;
         mounts.bind(Path::new("/tmp/.X11-unix"), &root_dir.join("tmp/.X11-unix"), true)?;
         mounts.bind(&out, &root_dir.join("tmp/release-check"), false)?;
         // The app runs until `timeout` ends it; exit 124 means it was still running then.
@@ -277,20 +278,20 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
             Command::new(program).args(args).env("DISPLAY", format!(":{display}")).output()
         };
         let mut window = String::new();
-        let seen = wait(Duration::from_secs(30), || {
+        let seen = wait_until(Duration::from_secs(30), || {
             match on_display("xdotool", &["search", "--onlyvisible", "--name", WINDOW_TITLE]) {
                 Ok(o) if o.status.success() && !o.stdout.is_empty() => {
                     window = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_owned();
-                    true
+                    Ok(true)
                 }
-                _ => false,
+                _ => Ok(false),
             }
         });
         let shot = out.join("installed-app.png");
         let drawn = seen.is_ok()
-            && wait(Duration::from_secs(20), || {
+            && wait_until(Duration::from_secs(20), || {
                 let took = on_display("import", &["-window", &window, shot.to_str().unwrap_or_default()]);
-                took.is_ok_and(|o| o.status.success()) && colours(&shot) > 8
+                Ok(took.is_ok_and(|o| o.status.success()) && colours(&shot) > 8)
             })
             .is_ok();
         let ran = app.join().map_err(|_| anyhow::anyhow!("the app's thread panicked"))?;
@@ -325,15 +326,4 @@ fn free_display() -> Result<u32> {
             !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
         })
         .context("no free X display number between :90 and :199")
-}
-
-fn wait(limit: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if done() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    bail!("not within {limit:?}")
 }
