@@ -8,6 +8,7 @@
 
 use super::{ApiJson, AppState, Caller, Failure};
 use crate::crypto::{self, now_ms, rfc3339, sha256_hex, USER_CODE_ALPHABET};
+use crate::queue::millis;
 use crate::store::{DeviceCodeRecord, DeviceCodeStatus, DeviceDecision, DevicePoll, NewDeviceCode};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -272,10 +273,6 @@ fn grant_error(error: DeviceGrantError, message: impl Into<String>) -> Failure {
 
 fn unknown_device_code() -> Failure {
     grant_error(DeviceGrantError::InvalidGrant, "this hub issued no such device code: start a new sign-in")
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The page's absolute address, as the person's browser should open it.
