@@ -39,6 +39,23 @@ pub fn config() -> yamux::Config {
     config
 }
 
+/// Bytes of yamux output held back until yamux flushes. yamux writes each frame as two
+/// writes, its 12-byte header and then its body, and over TLS each write becomes a record and
+/// a send of its own (over the WebSocket, a message of its own): a request of a few hundred
+/// bytes cost two records and two packets each way. Buffered, a small frame leaves as one
+/// write at yamux's flush, which it does after every frame it sends. A body larger than this
+/// goes out directly after the buffered header, as before, so bulk throughput is unchanged,
+/// and a tunnel holds only this much more memory on each side.
+const COALESCE: usize = 4 * 1024;
+
+/// `io` with its writes held until the next flush (see [`COALESCE`]); reads pass through.
+fn coalesced<T>(io: T) -> futures_util::io::BufWriter<T>
+where
+    T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin,
+{
+    futures_util::io::BufWriter::with_capacity(COALESCE, io)
+}
+
 type OpenRequest = oneshot::Sender<Result<yamux::Stream, MuxError>>;
 
 /// Opens streams on one tunnel (the hub's side); cheap to clone.
@@ -68,7 +85,7 @@ where
     T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (requests, mut incoming) = mpsc::unbounded_channel::<OpenRequest>();
-    let mut connection = yamux::Connection::new(io, config(), yamux::Mode::Client);
+    let mut connection = yamux::Connection::new(coalesced(io), config(), yamux::Mode::Client);
     let driver = async move {
         let mut waiting: std::collections::VecDeque<OpenRequest> = Default::default();
         let mut openers_gone = false;
@@ -124,7 +141,7 @@ where
     T: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Unpin + Send + 'static,
     F: FnMut(MuxStream),
 {
-    let mut connection = yamux::Connection::new(io, config(), yamux::Mode::Server);
+    let mut connection = yamux::Connection::new(coalesced(io), config(), yamux::Mode::Server);
     loop {
         match poll_fn(|cx| connection.poll_next_inbound(cx)).await {
             Some(Ok(stream)) => on_stream(stream.compat()),
