@@ -1,4 +1,4 @@
-//! `cargo xtask bench [agent|tray|hub|bundles|browser|egress|tunnel [latency]]`: the numbers in docs/benchmarks.md, measured on release
+//! `cargo xtask bench [agent|tray|hub|bundles|browser|egress|tunnel [latency|rounds]]`: the numbers in docs/benchmarks.md, measured on release
 //! builds over loopback. Prints Markdown rows to paste into that file.
 
 use crate::deps::{ensure_apt, APT_BUILD, APT_TEST};
