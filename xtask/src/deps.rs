@@ -49,6 +49,9 @@ pub const APT_TEST: &[&str] = &[
     "curl",
     // `cargo xtask release --dry-run` reads the rpm's file list and requirements.
     "rpm",
+    // The hub's systemd unit is checked with systemd-analyze, its OCI image packed with umoci.
+    "systemd",
+    "umoci",
 ];
 
 /// What `cargo xtask demo` itself needs (checked, installed when root): the C toolchain its
