@@ -12,7 +12,9 @@ mod bench_vm;
 mod debroot;
 mod demo;
 mod deps;
+mod docs;
 mod fresh_check;
+mod hub_image;
 mod release;
 mod test;
 mod util;
@@ -20,7 +22,7 @@ mod util;
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | release --dry-run [--debug] | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel [latency]] [--skip-install]>
+    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | release --dry-run [--debug] | docs | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel [latency|rounds]] [--skip-install]>
 
   demo         hub on a temporary SQLite file + a headless agent + real jobs, end to end;
                one line per job and a closing table (--verbose: each job's full record)
@@ -29,6 +31,8 @@ const USAGE: &str =
                README's prerequisites (root; debootstrap)
   release      --dry-run [--debug]: the tray's deb and rpm from the Tauri bundler, checked,
                installed into a minimal Debian root, started there and removed (root)
+  docs         the install guides (English, French) and the hub operations guide as HTML
+               and PDF in target/docs/ (Chromium headless prints the PDFs)
   bench        install what is missing, then measure the numbers recorded in docs/benchmarks.md";
 
 fn main() -> Result<()> {
@@ -39,6 +43,7 @@ fn main() -> Result<()> {
         Some("fresh-check") => fresh_check::run(&rest),
         Some("test") => test::run(&rest),
         Some("release") => release::run(&rest),
+        Some("docs") => docs::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("tree-rss") => bench::tree_rss(&rest),
         Some("-h" | "--help" | "help") | None => {
