@@ -39,6 +39,10 @@ pub use crate::state::{AgentEvent, AgentSnapshot, ConnectionState, JobRecord, Jo
 pub const DEFAULT_HB_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PROFILE: &str = "default";
 
+/// How often the snapshot's quiet hours follow the clock: the start or end shows at most
+/// this late (the executor checks the clock itself at every job).
+const QUIET_HOURS_CHECK: Duration = Duration::from_secs(20);
+
 /// How long `shutdown` waits for the loop to report cancelled jobs and close the socket.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -127,6 +131,15 @@ impl Inner {
                 s.keychain_backend = backend;
             }
         });
+    }
+
+    /// Brings the snapshot's `quiet_until` in line with settings.json and the clock.
+    fn refresh_quiet_hours(&self) {
+        let until =
+            crate::limits::QuietHoursGate::new(&self.settings.data_dir).until(crate::limits::local_minute_now());
+        if self.state.snapshot().quiet_until != until {
+            self.state.update(|s| s.quiet_until = until);
+        }
     }
 
     async fn load_credentials(&self) -> Result<Option<Credentials>, AgentError> {
@@ -226,6 +239,21 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             }
         }
     });
+    // Quiet hours show in the snapshot while they hold; their start and end need no event,
+    // so look at the clock now and then.
+    tokio::spawn({
+        let inner = Arc::clone(&inner);
+        let cancel = cancel.clone();
+        async move {
+            loop {
+                inner.refresh_quiet_hours();
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(QUIET_HOURS_CHECK) => {}
+                }
+            }
+        }
+    });
     let executor = Executor::spawn(ExecutorConfig {
         state: state.clone(),
         runners,
@@ -236,6 +264,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         reports_to: Some(tokens.clone()),
         after_job: Some(Arc::new(move || host.refresh_status())),
         jobs_per_hour: Some(crate::limits::JobsPerHour::new(&data_dir)),
+        quiet_hours: Some(crate::limits::QuietHoursGate::new(&data_dir)),
         cancel: cancel.clone(),
     });
     if let Some(browser) = &browser {
@@ -485,6 +514,19 @@ impl AgentService {
         self.inner.browser.runtime().reset_circuit();
     }
 
+    /// Applies what the person just saved in settings.json to the running agent: the daily
+    /// data cap and the quiet hours shown in the snapshot. The jobs-per-hour cap and the
+    /// quiet hours themselves are read at every job anyway; the messages-per-hour cap is
+    /// read when the browser runtime starts.
+    pub fn apply_local_settings(&self) -> Result<(), AgentError> {
+        let local = LocalSettings::load(&self.inner.settings.data_dir)?;
+        if let Ok(gate) = &self.inner.egress {
+            gate.meter().set_cap(local.caps.bytes_per_day);
+        }
+        self.inner.refresh_quiet_hours();
+        Ok(())
+    }
+
     /// Stop taking new jobs (running ones finish); the hub is told via `availability`.
     pub fn pause(&self) {
         self.set_paused(true);
@@ -557,5 +599,44 @@ impl AgentService {
                 handle.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::MemoryCredentialStore;
+    use crate::local_settings::QuietHours;
+
+    #[tokio::test]
+    async fn settings_saved_while_running_reach_the_meter_and_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = AgentService::with_store(
+            AgentSettings::new(dir.path().to_path_buf()),
+            Arc::new(MemoryCredentialStore::new()),
+        );
+        assert_eq!(service.egress().unwrap().meter().cap(), None);
+        assert_eq!(service.snapshot().quiet_until, None);
+
+        // Quiet all day but for the minute four minutes from now.
+        let now = crate::limits::local_minute_now();
+        let at = |minutes: u16| {
+            let m = (now + minutes) % (24 * 60);
+            format!("{:02}:{:02}", m / 60, m % 60)
+        };
+        let mut local = LocalSettings::load(dir.path()).unwrap();
+        local.caps.bytes_per_day = Some(5_000_000);
+        local.quiet_hours = Some(QuietHours::new(&at(5), &at(4)).unwrap());
+        local.save(dir.path()).unwrap();
+        service.apply_local_settings().unwrap();
+        assert_eq!(service.egress().unwrap().meter().cap(), Some(5_000_000));
+        assert_eq!(service.snapshot().quiet_until, Some(at(4)));
+
+        local.quiet_hours = None;
+        local.caps.bytes_per_day = None;
+        local.save(dir.path()).unwrap();
+        service.apply_local_settings().unwrap();
+        assert_eq!(service.egress().unwrap().meter().cap(), None);
+        assert_eq!(service.snapshot().quiet_until, None);
     }
 }
