@@ -2,6 +2,8 @@
 //! with the fresh snapshot so the window can render without waiting for the event.
 //! Errors are the core's `AgentError`, which serializes as `{code, message}`.
 
+pub mod settings;
+
 use crate::app::Agent;
 use crate::device_sign_in::{DeviceSignIn, DeviceSignInView};
 use edge_agent::consent::{Capability, Consent, Standing};
