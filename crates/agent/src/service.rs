@@ -116,6 +116,8 @@ struct Inner {
     egress: Result<EgressGate, String>,
     /// The connection loop, when one runs. Only the service starts and stops it.
     running: Mutex<Option<RunningLoop>>,
+    /// The person saved settings.json (the tray): the loop looks at the quiet hours at once.
+    settings_changed: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -133,13 +135,16 @@ impl Inner {
         });
     }
 
-    /// Brings the snapshot's `quiet_until` in line with settings.json and the clock.
-    fn refresh_quiet_hours(&self) {
+    /// Brings the snapshot's `quiet_until` in line with settings.json and the clock; whether
+    /// quiet hours hold now.
+    fn refresh_quiet_hours(&self) -> bool {
         let until =
             crate::limits::QuietHoursGate::new(&self.settings.data_dir).until(crate::limits::local_minute_now());
+        let quiet = until.is_some();
         if self.state.snapshot().quiet_until != until {
             self.state.update(|s| s.quiet_until = until);
         }
+        quiet
     }
 
     async fn load_credentials(&self) -> Result<Option<Credentials>, AgentError> {
@@ -239,17 +244,25 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             }
         }
     });
-    // Quiet hours show in the snapshot while they hold; their start and end need no event,
-    // so look at the clock now and then.
+    // What the hub is told: paused by the person, or in quiet hours (so the hub offers no job
+    // then, rather than one the executor would refuse). Quiet hours show in the snapshot while
+    // they hold; their start and end come with no event, so look at the clock now and then.
+    // Set before the session starts, so that its `hello` already says so.
+    let (hub_paused, hub_paused_rx) = watch::channel(*inner.paused.borrow() || inner.refresh_quiet_hours());
     tokio::spawn({
         let inner = Arc::clone(&inner);
         let cancel = cancel.clone();
         async move {
+            let mut person = inner.paused.subscribe();
             loop {
-                inner.refresh_quiet_hours();
+                let quiet = inner.refresh_quiet_hours();
+                let paused = *person.borrow_and_update() || quiet;
+                hub_paused.send_if_modified(|current| std::mem::replace(current, paused) != paused);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(QUIET_HOURS_CHECK) => {}
+                    _ = inner.settings_changed.notified() => {}
+                    changed = person.changed() => if changed.is_err() { return },
                 }
             }
         }
@@ -290,7 +303,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         capabilities,
         slots: inner.settings.slots,
         hb_interval: inner.settings.hb_interval,
-        paused: inner.paused.subscribe(),
+        paused: hub_paused_rx,
     };
     session::run(config, cancel).await;
 }
@@ -335,6 +348,7 @@ impl AgentService {
                 browser,
                 egress,
                 running: Mutex::new(None),
+                settings_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -516,14 +530,16 @@ impl AgentService {
 
     /// Applies what the person just saved in settings.json to the running agent: the daily
     /// data cap and the quiet hours shown in the snapshot. The jobs-per-hour cap and the
-    /// quiet hours themselves are read at every job anyway; the messages-per-hour cap is
-    /// read when the browser runtime starts.
+    /// quiet hours themselves are read at every job anyway, and the hub hears of them at
+    /// once; the messages-per-hour cap is read when the browser runtime starts.
     pub fn apply_local_settings(&self) -> Result<(), AgentError> {
         let local = LocalSettings::load(&self.inner.settings.data_dir)?;
         if let Ok(gate) = &self.inner.egress {
             gate.meter().set_cap(local.caps.bytes_per_day);
         }
         self.inner.refresh_quiet_hours();
+        // A permit is kept if the loop is not waiting right now: no change is missed.
+        self.inner.settings_changed.notify_one();
         Ok(())
     }
 
@@ -629,6 +645,7 @@ mod tests {
         local.quiet_hours = Some(QuietHours::new(&at(5), &at(4)).unwrap());
         local.save(dir.path()).unwrap();
         service.apply_local_settings().unwrap();
+        assert!(service.inner.refresh_quiet_hours());
         assert_eq!(service.egress().unwrap().meter().cap(), Some(5_000_000));
         assert_eq!(service.snapshot().quiet_until, Some(at(4)));
 

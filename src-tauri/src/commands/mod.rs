@@ -122,6 +122,16 @@ pub struct ConsentItem {
     pub text: String,
 }
 
+/// Every site the person granted browser tasks on (under the current text or an older one).
+fn browser_grants(consent: &Consent) -> Result<Vec<Capability>, AgentError> {
+    Ok(consent
+        .grants()?
+        .into_iter()
+        .filter_map(|(name, _)| Capability::parse(&name).ok())
+        .filter(|c| matches!(c, Capability::Browser { .. }))
+        .collect())
+}
+
 fn consent(agent: &Agent) -> Consent {
     Consent::new(&agent.settings().data_dir)
 }
@@ -130,13 +140,7 @@ fn consent(agent: &Agent) -> Consent {
 fn consent_items(agent: &Agent) -> Result<Vec<ConsentItem>, AgentError> {
     let consent = consent(agent);
     let mut capabilities = vec![Capability::HttpRequest, Capability::Bundle, Capability::Tunnel];
-    capabilities.extend(
-        consent
-            .grants()?
-            .into_iter()
-            .filter_map(|(name, _)| Capability::parse(&name).ok())
-            .filter(|c| matches!(c, Capability::Browser { .. })),
-    );
+    capabilities.extend(browser_grants(&consent)?);
     capabilities
         .into_iter()
         .map(|capability| {

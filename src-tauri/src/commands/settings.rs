@@ -60,11 +60,10 @@ fn caps_view(local: &LocalSettings) -> CapsView {
 fn view(agent: &Agent) -> Result<SettingsView, AgentError> {
     let data_dir = &agent.settings().data_dir;
     let local = LocalSettings::load(data_dir)?;
-    let sites = local
-        .grants
-        .keys()
-        .filter_map(|name| match Capability::parse(name) {
-            Ok(Capability::Browser { site }) => Some(site),
+    let sites = super::browser_grants(&super::consent(agent))?
+        .into_iter()
+        .filter_map(|capability| match capability {
+            Capability::Browser { site } => Some(site),
             _ => None,
         })
         .collect();
