@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(Preferences::load(dir.path()).language, LanguageChoice::System);
         Preferences { language: LanguageChoice::Fr }.save(dir.path()).unwrap();
         assert_eq!(Preferences::load(dir.path()).language, LanguageChoice::Fr);
-        assert_eq!(std::fs::read_to_string(Preferences::path(dir.path())).unwrap().contains("\"fr\""), true);
+        assert!(std::fs::read_to_string(Preferences::path(dir.path())).unwrap().contains("\"fr\""));
         std::fs::write(Preferences::path(dir.path()), b"{damaged").unwrap();
         assert_eq!(Preferences::load(dir.path()), Preferences::default());
         assert_eq!(LanguageChoice::En.resolve(), Lang::En);
