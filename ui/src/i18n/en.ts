@@ -116,7 +116,7 @@ export const en = {
   unitGB: "GB",
   detailsTitle: "Details",
   factConnection: "Connection",
-  factJobs: "Tasks",
+  factJobs: "Jobs",
   factHub: "Hub",
   factAgent: "This computer",
   factKeychain: "Keychain",
