@@ -50,6 +50,12 @@ pub fn run() -> i32 {
         data_dir = %options.agent.data_dir.display(),
         "tray app starting"
     );
+    // The tray's words (menu, notifications) in the person's language, before any is shown.
+    crate::i18n::set_current(crate::preferences::Preferences::load(&options.agent.data_dir).language.resolve());
+    // An enabled start at login follows the program if an update moved it.
+    if let Err(err) = crate::autostart::reapply() {
+        tracing::warn!(error = %err, "could not renew the start-at-login entry");
+    }
     let agent: Agent = Arc::new(AgentService::new(options.agent));
     let show_at_start = options.show_window;
 
@@ -77,6 +83,15 @@ pub fn run() -> i32 {
                 commands::get_consent,
                 commands::grant_capability,
                 commands::revoke_capability,
+                commands::settings::get_settings,
+                commands::settings::save_caps,
+                commands::settings::set_quiet_hours,
+                commands::settings::set_uploads_dir,
+                commands::settings::set_start_at_login,
+                commands::settings::set_language,
+                commands::settings::open_log_folder,
+                commands::settings::get_usage,
+                commands::settings::log_in_to_site,
             ])
             .on_window_event(|window, event| {
                 // Closing the window destroys it (the agent keeps working in the tray, and

@@ -4,11 +4,14 @@
 //! wires it to a window (commands + events), a tray icon and desktop notifications.
 
 mod app;
+mod autostart;
 mod commands;
 mod device_sign_in;
 mod events;
+mod i18n;
 mod logging;
 mod notifications;
+mod preferences;
 mod settings;
 mod tray;
 

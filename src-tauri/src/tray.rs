@@ -1,11 +1,12 @@
 //! The tray icon: its image and tooltip follow the agent's state, its menu offers Open,
-//! Pause/Resume and Quit.
+//! Pause/Resume and Quit, in the current language (`i18n`).
 //!
 //! Platform tray support is the least reliable part of a desktop (no tray host, missing
 //! appindicator library, a StatusNotifier host that vanishes), so creation failures are
 //! returned, never panicked on, and every later update is best effort.
 
 use crate::app::{self, Agent};
+use crate::i18n::{self, fill, Lang, Texts};
 use edge_agent::{AgentSnapshot, ConnectionState};
 use std::sync::Mutex;
 use tauri::image::Image;
@@ -59,16 +60,23 @@ impl TrayState {
 }
 
 pub fn tooltip(s: &AgentSnapshot) -> String {
+    tooltip_in(i18n::t(), s)
+}
+
+fn tooltip_in(t: &Texts, s: &AgentSnapshot) -> String {
     let detail = match TrayState::from_snapshot(s) {
-        TrayState::Offline if !s.logged_in => "not logged in".to_owned(),
-        TrayState::Offline if s.connection == ConnectionState::Connecting => "connecting…".to_owned(),
-        TrayState::Offline => "offline".to_owned(),
-        TrayState::Online => "online, waiting for jobs".to_owned(),
-        TrayState::Busy => "running a job".to_owned(),
-        TrayState::Paused => "paused, no new jobs".to_owned(),
-        TrayState::Error => format!("error: {}", s.last_error.as_deref().unwrap_or("unknown")),
+        TrayState::Offline if !s.logged_in => t.tip_signed_out.to_owned(),
+        TrayState::Offline if s.connection == ConnectionState::Connecting => t.tip_connecting.to_owned(),
+        TrayState::Offline => t.tip_offline.to_owned(),
+        TrayState::Online => match &s.quiet_until {
+            Some(time) => fill(t.tip_quiet, &[("time", time)]),
+            None => t.tip_online.to_owned(),
+        },
+        TrayState::Busy => t.tip_busy.to_owned(),
+        TrayState::Paused => t.tip_paused.to_owned(),
+        TrayState::Error => fill(t.tip_error, &[("error", s.last_error.as_deref().unwrap_or_default())]),
     };
-    format!("Edge Agent — {detail}")
+    fill(t.tooltip, &[("state", &detail)])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +92,9 @@ pub enum TrayError {
 /// Handles kept to update the tray later; absent when there is no tray.
 struct TrayHandles<R: Runtime> {
     icon: TrayIcon<R>,
+    open_item: MenuItem<R>,
     pause_item: MenuItem<R>,
+    quit_item: MenuItem<R>,
     /// What the platform shows now; snapshots arrive often and most change nothing here.
     shown: Mutex<Shown>,
 }
@@ -95,11 +105,18 @@ struct Shown {
     tooltip: String,
     paused: bool,
     logged_in: bool,
+    lang: Lang,
 }
 
 impl Shown {
     fn of(s: &AgentSnapshot) -> Shown {
-        Shown { state: TrayState::from_snapshot(s), tooltip: tooltip(s), paused: s.paused, logged_in: s.logged_in }
+        Shown {
+            state: TrayState::from_snapshot(s),
+            tooltip: tooltip(s),
+            paused: s.paused,
+            logged_in: s.logged_in,
+            lang: i18n::current(),
+        }
     }
 }
 
@@ -125,11 +142,11 @@ pub fn create<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Resul
 
 fn build<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Result<(), TrayError> {
     let shown = Shown::of(snapshot);
-    let open = MenuItem::with_id(app, MENU_OPEN, "Open", true, None::<&str>)?;
+    let open = MenuItem::with_id(app, MENU_OPEN, i18n::t().menu_open, true, None::<&str>)?;
     let pause_item =
         MenuItem::with_id(app, MENU_PAUSE, pause_label(snapshot.paused), snapshot.logged_in, None::<&str>)?;
     let separator = PredefinedMenuItem::separator(app)?;
-    let quit = MenuItem::with_id(app, MENU_QUIT, "Quit", true, None::<&str>)?;
+    let quit = MenuItem::with_id(app, MENU_QUIT, i18n::t().menu_quit, true, None::<&str>)?;
     let menu = Menu::with_items(app, &[&open, &pause_item, &separator, &quit])?;
 
     let icon = TrayIconBuilder::with_id(TRAY_ID)
@@ -147,15 +164,15 @@ fn build<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Result<(),
         })
         .build(app)?;
 
-    app.manage(TrayHandles { icon, pause_item, shown: Mutex::new(shown) });
+    app.manage(TrayHandles { icon, open_item: open, pause_item, quit_item: quit, shown: Mutex::new(shown) });
     Ok(())
 }
 
 fn pause_label(paused: bool) -> &'static str {
     if paused {
-        "Resume jobs"
+        i18n::t().menu_resume
     } else {
-        "Pause jobs"
+        i18n::t().menu_pause
     }
 }
 
@@ -202,9 +219,17 @@ pub fn update<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) {
             tracing::warn!(error = %err, "could not change the tray tooltip");
         }
     }
-    if shown.paused != next.paused {
+    if shown.paused != next.paused || shown.lang != next.lang {
         if let Err(err) = handles.pause_item.set_text(pause_label(next.paused)) {
             tracing::warn!(error = %err, "could not change the tray menu");
+        }
+    }
+    if shown.lang != next.lang {
+        let t = next.lang.texts();
+        for (item, text) in [(&handles.open_item, t.menu_open), (&handles.quit_item, t.menu_quit)] {
+            if let Err(err) = item.set_text(text) {
+                tracing::warn!(error = %err, "could not change the tray menu");
+            }
         }
     }
     if shown.logged_in != next.logged_in {
@@ -235,19 +260,27 @@ mod tests {
         assert_eq!(TrayState::from_snapshot(&s), TrayState::Busy);
         s.paused = true;
         assert_eq!(TrayState::from_snapshot(&s), TrayState::Paused);
-        assert_eq!(tooltip(&s), "Edge Agent — paused, no new jobs");
+        assert_eq!(tooltip_in(&i18n::EN, &s), "Edge Agent — paused, no new tasks");
+        assert_eq!(tooltip_in(&i18n::FR, &s), "Edge Agent — en pause, aucune nouvelle tâche");
 
         let mut s = snapshot();
         s.connection = ConnectionState::Offline;
         assert_eq!(TrayState::from_snapshot(&s), TrayState::Offline);
         s.last_error = Some("hub unreachable".into());
         assert_eq!(TrayState::from_snapshot(&s), TrayState::Error);
-        assert_eq!(tooltip(&s), "Edge Agent — error: hub unreachable");
+        assert_eq!(tooltip_in(&i18n::EN, &s), "Edge Agent — error: hub unreachable");
+        assert_eq!(tooltip_in(&i18n::FR, &s), "Edge Agent — erreur : hub unreachable");
 
         let mut s = snapshot();
         s.logged_in = false;
         s.connection = ConnectionState::Offline;
-        assert_eq!(tooltip(&s), "Edge Agent — not logged in");
+        assert_eq!(tooltip_in(&i18n::EN, &s), "Edge Agent — not signed in");
+        assert_eq!(tooltip_in(&i18n::FR, &s), "Edge Agent — non connecté");
+
+        let mut s = snapshot();
+        s.quiet_until = Some("07:00".into());
+        assert_eq!(tooltip_in(&i18n::EN, &s), "Edge Agent — quiet hours until 07:00");
+        assert_eq!(tooltip_in(&i18n::FR, &s), "Edge Agent — heures calmes jusqu'à 07:00");
     }
 
     #[test]

@@ -38,6 +38,9 @@ if [[ -z "${EDGE_SMOKE_IN_SESSION:-}" ]]; then
     mkdir -p "$HOME_TMP/home" "$HOME_TMP/run"
     chmod 700 "$HOME_TMP/run"
     export HOME="$HOME_TMP/home" XDG_RUNTIME_DIR="$HOME_TMP/run"
+    # The checks read the English words; the app follows the system language.
+    export LC_ALL=C.UTF-8 LANG=C.UTF-8
+    unset LC_MESSAGES LANGUAGE
     export XDG_CONFIG_HOME="$HOME/.config" XDG_DATA_HOME="$HOME/.local/share" XDG_CACHE_HOME="$HOME/.cache"
     unset DBUS_SESSION_BUS_ADDRESS DISPLAY WAYLAND_DISPLAY
     status=0
@@ -188,9 +191,9 @@ log "job $JOB_ID submitted"
 
 job_succeeded() { api GET "$HUB_URL/v1/jobs/$JOB_ID" | grep -q '"status":"succeeded"'; }
 wait_for "$TIMEOUT" "job $JOB_ID to succeed" job_succeeded
-notified() { grep -q 'member=Notify' "$TMP/dbus-monitor.log" && grep -q 'Job finished' "$TMP/dbus-monitor.log"; }
-wait_for "$TIMEOUT" "a 'Job finished' Notify call on D-Bus" notified
-grep -q 'Job started' "$TMP/dbus-monitor.log" || fail "no 'Job started' notification"
+notified() { grep -q 'member=Notify' "$TMP/dbus-monitor.log" && grep -q 'Task finished' "$TMP/dbus-monitor.log"; }
+wait_for "$TIMEOUT" "a 'Task finished' Notify call on D-Bus" notified
+grep -q 'Task started' "$TMP/dbus-monitor.log" || fail "no 'Task started' notification"
 log "ok: notifications sent over org.freedesktop.Notifications"
 
 # Let the window catch up with the job row, then take the pictures.

@@ -224,13 +224,16 @@ test("browser state: breaker pause, sites to log in to and volatile sessions, th
   assert.equal(await page.getAttribute("#browser-state", "data-state"), "paused");
   assert.match(await page.textContent("#browser-state"), /^Paused until .+ — a site kept rate-limiting$/);
   assert.equal(await page.getAttribute("#browser-state time", "datetime"), new Date(until).toISOString());
+  // A button that opens the browser on the site, not a command to copy.
   const sites = await page.$$eval("#browser-login-sites li", (items) =>
-    items.map((li) => [li.dataset.site, li.querySelector("strong").textContent, li.querySelector("code").textContent]),
+    items.map((li) => [li.dataset.site, li.querySelector("strong").textContent, li.querySelector("button").textContent]),
   );
   assert.deepEqual(sites, [
-    ["fanhub", "fanhub", "edge-agent browser login --site fanhub"],
-    ["otherfans", "otherfans", "edge-agent browser login --site otherfans"],
+    ["fanhub", "fanhub", "Log in to fanhub"],
+    ["otherfans", "otherfans", "Log in to otherfans"],
   ]);
+  assert.equal(await page.textContent("#home-sentence"), "Needs you: log in to fanhub");
+  assert.equal(await page.$$eval("#status-view code", (codes) => codes.length), 0);
   assert.equal(await page.isVisible("#browser-logins"), true);
   assert.match(await page.textContent("#browser-volatile"), /site logins last only until the agent stops/);
   assert.equal(await page.isVisible("#browser-volatile"), true);

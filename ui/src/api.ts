@@ -1,6 +1,14 @@
 import { invoke } from "@tauri-apps/api/core";
 import { listen, type UnlistenFn } from "@tauri-apps/api/event";
-import type { AgentEventPayload, AgentSnapshot, ConsentItem, DeviceSignIn } from "./types";
+import type {
+  AgentEventPayload,
+  AgentSnapshot,
+  ConsentItem,
+  DeviceSignIn,
+  LanguageChoice,
+  Settings,
+  Usage,
+} from "./types";
 
 // One function per Tauri command in src-tauri/src/commands; names must match.
 
@@ -63,4 +71,43 @@ export function grantCapability(name: string): Promise<ConsentItem[]> {
 
 export function revokeCapability(name: string): Promise<ConsentItem[]> {
   return invoke<ConsentItem[]>("revoke_capability", { name });
+}
+
+export function getSettings(): Promise<Settings> {
+  return invoke<Settings>("get_settings");
+}
+
+export function saveCaps(jobsPerHour: number | null, messagesPerHour: number | null, bytesPerDay: number | null): Promise<Settings> {
+  return invoke<Settings>("save_caps", { jobsPerHour, messagesPerHour, bytesPerDay });
+}
+
+/** Null start and end: no quiet hours. */
+export function setQuietHours(start: string | null, end: string | null): Promise<Settings> {
+  return invoke<Settings>("set_quiet_hours", { start, end });
+}
+
+/** Null: no uploads folder. */
+export function setUploadsDir(path: string | null): Promise<Settings> {
+  return invoke<Settings>("set_uploads_dir", { path });
+}
+
+export function setStartAtLogin(enabled: boolean): Promise<Settings> {
+  return invoke<Settings>("set_start_at_login", { enabled });
+}
+
+export function setLanguage(language: LanguageChoice): Promise<Settings> {
+  return invoke<Settings>("set_language", { language });
+}
+
+export function openLogFolder(): Promise<void> {
+  return invoke<void>("open_log_folder");
+}
+
+export function getUsage(): Promise<Usage> {
+  return invoke<Usage>("get_usage");
+}
+
+/** Opens a visible browser on the site's login page; resolves once the login is kept. */
+export function logInToSite(site: string): Promise<AgentSnapshot> {
+  return invoke<AgentSnapshot>("log_in_to_site", { site });
 }

@@ -3,7 +3,7 @@
 // new list.
 import * as api from "./api";
 import { describeError } from "./errors";
-import { S, fill } from "./strings";
+import { S, fill } from "./i18n";
 import type { ConsentItem } from "./types";
 import { validSite } from "./validate";
 import { showError, showMessage } from "./view";
@@ -75,6 +75,11 @@ function row(item: ConsentItem, index: number): HTMLLIElement {
 
 let current: ConsentItem[] = [];
 
+/** The list again in the current language (after a language switch). */
+export function relabelConsent(): void {
+  renderConsent(current);
+}
+
 export function renderConsent(items: ConsentItem[]): void {
   current = items;
   for (const item of items) pendingSites.delete(item.name);
@@ -112,12 +117,6 @@ export async function loadConsent(): Promise<ConsentItem[]> {
 }
 
 export function setUpConsent(onDone: () => void): void {
-  document.getElementById("consent-title")!.textContent = S.consentTitle;
-  document.getElementById("consent-intro")!.textContent = S.consentIntro;
-  document.getElementById("site-name-label")!.textContent = S.addSiteLabel;
-  (document.getElementById("site-name") as HTMLInputElement).placeholder = S.addSitePlaceholder;
-  document.getElementById("site-add")!.textContent = S.addSite;
-  document.getElementById("consent-done")!.textContent = S.consentDone;
   document.getElementById("consent-done")!.addEventListener("click", onDone);
   const site = document.getElementById("site-name") as HTMLInputElement;
   document.getElementById("site-form")!.addEventListener("submit", (event) => {

@@ -1,26 +1,26 @@
-import { S } from "./strings";
+import { S, fill, type Strings } from "./i18n";
 import type { CommandError } from "./types";
 
 // Words for the person at the window. The core's message is precise but written for
 // logs and the CLI (it may name CLI commands or transport details), so known codes get a
-// plain sentence and the core's message is kept as the detail line.
-const HUB_ERRORS: Record<string, string> = {
-  invalid_enrollment_token: "The enrollment token is unknown, already used or expired. Ask for a new one.",
-  unauthorized: "The hub did not accept these credentials.",
-  invalid_body: "The hub did not understand the request. The agent and the hub may be of different versions.",
-  upgrade_required: "The hub needs a newer version of this app.",
+// plain sentence, in the window's language, and the core's message is kept as the detail.
+const HUB_ERRORS: Record<string, keyof Strings> = {
+  invalid_enrollment_token: "errInvalidToken",
+  unauthorized: "errUnauthorized",
+  invalid_body: "errInvalidBody",
+  upgrade_required: "errUpgradeRequired",
 };
 
-const AGENT_ERRORS: Record<string, string> = {
-  hub_unreachable: "The hub could not be reached. Check the URL and that the hub is running.",
-  invalid_hub_url:
-    "This hub URL cannot be used. Plain http:// is only allowed for this machine (localhost); use https:// otherwise.",
-  keychain_unavailable: "The system keychain could not store the login.",
-  corrupt_credentials: "The stored login is damaged. Log out and log in again.",
-  login_required: "The hub no longer accepts this machine's login. Log in again.",
-  device_login_expired: S.errDeviceExpired,
-  device_login_denied: S.errDeviceDenied,
-  device_login_unsupported: S.errDeviceUnsupported,
+const AGENT_ERRORS: Record<string, keyof Strings> = {
+  hub_unreachable: "errHubUnreachable",
+  invalid_hub_url: "errInvalidHubUrl",
+  keychain_unavailable: "errKeychain",
+  corrupt_credentials: "errCorruptCredentials",
+  login_required: "errLoginRequired",
+  device_login_expired: "errDeviceExpired",
+  device_login_denied: "errDeviceDenied",
+  device_login_unsupported: "errDeviceUnsupported",
+  invalid_setting: "errInvalidSetting",
 };
 
 export interface Described {
@@ -43,14 +43,15 @@ export function isCommandError(value: unknown): value is CommandError {
 export function describeError(value: unknown): Described {
   if (isCommandError(value)) {
     const message = value.message.trim();
-    const known =
+    const key =
       (value.code === "hub_rejected" && value.hubError ? HUB_ERRORS[value.hubError] : undefined) ??
       AGENT_ERRORS[value.code];
+    const known = key ? S[key] : undefined;
     if (known) return message && message !== known ? { summary: known, detail: message } : { summary: known };
     if (message !== "") return { summary: message };
-    return { summary: `Something went wrong (${value.code}).` };
+    return { summary: fill(S.errUnknownCode, { code: value.code }) };
   }
   if (typeof value === "string" && value.trim() !== "") return { summary: value };
   if (value instanceof Error && value.message) return { summary: value.message };
-  return { summary: "Something went wrong. See the logs for details." };
+  return { summary: S.errUnknown };
 }

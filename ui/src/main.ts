@@ -1,35 +1,72 @@
 import * as api from "./api";
-import { loadConsent, nothingGranted, setUpConsent } from "./consent";
+import { loadConsent, nothingGranted, relabelConsent, setUpConsent } from "./consent";
 import { describeError } from "./errors";
-import { setUpSignIn } from "./signin";
-import { S } from "./strings";
-import type { AgentSnapshot } from "./types";
-import { render, showError } from "./view";
+import { S, fill, fromLocale, setLanguage } from "./i18n";
+import { loadSettings, relabelSettings, setUpSettings } from "./settings";
+import { relabelSignIn, setUpSignIn } from "./signin";
+import type { AgentSnapshot, Usage } from "./types";
+import { render, renderUsage, setSiteLogin, showError, showMessage, type Screen } from "./view";
 
 let current: AgentSnapshot | null = null;
-/** The consent screen is up (after sign-in with nothing granted, or from Permissions). */
-let consentOpen = false;
+/** The logged-in screen shown: Home, the consent screen (after sign-in with nothing
+ * granted, or from Permissions) or Settings. */
+let screen: Screen = "status";
+let usage: Usage | null = null;
+/** When Home last asked for today's usage; state events come often, the meter need not. */
+let usageAsked = -Infinity;
+const USAGE_EVERY_MS = 2000;
+
+function show(next: Screen): void {
+  screen = next;
+  if (current) render(current, screen);
+  // A new screen starts at its top (Home may have been scrolled down).
+  window.scrollTo(0, 0);
+}
 
 function apply(snapshot: AgentSnapshot): void {
   current = snapshot;
-  if (!snapshot.loggedIn) consentOpen = false;
-  render(snapshot, consentOpen);
+  if (!snapshot.loggedIn) screen = "status";
+  render(snapshot, screen);
+  if (snapshot.loggedIn && screen === "status") void refreshUsage(false);
+}
+
+/** Today's usage for Home, at most every USAGE_EVERY_MS unless `now`. */
+async function refreshUsage(now: boolean): Promise<void> {
+  if (!now && performance.now() - usageAsked < USAGE_EVERY_MS) {
+    if (usage) renderUsage(usage, current);
+    return;
+  }
+  usageAsked = performance.now();
+  try {
+    usage = await api.getUsage();
+    renderUsage(usage, current);
+  } catch {
+    // An older core without usage: Home simply shows no numbers.
+  }
 }
 
 /** Shows the consent screen when nothing is granted yet; `force` always (Permissions). */
 async function offerConsent(force: boolean): Promise<void> {
   try {
     const items = await loadConsent();
-    if (force || nothingGranted(items)) consentOpen = true;
+    if (force || nothingGranted(items)) show("consent");
   } catch (err) {
     if (force) {
-      consentOpen = true;
+      show("consent");
       showError("consent-error", describeError(err));
     }
   }
-  if (current) render(current, consentOpen);
-  // A new screen starts at its top (the status view may have been scrolled down).
-  if (consentOpen) window.scrollTo(0, 0);
+}
+
+async function openSettings(): Promise<void> {
+  showError("action-error", null);
+  try {
+    await loadSettings();
+    show("settings");
+    document.getElementById("settings-title")?.focus();
+  } catch (err) {
+    showError("action-error", describeError(err));
+  }
 }
 
 async function runAction(action: () => Promise<AgentSnapshot>): Promise<void> {
@@ -41,18 +78,77 @@ async function runAction(action: () => Promise<AgentSnapshot>): Promise<void> {
   }
 }
 
+/** Everything drawn by code again, in the language just chosen (static texts follow
+ * `setLanguage` by themselves). */
+function relabel(): void {
+  relabelSignIn();
+  relabelConsent();
+  relabelSettings();
+  if (current) render(current, screen);
+  if (usage) renderUsage(usage, current);
+}
+
+/** A site's "Log in" button (Home or Settings): the core opens a visible browser on the
+ * site's login page and keeps the session once the person is logged in. */
+async function logInToSite(site: string): Promise<void> {
+  const status = (text: string | null) => {
+    showMessage("home-login-status", text);
+    showMessage("site-login-status", text);
+  };
+  const buttons = document.querySelectorAll<HTMLButtonElement>(`button[data-site="${CSS.escape(site)}"]`);
+  buttons.forEach((b) => (b.disabled = true));
+  showError("action-error", null);
+  showError("site-login-error", null);
+  status(S.loggingInToSite);
+  try {
+    apply(await api.logInToSite(site));
+    status(fill(S.siteLoggedIn, { site }));
+  } catch (err) {
+    status(null);
+    const described = describeError(err);
+    showError(screen === "settings" ? "site-login-error" : "action-error", described);
+  } finally {
+    buttons.forEach((b) => (b.disabled = false));
+  }
+}
+
+/** The language before anything is drawn: the one the tray speaks (the person's choice
+ * or the system's), else the webview's own. */
+async function chooseLanguage(): Promise<void> {
+  try {
+    setLanguage((await api.getSettings()).effectiveLanguage);
+  } catch {
+    setLanguage(fromLocale(navigator.language));
+  }
+}
+
 async function main(): Promise<void> {
+  await chooseLanguage();
   setUpSignIn((snapshot) => {
     document.getElementById("login-reason")!.hidden = true;
     apply(snapshot);
     void offerConsent(false);
   });
-  setUpConsent(() => {
-    consentOpen = false;
-    if (current) render(current, false);
+  setUpConsent(() => show("status"));
+  setUpSettings({
+    languageChanged: (settings) => {
+      setLanguage(settings.effectiveLanguage);
+      relabel();
+    },
+    logInToSite: (site) => void logInToSite(site),
+    permissions: () => void offerConsent(true),
+    done: () => {
+      show("status");
+      void refreshUsage(true);
+    },
   });
-  document.getElementById("open-permissions")!.textContent = S.permissions;
+  setSiteLogin((site) => void logInToSite(site));
+  document.getElementById("home-login-site")!.addEventListener("click", (event) => {
+    const site = (event.currentTarget as HTMLElement).dataset.site;
+    if (site) void logInToSite(site);
+  });
   document.getElementById("open-permissions")!.addEventListener("click", () => void offerConsent(true));
+  document.getElementById("open-settings")!.addEventListener("click", () => void openSettings());
   document.getElementById("pause-toggle")!.addEventListener("click", () =>
     void runAction(current?.paused ? api.resume : api.pause),
   );

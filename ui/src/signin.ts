@@ -3,7 +3,7 @@
 // Cancel tells the core to stop.
 import * as api from "./api";
 import { describeError } from "./errors";
-import { S, fill } from "./strings";
+import { S, fill } from "./i18n";
 import type { AgentSnapshot, DeviceSignIn } from "./types";
 import { hasErrors, validateLogin, type LoginErrors } from "./validate";
 import { showError, showMessage } from "./view";
@@ -29,14 +29,29 @@ function setMode(next: Mode): void {
   byId("login-form").dataset.mode = next;
   byId("token-field").hidden = next !== "token";
   input("token").required = next === "token";
-  byId("login-intro").textContent = next === "device" ? S.loginIntroDevice : S.loginIntroToken;
-  byId("login-submit").textContent = next === "device" ? S.getCode : S.logIn;
-  byId("login-mode").textContent = next === "device" ? S.useToken : S.useCode;
+  labelMode();
   showError("login-error", null);
   for (const id of ["hub-url", "token"]) {
     input(id).setAttribute("aria-invalid", "false");
     showMessage(`${id}-error`, null);
   }
+}
+
+function labelMode(): void {
+  byId("login-intro").textContent = mode === "device" ? S.loginIntroDevice : S.loginIntroToken;
+  byId("login-submit").textContent = mode === "device" ? S.getCode : S.logIn;
+  byId("login-mode").textContent = mode === "device" ? S.useToken : S.useCode;
+}
+
+/** The sign-in texts in the current language (after a language switch). The static ones
+ * come from index.html's `data-i18n`; a field error shown stays in the language it was
+ * shown in until the next check. */
+export function relabelSignIn(): void {
+  if (!byId<HTMLButtonElement>("login-submit").disabled) labelMode();
+  else byId("login-intro").textContent = mode === "device" ? S.loginIntroDevice : S.loginIntroToken;
+  const waiting = byId("device-waiting");
+  if (waiting.textContent) waiting.textContent = S.waiting;
+  byId("device-cancel").textContent = byId("device-retry").hidden ? S.cancel : S.back;
 }
 
 function showFieldErrors(errors: LoginErrors): void {
@@ -192,14 +207,6 @@ async function cancel(): Promise<void> {
 export function setUpSignIn(signedIn: (snapshot: AgentSnapshot) => void): void {
   onSignedIn = signedIn;
   setMode("device");
-  byId("device-title").textContent = S.deviceTitle;
-  byId("device-intro").textContent = S.deviceIntro;
-  byId("device-code-label").textContent = S.deviceCodeLabel;
-  byId("copy-code").textContent = S.copyCode;
-  byId("open-approval").textContent = S.openApprovalPage;
-  byId<HTMLImageElement>("device-qr-img").alt = S.qrAlt;
-  byId("device-qr-caption").textContent = S.qrCaption;
-  byId("device-retry").textContent = S.tryAgain;
   byId("device-cancel").textContent = S.cancel;
 
   byId("login-form").addEventListener("submit", (e) => void onSubmit(e as SubmitEvent));

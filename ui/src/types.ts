@@ -33,6 +33,10 @@ export interface AgentSnapshot {
   browser?: BrowserStatus | null;
   /** The tunnel through which the hub may route traffic out through this machine. */
   tunnel?: TunnelStatus | null;
+  /** While quiet hours hold, their end (`HH:MM`, this machine's clock). */
+  quietUntil?: string | null;
+  /** Jobs started on `day` (UTC `YYYY-MM-DD`). */
+  usage?: { day: string; jobsToday: number } | null;
 }
 
 export type TunnelState = "off" | "connecting" | "open";
@@ -98,4 +102,32 @@ export interface ConsentItem {
   outdated: boolean;
   /** The core's full consent text, recorded with a grant. */
   text: string;
+}
+
+/** The person's caps; null is no cap of their own. */
+export interface Caps {
+  jobsPerHour: number | null;
+  messagesPerHour: number | null;
+  bytesPerDay: number | null;
+}
+
+/** The tray's `UsageView`: today's usage against the caps. */
+export interface Usage {
+  jobsToday: number;
+  bytesToday: number;
+  caps: Caps;
+}
+
+export type LanguageChoice = "system" | "en" | "fr";
+
+/** The tray's `SettingsView`. */
+export interface Settings {
+  caps: Caps;
+  quietHours: { start: string; end: string } | null;
+  uploadsDir: string | null;
+  startAtLogin: boolean;
+  language: LanguageChoice;
+  effectiveLanguage: "en" | "fr";
+  /** Sites the person allowed browser tasks on. */
+  sites: string[];
 }

@@ -1,3 +1,5 @@
+import { S } from "./i18n";
+
 // Field checks run before anything is sent to the core, so the user gets an answer
 // next to the field instead of a round trip to the hub.
 
@@ -16,7 +18,7 @@ export function validateLogin(fields: LoginFields): LoginErrors {
   const errors: LoginErrors = {};
   const url = fields.hubUrl.trim();
   if (url === "") {
-    errors.hubUrl = "Enter the hub URL.";
+    errors.hubUrl = S.errHubUrlEmpty;
   } else {
     let parsed: URL | null = null;
     try {
@@ -25,11 +27,11 @@ export function validateLogin(fields: LoginFields): LoginErrors {
       parsed = null;
     }
     if (!parsed || (parsed.protocol !== "http:" && parsed.protocol !== "https:") || parsed.host === "") {
-      errors.hubUrl = "The hub URL must start with http:// or https://, for example https://hub.example.com.";
+      errors.hubUrl = S.errHubUrlScheme;
     }
   }
   if (fields.token !== undefined && fields.token.trim() === "") {
-    errors.token = "Enter the enrollment token.";
+    errors.token = S.errTokenEmpty;
   }
   return errors;
 }

@@ -1,20 +1,30 @@
 import type { Described } from "./errors";
-import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary, TunnelStatus } from "./types";
+import { S, fill, formatBytes, language } from "./i18n";
+import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary, TunnelStatus, Usage } from "./types";
 
 // How many job rows the window shows; the core keeps its own bounded list.
 const MAX_ROWS = 10;
 
-const CONNECTION_TEXT: Record<Connection, string> = {
-  offline: "Offline",
-  connecting: "Connecting…",
-  online: "Online",
-};
+function connectionText(connection: Connection): string {
+  const text: Record<Connection, string> = { offline: S.offline, connecting: S.connecting, online: S.online };
+  return text[connection] ?? connection;
+}
 
-const STATUS_TEXT: Record<JobStatus, string> = {
-  running: "Running",
-  succeeded: "Succeeded",
-  failed: "Failed",
-};
+function statusText(status: JobStatus): string {
+  const text: Record<JobStatus, string> = {
+    running: S.statusRunning,
+    succeeded: S.statusSucceeded,
+    failed: S.statusFailed,
+  };
+  return text[status] ?? status;
+}
+
+/** What the window does when the person asks to log in to a site (main.ts sets it). */
+let onSiteLogin: (site: string) => void = () => {};
+
+export function setSiteLogin(handler: (site: string) => void): void {
+  onSiteLogin = handler;
+}
 
 function byId<T extends HTMLElement>(id: string): T {
   const el = document.getElementById(id);
@@ -58,7 +68,7 @@ function formatTime(iso: string | null | undefined): string {
   if (!iso) return "";
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return iso;
-  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return date.toLocaleTimeString(language(), { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
 function jobRow(job: JobSummary): HTMLTableRowElement {
@@ -79,7 +89,7 @@ function jobRow(job: JobSummary): HTMLTableRowElement {
   const status = document.createElement("td");
   const pill = document.createElement("span");
   pill.className = `pill pill-${job.status}`;
-  pill.textContent = STATUS_TEXT[job.status] ?? job.status;
+  pill.textContent = statusText(job.status);
   status.append(pill);
   if (job.status === "failed" && (job.message || job.errorCode)) {
     const why = document.createElement("span");
@@ -96,17 +106,17 @@ function jobRow(job: JobSummary): HTMLTableRowElement {
 }
 
 // The circuit breaker's reasons in words; an unknown one is shown as the core sent it.
-const CIRCUIT_REASON_TEXT: Record<string, string> = {
-  RATE_LIMITED: "a site kept rate-limiting",
-};
+function circuitReasonText(reason: string): string {
+  return reason === "RATE_LIMITED" ? S.browserRateLimited : reason;
+}
 
 /** An instant as the person reads it: the time today, the date too on another day. */
 function formatInstant(ms: number): string {
   const date = new Date(ms);
   const sameDay = date.toDateString() === new Date().toDateString();
   return sameDay
-    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
-    : date.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    ? date.toLocaleTimeString(language(), { hour: "2-digit", minute: "2-digit" })
+    : date.toLocaleString(language(), { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
 
 /** Browser jobs: paused by the circuit breaker, sites needing a login, volatile sessions. */
@@ -124,16 +134,17 @@ function renderBrowser(browser: BrowserStatus | null | undefined): void {
     until.dateTime = new Date(browser.circuitOpenUntilMs).toISOString();
     until.textContent = formatInstant(browser.circuitOpenUntilMs);
     const reason = browser.circuitReason ?? "";
-    const why = CIRCUIT_REASON_TEXT[reason] ?? reason;
-    state.replaceChildren("Paused until ", until, why ? ` — ${why}` : "");
+    const why = circuitReasonText(reason);
+    const [before, after = ""] = S.browserPausedUntil.split("{until}");
+    state.replaceChildren(before, until, after, why ? ` — ${why}` : "");
     state.title = reason;
   } else if (!browser.executable) {
     state.dataset.state = "unavailable";
-    state.replaceChildren("Not available: install Chrome, Chromium or Edge");
+    state.replaceChildren(S.browserUnavailable);
     state.title = "";
   } else {
     state.dataset.state = "ready";
-    state.replaceChildren("Ready");
+    state.replaceChildren(S.browserReady);
     state.title = browser.executable;
   }
 
@@ -144,9 +155,13 @@ function renderBrowser(browser: BrowserStatus | null | undefined): void {
       item.dataset.site = site;
       const name = document.createElement("strong");
       name.textContent = site;
-      const command = document.createElement("code");
-      command.textContent = `edge-agent browser login --site ${site}`;
-      item.append(name, command);
+      // A button that opens the visible browser on the site, not a command to copy.
+      const login = document.createElement("button");
+      login.type = "button";
+      login.dataset.site = site;
+      login.textContent = fill(S.logInToSite, { site });
+      login.addEventListener("click", () => onSiteLogin(site));
+      item.append(name, " ", login);
       return item;
     }),
   );
@@ -163,11 +178,13 @@ function renderTunnel(tunnel: TunnelStatus | null | undefined): void {
   state.textContent =
     current === "open"
       ? streams === 0
-        ? "Open — no traffic now"
-        : `Open — ${streams === 1 ? "1 connection" : `${streams} connections`} now`
+        ? S.tunnelOpenIdle
+        : streams === 1
+          ? S.tunnelOpenOne
+          : fill(S.tunnelOpenMany, { count: streams })
       : current === "connecting"
-        ? "Connecting…"
-        : "Off (not allowed, or paused)";
+        ? S.tunnelConnecting
+        : S.tunnelOff;
 
   const exposed = Object.entries(tunnel?.exposed ?? {});
   byId("exposed-list").replaceChildren(
@@ -185,28 +202,27 @@ function renderTunnel(tunnel: TunnelStatus | null | undefined): void {
   byId("exposed-row").hidden = exposed.length === 0;
 }
 
+/** The screens of a logged-in window. */
+export type Screen = "status" | "consent" | "settings";
+
 /** Brings the whole window in line with one snapshot of the core; a logged-in window
- * shows the consent screen instead of the status when `consent` is set. */
-export function render(snapshot: AgentSnapshot, consent = false): void {
+ * shows `screen` (Home by default). */
+export function render(snapshot: AgentSnapshot, screen: Screen = "status"): void {
   byId("boot").hidden = true;
   const badge = byId("connection-badge");
-  const loginView = byId("login-view");
-  const statusView = byId("status-view");
-  const consentView = byId("consent-view");
-
+  const views: Record<Screen | "login", HTMLElement> = {
+    login: byId("login-view"),
+    status: byId("status-view"),
+    consent: byId("consent-view"),
+    settings: byId("settings-view"),
+  };
+  const shown = snapshot.loggedIn ? screen : "login";
+  for (const [name, view] of Object.entries(views)) view.hidden = name !== shown;
+  document.body.dataset.view = shown;
   if (!snapshot.loggedIn) {
-    loginView.hidden = false;
-    statusView.hidden = true;
-    consentView.hidden = true;
     badge.hidden = true;
-    document.body.dataset.view = "login";
     return;
   }
-
-  loginView.hidden = true;
-  statusView.hidden = consent;
-  consentView.hidden = !consent;
-  document.body.dataset.view = consent ? "consent" : "status";
 
   // The badge sums up what the tray icon shows.
   const busy = snapshot.busy > 0;
@@ -215,22 +231,25 @@ export function render(snapshot: AgentSnapshot, consent = false): void {
   badge.dataset.state = summary;
   setText(
     "connection-badge",
-    snapshot.paused ? "Paused" : busy ? "Working" : CONNECTION_TEXT[snapshot.connection] ?? snapshot.connection,
+    snapshot.paused ? S.badgePaused : busy ? S.badgeWorking : connectionText(snapshot.connection),
   );
+  renderSentence(snapshot);
 
   const connection = byId("connection-state");
   connection.dataset.state = snapshot.connection;
-  setText("connection-state", CONNECTION_TEXT[snapshot.connection] ?? snapshot.connection);
+  setText("connection-state", connectionText(snapshot.connection));
 
   const paused = byId("paused-state");
   paused.dataset.paused = String(snapshot.paused);
   setText(
     "paused-state",
     snapshot.paused
-      ? "Paused — no new jobs"
+      ? S.jobsPaused
       : busy
-        ? `Running ${snapshot.busy === 1 ? "a job" : `${snapshot.busy} jobs`}`
-        : "Accepting jobs",
+        ? snapshot.busy === 1
+          ? S.jobsRunningOne
+          : fill(S.jobsRunningMany, { count: snapshot.busy })
+        : S.jobsAccepting,
   );
 
   setText("hub-url-value", snapshot.hubUrl ?? "");
@@ -239,14 +258,14 @@ export function render(snapshot: AgentSnapshot, consent = false): void {
   // Grouped in fours so a person can compare it with the operator's, group by group.
   setText(
     "root-fingerprint-value",
-    snapshot.rootFingerprint ? (snapshot.rootFingerprint.match(/.{1,4}/g) ?? []).join(" ") : "Not received yet (the hub had no bundle repository at login)",
+    snapshot.rootFingerprint ? (snapshot.rootFingerprint.match(/.{1,4}/g) ?? []).join(" ") : S.rootNotReceived,
   );
   showMessage("last-error", snapshot.lastError);
   renderBrowser(snapshot.browser);
   renderTunnel(snapshot.tunnel);
 
   const toggle = byId<HTMLButtonElement>("pause-toggle");
-  toggle.textContent = snapshot.paused ? "Resume jobs" : "Pause jobs";
+  toggle.textContent = snapshot.paused ? S.resumeJobs : S.pauseJobs;
   toggle.setAttribute("aria-pressed", String(snapshot.paused));
 
   const jobs = snapshot.recentJobs ?? [];
@@ -254,4 +273,65 @@ export function render(snapshot: AgentSnapshot, consent = false): void {
   body.replaceChildren(...jobs.slice(0, MAX_ROWS).map(jobRow));
   byId("jobs").hidden = jobs.length === 0;
   byId("jobs-empty").hidden = jobs.length > 0;
+}
+
+/** The one sentence at the top of Home: what matters most now, first. */
+export function homeSentence(snapshot: AgentSnapshot): { text: string; state: string; site?: string } {
+  const site = snapshot.browser?.loginRequired?.[0];
+  if (snapshot.paused) return { text: S.sentencePaused, state: "paused" };
+  if (site) return { text: fill(S.sentenceNeedsLogin, { site }), state: "needs-you", site };
+  if (snapshot.quietUntil) return { text: fill(S.sentenceQuiet, { time: snapshot.quietUntil }), state: "quiet" };
+  if (snapshot.connection === "offline") return { text: S.sentenceOffline, state: "offline" };
+  if (snapshot.connection === "connecting") return { text: S.sentenceConnecting, state: "connecting" };
+  const count = tasksToday(snapshot);
+  const text =
+    count === 0 ? S.sentenceNoTasks : count === 1 ? S.sentenceOneTask : fill(S.sentenceTasks, { count });
+  return { text, state: "online" };
+}
+
+/** Tasks started today (UTC day, as the core counts them); 0 when its count is of another day. */
+function tasksToday(snapshot: AgentSnapshot): number {
+  const usage = snapshot.usage;
+  if (!usage || usage.day !== new Date().toISOString().slice(0, 10)) return 0;
+  return usage.jobsToday;
+}
+
+function renderSentence(snapshot: AgentSnapshot): void {
+  const sentence = homeSentence(snapshot);
+  const el = byId("home-sentence");
+  el.dataset.state = sentence.state;
+  setText("home-sentence", sentence.text);
+  const login = byId<HTMLButtonElement>("home-login-site");
+  byId("home-login").hidden = !sentence.site;
+  if (sentence.site) {
+    login.dataset.site = sentence.site;
+    login.textContent = fill(S.logInToSite, { site: sentence.site });
+  }
+}
+
+/** Today's usage against the person's caps (`get_usage`); tasks from the snapshot when newer. */
+export function renderUsage(usage: Usage, snapshot: AgentSnapshot | null): void {
+  const jobs = Math.max(usage.jobsToday, snapshot ? tasksToday(snapshot) : 0);
+  const { jobsPerHour, messagesPerHour, bytesPerDay } = usage.caps;
+  setText(
+    "usage-tasks",
+    jobsPerHour != null
+      ? fill(S.usageTasksCap, { count: jobs, cap: jobsPerHour })
+      : fill(S.usageTasksNoCap, { count: jobs }),
+  );
+  const used = formatBytes(usage.bytesToday);
+  setText(
+    "usage-data",
+    bytesPerDay != null
+      ? fill(S.usageDataCap, { used, cap: formatBytes(bytesPerDay) })
+      : fill(S.usageDataNoCap, { used }),
+  );
+  const meter = byId<HTMLMeterElement>("usage-data-meter");
+  meter.hidden = bytesPerDay == null;
+  if (bytesPerDay != null) {
+    meter.max = bytesPerDay;
+    meter.high = bytesPerDay * 0.9;
+    meter.value = Math.min(usage.bytesToday, bytesPerDay);
+  }
+  setText("usage-messages", messagesPerHour != null ? fill(S.usageMessagesCap, { cap: messagesPerHour }) : S.usageNoCap);
 }

@@ -2,11 +2,12 @@
 //! per hour (handed to the browser runtime's DM bucket), bytes per day (the egress gate's
 //! meter reads [`crate::local_settings::Caps::bytes_per_day`]).
 //!
-//! It owns the rule "the hub may lower a cap, never raise it" ([`lower`]) and the
-//! jobs-per-hour window. It must never let a hub value raise the person's cap, and never
+//! It owns the rule "the hub may lower a cap, never raise it" ([`lower`]), the
+//! jobs-per-hour window and the person's quiet hours ([`QuietHoursGate`]: no new job starts
+//! in them). It must never let a hub value raise the person's cap, and never
 //! write the settings file (only the person's own tools do).
 
-use crate::local_settings::LocalSettings;
+use crate::local_settings::{LocalSettings, QuietHours};
 use edge_protocol::{ErrorCode, JobError};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -84,9 +85,116 @@ impl JobsPerHour {
     }
 }
 
+const MINUTES_PER_DAY: u16 = 24 * 60;
+
+/// When `minute` (after midnight) is inside `hours`, how many minutes until they end.
+pub fn quiet_minutes_left(hours: &QuietHours, minute: u16) -> Option<u16> {
+    let (start, end) = hours.minutes().ok()?;
+    let inside = if start < end { (start..end).contains(&minute) } else { minute >= start || minute < end };
+    inside.then(|| (end + MINUTES_PER_DAY - minute) % MINUTES_PER_DAY)
+}
+
+/// Minutes after midnight on this machine's clock (its time zone: quiet hours are the
+/// person's evenings and nights, not UTC's).
+pub fn local_minute_now() -> u16 {
+    use chrono::Timelike;
+    let now = chrono::Local::now();
+    // At most 23 * 60 + 59: fits.
+    (now.hour() * 60 + now.minute()) as u16
+}
+
+/// The person's quiet hours, read from settings.json at every check (they may change them
+/// while the agent runs). An unreadable file sets no quiet hours here: consent then refuses
+/// every job anyway.
+#[derive(Debug, Clone)]
+pub struct QuietHoursGate {
+    data_dir: PathBuf,
+}
+
+impl QuietHoursGate {
+    pub fn new(data_dir: &Path) -> QuietHoursGate {
+        QuietHoursGate { data_dir: data_dir.to_path_buf() }
+    }
+
+    /// The end of the quiet hours `minute` falls in, as `HH:MM`, or `None` outside them.
+    pub fn until(&self, minute: u16) -> Option<String> {
+        let hours = LocalSettings::load(&self.data_dir).ok()?.quiet_hours?;
+        quiet_minutes_left(&hours, minute)?;
+        Some(hours.end.clone())
+    }
+
+    /// Refuses a new job at `minute` inside quiet hours with `AGENT_PAUSED` (the hub
+    /// offers it again later, as for a paused agent) and how long until they end.
+    pub fn admit(&self, minute: u16) -> Result<(), JobError> {
+        let Some(hours) = LocalSettings::load(&self.data_dir).ok().and_then(|s| s.quiet_hours) else {
+            return Ok(());
+        };
+        let Some(left) = quiet_minutes_left(&hours, minute) else { return Ok(()) };
+        Err(JobError {
+            code: ErrorCode::AgentPaused,
+            message: Some(format!(
+                "quiet hours until {} (the person's own, edge-agent settings): no new job starts before then",
+                hours.end
+            )),
+            retry_after_ms: Some(u64::from(left) * 60_000),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_quiet_hours(dir: &Path, start: &str, end: &str) {
+        let mut settings = LocalSettings::load(dir).unwrap();
+        settings.quiet_hours = Some(QuietHours::new(start, end).unwrap());
+        settings.save(dir).unwrap();
+    }
+
+    const fn at(h: u16, m: u16) -> u16 {
+        h * 60 + m
+    }
+
+    #[test]
+    fn quiet_hours_over_midnight_and_within_a_day() {
+        let night = QuietHours::new("22:00", "07:00").unwrap();
+        assert_eq!(quiet_minutes_left(&night, at(22, 0)), Some(9 * 60), "the start is inside");
+        assert_eq!(quiet_minutes_left(&night, at(23, 59)), Some(7 * 60 + 1));
+        assert_eq!(quiet_minutes_left(&night, at(0, 0)), Some(7 * 60));
+        assert_eq!(quiet_minutes_left(&night, at(6, 59)), Some(1));
+        assert_eq!(quiet_minutes_left(&night, at(7, 0)), None, "the end is outside");
+        assert_eq!(quiet_minutes_left(&night, at(12, 0)), None);
+        assert_eq!(quiet_minutes_left(&night, at(21, 59)), None);
+
+        let lunch = QuietHours::new("12:00", "13:30").unwrap();
+        assert_eq!(quiet_minutes_left(&lunch, at(11, 59)), None);
+        assert_eq!(quiet_minutes_left(&lunch, at(12, 0)), Some(90));
+        assert_eq!(quiet_minutes_left(&lunch, at(13, 29)), Some(1));
+        assert_eq!(quiet_minutes_left(&lunch, at(13, 30)), None);
+        assert_eq!(quiet_minutes_left(&lunch, at(23, 0)), None);
+    }
+
+    #[test]
+    fn a_job_in_quiet_hours_is_refused_as_paused_until_their_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = QuietHoursGate::new(dir.path());
+        assert!(gate.admit(at(23, 0)).is_ok(), "no quiet hours set: nothing is refused");
+        assert_eq!(gate.until(at(23, 0)), None);
+
+        with_quiet_hours(dir.path(), "22:00", "07:00");
+        let refused = gate.admit(at(23, 0)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::AgentPaused);
+        assert_eq!(refused.retry_after_ms, Some(8 * 60 * 60_000));
+        assert!(refused.message.unwrap().contains("quiet hours until 07:00"));
+        assert_eq!(gate.until(at(23, 0)).as_deref(), Some("07:00"));
+        assert!(gate.admit(at(7, 0)).is_ok());
+        assert_eq!(gate.until(at(9, 0)), None);
+
+        // A change while the agent runs applies to the next job.
+        with_quiet_hours(dir.path(), "08:00", "10:00");
+        assert!(gate.admit(at(9, 0)).is_err());
+        assert!(gate.admit(at(23, 0)).is_ok());
+    }
 
     fn with_cap(dir: &Path, jobs_per_hour: Option<u32>) {
         let mut settings = LocalSettings::load(dir).unwrap();

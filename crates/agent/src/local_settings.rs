@@ -32,6 +32,50 @@ pub struct LocalSettings {
     /// (`edge-agent expose NAME 127.0.0.1:PORT`). The only way a tunnel stream reaches
     /// this machine's own addresses.
     pub exposed: BTreeMap<String, String>,
+    /// Hours of the day, on this machine's clock, when no new job starts; none by default.
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// A daily span with no new jobs, `HH:MM` to `HH:MM` local time; an end before the start
+/// runs over midnight (22:00 to 07:00).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietHours {
+    pub start: String,
+    pub end: String,
+}
+
+impl QuietHours {
+    /// Checked quiet hours: both times as `HH:MM` (00:00 to 23:59) and not equal, since a
+    /// span from a time to itself would be either nothing or the whole day.
+    pub fn new(start: &str, end: &str) -> Result<QuietHours, AgentError> {
+        let (from, to) = (minute_of_day(start)?, minute_of_day(end)?);
+        if from == to {
+            return Err(AgentError::InvalidSetting(format!(
+                "quiet hours from {start} to {end} are empty; choose an end other than the start"
+            )));
+        }
+        Ok(QuietHours { start: start.trim().to_owned(), end: end.trim().to_owned() })
+    }
+
+    /// `(start, end)` in minutes after midnight, or why the stored text is not a time.
+    pub fn minutes(&self) -> Result<(u16, u16), AgentError> {
+        Ok((minute_of_day(&self.start)?, minute_of_day(&self.end)?))
+    }
+}
+
+/// `HH:MM` as minutes after midnight.
+fn minute_of_day(text: &str) -> Result<u16, AgentError> {
+    let invalid =
+        || AgentError::InvalidSetting(format!("{text:?} is not a time of day; write it as HH:MM, for example 22:00"));
+    let (h, m) = text.trim().split_once(':').ok_or_else(invalid)?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return Err(invalid());
+    }
+    let (h, m): (u16, u16) = (h.parse().map_err(|_| invalid())?, m.parse().map_err(|_| invalid())?);
+    if h > 23 || m > 59 {
+        return Err(invalid());
+    }
+    Ok(h * 60 + m)
 }
 
 /// A capability the person granted.
@@ -173,6 +217,23 @@ mod tests {
             assert!(message.contains(needle), "{}: {message}", bad.display());
         }
         assert_eq!(settings.uploads_dir.as_deref(), Some(set.as_path()), "a refused folder changes nothing");
+    }
+
+    #[test]
+    fn quiet_hours_are_two_different_times_of_day() {
+        assert_eq!(QuietHours::new("22:00", "7:00").unwrap().minutes().unwrap(), (22 * 60, 7 * 60));
+        assert_eq!(QuietHours::new(" 00:00", "23:59 ").unwrap().minutes().unwrap(), (0, 23 * 60 + 59));
+        for (start, end, needle) in [
+            ("22:00", "22:00", "are empty"),
+            ("24:00", "07:00", "\"24:00\" is not a time of day"),
+            ("22h", "07:00", "write it as HH:MM"),
+            ("22:00", "7:5", "is not a time of day"),
+            ("", "07:00", "is not a time of day"),
+            ("-1:00", "07:00", "is not a time of day"),
+        ] {
+            let message = QuietHours::new(start, end).unwrap_err().to_string();
+            assert!(message.contains(needle), "{start}-{end}: {message}");
+        }
     }
 
     #[test]

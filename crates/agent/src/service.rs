@@ -39,6 +39,10 @@ pub use crate::state::{AgentEvent, AgentSnapshot, ConnectionState, JobRecord, Jo
 pub const DEFAULT_HB_INTERVAL: Duration = Duration::from_secs(25);
 pub const DEFAULT_PROFILE: &str = "default";
 
+/// How often the snapshot's quiet hours follow the clock: the start or end shows at most
+/// this late (the executor checks the clock itself at every job).
+const QUIET_HOURS_CHECK: Duration = Duration::from_secs(20);
+
 /// How long `shutdown` waits for the loop to report cancelled jobs and close the socket.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -112,6 +116,8 @@ struct Inner {
     egress: Result<EgressGate, String>,
     /// The connection loop, when one runs. Only the service starts and stops it.
     running: Mutex<Option<RunningLoop>>,
+    /// The person saved settings.json (the tray): the loop looks at the quiet hours at once.
+    settings_changed: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -127,6 +133,18 @@ impl Inner {
                 s.keychain_backend = backend;
             }
         });
+    }
+
+    /// Brings the snapshot's `quiet_until` in line with settings.json and the clock; whether
+    /// quiet hours hold now.
+    fn refresh_quiet_hours(&self) -> bool {
+        let until =
+            crate::limits::QuietHoursGate::new(&self.settings.data_dir).until(crate::limits::local_minute_now());
+        let quiet = until.is_some();
+        if self.state.snapshot().quiet_until != until {
+            self.state.update(|s| s.quiet_until = until);
+        }
+        quiet
     }
 
     async fn load_credentials(&self) -> Result<Option<Credentials>, AgentError> {
@@ -226,6 +244,29 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             }
         }
     });
+    // What the hub is told: paused by the person, or in quiet hours (so the hub offers no job
+    // then, rather than one the executor would refuse). Quiet hours show in the snapshot while
+    // they hold; their start and end come with no event, so look at the clock now and then.
+    // Set before the session starts, so that its `hello` already says so.
+    let (hub_paused, hub_paused_rx) = watch::channel(*inner.paused.borrow() || inner.refresh_quiet_hours());
+    tokio::spawn({
+        let inner = Arc::clone(&inner);
+        let cancel = cancel.clone();
+        async move {
+            let mut person = inner.paused.subscribe();
+            loop {
+                let quiet = inner.refresh_quiet_hours();
+                let paused = *person.borrow_and_update() || quiet;
+                hub_paused.send_if_modified(|current| std::mem::replace(current, paused) != paused);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(QUIET_HOURS_CHECK) => {}
+                    _ = inner.settings_changed.notified() => {}
+                    changed = person.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    });
     let executor = Executor::spawn(ExecutorConfig {
         state: state.clone(),
         runners,
@@ -236,6 +277,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         reports_to: Some(tokens.clone()),
         after_job: Some(Arc::new(move || host.refresh_status())),
         jobs_per_hour: Some(crate::limits::JobsPerHour::new(&data_dir)),
+        quiet_hours: Some(crate::limits::QuietHoursGate::new(&data_dir)),
         cancel: cancel.clone(),
     });
     if let Some(browser) = &browser {
@@ -261,7 +303,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         capabilities,
         slots: inner.settings.slots,
         hb_interval: inner.settings.hb_interval,
-        paused: inner.paused.subscribe(),
+        paused: hub_paused_rx,
     };
     session::run(config, cancel).await;
 }
@@ -306,6 +348,7 @@ impl AgentService {
                 browser,
                 egress,
                 running: Mutex::new(None),
+                settings_changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -485,6 +528,21 @@ impl AgentService {
         self.inner.browser.runtime().reset_circuit();
     }
 
+    /// Applies what the person just saved in settings.json to the running agent: the daily
+    /// data cap and the quiet hours shown in the snapshot. The jobs-per-hour cap and the
+    /// quiet hours themselves are read at every job anyway, and the hub hears of them at
+    /// once; the messages-per-hour cap is read when the browser runtime starts.
+    pub fn apply_local_settings(&self) -> Result<(), AgentError> {
+        let local = LocalSettings::load(&self.inner.settings.data_dir)?;
+        if let Ok(gate) = &self.inner.egress {
+            gate.meter().set_cap(local.caps.bytes_per_day);
+        }
+        self.inner.refresh_quiet_hours();
+        // A permit is kept if the loop is not waiting right now: no change is missed.
+        self.inner.settings_changed.notify_one();
+        Ok(())
+    }
+
     /// Stop taking new jobs (running ones finish); the hub is told via `availability`.
     pub fn pause(&self) {
         self.set_paused(true);
@@ -557,5 +615,45 @@ impl AgentService {
                 handle.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::MemoryCredentialStore;
+    use crate::local_settings::QuietHours;
+
+    #[tokio::test]
+    async fn settings_saved_while_running_reach_the_meter_and_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = AgentService::with_store(
+            AgentSettings::new(dir.path().to_path_buf()),
+            Arc::new(MemoryCredentialStore::new()),
+        );
+        assert_eq!(service.egress().unwrap().meter().cap(), None);
+        assert_eq!(service.snapshot().quiet_until, None);
+
+        // Quiet all day but for the minute four minutes from now.
+        let now = crate::limits::local_minute_now();
+        let at = |minutes: u16| {
+            let m = (now + minutes) % (24 * 60);
+            format!("{:02}:{:02}", m / 60, m % 60)
+        };
+        let mut local = LocalSettings::load(dir.path()).unwrap();
+        local.caps.bytes_per_day = Some(5_000_000);
+        local.quiet_hours = Some(QuietHours::new(&at(5), &at(4)).unwrap());
+        local.save(dir.path()).unwrap();
+        service.apply_local_settings().unwrap();
+        assert!(service.inner.refresh_quiet_hours());
+        assert_eq!(service.egress().unwrap().meter().cap(), Some(5_000_000));
+        assert_eq!(service.snapshot().quiet_until, Some(at(4)));
+
+        local.quiet_hours = None;
+        local.caps.bytes_per_day = None;
+        local.save(dir.path()).unwrap();
+        service.apply_local_settings().unwrap();
+        assert_eq!(service.egress().unwrap().meter().cap(), None);
+        assert_eq!(service.snapshot().quiet_until, None);
     }
 }

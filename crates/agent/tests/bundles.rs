@@ -172,6 +172,7 @@ impl Fixture {
             reports_to: None,
             after_job: None,
             jobs_per_hour: None,
+            quiet_hours: None,
             cancel: CancellationToken::new(),
         });
         executor.assign(job.clone());

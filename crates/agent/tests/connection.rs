@@ -6,7 +6,7 @@ mod support;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use edge_agent::consent::{Capability, Consent};
-use edge_agent::local_settings::LocalSettings;
+use edge_agent::local_settings::{LocalSettings, QuietHours};
 use edge_agent::{
     AgentError, AgentEvent, AgentService, AgentSettings, ConnectionState, JobRunStatus, LoginOutcome,
     MemoryCredentialStore,
@@ -286,6 +286,53 @@ async fn a_fresh_install_announces_no_job_type_and_refuses_what_was_not_granted(
     expect_ack(&mut session, "job-revoked").await;
     let (_, _, err) = expect_result(&mut session, "job-revoked").await;
     assert_eq!(err.unwrap().code, ErrorCode::CapabilityNotGranted);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_quiet_hours_the_hub_hears_paused_and_a_job_it_sends_anyway_is_refused() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    Consent::new(dir.path()).grant(&Capability::HttpRequest).unwrap();
+    // Quiet all day but for the minute four minutes from now: far longer than this test.
+    let now = edge_agent::limits::local_minute_now();
+    let at = |minutes: u16| {
+        let m = (now + minutes) % (24 * 60);
+        format!("{:02}:{:02}", m / 60, m % 60)
+    };
+    let mut settings = LocalSettings::load(dir.path()).unwrap();
+    settings.quiet_hours = Some(QuietHours::new(&at(5), &at(4)).unwrap());
+    settings.save(dir.path()).unwrap();
+    let agent = service(dir.path(), Duration::from_secs(25), &hub);
+    agent.login(&hub.url, ENROLL_TOKEN).await.unwrap();
+    let mut session = hub.next_session().await;
+    match session.handshake(60_000).await {
+        AgentFrame::Hello { paused, .. } => assert!(paused, "the hub is told at once: no job now"),
+        _ => unreachable!(),
+    }
+    assert_eq!(agent.snapshot().quiet_until, Some(at(4)));
+    assert!(!agent.snapshot().paused, "quiet hours are not the person's pause");
+
+    assign(&session, "job-quiet", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-quiet").await;
+    let (_, _, err) = expect_result(&mut session, "job-quiet").await;
+    let err = err.expect("refused in quiet hours");
+    assert_eq!(err.code, ErrorCode::AgentPaused);
+    assert!(err.message.unwrap().contains(&format!("quiet hours until {}", at(4))));
+
+    // The person clears them in Settings: the hub hears it without waiting for the clock.
+    settings.quiet_hours = None;
+    settings.save(dir.path()).unwrap();
+    agent.apply_local_settings().unwrap();
+    match session.recv_skipping_hb().await {
+        AgentFrame::Availability(a) => assert!(!a.paused),
+        other => panic!("expected availability, got {other:?}"),
+    }
+    assert_eq!(agent.snapshot().quiet_until, None);
+    assign(&session, "job-after", "http_request", json!({"url": hub.target("/hello")}));
+    expect_ack(&mut session, "job-after").await;
+    let (status, _, err) = expect_result(&mut session, "job-after").await;
+    assert_eq!(status, JobStatus::Ok, "{err:?}");
     agent.shutdown().await;
 }
 

@@ -2,6 +2,8 @@
 //! with the fresh snapshot so the window can render without waiting for the event.
 //! Errors are the core's `AgentError`, which serializes as `{code, message}`.
 
+pub mod settings;
+
 use crate::app::Agent;
 use crate::device_sign_in::{DeviceSignIn, DeviceSignInView};
 use edge_agent::consent::{Capability, Consent, Standing};
@@ -120,6 +122,16 @@ pub struct ConsentItem {
     pub text: String,
 }
 
+/// Every site the person granted browser tasks on (under the current text or an older one).
+fn browser_grants(consent: &Consent) -> Result<Vec<Capability>, AgentError> {
+    Ok(consent
+        .grants()?
+        .into_iter()
+        .filter_map(|(name, _)| Capability::parse(&name).ok())
+        .filter(|c| matches!(c, Capability::Browser { .. }))
+        .collect())
+}
+
 fn consent(agent: &Agent) -> Consent {
     Consent::new(&agent.settings().data_dir)
 }
@@ -128,13 +140,7 @@ fn consent(agent: &Agent) -> Consent {
 fn consent_items(agent: &Agent) -> Result<Vec<ConsentItem>, AgentError> {
     let consent = consent(agent);
     let mut capabilities = vec![Capability::HttpRequest, Capability::Bundle, Capability::Tunnel];
-    capabilities.extend(
-        consent
-            .grants()?
-            .into_iter()
-            .filter_map(|(name, _)| Capability::parse(&name).ok())
-            .filter(|c| matches!(c, Capability::Browser { .. })),
-    );
+    capabilities.extend(browser_grants(&consent)?);
     capabilities
         .into_iter()
         .map(|capability| {

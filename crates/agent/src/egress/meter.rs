@@ -71,16 +71,14 @@ impl MeterDay {
     }
 }
 
-fn today() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day())
-}
+use crate::state::utc_day_now as today;
 
 /// The counts of one agent and its cap.
 #[derive(Debug)]
 pub struct Meter {
     path: Option<PathBuf>,
-    cap: Option<u64>,
+    /// The person may change it while the agent runs (the tray's Settings).
+    cap: Mutex<Option<u64>>,
     day: Mutex<MeterDay>,
     /// When the file was last written, and whether counts arrived since.
     saved: Mutex<(Option<std::time::Instant>, bool)>,
@@ -92,14 +90,19 @@ impl Meter {
         let day = data_dir.map(MeterDay::read).unwrap_or_else(|| MeterDay { day: today(), ..MeterDay::default() });
         Meter {
             path: data_dir.map(|d| d.join(METER_FILE_NAME)),
-            cap,
+            cap: Mutex::new(cap),
             day: Mutex::new(day),
             saved: Mutex::new((None, false)),
         }
     }
 
     pub fn cap(&self) -> Option<u64> {
-        self.cap
+        *self.cap.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The person's new daily cap, applied to the next connection.
+    pub fn set_cap(&self, cap: Option<u64>) {
+        *self.cap.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = cap;
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, MeterDay> {
@@ -113,7 +116,7 @@ impl Meter {
 
     /// `Err((used, cap))` once today's total reached the cap: no new connection today.
     pub fn admit(&self) -> Result<(), (u64, u64)> {
-        let Some(cap) = self.cap else { return Ok(()) };
+        let Some(cap) = self.cap() else { return Ok(()) };
         let used = self.current().total();
         if used >= cap {
             return Err((used, cap));

@@ -11,7 +11,7 @@
 
 pub mod journal;
 
-use crate::limits::JobsPerHour;
+use crate::limits::{local_minute_now, JobsPerHour, QuietHoursGate};
 use crate::runners::{RunContext, RunOutcome, Runners};
 use crate::state::{AgentEvent, JobRecord, JobRunStatus, StateHandle};
 use edge_protocol::{encode, AgentFrame, ErrorCode, HubLimits, JobError, JobSpec, JobStatus, MAX_FRAME_BYTES};
@@ -55,6 +55,9 @@ pub struct ExecutorConfig {
     /// The person's jobs-per-hour cap (lowered by the hub's, never raised); `None` counts
     /// nothing (an executor built for a test of something else).
     pub jobs_per_hour: Option<JobsPerHour>,
+    /// The person's quiet hours: new assignments inside them are refused as paused; `None`
+    /// has none (an executor built for a test of something else).
+    pub quiet_hours: Option<QuietHoursGate>,
     /// Stops the report delivery; jobs end through [`Executor::cancel_all`].
     pub cancel: CancellationToken,
 }
@@ -113,6 +116,7 @@ impl Executor {
             journal: config.journal,
             after_job: config.after_job,
             jobs_per_hour: config.jobs_per_hour,
+            quiet_hours: config.quiet_hours,
             running: HashMap::new(),
             finished: FinishedJobs::default(),
             busy: busy_tx,
@@ -207,6 +211,7 @@ struct Task {
     journal: Journal,
     after_job: Option<AfterJob>,
     jobs_per_hour: Option<JobsPerHour>,
+    quiet_hours: Option<QuietHoursGate>,
     running: HashMap<String, RunningJob>,
     finished: FinishedJobs,
     busy: watch::Sender<usize>,
@@ -252,10 +257,17 @@ impl Task {
         true
     }
 
-    fn set_busy(&self) {
+    /// The jobs running now, in one state change with the count of today's jobs when a
+    /// new one started (`new_job_on`: its UTC day).
+    fn set_busy(&self, new_job_on: Option<String>) {
         let busy = self.running.len();
         self.busy.send_replace(busy);
-        self.state.update(|s| s.busy = busy as u32);
+        self.state.update(|s| {
+            s.busy = busy as u32;
+            if let Some(day) = &new_job_on {
+                s.usage.count_job_start(day);
+            }
+        });
     }
 
     fn assign(&mut self, job: JobSpec, refuse_when_paused: bool) {
@@ -275,8 +287,14 @@ impl Task {
             return;
         }
         // New work only, like the pause: a job this agent resumes by itself was counted when
-        // it first started.
+        // it first started. Quiet hours first: a job refused by them does not use up the cap.
         if refuse_when_paused {
+            if let Some(Err(error)) = self.quiet_hours.as_ref().map(|quiet| quiet.admit(local_minute_now())) {
+                tracing::info!(job_id = %job.job_id, "job refused: quiet hours");
+                self.record_refused(&job, &error);
+                let _ = self.frames.send(result_frame(&job.job_id, Err(error)));
+                return;
+            }
             if let Some(Err(error)) = self.jobs_per_hour.as_mut().map(|jobs| jobs.admit(std::time::Instant::now())) {
                 tracing::warn!(job_id = %job.job_id, "job refused: the jobs-per-hour cap is reached");
                 self.record_refused(&job, &error);
@@ -287,7 +305,8 @@ impl Task {
         let cancel = CancellationToken::new();
         let reason = Arc::new(OnceLock::new());
         self.running.insert(job.job_id.clone(), RunningJob { cancel: cancel.clone(), reason: Arc::clone(&reason) });
-        self.set_busy();
+        // New work counts as today's; a resumed job was counted when it first started.
+        self.set_busy(refuse_when_paused.then(crate::state::utc_day_now));
         let Some(report) = self.commands.upgrade() else { return };
         let job_task = JobTask {
             job,
@@ -542,7 +561,8 @@ mod tests {
         frames: mpsc::UnboundedReceiver<AgentFrame>,
         runner: Counting,
         paused: watch::Sender<bool>,
-        _dir: tempfile::TempDir,
+        state: StateHandle,
+        dir: tempfile::TempDir,
     }
 
     fn harness(slots: u32) -> Harness {
@@ -552,8 +572,9 @@ mod tests {
         runners.register("count", runner.clone());
         let (frames_tx, frames) = mpsc::unbounded_channel();
         let (paused, paused_rx) = watch::channel(false);
+        let state = StateHandle::new(dir.path().to_path_buf());
         let executor = Executor::spawn(ExecutorConfig {
-            state: StateHandle::new(dir.path().to_path_buf()),
+            state: state.clone(),
             runners,
             slots,
             frames: frames_tx,
@@ -562,9 +583,11 @@ mod tests {
             reports_to: None,
             after_job: None,
             jobs_per_hour: None,
+            // No settings file: no quiet hours, until a test writes some.
+            quiet_hours: Some(QuietHoursGate::new(dir.path())),
             cancel: CancellationToken::new(),
         });
-        Harness { executor, frames, runner, paused, _dir: dir }
+        Harness { executor, frames, runner, paused, state, dir }
     }
 
     fn job(id: &str, payload: Value) -> JobSpec {
@@ -671,6 +694,42 @@ mod tests {
         assert_eq!(id, "interrupted");
         assert!(result.is_ok());
         assert_eq!(h.runner.runs.load(Ordering::SeqCst), 1, "only the resumed job ran");
+    }
+
+    #[tokio::test]
+    async fn in_quiet_hours_new_jobs_are_refused_as_paused_and_shown_but_resumed_work_runs() {
+        let mut h = harness(1);
+        h.executor.assign(job("before", serde_json::json!({})));
+        assert!(next_result(&mut h.frames).await.1.is_ok());
+        let today = crate::state::utc_day_now();
+        assert_eq!(h.state.snapshot().usage.jobs_on(&today), 1, "a new job counts as today's");
+
+        // Quiet all day but for the minute four minutes from now: far longer than this test.
+        let now = local_minute_now();
+        let at = |minutes: u16| {
+            let m = (now + minutes) % (24 * 60);
+            format!("{:02}:{:02}", m / 60, m % 60)
+        };
+        let mut settings = crate::local_settings::LocalSettings::load(h.dir.path()).unwrap();
+        settings.quiet_hours = Some(crate::local_settings::QuietHours::new(&at(5), &at(4)).unwrap());
+        settings.save(h.dir.path()).unwrap();
+
+        h.executor.assign(job("quiet", serde_json::json!({})));
+        let (id, result) = next_result(&mut h.frames).await;
+        assert_eq!(id, "quiet");
+        let refused = result.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::AgentPaused, "the hub offers it again later");
+        assert!(refused.message.as_deref().unwrap_or_default().contains(&format!("quiet hours until {}", at(4))));
+        let shown = h.state.snapshot();
+        assert_eq!(shown.recent_jobs[0].id, "quiet");
+        assert_eq!(shown.recent_jobs[0].status, JobRunStatus::Failed);
+        assert_eq!(shown.usage.jobs_on(&today), 1, "a refused job is not counted");
+
+        h.executor.resume(job("interrupted", serde_json::json!({})));
+        let (id, result) = next_result(&mut h.frames).await;
+        assert_eq!(id, "interrupted");
+        assert!(result.is_ok(), "quiet hours stop new work only");
+        assert_eq!(h.runner.runs.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

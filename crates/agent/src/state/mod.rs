@@ -76,6 +76,50 @@ pub struct AgentSnapshot {
     /// The tunnel: whether it is up and how many streams it carries.
     #[serde(default)]
     pub tunnel: TunnelSnapshot,
+    /// While quiet hours hold (settings.json's `quietHours`), their end as `HH:MM` on this
+    /// machine's clock: no new job starts until then.
+    #[serde(default)]
+    pub quiet_until: Option<String>,
+    /// What this process ran today, for the person to set against their caps.
+    #[serde(default)]
+    pub usage: UsageSnapshot,
+}
+
+/// Jobs started on one UTC day (the day of the egress meter, so that jobs and data count
+/// over the same day). Counts new work since the agent started; resumed jobs were counted
+/// when they first started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSnapshot {
+    /// `YYYY-MM-DD`, UTC; empty before the first job.
+    pub day: String,
+    pub jobs_today: u32,
+}
+
+impl UsageSnapshot {
+    /// Counts a job started on `day`; a new day starts from zero.
+    pub fn count_job_start(&mut self, day: &str) {
+        if self.day != day {
+            self.day = day.to_owned();
+            self.jobs_today = 0;
+        }
+        self.jobs_today = self.jobs_today.saturating_add(1);
+    }
+
+    /// Jobs started on `day` (none when the count is of another day).
+    pub fn jobs_on(&self, day: &str) -> u32 {
+        if self.day == day {
+            self.jobs_today
+        } else {
+            0
+        }
+    }
+}
+
+/// Today as `YYYY-MM-DD`, UTC: the day of the egress meter and of [`UsageSnapshot`].
+pub fn utc_day_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:04}-{:02}-{:02}", now.year(), u8::from(now.month()), now.day())
 }
 
 /// Where the tunnel stands (docs/tunnel.md).
@@ -108,6 +152,8 @@ impl AgentSnapshot {
             root_fingerprint: None,
             browser: None,
             tunnel: TunnelSnapshot { state: "off".to_owned(), ..TunnelSnapshot::default() },
+            quiet_until: None,
+            usage: UsageSnapshot::default(),
         }
     }
 }
