@@ -32,7 +32,7 @@ use edge_e2e::{scratch_dir, wait_until, Agent, Binaries, Hub};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RATHOLE_VERSION: &str = "0.5.0";
 const OHA_VERSION: &str = "1.16.0";
@@ -177,17 +177,8 @@ fn load(oha: &Path, dir: &Path, url: &str, rate: u32, seconds: u32, extra: &[&st
         .stderr(stderr)
         .spawn()
         .context("starting oha")?;
-    let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) * 3 + 30);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("oha at {rate} requests/s to {url} did not end in time");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = crate::util::wait_or_kill(&mut child, Duration::from_secs(u64::from(seconds) * 3 + 30))? else {
+        bail!("oha at {rate} requests/s to {url} did not end in time");
     };
     let errors = std::fs::read_to_string(dir.join("oha.stderr")).unwrap_or_default();
     if !status.success() {
@@ -524,57 +515,18 @@ pub fn run(part: Option<&str>) -> Result<()> {
     agent.shutdown();
     hub.shutdown();
     // ---- rathole: Noise and plain TCP ----
-    let keys = Command::new(&rathole).arg("--genkey").output().context("rathole --genkey")?;
-    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
-    let mut lines = keys.lines().map(str::trim).filter(|l| !l.is_empty() && !l.ends_with(':'));
-    let (private, public) = (lines.next().unwrap_or_default().to_owned(), lines.next().unwrap_or_default().to_owned());
-    if private.is_empty() || public.is_empty() {
-        bail!("rathole --genkey printed no key pair: {keys}");
-    }
+    let keys = rathole_keys(&rathole)?;
     let mut theirs = Vec::new();
     let mut rathole_memory = None;
     for transport in ["noise", "tcp"] {
-        let (control, svc_iperf, svc_hold, svc_http) = (free_port()?, free_port()?, free_port()?, free_port()?);
-        let (server_noise, client_noise) = if transport == "noise" {
-            (
-                format!("[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
-                format!("[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let server = dir.path().join(format!("rathole-server-{transport}.toml"));
-        std::fs::write(
-            &server,
-            format!(
-                "[server]\nbind_addr = \"127.0.0.1:{control}\"\n[server.transport]\ntype = \"{transport}\"\n{server_noise}\
-                 [server.services.iperf]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_iperf}\"\n\
-                 [server.services.hold]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_hold}\"\n\
-                 [server.services.http]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_http}\"\n"
-            ),
+        let (server_process, client_process, ports) = start_rathole(
+            &rathole,
+            dir.path(),
+            transport,
+            &keys,
+            &[("iperf", iperf_port), ("hold", hold_port), ("http", http_port)],
         )?;
-        let client = dir.path().join(format!("rathole-client-{transport}.toml"));
-        std::fs::write(
-            &client,
-            format!(
-                "[client]\nremote_addr = \"127.0.0.1:{control}\"\n[client.transport]\ntype = \"{transport}\"\n{client_noise}\
-                 [client.services.iperf]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{iperf_port}\"\n\
-                 [client.services.hold]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{hold_port}\"\n\
-                 [client.services.http]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{http_port}\"\n"
-            ),
-        )?;
-        let spawn = |role: &str, config: &Path| -> Result<Running> {
-            let child = Command::new(&rathole)
-                .arg(role)
-                .arg(config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting rathole {role}"))?;
-            Ok(Running(child))
-        };
-        let server_process = spawn("--server", &server)?;
-        let client_process = spawn("--client", &client)?;
+        let (svc_iperf, svc_hold, svc_http) = (ports[0], ports[1], ports[2]);
         if throughput {
             let one = iperf(svc_iperf, 1)?;
             let sixteen = iperf(svc_iperf, 16)?;
@@ -666,6 +618,57 @@ pub fn run(part: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// A Noise key pair from `rathole --genkey`: (private, public).
+fn rathole_keys(rathole: &Path) -> Result<(String, String)> {
+    let keys = Command::new(rathole).arg("--genkey").output().context("rathole --genkey")?;
+    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
+    let mut lines = keys.lines().map(str::trim).filter(|l| !l.is_empty() && !l.ends_with(':'));
+    let (private, public) = (lines.next().unwrap_or_default().to_owned(), lines.next().unwrap_or_default().to_owned());
+    if private.is_empty() || public.is_empty() {
+        bail!("rathole --genkey printed no key pair: {keys}");
+    }
+    Ok((private, public))
+}
+
+/// A rathole server and client on loopback over `transport` (`noise` with `keys`, or
+/// `tcp`), carrying each of `services` (name, port of the local service): the two processes
+/// and, in the same order, the server's port for each service.
+fn start_rathole(
+    rathole: &Path,
+    dir: &Path,
+    transport: &str,
+    (private, public): &(String, String),
+    services: &[(&str, u16)],
+) -> Result<(Running, Running, Vec<u16>)> {
+    let control = free_port()?;
+    let ports = services.iter().map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
+    let (mut server, mut client) = (
+        format!("[server]\nbind_addr = \"127.0.0.1:{control}\"\n[server.transport]\ntype = \"{transport}\"\n"),
+        format!("[client]\nremote_addr = \"127.0.0.1:{control}\"\n[client.transport]\ntype = \"{transport}\"\n"),
+    );
+    if transport == "noise" {
+        server.push_str(&format!("[server.transport.noise]\nlocal_private_key = \"{private}\"\n"));
+        client.push_str(&format!("[client.transport.noise]\nremote_public_key = \"{public}\"\n"));
+    }
+    for ((name, local), port) in services.iter().zip(&ports) {
+        server.push_str(&format!("[server.services.{name}]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{port}\"\n"));
+        client.push_str(&format!("[client.services.{name}]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{local}\"\n"));
+    }
+    let spawn = |role: &str, config: String| -> Result<Running> {
+        let path = dir.join(format!("rathole-{}-{transport}.toml", role.trim_start_matches('-')));
+        std::fs::write(&path, config)?;
+        let child = Command::new(rathole)
+            .arg(role)
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting rathole {role}"))?;
+        Ok(Running(child))
+    };
+    Ok((spawn("--server", server)?, spawn("--client", client)?, ports))
+}
+
 /// Rounds of the top rate, each one rathole-Noise then our raw TLS then our WebSocket
 /// transport (`cargo xtask bench tunnel rounds`, `EDGE_BENCH_ROUNDS`, default 6). The p99 of a
 /// single 10 s run on this 2-core VM moves by ten times from one run to the next with the
@@ -699,43 +702,9 @@ fn rounds() -> Result<()> {
     }
     let id = agent.agent_id().to_owned();
     // rathole with Noise, up for the whole run.
-    let keys = Command::new(&rathole).arg("--genkey").output().context("rathole --genkey")?;
-    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
-    let mut lines = keys.lines().map(str::trim).filter(|l| !l.is_empty() && !l.ends_with(':'));
-    let (private, public) = (lines.next().unwrap_or_default().to_owned(), lines.next().unwrap_or_default().to_owned());
-    if private.is_empty() || public.is_empty() {
-        bail!("rathole --genkey printed no key pair: {keys}");
-    }
-    let (control, svc_http) = (free_port()?, free_port()?);
-    let server = dir.path().join("rathole-server.toml");
-    std::fs::write(
-        &server,
-        format!(
-            "[server]\nbind_addr = \"127.0.0.1:{control}\"\n[server.transport]\ntype = \"noise\"\n\
-             [server.transport.noise]\nlocal_private_key = \"{private}\"\n\
-             [server.services.http]\ntoken = \"bench\"\nbind_addr = \"127.0.0.1:{svc_http}\"\n"
-        ),
-    )?;
-    let client = dir.path().join("rathole-client.toml");
-    std::fs::write(
-        &client,
-        format!(
-            "[client]\nremote_addr = \"127.0.0.1:{control}\"\n[client.transport]\ntype = \"noise\"\n\
-             [client.transport.noise]\nremote_public_key = \"{public}\"\n\
-             [client.services.http]\ntoken = \"bench\"\nlocal_addr = \"127.0.0.1:{http_port}\"\n"
-        ),
-    )?;
-    let spawn = |role: &str, config: &Path| -> Result<Running> {
-        let child = Command::new(&rathole)
-            .arg(role)
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting rathole {role}"))?;
-        Ok(Running(child))
-    };
-    let (_server, _client) = (spawn("--server", &server)?, spawn("--client", &client)?);
+    let keys = rathole_keys(&rathole)?;
+    let (_server, _client, ports) = start_rathole(&rathole, dir.path(), "noise", &keys, &[("http", http_port)])?;
+    let svc_http = ports[0];
     wait_http(svc_http, "rathole")?;
     let rathole_label = format!("rathole {RATHOLE_VERSION}, Noise");
     let mut measured: Vec<(String, Latency)> = Vec::new();

@@ -12,7 +12,7 @@ use crate::util::root;
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The guides shipped with a release, by file name under `docs/`.
 pub const GUIDES: [&str; 3] = ["edge_agent_install.md", "edge_agent_install.fr.md", "hub_operations.md"];
@@ -109,17 +109,8 @@ fn print_pdf(chromium: &Path, html: &Path, pdf: &Path) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", chromium.display()))?;
-    let until = Instant::now() + PRINT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("Chromium did not print {} within {} s", html.display(), PRINT_TIMEOUT.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = crate::util::wait_or_kill(&mut child, PRINT_TIMEOUT)? else {
+        bail!("Chromium did not print {} within {} s", html.display(), PRINT_TIMEOUT.as_secs());
     };
     let mut said = String::new();
     if let Some(mut stderr) = child.stderr.take() {

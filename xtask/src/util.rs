@@ -2,7 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
@@ -41,4 +42,20 @@ pub fn cargo() -> Command {
 pub fn is_root() -> bool {
     // SAFETY-free alternative to libc::geteuid: `id -u` is on every Debian machine.
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// Waits for `child` to exit for at most `timeout`; past it, kills it and returns `None`.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
