@@ -38,6 +38,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Whether this process has logged its first acknowledged heartbeat.
 static FIRST_HB_ACK_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process has had a `hb_ack` from the hub: the updater's probation ends there.
+pub fn first_hb_ack_seen() -> bool {
+    FIRST_HB_ACK_SEEN.load(std::sync::atomic::Ordering::Relaxed)
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const HELLO_ACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// The hub is presumed dead after this many heartbeat intervals without any frame.
