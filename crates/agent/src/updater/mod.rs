@@ -270,7 +270,7 @@ pub async fn download(ctx: &UpdaterContext, found: &FoundRelease) -> Result<Path
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755));
     }
-    match self_test(&file).await {
+    match self_test(&file, &ctx.data_dir.join("updates").join("self-test")).await {
         Ok(printed) if printed == expected => Ok(file),
         Ok(printed) => {
             Err(refuse(UPDATE_BROKEN, format!("the new binary reports version {printed:?}, not {expected}")))
@@ -285,10 +285,13 @@ fn release_url_tail(found: &FoundRelease) -> String {
     found.target_file.strip_prefix(edge_bundle::release::RELEASE_PATH_PREFIX).unwrap_or(&found.target_file).to_owned()
 }
 
-/// Runs `<binary> update self-test` and returns what it printed.
-async fn self_test(binary: &Path) -> Result<String, String> {
+/// Runs `<binary> update self-test` (its logs in `data_dir`, away from the person's) and
+/// returns what it printed.
+async fn self_test(binary: &Path, data_dir: &Path) -> Result<String, String> {
     let mut command = tokio::process::Command::new(binary);
     command
+        .arg("--data-dir")
+        .arg(data_dir)
         .args(["update", "self-test"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -466,7 +469,7 @@ pub(crate) async fn run(
                     // Try again soon rather than in a day.
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+                        _ = tokio::time::sleep(options.interval.min(Duration::from_secs(30))) => continue,
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "update check failed"),
