@@ -146,7 +146,7 @@ fn updates_are_verified_wait_for_jobs_and_roll_back_when_the_new_version_never_c
     // for the job, then v2 takes over and stays.
     change(&hub, "pause", "2.0.0")?;
     let env = [("EDGE_AGENT_TEST_NEVER_CONNECT_VERSION", "3.0.0")];
-    agent.run_with_env(&["--update-interval-secs", "1", "--update-probation-secs", "8"], &env)?;
+    agent.run_with_env(&["--update-interval-secs", "1", "--update-probation-secs", "12"], &env)?;
     wait_version(&hub, &key, &agent, "1.0.0")?;
     let marker = dir.path().join("job-finished.txt");
     let source = dir.path().join("slow-bundle");
