@@ -342,18 +342,19 @@ pub async fn apply(
         probation_secs: probation.as_secs(),
     };
     let (Decision::Available { version }, Some(found)) = (&check.decision, found) else { return Ok(report) };
+    // Installed already (by `edge-agent update apply` beside a running agent) but not
+    // started yet: nothing to download, the restart is what is missing (the running agent
+    // restarts into it when idle).
+    if version_slot::version_of(exe).ok().as_deref() == Some(version.as_str()) {
+        report.installed = Some(version.clone());
+        return Ok(report);
+    }
     if install::probation(&ctx.data_dir)?.is_some() {
         return Err(UpdateError::Io(
             "an installed update is still on probation (waiting for its first start and hb_ack); restart the agent \
              first"
                 .into(),
         ));
-    }
-    // Installed already (by `edge-agent update apply` beside a running agent) but not
-    // started yet: nothing to download, the restart is what is missing.
-    if version_slot::version_of(exe).ok().as_deref() == Some(version.as_str()) {
-        report.installed = Some(version.clone());
-        return Ok(report);
     }
     let file = download(ctx, &found).await?;
     if busy() {
