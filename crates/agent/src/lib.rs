@@ -34,6 +34,7 @@ pub mod state;
 mod tls;
 pub mod trim;
 pub mod tunnel;
+pub mod updater;
 
 pub use credentials::{CredentialStore, Credentials, DeviceKey, MemoryCredentialStore};
 pub use device_login::{DeviceLogin, DeviceLoginCodes};
@@ -47,9 +48,10 @@ pub use service::{
 };
 pub use state::StateFile;
 
-/// `agent-x.y.z`, as in `hello` and `hb`.
+/// `agent-x.y.z`, as in `hello` and `hb`: the version stamped into this binary
+/// (`updater::version_slot`), which is the package version unless a release stamped another.
 pub fn agent_version() -> String {
-    format!("agent-{}", env!("CARGO_PKG_VERSION"))
+    format!("agent-{}", updater::running_version())
 }
 
 pub(crate) fn now_rfc3339() -> String {

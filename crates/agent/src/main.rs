@@ -61,7 +61,23 @@ enum Command {
         /// list can live in settings.json (allowEgress). Without a port: ports 80 and 443.
         #[arg(long = "allow-egress", value_name = "ADDRESS[:PORT]")]
         allow_egress: Vec<String>,
+        /// Release channel to follow for automatic updates.
+        #[arg(long, env = "EDGE_AGENT_UPDATE_CHANNEL", default_value = edge_agent::updater::DEFAULT_CHANNEL)]
+        update_channel: String,
+        /// Never check for or install updates by itself (`edge-agent update` still works).
+        #[arg(long, env = "EDGE_AGENT_NO_AUTO_UPDATE")]
+        no_auto_update: bool,
+        /// Seconds a new version has, from its first start, to reach the hub before the
+        /// previous one is restored (tests shorten it).
+        #[arg(long, hide = true, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        update_probation_secs: u64,
+        /// Seconds between update checks (24 h, jittered; tests shorten it).
+        #[arg(long, hide = true, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+        update_interval_secs: u64,
     },
+    /// Agent updates from the hub: check, or install now.
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// Show the login (never the key) and the running agent's state.
     Status {
         /// Print JSON instead of text.
@@ -129,6 +145,43 @@ struct BenchEgressArgs {
     runs: usize,
     #[arg(long)]
     proxy: bool,
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Ask the hub whether a newer version is offered to this machine (nothing installed).
+    Check {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "EDGE_AGENT_UPDATE_CHANNEL", default_value = edge_agent::updater::DEFAULT_CHANNEL)]
+        channel: String,
+    },
+    /// Download, verify and install the offered version in place of this program (never
+    /// while a job runs); it runs from the agent's next start and must reach the hub within
+    /// 60 s or the previous version comes back.
+    Apply {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "EDGE_AGENT_UPDATE_CHANNEL", default_value = edge_agent::updater::DEFAULT_CHANNEL)]
+        channel: String,
+        #[arg(long, hide = true, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        probation_secs: u64,
+    },
+    /// Print the version stamped into this binary (the updater runs it on a new binary
+    /// before installing it).
+    #[command(hide = true)]
+    SelfTest,
+    /// Write a copy of this binary with another version stamped into it (release pipeline,
+    /// tests).
+    #[command(hide = true)]
+    Stamp {
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,12 +315,24 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
         Command::Login { device: Some(hub), name, .. } => device_login(settings, &hub, name).await,
         Command::Login { hub: Some(hub), token: Some(token), name, .. } => login(settings, &hub, &token, name).await,
         Command::Login { .. } => bail!("give --device HUB_URL, or --hub HUB_URL with --token T"),
-        Command::Run { hb_interval_secs, slots, allow_egress } => {
+        Command::Run {
+            hb_interval_secs,
+            slots,
+            allow_egress,
+            update_channel,
+            no_auto_update,
+            update_probation_secs,
+            update_interval_secs,
+        } => {
             settings.hb_interval = Duration::from_secs(hb_interval_secs);
             settings.slots = slots;
             settings.allow_egress = allow_egress;
-            run(settings).await
+            let mut updates =
+                edge_agent::updater::AutoUpdate::new(update_channel, Duration::from_secs(update_probation_secs));
+            updates.interval = Duration::from_secs(update_interval_secs);
+            run(settings, (!no_auto_update).then_some(updates)).await
         }
+        Command::Update(command) => update_command(settings, command).await,
         Command::Status { json } => status(settings, json).await,
         Command::BenchBundle { hub, api_key, tenant, bundle, version } => {
             let api_key = edge_agent::secret::Secret::new(api_key);
@@ -617,8 +682,94 @@ fn print_login(outcome: &edge_agent::LoginOutcome) {
     }
 }
 
-async fn run(settings: AgentSettings) -> Result<ExitCode> {
+/// `edge-agent update …`.
+async fn update_command(settings: AgentSettings, command: UpdateCommand) -> Result<ExitCode> {
+    use edge_agent::updater::{self, Decision};
+    match command {
+        UpdateCommand::SelfTest => {
+            println!("{}", updater::running_version());
+            Ok(ExitCode::SUCCESS)
+        }
+        UpdateCommand::Stamp { version, out } => {
+            let exe = updater::install::installed_exe()?;
+            updater::version_slot::stamp(&exe, &out, &version)?;
+            println!("{}: edge-agent {version}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        UpdateCommand::Check { json, channel } => {
+            let service = AgentService::new(settings);
+            let ctx = service.updater_context(&channel).await?;
+            let (report, _) = updater::check(&ctx).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("running:  {} ({} {}/{})", report.running, report.channel, report.platform, report.arch);
+                match &report.decision {
+                    Decision::UpToDate => println!("up to date"),
+                    Decision::Available { version } => {
+                        println!("available: {version} (edge-agent update apply installs it)")
+                    }
+                    Decision::NotYetInRollout { version, bucket, rollout_percent } => println!(
+                        "{version} is rolling out to {rollout_percent}% of agents; this one comes at {}%",
+                        bucket + 1
+                    ),
+                    Decision::FailedBefore { version } => {
+                        println!("{version} failed to start here before and is not installed again")
+                    }
+                }
+                if let Some(offer) = report.offered.as_ref().filter(|o| !o.notes.is_empty()) {
+                    println!("notes:    {}", offer.notes);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        UpdateCommand::Apply { json, channel, probation_secs } => {
+            let data_dir = settings.data_dir.clone();
+            // A running agent's jobs, from its state file: an update never starts under one.
+            let busy = move || {
+                StateFile::read(&data_dir).ok().flatten().is_some_and(|s| s.writer_alive() && s.snapshot.busy > 0)
+            };
+            let service = AgentService::new(settings);
+            let ctx = service.updater_context(&channel).await?;
+            let exe = updater::install::installed_exe()?;
+            let report = updater::apply(&ctx, &exe, Duration::from_secs(probation_secs), busy).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                match &report.installed {
+                    Some(version) => println!(
+                        "installed {version} at {} (previous kept as {}); restart the agent to run it: it must reach \
+                         the hub within {} s of its first start, or the previous version comes back",
+                        report.exe.display(),
+                        report.previous.as_ref().map_or_else(|| "before".to_owned(), |p| p.display().to_string()),
+                        report.probation_secs
+                    ),
+                    None => println!("nothing installed: {:?}", report.check.decision),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run(settings: AgentSettings, updates: Option<edge_agent::updater::AutoUpdate>) -> Result<ExitCode> {
+    use edge_agent::updater::{self, install::StartState};
+    // An update on probation: this start may be its first, or one past its window.
+    let probation = updates.as_ref().map_or(updater::DEFAULT_PROBATION, |u| u.probation);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let start = updater::install::on_start(&settings.data_dir, &updater::running_version(), probation, now)?;
+    if let StartState::RolledBack { exe } = &start {
+        tracing::error!(exe = %exe.display(), "the installed update never reached the hub; starting the previous version");
+        return Err(updater::install::restart(exe).into());
+    }
     let service = AgentService::new(settings);
+    let restart = updates.as_ref().map(|u| u.restart.clone());
+    if let Some(updates) = updates {
+        service.enable_updates(updates);
+    }
     // A mistyped allowance is the person's to fix before anything connects.
     let gate = service.egress().map_err(|e| anyhow::anyhow!("{e}"))?;
     for allowance in gate.policy().allowances() {
@@ -634,12 +785,38 @@ async fn run(settings: AgentSettings) -> Result<ExitCode> {
     let mut events = service.subscribe();
     tokio::spawn(trim_once_online(service.subscribe()));
     service.start()?;
+    let data_dir = service.settings().data_dir.clone();
+    let probation_over = async {
+        match start {
+            StartState::Probation { remaining } => probation_watch(&data_dir, remaining).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let update_ready = async {
+        match &restart {
+            Some(restart) => restart.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     let stopped_by_itself = tokio::select! {
         _ = shutdown_signal() => None,
         reason = loop_ended(&mut events) => Some(reason),
+        exe = probation_over => Some(LoopEnd::Restart(exe)),
+        _ = update_ready => Some(LoopEnd::Restart(updater::install::installed_exe()?)),
     };
+    if let Some(LoopEnd::Restart(_)) = &stopped_by_itself {
+        // Never in the middle of a job: wait for the running ones (bounded by the job
+        // timeouts the executor enforces).
+        while service.snapshot().busy > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     service.shutdown().await;
     match stopped_by_itself {
+        Some(LoopEnd::Restart(exe)) => {
+            tracing::info!(exe = %exe.display(), "restarting");
+            Err(updater::install::restart(&exe).into())
+        }
         None => {
             tracing::info!("stopped");
             Ok(ExitCode::SUCCESS)
@@ -677,9 +854,44 @@ async fn trim_once_online(mut events: tokio::sync::broadcast::Receiver<AgentEven
     );
 }
 
+/// Until the first `hb_ack` (the update stays: never returns) or the end of the window
+/// (the previous binary is restored: returns its path to restart into).
+async fn probation_watch(data_dir: &std::path::Path, remaining: Duration) -> PathBuf {
+    use edge_agent::updater::{self, install};
+    let version = updater::running_version();
+    let deadline = tokio::time::Instant::now() + remaining;
+    while tokio::time::Instant::now() < deadline {
+        if edge_agent::session::first_hb_ack_seen() {
+            match install::confirm(data_dir, &version) {
+                Ok(_) => tracing::info!(version, "update confirmed: the hub acknowledged this version"),
+                Err(e) => tracing::error!(error = %e, "cannot confirm the update"),
+            }
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reason = format!(
+        "version {version} did not reach the hub (no hb_ack) within {} s of its first start",
+        remaining.as_secs()
+    );
+    let rolled_back = install::probation(data_dir)
+        .and_then(|marker| marker.ok_or_else(|| updater::UpdateError::Io("the probation marker is gone".into())))
+        .and_then(|marker| install::roll_back(data_dir, &marker, &reason));
+    match rolled_back {
+        Ok(exe) => exe,
+        Err(e) => {
+            // Nothing to restore into: keep running this version and say why.
+            tracing::error!(error = %e, "the update failed its probation and cannot be rolled back");
+            std::future::pending().await
+        }
+    }
+}
+
 enum LoopEnd {
     LoginRequired(String),
     Stopped(String),
+    /// Into an installed update, or back into the previous version after a failed one.
+    Restart(PathBuf),
 }
 
 /// Resolves when the loop gives up by itself (it only does for reasons a retry cannot fix).

@@ -118,6 +118,9 @@ struct Inner {
     running: Mutex<Option<RunningLoop>>,
     /// The person saved settings.json (the tray): the loop looks at the quiet hours at once.
     settings_changed: tokio::sync::Notify,
+    /// Automatic updates, when the embedding program can restart into a new binary
+    /// (`edge-agent run`); off otherwise.
+    updates: Mutex<Option<crate::updater::AutoUpdate>>,
 }
 
 impl Inner {
@@ -215,6 +218,23 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         },
         cancel.child_token(),
     ));
+    let updates = inner.updates.lock().ok().and_then(|u| u.clone());
+    if let Some(options) = updates {
+        match crate::bundles::download::client() {
+            Ok(http) => {
+                let ctx = crate::updater::UpdaterContext {
+                    data_dir: data_dir.clone(),
+                    hub_base: hub_url.http_endpoint("").trim_end_matches('/').to_owned(),
+                    http,
+                    auth: crate::bundles::HubAuth::Agent(Box::new(tokens.clone())),
+                    agent_id: credentials.agent_id.clone(),
+                    channel: options.channel.clone(),
+                };
+                tokio::spawn(crate::updater::run(ctx, options, state.clone(), cancel.child_token()));
+            }
+            Err(e) => tracing::warn!(error = %e, "automatic updates are off"),
+        }
+    }
     let bundles = crate::bundles::start(&data_dir, &tokens, &hub_url, &cancel)
         .map(|bundles| bundles.with_browser(browser.clone()));
     let consent = crate::consent::Consent::new(&data_dir);
@@ -349,6 +369,7 @@ impl AgentService {
                 egress,
                 running: Mutex::new(None),
                 settings_changed: tokio::sync::Notify::new(),
+                updates: Mutex::new(None),
             }),
         }
     }
@@ -357,6 +378,29 @@ impl AgentService {
     /// why there is none (an allowance that cannot be read).
     pub fn egress(&self) -> Result<&EgressGate, &str> {
         self.inner.egress.as_ref().map_err(String::as_str)
+    }
+
+    /// Turns automatic updates on for the next `start`: checks at start and daily, installs
+    /// when idle, then notifies `options.restart` (the program restarts into the new binary).
+    pub fn enable_updates(&self, options: crate::updater::AutoUpdate) {
+        if let Ok(mut updates) = self.inner.updates.lock() {
+            *updates = Some(options);
+        }
+    }
+
+    /// What an on-demand update check needs: the login's hub, agent id and a token source.
+    pub async fn updater_context(&self, channel: &str) -> Result<crate::updater::UpdaterContext, AgentError> {
+        let credentials = self.inner.load_credentials().await?.ok_or(AgentError::NotLoggedIn)?;
+        let hub_url = HubUrl::parse(&credentials.hub_url)?;
+        let tokens = crate::hub_client::TokenCache::new(HubClient::new()?, credentials.clone());
+        Ok(crate::updater::UpdaterContext {
+            data_dir: self.inner.settings.data_dir.clone(),
+            hub_base: hub_url.http_endpoint("").trim_end_matches('/').to_owned(),
+            http: crate::bundles::download::client()?,
+            auth: crate::bundles::HubAuth::Agent(Box::new(tokens)),
+            agent_id: credentials.agent_id.clone(),
+            channel: channel.to_owned(),
+        })
     }
 
     pub fn settings(&self) -> &AgentSettings {

@@ -39,6 +39,9 @@ const LAYERS: &[&str] = &[
     "tunnel",
     "runners",
     "executor",
+    // Agent updates: uses the bundles' trust and download and the state; the session asks it
+    // for the running version, the service starts it.
+    "updater",
     "session",
     "service",
 ];

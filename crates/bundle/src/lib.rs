@@ -4,7 +4,8 @@
 //! This crate owns the bundle naming rules ([`names`]), the custom metadata of a bundle's TUF
 //! target and the seed `manifest.json` view ([`manifest`]), building and signing the TUF
 //! repository on the hub ([`repo`]) and each tenant's view of it ([`view`]), verifying it on
-//! the agent through `tough` ([`verify`]), the safe unzip ([`unpack`]) and the error codes
+//! the agent through `tough` ([`verify`]), agent releases per channel ([`release`]), the
+//! safe unzip ([`unpack`]) and the error codes
 //! of every refusal ([`codes`]).
 //!
 //! It must never do network I/O (the agent brings its own `tough::Transport`), never trust
@@ -14,6 +15,7 @@
 pub mod codes;
 pub mod manifest;
 pub mod names;
+pub mod release;
 pub mod repo;
 #[doc(hidden)]
 pub mod testing;

@@ -77,7 +77,7 @@ pub enum RepoError {
     Locked(PathBuf),
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
     let context = context.into();
     move |source| RepoError::Io { context, source }
 }
@@ -175,7 +175,7 @@ pub fn sign<T: Serialize>(value: T, signers: &[&Signer]) -> Result<Signed<T>, Re
 }
 
 /// Writes a key file readable by its owner only.
-fn write_key(path: &Path, pkcs8: &[u8]) -> Result<(), RepoError> {
+pub(crate) fn write_key(path: &Path, pkcs8: &[u8]) -> Result<(), RepoError> {
     if path.exists() {
         return Err(RepoError::Exists(path.to_path_buf()));
     }
@@ -306,7 +306,7 @@ impl Repo {
         self.dir.join("targets")
     }
 
-    fn keys_dir(&self) -> PathBuf {
+    pub(crate) fn keys_dir(&self) -> PathBuf {
         self.dir.join("keys")
     }
 
@@ -598,7 +598,7 @@ impl Repo {
 
     /// Writes changed role files, then a new snapshot, then `timestamp.json` last.
     #[allow(clippy::too_many_arguments)]
-    fn commit(
+    pub(crate) fn commit(
         &self,
         targets: &Signed<Targets>,
         write_targets: bool,
@@ -794,7 +794,7 @@ impl Repo {
         Ok(out)
     }
 
-    fn lock(&self) -> Result<LockGuard, RepoError> {
+    pub(crate) fn lock(&self) -> Result<LockGuard, RepoError> {
         fs::create_dir_all(&self.dir).map_err(io(format!("cannot create {}", self.dir.display())))?;
         let path = self.dir.join(".lock");
         let started = Instant::now();
@@ -824,7 +824,7 @@ impl Repo {
     }
 }
 
-struct LockGuard(PathBuf);
+pub(crate) struct LockGuard(PathBuf);
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
@@ -832,7 +832,7 @@ impl Drop for LockGuard {
     }
 }
 
-struct TempPath(PathBuf);
+pub(crate) struct TempPath(pub(crate) PathBuf);
 
 impl Drop for TempPath {
     fn drop(&mut self) {
@@ -840,17 +840,17 @@ impl Drop for TempPath {
     }
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes);
     hex::encode(bytes)
 }
 
-fn nz(value: u64) -> NonZeroU64 {
+pub(crate) fn nz(value: u64) -> NonZeroU64 {
     NonZeroU64::new(value).unwrap_or(NonZeroU64::MIN)
 }
 
-fn hex_decoded(hex_str: &str) -> Result<Decoded<Hex>, RepoError> {
+pub(crate) fn hex_decoded(hex_str: &str) -> Result<Decoded<Hex>, RepoError> {
     hex::decode(hex_str).map(Decoded::from).map_err(|e| RepoError::Invalid(format!("bad hex digest: {e}")))
 }
 
@@ -870,7 +870,7 @@ fn meta_version(meta: &HashMap<String, Metafile>, name: &str) -> Result<u64, Rep
     meta.get(name).map(|m| m.version.get()).ok_or_else(|| RepoError::Invalid(format!("metadata does not list {name}")))
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
     serde_json::to_vec_pretty(value).map_err(|e| RepoError::Invalid(format!("cannot encode metadata: {e}")))
 }
 
@@ -992,7 +992,10 @@ impl Repo {
         for (name, mut role) in tenants {
             let old = current.tenants.get(&name).map_or(0, |r| r.signed.version.get());
             role.version = nz(old + 1);
-            let key_path = self.tenant_key_path(&name);
+            let key_path = match crate::release::channel_of_role(&name) {
+                Some(channel) => self.release_key_path(channel),
+                None => self.tenant_key_path(&name),
+            };
             let key = if key_path.exists() {
                 Signer::load(&key_path)?
             } else {

@@ -205,25 +205,7 @@ impl Verified {
         }
         let signed =
             role.targets.as_ref().ok_or_else(|| not_found(format!("tenant {tenant:?} role was not loaded")))?;
-        if signed.signed.expires <= chrono::Utc::now() {
-            return Err(VerifyError::new(
-                codes::BUNDLE_EXPIRED,
-                format!("the signed targets of tenant {tenant:?} expired at {}", signed.signed.expires),
-            ));
-        }
-        let mut versions = self.store.role_versions();
-        let seen = versions.get(tenant).copied().unwrap_or(0);
-        let now_version = signed.signed.version.get();
-        if now_version < seen {
-            return Err(VerifyError::new(
-                codes::BUNDLE_ROLLBACK,
-                format!("tenant {tenant:?} targets went from version {seen} back to {now_version}"),
-            ));
-        }
-        if now_version > seen {
-            versions.insert(tenant.to_owned(), now_version);
-            self.store.save_role_versions(&versions)?;
-        }
+        self.check_role_fresh(tenant, &format!("tenant {tenant:?}"), signed)?;
 
         let mut candidates: Vec<(BundleRef, &tough::schema::Target)> = signed
             .signed
@@ -269,6 +251,114 @@ impl Verified {
         let target_file = bundle_ref.target_file(&sha256);
         Ok(FoundBundle { bundle: bundle_ref, length: target.length, sha256, meta, target_file })
     }
+}
+
+impl Verified {
+    /// What `tough` 0.18 leaves out for a delegated role: its expiry, and its version never
+    /// going below the highest this trust store has seen (kept in `role-versions.json`).
+    fn check_role_fresh(
+        &self,
+        role: &str,
+        what: &str,
+        signed: &Signed<tough::schema::Targets>,
+    ) -> Result<(), VerifyError> {
+        if signed.signed.expires <= chrono::Utc::now() {
+            return Err(VerifyError::new(
+                codes::BUNDLE_EXPIRED,
+                format!("the signed targets of {what} expired at {}", signed.signed.expires),
+            ));
+        }
+        let mut versions = self.store.role_versions();
+        let seen = versions.get(role).copied().unwrap_or(0);
+        let now_version = signed.signed.version.get();
+        if now_version < seen {
+            return Err(VerifyError::new(
+                codes::BUNDLE_ROLLBACK,
+                format!("{what} targets went from version {seen} back to {now_version}"),
+            ));
+        }
+        if now_version > seen {
+            versions.insert(role.to_owned(), now_version);
+            self.store.save_role_versions(&versions)?;
+        }
+        Ok(())
+    }
+
+    /// The newest release of `channel` for this platform and architecture that is not
+    /// paused, from the channel's own role only; `Ok(None)` when the channel has none.
+    /// Staging by rollout percentage and the comparison with the running version are the
+    /// caller's: this only says what the signed metadata offers.
+    pub fn find_release(&self, channel: &str, platform: &str, arch: &str) -> Result<Option<FoundRelease>, VerifyError> {
+        use crate::release::{release_path_pattern, release_role, validate_channel, ReleaseMeta, ReleaseRef};
+        validate_channel(channel).map_err(|e| VerifyError::new(codes::BUNDLE_NOT_FOUND, e.to_string()))?;
+        let role_name = release_role(channel);
+        let Some(role) =
+            self.repo.targets().signed.delegations.as_ref().and_then(|d| d.roles.iter().find(|r| r.name == role_name))
+        else {
+            return Ok(None);
+        };
+        let expected = release_path_pattern(channel);
+        let confined = matches!(&role.paths, PathSet::Paths(paths) if paths.len() == 1 && paths[0].value() == expected);
+        if !confined {
+            return Err(VerifyError::new(
+                codes::TENANT_MISMATCH,
+                format!("the delegation of release channel {channel:?} is not limited to {expected:?}; refusing it"),
+            ));
+        }
+        let signed = role.targets.as_ref().ok_or_else(|| {
+            VerifyError::new(codes::BUNDLE_METADATA_INVALID, format!("release channel {channel:?} was not loaded"))
+        })?;
+        self.check_role_fresh(&role_name, &format!("release channel {channel:?}"), signed)?;
+        let mut best: Option<(ReleaseRef, &tough::schema::Target, ReleaseMeta)> = None;
+        for (name, target) in &signed.signed.targets {
+            let Ok(release) = ReleaseRef::parse_target_name(name.raw()) else { continue };
+            if release.channel != channel || release.platform != platform || release.arch != arch {
+                continue;
+            }
+            let meta: ReleaseMeta =
+                serde_json::from_value(serde_json::Value::Object(target.custom.clone().into_iter().collect()))
+                    .map_err(|e| {
+                        VerifyError::new(
+                            codes::BUNDLE_METADATA_INVALID,
+                            format!("release {release}: metadata unreadable: {e}"),
+                        )
+                    })?;
+            let sha256 = hex::encode(target.hashes.sha256.as_ref());
+            let consistent = meta.channel == release.channel
+                && meta.platform == release.platform
+                && meta.arch == release.arch
+                && meta.version == release.version.to_string()
+                && meta.sha256 == sha256
+                && meta.rollout_percent <= 100;
+            if !consistent {
+                return Err(VerifyError::new(
+                    codes::BUNDLE_INCONSISTENT,
+                    format!("release {release}: its custom metadata does not match its target name and hash"),
+                ));
+            }
+            if meta.paused {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(b, _, _)| release.version > b.version) {
+                best = Some((release, target, meta));
+            }
+        }
+        Ok(best.map(|(release, target, meta)| {
+            let sha256 = hex::encode(target.hashes.sha256.as_ref());
+            FoundRelease { target_file: release.target_file(&sha256), release, length: target.length, sha256, meta }
+        }))
+    }
+}
+
+/// A release the metadata vouches for.
+#[derive(Debug, Clone)]
+pub struct FoundRelease {
+    pub release: crate::release::ReleaseRef,
+    pub length: u64,
+    pub sha256: String,
+    pub meta: crate::release::ReleaseMeta,
+    /// Path under the repository's `targets/` (consistent-snapshot name).
+    pub target_file: String,
 }
 
 fn parse_root(bytes: &[u8]) -> Result<Signed<Root>, VerifyError> {

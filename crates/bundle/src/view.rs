@@ -53,6 +53,8 @@ impl MetadataFile {
             "targets" => MetadataFile::Targets(version),
             // `timestamp` has no versioned file; a tenant cannot be named like a top-level role.
             "timestamp" => return None,
+            // A release channel's role (`_release-<channel>`), which no tenant slug can be.
+            other if crate::release::channel_of_role(other).is_some() => MetadataFile::Role(version, other.to_owned()),
             other => {
                 validate_slug("role", other).ok()?;
                 MetadataFile::Role(version, other.to_owned())
@@ -66,6 +68,18 @@ impl Repo {
     /// (another tenant's role, a version that does not exist).
     pub fn tenant_view(&self, tenant: &str, file: &str) -> Result<Option<Vec<u8>>, RepoError> {
         validate_slug("tenant", tenant)?;
+        self.role_view(tenant, file)
+    }
+
+    /// `file` as an agent following release `channel` sees it: the same derivation as a
+    /// tenant's view, with the channel's release role as the only delegation.
+    pub fn release_view(&self, channel: &str, file: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        crate::release::validate_channel(channel)?;
+        self.role_view(&crate::release::release_role(channel), file)
+    }
+
+    /// The view whose only delegation is `role` (a tenant, or a release channel's role).
+    fn role_view(&self, tenant: &str, file: &str) -> Result<Option<Vec<u8>>, RepoError> {
         if !self.is_initialised() {
             return Err(RepoError::NotInitialised(self.dir().to_path_buf()));
         }

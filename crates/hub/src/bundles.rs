@@ -276,9 +276,19 @@ async fn target(
         return Err(missing());
     }
     let path = service.repo.targets_dir().join(&tenant).join(&bundle).join(&file);
-    let mut handle = match tokio::fs::File::open(&path).await {
+    serve_file(&path, &headers, "application/zip").await?.ok_or_else(missing)
+}
+
+/// Serves a file under consistent (never reused) name, honouring one `Range: bytes=a-[b]`
+/// so agents resume downloads; `Ok(None)` when it does not exist. Releases use it too.
+pub(crate) async fn serve_file(
+    path: &std::path::Path,
+    headers: &HeaderMap,
+    content_type: &'static str,
+) -> Result<Option<Response>, Failure> {
+    let mut handle = match tokio::fs::File::open(path).await {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Failure::internal("cannot open the bundle file", &e)),
     };
     let length = handle.metadata().await.map_err(|e| Failure::internal("cannot stat the bundle file", &e))?.len();
@@ -291,7 +301,7 @@ async fn target(
             if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
                 response.headers_mut().insert(header::CONTENT_RANGE, value);
             }
-            return Ok(response);
+            return Ok(Some(response));
         }
     };
     let count = if length == 0 { 0 } else { end - start + 1 };
@@ -303,7 +313,7 @@ async fn target(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(value) = HeaderValue::from_str(&count.to_string()) {
         headers.insert(header::CONTENT_LENGTH, value);
@@ -315,7 +325,7 @@ async fn target(
     }
     // Consistent names never change content: safe to cache forever.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
-    Ok(response)
+    Ok(Some(response))
 }
 
 /// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range within `length`; `None` when unsatisfiable.

@@ -19,6 +19,8 @@ pub mod jwt;
 pub mod metrics;
 pub mod private_files;
 pub mod queue;
+pub mod release_cli;
+pub mod releases;
 pub mod secret;
 pub mod server;
 pub mod store;

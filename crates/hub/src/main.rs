@@ -38,6 +38,8 @@ enum Command {
     ApiKey(ApiKeyCommand),
     /// Trusted bundles: keys, root rotation, publishing (see docs/bundles.md).
     Bundle(edge_hub::bundle_cli::BundleArgs),
+    /// Agent releases: publish, pause, resume, rollout, list (see docs/updates.md).
+    Release(edge_hub::release_cli::ReleaseArgs),
 }
 
 #[derive(Args)]
@@ -276,6 +278,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bundle(args) => {
             let output = edge_hub::bundle_cli::run(args, &database_url)?;
+            println!("{}", serde_json::to_string(&output)?);
+            Ok(())
+        }
+        Command::Release(args) => {
+            let output = edge_hub::release_cli::run(args, &database_url)?;
             println!("{}", serde_json::to_string(&output)?);
             Ok(())
         }

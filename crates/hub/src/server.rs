@@ -267,7 +267,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));
     crate::private_files::secure_bundle_dir(&bundle_dir);
     let bundle_service =
-        crate::bundles::BundleService::open(bundle_dir).with_run_bytes_per_agent(config.run_bytes_per_agent);
+        crate::bundles::BundleService::open(bundle_dir.clone()).with_run_bytes_per_agent(config.run_bytes_per_agent);
     // Ends with the other background tasks; a purge cut short just runs again next start.
     tokio::spawn(crate::bundles::purge_runs_periodically(
         bundle_service.clone(),
@@ -296,6 +296,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     }
     let router = api::router(app.clone())
         .merge(crate::tunnel::router(app.clone()))
+        .merge(crate::releases::router(app.clone(), bundle_service.clone(), bundle_dir))
         .merge(crate::bundles::router(app, bundle_service));
     let graceful = shutdown.clone().cancelled_owned();
     let server = match tls {

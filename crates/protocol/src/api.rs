@@ -15,6 +15,13 @@ pub const BUNDLE_ROOT_PATH: &str = "/v1/bundles/root.json";
 pub const BUNDLE_METADATA_PATH: &str = "/v1/bundles/metadata/";
 /// Base of the bundle zips (consistent-snapshot names).
 pub const BUNDLE_TARGETS_PATH: &str = "/v1/bundles/targets/";
+/// Agent releases (agent JWT): `<channel>/metadata/<file>` is a channel's TUF view, signed by
+/// the same root as bundles; `targets/<channel>/<platform>/<arch>/<sha256>.<version>` the
+/// binaries.
+pub const RELEASES_PATH: &str = "/v1/releases/";
+/// `POST` an [`UpdateFailedRequest`] (agent JWT): a new version did not reach `hb_ack` in its
+/// probation window and the agent went back to the previous one.
+pub const UPDATE_FAILED_PATH: &str = "/v1/releases/failed";
 
 /// WebSocket close codes the hub uses when it refuses or ends a session (4000–4999 are
 /// the application range of RFC 6455).
@@ -317,4 +324,31 @@ pub struct DeviceApproveResponse {
     /// `approved` or `denied`.
     pub status: String,
     pub creator_id: Option<String>,
+}
+
+/// `POST /v1/releases/failed`: this agent installed `version`, which did not reach `hb_ack`
+/// within its probation window, and restored `previous_version`. The hub counts distinct
+/// agents per release and pauses the release past its threshold. Added in agent 0.2 (an
+/// HTTP call, so no frame changes; an older hub answers 404 and the agent keeps the report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateFailedRequest {
+    pub channel: String,
+    pub platform: String,
+    pub arch: String,
+    /// The version that failed.
+    pub version: String,
+    /// The version running again.
+    pub previous_version: String,
+    /// In words, for the operator (e.g. "no hb_ack within 60 s of its first start").
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateFailedResponse {
+    /// Distinct agents that reported this release as failed, this one included.
+    pub failures: u32,
+    /// True when the release is paused (by this report or before).
+    pub paused: bool,
 }

@@ -214,3 +214,22 @@ fn payload_limits_are_the_ones_a_job_assign_can_carry() {
     assert!(matches!(check_payload(&big), Err(PayloadError::TooLarge { .. })));
     assert!(check_payload(&big).unwrap_err().to_string().contains("at most"));
 }
+
+/// HTTP bodies beside the frames: the update report keeps its exact bytes.
+#[test]
+fn update_failed_bodies_round_trip_byte_for_byte() {
+    use edge_protocol::api::{UpdateFailedRequest, UpdateFailedResponse};
+    for (path, text) in fixtures("http") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let again = if name.starts_with("update_failed_response") {
+            serde_json::to_string(&serde_json::from_str::<UpdateFailedResponse>(&text).unwrap()).unwrap()
+        } else if name.starts_with("update_failed") {
+            let request: UpdateFailedRequest = serde_json::from_str(&text).unwrap();
+            assert_eq!(request.previous_version, "0.2.0");
+            serde_json::to_string(&request).unwrap()
+        } else {
+            panic!("{name}: no decoder for this fixture");
+        };
+        assert_eq!(again, text, "{name} changed on re-encode");
+    }
+}

@@ -232,7 +232,8 @@ impl Hub {
         self.dir.join(format!("hub-{}.log", self.starts))
     }
 
-    fn cli(&self, args: &[&str]) -> Result<String> {
+    /// `edge-hub ARGS` on this hub's database (and its default bundle directory); its one line.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.bins.hub)
             .args(["--database-url", &self.database_url])
             .args(args)

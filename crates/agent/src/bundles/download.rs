@@ -38,10 +38,34 @@ pub async fn fetch(
     found: &FoundBundle,
     downloads: &Path,
 ) -> Result<PathBuf, VerifyError> {
+    let signed = Signed { length: found.length, sha256: &found.sha256, extension: "zip", what: "bundle" };
+    fetch_signed(http, auth, url, &signed, downloads).await
+}
+
+/// What the signed metadata says of a file to download (a bundle, an agent release).
+pub struct Signed<'a> {
+    pub length: u64,
+    pub sha256: &'a str,
+    /// Of the finished file, `<sha256>.<extension>`.
+    pub extension: &'a str,
+    /// For messages: "bundle", "update".
+    pub what: &'a str,
+}
+
+/// Downloads `found` from `url` into `<downloads>/<sha256>.<extension>` and returns that
+/// path; never keeps a file that is not exactly the signed length and SHA-256.
+pub async fn fetch_signed(
+    http: &reqwest::Client,
+    auth: &super::HubAuth,
+    url: &str,
+    found: &Signed<'_>,
+    downloads: &Path,
+) -> Result<PathBuf, VerifyError> {
+    let what = found.what;
     tokio::fs::create_dir_all(downloads).await.map_err(|e| {
         VerifyError::new(codes::BUNDLE_METADATA_INVALID, format!("cannot create {}: {e}", downloads.display()))
     })?;
-    let done = downloads.join(format!("{}.zip", found.sha256));
+    let done = downloads.join(format!("{}.{}", found.sha256, found.extension));
     let part = downloads.join(format!("{}.part", found.sha256));
     if tokio::fs::metadata(&done).await.is_ok_and(|m| m.len() == found.length) {
         // Already complete from an earlier job; hash again (cheap next to trusting a file).
@@ -64,7 +88,7 @@ pub async fn fetch(
         }
     }
     let mut request =
-        auth.authorize(http.get(url)).await.map_err(|e| network(format!("cannot download the bundle: {e}")))?;
+        auth.authorize(http.get(url)).await.map_err(|e| network(format!("cannot download the {what}: {e}")))?;
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
@@ -73,7 +97,7 @@ pub async fn fetch(
     } else {
         Some(request.send().await.map_err(|e| {
             network(format!(
-                "cannot download the bundle: {}",
+                "cannot download the {what}: {}",
                 crate::hub_client::describe_reqwest_error(&e.without_url())
             ))
         })?)
@@ -89,13 +113,13 @@ pub async fn fetch(
             hasher = sha2::Sha256::new();
             have = 0;
         } else if !(status.is_success()) {
-            return Err(network(format!("the hub answered {status} for the bundle file")));
+            return Err(network(format!("the hub answered {status} for the {what} file")));
         }
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 network(format!(
-                    "bundle download interrupted: {}",
+                    "{what} download interrupted: {}",
                     crate::hub_client::describe_reqwest_error(&e.without_url())
                 ))
             })?;
@@ -108,11 +132,11 @@ pub async fn fetch(
                 ));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| network(format!("cannot write the bundle: {e}")))?;
+            file.write_all(&chunk).await.map_err(|e| network(format!("cannot write the {what}: {e}")))?;
             have += chunk.len() as u64;
         }
     }
-    file.sync_all().await.map_err(|e| network(format!("cannot write the bundle: {e}")))?;
+    file.sync_all().await.map_err(|e| network(format!("cannot write the {what}: {e}")))?;
     drop(file);
     let sha = hex::encode(hasher.finalize());
     if have != found.length || sha != found.sha256 {
@@ -120,12 +144,12 @@ pub async fn fetch(
         return Err(VerifyError::new(
             codes::BUNDLE_TAMPERED,
             format!(
-                "the downloaded bundle ({have} bytes, sha256 {sha}) is not the signed one ({} bytes, sha256 {})",
+                "the downloaded {what} ({have} bytes, sha256 {sha}) is not the signed one ({} bytes, sha256 {})",
                 found.length, found.sha256
             ),
         ));
     }
-    tokio::fs::rename(&part, &done).await.map_err(|e| network(format!("cannot keep the bundle: {e}")))?;
+    tokio::fs::rename(&part, &done).await.map_err(|e| network(format!("cannot keep the {what}: {e}")))?;
     Ok(done)
 }
 

@@ -80,14 +80,17 @@ impl HubAuth {
     }
 
     /// A request carrying `self` answered 401: the token is stale.
-    async fn refused(&self) {
+    pub(crate) async fn refused(&self) {
         if let HubAuth::Agent(tokens) = self {
             tokens.forget().await;
         }
     }
 
     /// `request` with the bearer header, if there is a credential.
-    async fn authorize(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, crate::AgentError> {
+    pub(crate) async fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, crate::AgentError> {
         Ok(match self.bearer().await? {
             Some(token) => request.bearer_auth(token.expose()),
             None => request,

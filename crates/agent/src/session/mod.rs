@@ -38,6 +38,15 @@ use tokio_util::sync::CancellationToken;
 
 /// Whether this process has logged its first acknowledged heartbeat.
 static FIRST_HB_ACK_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set to a version: an agent running that version never connects (update rollback tests
+/// only: a new version that cannot reach the hub, from one build).
+pub const TEST_NEVER_CONNECT_VERSION: &str = "EDGE_AGENT_TEST_NEVER_CONNECT_VERSION";
+
+/// Whether this process has had a `hb_ack` from the hub: the updater's probation ends there.
+pub fn first_hb_ack_seen() -> bool {
+    FIRST_HB_ACK_SEEN.load(std::sync::atomic::Ordering::Relaxed)
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const HELLO_ACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// The hub is presumed dead after this many heartbeat intervals without any frame.
@@ -237,6 +246,9 @@ impl Supervisor {
 
     async fn connect(&self) -> Result<Socket, SessionEnd> {
         let dropped = |reason: String| SessionEnd::Dropped { reason, reached_hello_ack: false };
+        if std::env::var(TEST_NEVER_CONNECT_VERSION).is_ok_and(|v| v == crate::updater::running_version()) {
+            return Err(dropped("test hook: this version never reaches the hub".into()));
+        }
         let Some(token) = &self.token else {
             return Err(dropped("no token".into()));
         };
