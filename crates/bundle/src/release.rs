@@ -16,8 +16,7 @@
 
 use crate::names::{parse_version, validate_slug, NameError};
 use crate::repo::{
-    hash_file, hex_decoded, io, nz, sign, unique_suffix, write_key, Current, Repo, RepoError, Signer, TempPath,
-    SPEC_VERSION,
+    hash_file, hex_decoded, io, nz, sign, unique_suffix, Current, Repo, RepoError, TempPath, SPEC_VERSION,
 };
 use chrono::Utc;
 use semver::Version;
@@ -25,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
-use tough::schema::{DelegatedRole, Delegations, Hashes, PathPattern, PathSet, Signed, Target, Targets};
+use tough::schema::{Hashes, Target, Targets};
 use tough::TargetName;
 
 /// Delegated role names of release channels start with this (never a tenant slug).
@@ -366,43 +365,16 @@ impl Repo {
         edit: impl FnOnce(&mut Targets) -> Result<(), RepoError>,
     ) -> Result<(), RepoError> {
         let role_name = release_role(channel);
-        let key_path = self.release_key_path(channel);
-        let key = if key_path.exists() {
-            Signer::load(&key_path)?
-        } else {
-            let (signer, pkcs8) = Signer::generate()?;
-            write_key(&key_path, &pkcs8)?;
-            signer
-        };
         let now = Utc::now();
-        let mut targets = current.targets.clone();
-        let delegations =
-            targets.signed.delegations.get_or_insert_with(|| Delegations { keys: HashMap::new(), roles: Vec::new() });
-        let targets_changed = if delegations.roles.iter().any(|r| r.name == role_name) {
-            false
-        } else {
-            let pattern =
-                PathPattern::new(release_path_pattern(channel)).map_err(|e| RepoError::Invalid(e.to_string()))?;
-            delegations.keys.insert(key.keyid().clone(), key.tuf_key().clone());
-            delegations.roles.push(DelegatedRole {
-                name: role_name.clone(),
-                keyids: vec![key.keyid().clone()],
-                threshold: nz(1),
-                paths: PathSet::Paths(vec![pattern]),
-                terminating: true,
-                targets: None,
-            });
-            delegations.roles.sort_by(|a, b| a.name.cmp(&b.name));
-            true
-        };
-        let targets: Signed<Targets> = if targets_changed {
-            let mut signed = targets.signed;
-            signed.version = nz(signed.version.get() + 1);
-            signed.expires = now + self.options.targets_ttl;
-            sign(signed, &[&self.online_signer("targets")?])?
-        } else {
-            targets
-        };
+        let (key, targets) = self.delegate(
+            &current.targets,
+            &role_name,
+            &self.release_key_path(channel),
+            release_path_pattern(channel),
+            now,
+        )?;
+        // `delegate` signs a new top-level targets only when it added the delegation.
+        let targets_changed = targets.signed.version != current.targets.signed.version;
         let mut role = match current.tenants.get(&role_name) {
             Some(existing) => existing.signed.clone(),
             None => Targets {

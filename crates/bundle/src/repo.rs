@@ -310,6 +310,47 @@ impl Repo {
         self.dir.join("keys")
     }
 
+    /// The key of the delegated role `name` (made and stored at `key_path` on first use), and
+    /// top-level targets delegating the paths of `pattern` to it: re-signed, one version up,
+    /// only when the delegation is new. Tenants and release channels both go through here.
+    pub(crate) fn delegate(
+        &self,
+        current: &Signed<Targets>,
+        name: &str,
+        key_path: &Path,
+        pattern: String,
+        now: DateTime<Utc>,
+    ) -> Result<(Signer, Signed<Targets>), RepoError> {
+        let key = if key_path.exists() {
+            Signer::load(key_path)?
+        } else {
+            let (signer, pkcs8) = Signer::generate()?;
+            write_key(key_path, &pkcs8)?;
+            signer
+        };
+        let mut targets = current.clone();
+        let delegations =
+            targets.signed.delegations.get_or_insert_with(|| Delegations { keys: HashMap::new(), roles: Vec::new() });
+        if delegations.roles.iter().any(|r| r.name == name) {
+            return Ok((key, targets));
+        }
+        let pattern = PathPattern::new(pattern).map_err(|e| RepoError::Invalid(e.to_string()))?;
+        delegations.keys.insert(key.keyid.clone(), key.key.clone());
+        delegations.roles.push(DelegatedRole {
+            name: name.to_owned(),
+            keyids: vec![key.keyid.clone()],
+            threshold: nz(1),
+            paths: PathSet::Paths(vec![pattern]),
+            terminating: true,
+            targets: None,
+        });
+        delegations.roles.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut signed = targets.signed;
+        signed.version = nz(signed.version.get() + 1);
+        signed.expires = now + self.options.targets_ttl;
+        Ok((key, sign(signed, &[&self.online_signer("targets")?])?))
+    }
+
     fn tenant_key_path(&self, tenant: &str) -> PathBuf {
         self.keys_dir().join("tenants").join(format!("{tenant}.pk8"))
     }
@@ -502,42 +543,11 @@ impl Repo {
         drop(cleanup);
 
         // A tenant's first bundle creates its key and its delegation in top-level targets.
-        let key_path = self.tenant_key_path(tenant);
-        let tenant_key = if key_path.exists() {
-            Signer::load(&key_path)?
-        } else {
-            let (signer, pkcs8) = Signer::generate()?;
-            write_key(&key_path, &pkcs8)?;
-            signer
-        };
         let now = Utc::now();
-        let mut targets = current.targets.clone();
-        let mut targets_changed = false;
-        let delegations =
-            targets.signed.delegations.get_or_insert_with(|| Delegations { keys: HashMap::new(), roles: Vec::new() });
-        if !delegations.roles.iter().any(|r| &r.name == tenant) {
-            let pattern =
-                PathPattern::new(tenant_path_pattern(tenant)).map_err(|e| RepoError::Invalid(e.to_string()))?;
-            delegations.keys.insert(tenant_key.keyid.clone(), tenant_key.key.clone());
-            delegations.roles.push(DelegatedRole {
-                name: tenant.clone(),
-                keyids: vec![tenant_key.keyid.clone()],
-                threshold: nz(1),
-                paths: PathSet::Paths(vec![pattern]),
-                terminating: true,
-                targets: None,
-            });
-            delegations.roles.sort_by(|a, b| a.name.cmp(&b.name));
-            targets_changed = true;
-        }
-        let targets = if targets_changed {
-            let mut signed = targets.signed;
-            signed.version = nz(signed.version.get() + 1);
-            signed.expires = now + self.options.targets_ttl;
-            sign(signed, &[&self.online_signer("targets")?])?
-        } else {
-            targets
-        };
+        let (tenant_key, targets) =
+            self.delegate(&current.targets, tenant, &self.tenant_key_path(tenant), tenant_path_pattern(tenant), now)?;
+        // `delegate` signs a new top-level targets only when it added the delegation.
+        let targets_changed = targets.signed.version != current.targets.signed.version;
 
         let mut meta = BundleMeta {
             tenant: tenant.clone(),
