@@ -128,12 +128,7 @@ fn http_service() -> Result<u16> {
 
 /// One `GET /` to `port` on a fresh connection: whether the service answered 200 with its body.
 fn http_get(port: u16) -> Result<bool> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
+    let answer = crate::util::loopback_get(port, "/")?;
     Ok(answer.starts_with("HTTP/1.1 200") && answer.ends_with(BODY))
 }
 

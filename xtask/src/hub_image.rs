@@ -249,7 +249,7 @@ fn run_image(archive: &Path, out: &Path, deadline: Instant) -> Result<()> {
             if let Some(status) = hub.try_wait()? {
                 bail!("the hub in the image exited at once ({status})");
             }
-            if health(port) {
+            if crate::util::loopback_get(port, "/health").is_ok_and(|a| a.starts_with("HTTP/1.1 200")) {
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -270,17 +270,4 @@ fn run_image(archive: &Path, out: &Path, deadline: Instant) -> Result<()> {
     std::fs::remove_dir_all(&layout)?;
     println!("release: the OCI image unpacked and started as uid {UID}: /health answered, database in {STATE_DIR}");
     Ok(())
-}
-
-/// `GET /health` answered 200, over a plain socket (xtask carries no HTTP client).
-fn health(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
-    if socket.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut answer = Vec::new();
-    let _ = socket.take(64).read_to_end(&mut answer);
-    answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200")
 }

@@ -59,3 +59,37 @@ pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> Result<Option<ExitS
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `GET path` on 127.0.0.1:`port` over a plain socket (xtask carries no HTTP client): the
+/// whole answer, status line to body, read until the server closes.
+pub fn loopback_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_get_sends_the_path_and_returns_the_whole_answer() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let mut request_line = String::new();
+            BufReader::new(&socket).read_line(&mut request_line).unwrap();
+            socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+            request_line
+        });
+        let answer = loopback_get(port, "/health").unwrap();
+        assert_eq!(server.join().unwrap(), "GET /health HTTP/1.1\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+    }
+}
