@@ -57,6 +57,12 @@ pub fn run() -> i32 {
         tracing::warn!(error = %err, "could not renew the start-at-login entry");
     }
     let agent: Agent = Arc::new(AgentService::new(options.agent));
+    // Checks and tells, never installs: see `updates`.
+    let channel = std::env::var("EDGE_AGENT_UPDATE_CHANNEL")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| edge_agent::updater::DEFAULT_CHANNEL.to_owned());
+    agent.enable_updates(edge_agent::updater::AutoUpdate::tell_only(channel));
     let show_at_start = options.show_window;
 
     let setup_agent = agent.clone();
@@ -70,6 +76,7 @@ pub fn run() -> i32 {
             .plugin(tauri_plugin_opener::init())
             .manage(setup_agent.clone())
             .manage(crate::device_sign_in::DeviceSignIn::default())
+            .manage(crate::updates::PlannedRestart::default())
             .invoke_handler(tauri::generate_handler![
                 commands::get_state,
                 commands::login,
@@ -92,6 +99,7 @@ pub fn run() -> i32 {
                 commands::settings::open_log_folder,
                 commands::settings::get_usage,
                 commands::settings::log_in_to_site,
+                commands::restart_for_update,
             ])
             .on_window_event(|window, event| {
                 // Closing the window destroys it (the agent keeps working in the tray, and
@@ -269,6 +277,12 @@ pub fn quit<R: Runtime>(app: &AppHandle<R>) {
         shutdown(&agent).await;
         app.exit(0);
     });
+}
+
+/// Stops the core before the process restarts into an update (Tauri's restart skips the
+/// `Exit` event's clean-up).
+pub async fn shutdown_for_restart(agent: &Agent) {
+    shutdown(agent).await;
 }
 
 async fn shutdown(agent: &Agent) {

@@ -139,6 +139,20 @@ catalogue! {
         "No keychain key for browser sessions ({reason}); site logins last until the app stops.",
         "Pas de clé dans le trousseau pour les sessions du navigateur ({reason}) ; les connexions aux sites durent jusqu'à l'arrêt de l'application.";
     startup_error: "Edge Agent cannot read its sign-in", "Edge Agent ne peut pas lire sa connexion";
+
+    // Updates.
+    update_ready: "Update ready", "Mise à jour prête";
+    update_ready_body:
+        "Edge Agent {version} is installed. Restart now or tonight from the window.",
+        "Edge Agent {version} est installé. Redémarrez maintenant ou cette nuit depuis la fenêtre.";
+    update_available: "Update available", "Mise à jour disponible";
+    update_available_body:
+        "Edge Agent {version} is out. Update it the way you installed it (your package manager or the installer).",
+        "Edge Agent {version} est sorti. Mettez-le à jour comme vous l'avez installé (gestionnaire de paquets ou installateur).";
+    updates_unreachable: "Updates unreachable", "Mises à jour injoignables";
+    updates_unreachable_body:
+        "Edge Agent has not been able to check for updates for {days} days. Check your connection, or ask your hub's operator.",
+        "Edge Agent n'a pas pu vérifier ses mises à jour depuis {days} jours. Vérifiez votre connexion, ou contactez l'opérateur de votre hub.";
 }
 
 #[cfg(test)]

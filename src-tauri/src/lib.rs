@@ -14,5 +14,6 @@ mod notifications;
 mod preferences;
 mod settings;
 mod tray;
+mod updates;
 
 pub use app::run;

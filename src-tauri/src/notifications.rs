@@ -58,6 +58,15 @@ fn note_in(t: &Texts, event: &AgentEvent) -> Option<Note> {
         AgentEvent::BrowserSessionVolatile { reason } => {
             note(t.volatile, fill(t.volatile_body, &[("reason", reason)]), true)
         }
+        AgentEvent::UpdateReady { version } => {
+            note(t.update_ready, fill(t.update_ready_body, &[("version", version)]), false)
+        }
+        AgentEvent::UpdateAvailable { version } => {
+            note(t.update_available, fill(t.update_available_body, &[("version", version)]), false)
+        }
+        AgentEvent::UpdatesUnreachable { days } => {
+            note(t.updates_unreachable, fill(t.updates_unreachable_body, &[("days", &days.to_string())]), true)
+        }
         _ => None,
     }
 }
@@ -150,5 +159,18 @@ mod tests {
         assert!(!login.body.contains("edge-agent browser login"), "no command to copy: {login:?}");
         let login = note_in(&FR, &AgentEvent::BrowserLoginRequired { site: "fanhub".into() }).unwrap();
         assert_eq!(login.title, "Connectez-vous à fanhub");
+    }
+
+    #[test]
+    fn updates_notify_in_words_with_no_command_to_copy() {
+        let ready = note_in(&EN, &AgentEvent::UpdateReady { version: "1.4.0".into() }).unwrap();
+        assert_eq!(ready.title, "Update ready");
+        assert!(ready.body.contains("1.4.0") && ready.body.contains("Restart now or tonight"), "{ready:?}");
+        let available = note_in(&FR, &AgentEvent::UpdateAvailable { version: "1.4.0".into() }).unwrap();
+        assert!(available.body.starts_with("Edge Agent 1.4.0 est sorti"), "{available:?}");
+        assert!(!available.body.contains("apt") && !available.body.contains("sudo"), "{available:?}");
+        let stale = note_in(&EN, &AgentEvent::UpdatesUnreachable { days: 9 }).unwrap();
+        assert!(stale.urgent && stale.body.contains("for 9 days"), "{stale:?}");
+        assert!(note_in(&FR, &AgentEvent::UpdatesUnreachable { days: 9 }).unwrap().body.contains("depuis 9 jours"));
     }
 }

@@ -35,6 +35,11 @@ export function resume(): Promise<AgentSnapshot> {
   return invoke<AgentSnapshot>("resume");
 }
 
+/** Restarts into the installed update now, or tonight; either way only when no task runs. */
+export function restartForUpdate(when: "now" | "tonight"): Promise<void> {
+  return invoke<void>("restart_for_update", { when });
+}
+
 export function onState(handler: (snapshot: AgentSnapshot) => void): Promise<UnlistenFn> {
   return listen<AgentSnapshot>(STATE_EVENT, (event) => handler(event.payload));
 }

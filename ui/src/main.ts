@@ -4,6 +4,7 @@ import { describeError } from "./errors";
 import { S, fill, fromLocale, setLanguage } from "./i18n";
 import { loadSettings, relabelSettings, setUpSettings } from "./settings";
 import { relabelSignIn, setUpSignIn } from "./signin";
+import { setUpUpdates } from "./updates";
 import type { AgentSnapshot, Usage } from "./types";
 import { render, renderUsage, setSiteLogin, showError, showMessage, type Screen } from "./view";
 
@@ -153,6 +154,10 @@ async function main(): Promise<void> {
     void runAction(current?.paused ? api.resume : api.pause),
   );
   document.getElementById("logout")!.addEventListener("click", () => void runAction(api.logout));
+  setUpUpdates(
+    () => current,
+    (err) => showError("action-error", describeError(err)),
+  );
 
   // Listen before asking for the first snapshot so no change falls in between.
   await api.onState(apply);

@@ -37,6 +37,19 @@ export interface AgentSnapshot {
   quietUntil?: string | null;
   /** Jobs started on `day` (UTC `YYYY-MM-DD`). */
   usage?: { day: string; jobsToday: number } | null;
+  /** `edge_agent::state::UpdateStatus`. */
+  updates?: UpdateStatus | null;
+}
+
+/** What the person should know about updates of the app. */
+export interface UpdateStatus {
+  /** Another version is installed on disk; it runs from the next start. */
+  ready?: string | null;
+  /** A newer version is offered; the person installs it the way they installed the app. */
+  available?: string | null;
+  lastVerifiedCheck?: string | null;
+  /** Whole days without a verified update check, once more than seven. */
+  unreachableDays?: number | null;
 }
 
 export type TunnelState = "off" | "connecting" | "open";

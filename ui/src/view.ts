@@ -1,6 +1,7 @@
 import type { Described } from "./errors";
 import { S, fill, formatBytes, language } from "./i18n";
 import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary, TunnelStatus, Usage } from "./types";
+import { renderUpdates } from "./updates";
 
 // How many job rows the window shows; the core keeps its own bounded list.
 const MAX_ROWS = 10;
@@ -234,6 +235,7 @@ export function render(snapshot: AgentSnapshot, screen: Screen = "status"): void
     snapshot.paused ? S.badgePaused : busy ? S.badgeWorking : connectionText(snapshot.connection),
   );
   renderSentence(snapshot);
+  renderUpdates(snapshot);
 
   const connection = byId("connection-state");
   connection.dataset.state = snapshot.connection;

@@ -946,6 +946,11 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
     let process_alive = state.as_ref().is_some_and(StateFile::writer_alive);
     let browser = browser_view(&service, state.as_ref());
     let egress = egress_view(&service, &data_dir);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let on_disk = edge_agent::updater::install::installed_exe()
+        .ok()
+        .and_then(|exe| edge_agent::updater::version_slot::version_of(&exe).ok());
+    let updates = edge_agent::updater::status(&data_dir, on_disk, now);
 
     if json {
         let value = serde_json::json!({
@@ -961,6 +966,7 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
             "egress": egress,
             "exposed": edge_agent::local_settings::LocalSettings::load(&data_dir).map(|s| s.exposed).unwrap_or_default(),
             "state": state,
+            "updates": updates,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -993,8 +999,22 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
         for (name, address) in &exposed {
             println!("exposed:     {name} -> {address} (through the tunnel)");
         }
+        print_updates(&updates);
     }
     Ok(if login.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ERROR) })
+}
+
+fn print_updates(updates: &edge_agent::state::UpdateStatus) {
+    println!("updates:     last verified check {}", updates.last_verified_check.as_deref().unwrap_or("never"));
+    if let Some(days) = updates.unreachable_days {
+        println!("             WARNING: no verified update check for {days} days (check the connection to the hub)");
+    }
+    if let Some(version) = &updates.ready {
+        println!("             version {version} is installed and runs from the next start");
+    }
+    if let Some(version) = &updates.available {
+        println!("             version {version} is available: `edge-agent update apply`, or your package manager");
+    }
 }
 
 /// The egress gate as `status` shows it: allowances, cap, today's bytes per capability.

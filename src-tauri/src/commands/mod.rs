@@ -35,6 +35,12 @@ pub fn pause(agent: State<'_, Agent>) -> AgentSnapshot {
     agent.snapshot()
 }
 
+/// "Update ready — restart now / tonight": restarts when that time has come and no job runs.
+#[tauri::command]
+pub fn restart_for_update<R: Runtime>(app: AppHandle<R>, when: edge_agent::updater::RestartWhen) {
+    crate::updates::plan(&app, when);
+}
+
 #[tauri::command]
 pub fn resume(agent: State<'_, Agent>) -> AgentSnapshot {
     agent.resume();

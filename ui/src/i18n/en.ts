@@ -200,6 +200,20 @@ export const en = {
   languageFr: "Français",
   openLogFolder: "Open the log folder",
   settingsDone: "Done",
+
+  // Updates (Home).
+  /** `{version}`: the version installed on disk. */
+  updateReady: "Update ready — Edge Agent {version} is installed and runs from the next start.",
+  updateRestartNow: "Restart now",
+  updateRestartTonight: "Tonight",
+  updateRestartingNow: "Restarting as soon as no task is running…",
+  updateRestartingTonight: "Restarting tonight at 3:00, when no task is running.",
+  /** `{version}`: the newer version offered to this computer. */
+  updateAvailable:
+    "Edge Agent {version} is out. Update it the way you installed it: your package manager, or the installer from your operator.",
+  /** `{days}`: whole days without a verified update check. */
+  updatesUnreachable:
+    "Edge Agent has not been able to check for updates for {days} days. Check your connection; if it lasts, tell your hub's operator.",
 } as const;
 
 /** The catalogue's shape: every key, each a string. */

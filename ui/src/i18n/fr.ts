@@ -191,4 +191,15 @@ export const fr: Strings = {
   languageFr: "Français",
   openLogFolder: "Ouvrir le dossier des journaux",
   settingsDone: "Terminé",
+
+  // Mises à jour (Accueil).
+  updateReady: "Mise à jour prête — Edge Agent {version} est installé et démarrera au prochain lancement.",
+  updateRestartNow: "Redémarrer maintenant",
+  updateRestartTonight: "Cette nuit",
+  updateRestartingNow: "Redémarrage dès qu'aucune tâche ne tourne…",
+  updateRestartingTonight: "Redémarrage cette nuit à 3 h, quand aucune tâche ne tourne.",
+  updateAvailable:
+    "Edge Agent {version} est sorti. Mettez-le à jour comme vous l'avez installé : votre gestionnaire de paquets, ou l'installateur fourni par votre opérateur.",
+  updatesUnreachable:
+    "Edge Agent n'a pas pu vérifier ses mises à jour depuis {days} jours. Vérifiez votre connexion ; si cela dure, prévenez l'opérateur de votre hub.",
 };

@@ -83,6 +83,28 @@ pub struct AgentSnapshot {
     /// What this process ran today, for the person to set against their caps.
     #[serde(default)]
     pub usage: UsageSnapshot,
+    /// What the person should know about updates of this program.
+    #[serde(default)]
+    pub updates: UpdateStatus,
+}
+
+/// Updates as the person sees them (the updater keeps it current).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStatus {
+    /// Another version of this program is installed on disk (by the updater, or by the
+    /// system's package manager underneath the running copy): it runs from the next start.
+    pub ready: Option<String>,
+    /// A newer signed version is offered to this machine, but this copy does not replace
+    /// itself (installed by the system's package manager, or the tray): the person updates
+    /// through their package manager or installer.
+    pub available: Option<String>,
+    /// Last time the hub's release metadata was read and verified (RFC 3339).
+    pub last_verified_check: Option<String>,
+    /// Whole days without a verified check, once more than seven: an agent that cannot
+    /// reach its updates may be kept on an old version on purpose (a freeze attack), so the
+    /// person is told.
+    pub unreachable_days: Option<u32>,
 }
 
 /// Jobs started on one UTC day (the day of the egress meter, so that jobs and data count
@@ -154,6 +176,7 @@ impl AgentSnapshot {
             tunnel: TunnelSnapshot { state: "off".to_owned(), ..TunnelSnapshot::default() },
             quiet_until: None,
             usage: UsageSnapshot::default(),
+            updates: UpdateStatus::default(),
         }
     }
 }
@@ -222,6 +245,19 @@ pub enum AgentEvent {
     /// A site login was saved.
     BrowserLoggedIn {
         site: String,
+    },
+    /// Another version is installed and runs from the next start (restart now or later).
+    UpdateReady {
+        version: String,
+    },
+    /// A newer version is offered that this copy does not install itself: the person
+    /// updates through their package manager or installer.
+    UpdateAvailable {
+        version: String,
+    },
+    /// No verified update check for more than seven days.
+    UpdatesUnreachable {
+        days: u32,
     },
 }
 

@@ -94,6 +94,31 @@ pub fn installed_exe() -> Result<PathBuf, UpdateError> {
     })
 }
 
+/// Folders whose programs belong to the system's package manager: a copy there is updated
+/// through it (even when this process could write there, as root can), never swapped
+/// underneath it, which would leave the package database describing other bytes.
+const SYSTEM_DIRS: &[&str] = &["/usr/", "/opt/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/snap/"];
+
+/// Whether the program at `exe` may replace itself; the reason when not.
+pub fn self_replaceable(exe: &Path) -> Result<(), &'static str> {
+    let text = exe.to_string_lossy();
+    if cfg!(unix) && SYSTEM_DIRS.iter().any(|dir| text.starts_with(dir)) {
+        return Err("installed by the system's package manager: update it through the package manager");
+    }
+    let dir = exe.parent().ok_or("it has no folder")?;
+    let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let probe = dir.join(format!(".{name}.write-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(_) => Err(
+            "its folder is not writable by this user: install a per-user copy, or update it the way it was installed",
+        ),
+    }
+}
+
 pub fn previous_path(exe: &Path) -> PathBuf {
     let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "edge-agent".into());
     exe.with_file_name(format!("{name}.previous"))

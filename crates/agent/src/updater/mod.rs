@@ -187,6 +187,59 @@ pub struct UpdaterState {
     /// Last time the hub's release metadata was read and verified (RFC 3339).
     #[serde(default)]
     pub last_verified_check: Option<String>,
+    /// The same, in Unix seconds (what the unreachable warning counts from).
+    #[serde(default)]
+    pub last_verified_unix: Option<i64>,
+    /// First failed check since the last verified one (Unix seconds): a copy that never
+    /// reached its updates counts from its first try.
+    #[serde(default)]
+    pub failing_since_unix: Option<i64>,
+    /// A newer version offered to this machine that this copy does not install itself.
+    #[serde(default)]
+    pub available: Option<String>,
+}
+
+impl UpdaterState {
+    /// Whole days without a verified check, once more than [`UNREACHABLE_WARNING`].
+    pub fn unreachable_days(&self, now_unix: i64) -> Option<u32> {
+        let since = self.last_verified_unix.or(self.failing_since_unix)?;
+        let elapsed = now_unix.saturating_sub(since);
+        (elapsed > UNREACHABLE_WARNING.as_secs() as i64).then_some((elapsed / 86_400) as u32)
+    }
+}
+
+/// Updates not verified for longer than this: the person is told (tray, `edge-agent status`).
+pub const UNREACHABLE_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often the running program looks at its own file for a version installed underneath
+/// it (a package upgrade), between the daily checks.
+const LOOK_AT_DISK_EVERY: Duration = Duration::from_secs(10 * 60);
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What the person should know, from the updater's memory and the version of the program
+/// file on disk (`version_slot::version_of` of its path).
+pub fn status(data_dir: &Path, on_disk: Option<String>, now_unix: i64) -> crate::state::UpdateStatus {
+    let state = load_state(data_dir);
+    let running = running_version();
+    let newer = |version: &String| match (semver::Version::parse(version), semver::Version::parse(&running)) {
+        (Ok(offered), Ok(running)) => offered > running,
+        _ => false,
+    };
+    crate::state::UpdateStatus {
+        // Any other version on disk is what the next start runs, newer or not.
+        ready: on_disk.filter(|on_disk| *on_disk != running),
+        available: state.available.clone().filter(newer),
+        last_verified_check: state.last_verified_check.clone(),
+        unreachable_days: state.unreachable_days(now_unix),
+    }
+}
+
+fn remember(data_dir: &Path, change: impl FnOnce(&mut UpdaterState)) -> Result<(), UpdateError> {
+    let mut state = load_state(data_dir);
+    change(&mut state);
+    install::write_json(&state_path(data_dir), &state)
 }
 
 fn state_path(data_dir: &Path) -> PathBuf {
@@ -202,11 +255,21 @@ pub fn failed_versions(data_dir: &Path) -> Vec<String> {
 }
 
 pub(crate) fn remember_failed(data_dir: &Path, version: &str) -> Result<(), UpdateError> {
-    let mut state = load_state(data_dir);
-    if !state.failed_versions.iter().any(|v| v == version) {
-        state.failed_versions.push(version.to_owned());
+    remember(data_dir, |state| {
+        if !state.failed_versions.iter().any(|v| v == version) {
+            state.failed_versions.push(version.to_owned());
+        }
+    })
+}
+
+/// A check that did not verify: the unreachable warning counts from the first one.
+fn remember_check_failed(data_dir: &Path, now_unix: i64) {
+    let kept = remember(data_dir, |state| {
+        state.failing_since_unix.get_or_insert(now_unix);
+    });
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, "cannot remember the failed update check");
     }
-    install::write_json(&state_path(data_dir), &state)
 }
 
 /// Refreshes the channel's metadata and decides.
@@ -216,11 +279,18 @@ pub async fn check(ctx: &UpdaterContext) -> Result<(CheckReport, Option<FoundRel
             .map_err(|e| UpdateError::Io(format!("hub URL: {e}")))?;
     let verified = ctx.trust()?.refresh(url, HubTransport::new(ctx.http.clone(), ctx.auth.clone())).await?;
     let found = verified.find_release(&ctx.channel, platform(), arch())?;
-    let mut state = load_state(&ctx.data_dir);
-    state.last_verified_check = Some(crate::now_rfc3339());
-    install::write_json(&state_path(&ctx.data_dir), &state)?;
     let running = running_version();
-    let decision = decide(&running, found.as_ref(), &ctx.agent_id, &state.failed_versions);
+    let failed = load_state(&ctx.data_dir).failed_versions;
+    let decision = decide(&running, found.as_ref(), &ctx.agent_id, &failed);
+    remember(&ctx.data_dir, |state| {
+        state.last_verified_check = Some(crate::now_rfc3339());
+        state.last_verified_unix = Some(now_unix());
+        state.failing_since_unix = None;
+        state.available = match &decision {
+            Decision::Available { version } => Some(version.clone()),
+            _ => None,
+        };
+    })?;
     let offered = found.as_ref().map(|f| Offer {
         version: f.release.version.to_string(),
         notes: f.meta.notes.clone(),
@@ -409,19 +479,80 @@ pub async fn send_failure_report(ctx: &UpdaterContext) -> Result<bool, UpdateErr
     Err(UpdateError::Io(format!("the hub answered {status} to the failed-update report; it is kept for later")))
 }
 
-/// How the running agent updates itself.
+/// How the running program updates itself.
 #[derive(Debug, Clone)]
 pub struct AutoUpdate {
     pub channel: String,
     pub interval: Duration,
     pub probation: Duration,
-    /// Notified once an update is installed and the agent should restart into it.
+    /// Whether this program installs the releases it finds. The headless agent does; the
+    /// tray app does not: the release repository holds the headless agent's binary, and the
+    /// tray is installed as a package (deb, rpm, MSI, dmg), so it tells the person what is
+    /// offered and that a new version is installed, and restarts when they say.
+    pub self_replace: bool,
+    /// Notified once an update is installed and the agent should restart into it (only
+    /// when it replaces itself; otherwise the person chooses when).
     pub restart: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl AutoUpdate {
     pub fn new(channel: String, probation: Duration) -> AutoUpdate {
-        AutoUpdate { channel, interval: CHECK_EVERY, probation, restart: Default::default() }
+        AutoUpdate { channel, interval: CHECK_EVERY, probation, self_replace: true, restart: Default::default() }
+    }
+
+    /// Checks and tells, never installs (the tray app; see [`AutoUpdate::self_replace`]).
+    pub fn tell_only(channel: String) -> AutoUpdate {
+        AutoUpdate { self_replace: false, ..AutoUpdate::new(channel, DEFAULT_PROBATION) }
+    }
+}
+
+/// The hour (this machine's clock) of a restart put off to "tonight": late enough that the
+/// person is rarely at the machine.
+pub const TONIGHT_HOUR: u32 = 3;
+
+/// When the person wants to restart into an installed update: now, or tonight. Either way
+/// only when no job runs (the caller asks [`RestartPlan::due`] with the busy count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RestartWhen {
+    Now,
+    Tonight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPlan {
+    /// Local wall-clock time; `None`: as soon as no job runs.
+    not_before: Option<chrono::NaiveDateTime>,
+}
+
+impl RestartPlan {
+    pub fn new(when: RestartWhen, now: chrono::NaiveDateTime) -> RestartPlan {
+        RestartPlan {
+            not_before: match when {
+                RestartWhen::Now => None,
+                RestartWhen::Tonight => Some(tonight_after(now)),
+            },
+        }
+    }
+
+    /// Compared with the wall clock rather than counted down, so a machine that sleeps
+    /// through the night restarts at its first idle moment after waking, not hours late.
+    pub fn due(&self, now: chrono::NaiveDateTime, busy: u32) -> bool {
+        busy == 0 && self.not_before.is_none_or(|at| now >= at)
+    }
+
+    pub fn not_before(&self) -> Option<chrono::NaiveDateTime> {
+        self.not_before
+    }
+}
+
+/// The first [`TONIGHT_HOUR`]:00 after `now`.
+pub fn tonight_after(now: chrono::NaiveDateTime) -> chrono::NaiveDateTime {
+    let today = now.date().and_hms_opt(TONIGHT_HOUR, 0, 0).unwrap_or(now);
+    if today > now {
+        today
+    } else {
+        today + chrono::Duration::days(1)
     }
 }
 
@@ -435,9 +566,67 @@ fn jittered(interval: Duration) -> Duration {
     (interval + Duration::from_millis(offset)).saturating_sub(jitter)
 }
 
-/// The running agent's updater: reports a kept failure, then checks at start and every
-/// `interval` (jittered); installs when idle and asks for a restart. Never while the
-/// installed version is on probation.
+/// The program file as last looked at: its size and time, and the version inside.
+type FileSeen = (u64, Option<std::time::SystemTime>, Option<String>);
+
+/// Keeps the snapshot's update status current and announces each new piece once.
+struct Announcer {
+    state: crate::state::StateHandle,
+    exe: Option<PathBuf>,
+    data_dir: PathBuf,
+    /// Reading the version means reading the whole program (tens of MB): done only when
+    /// its size or time changed. At start the file is taken to be what runs.
+    seen: Option<FileSeen>,
+}
+
+impl Announcer {
+    fn new(state: crate::state::StateHandle, exe: Option<PathBuf>, data_dir: PathBuf) -> Announcer {
+        let seen = exe
+            .as_deref()
+            .and_then(|exe| std::fs::metadata(exe).ok())
+            .map(|m| (m.len(), m.modified().ok(), Some(running_version())));
+        Announcer { state, exe, data_dir, seen }
+    }
+
+    fn on_disk(&mut self) -> Option<String> {
+        let exe = self.exe.as_deref()?;
+        let meta = std::fs::metadata(exe).ok()?;
+        let key = (meta.len(), meta.modified().ok());
+        match &self.seen {
+            Some((len, modified, version)) if (*len, *modified) == key => version.clone(),
+            _ => {
+                let version = version_slot::version_of(exe).ok();
+                self.seen = Some((key.0, key.1, version.clone()));
+                version
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let on_disk = self.on_disk();
+        let status = status(&self.data_dir, on_disk, now_unix());
+        let before = self.state.snapshot().updates;
+        if status == before {
+            return;
+        }
+        self.state.update(|s| s.updates = status.clone());
+        use crate::state::AgentEvent;
+        if let Some(version) = status.ready.clone().filter(|v| before.ready.as_ref() != Some(v)) {
+            self.state.emit(AgentEvent::UpdateReady { version });
+        }
+        if let Some(version) = status.available.clone().filter(|v| before.available.as_ref() != Some(v)) {
+            self.state.emit(AgentEvent::UpdateAvailable { version });
+        }
+        if let (Some(days), None) = (status.unreachable_days, before.unreachable_days) {
+            self.state.emit(AgentEvent::UpdatesUnreachable { days });
+        }
+    }
+}
+
+/// The running program's updater: reports a kept failure, then checks at start and every
+/// `interval` (jittered), and between checks looks at its own file for a version installed
+/// underneath it. Where it replaces itself, it installs when idle and asks for a restart;
+/// never while the installed version is on probation.
 pub(crate) async fn run(
     ctx: UpdaterContext,
     options: AutoUpdate,
@@ -445,40 +634,65 @@ pub(crate) async fn run(
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let exe = match install::installed_exe() {
-        Ok(exe) => exe,
-        Err(e) => return tracing::warn!(error = %e, "automatic updates are off"),
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            tracing::warn!(error = %e, "this program cannot find its own file: it only checks for updates");
+            None
+        }
     };
+    let installs = match exe.as_deref() {
+        Some(exe) if options.self_replace => match install::self_replaceable(exe) {
+            Ok(()) => Some(exe.to_path_buf()),
+            Err(why) => {
+                tracing::info!(exe = %exe.display(), why, "updates are checked and shown, not installed by this copy");
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut announcer = Announcer::new(state.clone(), exe.clone(), ctx.data_dir.clone());
     if let Err(e) = send_failure_report(&ctx).await {
         tracing::warn!(error = %e, "cannot report the failed update yet");
     }
+    let mut next_check = tokio::time::Instant::now();
     loop {
-        // Not while this version is on probation: it must first prove it reaches the hub.
-        let on_probation =
-            install::probation(&ctx.data_dir).ok().flatten().is_some_and(|m| m.version == running_version());
-        if !on_probation {
-            let busy = || state.snapshot().busy > 0;
-            match apply(&ctx, &exe, options.probation, busy).await {
-                Ok(report) => match (&report.installed, &report.check.decision) {
-                    (Some(version), _) => {
-                        tracing::info!(version, "restarting into the installed update");
-                        options.restart.notify_one();
-                        return;
-                    }
-                    (None, decision) => tracing::info!(?decision, running = %report.check.running, "update check"),
-                },
-                Err(UpdateError::Busy) => {
-                    // Try again soon rather than in a day.
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(options.interval.min(Duration::from_secs(30))) => continue,
-                    }
+        if tokio::time::Instant::now() >= next_check {
+            next_check = tokio::time::Instant::now() + jittered(options.interval);
+            // Not while this version is on probation: it must first prove it reaches the hub.
+            let on_probation =
+                install::probation(&ctx.data_dir).ok().flatten().is_some_and(|m| m.version == running_version());
+            let outcome = match (&installs, on_probation) {
+                (_, true) => None,
+                (Some(exe), false) => {
+                    let busy = || state.snapshot().busy > 0;
+                    Some(apply(&ctx, exe, options.probation, busy).await.map(|r| (r.check.decision, r.installed)))
                 }
-                Err(e) => tracing::warn!(error = %e, "update check failed"),
+                (None, false) => Some(check(&ctx).await.map(|(report, _)| (report.decision, None))),
+            };
+            match outcome {
+                None => {}
+                Some(Ok((_, Some(version)))) => {
+                    tracing::info!(version, "restarting into the installed update");
+                    announcer.publish();
+                    options.restart.notify_one();
+                    return;
+                }
+                Some(Ok((decision, None))) => tracing::info!(?decision, "update check"),
+                // Try again soon rather than in a day.
+                Some(Err(UpdateError::Busy)) => {
+                    next_check = tokio::time::Instant::now() + options.interval.min(Duration::from_secs(30))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "update check failed");
+                    remember_check_failed(&ctx.data_dir, now_unix());
+                }
             }
         }
+        announcer.publish();
+        let nap = next_check.saturating_duration_since(tokio::time::Instant::now()).min(LOOK_AT_DISK_EVERY);
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(jittered(options.interval)) => {}
+            _ = tokio::time::sleep(nap) => {}
         }
     }
 }
@@ -547,6 +761,98 @@ mod tests {
             let first_in = (0..=100u8).find(|p| matches!(at(*p), Decision::Available { .. })).unwrap();
             assert_eq!(first_in, bucket + 1);
         }
+    }
+
+    #[test]
+    fn unreachable_updates_are_told_after_seven_days_only() {
+        const DAY: i64 = 86_400;
+        let now = 100 * DAY;
+        let state = |verified: Option<i64>, failing: Option<i64>| UpdaterState {
+            last_verified_unix: verified,
+            failing_since_unix: failing,
+            ..UpdaterState::default()
+        };
+        // Never checked at all (a fresh install that has not tried yet): nothing to tell.
+        assert_eq!(state(None, None).unreachable_days(now), None);
+        assert_eq!(state(Some(now - 6 * DAY), Some(now - DAY)).unreachable_days(now), None);
+        assert_eq!(state(Some(now - 7 * DAY), None).unreachable_days(now), None);
+        assert_eq!(state(Some(now - 8 * DAY - 5), Some(now - 8 * DAY)).unreachable_days(now), Some(8));
+        // Never verified: counted from the first failed try.
+        assert_eq!(state(None, Some(now - 10 * DAY)).unreachable_days(now), Some(10));
+        assert_eq!(state(None, Some(now - 2 * DAY)).unreachable_days(now), None);
+    }
+
+    #[test]
+    fn status_tells_a_version_installed_underneath_and_only_newer_offers() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        // The running build on disk: nothing is ready.
+        assert_eq!(status(dir.path(), Some(running_version()), 0).ready, None);
+        assert_eq!(status(dir.path(), Some("99.1.0".into()), 0).ready.as_deref(), Some("99.1.0"));
+
+        // The program file, looked at as the running updater does: a package manager puts
+        // another build at its path while it runs.
+        let program = dir.path().join("edge-agent-tray");
+        std::fs::copy(&exe, &program).unwrap();
+        let state = crate::state::StateHandle::new(dir.path().to_path_buf());
+        let mut events = state.subscribe();
+        let mut announcer = Announcer::new(state.clone(), Some(program.clone()), dir.path().to_path_buf());
+        announcer.publish();
+        assert_eq!(state.snapshot().updates.ready, None);
+        version_slot::stamp(&exe, &program, "99.1.0").unwrap();
+        announcer.publish();
+        assert_eq!(state.snapshot().updates.ready.as_deref(), Some("99.1.0"));
+        let mut ready_events = 0;
+        while let Ok(event) = events.try_recv() {
+            ready_events += usize::from(matches!(event, crate::state::AgentEvent::UpdateReady { .. }));
+        }
+        announcer.publish();
+        assert!(events.try_recv().is_err(), "said once, not at every look");
+        assert_eq!(ready_events, 1);
+        // A file that is not ours is not an update.
+        std::fs::write(&program, b"#!/bin/sh\n").unwrap();
+        announcer.publish();
+        assert_eq!(state.snapshot().updates.ready, None);
+
+        remember(dir.path(), |s| s.available = Some("99.2.0".into())).unwrap();
+        assert_eq!(status(dir.path(), None, 0).available.as_deref(), Some("99.2.0"));
+        // Remembered before this copy was upgraded past it: no longer news.
+        remember(dir.path(), |s| s.available = Some("0.0.1".into())).unwrap();
+        assert_eq!(status(dir.path(), None, 0).available, None);
+
+        remember_check_failed(dir.path(), 1_000);
+        remember_check_failed(dir.path(), 2_000);
+        assert_eq!(load_state(dir.path()).failing_since_unix, Some(1_000), "counted from the first failure");
+        assert_eq!(status(dir.path(), None, 1_000 + 9 * 86_400).unreachable_days, Some(9));
+    }
+
+    #[test]
+    fn system_installs_never_replace_themselves() {
+        assert!(install::self_replaceable(Path::new("/usr/bin/edge-agent-tray")).is_err());
+        assert!(install::self_replaceable(Path::new("/opt/edge-agent/edge-agent")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(install::self_replaceable(&dir.path().join("edge-agent")), Ok(()));
+        assert!(install::self_replaceable(&dir.path().join("missing-folder/edge-agent")).is_err());
+        // The write probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_restart_tonight_waits_for_three_oclock_and_no_job() {
+        let at = |d: u32, h: u32, m: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 12, d).unwrap().and_hms_opt(h, m, 0).unwrap()
+        };
+        assert_eq!(tonight_after(at(6, 18, 30)), at(7, 3, 0));
+        assert_eq!(tonight_after(at(6, 1, 0)), at(6, 3, 0));
+        assert_eq!(tonight_after(at(6, 3, 0)), at(7, 3, 0));
+        let tonight = RestartPlan::new(RestartWhen::Tonight, at(6, 18, 30));
+        assert!(!tonight.due(at(6, 23, 0), 0));
+        assert!(tonight.due(at(7, 3, 0), 0));
+        assert!(!tonight.due(at(7, 3, 0), 1), "never in the middle of a job");
+        // Asleep at three: the first idle moment after waking.
+        assert!(tonight.due(at(7, 9, 15), 0));
+        let now = RestartPlan::new(RestartWhen::Now, at(6, 18, 30));
+        assert!(now.due(at(6, 18, 30), 0) && !now.due(at(6, 18, 30), 2));
     }
 
     #[test]

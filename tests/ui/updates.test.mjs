@@ -1,0 +1,145 @@
+// Home's update notices in English and French: an update installed on disk with "Restart
+// now" / "Tonight" (the choice goes to the core and stays said), a newer version to install
+// the way the app was installed, and updates unreachable for more than seven days.
+// Run: npm test --prefix ui
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { launchBrowser, openApp, snapshot, startServer } from "./harness.mjs";
+
+const TODAY = new Date().toISOString().slice(0, 10);
+const GRANTED = [{ name: "http_request", granted: true, outdated: false, text: "core text" }];
+
+function state(updates) {
+  return snapshot({
+    loggedIn: true,
+    hubUrl: "http://127.0.0.1:8787",
+    agentId: "agt_1",
+    connection: "online",
+    usage: { day: TODAY, jobsToday: 1 },
+    updates,
+  });
+}
+
+function app(lang, updates, extra = {}) {
+  return {
+    state: state(updates),
+    commands: {
+      get_settings: {
+        resolve: {
+          caps: { jobsPerHour: null, messagesPerHour: null, bytesPerDay: null },
+          quietHours: null,
+          uploadsDir: null,
+          startAtLogin: false,
+          language: lang,
+          effectiveLanguage: lang,
+          sites: [],
+        },
+      },
+      get_consent: { resolve: GRANTED },
+      get_usage: { resolve: { jobsToday: 1, bytesToday: 0, caps: { jobsPerHour: null, messagesPerHour: null, bytesPerDay: null } } },
+      ...extra,
+    },
+  };
+}
+
+const text = (page, selector) => page.textContent(selector).then((t) => t.trim());
+const calls = (page, cmd) => page.evaluate((c) => window.__ipcCalls.filter((x) => x.cmd === c), cmd);
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+const WORDS = {
+  en: {
+    ready: "Update ready — Edge Agent 1.4.0 is installed and runs from the next start.",
+    now: "Restart now",
+    tonight: "Tonight",
+    plannedTonight: "Restarting tonight at 3:00, when no task is running.",
+    plannedNow: "Restarting as soon as no task is running…",
+    available: "Edge Agent 1.5.0 is out.",
+    stale: "for 9 days",
+  },
+  fr: {
+    ready: "Mise à jour prête — Edge Agent 1.4.0 est installé et démarrera au prochain lancement.",
+    now: "Redémarrer maintenant",
+    tonight: "Cette nuit",
+    plannedTonight: "Redémarrage cette nuit à 3 h, quand aucune tâche ne tourne.",
+    plannedNow: "Redémarrage dès qu'aucune tâche ne tourne…",
+    available: "Edge Agent 1.5.0 est sorti.",
+    stale: "depuis 9 jours",
+  },
+};
+
+for (const lang of ["en", "fr"]) {
+  const words = WORDS[lang];
+
+  test(`${lang}: an installed update offers a restart now or tonight, and the choice reaches the core`, async () => {
+    const { page, errors } = await openApp(
+      browser,
+      server.url,
+      app(lang, { ready: "1.4.0", available: "1.4.0" }, { restart_for_update: { resolve: null } }),
+    );
+    await page.waitForSelector("#update-ready", { state: "visible" });
+    assert.equal(await text(page, "#update-ready-text"), words.ready);
+    assert.equal(await page.isVisible("#update-available"), false, "installed already says more than offered");
+    assert.equal(await page.isVisible("#updates-unreachable"), false);
+    await page.getByRole("button", { name: words.tonight }).click();
+    await page.waitForSelector("#update-restart-planned", { state: "visible" });
+    assert.deepEqual((await calls(page, "restart_for_update")).map((c) => c.args), [{ when: "tonight" }]);
+    assert.equal(await text(page, "#update-restart-planned"), words.plannedTonight);
+    assert.equal(await page.isDisabled("#update-restart-tonight"), true);
+    // Changing one's mind: now after all.
+    await page.getByRole("button", { name: words.now }).click();
+    await page.waitForFunction((t) => document.querySelector("#update-restart-planned").textContent === t, words.plannedNow);
+    assert.deepEqual((await calls(page, "restart_for_update")).map((c) => c.args), [{ when: "tonight" }, { when: "now" }]);
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
+  test(`${lang}: a newer version to install and updates unreachable for days are said in words`, async () => {
+    const { page, errors } = await openApp(browser, server.url, app(lang, { available: "1.5.0", unreachableDays: 9 }));
+    await page.waitForSelector("#update-available", { state: "visible" });
+    assert.ok((await text(page, "#update-available")).startsWith(words.available));
+    assert.ok((await text(page, "#updates-unreachable")).includes(words.stale));
+    assert.equal(await page.isVisible("#update-ready"), false);
+    for (const forbidden of ["apt", "sudo", "dnf", "http"]) {
+      assert.ok(!(await text(page, "#update-available")).includes(forbidden), `no command or address: ${forbidden}`);
+    }
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+}
+
+test("nothing about updates is shown when there is nothing to tell, nor by an older core", async () => {
+  for (const updates of [{}, undefined]) {
+    const { page, errors } = await openApp(browser, server.url, app("en", updates));
+    await page.waitForSelector("#status-view", { state: "visible" });
+    for (const id of ["#update-ready", "#update-available", "#updates-unreachable"]) {
+      assert.equal(await page.isVisible(id), false, id);
+    }
+    assert.deepEqual(errors, []);
+    await page.close();
+  }
+});
+
+test("a refused restart is said, and nothing claims a restart is planned", async () => {
+  const { page } = await openApp(
+    browser,
+    server.url,
+    app("en", { ready: "1.4.0" }, { restart_for_update: { reject: { code: "internal", message: "no" } } }),
+  );
+  await page.waitForSelector("#update-ready", { state: "visible" });
+  await page.getByRole("button", { name: "Restart now" }).click();
+  await page.waitForSelector("#action-error", { state: "visible" });
+  assert.equal(await page.isVisible("#update-restart-planned"), false);
+  await page.close();
+});
