@@ -47,7 +47,7 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
-/// One process of a tree: pid, command name, RSS in KiB.
+/// One process of a tree: pid, command name, RSS (or PSS) in KiB.
 pub type TreeMember = (u32, String, u64);
 
 /// Summed RSS of a process and all its descendants, in KiB, with each member listed.
@@ -59,6 +59,33 @@ pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
         let name = fs::read_to_string(format!("/proc/{member}/comm")).unwrap_or_default().trim().to_owned();
         total += rss;
         members.push((member, name, rss));
+    }
+    Ok((total, members))
+}
+
+/// Proportional set size of one process in KiB (`Pss` of /proc/PID/smaps_rollup): its
+/// private pages plus its share of pages other processes map too, so the PSS of a process
+/// tree adds up to what the tree costs, where RSS counts each shared library once per
+/// process.
+pub fn pss_kib(pid: u32) -> Result<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("process {pid} is gone or not ours to read"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no Pss for process {pid}"))
+}
+
+/// Summed PSS of a process and all its descendants, in KiB, with each member listed.
+pub fn tree_pss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
+    let mut total = 0;
+    let mut members = Vec::new();
+    for member in process_tree(pid) {
+        let Ok(pss) = pss_kib(member) else { continue };
+        let name = fs::read_to_string(format!("/proc/{member}/comm")).unwrap_or_default().trim().to_owned();
+        total += pss;
+        members.push((member, name, pss));
     }
     Ok((total, members))
 }
