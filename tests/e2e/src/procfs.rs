@@ -106,3 +106,35 @@ pub fn processes_with_arg(arg: &str) -> Vec<(u32, Vec<String>)> {
         .filter(|(_, args)| args.iter().any(|a| a == arg))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that shares every library page with this process: the tree's PSS splits
+    /// those pages between the two, so it stays below the sum of their RSS, and each
+    /// member's PSS is at most its RSS.
+    #[test]
+    fn pss_splits_shared_pages_where_rss_counts_them_twice() -> Result<()> {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let me = std::process::id();
+        let measured = (|| -> Result<()> {
+            let (_, members) = tree_pss_kib(me)?;
+            assert!(members.iter().any(|(pid, _, _)| *pid == child.id()), "the child is not in the tree: {members:?}");
+            // Only the two processes this test owns: other tests of this binary may start
+            // and end children of their own meanwhile.
+            for (pid, name, pss) in members.iter().filter(|(pid, _, _)| *pid == me || *pid == child.id()) {
+                let rss = rss_kib(*pid)?;
+                assert!(*pss > 0 && *pss <= rss, "{name} ({pid}): PSS {pss} kB, RSS {rss} kB");
+            }
+            let ours = |pid: u32| pid == me || pid == child.id();
+            let pss_ours: u64 = members.iter().filter(|(pid, _, _)| ours(*pid)).map(|(_, _, pss)| pss).sum();
+            let rss_ours = rss_kib(me)? + rss_kib(child.id())?;
+            assert!(pss_ours < rss_ours, "PSS {pss_ours} kB is not below RSS {rss_ours} kB");
+            Ok(())
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        measured
+    }
+}
