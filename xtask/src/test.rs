@@ -23,8 +23,15 @@ pub fn run(args: &[&str]) -> Result<()> {
     // One build of every target up front, so test stages do not race each other to compile.
     checked(cargo().args(["build", "--workspace", "--all-targets"]))?;
 
-    // Kept in target/tools across local runs; a fresh CI clone builds it once (it is small).
-    let tauri_driver = cargo_tool(&root().join("target/tools"), "tauri-driver", TAURI_DRIVER_VERSION, &["--locked"])?;
+    // Kept in target/tools across local runs; a fresh CI clone builds it once (about 50 s of
+    // CPU). A failed build fails only the test that needs it, which says what to install.
+    let tauri_driver = cargo_tool(&root().join("target/tools"), "tauri-driver", TAURI_DRIVER_VERSION, &["--locked"])
+        .unwrap_or_else(|e| {
+            eprintln!(
+                "tauri-driver {TAURI_DRIVER_VERSION} could not be built ({e:#}); the tray's WebDriver test will fail"
+            );
+            root().join("target/tools/bin/tauri-driver")
+        });
 
     let postgres_url = ensure_postgres()?;
     let session = root().join("tests/support/desktop-session.sh");
