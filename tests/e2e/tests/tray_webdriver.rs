@@ -256,6 +256,17 @@ fn the_real_tray_app_signs_in_by_code_asks_consent_runs_a_job_pauses_and_speaks_
     if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() {
         bail!("no session bus: run this test inside tests/support/desktop-session.sh (cargo xtask test does)");
     }
+    let dir = scratch_dir("tray-webdriver")?;
+    // The app's own log (it writes to the driver's output) is what one reads after a failure.
+    drive(dir.path()).map_err(|e| {
+        let log = fs::read_to_string(dir.path().join("tauri-driver.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        e.context(format!("last lines of tauri-driver, WebKitWebDriver and the app:\n{}", tail.join("\n")))
+    })
+}
+
+fn drive(dir: &Path) -> Result<()> {
     let root = workspace_root();
     let bins = Binaries::locate()?;
     let tray = tool(
@@ -273,20 +284,19 @@ fn the_real_tray_app_signs_in_by_code_asks_consent_runs_a_job_pauses_and_speaks_
     let en = catalogue("en")?;
     let fr = catalogue("fr")?;
 
-    let dir = scratch_dir("tray-webdriver")?;
-    let xvfb = Xvfb::start(dir.path())?;
+    let xvfb = Xvfb::start(dir)?;
     let mut dunst = Command::new("dunst");
     dunst.env("DISPLAY", &xvfb.display);
-    let _dunst = spawn_logged(dunst, &dir.path().join("dunst.log"))
-        .context("starting dunst (install the Debian package dunst)")?;
+    let _dunst =
+        spawn_logged(dunst, &dir.join("dunst.log")).context("starting dunst (install the Debian package dunst)")?;
     wait_until(WAIT, || Ok(bus_name_owned("org.freedesktop.Notifications")))
         .context("no notification server on the session bus")?;
-    let notifications_log = dir.path().join("notifications.log");
+    let notifications_log = dir.join("notifications.log");
     let mut monitor = Command::new("dbus-monitor");
     monitor.args(["--session", "interface='org.freedesktop.Notifications'"]);
     let _monitor = spawn_logged(monitor, &notifications_log).context("starting dbus-monitor (Debian dbus-bin)")?;
 
-    let hub = Hub::start(&bins, &dir.path().join("hub"), &[], &["--device-code-interval-secs", "1"])?;
+    let hub = Hub::start(&bins, &dir.join("hub"), &[], &["--device-code-interval-secs", "1"])?;
     let operator_key = hub.api_key()?;
     let creator_key = hub.creator_key(CREATOR)?;
     let site = Site::start()?;
@@ -294,7 +304,7 @@ fn the_real_tray_app_signs_in_by_code_asks_consent_runs_a_job_pauses_and_speaks_
 
     // A fresh profile whose person allowed the local site (the egress gate refuses loopback
     // otherwise); settings.json is where a person keeps that list.
-    let data_dir = dir.path().join("agent-data");
+    let data_dir = dir.join("agent-data");
     fs::create_dir_all(&data_dir)?;
     let settings_path = data_dir.join("settings.json");
     fs::write(&settings_path, json!({ "allowEgress": [site_addr] }).to_string())?;
@@ -330,7 +340,7 @@ fn the_real_tray_app_signs_in_by_code_asks_consent_runs_a_job_pauses_and_speaks_
         .env("WEBKIT_DISABLE_COMPOSITING_MODE", "1")
         .env("WEBKIT_DISABLE_DMABUF_RENDERER", "1")
         .env("LIBGL_ALWAYS_SOFTWARE", "1");
-    let _driver = spawn_logged(driver, &dir.path().join("tauri-driver.log"))?;
+    let _driver = spawn_logged(driver, &dir.join("tauri-driver.log"))?;
     let driver_url = format!("http://127.0.0.1:{port}");
     wait_until(WAIT, || Ok(ureq::get(&format!("{driver_url}/status")).call().is_ok()))
         .context("tauri-driver never answered /status")?;
@@ -357,7 +367,7 @@ fn the_real_tray_app_signs_in_by_code_asks_consent_runs_a_job_pauses_and_speaks_
     assert!(page.starts_with(&format!("{}/device", hub.url)), "the window names {page:?} as the approval page");
     assert_eq!(window.text("#device-title")?, en["deviceTitle"], "the window speaks English first");
     shoot(&xvfb, &shots.join("tray-en-sign-in-code.png"))?;
-    approve_in_chromium(dir.path(), &format!("{}/device?user_code={code}", hub.url), &code, &creator_key)?;
+    approve_in_chromium(dir, &format!("{}/device?user_code={code}", hub.url), &code, &creator_key)?;
 
     // --- consent: nothing is granted until ticked -----------------------------------------
     wait_shown(&window, "#consent-view")?;
