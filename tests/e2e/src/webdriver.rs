@@ -1,7 +1,7 @@
 //! A small W3C WebDriver client for the tray app's end-to-end test: a session on a driver
 //! listening on loopback (`tauri-driver`, which hands the session to `WebKitWebDriver`),
 //! and the handful of commands the test uses (find, click, type, read, run a script).
-//! No screenshot command: WebKitWebDriver's never answers for the tray app under Xvfb (see
+//! No screenshot command: WebKitWebDriver's never answers for the tray app as it ships (see
 //! tests/e2e/tests/tray_webdriver.rs).
 //!
 //! Plain JSON over HTTP with the `ureq` client this crate already has, rather than

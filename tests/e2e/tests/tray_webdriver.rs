@@ -140,10 +140,12 @@ fn tray_words(key: &str) -> Result<(String, String)> {
 }
 
 /// The app's window as the person sees it, as PNG. Not WebDriver's screenshot command:
-/// WebKitWebDriver's never answers for this app under Xvfb (WebKit waits for a compositor
-/// frame; MiniBrowser does the same once compositing is off), so the X server's copy of the
-/// window is taken instead, with ImageMagick's `import`. A short pause first lets the page
-/// paint what the last command changed.
+/// WebKitWebDriver's (WebKitGTK 2.50) never answers when GDK's OpenGL is off, and the app
+/// turns it off on X11 (src-tauri/src/app.rs, about 50 MB less while idle). Debian's
+/// MiniBrowser hangs the same way with `GDK_GL=disable` or `WEBKIT_DISABLE_COMPOSITING_MODE=1`;
+/// with `GDK_GL=always` both answer. The test drives the app as it ships, so the X server's
+/// copy of the window is taken instead, with ImageMagick's `import`. A short pause first
+/// lets the page paint what the last command changed.
 fn shoot(xvfb: &Xvfb, path: &Path) -> Result<()> {
     std::thread::sleep(Duration::from_millis(400));
     let tree = Command::new("xwininfo")
