@@ -4,7 +4,7 @@
 use crate::deps::{ensure_apt, APT_BUILD, APT_TEST};
 use crate::util::{cargo, checked, root};
 use anyhow::{bail, Context, Result};
-use edge_e2e::procfs::{rss_kib, tree_rss_kib};
+use edge_e2e::procfs::{rss_kib, tree_pss_kib, tree_rss_kib};
 use edge_e2e::{scratch_dir, Agent, Binaries, Hub};
 use std::process::Command;
 use std::time::Duration;
@@ -185,8 +185,9 @@ fn smaps_rollup(pid: u32) -> Result<String> {
 }
 
 /// Starts the real tray app (release build) in a throwaway desktop session under Xvfb,
-/// logged in to a hub, window closed; the script measures the whole process tree 30 s
-/// after start by calling back into `xtask tree-rss <pid>`.
+/// logged in to a hub: the script measures the whole process tree 30 s after start with the
+/// window closed (`xtask tree-rss` and `xtask tree-pss`), then opens the window and measures
+/// its PSS again (`xtask tree-pss`).
 fn tray() -> Result<()> {
     let bins = release_bins()?;
     checked(Command::new("npm").args(["run", "build"]).current_dir(root().join("ui")))?;
@@ -200,6 +201,20 @@ fn tray() -> Result<()> {
             .env("TRAY_BIN", root().join("target/release/edge-agent-tray"))
             .env("RSS_TOOL", std::env::current_exe()?),
     )
+}
+
+/// `xtask tree-pss <pid> <state> <target MB>`: prints the PSS of a process tree (the tray
+/// and the WebKit processes it started) as Markdown rows.
+pub fn tree_pss(args: &[&str]) -> Result<()> {
+    let usage = "usage: xtask tree-pss <pid> <state, e.g. \"window open\"> <target MB>";
+    let pid: u32 = args.first().and_then(|p| p.parse().ok()).context(usage)?;
+    let (state, target) = (args.get(1).context(usage)?, args.get(2).context(usage)?);
+    let (total, members) = tree_pss_kib(pid)?;
+    println!("| tray app PSS, all processes, {state} | {:.1} MB | ≤ {target} MB |", total as f64 / 1024.0);
+    for (pid, name, pss) in members {
+        println!("| &nbsp;&nbsp;{name} ({pid}) | {:.1} MB | |", pss as f64 / 1024.0);
+    }
+    Ok(())
 }
 
 /// `xtask tree-rss <pid>`: prints the RSS of a process tree as Markdown rows.

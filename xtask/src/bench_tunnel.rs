@@ -76,13 +76,7 @@ fn need(tool: &str, version_arg: &str, package: &str) -> Result<()> {
 
 /// `name` `version` from crates.io, built into `target/bench-tools/` once.
 fn bench_tool(name: &str, version: &str, options: &[&str]) -> Result<PathBuf> {
-    let tools = root().join("target/bench-tools");
-    let bin = tools.join("bin").join(name);
-    if !bin.exists() {
-        eprintln!("building {name} {version} from crates.io into {}", tools.display());
-        checked(cargo().args(["install", name, "--version", version]).args(options).arg("--root").arg(&tools))?;
-    }
-    Ok(bin)
+    crate::util::cargo_tool(&root().join("target/bench-tools"), name, version, options)
 }
 
 fn rathole() -> Result<PathBuf> {

@@ -38,6 +38,8 @@ pub const APT_TEST: &[&str] = &[
     "fonts-dejavu-core",
     "x11-utils",
     "imagemagick",
+    // The tray's WebDriver test: WebKitWebDriver, which tauri-driver hands the session to.
+    "webkit2gtk-driver",
     // The tray smoke test types into the real window and reads it back through the clipboard.
     "xdotool",
     "xclip",

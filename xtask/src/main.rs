@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         Some("docs") => docs::run(&rest),
         Some("bench") => bench::run(&rest),
         Some("tree-rss") => bench::tree_rss(&rest),
+        Some("tree-pss") => bench::tree_pss(&rest),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())

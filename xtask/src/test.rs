@@ -2,10 +2,15 @@
 //! test stage and prints one summary. A failing stage does not hide the stages after it.
 
 use crate::deps::{ensure_apt, ensure_npm, APT_BUILD, APT_TEST};
-use crate::util::{cargo, checked, root};
+use crate::util::{cargo, cargo_tool, checked, root};
 use anyhow::{bail, Result};
 use std::process::Command;
 use std::time::Instant;
+
+/// tauri-driver from crates.io, pinned: the WebDriver server in front of WebKitWebDriver
+/// that the tray's end-to-end test (tests/e2e/tests/tray_webdriver.rs) drives the real app
+/// through. The test names the same version in its install hint.
+pub const TAURI_DRIVER_VERSION: &str = "2.0.5";
 
 pub fn run(args: &[&str]) -> Result<()> {
     let started = Instant::now();
@@ -17,6 +22,16 @@ pub fn run(args: &[&str]) -> Result<()> {
     checked(Command::new("npm").args(["run", "build"]).current_dir(&ui))?;
     // One build of every target up front, so test stages do not race each other to compile.
     checked(cargo().args(["build", "--workspace", "--all-targets"]))?;
+
+    // Kept in target/tools across local runs; a fresh CI clone builds it once (about 50 s of
+    // CPU). A failed build fails only the test that needs it, which says what to install.
+    let tauri_driver = cargo_tool(&root().join("target/tools"), "tauri-driver", TAURI_DRIVER_VERSION, &["--locked"])
+        .unwrap_or_else(|e| {
+            eprintln!(
+                "tauri-driver {TAURI_DRIVER_VERSION} could not be built ({e:#}); the tray's WebDriver test will fail"
+            );
+            root().join("target/tools/bin/tauri-driver")
+        });
 
     let postgres_url = ensure_postgres()?;
     let session = root().join("tests/support/desktop-session.sh");
@@ -33,6 +48,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 .env("EDGE_TEST_SECRET_SERVICE", "1")
                 .env("EDGE_TEST_KERNEL_KEYRING", "1")
                 .env("EDGE_TEST_POSTGRES_URL", &postgres_url)
+                .env("EDGE_TAURI_DRIVER", &tauri_driver)
                 .current_dir(root()),
         ),
     ));

@@ -39,6 +39,19 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// `cargo install NAME --version VERSION OPTIONS --root DIR` unless DIR/bin/NAME exists
+/// already: tools the tests and benchmarks use from crates.io, pinned, kept in target/.
+pub fn cargo_tool(dir: &Path, name: &str, version: &str, options: &[&str]) -> Result<PathBuf> {
+    let bin = dir.join("bin").join(name);
+    if !bin.exists() {
+        eprintln!("building {name} {version} from crates.io into {}", dir.display());
+        let started = Instant::now();
+        checked(cargo().args(["install", name, "--version", version]).args(options).arg("--root").arg(dir))?;
+        eprintln!("built {name} {version} in {} s", started.elapsed().as_secs());
+    }
+    Ok(bin)
+}
+
 pub fn is_root() -> bool {
     // SAFETY-free alternative to libc::geteuid: `id -u` is on every Debian machine.
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)

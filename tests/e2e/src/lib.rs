@@ -10,6 +10,7 @@ pub mod pg;
 pub mod procfs;
 pub mod sim;
 pub mod site;
+pub mod webdriver;
 pub mod xvfb;
 
 use anyhow::{anyhow, bail, Context, Result};

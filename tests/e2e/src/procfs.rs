@@ -47,7 +47,7 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
-/// One process of a tree: pid, command name, RSS in KiB.
+/// One process of a tree: pid, command name, RSS (or PSS) in KiB.
 pub type TreeMember = (u32, String, u64);
 
 /// Summed RSS of a process and all its descendants, in KiB, with each member listed.
@@ -59,6 +59,33 @@ pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
         let name = fs::read_to_string(format!("/proc/{member}/comm")).unwrap_or_default().trim().to_owned();
         total += rss;
         members.push((member, name, rss));
+    }
+    Ok((total, members))
+}
+
+/// Proportional set size of one process in KiB (`Pss` of /proc/PID/smaps_rollup): its
+/// private pages plus its share of pages other processes map too, so the PSS of a process
+/// tree adds up to what the tree costs, where RSS counts each shared library once per
+/// process.
+pub fn pss_kib(pid: u32) -> Result<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("process {pid} is gone or not ours to read"))?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no Pss for process {pid}"))
+}
+
+/// Summed PSS of a process and all its descendants, in KiB, with each member listed.
+pub fn tree_pss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
+    let mut total = 0;
+    let mut members = Vec::new();
+    for member in process_tree(pid) {
+        let Ok(pss) = pss_kib(member) else { continue };
+        let name = fs::read_to_string(format!("/proc/{member}/comm")).unwrap_or_default().trim().to_owned();
+        total += pss;
+        members.push((member, name, pss));
     }
     Ok((total, members))
 }
@@ -78,4 +105,36 @@ pub fn processes_with_arg(arg: &str) -> Vec<(u32, Vec<String>)> {
         .filter_map(|pid| cmdline(pid).map(|args| (pid, args)))
         .filter(|(_, args)| args.iter().any(|a| a == arg))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that shares every library page with this process: the tree's PSS splits
+    /// those pages between the two, so it stays below the sum of their RSS, and each
+    /// member's PSS is at most its RSS.
+    #[test]
+    fn pss_splits_shared_pages_where_rss_counts_them_twice() -> Result<()> {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let me = std::process::id();
+        let measured = (|| -> Result<()> {
+            let (_, members) = tree_pss_kib(me)?;
+            assert!(members.iter().any(|(pid, _, _)| *pid == child.id()), "the child is not in the tree: {members:?}");
+            // Only the two processes this test owns: other tests of this binary may start
+            // and end children of their own meanwhile.
+            for (pid, name, pss) in members.iter().filter(|(pid, _, _)| *pid == me || *pid == child.id()) {
+                let rss = rss_kib(*pid)?;
+                assert!(*pss > 0 && *pss <= rss, "{name} ({pid}): PSS {pss} kB, RSS {rss} kB");
+            }
+            let ours = |pid: u32| pid == me || pid == child.id();
+            let pss_ours: u64 = members.iter().filter(|(pid, _, _)| ours(*pid)).map(|(_, _, pss)| pss).sum();
+            let rss_ours = rss_kib(me)? + rss_kib(child.id())?;
+            assert!(pss_ours < rss_ours, "PSS {pss_ours} kB is not below RSS {rss_ours} kB");
+            Ok(())
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        measured
+    }
 }
