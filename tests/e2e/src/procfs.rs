@@ -52,15 +52,21 @@ pub type TreeMember = (u32, String, u64);
 
 /// Summed RSS of a process and all its descendants, in KiB, with each member listed.
 pub fn tree_rss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
+    Ok(tree_sum(pid, rss_kib))
+}
+
+/// `measure` of a process and of each of its descendants, summed, with each member listed;
+/// a member that ended in between is left out.
+fn tree_sum(pid: u32, measure: fn(u32) -> Result<u64>) -> (u64, Vec<TreeMember>) {
     let mut total = 0;
     let mut members = Vec::new();
     for member in process_tree(pid) {
-        let Ok(rss) = rss_kib(member) else { continue };
+        let Ok(kib) = measure(member) else { continue };
         let name = fs::read_to_string(format!("/proc/{member}/comm")).unwrap_or_default().trim().to_owned();
-        total += rss;
-        members.push((member, name, rss));
+        total += kib;
+        members.push((member, name, kib));
     }
-    Ok((total, members))
+    (total, members)
 }
 
 /// Proportional set size of one process in KiB (`Pss` of /proc/PID/smaps_rollup): its
@@ -79,15 +85,7 @@ pub fn pss_kib(pid: u32) -> Result<u64> {
 
 /// Summed PSS of a process and all its descendants, in KiB, with each member listed.
 pub fn tree_pss_kib(pid: u32) -> Result<(u64, Vec<TreeMember>)> {
-    let mut total = 0;
-    let mut members = Vec::new();
-    for member in process_tree(pid) {
-        let Ok(pss) = pss_kib(member) else { continue };
-        let name = fs::read_to_string(format!("/proc/{member}/comm")).unwrap_or_default().trim().to_owned();
-        total += pss;
-        members.push((member, name, pss));
-    }
-    Ok((total, members))
+    Ok(tree_sum(pid, pss_kib))
 }
 
 /// A process's command line, one argument per entry (`None`: it is gone or not ours to read).
