@@ -1,4 +1,4 @@
-//! `cargo xtask bench [agent|tray|hub|bundles|browser|egress|tunnel [latency|rounds]]`: the numbers in docs/benchmarks.md, measured on release
+//! `cargo xtask bench [agent|tray|hub|bundles|browser|egress|tunnel [latency|rounds]|updates]`: the numbers in docs/benchmarks.md, measured on release
 //! builds over loopback. Prints Markdown rows to paste into that file.
 
 use crate::deps::{ensure_apt, APT_BUILD, APT_TEST};
@@ -37,9 +37,10 @@ pub fn run(args: &[&str]) -> Result<()> {
         "browser" => crate::bench_browser::run(),
         "egress" => crate::bench_egress::run(),
         "tunnel" => crate::bench_tunnel::run(args.get(1).copied()),
+        "updates" => crate::bench_updates::run(),
         "all" => agent().and_then(|_| tray()),
         other => {
-            bail!("unknown benchmark {other:?}: expected agent, tray, hub, hub-guest, bundles, browser, egress, tunnel or all")
+            bail!("unknown benchmark {other:?}: expected agent, tray, hub, hub-guest, bundles, browser, egress, tunnel, updates or all")
         }
     }
 }

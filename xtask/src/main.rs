@@ -8,6 +8,7 @@ mod bench_bundles;
 mod bench_egress;
 mod bench_hub;
 mod bench_tunnel;
+mod bench_updates;
 mod bench_vm;
 mod debroot;
 mod demo;
@@ -22,7 +23,7 @@ mod util;
 use anyhow::{bail, Result};
 
 const USAGE: &str =
-    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | release --dry-run [--debug] | docs | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel [latency|rounds]] [--skip-install]>
+    "usage: cargo xtask <demo [--verbose] | test [--skip-install] | fresh-check | release --dry-run [--debug] | docs | bench [agent|tray|hub|hub-guest [N]|bundles|browser|egress|tunnel [latency|rounds]|updates] [--skip-install]>
 
   demo         hub on a temporary SQLite file + a headless agent + real jobs, end to end;
                one line per job and a closing table (--verbose: each job's full record)

@@ -732,6 +732,9 @@ async fn update_command(settings: AgentSettings, command: UpdateCommand) -> Resu
             let service = AgentService::new(settings);
             let ctx = service.updater_context(&channel).await?;
             let exe = updater::install::installed_exe()?;
+            if let Err(why) = updater::install::self_replaceable(&exe) {
+                bail!("{} does not replace itself: {why}", exe.display());
+            }
             let report = updater::apply(&ctx, &exe, Duration::from_secs(probation_secs), busy).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
