@@ -145,9 +145,16 @@ function tauriMock(config) {
   };
 }
 
-/** Opens the window's page with the IPC mock configured; waits until the app settled. */
-export async function openApp(browser, baseUrl, config) {
-  const page = await browser.newPage({ viewport: { width: 420, height: 560 } });
+/** The tray window's size in CSS pixels at 100 % zoom. */
+export const WINDOW = { width: 420, height: 560 };
+
+/** Opens the window's page with the IPC mock configured; waits until the app settled.
+ * `zoom` 2 is the person's 200 % zoom: the same window, half as many CSS pixels. */
+export async function openApp(browser, baseUrl, config, { zoom = 1 } = {}) {
+  const page = await browser.newPage({
+    viewport: { width: Math.round(WINDOW.width / zoom), height: Math.round(WINDOW.height / zoom) },
+    deviceScaleFactor: zoom,
+  });
   const errors = [];
   page.on("pageerror", (err) => errors.push(err));
   await page.addInitScript(tauriMock, config);
