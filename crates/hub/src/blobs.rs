@@ -131,9 +131,11 @@ impl StorageConfig {
                          credentials and every bundle would cross the network unencrypted; use https://"
                     )))
                 }
-                other => return Err(BlobError::Config(format!(
+                other => {
+                    return Err(BlobError::Config(format!(
                     "AWS_ENDPOINT_URL {endpoint} has scheme {other}; use https:// (or http:// to a loopback address)"
-                ))),
+                )))
+                }
             }
         }
         Ok(StorageConfig::S3(S3Config {

@@ -158,7 +158,8 @@ fn no_store(mut response: Response) -> Response {
 }
 
 fn json_bytes(bytes: impl Into<Body>) -> Response {
-    no_store(([(header::CONTENT_TYPE, "application/json")], Body::from(bytes.into())).into_response())
+    let body: Body = bytes.into();
+    no_store(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn root_json(Extension(service): Service) -> Result<Response, Failure> {

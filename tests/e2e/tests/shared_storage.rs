@@ -174,3 +174,63 @@ fn three_hubs_share_one_bucket_publish_on_one_run_through_another_read_on_the_th
     }
     Ok(())
 }
+
+/// Runs `edge-hub ARGS` with `env` and waits (bounded) for it to exit; (success, stderr).
+fn run_hub(bins: &Binaries, args: &[&str], env: &[(String, String)]) -> Result<(bool, String)> {
+    let mut child = std::process::Command::new(&bins.hub)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting edge-hub")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("edge-hub {args:?} was still running after 30 s: it must stop on a refused store");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().context("stderr")?, &mut stderr)?;
+    Ok((status.success(), stderr))
+}
+
+#[test]
+fn a_hub_and_its_cli_refused_by_the_store_stop_and_say_what_to_check() -> Result<()> {
+    let server = S3Server::start(&[BUCKET])?;
+    let dir = tempfile::tempdir()?;
+    let bins = Binaries::locate()?;
+    let database = format!("sqlite://{}", dir.path().join("hub.db").display());
+    let mut env = server.hub_env(BUCKET, "refused");
+    for (name, value) in &mut env {
+        if name == "AWS_SECRET_ACCESS_KEY" {
+            *value = "a-wrong-secret-value".into();
+        }
+    }
+    let (ok, stderr) = run_hub(&bins, &["--database-url", &database, "serve", "--listen", "127.0.0.1:0"], &env)?;
+    ensure!(!ok, "the hub must not start on a store that refuses it: {stderr}");
+    ensure!(stderr.contains("refused the credentials") && stderr.contains(&server.endpoint), "{stderr}");
+    ensure!(!stderr.contains("a-wrong-secret-value"), "the secret must never be printed: {stderr}");
+
+    let (ok, stderr) = run_hub(&bins, &["--database-url", &database, "bundle", "root", "fingerprint"], &env)?;
+    ensure!(!ok && stderr.contains("refused the credentials"), "{stderr}");
+
+    // An endpoint where nothing listens: the message names it and what to check.
+    for (name, value) in &mut env {
+        match name.as_str() {
+            "AWS_SECRET_ACCESS_KEY" => *value = SECRET_KEY.into(),
+            "AWS_ENDPOINT_URL" => *value = "http://127.0.0.1:9".into(),
+            _ => {}
+        }
+    }
+    let (ok, stderr) = run_hub(&bins, &["--database-url", &database, "serve", "--listen", "127.0.0.1:0"], &env)?;
+    ensure!(!ok && stderr.contains("127.0.0.1:9") && stderr.contains("AWS_ENDPOINT_URL"), "{stderr}");
+    Ok(())
+}
