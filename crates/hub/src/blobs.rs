@@ -197,7 +197,8 @@ impl Blobs {
     pub fn open(config: &StorageConfig) -> Result<Blobs, BlobError> {
         match config {
             StorageConfig::Local(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                // New folders private: the bundle directory holds online keys and run reports.
+                crate::private_files::create_private_dir(dir).map_err(|e| {
                     BlobError::Config(format!(
                         "cannot create the bundle directory {}: {e} (choose another with --bundle-dir)",
                         dir.display()
