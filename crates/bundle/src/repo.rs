@@ -425,9 +425,19 @@ impl Repo {
     }
 
     /// Whether `timestamp.json` exists; a store that cannot be read counts as not
-    /// initialised here, and the next real read reports its error.
+    /// initialised here (see [`Repo::check_initialised`] for its error).
     pub fn is_initialised(&self) -> bool {
         self.store.modified(&Repo::metadata_key("timestamp.json")).is_ok_and(|m| m.is_some())
+    }
+
+    /// `NotInitialised` when there is no `timestamp.json`; the store's own error (an
+    /// unreachable bucket, refused credentials) when it cannot tell, so an outage is never
+    /// reported as "run keys init".
+    pub(crate) fn check_initialised(&self) -> Result<(), RepoError> {
+        match self.store.modified(&Repo::metadata_key("timestamp.json"))? {
+            Some(_) => Ok(()),
+            None => Err(RepoError::NotInitialised(self.location())),
+        }
     }
 
     /// Creates root keys in `root_dir` (offline, for the operator to move away), online keys
@@ -531,9 +541,7 @@ impl Repo {
 
     /// Reads the signed state the current `timestamp.json` points at.
     pub fn current(&self) -> Result<Current, RepoError> {
-        if !self.is_initialised() {
-            return Err(RepoError::NotInitialised(self.location()));
-        }
+        self.check_initialised()?;
         let root: Signed<Root> = self.read_json("root.json")?;
         let timestamp: Signed<Timestamp> = self.read_json("timestamp.json")?;
         let snapshot_version = meta_version(&timestamp.signed.meta, "snapshot.json")?;

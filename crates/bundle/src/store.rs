@@ -133,3 +133,71 @@ impl RepoStore for DirStore {
         self.dir.join("targets").join(".staging")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::Repo;
+    use std::sync::Arc;
+
+    /// A store that cannot be reached, like a bucket behind a network outage.
+    #[derive(Debug)]
+    struct Unreachable;
+
+    impl RepoStore for Unreachable {
+        fn location(&self) -> String {
+            "s3://bucket/prefix/repo".into()
+        }
+        fn get(&self, _: &str) -> Result<Option<Vec<u8>>, RepoError> {
+            Err(RepoError::Store("the store does not answer".into()))
+        }
+        fn put(&self, _: &str, _: &[u8]) -> Result<(), RepoError> {
+            Err(RepoError::Store("the store does not answer".into()))
+        }
+        fn create(&self, _: &str, _: &[u8], _: bool) -> Result<bool, RepoError> {
+            Err(RepoError::Store("the store does not answer".into()))
+        }
+        fn put_file(&self, _: &str, _: &Path) -> Result<(), RepoError> {
+            Err(RepoError::Store("the store does not answer".into()))
+        }
+        fn delete(&self, _: &str) -> Result<(), RepoError> {
+            Err(RepoError::Store("the store does not answer".into()))
+        }
+        fn modified(&self, _: &str) -> Result<Option<SystemTime>, RepoError> {
+            Err(RepoError::Store("the store does not answer".into()))
+        }
+        fn staging_dir(&self) -> PathBuf {
+            std::env::temp_dir()
+        }
+    }
+
+    #[test]
+    fn an_unreachable_store_is_reported_as_such_never_as_an_uninitialised_repository() {
+        let repo = Repo::with_store(Arc::new(Unreachable), Default::default());
+        assert!(!repo.is_initialised());
+        for error in [repo.current().err(), repo.tenant_view("acme", "timestamp.json").err()] {
+            assert!(matches!(error, Some(RepoError::Store(_))), "{error:?}");
+        }
+        assert!(matches!(repo.root_json(), Err(RepoError::Store(_))));
+    }
+
+    #[test]
+    fn a_directory_store_creates_once_and_keeps_private_files_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        assert!(store.create("keys/a.pk8", b"one", true).unwrap());
+        assert!(!store.create("keys/a.pk8", b"two", true).unwrap());
+        assert_eq!(store.get("keys/a.pk8").unwrap().as_deref(), Some(&b"one"[..]));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("keys/a.pk8")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        store.put("metadata/timestamp.json", b"x").unwrap();
+        assert!(store.modified("metadata/timestamp.json").unwrap().is_some());
+        store.delete("metadata/timestamp.json").unwrap();
+        store.delete("metadata/timestamp.json").unwrap();
+        assert!(store.get("metadata/timestamp.json").unwrap().is_none());
+    }
+}

@@ -80,9 +80,7 @@ impl Repo {
 
     /// The view whose only delegation is `role` (a tenant, or a release channel's role).
     fn role_view(&self, tenant: &str, file: &str) -> Result<Option<Vec<u8>>, RepoError> {
-        if !self.is_initialised() {
-            return Err(RepoError::NotInitialised(self.location()));
-        }
+        self.check_initialised()?;
         match MetadataFile::parse(file) {
             None => Ok(None),
             Some(MetadataFile::Root) => self.read_metadata(file),
