@@ -268,6 +268,8 @@ impl Blobs {
             object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
                 BlobError::Denied { location: self.location.clone(), key: key.to_owned(), detail }
             }
+            // Some S3 errors (a LIST refused, a server's own codes) reach object_store as a
+            // generic error carrying the status and S3 code only in its text.
             _ if detail.contains("403")
                 || detail.contains("SignatureDoesNotMatch")
                 || detail.contains("InvalidAccessKeyId") =>
