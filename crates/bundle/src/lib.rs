@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod names;
 pub mod release;
 pub mod repo;
+pub mod store;
 #[doc(hidden)]
 pub mod testing;
 pub mod unpack;

@@ -15,9 +15,7 @@
 //! published version.
 
 use crate::names::{parse_version, validate_slug, NameError};
-use crate::repo::{
-    hash_file, hex_decoded, io, nz, sign, unique_suffix, Current, Repo, RepoError, TempPath, SPEC_VERSION,
-};
+use crate::repo::{hash_file, hex_decoded, io, nz, sign, Current, Repo, RepoError, SPEC_VERSION};
 use chrono::Utc;
 use semver::Version;
 use serde::{Deserialize, Serialize};
@@ -190,8 +188,8 @@ fn check_rollout(percent: u8) -> Result<(), RepoError> {
 }
 
 impl Repo {
-    pub(crate) fn release_key_path(&self, channel: &str) -> PathBuf {
-        self.keys_dir().join("releases").join(format!("{channel}.pk8"))
+    pub(crate) fn release_key_path(&self, channel: &str) -> String {
+        format!("keys/releases/{channel}.pk8")
     }
 
     /// Stores and signs one agent binary as a release of a channel.
@@ -210,12 +208,10 @@ impl Repo {
         let role_name = release_role(&release.channel);
         let existing = current.tenants.get(&role_name);
 
-        // Copy into targets/ first (same file system as the final rename), then hash the copy:
-        // what is signed is exactly what is served.
-        let staging = self.targets_dir().join(".staging");
-        fs::create_dir_all(&staging).map_err(io(format!("cannot create {}", staging.display())))?;
-        let temporary = staging.join(format!("{}-{}.bin", std::process::id(), unique_suffix()));
-        let cleanup = TempPath(temporary.clone());
+        // Copy into staging first, then hash the copy and store exactly it: what is signed
+        // is exactly what is served, even if the operator's file changes meanwhile.
+        let cleanup = self.staging_file("bin")?;
+        let temporary = cleanup.0.clone();
         fs::copy(&request.source, &temporary).map_err(io(format!("cannot read {}", request.source.display())))?;
         let (length, sha256) = hash_file(&temporary)?;
         let target_name = release.target_name();
@@ -244,11 +240,7 @@ impl Repo {
             }
         }
 
-        let final_path = self.targets_dir().join(&target_file);
-        if let Some(parent) = final_path.parent() {
-            fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
-        }
-        fs::rename(&temporary, &final_path).map_err(io(format!("cannot store {}", final_path.display())))?;
+        self.store().put_file(&Repo::target_key(&target_file), &temporary)?;
         drop(cleanup);
 
         let meta = ReleaseMeta {
@@ -406,12 +398,12 @@ impl Repo {
         )
     }
 
-    /// Path of a release file under the targets directory, if `file` is a valid name of one
-    /// (`<sha256>.<version>` under `_release/<channel>/<platform>/<arch>/`).
-    pub fn release_file_path(&self, channel: &str, platform: &str, arch: &str, file: &str) -> Option<PathBuf> {
+    /// The store key of a release file (see [`Repo::target_key`]), if `file` is a valid name
+    /// of one (`<sha256>.<version>` under `_release/<channel>/<platform>/<arch>/`).
+    pub fn release_file_key(channel: &str, platform: &str, arch: &str, file: &str) -> Option<String> {
         let (sha, version) = file.split_once('.')?;
         let valid_sha = sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
         let release = ReleaseRef::new(channel, platform, arch, version).ok()?;
-        valid_sha.then(|| self.targets_dir().join(release.target_file(sha)))
+        valid_sha.then(|| Repo::target_key(&release.target_file(sha)))
     }
 }

@@ -24,6 +24,7 @@
 
 use crate::manifest::{manifest_signing_message, validate_entrypoint, BundleMeta, CpuArch, Runtime};
 use crate::names::{tenant_path_pattern, validate_slug, BundleRef, NameError};
+use crate::store::{DirStore, RepoStore};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -36,6 +37,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::key::{Ed25519Key, Ed25519Scheme, Key};
@@ -59,9 +61,9 @@ pub enum RepoError {
         source: std::io::Error,
     },
     #[error("the bundle repository at {0} is not initialised: run `edge-hub bundle keys init` first")]
-    NotInitialised(PathBuf),
+    NotInitialised(String),
     #[error("{0} already exists; refusing to overwrite keys or metadata")]
-    Exists(PathBuf),
+    Exists(String),
     #[error(transparent)]
     Name(#[from] NameError),
     #[error("{0}")]
@@ -74,7 +76,10 @@ pub enum RepoError {
     #[error("{0}; an agent would refuse this bundle, so nothing was published")]
     Unsafe(crate::unpack::UnpackError),
     #[error("another writer holds {0} (remove it if no edge-hub bundle command is running)")]
-    Locked(PathBuf),
+    Locked(String),
+    /// The storage behind the repository failed (an object store refused or was unreachable).
+    #[error("{0}")]
+    Store(String),
 }
 
 pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
@@ -141,6 +146,12 @@ impl Signer {
         Signer::from_pkcs8(&bytes).map_err(|e| RepoError::Key(format!("{}: {e}", path.display())))
     }
 
+    /// An online key stored in the repository under `key`.
+    fn load_stored(repo: &Repo, key: &str) -> Result<Option<Signer>, RepoError> {
+        let Some(bytes) = repo.store.get(key)? else { return Ok(None) };
+        Signer::from_pkcs8(&bytes).map(Some).map_err(|e| RepoError::Key(format!("{}/{key}: {e}", repo.location())))
+    }
+
     pub fn tuf_key(&self) -> &Key {
         &self.key
     }
@@ -177,7 +188,7 @@ pub fn sign<T: Serialize>(value: T, signers: &[&Signer]) -> Result<Signed<T>, Re
 /// Writes a key file readable by its owner only.
 pub(crate) fn write_key(path: &Path, pkcs8: &[u8]) -> Result<(), RepoError> {
     if path.exists() {
-        return Err(RepoError::Exists(path.to_path_buf()));
+        return Err(RepoError::Exists(path.display().to_string()));
     }
     if let Some(parent) = path.parent() {
         create_private_dir(parent)?;
@@ -193,7 +204,7 @@ pub(crate) fn write_key(path: &Path, pkcs8: &[u8]) -> Result<(), RepoError> {
     file.write_all(pkcs8).and_then(|_| file.sync_all()).map_err(io(format!("cannot write key {}", path.display())))
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), RepoError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), RepoError> {
     fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
     #[cfg(unix)]
     {
@@ -278,36 +289,100 @@ pub struct Current {
 /// URL path prefix under which the hub serves the repository (`metadata/`, `targets/`).
 pub const HTTP_PREFIX: &str = "/v1/bundles";
 
-/// A repository directory.
+/// A repository: its files in a [`RepoStore`] (a local directory unless the hub was given
+/// an object store).
 #[derive(Debug, Clone)]
 pub struct Repo {
+    /// The local directory of a [`DirStore`] repository; empty for any other store.
     dir: PathBuf,
+    store: Arc<dyn RepoStore>,
     pub options: RepoOptions,
 }
 
 impl Repo {
     pub fn new(dir: impl Into<PathBuf>) -> Repo {
-        Repo { dir: dir.into(), options: RepoOptions::default() }
+        Repo::with_options(dir, RepoOptions::default())
     }
 
     pub fn with_options(dir: impl Into<PathBuf>, options: RepoOptions) -> Repo {
-        Repo { dir: dir.into(), options }
+        let dir = dir.into();
+        Repo { store: Arc::new(DirStore::new(dir.clone())), dir, options }
     }
 
+    /// A repository in any store (the hub's object store).
+    pub fn with_store(store: Arc<dyn RepoStore>, options: RepoOptions) -> Repo {
+        Repo { dir: PathBuf::new(), store, options }
+    }
+
+    /// Where the repository is, for messages and the CLI's output.
+    pub fn location(&self) -> String {
+        self.store.location()
+    }
+
+    pub fn store(&self) -> &Arc<dyn RepoStore> {
+        &self.store
+    }
+
+    /// The local directory (tests and tools on a [`DirStore`] repository only).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// `metadata/` of a local repository (tests and tools; the repository reads through its store).
     pub fn metadata_dir(&self) -> PathBuf {
         self.dir.join("metadata")
     }
 
+    /// `targets/` of a local repository (tests and tools; the repository reads through its store).
     pub fn targets_dir(&self) -> PathBuf {
         self.dir.join("targets")
     }
 
-    pub(crate) fn keys_dir(&self) -> PathBuf {
-        self.dir.join("keys")
+    /// The store key of a file in `metadata/`.
+    pub fn metadata_key(file: &str) -> String {
+        format!("metadata/{file}")
+    }
+
+    /// The store key of a file in `targets/` (a `target_file` of a bundle or release).
+    pub fn target_key(target_file: &str) -> String {
+        format!("targets/{target_file}")
+    }
+
+    /// Reads a metadata file; `None` when absent.
+    pub fn read_metadata(&self, file: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        self.store.get(&Repo::metadata_key(file))
+    }
+
+    fn write_metadata(&self, file: &str, bytes: &[u8]) -> Result<(), RepoError> {
+        self.store.put(&Repo::metadata_key(file), bytes)
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, file: &str) -> Result<T, RepoError> {
+        let bytes = self
+            .read_metadata(file)?
+            .ok_or_else(|| RepoError::Invalid(format!("{}/metadata/{file} is missing", self.location())))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RepoError::Invalid(format!("{}/metadata/{file} is not valid metadata: {e}", self.location())))
+    }
+
+    /// The online key at `key` (under `keys/`), made and stored on first use.
+    pub(crate) fn key_or_create(&self, key: &str) -> Result<Signer, RepoError> {
+        if let Some(signer) = Signer::load_stored(self, key)? {
+            return Ok(signer);
+        }
+        let (signer, pkcs8) = Signer::generate()?;
+        if self.store.create(key, &pkcs8, true)? {
+            return Ok(signer);
+        }
+        // Another writer made it first: use theirs.
+        Signer::load_stored(self, key)?.ok_or_else(|| RepoError::Key(format!("{}/{key} vanished", self.location())))
+    }
+
+    /// Packs into a local temporary file; the caller stores it with `store_target`.
+    pub(crate) fn staging_file(&self, extension: &str) -> Result<TempPath, RepoError> {
+        let staging = self.store.staging_dir();
+        fs::create_dir_all(&staging).map_err(io(format!("cannot create {}", staging.display())))?;
+        Ok(TempPath(staging.join(format!("{}-{}.{extension}", std::process::id(), unique_suffix()))))
     }
 
     /// The key of the delegated role `name` (made and stored at `key_path` on first use), and
@@ -317,17 +392,11 @@ impl Repo {
         &self,
         current: &Signed<Targets>,
         name: &str,
-        key_path: &Path,
+        key_path: &str,
         pattern: String,
         now: DateTime<Utc>,
     ) -> Result<(Signer, Signed<Targets>), RepoError> {
-        let key = if key_path.exists() {
-            Signer::load(key_path)?
-        } else {
-            let (signer, pkcs8) = Signer::generate()?;
-            write_key(key_path, &pkcs8)?;
-            signer
-        };
+        let key = self.key_or_create(key_path)?;
         let mut targets = current.clone();
         let delegations =
             targets.signed.delegations.get_or_insert_with(|| Delegations { keys: HashMap::new(), roles: Vec::new() });
@@ -351,12 +420,24 @@ impl Repo {
         Ok((key, sign(signed, &[&self.online_signer("targets")?])?))
     }
 
-    fn tenant_key_path(&self, tenant: &str) -> PathBuf {
-        self.keys_dir().join("tenants").join(format!("{tenant}.pk8"))
+    fn tenant_key_path(&self, tenant: &str) -> String {
+        format!("keys/tenants/{tenant}.pk8")
     }
 
+    /// Whether `timestamp.json` exists; a store that cannot be read counts as not
+    /// initialised here (see [`Repo::check_initialised`] for its error).
     pub fn is_initialised(&self) -> bool {
-        self.metadata_dir().join("timestamp.json").is_file()
+        self.store.modified(&Repo::metadata_key("timestamp.json")).is_ok_and(|m| m.is_some())
+    }
+
+    /// `NotInitialised` when there is no `timestamp.json`; the store's own error (an
+    /// unreachable bucket, refused credentials) when it cannot tell, so an outage is never
+    /// reported as "run keys init".
+    pub(crate) fn check_initialised(&self) -> Result<(), RepoError> {
+        match self.store.modified(&Repo::metadata_key("timestamp.json"))? {
+            Some(_) => Ok(()),
+            None => Err(RepoError::NotInitialised(self.location())),
+        }
     }
 
     /// Creates root keys in `root_dir` (offline, for the operator to move away), online keys
@@ -367,8 +448,8 @@ impl Repo {
                 "need 1 ≤ threshold ({threshold}) ≤ number of root keys ({root_keys})"
             )));
         }
-        if self.metadata_dir().join("root.json").exists() {
-            return Err(RepoError::Exists(self.metadata_dir().join("root.json")));
+        if self.store.modified(&Repo::metadata_key("root.json"))?.is_some() {
+            return Err(RepoError::Exists(format!("{}/metadata/root.json", self.location())));
         }
         let _lock = self.lock()?;
         let mut roots = Vec::new();
@@ -380,7 +461,10 @@ impl Repo {
         let mut online = Vec::new();
         for role in ["timestamp", "snapshot", "targets"] {
             let (signer, pkcs8) = Signer::generate()?;
-            write_key(&self.keys_dir().join(format!("{role}.pk8")), &pkcs8)?;
+            let key = format!("keys/{role}.pk8");
+            if !self.store.create(&key, &pkcs8, true)? {
+                return Err(RepoError::Exists(format!("{}/{key}", self.location())));
+            }
             online.push(signer);
         }
         let [timestamp_key, snapshot_key, targets_key] =
@@ -446,48 +530,36 @@ impl Repo {
 
     fn write_root(&self, root: &Signed<Root>) -> Result<(), RepoError> {
         let bytes = to_json(root)?;
-        let dir = self.metadata_dir();
-        write_atomic(&dir.join(format!("{}.root.json", root.signed.version)), &bytes)?;
-        write_atomic(&dir.join("root.json"), &bytes)
+        self.write_metadata(&format!("{}.root.json", root.signed.version), &bytes)?;
+        self.write_metadata("root.json", &bytes)
     }
 
     /// The current root.json bytes (what agents get at enrollment).
     pub fn root_json(&self) -> Result<Vec<u8>, RepoError> {
-        let path = self.metadata_dir().join("root.json");
-        match fs::read(&path) {
-            Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RepoError::NotInitialised(self.dir.clone())),
-            Err(e) => Err(RepoError::Io { context: format!("cannot read {}", path.display()), source: e }),
-        }
+        self.read_metadata("root.json")?.ok_or_else(|| RepoError::NotInitialised(self.location()))
     }
 
     /// Reads the signed state the current `timestamp.json` points at.
     pub fn current(&self) -> Result<Current, RepoError> {
-        if !self.is_initialised() {
-            return Err(RepoError::NotInitialised(self.dir.clone()));
-        }
-        let dir = self.metadata_dir();
-        let root: Signed<Root> = read_json(&dir.join("root.json"))?;
-        let timestamp: Signed<Timestamp> = read_json(&dir.join("timestamp.json"))?;
+        self.check_initialised()?;
+        let root: Signed<Root> = self.read_json("root.json")?;
+        let timestamp: Signed<Timestamp> = self.read_json("timestamp.json")?;
         let snapshot_version = meta_version(&timestamp.signed.meta, "snapshot.json")?;
-        let snapshot: Signed<Snapshot> = read_json(&dir.join(format!("{snapshot_version}.snapshot.json")))?;
+        let snapshot: Signed<Snapshot> = self.read_json(&format!("{snapshot_version}.snapshot.json"))?;
         let targets_version = meta_version(&snapshot.signed.meta, "targets.json")?;
-        let targets: Signed<Targets> = read_json(&dir.join(format!("{targets_version}.targets.json")))?;
+        let targets: Signed<Targets> = self.read_json(&format!("{targets_version}.targets.json"))?;
         let mut tenants = BTreeMap::new();
         for role in targets.signed.delegations.iter().flat_map(|d| d.roles.iter()) {
             let version = meta_version(&snapshot.signed.meta, &format!("{}.json", role.name))?;
-            let signed: Signed<Targets> = read_json(&dir.join(format!("{version}.{}.json", role.name)))?;
+            let signed: Signed<Targets> = self.read_json(&format!("{version}.{}.json", role.name))?;
             tenants.insert(role.name.clone(), signed);
         }
         Ok(Current { root, timestamp, snapshot, targets, tenants })
     }
 
     pub(crate) fn online_signer(&self, role: &str) -> Result<Signer, RepoError> {
-        let path = self.keys_dir().join(format!("{role}.pk8"));
-        if !path.exists() {
-            return Err(RepoError::NotInitialised(self.dir.clone()));
-        }
-        Signer::load(&path)
+        Signer::load_stored(self, &format!("keys/{role}.pk8"))?
+            .ok_or_else(|| RepoError::NotInitialised(self.location()))
     }
 
     /// Packs (if a directory), stores and signs one bundle version for a tenant.
@@ -501,11 +573,10 @@ impl Repo {
         let _lock = self.lock()?;
         let current = self.current()?;
 
-        // Pack into a temp file under targets/ so the final rename stays on one file system.
-        let staging = self.targets_dir().join(".staging");
-        fs::create_dir_all(&staging).map_err(io(format!("cannot create {}", staging.display())))?;
-        let temporary = staging.join(format!("{}-{}.zip", std::process::id(), unique_suffix()));
-        let cleanup = TempPath(temporary.clone());
+        // Pack into a local temp file (under targets/ for a local repository, so storing it
+        // is a rename on one file system), check and hash it, then store exactly those bytes.
+        let cleanup = self.staging_file("zip")?;
+        let temporary = cleanup.0.clone();
         if request.source.is_dir() {
             zip_dir(&request.source, &temporary)?;
         } else {
@@ -535,11 +606,7 @@ impl Repo {
             }
         }
 
-        let final_path = self.targets_dir().join(&target_file);
-        if let Some(parent) = final_path.parent() {
-            fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
-        }
-        fs::rename(&temporary, &final_path).map_err(io(format!("cannot store {}", final_path.display())))?;
+        self.store.put_file(&Repo::target_key(&target_file), &temporary)?;
         drop(cleanup);
 
         // A tenant's first bundle creates its key and its delegation in top-level targets.
@@ -620,16 +687,18 @@ impl Repo {
         timestamp_key: &Signer,
         now: DateTime<Utc>,
     ) -> Result<(), RepoError> {
-        let dir = self.metadata_dir();
         if let Some((name, role)) = tenant_role {
-            write_atomic(&dir.join(format!("{}.{name}.json", role.signed.version)), &to_json(role)?)?;
+            self.write_metadata(&format!("{}.{name}.json", role.signed.version), &to_json(role)?)?;
         }
-        let targets_bytes = to_json(targets)?;
-        let targets_path = dir.join(format!("{}.targets.json", targets.signed.version));
-        if write_targets || !targets_path.exists() {
-            write_atomic(&targets_path, &targets_bytes)?;
-        }
-        let targets_bytes = fs::read(&targets_path).map_err(io(format!("cannot read {}", targets_path.display())))?;
+        let targets_file = format!("{}.targets.json", targets.signed.version);
+        let targets_bytes = match self.read_metadata(&targets_file)? {
+            Some(stored) if !write_targets => stored,
+            _ => {
+                let bytes = to_json(targets)?;
+                self.write_metadata(&targets_file, &bytes)?;
+                bytes
+            }
+        };
         let mut meta = HashMap::new();
         // No `length` for targets.json: tough 0.18 reuses that length as the size cap of
         // every delegated role file, which would refuse any tenant role larger than the
@@ -649,7 +718,7 @@ impl Repo {
         };
         let snapshot = sign(snapshot, &[snapshot_key])?;
         let snapshot_bytes = to_json(&snapshot)?;
-        write_atomic(&dir.join(format!("{snapshot_version}.snapshot.json")), &snapshot_bytes)?;
+        self.write_metadata(&format!("{snapshot_version}.snapshot.json"), &snapshot_bytes)?;
         self.write_timestamp(&snapshot_bytes, snapshot_version, timestamp_version, timestamp_key, now)
     }
 
@@ -670,7 +739,9 @@ impl Repo {
             meta,
             _extra: HashMap::new(),
         };
-        write_atomic(&self.metadata_dir().join("timestamp.json"), &to_json(&sign(timestamp, &[key])?)?)
+        // Last, and atomic per object in every store: a reader sees the previous timestamp
+        // (whose snapshot and roles are all still there) or this one, never a part.
+        self.write_metadata("timestamp.json", &to_json(&sign(timestamp, &[key])?)?)
     }
 
     /// Re-signs the timestamp (and the snapshot when it is in the last half of its life) if
@@ -678,7 +749,7 @@ impl Repo {
     /// `timestamp.json`, so online metadata never lapses while the hub runs.
     pub fn refresh_online_metadata(&self) -> Result<bool, RepoError> {
         let now = Utc::now();
-        let peek: Signed<Timestamp> = read_json(&self.metadata_dir().join("timestamp.json"))?;
+        let peek: Signed<Timestamp> = self.read_json("timestamp.json")?;
         if peek.signed.expires - now > self.options.timestamp_ttl / 2 {
             return Ok(false);
         }
@@ -705,8 +776,10 @@ impl Repo {
             )?;
         } else {
             let version = current.snapshot.signed.version.get();
-            let path = self.metadata_dir().join(format!("{version}.snapshot.json"));
-            let bytes = fs::read(&path).map_err(io(format!("cannot read {}", path.display())))?;
+            let file = format!("{version}.snapshot.json");
+            let bytes = self
+                .read_metadata(&file)?
+                .ok_or_else(|| RepoError::Invalid(format!("{}/metadata/{file} is missing", self.location())))?;
             self.write_timestamp(&bytes, version, next_timestamp, &timestamp_key, now)?;
         }
         Ok(true)
@@ -724,7 +797,7 @@ impl Repo {
         threshold: u64,
     ) -> Result<InitReport, RepoError> {
         let _lock = self.lock()?;
-        let current: Signed<Root> = read_json(&self.metadata_dir().join("root.json"))?;
+        let current: Signed<Root> = self.read_json("root.json")?;
         let root_role = current
             .signed
             .roles
@@ -804,41 +877,38 @@ impl Repo {
         Ok(out)
     }
 
+    /// One writer at a time, across processes and hub instances: `.lock` is created only if
+    /// absent (`O_EXCL` on a local disk, a conditional put on an object store), so two
+    /// writers never both hold it. A lock older than [`STALE_LOCK`] belonged to a crashed
+    /// writer and is taken over.
     pub(crate) fn lock(&self) -> Result<LockGuard, RepoError> {
-        fs::create_dir_all(&self.dir).map_err(io(format!("cannot create {}", self.dir.display())))?;
-        let path = self.dir.join(".lock");
         let started = Instant::now();
+        let owner = format!("{} {}", std::process::id(), unique_suffix());
         loop {
-            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(_) => return Ok(LockGuard(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let stale = fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > STALE_LOCK);
-                    if stale {
-                        let _ = fs::remove_file(&path);
-                        continue;
-                    }
-                    if started.elapsed() > LOCK_WAIT {
-                        return Err(RepoError::Locked(path));
-                    }
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-                Err(e) => {
-                    return Err(RepoError::Io { context: format!("cannot create {}", path.display()), source: e })
-                }
+            if self.store.create(LOCK_KEY, owner.as_bytes(), false)? {
+                return Ok(LockGuard(self.store.clone()));
             }
+            let stale =
+                self.store.modified(LOCK_KEY)?.and_then(|t| t.elapsed().ok()).is_some_and(|age| age > STALE_LOCK);
+            if stale {
+                self.store.delete(LOCK_KEY)?;
+                continue;
+            }
+            if started.elapsed() > LOCK_WAIT {
+                return Err(RepoError::Locked(format!("{}/{LOCK_KEY}", self.location())));
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
     }
 }
 
-pub(crate) struct LockGuard(PathBuf);
+const LOCK_KEY: &str = ".lock";
+
+pub(crate) struct LockGuard(Arc<dyn RepoStore>);
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+        let _ = self.0.delete(LOCK_KEY);
     }
 }
 
@@ -882,12 +952,6 @@ fn meta_version(meta: &HashMap<String, Metafile>, name: &str) -> Result<u64, Rep
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, RepoError> {
     serde_json::to_vec_pretty(value).map_err(|e| RepoError::Invalid(format!("cannot encode metadata: {e}")))
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RepoError> {
-    let bytes = fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| RepoError::Invalid(format!("{} is not valid metadata: {e}", path.display())))
 }
 
 /// Length and SHA-256 of a file, streamed.
@@ -1006,18 +1070,9 @@ impl Repo {
                 Some(channel) => self.release_key_path(channel),
                 None => self.tenant_key_path(&name),
             };
-            let key = if key_path.exists() {
-                Signer::load(&key_path)?
-            } else {
-                let (signer, pkcs8) = Signer::generate()?;
-                write_key(&key_path, &pkcs8)?;
-                signer
-            };
+            let key = self.key_or_create(&key_path)?;
             let signed = sign(role, &[&key])?;
-            write_atomic(
-                &self.metadata_dir().join(format!("{}.{name}.json", signed.signed.version)),
-                &to_json(&signed)?,
-            )?;
+            self.write_metadata(&format!("{}.{name}.json", signed.signed.version), &to_json(&signed)?)?;
             versions.insert(name, signed.signed.version.get());
         }
         self.commit(
@@ -1036,6 +1091,7 @@ impl Repo {
     /// The tenant's online key (tests use it to add a delegation by hand).
     #[doc(hidden)]
     pub fn tenant_signer_for_tests(&self, tenant: &str) -> Result<Signer, RepoError> {
-        Signer::load(&self.tenant_key_path(tenant))
+        let key = self.tenant_key_path(tenant);
+        Signer::load_stored(self, &key)?.ok_or_else(|| RepoError::Key(format!("{}/{key} is missing", self.location())))
     }
 }

@@ -80,9 +80,7 @@ impl Repo {
 
     /// The view whose only delegation is `role` (a tenant, or a release channel's role).
     fn role_view(&self, tenant: &str, file: &str) -> Result<Option<Vec<u8>>, RepoError> {
-        if !self.is_initialised() {
-            return Err(RepoError::NotInitialised(self.dir().to_path_buf()));
-        }
+        self.check_initialised()?;
         match MetadataFile::parse(file) {
             None => Ok(None),
             Some(MetadataFile::Root) => self.read_metadata(file),
@@ -91,15 +89,6 @@ impl Repo {
             Some(MetadataFile::Targets(version)) => self.view_targets(tenant, version),
             Some(MetadataFile::Snapshot(version)) => self.view_snapshot(tenant, version),
             Some(MetadataFile::Timestamp) => self.view_timestamp(tenant),
-        }
-    }
-
-    fn read_metadata(&self, file: &str) -> Result<Option<Vec<u8>>, RepoError> {
-        let path = self.metadata_dir().join(file);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RepoError::Io { context: format!("cannot read {}", path.display()), source: e }),
         }
     }
 

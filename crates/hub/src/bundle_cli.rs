@@ -3,9 +3,10 @@
 //! it); it must never print or copy a private key, and never read a root key from anywhere
 //! but the `--root-dir` the operator names.
 
+use crate::blobs::{Blobs, StorageConfig};
 use crate::bundles::default_bundle_dir;
 use clap::{Args, Subcommand};
-use edge_bundle::repo::{PublishRequest, Repo};
+use edge_bundle::repo::{PublishRequest, Repo, RepoOptions};
 use edge_bundle::{CpuArch, Runtime};
 use serde_json::json;
 use std::path::PathBuf;
@@ -16,8 +17,21 @@ pub struct BundleArgs {
     /// [default: bundles/ beside the SQLite file].
     #[arg(long, env = "EDGE_HUB_BUNDLE_DIR")]
     pub bundle_dir: Option<PathBuf>,
+    /// The same storage as `edge-hub serve --storage`: leave out for the bundle directory,
+    /// or s3://BUCKET/PREFIX (credentials from the AWS_* environment).
+    #[arg(long, env = "EDGE_HUB_STORAGE")]
+    pub storage: Option<String>,
     #[command(subcommand)]
     pub command: BundleCommand,
+}
+
+/// The repository the hub serves: in `bundle_dir` (or its default) on this machine, or in
+/// the object store `storage` names. Called from a blocking thread inside the runtime.
+pub fn open_repo(bundle_dir: Option<PathBuf>, storage: Option<&str>, database_url: &str) -> anyhow::Result<Repo> {
+    let dir = bundle_dir.filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| default_bundle_dir(database_url));
+    let config = StorageConfig::parse(storage, dir)?;
+    let blobs = Blobs::open(&config)?;
+    Ok(Repo::with_store(blobs.repo_store(), RepoOptions::default()))
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,13 +104,12 @@ pub enum RootCommand {
 
 /// Runs one command; returns the JSON to print.
 pub fn run(args: BundleArgs, database_url: &str) -> anyhow::Result<serde_json::Value> {
-    let dir = args.bundle_dir.unwrap_or_else(|| default_bundle_dir(database_url));
-    let repo = Repo::new(dir.join("repo"));
+    let repo = open_repo(args.bundle_dir, args.storage.as_deref(), database_url)?;
     Ok(match args.command {
         BundleCommand::Keys(KeysCommand::Init { root_dir, root_keys, threshold }) => {
             let report = repo.init(&root_dir, root_keys, threshold)?;
             json!({
-                "repo": repo.dir(),
+                "repo": repo.location(),
                 "rootDir": root_dir,
                 "rootKeyIds": report.root_keyids,
                 "threshold": report.threshold,

@@ -2,9 +2,10 @@
 //! (metadata, resumable target downloads, the seed `manifest.json` view), the durable run
 //! reports of `POST /edge/notify`, and checking `bundle` job payloads.
 //!
-//! Its state lives in files under the bundle directory (`--bundle-dir`, default `bundles/`
-//! next to the SQLite file): the repository in `repo/` (see `edge_bundle::repo`) and one
-//! JSON file per reported run in `runs/`. The one contact with the job store: a notify that
+//! Its state lives in the hub's storage ([`crate::blobs`]: the bundle directory
+//! `--bundle-dir`, default `bundles/` next to the SQLite file, or an S3 bucket shared by
+//! several instances): the repository under `repo/` (see `edge_bundle::repo`) and one JSON
+//! object per reported run under `runs/`. The one contact with the job store: a notify that
 //! carries the run's job result finishes the `bundle` job through the store's fenced
 //! `finish_job`, exactly like the `job_result` frame, because the agent forgets a run once
 //! its notify is acknowledged. It must never serve a path that was not validated against the
@@ -12,6 +13,7 @@
 //! never finish a job the reporting agent does not hold (or another type than `bundle`).
 
 use crate::api::{bearer_token, AppState, Caller, Failure, Operator};
+use crate::blobs::{BlobError, Blobs};
 use crate::crypto::{now_ms, rfc3339};
 use crate::queue::plan_failure;
 use crate::store::{FinishOutcome, FinishRequest, JobState, Transition};
@@ -32,7 +34,6 @@ use edge_protocol::{JobError, LogStream};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tracing::{debug, info, warn};
 
 /// Notify bodies carry captured output (the agent caps each stream at 1 MiB).
@@ -45,16 +46,18 @@ pub const DEFAULT_RUN_BYTES_PER_AGENT: u64 = 256 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct BundleService {
     pub repo: Repo,
-    runs: PathBuf,
+    pub blobs: Blobs,
     /// Stored run-report bytes one agent may hold; past it a new report answers 507.
     run_bytes_per_agent: u64,
 }
 
 impl BundleService {
-    pub fn open(dir: PathBuf) -> BundleService {
+    /// Must be called inside the tokio runtime (the repository's blocking calls reach the
+    /// store through it).
+    pub fn open(blobs: Blobs) -> BundleService {
         BundleService {
-            repo: Repo::new(dir.join("repo")),
-            runs: dir.join("runs"),
+            repo: Repo::with_store(blobs.repo_store(), edge_bundle::repo::RepoOptions::default()),
+            blobs,
             run_bytes_per_agent: DEFAULT_RUN_BYTES_PER_AGENT,
         }
     }
@@ -66,10 +69,20 @@ impl BundleService {
 
     /// Deletes run reports received before `before`, so they go with the job history
     /// (the sweeper purges a finished job after the same retention).
-    pub fn purge_runs(&self, before: std::time::SystemTime) -> std::io::Result<usize> {
-        purge_runs(&self.runs, before)
+    pub async fn purge_runs(&self, before: std::time::SystemTime) -> Result<usize, BlobError> {
+        purge_runs(&self.blobs, before).await
+    }
+
+    /// Whether the repository has been initialised (`edge-hub bundle keys init`).
+    pub(crate) async fn initialised(&self) -> Result<bool, Failure> {
+        match self.blobs.head(TIMESTAMP_KEY).await {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) => Err(Failure::internal("the hub's storage failed", &e)),
+        }
     }
 }
+
+const TIMESTAMP_KEY: &str = "repo/metadata/timestamp.json";
 
 /// Purges old run reports every minute until `stop`; they age out with their jobs.
 pub async fn purge_runs_periodically(
@@ -84,12 +97,10 @@ pub async fn purge_runs_periodically(
             _ = tick.tick() => {}
         }
         let Some(before) = std::time::SystemTime::now().checked_sub(retention) else { continue };
-        let service = service.clone();
-        match tokio::task::spawn_blocking(move || service.purge_runs(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(count)) => info!(count, "bundle run reports past retention deleted"),
-            Ok(Err(e)) => warn!(error = %e, "cannot purge old bundle run reports"),
-            Err(e) => warn!(error = %e, "the run-report purge task failed"),
+        match service.purge_runs(before).await {
+            Ok(0) => {}
+            Ok(count) => info!(count, "bundle run reports past retention deleted"),
+            Err(e) => warn!(error = %e, "cannot purge old bundle run reports"),
         }
     }
 }
@@ -146,18 +157,9 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
-async fn read_file(path: PathBuf) -> Result<Vec<u8>, Failure> {
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(Failure::new(StatusCode::NOT_FOUND, "not_found", "no such metadata file"))
-        }
-        Err(e) => Err(Failure::internal("cannot read bundle metadata", &e)),
-    }
-}
-
-fn json_bytes(bytes: Vec<u8>) -> Response {
-    no_store(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+fn json_bytes(bytes: impl Into<Body>) -> Response {
+    let body: Body = bytes.into();
+    no_store(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn root_json(Extension(service): Service) -> Result<Response, Failure> {
@@ -220,7 +222,7 @@ async fn metadata(
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     let Some(which) = MetadataFile::parse(&file) else { return Err(no_metadata()) };
-    if !service.repo.is_initialised() {
+    if !service.initialised().await? {
         return Err(not_configured());
     }
     let reader = if which == MetadataFile::Root { Reader::Everything } else { Reader::of(&app, &headers).await? };
@@ -235,7 +237,11 @@ async fn metadata(
         }
     }
     match reader {
-        Reader::Everything => Ok(json_bytes(read_file(service.repo.metadata_dir().join(&file)).await?)),
+        Reader::Everything => match service.blobs.get(&format!("repo/{}", Repo::metadata_key(&file))).await {
+            Ok(Some(bytes)) => Ok(json_bytes(bytes)),
+            Ok(None) => Err(no_metadata()),
+            Err(e) => Err(Failure::internal("cannot read bundle metadata", &e)),
+        },
         Reader::Tenant(tenant) => {
             let repo = service.repo.clone();
             let view = tokio::task::spawn_blocking(move || repo.tenant_view(&tenant, &file))
@@ -275,23 +281,23 @@ async fn target(
     if !Reader::of(&app, &headers).await?.may_read(&tenant) {
         return Err(missing());
     }
-    let path = service.repo.targets_dir().join(&tenant).join(&bundle).join(&file);
-    serve_file(&path, &headers, "application/zip").await?.ok_or_else(missing)
+    let key = format!("repo/{}", Repo::target_key(&format!("{tenant}/{bundle}/{file}")));
+    serve_file(&service.blobs, &key, &headers, "application/zip").await?.ok_or_else(missing)
 }
 
-/// Serves a file under consistent (never reused) name, honouring one `Range: bytes=a-[b]`
-/// so agents resume downloads; `Ok(None)` when it does not exist. Releases use it too.
+/// Serves a stored file under a consistent (never reused) name, honouring one
+/// `Range: bytes=a-[b]` so agents resume downloads; `Ok(None)` when it does not exist.
+/// Releases use it too. The bytes stream from the store (a ranged GET on S3).
 pub(crate) async fn serve_file(
-    path: &std::path::Path,
+    blobs: &Blobs,
+    key: &str,
     headers: &HeaderMap,
     content_type: &'static str,
 ) -> Result<Option<Response>, Failure> {
-    let mut handle = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Failure::internal("cannot open the bundle file", &e)),
+    let Some((length, _)) = blobs.head(key).await.map_err(|e| Failure::internal("cannot read the bundle file", &e))?
+    else {
+        return Ok(None);
     };
-    let length = handle.metadata().await.map_err(|e| Failure::internal("cannot stat the bundle file", &e))?.len();
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|v| parse_range(v, length));
     let (status, start, end) = match range {
         None => (StatusCode::OK, 0, length.saturating_sub(1)),
@@ -305,11 +311,17 @@ pub(crate) async fn serve_file(
         }
     };
     let count = if length == 0 { 0 } else { end - start + 1 };
-    handle
-        .seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| Failure::internal("cannot seek the bundle file", &e))?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(handle.take(count), 256 * 1024));
+    let body = if count == 0 {
+        Body::empty()
+    } else {
+        // The object may have been replaced since `head` only if it was deleted: consistent
+        // names are never rewritten with other bytes.
+        match blobs.get_range(key, Some((start, end))).await {
+            Ok(Some(ranged)) => Body::from_stream(ranged.body),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Failure::internal("cannot read the bundle file", &e)),
+        }
+    };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -470,15 +482,12 @@ async fn notify(
         version: request.version,
         received_at: rfc3339(now_ms()),
     };
-    let runs = service.runs.clone();
     let cap = service.run_bytes_per_agent;
     let run_id = request.run_id.clone();
     let agent_id = claims.agent_id;
     let job_id = record.job_id.clone();
-    let recorded = tokio::task::spawn_blocking(move || record_once(&runs, &record, cap))
-        .await
-        .map_err(|e| Failure::internal("notify task failed", &e))?
-        .map_err(|e| Failure::internal("cannot record the run", &e))?;
+    let recorded =
+        record_once(&service.blobs, &record, cap).await.map_err(|e| Failure::internal("cannot record the run", &e))?;
     match recorded {
         Recorded::New => info!(run_id, agent_id, "bundle run reported"),
         Recorded::Duplicate => debug!(run_id, agent_id, "bundle run reported again; already recorded"),
@@ -606,112 +615,129 @@ enum Recorded {
     OverCap,
 }
 
-/// `runs/agents/<agent_id>/`: a second hard link of each of the agent's reports, so its
-/// stored bytes are one folder's sizes (links share the data: nothing is stored twice).
-fn agent_runs_dir(runs: &std::path::Path, agent_id: &str) -> Option<PathBuf> {
+/// Run reports in the store (keys relative to the hub's storage root):
+///
+/// ```text
+/// runs/<run_id>.json                       the record, created once (conditional put)
+/// runs/agents/<agent_id>/<run_id>.<bytes>  an empty marker per report: the agent's stored
+///                                          bytes are one listing, no reads
+/// runs/deliveries/<run_id>/<n>             one marker per delivery ("new"/"duplicate"):
+///                                          what the exactly-once tests count
+/// ```
+///
+/// Hubs before the object store kept hard links (`runs/agents/<agent>/<run_id>.json`) and
+/// an append-only `runs/deliveries.log`; both are still counted and purged, so an upgraded
+/// hub reads the reports it already had.
+const RUNS: &str = "runs";
+
+fn agent_runs_prefix(agent_id: &str) -> Option<String> {
     let safe = (1..=80).contains(&agent_id.len())
         && agent_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    safe.then(|| runs.join("agents").join(agent_id))
+    safe.then(|| format!("{RUNS}/agents/{agent_id}"))
 }
 
-fn stored_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
+/// Bytes of reports an agent holds: the sizes its markers name (or a legacy link's size).
+async fn stored_bytes(blobs: &Blobs, agent_prefix: &str) -> Result<u64, BlobError> {
     let mut total = 0u64;
-    for entry in entries {
-        total = total.saturating_add(entry?.metadata()?.len());
+    for listed in blobs.list(agent_prefix).await? {
+        let name = listed.key.rsplit('/').next().unwrap_or_default();
+        let bytes = match name.rsplit_once('.') {
+            Some((_, "json")) => listed.size,
+            Some((_, size)) => size.parse().unwrap_or(0),
+            None => 0,
+        };
+        total = total.saturating_add(bytes);
     }
     Ok(total)
 }
 
-/// Deletes run reports (both links) modified before `before`, and their delivery lines.
-fn purge_runs(runs: &std::path::Path, before: std::time::SystemTime) -> std::io::Result<usize> {
-    let old = |path: &std::path::Path| {
-        std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|modified| modified < before)
+/// The run id a key under `runs/` belongs to, if any.
+fn run_of_key(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("runs/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let id = match parts.as_slice() {
+        [file] => file.strip_suffix(".json")?,
+        ["agents", _, file] => file.split('.').next()?,
+        ["deliveries", run, _] => run,
+        _ => return None,
     };
-    let mut purged = std::collections::HashSet::new();
-    let mut folders = vec![runs.to_path_buf()];
-    if let Ok(agents) = std::fs::read_dir(runs.join("agents")) {
-        folders.extend(agents.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    valid_run_id(id).then_some(id)
+}
+
+/// Deletes run reports received before `before`, with their markers and delivery lines.
+async fn purge_runs(blobs: &Blobs, before: std::time::SystemTime) -> Result<usize, BlobError> {
+    let listed = blobs.list(RUNS).await?;
+    let purged: std::collections::HashSet<String> = listed
+        .iter()
+        .filter(|l| l.modified < before && l.key.matches('/').count() == 1)
+        .filter_map(|l| run_of_key(&l.key).map(str::to_owned))
+        .collect();
+    if purged.is_empty() {
+        return Ok(0);
     }
-    for folder in folders {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
-        for path in entries.flatten().map(|e| e.path()) {
-            let Some(run_id) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
-                continue;
-            };
-            if valid_run_id(run_id) && old(&path) {
-                std::fs::remove_file(&path)?;
-                purged.insert(run_id.to_owned());
-            }
+    for l in &listed {
+        if run_of_key(&l.key).is_some_and(|id| purged.contains(id)) {
+            blobs.delete(&l.key).await?;
         }
     }
-    if !purged.is_empty() {
-        let log = runs.join("deliveries.log");
-        if let Ok(text) = std::fs::read_to_string(&log) {
-            let kept: String = text
-                .lines()
-                .filter(|line| !purged.contains(line.split(' ').next().unwrap_or_default()))
-                .map(|line| format!("{line}\n"))
-                .collect();
-            crate::private_files::create_private_file(&runs.join(".deliveries.tmp"))?;
-            std::fs::write(runs.join(".deliveries.tmp"), kept)?;
-            std::fs::rename(runs.join(".deliveries.tmp"), log)?;
-        }
+    let log_key = format!("{RUNS}/deliveries.log");
+    if let Some(log) = blobs.get(&log_key).await? {
+        let kept: String = String::from_utf8_lossy(&log)
+            .lines()
+            .filter(|line| !purged.contains(line.split(' ').next().unwrap_or_default()))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        blobs.put(&log_key, kept.into()).await?;
     }
     Ok(purged.len())
 }
 
-/// Writes the record under a temporary name, then hard-links it to its final name: the
-/// link fails if the run is already there, so two racing deliveries record it once, and a
-/// reader never sees a partial record. Each delivery also appends one line to
-/// `deliveries.log` (what the exactly-once test counts). A new run that would take the
-/// agent's stored reports past `cap` bytes is not written.
-fn record_once(runs: &std::path::Path, record: &RunRecord, cap: u64) -> std::io::Result<Recorded> {
-    use std::io::Write as _;
-    // Run reports carry the creator's captured output: private like the database.
-    crate::private_files::create_private_dir(runs)?;
-    let final_path = runs.join(format!("{}.json", record.run_id));
-    let agent_dir = agent_runs_dir(runs, &record.agent_id)
-        .ok_or_else(|| std::io::Error::other("an agent id the hub issued has unexpected characters"))?;
-    let outcome = if final_path.exists() {
+/// Records a run once: the record is a conditional put (`create`), so two racing
+/// deliveries, to one hub or to two hubs sharing the store, record it once, and a reader
+/// never sees a partial record (a put is atomic per object). Each delivery also leaves one
+/// marker under `runs/deliveries/<run_id>/`. A new run that would take the agent's stored
+/// reports past `cap` bytes is not written.
+async fn record_once(blobs: &Blobs, record: &RunRecord, cap: u64) -> Result<Recorded, BlobError> {
+    let record_key = format!("{RUNS}/{}.json", record.run_id);
+    let agent_prefix = agent_runs_prefix(&record.agent_id).ok_or_else(|| {
+        BlobError::Config(format!("the agent id {:?} the hub issued has unexpected characters", record.agent_id))
+    })?;
+    let outcome = if blobs.head(&record_key).await?.is_some() {
         Recorded::Duplicate
     } else {
-        let bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| BlobError::Config(format!("a run record does not serialise: {e}")))?;
         // Racing reports of one agent may pass the cap by a report or two; the cap bounds
-        // the disk an agent can take, it is not an exact quota.
-        if stored_bytes(&agent_dir)?.saturating_add(bytes.len() as u64) > cap {
+        // the space an agent can take, it is not an exact quota.
+        if stored_bytes(blobs, &agent_prefix).await?.saturating_add(bytes.len() as u64) > cap {
             return Ok(Recorded::OverCap);
         }
-        crate::private_files::create_private_dir(&agent_dir)?;
-        let temporary = runs.join(format!(".{}.{}.tmp", record.run_id, std::process::id()));
-        crate::private_files::create_private_file(&temporary)?;
-        let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&temporary)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        let linked = std::fs::hard_link(&temporary, &final_path);
-        if linked.is_ok() {
-            match std::fs::hard_link(&temporary, agent_dir.join(format!("{}.json", record.run_id))) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => warn!(error = %e, "cannot count a run report against its agent"),
+        let size = bytes.len();
+        if blobs.create(&record_key, bytes.into()).await? {
+            let marker = format!("{agent_prefix}/{}.{size}", record.run_id);
+            if let Err(e) = blobs.put(&marker, axum::body::Bytes::new()).await {
+                warn!(error = %e, "cannot count a run report against its agent");
             }
-        }
-        let _ = std::fs::remove_file(&temporary);
-        match linked {
-            Ok(()) => Recorded::New,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Recorded::Duplicate,
-            Err(e) => return Err(e),
+            Recorded::New
+        } else {
+            Recorded::Duplicate
         }
     };
-    let log_path = runs.join("deliveries.log");
-    crate::private_files::create_private_file(&log_path)?;
-    let mut log = std::fs::OpenOptions::new().append(true).open(log_path)?;
-    writeln!(log, "{} {}", record.run_id, if matches!(outcome, Recorded::New) { "new" } else { "duplicate" })?;
+    let word = if matches!(outcome, Recorded::New) { "new" } else { "duplicate" };
+    let delivery = format!("{RUNS}/deliveries/{}/{}-{:016x}", record.run_id, now_ms(), rand::random::<u64>());
+    blobs.put(&delivery, word.into()).await?;
     Ok(outcome)
+}
+
+/// How many times a run was delivered (markers, plus lines of a pre-store `deliveries.log`).
+async fn deliveries(blobs: &Blobs, run_id: &str) -> Result<usize, BlobError> {
+    let markers = blobs.list(&format!("{RUNS}/deliveries/{run_id}")).await?.len();
+    let legacy = blobs
+        .get(&format!("{RUNS}/deliveries.log"))
+        .await?
+        .map(|log| String::from_utf8_lossy(&log).lines().filter(|l| l.split(' ').next() == Some(run_id)).count())
+        .unwrap_or(0);
+    Ok(markers + legacy)
 }
 
 async fn run_record(
@@ -719,15 +745,19 @@ async fn run_record(
     _operator: Operator,
     Path(run_id): Path<String>,
 ) -> Result<Response, Failure> {
+    let missing = || Failure::new(StatusCode::NOT_FOUND, "not_found", "no such run");
     if !valid_run_id(&run_id) {
-        return Err(Failure::new(StatusCode::NOT_FOUND, "not_found", "no such run"));
+        return Err(missing());
     }
-    let path = service.runs.join(format!("{run_id}.json"));
-    let bytes = read_file(path).await.map_err(|_| Failure::new(StatusCode::NOT_FOUND, "not_found", "no such run"))?;
-    let deliveries = tokio::fs::read_to_string(service.runs.join("deliveries.log"))
+    let bytes = service
+        .blobs
+        .get(&format!("{RUNS}/{run_id}.json"))
         .await
-        .map(|log| log.lines().filter(|l| l.split(' ').next() == Some(run_id.as_str())).count())
-        .unwrap_or(0);
+        .map_err(|e| Failure::internal("cannot read the run record", &e))?
+        .ok_or_else(missing)?;
+    let deliveries = deliveries(&service.blobs, &run_id)
+        .await
+        .map_err(|e| Failure::internal("cannot count the run's deliveries", &e))?;
     let mut value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| Failure::internal("a run record is unreadable", &e))?;
     value["deliveries"] = serde_json::json!(deliveries);
@@ -816,32 +846,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn run_reports_age_out_with_the_job_history() {
+    #[tokio::test]
+    async fn run_reports_age_out_with_the_job_history() {
         let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(&crate::blobs::StorageConfig::Local(dir.path().to_path_buf())).unwrap();
         let runs = dir.path().join("runs");
-        assert!(matches!(record_once(&runs, &run("run_old_00001", "agt_a"), 1 << 20).unwrap(), Recorded::New));
-        assert!(matches!(record_once(&runs, &run("run_new_00001", "agt_a"), 1 << 20).unwrap(), Recorded::New));
+        assert!(matches!(record_once(&blobs, &run("run_old_00001", "agt_a"), 1 << 20).await.unwrap(), Recorded::New));
+        assert!(matches!(record_once(&blobs, &run("run_new_00001", "agt_a"), 1 << 20).await.unwrap(), Recorded::New));
+        assert!(matches!(
+            record_once(&blobs, &run("run_new_00001", "agt_a"), 1 << 20).await.unwrap(),
+            Recorded::Duplicate
+        ));
+        assert_eq!(deliveries(&blobs, "run_new_00001").await.unwrap(), 2);
         let day = std::time::Duration::from_secs(86_400);
         let two_days_ago = std::time::SystemTime::now() - 2 * day;
-        // Both names are links to one file: ageing one ages the other.
         std::fs::File::options()
             .write(true)
             .open(runs.join("run_old_00001.json"))
             .unwrap()
             .set_modified(two_days_ago)
             .unwrap();
-        assert_eq!(purge_runs(&runs, std::time::SystemTime::now() - day).unwrap(), 1);
+        assert_eq!(purge_runs(&blobs, std::time::SystemTime::now() - day).await.unwrap(), 1);
         assert!(!runs.join("run_old_00001.json").exists());
-        assert!(!runs.join("agents/agt_a/run_old_00001.json").exists(), "the agent's link goes too");
-        assert!(runs.join("run_new_00001.json").exists() && runs.join("agents/agt_a/run_new_00001.json").exists());
-        let log = std::fs::read_to_string(runs.join("deliveries.log")).unwrap();
-        assert_eq!(log, "run_new_00001 new\n");
-        // The agent's budget is freed with it.
-        assert_eq!(
-            stored_bytes(&runs.join("agents/agt_a")).unwrap(),
-            std::fs::metadata(runs.join("run_new_00001.json")).unwrap().len()
-        );
+        assert_eq!(deliveries(&blobs, "run_old_00001").await.unwrap(), 0, "its deliveries go too");
+        assert!(runs.join("run_new_00001.json").exists());
+        assert_eq!(deliveries(&blobs, "run_new_00001").await.unwrap(), 2);
+        // The agent's budget is freed with it: only the new report counts.
+        let size = std::fs::metadata(runs.join("run_new_00001.json")).unwrap().len();
+        assert_eq!(stored_bytes(&blobs, "runs/agents/agt_a").await.unwrap(), size);
+        // Past the cap, a new report is refused and nothing is written.
+        assert!(matches!(
+            record_once(&blobs, &run("run_big_00001", "agt_a"), size + 10).await.unwrap(),
+            Recorded::OverCap
+        ));
+        assert!(!runs.join("run_big_00001.json").exists());
+    }
+
+    #[tokio::test]
+    async fn reports_of_a_hub_before_the_object_store_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        std::fs::create_dir_all(runs.join("agents/agt_a")).unwrap();
+        std::fs::write(runs.join("run_legacy_001.json"), b"{}").unwrap();
+        std::fs::hard_link(runs.join("run_legacy_001.json"), runs.join("agents/agt_a/run_legacy_001.json")).unwrap();
+        std::fs::write(runs.join("deliveries.log"), "run_legacy_001 new\nrun_legacy_001 duplicate\n").unwrap();
+        let blobs = Blobs::open(&crate::blobs::StorageConfig::Local(dir.path().to_path_buf())).unwrap();
+        assert_eq!(deliveries(&blobs, "run_legacy_001").await.unwrap(), 2);
+        assert_eq!(stored_bytes(&blobs, "runs/agents/agt_a").await.unwrap(), 2);
+        assert!(matches!(
+            record_once(&blobs, &run("run_legacy_001", "agt_a"), 1 << 20).await.unwrap(),
+            Recorded::Duplicate
+        ));
+        assert_eq!(deliveries(&blobs, "run_legacy_001").await.unwrap(), 3);
     }
 
     #[test]

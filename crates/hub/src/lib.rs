@@ -9,6 +9,7 @@
 //! [`Secret`].
 
 pub mod api;
+pub mod blobs;
 pub mod bundle_cli;
 pub mod bundles;
 pub mod crypto;

@@ -59,6 +59,11 @@ struct ServeArgs {
     /// repo/, run reports in runs/) [default: bundles/ beside the SQLite file].
     #[arg(long, env = "EDGE_HUB_BUNDLE_DIR")]
     bundle_dir: Option<std::path::PathBuf>,
+    /// Where bundles, releases and run reports live: leave out for the bundle directory on
+    /// this machine, or s3://BUCKET/PREFIX for an S3-compatible store shared by several hubs
+    /// (credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    #[arg(long, env = "EDGE_HUB_STORAGE")]
+    storage: Option<String>,
     /// Bytes of bundle run reports kept per agent; a report past it answers 507 until
     /// older ones age out with the job history.
     #[arg(long, env = "EDGE_HUB_RUN_BYTES_PER_AGENT", default_value_t = edge_hub::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
@@ -276,13 +281,14 @@ async fn main() -> anyhow::Result<()> {
             store.close().await;
             tokens.iter().try_for_each(print_credential)
         }
+        // The repository's calls block on the store: off the async threads.
         Command::Bundle(args) => {
-            let output = edge_hub::bundle_cli::run(args, &database_url)?;
+            let output = tokio::task::spawn_blocking(move || edge_hub::bundle_cli::run(args, &database_url)).await??;
             println!("{}", serde_json::to_string(&output)?);
             Ok(())
         }
         Command::Release(args) => {
-            let output = edge_hub::release_cli::run(args, &database_url)?;
+            let output = tokio::task::spawn_blocking(move || edge_hub::release_cli::run(args, &database_url)).await??;
             println!("{}", serde_json::to_string(&output)?);
             Ok(())
         }
@@ -347,6 +353,7 @@ async fn serve(database_url: String, args: ServeArgs) -> anyhow::Result<()> {
         jwt_secret,
         // An empty EDGE_HUB_BUNDLE_DIR means "not set", as `default_bundle_dir` reads it.
         bundle_dir: args.bundle_dir.filter(|dir| !dir.as_os_str().is_empty()),
+        storage: args.storage.filter(|s| !s.trim().is_empty()),
         run_bytes_per_agent: args.run_bytes_per_agent,
         agent_limits: edge_protocol::HubLimits { jobs_per_hour: args.agent_jobs_per_hour },
         proxy_listen: args.proxy_listen,

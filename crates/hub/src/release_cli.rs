@@ -3,10 +3,9 @@
 //! owns argument shapes and what goes to stdout (one JSON object per command); it must never
 //! print a key.
 
-use crate::bundles::default_bundle_dir;
+use crate::bundle_cli::open_repo;
 use clap::{Args, Subcommand};
 use edge_bundle::release::{ReleaseChange, ReleaseEntry, ReleaseRequest};
-use edge_bundle::repo::Repo;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -16,6 +15,9 @@ pub struct ReleaseArgs {
     /// SQLite file].
     #[arg(long, env = "EDGE_HUB_BUNDLE_DIR")]
     pub bundle_dir: Option<PathBuf>,
+    /// The same storage as `edge-hub serve --storage` (see `edge-hub bundle --help`).
+    #[arg(long, env = "EDGE_HUB_STORAGE")]
+    pub storage: Option<String>,
     #[command(subcommand)]
     pub command: ReleaseCommand,
 }
@@ -90,8 +92,7 @@ fn entry_json(entry: &ReleaseEntry) -> serde_json::Value {
 
 /// Runs one command; returns the JSON to print.
 pub fn run(args: ReleaseArgs, database_url: &str) -> anyhow::Result<serde_json::Value> {
-    let dir = args.bundle_dir.unwrap_or_else(|| default_bundle_dir(database_url));
-    let repo = Repo::new(dir.join("repo"));
+    let repo = open_repo(args.bundle_dir, args.storage.as_deref(), database_url)?;
     let change = |which: Which, change: ReleaseChange| -> anyhow::Result<serde_json::Value> {
         let entry = repo.change_release(&which.channel, &which.platform, &which.arch, &which.version, change)?;
         Ok(entry_json(&entry))

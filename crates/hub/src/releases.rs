@@ -3,11 +3,11 @@
 //! and pauses that release once [`failure_threshold`] distinct agents reported it.
 //!
 //! The releases live in the bundle repository (`edge_bundle::release`), signed by the same
-//! root; `edge-hub release …` publishes them. Failure reports are files under the bundle
-//! directory (`release-failures/<channel>/<platform>/<arch>/<version>/<agent id>`), one per
+//! root; `edge-hub release …` publishes them. Failure reports are objects in the hub's
+//! storage (`release-failures/<channel>/<platform>/<arch>/<version>/<agent id>`), one per
 //! agent, so a report repeated after a lost answer counts once and several hubs sharing the
-//! directory count together; nothing goes into the database. This module must never serve a
-//! path not validated by `Repo::release_file_path`, never count an agent twice, and never
+//! storage count together; nothing goes into the database. This module must never serve a
+//! key not validated by `Repo::release_file_key`, never count an agent twice, and never
 //! resume a release (only the operator does, with `edge-hub release resume`).
 
 use crate::api::{bearer_token, AppState, Caller, Failure};
@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use edge_bundle::release::{validate_channel, ReleaseChange, ReleaseRef};
+use edge_bundle::repo::Repo;
 use edge_protocol::api::{UpdateFailedRequest, UpdateFailedResponse, UPDATE_FAILED_PATH};
-use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -38,14 +38,16 @@ pub fn failure_threshold() -> u32 {
 #[derive(Debug, Clone)]
 struct Releases {
     bundles: BundleService,
-    failures: PathBuf,
     threshold: u32,
 }
 
 type Service = Extension<Arc<Releases>>;
 
-pub fn router(app: AppState, bundles: BundleService, bundle_dir: PathBuf) -> Router {
-    let releases = Releases { bundles, failures: bundle_dir.join("release-failures"), threshold: failure_threshold() };
+/// Failure reports, under the hub's storage root.
+const FAILURES: &str = "release-failures";
+
+pub fn router(app: AppState, bundles: BundleService) -> Router {
+    let releases = Releases { bundles, threshold: failure_threshold() };
     Router::new()
         .route("/v1/releases/{channel}/metadata/{file}", get(metadata))
         .route("/v1/releases/targets/{channel}/{platform}/{arch}/{file}", get(target))
@@ -95,7 +97,7 @@ async fn metadata(
     }
     reader(&app, &headers).await?;
     let repo = service.bundles.repo.clone();
-    if !repo.is_initialised() {
+    if !service.bundles.initialised().await? {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
             "releases_not_configured",
@@ -126,11 +128,13 @@ async fn target(
     Path((channel, platform, arch, file)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
-    let Some(path) = service.bundles.repo.release_file_path(&channel, &platform, &arch, &file) else {
+    let Some(key) = Repo::release_file_key(&channel, &platform, &arch, &file) else {
         return Err(not_found());
     };
     reader(&app, &headers).await?;
-    serve_file(&path, &headers, "application/octet-stream").await?.ok_or_else(not_found)
+    serve_file(&service.bundles.blobs, &format!("repo/{key}"), &headers, "application/octet-stream")
+        .await?
+        .ok_or_else(not_found)
 }
 
 async fn failed(
@@ -151,30 +155,28 @@ async fn failed(
         return Err(Failure::new(StatusCode::BAD_REQUEST, "bad_request", "the agent id is not a file-safe name"));
     }
     let reason: String = report.reason.chars().take(500).collect();
+    let blobs = &service.bundles.blobs;
+    let dir = format!("{FAILURES}/{}/{}/{}/{}", release.channel, release.platform, release.arch, release.version);
+    let record = serde_json::json!({
+        "agentId": agent_id,
+        "previousVersion": report.previous_version,
+        "reason": reason,
+        "receivedAt": crate::crypto::rfc3339(crate::crypto::now_ms()),
+    });
+    // Created only if absent: the agent's first report stays, a repeat counts once.
+    blobs
+        .create(&format!("{dir}/{agent_id}"), record.to_string().into())
+        .await
+        .map_err(|e| Failure::internal("cannot record the failed update", &e))?;
+    let failures = blobs
+        .list(&dir)
+        .await
+        .map_err(|e| Failure::internal("cannot count failed updates", &e))?
+        .iter()
+        .filter(|l| !l.key.rsplit('/').next().unwrap_or_default().starts_with('.'))
+        .count() as u32;
     let service = Arc::clone(&service);
     let answer = tokio::task::spawn_blocking(move || -> Result<UpdateFailedResponse, Failure> {
-        let dir = service
-            .failures
-            .join(&release.channel)
-            .join(&release.platform)
-            .join(&release.arch)
-            .join(release.version.to_string());
-        let record = serde_json::json!({
-            "agentId": agent_id,
-            "previousVersion": report.previous_version,
-            "reason": reason,
-            "receivedAt": crate::crypto::rfc3339(crate::crypto::now_ms()),
-        });
-        let path = dir.join(&agent_id);
-        if !path.exists() {
-            edge_bundle::repo::write_atomic(&path, record.to_string().as_bytes())
-                .map_err(|e| Failure::internal("cannot record the failed update", &e))?;
-        }
-        let failures = std::fs::read_dir(&dir)
-            .map_err(|e| Failure::internal("cannot count failed updates", &e))?
-            .filter_map(Result::ok)
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .count() as u32;
         warn!(release = %release, agent_id, failures, reason, "an agent rolled back a release");
         let mut paused = false;
         if failures >= service.threshold {

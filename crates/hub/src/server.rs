@@ -51,6 +51,9 @@ pub struct HubConfig {
     pub sync_timeout: Duration,
     /// Bundle repository and run reports; `None`: `bundles/` beside the SQLite file.
     pub bundle_dir: Option<std::path::PathBuf>,
+    /// Where those live (`--storage`): `None` for `bundle_dir` on the local disk, or
+    /// `s3://bucket/prefix` (credentials from the `AWS_*` environment, see `crate::blobs`).
+    pub storage: Option<String>,
     /// Run-report bytes (`POST /edge/notify`) kept per agent before new ones answer 507.
     pub run_bytes_per_agent: u64,
     /// Serve HTTPS with this certificate and key; `None`: plain HTTP.
@@ -93,6 +96,7 @@ impl HubConfig {
             job_types: JobTypes::default(),
             sync_timeout: api::jobs::DEFAULT_SYNC_TIMEOUT,
             bundle_dir: None,
+            storage: None,
             run_bytes_per_agent: crate::bundles::DEFAULT_RUN_BYTES_PER_AGENT,
             tls: None,
             rate_limits: api::rate_limit::RateLimits::default(),
@@ -265,9 +269,18 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     });
     let bundle_dir =
         config.bundle_dir.clone().unwrap_or_else(|| crate::bundles::default_bundle_dir(&config.database_url));
-    crate::private_files::secure_bundle_dir(&bundle_dir);
+    let storage = crate::blobs::StorageConfig::parse(config.storage.as_deref(), bundle_dir.clone())
+        .map_err(|e| HubError::Config(e.to_string()))?;
+    let blobs = crate::blobs::Blobs::open(&storage).map_err(|e| HubError::Config(e.to_string()))?;
+    if let crate::blobs::StorageConfig::Local(dir) = &storage {
+        crate::private_files::secure_bundle_dir(dir);
+    }
+    // One read at start: wrong credentials or an unreachable store stop the hub here, with
+    // the store's name and what to check, rather than on an agent's first download.
+    blobs.head("repo/metadata/root.json").await.map_err(|e| HubError::Config(e.to_string()))?;
+    info!(storage = blobs.location(), "bundle, release and run-report storage");
     let bundle_service =
-        crate::bundles::BundleService::open(bundle_dir.clone()).with_run_bytes_per_agent(config.run_bytes_per_agent);
+        crate::bundles::BundleService::open(blobs).with_run_bytes_per_agent(config.run_bytes_per_agent);
     // Ends with the other background tasks; a purge cut short just runs again next start.
     tokio::spawn(crate::bundles::purge_runs_periodically(
         bundle_service.clone(),
@@ -296,7 +309,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     }
     let router = api::router(app.clone())
         .merge(crate::tunnel::router(app.clone()))
-        .merge(crate::releases::router(app.clone(), bundle_service.clone(), bundle_dir))
+        .merge(crate::releases::router(app.clone(), bundle_service.clone()))
         .merge(crate::bundles::router(app, bundle_service));
     let graceful = shutdown.clone().cancelled_owned();
     let server = match tls {

@@ -8,6 +8,7 @@
 pub mod keyring;
 pub mod pg;
 pub mod procfs;
+pub mod s3;
 pub mod sim;
 pub mod site;
 pub mod webdriver;
