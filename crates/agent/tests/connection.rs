@@ -236,7 +236,9 @@ async fn the_person_cancels_a_running_job_and_the_hub_is_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_until_a_time_ends_by_itself_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let fresh = || AgentService::with_store(AgentSettings::new(dir.path().to_path_buf()), Arc::new(MemoryCredentialStore::new()));
+    let fresh = || {
+        AgentService::with_store(AgentSettings::new(dir.path().to_path_buf()), Arc::new(MemoryCredentialStore::new()))
+    };
     let agent = fresh();
     let mut events = agent.subscribe();
     agent.pause_for(edge_agent::pause::PauseLength::OneHour);

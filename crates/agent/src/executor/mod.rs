@@ -532,7 +532,11 @@ impl JobReport for Reporter {
     fn progress(&self, done: u32, total: u32) {
         self.state.job_progress(&self.id, done, total);
         let pct = (u64::from(done) * 100).checked_div(u64::from(total)).map(|p| p.min(100) as u8);
-        let _ = self.frames.send(AgentFrame::JobProgress { id: self.id.clone(), pct, msg: Some(format!("{done}/{total}")) });
+        let _ = self.frames.send(AgentFrame::JobProgress {
+            id: self.id.clone(),
+            pct,
+            msg: Some(format!("{done}/{total}")),
+        });
     }
 
     fn screenshot(&self, path: &std::path::Path) {
