@@ -384,14 +384,21 @@ fn show_in_slot<R: Runtime>(app: &AppHandle<R>, show: Show) {
             ids.insert(slot, id);
         }
         // One thread waits for the click on each notification the server made; an update in
-        // place is the same notification, already waited on.
+        // place is the same notification, already waited on. A plain thread, not the async
+        // runtime's blocking pool: the runtime waits for its blocking tasks when it shuts
+        // down, and a notification nobody closes would keep the app from quitting.
         #[cfg(all(unix, not(target_os = "macos")))]
         if let (Some(target), true) = (opens, previous != Some(id)) {
-            handle.wait_for_action(|action| {
-                if action == "default" {
-                    open_on(&app, target);
-                }
+            let waiting = std::thread::Builder::new().name("notification-click".into()).spawn(move || {
+                handle.wait_for_action(|action| {
+                    if action == "default" {
+                        open_on(&app, target);
+                    }
+                })
             });
+            if let Err(err) = waiting {
+                tracing::warn!(error = %err, "cannot wait for a click on the notification");
+            }
         }
         #[cfg(not(all(unix, not(target_os = "macos"))))]
         let _ = (opens, handle);
