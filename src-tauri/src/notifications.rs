@@ -295,7 +295,16 @@ pub struct Notifications {
     /// The job a clicked notification asked for, until the window takes it (a window
     /// built by the click is not listening yet when the click arrives).
     open_job: Mutex<Option<Option<String>>>,
+    /// To the one thread that talks to the notification server, started on first use.
+    queue: Mutex<Option<std::sync::mpsc::Sender<Show>>>,
+    /// The task waiting for a click on each slot's notification. The server tells the
+    /// connection of the latest update only, so an update replaces the slot's waiter.
+    waiters: Mutex<HashMap<Slot, tauri::async_runtime::JoinHandle<()>>>,
 }
+
+/// Past this many slots, those of older jobs are forgotten (their notifications stay up, but
+/// are no longer updated or followed by a click).
+const SLOTS_KEPT: usize = 64;
 
 impl Notifications {
     /// What the window should show after a notification was clicked, once.
@@ -345,12 +354,39 @@ fn opens(slot: &Slot) -> Option<Option<String>> {
     }
 }
 
+/// Hands `show` to the notifications thread. One thread, in order: an update in place
+/// must know the id the server gave its slot's first notification (a job's start and end
+/// come milliseconds apart), and the D-Bus calls block, so they stay off the event loop.
 fn show_in_slot<R: Runtime>(app: &AppHandle<R>, show: Show) {
+    let Some(notifications) = app.try_state::<Notifications>() else { return };
+    let Ok(mut queue) = notifications.queue.lock() else { return };
+    if queue.is_none() {
+        let (sender, shows) = std::sync::mpsc::channel::<Show>();
+        let app = app.clone();
+        // A plain thread, not the async runtime's blocking pool, which the runtime waits for
+        // when it shuts down; it ends with the process.
+        let spawned = std::thread::Builder::new().name("notifications".into()).spawn(move || {
+            for show in shows {
+                put_up(&app, show);
+            }
+        });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "cannot start the notifications thread");
+            return;
+        }
+        *queue = Some(sender);
+    }
+    if let Some(sender) = queue.as_ref() {
+        let _ = sender.send(show);
+    }
+}
+
+/// Puts one notification up, or updates its slot's in place.
+fn put_up<R: Runtime>(app: &AppHandle<R>, show: Show) {
     let app = app.clone();
     let app_name = app.package_info().name.clone();
     let open_label = i18n::t().notification_open;
-    // The D-Bus call blocks until the server answers; keep it off the event loop.
-    tauri::async_runtime::spawn_blocking(move || {
+    {
         let Some(notifications) = app.try_state::<Notifications>() else { return };
         let Show { slot, note } = show;
         let previous = notifications.ids.lock().ok().and_then(|ids| ids.get(&slot).copied());
@@ -380,34 +416,52 @@ fn show_in_slot<R: Runtime>(app: &AppHandle<R>, show: Show) {
         };
         tracing::debug!(title = %note.title, "notification shown");
         let id = handle.id();
+        let waiting_slot = slot.clone();
         if let Ok(mut ids) = notifications.ids.lock() {
+            if ids.len() >= SLOTS_KEPT {
+                let old: Vec<Slot> = ids.keys().filter(|s| matches!(s, Slot::Job(_)) && **s != slot).cloned().collect();
+                for gone in &old {
+                    ids.remove(gone);
+                }
+                if let Ok(mut waiters) = notifications.waiters.lock() {
+                    for gone in &old {
+                        if let Some(waiter) = waiters.remove(gone) {
+                            waiter.abort();
+                        }
+                    }
+                }
+            }
             ids.insert(slot, id);
         }
-        // One thread waits for the click on each notification the server made; an update in
-        // place is the same notification, already waited on. A plain thread, not the async
-        // runtime's blocking pool: the runtime waits for its blocking tasks when it shuts
-        // down, and a notification nobody closes would keep the app from quitting.
+        // A task (not a thread: it can be stopped) waits for the click on the slot's latest
+        // notification, which is the one the server tells.
         #[cfg(all(unix, not(target_os = "macos")))]
-        if let (Some(target), true) = (opens, previous != Some(id)) {
-            let waiting = std::thread::Builder::new().name("notification-click".into()).spawn(move || {
-                handle.wait_for_action(|action| {
-                    if action == "default" {
-                        open_on(&app, target);
-                    }
-                })
+        if let Some(target) = opens {
+            let clicked = app.clone();
+            let waiter = tauri::async_runtime::spawn(async move {
+                handle
+                    .wait_for_action_async(|response| {
+                        if matches!(response, notify_rust::NotificationResponse::Default) {
+                            open_on(&clicked, target);
+                        }
+                    })
+                    .await;
             });
-            if let Err(err) = waiting {
-                tracing::warn!(error = %err, "cannot wait for a click on the notification");
+            if let Ok(mut waiters) = notifications.waiters.lock() {
+                if let Some(previous) = waiters.insert(waiting_slot, waiter) {
+                    previous.abort();
+                }
             }
         }
         #[cfg(not(all(unix, not(target_os = "macos"))))]
         let _ = (opens, handle);
-    });
+    }
 }
 
 /// Opens the window on a job (or the Jobs screen): kept for a window that is being built,
 /// and told to one that is open.
 fn open_on<R: Runtime>(app: &AppHandle<R>, job: Option<String>) {
+    tracing::info!(job = job.as_deref().unwrap_or("(all)"), "notification clicked: showing its task");
     if let Some(notifications) = app.try_state::<Notifications>() {
         if let Ok(mut open) = notifications.open_job.lock() {
             *open = Some(job.clone());
