@@ -77,12 +77,16 @@ pub fn run() -> i32 {
             .manage(setup_agent.clone())
             .manage(crate::device_sign_in::DeviceSignIn::default())
             .manage(crate::updates::PlannedRestart::default())
+            .manage(crate::notifications::Notifications::default())
             .invoke_handler(tauri::generate_handler![
                 commands::get_state,
                 commands::login,
                 commands::logout,
                 commands::pause,
                 commands::resume,
+                commands::cancel_job,
+                commands::job_screenshot,
+                commands::take_open_job,
                 commands::start_device_login,
                 commands::finish_device_login,
                 commands::cancel_device_login,

@@ -24,8 +24,20 @@ pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, agent: Agent) {
     let mut rx = agent.subscribe();
     publish_state(&app, &agent);
     tauri::async_runtime::spawn(async move {
+        // When the notifications' summary is due (`notifications::tick`).
+        let mut due: Option<std::time::Instant> = None;
         loop {
-            match rx.recv().await {
+            let received = match due {
+                Some(at) => tokio::select! {
+                    received = rx.recv() => received,
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        due = notifications::tick(&app);
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            match received {
                 // The core already sends its whole snapshot; pass it on as the state.
                 Ok(AgentEvent::StateChanged { snapshot }) => {
                     tray::update(&app, &snapshot);
@@ -37,7 +49,8 @@ pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, agent: Agent) {
                     if let Err(err) = app.emit(AGENT_EVENT, &event) {
                         tracing::warn!(error = %err, "could not send an agent event to the window");
                     }
-                    notifications::notify_event(&app, &event);
+                    notifications::notify_event(&app, &event, &agent.snapshot());
+                    due = notifications::tick(&app);
                     if matches!(event, AgentEvent::LoginRequired { .. }) {
                         // The window is where the person logs in again.
                         crate::app::show_main_window(&app);

@@ -153,6 +153,32 @@ catalogue! {
     updates_unreachable_body:
         "Edge Agent has not been able to check for updates for {days} days. Check your connection, or ask your hub's operator.",
         "Edge Agent n'a pas pu vérifier ses mises à jour depuis {days} jours. Vérifiez votre connexion, ou contactez l'opérateur de votre hub.";
+
+    // Jobs screen (issue 20): pause lengths, a job in words, grouped notifications.
+    menu_pause_hour: "Pause for 1 hour", "Mettre en pause 1 heure";
+    menu_pause_tomorrow: "Pause until tomorrow 8:00", "Mettre en pause jusqu'à demain 8 h";
+    tip_paused_until: "paused until {time}, no new tasks", "en pause jusqu'à {time}, aucune nouvelle tâche";
+    // A job in words, from the core's neutral summary; `{site}` is the adapter's name.
+    words_dm_running: "Sending a message to {recipient} on {site}", "Envoi d'un message à {recipient} sur {site}";
+    words_dm_done: "Sent a message to {recipient} on {site}", "Message envoyé à {recipient} sur {site}";
+    words_broadcast: "Broadcast to {total} fans on {site}", "Envoi à {total} fans sur {site}";
+    words_broadcast_progress:
+        "Broadcast to {total} fans on {site}: {done}/{total} sent",
+        "Envoi à {total} fans sur {site} : {done}/{total} envoyés";
+    words_post: "Scheduled post on {site}", "Publication programmée sur {site}";
+    words_scrape: "Subscriber list of {site}", "Liste des abonnés de {site}";
+    job_progress: "Task in progress", "Tâche en cours";
+    // One notification for the tasks that ended without their own.
+    summary_title: "Tasks", "Tâches";
+    summary_finished_one: "1 task finished", "1 tâche terminée";
+    summary_finished_many: "{count} tasks finished", "{count} tâches terminées";
+    summary_failed_one: "1 failed", "1 en échec";
+    summary_failed_many: "{count} failed", "{count} en échec";
+    summary_failed_only_one: "1 task failed", "1 tâche en échec";
+    summary_failed_only_many: "{count} tasks failed", "{count} tâches en échec";
+    summary_both: "{finished}, {failed}", "{finished}, {failed}";
+    // The action a click on a notification takes.
+    notification_open: "Open", "Ouvrir";
 }
 
 #[cfg(test)]
@@ -175,7 +201,11 @@ mod tests {
         }
         // Translated, not copied: only words that are the same in both languages may match.
         let same: Vec<_> = en.iter().zip(&fr).filter(|((_, e), (_, f))| e == f).map(|((key, _), _)| *key).collect();
-        assert_eq!(same, ["tooltip", "job_body", "kind_send_dm"], "English left in the French catalogue");
+        assert_eq!(
+            same,
+            ["tooltip", "job_body", "kind_send_dm", "summary_both"],
+            "English left in the French catalogue"
+        );
     }
 
     #[test]

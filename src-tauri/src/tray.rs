@@ -1,5 +1,7 @@
-//! The tray icon: its image and tooltip follow the agent's state, its menu offers Open,
-//! Pause/Resume and Quit, in the current language (`i18n`).
+//! The tray icon: its image and tooltip follow the agent's state, its menu offers the state
+//! line, Open, Pause for 1 hour / until tomorrow (08:00) / until resumed, Resume and Quit, in
+//! the current language (`i18n`). The pause lengths are the core's (`edge_agent::pause`),
+//! which keeps the pause and its end across restarts.
 //!
 //! Platform tray support is the least reliable part of a desktop (no tray host, missing
 //! appindicator library, a StatusNotifier host that vanishes), so creation failures are
@@ -7,6 +9,7 @@
 
 use crate::app::{self, Agent};
 use crate::i18n::{self, fill, Lang, Texts};
+use edge_agent::pause::PauseLength;
 use edge_agent::{AgentSnapshot, ConnectionState};
 use std::sync::Mutex;
 use tauri::image::Image;
@@ -16,7 +19,11 @@ use tauri::{AppHandle, Manager, Runtime};
 
 const TRAY_ID: &str = "edge-agent";
 const MENU_OPEN: &str = "open";
-const MENU_PAUSE: &str = "pause-toggle";
+const MENU_STATE: &str = "state";
+const MENU_PAUSE_HOUR: &str = "pause-hour";
+const MENU_PAUSE_TOMORROW: &str = "pause-tomorrow";
+const MENU_PAUSE: &str = "pause";
+const MENU_RESUME: &str = "resume";
 const MENU_QUIT: &str = "quit";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +71,12 @@ pub fn tooltip(s: &AgentSnapshot) -> String {
 }
 
 fn tooltip_in(t: &Texts, s: &AgentSnapshot) -> String {
-    let detail = match TrayState::from_snapshot(s) {
+    fill(t.tooltip, &[("state", &state_line_in(t, s))])
+}
+
+/// The state in a few words: the tooltip's and the menu's first line.
+fn state_line_in(t: &Texts, s: &AgentSnapshot) -> String {
+    match TrayState::from_snapshot(s) {
         TrayState::Offline if !s.logged_in => t.tip_signed_out.to_owned(),
         TrayState::Offline if s.connection == ConnectionState::Connecting => t.tip_connecting.to_owned(),
         TrayState::Offline => t.tip_offline.to_owned(),
@@ -73,10 +85,12 @@ fn tooltip_in(t: &Texts, s: &AgentSnapshot) -> String {
             None => t.tip_online.to_owned(),
         },
         TrayState::Busy => t.tip_busy.to_owned(),
-        TrayState::Paused => t.tip_paused.to_owned(),
+        TrayState::Paused => match s.paused_until.as_deref().and_then(edge_agent::pause::local_hh_mm) {
+            Some(time) => fill(t.tip_paused_until, &[("time", &time)]),
+            None => t.tip_paused.to_owned(),
+        },
         TrayState::Error => fill(t.tip_error, &[("error", s.last_error.as_deref().unwrap_or_default())]),
-    };
-    fill(t.tooltip, &[("state", &detail)])
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +106,12 @@ pub enum TrayError {
 /// Handles kept to update the tray later; absent when there is no tray.
 struct TrayHandles<R: Runtime> {
     icon: TrayIcon<R>,
+    state_item: MenuItem<R>,
     open_item: MenuItem<R>,
-    pause_item: MenuItem<R>,
+    /// For 1 hour, until tomorrow, until resumed: offered while logged in (a new pause
+    /// replaces the one before, so they stay while paused).
+    pause_items: [MenuItem<R>; 3],
+    resume_item: MenuItem<R>,
     quit_item: MenuItem<R>,
     /// What the platform shows now; snapshots arrive often and most change nothing here.
     shown: Mutex<Shown>,
@@ -103,6 +121,7 @@ struct TrayHandles<R: Runtime> {
 struct Shown {
     state: TrayState,
     tooltip: String,
+    line: String,
     paused: bool,
     logged_in: bool,
     lang: Lang,
@@ -113,6 +132,7 @@ impl Shown {
         Shown {
             state: TrayState::from_snapshot(s),
             tooltip: tooltip(s),
+            line: state_line_in(i18n::t(), s),
             paused: s.paused,
             logged_in: s.logged_in,
             lang: i18n::current(),
@@ -142,12 +162,25 @@ pub fn create<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Resul
 
 fn build<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Result<(), TrayError> {
     let shown = Shown::of(snapshot);
-    let open = MenuItem::with_id(app, MENU_OPEN, i18n::t().menu_open, true, None::<&str>)?;
-    let pause_item =
-        MenuItem::with_id(app, MENU_PAUSE, pause_label(snapshot.paused), snapshot.logged_in, None::<&str>)?;
+    let t = i18n::t();
+    // The state line is words, not an action: shown disabled.
+    let state_item = MenuItem::with_id(app, MENU_STATE, &shown.line, false, None::<&str>)?;
+    let open = MenuItem::with_id(app, MENU_OPEN, t.menu_open, true, None::<&str>)?;
+    let logged_in = snapshot.logged_in;
+    let pause_items = [
+        MenuItem::with_id(app, MENU_PAUSE_HOUR, t.menu_pause_hour, logged_in, None::<&str>)?,
+        MenuItem::with_id(app, MENU_PAUSE_TOMORROW, t.menu_pause_tomorrow, logged_in, None::<&str>)?,
+        MenuItem::with_id(app, MENU_PAUSE, t.menu_pause, logged_in, None::<&str>)?,
+    ];
+    let resume = MenuItem::with_id(app, MENU_RESUME, t.menu_resume, logged_in && snapshot.paused, None::<&str>)?;
     let separator = PredefinedMenuItem::separator(app)?;
-    let quit = MenuItem::with_id(app, MENU_QUIT, i18n::t().menu_quit, true, None::<&str>)?;
-    let menu = Menu::with_items(app, &[&open, &pause_item, &separator, &quit])?;
+    let separator2 = PredefinedMenuItem::separator(app)?;
+    let quit = MenuItem::with_id(app, MENU_QUIT, t.menu_quit, true, None::<&str>)?;
+    let [hour, tomorrow, until_resumed] = &pause_items;
+    let menu = Menu::with_items(
+        app,
+        &[&state_item, &separator, &open, hour, tomorrow, until_resumed, &resume, &separator2, &quit],
+    )?;
 
     let icon = TrayIconBuilder::with_id(TRAY_ID)
         .icon(image(shown.state)?)
@@ -164,30 +197,39 @@ fn build<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Result<(),
         })
         .build(app)?;
 
-    app.manage(TrayHandles { icon, open_item: open, pause_item, quit_item: quit, shown: Mutex::new(shown) });
+    app.manage(TrayHandles {
+        icon,
+        state_item,
+        open_item: open,
+        pause_items,
+        resume_item: resume,
+        quit_item: quit,
+        shown: Mutex::new(shown),
+    });
     Ok(())
 }
 
-fn pause_label(paused: bool) -> &'static str {
-    if paused {
-        i18n::t().menu_resume
-    } else {
-        i18n::t().menu_pause
+/// The pause a menu item asks for; `None` for any other item.
+fn pause_length(id: &str) -> Option<PauseLength> {
+    match id {
+        MENU_PAUSE_HOUR => Some(PauseLength::OneHour),
+        MENU_PAUSE_TOMORROW => Some(PauseLength::UntilTomorrow),
+        MENU_PAUSE => Some(PauseLength::UntilResumed),
+        _ => None,
     }
 }
 
 fn on_menu_event<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
-    match event.id().as_ref() {
+    let id = event.id().as_ref();
+    // The core's Paused/Resumed event and its new snapshot update tray and window through
+    // the forwarder.
+    if let Some(length) = pause_length(id) {
+        app.state::<Agent>().pause_for(length);
+        return;
+    }
+    match id {
         MENU_OPEN => app::show_main_window(app),
-        MENU_PAUSE => {
-            let agent = app.state::<Agent>();
-            // The core's Paused/Resumed event updates tray and window through the forwarder.
-            if agent.snapshot().paused {
-                agent.resume();
-            } else {
-                agent.pause();
-            }
-        }
+        MENU_RESUME => app.state::<Agent>().resume(),
         MENU_QUIT => app::quit(app),
         other => tracing::debug!(id = other, "unknown tray menu item"),
     }
@@ -219,23 +261,31 @@ pub fn update<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) {
             tracing::warn!(error = %err, "could not change the tray tooltip");
         }
     }
-    if shown.paused != next.paused || shown.lang != next.lang {
-        if let Err(err) = handles.pause_item.set_text(pause_label(next.paused)) {
-            tracing::warn!(error = %err, "could not change the tray menu");
-        }
+    let menu_failed = |err: tauri::Error| tracing::warn!(error = %err, "could not change the tray menu");
+    if shown.line != next.line {
+        handles.state_item.set_text(&next.line).unwrap_or_else(menu_failed);
     }
     if shown.lang != next.lang {
         let t = next.lang.texts();
-        for (item, text) in [(&handles.open_item, t.menu_open), (&handles.quit_item, t.menu_quit)] {
-            if let Err(err) = item.set_text(text) {
-                tracing::warn!(error = %err, "could not change the tray menu");
-            }
+        let [hour, tomorrow, until_resumed] = &handles.pause_items;
+        for (item, text) in [
+            (&handles.open_item, t.menu_open),
+            (hour, t.menu_pause_hour),
+            (tomorrow, t.menu_pause_tomorrow),
+            (until_resumed, t.menu_pause),
+            (&handles.resume_item, t.menu_resume),
+            (&handles.quit_item, t.menu_quit),
+        ] {
+            item.set_text(text).unwrap_or_else(menu_failed);
         }
     }
     if shown.logged_in != next.logged_in {
-        if let Err(err) = handles.pause_item.set_enabled(next.logged_in) {
-            tracing::warn!(error = %err, "could not change the tray menu");
+        for item in &handles.pause_items {
+            item.set_enabled(next.logged_in).unwrap_or_else(menu_failed);
         }
+    }
+    if (shown.logged_in && shown.paused) != (next.logged_in && next.paused) {
+        handles.resume_item.set_enabled(next.logged_in && next.paused).unwrap_or_else(menu_failed);
     }
 }
 
@@ -278,9 +328,26 @@ mod tests {
         assert_eq!(tooltip_in(&i18n::FR, &s), "Edge Agent — non connecté");
 
         let mut s = snapshot();
+        s.paused = true;
+        s.paused_until = Some("2026-12-06T17:00:00Z".into());
+        let local = edge_agent::pause::local_hh_mm("2026-12-06T17:00:00Z").unwrap();
+        assert_eq!(tooltip_in(&i18n::EN, &s), format!("Edge Agent — paused until {local}, no new tasks"));
+        assert_eq!(tooltip_in(&i18n::FR, &s), format!("Edge Agent — en pause jusqu'à {local}, aucune nouvelle tâche"));
+        assert_eq!(state_line_in(&i18n::EN, &s), format!("paused until {local}, no new tasks"));
+
+        let mut s = snapshot();
         s.quiet_until = Some("07:00".into());
         assert_eq!(tooltip_in(&i18n::EN, &s), "Edge Agent — quiet hours until 07:00");
         assert_eq!(tooltip_in(&i18n::FR, &s), "Edge Agent — heures calmes jusqu'à 07:00");
+    }
+
+    #[test]
+    fn the_menus_pause_items_are_the_cores_lengths() {
+        assert_eq!(pause_length(MENU_PAUSE_HOUR), Some(PauseLength::OneHour));
+        assert_eq!(pause_length(MENU_PAUSE_TOMORROW), Some(PauseLength::UntilTomorrow));
+        assert_eq!(pause_length(MENU_PAUSE), Some(PauseLength::UntilResumed));
+        assert_eq!(pause_length(MENU_RESUME), None);
+        assert_eq!(pause_length(MENU_OPEN), None);
     }
 
     #[test]

@@ -195,6 +195,12 @@ notified() { grep -q 'member=Notify' "$TMP/dbus-monitor.log" && grep -q 'Task fi
 wait_for "$TIMEOUT" "a 'Task finished' Notify call on D-Bus" notified
 grep -q 'Task started' "$TMP/dbus-monitor.log" || fail "no 'Task started' notification"
 log "ok: notifications sent over org.freedesktop.Notifications"
+# A click on the job's notification (dunst performs its "default" action) opens the window
+# on that job.
+dunstctl action 0 || fail "dunstctl could not click the notification"
+clicked() { grep -q "notification clicked: showing its task.*$JOB_ID" "$TMP/tray.log"; }
+wait_for "$TIMEOUT" "the click on the notification to reach the tray" clicked
+log "ok: clicking the job's notification opens the window on it"
 
 # Let the window catch up with the job row, then take the pictures.
 sleep 2

@@ -347,8 +347,11 @@ test("Settings is reachable and usable with the keyboard alone", async () => {
   const { page, errors } = await openApp(browser, server.url, home("en"));
   await page.waitForSelector("#status-view", { state: "visible" });
   await page.focus("#pause-toggle");
-  await page.keyboard.press("Tab");
-  assert.equal(await page.evaluate(() => document.activeElement?.id), "open-settings");
+  // Pause, its lengths, Tasks, then Settings.
+  for (const next of ["pause-more", "open-jobs", "open-settings"]) {
+    await page.keyboard.press("Tab");
+    assert.equal(await page.evaluate(() => document.activeElement?.id), next);
+  }
   await page.keyboard.press("Enter");
   await page.waitForSelector("#settings-view", { state: "visible" });
   assert.equal(await page.evaluate(() => document.activeElement?.id), "settings-title", "focus moves to the screen");

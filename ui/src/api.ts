@@ -6,6 +6,7 @@ import type {
   ConsentItem,
   DeviceSignIn,
   LanguageChoice,
+  PauseLength,
   Settings,
   Usage,
 } from "./types";
@@ -27,8 +28,30 @@ export function logout(): Promise<AgentSnapshot> {
   return invoke<AgentSnapshot>("logout");
 }
 
-export function pause(): Promise<AgentSnapshot> {
-  return invoke<AgentSnapshot>("pause");
+/** Without a length: until resumed. */
+export function pause(length?: PauseLength): Promise<AgentSnapshot> {
+  return invoke<AgentSnapshot>("pause", length ? { length } : {});
+}
+
+/** Ends a running task (the hub is told); rejects with `job_not_running` otherwise. */
+export function cancelJob(id: string): Promise<AgentSnapshot> {
+  return invoke<AgentSnapshot>("cancel_job", { id });
+}
+
+/** The task's last screenshot as a `data:image/png` URL, or null. */
+export function jobScreenshot(id: string): Promise<string | null> {
+  return invoke<string | null>("job_screenshot", { id });
+}
+
+export const OPEN_JOB_EVENT = "agent://open-job";
+
+/** What a clicked notification asked to show: `{job}` (null: the Jobs screen), or null. */
+export function takeOpenJob(): Promise<{ job: string | null } | null> {
+  return invoke<{ job: string | null } | null>("take_open_job");
+}
+
+export function onOpenJob(handler: () => void): Promise<UnlistenFn> {
+  return listen<unknown>(OPEN_JOB_EVENT, () => handler());
 }
 
 export function resume(): Promise<AgentSnapshot> {

@@ -21,7 +21,36 @@ const AGENT_ERRORS: Record<string, keyof Strings> = {
   device_login_denied: "errDeviceDenied",
   device_login_unsupported: "errDeviceUnsupported",
   invalid_setting: "errInvalidSetting",
+  job_not_running: "errJobNotRunning",
 };
+
+// A failed task's words by the protocol's error code (`edge_protocol::ErrorCode`), each
+// with what to do next.
+const JOB_ERRORS: Record<string, keyof Strings> = {
+  NETWORK: "jobErrNetwork",
+  NAV_TIMEOUT: "jobErrNavTimeout",
+  RATE_LIMITED: "jobErrRateLimited",
+  LOGIN_REQUIRED: "jobErrLoginRequired",
+  CONTENT_BLOCKED: "jobErrContentBlocked",
+  POLICY_VIOLATION: "jobErrPolicyViolation",
+  AGENT_PAUSED: "jobErrPaused",
+  UNSUPPORTED_JOB: "jobErrUnsupported",
+  BAD_PAYLOAD: "jobErrBadPayload",
+  CANCELLED: "jobErrCancelled",
+  INTERNAL: "jobErrInternal",
+  CAPABILITY_NOT_GRANTED: "jobErrNotGranted",
+  EGRESS_DENIED: "jobErrEgressDenied",
+  EGRESS_CAP: "jobErrEgressCap",
+  SEND_UNCERTAIN: "jobErrSendUncertain",
+};
+
+/** A failed task's error in words with the next step; the core's message as the detail. */
+export function describeJobError(code: string | null | undefined, message: string | null | undefined): Described {
+  const key = code ? JOB_ERRORS[code] : undefined;
+  const summary = key ? S[key] : fill(S.jobErrOther, { code: code || "?" });
+  const detail = message?.trim();
+  return detail && detail !== summary ? { summary, detail } : { summary };
+}
 
 export interface Described {
   /** One sentence for the person. */

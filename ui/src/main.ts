@@ -5,8 +5,17 @@ import { S, fill, fromLocale, setLanguage } from "./i18n";
 import { loadSettings, relabelSettings, setUpSettings } from "./settings";
 import { relabelSignIn, setUpSignIn } from "./signin";
 import { setUpUpdates } from "./updates";
-import type { AgentSnapshot, Usage } from "./types";
-import { render, renderUsage, setSiteLogin, showError, showMessage, type Screen } from "./view";
+import type { AgentSnapshot, PauseLength, Usage } from "./types";
+import {
+  highlightJob,
+  render,
+  renderUsage,
+  setJobActions,
+  setSiteLogin,
+  showError,
+  showMessage,
+  type Screen,
+} from "./view";
 
 let current: AgentSnapshot | null = null;
 /** The logged-in screen shown: Home, the consent screen (after sign-in with nothing
@@ -44,6 +53,40 @@ async function refreshUsage(now: boolean): Promise<void> {
   } catch {
     // An older core without usage: Home simply shows no numbers.
   }
+}
+
+/** The Jobs screen, on one task when a clicked notification names it. */
+function openJobs(job: string | null): void {
+  showError("jobs-error", null);
+  show("jobs");
+  if (job) highlightJob(job);
+  else document.getElementById("jobs-view-title")?.focus();
+}
+
+/** A clicked notification asked for a task (or the Jobs screen): go there, once. */
+async function takeOpenJob(): Promise<void> {
+  try {
+    const open = await api.takeOpenJob();
+    if (open && current?.loggedIn) openJobs(open.job);
+  } catch {
+    // An older tray without the command: nothing was clicked.
+  }
+}
+
+/** The Jobs screen's Cancel: the core ends the task and tells the hub. */
+async function cancelJob(id: string): Promise<void> {
+  showError("jobs-error", null);
+  try {
+    apply(await api.cancelJob(id));
+  } catch (err) {
+    showError("jobs-error", describeError(err));
+    if (current) render(current, screen);
+  }
+}
+
+function setPauseMenu(open: boolean): void {
+  document.getElementById("pause-options")!.hidden = !open;
+  document.getElementById("pause-more")!.setAttribute("aria-expanded", String(open));
 }
 
 /** Shows the consent screen when nothing is granted yet; `force` always (Permissions). */
@@ -151,8 +194,20 @@ async function main(): Promise<void> {
   document.getElementById("open-permissions")!.addEventListener("click", () => void offerConsent(true));
   document.getElementById("open-settings")!.addEventListener("click", () => void openSettings());
   document.getElementById("pause-toggle")!.addEventListener("click", () =>
-    void runAction(current?.paused ? api.resume : api.pause),
+    void runAction(current?.paused ? api.resume : () => api.pause()),
   );
+  document.getElementById("pause-more")!.addEventListener("click", () =>
+    setPauseMenu(document.getElementById("pause-options")!.hidden),
+  );
+  for (const option of document.querySelectorAll<HTMLButtonElement>("[data-pause-length]")) {
+    option.addEventListener("click", () => {
+      setPauseMenu(false);
+      void runAction(() => api.pause(option.dataset.pauseLength as PauseLength));
+    });
+  }
+  document.getElementById("open-jobs")!.addEventListener("click", () => openJobs(null));
+  document.getElementById("jobs-back")!.addEventListener("click", () => show("status"));
+  setJobActions({ cancel: (id) => void cancelJob(id), screenshot: (id) => api.jobScreenshot(id) });
   document.getElementById("logout")!.addEventListener("click", () => void runAction(api.logout));
   setUpUpdates(
     () => current,
@@ -168,10 +223,12 @@ async function main(): Promise<void> {
       reason.hidden = false;
     }
   });
+  await api.onOpenJob(() => void takeOpenJob());
   try {
     const snapshot = await api.getState();
     apply(snapshot);
     if (snapshot.loggedIn) await offerConsent(false);
+    await takeOpenJob();
   } catch (err) {
     document.getElementById("boot")!.textContent = describeError(err).summary;
   }

@@ -12,7 +12,26 @@ export interface JobSummary {
   finishedAt?: string | null;
   errorCode?: string | null;
   message?: string | null;
+  /** How far a task that reports it got (a broadcast: recipients done of all). */
+  progress?: { done: number; total: number } | null;
+  /** What the task does, as data: the window says it in words from its catalogue. */
+  summary?: JobFacts | null;
+  /** A browser task took a screenshot; `job_screenshot` returns the last one. */
+  screenshot?: boolean;
 }
+
+/** `edge_agent::state::JobSummary`. */
+export interface JobFacts {
+  site?: string | null;
+  /** `send_dm`: who gets the message. */
+  recipient?: string | null;
+  /** `broadcast_dm`: how many get it. */
+  recipients?: number | null;
+  dryRun?: boolean;
+}
+
+/** How long to pause (`edge_agent::pause::PauseLength`). */
+export type PauseLength = "untilResumed" | "oneHour" | "untilTomorrow";
 
 export interface AgentSnapshot {
   loggedIn: boolean;
@@ -21,6 +40,8 @@ export interface AgentSnapshot {
   creatorId?: string | null;
   connection: Connection;
   paused: boolean;
+  /** When the pause ends by itself (RFC 3339); null while paused: when resumed. */
+  pausedUntil?: string | null;
   /** Jobs accepted and not yet finished. */
   busy: number;
   lastError?: string | null;

@@ -1,4 +1,4 @@
-import type { Described } from "./errors";
+import { describeJobError, type Described } from "./errors";
 import { S, fill, formatBytes, language } from "./i18n";
 import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary, TunnelStatus, Usage } from "./types";
 import { renderUpdates } from "./updates";
@@ -204,7 +204,199 @@ function renderTunnel(tunnel: TunnelStatus | null | undefined): void {
 }
 
 /** The screens of a logged-in window. */
-export type Screen = "status" | "consent" | "settings";
+export type Screen = "status" | "consent" | "settings" | "jobs";
+
+/** What the Jobs screen's buttons do, and where screenshots come from (main.ts sets it). */
+export interface JobActions {
+  cancel: (id: string) => void;
+  screenshot: (id: string) => Promise<string | null>;
+}
+
+let jobActions: JobActions = { cancel: () => {}, screenshot: async () => null };
+
+export function setJobActions(actions: JobActions): void {
+  jobActions = actions;
+}
+
+/** Screenshots already fetched, by job id, with when. A finished task's is final; a running
+ * task may take another, so its own is asked again, at most every SCREENSHOT_EVERY_MS
+ * (states come at every step of a broadcast). */
+const screenshots = new Map<string, { url: string; at: number; final: boolean }>();
+const SCREENSHOT_EVERY_MS = 5000;
+const screenshotsAsked = new Set<string>();
+
+/** A task's kind in words; an unknown kind by its technical name. */
+function kindText(jobType: string): string {
+  const kinds: Record<string, string> = {
+    http_request: S.kindHttpRequest,
+    bundle: S.kindBundle,
+    send_dm: S.kindSendDm,
+    broadcast_dm: S.kindBroadcastDm,
+    schedule_post: S.kindSchedulePost,
+    scrape_subs: S.kindScrapeSubs,
+  };
+  return kinds[jobType] ?? fill(S.kindOther, { type: jobType });
+}
+
+/** What a task does or did, in words ("Sent a message to @ann on FanDeck"), from the
+ * core's neutral summary; its kind when the summary says too little. */
+export function jobWords(job: JobSummary): string {
+  const facts = job.summary ?? {};
+  const site = facts.site;
+  if (!site) return kindText(job.jobType);
+  switch (job.jobType) {
+    case "send_dm":
+      if (!facts.recipient) return kindText(job.jobType);
+      return fill(job.status === "succeeded" ? S.wordsDmDone : S.wordsDmRunning, { recipient: facts.recipient, site });
+    case "broadcast_dm": {
+      const total = job.progress?.total ?? facts.recipients ?? 0;
+      return job.progress
+        ? fill(S.wordsBroadcastProgress, { total, site, done: job.progress.done })
+        : fill(S.wordsBroadcast, { total, site });
+    }
+    case "schedule_post":
+      return fill(S.wordsPost, { site });
+    case "scrape_subs":
+      return fill(S.wordsScrape, { site });
+    default:
+      return kindText(job.jobType);
+  }
+}
+
+function jobItem(job: JobSummary): HTMLLIElement {
+  const item = document.createElement("li");
+  item.dataset.jobId = job.id;
+  item.dataset.status = job.status;
+
+  const words = document.createElement("p");
+  words.className = "job-words";
+  words.textContent = jobWords(job);
+  item.append(words);
+
+  const meta = document.createElement("div");
+  meta.className = "job-meta";
+  const pill = document.createElement("span");
+  pill.className = `pill pill-${job.status}`;
+  pill.textContent = statusText(job.status);
+  const when = document.createElement("span");
+  when.className = "muted";
+  when.title = job.id;
+  when.textContent =
+    job.status === "running" || !job.finishedAt
+      ? fill(S.jobStartedAt, { time: formatTime(job.startedAt) })
+      : fill(S.jobEndedAt, { time: formatTime(job.finishedAt) });
+  meta.append(pill, when);
+  if (job.status === "running") {
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "job-cancel";
+    cancel.dataset.jobId = job.id;
+    cancel.textContent = S.cancelJob;
+    cancel.setAttribute("aria-label", fill(S.cancelJobLabel, { what: words.textContent }));
+    cancel.addEventListener("click", () => {
+      cancel.disabled = true;
+      jobActions.cancel(job.id);
+    });
+    meta.append(cancel);
+  }
+  item.append(meta);
+
+  if (job.progress && job.progress.total > 0) {
+    const row = document.createElement("div");
+    row.className = "job-progress";
+    const bar = document.createElement("progress");
+    bar.max = job.progress.total;
+    bar.value = Math.min(job.progress.done, job.progress.total);
+    const label = fill(S.progressLabel, { done: job.progress.done, total: job.progress.total });
+    bar.setAttribute("aria-label", label);
+    const count = document.createElement("span");
+    count.className = "job-progress-count";
+    count.textContent = `${job.progress.done}/${job.progress.total}`;
+    row.append(bar, count);
+    item.append(row);
+  }
+  if (job.summary?.dryRun) {
+    const dry = document.createElement("p");
+    dry.className = "muted";
+    dry.textContent = S.wordsDryRun;
+    item.append(dry);
+  }
+  if (job.status === "failed") {
+    const error = describeJobError(job.errorCode, job.message);
+    const why = document.createElement("p");
+    why.className = "job-error";
+    why.dataset.code = job.errorCode ?? "";
+    const summary = document.createElement("span");
+    summary.className = "error-summary";
+    summary.textContent = error.summary;
+    why.append(summary);
+    if (error.detail) {
+      const detail = document.createElement("small");
+      detail.className = "error-detail";
+      detail.textContent = error.detail;
+      why.append(detail);
+    }
+    item.append(why);
+  }
+  if (job.screenshot) {
+    const img = document.createElement("img");
+    img.className = "job-screenshot";
+    img.alt = S.jobScreenshotAlt;
+    img.dataset.jobId = job.id;
+    const known = screenshots.get(job.id);
+    if (known) img.src = known.url;
+    else img.hidden = true;
+    const stale = !known || (!known.final && performance.now() - known.at > SCREENSHOT_EVERY_MS);
+    if ((stale || (known && !known.final && job.status !== "running")) && !screenshotsAsked.has(job.id)) {
+      void loadScreenshot(job);
+    }
+    item.append(img);
+  }
+  return item;
+}
+
+/** Fetches a task's screenshot through the core (by job id: the window names no file),
+ * then shows it wherever the task is drawn now. */
+async function loadScreenshot(job: JobSummary): Promise<void> {
+  let url: string | null = null;
+  screenshotsAsked.add(job.id);
+  try {
+    url = await jobActions.screenshot(job.id);
+  } catch {
+    return;
+  } finally {
+    screenshotsAsked.delete(job.id);
+  }
+  if (!url) return;
+  screenshots.set(job.id, { url, at: performance.now(), final: job.status !== "running" });
+  for (const img of document.querySelectorAll<HTMLImageElement>(`img.job-screenshot[data-job-id="${CSS.escape(job.id)}"]`)) {
+    img.src = url;
+    img.hidden = false;
+  }
+}
+
+/** The Jobs screen: every recent task, live (drawn again at every state the core sends).
+ * Keyboard focus on a Cancel button stays where it was. */
+function renderJobs(jobs: JobSummary[]): void {
+  const focused = document.activeElement as HTMLElement | null;
+  const focusedJob = focused?.classList.contains("job-cancel") ? focused.dataset.jobId : undefined;
+  const highlighted = document.querySelector<HTMLElement>('#jobs-list > li[data-highlight="true"]')?.dataset.jobId;
+  const list = byId("jobs-list");
+  list.replaceChildren(...jobs.map(jobItem));
+  byId("jobs-list-empty").hidden = jobs.length > 0;
+  if (highlighted) highlightJob(highlighted, false);
+  if (focusedJob) {
+    list.querySelector<HTMLElement>(`button.job-cancel[data-job-id="${CSS.escape(focusedJob)}"]`)?.focus();
+  }
+}
+
+/** Marks one task on the Jobs screen (a clicked notification's) and brings it into view. */
+export function highlightJob(id: string, scroll = true): void {
+  for (const item of document.querySelectorAll<HTMLElement>("#jobs-list > li")) {
+    item.dataset.highlight = String(item.dataset.jobId === id);
+    if (scroll && item.dataset.jobId === id) item.scrollIntoView({ block: "nearest" });
+  }
+}
 
 /** Brings the whole window in line with one snapshot of the core; a logged-in window
  * shows `screen` (Home by default). */
@@ -216,6 +408,7 @@ export function render(snapshot: AgentSnapshot, screen: Screen = "status"): void
     status: byId("status-view"),
     consent: byId("consent-view"),
     settings: byId("settings-view"),
+    jobs: byId("jobs-view"),
   };
   const shown = snapshot.loggedIn ? screen : "login";
   for (const [name, view] of Object.entries(views)) view.hidden = name !== shown;
@@ -271,6 +464,7 @@ export function render(snapshot: AgentSnapshot, screen: Screen = "status"): void
   toggle.setAttribute("aria-pressed", String(snapshot.paused));
 
   const jobs = snapshot.recentJobs ?? [];
+  renderJobs(jobs);
   const body = byId("jobs-body");
   body.replaceChildren(...jobs.slice(0, MAX_ROWS).map(jobRow));
   byId("jobs").hidden = jobs.length === 0;
@@ -280,7 +474,12 @@ export function render(snapshot: AgentSnapshot, screen: Screen = "status"): void
 /** The one sentence at the top of Home: what matters most now, first. */
 export function homeSentence(snapshot: AgentSnapshot): { text: string; state: string; site?: string } {
   const site = snapshot.browser?.loginRequired?.[0];
-  if (snapshot.paused) return { text: S.sentencePaused, state: "paused" };
+  if (snapshot.paused) {
+    const until = snapshot.pausedUntil ? new Date(snapshot.pausedUntil).getTime() : NaN;
+    return Number.isNaN(until)
+      ? { text: S.sentencePaused, state: "paused" }
+      : { text: fill(S.sentencePausedUntil, { time: formatInstant(until) }), state: "paused" };
+  }
   if (site) return { text: fill(S.sentenceNeedsLogin, { site }), state: "needs-you", site };
   if (snapshot.quietUntil) return { text: fill(S.sentenceQuiet, { time: snapshot.quietUntil }), state: "quiet" };
   if (snapshot.connection === "offline") return { text: S.sentenceOffline, state: "offline" };

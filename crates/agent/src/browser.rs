@@ -477,6 +477,7 @@ pub(crate) async fn run(
     bundles: Option<&crate::bundles::BundleContext>,
     egress: Option<&crate::egress::EgressGate>,
     job: &JobSpec,
+    report: Option<&dyn crate::state::JobReport>,
 ) -> (Result<Value, JobError>, Option<Value>) {
     let payload: BrowserJobPayload = match serde_json::from_value(job.payload.clone()) {
         Ok(p) => p,
@@ -502,11 +503,33 @@ pub(crate) async fn run(
         return (Err(refused), None);
     }
     tracing::info!(job_id = %job.job_id, site = %site.adapter.name, source = %site.source, "browser job adapter");
+    if let Some(report) = report {
+        report.site(&site.adapter.name);
+    }
     note_site(data_dir, &site);
     let uploads = job_uploads(&settings, site.bundle_dir.as_deref());
     let refused_before = egress.map(|gate| gate.browser_refusals().0);
-    let outcome = runtime.run_job(&job.job_type, &job.job_id, &payload, &site.adapter, &uploads).await;
+    let relay = Relay(report);
+    let outcome =
+        runtime.run_job_reporting(&job.job_type, &job.job_id, &payload, &site.adapter, &uploads, &relay).await;
     (explain_refusal(outcome.result, egress, refused_before), outcome.error_data)
+}
+
+/// The browser runtime's progress and screenshots, passed on to the job's report.
+struct Relay<'a>(Option<&'a dyn crate::state::JobReport>);
+
+impl edge_browser::JobReporter for Relay<'_> {
+    fn progress(&self, done: u32, total: u32) {
+        if let Some(report) = self.0 {
+            report.progress(done, total);
+        }
+    }
+
+    fn screenshot(&self, path: &Path) {
+        if let Some(report) = self.0 {
+            report.screenshot(path);
+        }
+    }
 }
 
 /// A flow that failed while the gate refused one of the browser's connections failed because

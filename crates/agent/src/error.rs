@@ -76,6 +76,10 @@ pub enum AgentError {
     )]
     DeviceLoginUnsupported { hub: String, detail: String },
 
+    /// The person asked to cancel a job this agent does not hold (any more).
+    #[error("the task {0} is not running any more (it finished, or never ran here): there is nothing to cancel")]
+    JobNotRunning(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -99,6 +103,7 @@ impl AgentError {
             AgentError::DeviceLoginExpired { .. } => "device_login_expired",
             AgentError::DeviceLoginDenied => "device_login_denied",
             AgentError::DeviceLoginUnsupported { .. } => "device_login_unsupported",
+            AgentError::JobNotRunning(_) => "job_not_running",
             AgentError::Internal(_) => "internal",
         }
     }

@@ -1088,7 +1088,11 @@ fn print_state(file: &StateFile, alive: bool) {
             "connection:  {}",
             serde_json::to_value(s.connection).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
         );
-        println!("paused:      {}", if s.paused { "yes" } else { "no" });
+        match (&s.paused, &s.paused_until) {
+            (true, Some(until)) => println!("paused:      until {until}"),
+            (true, None) => println!("paused:      yes, until resumed"),
+            (false, _) => println!("paused:      no"),
+        }
         println!("busy:        {} job(s)", s.busy);
         let streams = if s.tunnel.streams > 0 { format!(", {} stream(s)", s.tunnel.streams) } else { String::new() };
         println!("tunnel:      {}{streams}", if s.tunnel.state.is_empty() { "off" } else { &s.tunnel.state });

@@ -21,6 +21,7 @@ use crate::hub_url::HubUrl;
 use crate::keychain::{Keychain, KeychainChoice};
 use crate::local_settings::LocalSettings;
 use crate::outbox::Outbox;
+use crate::pause::{PauseFile, PauseLength, PauseState};
 use crate::runners::{self, Resources};
 use crate::secret::Secret;
 use crate::session::{self, SessionConfig};
@@ -42,6 +43,13 @@ pub const DEFAULT_PROFILE: &str = "default";
 /// How often the snapshot's quiet hours follow the clock: the start or end shows at most
 /// this late (the executor checks the clock itself at every job).
 const QUIET_HOURS_CHECK: Duration = Duration::from_secs(20);
+
+/// The reason a job cancelled from the tray or the CLI reports to the hub.
+pub const CANCELLED_HERE: &str = "cancelled by the person at the agent's computer";
+
+/// The longest a pause timer sleeps before it looks at the wall clock again: a machine
+/// that slept through the end of a pause resumes within this of waking up.
+const PAUSE_CHECK: Duration = Duration::from_secs(60);
 
 /// How long `shutdown` waits for the loop to report cancelled jobs and close the socket.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +117,15 @@ struct Inner {
     state: StateHandle,
     /// The person's pause; the executor refuses new jobs and the session tells the hub.
     paused: watch::Sender<bool>,
+    /// Where the pause and its end are kept across restarts.
+    pause_file: PauseFile,
+    /// Ends a pause with an end; replaced by every new pause.
+    pause_timer: Mutex<Option<JoinHandle<()>>>,
+    /// The runtime `start` ran on: a pause taken from a thread outside it (the tray's menu,
+    /// on the GUI thread) arms its timer there.
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// The running loop's executor, for the person's cancel; `None` between loops.
+    executor: Mutex<Option<Executor>>,
     outbox: Outbox,
     browser: BrowserHost,
     /// The person's egress gate, read from settings.json and `allow_egress` when the
@@ -124,6 +141,58 @@ struct Inner {
 }
 
 impl Inner {
+    /// Keeps `pause` in `pause.json`, then applies it: the executor and the hub follow the
+    /// watch, the snapshot shows it, subscribers hear `Paused`/`Resumed` when it flips.
+    fn apply_pause(&self, pause: PauseState) {
+        if let Err(e) = self.pause_file.save(&pause) {
+            tracing::warn!(error = %e, "cannot keep the pause in pause.json; it holds until the agent stops");
+        }
+        let paused = pause.paused;
+        let until = if paused { pause.until_rfc3339() } else { None };
+        let changed = self.paused.send_if_modified(|current| std::mem::replace(current, paused) != paused);
+        if changed || self.state.snapshot().paused_until != until {
+            self.state.update(|s| {
+                s.paused = paused;
+                s.paused_until = until;
+            });
+        }
+        if changed {
+            self.state.emit(if paused { AgentEvent::Paused } else { AgentEvent::Resumed });
+        }
+    }
+
+    /// Arms the timer that ends the kept pause at its end (none for a pause until resumed,
+    /// or outside a tokio runtime: `start` arms it then).
+    fn arm_pause_timer(self: &Arc<Self>) {
+        let stored = || self.runtime.lock().ok().and_then(|r| r.clone());
+        let Some(runtime) = tokio::runtime::Handle::try_current().ok().or_else(stored) else { return };
+        let Ok(mut timer) = self.pause_timer.lock() else { return };
+        if let Some(old) = timer.take() {
+            old.abort();
+        }
+        let pause = self.pause_file.load();
+        let Some(until) = pause.until_ms.filter(|_| pause.paused) else { return };
+        let weak = Arc::downgrade(self);
+        *timer = Some(runtime.spawn(async move {
+            // By the wall clock, a minute at most at a time: a monotonic sleep does not count
+            // the time a suspended machine slept.
+            loop {
+                let left = crate::pause::remaining(until, crate::pause::now_ms());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(left.min(PAUSE_CHECK)).await;
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            // Only the pause this timer was armed for: a newer one has its own timer.
+            let kept = inner.pause_file.load();
+            if kept.paused && kept.until_ms == Some(until) {
+                tracing::info!("the pause ended; taking jobs again");
+                inner.apply_pause(PauseState::default());
+            }
+        }));
+    }
+
     fn set_credentials(&self, credentials: Option<&Credentials>, backend: Option<String>) {
         self.state.update(|s| {
             s.logged_in = credentials.is_some();
@@ -245,7 +314,9 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     if capabilities.is_empty() {
         tracing::warn!("no capability is granted: the hub will assign this agent nothing (edge-agent consent show)");
     }
-    capabilities.extend([capability::JOB_CANCEL, capability::PAUSE, capability::JOB_LOG].map(str::to_owned));
+    capabilities.extend(
+        [capability::JOB_CANCEL, capability::PAUSE, capability::JOB_LOG, capability::JOB_PROGRESS].map(str::to_owned),
+    );
     let host = inner.browser.clone();
     // The sites needing a login live on disk, where a login made by another process
     // (`edge-agent browser login` beside a running agent) clears them: look again now and
@@ -288,6 +359,7 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         }
     });
     let executor = Executor::spawn(ExecutorConfig {
+        screenshots: Some(crate::screenshots::Screenshots::new(&data_dir)),
         state: state.clone(),
         runners,
         slots: inner.settings.slots,
@@ -313,6 +385,9 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
             }
         }
     }
+    if let Ok(mut current) = inner.executor.lock() {
+        *current = Some(executor.clone());
+    }
     let config = SessionConfig {
         state: state.clone(),
         credentials,
@@ -326,6 +401,10 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         paused: hub_paused_rx,
     };
     session::run(config, cancel).await;
+    // The executor ends once every handle is gone: this one must not keep it alive.
+    if let Ok(mut current) = inner.executor.lock() {
+        *current = None;
+    }
 }
 
 /// Cheap to clone; all clones drive the same agent.
@@ -344,8 +423,18 @@ impl AgentService {
 
     /// A service with another credential store (tests, embedders with their own vault).
     pub fn with_store(settings: AgentSettings, store: Arc<dyn CredentialStore>) -> AgentService {
-        let (paused, _) = watch::channel(false);
+        // A pause kept by an earlier run holds until its end (or until resumed).
+        let pause_file = PauseFile::new(&settings.data_dir);
+        let kept = pause_file.load();
+        let holds = kept.holds(crate::pause::now_ms());
+        let (paused, _) = watch::channel(holds);
         let state = StateHandle::new(settings.data_dir.clone());
+        if holds {
+            state.update(|s| {
+                s.paused = true;
+                s.paused_until = kept.until_rfc3339();
+            });
+        }
         let egress = LocalSettings::load(&settings.data_dir)
             .and_then(|local| EgressGate::from_settings(&local, &settings.allow_egress, &settings.data_dir))
             .map_err(|e| e.to_string());
@@ -364,6 +453,10 @@ impl AgentService {
                 store,
                 state,
                 paused,
+                pause_file,
+                pause_timer: Mutex::new(None),
+                runtime: Mutex::new(tokio::runtime::Handle::try_current().ok()),
+                executor: Mutex::new(None),
                 outbox,
                 browser,
                 egress,
@@ -531,6 +624,10 @@ impl AgentService {
             return Ok(());
         }
         self.inner.state.enable_state_file();
+        if let Ok(mut stored) = self.inner.runtime.lock() {
+            *stored = Some(runtime.clone());
+        }
+        self.inner.arm_pause_timer();
         let cancel = CancellationToken::new();
         let handle = runtime.spawn(run_loop(Arc::clone(&self.inner), cancel.clone()));
         *running = Some(RunningLoop { cancel, handle });
@@ -587,21 +684,50 @@ impl AgentService {
         Ok(())
     }
 
-    /// Stop taking new jobs (running ones finish); the hub is told via `availability`.
+    /// Stop taking new jobs until resumed (running ones finish); the hub is told via
+    /// `availability`.
     pub fn pause(&self) {
-        self.set_paused(true);
+        self.pause_for(PauseLength::UntilResumed);
+    }
+
+    /// Stop taking new jobs for `length`: until resumed, for an hour, or until tomorrow
+    /// morning. The pause and its end are kept in `pause.json` (a restart keeps it); at its
+    /// end the agent takes jobs again by itself. A new pause replaces the one before.
+    pub fn pause_for(&self, length: PauseLength) {
+        self.pause_until(length.end(chrono::Local::now()));
+    }
+
+    /// Stop taking new jobs until `end` (`None`: until resumed); see [`Self::pause_for`].
+    pub fn pause_until(&self, end: Option<chrono::DateTime<chrono::Utc>>) {
+        let until_ms = end.map(|end| end.timestamp_millis());
+        self.inner.apply_pause(PauseState { paused: true, until_ms });
+        self.inner.arm_pause_timer();
     }
 
     pub fn resume(&self) {
-        self.set_paused(false);
+        self.inner.apply_pause(PauseState::default());
+        self.inner.arm_pause_timer();
     }
 
-    fn set_paused(&self, paused: bool) {
-        let changed = self.inner.paused.send_if_modified(|current| std::mem::replace(current, paused) != paused);
-        if changed {
-            self.inner.state.update(|s| s.paused = paused);
-            self.inner.state.emit(if paused { AgentEvent::Paused } else { AgentEvent::Resumed });
+    /// Cancels a job this agent holds (running, or waiting for a slot), as a hub's
+    /// `job_cancel` would: it ends with `CANCELLED` and the hub is told through its
+    /// `job_result`. A job that is not held here (finished, or never here) is
+    /// [`AgentError::JobNotRunning`].
+    pub async fn cancel_job(&self, id: &str) -> Result<(), AgentError> {
+        let executor = self.inner.executor.lock().ok().and_then(|e| e.clone());
+        let Some(executor) = executor else { return Err(AgentError::JobNotRunning(id.to_owned())) };
+        if !executor.running().await.iter().any(|held| held == id) {
+            return Err(AgentError::JobNotRunning(id.to_owned()));
         }
+        tracing::info!(job_id = %id, "job cancelled by the person");
+        executor.cancel(id, CANCELLED_HERE);
+        Ok(())
+    }
+
+    /// The last screenshot of a recent browser job (PNG bytes), `None` when it took none.
+    /// Asked by job id only: nothing here reads a path the caller names.
+    pub fn job_screenshot(&self, id: &str) -> Result<Option<Vec<u8>>, AgentError> {
+        crate::screenshots::Screenshots::new(&self.inner.settings.data_dir).get(id)
     }
 
     /// Stops the loop and deletes the keychain entry. The hub still knows the agent until

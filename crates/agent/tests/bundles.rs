@@ -173,6 +173,7 @@ impl Fixture {
             after_job: None,
             jobs_per_hour: None,
             quiet_hours: None,
+            screenshots: None,
             cancel: CancellationToken::new(),
         });
         executor.assign(job.clone());

@@ -199,6 +199,85 @@ async fn session_runs_jobs_answers_bad_frames_and_honours_pause_and_cancel() {
     assert_eq!(state["snapshot"]["connection"], "offline");
 }
 
+/// The person's Cancel (the tray's Jobs screen): the job ends with the protocol's
+/// `CANCELLED`, the hub hears it through the job's `job_result`, the window through the
+/// record and `JobFailed`; a job that is not running any more cannot be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_person_cancels_a_running_job_and_the_hub_is_told() {
+    let Connected { hub, dir: _dir, agent, mut events, login: _login, mut session, hello } =
+        connect(FakeHub::start().await, Duration::from_secs(25)).await;
+    match hello {
+        AgentFrame::Hello { capabilities, .. } => assert!(capabilities.iter().any(|c| c == "job_progress")),
+        _ => unreachable!(),
+    }
+    assign(&session, "job-long", "http_request", json!({"url": hub.target("/slow/20000")}));
+    expect_ack(&mut session, "job-long").await;
+    wait_for(&mut events, |e| matches!(e, AgentEvent::JobStarted { id, .. } if id == "job-long")).await;
+    agent.cancel_job("job-long").await.unwrap();
+    let (status, _, err) = expect_result(&mut session, "job-long").await;
+    assert_eq!(status, JobStatus::Error);
+    let err = err.unwrap();
+    assert_eq!(err.code, ErrorCode::Cancelled);
+    assert_eq!(err.message.as_deref(), Some(edge_agent::service::CANCELLED_HERE));
+    let failed = wait_for(&mut events, |e| matches!(e, AgentEvent::JobFailed { id, .. } if id == "job-long")).await;
+    assert!(matches!(failed, AgentEvent::JobFailed { code, .. } if code == "CANCELLED"));
+    let record = agent.snapshot().recent_jobs.into_iter().find(|r| r.id == "job-long").unwrap();
+    assert_eq!((record.status, record.error_code.as_deref()), (JobRunStatus::Failed, Some("CANCELLED")));
+
+    let again = agent.cancel_job("job-long").await.unwrap_err();
+    assert!(matches!(again, AgentError::JobNotRunning(_)), "{again:?}");
+    assert_eq!(again.code(), "job_not_running");
+    assert!(matches!(agent.cancel_job("job-never").await, Err(AgentError::JobNotRunning(_))));
+    agent.shutdown().await;
+}
+
+/// A pause with an end ends by itself; the pause and its end survive a restart; one whose
+/// end passed while the agent was stopped is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_until_a_time_ends_by_itself_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = || {
+        AgentService::with_store(AgentSettings::new(dir.path().to_path_buf()), Arc::new(MemoryCredentialStore::new()))
+    };
+    let agent = fresh();
+    let mut events = agent.subscribe();
+    agent.pause_for(edge_agent::pause::PauseLength::OneHour);
+    let snapshot = agent.snapshot();
+    assert!(snapshot.paused);
+    let until = snapshot.paused_until.clone().expect("an end");
+    let end = chrono::DateTime::parse_from_rfc3339(&until).unwrap();
+    let left = end.signed_duration_since(chrono::Utc::now()).num_minutes();
+    assert!((58..=60).contains(&left), "{left} minutes left");
+    wait_for(&mut events, |e| matches!(e, AgentEvent::Paused)).await;
+
+    // A restart keeps it.
+    drop(agent);
+    let agent = fresh();
+    assert!(agent.snapshot().paused);
+    assert_eq!(agent.snapshot().paused_until.as_deref(), Some(until.as_str()));
+
+    // An end a moment away: the agent takes jobs again by itself.
+    let mut events = agent.subscribe();
+    agent.pause_until(Some(chrono::Utc::now() + chrono::Duration::milliseconds(300)));
+    assert!(agent.snapshot().paused);
+    wait_for(&mut events, |e| matches!(e, AgentEvent::Resumed)).await;
+    assert!(!agent.snapshot().paused);
+    assert_eq!(agent.snapshot().paused_until, None);
+    assert!(!fresh().snapshot().paused, "the ended pause is not kept");
+
+    // Until resumed: kept, with no end.
+    agent.pause();
+    assert!(fresh().snapshot().paused);
+    assert_eq!(fresh().snapshot().paused_until, None);
+    agent.resume();
+    assert!(!fresh().snapshot().paused);
+
+    // An end that passed while no agent ran.
+    let past = edge_agent::pause::PauseState { paused: true, until_ms: Some(edge_agent::pause::now_ms() - 1_000) };
+    edge_agent::pause::PauseFile::new(dir.path()).save(&past).unwrap();
+    assert!(!fresh().snapshot().paused);
+}
+
 /// `{"a":{"a":…{}…}}`, `levels` deep.
 fn nested(levels: usize) -> String {
     format!("{}{{}}{}", r#"{"a":"#.repeat(levels - 1), "}".repeat(levels - 1))

@@ -26,6 +26,9 @@ const LAYERS: &[&str] = &[
     "backoff",
     "runtime",
     "state",
+    // The person's pause, and the last screenshot of each recent browser job.
+    "pause",
+    "screenshots",
     "local_settings",
     "consent",
     "limits",

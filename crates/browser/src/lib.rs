@@ -35,7 +35,9 @@ pub mod testsite;
 pub use error::BrowserError;
 pub use flow::{Adapter, Flow, FlowDocument, Step};
 pub use launch::{find_browser, BrowserLaunch, WarmBrowser};
-pub use runtime::{BrowserEvent, BrowserRuntime, BrowserSettings, BrowserStatus, JobOutcome, KeyStore, Notifier};
+pub use runtime::{
+    BrowserEvent, BrowserRuntime, BrowserSettings, BrowserStatus, JobOutcome, JobReporter, KeyStore, NoReport, Notifier,
+};
 
 /// Milliseconds since the Unix epoch (wall clock), the unit of every persisted timestamp here.
 pub fn now_ms() -> i64 {

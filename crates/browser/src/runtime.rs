@@ -181,6 +181,28 @@ pub struct JobOutcome {
     pub error_data: Option<Value>,
 }
 
+/// What a running job tells whoever runs it, as it goes: how far a broadcast got, and each
+/// screenshot a flow took (the agent keeps the last one to show the person). Both are
+/// called from the job's task and must return at once.
+pub trait JobReporter: Send + Sync {
+    /// `done` of `total` recipients are behind us (sent, or never to be sent again).
+    fn progress(&self, _done: u32, _total: u32) {}
+    /// A flow wrote a screenshot to `path` (in the runtime's artifacts folder, which the
+    /// next job may overwrite: copy it to keep it).
+    fn screenshot(&self, _path: &std::path::Path) {}
+}
+
+/// Reports to nobody.
+pub struct NoReport;
+
+impl JobReporter for NoReport {}
+
+fn report_screenshots(reporter: &dyn JobReporter, output: &FlowOutput) {
+    if let Some(last) = output.screenshots.last() {
+        reporter.screenshot(std::path::Path::new(last));
+    }
+}
+
 impl JobOutcome {
     fn err(error: BrowserError) -> JobOutcome {
         JobOutcome { result: Err(error.to_job_error()), error_data: None }
@@ -485,6 +507,19 @@ impl BrowserRuntime {
         adapter: &Adapter,
         uploads: &Uploads,
     ) -> JobOutcome {
+        self.run_job_reporting(job_type, job_id, payload, adapter, uploads, &NoReport).await
+    }
+
+    /// [`Self::run_job`], telling `reporter` how far it got and what screenshots it took.
+    pub async fn run_job_reporting(
+        &self,
+        job_type: &str,
+        job_id: &str,
+        payload: &BrowserJobPayload,
+        adapter: &Adapter,
+        uploads: &Uploads,
+        reporter: &dyn JobReporter,
+    ) -> JobOutcome {
         if let Err(e) = adapter.validate() {
             return JobOutcome::err(e);
         }
@@ -499,10 +534,12 @@ impl BrowserRuntime {
             return JobOutcome::err(e);
         }
         let outcome = match job_type {
-            SEND_DM => return self.send_dm(job_id, payload, adapter, uploads, hub_cap, deadline).await,
-            BROADCAST_DM => return self.broadcast(job_id, payload, adapter, uploads, hub_cap, deadline).await,
-            SCHEDULE_POST => self.schedule_post(payload, adapter, uploads, hub_cap, deadline).await,
-            SCRAPE_SUBS => self.scrape_subs(payload, adapter, uploads, hub_cap, deadline).await,
+            SEND_DM => return self.send_dm(job_id, payload, adapter, uploads, hub_cap, deadline, reporter).await,
+            BROADCAST_DM => {
+                return self.broadcast(job_id, payload, adapter, uploads, hub_cap, deadline, reporter).await
+            }
+            SCHEDULE_POST => self.schedule_post(payload, adapter, uploads, hub_cap, deadline, reporter).await,
+            SCRAPE_SUBS => self.scrape_subs(payload, adapter, uploads, hub_cap, deadline, reporter).await,
             other => Err(BrowserError::BadFlow(format!("{other:?} is not a browser job type"))),
         };
         match outcome {
@@ -543,6 +580,7 @@ impl BrowserRuntime {
     /// it is a success; not found, the job fails with the send's own error and the hub
     /// retries it. When nobody can tell, the job fails `SEND_UNCERTAIN` (never retried)
     /// with the recipient in `uncertainRecipients`, and this agent never sends it again.
+    #[allow(clippy::too_many_arguments)]
     async fn send_dm(
         &self,
         job_id: &str,
@@ -551,6 +589,7 @@ impl BrowserRuntime {
         uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
+        reporter: &dyn JobReporter,
     ) -> JobOutcome {
         let recipient = match payload
             .recipient
@@ -568,7 +607,7 @@ impl BrowserRuntime {
         };
         let recipients = vec![recipient.clone()];
         let sends = match self
-            .send_each(SEND_DM, job_id, payload, &recipients, adapter, uploads, hub_cap, deadline, true)
+            .send_each(SEND_DM, job_id, payload, &recipients, adapter, uploads, hub_cap, deadline, true, reporter)
             .await
         {
             Ok(sends) => sends,
@@ -612,6 +651,7 @@ impl BrowserRuntime {
         outcome
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn broadcast(
         &self,
         job_id: &str,
@@ -620,13 +660,14 @@ impl BrowserRuntime {
         uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
+        reporter: &dyn JobReporter,
     ) -> JobOutcome {
         let recipients: Vec<String> = payload.recipients.clone().unwrap_or_default();
         if recipients.iter().all(|r| r.trim().is_empty()) {
             return JobOutcome::err(BrowserError::BadFlow("broadcast_dm needs a non-empty `recipients` list".into()));
         }
         let sends = match self
-            .send_each(BROADCAST_DM, job_id, payload, &recipients, adapter, uploads, hub_cap, deadline, false)
+            .send_each(BROADCAST_DM, job_id, payload, &recipients, adapter, uploads, hub_cap, deadline, false, reporter)
             .await
         {
             Ok(sends) => sends,
@@ -669,6 +710,7 @@ impl BrowserRuntime {
         hub_cap: Option<Cap>,
         deadline: i64,
         ask_at_once: bool,
+        reporter: &dyn JobReporter,
     ) -> Result<Sends, BrowserError> {
         let flow = adapter.flow(SEND_DM)?;
         let mut probe_params = payload.params.clone();
@@ -715,7 +757,16 @@ impl BrowserRuntime {
                         None => recipients.to_vec(),
                     };
                     let mut first = true;
-                    for recipient in order {
+                    // Recipients behind us (sent, or never to be sent again), for the
+                    // person's "12/40": the count moves on as each one is done.
+                    let total = order.len() as u32;
+                    reporter.progress(0, total);
+                    for (done, recipient) in order.into_iter().enumerate() {
+                        // Every path below that goes on to the next recipient is done with
+                        // this one; one that is not returns.
+                        if done > 0 {
+                            reporter.progress(done as u32, total);
+                        }
                         let index = checkpoint.as_ref().and_then(|cp| {
                             cp.recipients.iter().position(|r| normalize(&r.recipient) == normalize(&recipient))
                         });
@@ -770,6 +821,7 @@ impl BrowserRuntime {
                             run_flow_watching_submit(&driver, adapter, &flow, &params, &options, &submitted).await;
                         let e = match sending {
                             Ok(output) => {
+                                report_screenshots(reporter, &output);
                                 *last_output = Some(output);
                                 if let (Some(cp), Some(i)) = (checkpoint.as_mut(), index) {
                                     store.mark(cp, i, Progress::Sent).map_err(|e| BrowserError::Io(e.to_string()))?;
@@ -809,6 +861,7 @@ impl BrowserRuntime {
                         }
                         return Err(e);
                     }
+                    reporter.progress(total, total);
                     Ok(())
                 }
             })
@@ -830,6 +883,7 @@ impl BrowserRuntime {
         uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
+        reporter: &dyn JobReporter,
     ) -> Result<(Value, Option<Value>), BrowserError> {
         let p = &payload.params;
         let at = p.get("at").and_then(Value::as_str).ok_or_else(|| {
@@ -885,6 +939,7 @@ impl BrowserRuntime {
             .await;
         let _ = std::fs::remove_dir_all(&media_dir);
         let output = output?;
+        report_screenshots(reporter, &output);
         Ok((
             json!({
                 "scheduledFor": when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -908,6 +963,7 @@ impl BrowserRuntime {
         uploads: &Uploads,
         hub_cap: Option<Cap>,
         deadline: i64,
+        reporter: &dyn JobReporter,
     ) -> Result<(Value, Option<Value>), BrowserError> {
         // Scraping has no final submit to skip: a dry run loads the same pages, so it spends
         // its token too.
@@ -924,6 +980,7 @@ impl BrowserRuntime {
                 deadline,
             )
             .await?;
+        report_screenshots(reporter, &output);
         let subscribers = output.vars.get("subscribers").cloned().unwrap_or_else(|| json!([]));
         let count = subscribers.as_array().map_or(0, Vec::len);
         Ok((json!({ "subscribers": subscribers, "count": count, "pages": output.pages }), None))

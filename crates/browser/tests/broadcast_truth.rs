@@ -36,6 +36,32 @@ async fn broadcast(
     runtime.run_job("broadcast_dm", job_id, &payload, adapter, &Uploads::none()).await
 }
 
+/// Progress as the runtime reported it (`done`, `total`).
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(u32, u32)>>);
+
+impl edge_browser::JobReporter for Recorder {
+    fn progress(&self, done: u32, total: u32) {
+        self.0.lock().unwrap().push((done, total));
+    }
+}
+
+async fn broadcast_reporting(
+    runtime: &BrowserRuntime,
+    job_id: &str,
+    adapter: &Adapter,
+    recipients: &[&str],
+    text: &str,
+) -> (JobOutcome, Vec<(u32, u32)>) {
+    let payload: BrowserJobPayload =
+        serde_json::from_value(json!({"adapter": {}, "recipients": recipients, "params": {"text": text}})).unwrap();
+    let recorder = Recorder::default();
+    let outcome =
+        runtime.run_job_reporting("broadcast_dm", job_id, &payload, adapter, &Uploads::none(), &recorder).await;
+    let progress = recorder.0.into_inner().unwrap();
+    (outcome, progress)
+}
+
 /// The result's `data`, whether the job succeeded or failed (a partial run's).
 fn data(outcome: &JobOutcome) -> Value {
     match &outcome.result {
@@ -80,8 +106,10 @@ async fn broadcast_reports_only_what_it_knows() {
     // throttled send must be known as not sent, not guessed about on the retry.)
     let fans = ["t1", "t2", "t3", "t4"];
     site.set_rate_limit(Some((2, Duration::from_secs(60))));
-    let out = broadcast(&runtime, "job_throttled", &unchecked, &fans, "Throttled hello").await;
+    let (out, progress) = broadcast_reporting(&runtime, "job_throttled", &unchecked, &fans, "Throttled hello").await;
     assert_eq!(code(&out), "RATE_LIMITED", "{:?}", out.result);
+    // Progress counts the recipients behind it: two sent, then the throttled third stops it.
+    assert_eq!(progress, [(0, 4), (1, 4), (2, 4)]);
     let back_off = out.result.as_ref().unwrap_err().retry_after_ms.expect("a back-off");
     assert_eq!(data(&out)["sentRecipients"], json!(["t1", "t2"]), "{}", data(&out));
     assert_eq!(data(&out)["uncertainRecipients"], json!([]));
@@ -91,8 +119,10 @@ async fn broadcast_reports_only_what_it_knows() {
     // wait, not an assertion). The throttled one is sent now, once.
     site.set_rate_limit(None);
     tokio::time::sleep(Duration::from_millis(back_off + 100)).await;
-    let out = broadcast(&runtime, "job_throttled", &unchecked, &fans[2..], "Throttled hello").await;
+    let (out, progress) =
+        broadcast_reporting(&runtime, "job_throttled", &unchecked, &fans[2..], "Throttled hello").await;
     assert_eq!(code(&out), "OK", "{:?}", out.result);
+    assert_eq!(progress, [(0, 2), (1, 2), (2, 2)], "the retry's own recipients, to the end");
     assert_eq!(data(&out)["sentRecipients"], json!(fans));
     assert_eq!(counts(&site, &fans), [1, 1, 1, 1], "each exactly once");
 

@@ -7,6 +7,7 @@ pub mod settings;
 use crate::app::Agent;
 use crate::device_sign_in::{DeviceSignIn, DeviceSignInView};
 use edge_agent::consent::{Capability, Consent, Standing};
+use edge_agent::pause::PauseLength;
 use edge_agent::{AgentError, AgentSnapshot};
 use serde::Serialize;
 use tauri::{AppHandle, Runtime, State};
@@ -29,9 +30,10 @@ pub async fn logout(agent: State<'_, Agent>) -> Result<AgentSnapshot, AgentError
     Ok(agent.snapshot())
 }
 
+/// `length`: `untilResumed` (the default), `oneHour` or `untilTomorrow`.
 #[tauri::command]
-pub fn pause(agent: State<'_, Agent>) -> AgentSnapshot {
-    agent.pause();
+pub fn pause(agent: State<'_, Agent>, length: Option<PauseLength>) -> AgentSnapshot {
+    agent.pause_for(length.unwrap_or(PauseLength::UntilResumed));
     agent.snapshot()
 }
 
@@ -39,6 +41,34 @@ pub fn pause(agent: State<'_, Agent>) -> AgentSnapshot {
 #[tauri::command]
 pub fn restart_for_update<R: Runtime>(app: AppHandle<R>, when: edge_agent::updater::RestartWhen) {
     crate::updates::plan(&app, when);
+}
+
+/// The person's Cancel on the Jobs screen: the core ends the job and tells the hub.
+#[tauri::command]
+pub async fn cancel_job(agent: State<'_, Agent>, id: String) -> Result<AgentSnapshot, AgentError> {
+    agent.cancel_job(&id).await?;
+    Ok(agent.snapshot())
+}
+
+/// What a clicked notification asked the window to show, once: `{"job": id}` (null: the
+/// Jobs screen), or null when nothing was clicked.
+#[tauri::command]
+pub fn take_open_job(notifications: State<'_, crate::notifications::Notifications>) -> Option<OpenJob> {
+    notifications.take_open_job().map(|job| OpenJob { job })
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenJob {
+    job: Option<String>,
+}
+
+/// The last screenshot of a browser job as a `data:image/png;base64,…` URL, or null. By
+/// job id only: the window cannot name a file to read.
+#[tauri::command]
+pub fn job_screenshot(agent: State<'_, Agent>, id: String) -> Result<Option<String>, AgentError> {
+    use base64::Engine;
+    let png = agent.job_screenshot(&id)?;
+    Ok(png.map(|bytes| format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))))
 }
 
 #[tauri::command]

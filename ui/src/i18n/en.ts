@@ -214,6 +214,64 @@ export const en = {
   /** `{days}`: whole days without a verified update check. */
   updatesUnreachable:
     "Edge Agent has not been able to check for updates for {days} days. Check your connection; if it lasts, tell your hub's operator.",
+
+  // Jobs screen (issue 20): the live list of tasks, and the pause lengths.
+  openJobs: "Tasks",
+  jobsTitle: "Tasks",
+  jobsIntro: "What this computer did for your hub lately. The list follows by itself.",
+  jobsNone: "No tasks yet.",
+  jobsBack: "Back to Home",
+  cancelJob: "Cancel",
+  /** `{what}` is the task in words. */
+  cancelJobLabel: "Cancel: {what}",
+  jobScreenshotAlt: "Last screenshot of this task",
+  /** `{time}` is the time of day. */
+  jobStartedAt: "Started at {time}",
+  jobEndedAt: "Ended at {time}",
+  /** A task in words: `{site}` is the site's name, `{recipient}` as the site names them. */
+  wordsDmRunning: "Sending a message to {recipient} on {site}",
+  wordsDmDone: "Sent a message to {recipient} on {site}",
+  /** `{total}` recipients. */
+  wordsBroadcast: "Broadcast to {total} fans on {site}",
+  wordsBroadcastProgress: "Broadcast to {total} fans on {site}: {done}/{total} sent",
+  wordsPost: "Scheduled post on {site}",
+  wordsScrape: "Subscriber list of {site}",
+  wordsDryRun: "Trial run: nothing is sent.",
+  /** Progress of a task that reports it: `{done}` of `{total}`. */
+  progressLabel: "{done} of {total} done",
+  kindHttpRequest: "Web request",
+  kindBundle: "Signed script",
+  kindSendDm: "Message",
+  kindBroadcastDm: "Message to several fans",
+  kindSchedulePost: "Scheduled post",
+  kindScrapeSubs: "Subscriber list",
+  /** `{type}` is the task type's technical name. */
+  kindOther: "Task {type}",
+  // A failed task in words, with what to do next, by the protocol's error code.
+  jobErrNetwork: "The site could not be reached. Check this computer's internet connection; your hub tries again later.",
+  jobErrNavTimeout: "The site took too long to answer. Your hub tries again later.",
+  jobErrRateLimited: "The site asked to slow down. Tasks on it wait a while, then go on by themselves.",
+  jobErrLoginRequired: "The site shows its logged-out page. Log in to it from Home; your hub can then try again.",
+  jobErrContentBlocked: "The site refused the content. Check the message or its files with whoever sent the task.",
+  jobErrPolicyViolation: "This task asked for something your settings do not allow. Nothing was done.",
+  jobErrPaused: "Refused while paused or in quiet hours. Your hub offers it again later.",
+  jobErrUnsupported: "This version of Edge Agent does not know this kind of task. Update Edge Agent.",
+  jobErrBadPayload: "The task was malformed. Tell whoever runs your hub.",
+  jobErrCancelled: "Cancelled. Your hub was told.",
+  jobErrInternal: "Edge Agent failed on this task. Open the log folder from Settings for the details.",
+  jobErrNotGranted: "You have not allowed this kind of task. Allow it in Permissions if you want it to run.",
+  jobErrEgressDenied: "Your settings keep tasks away from this address. Nothing was sent there.",
+  jobErrEgressCap: "Today's data cap is reached. Tasks go on tomorrow, or raise the cap in Settings.",
+  jobErrSendUncertain: "The message may or may not have gone out, so it will not be sent again. Check on the site.",
+  /** `{code}` is the protocol's error code. */
+  jobErrOther: "The task failed ({code}).",
+  errJobNotRunning: "This task is not running any more: there is nothing to cancel.",
+  pauseMore: "Pause for…",
+  pauseHour: "Pause for 1 hour",
+  pauseTomorrow: "Pause until tomorrow 8:00",
+  pauseUntilResumed: "Pause until I resume",
+  /** `{time}` is when the pause ends. */
+  sentencePausedUntil: "Paused until {time}",
 } as const;
 
 /** The catalogue's shape: every key, each a string. */

@@ -12,8 +12,9 @@
 pub mod journal;
 
 use crate::limits::{local_minute_now, JobsPerHour, QuietHoursGate};
-use crate::runners::{RunContext, RunOutcome, Runners};
-use crate::state::{AgentEvent, JobRecord, JobRunStatus, StateHandle};
+use crate::runners::{JobReport, RunContext, RunOutcome, Runners};
+use crate::screenshots::Screenshots;
+use crate::state::{AgentEvent, JobRecord, JobRunStatus, JobSummary, StateHandle};
 use edge_protocol::{encode, AgentFrame, ErrorCode, HubLimits, JobError, JobSpec, JobStatus, MAX_FRAME_BYTES};
 use journal::Journal;
 use serde_json::Value;
@@ -58,6 +59,9 @@ pub struct ExecutorConfig {
     /// The person's quiet hours: new assignments inside them are refused as paused; `None`
     /// has none (an executor built for a test of something else).
     pub quiet_hours: Option<QuietHoursGate>,
+    /// Where the last screenshot of each browser job is kept for the window; `None` keeps
+    /// none (an executor built for a test of something else).
+    pub screenshots: Option<Screenshots>,
     /// Stops the report delivery; jobs end through [`Executor::cancel_all`].
     pub cancel: CancellationToken,
 }
@@ -117,6 +121,7 @@ impl Executor {
             after_job: config.after_job,
             jobs_per_hour: config.jobs_per_hour,
             quiet_hours: config.quiet_hours,
+            screenshots: config.screenshots,
             running: HashMap::new(),
             finished: FinishedJobs::default(),
             busy: busy_tx,
@@ -212,6 +217,7 @@ struct Task {
     after_job: Option<AfterJob>,
     jobs_per_hour: Option<JobsPerHour>,
     quiet_hours: Option<QuietHoursGate>,
+    screenshots: Option<Screenshots>,
     running: HashMap<String, RunningJob>,
     finished: FinishedJobs,
     busy: watch::Sender<usize>,
@@ -317,6 +323,7 @@ impl Task {
             state: self.state.clone(),
             frames: self.frames.clone(),
             journal: self.journal.clone(),
+            screenshots: self.screenshots.clone(),
             report,
         };
         tokio::spawn(job_task.run());
@@ -333,6 +340,9 @@ impl Task {
             finished_at: Some(now),
             error_code: Some(error.code.to_string()),
             message: Some(message.clone()),
+            progress: None,
+            summary: JobSummary::of(&job.job_type, &job.payload),
+            screenshot: false,
         });
         self.state.emit(AgentEvent::JobFailed {
             id: job.job_id.clone(),
@@ -398,6 +408,7 @@ struct JobTask {
     state: StateHandle,
     frames: mpsc::UnboundedSender<AgentFrame>,
     journal: Journal,
+    screenshots: Option<Screenshots>,
     report: mpsc::UnboundedSender<Command>,
 }
 
@@ -419,12 +430,22 @@ impl JobTask {
             finished_at: None,
             error_code: None,
             message: None,
+            progress: None,
+            summary: JobSummary::of(&job.job_type, &job.payload),
+            screenshot: false,
         });
         self.state.emit(AgentEvent::JobStarted { id: job.job_id.clone(), job_type: job.job_type.clone() });
         let outcome = match permit {
             None => RunOutcome::of(Err(cancelled())),
             Some(_permit) => {
-                let context = RunContext { cancel: self.cancel.clone(), log: Some(self.log_sink()) };
+                let report: Arc<dyn JobReport> = Arc::new(Reporter {
+                    id: job.job_id.clone(),
+                    state: self.state.clone(),
+                    frames: self.frames.clone(),
+                    screenshots: self.screenshots.clone(),
+                });
+                let context =
+                    RunContext { cancel: self.cancel.clone(), log: Some(self.log_sink()), report: Some(report) };
                 self.runners.run(job, context, &cancelled).await
             }
         };
@@ -494,6 +515,39 @@ impl JobTask {
     }
 }
 
+/// How a running job goes, to the person (its record and events) and the hub
+/// (`job_progress`, which also keeps the job's lease alive through a long broadcast).
+struct Reporter {
+    id: String,
+    state: StateHandle,
+    frames: mpsc::UnboundedSender<AgentFrame>,
+    screenshots: Option<Screenshots>,
+}
+
+impl JobReport for Reporter {
+    fn site(&self, site: &str) {
+        self.state.job_details(&self.id, |record| record.summary.site = Some(site.to_owned()));
+    }
+
+    fn progress(&self, done: u32, total: u32) {
+        self.state.job_progress(&self.id, done, total);
+        let pct = (u64::from(done) * 100).checked_div(u64::from(total)).map(|p| p.min(100) as u8);
+        let _ = self.frames.send(AgentFrame::JobProgress {
+            id: self.id.clone(),
+            pct,
+            msg: Some(format!("{done}/{total}")),
+        });
+    }
+
+    fn screenshot(&self, path: &std::path::Path) {
+        let Some(screenshots) = &self.screenshots else { return };
+        match screenshots.keep(&self.id, path) {
+            Ok(()) => self.state.job_details(&self.id, |record| record.screenshot = true),
+            Err(e) => tracing::warn!(job_id = %self.id, error = %e, "cannot keep the job's screenshot"),
+        }
+    }
+}
+
 pub(crate) fn result_frame(id: &str, outcome: Result<Value, JobError>) -> AgentFrame {
     match outcome {
         Ok(data) => AgentFrame::JobResult { id: id.to_owned(), status: JobStatus::Ok, data: Some(data), err: None },
@@ -541,6 +595,15 @@ mod tests {
                 let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
                 let now = self.at_once.fetch_add(1, Ordering::SeqCst) + 1;
                 self.most_at_once.fetch_max(now, Ordering::SeqCst);
+                if let (Some(total), Some(report)) = (job.payload["progress"].as_u64(), &context.report) {
+                    report.site("fandeck");
+                    for done in 0..=total as u32 {
+                        report.progress(done, total as u32);
+                    }
+                    if let Some(shot) = job.payload["screenshot"].as_str() {
+                        report.screenshot(std::path::Path::new(shot));
+                    }
+                }
                 let result = if job.payload["wait"] == true {
                     context.cancel.cancelled().await;
                     Err(JobError::new(ErrorCode::Cancelled, "stopped by its cancel"))
@@ -585,6 +648,7 @@ mod tests {
             jobs_per_hour: None,
             // No settings file: no quiet hours, until a test writes some.
             quiet_hours: Some(QuietHoursGate::new(dir.path())),
+            screenshots: Some(Screenshots::new(dir.path())),
             cancel: CancellationToken::new(),
         });
         Harness { executor, frames, runner, paused, state, dir }
@@ -730,6 +794,39 @@ mod tests {
         assert_eq!(id, "interrupted");
         assert!(result.is_ok(), "quiet hours stop new work only");
         assert_eq!(h.runner.runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn progress_site_and_screenshot_reach_the_record_the_events_and_the_hub() {
+        let mut h = harness(1);
+        let mut events = h.state.subscribe();
+        let shot = h.dir.path().join("artifact.png");
+        std::fs::write(&shot, b"\x89PNG\r\n\x1a\nimage").unwrap();
+        h.executor.assign(job("b1", serde_json::json!({"progress": 2, "screenshot": shot})));
+        let mut sent = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), h.frames.recv()).await.unwrap().unwrap();
+            match frame {
+                AgentFrame::JobProgress { id, pct, msg } => sent.push((id, pct, msg)),
+                AgentFrame::JobResult { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(sent.last().unwrap(), &("b1".to_owned(), Some(100), Some("2/2".to_owned())));
+        assert_eq!(sent[0].1, Some(0));
+        let record = h.state.snapshot().recent_jobs[0].clone();
+        assert_eq!(record.progress, Some(crate::state::JobProgress { done: 2, total: 2 }));
+        assert_eq!(record.summary.site.as_deref(), Some("fandeck"));
+        assert!(record.screenshot);
+        assert!(Screenshots::new(h.dir.path()).get("b1").unwrap().unwrap().ends_with(b"image"));
+        let mut progress_events = 0;
+        while let Ok(event) = events.try_recv() {
+            if let AgentEvent::JobProgress { id, job_type, .. } = event {
+                assert_eq!((id.as_str(), job_type.as_str()), ("b1", "count"));
+                progress_events += 1;
+            }
+        }
+        assert_eq!(progress_events, 3);
     }
 
     #[tokio::test]

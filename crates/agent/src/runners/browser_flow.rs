@@ -41,12 +41,18 @@ impl BrowserFlow {
 impl Runner for BrowserFlow {
     /// Dropping a flow closes nothing the next job needs: the page context is per job and
     /// the warm browser stays.
-    fn run<'a>(&'a self, job: &'a JobSpec, _context: RunContext) -> BoxFuture<'a, RunOutcome> {
+    fn run<'a>(&'a self, job: &'a JobSpec, context: RunContext) -> BoxFuture<'a, RunOutcome> {
         debug_assert_eq!(job.job_type, self.job_type);
         Box::pin(async move {
-            let (result, error_data) =
-                crate::browser::run(&self.runtime, &self.data_dir, self.bundles.as_ref(), self.egress.as_ref(), job)
-                    .await;
+            let (result, error_data) = crate::browser::run(
+                &self.runtime,
+                &self.data_dir,
+                self.bundles.as_ref(),
+                self.egress.as_ref(),
+                job,
+                context.report.as_deref(),
+            )
+            .await;
             RunOutcome { result, error_data, record: None }
         })
     }

@@ -23,18 +23,26 @@ use tokio_util::sync::CancellationToken;
 
 /// What a runner gets for one job besides its spec.
 pub struct RunContext {
-    /// Fires when the job is cancelled (by the hub, a pause-and-stop, or shutdown).
+    /// Fires when the job is cancelled (by the hub, the person, a pause-and-stop, or
+    /// shutdown).
     pub cancel: CancellationToken,
     /// Where a runner streams output as `job_log` frames, when the hub speaks them.
     pub log: Option<crate::runtime::ChunkSink>,
+    /// Where a runner tells how its job goes (the executor shows it to the person and
+    /// tells the hub); `None` reports nothing.
+    pub report: Option<Arc<dyn JobReport>>,
 }
 
 impl RunContext {
     /// A context that is never cancelled and streams nothing (tests, one-off runs).
     pub fn detached() -> RunContext {
-        RunContext { cancel: CancellationToken::new(), log: None }
+        RunContext { cancel: CancellationToken::new(), log: None, report: None }
     }
 }
+
+/// What a running job tells as it goes (defined beside the state it ends up in, so that
+/// the resources below the runners, the browser's, can report too).
+pub use crate::state::JobReport;
 
 /// How a job ended.
 #[derive(Debug)]

@@ -676,6 +676,12 @@ async fn send(sink: &mut Sink, frame: &AgentFrame) -> Result<(), String> {
     {
         return Ok(());
     }
+    // `job_progress` came with version 1: a prototype hub (0) would answer it as unknown.
+    if matches!(frame, AgentFrame::JobProgress { .. })
+        && NEGOTIATED_PROTOCOL.load(std::sync::atomic::Ordering::Relaxed) < 1
+    {
+        return Ok(());
+    }
     tracing::trace!(frame = frame.kind(), "send");
     sink.send(Message::text(encode(frame))).await.map_err(|e| format!("sending {} failed: {e}", frame.kind()))
 }

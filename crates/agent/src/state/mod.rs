@@ -47,6 +47,79 @@ pub struct JobRecord {
     pub finished_at: Option<String>,
     pub error_code: Option<String>,
     pub message: Option<String>,
+    /// How far a job that reports it got (a broadcast: recipients done of all).
+    #[serde(default)]
+    pub progress: Option<JobProgress>,
+    /// What the job does, as data the window and the tray put in words from their
+    /// catalogues (the core makes no sentences for people).
+    #[serde(default)]
+    pub summary: JobSummary,
+    /// A browser job took a screenshot; the last one is kept and shown through
+    /// `AgentService::job_screenshot` (its path never leaves the core).
+    #[serde(default)]
+    pub screenshot: bool,
+}
+
+/// `done` of `total` steps (a broadcast's recipients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub done: u32,
+    pub total: u32,
+}
+
+/// What a job does, in neutral data: its kind (the job type), the site of a browser job,
+/// who gets a message, how many a broadcast goes to. Everything is optional: a job of
+/// another kind, or a site known only once its adapter is resolved, shows what there is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    #[serde(default)]
+    pub site: Option<String>,
+    /// `send_dm`: who gets the message, as the site names them.
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// `broadcast_dm`: how many people the message goes to.
+    #[serde(default)]
+    pub recipients: Option<u32>,
+    /// A dry run sends nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl JobSummary {
+    /// What the job's payload says about it (a browser job's adapter name when the adapter
+    /// is inline or one of the person's; a bundle's adapter is named once it is resolved).
+    pub fn of(job_type: &str, payload: &serde_json::Value) -> JobSummary {
+        use edge_protocol::jobs;
+        let browser = [jobs::SEND_DM, jobs::BROADCAST_DM, jobs::SCHEDULE_POST, jobs::SCRAPE_SUBS];
+        if !browser.contains(&job_type) {
+            return JobSummary::default();
+        }
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(serde_json::Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+        };
+        let adapter = payload.get("adapter");
+        let site = text(adapter.and_then(|a| a.get("local"))).or_else(|| text(adapter.and_then(|a| a.get("name"))));
+        let recipient = (job_type == jobs::SEND_DM)
+            .then(|| text(payload.get("recipient")).or_else(|| text(payload.pointer("/params/recipient"))))
+            .flatten();
+        let recipients = (job_type == jobs::BROADCAST_DM)
+            .then(|| payload.get("recipients").and_then(serde_json::Value::as_array).map(|r| r.len() as u32))
+            .flatten();
+        let dry_run = payload.get("dryRun").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        JobSummary { site, recipient, recipients, dry_run }
+    }
+}
+
+/// What a running job tells as it goes; the executor puts it in the job's record and tells
+/// the hub. Every call returns at once.
+pub trait JobReport: Send + Sync {
+    /// The site a browser job works on, once its adapter is resolved.
+    fn site(&self, _site: &str) {}
+    /// `done` of `total` (a broadcast's recipients).
+    fn progress(&self, _done: u32, _total: u32) {}
+    /// A screenshot the job's flow wrote (it may be overwritten by the next job: copy it).
+    fn screenshot(&self, _path: &std::path::Path) {}
 }
 
 /// Everything the tray window or `edge-agent status` shows. No secrets by construction.
@@ -59,6 +132,10 @@ pub struct AgentSnapshot {
     pub creator_id: Option<String>,
     pub connection: ConnectionState,
     pub paused: bool,
+    /// When the person's pause ends by itself (RFC 3339 UTC); `None` while paused means
+    /// until they resume. Kept in `pause.json`, so it survives a restart.
+    #[serde(default)]
+    pub paused_until: Option<String>,
     /// Jobs accepted and not yet finished (running or waiting for a slot).
     pub busy: u32,
     pub last_error: Option<String>,
@@ -167,6 +244,7 @@ impl AgentSnapshot {
             creator_id: None,
             connection: ConnectionState::Offline,
             paused: false,
+            paused_until: None,
             busy: 0,
             last_error: None,
             keychain_backend: None,
@@ -202,10 +280,12 @@ pub enum AgentEvent {
         id: String,
         job_type: String,
     },
+    /// A job that reports progress moved on (a broadcast: `done` of `total` recipients).
     JobProgress {
         id: String,
-        pct: Option<u8>,
-        message: Option<String>,
+        job_type: String,
+        done: u32,
+        total: u32,
     },
     JobFinished {
         id: String,
@@ -337,6 +417,30 @@ impl StateHandle {
         if let Err(e) = file.write(&self.shared.data_dir) {
             tracing::warn!(error = %e, "could not write state.json");
         }
+    }
+
+    /// A running job reported how far it got: its record shows it, subscribers hear it.
+    pub fn job_progress(&self, id: &str, done: u32, total: u32) {
+        let mut job_type = None;
+        self.update(|s| {
+            if let Some(record) = s.recent_jobs.iter_mut().find(|r| r.id == id) {
+                record.progress = Some(JobProgress { done, total });
+                job_type = Some(record.job_type.clone());
+            }
+        });
+        if let Some(job_type) = job_type {
+            self.emit(AgentEvent::JobProgress { id: id.to_owned(), job_type, done, total });
+        }
+    }
+
+    /// Changes what the record of job `id` says it does (a browser job's site, known once
+    /// its adapter is resolved; a screenshot taken).
+    pub fn job_details(&self, id: &str, change: impl FnOnce(&mut JobRecord)) {
+        self.update(|s| {
+            if let Some(record) = s.recent_jobs.iter_mut().find(|r| r.id == id) {
+                change(record);
+            }
+        });
     }
 
     /// Puts `record` first in the recent jobs (replacing an older record of the same job).
