@@ -102,6 +102,8 @@ function jobRow(job: JobSummary): HTMLTableRowElement {
   const finished = document.createElement("td");
   finished.textContent = job.status === "running" ? formatTime(job.startedAt) : formatTime(job.finishedAt);
 
+  row.setAttribute("role", "row");
+  for (const cell of [id, type, status, finished]) cell.setAttribute("role", "cell");
   row.append(id, type, status, finished);
   return row;
 }
