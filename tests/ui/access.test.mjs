@@ -2,9 +2,9 @@
 // off or needs a sideways scroll, every control has a name a screen reader can say, and
 // every control is reachable with Tab.
 // Run: npm test --prefix ui
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, openApp, screenshot, snapshot, startServer } from "./harness.mjs";
+import { deviceSignIn, screenshot, snapshot, windowUnderTest } from "./harness.mjs";
 
 const HUB = "http://127.0.0.1:8787";
 const TODAY = new Date().toISOString().slice(0, 10);
@@ -63,17 +63,7 @@ function config(lang, state, consent) {
       get_usage: {
         resolve: { jobsToday: 12, bytesToday: 123_456_789, caps: { jobsPerHour: 20, messagesPerHour: 30, bytesPerDay: 500_000_000 } },
       },
-      start_device_login: {
-        resolve: {
-          hubUrl: HUB,
-          userCode: "WDJB-MJHT",
-          verificationUri: `${HUB}/device`,
-          verificationUriComplete: `${HUB}/device?user_code=WDJB-MJHT`,
-          expiresInSecs: 600,
-          intervalSecs: 5,
-          qrSvg: '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1 1"><rect width="1" height="1"/></svg>',
-        },
-      },
+      start_device_login: { resolve: deviceSignIn(HUB) },
       finish_device_login: { hold: true },
     },
   };
@@ -155,18 +145,7 @@ function problems() {
   return found;
 }
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const open = windowUnderTest();
 
 async function check(page, name) {
   await screenshot(page, `zoom200-${name}`);
@@ -193,7 +172,7 @@ async function tabReachesEveryControl(page, name) {
 
 for (const lang of ["en", "fr"]) {
   test(`${lang}: sign-in and the device code at 200 % zoom`, async () => {
-    const { page, errors } = await openApp(browser, server.url, config(lang, snapshot(), NOTHING), { zoom: 2 });
+    const { page, errors } = await open(config(lang, snapshot(), NOTHING), { zoom: 2 });
     await page.waitForSelector("#login-view", { state: "visible" });
     await check(page, `${lang}-sign-in`);
     await tabReachesEveryControl(page, `${lang} sign-in`);
@@ -207,13 +186,13 @@ for (const lang of ["en", "fr"]) {
   });
 
   test(`${lang}: consent, Home, Settings and Tasks at 200 % zoom`, async () => {
-    const { page, errors } = await openApp(browser, server.url, config(lang, busyHome, NOTHING), { zoom: 2 });
+    const { page, errors } = await open(config(lang, busyHome, NOTHING), { zoom: 2 });
     await page.waitForSelector("#consent-view", { state: "visible" });
     await check(page, `${lang}-consent`);
     await tabReachesEveryControl(page, `${lang} consent`);
     await page.close();
 
-    const home = await openApp(browser, server.url, config(lang, busyHome, GRANTED), { zoom: 2 });
+    const home = await open(config(lang, busyHome, GRANTED), { zoom: 2 });
     await home.page.waitForSelector("#status-view", { state: "visible" });
     await home.page.waitForFunction(() => document.querySelector("#usage-data").textContent !== "");
     await check(home.page, `${lang}-home`);
@@ -225,7 +204,7 @@ for (const lang of ["en", "fr"]) {
     assert.deepEqual([...errors, ...home.errors], []);
     await home.page.close();
 
-    const tasks = await openApp(browser, server.url, config(lang, busyHome, GRANTED), { zoom: 2 });
+    const tasks = await open(config(lang, busyHome, GRANTED), { zoom: 2 });
     await tasks.page.waitForSelector("#status-view", { state: "visible" });
     await tasks.page.click("#open-jobs");
     await tasks.page.waitForSelector("#jobs-view", { state: "visible" });
@@ -237,7 +216,7 @@ for (const lang of ["en", "fr"]) {
 }
 
 test("the check itself finds a control without a name and text that runs off the window", async () => {
-  const { page } = await openApp(browser, server.url, config("en", busyHome, GRANTED), { zoom: 2 });
+  const { page } = await open(config("en", busyHome, GRANTED), { zoom: 2 });
   await page.waitForSelector("#status-view", { state: "visible" });
   await page.evaluate(() => {
     const view = document.querySelector("#status-view");

@@ -1,6 +1,7 @@
 // Test harness for the tray window: serves the BUILT ui/dist on 127.0.0.1 and drives the
 // system Chromium through playwright-core, with Tauri's IPC replaced by an in-page mock.
 // No browser download: playwright-core only, pointed at /usr/bin/chromium.
+import { before, after } from "node:test";
 import { createRequire } from "node:module";
 import { createServer } from "node:http";
 import { readFile, mkdir } from "node:fs/promises";
@@ -149,11 +150,13 @@ function tauriMock(config) {
 export const WINDOW = { width: 420, height: 560 };
 
 /** Opens the window's page with the IPC mock configured; waits until the app settled.
- * `zoom` 2 is the person's 200 % zoom: the same window, half as many CSS pixels. */
-export async function openApp(browser, baseUrl, config, { zoom = 1 } = {}) {
+ * `zoom` 2 is the person's 200 % zoom: the same window, half as many CSS pixels; `locale`
+ * is the webview's language (`fr-FR`). */
+export async function openApp(browser, baseUrl, config, { zoom = 1, locale } = {}) {
   const page = await browser.newPage({
     viewport: { width: Math.round(WINDOW.width / zoom), height: Math.round(WINDOW.height / zoom) },
     deviceScaleFactor: zoom,
+    ...(locale ? { locale } : {}),
   });
   const errors = [];
   page.on("pageerror", (err) => errors.push(err));
@@ -184,5 +187,37 @@ export function snapshot(overrides = {}) {
     recentJobs: [],
     browser: null,
     ...overrides,
+  };
+}
+
+/**
+ * For a test file: serves ui/dist and starts Chromium once for the file (node:test's
+ * before/after), and returns `open(config, options)`, which is `openApp` on them.
+ */
+export function windowUnderTest() {
+  let server;
+  let browser;
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+  return (config, options) => openApp(browser, server.url, config, options);
+}
+
+/** What the tray's `start_device_login` answers for a hub at `hub`: the code WDJB-MJHT and a
+ * one-square QR code (the window shows whatever picture it is given). */
+export function deviceSignIn(hub, qrSvg = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1 1"><rect width="1" height="1"/></svg>') {
+  return {
+    hubUrl: hub,
+    userCode: "WDJB-MJHT",
+    verificationUri: `${hub}/device`,
+    verificationUriComplete: `${hub}/device?user_code=WDJB-MJHT`,
+    expiresInSecs: 600,
+    intervalSecs: 5,
+    qrSvg,
   };
 }

@@ -2,9 +2,9 @@
 // their progress, errors in words with the next step, Cancel, the last screenshot of a
 // browser task; the pause lengths on Home; a clicked notification opening its task.
 // Against the built ui/dist with Tauri's IPC mocked. Run: npm test --prefix ui
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, openApp, screenshot, snapshot, startServer } from "./harness.mjs";
+import { screenshot, snapshot, windowUnderTest } from "./harness.mjs";
 
 // A 2×2 PNG, as the core's `job_screenshot` answers: a data: URL, never a path.
 const PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEUlEQVR4nGP4z8AARAxg8j8AG/ID/fPnS7EAAAAASUVORK5CYII=";
@@ -93,18 +93,7 @@ const calls = (page, cmd) => page.evaluate((c) => window.__ipcCalls.filter((x) =
 const text = (page, selector) => page.textContent(selector).then((t) => t.trim());
 const item = (id) => `#jobs-list > li[data-job-id="${id}"]`;
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const open = windowUnderTest();
 
 const WORDS = {
   en: {
@@ -141,11 +130,7 @@ for (const lang of ["en", "fr"]) {
       SENT,
       FAILED,
     ], { busy: 0 });
-    const { page, errors } = await openApp(
-      browser,
-      server.url,
-      app(lang, [broadcast(12), SENT, FAILED], { cancel_job: { resolve: afterCancel } }),
-    );
+    const { page, errors } = await open(app(lang, [broadcast(12), SENT, FAILED], { cancel_job: { resolve: afterCancel } }));
     await page.getByRole("button", { name: words.openJobs, exact: true }).click();
     await page.waitForSelector("#jobs-view", { state: "visible" });
     assert.equal(await page.isVisible("#status-view"), false);
@@ -192,9 +177,7 @@ for (const lang of ["en", "fr"]) {
   });
 
   test(`${lang}: a Cancel that comes too late is said in words`, async () => {
-    const { page, errors } = await openApp(
-      browser,
-      server.url,
+    const { page, errors } = await open(
       app(lang, [broadcast(12)], {
         cancel_job: { reject: { code: "job_not_running", message: "the task job_b1 is not running any more" } },
       }),
@@ -213,7 +196,7 @@ for (const lang of ["en", "fr"]) {
 test("Home: the pause lengths go to the core and the sentence says until when", async () => {
   const until = new Date(Date.now() + 60 * 60_000);
   const paused = state([], { paused: true, pausedUntil: until.toISOString(), busy: 0 });
-  const { page, errors } = await openApp(browser, server.url, app("en", [], { pause: { resolve: paused } }));
+  const { page, errors } = await open(app("en", [], { pause: { resolve: paused } }));
   await page.waitForSelector("#status-view", { state: "visible" });
   assert.equal(await page.isVisible("#pause-options"), false);
   await page.getByRole("button", { name: "Pause for…" }).click();
@@ -233,7 +216,7 @@ test("Home: the pause lengths go to the core and the sentence says until when", 
 test("fr: the pause lengths and the sentence in French", async () => {
   const until = new Date(Date.now() + 60 * 60_000);
   const paused = state([], { paused: true, pausedUntil: until.toISOString(), busy: 0 });
-  const { page, errors } = await openApp(browser, server.url, app("fr", [], { pause: { resolve: paused } }));
+  const { page, errors } = await open(app("fr", [], { pause: { resolve: paused } }));
   await page.getByRole("button", { name: "Mettre en pause pour…" }).click();
   await page.getByRole("button", { name: "Mettre en pause jusqu'à demain 8 h" }).click();
   await page.waitForFunction(() => window.__ipcCalls.some((c) => c.cmd === "pause"));
@@ -246,11 +229,7 @@ test("fr: the pause lengths and the sentence in French", async () => {
 });
 
 test("a clicked notification opens the window on its task", async () => {
-  const { page, errors } = await openApp(
-    browser,
-    server.url,
-    app("en", [broadcast(12), SENT, FAILED], { take_open_job: { resolve: { job: "job_dm1" } } }),
-  );
+  const { page, errors } = await open(app("en", [broadcast(12), SENT, FAILED], { take_open_job: { resolve: { job: "job_dm1" } } }));
   // A window the click built asks at start.
   await page.waitForSelector("#jobs-view", { state: "visible" });
   assert.equal(await page.getAttribute(item("job_dm1"), "data-highlight"), "true");

@@ -2,9 +2,9 @@
 // today's usage, Settings, sign-in, the device code, consent), the language switch, and
 // keyboard use, against the built ui/dist with Tauri's IPC mocked.
 // Run: npm test --prefix ui
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, openApp, screenshot, snapshot, startServer } from "./harness.mjs";
+import { deviceSignIn, screenshot, snapshot, windowUnderTest } from "./harness.mjs";
 
 const HUB = "http://127.0.0.1:8787";
 const TODAY = new Date().toISOString().slice(0, 10);
@@ -53,18 +53,7 @@ function home(lang, state = online, extra = {}) {
 const calls = (page, cmd) => page.evaluate((c) => window.__ipcCalls.filter((x) => x.cmd === c), cmd);
 const text = (page, selector) => page.textContent(selector).then((t) => t.trim());
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const open = windowUnderTest();
 
 /** No element marked for a catalogue text is left empty: index.html and the catalogue agree. */
 async function assertNoEmptyStaticText(page) {
@@ -113,7 +102,7 @@ for (const lang of ["en", "fr"]) {
   const words = SENTENCES[lang];
 
   test(`${lang}: Home says the state in one sentence and today's usage against the caps`, async () => {
-    const { page, errors } = await openApp(browser, server.url, home(lang));
+    const { page, errors } = await open(home(lang));
     await page.waitForSelector("#status-view", { state: "visible" });
     assert.equal(await page.getAttribute("html", "lang"), lang);
     assert.equal(await text(page, "#home-sentence"), words.online);
@@ -159,11 +148,7 @@ test("Home: the site login button opens the core's browser login and says so", a
     ...online,
     browser: { executable: "/usr/bin/chromium", sessionVolatile: false, loginRequired: ["fanhub"] },
   };
-  const { page, errors } = await openApp(
-    browser,
-    server.url,
-    home("en", needsLogin, { log_in_to_site: { hold: true } }),
-  );
+  const { page, errors } = await open(home("en", needsLogin, { log_in_to_site: { hold: true } }));
   await page.getByRole("button", { name: "Log in to fanhub" }).first().click();
   await page.waitForFunction(() => window.__held.log_in_to_site);
   assert.deepEqual((await calls(page, "log_in_to_site"))[0].args, { site: "fanhub" });
@@ -177,7 +162,7 @@ test("Home: the site login button opens the core's browser login and says so", a
 });
 
 test("Home: a data cap of none shows no meter and an older core without usage shows no numbers", async () => {
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: online,
     commands: {
       get_settings: { resolve: settings("en") },
@@ -193,7 +178,7 @@ test("Home: a data cap of none shows no meter and an older core without usage sh
   assert.deepEqual(errors, []);
   await page.close();
 
-  const older = await openApp(browser, server.url, { state: online, commands: { get_consent: { resolve: GRANTED } } });
+  const older = await open({ state: online, commands: { get_consent: { resolve: GRANTED } } });
   await older.page.waitForSelector("#status-view", { state: "visible" });
   assert.equal(await text(older.page, "#home-sentence"), "Connected — 3 tasks today");
   assert.equal(await text(older.page, "#usage-tasks"), "");
@@ -220,10 +205,7 @@ for (const lang of ["en", "fr"]) {
 
   test(`${lang}: Settings shows what is kept, saves caps and quiet hours through the core`, async () => {
     const kept = settings(lang, { caps: { jobsPerHour: 10, messagesPerHour: null, bytesPerDay: 200_000_000 } });
-    const { page, errors } = await openApp(
-      browser,
-      server.url,
-      home(lang, online, {
+    const { page, errors } = await open(home(lang, online, {
         save_caps: { resolve: kept },
         set_quiet_hours: { resolve: settings(lang, { quietHours: { start: "22:00", end: "07:00" } }) },
         open_log_folder: { resolve: null },
@@ -290,10 +272,7 @@ for (const lang of ["en", "fr"]) {
 }
 
 test("Settings: uploads folder, start at login, and refusals said in words", async () => {
-  const { page, errors } = await openApp(
-    browser,
-    server.url,
-    home("en", online, {
+  const { page, errors } = await open(home("en", online, {
       set_uploads_dir: {
         reject: { code: "invalid_setting", message: "/ is the whole disk; choose the one folder browser jobs may upload from" },
       },
@@ -319,11 +298,7 @@ test("Settings: uploads folder, start at login, and refusals said in words", asy
 });
 
 test("Settings: switching to French redraws the whole window, and the choice goes to the core", async () => {
-  const { page, errors } = await openApp(
-    browser,
-    server.url,
-    home("en", online, { set_language: { resolve: settings("fr", { language: "fr" }) } }),
-  );
+  const { page, errors } = await open(home("en", online, { set_language: { resolve: settings("fr", { language: "fr" }) } }));
   await page.getByRole("button", { name: "Settings", exact: true }).click();
   await page.waitForSelector("#settings-view", { state: "visible" });
   await page.getByLabel("Language").selectOption("fr");
@@ -344,7 +319,7 @@ test("Settings: switching to French redraws the whole window, and the choice goe
 });
 
 test("Settings is reachable and usable with the keyboard alone", async () => {
-  const { page, errors } = await openApp(browser, server.url, home("en"));
+  const { page, errors } = await open(home("en"));
   await page.waitForSelector("#status-view", { state: "visible" });
   await page.focus("#pause-toggle");
   // Pause, its lengths, Tasks, then Settings.
@@ -364,21 +339,11 @@ test("Settings is reachable and usable with the keyboard alone", async () => {
 // --- sign-in and consent in French --------------------------------------------------------
 
 test("fr: sign-in, its checks, the device code and consent speak French", async () => {
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: snapshot(),
     commands: {
       get_settings: { resolve: settings("fr") },
-      start_device_login: {
-        resolve: {
-          hubUrl: HUB,
-          userCode: "WDJB-MJHT",
-          verificationUri: `${HUB}/device`,
-          verificationUriComplete: `${HUB}/device?user_code=WDJB-MJHT`,
-          expiresInSecs: 600,
-          intervalSecs: 5,
-          qrSvg: '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 1 1"><rect width="1" height="1"/></svg>',
-        },
-      },
+      start_device_login: { resolve: deviceSignIn(HUB) },
       finish_device_login: { hold: true },
       get_consent: { resolve: [{ name: "http_request", granted: false, outdated: false, text: "core text" }] },
     },
@@ -412,7 +377,7 @@ test("fr: sign-in, its checks, the device code and consent speak French", async 
 
 test("fr: an error from the core is said in French, with the core's words underneath", async () => {
   const message = "the hub refused the request (invalid_enrollment_token)";
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: snapshot(),
     commands: {
       get_settings: { resolve: settings("fr") },
@@ -434,26 +399,10 @@ test("fr: an error from the core is said in French, with the core's words undern
 });
 
 test("without an answer from the tray the window follows the webview's language", async () => {
-  const context = await browser.newContext({ locale: "fr-FR", viewport: { width: 420, height: 560 } });
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (err) => errors.push(err));
-  await page.addInitScript(() => {
-    window.__TAURI_INTERNALS__ = {
-      invoke: async (cmd) => {
-        if (cmd === "get_state") return { loggedIn: false, connection: "offline", paused: false, busy: 0, recentJobs: [] };
-        if (cmd === "plugin:event|listen") return 1;
-        throw { code: "not_mocked", message: cmd };
-      },
-      transformCallback: () => 1,
-      unregisterCallback: () => {},
-      metadata: { currentWindow: { label: "main" }, currentWebview: { windowLabel: "main", label: "main" } },
-    };
-  });
-  await page.goto(server.url);
-  await page.waitForSelector("#boot", { state: "hidden" });
+  // Nothing but the state is answered: no settings, so no language from the tray.
+  const { page, errors } = await open({ state: snapshot(), commands: {} }, { locale: "fr-FR" });
   assert.equal(await page.getAttribute("html", "lang"), "fr");
   assert.equal(await text(page, "#login-title"), "Connecter cet ordinateur");
   assert.deepEqual(errors, []);
-  await context.close();
+  await page.close();
 });

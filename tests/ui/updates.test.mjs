@@ -2,9 +2,9 @@
 // now" / "Tonight" (the choice goes to the core and stays said), a newer version to install
 // the way the app was installed, and updates unreachable for more than seven days.
 // Run: npm test --prefix ui
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, openApp, snapshot, startServer } from "./harness.mjs";
+import { snapshot, windowUnderTest } from "./harness.mjs";
 
 const TODAY = new Date().toISOString().slice(0, 10);
 const GRANTED = [{ name: "http_request", granted: true, outdated: false, text: "core text" }];
@@ -45,18 +45,7 @@ function app(lang, updates, extra = {}) {
 const text = (page, selector) => page.textContent(selector).then((t) => t.trim());
 const calls = (page, cmd) => page.evaluate((c) => window.__ipcCalls.filter((x) => x.cmd === c), cmd);
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const open = windowUnderTest();
 
 const WORDS = {
   en: {
@@ -83,11 +72,7 @@ for (const lang of ["en", "fr"]) {
   const words = WORDS[lang];
 
   test(`${lang}: an installed update offers a restart now or tonight, and the choice reaches the core`, async () => {
-    const { page, errors } = await openApp(
-      browser,
-      server.url,
-      app(lang, { ready: "1.4.0", available: "1.4.0" }, { restart_for_update: { resolve: null } }),
-    );
+    const { page, errors } = await open(app(lang, { ready: "1.4.0", available: "1.4.0" }, { restart_for_update: { resolve: null } }));
     await page.waitForSelector("#update-ready", { state: "visible" });
     assert.equal(await text(page, "#update-ready-text"), words.ready);
     assert.equal(await page.isVisible("#update-available"), false, "installed already says more than offered");
@@ -106,7 +91,7 @@ for (const lang of ["en", "fr"]) {
   });
 
   test(`${lang}: a newer version to install and updates unreachable for days are said in words`, async () => {
-    const { page, errors } = await openApp(browser, server.url, app(lang, { available: "1.5.0", unreachableDays: 9 }));
+    const { page, errors } = await open(app(lang, { available: "1.5.0", unreachableDays: 9 }));
     await page.waitForSelector("#update-available", { state: "visible" });
     assert.ok((await text(page, "#update-available")).startsWith(words.available));
     assert.ok((await text(page, "#updates-unreachable")).includes(words.stale));
@@ -121,7 +106,7 @@ for (const lang of ["en", "fr"]) {
 
 test("nothing about updates is shown when there is nothing to tell, nor by an older core", async () => {
   for (const updates of [{}, undefined]) {
-    const { page, errors } = await openApp(browser, server.url, app("en", updates));
+    const { page, errors } = await open(app("en", updates));
     await page.waitForSelector("#status-view", { state: "visible" });
     for (const id of ["#update-ready", "#update-available", "#updates-unreachable"]) {
       assert.equal(await page.isVisible(id), false, id);
@@ -132,11 +117,7 @@ test("nothing about updates is shown when there is nothing to tell, nor by an ol
 });
 
 test("a refused restart is said, and nothing claims a restart is planned", async () => {
-  const { page } = await openApp(
-    browser,
-    server.url,
-    app("en", { ready: "1.4.0" }, { restart_for_update: { reject: { code: "internal", message: "no" } } }),
-  );
+  const { page } = await open(app("en", { ready: "1.4.0" }, { restart_for_update: { reject: { code: "internal", message: "no" } } }));
   await page.waitForSelector("#update-ready", { state: "visible" });
   await page.getByRole("button", { name: "Restart now" }).click();
   await page.waitForSelector("#action-error", { state: "visible" });

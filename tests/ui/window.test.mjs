@@ -1,8 +1,8 @@
 // Tray window behaviour against the built ui/dist, with Tauri's IPC mocked.
 // Run: npm test --prefix ui
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, openApp, screenshot, snapshot, startServer } from "./harness.mjs";
+import { deviceSignIn, screenshot, snapshot, windowUnderTest } from "./harness.mjs";
 
 const HUB = "http://127.0.0.1:8787";
 const loggedIn = snapshot({
@@ -13,18 +13,7 @@ const loggedIn = snapshot({
   connection: "connecting",
 });
 
-let server;
-let browser;
-
-before(async () => {
-  server = await startServer();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await server?.close();
-});
+const open = windowUnderTest();
 
 async function useToken(page) {
   await page.getByRole("button", { name: "Use an enrollment token instead" }).click();
@@ -37,7 +26,7 @@ async function fill(page, hubUrl, token) {
 }
 
 test("shows the login form when not logged in", async () => {
-  const { page, errors } = await openApp(browser, server.url, { state: snapshot() });
+  const { page, errors } = await open({ state: snapshot() });
   assert.equal(await page.isVisible("#login-form"), true);
   assert.equal(await page.isVisible("#status-view"), false);
   await screenshot(page, "01-login");
@@ -46,7 +35,7 @@ test("shows the login form when not logged in", async () => {
 });
 
 test("field validation: URL must be http(s), token non-empty", async () => {
-  const { page, errors } = await openApp(browser, server.url, { state: snapshot() });
+  const { page, errors } = await open({ state: snapshot() });
 
   await useToken(page);
   await page.getByRole("button", { name: "Log in" }).click();
@@ -79,7 +68,7 @@ test("field validation: URL must be http(s), token non-empty", async () => {
 });
 
 test("login success switches to the status view", async () => {
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: snapshot(),
     commands: { login: { resolve: loggedIn } },
   });
@@ -102,7 +91,7 @@ test("login error from the hub is shown in words", async () => {
   // What the core's AgentError serializes to when the hub refuses the token.
   const hubMessage =
     "the hub refused the request (invalid_enrollment_token): enrollment token is unknown, used or expired";
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: snapshot(),
     commands: {
       login: { reject: { code: "hub_rejected", hubError: "invalid_enrollment_token", message: hubMessage } },
@@ -126,7 +115,7 @@ test("login error from the hub is shown in words", async () => {
 });
 
 test("an error code the window does not know shows the core's own sentence", async () => {
-  const { page } = await openApp(browser, server.url, {
+  const { page } = await open({
     state: snapshot(),
     commands: { login: { reject: { code: "io", message: "cannot create /nowhere: permission denied" } } },
   });
@@ -138,7 +127,7 @@ test("an error code the window does not know shows the core's own sentence", asy
 });
 
 test("live update: an agent://state event shows online and a job row", async () => {
-  const { page, errors } = await openApp(browser, server.url, { state: loggedIn });
+  const { page, errors } = await open({ state: loggedIn });
   assert.equal(await page.textContent("#connection-state"), "Connecting…");
 
   const now = new Date().toISOString();
@@ -186,7 +175,7 @@ test("live update: an agent://state event shows online and a job row", async () 
 
 test("pause toggles to resume and log out returns to the login form", async () => {
   const online = { ...loggedIn, connection: "online" };
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: online,
     commands: {
       pause: { resolve: { ...online, paused: true } },
@@ -219,7 +208,7 @@ test("browser state: breaker pause, sites to log in to and volatile sessions, th
     sessionVolatile: true,
     loginRequired: ["fanhub", "otherfans"],
   };
-  const { page, errors } = await openApp(browser, server.url, { state: { ...online, browser: troubled } });
+  const { page, errors } = await open({ state: { ...online, browser: troubled } });
 
   assert.equal(await page.getAttribute("#browser-state", "data-state"), "paused");
   assert.match(await page.textContent("#browser-state"), /^Paused until .+ — a site kept rate-limiting$/);
@@ -262,7 +251,7 @@ test("browser state: breaker pause, sites to log in to and volatile sessions, th
 });
 
 test("before the browser runtime started the window says nothing about it", async () => {
-  const { page, errors } = await openApp(browser, server.url, { state: { ...loggedIn, connection: "online" } });
+  const { page, errors } = await open({ state: { ...loggedIn, connection: "online" } });
   assert.equal(await page.isVisible("#status-view"), true);
   assert.equal(await page.isVisible("#browser-row"), false);
   assert.equal(await page.isVisible("#browser-logins"), false);
@@ -273,7 +262,7 @@ test("before the browser runtime started the window says nothing about it", asyn
 
 test("tunnel: off, then open with its connections and the services the person exposed", async () => {
   const online = { ...loggedIn, connection: "online" };
-  const { page, errors } = await openApp(browser, server.url, { state: online });
+  const { page, errors } = await open({ state: online });
   // An older core sends no tunnel at all: the window says it is off and lists nothing.
   assert.equal(await page.getAttribute("#tunnel-state", "data-state"), "off");
   assert.equal(await page.textContent("#tunnel-state"), "Off (not allowed, or paused)");
@@ -308,20 +297,12 @@ test("tunnel: off, then open with its connections and the services the person ex
 
 // --- device sign-in ---------------------------------------------------------------------
 
-const COMPLETE = `${HUB}/device?user_code=WDJB-MJHT`;
+const COMPLETE = deviceSignIn(HUB).verificationUriComplete;
 // A real QR code as the tray's Rust renders it is an <svg> document; the window must show
 // whatever it is given, as a picture.
 const QR_SVG =
   '<?xml version="1.0" standalone="yes"?><svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="180" height="180" viewBox="0 0 180 180"><rect x="0" y="0" width="180" height="180" fill="#fff"/><path fill="#000" d="M10 10h20v20h-20z"/></svg>';
-const deviceSignIn = {
-  hubUrl: HUB,
-  userCode: "WDJB-MJHT",
-  verificationUri: `${HUB}/device`,
-  verificationUriComplete: COMPLETE,
-  expiresInSecs: 600,
-  intervalSecs: 5,
-  qrSvg: QR_SVG,
-};
+const deviceCode = deviceSignIn(HUB, QR_SVG);
 const CONSENT = [
   { name: "http_request", granted: false, outdated: false, text: "Proxying HTTP requests: core text." },
   { name: "bundle", granted: false, outdated: false, text: "Running signed bundles: NOT confined by the agent's egress gate." },
@@ -337,7 +318,7 @@ async function askForCode(page, hubUrl = HUB) {
 const calls = (page, cmd) => page.evaluate((c) => window.__ipcCalls.filter((x) => x.cmd === c), cmd);
 
 test("sign-in by code is the default: only the hub URL is asked for", async () => {
-  const { page, errors } = await openApp(browser, server.url, { state: snapshot() });
+  const { page, errors } = await open({ state: snapshot() });
   assert.equal(await page.isVisible("#hub-url"), true);
   assert.equal(await page.isVisible("#token"), false);
   assert.equal(await page.textContent("#login-submit"), "Get a sign-in code");
@@ -355,10 +336,10 @@ test("sign-in by code is the default: only the hub URL is asked for", async () =
 });
 
 test("the code is shown large with the QR code, the page to open and the time left", async () => {
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: snapshot(),
     commands: {
-      start_device_login: { resolve: deviceSignIn },
+      start_device_login: { resolve: deviceCode },
       finish_device_login: { hold: true },
       open_approval_page: { resolve: null },
     },
@@ -402,10 +383,10 @@ test("the code is shown large with the QR code, the page to open and the time le
 });
 
 test("approval: the window goes to the consent screen when nothing is granted yet", async () => {
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: snapshot(),
     commands: {
-      start_device_login: { resolve: deviceSignIn },
+      start_device_login: { resolve: deviceCode },
       finish_device_login: { hold: true },
       get_consent: { resolve: CONSENT },
     },
@@ -426,10 +407,10 @@ for (const [code, words, message] of [
   ["device_login_denied", /^Someone chose Deny on the hub's page\./, "the sign-in was denied on the hub's page"],
 ]) {
   test(`device sign-in error ${code} is said in words with what to do`, async () => {
-    const { page, errors } = await openApp(browser, server.url, {
+    const { page, errors } = await open({
       state: snapshot(),
       commands: {
-        start_device_login: { resolve: deviceSignIn },
+        start_device_login: { resolve: deviceCode },
         finish_device_login: { reject: { code, message } },
       },
     });
@@ -459,7 +440,7 @@ test("an address that is no hub, or no hub at all, is said in words before any c
     ],
     [{ code: "hub_unreachable", message: "connection refused" }, /^The hub could not be reached\. Check the URL/],
   ]) {
-    const { page, errors } = await openApp(browser, server.url, {
+    const { page, errors } = await open({
       state: snapshot(),
       commands: { start_device_login: { reject } },
     });
@@ -475,10 +456,10 @@ test("an address that is no hub, or no hub at all, is said in words before any c
 });
 
 test("cancel stops the wait in the core and goes back to the form", async () => {
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: snapshot(),
     commands: {
-      start_device_login: { resolve: deviceSignIn },
+      start_device_login: { resolve: deviceCode },
       finish_device_login: { hold: true },
       cancel_device_login: { resolve: null },
     },
@@ -499,7 +480,7 @@ test("cancel stops the wait in the core and goes back to the form", async () => 
 });
 
 test("the enrollment token form is one click away and back", async () => {
-  const { page, errors } = await openApp(browser, server.url, { state: snapshot() });
+  const { page, errors } = await open({ state: snapshot() });
   await useToken(page);
   assert.equal(await page.isVisible("#token"), true);
   assert.equal(await page.textContent("#login-submit"), "Log in");
@@ -514,7 +495,7 @@ test("the enrollment token form is one click away and back", async () => {
 
 test("consent: every capability in words, off until ticked; ticking grants, unticking revokes", async () => {
   const granted = CONSENT.map((c) => (c.name === "http_request" ? { ...c, granted: true } : c));
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: loggedIn,
     commands: {
       get_consent: { resolve: CONSENT },
@@ -566,7 +547,7 @@ test("consent: every capability in words, off until ticked; ticking grants, unti
 });
 
 test("consent: a refused grant leaves the box unticked and says why", async () => {
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: loggedIn,
     commands: {
       get_consent: { resolve: CONSENT },
@@ -584,7 +565,7 @@ test("consent: a refused grant leaves the box unticked and says why", async () =
 
 test("consent: browser tasks per site, added by name, off until ticked", async () => {
   const withSite = [...CONSENT, { name: "browser:fanhub", granted: true, outdated: false, text: "Browser flows on fanhub." }];
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: loggedIn,
     commands: { get_consent: { resolve: CONSENT }, grant_capability: { resolve: withSite } },
   });
@@ -615,7 +596,7 @@ test("consent: browser tasks per site, added by name, off until ticked", async (
 
 test("consent: reached from the status view through Permissions, with what is granted ticked", async () => {
   const some = CONSENT.map((c) => (c.name === "tunnel" ? { ...c, granted: true } : c));
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: { ...loggedIn, connection: "online" },
     commands: { get_consent: { resolve: some } },
   });
@@ -635,7 +616,7 @@ test("consent: reached from the status view through Permissions, with what is gr
 
 test("consent: a grant of an older text shows unticked with a note to read it again", async () => {
   const outdated = CONSENT.map((c) => (c.name === "bundle" ? { ...c, outdated: true } : c));
-  const { page, errors } = await openApp(browser, server.url, {
+  const { page, errors } = await open({
     state: loggedIn,
     commands: { get_consent: { resolve: outdated } },
   });
