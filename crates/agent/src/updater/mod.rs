@@ -682,6 +682,11 @@ pub(crate) async fn run(
                 Some(Err(UpdateError::Busy)) => {
                     next_check = tokio::time::Instant::now() + options.interval.min(Duration::from_secs(30))
                 }
+                // A hub that never gave this agent a root has no signed releases to offer:
+                // nothing is unreachable, so nothing to warn about.
+                Some(Err(UpdateError::Refused { code: edge_bundle::codes::TRUST_ROOT_MISSING, .. })) => {
+                    tracing::info!("the hub gave no signing root at login: it offers no updates");
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "update check failed");
                     remember_check_failed(&ctx.data_dir, now_unix());
