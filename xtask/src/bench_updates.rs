@@ -16,9 +16,7 @@
 
 use crate::util::{cargo, checked, root};
 use anyhow::{bail, Context, Result};
-use edge_e2e::{mint_jwt, scratch_dir, Agent, Binaries, Hub};
-use std::path::Path;
-use std::process::Command;
+use edge_e2e::{mint_jwt, scratch_dir, stamp_agent, Agent, Binaries, Hub};
 use std::time::{Duration, Instant};
 
 const CREATOR: &str = "bench";
@@ -29,37 +27,6 @@ const APPLIES: usize = 3;
 const FLEET: f64 = 50_000.0;
 /// At least 32 bytes, as the hub requires; only this benchmark's hub uses it.
 const JWT_SECRET: &str = "bench-updates-jwt-secret-not-used-anywhere-else";
-
-fn stamp(build: &Path, out: &Path, version: &str) -> Result<()> {
-    let data = out.parent().unwrap_or(Path::new(".")).join("cli-data");
-    let status = Command::new(build)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["update", "stamp", "--version", version, "--out"])
-        .arg(out)
-        .output()
-        .context("running edge-agent update stamp")?;
-    if !status.status.success() {
-        bail!("stamping {version}: {}", String::from_utf8_lossy(&status.stderr));
-    }
-    Ok(())
-}
-
-fn publish(hub: &Hub, file: &Path, version: &str) -> Result<()> {
-    let file = file.to_str().context("non-UTF-8 path")?;
-    hub.cli(&[
-        "release",
-        "publish",
-        file,
-        "--version",
-        version,
-        "--platform",
-        "linux",
-        "--arch",
-        std::env::consts::ARCH,
-    ])?;
-    Ok(())
-}
 
 /// CPU time (user + system) the process has used, in ms; /proc counts in clock ticks.
 fn cpu_ms(pid: u32) -> Result<f64> {
@@ -95,7 +62,7 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&bin_dir)?;
     std::fs::create_dir_all(&releases)?;
     let installed = bin_dir.join("edge-agent");
-    stamp(&built.join("edge-agent"), &installed, "1.0.0")?;
+    stamp_agent(&built.join("edge-agent"), &installed, "1.0.0")?;
     let size_mb = std::fs::metadata(&installed)?.len() as f64 / 1e6;
 
     let bins = Binaries { hub: built.join("edge-hub"), agent: installed.clone() };
@@ -107,8 +74,8 @@ pub fn run() -> Result<()> {
     let mut agent = Agent::new(&bins, &format!("bench-updates-{}", std::process::id()), "kernel", &agent_data);
     agent.login(&hub.url, &hub.enroll_token(CREATOR)?)?;
     let offered = releases.join("edge-agent-2.0.0");
-    stamp(&built.join("edge-agent"), &offered, "2.0.0")?;
-    publish(&hub, &offered, "2.0.0")?;
+    stamp_agent(&built.join("edge-agent"), &offered, "2.0.0")?;
+    hub.publish_release(&offered, "2.0.0")?;
 
     // 1. The check as the CLI makes it.
     let cold = timed("the first update check", &agent, &["update", "check", "--json"])?;
@@ -150,8 +117,8 @@ pub fn run() -> Result<()> {
         let version = format!("{}.0.0", round + 2);
         if round > 0 {
             let file = releases.join(format!("edge-agent-{version}"));
-            stamp(&built.join("edge-agent"), &file, &version)?;
-            publish(&hub, &file, &version)?;
+            stamp_agent(&built.join("edge-agent"), &file, &version)?;
+            hub.publish_release(&file, &version)?;
             // The previous round's install waits for its first start and hb_ack; this
             // benchmark never starts it, so its probation marker goes.
             std::fs::remove_file(agent_data.join("updates/probation.json"))

@@ -278,6 +278,30 @@ impl Hub {
         Ok(serde_json::from_str(&self.cli(&full)?)?)
     }
 
+    /// `edge-hub release …` (publish, pause, resume, rollout, list); returns the JSON line
+    /// it prints.
+    pub fn release_cli(&self, args: &[&str]) -> Result<Value> {
+        let mut full = vec!["release"];
+        full.extend_from_slice(args);
+        Ok(serde_json::from_str(&self.cli(&full)?)?)
+    }
+
+    /// Publishes the agent binary `file` as `version` for this machine's Linux architecture
+    /// on the default channel.
+    pub fn publish_release(&self, file: &Path, version: &str) -> Result<Value> {
+        let file = file.to_str().context("non-UTF-8 path")?;
+        self.release_cli(&[
+            "publish",
+            file,
+            "--version",
+            version,
+            "--platform",
+            "linux",
+            "--arch",
+            std::env::consts::ARCH,
+        ])
+    }
+
     /// Publishes a `shell` bundle whose `main.sh` is `script`, creating the bundle
     /// repository's root keys first if this hub has none yet (in `<hub dir>/root-keys`,
     /// where an operator would keep them offline). Agents must log in after the first call
@@ -852,4 +876,26 @@ impl Drop for DeviceLoginRun {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Writes a copy of the agent binary `build` to `out` with `version` stamped in its version
+/// slot (`edge-agent update stamp`), as the release pipeline does; the command's own logs go
+/// beside `out`, never to the person's home.
+pub fn stamp_agent(build: &Path, out: &Path, version: &str) -> Result<()> {
+    let out_str = out.to_str().context("non-UTF-8 path")?;
+    let status = Command::new(build)
+        .arg("--data-dir")
+        .arg(stamp_data_dir(out))
+        .args(["update", "stamp", "--version", version, "--out", out_str])
+        .output()
+        .context("running edge-agent update stamp")?;
+    if !status.status.success() {
+        bail!("stamp {version}: {}", String::from_utf8_lossy(&status.stderr));
+    }
+    Ok(())
+}
+
+/// Where one-shot update commands on the binary at `beside` keep their logs.
+pub fn stamp_data_dir(beside: &Path) -> PathBuf {
+    beside.parent().unwrap_or(Path::new(".")).join("cli-data")
 }

@@ -10,7 +10,7 @@
 //! `update_failed`, pauses v3 (threshold 1 here).
 
 use anyhow::{bail, Context, Result};
-use edge_e2e::{scratch_dir, wait_until, Agent, Binaries, Hub};
+use edge_e2e::{scratch_dir, stamp_agent, stamp_data_dir, wait_until, Agent, Binaries, Hub};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,47 +20,17 @@ const CREATOR: &str = "creator-updates";
 const KEYCHAIN: &str = "auto";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn stamp(build: &Path, out: &Path, version: &str) -> Result<()> {
-    let out_str = out.to_str().context("non-UTF-8 path")?;
-    let status = Command::new(build)
-        .arg("--data-dir")
-        .arg(scratch_data_dir(out))
-        .args(["update", "stamp", "--version", version, "--out", out_str])
-        .output()?;
-    if !status.status.success() {
-        bail!("stamp {version}: {}", String::from_utf8_lossy(&status.stderr));
-    }
-    Ok(())
-}
-
-/// Logs of one-shot commands go beside the binary they concern, never to the person's home.
-fn scratch_data_dir(beside: &Path) -> PathBuf {
-    beside.parent().unwrap_or(Path::new(".")).join("cli-data")
-}
-
 /// What the binary at `path` says it is.
 fn version_of(path: &Path) -> Result<String> {
-    let out =
-        Command::new(path).arg("--data-dir").arg(scratch_data_dir(path)).args(["update", "self-test"]).output()?;
+    let out = Command::new(path).arg("--data-dir").arg(stamp_data_dir(path)).args(["update", "self-test"]).output()?;
     if !out.status.success() {
         bail!("{} self-test: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
-fn release(hub: &Hub, args: &[&str]) -> Result<Value> {
-    let mut full = vec!["release"];
-    full.extend_from_slice(args);
-    Ok(serde_json::from_str(&hub.cli(&full)?)?)
-}
-
-fn publish(hub: &Hub, file: &Path, version: &str) -> Result<Value> {
-    let file = file.to_str().context("non-UTF-8 path")?;
-    release(hub, &["publish", file, "--version", version, "--platform", "linux", "--arch", std::env::consts::ARCH])
-}
-
 fn change(hub: &Hub, what: &str, version: &str) -> Result<Value> {
-    release(hub, &[what, "--version", version, "--platform", "linux", "--arch", std::env::consts::ARCH])
+    hub.release_cli(&[what, "--version", version, "--platform", "linux", "--arch", std::env::consts::ARCH])
 }
 
 /// `edge-agent update apply --json` on the installed copy; (success, output).
@@ -92,13 +62,13 @@ fn updates_are_verified_wait_for_jobs_and_roll_back_when_the_new_version_never_c
     let bin_dir = dir.path().join("bin");
     std::fs::create_dir_all(&bin_dir)?;
     let installed = bin_dir.join("edge-agent");
-    stamp(&build.agent, &installed, "1.0.0")?;
+    stamp_agent(&build.agent, &installed, "1.0.0")?;
     let releases = dir.path().join("releases");
     std::fs::create_dir_all(&releases)?;
     let [old_as_new, v2, v3] = ["1.0.0", "2.0.0", "3.0.0"].map(|v| releases.join(format!("edge-agent-{v}")));
-    stamp(&build.agent, &old_as_new, "1.0.0")?;
-    stamp(&build.agent, &v2, "2.0.0")?;
-    stamp(&build.agent, &v3, "3.0.0")?;
+    stamp_agent(&build.agent, &old_as_new, "1.0.0")?;
+    stamp_agent(&build.agent, &v2, "2.0.0")?;
+    stamp_agent(&build.agent, &v3, "3.0.0")?;
 
     let bins = Binaries { hub: build.hub.clone(), agent: installed.clone() };
     let hub_dir = dir.path().join("hub");
@@ -114,7 +84,7 @@ fn updates_are_verified_wait_for_jobs_and_roll_back_when_the_new_version_never_c
 
     // 1. An older build re-signed as a newer version: the signature is fine, the version
     // inside is not.
-    publish(&hub, &old_as_new, "1.5.0")?;
+    hub.publish_release(&old_as_new, "1.5.0")?;
     let (ok, out) = apply(&agent)?;
     assert!(!ok && out.contains("UPDATE_VERSION_MISMATCH"), "{out}");
     assert_eq!(version_of(&installed)?, "1.0.0");
@@ -122,7 +92,7 @@ fn updates_are_verified_wait_for_jobs_and_roll_back_when_the_new_version_never_c
     change(&hub, "pause", "1.5.0")?;
 
     // 2. A tampered target: the hub's stored file no longer matches the signed hash.
-    let published = publish(&hub, &v2, "2.0.0")?;
+    let published = hub.publish_release(&v2, "2.0.0")?;
     let stored = repo_dir(&hub_dir)?.join("targets").join(published["file"].as_str().context("file")?);
     let original = std::fs::read(&stored)?;
     let mut tampered = original.clone();
@@ -172,9 +142,9 @@ fn updates_are_verified_wait_for_jobs_and_roll_back_when_the_new_version_never_c
         .map_err(|e| e.context(format!("v2 was never confirmed; log:\n{}", agent.run_log())))?;
 
     // 5. v3 never reaches the hub: after its window v2 is back, and the hub paused v3.
-    publish(&hub, &v3, "3.0.0")?;
+    hub.publish_release(&v3, "3.0.0")?;
     wait_until(TIMEOUT, || {
-        let listed = release(&hub, &["list"])?;
+        let listed = hub.release_cli(&["list"])?;
         Ok(listed["releases"]
             .as_array()
             .is_some_and(|all| all.iter().any(|r| r["version"] == "3.0.0" && r["paused"] == true)))

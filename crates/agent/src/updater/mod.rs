@@ -280,17 +280,16 @@ pub async fn check(ctx: &UpdaterContext) -> Result<(CheckReport, Option<FoundRel
     let verified = ctx.trust()?.refresh(url, HubTransport::new(ctx.http.clone(), ctx.auth.clone())).await?;
     let found = verified.find_release(&ctx.channel, platform(), arch())?;
     let running = running_version();
-    let failed = load_state(&ctx.data_dir).failed_versions;
-    let decision = decide(&running, found.as_ref(), &ctx.agent_id, &failed);
-    remember(&ctx.data_dir, |state| {
-        state.last_verified_check = Some(crate::now_rfc3339());
-        state.last_verified_unix = Some(now_unix());
-        state.failing_since_unix = None;
-        state.available = match &decision {
-            Decision::Available { version } => Some(version.clone()),
-            _ => None,
-        };
-    })?;
+    let mut state = load_state(&ctx.data_dir);
+    let decision = decide(&running, found.as_ref(), &ctx.agent_id, &state.failed_versions);
+    state.last_verified_check = Some(crate::now_rfc3339());
+    state.last_verified_unix = Some(now_unix());
+    state.failing_since_unix = None;
+    state.available = match &decision {
+        Decision::Available { version } => Some(version.clone()),
+        _ => None,
+    };
+    install::write_json(&state_path(&ctx.data_dir), &state)?;
     let offered = found.as_ref().map(|f| Offer {
         version: f.release.version.to_string(),
         notes: f.meta.notes.clone(),
