@@ -1,5 +1,6 @@
-//! Builds and runs the Tauri app around one in-process `AgentService`.
+//! Builds and runs the Tauri app around its accounts, each an in-process `AgentService`.
 
+use crate::accounts::Accounts;
 use crate::settings::TrayOptions;
 use crate::{commands, events, notifications, tray};
 use edge_agent::AgentService;
@@ -56,16 +57,16 @@ pub fn run() -> i32 {
     if let Err(err) = crate::autostart::reapply() {
         tracing::warn!(error = %err, "could not renew the start-at-login entry");
     }
-    let agent: Agent = Arc::new(AgentService::new(options.agent));
-    // Checks and tells, never installs: see `updates`.
+    let accounts = Accounts::load(options.agent);
+    // Checks and tells, never installs: see `updates`. The program is one for all the
+    // accounts, so one account checks: the first, whose hub the app was installed for.
     let channel = std::env::var("EDGE_AGENT_UPDATE_CHANNEL")
         .ok()
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| edge_agent::updater::DEFAULT_CHANNEL.to_owned());
-    agent.enable_updates(edge_agent::updater::AutoUpdate::tell_only(channel));
+    accounts.main_agent().enable_updates(edge_agent::updater::AutoUpdate::tell_only(channel));
     let show_at_start = options.show_window;
 
-    let setup_agent = agent.clone();
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         tauri::Builder::default()
             // Must be the first plugin: a second launch hands over to the running one.
@@ -74,7 +75,8 @@ pub fn run() -> i32 {
                 show_main_window(app);
             }))
             .plugin(tauri_plugin_opener::init())
-            .manage(setup_agent.clone())
+            .manage(accounts)
+            .manage(crate::events::Forwarders::default())
             .manage(crate::device_sign_in::DeviceSignIn::default())
             .manage(crate::updates::PlannedRestart::default())
             .manage(crate::notifications::Notifications::default())
@@ -104,6 +106,12 @@ pub fn run() -> i32 {
                 commands::settings::get_usage,
                 commands::settings::log_in_to_site,
                 commands::restart_for_update,
+                commands::accounts::list_accounts,
+                commands::accounts::add_account,
+                commands::accounts::switch_account,
+                commands::accounts::remove_account,
+                commands::accounts::pause_all,
+                commands::accounts::resume_all,
             ])
             .on_window_event(|window, event| {
                 // Closing the window destroys it (the agent keeps working in the tray, and
@@ -115,7 +123,7 @@ pub fn run() -> i32 {
                 }
             })
             .setup(move |app| {
-                setup(app.handle(), &setup_agent, show_at_start);
+                setup(app.handle(), show_at_start);
                 Ok(())
             })
             .build(tauri::generate_context!())
@@ -138,11 +146,11 @@ pub fn run() -> i32 {
         }
     };
 
-    let code = app.run_return(move |_app, event| match event {
+    let code = app.run_return(move |app, event| match event {
         // The last window closing (or a desktop logout request) must not stop the agent;
         // only Quit, which exits with an explicit code, does.
         RunEvent::ExitRequested { code: None, api, .. } => api.prevent_exit(),
-        RunEvent::Exit => shutdown_blocking(&agent),
+        RunEvent::Exit => shutdown_blocking(app),
         _ => {}
     });
     tracing::info!(code, "tray app exited");
@@ -163,8 +171,9 @@ fn skip_gdk_gl_on_x11() {
     }
 }
 
-fn setup<R: Runtime>(app: &AppHandle<R>, agent: &Agent, show_at_start: bool) {
-    let has_tray = match tray::create(app, &agent.snapshot()) {
+fn setup<R: Runtime>(app: &AppHandle<R>, show_at_start: bool) {
+    let accounts = app.state::<Accounts>();
+    let has_tray = match tray::create(app, &accounts.active().snapshot()) {
         Ok(()) => {
             tracing::info!("tray icon created");
             true
@@ -174,38 +183,42 @@ fn setup<R: Runtime>(app: &AppHandle<R>, agent: &Agent, show_at_start: bool) {
             false
         }
     };
-    events::spawn_forwarder(app.clone(), agent.clone());
+    for (id, agent) in accounts.all() {
+        events::spawn_forwarder(app.clone(), id, agent);
+    }
     quit_on_signal(app);
     if show_at_start || !has_tray {
         show_main_window(app);
     }
 
     // The keychain may block (an unlock prompt) or fail; keep that off the event loop.
-    let app = app.clone();
-    let agent = agent.clone();
-    tauri::async_runtime::spawn(async move {
-        let logged_in = match agent.reload_credentials().await {
-            Ok(snapshot) => {
-                tracing::info!(logged_in = snapshot.logged_in, keychain = ?snapshot.keychain_backend, "stored login read");
-                snapshot.logged_in
+    for (id, agent) in accounts.all() {
+        let app = app.clone();
+        tauri::async_runtime::spawn(async move {
+            let logged_in = match agent.reload_credentials().await {
+                Ok(snapshot) => {
+                    tracing::info!(account = id, logged_in = snapshot.logged_in, keychain = ?snapshot.keychain_backend, "stored login read");
+                    snapshot.logged_in
+                }
+                Err(err) => {
+                    tracing::warn!(account = id, error = %err, code = err.code(), "could not read the stored login");
+                    // The window only shows the login form; say why the login was not found.
+                    notifications::notify_startup_error(&app, &err);
+                    false
+                }
+            };
+            let active = app.state::<Accounts>().is_active(&id);
+            if logged_in {
+                if let Err(err) = agent.start() {
+                    tracing::error!(account = id, error = %err, "could not start the agent");
+                }
+            } else if active {
+                // Nothing to run until someone logs in: the window is where that happens.
+                show_main_window(&app);
             }
-            Err(err) => {
-                tracing::warn!(error = %err, code = err.code(), "could not read the stored login");
-                // The window only shows the login form; say why the login was not found.
-                notifications::notify_startup_error(&app, &err);
-                false
-            }
-        };
-        if logged_in {
-            if let Err(err) = agent.start() {
-                tracing::error!(error = %err, "could not start the agent");
-            }
-        } else {
-            // Nothing to run until someone logs in: the window is where that happens.
-            show_main_window(&app);
-        }
-        events::publish_state(&app, &agent);
-    });
+            events::publish_state(&app);
+        });
+    }
 }
 
 /// Shows the window, creating it on first use. It is not created at start (`"create":
@@ -276,30 +289,40 @@ fn quit_on_signal<R: Runtime>(_app: &AppHandle<R>) {}
 /// Tray "Quit": stop the core cleanly, then leave the event loop.
 pub fn quit<R: Runtime>(app: &AppHandle<R>) {
     let app = app.clone();
-    let agent = app.state::<Agent>().inner().clone();
     tauri::async_runtime::spawn(async move {
-        shutdown(&agent).await;
+        shutdown(&app.state::<Accounts>()).await;
         app.exit(0);
     });
 }
 
 /// Stops the core before the process restarts into an update (Tauri's restart skips the
 /// `Exit` event's clean-up).
-pub async fn shutdown_for_restart(agent: &Agent) {
-    shutdown(agent).await;
+pub async fn shutdown_for_restart(accounts: &Accounts) {
+    shutdown(accounts).await;
 }
 
-async fn shutdown(agent: &Agent) {
+/// Every account at once: the grace is for all of them, not for each in turn.
+async fn shutdown(accounts: &Accounts) {
     if SHUT_DOWN.swap(true, Ordering::SeqCst) {
         return;
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, agent.shutdown()).await.is_err() {
-        tracing::warn!("agent did not shut down within {SHUTDOWN_GRACE:?}");
+    let stopping: Vec<_> = accounts
+        .all()
+        .into_iter()
+        .map(|(_, agent)| tauri::async_runtime::spawn(async move { agent.shutdown().await }))
+        .collect();
+    let all = async {
+        for task in stopping {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        tracing::warn!("the agents did not shut down within {SHUTDOWN_GRACE:?}");
     }
 }
 
-fn shutdown_blocking(agent: &Agent) {
+fn shutdown_blocking<R: Runtime>(app: &AppHandle<R>) {
     if !SHUT_DOWN.load(Ordering::SeqCst) {
-        tauri::async_runtime::block_on(shutdown(agent));
+        tauri::async_runtime::block_on(shutdown(&app.state::<Accounts>()));
     }
 }

@@ -1,29 +1,83 @@
-//! Forwards the core's events to the window (`agent://event`, `agent://state`), the tray
-//! icon and desktop notifications. This is the only place that listens to the core.
+//! Forwards the core's events to the window (`agent://event`, `agent://state`,
+//! `agent://accounts`), the tray icon and desktop notifications. This is the only place
+//! that listens to the core: one forwarder per account.
+//!
+//! The window and the tray's icon follow the active account; notifications come from every
+//! account, each naming its account once there are several.
 
+use crate::accounts::{AccountError, Accounts};
 use crate::app::Agent;
 use crate::{notifications, tray};
-use edge_agent::AgentEvent;
-use tauri::{AppHandle, Emitter, Runtime};
+use edge_agent::{AgentEvent, AgentSnapshot};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tauri::{AppHandle, Emitter, Manager, Runtime};
 use tokio::sync::broadcast::error::RecvError;
 
 pub const STATE_EVENT: &str = "agent://state";
 pub const AGENT_EVENT: &str = "agent://event";
+pub const ACCOUNTS_EVENT: &str = "agent://accounts";
 
-/// Pushes the current snapshot to the window and the tray.
-pub fn publish_state<R: Runtime>(app: &AppHandle<R>, agent: &Agent) {
-    let snapshot = agent.snapshot();
-    tray::update(app, &snapshot);
-    if let Err(err) = app.emit(STATE_EVENT, &snapshot) {
+/// Pushes the active account's snapshot to the window and the tray, and the account list
+/// when it changed.
+pub fn publish_state<R: Runtime>(app: &AppHandle<R>) {
+    let Some(accounts) = app.try_state::<Accounts>() else { return };
+    send_state(app, &accounts.active().snapshot());
+    publish_accounts(app, &accounts);
+}
+
+fn send_state<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) {
+    tray::update(app, snapshot);
+    if let Err(err) = app.emit(STATE_EVENT, snapshot) {
         tracing::warn!(error = %err, "could not send the state to the window");
     }
 }
 
-pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, agent: Agent) {
+/// The account list to the window and the tray menu, when it changed since last told.
+fn publish_accounts<R: Runtime>(app: &AppHandle<R>, accounts: &Accounts) {
+    if let Some(views) = accounts.changed() {
+        tray::set_accounts(app, &views);
+        if let Err(err) = app.emit(ACCOUNTS_EVENT, &views) {
+            tracing::warn!(error = %err, "could not send the accounts to the window");
+        }
+    }
+}
+
+/// Makes `id` the account the window and menu act on. A device sign-in in progress
+/// belongs to the account it started on: it is cancelled, never finished into another.
+pub fn switch_to<R: Runtime>(app: &AppHandle<R>, id: &str) -> Result<AgentSnapshot, AccountError> {
+    let accounts = app.state::<Accounts>();
+    if accounts.is_active(id) {
+        return Ok(accounts.active().snapshot());
+    }
+    let agent = accounts.switch(id)?;
+    if let Some(sign_in) = app.try_state::<crate::device_sign_in::DeviceSignIn>() {
+        let _ = sign_in.cancel();
+    }
+    publish_state(app);
+    Ok(agent.snapshot())
+}
+
+/// The running forwarder of each account, so a removed account's stops with it.
+#[derive(Default)]
+pub struct Forwarders(Mutex<HashMap<String, tauri::async_runtime::JoinHandle<()>>>);
+
+pub fn stop_forwarder<R: Runtime>(app: &AppHandle<R>, id: &str) {
+    if let Some(forwarders) = app.try_state::<Forwarders>() {
+        if let Some(task) = forwarders.0.lock().ok().and_then(|mut map| map.remove(id)) {
+            task.abort();
+        }
+    }
+}
+
+pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, id: String, agent: Agent) {
     // Subscribe before the first publish so no change falls between the two.
     let mut rx = agent.subscribe();
-    publish_state(&app, &agent);
-    tauri::async_runtime::spawn(async move {
+    publish_state(&app);
+    let key = id.clone();
+    let forwarding = app.clone();
+    let task = tauri::async_runtime::spawn(async move {
+        let app = forwarding;
         // When the notifications' summary is due (`notifications::tick`).
         let mut due: Option<std::time::Instant> = None;
         loop {
@@ -37,34 +91,51 @@ pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, agent: Agent) {
                 },
                 None => rx.recv().await,
             };
+            let Some(accounts) = app.try_state::<Accounts>() else { break };
+            let active = accounts.is_active(&id);
             match received {
                 // The core already sends its whole snapshot; pass it on as the state.
                 Ok(AgentEvent::StateChanged { snapshot }) => {
-                    tray::update(&app, &snapshot);
-                    if let Err(err) = app.emit(STATE_EVENT, &snapshot) {
-                        tracing::warn!(error = %err, "could not send the state to the window");
+                    if active {
+                        send_state(&app, &snapshot);
                     }
+                    publish_accounts(&app, &accounts);
                 }
                 Ok(event) => {
-                    if let Err(err) = app.emit(AGENT_EVENT, &event) {
-                        tracing::warn!(error = %err, "could not send an agent event to the window");
+                    if active {
+                        if let Err(err) = app.emit(AGENT_EVENT, &event) {
+                            tracing::warn!(error = %err, "could not send an agent event to the window");
+                        }
                     }
-                    notifications::notify_event(&app, &event, &agent.snapshot());
+                    // With several accounts, each notification says whose it is.
+                    let label = if accounts.len() > 1 { accounts.label(&id) } else { None };
+                    notifications::notify_event(&app, &event, &agent.snapshot(), label.as_deref());
                     due = notifications::tick(&app);
-                    if matches!(event, AgentEvent::LoginRequired { .. }) {
+                    if active && matches!(event, AgentEvent::LoginRequired { .. }) {
                         // The window is where the person logs in again.
                         crate::app::show_main_window(&app);
                     }
-                    publish_state(&app, &agent);
+                    if active {
+                        publish_state(&app);
+                    } else {
+                        publish_accounts(&app, &accounts);
+                    }
                 }
                 // Missed events only matter for notifications; the snapshot is complete.
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "tray fell behind the agent's events");
-                    publish_state(&app, &agent);
+                    tracing::warn!(missed, account = id, "tray fell behind the agent's events");
+                    publish_state(&app);
                 }
                 Err(RecvError::Closed) => break,
             }
         }
-        tracing::debug!("agent event stream ended");
+        tracing::debug!(account = id, "agent event stream ended");
     });
+    if let Some(forwarders) = app.try_state::<Forwarders>() {
+        if let Ok(mut map) = forwarders.0.lock() {
+            if let Some(previous) = map.insert(key, task) {
+                previous.abort();
+            }
+        }
+    }
 }

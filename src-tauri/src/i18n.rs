@@ -179,6 +179,16 @@ catalogue! {
     summary_both: "{finished}, {failed}", "{finished}, {failed}";
     // The action a click on a notification takes.
     notification_open: "Open", "Ouvrir";
+
+    // Several accounts.
+    // A job's or a need's notification when the app holds several accounts.
+    note_account: "{title} — {account}", "{title} — {account}";
+    menu_accounts: "Accounts", "Comptes";
+    menu_add_account: "Add an account…", "Ajouter un compte…";
+    menu_pause_all: "Pause all accounts", "Mettre tous les comptes en pause";
+    menu_resume_all: "Resume all accounts", "Reprendre tous les comptes";
+    account_signed_out: "New account (not signed in)", "Nouveau compte (non connecté)";
+    account_paused: "{account} (paused)", "{account} (en pause)";
 }
 
 #[cfg(test)]
@@ -203,7 +213,7 @@ mod tests {
         let same: Vec<_> = en.iter().zip(&fr).filter(|((_, e), (_, f))| e == f).map(|((key, _), _)| *key).collect();
         assert_eq!(
             same,
-            ["tooltip", "job_body", "kind_send_dm", "summary_both"],
+            ["tooltip", "job_body", "kind_send_dm", "summary_both", "note_account"],
             "English left in the French catalogue"
         );
     }

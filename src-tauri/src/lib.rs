@@ -3,6 +3,7 @@
 //! The core (crates/agent) does the work and knows nothing of Tauri; this crate only
 //! wires it to a window (commands + events), a tray icon and desktop notifications.
 
+mod accounts;
 mod app;
 mod autostart;
 mod commands;

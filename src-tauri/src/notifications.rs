@@ -322,7 +322,14 @@ impl Notifications {
     }
 }
 
-pub fn notify_event<R: Runtime>(app: &AppHandle<R>, event: &AgentEvent, snapshot: &AgentSnapshot) {
+/// `account`: the account's name, when the app holds several; the notifications of a job
+/// or a need then say whose they are (the summary counts all accounts' tasks).
+pub fn notify_event<R: Runtime>(
+    app: &AppHandle<R>,
+    event: &AgentEvent,
+    snapshot: &AgentSnapshot,
+    account: Option<&str>,
+) {
     let Some(notifications) = app.try_state::<Notifications>() else { return };
     let id = match event {
         AgentEvent::JobStarted { id, .. }
@@ -337,8 +344,15 @@ pub fn notify_event<R: Runtime>(app: &AppHandle<R>, event: &AgentEvent, snapshot
         Err(_) => return,
     };
     for show in shows {
-        show_in_slot(app, show);
+        show_in_slot(app, with_account(i18n::t(), show, account));
     }
+}
+
+fn with_account(t: &Texts, mut show: Show, account: Option<&str>) -> Show {
+    if let (Some(account), Slot::Job(_) | Slot::Other(_)) = (account, &show.slot) {
+        show.note.title = fill(t.note_account, &[("title", &show.note.title), ("account", account)]);
+    }
+    show
 }
 
 /// Shows the summary if its time has come; when to ask again.
@@ -471,6 +485,13 @@ fn put_up<R: Runtime>(app: &AppHandle<R>, show: Show) {
 /// and told to one that is open.
 fn open_on<R: Runtime>(app: &AppHandle<R>, job: Option<String>) {
     tracing::info!(job = job.as_deref().unwrap_or("(all)"), "notification clicked: showing its task");
+    // The job is another account's: the window shows that account.
+    let owner = job.as_deref().and_then(|job| app.try_state::<crate::accounts::Accounts>()?.owner_of_job(job));
+    if let Some(owner) = owner {
+        if let Err(err) = crate::events::switch_to(app, &owner) {
+            tracing::warn!(error = %err, "could not show the account of a clicked notification");
+        }
+    }
     if let Some(notifications) = app.try_state::<Notifications>() {
         if let Ok(mut open) = notifications.open_job.lock() {
             *open = Some(job.clone());
@@ -493,6 +514,22 @@ pub fn notify_startup_error<R: Runtime>(app: &AppHandle<R>, error: &AgentError) 
 mod tests {
     use super::*;
     use crate::i18n::{EN, FR};
+
+    #[test]
+    fn with_several_accounts_a_tasks_notification_names_its_account_but_the_summary_counts_all() {
+        let note = |title: &str| Note { title: title.to_owned(), body: "b".into(), urgent: false };
+        let job = Show { slot: Slot::Job("job_1".into()), note: note("Task finished") };
+        assert_eq!(
+            with_account(&EN, job, Some("c-ann · hub.example.com")).note.title,
+            "Task finished — c-ann · hub.example.com"
+        );
+        let other = Show { slot: Slot::Other("x".into()), note: note("Log in to FanDeck") };
+        assert_eq!(with_account(&FR, other, Some("c-bob")).note.title, "Log in to FanDeck — c-bob");
+        let summary = Show { slot: Slot::Summary, note: note("Tasks") };
+        assert_eq!(with_account(&EN, summary, Some("c-ann")).note.title, "Tasks");
+        let alone = Show { slot: Slot::Job("job_2".into()), note: note("Task finished") };
+        assert_eq!(with_account(&EN, alone, None).note.title, "Task finished", "one account: no name");
+    }
 
     #[test]
     fn job_events_and_login_required_notify_in_words_others_do_not() {

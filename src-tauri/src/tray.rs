@@ -1,19 +1,21 @@
-//! The tray icon: its image and tooltip follow the agent's state, its menu offers the state
-//! line, Open, Pause for 1 hour / until tomorrow (08:00) / until resumed, Resume and Quit, in
-//! the current language (`i18n`). The pause lengths are the core's (`edge_agent::pause`),
+//! The tray icon: its image and tooltip follow the active account's state, its menu offers
+//! the state line, Open, the accounts (switch, add), Pause for 1 hour / until tomorrow
+//! (08:00) / until resumed, Resume, with several accounts Pause all / Resume all, and Quit,
+//! in the current language (`i18n`). The pause lengths are the core's (`edge_agent::pause`),
 //! which keeps the pause and its end across restarts.
 //!
 //! Platform tray support is the least reliable part of a desktop (no tray host, missing
 //! appindicator library, a StatusNotifier host that vanishes), so creation failures are
 //! returned, never panicked on, and every later update is best effort.
 
-use crate::app::{self, Agent};
+use crate::accounts::{AccountView, Accounts};
+use crate::app;
 use crate::i18n::{self, fill, Lang, Texts};
 use edge_agent::pause::PauseLength;
 use edge_agent::{AgentSnapshot, ConnectionState};
 use std::sync::Mutex;
 use tauri::image::Image;
-use tauri::menu::{Menu, MenuEvent, MenuItem, PredefinedMenuItem};
+use tauri::menu::{CheckMenuItem, Menu, MenuEvent, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::tray::{MouseButton, MouseButtonState, TrayIcon, TrayIconBuilder, TrayIconEvent};
 use tauri::{AppHandle, Manager, Runtime};
 
@@ -25,6 +27,12 @@ const MENU_PAUSE_TOMORROW: &str = "pause-tomorrow";
 const MENU_PAUSE: &str = "pause";
 const MENU_RESUME: &str = "resume";
 const MENU_QUIT: &str = "quit";
+const MENU_ACCOUNTS: &str = "accounts";
+/// Followed by the account's id.
+const MENU_ACCOUNT_PREFIX: &str = "account:";
+const MENU_ADD_ACCOUNT: &str = "add-account";
+const MENU_PAUSE_ALL: &str = "pause-all";
+const MENU_RESUME_ALL: &str = "resume-all";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrayState {
@@ -103,18 +111,24 @@ pub enum TrayError {
     Panicked(String),
 }
 
-/// Handles kept to update the tray later; absent when there is no tray.
-struct TrayHandles<R: Runtime> {
-    icon: TrayIcon<R>,
+/// The menu's items that change after it was built.
+struct MenuItems<R: Runtime> {
     state_item: MenuItem<R>,
-    open_item: MenuItem<R>,
     /// For 1 hour, until tomorrow, until resumed: offered while logged in (a new pause
     /// replaces the one before, so they stay while paused).
     pause_items: [MenuItem<R>; 3],
     resume_item: MenuItem<R>,
-    quit_item: MenuItem<R>,
+}
+
+/// Handles kept to update the tray later; absent when there is no tray.
+struct TrayHandles<R: Runtime> {
+    icon: TrayIcon<R>,
+    /// Replaced with the menu when it is built anew (another language, the accounts).
+    items: Mutex<MenuItems<R>>,
     /// What the platform shows now; snapshots arrive often and most change nothing here.
     shown: Mutex<Shown>,
+    /// The accounts the menu lists.
+    accounts: Mutex<Vec<AccountView>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,27 +174,77 @@ pub fn create<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Resul
     }
 }
 
-fn build<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Result<(), TrayError> {
-    let shown = Shown::of(snapshot);
-    let t = i18n::t();
+/// An account's line in the Accounts submenu.
+fn account_line(t: &Texts, account: &AccountView) -> String {
+    let name = account.label().unwrap_or_else(|| t.account_signed_out.to_owned());
+    if account.paused && account.logged_in {
+        fill(t.account_paused, &[("account", &name)])
+    } else {
+        name
+    }
+}
+
+/// The whole menu: state line, Open, Accounts, the pause lengths, Resume, (with several
+/// accounts) pause or resume all, Quit.
+fn build_menu<R: Runtime>(
+    app: &AppHandle<R>,
+    shown: &Shown,
+    accounts: &[AccountView],
+) -> Result<(Menu<R>, MenuItems<R>), TrayError> {
+    let t = shown.lang.texts();
     // The state line is words, not an action: shown disabled.
     let state_item = MenuItem::with_id(app, MENU_STATE, &shown.line, false, None::<&str>)?;
     let open = MenuItem::with_id(app, MENU_OPEN, t.menu_open, true, None::<&str>)?;
-    let logged_in = snapshot.logged_in;
+    let logged_in = shown.logged_in;
     let pause_items = [
         MenuItem::with_id(app, MENU_PAUSE_HOUR, t.menu_pause_hour, logged_in, None::<&str>)?,
         MenuItem::with_id(app, MENU_PAUSE_TOMORROW, t.menu_pause_tomorrow, logged_in, None::<&str>)?,
         MenuItem::with_id(app, MENU_PAUSE, t.menu_pause, logged_in, None::<&str>)?,
     ];
-    let resume = MenuItem::with_id(app, MENU_RESUME, t.menu_resume, logged_in && snapshot.paused, None::<&str>)?;
-    let separator = PredefinedMenuItem::separator(app)?;
-    let separator2 = PredefinedMenuItem::separator(app)?;
-    let quit = MenuItem::with_id(app, MENU_QUIT, t.menu_quit, true, None::<&str>)?;
-    let [hour, tomorrow, until_resumed] = &pause_items;
-    let menu = Menu::with_items(
+    let resume = MenuItem::with_id(app, MENU_RESUME, t.menu_resume, logged_in && shown.paused, None::<&str>)?;
+
+    let account_menu = Submenu::with_id(app, MENU_ACCOUNTS, t.menu_accounts, true)?;
+    for account in accounts {
+        let item = CheckMenuItem::with_id(
+            app,
+            format!("{MENU_ACCOUNT_PREFIX}{}", account.id),
+            account_line(t, account),
+            true,
+            account.active,
+            None::<&str>,
+        )?;
+        account_menu.append(&item)?;
+    }
+    account_menu.append(&PredefinedMenuItem::separator(app)?)?;
+    account_menu.append(&MenuItem::with_id(
         app,
-        &[&state_item, &separator, &open, hour, tomorrow, until_resumed, &resume, &separator2, &quit],
-    )?;
+        MENU_ADD_ACCOUNT,
+        t.menu_add_account,
+        accounts.len() < crate::accounts::MAX_ACCOUNTS,
+        None::<&str>,
+    )?)?;
+
+    let menu = Menu::new(app)?;
+    menu.append_items(&[&state_item, &PredefinedMenuItem::separator(app)?, &open, &account_menu])?;
+    let [hour, tomorrow, until_resumed] = &pause_items;
+    menu.append_items(&[hour, tomorrow, until_resumed, &resume])?;
+    if accounts.len() > 1 {
+        let signed_in = accounts.iter().any(|a| a.logged_in);
+        let any_paused = accounts.iter().any(|a| a.logged_in && a.paused);
+        menu.append(&MenuItem::with_id(app, MENU_PAUSE_ALL, t.menu_pause_all, signed_in, None::<&str>)?)?;
+        menu.append(&MenuItem::with_id(app, MENU_RESUME_ALL, t.menu_resume_all, any_paused, None::<&str>)?)?;
+    }
+    menu.append_items(&[
+        &PredefinedMenuItem::separator(app)?,
+        &MenuItem::with_id(app, MENU_QUIT, t.menu_quit, true, None::<&str>)?,
+    ])?;
+    Ok((menu, MenuItems { state_item, pause_items, resume_item: resume }))
+}
+
+fn build<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Result<(), TrayError> {
+    let shown = Shown::of(snapshot);
+    let accounts = app.try_state::<Accounts>().map(|a| a.views()).unwrap_or_default();
+    let (menu, items) = build_menu(app, &shown, &accounts)?;
 
     let icon = TrayIconBuilder::with_id(TRAY_ID)
         .icon(image(shown.state)?)
@@ -199,12 +263,9 @@ fn build<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) -> Result<(),
 
     app.manage(TrayHandles {
         icon,
-        state_item,
-        open_item: open,
-        pause_items,
-        resume_item: resume,
-        quit_item: quit,
+        items: Mutex::new(items),
         shown: Mutex::new(shown),
+        accounts: Mutex::new(accounts),
     });
     Ok(())
 }
@@ -221,17 +282,88 @@ fn pause_length(id: &str) -> Option<PauseLength> {
 
 fn on_menu_event<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
     let id = event.id().as_ref();
+    let Some(accounts) = app.try_state::<Accounts>() else { return };
     // The core's Paused/Resumed event and its new snapshot update tray and window through
-    // the forwarder.
+    // the forwarder. The pause lengths and Resume act on the account the window shows.
     if let Some(length) = pause_length(id) {
-        app.state::<Agent>().pause_for(length);
+        accounts.active().pause_for(length);
+        return;
+    }
+    if let Some(account) = id.strip_prefix(MENU_ACCOUNT_PREFIX) {
+        if let Err(err) = crate::events::switch_to(app, account) {
+            tracing::warn!(error = %err, "could not switch accounts from the tray");
+        }
+        // A check item ticks itself when clicked: the menu shows the truth again (the
+        // switch rebuilt it only if the list changed).
+        rebuild(app);
         return;
     }
     match id {
         MENU_OPEN => app::show_main_window(app),
-        MENU_RESUME => app.state::<Agent>().resume(),
+        MENU_RESUME => accounts.active().resume(),
+        MENU_PAUSE_ALL => {
+            for (_, agent) in accounts.all() {
+                if agent.snapshot().logged_in {
+                    agent.pause_for(PauseLength::UntilResumed);
+                }
+            }
+        }
+        MENU_RESUME_ALL => {
+            for (_, agent) in accounts.all() {
+                agent.resume();
+            }
+        }
+        MENU_ADD_ACCOUNT => {
+            match accounts.add() {
+                Ok((id, agent)) => crate::events::spawn_forwarder(app.clone(), id, agent),
+                Err(err) => tracing::warn!(error = %err, "could not add an account from the tray"),
+            }
+            // The window is where the new account signs in.
+            app::show_main_window(app);
+        }
         MENU_QUIT => app::quit(app),
         other => tracing::debug!(id = other, "unknown tray menu item"),
+    }
+}
+
+/// Builds the menu anew from what is shown and the accounts.
+fn rebuild<R: Runtime>(app: &AppHandle<R>) {
+    let Some(handles) = app.try_state::<TrayHandles<R>>() else { return };
+    let shown = match handles.shown.lock() {
+        Ok(shown) => shown.clone(),
+        Err(_) => return,
+    };
+    let accounts = match handles.accounts.lock() {
+        Ok(accounts) => accounts.clone(),
+        Err(_) => return,
+    };
+    match build_menu(app, &shown, &accounts) {
+        Ok((menu, items)) => {
+            if let Err(err) = handles.icon.set_menu(Some(menu)) {
+                tracing::warn!(error = %err, "could not change the tray menu");
+                return;
+            }
+            if let Ok(mut current) = handles.items.lock() {
+                *current = items;
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "could not build the tray menu"),
+    }
+}
+
+/// The accounts changed (added, removed, switched, signed in, paused): the menu lists
+/// them anew.
+pub fn set_accounts<R: Runtime>(app: &AppHandle<R>, views: &[AccountView]) {
+    let Some(handles) = app.try_state::<TrayHandles<R>>() else { return };
+    let changed = match handles.accounts.lock() {
+        Ok(mut accounts) if accounts.as_slice() != views => {
+            *accounts = views.to_vec();
+            true
+        }
+        _ => false,
+    };
+    if changed {
+        rebuild(app);
     }
 }
 
@@ -261,31 +393,23 @@ pub fn update<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot) {
             tracing::warn!(error = %err, "could not change the tray tooltip");
         }
     }
+    if shown.lang != next.lang {
+        // Every label changes: the menu is built anew in the new language.
+        rebuild(app);
+        return;
+    }
+    let Ok(items) = handles.items.lock() else { return };
     let menu_failed = |err: tauri::Error| tracing::warn!(error = %err, "could not change the tray menu");
     if shown.line != next.line {
-        handles.state_item.set_text(&next.line).unwrap_or_else(menu_failed);
-    }
-    if shown.lang != next.lang {
-        let t = next.lang.texts();
-        let [hour, tomorrow, until_resumed] = &handles.pause_items;
-        for (item, text) in [
-            (&handles.open_item, t.menu_open),
-            (hour, t.menu_pause_hour),
-            (tomorrow, t.menu_pause_tomorrow),
-            (until_resumed, t.menu_pause),
-            (&handles.resume_item, t.menu_resume),
-            (&handles.quit_item, t.menu_quit),
-        ] {
-            item.set_text(text).unwrap_or_else(menu_failed);
-        }
+        items.state_item.set_text(&next.line).unwrap_or_else(menu_failed);
     }
     if shown.logged_in != next.logged_in {
-        for item in &handles.pause_items {
+        for item in &items.pause_items {
             item.set_enabled(next.logged_in).unwrap_or_else(menu_failed);
         }
     }
     if (shown.logged_in && shown.paused) != (next.logged_in && next.paused) {
-        handles.resume_item.set_enabled(next.logged_in && next.paused).unwrap_or_else(menu_failed);
+        items.resume_item.set_enabled(next.logged_in && next.paused).unwrap_or_else(menu_failed);
     }
 }
 
@@ -348,6 +472,25 @@ mod tests {
         assert_eq!(pause_length(MENU_PAUSE), Some(PauseLength::UntilResumed));
         assert_eq!(pause_length(MENU_RESUME), None);
         assert_eq!(pause_length(MENU_OPEN), None);
+    }
+
+    #[test]
+    fn the_accounts_menu_names_each_account_and_says_which_are_paused() {
+        let view = |creator: Option<&str>, paused: bool| AccountView {
+            id: "acct-2".into(),
+            active: false,
+            logged_in: creator.is_some(),
+            hub_url: Some("https://hub.example.com/".into()),
+            creator_id: creator.map(str::to_owned),
+            paused,
+            connection: ConnectionState::Online,
+            busy: 0,
+        };
+        assert_eq!(account_line(&i18n::EN, &view(Some("c-ann"), false)), "c-ann · hub.example.com");
+        assert_eq!(account_line(&i18n::FR, &view(Some("c-ann"), true)), "c-ann · hub.example.com (en pause)");
+        assert_eq!(account_line(&i18n::EN, &view(None, false)), "New account (not signed in)");
+        // A signed-out account is never said to be paused: it runs nothing either way.
+        assert_eq!(account_line(&i18n::FR, &view(None, true)), "Nouveau compte (non connecté)");
     }
 
     #[test]

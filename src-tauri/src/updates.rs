@@ -7,7 +7,7 @@
 //! [`RestartPlan`], the restart itself is Tauri's (which releases the single-instance lock
 //! before the new process starts).
 
-use crate::app::Agent;
+use crate::accounts::Accounts;
 use edge_agent::updater::{RestartPlan, RestartWhen};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,13 +23,15 @@ pub struct PlannedRestart(Mutex<Option<tauri::async_runtime::JoinHandle<()>>>);
 pub fn plan<R: Runtime>(app: &AppHandle<R>, when: RestartWhen) {
     let plan = RestartPlan::new(when, chrono_now());
     tracing::info!(?when, not_before = ?plan.not_before(), "restart into the installed update planned");
-    let (app_for_task, agent) = (app.clone(), app.state::<Agent>().inner().clone());
+    let app_for_task = app.clone();
     let task = tauri::async_runtime::spawn(async move {
-        while !plan.due(chrono_now(), agent.snapshot().busy) {
+        // The restart stops every account: it waits until none runs a job.
+        let busy = |app: &AppHandle<R>| app.state::<Accounts>().all().iter().map(|(_, a)| a.snapshot().busy).sum();
+        while !plan.due(chrono_now(), busy(&app_for_task)) {
             tokio::time::sleep(LOOK_EVERY).await;
         }
         tracing::info!("restarting into the installed update");
-        crate::app::shutdown_for_restart(&agent).await;
+        crate::app::shutdown_for_restart(&app_for_task.state::<Accounts>()).await;
         app_for_task.restart();
     });
     let planned = app.state::<PlannedRestart>();

@@ -54,10 +54,20 @@ function settings(lang) {
   };
 }
 
+// Two accounts with long names, the one shown an added one: the account bar, with its
+// Remove button, is on every screen checked below.
+const ACCOUNTS = [
+  { id: "main", active: false, loggedIn: true, hubUrl: "https://hub.a-rather-long-agency-name.example.com",
+    creatorId: "c-creator-with-a-rather-long-name", paused: true, connection: "online", busy: 0 },
+  { id: "acct-2", active: true, loggedIn: true, hubUrl: HUB, creatorId: "c-second", paused: false,
+    connection: "online", busy: 1 },
+];
+
 function config(lang, state, consent) {
   return {
     state,
     commands: {
+      list_accounts: { resolve: ACCOUNTS },
       get_settings: { resolve: settings(lang) },
       get_consent: { resolve: consent },
       get_usage: {

@@ -1,6 +1,7 @@
 import { invoke } from "@tauri-apps/api/core";
 import { listen, type UnlistenFn } from "@tauri-apps/api/event";
 import type {
+  AccountView,
   AgentEventPayload,
   AgentSnapshot,
   ConsentItem,
@@ -138,4 +139,36 @@ export function getUsage(): Promise<Usage> {
 /** Opens a visible browser on the site's login page; resolves once the login is kept. */
 export function logInToSite(site: string): Promise<AgentSnapshot> {
   return invoke<AgentSnapshot>("log_in_to_site", { site });
+}
+
+export const ACCOUNTS_EVENT = "agent://accounts";
+
+export function listAccounts(): Promise<AccountView[]> {
+  return invoke<AccountView[]>("list_accounts");
+}
+
+/** A new signed-out account, made active; answers its snapshot. */
+export function addAccount(): Promise<AgentSnapshot> {
+  return invoke<AgentSnapshot>("add_account");
+}
+
+export function switchAccount(id: string): Promise<AgentSnapshot> {
+  return invoke<AgentSnapshot>("switch_account", { id });
+}
+
+/** Signs the account out here and forgets it; answers the snapshot of the account shown next. */
+export function removeAccount(id: string): Promise<AgentSnapshot> {
+  return invoke<AgentSnapshot>("remove_account", { id });
+}
+
+export function pauseAll(length?: PauseLength): Promise<AccountView[]> {
+  return invoke<AccountView[]>("pause_all", length ? { length } : {});
+}
+
+export function resumeAll(): Promise<AccountView[]> {
+  return invoke<AccountView[]>("resume_all");
+}
+
+export function onAccounts(handler: (accounts: AccountView[]) => void): Promise<UnlistenFn> {
+  return listen<AccountView[]>(ACCOUNTS_EVENT, (event) => handler(event.payload));
 }

@@ -22,6 +22,9 @@ const AGENT_ERRORS: Record<string, keyof Strings> = {
   device_login_unsupported: "errDeviceUnsupported",
   invalid_setting: "errInvalidSetting",
   job_not_running: "errJobNotRunning",
+  unknown_account: "errUnknownAccount",
+  main_account_stays: "errMainAccountStays",
+  too_many_accounts: "errTooManyAccounts",
 };
 
 // A failed task's words by the protocol's error code (`edge_protocol::ErrorCode`), each

@@ -1,11 +1,12 @@
+import { activeAccountId, loadAccounts, relabelAccounts, renderAccounts, setUpAccounts } from "./accounts";
 import * as api from "./api";
 import { loadConsent, nothingGranted, relabelConsent, setUpConsent } from "./consent";
 import { describeError } from "./errors";
 import { S, fill, fromLocale, setLanguage } from "./i18n";
 import { loadSettings, relabelSettings, setUpSettings } from "./settings";
-import { relabelSignIn, setUpSignIn } from "./signin";
+import { relabelSignIn, resetSignIn, setUpSignIn } from "./signin";
 import { setUpUpdates } from "./updates";
-import type { AgentSnapshot, PauseLength, Usage } from "./types";
+import type { AccountView, AgentSnapshot, PauseLength, Usage } from "./types";
 import {
   highlightJob,
   render,
@@ -89,6 +90,27 @@ function setPauseMenu(open: boolean): void {
   document.getElementById("pause-more")!.setAttribute("aria-expanded", String(open));
 }
 
+/** Another account is shown: every screen starts again at its Home (or its sign-in),
+ * with its own usage; nothing of the other account's stays on screen. */
+function accountShown(): void {
+  resetSignIn();
+  screen = "status";
+  usage = null;
+  usageAsked = -Infinity;
+  showError("action-error", null);
+  window.scrollTo(0, 0);
+}
+
+/** The account list from the core (a switch from the tray menu comes this way too). */
+function accountsChanged(list: AccountView[]): void {
+  const before = activeAccountId();
+  renderAccounts(list);
+  if (before !== null && before !== activeAccountId()) {
+    accountShown();
+    if (current) apply(current);
+  }
+}
+
 /** Shows the consent screen when nothing is granted yet; `force` always (Permissions). */
 async function offerConsent(force: boolean): Promise<void> {
   try {
@@ -126,6 +148,7 @@ async function runAction(action: () => Promise<AgentSnapshot>): Promise<void> {
  * `setLanguage` by themselves). */
 function relabel(): void {
   relabelSignIn();
+  relabelAccounts();
   relabelConsent();
   relabelSettings();
   if (current) render(current, screen);
@@ -174,6 +197,12 @@ async function main(): Promise<void> {
     void offerConsent(false);
   });
   setUpConsent(() => show("status"));
+  setUpAccounts({
+    shown: (snapshot) => {
+      accountShown();
+      apply(snapshot);
+    },
+  });
   setUpSettings({
     languageChanged: (settings) => {
       setLanguage(settings.effectiveLanguage);
@@ -225,6 +254,12 @@ async function main(): Promise<void> {
   });
   await api.onOpenJob(() => void takeOpenJob());
   try {
+    await api.onAccounts(accountsChanged);
+  } catch {
+    // An older tray without accounts.
+  }
+  try {
+    await loadAccounts();
     const snapshot = await api.getState();
     apply(snapshot);
     if (snapshot.loggedIn) await offerConsent(false);

@@ -165,3 +165,15 @@ export interface Settings {
   /** Sites the person allowed browser tasks on. */
   sites: string[];
 }
+
+/** One account of the app (src-tauri `accounts::AccountView`). */
+export interface AccountView {
+  id: string;
+  active: boolean;
+  loggedIn: boolean;
+  hubUrl: string | null;
+  creatorId: string | null;
+  paused: boolean;
+  connection: string;
+  busy: number;
+}

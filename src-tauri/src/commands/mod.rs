@@ -2,37 +2,73 @@
 //! with the fresh snapshot so the window can render without waiting for the event.
 //! Errors are the core's `AgentError`, which serializes as `{code, message}`.
 
+pub mod accounts;
 pub mod settings;
 
+use crate::accounts::Accounts;
 use crate::app::Agent;
 use crate::device_sign_in::{DeviceSignIn, DeviceSignInView};
 use edge_agent::consent::{Capability, Consent, Standing};
 use edge_agent::pause::PauseLength;
 use edge_agent::{AgentError, AgentSnapshot};
 use serde::Serialize;
-use tauri::{AppHandle, Runtime, State};
+use std::path::PathBuf;
+use tauri::ipc::{CommandArg, CommandItem, InvokeError};
+use tauri::{AppHandle, Manager, Runtime, State};
 use tauri_plugin_opener::OpenerExt;
 
+/// The agent of the account the window shows, as a command argument: every window action
+/// acts on that account and no other. Taken when the command is called, so a long command
+/// (a device sign-in's wait) finishes on the account it started on.
+pub struct ActiveAgent {
+    agent: Agent,
+    /// Where the tray's own preferences and the log folder live (the first account's).
+    main_dir: PathBuf,
+}
+
+impl ActiveAgent {
+    pub fn main_dir(&self) -> &std::path::Path {
+        &self.main_dir
+    }
+}
+
+impl std::ops::Deref for ActiveAgent {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+impl<'de, R: Runtime> CommandArg<'de, R> for ActiveAgent {
+    fn from_command(command: CommandItem<'de, R>) -> Result<Self, InvokeError> {
+        let accounts =
+            command.message.webview_ref().try_state::<Accounts>().ok_or_else(|| {
+                InvokeError::from(format!("the accounts are not set up (command `{}`)", command.name))
+            })?;
+        Ok(ActiveAgent { agent: accounts.active(), main_dir: accounts.main_dir().to_path_buf() })
+    }
+}
+
 #[tauri::command]
-pub fn get_state(agent: State<'_, Agent>) -> AgentSnapshot {
+pub fn get_state(agent: ActiveAgent) -> AgentSnapshot {
     agent.snapshot()
 }
 
 #[tauri::command]
-pub async fn login(agent: State<'_, Agent>, hub_url: String, token: String) -> Result<AgentSnapshot, AgentError> {
+pub async fn login(agent: ActiveAgent, hub_url: String, token: String) -> Result<AgentSnapshot, AgentError> {
     agent.login(&hub_url, &token).await?;
     Ok(agent.snapshot())
 }
 
 #[tauri::command]
-pub async fn logout(agent: State<'_, Agent>) -> Result<AgentSnapshot, AgentError> {
+pub async fn logout(agent: ActiveAgent) -> Result<AgentSnapshot, AgentError> {
     agent.logout().await?;
     Ok(agent.snapshot())
 }
 
 /// `length`: `untilResumed` (the default), `oneHour` or `untilTomorrow`.
 #[tauri::command]
-pub fn pause(agent: State<'_, Agent>, length: Option<PauseLength>) -> AgentSnapshot {
+pub fn pause(agent: ActiveAgent, length: Option<PauseLength>) -> AgentSnapshot {
     agent.pause_for(length.unwrap_or(PauseLength::UntilResumed));
     agent.snapshot()
 }
@@ -45,7 +81,7 @@ pub fn restart_for_update<R: Runtime>(app: AppHandle<R>, when: edge_agent::updat
 
 /// The person's Cancel on the Jobs screen: the core ends the job and tells the hub.
 #[tauri::command]
-pub async fn cancel_job(agent: State<'_, Agent>, id: String) -> Result<AgentSnapshot, AgentError> {
+pub async fn cancel_job(agent: ActiveAgent, id: String) -> Result<AgentSnapshot, AgentError> {
     agent.cancel_job(&id).await?;
     Ok(agent.snapshot())
 }
@@ -65,14 +101,14 @@ pub struct OpenJob {
 /// The last screenshot of a browser job as a `data:image/png;base64,…` URL, or null. By
 /// job id only: the window cannot name a file to read.
 #[tauri::command]
-pub fn job_screenshot(agent: State<'_, Agent>, id: String) -> Result<Option<String>, AgentError> {
+pub fn job_screenshot(agent: ActiveAgent, id: String) -> Result<Option<String>, AgentError> {
     use base64::Engine;
     let png = agent.job_screenshot(&id)?;
     Ok(png.map(|bytes| format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes))))
 }
 
 #[tauri::command]
-pub fn resume(agent: State<'_, Agent>) -> AgentSnapshot {
+pub fn resume(agent: ActiveAgent) -> AgentSnapshot {
     agent.resume();
     agent.snapshot()
 }
@@ -80,7 +116,7 @@ pub fn resume(agent: State<'_, Agent>) -> AgentSnapshot {
 /// Device sign-in, step 1: ask the hub for a code; the window shows it with the QR code.
 #[tauri::command]
 pub async fn start_device_login(
-    agent: State<'_, Agent>,
+    agent: ActiveAgent,
     sign_in: State<'_, DeviceSignIn>,
     hub_url: String,
 ) -> Result<DeviceSignInView, AgentError> {
@@ -92,7 +128,7 @@ pub async fn start_device_login(
 /// start the agent. `None` when the person cancelled.
 #[tauri::command]
 pub async fn finish_device_login(
-    agent: State<'_, Agent>,
+    agent: ActiveAgent,
     sign_in: State<'_, DeviceSignIn>,
 ) -> Result<Option<AgentSnapshot>, AgentError> {
     let (login, cancelled) = sign_in.take()?;
@@ -128,19 +164,19 @@ pub fn open_approval_page<R: Runtime>(
 
 /// The consent screen: every capability with where the person stands on it.
 #[tauri::command]
-pub fn get_consent(agent: State<'_, Agent>) -> Result<Vec<ConsentItem>, AgentError> {
+pub fn get_consent(agent: ActiveAgent) -> Result<Vec<ConsentItem>, AgentError> {
     consent_items(&agent)
 }
 
 #[tauri::command]
-pub async fn grant_capability(agent: State<'_, Agent>, name: String) -> Result<Vec<ConsentItem>, AgentError> {
+pub async fn grant_capability(agent: ActiveAgent, name: String) -> Result<Vec<ConsentItem>, AgentError> {
     consent(&agent).grant(&Capability::parse(&name)?)?;
     agent.reannounce_when_idle().await?;
     consent_items(&agent)
 }
 
 #[tauri::command]
-pub async fn revoke_capability(agent: State<'_, Agent>, name: String) -> Result<Vec<ConsentItem>, AgentError> {
+pub async fn revoke_capability(agent: ActiveAgent, name: String) -> Result<Vec<ConsentItem>, AgentError> {
     consent(&agent).revoke(&Capability::parse(&name)?)?;
     agent.reannounce_when_idle().await?;
     consent_items(&agent)

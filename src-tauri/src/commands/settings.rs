@@ -2,6 +2,7 @@
 //! (settings.json through `LocalSettings`), the tray's preferences and start at login.
 //! Every change answers with the whole [`SettingsView`] so the window shows what was kept.
 
+use super::ActiveAgent;
 use crate::app::Agent;
 use crate::autostart;
 use crate::i18n::{self, Lang};
@@ -11,7 +12,7 @@ use edge_agent::local_settings::{LocalSettings, QuietHours};
 use edge_agent::{AgentError, AgentSnapshot};
 use serde::Serialize;
 use std::time::Duration;
-use tauri::{AppHandle, Runtime, State};
+use tauri::{AppHandle, Runtime};
 use tauri_plugin_opener::OpenerExt;
 
 /// How long a site login window may stay open before the agent gives up on it.
@@ -57,7 +58,7 @@ fn caps_view(local: &LocalSettings) -> CapsView {
     }
 }
 
-fn view(agent: &Agent) -> Result<SettingsView, AgentError> {
+fn view(agent: &ActiveAgent) -> Result<SettingsView, AgentError> {
     let data_dir = &agent.settings().data_dir;
     let local = LocalSettings::load(data_dir)?;
     let sites = super::browser_grants(&super::consent(agent))?
@@ -72,7 +73,8 @@ fn view(agent: &Agent) -> Result<SettingsView, AgentError> {
         quiet_hours: local.quiet_hours.clone(),
         uploads_dir: local.uploads_dir.as_ref().map(|p| p.display().to_string()),
         start_at_login: autostart::is_enabled(),
-        language: Preferences::load(data_dir).language,
+        // The tray's preferences are the app's, not an account's.
+        language: Preferences::load(agent.main_dir()).language,
         effective_language: i18n::current(),
         sites,
     })
@@ -88,7 +90,7 @@ fn change(agent: &Agent, change: impl FnOnce(&mut LocalSettings) -> Result<(), A
 }
 
 #[tauri::command]
-pub fn get_settings(agent: State<'_, Agent>) -> Result<SettingsView, AgentError> {
+pub fn get_settings(agent: ActiveAgent) -> Result<SettingsView, AgentError> {
     view(&agent)
 }
 
@@ -96,7 +98,7 @@ pub fn get_settings(agent: State<'_, Agent>) -> Result<SettingsView, AgentError>
 /// tunnel's bandwidth cap is left as it is (the CLI sets it).
 #[tauri::command]
 pub fn save_caps(
-    agent: State<'_, Agent>,
+    agent: ActiveAgent,
     jobs_per_hour: Option<u32>,
     messages_per_hour: Option<u32>,
     bytes_per_day: Option<u64>,
@@ -118,7 +120,7 @@ pub fn save_caps(
 /// Quiet hours from `start` to `end` (`HH:MM`), or none when either is absent.
 #[tauri::command]
 pub fn set_quiet_hours(
-    agent: State<'_, Agent>,
+    agent: ActiveAgent,
     start: Option<String>,
     end: Option<String>,
 ) -> Result<SettingsView, AgentError> {
@@ -135,7 +137,7 @@ pub fn set_quiet_hours(
 
 /// The one folder browser tasks may upload from; none when `path` is absent or empty.
 #[tauri::command]
-pub fn set_uploads_dir(agent: State<'_, Agent>, path: Option<String>) -> Result<SettingsView, AgentError> {
+pub fn set_uploads_dir(agent: ActiveAgent, path: Option<String>) -> Result<SettingsView, AgentError> {
     let data_dir = agent.settings().data_dir.clone();
     change(&agent, |local| {
         match path.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
@@ -150,7 +152,7 @@ pub fn set_uploads_dir(agent: State<'_, Agent>, path: Option<String>) -> Result<
 }
 
 #[tauri::command]
-pub fn set_start_at_login(agent: State<'_, Agent>, enabled: bool) -> Result<SettingsView, AgentError> {
+pub fn set_start_at_login(agent: ActiveAgent, enabled: bool) -> Result<SettingsView, AgentError> {
     autostart::set_enabled(enabled).map_err(|e| AgentError::InvalidSetting(e.to_string()))?;
     view(&agent)
 }
@@ -159,21 +161,21 @@ pub fn set_start_at_login(agent: State<'_, Agent>, enabled: bool) -> Result<Sett
 #[tauri::command]
 pub fn set_language<R: Runtime>(
     app: AppHandle<R>,
-    agent: State<'_, Agent>,
+    agent: ActiveAgent,
     language: LanguageChoice,
 ) -> Result<SettingsView, AgentError> {
-    let data_dir = &agent.settings().data_dir;
-    Preferences { language }.save(data_dir).map_err(|e| AgentError::Internal(e.to_string()))?;
+    Preferences { language }.save(agent.main_dir()).map_err(|e| AgentError::Internal(e.to_string()))?;
     i18n::set_current(language.resolve());
     // The menu and tooltip follow at once.
-    crate::events::publish_state(&app, &agent);
+    crate::events::publish_state(&app);
     view(&agent)
 }
 
 /// Opens the agent's log folder in the file manager: that folder and nothing else.
 #[tauri::command]
-pub fn open_log_folder<R: Runtime>(app: AppHandle<R>, agent: State<'_, Agent>) -> Result<(), AgentError> {
-    let dir = edge_agent::logging::log_dir(&agent.settings().data_dir);
+pub fn open_log_folder<R: Runtime>(app: AppHandle<R>, agent: ActiveAgent) -> Result<(), AgentError> {
+    // One log for the app, every account's lines in it.
+    let dir = edge_agent::logging::log_dir(agent.main_dir());
     std::fs::create_dir_all(&dir).map_err(|e| AgentError::Internal(format!("cannot create {}: {e}", dir.display())))?;
     app.opener()
         .open_path(dir.display().to_string(), None::<&str>)
@@ -181,7 +183,7 @@ pub fn open_log_folder<R: Runtime>(app: AppHandle<R>, agent: State<'_, Agent>) -
 }
 
 #[tauri::command]
-pub fn get_usage(agent: State<'_, Agent>) -> Result<UsageView, AgentError> {
+pub fn get_usage(agent: ActiveAgent) -> Result<UsageView, AgentError> {
     let local = LocalSettings::load(&agent.settings().data_dir)?;
     let today = edge_agent::state::utc_day_now();
     let bytes_today = agent.egress().map(|gate| gate.meter().today().total()).unwrap_or(0);
@@ -191,7 +193,7 @@ pub fn get_usage(agent: State<'_, Agent>) -> Result<UsageView, AgentError> {
 /// Opens a visible browser window on the site's login page (the core's site login); the
 /// session is kept once the site shows the person logged in.
 #[tauri::command]
-pub async fn log_in_to_site(agent: State<'_, Agent>, site: String) -> Result<AgentSnapshot, AgentError> {
+pub async fn log_in_to_site(agent: ActiveAgent, site: String) -> Result<AgentSnapshot, AgentError> {
     let adapter = agent.browser_site(site.trim())?;
     agent.browser_login(&adapter, true, SITE_LOGIN_TIMEOUT).await?;
     Ok(agent.snapshot())

@@ -378,6 +378,18 @@ fn drive(dir: &Path) -> Result<()> {
     window.click("#consent-list input[data-capability=\"http_request\"]")?;
     wait_until(WAIT, || granted("http_request")).context("ticking the box did not grant http_request")?;
     assert!(!granted("bundle")?, "ticking one box granted another capability");
+    // The core writes the grant before its answer reaches the window, and the answer draws
+    // the list anew and puts the focus back on the box, which scrolls the page. WebDriver
+    // clicks at a point on the screen, so Done is clicked once the list has settled, as a
+    // person would: the new box shown ticked and no longer greyed out while it waits.
+    wait_until(WAIT, || {
+        Ok(window.script(
+            "const b = document.querySelector('#consent-list input[data-capability=\"http_request\"]'); \
+             return !!b && b.checked && !b.disabled;",
+            json!([]),
+        )? == json!(true))
+    })
+    .context("the window never showed http_request ticked and settled")?;
     window.click("#consent-done")?;
     wait_shown(&window, "#status-view")?;
     let agents = hub.get(&operator_key, "/v1/agents")?;

@@ -272,6 +272,24 @@ export const en = {
   pauseUntilResumed: "Pause until I resume",
   /** `{time}` is when the pause ends. */
   sentencePausedUntil: "Paused until {time}",
+  // Several accounts: the bar above every screen, the Home button for all of them.
+  accountLabel: "Account",
+  /** An account before it is signed in. */
+  accountNew: "New account (not signed in)",
+  /** `{account}` is "creator · hub". */
+  accountPaused: "{account} (paused)",
+  accountsTitle: "Accounts",
+  accountsHint: "Add another hub or creator to this app. Each account has its own permissions, caps and tasks; choose the one shown at the top of the window or from the tray menu.",
+  addAccount: "Add an account",
+  removeAccount: "Remove this account",
+  removeAccountConfirm: "Remove this account from this computer? It is signed out here and its settings are deleted. The hub keeps its tasks.",
+  removeAccountYes: "Remove",
+  removeAccountNo: "Keep it",
+  pauseAll: "Pause all accounts",
+  resumeAll: "Resume all accounts",
+  errUnknownAccount: "This account is no longer in the app. Pick one from the list.",
+  errMainAccountStays: "The first account cannot be removed, only signed out.",
+  errTooManyAccounts: "This app already holds 8 accounts. Remove one before adding another.",
 } as const;
 
 /** The catalogue's shape: every key, each a string. */
