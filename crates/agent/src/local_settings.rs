@@ -150,26 +150,9 @@ impl LocalSettings {
 
     /// Replaces the file atomically, readable by its owner only.
     pub fn save(&self, data_dir: &Path) -> Result<(), AgentError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| AgentError::io(format!("cannot create {}", data_dir.display()), e))?;
-        let path = Self::path(data_dir);
-        let temporary = data_dir.join(format!(".{SETTINGS_FILE_NAME}.{}.tmp", std::process::id()));
         let json = serde_json::to_vec_pretty(self).map_err(|e| AgentError::Internal(e.to_string()))?;
-        write_private(&temporary, &json)
-            .map_err(|e| AgentError::io(format!("cannot write {}", temporary.display()), e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| AgentError::io(format!("cannot replace {}", path.display()), e))
+        crate::files::replace_synced(&Self::path(data_dir), &json)
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -118,14 +118,8 @@ impl PauseFile {
 
     /// Writes `state` (atomically: a reader never sees half a file).
     pub fn save(&self, state: &PauseState) -> Result<(), AgentError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(format!("cannot create {}", dir.display()), e))?;
-        let temporary = dir.join(format!(".{PAUSE_FILE_NAME}.{}.tmp", std::process::id()));
         let json = serde_json::to_vec_pretty(state).map_err(|e| AgentError::Internal(e.to_string()))?;
-        std::fs::write(&temporary, json)
-            .map_err(|e| AgentError::io(format!("cannot write {}", temporary.display()), e))?;
-        std::fs::rename(&temporary, &self.path)
-            .map_err(|e| AgentError::io(format!("cannot replace {}", self.path.display()), e))
+        crate::files::replace(&self.path, &json)
     }
 }
 

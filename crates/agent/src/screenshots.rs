@@ -46,14 +46,7 @@ impl Screenshots {
                 source.display()
             )));
         }
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| AgentError::io(format!("cannot create {}", self.dir.display()), e))?;
-        let target = self.path(job_id);
-        let temporary = self.dir.join(format!(".{}.tmp", std::process::id()));
-        std::fs::write(&temporary, &bytes)
-            .map_err(|e| AgentError::io(format!("cannot write {}", temporary.display()), e))?;
-        std::fs::rename(&temporary, &target)
-            .map_err(|e| AgentError::io(format!("cannot replace {}", target.display()), e))?;
+        crate::files::replace(&self.path(job_id), &bytes)?;
         self.prune();
         Ok(())
     }

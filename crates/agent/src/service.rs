@@ -279,12 +279,12 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     tokio::spawn(crate::tunnel::run(
         tokens.clone(),
         hub_url.clone(),
-        crate::tunnel::TunnelContext {
-            gate: egress.clone(),
-            data_dir: data_dir.clone(),
-            paused: inner.paused.subscribe(),
-            state: Some(state.clone()),
-        },
+        crate::tunnel::TunnelContext::new(
+            egress.clone(),
+            data_dir.clone(),
+            inner.paused.subscribe(),
+            Some(state.clone()),
+        ),
         cancel.child_token(),
     ));
     let updates = inner.updates.lock().ok().and_then(|u| u.clone());

@@ -214,7 +214,7 @@ async fn the_lan_host_is_refused_by_every_path_and_the_internet_host_is_reached(
     edge_agent::consent::Consent::new(data.path()).grant(&edge_agent::consent::Capability::Tunnel).unwrap();
     let (hub, mut tunnels) = support::tunnel_hub::fake_tunnel_hub().await;
     let (_paused, paused) = tokio::sync::watch::channel(false);
-    let context = edge_agent::tunnel::TunnelContext { gate, data_dir: data.path().to_path_buf(), paused, state: None };
+    let context = edge_agent::tunnel::TunnelContext::new(gate, data.path().to_path_buf(), paused, None);
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn(edge_agent::tunnel::keep_up(support::tunnel_hub::dial(hub), context, cancel.clone()));
     let opener = tokio::time::timeout(Duration::from_secs(20), tunnels.recv()).await.unwrap().unwrap();

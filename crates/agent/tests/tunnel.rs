@@ -66,8 +66,7 @@ async fn world(caps: impl FnOnce(&mut LocalSettings), daily_cap: Option<u64>) ->
     let (paused, paused_rx) = watch::channel(false);
     let cancel = CancellationToken::new();
     let state = edge_agent::state::StateHandle::new(data_dir.clone());
-    let context =
-        TunnelContext { gate: gate.clone(), data_dir: data_dir.clone(), paused: paused_rx, state: Some(state.clone()) };
+    let context = TunnelContext::new(gate.clone(), data_dir.clone(), paused_rx, Some(state.clone()));
     tokio::spawn(keep_up(dial(hub), context, cancel.clone()));
     World { _dir: dir, data_dir, echo, gate, tunnels, paused, cancel, state }
 }
@@ -83,6 +82,11 @@ async fn exposed_services_only_pause_ends_every_stream_and_resume_reconnects() {
 
     let mut stream = open_to(&opener, Target::Service { name: "echo".into() }).await.expect("the exposed service");
     assert_eq!(round_trip(&mut stream, b"hello through the tunnel").await, b"hello through the tunnel");
+    // The count follows within half a second (not per stream: see SHOW_STREAMS_EVERY).
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while world.state.snapshot().tunnel.streams != 1 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let shown = world.state.snapshot().tunnel;
     assert_eq!((shown.state.as_str(), shown.streams), ("open", 1), "what the tray and status show");
     let echo = world.echo.to_string();

@@ -171,14 +171,9 @@ impl Drop for Meter {
     }
 }
 
-fn write_atomically(path: &Path, day: &MeterDay) -> std::io::Result<()> {
-    let json = serde_json::to_vec(day).map_err(std::io::Error::other)?;
-    let temporary = path.with_extension(format!("{}.tmp", std::process::id()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&temporary, json)?;
-    std::fs::rename(&temporary, path)
+fn write_atomically(path: &Path, day: &MeterDay) -> Result<(), crate::AgentError> {
+    let json = serde_json::to_vec(day).map_err(|e| crate::AgentError::Internal(e.to_string()))?;
+    crate::files::replace(path, &json)
 }
 
 #[cfg(test)]

@@ -38,14 +38,8 @@ impl StateFile {
 
     /// Write to a temporary file and rename, so a reader never sees half a file.
     pub fn write(&self, data_dir: &Path) -> Result<(), AgentError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| AgentError::io(format!("cannot create {}", data_dir.display()), e))?;
-        let path = Self::path(data_dir);
-        let temporary = data_dir.join(format!(".{STATE_FILE_NAME}.{}.tmp", std::process::id()));
         let json = serde_json::to_vec_pretty(self).map_err(|e| AgentError::Internal(e.to_string()))?;
-        std::fs::write(&temporary, json)
-            .map_err(|e| AgentError::io(format!("cannot write {}", temporary.display()), e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| AgentError::io(format!("cannot replace {}", path.display()), e))
+        crate::files::replace(&Self::path(data_dir), &json)
     }
 
     /// Whether the process that wrote the file still exists (best effort; Linux only,

@@ -19,7 +19,7 @@ use edge_tunnel::open::{self, Answer, Open, Target};
 use edge_tunnel::transport::{BoxedIo, Transport};
 use futures_util::future::BoxFuture;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +40,12 @@ const SMALL_BUFFER: usize = 2 * 1024;
 /// …and into this much from then on.
 const LARGE_BUFFER: usize = 64 * 1024;
 
+/// How often the open-stream count shown in the state follows the real one. Counted per
+/// stream, each request the tunnel carries would rewrite state.json and send the whole
+/// snapshot to the window twice, which at thousands of requests a second is most of the
+/// agent's work per request.
+const SHOW_STREAMS_EVERY: Duration = Duration::from_millis(500);
+
 /// What the tunnel needs from the rest of the agent.
 #[derive(Clone)]
 pub struct TunnelContext {
@@ -48,9 +54,29 @@ pub struct TunnelContext {
     pub paused: watch::Receiver<bool>,
     /// Where the tunnel's state is reported (tray, `edge-agent status`).
     pub state: Option<crate::state::StateHandle>,
+    /// Streams open right now; the state shows it every [`SHOW_STREAMS_EVERY`].
+    open: Arc<AtomicU32>,
 }
 
 impl TunnelContext {
+    pub fn new(
+        gate: EgressGate,
+        data_dir: PathBuf,
+        paused: watch::Receiver<bool>,
+        state: Option<crate::state::StateHandle>,
+    ) -> TunnelContext {
+        TunnelContext { gate, data_dir, paused, state, open: Arc::new(AtomicU32::new(0)) }
+    }
+
+    /// The state's stream count, brought in line with the real one when they differ.
+    fn show_streams(&self) {
+        let Some(state) = &self.state else { return };
+        let open = self.open.load(Ordering::Relaxed);
+        if state.snapshot().tunnel.streams != open {
+            state.update(|snapshot| snapshot.tunnel.streams = open);
+        }
+    }
+
     fn report(&self, change: impl FnOnce(&mut crate::state::TunnelSnapshot)) {
         if let Some(state) = &self.state {
             state.update(|snapshot| change(&mut snapshot.tunnel));
@@ -70,19 +96,19 @@ impl TunnelContext {
     }
 }
 
-/// Counts a stream in the snapshot while it lives.
+/// Counts a stream while it lives.
 struct OpenStream<'a>(&'a TunnelContext);
 
 impl<'a> OpenStream<'a> {
     fn new(context: &'a TunnelContext) -> OpenStream<'a> {
-        context.report(|t| t.streams += 1);
+        context.open.fetch_add(1, Ordering::Relaxed);
         OpenStream(context)
     }
 }
 
 impl Drop for OpenStream<'_> {
     fn drop(&mut self) {
-        self.0.report(|t| t.streams = t.streams.saturating_sub(1));
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -304,10 +330,16 @@ async fn session(
     });
     let mut paused = context.paused.clone();
     let watch = async {
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.tick().await;
+        let mut show = tokio::time::interval(SHOW_STREAMS_EVERY);
+        show.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = paused.changed() => if *paused.borrow() { return "paused: every stream closed" },
-                _ = tokio::time::sleep(RECHECK) => {
+                _ = show.tick() => context.show_streams(),
+                _ = recheck.tick() => {
                     context.show_exposed();
                     if !grants.is_granted(&Consent::Tunnel) {
                         return "the person revoked the tunnel grant";
@@ -329,6 +361,7 @@ async fn session(
     };
     // Ends every stream of this session now, on both sides (the connection is dropped too).
     streams.cancel();
+    context.show_streams();
     context.report(|t| t.state = "connecting".to_owned());
     outcome
 }
@@ -406,7 +439,8 @@ async fn handle(mut stream: MuxStream, context: &TunnelContext, last_ping: &Atom
     if open::write(&mut stream, &Answer::ok()).await.is_err() {
         return;
     }
-    tracing::info!(target = %opened.target, "tunnel stream open");
+    // The stream's one line in the person's log is at its close, with what it carried.
+    tracing::debug!(target = %opened.target, "tunnel stream open");
     let _counted = OpenStream::new(context);
     let rate = settings.and_then(|s| s.caps.tunnel_bytes_per_second);
     let (bytes_in, bytes_out) = relay(stream, destination, &context.gate, rate).await;
