@@ -227,3 +227,20 @@ test("a refused switch says why in words and the list goes back to the account s
   assert.equal(await text(page, "#hub-url-value"), "https://hub-a.example.com");
   assert.deepEqual(errors, []);
 });
+
+test("another account's sign-in starts empty and by code, whatever the last one used", async () => {
+  const both = [view("main", fresh, true), view("acct-2", fresh, false)];
+  const { page, errors } = await open(app("en", both, fresh));
+  await page.waitForSelector("#login-view", { state: "visible" });
+  await page.getByRole("button", { name: "Use an enrollment token instead" }).click();
+  await page.fill("#hub-url", "https://hub-a.example.com");
+  await page.fill("#token", "et_typed_for_the_first_account");
+  assert.equal(await page.getAttribute("#login-form", "data-mode"), "token");
+  await page.evaluate((s) => window.__emit("agent://state", s), fresh);
+  await emitAccounts(page, [view("main", fresh, false), view("acct-2", fresh, true)]);
+  await page.waitForFunction(() => document.querySelector("#login-form").dataset.mode === "device");
+  assert.equal(await page.inputValue("#hub-url"), "");
+  assert.equal(await page.inputValue("#token"), "", "one account's token never shows on another's form");
+  assert.equal(await page.isVisible("#token-field"), false);
+  assert.deepEqual(errors, []);
+});

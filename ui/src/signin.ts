@@ -74,15 +74,15 @@ function showStart(): void {
   byId("device-panel").hidden = true;
 }
 
-/** Back to the empty form: another account is shown now, and a sign-in in progress was
- * the other account's (the core cancelled it). */
+/** Back to the empty form, sign-in by code: another account is shown now, and a sign-in
+ * in progress was the other account's (the core cancelled it). */
 export function resetSignIn(): void {
   attempt++;
   stopTimer();
   showStart();
-  showError("login-error", null);
   input("hub-url").value = "";
   input("token").value = "";
+  setMode("device");
 }
 
 function stopTimer(): void {

@@ -11,11 +11,16 @@
 //! - a web request job to the local site runs, its row shows in the window, and its
 //!   "started"/"finished" notifications go over org.freedesktop.Notifications;
 //! - Pause: a job submitted while paused is not taken; Resume, and it runs;
+//! - a second account, added from Settings and signed in with an enrollment token of
+//!   another creator: its own consent (nothing granted), its own agent at the hub, its own
+//!   settings (its job to the site the first account allowed is refused); back to the first
+//!   account through the bar; Pause all and Resume all reach both accounts;
 //! - Settings: French; the window's words are then the French catalogue's;
 //! - screenshots of every screen in both languages go to docs/screenshots/ (the README
 //!   links them); see [`shoot`] for why they come from the X server.
 //!
-//! Not here: switching accounts (the app has one account today).
+//! Not here: the tray menu's own items (the accounts submenu, pause all); a WebDriver
+//! session reaches the webview only. `tests/tray/smoke.sh` runs the app with its tray.
 //!
 //! Needs: `cargo build -p edge-hub -p edge-agent -p edge-agent-tray` (with ui/ built), the
 //! Debian packages xvfb, dunst, dbus-bin (dbus-monitor), webkit2gtk-driver and chromium,
@@ -38,6 +43,8 @@ use std::time::{Duration, Instant};
 /// tauri-driver's version; xtask installs exactly this one (xtask/src/test.rs).
 const TAURI_DRIVER_INSTALL: &str = "cargo install tauri-driver --version 2.0.5 --locked --root target/tools";
 const CREATOR: &str = "c-webdriver";
+/// The creator of the second account.
+const SECOND: &str = "c-second";
 /// Every wait of this test; the whole run takes well under a minute on a quiet machine.
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -189,8 +196,12 @@ fn job_status(hub: &Hub, key: &str, id: &str) -> Result<String> {
 }
 
 fn web_request(hub: &Hub, key: &str, url: &str) -> Result<String> {
+    web_request_for(hub, key, CREATOR, url)
+}
+
+fn web_request_for(hub: &Hub, key: &str, creator: &str, url: &str) -> Result<String> {
     let job =
-        hub.submit_job(key, &json!({ "type": "http_request", "creatorId": CREATOR, "payload": { "url": url } }))?;
+        hub.submit_job(key, &json!({ "type": "http_request", "creatorId": creator, "payload": { "url": url } }))?;
     job["id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no job id in {job}"))
 }
 
@@ -450,6 +461,103 @@ fn drive(dir: &Path) -> Result<()> {
     wait_until(WAIT, || Ok(job_status(&hub, &creator_key, &held)? == "succeeded"))
         .context("the held job did not run after Resume")?;
     assert_eq!(site.hits("/hello"), 1);
+
+    // --- a second account: its own sign-in, consent and settings; switch back; pause all ----
+    // Added from Settings, signed in with an enrollment token of another creator on the
+    // same hub. Its folder is its own: nothing granted, and the local site the first
+    // account's person allowed is not allowed here.
+    let second_token = hub.enroll_token(SECOND)?;
+    let second_key = hub.creator_key(SECOND)?;
+    window.click("#open-settings")?;
+    wait_shown(&window, "#settings-view")?;
+    window.click("#account-add")?;
+    wait_shown(&window, "#login-view")?;
+    wait_shown(&window, "#account-bar")?;
+    window.click("#login-mode")?;
+    wait_shown(&window, "#token-field")?;
+    window.type_into("#hub-url", &hub.url)?;
+    window.type_into("#token", &second_token)?;
+    window.click("#login-submit")?;
+    wait_shown(&window, "#consent-view")?;
+    let second_dir = data_dir.join("accounts").join("acct-2");
+    let second_settings = second_dir.join("settings.json");
+    let second_granted = |name: &str| -> Result<bool> {
+        let Ok(text) = fs::read_to_string(&second_settings) else { return Ok(false) };
+        Ok(serde_json::from_str::<Value>(&text)?["grants"].get(name).is_some())
+    };
+    assert!(!second_granted("http_request")?, "the new account started with the first one's grants");
+    window.click("#consent-list input[data-capability=\"http_request\"]")?;
+    wait_until(WAIT, || second_granted("http_request")).context("the second account's tick granted nothing")?;
+    wait_until(WAIT, || {
+        Ok(window.script(
+            "const b = document.querySelector('#consent-list input[data-capability=\"http_request\"]'); \
+             return !!b && b.checked && !b.disabled;",
+            json!([]),
+        )? == json!(true))
+    })
+    .context("the second account's consent list never settled")?;
+    window.click("#consent-done")?;
+    wait_shown(&window, "#status-view")?;
+    let second_agent = {
+        let agents = hub.get(&operator_key, "/v1/agents")?;
+        agents["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["creatorId"] == SECOND))
+            .and_then(|a| a["agentId"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no agent of {SECOND} at the hub: {agents}"))?
+    };
+    assert_ne!(second_agent, agent_id);
+    wait_until(WAIT, || Ok(window.text("#agent-id-value")? == second_agent))
+        .context("the window does not show the second account's agent")?;
+    // Its job runs on its own agent, under its own settings: the local site is refused.
+    let refused = web_request_for(&hub, &second_key, SECOND, &site.url("/hello"))?;
+    let refused_row = format!("#jobs-body tr[data-job-id=\"{refused}\"]");
+    wait_until(WAIT, || {
+        Ok(window.script(
+            "const r = document.querySelector(arguments[0]); return !!r && r.dataset.status === 'failed';",
+            json!([refused_row]),
+        )? == json!(true))
+    })
+    .context("the second account's window never showed its job refused")?;
+    assert_eq!(site.hits("/hello"), 1, "the second account reached the site only the first allowed");
+    assert!(fs::read_to_string(&settings_path)?.contains(&site_addr), "the first account's settings changed");
+    window.script("window.scrollTo(0, 0); return true;", json!([]))?;
+    shoot(&xvfb, &shots.join("tray-en-accounts.png"))?;
+
+    // Back to the first account through the bar.
+    window.click("#account-select option[value=\"main\"]")?;
+    wait_until(WAIT, || Ok(window.text("#agent-id-value")? == agent_id))
+        .context("switching back did not show the first account")?;
+    // Pause all: both accounts keep the pause; Resume all: neither does.
+    let paused_in = |dir: &Path| -> Result<bool> {
+        let Ok(text) = fs::read_to_string(dir.join("pause.json")) else { return Ok(false) };
+        Ok(serde_json::from_str::<Value>(&text)?["paused"] == json!(true))
+    };
+    assert_eq!(window.text("#pause-all")?, en["pauseAll"]);
+    window.click("#pause-all")?;
+    wait_until(WAIT, || Ok(paused_in(&data_dir)? && paused_in(&second_dir)?))
+        .context("Pause all did not pause both accounts")?;
+    wait_until(WAIT, || Ok(window.text("#pause-all")? == en["resumeAll"])).context("the button did not turn to Resume all")?;
+    // Home redraws when the shown account's own state says paused, which comes after the
+    // command's answer and moves the buttons; WebDriver clicks at a point on the screen, so
+    // the next click waits for that, as a person's eye would.
+    let pressed = |value: &str| -> Result<bool> {
+        Ok(window.script("return document.getElementById('pause-toggle').getAttribute('aria-pressed');", json!([]))?
+            == json!(value))
+    };
+    wait_until(WAIT, || pressed("true")).context("Home did not show the account paused")?;
+    window.click("#pause-all")?;
+    wait_until(WAIT, || Ok(!paused_in(&data_dir)? && !paused_in(&second_dir)?)).with_context(|| {
+        format!(
+            "Resume all did not resume both accounts (pause.json: {:?} and {:?}; the button says {:?})",
+            fs::read_to_string(data_dir.join("pause.json")).ok(),
+            fs::read_to_string(second_dir.join("pause.json")).ok(),
+            window.text("#pause-all").ok(),
+        )
+    })?;
+    wait_until(WAIT, || Ok(window.text("#pause-all")? == en["pauseAll"])).context("the button did not turn back")?;
+    wait_until(WAIT, || pressed("false")).context("Home did not show the account running again")?;
 
     // --- settings, then French ---------------------------------------------------------------
     window.click("#open-settings")?;
