@@ -439,6 +439,14 @@ fn drive(dir: &Path) -> Result<()> {
     assert!(log.contains(&started), "no '{started}' notification:\n{log}");
     window.script("window.scrollTo(0, 0); return true;", json!([]))?;
     shoot(&xvfb, &shots.join("tray-en-home.png"))?;
+    // The Tasks screen: the job in words, done.
+    window.click("#open-jobs")?;
+    wait_shown(&window, "#jobs-view")?;
+    wait_until(WAIT, || Ok(window.shown(&format!("#jobs-list li[data-job-id=\"{job}\"]"))?))
+        .context("the Tasks screen does not list the job")?;
+    shoot(&xvfb, &shots.join("tray-en-tasks.png"))?;
+    window.click("#jobs-back")?;
+    wait_shown(&window, "#status-view")?;
 
     // --- pause stops dispatch; resume and the job runs --------------------------------------
     window.click("#pause-toggle")?;
@@ -573,6 +581,12 @@ fn drive(dir: &Path) -> Result<()> {
     wait_shown(&window, "#status-view")?;
     assert_eq!(window.text("#usage-title")?, fr["usageTitle"]);
     shoot(&xvfb, &shots.join("tray-fr-home.png"))?;
+    window.click("#open-jobs")?;
+    wait_shown(&window, "#jobs-view")?;
+    assert_eq!(window.text("#jobs-view-title")?, fr["jobsTitle"]);
+    shoot(&xvfb, &shots.join("tray-fr-tasks.png"))?;
+    window.click("#jobs-back")?;
+    wait_shown(&window, "#status-view")?;
     window.click("#open-permissions")?;
     wait_shown(&window, "#consent-view")?;
     assert_eq!(window.text("#consent-title")?, fr["consentTitle"]);
