@@ -45,6 +45,8 @@ const LAYERS: &[&str] = &[
     // Agent updates: uses the bundles' trust and download and the state; the session asks it
     // for the running version, the service starts it.
     "updater",
+    // The ends of the hub's signing roots: reads the bundles' and the updater's trust stores.
+    "expiry",
     "session",
     "service",
 ];
