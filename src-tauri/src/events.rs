@@ -14,6 +14,7 @@ pub const AGENT_EVENT: &str = "agent://event";
 pub fn publish_state<R: Runtime>(app: &AppHandle<R>, agent: &Agent) {
     let snapshot = agent.snapshot();
     tray::update(app, &snapshot);
+    notifications::notify_expiries(app, &snapshot, &agent.settings().data_dir);
     if let Err(err) = app.emit(STATE_EVENT, &snapshot) {
         tracing::warn!(error = %err, "could not send the state to the window");
     }
@@ -41,6 +42,7 @@ pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, agent: Agent) {
                 // The core already sends its whole snapshot; pass it on as the state.
                 Ok(AgentEvent::StateChanged { snapshot }) => {
                     tray::update(&app, &snapshot);
+                    notifications::notify_expiries(&app, &snapshot, &agent.settings().data_dir);
                     if let Err(err) = app.emit(STATE_EVENT, &snapshot) {
                         tracing::warn!(error = %err, "could not send the state to the window");
                     }
