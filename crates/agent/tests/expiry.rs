@@ -89,6 +89,45 @@ fn instant(expiry: &Expiry) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(&expiry.expires_at).unwrap().with_timezone(&Utc)
 }
 
+/// The core's expiry task over a logged-in agent's snapshot, as the service runs it.
+struct Watch {
+    state: StateHandle,
+    changes: tokio::sync::broadcast::Receiver<edge_agent::state::AgentEvent>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(state: &StateHandle, data_dir: &Path, ctx: BundleContext) -> Watch {
+        // Subscribed before the task starts, so no change falls between a look and the wait.
+        let changes = state.subscribe();
+        let cancel = CancellationToken::new();
+        let task =
+            tokio::spawn(edge_agent::expiry::watch(state.clone(), data_dir.to_path_buf(), Some(ctx), cancel.clone()));
+        Watch { state: state.clone(), changes, cancel, task }
+    }
+
+    /// The expiries once `done` holds, within `within`.
+    async fn until(&mut self, within: Duration, done: impl Fn(&[Expiry]) -> bool) -> Vec<Expiry> {
+        let waited = tokio::time::timeout(within, async {
+            loop {
+                let expiries = self.state.snapshot().expiries;
+                if done(&expiries) {
+                    return expiries;
+                }
+                let _ = self.changes.recv().await;
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| panic!("the expiries never got there: {:?}", self.state.snapshot().expiries))
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// The snapshot of a logged-in agent, watched by the core's expiry task until `done`.
 async fn watched_until(
     state: &StateHandle,
@@ -96,24 +135,10 @@ async fn watched_until(
     ctx: BundleContext,
     done: impl Fn(&[Expiry]) -> bool,
 ) -> Vec<Expiry> {
-    // Subscribed before the task starts, so no change falls between a look and the wait.
-    let mut changes = state.subscribe();
-    let cancel = CancellationToken::new();
-    let task =
-        tokio::spawn(edge_agent::expiry::watch(state.clone(), data_dir.to_path_buf(), Some(ctx), cancel.clone()));
-    let waited = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let expiries = state.snapshot().expiries;
-            if done(&expiries) {
-                return expiries;
-            }
-            let _ = changes.recv().await;
-        }
-    })
-    .await;
-    cancel.cancel();
-    let _ = task.await;
-    waited.unwrap_or_else(|_| panic!("the expiries never got there: {:?}", state.snapshot().expiries))
+    let mut watch = Watch::start(state, data_dir, ctx);
+    let expiries = watch.until(Duration::from_secs(30), done).await;
+    watch.stop().await;
+    expiries
 }
 
 fn logged_in(data_dir: &Path) -> StateHandle {
@@ -196,4 +221,27 @@ async fn a_logged_out_agent_shows_no_expiry() {
     let state = StateHandle::new(hub.agent_dir());
     edge_agent::expiry::publish(&state, &hub.agent_dir());
     assert_eq!(state.snapshot().expiries, Vec::new());
+}
+
+#[tokio::test]
+async fn a_verified_update_check_brings_the_release_roots_end_at_once() {
+    let hub = Hub::start(TimeDelta::days(100)).await;
+    hub.enroll();
+    let state = logged_in(&hub.agent_dir());
+    let mut watch = Watch::start(&state, &hub.agent_dir(), hub.context());
+    let first = watch.until(Duration::from_secs(30), |e| !e.is_empty()).await;
+    assert_eq!(first.iter().map(|e| e.what).collect::<Vec<_>>(), [Expiring::BundleRoot], "no update check yet");
+
+    // What the updater's first check does: its own trust store starts from the hub's root,
+    // then its verified check shows in the snapshot.
+    let root = edge_bundle::repo::Repo::new(hub.dir.path().join("repo")).root_json().unwrap();
+    edge_agent::updater::release_trust_store(&hub.agent_dir()).install_root(&root).unwrap();
+    state.update(|s| s.updates.last_verified_check = Some(Utc::now().to_rfc3339()));
+    // At once, not at the next look ten minutes later.
+    assert!(edge_agent::expiry::LOOK_EVERY >= Duration::from_secs(600));
+    let both = watch.until(Duration::from_secs(5), |e| e.len() == 2).await;
+    watch.stop().await;
+    let release = both.iter().find(|e| e.what == Expiring::ReleaseRoot).expect("the release root");
+    assert_eq!(instant(release), hub.current_root_expires());
+    assert_eq!(release.warning, None, "100 days left");
 }
