@@ -74,6 +74,7 @@ pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, id: String, agent: Agent) 
     // Subscribe before the first publish so no change falls between the two.
     let mut rx = agent.subscribe();
     publish_state(&app);
+    notifications::notify_expiries(&app, &agent.snapshot(), &agent.settings().data_dir);
     let key = id.clone();
     let forwarding = app.clone();
     let task = tauri::async_runtime::spawn(async move {
@@ -96,6 +97,8 @@ pub fn spawn_forwarder<R: Runtime>(app: AppHandle<R>, id: String, agent: Agent) 
             match received {
                 // The core already sends its whole snapshot; pass it on as the state.
                 Ok(AgentEvent::StateChanged { snapshot }) => {
+                    // Every account's signing keys, each remembered in its own folder.
+                    notifications::notify_expiries(&app, &snapshot, &agent.settings().data_dir);
                     if active {
                         send_state(&app, &snapshot);
                     }

@@ -189,6 +189,26 @@ catalogue! {
     menu_resume_all: "Resume all accounts", "Reprendre tous les comptes";
     account_signed_out: "New account (not signed in)", "Nouveau compte (non connecté)";
     account_paused: "{account} (paused)", "{account} (en pause)";
+
+    // The hub's signing keys (issue 20, sign-in): 30 days before they expire, and once expired.
+    // `{keys}` is one of the expiry_keys_* words, `{date}` the local day, `{effect}` an
+    // expiry_effect_* sentence.
+    expiry_soon: "Your hub's signing keys expire soon", "Les clés de signature de votre hub expirent bientôt";
+    expiry_soon_body:
+        "{keys} expire on {date}. Ask whoever runs your hub to renew its signing keys; Edge Agent picks up the new ones by itself, with nothing to reinstall.",
+        "{keys} expirent le {date}. Demandez à la personne qui gère votre hub de renouveler ses clés de signature ; Edge Agent prendra les nouvelles de lui-même, sans rien réinstaller.";
+    expiry_expired: "Your hub's signing keys have expired", "Les clés de signature de votre hub ont expiré";
+    expiry_expired_body:
+        "{keys} expired on {date}: {effect} Ask whoever runs your hub to renew its signing keys; Edge Agent picks up the new ones by itself at its next check, with nothing to reinstall.",
+        "{keys} ont expiré le {date} : {effect} Demandez à la personne qui gère votre hub de renouveler ses clés de signature ; Edge Agent prendra les nouvelles de lui-même à sa prochaine vérification, sans rien réinstaller.";
+    expiry_keys_bundles: "The keys of signed scripts", "Les clés des scripts signés";
+    expiry_keys_updates: "The keys of updates", "Les clés des mises à jour";
+    expiry_effect_bundles:
+        "signed scripts are refused until the keys are renewed.",
+        "les scripts signés sont refusés jusqu'au renouvellement des clés.";
+    expiry_effect_updates:
+        "updates are refused until the keys are renewed.",
+        "les mises à jour sont refusées jusqu'au renouvellement des clés.";
 }
 
 #[cfg(test)]

@@ -16,6 +16,10 @@
 //! - Any other notification (a login needed, browser tasks paused) is shown once per
 //!   [`SAME_NOTE_EVERY`] for the same words.
 //!
+//! - The hub's signing keys ([`ExpiryMemory`]): once when the 30-day warning starts and once
+//!   when they have expired, kept in `<data dir>/tray-expiry-warnings.json`, so neither a
+//!   restart nor every new snapshot says it again.
+//!
 //! 100 jobs in 10 seconds thus make a handful of notifications. Clicking one opens the
 //! window on that job (its "default" action; the summary opens the Jobs screen).
 //!
@@ -24,10 +28,13 @@
 //! logged and never reach the caller.
 
 use crate::i18n::{self, fill, Texts};
-use edge_agent::state::{JobProgress, JobSummary};
+use edge_agent::state::{Expiring, Expiry, ExpiryWarning, JobProgress, JobSummary};
 use edge_agent::{AgentError, AgentEvent, AgentSnapshot, JobRecord};
 use edge_protocol::jobs;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tauri::{AppHandle, Emitter, Manager, Runtime};
@@ -309,6 +316,9 @@ pub struct Notifications {
     /// The task waiting for a click on each slot's notification. The server tells the
     /// connection of the latest update only, so an update replaces the slot's waiter.
     waiters: Mutex<HashMap<Slot, tauri::async_runtime::JoinHandle<()>>>,
+    /// Which signing-key warnings were shown, loaded from its file on first use and kept
+    /// here too, so a file that cannot be written does not mean a notification per snapshot.
+    expiries: Mutex<Option<ExpiryMemory>>,
 }
 
 /// Past this many slots, those of older jobs are forgotten (their notifications stay up, but
@@ -353,6 +363,127 @@ fn with_account(t: &Texts, mut show: Show, account: Option<&str>) -> Show {
         show.note.title = fill(t.note_account, &[("title", &show.note.title), ("account", account)]);
     }
     show
+}
+
+/// The file of [`ExpiryMemory`], in the agent's data directory.
+pub const EXPIRY_MEMORY_FILE: &str = "tray-expiry-warnings.json";
+
+/// The signing-key warnings already shown: for each thing that expires, the end and the
+/// warning (soon, expired) it was shown for, and the local day it was shown. A warning is
+/// shown once per end and kind: a renewed key (another end) starts afresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryMemory {
+    #[serde(default)]
+    shown: BTreeMap<String, Warned>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Warned {
+    expires_at: String,
+    warning: ExpiryWarning,
+    /// `YYYY-MM-DD`, this machine's day: when the person was told.
+    day: String,
+}
+
+impl ExpiryMemory {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(EXPIRY_MEMORY_FILE)
+    }
+
+    /// What was shown; nothing when the file is missing or damaged (at worst a warning is
+    /// shown once more).
+    pub fn load(data_dir: &Path) -> ExpiryMemory {
+        std::fs::read(Self::path(data_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Replaces the file (a temporary file renamed over it).
+    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
+        let temporary = data_dir.join(format!(".{EXPIRY_MEMORY_FILE}.{}.tmp", std::process::id()));
+        std::fs::create_dir_all(data_dir)?;
+        std::fs::write(&temporary, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&temporary, Self::path(data_dir))
+    }
+
+    /// The notifications `expiries` call for on `today` that were not shown yet, each in its
+    /// own slot; they are remembered as shown.
+    pub fn due(&mut self, t: &Texts, expiries: &[Expiry], today: &str) -> Vec<Show> {
+        let mut shows = Vec::new();
+        for expiry in expiries {
+            let (Some(warning), Some(key)) = (expiry.warning, expiry_key(expiry.what)) else { continue };
+            let seen = self.shown.get(key).is_some_and(|w| w.expires_at == expiry.expires_at && w.warning == warning);
+            if seen {
+                continue;
+            }
+            let Some(note) = expiry_note(t, expiry.what, warning, &local_date(&expiry.expires_at)) else { continue };
+            self.shown.insert(
+                key.to_owned(),
+                Warned { expires_at: expiry.expires_at.clone(), warning, day: today.to_owned() },
+            );
+            shows.push(Show { slot: Slot::Other(format!("expiry:{key}")), note });
+        }
+        shows
+    }
+}
+
+/// The memory's key of each thing that expires; `None` for one this build cannot name.
+fn expiry_key(what: Expiring) -> Option<&'static str> {
+    match what {
+        Expiring::BundleRoot => Some("bundleRoot"),
+        Expiring::ReleaseRoot => Some("releaseRoot"),
+        Expiring::Other => None,
+    }
+}
+
+/// The day an RFC 3339 instant falls on, on this machine's clock (`YYYY-MM-DD`); the text
+/// as it came when it is not a date.
+fn local_date(rfc3339: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|d| d.with_timezone(&chrono::Local).format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|_| rfc3339.to_owned())
+}
+
+/// A signing-key warning in words: which keys, on which day, what stops, what to do.
+fn expiry_note(t: &Texts, what: Expiring, warning: ExpiryWarning, date: &str) -> Option<Note> {
+    let (keys, effect) = match what {
+        Expiring::BundleRoot => (t.expiry_keys_bundles, t.expiry_effect_bundles),
+        Expiring::ReleaseRoot => (t.expiry_keys_updates, t.expiry_effect_updates),
+        Expiring::Other => return None,
+    };
+    let values = [("keys", keys), ("date", date), ("effect", effect)];
+    Some(match warning {
+        ExpiryWarning::Soon => {
+            Note { title: t.expiry_soon.to_owned(), body: fill(t.expiry_soon_body, &values), urgent: false }
+        }
+        ExpiryWarning::Expired => {
+            Note { title: t.expiry_expired.to_owned(), body: fill(t.expiry_expired_body, &values), urgent: true }
+        }
+    })
+}
+
+/// Shows the signing-key warnings of `snapshot` not shown before (see [`ExpiryMemory`]);
+/// `data_dir` holds the memory.
+pub fn notify_expiries<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot, data_dir: &Path) {
+    // Most snapshots carry no warning: no file is read for them.
+    if snapshot.expiries.iter().all(|e| e.warning.is_none()) {
+        return;
+    }
+    let Some(notifications) = app.try_state::<Notifications>() else { return };
+    let shows = {
+        let Ok(mut memory) = notifications.expiries.lock() else { return };
+        let memory = memory.get_or_insert_with(|| ExpiryMemory::load(data_dir));
+        let today = chrono::Local::now().format("%Y-%m-%d").to_string();
+        let shows = memory.due(i18n::t(), &snapshot.expiries, &today);
+        if !shows.is_empty() {
+            if let Err(err) = memory.save(data_dir) {
+                tracing::warn!(error = %err, "cannot keep which signing-key warnings were shown; a restart shows them again");
+            }
+        }
+        shows
+    };
+    for show in shows {
+        show_in_slot(app, show);
+    }
 }
 
 /// Shows the summary if its time has come; when to ask again.
@@ -705,6 +836,73 @@ mod tests {
         assert!(!login.body.contains("edge-agent browser login"), "no command to copy: {login:?}");
         let login = note_in(&FR, &AgentEvent::BrowserLoginRequired { site: "fanhub".into() }).unwrap();
         assert_eq!(login.title, "Connectez-vous à fanhub");
+    }
+
+    #[test]
+    fn a_signing_key_warning_is_shown_when_it_starts_and_when_it_expires_and_never_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let end = "2027-01-05T12:00:00.123456789Z";
+        let bundles = |at: &str, warning| Expiry { what: Expiring::BundleRoot, expires_at: at.into(), warning };
+        let soon = [bundles(end, Some(ExpiryWarning::Soon))];
+        let mut memory = ExpiryMemory::load(dir.path());
+        // Far from its end: nothing to say.
+        assert!(memory.due(&EN, &[bundles(end, None)], "2026-11-01").is_empty());
+
+        // The warning starts: one notification, in words, naming what, when and what to do.
+        let shows = memory.due(&EN, &soon, "2026-12-06");
+        assert_eq!(shows.len(), 1, "{shows:?}");
+        let date = local_date(end);
+        assert!(date.starts_with("2027-01-0"), "the local day of the end: {date}");
+        assert_eq!(shows[0].note.title, "Your hub's signing keys expire soon");
+        assert!(!shows[0].note.urgent);
+        assert_eq!(
+            shows[0].note.body,
+            format!(
+                "The keys of signed scripts expire on {date}. Ask whoever runs your hub to renew its signing keys; \
+                 Edge Agent picks up the new ones by itself, with nothing to reinstall."
+            )
+        );
+        memory.save(dir.path()).unwrap();
+        // Every later snapshot saying the same: nothing more.
+        assert!(memory.due(&EN, &soon, "2026-12-06").is_empty());
+        // A restart the same day, or any later day, reads what was shown: nothing more.
+        assert!(ExpiryMemory::load(dir.path()).due(&FR, &soon, "2026-12-06").is_empty());
+        let mut restarted = ExpiryMemory::load(dir.path());
+        assert!(restarted.due(&EN, &soon, "2026-12-20").is_empty());
+        assert!(std::fs::read_to_string(ExpiryMemory::path(dir.path())).unwrap().contains("\"day\": \"2026-12-06\""));
+
+        // It expires: said once more, urgent, with what stops.
+        let expired = [bundles(end, Some(ExpiryWarning::Expired))];
+        let shows = restarted.due(&FR, &expired, "2027-01-06");
+        assert_eq!(shows.len(), 1);
+        assert!(shows[0].note.urgent);
+        assert_eq!(shows[0].note.title, "Les clés de signature de votre hub ont expiré");
+        assert!(
+            shows[0].note.body.starts_with(&format!(
+                "Les clés des scripts signés ont expiré le {date} : les scripts signés sont refusés"
+            )),
+            "{}",
+            shows[0].note.body
+        );
+        assert!(shows[0].note.body.contains("sans rien réinstaller"), "{}", shows[0].note.body);
+        assert!(restarted.due(&FR, &expired, "2027-01-06").is_empty());
+
+        // Renewed, for only three weeks: the new end is another warning; the update keys
+        // have their own, in their own slot (one does not replace the other's bubble).
+        let renewed = "2027-01-27T12:00:00Z";
+        let release =
+            Expiry { what: Expiring::ReleaseRoot, expires_at: renewed.into(), warning: Some(ExpiryWarning::Soon) };
+        let shows = restarted.due(&EN, &[bundles(renewed, Some(ExpiryWarning::Soon)), release], "2027-01-07");
+        assert_eq!(shows.len(), 2, "{shows:?}");
+        assert_ne!(shows[0].slot, shows[1].slot);
+        assert!(shows[1].note.body.starts_with("The keys of updates expire on"), "{}", shows[1].note.body);
+        // Something this build cannot name is not put in words it does not have.
+        let other = Expiry { what: Expiring::Other, expires_at: renewed.into(), warning: Some(ExpiryWarning::Expired) };
+        assert!(restarted.due(&EN, &[other], "2027-01-07").is_empty());
+
+        // A damaged memory forgets, rather than failing: at worst a warning shows once more.
+        std::fs::write(ExpiryMemory::path(dir.path()), b"{damaged").unwrap();
+        assert_eq!(ExpiryMemory::load(dir.path()), ExpiryMemory::default());
     }
 
     #[test]

@@ -60,6 +60,18 @@ export interface AgentSnapshot {
   usage?: { day: string; jobsToday: number } | null;
   /** `edge_agent::state::UpdateStatus`. */
   updates?: UpdateStatus | null;
+  /** What the agent trusts that ends on a date: the hub's signing roots. */
+  expiries?: Expiry[] | null;
+}
+
+/** `edge_agent::state::Expiry`. */
+export interface Expiry {
+  /** `bundleRoot`, `releaseRoot`; a newer core may name others. */
+  what: string;
+  /** RFC 3339, possibly with up to nine fraction digits. */
+  expiresAt: string;
+  /** Within 30 days of the end (`soon`), or past it (`expired`); null otherwise. */
+  warning?: "soon" | "expired" | null;
 }
 
 /** What the person should know about updates of the app. */

@@ -1,6 +1,7 @@
 import { describeJobError, type Described } from "./errors";
 import { S, fill, formatBytes, language } from "./i18n";
 import type { AgentSnapshot, BrowserStatus, Connection, JobStatus, JobSummary, TunnelStatus, Usage } from "./types";
+import { renderExpiries } from "./expiry";
 import { renderUpdates } from "./updates";
 
 // How many job rows the window shows; the core keeps its own bounded list.
@@ -431,6 +432,7 @@ export function render(snapshot: AgentSnapshot, screen: Screen = "status"): void
   );
   renderSentence(snapshot);
   renderUpdates(snapshot);
+  renderExpiries(snapshot);
 
   const connection = byId("connection-state");
   connection.dataset.state = snapshot.connection;

@@ -18,6 +18,7 @@ pub mod device_login;
 pub mod egress;
 pub mod error;
 pub mod executor;
+pub mod expiry;
 pub mod files;
 pub mod hub_client;
 pub mod hub_url;

@@ -986,6 +986,7 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
                         "bundle root: {}",
                         snapshot.root_fingerprint.as_deref().unwrap_or("- (none: log in again to receive it)")
                     );
+                    print_expiries(&snapshot.expiries);
                 } else {
                     println!("logged in:   no");
                 }
@@ -1005,6 +1006,30 @@ async fn status(settings: AgentSettings, json: bool) -> Result<ExitCode> {
         print_updates(&updates);
     }
     Ok(if login.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_ERROR) })
+}
+
+/// When the hub's signing roots this agent trusts end, with a warning within 30 days.
+fn print_expiries(expiries: &[edge_agent::state::Expiry]) {
+    use edge_agent::state::{Expiring, ExpiryWarning};
+    for expiry in expiries {
+        let what = match expiry.what {
+            Expiring::BundleRoot => "bundle signing root",
+            Expiring::ReleaseRoot => "update signing root",
+            Expiring::Other => "signing root",
+        };
+        let warning = match expiry.warning {
+            None => "",
+            Some(ExpiryWarning::Soon) => {
+                " — WARNING: expires soon; ask whoever runs your hub to renew its signing keys (the agent picks \
+                 the new root up by itself)"
+            }
+            Some(ExpiryWarning::Expired) => {
+                " — EXPIRED: refused until whoever runs your hub renews its signing keys (the agent picks the new \
+                 root up by itself at its next check)"
+            }
+        };
+        println!("expires:     {what} on {}{warning}", expiry.expires_at);
+    }
 }
 
 fn print_updates(updates: &edge_agent::state::UpdateStatus) {
@@ -1065,6 +1090,7 @@ struct LoginView<'a> {
     agent_id: Option<&'a str>,
     creator_id: Option<&'a str>,
     root_fingerprint: Option<&'a str>,
+    expiries: &'a [edge_agent::state::Expiry],
 }
 
 impl<'a> From<&'a AgentSnapshot> for LoginView<'a> {
@@ -1076,6 +1102,7 @@ impl<'a> From<&'a AgentSnapshot> for LoginView<'a> {
             agent_id: s.agent_id.as_deref(),
             creator_id: s.creator_id.as_deref(),
             root_fingerprint: s.root_fingerprint.as_deref(),
+            expiries: &s.expiries,
         }
     }
 }

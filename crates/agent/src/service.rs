@@ -201,6 +201,11 @@ impl Inner {
             s.creator_id = credentials.map(|c| c.creator_id.clone());
             s.root_fingerprint =
                 credentials.and_then(|_| crate::bundles::trust_store(&self.settings.data_dir).fingerprint());
+            // Read from the trust stores on disk, so a restart shows at once what expires.
+            s.expiries = match credentials {
+                Some(_) => crate::expiry::read(&self.settings.data_dir, chrono::Utc::now()),
+                None => Vec::new(),
+            };
             if backend.is_some() {
                 s.keychain_backend = backend;
             }
@@ -306,6 +311,8 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
     }
     let bundles = crate::bundles::start(&data_dir, &tokens, &hub_url, &cancel)
         .map(|bundles| bundles.with_browser(browser.clone()));
+    // The hub's signing roots: their ends in the snapshot, looked at again now and then.
+    tokio::spawn(crate::expiry::watch(state.clone(), data_dir.clone(), bundles.clone(), cancel.child_token()));
     let consent = crate::consent::Consent::new(&data_dir);
     let resources = Resources { consent, egress, bundles, browser: browser.clone().map(|b| (b, data_dir.clone())) };
     let runners = runners::standard(&resources);
@@ -367,7 +374,14 @@ async fn run_loop(inner: Arc<Inner>, cancel: CancellationToken) {
         paused: inner.paused.subscribe(),
         journal: Journal::new(&data_dir),
         reports_to: Some(tokens.clone()),
-        after_job: Some(Arc::new(move || host.refresh_status())),
+        after_job: Some(Arc::new({
+            let (state, data_dir) = (state.clone(), data_dir.clone());
+            move || {
+                host.refresh_status();
+                // A bundle job refreshed the bundle metadata, and may have stored a new root.
+                crate::expiry::publish(&state, &data_dir);
+            }
+        })),
         jobs_per_hour: Some(crate::limits::JobsPerHour::new(&data_dir)),
         quiet_hours: Some(crate::limits::QuietHoursGate::new(&data_dir)),
         cancel: cancel.clone(),

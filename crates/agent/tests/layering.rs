@@ -14,6 +14,8 @@ fn src() -> PathBuf {
 const LAYERS: &[&str] = &[
     // Foundations: types and clients every room may use.
     "error",
+    // Replaces a file whole; everything that rewrites one uses it.
+    "files",
     "trim",
     "secret",
     "hub_url",
@@ -45,6 +47,8 @@ const LAYERS: &[&str] = &[
     // Agent updates: uses the bundles' trust and download and the state; the session asks it
     // for the running version, the service starts it.
     "updater",
+    // The ends of the hub's signing roots: reads the bundles' and the updater's trust stores.
+    "expiry",
     "session",
     "service",
 ];

@@ -109,6 +109,15 @@ impl TrustStore {
         parse_root(&bytes).ok().and_then(|root| fingerprint(&root).ok())
     }
 
+    /// When the stored root expires. [`TrustStore::refresh`] keeps the newest root the
+    /// chain walk reached, so this is the expiry of the newest root this store trusts: past
+    /// it, every refresh fails until the hub signs a newer root (`None`: no root stored, or
+    /// one that does not verify).
+    pub fn root_expires(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let bytes = fs::read(self.root_path()).ok()?;
+        parse_root(&bytes).ok().map(|root| root.signed.expires)
+    }
+
     /// Runs the TUF client workflow against `metadata_url` (ending in `/`).
     pub async fn refresh<T: Transport + Send + Sync + 'static>(
         &self,

@@ -215,6 +215,20 @@ export const en = {
   updatesUnreachable:
     "Edge Agent has not been able to check for updates for {days} days. Check your connection; if it lasts, tell your hub's operator.",
 
+  // The hub's signing keys (Home, issue 20): 30 days before they expire, and once expired.
+  /** `{keys}`: one of the expiryKeys* words; `{date}`: the day, in words. */
+  expirySoon:
+    "{keys} expire on {date}. Ask whoever runs your hub to renew its signing keys; Edge Agent picks up the new ones by itself, with nothing to reinstall.",
+  /** `{effect}`: one of the expiryEffect* sentences. */
+  expiryExpired:
+    "{keys} expired on {date}: {effect} Ask whoever runs your hub to renew its signing keys; Edge Agent picks up the new ones by itself at its next check, with nothing to reinstall.",
+  expiryKeysBundles: "Your hub's signing keys for scripts",
+  expiryKeysUpdates: "Your hub's signing keys for updates",
+  expiryKeysOther: "Your hub's signing keys",
+  expiryEffectBundles: "signed scripts are refused until the keys are renewed.",
+  expiryEffectUpdates: "updates are refused until the keys are renewed.",
+  expiryEffectOther: "what depends on them is refused until the keys are renewed.",
+
   // Jobs screen (issue 20): the live list of tasks, and the pause lengths.
   openJobs: "Tasks",
   jobsTitle: "Tasks",

@@ -203,6 +203,18 @@ export const fr: Strings = {
   updatesUnreachable:
     "Edge Agent n'a pas pu vérifier ses mises à jour depuis {days} jours. Vérifiez votre connexion ; si cela dure, prévenez l'opérateur de votre hub.",
 
+  // Les clés de signature du hub (Accueil, ticket 20) : 30 jours avant leur fin, et une fois expirées.
+  expirySoon:
+    "{keys} expirent le {date}. Demandez à la personne qui gère votre hub de renouveler ses clés de signature ; Edge Agent prendra les nouvelles de lui-même, sans rien réinstaller.",
+  expiryExpired:
+    "{keys} ont expiré le {date} : {effect} Demandez à la personne qui gère votre hub de renouveler ses clés de signature ; Edge Agent prendra les nouvelles de lui-même à sa prochaine vérification, sans rien réinstaller.",
+  expiryKeysBundles: "Les clés de signature de votre hub pour les scripts",
+  expiryKeysUpdates: "Les clés de signature de votre hub pour les mises à jour",
+  expiryKeysOther: "Les clés de signature de votre hub",
+  expiryEffectBundles: "les scripts signés sont refusés jusqu'au renouvellement des clés.",
+  expiryEffectUpdates: "les mises à jour sont refusées jusqu'au renouvellement des clés.",
+  expiryEffectOther: "ce qui en dépend est refusé jusqu'au renouvellement des clés.",
+
   // Écran des tâches (ticket 20) : la liste en direct, et les durées de pause.
   openJobs: "Tâches",
   jobsTitle: "Tâches",

@@ -163,6 +163,67 @@ pub struct AgentSnapshot {
     /// What the person should know about updates of this program.
     #[serde(default)]
     pub updates: UpdateStatus,
+    /// What this agent trusts that ends on a date (the hub's signing roots), each with its
+    /// end and whether it is near or past (`crate::expiry` keeps it current).
+    #[serde(default)]
+    pub expiries: Vec<Expiry>,
+}
+
+/// Something the agent trusts that stops working on a date unless the hub renews it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Expiry {
+    pub what: Expiring,
+    /// RFC 3339 UTC, to the signed metadata's own precision (sub-second digits included).
+    pub expires_at: String,
+    /// Whether the end is near or past, as of the last look (see [`expiry_warning`]).
+    #[serde(default)]
+    pub warning: Option<ExpiryWarning>,
+}
+
+/// What expires. Each is signed by the hub operator's keys; the agent only follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Expiring {
+    /// The newest trusted root of the hub's bundle repository: past it, every bundle job
+    /// fails verification.
+    BundleRoot,
+    /// The newest trusted root of the hub's release repository: past it, updates stop.
+    ReleaseRoot,
+    /// Something a newer agent reports (read from its `state.json`): shown as is.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ExpiryWarning {
+    /// Within [`EXPIRY_WARNING_DAYS`] of the end.
+    Soon,
+    /// Past the end: what depends on it is refused.
+    Expired,
+}
+
+/// How long before an end the person is warned: enough for an operator who must gather
+/// offline root keys (often held by several people) to sign a new root.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// The warning for something that ends at `expires_at`, by this machine's clock `now`.
+///
+/// Expired exactly when `tough` refuses (its rule: metadata is good while `now <=
+/// expires`), so the window never says "expired" of a root still accepted, nor the
+/// opposite. Both use this machine's clock: a clock running ahead of the hub's sees the end
+/// early, and is refused early by `tough` too, so the warning matches what the agent does.
+pub fn expiry_warning(
+    expires_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<ExpiryWarning> {
+    if now > expires_at {
+        return Some(ExpiryWarning::Expired);
+    }
+    // `signed_duration_since` cannot overflow for any pair of valid dates.
+    let left = expires_at.signed_duration_since(now);
+    (left <= chrono::TimeDelta::days(EXPIRY_WARNING_DAYS)).then_some(ExpiryWarning::Soon)
 }
 
 /// Updates as the person sees them (the updater keeps it current).
@@ -255,6 +316,7 @@ impl AgentSnapshot {
             quiet_until: None,
             usage: UsageSnapshot::default(),
             updates: UpdateStatus::default(),
+            expiries: Vec::new(),
         }
     }
 }

@@ -87,10 +87,16 @@ pub struct UpdaterContext {
     pub channel: String,
 }
 
+/// The releases' own trust store (`<data dir>/updates/tuf/`), with the newest release root
+/// this agent verified; none before the first update check.
+pub fn release_trust_store(data_dir: &Path) -> TrustStore {
+    TrustStore::new(data_dir.join("updates").join("tuf"))
+}
+
 impl UpdaterContext {
     /// The releases' own trust store; its root starts as the bundles' one (same hub root).
     pub fn trust(&self) -> Result<TrustStore, UpdateError> {
-        let store = TrustStore::new(self.data_dir.join("updates").join("tuf"));
+        let store = release_trust_store(&self.data_dir);
         if !store.has_root() {
             let root = std::fs::read(crate::bundles::trust_store(&self.data_dir).root_path()).map_err(|_| {
                 UpdateError::Refused {
