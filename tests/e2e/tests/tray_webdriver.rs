@@ -10,6 +10,10 @@
 //! - ticks "send web requests" on the consent screen, and only that is granted;
 //! - a web request job to the local site runs, its row shows in the window, and its
 //!   "started"/"finished" notifications go over org.freedesktop.Notifications;
+//! - a broadcast to three fans of a local fan site (the browser crate's test site, its
+//!   adapter installed in the agent's folder), after "Log in to fanhub" in Settings opened
+//!   a visible browser window: the Tasks screen shows it part-way (1/3 or 2/3), then 3/3;
+//!   each fan got the message once;
 //! - Pause: a job submitted while paused is not taken; Resume, and it runs;
 //! - a second account, added from Settings and signed in with an enrollment token of
 //!   another creator: its own consent (nothing granted), its own agent at the hub, its own
@@ -45,6 +49,8 @@ const TAURI_DRIVER_INSTALL: &str = "cargo install tauri-driver --version 2.0.5 -
 const CREATOR: &str = "c-webdriver";
 /// The creator of the second account.
 const SECOND: &str = "c-second";
+/// The fan site's adapter name (the browser crate's test site).
+const FAN_SITE: &str = "fanhub";
 /// Every wait of this test; the whole run takes well under a minute on a quiet machine.
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -314,13 +320,25 @@ fn drive(dir: &Path) -> Result<()> {
     let creator_key = hub.creator_key(CREATOR)?;
     let site = Site::start()?;
     let site_addr = site.base_url.trim_start_matches("http://").to_owned();
+    // A fan site (the browser crate's test site) for a broadcast with progress.
+    let fans = edge_browser::testsite::Site::start().context("starting the fan site")?;
+    let fans_addr = fans.base_url.trim_start_matches("http://").trim_end_matches('/').to_owned();
 
     // A fresh profile whose person allowed the local site (the egress gate refuses loopback
     // otherwise); settings.json is where a person keeps that list.
     let data_dir = dir.join("agent-data");
     fs::create_dir_all(&data_dir)?;
     let settings_path = data_dir.join("settings.json");
-    fs::write(&settings_path, json!({ "allowEgress": [site_addr] }).to_string())?;
+    fs::write(&settings_path, json!({ "allowEgress": [site_addr, fans_addr] }).to_string())?;
+    // The fan site's adapter, installed as a person installs one: a file in the agent's
+    // adapters folder. Its login page is the site's auto-login page, which stands in for the
+    // person typing their password into the login window the app opens.
+    let adapters = data_dir.join("adapters");
+    fs::create_dir_all(&adapters)?;
+    let adapter = fans.adapter_yaml();
+    let auto_login = adapter.replace("  login: /login\n", "  login: /login?auto=1\n");
+    assert_ne!(auto_login, adapter, "the test site's adapter changed: update this test");
+    fs::write(adapters.join(format!("{FAN_SITE}.yaml")), auto_login)?;
     {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&settings_path, fs::Permissions::from_mode(0o600))?;
@@ -343,6 +361,11 @@ fn drive(dir: &Path) -> Result<()> {
         .env("EDGE_AGENT_DATA_DIR", &data_dir)
         .env("EDGE_AGENT_HB_INTERVAL_SECS", "5")
         .env("EDGE_AGENT_LOG", "info")
+        // Quick typing and page pacing, and 1.5 s between recipients: the broadcast's
+        // progress is on screen long enough to be seen.
+        .env("EDGE_AGENT_BROWSER_PACING_MS", "0-0")
+        .env("EDGE_AGENT_BROWSER_TYPING_MS", "1-2")
+        .env("EDGE_AGENT_BROWSER_RECIPIENT_PACING_MS", "1500-1500")
         // English first: the app follows the system language until the person picks one.
         .env("LC_ALL", "C.UTF-8")
         .env("LANG", "C.UTF-8")
@@ -401,6 +424,22 @@ fn drive(dir: &Path) -> Result<()> {
         )? == json!(true))
     })
     .context("the window never showed http_request ticked and settled")?;
+    // Browser tasks on the fan site: typed, then ticked like the others.
+    let fan_capability = format!("browser:{FAN_SITE}");
+    window.type_into("#site-name", FAN_SITE)?;
+    window.click("#site-add")?;
+    let fan_box = format!("#consent-list input[data-capability=\"{fan_capability}\"]");
+    wait_shown(&window, &fan_box)?;
+    assert!(!granted(&fan_capability)?, "typing a site granted it before it was ticked");
+    window.click(&fan_box)?;
+    wait_until(WAIT, || granted(&fan_capability)).context("ticking the fan site granted nothing")?;
+    wait_until(WAIT, || {
+        Ok(window.script(
+            "const b = document.querySelector(arguments[0]); return !!b && b.checked && !b.disabled;",
+            json!([fan_box]),
+        )? == json!(true))
+    })
+    .context("the window never showed the fan site ticked and settled")?;
     window.click("#consent-done")?;
     wait_shown(&window, "#status-view")?;
     let agents = hub.get(&operator_key, "/v1/agents")?;
@@ -444,7 +483,54 @@ fn drive(dir: &Path) -> Result<()> {
     wait_shown(&window, "#jobs-view")?;
     wait_until(WAIT, || Ok(window.shown(&format!("#jobs-list li[data-job-id=\"{job}\"]"))?))
         .context("the Tasks screen does not list the job")?;
+    window.click("#jobs-back")?;
+    wait_shown(&window, "#status-view")?;
+
+    // --- a broadcast on the fan site: log in from Settings, its progress in Tasks ------------
+    // "Log in to fanhub" opens a visible browser window on the site's login page (on this
+    // X display); the auto-login page logs in, and the app keeps the session.
+    window.click("#open-settings")?;
+    wait_shown(&window, "#settings-view")?;
+    window.click(&format!("#site-logins button[data-site=\"{FAN_SITE}\"]"))?;
+    let logged_in = en["siteLoggedIn"].replace("{site}", FAN_SITE);
+    wait_until(Duration::from_secs(90), || Ok(window.text("#site-login-status")? == logged_in))
+        .with_context(|| format!("the window never said '{logged_in}'"))?;
+    assert!(fans.logins() >= 1, "the fan site saw no login");
+    window.click("#settings-done")?;
+    wait_shown(&window, "#status-view")?;
+    window.click("#open-jobs")?;
+    wait_shown(&window, "#jobs-view")?;
+    let recipients = ["ann", "bob", "cyd"];
+    let broadcast = hub.submit_job(
+        &creator_key,
+        &json!({ "type": "broadcast_dm", "creatorId": CREATOR,
+                 "payload": { "adapter": { "local": FAN_SITE }, "recipients": recipients,
+                              "params": { "text": "Hello from the tray test" } } }),
+    )?;
+    let broadcast = broadcast["id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no job id in {broadcast}"))?;
+    // Part-way: the task's bar and count say how many of the three are sent.
+    let count = format!("#jobs-list li[data-job-id=\"{broadcast}\"] .job-progress-count");
+    wait_until(Duration::from_secs(90), || {
+        let shown = window.script(
+            "const c = document.querySelector(arguments[0]); return c ? c.textContent : '';",
+            json!([count]),
+        )?;
+        Ok(matches!(shown.as_str(), Some("1/3") | Some("2/3")))
+    })
+    .context("the Tasks screen never showed the broadcast part-way (1/3 or 2/3)")?;
     shoot(&xvfb, &shots.join("tray-en-tasks.png"))?;
+    wait_until(Duration::from_secs(90), || Ok(job_status(&hub, &creator_key, &broadcast)? == "succeeded"))
+        .context("the broadcast did not succeed")?;
+    for fan in recipients {
+        assert_eq!(fans.messages_to(fan).len(), 1, "{fan} got the message once");
+    }
+    wait_until(WAIT, || {
+        Ok(window.script(
+            "const c = document.querySelector(arguments[0]); return c ? c.textContent : '';",
+            json!([count]),
+        )? == json!("3/3"))
+    })
+    .context("the Tasks screen never showed the broadcast at 3/3")?;
     window.click("#jobs-back")?;
     wait_shown(&window, "#status-view")?;
 
