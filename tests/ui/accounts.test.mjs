@@ -7,11 +7,10 @@
 // Run: npm test --prefix ui
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { snapshot, windowUnderTest } from "./harness.mjs";
+import { NO_CAPS, plainSettings, snapshot, windowUnderTest } from "./harness.mjs";
 
 const TODAY = new Date().toISOString().slice(0, 10);
 const GRANTED = [{ name: "http_request", granted: true, outdated: false, text: "core text" }];
-const NO_CAPS = { jobsPerHour: null, messagesPerHour: null, bytesPerDay: null };
 
 const ann = snapshot({
   loggedIn: true,
@@ -53,17 +52,7 @@ function app(lang, accounts, state, extra = {}) {
     state,
     commands: {
       list_accounts: { resolve: accounts },
-      get_settings: {
-        resolve: {
-          caps: NO_CAPS,
-          quietHours: null,
-          uploadsDir: null,
-          startAtLogin: false,
-          language: lang,
-          effectiveLanguage: lang,
-          sites: [],
-        },
-      },
+      get_settings: { resolve: plainSettings(lang) },
       get_consent: { resolve: GRANTED },
       get_usage: { resolve: { jobsToday: 3, bytesToday: 0, caps: NO_CAPS } },
       ...extra,

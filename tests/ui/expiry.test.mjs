@@ -4,7 +4,7 @@
 // Run: npm test --prefix ui
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { snapshot, windowUnderTest } from "./harness.mjs";
+import { NO_CAPS, plainSettings, snapshot, windowUnderTest } from "./harness.mjs";
 
 const TODAY = new Date().toISOString().slice(0, 10);
 const GRANTED = [{ name: "http_request", granted: true, outdated: false, text: "core text" }];
@@ -23,19 +23,9 @@ function app(lang, expiries) {
       expiries,
     }),
     commands: {
-      get_settings: {
-        resolve: {
-          caps: { jobsPerHour: null, messagesPerHour: null, bytesPerDay: null },
-          quietHours: null,
-          uploadsDir: null,
-          startAtLogin: false,
-          language: lang,
-          effectiveLanguage: lang,
-          sites: [],
-        },
-      },
+      get_settings: { resolve: plainSettings(lang) },
       get_consent: { resolve: GRANTED },
-      get_usage: { resolve: { jobsToday: 0, bytesToday: 0, caps: { jobsPerHour: null, messagesPerHour: null, bytesPerDay: null } } },
+      get_usage: { resolve: { jobsToday: 0, bytesToday: 0, caps: NO_CAPS } },
     },
   };
 }

@@ -173,6 +173,22 @@ export async function screenshot(page, name) {
   return path;
 }
 
+/** No caps of the person's own. */
+export const NO_CAPS = { jobsPerHour: null, messagesPerHour: null, bytesPerDay: null };
+
+/** `get_settings`' answer for a window in `lang` with nothing set. */
+export function plainSettings(lang) {
+  return {
+    caps: NO_CAPS,
+    quietHours: null,
+    uploadsDir: null,
+    startAtLogin: false,
+    language: lang,
+    effectiveLanguage: lang,
+    sites: [],
+  };
+}
+
 export function snapshot(overrides = {}) {
   return {
     loggedIn: false,

@@ -191,6 +191,20 @@ fn shoot(xvfb: &Xvfb, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Waits until the consent box `selector` shows ticked and no longer greyed out. The core
+/// writes a grant before its answer reaches the window, and the answer draws the list anew
+/// and puts the focus back on the box, which scrolls the page; WebDriver clicks at a point on
+/// the screen, so the next click waits for the list to settle, as a person would.
+fn wait_ticked(window: &Session, selector: &str) -> Result<()> {
+    wait_until(WAIT, || {
+        Ok(window.script(
+            "const b = document.querySelector(arguments[0]); return !!b && b.checked && !b.disabled;",
+            json!([selector]),
+        )? == json!(true))
+    })
+    .with_context(|| format!("the window never showed {selector} ticked and settled"))
+}
+
 /// Waits until `selector` is shown in the window.
 fn wait_shown(window: &Session, selector: &str) -> Result<()> {
     wait_until(WAIT, || window.shown(selector)).with_context(|| format!("waiting for {selector} in the window"))
@@ -409,21 +423,11 @@ fn drive(dir: &Path) -> Result<()> {
     wait_shown(&window, "#consent-view")?;
     assert!(!granted("http_request")?, "http_request was granted before anyone ticked it");
     shoot(&xvfb, &shots.join("tray-en-consent.png"))?;
-    window.click("#consent-list input[data-capability=\"http_request\"]")?;
+    let http_box = "#consent-list input[data-capability=\"http_request\"]";
+    window.click(http_box)?;
     wait_until(WAIT, || granted("http_request")).context("ticking the box did not grant http_request")?;
     assert!(!granted("bundle")?, "ticking one box granted another capability");
-    // The core writes the grant before its answer reaches the window, and the answer draws
-    // the list anew and puts the focus back on the box, which scrolls the page. WebDriver
-    // clicks at a point on the screen, so Done is clicked once the list has settled, as a
-    // person would: the new box shown ticked and no longer greyed out while it waits.
-    wait_until(WAIT, || {
-        Ok(window.script(
-            "const b = document.querySelector('#consent-list input[data-capability=\"http_request\"]'); \
-             return !!b && b.checked && !b.disabled;",
-            json!([]),
-        )? == json!(true))
-    })
-    .context("the window never showed http_request ticked and settled")?;
+    wait_ticked(&window, http_box)?;
     // Browser tasks on the fan site: typed, then ticked like the others.
     let fan_capability = format!("browser:{FAN_SITE}");
     window.type_into("#site-name", FAN_SITE)?;
@@ -433,13 +437,7 @@ fn drive(dir: &Path) -> Result<()> {
     assert!(!granted(&fan_capability)?, "typing a site granted it before it was ticked");
     window.click(&fan_box)?;
     wait_until(WAIT, || granted(&fan_capability)).context("ticking the fan site granted nothing")?;
-    wait_until(WAIT, || {
-        Ok(window.script(
-            "const b = document.querySelector(arguments[0]); return !!b && b.checked && !b.disabled;",
-            json!([fan_box]),
-        )? == json!(true))
-    })
-    .context("the window never showed the fan site ticked and settled")?;
+    wait_ticked(&window, &fan_box)?;
     window.click("#consent-done")?;
     wait_shown(&window, "#status-view")?;
     let agents = hub.get(&operator_key, "/v1/agents")?;
@@ -580,16 +578,9 @@ fn drive(dir: &Path) -> Result<()> {
         Ok(serde_json::from_str::<Value>(&text)?["grants"].get(name).is_some())
     };
     assert!(!second_granted("http_request")?, "the new account started with the first one's grants");
-    window.click("#consent-list input[data-capability=\"http_request\"]")?;
+    window.click(http_box)?;
     wait_until(WAIT, || second_granted("http_request")).context("the second account's tick granted nothing")?;
-    wait_until(WAIT, || {
-        Ok(window.script(
-            "const b = document.querySelector('#consent-list input[data-capability=\"http_request\"]'); \
-             return !!b && b.checked && !b.disabled;",
-            json!([]),
-        )? == json!(true))
-    })
-    .context("the second account's consent list never settled")?;
+    wait_ticked(&window, http_box)?;
     window.click("#consent-done")?;
     wait_shown(&window, "#status-view")?;
     let second_agent = {
