@@ -46,6 +46,66 @@ const LARGE_BUFFER: usize = 64 * 1024;
 /// agent's work per request.
 const SHOW_STREAMS_EVERY: Duration = Duration::from_millis(500);
 
+/// settings.json as it was last read, with the stamp of the file read: a stream reads it
+/// again only when the file changed. Every write replaces the file whole (`files::replace`:
+/// a new file renamed over the old), so a grant revoked or a service unexposed changes the
+/// stamp and the very next stream reads the new file; per stream a `stat` replaces a read
+/// and a parse, at thousands of streams a second.
+#[derive(Default)]
+struct SettingsCache(std::sync::Mutex<Option<(FileStamp, Option<Arc<LocalSettings>>)>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    #[cfg(unix)]
+    inode: u64,
+}
+
+impl FileStamp {
+    /// `None` when the file is missing or cannot be looked at: then it is read every time.
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            #[cfg(unix)]
+            inode: std::os::unix::fs::MetadataExt::ino(&meta),
+        })
+    }
+}
+
+impl SettingsCache {
+    /// The settings as they stand; `None` when the file is unreadable (which grants nothing).
+    fn get(&self, data_dir: &std::path::Path) -> Option<Arc<LocalSettings>> {
+        let stamp = FileStamp::of(&LocalSettings::path(data_dir));
+        if let Some(stamp) = &stamp {
+            if let Ok(cached) = self.0.lock() {
+                if let Some((seen, settings)) = cached.as_ref() {
+                    if seen == stamp {
+                        return settings.clone();
+                    }
+                }
+            }
+        }
+        let settings = LocalSettings::load(data_dir).ok().map(Arc::new);
+        if let (Some(stamp), Ok(mut cached)) = (stamp, self.0.lock()) {
+            // Kept only if the file did not change while it was read, and only once it is a
+            // second old: a file system's clock ticks coarsely, so a write right after this
+            // one could otherwise keep the same time, size and (reused) inode. A write a
+            // second later always gets a later time ("racy git" has the same rule).
+            let settled = stamp
+                .modified
+                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age > Duration::from_secs(1));
+            if settled && FileStamp::of(&LocalSettings::path(data_dir)).as_ref() == Some(&stamp) {
+                *cached = Some((stamp, settings.clone()));
+            }
+        }
+        settings
+    }
+}
+
 /// What the tunnel needs from the rest of the agent.
 #[derive(Clone)]
 pub struct TunnelContext {
@@ -56,6 +116,7 @@ pub struct TunnelContext {
     pub state: Option<crate::state::StateHandle>,
     /// Streams open right now; the state shows it every [`SHOW_STREAMS_EVERY`].
     open: Arc<AtomicU32>,
+    settings: Arc<SettingsCache>,
 }
 
 impl TunnelContext {
@@ -65,7 +126,14 @@ impl TunnelContext {
         paused: watch::Receiver<bool>,
         state: Option<crate::state::StateHandle>,
     ) -> TunnelContext {
-        TunnelContext { gate, data_dir, paused, state, open: Arc::new(AtomicU32::new(0)) }
+        TunnelContext {
+            gate,
+            data_dir,
+            paused,
+            state,
+            open: Arc::new(AtomicU32::new(0)),
+            settings: Arc::new(SettingsCache::default()),
+        }
     }
 
     /// The state's stream count, brought in line with the real one when they differ.
@@ -427,8 +495,8 @@ async fn handle(mut stream: MuxStream, context: &TunnelContext, last_ping: &Atom
     }
     // Read once per stream: the grant, the exposed services and the rate cap are the
     // person's as they stand now (an unreadable file grants nothing).
-    let settings = LocalSettings::load(&context.data_dir).ok();
-    let destination = match reach(&opened.target, context, settings.as_ref()).await {
+    let settings = context.settings.get(&context.data_dir);
+    let destination = match reach(&opened.target, context, settings.as_deref()).await {
         Ok(destination) => destination,
         Err(answer) => {
             tracing::info!(target = %opened.target, code = answer.code.as_deref().unwrap_or_default(), "tunnel stream refused");
@@ -596,4 +664,30 @@ where
     drop(unmetered);
     let _ = to.shutdown().await;
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_cache_sees_every_write_and_rereads_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SettingsCache::default();
+        assert!(!crate::consent::is_granted_in(&cache.get(dir.path()).unwrap(), &Consent::Tunnel));
+        crate::consent::Consent::new(dir.path()).grant(&Consent::Tunnel).unwrap();
+        let granted = cache.get(dir.path()).unwrap();
+        assert!(crate::consent::is_granted_in(&granted, &Consent::Tunnel), "a grant is seen by the next stream");
+        assert!(!Arc::ptr_eq(&granted, &cache.get(dir.path()).unwrap()), "a file changed this second is read again");
+        std::thread::sleep(Duration::from_millis(1100));
+        let settled = cache.get(dir.path()).unwrap();
+        assert!(Arc::ptr_eq(&settled, &cache.get(dir.path()).unwrap()), "an unchanged file is not read again");
+        crate::consent::Consent::new(dir.path()).revoke(&Consent::Tunnel).unwrap();
+        assert!(
+            !crate::consent::is_granted_in(&cache.get(dir.path()).unwrap(), &Consent::Tunnel),
+            "a revoke is seen by the next stream"
+        );
+        std::fs::write(LocalSettings::path(dir.path()), "{not json").unwrap();
+        assert!(cache.get(dir.path()).is_none(), "an unreadable file grants nothing");
+    }
 }
