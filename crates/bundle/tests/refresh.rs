@@ -121,9 +121,8 @@ struct State {
 fn state(repo: &Repo) -> State {
     let current = repo.current().unwrap();
     let mut versions = BTreeMap::from([("targets".to_owned(), current.targets.signed.version.get())]);
-    let content_of = |role: &tough::schema::Targets| {
-        serde_json::json!({ "targets": role.targets, "delegations": role.delegations })
-    };
+    let content_of =
+        |role: &tough::schema::Targets| serde_json::json!({ "targets": role.targets, "delegations": role.delegations });
     let mut content = BTreeMap::from([("targets".to_owned(), content_of(&current.targets.signed))]);
     for (name, role) in &current.tenants {
         versions.insert(name.clone(), role.signed.version.get());

@@ -150,7 +150,8 @@ pub async fn refresh_metadata_periodically(
 /// One line for what a refresh re-signed, and a warning per role only the operator can renew.
 pub(crate) fn log_refresh(refreshed: &edge_bundle::repo::Refreshed) {
     if refreshed.changed() {
-        let targets: Vec<String> = refreshed.targets.iter().map(|(role, version)| format!("{role} v{version}")).collect();
+        let targets: Vec<String> =
+            refreshed.targets.iter().map(|(role, version)| format!("{role} v{version}")).collect();
         info!(
             targets = %targets.join(", "),
             snapshot = ?refreshed.snapshot,
