@@ -112,9 +112,9 @@ pub const METADATA_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::
 
 /// Re-signs the repository's roles in the last half of their life (timestamp, snapshot, and
 /// every targets role: top-level, tenants, release channels) every `interval` until `stop`,
-/// the first time at once (a hub that was down catches up on start). Without it a hub whose
-/// tenants publish nothing for a year would serve expired targets, and an idle hub an
-/// expired timestamp to the first agent whose refresh on request fails.
+/// the first time at once (a hub that was down catches up on start). The request path
+/// renews only when an agent asks for a due timestamp; this timer does not wait for anyone,
+/// so targets roles nobody publishes to for a year still never lapse.
 pub async fn refresh_metadata_periodically(
     service: BundleService,
     interval: std::time::Duration,
@@ -131,10 +131,8 @@ pub async fn refresh_metadata_periodically(
             Ok(true) => {}
             // Nothing to keep fresh until `edge-hub bundle keys init`.
             Ok(false) => continue,
-            Err(e) => {
-                warn!(error = ?e, "cannot check the bundle repository for expiring metadata; trying again later");
-                continue;
-            }
+            // `initialised` logged the store's error; the next tick tries again.
+            Err(_) => continue,
         }
         let repo = service.repo.clone();
         match tokio::task::spawn_blocking(move || repo.refresh_expiring_metadata()).await {
