@@ -1,5 +1,5 @@
-//! The hub's TUF repository on disk: keys, signing, publishing a bundle, refreshing the
-//! timestamp, rotating root.
+//! The hub's TUF repository on disk: keys, signing, publishing a bundle, re-signing
+//! the metadata its online keys sign before it expires, rotating root.
 //!
 //! Layout under the repository directory:
 //!
