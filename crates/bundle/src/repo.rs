@@ -1,5 +1,5 @@
-//! The hub's TUF repository on disk: keys, signing, publishing a bundle, refreshing the
-//! timestamp, rotating root.
+//! The hub's TUF repository on disk: keys, signing, publishing a bundle, re-signing
+//! the metadata its online keys sign before it expires, rotating root.
 //!
 //! Layout under the repository directory:
 //!
@@ -284,6 +284,90 @@ pub struct Current {
     pub snapshot: Signed<Snapshot>,
     pub targets: Signed<Targets>,
     pub tenants: BTreeMap<String, Signed<Targets>>,
+}
+
+/// What a refresh re-signed; empty when nothing was due.
+#[derive(Debug, Clone, Default)]
+pub struct Refreshed {
+    /// Targets roles re-signed (`targets`, then tenant and channel roles) with their new version.
+    pub targets: Vec<(String, u64)>,
+    /// The new snapshot version, if one was signed.
+    pub snapshot: Option<u64>,
+    /// The new timestamp version, if one was signed.
+    pub timestamp: Option<u64>,
+    /// Roles in the last half of their life that the hub cannot re-sign.
+    pub needs_operator: Vec<StaleRole>,
+}
+
+impl Refreshed {
+    /// Whether anything was written.
+    pub fn changed(&self) -> bool {
+        self.timestamp.is_some()
+    }
+}
+
+/// A targets role near (or past) its expiry whose key the hub does not hold.
+#[derive(Debug, Clone)]
+pub struct StaleRole {
+    /// `targets`, a tenant, or a release channel's role (`_release-<channel>`).
+    pub role: String,
+    pub expires: DateTime<Utc>,
+    /// Where in the repository its key should be.
+    pub key: String,
+    pub problem: KeyProblem,
+}
+
+/// Why the hub cannot use a role's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// No key file at the role's key path.
+    Missing,
+    /// A key is there, but root (or the delegation) names another one.
+    NotDelegated,
+    /// The file is not an Ed25519 PKCS#8 key.
+    Unreadable,
+}
+
+impl std::fmt::Display for StaleRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let problem = match self.problem {
+            KeyProblem::Missing => "is not in the repository",
+            KeyProblem::NotDelegated => "is not the key root or the delegation names for it",
+            KeyProblem::Unreadable => "is not a readable Ed25519 key",
+        };
+        write!(
+            f,
+            "the {} role expires at {} and its key {} {problem}, so the hub cannot re-sign it: \
+             put the role's key file back at {} from your backup; agents refuse the role once it expires",
+            self.role,
+            self.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.key,
+            self.key
+        )
+    }
+}
+
+#[derive(Default)]
+struct RefreshPlan {
+    timestamp_due: bool,
+    snapshot_due: bool,
+    /// The key of top-level targets when it is due (and the key is usable).
+    targets_key: Option<Signer>,
+    /// Delegated roles due, with their current content and key.
+    roles_due: Vec<(String, Targets, Signer)>,
+    needs_operator: Vec<StaleRole>,
+}
+
+impl RefreshPlan {
+    fn writes(&self) -> bool {
+        self.timestamp_due || self.snapshot_due || self.targets_key.is_some() || !self.roles_due.is_empty()
+    }
+}
+
+/// Whether metadata signed to live `ttl` has half of that or less left (or has expired):
+/// re-signing then leaves clients a whole half-life of margin for a hub that was down.
+fn in_last_half(expires: DateTime<Utc>, ttl: TimeDelta, now: DateTime<Utc>) -> bool {
+    expires - now <= ttl / 2
 }
 
 /// URL path prefix under which the hub serves the repository (`metadata/`, `targets/`).
@@ -744,36 +828,80 @@ impl Repo {
         self.write_metadata("timestamp.json", &to_json(&sign(timestamp, &[key])?)?)
     }
 
-    /// Re-signs the timestamp (and the snapshot when it is in the last half of its life) if
-    /// the timestamp is in the last half of its life. The hub calls this before serving
-    /// `timestamp.json`, so online metadata never lapses while the hub runs.
-    pub fn refresh_online_metadata(&self) -> Result<bool, RepoError> {
-        let now = Utc::now();
+    /// Cheap enough to call before serving every `timestamp.json`: reads only the timestamp,
+    /// and when it is in the last half of its life does what
+    /// [`Repo::refresh_expiring_metadata`] does. Targets roles live far longer than a
+    /// timestamp, so checking them whenever the timestamp is renewed (and on the hub's timer)
+    /// is often enough, without reading every role on every request.
+    pub fn refresh_online_metadata(&self) -> Result<Refreshed, RepoError> {
         let peek: Signed<Timestamp> = self.read_json("timestamp.json")?;
-        if peek.signed.expires - now > self.options.timestamp_ttl / 2 {
-            return Ok(false);
+        if !in_last_half(peek.signed.expires, self.options.timestamp_ttl, Utc::now()) {
+            return Ok(Refreshed::default());
+        }
+        self.refresh_expiring_metadata()
+    }
+
+    /// Re-signs, with the online keys, every role in the last half of its life: each targets
+    /// role (top-level and every delegated one, tenants and release channels alike) keeping
+    /// its content with its version one up, then a new snapshot naming those versions and a
+    /// new timestamp; or only the timestamp (and snapshot) when no targets role is due. One
+    /// commit under the lock, `timestamp.json` last. Nothing is written when nothing is due,
+    /// so calling it often costs reads only. A due role whose key is not in the repository is
+    /// left alone and listed in [`Refreshed::needs_operator`].
+    pub fn refresh_expiring_metadata(&self) -> Result<Refreshed, RepoError> {
+        // Decide without the lock first: the common answer is "nothing to do", and taking the
+        // lock is a write on an object store.
+        let plan = self.plan_refresh(&self.current()?, Utc::now())?;
+        if !plan.writes() {
+            return Ok(Refreshed { needs_operator: plan.needs_operator, ..Refreshed::default() });
         }
         let _lock = self.lock()?;
+        let now = Utc::now();
         let current = self.current()?;
-        if current.timestamp.signed.expires - now > self.options.timestamp_ttl / 2 {
-            return Ok(false);
+        let plan = self.plan_refresh(&current, now)?;
+        if !plan.writes() {
+            return Ok(Refreshed { needs_operator: plan.needs_operator, ..Refreshed::default() });
         }
+        let mut done = Refreshed { needs_operator: plan.needs_operator, ..Refreshed::default() };
         let timestamp_key = self.online_signer("timestamp")?;
         let next_timestamp = current.timestamp.signed.version.get() + 1;
-        if current.snapshot.signed.expires - now <= self.options.snapshot_ttl / 2 {
-            let tenant_versions =
-                current.tenants.iter().map(|(name, signed)| (name.clone(), signed.signed.version.get())).collect();
+        let mut versions: BTreeMap<String, u64> =
+            current.tenants.iter().map(|(name, signed)| (name.clone(), signed.signed.version.get())).collect();
+        // Delegated roles first: new versioned files nobody reads until the timestamp names them.
+        for (name, mut role, key) in plan.roles_due {
+            role.version = nz(role.version.get() + 1);
+            role.expires = now + self.options.targets_ttl;
+            let signed = sign(role, &[&key])?;
+            self.write_metadata(&format!("{}.{name}.json", signed.signed.version), &to_json(&signed)?)?;
+            versions.insert(name.clone(), signed.signed.version.get());
+            done.targets.push((name, signed.signed.version.get()));
+        }
+        let targets_resigned = plan.targets_key.is_some();
+        let targets = match &plan.targets_key {
+            Some(key) => {
+                let mut top = current.targets.signed.clone();
+                top.version = nz(top.version.get() + 1);
+                top.expires = now + self.options.targets_ttl;
+                let signed = sign(top, &[key])?;
+                done.targets.insert(0, ("targets".to_owned(), signed.signed.version.get()));
+                signed
+            }
+            None => current.targets.clone(),
+        };
+        if !done.targets.is_empty() || plan.snapshot_due {
+            let snapshot_version = current.snapshot.signed.version.get() + 1;
             self.commit(
-                &current.targets,
-                false,
-                &tenant_versions,
+                &targets,
+                targets_resigned,
+                &versions,
                 None,
-                current.snapshot.signed.version.get() + 1,
+                snapshot_version,
                 next_timestamp,
                 &self.online_signer("snapshot")?,
                 &timestamp_key,
                 now,
             )?;
+            done.snapshot = Some(snapshot_version);
         } else {
             let version = current.snapshot.signed.version.get();
             let file = format!("{version}.snapshot.json");
@@ -782,7 +910,66 @@ impl Repo {
                 .ok_or_else(|| RepoError::Invalid(format!("{}/metadata/{file} is missing", self.location())))?;
             self.write_timestamp(&bytes, version, next_timestamp, &timestamp_key, now)?;
         }
-        Ok(true)
+        done.timestamp = Some(next_timestamp);
+        Ok(done)
+    }
+
+    /// Which roles are due, and the keys to re-sign them. A key is usable only if it is in
+    /// the repository and is the one root (top-level targets) or the delegation (a tenant or
+    /// channel role) names: signing with any other would publish metadata every agent refuses.
+    fn plan_refresh(&self, current: &Current, now: DateTime<Utc>) -> Result<RefreshPlan, RepoError> {
+        let ttl = self.options.targets_ttl;
+        let mut plan = RefreshPlan {
+            timestamp_due: in_last_half(current.timestamp.signed.expires, self.options.timestamp_ttl, now),
+            snapshot_due: in_last_half(current.snapshot.signed.expires, self.options.snapshot_ttl, now),
+            ..RefreshPlan::default()
+        };
+        if in_last_half(current.targets.signed.expires, ttl, now) {
+            let key_path = "keys/targets.pk8".to_owned();
+            let allowed = current.root.signed.roles.get(&RoleType::Targets).map(|r| r.keyids.clone());
+            match self.usable_key(&key_path, allowed.as_deref().unwrap_or_default())? {
+                Ok(key) => plan.targets_key = Some(key),
+                Err(problem) => plan.needs_operator.push(StaleRole {
+                    role: "targets".to_owned(),
+                    expires: current.targets.signed.expires,
+                    key: key_path,
+                    problem,
+                }),
+            }
+        }
+        let delegations = current.targets.signed.delegations.iter().flat_map(|d| d.roles.iter());
+        for delegation in delegations {
+            let Some(role) = current.tenants.get(&delegation.name) else { continue };
+            if !in_last_half(role.signed.expires, ttl, now) {
+                continue;
+            }
+            let key_path = match crate::release::channel_of_role(&delegation.name) {
+                Some(channel) => self.release_key_path(channel),
+                None => self.tenant_key_path(&delegation.name),
+            };
+            match self.usable_key(&key_path, &delegation.keyids)? {
+                Ok(key) => plan.roles_due.push((delegation.name.clone(), role.signed.clone(), key)),
+                Err(problem) => plan.needs_operator.push(StaleRole {
+                    role: delegation.name.clone(),
+                    expires: role.signed.expires,
+                    key: key_path,
+                    problem,
+                }),
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The stored key at `key_path` if it is one of `allowed`; otherwise what is wrong with it.
+    fn usable_key(&self, key_path: &str, allowed: &[Decoded<Hex>]) -> Result<Result<Signer, KeyProblem>, RepoError> {
+        // A damaged key file stops this one role, not the renewal of everything else.
+        Ok(match Signer::load_stored(self, key_path) {
+            Ok(None) => Err(KeyProblem::Missing),
+            Ok(Some(key)) if allowed.contains(&key.keyid) => Ok(key),
+            Ok(Some(_)) => Err(KeyProblem::NotDelegated),
+            Err(RepoError::Key(_)) => Err(KeyProblem::Unreadable),
+            Err(e) => return Err(e),
+        })
     }
 
     /// Signs root version N+1. The old root's threshold of keys must be in `old_root_dir`;

@@ -105,6 +105,63 @@ pub async fn purge_runs_periodically(
     }
 }
 
+/// How often the hub looks for signed metadata near its expiry, whether or not any agent
+/// fetches: far inside the shortest half-life (the timestamp's, 12 hours by default), and
+/// only reads when nothing is due.
+pub const METADATA_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Re-signs the repository's roles in the last half of their life (timestamp, snapshot, and
+/// every targets role: top-level, tenants, release channels) every `interval` until `stop`,
+/// the first time at once (a hub that was down catches up on start). The request path
+/// renews only when an agent asks for a due timestamp; this timer does not wait for anyone,
+/// so targets roles nobody publishes to for a year still never lapse.
+pub async fn refresh_metadata_periodically(
+    service: BundleService,
+    interval: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match service.initialised().await {
+            Ok(true) => {}
+            // Nothing to keep fresh until `edge-hub bundle keys init`.
+            Ok(false) => continue,
+            // `initialised` logged the store's error; the next tick tries again.
+            Err(_) => continue,
+        }
+        let repo = service.repo.clone();
+        match tokio::task::spawn_blocking(move || repo.refresh_expiring_metadata()).await {
+            Ok(Ok(refreshed)) => log_refresh(&refreshed),
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot re-sign the bundle repository's expiring metadata; trying again later")
+            }
+            Err(e) => warn!(error = %e, "metadata refresh task failed"),
+        }
+    }
+}
+
+/// One line for what a refresh re-signed, and a warning per role only the operator can renew.
+pub(crate) fn log_refresh(refreshed: &edge_bundle::repo::Refreshed) {
+    if refreshed.changed() {
+        let targets: Vec<String> =
+            refreshed.targets.iter().map(|(role, version)| format!("{role} v{version}")).collect();
+        info!(
+            targets = %targets.join(", "),
+            snapshot = ?refreshed.snapshot,
+            timestamp = ?refreshed.timestamp,
+            "bundle and release metadata re-signed before it expires"
+        );
+    }
+    for stale in &refreshed.needs_operator {
+        warn!(role = %stale.role, "{stale}");
+    }
+}
+
 /// `bundles/` beside the SQLite file of `database_url`, else in the user's data directory.
 /// `EDGE_HUB_BUNDLE_DIR` wins when set.
 pub fn default_bundle_dir(database_url: &str) -> PathBuf {
@@ -227,11 +284,11 @@ async fn metadata(
     }
     let reader = if which == MetadataFile::Root { Reader::Everything } else { Reader::of(&app, &headers).await? };
     if which == MetadataFile::Timestamp {
-        // The online keys keep timestamp (and snapshot) fresh while the hub runs.
+        // The online keys keep the metadata fresh while the hub runs (see
+        // `refresh_metadata_periodically` for a hub no agent asks).
         let repo = service.repo.clone();
         match tokio::task::spawn_blocking(move || repo.refresh_online_metadata()).await {
-            Ok(Ok(true)) => info!("bundle timestamp re-signed"),
-            Ok(Ok(false)) => {}
+            Ok(Ok(refreshed)) => log_refresh(&refreshed),
             Ok(Err(e)) => warn!(error = %e, "cannot re-sign the bundle timestamp; serving the current one"),
             Err(e) => warn!(error = %e, "timestamp refresh task failed"),
         }
@@ -898,6 +955,66 @@ mod tests {
             Recorded::Duplicate
         ));
         assert_eq!(deliveries(&blobs, "run_legacy_001").await.unwrap(), 3);
+    }
+
+    /// An idle hub (no agent asks for anything) still renews its targets roles: here signed
+    /// already expired, re-signed by the timer alone. Before `keys init` the timer does
+    /// nothing and keeps running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_timer_renews_expiring_metadata_of_an_idle_hub() {
+        use edge_bundle::repo::{PublishRequest, RepoOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(&crate::blobs::StorageConfig::Local(dir.path().to_path_buf())).unwrap();
+        let service = BundleService::open(blobs);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let timer = tokio::spawn(refresh_metadata_periodically(
+            service.clone(),
+            std::time::Duration::from_millis(20),
+            stop.clone(),
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!timer.is_finished(), "an uninitialised repository must not stop the timer");
+
+        // What `edge-hub bundle keys init` and `publish` write, with targets signed expired.
+        let expired = RepoOptions { targets_ttl: chrono::TimeDelta::seconds(-5), ..RepoOptions::default() };
+        let signer = Repo::with_options(dir.path().join("repo"), expired);
+        let versions = |repo: &Repo| {
+            let current = repo.current().unwrap();
+            (current.targets.signed.version.get(), current.tenants["acme"].signed.version.get())
+        };
+        tokio::task::spawn_blocking(move || {
+            signer.init(&dir.path().join("root-keys"), 1, 1).unwrap();
+            let src = dir.path().join("src");
+            std::fs::create_dir_all(&src).unwrap();
+            std::fs::write(src.join("main.sh"), "echo hello\n").unwrap();
+            signer
+                .publish(&PublishRequest {
+                    tenant: "acme".into(),
+                    bundle: "report".into(),
+                    version: "1.0.0".into(),
+                    runtime: edge_bundle::Runtime::Shell,
+                    cpu_arch: edge_bundle::CpuArch::any(),
+                    entrypoint: None,
+                    source: src,
+                })
+                .unwrap();
+            let before = versions(&signer);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while versions(&signer) == before {
+                assert!(std::time::Instant::now() < deadline, "the timer never re-signed the expired targets");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let after = versions(&signer);
+            assert_eq!(after, (before.0 + 1, before.1 + 1));
+            let current = signer.current().unwrap();
+            assert!(current.targets.signed.expires > chrono::Utc::now() + chrono::TimeDelta::days(364));
+            assert!(current.tenants["acme"].signed.expires > chrono::Utc::now() + chrono::TimeDelta::days(364));
+            dir
+        })
+        .await
+        .unwrap();
+        stop.cancel();
+        timer.await.unwrap();
     }
 
     #[test]

@@ -106,9 +106,10 @@ async fn metadata(
     }
     let view = tokio::task::spawn_blocking(move || {
         if file == "timestamp.json" {
-            // The online keys keep timestamp (and snapshot) fresh while the hub runs.
-            if let Err(e) = repo.refresh_online_metadata() {
-                warn!(error = %e, "cannot re-sign the timestamp; serving the current one");
+            // The online keys keep the metadata fresh while the hub runs (and on its timer).
+            match repo.refresh_online_metadata() {
+                Ok(refreshed) => crate::bundles::log_refresh(&refreshed),
+                Err(e) => warn!(error = %e, "cannot re-sign the timestamp; serving the current one"),
             }
         }
         repo.release_view(&channel, &file)

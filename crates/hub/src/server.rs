@@ -287,6 +287,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         config.queue.retention,
         background_stop.clone(),
     ));
+    // Timestamp, snapshot and targets roles signed by the online keys, renewed before they
+    // lapse even when no agent asks (a tenant may publish nothing for a year).
+    tokio::spawn(crate::bundles::refresh_metadata_periodically(
+        bundle_service.clone(),
+        crate::bundles::METADATA_REFRESH_INTERVAL,
+        background_stop.clone(),
+    ));
     let proxy_addr = match config.proxy_listen {
         Some(addr) => {
             let proxy = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
