@@ -509,10 +509,8 @@ fn drive(dir: &Path) -> Result<()> {
     // Part-way: the task's bar and count say how many of the three are sent.
     let count = format!("#jobs-list li[data-job-id=\"{broadcast}\"] .job-progress-count");
     wait_until(Duration::from_secs(90), || {
-        let shown = window.script(
-            "const c = document.querySelector(arguments[0]); return c ? c.textContent : '';",
-            json!([count]),
-        )?;
+        let shown = window
+            .script("const c = document.querySelector(arguments[0]); return c ? c.textContent : '';", json!([count]))?;
         Ok(matches!(shown.as_str(), Some("1/3") | Some("2/3")))
     })
     .context("the Tasks screen never showed the broadcast part-way (1/3 or 2/3)")?;
@@ -523,10 +521,9 @@ fn drive(dir: &Path) -> Result<()> {
         assert_eq!(fans.messages_to(fan).len(), 1, "{fan} got the message once");
     }
     wait_until(WAIT, || {
-        Ok(window.script(
-            "const c = document.querySelector(arguments[0]); return c ? c.textContent : '';",
-            json!([count]),
-        )? == json!("3/3"))
+        Ok(window
+            .script("const c = document.querySelector(arguments[0]); return c ? c.textContent : '';", json!([count]))?
+            == json!("3/3"))
     })
     .context("the Tasks screen never showed the broadcast at 3/3")?;
     window.click("#jobs-back")?;
@@ -623,7 +620,8 @@ fn drive(dir: &Path) -> Result<()> {
     window.click("#pause-all")?;
     wait_until(WAIT, || Ok(paused_in(&data_dir)? && paused_in(&second_dir)?))
         .context("Pause all did not pause both accounts")?;
-    wait_until(WAIT, || Ok(window.text("#pause-all")? == en["resumeAll"])).context("the button did not turn to Resume all")?;
+    wait_until(WAIT, || Ok(window.text("#pause-all")? == en["resumeAll"]))
+        .context("the button did not turn to Resume all")?;
     // Home redraws when the shown account's own state says paused, which comes after the
     // command's answer and moves the buttons; WebDriver clicks at a point on the screen, so
     // the next click waits for that, as a person's eye would.
