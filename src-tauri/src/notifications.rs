@@ -316,9 +316,10 @@ pub struct Notifications {
     /// The task waiting for a click on each slot's notification. The server tells the
     /// connection of the latest update only, so an update replaces the slot's waiter.
     waiters: Mutex<HashMap<Slot, tauri::async_runtime::JoinHandle<()>>>,
-    /// Which signing-key warnings were shown, loaded from its file on first use and kept
-    /// here too, so a file that cannot be written does not mean a notification per snapshot.
-    expiries: Mutex<Option<ExpiryMemory>>,
+    /// Which signing-key warnings were shown, per account folder: loaded from its file on
+    /// first use and kept here too, so a file that cannot be written does not mean a
+    /// notification per snapshot.
+    expiries: Mutex<HashMap<PathBuf, ExpiryMemory>>,
 }
 
 /// Past this many slots, those of older jobs are forgotten (their notifications stay up, but
@@ -397,12 +398,10 @@ impl ExpiryMemory {
         std::fs::read(Self::path(data_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
-    /// Replaces the file (a temporary file renamed over it).
-    pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
-        let temporary = data_dir.join(format!(".{EXPIRY_MEMORY_FILE}.{}.tmp", std::process::id()));
-        std::fs::create_dir_all(data_dir)?;
-        std::fs::write(&temporary, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&temporary, Self::path(data_dir))
+    /// Replaces the file whole (`edge_agent::files::replace`).
+    pub fn save(&self, data_dir: &Path) -> Result<(), AgentError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| AgentError::Internal(e.to_string()))?;
+        edge_agent::files::replace(&Self::path(data_dir), &json)
     }
 
     /// The notifications `expiries` call for on `today` that were not shown yet, each in its
@@ -471,9 +470,18 @@ pub fn notify_expiries<R: Runtime>(app: &AppHandle<R>, snapshot: &AgentSnapshot,
     let Some(notifications) = app.try_state::<Notifications>() else { return };
     let shows = {
         let Ok(mut memory) = notifications.expiries.lock() else { return };
-        let memory = memory.get_or_insert_with(|| ExpiryMemory::load(data_dir));
+        let memory = memory.entry(data_dir.to_path_buf()).or_insert_with(|| ExpiryMemory::load(data_dir));
         let today = chrono::Local::now().format("%Y-%m-%d").to_string();
-        let shows = memory.due(i18n::t(), &snapshot.expiries, &today);
+        // Each account's warnings in their own notification slots (one account's does not
+        // replace another's).
+        let shows: Vec<Show> = memory
+            .due(i18n::t(), &snapshot.expiries, &today)
+            .into_iter()
+            .map(|show| match show.slot {
+                Slot::Other(key) => Show { slot: Slot::Other(format!("{key}@{}", data_dir.display())), ..show },
+                slot => Show { slot, ..show },
+            })
+            .collect();
         if !shows.is_empty() {
             if let Err(err) = memory.save(data_dir) {
                 tracing::warn!(error = %err, "cannot keep which signing-key warnings were shown; a restart shows them again");
