@@ -241,6 +241,21 @@ impl Accounts {
             .map(|a| a.id.clone())
     }
 
+    /// Pauses every signed-in account for `length` (a signed-out one runs nothing anyway).
+    pub fn pause_all(&self, length: edge_agent::pause::PauseLength) {
+        for (_, agent) in self.all() {
+            if agent.snapshot().logged_in {
+                agent.pause_for(length);
+            }
+        }
+    }
+
+    pub fn resume_all(&self) {
+        for (_, agent) in self.all() {
+            agent.resume();
+        }
+    }
+
     /// A new, signed-out account, made active: the window then shows its sign-in.
     pub fn add(&self) -> Result<(String, Agent), AccountError> {
         let mut inner = self.write();
@@ -324,14 +339,11 @@ impl Accounts {
             active: Some(inner.active.clone()),
         };
         let path = self.main.data_dir.join(FILE_NAME);
-        let io = |source| AccountError::Save { path: path.clone(), source };
-        std::fs::create_dir_all(&self.main.data_dir).map_err(io)?;
-        let body = serde_json::to_vec_pretty(&stored).map_err(|e| io(std::io::Error::other(e)))?;
-        // Written aside and renamed: a crash never leaves half a file that would hide the
-        // added accounts at the next start.
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, body).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        let body = serde_json::to_vec_pretty(&stored)
+            .map_err(|e| AccountError::Save { path: path.clone(), source: std::io::Error::other(e) })?;
+        // Replaced whole: a crash never leaves half a file that would hide the added
+        // accounts at the next start.
+        Ok(edge_agent::files::replace(&path, &body)?)
     }
 }
 

@@ -51,11 +51,24 @@ pub fn switch_to<R: Runtime>(app: &AppHandle<R>, id: &str) -> Result<AgentSnapsh
         return Ok(accounts.active().snapshot());
     }
     let agent = accounts.switch(id)?;
+    cancel_sign_in(app);
+    publish_state(app);
+    Ok(agent.snapshot())
+}
+
+/// A new signed-out account, made active (the window shows its sign-in), with its forwarder.
+pub fn add_account<R: Runtime>(app: &AppHandle<R>) -> Result<AgentSnapshot, AccountError> {
+    let (id, agent) = app.state::<Accounts>().add()?;
+    cancel_sign_in(app);
+    spawn_forwarder(app.clone(), id, agent.clone());
+    Ok(agent.snapshot())
+}
+
+/// A device sign-in in progress belonged to the account shown before: it ends.
+fn cancel_sign_in<R: Runtime>(app: &AppHandle<R>) {
     if let Some(sign_in) = app.try_state::<crate::device_sign_in::DeviceSignIn>() {
         let _ = sign_in.cancel();
     }
-    publish_state(app);
-    Ok(agent.snapshot())
 }
 
 /// The running forwarder of each account, so a removed account's stops with it.

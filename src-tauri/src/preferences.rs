@@ -39,6 +39,9 @@ pub struct Preferences {
 pub enum PreferencesError {
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    /// The file could not be replaced; the message names it.
+    #[error("{0}")]
+    Replace(edge_agent::AgentError),
 }
 
 impl Preferences {
@@ -62,14 +65,9 @@ impl Preferences {
     /// Replaces the file (a temporary file renamed over it, so a crash leaves the old one).
     pub fn save(&self, data_dir: &Path) -> Result<(), PreferencesError> {
         let path = Self::path(data_dir);
-        let temporary = data_dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(data_dir)?;
-            let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-            std::fs::write(&temporary, json)?;
-            std::fs::rename(&temporary, &path)
-        };
-        write().map_err(|source| PreferencesError::Write { path: path.clone(), source })
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| PreferencesError::Write { path: path.clone(), source: std::io::Error::other(e) })?;
+        edge_agent::files::replace(&path, &json).map_err(PreferencesError::Replace)
     }
 }
 

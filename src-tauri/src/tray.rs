@@ -290,33 +290,27 @@ fn on_menu_event<R: Runtime>(app: &AppHandle<R>, event: MenuEvent) {
         return;
     }
     if let Some(account) = id.strip_prefix(MENU_ACCOUNT_PREFIX) {
-        if let Err(err) = crate::events::switch_to(app, account) {
+        // A real switch changes the list, and the menu is built anew with it. A check item
+        // ticks or unticks itself when clicked, though, so when the list stays as it was
+        // (the shown account clicked again, or a refused switch) the menu is built anew here.
+        let was_shown = accounts.is_active(account);
+        let switched = crate::events::switch_to(app, account);
+        if let Err(err) = &switched {
             tracing::warn!(error = %err, "could not switch accounts from the tray");
         }
-        // A check item ticks itself when clicked: the menu shows the truth again (the
-        // switch rebuilt it only if the list changed).
-        rebuild(app);
+        if was_shown || switched.is_err() {
+            rebuild(app);
+        }
         return;
     }
     match id {
         MENU_OPEN => app::show_main_window(app),
         MENU_RESUME => accounts.active().resume(),
-        MENU_PAUSE_ALL => {
-            for (_, agent) in accounts.all() {
-                if agent.snapshot().logged_in {
-                    agent.pause_for(PauseLength::UntilResumed);
-                }
-            }
-        }
-        MENU_RESUME_ALL => {
-            for (_, agent) in accounts.all() {
-                agent.resume();
-            }
-        }
+        MENU_PAUSE_ALL => accounts.pause_all(PauseLength::UntilResumed),
+        MENU_RESUME_ALL => accounts.resume_all(),
         MENU_ADD_ACCOUNT => {
-            match accounts.add() {
-                Ok((id, agent)) => crate::events::spawn_forwarder(app.clone(), id, agent),
-                Err(err) => tracing::warn!(error = %err, "could not add an account from the tray"),
+            if let Err(err) = crate::events::add_account(app) {
+                tracing::warn!(error = %err, "could not add an account from the tray");
             }
             // The window is where the new account signs in.
             app::show_main_window(app);

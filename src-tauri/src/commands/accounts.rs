@@ -14,16 +14,8 @@ pub fn list_accounts(accounts: State<'_, Accounts>) -> Vec<AccountView> {
 
 /// A new signed-out account, made active: the window shows its sign-in.
 #[tauri::command]
-pub fn add_account<R: Runtime>(
-    app: AppHandle<R>,
-    accounts: State<'_, Accounts>,
-) -> Result<AgentSnapshot, AccountError> {
-    let (id, agent) = accounts.add()?;
-    if let Some(sign_in) = tauri::Manager::try_state::<crate::device_sign_in::DeviceSignIn>(&app) {
-        let _ = sign_in.cancel();
-    }
-    events::spawn_forwarder(app, id, agent.clone());
-    Ok(agent.snapshot())
+pub fn add_account<R: Runtime>(app: AppHandle<R>) -> Result<AgentSnapshot, AccountError> {
+    events::add_account(&app)
 }
 
 #[tauri::command]
@@ -54,19 +46,12 @@ pub async fn remove_account<R: Runtime>(
 /// Pauses every account; `length` as for `pause`.
 #[tauri::command]
 pub fn pause_all(accounts: State<'_, Accounts>, length: Option<PauseLength>) -> Vec<AccountView> {
-    let length = length.unwrap_or(PauseLength::UntilResumed);
-    for (_, agent) in accounts.all() {
-        if agent.snapshot().logged_in {
-            agent.pause_for(length);
-        }
-    }
+    accounts.pause_all(length.unwrap_or(PauseLength::UntilResumed));
     accounts.views()
 }
 
 #[tauri::command]
 pub fn resume_all(accounts: State<'_, Accounts>) -> Vec<AccountView> {
-    for (_, agent) in accounts.all() {
-        agent.resume();
-    }
+    accounts.resume_all();
     accounts.views()
 }
