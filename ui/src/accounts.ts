@@ -1,11 +1,12 @@
 // Several accounts: the bar above every screen once there are two (which account the window
-// shows, remove an added one), Settings' "Add an account" and Home's "Pause all accounts". Each account is its own agent in
-// the core; switching only changes which one the window and the tray act on.
+// shows, remove an added one), Settings' "Add an account" and Home's "Pause all accounts".
+// Each account is its own agent in the core; switching only changes which one the window
+// and the tray act on.
 import * as api from "./api";
 import { describeError } from "./errors";
 import { S, fill } from "./i18n";
 import type { AccountView, AgentSnapshot } from "./types";
-import { showError } from "./view";
+import { byId, showError } from "./view";
 
 /** The first account: the app's own profile, never removed. */
 const MAIN = "main";
@@ -14,9 +15,6 @@ const MAX_ACCOUNTS = 8;
 
 let accounts: AccountView[] = [];
 
-function byId<T extends HTMLElement>(id: string): T {
-  return document.getElementById(id) as T;
-}
 
 function hubHost(url: string | null): string {
   if (!url) return "";

@@ -5,7 +5,7 @@ import * as api from "./api";
 import { describeError } from "./errors";
 import { S, fill } from "./i18n";
 import type { LanguageChoice, Settings } from "./types";
-import { showError, showMessage } from "./view";
+import { byId, showError, showMessage } from "./view";
 
 const MB = 1_000_000;
 
@@ -18,9 +18,6 @@ export interface SettingsHooks {
   done: () => void;
 }
 
-function byId<T extends HTMLElement>(id: string): T {
-  return document.getElementById(id) as T;
-}
 
 function input(id: string): HTMLInputElement {
   return byId<HTMLInputElement>(id);

@@ -6,7 +6,7 @@ import { describeError } from "./errors";
 import { S, fill } from "./i18n";
 import type { AgentSnapshot, DeviceSignIn } from "./types";
 import { hasErrors, validateLogin, type LoginErrors } from "./validate";
-import { showError, showMessage } from "./view";
+import { byId, showError, showMessage } from "./view";
 
 type Mode = "device" | "token";
 
@@ -16,9 +16,6 @@ let onSignedIn: (snapshot: AgentSnapshot) => void = () => {};
 let attempt = 0;
 let timer: ReturnType<typeof setInterval> | undefined;
 
-function byId<T extends HTMLElement>(id: string): T {
-  return document.getElementById(id) as T;
-}
 
 function input(id: string): HTMLInputElement {
   return byId<HTMLInputElement>(id);

@@ -28,7 +28,8 @@ export function setSiteLogin(handler: (site: string) => void): void {
   onSiteLogin = handler;
 }
 
-function byId<T extends HTMLElement>(id: string): T {
+/** An element of index.html by id; one missing is a bug, said by name. */
+export function byId<T extends HTMLElement>(id: string): T {
   const el = document.getElementById(id);
   if (!el) throw new Error(`missing #${id} in index.html`);
   return el as T;
