@@ -54,8 +54,9 @@ fn judged(what: Expiring, store: &TrustStore, now: DateTime<Utc>) -> Option<Expi
 /// Brings the snapshot's expiries in line with the trust stores and the clock; a snapshot
 /// goes out only when something changed.
 pub fn publish(state: &StateHandle, data_dir: &Path) {
-    let expiries = if state.snapshot().logged_in { read(data_dir, Utc::now()) } else { Vec::new() };
-    if state.snapshot().expiries != expiries {
+    let current = state.snapshot();
+    let expiries = if current.logged_in { read(data_dir, Utc::now()) } else { Vec::new() };
+    if current.expiries != expiries {
         for expiry in expiries.iter().filter(|e| e.warning.is_some()) {
             tracing::warn!(what = ?expiry.what, expires_at = %expiry.expires_at, warning = ?expiry.warning,
                 "a root of the hub's signed repositories is near or past its end; the hub's operator must renew it");
