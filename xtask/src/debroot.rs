@@ -153,8 +153,10 @@ pub fn bounded(step: &str, cmd: &mut Command, deadline: Instant) -> Result<()> {
 fn prefix_lines(stream: Option<Box<dyn Read + Send>>) -> Option<std::thread::JoinHandle<()>> {
     let stream = stream?;
     Some(std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(std::io::Result::ok) {
-            println!("root| {line}");
+        // Bytes, not `lines()`: a line that is not UTF-8 (a file name, a compiler's
+        // message) would end `lines()`, close the pipe and kill the step with SIGPIPE.
+        for line in BufReader::new(stream).split(b'\n').map_while(std::io::Result::ok) {
+            println!("root| {}", String::from_utf8_lossy(&line));
         }
     }))
 }

@@ -114,26 +114,57 @@ fn check_in_root(
     Ok(())
 }
 
-/// Fills an empty target cache with a copy of this checkout's compiled crates: the same
+/// Fills an empty target cache with a copy of this checkout's compiled libraries: the same
 /// toolchain and the same crate downloads at the same paths, so cargo reuses every crate
 /// built with the same features, and a first run on a CI machine does not compile the
 /// demo's dependencies a second time. A copy, not links: the inside build must not write
 /// into this machine's target directory.
+///
+/// Only what a build can reuse is copied: fingerprints, build-script outputs, and in `deps`
+/// the libraries (`lib*`) and their dep-info (`*.d`). The test and program executables in
+/// `deps` are most of its size (tens of gigabytes once every test is linked) and the inside
+/// build relinks what it needs; copying them once filled a CI machine's disk.
+///
+/// The copy goes to a temporary folder renamed into place when complete, so a copy cut
+/// short (a full disk, the deadline) is never taken for a cache. A failed copy is not a
+/// failed check: the inside build then compiles everything itself.
 fn seed_target_cache(cache: &Path, deadline: Instant) -> Result<()> {
     let outside = root().join("target/debug");
-    if cache.join("debug").exists() || !outside.join("deps").is_dir() {
+    let seeded = cache.join("debug");
+    if seeded.exists() || !outside.join("deps").is_dir() {
         return Ok(());
     }
-    std::fs::create_dir_all(cache.join("debug"))?;
-    let mut cmd = Command::new("cp");
-    cmd.arg("-a").arg("--reflink=auto");
-    for sub in [".fingerprint", "build", "deps"] {
+    let partial = cache.join("debug.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let copied = copy_reusable(&outside, &partial, deadline).and_then(|()| Ok(std::fs::rename(&partial, &seeded)?));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_dir_all(&partial);
+        println!("fresh-check: not seeding the build cache ({e:#}); the inside build compiles every crate itself");
+    }
+    Ok(())
+}
+
+fn copy_reusable(outside: &Path, to: &Path, deadline: Instant) -> Result<()> {
+    const STEP: &str = "seeding the inside build's cache with this checkout's compiled libraries";
+    std::fs::create_dir_all(to.join("deps"))?;
+    let mut whole = Command::new("cp");
+    whole.arg("-a").arg("--reflink=auto");
+    for sub in [".fingerprint", "build"] {
         if outside.join(sub).is_dir() {
-            cmd.arg(outside.join(sub));
+            whole.arg(outside.join(sub));
         }
     }
-    cmd.arg(cache.join("debug"));
-    debroot::bounded("seeding the inside build's cache with this checkout's compiled crates", &mut cmd, deadline)
+    whole.arg(to);
+    debroot::bounded(STEP, &mut whole, deadline)?;
+    // `find … -exec cp … {} +` passes as many names per `cp` as fit on its command line.
+    let mut libraries = Command::new("find");
+    libraries
+        .arg(outside.join("deps"))
+        .args(["-maxdepth", "1", "-type", "f", "(", "-name", "lib*", "-o", "-name", "*.d", ")"])
+        .args(["-exec", "cp", "-a", "--reflink=auto", "-t"])
+        .arg(to.join("deps"))
+        .args(["{}", "+"]);
+    debroot::bounded(STEP, &mut libraries, deadline)
 }
 
 fn timeout() -> Result<Duration> {

@@ -345,6 +345,12 @@ mod tests {
         store.close().await;
     }
 
+    /// The WAL header's first salt, which SQLite adds one to each time the WAL starts over.
+    fn wal_salt(wal: &Path) -> u32 {
+        let header = std::fs::read(wal).unwrap();
+        u32::from_be_bytes(header[16..20].try_into().unwrap())
+    }
+
     #[tokio::test]
     async fn under_continuous_writes_the_wal_starts_over_instead_of_growing() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,6 +363,7 @@ mod tests {
             tokio::spawn(checkpoint_in_background(store.pool.clone(), store.writer.clone(), small, stop.clone()));
         let now = crate::crypto::now_ms();
         let before = std::fs::metadata(&path).unwrap().len();
+        let salt_before = wal_salt(&wal);
         // Small groups back to back, like the job writer under load: the writes never pause
         // long enough for a passive checkpoint alone to let the WAL start over.
         for group in 0..250 {
@@ -370,16 +377,20 @@ mod tests {
         checkpoints.await.unwrap();
         let written = std::fs::metadata(&path).unwrap().len() - before;
         let wal_size = std::fs::metadata(&wal).unwrap().len();
+        let restarts = wal_salt(&wal).wrapping_sub(salt_before);
         assert!(written > 18 << 20, "only {written} bytes reached the database file; the test wrote too little");
-        // Without the restart the WAL would hold everything written (the writer's own
-        // threshold, 32,000 pages, is never reached here).
-        // Compared with what was written, not with a fixed size: on a loaded machine a
-        // checkpoint's sync can take long enough for several megabytes to pile up before
-        // the restart, which is still the WAL starting over rather than growing.
+        // Counted, not measured: how large the WAL gets between two restarts depends on how
+        // long a checkpoint's sync takes on a loaded machine (7 MB here under a disk load,
+        // 16 MB once in CI), which is the hub benchmark's business. Whether the WAL starts
+        // over does not: without the write-lock checkpoint it never does here (0 restarts,
+        // and the WAL holds everything written: the writer's own threshold, 32,000 pages,
+        // is never reached), with it about 50 times, under load too.
         assert!(
-            wal_size < written / 3,
-            "the WAL grew to {wal_size} bytes while {written} were written: it never started over"
+            restarts >= 10,
+            "the WAL started over {restarts} times while {written} bytes were written (it is {wal_size} bytes): \
+             the background checkpoint is not letting it start over"
         );
+        assert!(wal_size < written, "the WAL ({wal_size} bytes) holds everything written ({written} bytes)");
         store.close().await;
     }
 }
