@@ -4,7 +4,9 @@
 //! checked; then the deb is installed for real into a minimal Debian root (debootstrap, see
 //! `debroot`), where apt pulls its declared dependencies and nothing else: the binary, the
 //! desktop entry, the icons and the autostart entry must land where a desktop looks for
-//! them, the installed app must start under Xvfb and show its window, and removing the
+//! them, the installed app must start under Xvfb, show its window and sign in there to a hub
+//! on this machine's loopback (typed in by xdotool; the time from start to window and to
+//! signed in is printed and kept in `target/release-check/timings.txt`), and removing the
 //! package must leave only the person's data (purging leaves no trace in dpkg).
 //!
 //! `--debug` packages the debug build `cargo xtask test` has already made (the same
@@ -15,7 +17,7 @@
 use crate::debroot::{self, Mounts};
 use crate::util::{cargo, checked, have, is_root, root};
 use anyhow::{bail, ensure, Context, Result};
-use edge_e2e::wait_until;
+use edge_e2e::{wait_until, Binaries, Hub};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,6 +33,9 @@ const ICON: &str = "/usr/share/icons/hicolor/128x128/apps/edge-agent-tray.png";
 /// What the window's title is, to find it on the display.
 const WINDOW_TITLE: &str = "Edge Agent";
 const TIMEOUT: Duration = Duration::from_secs(20 * 60);
+/// The creator the installed app signs in to, and the file that tells it to stop.
+const CREATOR: &str = "c-installed";
+const STOP: &str = "/tmp/release-check/stop";
 
 const USAGE: &str = "usage: cargo xtask release --dry-run [--debug]";
 
@@ -53,7 +58,9 @@ pub fn run(args: &[&str]) -> Result<()> {
     if !is_root() {
         bail!("the dry run installs the package into a chrooted Debian root, so it runs as root");
     }
-    for (tool, package) in [("dpkg-deb", "dpkg"), ("rpm", "rpm"), ("Xvfb", "xvfb"), ("xdotool", "xdotool")] {
+    for (tool, package) in
+        [("dpkg-deb", "dpkg"), ("rpm", "rpm"), ("Xvfb", "xvfb"), ("xdotool", "xdotool"), ("xclip", "xclip")]
+    {
         if !have(tool) {
             bail!("the release dry run needs `{tool}`: apt-get install --no-install-recommends {package}");
         }
@@ -261,11 +268,10 @@ fn check_in_root(mounts: &mut Mounts, root_dir: &Path, deb: &Path, deadline: Ins
         &format!("dpkg --purge {PACKAGE} >/dev/null 2>&1; if dpkg -s {PACKAGE} >/dev/null 2>&1; then dpkg -s {PACKAGE}; exit 1; fi"),
         deadline,
     )?;
-    println!(
-        "release: removed and purged, no file of the package left; the person's data ({}) {}",
-        data.strip_prefix(root_dir).unwrap_or(&data).display(),
-        if data.exists() { "stays" } else { "was not created by a logged-out start" }
-    );
+    // The app signed in above, so the person's data is there, and it must have stayed.
+    let shown = data.strip_prefix(root_dir).unwrap_or(&data).display().to_string();
+    ensure!(data.is_dir(), "the person's data (/{shown}) is gone after the package was removed");
+    println!("release: removed and purged, no file of the package left; the person's data (/{shown}) stays");
     Ok(())
 }
 
@@ -289,14 +295,23 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
         wait_until(Duration::from_secs(10), || Ok(socket.exists())).context("Xvfb made no socket")?;
         mounts.bind(Path::new("/tmp/.X11-unix"), &root_dir.join("tmp/.X11-unix"), true)?;
         mounts.bind(&out, &root_dir.join("tmp/release-check"), false)?;
-        // The app runs until `timeout` ends it; exit 124 means it was still running then.
+        // A hub on this machine's loopback (the root shares its network) to sign in to.
+        checked(cargo().args(["build", "-q", "-p", "edge-hub", "-p", "edge-agent"]))?;
+        let hub = Hub::start(&Binaries::locate()?, &out.join("hub"), &[], &[])?;
+        let token = hub.enroll_token(CREATOR)?;
+        let key = hub.api_key()?;
+        // The app runs until the host writes `stop` (or 120 s pass): then it must still be
+        // running, and is ended with SIGTERM as a logout would.
         let script = format!(
             "DISPLAY=:{display} EDGE_AGENT_SHOW_WINDOW=1 EDGE_AGENT_KEYCHAIN=kernel XDG_RUNTIME_DIR=/tmp \
-             timeout -s TERM 40 {BINARY} >/tmp/release-check/app.log 2>&1; code=$?; \
-             if [ $code -ne 124 ]; then echo \"the app exited with $code before it was stopped:\"; \
-             cat /tmp/release-check/app.log; exit 1; fi"
+             {BINARY} >/tmp/release-check/app.log 2>&1 & app=$!; i=0; \
+             while [ $i -lt 1200 ] && [ ! -e {STOP} ] && kill -0 $app 2>/dev/null; do sleep 0.1; i=$((i+1)); done; \
+             if ! kill -0 $app 2>/dev/null; then wait $app; echo \"the app exited with $? before it was stopped:\"; \
+             cat /tmp/release-check/app.log; exit 1; fi; kill -TERM $app; wait $app; exit 0"
         );
         let root_owned = root_dir.to_path_buf();
+        // The double-click: from here to the window, and on to signed in.
+        let clicked = Instant::now();
         let app =
             std::thread::spawn(move || debroot::in_root(&root_owned, "starting the installed app", &script, deadline));
         let on_display = |program: &str, args: &[&str]| {
@@ -319,6 +334,10 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
                 Ok(took.is_ok_and(|o| o.status.success()) && colours(&shot) > 8)
             })
             .is_ok();
+        let drawn_after = clicked.elapsed();
+        let signed_in = if drawn { sign_in(&display.to_string(), &window, &hub, &token, &key) } else { Ok(()) };
+        let signed_in_after = clicked.elapsed();
+        let _ = std::fs::write(out.join("stop"), b"");
         let ran = app.join().map_err(|_| anyhow::anyhow!("the app's thread panicked"))?;
         let log = std::fs::read_to_string(out.join("app.log")).unwrap_or_default();
         ran?;
@@ -327,11 +346,68 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
         })?;
         ensure!(drawn, "the installed app's window stayed blank ({}); its log:\n{log}", shot.display());
         println!("release: the installed app started and drew its window ({})", shot.display());
+        signed_in.with_context(|| format!("signing in through the installed app's window; its log:\n{log}"))?;
+        let timings = format!(
+            "double-click to window drawn: {} ms\ndouble-click to signed in (hub URL and token typed by xdotool): {} ms\n",
+            drawn_after.as_millis(),
+            signed_in_after.as_millis()
+        );
+        std::fs::write(out.join("timings.txt"), &timings)?;
+        print!("release: {}", timings.replace('\n', "\nrelease: ").trim_end_matches("release: "));
         Ok(())
     })();
     let _ = xvfb.kill();
     let _ = xvfb.wait();
     result
+}
+
+/// Signs the installed app in as a person would, once its window is drawn: the token form
+/// (behind "Use an enrollment token instead"), the hub URL and the token typed with real X
+/// key events, "Log in"; done when the hub sees the app's agent online and the window has
+/// moved on to the consent screen. The window's text is read as a person would copy it.
+fn sign_in(display: &str, window: &str, hub: &Hub, token: &str, key: &str) -> Result<()> {
+    let x = |program: &str, args: &[&str]| -> Result<String> {
+        let out = Command::new(program).args(args).env("DISPLAY", format!(":{display}")).output()?;
+        ensure!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // A click on the heading puts the focus on the page, out of any field.
+    let from_page = || -> Result<()> {
+        x("xdotool", &["windowfocus", window])?;
+        x("xdotool", &["mousemove", "--window", window, "30", "26", "click", "1"])?;
+        Ok(())
+    };
+    let mut text = String::new();
+    let mut says = |wanted: &str| {
+        wait_until(Duration::from_secs(30), || {
+            from_page()?;
+            x("xdotool", &["key", "--clearmodifiers", "ctrl+a", "ctrl+c"])?;
+            std::thread::sleep(Duration::from_millis(200));
+            text = x("timeout", &["5", "xclip", "-selection", "clipboard", "-o"])?;
+            Ok(text.contains(wanted))
+        })
+        .with_context(|| format!("the window never said {wanted:?}; it said:\n{text}"))
+    };
+    says("Connect this machine")?;
+    // Tab to the hub URL field, past "Get a sign-in code", to the link.
+    from_page()?;
+    x("xdotool", &["key", "--clearmodifiers", "Tab", "Tab", "Tab", "Return"])?;
+    says("Sign in with a code instead")?;
+    from_page()?;
+    x("xdotool", &["key", "--clearmodifiers", "Tab", "ctrl+a"])?;
+    x("xdotool", &["type", "--delay", "15", &hub.url])?;
+    x("xdotool", &["key", "--clearmodifiers", "Tab", "ctrl+a"])?;
+    x("xdotool", &["type", "--delay", "15", token])?;
+    x("xdotool", &["key", "--clearmodifiers", "Tab", "Return"])?;
+    wait_until(Duration::from_secs(30), || {
+        let agents = hub.agents(key)?;
+        Ok(agents["agents"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|a| a["creatorId"] == CREATOR && a["online"] == true)))
+    })
+    .with_context(|| format!("no agent of {CREATOR} came online at the hub after the token was typed in"))?;
+    says("Choose what this computer may do")?;
+    Ok(())
 }
 
 /// How many colours an image holds (ImageMagick's `%k`); 0 when it cannot be read.
