@@ -106,6 +106,7 @@ pub fn run() -> i32 {
                 commands::settings::get_usage,
                 commands::settings::log_in_to_site,
                 commands::restart_for_update,
+                commands::install_update,
                 commands::accounts::list_accounts,
                 commands::accounts::add_account,
                 commands::accounts::switch_account,

@@ -1,6 +1,7 @@
 // Home's update notices in English and French: an update installed on disk with "Restart
 // now" / "Tonight" (the choice goes to the core and stays said), a newer version to install
-// the way the app was installed, and updates unreachable for more than seven days.
+// the way the app was installed (or with "Install now" when it is the app's own package), and
+// updates unreachable for more than seven days.
 // Run: npm test --prefix ui
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -94,11 +95,65 @@ for (const lang of ["en", "fr"]) {
   });
 }
 
+const INSTALL = {
+  en: {
+    offer: "Edge Agent 1.5.0 is out.",
+    button: "Install now",
+    installing: "Installing… your computer may ask for its administrator password.",
+    busy: "A task is running. Updates never start in the middle of a task: try again when it has finished.",
+  },
+  fr: {
+    offer: "Edge Agent 1.5.0 est sorti.",
+    button: "Installer maintenant",
+    installing: "Installation… votre ordinateur peut demander le mot de passe administrateur.",
+    busy: "Une tâche est en cours. Une mise à jour ne commence jamais au milieu d'une tâche : réessayez quand elle sera finie.",
+  },
+};
+
+for (const lang of ["en", "fr"]) {
+  const words = INSTALL[lang];
+
+  test(`${lang}: the app's own package is installed on the person's click, saying a password may be asked`, async () => {
+    const { page, errors } = await open(app(lang, { available: "1.5.0", installable: true }, { install_update: { hold: true } }));
+    await page.waitForSelector("#update-install", { state: "visible" });
+    assert.equal(await text(page, "#update-available"), words.offer);
+    assert.equal(await page.isVisible("#update-installing"), false, "nothing is said to install before the click");
+    await page.getByRole("button", { name: words.button }).click();
+    await page.waitForSelector("#update-installing", { state: "visible" });
+    assert.equal(await text(page, "#update-installing"), words.installing);
+    assert.equal(await page.isDisabled("#update-install-now"), true, "a second click while the first runs does nothing");
+    assert.equal((await calls(page, "install_update")).length, 1);
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
+  test(`${lang}: an install refused because a task runs is said in words, and the button comes back`, async () => {
+    const refused = { install_update: { reject: { code: "update_busy", message: "a job is running" } } };
+    const { page, errors } = await open(app(lang, { available: "1.5.0", installable: true }, refused));
+    await page.waitForSelector("#update-install", { state: "visible" });
+    await page.getByRole("button", { name: words.button }).click();
+    await page.waitForSelector("#action-error", { state: "visible" });
+    assert.ok((await text(page, "#action-error")).includes(words.busy));
+    assert.equal(await page.isVisible("#update-installing"), false);
+    assert.equal(await page.isDisabled("#update-install-now"), false);
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+}
+
+test("an offer the app cannot install itself has no Install button", async () => {
+  const { page } = await open(app("en", { available: "1.5.0", installable: false }));
+  await page.waitForSelector("#update-available", { state: "visible" });
+  assert.equal(await page.isVisible("#update-install"), false);
+  assert.ok((await text(page, "#update-available")).includes("the way you installed it"));
+  await page.close();
+});
+
 test("nothing about updates is shown when there is nothing to tell, nor by an older core", async () => {
   for (const updates of [{}, undefined]) {
     const { page, errors } = await open(app("en", updates));
     await page.waitForSelector("#status-view", { state: "visible" });
-    for (const id of ["#update-ready", "#update-available", "#updates-unreachable"]) {
+    for (const id of ["#update-ready", "#update-available", "#update-install", "#updates-unreachable"]) {
       assert.equal(await page.isVisible(id), false, id);
     }
     assert.deepEqual(errors, []);

@@ -64,6 +64,11 @@ export function restartForUpdate(when: "now" | "tonight"): Promise<void> {
   return invoke<void>("restart_for_update", { when });
 }
 
+/** "Install now": the core verifies the app's own package and hands it to the package manager. */
+export function installUpdate(): Promise<AgentSnapshot> {
+  return invoke<AgentSnapshot>("install_update");
+}
+
 export function onState(handler: (snapshot: AgentSnapshot) => void): Promise<UnlistenFn> {
   return listen<AgentSnapshot>(STATE_EVENT, (event) => handler(event.payload));
 }

@@ -25,6 +25,9 @@ const AGENT_ERRORS: Record<string, keyof Strings> = {
   unknown_account: "errUnknownAccount",
   main_account_stays: "errMainAccountStays",
   too_many_accounts: "errTooManyAccounts",
+  update_busy: "errUpdateBusy",
+  update_refused: "errUpdateRefused",
+  update_failed: "errUpdateFailed",
 };
 
 // A failed task's words by the protocol's error code (`edge_protocol::ErrorCode`), each

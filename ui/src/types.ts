@@ -80,6 +80,8 @@ export interface UpdateStatus {
   ready?: string | null;
   /** A newer version is offered; the person installs it the way they installed the app. */
   available?: string | null;
+  /** `available` is a package of the kind this app was installed from: "Install now". */
+  installable?: boolean;
   lastVerifiedCheck?: string | null;
   /** Whole days without a verified update check, once more than seven. */
   unreachableDays?: number | null;

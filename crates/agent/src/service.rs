@@ -495,6 +495,34 @@ impl AgentService {
         }
     }
 
+    /// The person's "Install now" for the tray's own package (deb or rpm): checks the
+    /// channel for this package's release, downloads and verifies it, and hands it to the
+    /// package manager (through `pkexec`'s password dialog unless this runs as root); never
+    /// while a job runs. The new version then shows as ready, to restart into when they say.
+    pub async fn install_update(&self) -> Result<crate::updater::package::Installed, crate::updater::UpdateError> {
+        use crate::updater::UpdateError;
+        let options = self
+            .inner
+            .updates
+            .lock()
+            .ok()
+            .and_then(|u| u.clone())
+            .ok_or_else(|| UpdateError::Io("updates are off in this program; it installs nothing itself".into()))?;
+        let exe = crate::updater::install::installed_exe()?;
+        let package = crate::updater::package::installed_package(&exe).ok_or_else(|| {
+            UpdateError::Io(format!(
+                "{} was not installed from a deb or rpm package, so it cannot update itself; install the new \
+                 version the way this copy was installed",
+                exe.display()
+            ))
+        })?;
+        let ctx = self.updater_context(&options.channel).await?;
+        let state = self.inner.state.clone();
+        let installed = crate::updater::package::install(&ctx, &package, || state.snapshot().busy > 0).await?;
+        options.look.notify_one();
+        Ok(installed)
+    }
+
     /// What an on-demand update check needs: the login's hub, agent id and a token source.
     pub async fn updater_context(&self, channel: &str) -> Result<crate::updater::UpdaterContext, AgentError> {
         let credentials = self.inner.load_credentials().await?.ok_or(AgentError::NotLoggedIn)?;

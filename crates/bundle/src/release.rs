@@ -1,7 +1,7 @@
 //! Agent releases in the same TUF repository as bundles: one delegated role per channel
 //! (`_release-<channel>`, confined to `_release/<channel>/*`), signed with an online key the
 //! top-level targets role delegates to, exactly like a tenant's role. Each target is one
-//! agent binary for one platform and architecture, with its version, notes, rollout
+//! agent binary (or tray package, see [`PLATFORMS`]) for one platform and architecture, with its version, notes, rollout
 //! percentage and pause flag in the signed custom metadata.
 //!
 //! Role and path names start with `_`, which no tenant slug can, so a release role can never
@@ -31,8 +31,12 @@ pub const RELEASE_ROLE_PREFIX: &str = "_release-";
 pub const RELEASE_PATH_PREFIX: &str = "_release/";
 /// URL prefix under which the hub serves releases (`<channel>/metadata/`, `targets/`).
 pub const HTTP_PREFIX: &str = "/v1/releases";
-/// Platforms a release can be built for.
-pub const PLATFORMS: [&str; 3] = ["linux", "windows", "macos"];
+/// What a release target is for: the headless agent binary of an operating system
+/// (`linux`, `windows`, `macos`), or the tray app's package of one install kind
+/// (`linux-deb`, `linux-rpm`), which the tray installs through the system's package manager.
+/// Agents built before the package kinds skip those targets (an unknown platform is not a
+/// release of theirs), so adding one never breaks an older client.
+pub const PLATFORMS: [&str; 5] = ["linux", "windows", "macos", "linux-deb", "linux-rpm"];
 pub const MAX_NOTES_CHARS: usize = 4000;
 
 /// Checks a channel name: 1–32 of a-z 0-9 -, starting with a letter.
@@ -95,7 +99,10 @@ impl ReleaseRef {
     pub fn new(channel: &str, platform: &str, arch: &str, version: &str) -> Result<ReleaseRef, NameError> {
         validate_channel(channel)?;
         if !PLATFORMS.contains(&platform) {
-            return Err(NameError::BadSlug { kind: "platform (linux, windows or macos)", value: platform.to_owned() });
+            return Err(NameError::BadSlug {
+                kind: "platform (linux, windows, macos, linux-deb or linux-rpm)",
+                value: platform.to_owned(),
+            });
         }
         validate_slug("arch", arch)?;
         Ok(ReleaseRef {

@@ -27,7 +27,7 @@ pub struct ReleaseArgs {
 pub struct Which {
     #[arg(long)]
     pub version: String,
-    /// linux, windows or macos.
+    /// linux, windows or macos (the headless agent), linux-deb or linux-rpm (the tray's package).
     #[arg(long)]
     pub platform: String,
     /// x86_64, aarch64…
@@ -39,10 +39,10 @@ pub struct Which {
 
 #[derive(Subcommand, Debug)]
 pub enum ReleaseCommand {
-    /// Store and sign an agent binary as a release; agents of the channel on that platform
-    /// and architecture install it once the rollout reaches them.
+    /// Store and sign an agent binary (or the tray's deb or rpm) as a release; agents of the
+    /// channel on that platform and architecture install it once the rollout reaches them.
     Publish {
-        /// The agent binary.
+        /// The agent binary, or the tray's package for `--platform linux-deb|linux-rpm`.
         file: PathBuf,
         #[command(flatten)]
         which: Which,

@@ -113,7 +113,7 @@ fn publish_pause_resume_rollout_and_list() {
             "x86_64",
         ],
     );
-    assert!(String::from_utf8_lossy(&platform.stderr).contains("linux, windows or macos"));
+    assert!(String::from_utf8_lossy(&platform.stderr).contains("linux, windows, macos, linux-deb or linux-rpm"));
     let listed = ok_json(release(&bundle_dir, &["list"]));
     assert_eq!(listed["releases"].as_array().unwrap().len(), 2);
 }

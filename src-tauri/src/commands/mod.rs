@@ -79,6 +79,15 @@ pub fn restart_for_update<R: Runtime>(app: AppHandle<R>, when: edge_agent::updat
     crate::updates::plan(&app, when);
 }
 
+/// "Install now" for the app's own package (deb, rpm): the core checks the channel,
+/// verifies the package and hands it to the package manager; the new version then shows as
+/// ready to restart into.
+#[tauri::command]
+pub async fn install_update(agent: ActiveAgent) -> Result<AgentSnapshot, edge_agent::updater::UpdateError> {
+    agent.install_update().await?;
+    Ok(agent.snapshot())
+}
+
 /// The person's Cancel on the Jobs screen: the core ends the job and tells the hub.
 #[tauri::command]
 pub async fn cancel_job(agent: ActiveAgent, id: String) -> Result<AgentSnapshot, AgentError> {

@@ -211,6 +211,10 @@ export const en = {
   /** `{version}`: the newer version offered to this computer. */
   updateAvailable:
     "Edge Agent {version} is out. Update it the way you installed it: your package manager, or the installer from your operator.",
+  /** `{version}`: the newer version, a package of the kind this app was installed from. */
+  updateAvailableInstallable: "Edge Agent {version} is out.",
+  updateInstallNow: "Install now",
+  updateInstalling: "Installing… your computer may ask for its administrator password.",
   /** `{days}`: whole days without a verified update check. */
   updatesUnreachable:
     "Edge Agent has not been able to check for updates for {days} days. Check your connection; if it lasts, tell your hub's operator.",
@@ -304,6 +308,10 @@ export const en = {
   errUnknownAccount: "This account is no longer in the app. Pick one from the list.",
   errMainAccountStays: "The first account cannot be removed, only signed out.",
   errTooManyAccounts: "This app already holds 8 accounts. Remove one before adding another.",
+  errUpdateBusy: "A task is running. Updates never start in the middle of a task: try again when it has finished.",
+  errUpdateRefused:
+    "The update failed a safety check, so nothing was installed. Tell your hub's operator; the details say which check.",
+  errUpdateFailed: "The update could not be installed, and nothing changed. The details say why.",
 } as const;
 
 /** The catalogue's shape: every key, each a string. */

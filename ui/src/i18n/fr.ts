@@ -200,6 +200,9 @@ export const fr: Strings = {
   updateRestartingTonight: "Redémarrage cette nuit à 3 h, quand aucune tâche ne tourne.",
   updateAvailable:
     "Edge Agent {version} est sorti. Mettez-le à jour comme vous l'avez installé : votre gestionnaire de paquets, ou l'installateur fourni par votre opérateur.",
+  updateAvailableInstallable: "Edge Agent {version} est sorti.",
+  updateInstallNow: "Installer maintenant",
+  updateInstalling: "Installation… votre ordinateur peut demander le mot de passe administrateur.",
   updatesUnreachable:
     "Edge Agent n'a pas pu vérifier ses mises à jour depuis {days} jours. Vérifiez votre connexion ; si cela dure, prévenez l'opérateur de votre hub.",
 
@@ -283,4 +286,9 @@ export const fr: Strings = {
   errUnknownAccount: "Ce compte n'est plus dans l'application. Choisissez-en un dans la liste.",
   errMainAccountStays: "Le premier compte ne peut pas être retiré, seulement déconnecté.",
   errTooManyAccounts: "L'application contient déjà 8 comptes. Retirez-en un avant d'en ajouter un autre.",
+  errUpdateBusy:
+    "Une tâche est en cours. Une mise à jour ne commence jamais au milieu d'une tâche : réessayez quand elle sera finie.",
+  errUpdateRefused:
+    "La mise à jour a échoué à une vérification de sécurité, donc rien n'a été installé. Prévenez l'opérateur de votre hub ; le détail dit laquelle.",
+  errUpdateFailed: "La mise à jour n'a pas pu être installée, et rien n'a changé. Le détail dit pourquoi.",
 };

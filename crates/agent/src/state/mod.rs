@@ -237,6 +237,10 @@ pub struct UpdateStatus {
     /// itself (installed by the system's package manager, or the tray): the person updates
     /// through their package manager or installer.
     pub available: Option<String>,
+    /// `available` is a package of the kind this program was installed from (deb, rpm),
+    /// which the tray installs through the package manager when the person asks.
+    #[serde(default)]
+    pub installable: bool,
     /// Last time the hub's release metadata was read and verified (RFC 3339).
     pub last_verified_check: Option<String>,
     /// Whole days without a verified check, once more than seven: an agent that cannot

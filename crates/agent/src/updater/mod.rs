@@ -18,6 +18,7 @@
 //! install a version that already failed its probation on this machine.
 
 pub mod install;
+pub mod package;
 pub mod version_slot;
 
 use crate::bundles::download::{self, Signed};
@@ -54,6 +55,32 @@ pub enum UpdateError {
     Io(String),
     #[error(transparent)]
     Agent(#[from] crate::AgentError),
+}
+
+impl UpdateError {
+    /// A stable code for the window, which words each kind in the person's language.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpdateError::Refused { .. } => "update_refused",
+            UpdateError::Busy => "update_busy",
+            UpdateError::Io(_) => "update_failed",
+            UpdateError::Agent(e) => e.code(),
+        }
+    }
+}
+
+/// `{code, message}`, like `AgentError`: what a window command's failure carries.
+impl Serialize for UpdateError {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let UpdateError::Agent(e) = self {
+            return e.serialize(serializer);
+        }
+        use serde::ser::SerializeStruct;
+        let mut state = serializer.serialize_struct("UpdateError", 2)?;
+        state.serialize_field("code", self.code())?;
+        state.serialize_field("message", &self.to_string())?;
+        state.end()
+    }
 }
 
 impl From<VerifyError> for UpdateError {
@@ -203,6 +230,10 @@ pub struct UpdaterState {
     /// A newer version offered to this machine that this copy does not install itself.
     #[serde(default)]
     pub available: Option<String>,
+    /// The offer is a package of the kind this program was installed from, which the
+    /// tray installs when the person asks ([`package::install`]).
+    #[serde(default)]
+    pub installable: bool,
 }
 
 impl UpdaterState {
@@ -237,6 +268,7 @@ pub fn status(data_dir: &Path, on_disk: Option<String>, now_unix: i64) -> crate:
         // Any other version on disk is what the next start runs, newer or not.
         ready: on_disk.filter(|on_disk| *on_disk != running),
         available: state.available.clone().filter(newer),
+        installable: state.installable && state.available.as_ref().is_some_and(newer),
         last_verified_check: state.last_verified_check.clone(),
         unreachable_days: state.unreachable_days(now_unix),
     }
@@ -278,13 +310,30 @@ fn remember_check_failed(data_dir: &Path, now_unix: i64) {
     }
 }
 
-/// Refreshes the channel's metadata and decides.
+/// Refreshes the channel's metadata and decides, for this program's headless binary.
 pub async fn check(ctx: &UpdaterContext) -> Result<(CheckReport, Option<FoundRelease>), UpdateError> {
+    check_platforms(ctx, &[platform()]).await
+}
+
+/// Refreshes the channel's metadata and decides on the newest release of the first of
+/// `platforms` the channel has one for (the tray: its package's, else the headless
+/// binary's, which tells the same version). The state remembers whether the offer is a
+/// package this program can install (`installable`).
+pub async fn check_platforms(
+    ctx: &UpdaterContext,
+    platforms: &[&str],
+) -> Result<(CheckReport, Option<FoundRelease>), UpdateError> {
     let url =
         url::Url::parse(&format!("{}{}{}/metadata/", ctx.hub_base, edge_protocol::api::RELEASES_PATH, ctx.channel))
             .map_err(|e| UpdateError::Io(format!("hub URL: {e}")))?;
     let verified = ctx.trust()?.refresh(url, HubTransport::new(ctx.http.clone(), ctx.auth.clone())).await?;
-    let found = verified.find_release(&ctx.channel, platform(), arch())?;
+    let mut found = None;
+    for platform in platforms {
+        found = verified.find_release(&ctx.channel, platform, arch())?;
+        if found.is_some() {
+            break;
+        }
+    }
     let running = running_version();
     let mut state = load_state(&ctx.data_dir);
     let decision = decide(&running, found.as_ref(), &ctx.agent_id, &state.failed_versions);
@@ -295,6 +344,8 @@ pub async fn check(ctx: &UpdaterContext) -> Result<(CheckReport, Option<FoundRel
         Decision::Available { version } => Some(version.clone()),
         _ => None,
     };
+    state.installable = state.available.is_some()
+        && found.as_ref().is_some_and(|f| package::PackageKind::ALL.iter().any(|k| k.platform() == f.meta.platform));
     install::write_json(&state_path(&ctx.data_dir), &state)?;
     let offered = found.as_ref().map(|f| Offer {
         version: f.release.version.to_string(),
@@ -307,7 +358,9 @@ pub async fn check(ctx: &UpdaterContext) -> Result<(CheckReport, Option<FoundRel
     let report = CheckReport {
         running,
         channel: ctx.channel.clone(),
-        platform: platform().into(),
+        platform: found
+            .as_ref()
+            .map_or_else(|| platforms.first().copied().unwrap_or_default().into(), |f| f.meta.platform.clone()),
         arch: arch().into(),
         decision,
         offered,
@@ -498,11 +551,21 @@ pub struct AutoUpdate {
     /// Notified once an update is installed and the agent should restart into it (only
     /// when it replaces itself; otherwise the person chooses when).
     pub restart: std::sync::Arc<tokio::sync::Notify>,
+    /// Wakes the updater to look at its program file now rather than at its next look
+    /// (after the person's "Install now" put a new version there).
+    pub look: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl AutoUpdate {
     pub fn new(channel: String, probation: Duration) -> AutoUpdate {
-        AutoUpdate { channel, interval: CHECK_EVERY, probation, self_replace: true, restart: Default::default() }
+        AutoUpdate {
+            channel,
+            interval: CHECK_EVERY,
+            probation,
+            self_replace: true,
+            restart: Default::default(),
+            look: Default::default(),
+        }
     }
 
     /// Checks and tells, never installs (the tray app; see [`AutoUpdate::self_replace`]).
@@ -655,6 +718,10 @@ pub(crate) async fn run(
         },
         _ => None,
     };
+    // A copy that does not replace itself but came from a package (the tray's deb or rpm)
+    // looks for its package's release first: the person can install that one from the window.
+    let package = exe.as_deref().filter(|_| !options.self_replace).and_then(package::installed_package);
+    let platforms: Vec<&str> = package.iter().map(|p| p.kind.platform()).chain([platform()]).collect();
     let mut announcer = Announcer::new(state.clone(), exe.clone(), ctx.data_dir.clone());
     if let Err(e) = send_failure_report(&ctx).await {
         tracing::warn!(error = %e, "cannot report the failed update yet");
@@ -672,7 +739,9 @@ pub(crate) async fn run(
                     let busy = || state.snapshot().busy > 0;
                     Some(apply(&ctx, exe, options.probation, busy).await.map(|r| (r.check.decision, r.installed)))
                 }
-                (None, false) => Some(check(&ctx).await.map(|(report, _)| (report.decision, None))),
+                (None, false) => {
+                    Some(check_platforms(&ctx, &platforms).await.map(|(report, _)| (report.decision, None)))
+                }
             };
             match outcome {
                 None => {}
@@ -703,6 +772,7 @@ pub(crate) async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(nap) => {}
+            _ = options.look.notified() => {}
         }
     }
 }
