@@ -246,7 +246,7 @@ fn check_in_root(mounts: &mut Mounts, root_dir: &Path, deb: &Path, deadline: Ins
     let entry = std::fs::read_to_string(root_dir.join(DESKTOP_ENTRY.trim_start_matches('/')))?;
     ensure!(entry.contains("Exec=edge-agent-tray"), "the desktop entry does not start the app:\n{entry}");
 
-    start_installed_app(mounts, root_dir, deadline)?;
+    start_installed_app(mounts, root_dir, deb, deadline)?;
 
     // Removal: every file the package installed is gone (the bundler marks no conffiles, so
     // the autostart entry goes with the rest); purge then leaves no trace in dpkg either.
@@ -278,8 +278,11 @@ fn check_in_root(mounts: &mut Mounts, root_dir: &Path, deb: &Path, deadline: Ins
 /// Starts the installed app inside the root on a display of this machine (its X socket
 /// bound into the root), without a tray host, and waits for its window to show the page:
 /// a window that stays one flat colour means WebKit drew nothing (a missing library or
-/// font the package does not declare), which is a failure with the app's own log.
-fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) -> Result<()> {
+/// font the package does not declare), which is a failure with the app's own log. Then, as
+/// a person would, it signs in through that window to a hub on this machine's loopback and
+/// installs its own update from Home: the next version of the same deb, signed by the hub
+/// as a `linux-deb` release, installed by the app through apt and restarted into.
+fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deb: &Path, deadline: Instant) -> Result<()> {
     let display = free_display()?;
     let out = root().join("target/release-check");
     let _ = std::fs::remove_dir_all(&out);
@@ -295,19 +298,40 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
         wait_until(Duration::from_secs(10), || Ok(socket.exists())).context("Xvfb made no socket")?;
         mounts.bind(Path::new("/tmp/.X11-unix"), &root_dir.join("tmp/.X11-unix"), true)?;
         mounts.bind(&out, &root_dir.join("tmp/release-check"), false)?;
-        // A hub on this machine's loopback (the root shares its network) to sign in to.
+        // A hub on this machine's loopback (the root shares its network) to sign in to, with
+        // a signing root (given to the app at sign-in) and the next version of this deb.
         checked(cargo().args(["build", "-q", "-p", "edge-hub", "-p", "edge-agent"]))?;
-        let hub = Hub::start(&Binaries::locate()?, &out.join("hub"), &[], &[])?;
+        let bins = Binaries::locate()?;
+        let hub = Hub::start(&bins, &out.join("hub"), &[], &[])?;
         let token = hub.enroll_token(CREATOR)?;
         let key = hub.api_key()?;
-        // The app runs until the host writes `stop` (or 120 s pass): then it must still be
-        // running, and is ended with SIGTERM as a logout would.
+        let keys = out.join("hub/root-keys");
+        hub.bundle_cli(&["keys", "init", "--root-dir", keys.to_str().context("non-UTF-8 path")?])?;
+        let (next, next_version) = next_version_of(deb, &bins.agent, &out)?;
+        hub.release_cli(&[
+            "publish",
+            next.to_str().context("non-UTF-8 path")?,
+            "--version",
+            &next_version,
+            "--platform",
+            "linux-deb",
+            "--arch",
+            std::env::consts::ARCH,
+        ])?;
+        // The app runs until the host writes `stop` (or 300 s pass): then it (or the copy it
+        // restarted into) must still be running, and is ended with SIGTERM as a logout would.
+        // The kernel keychain is this machine's root user's own, outside the root: the login
+        // goes under a profile of this run, signed out below, never the person's `default`.
+        let profile = format!("release-check-{}", std::process::id());
         let script = format!(
-            "DISPLAY=:{display} EDGE_AGENT_SHOW_WINDOW=1 EDGE_AGENT_KEYCHAIN=kernel XDG_RUNTIME_DIR=/tmp \
-             {BINARY} >/tmp/release-check/app.log 2>&1 & app=$!; i=0; \
-             while [ $i -lt 1200 ] && [ ! -e {STOP} ] && kill -0 $app 2>/dev/null; do sleep 0.1; i=$((i+1)); done; \
-             if ! kill -0 $app 2>/dev/null; then wait $app; echo \"the app exited with $? before it was stopped:\"; \
-             cat /tmp/release-check/app.log; exit 1; fi; kill -TERM $app; wait $app; exit 0"
+            "DISPLAY=:{display} EDGE_AGENT_SHOW_WINDOW=1 EDGE_AGENT_KEYCHAIN=kernel EDGE_AGENT_PROFILE={profile} \
+             XDG_RUNTIME_DIR=/tmp \
+             {BINARY} >/tmp/release-check/app.log 2>&1 & i=0; \
+             while [ $i -lt 3000 ] && [ ! -e {STOP} ]; do sleep 0.1; i=$((i+1)); done; \
+             running=''; for p in /proc/[0-9]*; do \
+             [ \"$(cat $p/comm 2>/dev/null)\" = edge-agent-tray ] && running=\"$running ${{p#/proc/}}\"; done; \
+             if [ -z \"$running\" ]; then echo 'the app was no longer running when it was stopped:'; \
+             cat /tmp/release-check/app.log; exit 1; fi; kill -TERM $running; wait; exit 0"
         );
         let root_owned = root_dir.to_path_buf();
         // The double-click: from here to the window, and on to signed in.
@@ -335,10 +359,27 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
             })
             .is_ok();
         let drawn_after = clicked.elapsed();
-        let signed_in = if drawn { sign_in(&display.to_string(), &window, &hub, &token, &key) } else { Ok(()) };
-        let signed_in_after = clicked.elapsed();
+        let window = Window { display: display.to_string(), id: window };
+        let mut timings = vec![("double-click to window drawn", drawn_after)];
+        let person = if drawn {
+            sign_in(&window, &hub, &token, &key).and_then(|()| {
+                timings.push(("double-click to signed in (hub URL and token typed by xdotool)", clicked.elapsed()));
+                update_through_window(&window, &hub, &key, root_dir, &next_version, &mut timings)
+            })
+        } else {
+            Ok(())
+        };
         let _ = std::fs::write(out.join("stop"), b"");
-        let ran = app.join().map_err(|_| anyhow::anyhow!("the app's thread panicked"))?;
+        let ran = app.join().map_err(|_| anyhow::anyhow!("the app's thread panicked"));
+        let signed_out = Command::new(&bins.agent)
+            .args(["--keychain", "kernel", "--profile", &profile, "--data-dir"])
+            .arg(out.join("sign-out"))
+            .arg("logout")
+            .output();
+        if !signed_out.as_ref().is_ok_and(|o| o.status.success()) {
+            println!("release: could not remove the test login {profile} from root's kernel keyring: {signed_out:?}");
+        }
+        let ran = ran?;
         let log = std::fs::read_to_string(out.join("app.log")).unwrap_or_default();
         ran?;
         seen.with_context(|| {
@@ -346,14 +387,12 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
         })?;
         ensure!(drawn, "the installed app's window stayed blank ({}); its log:\n{log}", shot.display());
         println!("release: the installed app started and drew its window ({})", shot.display());
-        signed_in.with_context(|| format!("signing in through the installed app's window; its log:\n{log}"))?;
-        let timings = format!(
-            "double-click to window drawn: {} ms\ndouble-click to signed in (hub URL and token typed by xdotool): {} ms\n",
-            drawn_after.as_millis(),
-            signed_in_after.as_millis()
-        );
+        person.with_context(|| format!("using the installed app's window; its log:\n{log}"))?;
+        let timings: String = timings.iter().map(|(what, took)| format!("{what}: {} ms\n", took.as_millis())).collect();
         std::fs::write(out.join("timings.txt"), &timings)?;
-        print!("release: {}", timings.replace('\n', "\nrelease: ").trim_end_matches("release: "));
+        for line in timings.lines() {
+            println!("release: {line}");
+        }
         Ok(())
     })();
     let _ = xvfb.kill();
@@ -361,52 +400,157 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deadline: Instant) 
     result
 }
 
-/// Signs the installed app in as a person would, once its window is drawn: the token form
-/// (behind "Use an enrollment token instead"), the hub URL and the token typed with real X
-/// key events, "Log in"; done when the hub sees the app's agent online and the window has
-/// moved on to the consent screen. The window's text is read as a person would copy it.
-fn sign_in(display: &str, window: &str, hub: &Hub, token: &str, key: &str) -> Result<()> {
-    let x = |program: &str, args: &[&str]| -> Result<String> {
-        let out = Command::new(program).args(args).env("DISPLAY", format!(":{display}")).output()?;
+/// The same deb one patch version up: its control file's `Version` and the version slot of
+/// its program (stamped by `edge-agent update stamp`), as the release pipeline would build
+/// the next version. Returns the file and its version.
+fn next_version_of(deb: &Path, agent: &Path, out: &Path) -> Result<(PathBuf, String)> {
+    let version = output(Command::new("dpkg-deb").arg("--field").arg(deb).arg("Version"))?.trim().to_owned();
+    let next = match version.rsplit_once('.') {
+        Some((head, patch)) if patch.parse::<u64>().is_ok() => format!("{head}.{}", patch.parse::<u64>()? + 1),
+        _ => bail!("the deb's version {version:?} does not end in a patch number"),
+    };
+    let tree = out.join("next-deb");
+    checked(Command::new("dpkg-deb").arg("--raw-extract").arg(deb).arg(&tree))?;
+    let control = tree.join("DEBIAN/control");
+    let fields = std::fs::read_to_string(&control)?;
+    let patched: String = fields
+        .lines()
+        .map(|l| if l.starts_with("Version:") { format!("Version: {next}\n") } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(&control, patched)?;
+    let program = tree.join(BINARY.trim_start_matches('/'));
+    let stamped = tree.join("stamped");
+    checked(
+        Command::new(agent)
+            .args(["update", "stamp", "--version", &next, "--from"])
+            .arg(&program)
+            .arg("--out")
+            .arg(&stamped),
+    )?;
+    std::fs::rename(&stamped, &program)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+    // dpkg keeps each file's MD5 (`dpkg --verify`): the stamped program's changed.
+    checked(
+        Command::new("sh").arg("-c").arg("find usr -type f -exec md5sum {} + > DEBIAN/md5sums").current_dir(&tree),
+    )?;
+    let file = out.join(format!("{PACKAGE}_{next}.deb"));
+    checked(Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(&tree).arg(&file))?;
+    Ok((file, next))
+}
+
+/// The installed app's window on the test display, driven with real X events.
+struct Window {
+    display: String,
+    id: String,
+}
+
+impl Window {
+    fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = Command::new(program).args(args).env("DISPLAY", format!(":{}", self.display)).output()?;
         ensure!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    // A click on the heading puts the focus on the page, out of any field.
-    let from_page = || -> Result<()> {
-        x("xdotool", &["windowfocus", window])?;
-        x("xdotool", &["mousemove", "--window", window, "30", "26", "click", "1"])?;
+    }
+
+    /// A click on the heading puts the focus on the page, out of any field; then `keys`.
+    fn keys_from_page(&self, keys: &[&str]) -> Result<()> {
+        self.run("xdotool", &["windowfocus", &self.id])?;
+        self.run("xdotool", &["mousemove", "--window", &self.id, "30", "26", "click", "1"])?;
+        if !keys.is_empty() {
+            self.run("xdotool", &[&["key", "--clearmodifiers"], keys].concat())?;
+        }
         Ok(())
-    };
-    let mut text = String::new();
-    let mut says = |wanted: &str| {
-        wait_until(Duration::from_secs(30), || {
-            from_page()?;
-            x("xdotool", &["key", "--clearmodifiers", "ctrl+a", "ctrl+c"])?;
+    }
+
+    /// Waits until the window's text (select all, copy, read the clipboard: what a person
+    /// would copy) holds `wanted`.
+    fn says(&self, wanted: &str, within: Duration) -> Result<()> {
+        let mut text = String::new();
+        wait_until(within, || {
+            self.keys_from_page(&["ctrl+a", "ctrl+c"])?;
             std::thread::sleep(Duration::from_millis(200));
-            text = x("timeout", &["5", "xclip", "-selection", "clipboard", "-o"])?;
+            text = self.run("timeout", &["5", "xclip", "-selection", "clipboard", "-o"])?;
             Ok(text.contains(wanted))
         })
         .with_context(|| format!("the window never said {wanted:?}; it said:\n{text}"))
-    };
-    says("Connect this machine")?;
+    }
+}
+
+/// Signs the installed app in as a person would, once its window is drawn: the token form
+/// (behind "Use an enrollment token instead"), the hub URL and the token typed with real X
+/// key events, "Log in"; done when the hub sees the app's agent online and the window has
+/// moved on to the consent screen.
+fn sign_in(window: &Window, hub: &Hub, token: &str, key: &str) -> Result<()> {
+    const WAIT: Duration = Duration::from_secs(30);
+    window.says("Connect this machine", WAIT)?;
     // Tab to the hub URL field, past "Get a sign-in code", to the link.
-    from_page()?;
-    x("xdotool", &["key", "--clearmodifiers", "Tab", "Tab", "Tab", "Return"])?;
-    says("Sign in with a code instead")?;
-    from_page()?;
-    x("xdotool", &["key", "--clearmodifiers", "Tab", "ctrl+a"])?;
-    x("xdotool", &["type", "--delay", "15", &hub.url])?;
-    x("xdotool", &["key", "--clearmodifiers", "Tab", "ctrl+a"])?;
-    x("xdotool", &["type", "--delay", "15", token])?;
-    x("xdotool", &["key", "--clearmodifiers", "Tab", "Return"])?;
-    wait_until(Duration::from_secs(30), || {
-        let agents = hub.agents(key)?;
-        Ok(agents["agents"]
-            .as_array()
-            .is_some_and(|all| all.iter().any(|a| a["creatorId"] == CREATOR && a["online"] == true)))
+    window.keys_from_page(&["Tab", "Tab", "Tab", "Return"])?;
+    window.says("Sign in with a code instead", WAIT)?;
+    window.keys_from_page(&["Tab", "ctrl+a"])?;
+    window.run("xdotool", &["type", "--delay", "15", &hub.url])?;
+    window.run("xdotool", &["key", "--clearmodifiers", "Tab", "ctrl+a"])?;
+    window.run("xdotool", &["type", "--delay", "15", token])?;
+    window.run("xdotool", &["key", "--clearmodifiers", "Tab", "Return"])?;
+    wait_until(WAIT, || Ok(agent_of_creator(hub, key)?.is_some()))
+        .with_context(|| format!("no agent of {CREATOR} came online at the hub after the token was typed in"))?;
+    window.says("Choose what this computer may do", WAIT)?;
+    Ok(())
+}
+
+/// The online agent of [`CREATOR`] at the hub, with the version it reports.
+fn agent_of_creator(hub: &Hub, key: &str) -> Result<Option<String>> {
+    let agents = hub.agents(key)?;
+    Ok(agents["agents"].as_array().and_then(|all| {
+        all.iter()
+            .find(|a| a["creatorId"] == CREATOR && a["online"] == true)
+            .map(|a| a["version"].as_str().unwrap_or_default().to_owned())
+    }))
+}
+
+/// From the consent screen (nothing ticked: an update needs no capability) to Home, which
+/// offers the next version with "Install now"; the person presses it, apt installs the
+/// verified deb, Home says the update is ready, "Restart now", and the hub then sees the
+/// app's agent come back at the new version. The installed package is the new version.
+fn update_through_window(
+    window: &Window,
+    hub: &Hub,
+    key: &str,
+    root_dir: &Path,
+    next: &str,
+    timings: &mut Vec<(&'static str, Duration)>,
+) -> Result<()> {
+    const WAIT: Duration = Duration::from_secs(30);
+    // "Done" is the consent screen's last control: past the boxes, their disclosures, the
+    // site field and its Add button (as in tests/tray/smoke.sh).
+    window.keys_from_page(&["Tab"; 9].into_iter().chain(["Return"]).collect::<Vec<_>>())?;
+    window.says(&format!("Edge Agent {next} is out."), WAIT)?;
+    // "Install now" is Home's first control while an update is offered.
+    let pressed = Instant::now();
+    window.keys_from_page(&["Tab", "Return"])?;
+    window.says(&format!("Update ready — Edge Agent {next} is installed"), Duration::from_secs(180))?;
+    timings.push(("Install now to update ready (download, checks, apt)", pressed.elapsed()));
+    let status = std::fs::read_to_string(root_dir.join("var/lib/dpkg/status"))?;
+    let installed = status
+        .split("\n\n")
+        .find(|stanza| stanza.lines().any(|l| l == format!("Package: {PACKAGE}")))
+        .and_then(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Version: ")))
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(installed == next, "dpkg says {PACKAGE} {installed:?} is installed after the update, not {next}");
+    // "Restart now" is Home's first control once the update is ready.
+    let restarted = Instant::now();
+    window.keys_from_page(&["Tab", "Return"])?;
+    let mut seen = None;
+    wait_until(Duration::from_secs(60), || {
+        seen = agent_of_creator(hub, key)?;
+        // Agents report `agent-<version>` (`edge_agent::agent_version`).
+        Ok(seen.as_deref() == Some(format!("agent-{next}").as_str()))
     })
-    .with_context(|| format!("no agent of {CREATOR} came online at the hub after the token was typed in"))?;
-    says("Choose what this computer may do")?;
+    .with_context(|| {
+        format!("the app's agent did not come back at version {next} after Restart now (seen: {seen:?})")
+    })?;
+    timings.push(("Restart now to back online at the new version", restarted.elapsed()));
+    println!("release: the installed app installed its own update {next} from the hub (apt) and restarted into it");
     Ok(())
 }
 

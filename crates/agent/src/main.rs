@@ -173,14 +173,17 @@ enum UpdateCommand {
     /// before installing it).
     #[command(hide = true)]
     SelfTest,
-    /// Write a copy of this binary with another version stamped into it (release pipeline,
-    /// tests).
+    /// Write a copy of this binary (or of another build holding the agent's version slot,
+    /// such as the tray's) with another version stamped into it (release pipeline, tests).
     #[command(hide = true)]
     Stamp {
         #[arg(long)]
         version: String,
         #[arg(long)]
         out: PathBuf,
+        /// The binary to copy; this one when not given.
+        #[arg(long)]
+        from: Option<PathBuf>,
     },
 }
 
@@ -690,10 +693,13 @@ async fn update_command(settings: AgentSettings, command: UpdateCommand) -> Resu
             println!("{}", updater::running_version());
             Ok(ExitCode::SUCCESS)
         }
-        UpdateCommand::Stamp { version, out } => {
-            let exe = updater::install::installed_exe()?;
-            updater::version_slot::stamp(&exe, &out, &version)?;
-            println!("{}: edge-agent {version}", out.display());
+        UpdateCommand::Stamp { version, out, from } => {
+            let source = match from {
+                Some(from) => from,
+                None => updater::install::installed_exe()?,
+            };
+            updater::version_slot::stamp(&source, &out, &version)?;
+            println!("{}: {} stamped {version}", out.display(), source.display());
             Ok(ExitCode::SUCCESS)
         }
         UpdateCommand::Check { json, channel } => {
