@@ -1,9 +1,10 @@
 //! Restarting into an update the person chose to take now or tonight.
 //!
-//! The tray does not install updates itself (see `edge_agent::updater::AutoUpdate::tell_only`):
-//! its package manager or installer puts the new version on disk, the core notices the file
-//! changed underneath the running copy and says "Update ready", and the person picks when the
-//! restart happens. It owns only that wait and the restart: when is the core's
+//! The tray never installs updates by itself (see `edge_agent::updater::AutoUpdate::tell_only`):
+//! its package manager or installer puts the new version on disk (for a deb or rpm, on the
+//! person's "Install now", `edge_agent::updater::package`), the core notices the file changed
+//! underneath the running copy and says "Update ready", and the person picks when the restart
+//! happens. It owns only that wait and the restart: when is the core's
 //! [`RestartPlan`], the restart itself is Tauri's (which releases the single-instance lock
 //! before the new process starts).
 

@@ -543,10 +543,10 @@ pub struct AutoUpdate {
     pub channel: String,
     pub interval: Duration,
     pub probation: Duration,
-    /// Whether this program installs the releases it finds. The headless agent does; the
-    /// tray app does not: the release repository holds the headless agent's binary, and the
-    /// tray is installed as a package (deb, rpm, MSI, dmg), so it tells the person what is
-    /// offered and that a new version is installed, and restarts when they say.
+    /// Whether this program installs the releases it finds by itself. The headless agent
+    /// does; the tray app does not: it is installed as a package (deb, rpm, MSI, dmg), so it
+    /// tells the person what is offered, installs its own deb or rpm only when they press
+    /// "Install now" ([`package`]), and restarts when they say.
     pub self_replace: bool,
     /// Notified once an update is installed and the agent should restart into it (only
     /// when it replaces itself; otherwise the person chooses when).
