@@ -107,6 +107,35 @@ async fn the_newest_unpaused_release_of_the_platform_is_offered() {
 }
 
 #[tokio::test]
+async fn the_tray_packages_are_releases_of_their_own_beside_the_binary() {
+    let f = fixture(RepoOptions::default());
+    f.publish("2.0.0", 100).unwrap();
+    let deb = f
+        .repo
+        .publish_release(&ReleaseRequest {
+            channel: "stable".into(),
+            platform: "linux-deb".into(),
+            arch: "x86_64".into(),
+            version: "2.1.0".into(),
+            notes: String::new(),
+            rollout_percent: 100,
+            source: f.binary("a deb of 2.1.0"),
+        })
+        .unwrap();
+    let verified = f.refresh("stable").await.unwrap();
+    // Each platform sees only its own: the headless agent is never offered the tray's deb.
+    let binary = verified.find_release("stable", "linux", "x86_64").unwrap().unwrap();
+    assert_eq!(binary.release.version.to_string(), "2.0.0");
+    let package = verified.find_release("stable", "linux-deb", "x86_64").unwrap().unwrap();
+    assert_eq!(
+        (package.release.version.to_string(), package.sha256.as_str()),
+        ("2.1.0".into(), deb.meta.sha256.as_str())
+    );
+    assert_eq!(package.meta.platform, "linux-deb");
+    assert!(verified.find_release("stable", "linux-rpm", "x86_64").unwrap().is_none());
+}
+
+#[tokio::test]
 async fn publishing_refuses_older_versions_changed_bytes_and_bad_input() {
     let f = fixture(RepoOptions::default());
     f.publish("2.0.0", 100).unwrap();
