@@ -4,10 +4,11 @@
 //! checked; then the deb is installed for real into a minimal Debian root (debootstrap, see
 //! `debroot`), where apt pulls its declared dependencies and nothing else: the binary, the
 //! desktop entry, the icons and the autostart entry must land where a desktop looks for
-//! them, the installed app must start under Xvfb, show its window and sign in there to a hub
-//! on this machine's loopback (typed in by xdotool; the time from start to window and to
-//! signed in is printed and kept in `target/release-check/timings.txt`), and removing the
-//! package must leave only the person's data (purging leaves no trace in dpkg).
+//! them, the installed app must start under Xvfb, show its window, sign in there to a hub
+//! on this machine's loopback (typed in by xdotool) and install its own next version from
+//! Home's "Install now" (the same deb stamped one patch up, signed by that hub); the time of
+//! each step is printed and kept in `target/release-check/timings.txt`. Removing the package
+//! must leave only the person's data (purging leaves no trace in dpkg).
 //!
 //! `--debug` packages the debug build `cargo xtask test` has already made (the same
 //! bundler and files; a release build of the tray takes most of the CI budget on 2 cores).
@@ -76,7 +77,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let guides = crate::docs::render_all()?;
     println!("release: {} guides rendered to HTML and PDF in target/docs/", guides.len() / 2);
     println!(
-        "release dry run passed in {} s: {} and {} built, checked, installed, started and removed; the hub's \
+        "release dry run passed in {} s: {} and {} built, checked, installed, started, signed in, updated to its next version and removed; the hub's \
          systemd unit verified, its OCI image built and started, the guides rendered",
         started.elapsed().as_secs(),
         deb.display(),
