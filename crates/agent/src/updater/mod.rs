@@ -371,10 +371,7 @@ pub async fn check_platforms(
 /// Downloads the release, checks its signed length and SHA-256, the version inside it and
 /// that it runs here; returns the verified file.
 pub async fn download(ctx: &UpdaterContext, found: &FoundRelease) -> Result<PathBuf, UpdateError> {
-    let url = format!("{}{}targets/{}", ctx.hub_base, edge_protocol::api::RELEASES_PATH, release_url_tail(found));
-    let signed = Signed { length: found.length, sha256: &found.sha256, extension: "bin", what: "update" };
-    let downloads = ctx.data_dir.join("updates").join("downloads");
-    let file = download::fetch_signed(&ctx.http, &ctx.auth, &url, &signed, &downloads).await?;
+    let file = fetch_release(ctx, found, "bin").await?;
     let expected = found.release.version.to_string();
     let refuse = |code: &'static str, message: String| {
         let _ = std::fs::remove_file(&file);
@@ -405,6 +402,15 @@ pub async fn download(ctx: &UpdaterContext, found: &FoundRelease) -> Result<Path
         }
         Err(e) => Err(refuse(UPDATE_BROKEN, format!("the new binary does not run on this machine: {e}"))),
     }
+}
+
+/// Downloads a release target into `<data dir>/updates/downloads/` as `*.<extension>` and
+/// checks its signed length and SHA-256; what is inside is the caller's to check.
+async fn fetch_release(ctx: &UpdaterContext, found: &FoundRelease, extension: &str) -> Result<PathBuf, UpdateError> {
+    let url = format!("{}{}targets/{}", ctx.hub_base, edge_protocol::api::RELEASES_PATH, release_url_tail(found));
+    let signed = Signed { length: found.length, sha256: &found.sha256, extension, what: "update" };
+    let downloads = ctx.data_dir.join("updates").join("downloads");
+    Ok(download::fetch_signed(&ctx.http, &ctx.auth, &url, &signed, &downloads).await?)
 }
 
 fn release_url_tail(found: &FoundRelease) -> String {
@@ -721,7 +727,7 @@ pub(crate) async fn run(
     // A copy that does not replace itself but came from a package (the tray's deb or rpm)
     // looks for its package's release first: the person can install that one from the window.
     let package = exe.as_deref().filter(|_| !options.self_replace).and_then(package::installed_package);
-    let platforms: Vec<&str> = package.iter().map(|p| p.kind.platform()).chain([platform()]).collect();
+    let platforms = package::release_platforms(package.as_ref());
     let mut announcer = Announcer::new(state.clone(), exe.clone(), ctx.data_dir.clone());
     if let Err(e) = send_failure_report(&ctx).await {
         tracing::warn!(error = %e, "cannot report the failed update yet");

@@ -15,7 +15,6 @@
 //! passed, and never while a job runs.
 
 use super::{Decision, UpdateError, UpdaterContext, UPDATE_VERSION_MISMATCH};
-use crate::bundles::download::{self, Signed};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -100,6 +99,13 @@ impl PackageKind {
     }
 }
 
+/// The release platforms a program looks at, in order: its package's (when it came from
+/// one), then the headless binary's, which tells the same version. The periodic check and
+/// "Install now" use the same list, so both leave the same offer in the updater's state.
+pub fn release_platforms(package: Option<&InstalledPackage>) -> Vec<&'static str> {
+    package.map(|p| p.kind.platform()).into_iter().chain([super::platform()]).collect()
+}
+
 /// Which package (if any) installed the program file `exe`: the package database that
 /// owns it, asked with `dpkg-query -S` or `rpm -qf`. A copy nobody's package database owns
 /// (a developer's build, the headless binary) is not one the tray may update this way.
@@ -156,12 +162,7 @@ pub async fn download(
     found: &edge_bundle::verify::FoundRelease,
     package: &InstalledPackage,
 ) -> Result<PathBuf, UpdateError> {
-    let url =
-        format!("{}{}targets/{}", ctx.hub_base, edge_protocol::api::RELEASES_PATH, super::release_url_tail(found));
-    let signed =
-        Signed { length: found.length, sha256: &found.sha256, extension: package.kind.extension(), what: "update" };
-    let downloads = ctx.data_dir.join("updates").join("downloads");
-    let file = download::fetch_signed(&ctx.http, &ctx.auth, &url, &signed, &downloads).await?;
+    let file = super::fetch_release(ctx, found, package.kind.extension()).await?;
     let checked = check_package(package, &file, &found.release.version.to_string());
     if checked.is_err() {
         let _ = std::fs::remove_file(&file);
@@ -211,16 +212,20 @@ pub async fn install(
     if busy() {
         return Err(UpdateError::Busy);
     }
-    let (report, found) = super::check_platforms(ctx, &[package.kind.platform()]).await?;
+    let (report, found) = super::check_platforms(ctx, &release_platforms(Some(package))).await?;
     let (Decision::Available { version }, Some(found)) = (report.decision, found) else {
         return Ok(Installed::NothingNewer);
     };
+    // Newer only as the headless binary: nothing this copy can install.
+    if found.meta.platform != package.kind.platform() {
+        return Ok(Installed::NothingNewer);
+    }
     let file = download(ctx, &found, package).await?;
     if busy() {
         let _ = std::fs::remove_file(&file);
         return Err(UpdateError::Busy);
     }
-    let command = package.kind.install_command(&file, is_root(), on_path);
+    let command = package.kind.install_command(&file, is_root(), |program| which::which(program).is_ok());
     let outcome = match command {
         Ok(command) => run_package_manager(&command).await,
         Err(e) => Err(e),
@@ -240,20 +245,6 @@ fn is_root() -> bool {
 #[cfg(not(unix))]
 fn is_root() -> bool {
     false
-}
-
-/// Whether `program` is an executable file in one of `PATH`'s directories.
-fn on_path(program: &str) -> bool {
-    let executable = |m: std::fs::Metadata| {
-        #[cfg(unix)]
-        let runs = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0;
-        #[cfg(not(unix))]
-        let runs = true;
-        m.is_file() && runs
-    };
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| std::fs::metadata(dir.join(program)).is_ok_and(executable))
-    })
 }
 
 async fn run_package_manager(command: &[OsString]) -> Result<(), UpdateError> {
