@@ -339,28 +339,22 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deb: &Path, deadlin
         let clicked = Instant::now();
         let app =
             std::thread::spawn(move || debroot::in_root(&root_owned, "starting the installed app", &script, deadline));
-        let on_display = |program: &str, args: &[&str]| {
-            Command::new(program).args(args).env("DISPLAY", format!(":{display}")).output()
-        };
+        let display = display.to_string();
         let mut window = String::new();
         let seen = wait_until(Duration::from_secs(30), || {
-            match on_display("xdotool", &["search", "--onlyvisible", "--name", WINDOW_TITLE]) {
-                Ok(o) if o.status.success() && !o.stdout.is_empty() => {
-                    window = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_owned();
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
+            let found = on_display(&display, "xdotool", &["search", "--onlyvisible", "--name", WINDOW_TITLE])?;
+            window = found.lines().next().unwrap_or_default().to_owned();
+            Ok(!window.is_empty())
         });
         let shot = out.join("installed-app.png");
         let drawn = seen.is_ok()
             && wait_until(Duration::from_secs(20), || {
-                let took = on_display("import", &["-window", &window, shot.to_str().unwrap_or_default()]);
-                Ok(took.is_ok_and(|o| o.status.success()) && colours(&shot) > 8)
+                on_display(&display, "import", &["-window", &window, shot.to_str().unwrap_or_default()])?;
+                Ok(colours(&shot) > 8)
             })
             .is_ok();
         let drawn_after = clicked.elapsed();
-        let window = Window { display: display.to_string(), id: window };
+        let window = Window { display, id: window };
         let mut timings = vec![("double-click to window drawn", drawn_after)];
         let person = if drawn {
             sign_in(&window, &hub, &token, &key).and_then(|()| {
@@ -406,10 +400,9 @@ fn start_installed_app(mounts: &mut Mounts, root_dir: &Path, deb: &Path, deadlin
 /// the next version. Returns the file and its version.
 fn next_version_of(deb: &Path, agent: &Path, out: &Path) -> Result<(PathBuf, String)> {
     let version = output(Command::new("dpkg-deb").arg("--field").arg(deb).arg("Version"))?.trim().to_owned();
-    let next = match version.rsplit_once('.') {
-        Some((head, patch)) if patch.parse::<u64>().is_ok() => format!("{head}.{}", patch.parse::<u64>()? + 1),
-        _ => bail!("the deb's version {version:?} does not end in a patch number"),
-    };
+    let bumped =
+        version.rsplit_once('.').and_then(|(head, patch)| Some(format!("{head}.{}", patch.parse::<u64>().ok()? + 1)));
+    let next = bumped.with_context(|| format!("the deb's version {version:?} does not end in a patch number"))?;
     let tree = out.join("next-deb");
     checked(Command::new("dpkg-deb").arg("--raw-extract").arg(deb).arg(&tree))?;
     let control = tree.join("DEBIAN/control");
@@ -446,11 +439,16 @@ struct Window {
     id: String,
 }
 
+/// Runs an X client on the test display; its output, or why it failed.
+fn on_display(display: &str, program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program).args(args).env("DISPLAY", format!(":{display}")).output()?;
+    ensure!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 impl Window {
     fn run(&self, program: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new(program).args(args).env("DISPLAY", format!(":{}", self.display)).output()?;
-        ensure!(out.status.success(), "{program} {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        on_display(&self.display, program, args)
     }
 
     /// A click on the heading puts the focus on the page, out of any field; then `keys`.
@@ -530,13 +528,10 @@ fn update_through_window(
     window.keys_from_page(&["Tab", "Return"])?;
     window.says(&format!("Update ready — Edge Agent {next} is installed"), Duration::from_secs(180))?;
     timings.push(("Install now to update ready (download, checks, apt)", pressed.elapsed()));
-    let status = std::fs::read_to_string(root_dir.join("var/lib/dpkg/status"))?;
-    let installed = status
-        .split("\n\n")
-        .find(|stanza| stanza.lines().any(|l| l == format!("Package: {PACKAGE}")))
-        .and_then(|stanza| stanza.lines().find_map(|l| l.strip_prefix("Version: ")))
-        .unwrap_or_default()
-        .to_owned();
+    // The root's package database, read by this machine's dpkg.
+    let admin_dir = format!("--admindir={}", root_dir.join("var/lib/dpkg").display());
+    let installed =
+        output(Command::new("dpkg-query").args([admin_dir.as_str(), "--show", "--showformat=${Version}", PACKAGE]))?;
     ensure!(installed == next, "dpkg says {PACKAGE} {installed:?} is installed after the update, not {next}");
     // "Restart now" is Home's first control once the update is ready.
     let restarted = Instant::now();
